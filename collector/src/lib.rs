@@ -1,0 +1,1 @@
+//! shimtrace's collector: reads the spans shims spool and turns them into answers.

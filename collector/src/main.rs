@@ -1,0 +1,3 @@
+//! `shimtrace`: the collector CLI.
+
+fn main() {}

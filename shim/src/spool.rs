@@ -1,0 +1,549 @@
+//! The durable spool: a directory of JSON-lines files that shims append spans to and the collector
+//! reads.
+//!
+//! Layout and contract (the collector relies on it):
+//! - each writing process owns its files, named `<writer>-<pid>-<start-nanos>-<seq>.jsonl`, mode 0600;
+//!   nobody else appends to them;
+//! - a file only ever grows, by whole lines; a line without its final `\n` is still being written;
+//! - a writer rotates to `seq + 1` once a file passes [`ROTATE_BYTES`]; so a file is finished once a
+//!   later `seq` of the same writer exists, or its writer pid is gone, and may then be removed after
+//!   ingest;
+//! - the directory is bounded by `SHIMTRACE_SPOOL_MAX_BYTES`: over it, spans are dropped and counted,
+//!   and the count is written as a `dropped` line as soon as the spool can take it (or at exit).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::clock;
+use crate::span::{SpanRecord, SpoolEntry};
+
+/// Default spool directory; containerd passes `SHIMTRACE_SPOOL_DIR` through to shims.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/shimtrace/spool";
+pub const SPOOL_DIR_ENV: &str = "SHIMTRACE_SPOOL_DIR";
+pub const SPOOL_MAX_BYTES_ENV: &str = "SHIMTRACE_SPOOL_MAX_BYTES";
+/// Default bound on the whole spool directory.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// A writer starts a new file past this size so finished files can be compacted.
+pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+/// Spans buffered between a proxied call and the writer thread; beyond it spans are dropped.
+pub const CHANNEL_CAPACITY: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot create spool directory {path}: {source} (set {SPOOL_DIR_ENV} to a writable directory)")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot open spool file {path}: {source} (check that {SPOOL_DIR_ENV} is writable)")]
+    OpenFile { path: PathBuf, source: io::Error },
+    #[error("cannot read spool {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot start the spool writer thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Where and how much to spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl SpoolConfig {
+    /// From `SHIMTRACE_SPOOL_DIR` and `SHIMTRACE_SPOOL_MAX_BYTES`, else the defaults.
+    pub fn from_env() -> SpoolConfig {
+        let dir = std::env::var_os(SPOOL_DIR_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR));
+        let max_bytes = std::env::var(SPOOL_MAX_BYTES_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_BYTES);
+        SpoolConfig { dir, max_bytes }
+    }
+}
+
+/// Sends spans to the spool without ever blocking the caller.
+///
+/// A full buffer or an unwritable spool drops the span and counts it; the count reaches the spool as
+/// a `dropped` line.
+pub struct SpanSink {
+    tx: Option<SyncSender<SpanRecord>>,
+    dropped: Arc<AtomicU64>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl SpanSink {
+    /// Opens this process's spool file and starts the writer thread.
+    pub fn start(config: &SpoolConfig, writer: &str) -> Result<SpanSink, SpoolError> {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut file = SpoolFile::create(config, writer)?;
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let thread_dropped = dropped.clone();
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || file.run(rx, &thread_dropped))
+            .map_err(SpoolError::Thread)?;
+        Ok(SpanSink {
+            tx: Some(tx),
+            dropped,
+            writer: Some(handle),
+        })
+    }
+
+    /// A sink that writes nothing and counts every span as dropped (used when the spool is unusable).
+    pub fn disabled() -> SpanSink {
+        SpanSink {
+            tx: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+            writer: None,
+        }
+    }
+
+    /// Queues a span; never blocks.
+    pub fn emit(&self, span: SpanRecord) {
+        let Some(tx) = &self.tx else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match tx.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Spans dropped so far and not yet recorded in the spool.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Flushes what is queued and stops the writer, waiting at most `timeout`.
+    pub fn close(mut self, timeout: Duration) {
+        self.tx.take();
+        if let Some(handle) = self.writer.take() {
+            let deadline = Instant::now() + timeout;
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// The file a writer appends to, with the bookkeeping for rotation and the size bound.
+struct SpoolFile {
+    dir: PathBuf,
+    max_bytes: u64,
+    stem: String,
+    seq: u32,
+    file: File,
+    file_bytes: u64,
+    /// Bytes in the spool directory as of the last measurement plus what this writer added since.
+    spool_bytes: u64,
+    last_measured: Instant,
+    writer: String,
+}
+
+impl SpoolFile {
+    fn create(config: &SpoolConfig, writer: &str) -> Result<SpoolFile, SpoolError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.dir)
+            .map_err(|source| SpoolError::CreateDir {
+                path: config.dir.clone(),
+                source,
+            })?;
+        let stem = format!(
+            "{writer}-{}-{}",
+            std::process::id(),
+            clock::now_unix_nanos()
+        );
+        let file = open_spool_file(&config.dir, &stem, 0)?;
+        Ok(SpoolFile {
+            dir: config.dir.clone(),
+            max_bytes: config.max_bytes,
+            stem,
+            seq: 0,
+            file,
+            file_bytes: 0,
+            spool_bytes: dir_bytes(&config.dir),
+            last_measured: Instant::now(),
+            writer: format!("{writer}/{}", std::process::id()),
+        })
+    }
+
+    fn run(&mut self, rx: Receiver<SpanRecord>, dropped: &AtomicU64) {
+        let mut batch = Vec::with_capacity(64 * 1024);
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(span) => Some(span),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            batch.clear();
+            let mut spans = 0u64;
+            for span in first.into_iter().chain(rx.try_iter().take(1024)) {
+                spans += 1;
+                let _ = serde_json::to_writer(&mut batch, &SpoolEntry::Span(span));
+                batch.push(b'\n');
+            }
+            if spans > 0 {
+                self.append_bounded(&batch, spans, dropped);
+            }
+            self.record_drops(dropped);
+        }
+        self.record_drops(dropped);
+    }
+
+    /// Appends whole lines in one write, or drops them if the spool is over its bound.
+    fn append_bounded(&mut self, bytes: &[u8], spans: u64, dropped: &AtomicU64) {
+        if self.spool_bytes + bytes.len() as u64 > self.max_bytes
+            && self.last_measured.elapsed() > Duration::from_millis(500)
+        {
+            // The collector may have compacted since we last looked.
+            self.spool_bytes = dir_bytes(&self.dir);
+            self.last_measured = Instant::now();
+        }
+        if self.spool_bytes + bytes.len() as u64 > self.max_bytes {
+            dropped.fetch_add(spans, Ordering::Relaxed);
+            return;
+        }
+        if self.append(bytes).is_err() {
+            dropped.fetch_add(spans, Ordering::Relaxed);
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.file_bytes >= ROTATE_BYTES {
+            if let Ok(next) = open_spool_file(&self.dir, &self.stem, self.seq + 1) {
+                self.seq += 1;
+                self.file = next;
+                self.file_bytes = 0;
+            }
+        }
+        self.file.write_all(bytes)?;
+        self.file_bytes += bytes.len() as u64;
+        self.spool_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the drop count as a line; a count line may exceed the bound, being tiny and the only
+    /// way the loss becomes visible.
+    fn record_drops(&mut self, dropped: &AtomicU64) {
+        let count = dropped.swap(0, Ordering::Relaxed);
+        if count == 0 {
+            return;
+        }
+        let entry = SpoolEntry::Dropped {
+            count,
+            writer: self.writer.clone(),
+            reason: "span buffer full or spool over its size bound".into(),
+            time_unix_nano: clock::now_unix_nanos(),
+        };
+        let mut line = serde_json::to_vec(&entry).unwrap_or_default();
+        line.push(b'\n');
+        if self.append(&line).is_err() {
+            dropped.fetch_add(count, Ordering::Relaxed);
+        }
+    }
+}
+
+fn open_spool_file(dir: &Path, stem: &str, seq: u32) -> Result<File, SpoolError> {
+    let path = dir.join(format!("{stem}-{seq}.jsonl"));
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| SpoolError::OpenFile { path, source })
+}
+
+/// Total size of the regular files in `dir` (0 if unreadable).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The parts of a spool file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolFileName {
+    pub writer: String,
+    pub pid: u32,
+    pub start_nanos: u64,
+    pub seq: u32,
+}
+
+impl SpoolFileName {
+    /// Parses `<writer>-<pid>-<start-nanos>-<seq>.jsonl`; `None` for any other file.
+    pub fn parse(name: &str) -> Option<SpoolFileName> {
+        let stem = name.strip_suffix(".jsonl")?;
+        let mut parts = stem.rsplitn(4, '-');
+        let seq = parts.next()?.parse().ok()?;
+        let start_nanos = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        let writer = parts.next()?.to_string();
+        Some(SpoolFileName {
+            writer,
+            pid,
+            start_nanos,
+            seq,
+        })
+    }
+
+    /// The files of one writer process share this key.
+    pub fn writer_key(&self) -> (String, u32, u64) {
+        (self.writer.clone(), self.pid, self.start_nanos)
+    }
+}
+
+/// The spool files in `dir`, oldest writer first, then by sequence.
+pub fn spool_files(dir: &Path) -> Result<Vec<(PathBuf, SpoolFileName)>, SpoolError> {
+    let entries = fs::read_dir(dir).map_err(|source| SpoolError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<(PathBuf, SpoolFileName)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = SpoolFileName::parse(e.file_name().to_str()?)?;
+            Some((e.path(), name))
+        })
+        .collect();
+    files.sort_by(|a, b| {
+        (a.1.start_nanos, a.1.pid, &a.1.writer, a.1.seq).cmp(&(
+            b.1.start_nanos,
+            b.1.pid,
+            &b.1.writer,
+            b.1.seq,
+        ))
+    });
+    Ok(files)
+}
+
+/// A spool line that could not be understood; reported, then skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolIssue {
+    pub file: PathBuf,
+    pub line: u64,
+    pub error: String,
+}
+
+impl std::fmt::Display for SpoolIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: skipped malformed spool line: {}",
+            self.file.display(),
+            self.line,
+            self.error
+        )
+    }
+}
+
+/// What one read of a spool file produced.
+#[derive(Debug, Default)]
+pub struct FileChunk {
+    pub entries: Vec<SpoolEntry>,
+    pub issues: Vec<SpoolIssue>,
+    /// Byte offset just past the last complete line read; resume from here.
+    pub end_offset: u64,
+    /// Line number (1-based) of the next line after `end_offset`.
+    pub next_line: u64,
+}
+
+/// Reads complete lines of `path` from `offset` (whose line number is `first_line`); a trailing line
+/// without `\n` is left for a later read, since its writer may still be writing it.
+pub fn read_file_from(path: &Path, offset: u64, first_line: u64) -> Result<FileChunk, SpoolError> {
+    let read_err = |source| SpoolError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut chunk = FileChunk {
+        end_offset: offset,
+        next_line: first_line,
+        ..FileChunk::default()
+    };
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let number = chunk.next_line;
+        chunk.end_offset += n as u64;
+        chunk.next_line += 1;
+        let text = &line[..line.len() - 1];
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<SpoolEntry>(text) {
+            Ok(entry) => chunk.entries.push(entry),
+            Err(e) => chunk.issues.push(SpoolIssue {
+                file: path.to_path_buf(),
+                line: number,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok(chunk)
+}
+
+/// Everything in a spool directory.
+#[derive(Debug, Default)]
+pub struct SpoolContents {
+    pub spans: Vec<SpanRecord>,
+    pub dropped: u64,
+    pub issues: Vec<SpoolIssue>,
+}
+
+/// Reads every complete line of every spool file in `dir`.
+pub fn read_spool(dir: &Path) -> Result<SpoolContents, SpoolError> {
+    let mut contents = SpoolContents::default();
+    for (path, _) in spool_files(dir)? {
+        let chunk = match read_file_from(&path, 0, 1) {
+            Ok(chunk) => chunk,
+            // A file compacted away between listing and reading is not an error.
+            Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        contents.issues.extend(chunk.issues);
+        for entry in chunk.entries {
+            match entry {
+                SpoolEntry::Span(span) => contents.spans.push(span),
+                SpoolEntry::Dropped { count, .. } => contents.dropped += count,
+            }
+        }
+    }
+    Ok(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{SpanId, TraceId};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn span(name: &str) -> SpanRecord {
+        SpanRecord {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            name: name.into(),
+            kind: Default::default(),
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 20,
+            attributes: Default::default(),
+            events: vec![],
+            status: Default::default(),
+        }
+    }
+
+    #[test]
+    fn sink_writes_mode_0600_lines_that_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().join("spool"),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let sink = SpanSink::start(&config, "test").unwrap();
+        sink.emit(span("a"));
+        sink.emit(span("b"));
+        sink.close(Duration::from_secs(5));
+        let files = spool_files(&config.dir).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].1.writer, "test");
+        let mode = fs::metadata(&files[0].0).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let contents = read_spool(&config.dir).unwrap();
+        let names: Vec<_> = contents.spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(contents.dropped, 0);
+    }
+
+    #[test]
+    fn over_the_bound_spans_are_dropped_and_counted_in_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 300,
+        };
+        let sink = SpanSink::start(&config, "test").unwrap();
+        for i in 0..20 {
+            sink.emit(span(&format!("s{i}")));
+        }
+        sink.close(Duration::from_secs(5));
+        let contents = read_spool(&config.dir).unwrap();
+        assert!(contents.spans.len() < 20);
+        assert_eq!(contents.spans.len() as u64 + contents.dropped, 20);
+    }
+
+    #[test]
+    fn disabled_sink_counts_drops() {
+        let sink = SpanSink::disabled();
+        sink.emit(span("x"));
+        assert_eq!(sink.dropped(), 1);
+    }
+
+    #[test]
+    fn unwritable_spool_is_an_error_naming_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        fs::write(&blocker, b"").unwrap();
+        let config = SpoolConfig {
+            dir: blocker.join("spool"),
+            max_bytes: 1,
+        };
+        let err = SpanSink::start(&config, "t").err().unwrap().to_string();
+        assert!(err.contains(SPOOL_DIR_ENV), "{err}");
+    }
+
+    #[test]
+    fn malformed_and_partial_lines_are_reported_or_left_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy-1-2-0.jsonl");
+        let good = serde_json::to_string(&SpoolEntry::Span(span("ok"))).unwrap();
+        fs::write(&path, format!("{good}\nnot json\n{good}\n{{\"type\":\"sp")).unwrap();
+        let chunk = read_file_from(&path, 0, 1).unwrap();
+        assert_eq!(chunk.entries.len(), 2);
+        assert_eq!(chunk.issues.len(), 1);
+        assert_eq!(chunk.issues[0].line, 2);
+        assert_eq!(chunk.next_line, 4);
+        let total = fs::metadata(&path).unwrap().len();
+        assert_eq!(chunk.end_offset, total - "{\"type\":\"sp".len() as u64);
+        let rest = read_file_from(&path, chunk.end_offset, chunk.next_line).unwrap();
+        assert!(rest.entries.is_empty() && rest.issues.is_empty());
+    }
+
+    #[test]
+    fn file_names_parse_with_dashes_in_the_writer() {
+        let name = SpoolFileName::parse("traced-proxy-12-345-6.jsonl").unwrap();
+        assert_eq!(name.writer, "traced-proxy");
+        assert_eq!((name.pid, name.start_nanos, name.seq), (12, 345, 6));
+        assert!(SpoolFileName::parse("notes.txt").is_none());
+    }
+}
