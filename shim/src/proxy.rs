@@ -194,10 +194,11 @@ pub fn ensure_proxy(plan: &ProxyPlan, exe: &Path) -> Result<Ensured, ProxyError>
     }
     let _ = std::fs::remove_file(&plan.socket);
     let listener = bind_private(&plan.socket)?;
+    let identity = file_identity(&plan.socket);
     match spawn_detached(plan, exe, &listener) {
         Ok(pid) => Ok(Ensured::Spawned { pid }),
         Err(e) => {
-            remove_if_same(&plan.socket, &listener);
+            remove_if_same(&plan.socket, identity);
             Err(e)
         }
     }
@@ -214,14 +215,17 @@ fn bind_private(path: &Path) -> Result<UnixListener, ProxyError> {
     })
 }
 
-/// Removes the socket file at `path` only if it is still the one `listener` is bound to.
-fn remove_if_same(path: &Path, listener: &UnixListener) {
-    let ours = nix::sys::stat::fstat(listener.as_raw_fd()).ok();
-    let on_disk = std::fs::symlink_metadata(path).ok();
-    if let (Some(ours), Some(on_disk)) = (ours, on_disk) {
-        if ours.st_ino == on_disk.ino() && ours.st_dev == on_disk.dev() {
-            let _ = std::fs::remove_file(path);
-        }
+/// The identity (device, inode) of the file at `path`, to recognise our own socket file later.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket file at `path` only if it is still the one we bound (a new proxy for the same
+/// inner address may have replaced it). `fstat` on the socket fd cannot tell: it names the socket
+/// inode, not the file.
+fn remove_if_same(path: &Path, identity: Option<(u64, u64)>) {
+    if identity.is_some() && file_identity(path) == identity {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -230,7 +234,7 @@ fn spawn_detached(
     exe: &Path,
     listener: &UnixListener,
 ) -> Result<u32, ProxyError> {
-    let (ready_read, ready_write) = nix::unistd::pipe().map_err(|e| ProxyError::Spawn {
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProxyError::Spawn {
         exe: exe.to_path_buf(),
         source: e.into(),
     })?;
@@ -349,6 +353,8 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
     // SAFETY: fds 3 and 4 were placed by `spawn_detached`; checked to be open before taking them.
     let listener_fd = fd_if_open(LISTEN_FD).ok_or(ProxyError::NoListener)?;
     let listener = UnixListener::from(listener_fd);
+    // The wrapper bound this file an instant ago and holds the lock: it is ours.
+    let identity = file_identity(&plan.socket);
     let ready = fd_if_open(READY_FD).map(File::from);
 
     let monitor = UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
@@ -399,7 +405,7 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
         "inner shim {} is gone; proxy exiting",
         plan.upstream.display()
     );
-    remove_if_same(&plan.socket, &listener);
+    remove_if_same(&plan.socket, identity);
     remove_dead_socket(&plan.upstream);
     active.wait_idle(Duration::from_secs(2));
     ctx.sink.shutdown(Duration::from_secs(2));

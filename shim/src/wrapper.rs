@@ -155,7 +155,7 @@ impl Invocation {
         command.args(&self.rest).stdin(Stdio::piped());
         let mut reader = None;
         if combined {
-            let (read, write) = nix::unistd::pipe()?;
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             command
                 .stdout(Stdio::from(write.try_clone()?))
                 .stderr(Stdio::from(write));
