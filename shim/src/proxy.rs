@@ -87,6 +87,7 @@ pub struct ProxyPlan {
     pub upstream: PathBuf,
     pub inner: String,
     pub protocol: String,
+    pub namespace: String,
     pub task_root: Option<PathBuf>,
 }
 
@@ -102,6 +103,8 @@ impl ProxyPlan {
             self.inner.clone(),
             "--protocol".into(),
             self.protocol.clone(),
+            "--namespace".into(),
+            self.namespace.clone(),
         ];
         if let Some(root) = &self.task_root {
             args.push("--task-root".into());
@@ -123,6 +126,7 @@ impl ProxyPlan {
             upstream: get("--upstream")?.into(),
             inner: get("--inner").unwrap_or_default(),
             protocol: get("--protocol").unwrap_or_default(),
+            namespace: get("--namespace").unwrap_or_default(),
             task_root: get("--task-root").map(PathBuf::from),
         })
     }
@@ -373,6 +377,7 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
         traces: TraceRegistry::new(plan.task_root.clone()),
         inner: plan.inner.clone(),
         protocol: plan.protocol.clone(),
+        namespace: plan.namespace.clone(),
     });
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
@@ -549,6 +554,7 @@ mod tests {
             upstream: "/run/containerd/s/i".into(),
             inner: "/usr/bin/containerd-shim-runc-v2".into(),
             protocol: "plain/v2".into(),
+            namespace: "k8s.io".into(),
             task_root: Some("/run/containerd/io.containerd.runtime.v2.task".into()),
         };
         let args = plan.to_args();
@@ -557,5 +563,6 @@ mod tests {
         assert_eq!(back.socket, plan.socket);
         assert_eq!(back.task_root, plan.task_root);
         assert_eq!(back.protocol, plan.protocol);
+        assert_eq!(back.namespace, plan.namespace);
     }
 }

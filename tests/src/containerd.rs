@@ -104,7 +104,7 @@ pub enum HarnessError {
 }
 
 impl HarnessError {
-    fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
         HarnessError::Io {
             action: action.into(),
             source,
@@ -429,8 +429,11 @@ impl PrivateContainerd {
         command: &[&str],
     ) -> Result<CtrOutput, HarnessError> {
         let rootfs = self.rootfs();
-        let mut args = vec!["run", "--rm", "--rootfs", path_str(&rootfs)?];
+        // `--rootfs` is a boolean flag and the directory is ctr's first positional argument, so
+        // every other flag must come before it.
+        let mut args = vec!["run", "--rm"];
         args.extend_from_slice(flags);
+        args.extend_from_slice(&["--rootfs", path_str(&rootfs)?]);
         args.push(id);
         args.extend_from_slice(command);
         self.ctr(&args)
