@@ -221,7 +221,9 @@ fn bind_private(path: &Path) -> Result<UnixListener, ProxyError> {
 
 /// The identity (device, inode) of the file at `path`, to recognise our own socket file later.
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Removes the socket file at `path` only if it is still the one we bound (a new proxy for the same
@@ -238,10 +240,11 @@ fn spawn_detached(
     exe: &Path,
     listener: &UnixListener,
 ) -> Result<u32, ProxyError> {
-    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProxyError::Spawn {
-        exe: exe.to_path_buf(),
-        source: e.into(),
-    })?;
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProxyError::Spawn {
+            exe: exe.to_path_buf(),
+            source: e.into(),
+        })?;
     let listen_raw = listener.as_raw_fd();
     let ready_raw = ready_write.as_raw_fd();
     let mut command = Command::new(exe);

@@ -496,7 +496,10 @@ mod tests {
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].attr_str(attr::OUTCOME), Some("connection_closed"));
         // No namespace metadata (containerd 1.6): the shim's own namespace.
-        assert_eq!(spans[0].attr_str(attr::CONTAINERD_NAMESPACE), Some("fallback"));
+        assert_eq!(
+            spans[0].attr_str(attr::CONTAINERD_NAMESPACE),
+            Some("fallback")
+        );
         assert_eq!(spans[0].end_time_unix_nano, 20);
     }
 

@@ -73,9 +73,7 @@ impl Traced {
         std::fs::create_dir_all(&bin).map_err(|e| HarnessError::io("creating bin dir", e))?;
         std::os::unix::fs::symlink(wrapper_binary(), bin.join("containerd-shim-traced-runc-v2"))
             .map_err(|e| HarnessError::io("linking the wrapper", e))?;
-        let spool = options
-            .spool
-            .unwrap_or_else(|| dirs.path().join("spool"));
+        let spool = options.spool.unwrap_or_else(|| dirs.path().join("spool"));
         let run_dir = dirs.path().join("run");
         let extra = options
             .extra
@@ -98,9 +96,7 @@ impl Traced {
 
     /// Every span in the spool now.
     pub fn spans(&self) -> Vec<SpanRecord> {
-        read_spool(&self.spool)
-            .map(|c| c.spans)
-            .unwrap_or_default()
+        read_spool(&self.spool).map(|c| c.spans).unwrap_or_default()
     }
 
     /// Spans of container `id`.
@@ -167,7 +163,12 @@ pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
-            let state = stat.rsplit(')').next()?.split_whitespace().next()?.to_string();
+            let state = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .to_string();
             Some(state != "Z" && state != "X")
         })
         .unwrap_or(false)

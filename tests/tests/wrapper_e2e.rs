@@ -24,7 +24,11 @@ fn assert_call_attributes(traced: &Traced, span: &SpanRecord, id: &str) {
         .attr_str(attr::RPC_SERVICE)
         .is_some_and(|s| s.starts_with("containerd.task.v")));
     assert!(span.attr_str(attr::RPC_METHOD).is_some());
-    assert_eq!(span.attr_i64(attr::RPC_TTRPC_STATUS_CODE), Some(0), "{span:?}");
+    assert_eq!(
+        span.attr_i64(attr::RPC_TTRPC_STATUS_CODE),
+        Some(0),
+        "{span:?}"
+    );
     assert_eq!(
         span.attr_str(attr::CONTAINERD_NAMESPACE),
         Some(traced.containerd.namespace())
@@ -47,7 +51,11 @@ fn run_exit_codes(version: &str) {
     assert_eq!(out.stdout.trim(), "hello");
     let out = traced
         .containerd
-        .run_rm("three", &traced.runtime_flags(), &["/bin/sh", "-c", "exit 3"])
+        .run_rm(
+            "three",
+            &traced.runtime_flags(),
+            &["/bin/sh", "-c", "exit 3"],
+        )
         .unwrap();
     assert_eq!(out.code(), Some(3), "{out:?}");
 
@@ -58,13 +66,19 @@ fn run_exit_codes(version: &str) {
         .iter()
         .find(|s| s.name == names::WRAPPER_START)
         .unwrap();
-    assert!(spans.iter().all(|s| s.trace_id == start.trace_id), "one trace");
+    assert!(
+        spans.iter().all(|s| s.trace_id == start.trace_id),
+        "one trace"
+    );
     for method in ["Create", "Start", "Wait", "Delete"] {
         let call = span(&spans, method);
         assert_call_attributes(&traced, call, "three");
         assert_eq!(call.parent_span_id, Some(start.span_id));
     }
-    assert_eq!(span(&spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE), Some(3));
+    assert_eq!(
+        span(&spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE),
+        Some(3)
+    );
     assert!(span(&spans, "Create").attr_i64(attr::PROCESS_PID).unwrap() > 0);
     let protocol = start.attr_str(attr::PROTOCOL).unwrap();
     let service = span(&spans, "Create").attr_str(attr::RPC_SERVICE).unwrap();
@@ -82,12 +96,27 @@ fn task_operations(version: &str) {
     let rootfs = c.rootfs();
     let rt = traced.runtime_flags();
     c.ctr_ok(&[
-        "run", "-d", rt[0], rt[1], "--rootfs", rootfs.to_str().unwrap(), "ops", "/bin/sleep",
+        "run",
+        "-d",
+        rt[0],
+        rt[1],
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "ops",
+        "/bin/sleep",
         "600",
     ])
     .unwrap();
     let exec = c
-        .ctr_ok(&["task", "exec", "--exec-id", "e1", "ops", "/bin/echo", "from-exec"])
+        .ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "ops",
+            "/bin/echo",
+            "from-exec",
+        ])
         .unwrap();
     assert_eq!(exec.stdout.trim(), "from-exec");
     let ps = c.ctr_ok(&["task", "ps", "ops"]).unwrap();
@@ -191,7 +220,14 @@ fn containerd_restart(version: &str) {
         traced
             .containerd
             .ctr_ok(&[
-                "run", "-d", rt[0], rt[1], "--rootfs", rootfs.to_str().unwrap(), id, "/bin/sleep",
+                "run",
+                "-d",
+                rt[0],
+                rt[1],
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                id,
+                "/bin/sleep",
                 "600",
             ])
             .unwrap();
@@ -202,18 +238,29 @@ fn containerd_restart(version: &str) {
     let tasks = c.ctr_ok(&["task", "ls"]).unwrap().stdout;
     assert!(tasks.contains("r1") && tasks.contains("r2"), "{tasks}");
     let exec = c
-        .ctr_ok(&["task", "exec", "--exec-id", "after", "r1", "/bin/echo", "reconnected"])
+        .ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "after",
+            "r1",
+            "/bin/echo",
+            "reconnected",
+        ])
         .unwrap();
     assert_eq!(exec.stdout.trim(), "reconnected");
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "r1"]).unwrap();
     let deleted = wait_for(SPANS, || {
-        c.ctr(&["task", "delete", "r1"]).ok().filter(|o| o.success())
+        c.ctr(&["task", "delete", "r1"])
+            .ok()
+            .filter(|o| o.success())
     });
     assert!(deleted.is_some(), "delete after restart");
     let spans = traced.await_spans("r1", SPANS, |s| {
-        ["Exec", "Kill", "Delete"]
-            .iter()
-            .all(|m| s.iter().any(|x| is_method(x, m) && x.start_time_unix_nano > restarted))
+        ["Exec", "Kill", "Delete"].iter().all(|m| {
+            s.iter()
+                .any(|x| is_method(x, m) && x.start_time_unix_nano > restarted)
+        })
     });
     // They went through the proxy, after the restart.
     for method in ["Exec", "Kill", "Delete"] {
@@ -231,7 +278,14 @@ fn inner_shim_killed(version: &str) {
     let rootfs = c.rootfs();
     let rt = traced.runtime_flags();
     c.ctr_ok(&[
-        "run", "-d", rt[0], rt[1], "--rootfs", rootfs.to_str().unwrap(), "victim", "/bin/sleep",
+        "run",
+        "-d",
+        rt[0],
+        rt[1],
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "victim",
+        "/bin/sleep",
         "600",
     ])
     .unwrap();
@@ -277,7 +331,11 @@ fn fail_open_unwritable_spool(version: &str) {
     .expect("traced containerd");
     let out = traced
         .containerd
-        .run_rm("open", &traced.runtime_flags(), &["/bin/echo", "still runs"])
+        .run_rm(
+            "open",
+            &traced.runtime_flags(),
+            &["/bin/echo", "still runs"],
+        )
         .unwrap();
     assert!(out.success(), "{out:?}");
     assert_eq!(out.stdout.trim(), "still runs");
@@ -305,3 +363,123 @@ macro_rules! matrix {
 }
 
 matrix!(v1_6 = "1.6.20", v1_7 = "1.7.24", v2_1 = "2.1.9");
+
+/// Runs the wrapper's `start` exactly as containerd does and checks that stdout carries nothing but
+/// the protocol reply, in the inner shim's format, naming the proxy.
+fn start_reply_is_exact(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let c = &traced.containerd;
+    let bundle = tempfile::tempdir().unwrap();
+    let id = format!("exact{}", version.replace('.', ""));
+    let id = id.as_str();
+    // The runc shim's start reads only the grouping annotations from the spec.
+    std::fs::write(
+        bundle.path().join("config.json"),
+        r#"{"ociVersion":"1.0.2","annotations":{}}"#,
+    )
+    .unwrap();
+    // Like containerd: the shim logs into a `log` FIFO in the bundle that containerd holds open.
+    let fifo = bundle.path().join("log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let _log_reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let wrapper = c.dir().join("wrapper-bin");
+    std::fs::create_dir_all(&wrapper).unwrap();
+    let link = wrapper.join("containerd-shim-traced-runc-v2");
+    std::os::unix::fs::symlink(shimtrace_tests::traced::wrapper_binary(), &link).unwrap();
+    let path = format!(
+        "{}:{}",
+        c.version().bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = std::process::Command::new(&link)
+        .args([
+            "-namespace",
+            c.namespace(),
+            "-address",
+            c.address().to_str().unwrap(),
+            "-publish-binary",
+            c.version().containerd().to_str().unwrap(),
+            "-id",
+            id,
+            "start",
+        ])
+        .current_dir(bundle.path())
+        .env("PATH", path)
+        .env("TTRPC_ADDRESS", c.ttrpc_address())
+        .env("SHIMTRACE_SPOOL_DIR", &traced.spool)
+        .env("SHIMTRACE_RUN_DIR", &traced.run_dir)
+        .env(shimtrace_tests::containerd::INSTANCE_MARKER_ENV, c.dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let inner = pids_with_cmdline(&[
+        "containerd-shim-runc-v2",
+        "-id",
+        id,
+        "-address",
+        c.address().to_str().unwrap(),
+    ]);
+    // Kill the inner shim whatever happens below; its proxy follows it.
+    let _cleanup = KillOnDrop(inner.clone());
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.is_empty(),
+        "stderr must stay empty: {output:?}"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let address = if version.starts_with("1.") {
+        stdout.clone()
+    } else {
+        let reply: serde_json::Value = serde_json::from_str(&stdout).expect("JSON reply");
+        assert_eq!(reply["version"], 3, "{stdout}");
+        assert_eq!(reply["protocol"], "ttrpc", "{stdout}");
+        assert_eq!(reply.as_object().unwrap().len(), 3, "{stdout}");
+        reply["address"].as_str().unwrap().to_string()
+    };
+    let socket = address
+        .strip_prefix("unix://")
+        .unwrap_or_else(|| panic!("reply is exactly an address: {stdout:?}"));
+    let name = std::path::Path::new(socket)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{stdout:?}"
+    );
+    let proxies = pids_with_cmdline(&["proxy", "--socket", socket]);
+    assert_eq!(proxies.len(), 1, "the reply names a live proxy");
+    if let Ok(file) = std::fs::read_to_string(bundle.path().join("address")) {
+        assert_eq!(file, address, "the bundle's address names the proxy");
+    }
+}
+
+struct KillOnDrop(Vec<u32>);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn start_reply_is_exact_v1_6() {
+    start_reply_is_exact("1.6.20")
+}
+#[test]
+fn start_reply_is_exact_v1_7() {
+    start_reply_is_exact("1.7.24")
+}
+#[test]
+fn start_reply_is_exact_v2_1() {
+    start_reply_is_exact("2.1.9")
+}
