@@ -1,0 +1,101 @@
+//! Where the query commands read spans from: a spool directory directly, or the store.
+
+use std::path::{Path, PathBuf};
+
+use shimtrace_shim::span::SpanRecord;
+use shimtrace_shim::spool::{self, SpoolError, SpoolIssue};
+
+/// Spans read for a query, with what was lost or skipped on the way.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub spans: Vec<SpanRecord>,
+    /// Spans the shims could not spool (from `dropped` lines).
+    pub dropped: u64,
+    /// Malformed spool lines that were skipped.
+    pub issues: Vec<SpoolIssue>,
+}
+
+/// Errors reading spans for a query.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read spool directory {path}: {source} (pass --spool DIR or set SHIMTRACE_SPOOL_DIR to the shims' spool)")]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: SpoolError,
+    },
+}
+
+/// Reads every complete span line in `dir`; malformed lines become [`Loaded::issues`].
+pub fn load_spool(dir: &Path) -> Result<Loaded, SourceError> {
+    let contents = spool::read_spool(dir).map_err(|source| SourceError::Spool {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(Loaded {
+        spans: contents.spans,
+        dropped: contents.dropped,
+        issues: contents.issues,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline;
+    use crate::trace::{tests::container_trace, Trace};
+    use shimtrace_shim::span::{SpoolEntry, TraceId};
+
+    /// A spool as the shim leaves it: two writers, a malformed line, a dropped count, a partial
+    /// last line still being written.
+    pub(crate) fn hand_made_spool(dir: &Path) {
+        let spans = container_trace(TraceId([7; 16]), "web");
+        let line = |e: &SpoolEntry| serde_json::to_string(e).unwrap();
+        let (wrapper, proxy) = spans.split_at(2);
+        let mut a = String::new();
+        for s in wrapper {
+            a += &line(&SpoolEntry::Span(s.clone()));
+            a.push('\n');
+        }
+        std::fs::write(dir.join("wrapper-100-5-0.jsonl"), a).unwrap();
+        let mut b = String::new();
+        for (i, s) in proxy.iter().enumerate() {
+            if i == 2 {
+                b += "{this is not json\n";
+            }
+            b += &line(&SpoolEntry::Span(s.clone()));
+            b.push('\n');
+        }
+        b += &line(&SpoolEntry::Dropped {
+            count: 4,
+            writer: "proxy/101".into(),
+            reason: "test".into(),
+            time_unix_nano: 1,
+        });
+        b += "\n{\"type\":\"span\",\"trace_";
+        std::fs::write(dir.join("proxy-101-6-0.jsonl"), b).unwrap();
+        std::fs::write(dir.join("README"), "not a spool file").unwrap();
+    }
+
+    #[test]
+    fn spool_with_bad_lines_loads_the_good_ones_and_reports_the_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        hand_made_spool(dir.path());
+        let loaded = load_spool(dir.path()).unwrap();
+        assert_eq!(loaded.spans.len(), 7);
+        assert_eq!(loaded.dropped, 4);
+        assert_eq!(loaded.issues.len(), 1);
+        assert_eq!(loaded.issues[0].line, 3);
+        let traces = Trace::group(loaded.spans);
+        assert_eq!(traces.len(), 1);
+        let text = timeline::render_timelines(&traces);
+        assert!(text.contains("container web"), "{text}");
+        assert_eq!(text.lines().count(), 10, "{text}");
+    }
+
+    #[test]
+    fn missing_spool_names_the_flag() {
+        let err = load_spool(Path::new("/nonexistent/shimtrace-spool")).unwrap_err();
+        assert!(err.to_string().contains("--spool"), "{err}");
+    }
+}
