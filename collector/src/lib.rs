@@ -1,5 +1,10 @@
 //! shimtrace's collector: reads the spans shims spool and turns them into answers.
 
+pub mod ingest;
+pub mod metrics;
+pub mod serve;
 pub mod source;
+pub mod store;
+pub mod synth;
 pub mod timeline;
 pub mod trace;

@@ -2,10 +2,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use shimtrace_collector::{source, timeline, trace::Trace};
+use shimtrace_collector::ingest::Ingester;
+use shimtrace_collector::metrics::Counters;
+use shimtrace_collector::source::Source;
+use shimtrace_collector::store::{Store, DB_ENV, DEFAULT_DB};
+use shimtrace_collector::{serve, timeline, trace::Trace};
 use shimtrace_shim::spool::{DEFAULT_SPOOL_DIR, SPOOL_DIR_ENV};
 
 #[derive(Parser)]
@@ -25,28 +31,47 @@ enum Command {
     Traces(TracesArgs),
     /// Shows one container's trace as a waterfall.
     Trace(TraceArgs),
+    /// Ingests the spool into the store continuously (inotify), exports and serves metrics.
+    Serve(ServeArgs),
+    /// Ingests what the spool holds now into the store, once, and exits.
+    Ingest(IngestArgs),
 }
 
 /// Where query commands read spans from.
 #[derive(Args)]
 struct SourceArgs {
-    /// Read this spool directory directly (default when no store is given).
-    #[arg(long, env = SPOOL_DIR_ENV, value_name = "DIR")]
+    /// Read this spool directory directly [default when no store exists: $SHIMTRACE_SPOOL_DIR or /var/lib/shimtrace/spool].
+    #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
+    /// Read this store [default when it exists: /var/lib/shimtrace/shimtrace.db].
+    #[arg(long, env = DB_ENV, value_name = "PATH")]
+    db: Option<PathBuf>,
 }
 
 impl SourceArgs {
-    fn load(&self) -> Result<source::Loaded> {
-        let dir = self
-            .spool
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR));
-        let loaded = source::load_spool(&dir)?;
+    fn load(&self, container: Option<&str>) -> Result<shimtrace_collector::source::Loaded> {
+        let env_spool = std::env::var_os(SPOOL_DIR_ENV).map(PathBuf::from);
+        let source = Source::choose(self.spool.clone(), self.db.clone(), env_spool);
+        let loaded = source.load(container)?;
         for issue in &loaded.issues {
             eprintln!("warning: {issue}");
         }
         Ok(loaded)
     }
+}
+
+/// The spool a daemon or ingest pass reads and the store it writes.
+#[derive(Args)]
+struct StoreArgs {
+    /// Spool directory the shims write.
+    #[arg(long, env = SPOOL_DIR_ENV, default_value = DEFAULT_SPOOL_DIR, value_name = "DIR")]
+    spool: PathBuf,
+    /// SQLite store.
+    #[arg(long, env = DB_ENV, default_value = DEFAULT_DB, value_name = "PATH")]
+    db: PathBuf,
+    /// Keep spool files after ingesting them (default: remove finished, fully ingested files).
+    #[arg(long)]
+    no_compact: bool,
 }
 
 #[derive(Args)]
@@ -75,12 +100,49 @@ struct TraceArgs {
     width: usize,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Seconds between housekeeping wake-ups (compacting files of exited writers).
+    #[arg(long, default_value_t = serve::DEFAULT_HOUSEKEEPING.as_secs())]
+    housekeeping_secs: u64,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
     match cli.command {
         Command::Traces(args) => {
-            let traces = Trace::group(args.source.load()?.spans);
+            let traces = Trace::group(args.source.load(None)?.spans);
             let text = match (args.json, args.summary) {
                 (true, false) => timeline::spans_json(&traces)?,
                 (true, true) => serde_json::to_string_pretty(
@@ -89,10 +151,10 @@ fn main() -> Result<()> {
                 (false, false) => timeline::render_timelines(&traces),
                 (false, true) => timeline::render_summary_table(&traces),
             };
-            writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")?;
+            print(&text)?;
         }
         Command::Trace(args) => {
-            let traces = Trace::group(args.source.load()?.spans);
+            let traces = Trace::group(args.source.load(Some(&args.container))?.spans);
             let Some(trace) = traces.iter().find(|t| {
                 t.container_id() == Some(args.container.as_str())
                     || t.trace_id.to_hex() == args.container
@@ -107,7 +169,38 @@ fn main() -> Result<()> {
             } else {
                 timeline::render_waterfall(trace, args.width)
             };
-            writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")?;
+            print(&text)?;
+        }
+        Command::Ingest(args) => {
+            let store = Store::open(&args.store.db)?;
+            let mut ingester = Ingester::new(store, &args.store.spool, !args.store.no_compact);
+            let report = ingester.ingest_all()?;
+            for issue in &report.issues {
+                eprintln!("warning: {issue}");
+            }
+            print(&format!(
+                "read {} spans, stored {} new, {} dropped by shims, {} files compacted; store holds {} spans",
+                report.spans_read,
+                report.spans_stored,
+                report.dropped,
+                report.compacted,
+                ingester.store().span_count()?
+            ))?;
+        }
+        Command::Serve(args) => {
+            init_logging();
+            let config = serve::IngestConfig {
+                spool_dir: args.store.spool,
+                db: args.store.db,
+                compact: !args.store.no_compact,
+                housekeeping: Duration::from_secs(args.housekeeping_secs.max(1)),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let counters = Arc::new(Counters::default());
+                tracing::info!(spool = %config.spool_dir.display(), db = %config.db.display(), "serving");
+                serve::run(config, counters, || {}, shutdown_signal()).await
+            })?;
         }
     }
     Ok(())

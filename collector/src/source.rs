@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use shimtrace_shim::span::SpanRecord;
 use shimtrace_shim::spool::{self, SpoolError, SpoolIssue};
 
+use crate::store::{Store, StoreError};
+
 /// Spans read for a query, with what was lost or skipped on the way.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -15,9 +17,75 @@ pub struct Loaded {
     pub issues: Vec<SpoolIssue>,
 }
 
+/// Where to read spans from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Spool(PathBuf),
+    Store(PathBuf),
+}
+
+impl Source {
+    /// An explicit `--spool` wins, then an explicit `--db`, then `SHIMTRACE_SPOOL_DIR`
+    /// (`env_spool`), then the default store if it exists, else the default spool.
+    pub fn choose(
+        spool: Option<PathBuf>,
+        db: Option<PathBuf>,
+        env_spool: Option<PathBuf>,
+    ) -> Source {
+        if let Some(dir) = spool {
+            return Source::Spool(dir);
+        }
+        if let Some(db) = db {
+            return Source::Store(db);
+        }
+        if let Some(dir) = env_spool {
+            return Source::Spool(dir);
+        }
+        let default_db = PathBuf::from(crate::store::DEFAULT_DB);
+        if default_db.exists() {
+            Source::Store(default_db)
+        } else {
+            Source::Spool(PathBuf::from(spool::DEFAULT_SPOOL_DIR))
+        }
+    }
+
+    /// Reads every span (`container`: only the traces of that container or trace id).
+    pub fn load(&self, container: Option<&str>) -> Result<Loaded, SourceError> {
+        match self {
+            Source::Spool(dir) => {
+                let mut loaded = load_spool(dir)?;
+                if let Some(id) = container {
+                    let traces: std::collections::BTreeSet<_> = loaded
+                        .spans
+                        .iter()
+                        .filter(|s| s.container_id() == Some(id) || s.trace_id.to_hex() == id)
+                        .map(|s| s.trace_id)
+                        .collect();
+                    loaded.spans.retain(|s| traces.contains(&s.trace_id));
+                }
+                Ok(loaded)
+            }
+            Source::Store(path) => {
+                let store = Store::open_existing(path)?;
+                let spans = match container {
+                    Some(id) => store.spans_of_container(id)?,
+                    None => store.all_spans()?,
+                };
+                Ok(Loaded {
+                    spans,
+                    dropped: store.dropped_total()?,
+                    issues: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
 /// Errors reading spans for a query.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot read spool directory {path}: {source} (pass --spool DIR or set SHIMTRACE_SPOOL_DIR to the shims' spool)")]
     Spool {
         path: PathBuf,
@@ -91,6 +159,23 @@ mod tests {
         let text = timeline::render_timelines(&traces);
         assert!(text.contains("container web"), "{text}");
         assert_eq!(text.lines().count(), 10, "{text}");
+    }
+
+    #[test]
+    fn explicit_flags_choose_the_source() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            Source::choose(p("/s"), p("/d"), None),
+            Source::Spool("/s".into())
+        );
+        assert_eq!(
+            Source::choose(None, p("/d"), p("/e")),
+            Source::Store("/d".into())
+        );
+        assert_eq!(
+            Source::choose(None, None, p("/e")),
+            Source::Spool("/e".into())
+        );
     }
 
     #[test]
