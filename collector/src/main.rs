@@ -11,7 +11,7 @@ use shimtrace_collector::ingest::Ingester;
 use shimtrace_collector::metrics::Counters;
 use shimtrace_collector::source::Source;
 use shimtrace_collector::store::{Store, DB_ENV, DEFAULT_DB};
-use shimtrace_collector::{serve, timeline, trace::Trace};
+use shimtrace_collector::{bench, report, serve, synth, timeline, trace::Trace};
 use shimtrace_shim::spool::{DEFAULT_SPOOL_DIR, SPOOL_DIR_ENV};
 
 #[derive(Parser)]
@@ -35,6 +35,55 @@ enum Command {
     Serve(ServeArgs),
     /// Ingests what the spool holds now into the store, once, and exits.
     Ingest(IngestArgs),
+    /// Cold-start report per runtime: phase latencies, wall-time comparison, dropped spans.
+    Report(ReportArgs),
+    /// Writes a synthetic spool (for tests and benchmarks).
+    #[command(hide = true)]
+    Synth(SynthArgs),
+    /// Measures ingest throughput and report time on a synthetic spool.
+    #[command(hide = true)]
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[arg(long, value_enum, default_value = "md")]
+    format: report::Format,
+    /// Client-observed wall times: a JSON array or JSON lines of {"container_id", "wall_time_ns"}.
+    #[arg(long, value_name = "FILE")]
+    wall_times: Option<PathBuf>,
+    /// Write the report here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Spool directory to write.
+    #[arg(long, value_name = "DIR")]
+    spool: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    containers: usize,
+    #[arg(long, default_value_t = 100)]
+    containers_per_writer: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also write the containers' client wall times (JSON lines) here.
+    #[arg(long, value_name = "FILE")]
+    wall_times: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Working directory (spool and store are created inside).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    containers: usize,
+    #[arg(long, default_value_t = 100)]
+    containers_per_writer: usize,
 }
 
 /// Where query commands read spans from.
@@ -120,6 +169,16 @@ fn print(text: &str) -> Result<()> {
     writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")
 }
 
+fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({eta})")
+            .expect("a valid progress template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -186,6 +245,60 @@ fn main() -> Result<()> {
                 report.compacted,
                 ingester.store().span_count()?
             ))?;
+        }
+        Command::Report(args) => {
+            let loaded = args.source.load(None)?;
+            let walls = match &args.wall_times {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading wall times from {}", path.display()))?;
+                    report::parse_wall_times(&text)
+                        .with_context(|| format!("in {}", path.display()))?
+                }
+                None => Vec::new(),
+            };
+            let built = report::build_report(loaded.spans, loaded.dropped, &walls, Vec::new());
+            let text = report::render(&built, args.format);
+            match &args.output {
+                Some(path) => std::fs::write(path, text)
+                    .with_context(|| format!("writing the report to {}", path.display()))?,
+                None => print(&text)?,
+            }
+        }
+        Command::Synth(args) => {
+            let config = synth::SynthConfig {
+                containers: args.containers,
+                containers_per_writer: args.containers_per_writer,
+                seed: args.seed,
+                ..Default::default()
+            };
+            let bar = progress(args.containers, "writing spool");
+            let (summary, walls) =
+                synth::generate_spool(&args.spool, &config, |n| bar.set_position(n as u64))
+                    .with_context(|| {
+                        format!("writing a synthetic spool to {}", args.spool.display())
+                    })?;
+            bar.finish_and_clear();
+            if let Some(path) = &args.wall_times {
+                let lines: Vec<String> = walls
+                    .iter()
+                    .map(serde_json::to_string)
+                    .collect::<Result<_, _>>()?;
+                std::fs::write(path, lines.join("\n") + "\n")
+                    .with_context(|| format!("writing wall times to {}", path.display()))?;
+            }
+            print(&serde_json::to_string(&summary)?)?;
+        }
+        Command::Bench(args) => {
+            let config = synth::SynthConfig {
+                containers: args.containers,
+                containers_per_writer: args.containers_per_writer,
+                ..Default::default()
+            };
+            let bar = progress(args.containers, "writing spool");
+            let result = bench::run(&args.dir, &config, |n| bar.set_position(n as u64))?;
+            bar.finish_and_clear();
+            print(&serde_json::to_string_pretty(&result)?)?;
         }
         Command::Serve(args) => {
             init_logging();
