@@ -1,7 +1,9 @@
 //! shimtrace's collector: reads the spans shims spool and turns them into answers.
 
 pub mod bench;
+pub mod export;
 pub mod ingest;
+pub mod jaeger;
 pub mod metrics;
 pub mod report;
 pub mod serve;

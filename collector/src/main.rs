@@ -2,13 +2,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use shimtrace_collector::export::{self, ExportConfig, ExportOverrides};
 use shimtrace_collector::ingest::Ingester;
-use shimtrace_collector::metrics::Counters;
+use shimtrace_collector::jaeger;
 use shimtrace_collector::source::Source;
 use shimtrace_collector::store::{Store, DB_ENV, DEFAULT_DB};
 use shimtrace_collector::{bench, report, serve, synth, timeline, trace::Trace};
@@ -35,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Ingests what the spool holds now into the store, once, and exits.
     Ingest(IngestArgs),
+    /// Exports spans once: over OTLP (gRPC or HTTP/protobuf), or as Jaeger UI JSON.
+    Export(ExportArgs),
     /// Cold-start report per runtime: phase latencies, wall-time comparison, dropped spans.
     Report(ReportArgs),
     /// Writes a synthetic spool (for tests and benchmarks).
@@ -156,6 +158,62 @@ struct ServeArgs {
     /// Seconds between housekeeping wake-ups (compacting files of exited writers).
     #[arg(long, default_value_t = serve::DEFAULT_HOUSEKEEPING.as_secs())]
     housekeeping_secs: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    otlp: OtlpArgs,
+}
+
+/// OTLP settings; each overrides its OTEL_* variable.
+#[derive(Args)]
+struct OtlpArgs {
+    /// OTLP endpoint (as OTEL_EXPORTER_OTLP_ENDPOINT; `/v1/traces` is added for HTTP).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (as OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// Service name of exported spans (as OTEL_SERVICE_NAME; default shimtrace).
+    #[arg(long, value_name = "NAME")]
+    service_name: Option<String>,
+}
+
+impl OtlpArgs {
+    fn overrides(&self) -> ExportOverrides {
+        ExportOverrides {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol.clone(),
+            service_name: self.service_name.clone(),
+        }
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    otlp: OtlpArgs,
+    /// Only spans that started at or after this time (RFC 3339, or unix nanoseconds).
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Only spans that started before this time (RFC 3339, or unix nanoseconds).
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// Only spans that started within this long before now (e.g. `1h`, `30m`).
+    #[arg(long, value_name = "DURATION", conflicts_with = "from")]
+    since: Option<String>,
+    /// Write Jaeger UI "Upload JSON" here instead of sending OTLP (unless an endpoint is given too).
+    #[arg(long, value_name = "FILE")]
+    jaeger_json: Option<PathBuf>,
+    /// Attempts after the first failed OTLP request, with exponential backoff.
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
 }
 
 #[derive(Args)]
@@ -167,6 +225,18 @@ struct IngestArgs {
 fn print(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")
+}
+
+/// A time as unix nanoseconds or RFC 3339.
+fn parse_time(text: &str) -> Result<u64> {
+    if let Ok(nanos) = text.parse::<u64>() {
+        return Ok(nanos);
+    }
+    let t = humantime::parse_rfc3339_weak(text)
+        .context("expected RFC 3339 (2026-11-28T20:00:00Z) or unix nanoseconds")?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0))
 }
 
 fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
@@ -246,6 +316,57 @@ fn main() -> Result<()> {
                 ingester.store().span_count()?
             ))?;
         }
+        Command::Export(args) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            let from = match (&args.since, &args.from) {
+                (Some(since), _) => now.saturating_sub(
+                    humantime::parse_duration(since)
+                        .with_context(|| {
+                            format!("--since {since:?}: expected a duration like 1h or 30m")
+                        })?
+                        .as_nanos() as u64,
+                ),
+                (None, Some(t)) => parse_time(t).with_context(|| format!("--from {t:?}"))?,
+                (None, None) => 0,
+            };
+            let to = match &args.to {
+                Some(t) => parse_time(t).with_context(|| format!("--to {t:?}"))?,
+                None => u64::MAX,
+            };
+            let mut spans = args.source.load(None)?.spans;
+            spans.retain(|s| s.start_time_unix_nano >= from && s.start_time_unix_nano < to);
+            let require_endpoint = args.jaeger_json.is_some();
+            let otlp = ExportConfig::resolve(&args.otlp.overrides(), env_var, require_endpoint)?;
+            if let Some(path) = &args.jaeger_json {
+                let service = otlp
+                    .as_ref()
+                    .map(|c| c.service_name.clone())
+                    .or_else(|| args.otlp.service_name.clone())
+                    .or_else(|| env_var("OTEL_SERVICE_NAME"))
+                    .unwrap_or_else(|| "shimtrace".into());
+                let doc = jaeger::to_jaeger_json(spans.clone(), &service);
+                std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+                    .with_context(|| format!("writing Jaeger JSON to {}", path.display()))?;
+                eprintln!("wrote {} spans to {}", spans.len(), path.display());
+            }
+            match otlp {
+                Some(config) => {
+                    let endpoint = config.endpoint.clone();
+                    let runtime =
+                        tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                    let sent =
+                        runtime.block_on(export::export_once(config, &spans, args.retries))?;
+                    eprintln!("exported {sent} spans to {endpoint}");
+                }
+                None if args.jaeger_json.is_none() => {
+                    bail!("OTLP export is disabled (OTEL_SDK_DISABLED=true); unset it or pass --jaeger-json FILE")
+                }
+                None => {}
+            }
+        }
         Command::Report(args) => {
             let loaded = args.source.load(None)?;
             let walls = match &args.wall_times {
@@ -302,18 +423,18 @@ fn main() -> Result<()> {
         }
         Command::Serve(args) => {
             init_logging();
-            let config = serve::IngestConfig {
-                spool_dir: args.store.spool,
-                db: args.store.db,
-                compact: !args.store.no_compact,
-                housekeeping: Duration::from_secs(args.housekeeping_secs.max(1)),
-            };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(async {
-                let counters = Arc::new(Counters::default());
-                tracing::info!(spool = %config.spool_dir.display(), db = %config.db.display(), "serving");
-                serve::run(config, counters, || {}, shutdown_signal()).await
-            })?;
+            let config = serve::ServeConfig {
+                ingest: serve::IngestConfig {
+                    spool_dir: args.store.spool,
+                    db: args.store.db,
+                    compact: !args.store.no_compact,
+                    housekeeping: Duration::from_secs(args.housekeeping_secs.max(1)),
+                },
+                export: ExportConfig::resolve(&args.otlp.overrides(), env_var, true)?,
+                metrics_addr: args.metrics_addr,
+            };
+            runtime.block_on(serve::run(config, shutdown_signal()))?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
+use crate::export::ExportConfig;
 use crate::ingest::{IngestError, IngestReport, Ingester};
-use crate::metrics::Counters;
+use crate::metrics::{serve_metrics, Counters, MetricsBindError, MetricsRenderer};
 use crate::store::{Store, StoreError};
 
 /// How often ingest wakes without events to compact files whose writer has exited.
@@ -40,6 +42,8 @@ pub enum ServeError {
         #[source]
         source: notify::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] MetricsBindError),
     #[error("ingest thread failed: {0}")]
     Thread(String),
 }
@@ -188,16 +192,71 @@ pub fn start_ingest(
     })
 }
 
-/// Runs ingest until `shutdown` completes.
+/// Everything `shimtrace serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub ingest: IngestConfig,
+    /// OTLP export of new spans, if configured.
+    pub export: Option<ExportConfig>,
+    /// Where to serve Prometheus `/metrics`, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Runs ingest, export and metrics until `shutdown` completes; ingest finishes its batch first.
 pub async fn run(
-    config: IngestConfig,
-    counters: Arc<Counters>,
-    on_ingest: impl Fn() + Send + 'static,
+    config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let handle = start_ingest(&config, counters, on_ingest)?;
+    let counters = Arc::new(Counters::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ingest_wake = wake.clone();
+    let handle = start_ingest(&config.ingest, counters.clone(), move || {
+        ingest_wake.notify_one()
+    })?;
+    tracing::info!(spool = %config.ingest.spool_dir.display(), db = %config.ingest.db.display(), "ingesting");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = config.metrics_addr {
+        let renderer = Arc::new(MetricsRenderer::new(
+            config.ingest.db.clone(),
+            counters.clone(),
+        ));
+        let mut stop = stop_rx.clone();
+        let server = serve_metrics(addr, renderer, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
+        tracing::info!(%addr, "serving /metrics");
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    match config.export {
+        Some(export) => {
+            let db = config.ingest.db.clone();
+            let counters = counters.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                if let Err(e) =
+                    crate::export::run_continuous(db, export, wake, counters, stop).await
+                {
+                    tracing::error!(error = %e, "OTLP export stopped");
+                }
+            });
+        }
+        None => {
+            tracing::info!("OTLP export off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")
+        }
+    }
     shutdown.await;
-    tokio::task::spawn_blocking(move || handle.stop())
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let result = tokio::task::spawn_blocking(move || handle.stop())
         .await
-        .map_err(|e| ServeError::Thread(e.to_string()))?
+        .map_err(|e| ServeError::Thread(e.to_string()))?;
+    while tasks.join_next().await.is_some() {}
+    result
 }
