@@ -1,1 +1,3 @@
 //! shimtrace's collector: reads the spans shims spool and turns them into answers.
+pub mod containerd;
+pub mod lab;
