@@ -1,3 +1,36 @@
 //! `shimtrace`: the collector CLI.
 
-fn main() {}
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shimtrace",
+    version,
+    about = "containerd shim tracing: collect, report, compare runtimes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compare runtimes (runc, gVisor, crun, Kata): cold start, isolation, served latency.
+    Lab(shimtrace_collector::lab::LabArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Lab(args) => shimtrace_collector::lab::run(args)
+            .map(|_| ())
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shimtrace: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
