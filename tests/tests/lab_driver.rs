@@ -58,7 +58,7 @@ async fn runc_and_runsc_run_to_exit_with_output_and_exit_codes() {
     );
 
     let spec = RunSpec::new(
-        "echo",
+        unique("echo"),
         &f.rootfs,
         ["/bin/sh", "-c", "echo hello; uname -r"],
         &f.io,
@@ -74,11 +74,16 @@ async fn runc_and_runsc_run_to_exit_with_output_and_exit_codes() {
     assert!(outcome.total >= outcome.phases.create_task + outcome.phases.start_task);
     assert!(outcome.phases.create_task > Duration::ZERO);
 
-    let spec = RunSpec::new("exit3", &f.rootfs, ["/bin/sh", "-c", "exit 3"], &f.io);
+    let spec = RunSpec::new(
+        unique("exit3"),
+        &f.rootfs,
+        ["/bin/sh", "-c", "exit 3"],
+        &f.io,
+    );
     assert_eq!(f.client.run_to_exit(&spec).await.unwrap().exit_code, 3);
 
     // gVisor: the runc shim runs a runsc wrapper instead of runc.
-    let mut spec = RunSpec::new("gvisor", &f.rootfs, ["/bin/shimtrace-probe"], &f.io);
+    let mut spec = RunSpec::new(unique("gvisor"), &f.rootfs, ["/bin/shimtrace-probe"], &f.io);
     spec.runtime_options = Some(shimtrace_collector::containerd::RuncOptions {
         binary_name: Some(
             write_runsc_wrapper(&f.work, Path::new("/usr/bin/runsc"), Network::None)
@@ -106,7 +111,7 @@ async fn runc_and_runsc_run_to_exit_with_output_and_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detached_task_execs_and_is_killed() {
     let f = fixture().await;
-    let spec = RunSpec::new("sleeper", &f.rootfs, ["/bin/sleep", "600"], &f.io);
+    let spec = RunSpec::new(unique("sleeper"), &f.rootfs, ["/bin/sleep", "600"], &f.io);
     let running = f.client.start_detached(&spec).await.unwrap();
     assert!(running.pid > 0);
     let exec = f
@@ -140,10 +145,21 @@ async fn detached_task_execs_and_is_killed() {
         .is_not_found());
 
     // A container that is still running is killed and removed by the cleanup.
-    let spec = RunSpec::new("left-running", &f.rootfs, ["/bin/sleep", "600"], &f.io);
+    let spec = RunSpec::new(
+        unique("left-running"),
+        &f.rootfs,
+        ["/bin/sleep", "600"],
+        &f.io,
+    );
     f.client.start_detached(&spec).await.unwrap();
     assert_eq!(f.client.cleanup().await.unwrap(), 1);
     assert!(f.client.our_containers().await.unwrap().is_empty());
+}
+
+/// Container ids are unique per test process: runc's state directory is shared by every containerd
+/// on the machine.
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
 }
 
 fn libc_sigkill() -> u32 {

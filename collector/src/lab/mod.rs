@@ -244,21 +244,28 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
             if let Some(dir) = traced_shim.as_ref().and_then(|p| p.parent()) {
                 config.path_prepend.push(dir.to_path_buf());
             }
-            let started =
-                PrivateContainerd::start(config)
-                    .await
-                    .map_err(|p| LabError::NoContainerd {
-                        address: args.address.clone(),
-                        reason: e.to_string(),
-                        private: p.to_string(),
-                    })?;
-            let client = Containerd::connect(started.socket()).await.map_err(|p| {
-                LabError::NoContainerd {
-                    address: args.address.clone(),
-                    reason: e.to_string(),
-                    private: p.to_string(),
+            let no_containerd = |p: containerd::ContainerdError| LabError::NoContainerd {
+                address: args.address.clone(),
+                reason: e.to_string(),
+                private: p.to_string(),
+            };
+            let connected = match PrivateContainerd::start(config).await {
+                Ok(started) => match Containerd::connect(started.socket()).await {
+                    Ok(client) => Ok((started, client)),
+                    Err(p) => Err(no_containerd(p)),
+                },
+                Err(p) => Err(no_containerd(p)),
+            };
+            let (started, client) = match connected {
+                Ok(pair) => pair,
+                Err(fatal) => {
+                    // Keep what was measured (the host column) next to the reason.
+                    report.errors.push(fatal.to_string());
+                    report.derive_conclusions();
+                    write_reports(&out, &report)?;
+                    return Err(fatal);
                 }
-            })?;
+            };
             report.setup.private_containerd = true;
             private = Some(started);
             client
