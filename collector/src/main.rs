@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Compare runtimes (runc, gVisor, crun, Kata): cold start, isolation, served latency.
     Lab(shimtrace_collector::lab::LabArgs),
+    /// Register the wrapper shim for the runtimes present (symlinks, containerd config, RuntimeClasses).
+    Install(shimtrace_collector::install::InstallArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -24,6 +26,9 @@ fn main() -> std::process::ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Lab(args) => shimtrace_collector::lab::run(args)
             .map(|_| ())
+            .map_err(Into::into),
+        Command::Install(args) => shimtrace_collector::install::install(&args)
+            .map(|outcome| print!("{}", outcome.report))
             .map_err(Into::into),
     };
     match result {
