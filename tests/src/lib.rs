@@ -1,1 +1,3 @@
 //! Harness for the end-to-end tests: private containerd instances, rootfs, wrapper installation.
+
+pub mod containerd;
