@@ -1,6 +1,7 @@
 //! shimtrace's collector: reads the spans shims spool and turns them into answers.
 
 pub mod bench;
+pub mod containerd;
 pub mod export;
 pub mod ingest;
 pub mod jaeger;
@@ -12,3 +13,5 @@ pub mod store;
 pub mod synth;
 pub mod timeline;
 pub mod trace;
+pub mod install;
+pub mod lab;
