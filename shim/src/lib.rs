@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod clock;
+pub mod events;
 pub mod frame;
 pub mod log;
 pub mod proxy;

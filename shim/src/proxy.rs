@@ -2,7 +2,10 @@
 //! each connection 1:1 to the inner shim, frame for frame, with a tap on both directions.
 //!
 //! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
-//! (fd 3), which reports readiness on a pipe (fd 4) once it reached the inner shim. The proxy keeps
+//! (fd 3), which reports readiness on a pipe (fd 4) once it reached the inner shim. The events
+//! listener the inner shim publishes to (see [`crate::events`]) arrives as fd 5; if the call
+//! socket cannot be set up, the proxy still forwards events (the inner shim was already told to
+//! publish there), and containerd talks to the inner shim directly. The proxy keeps
 //! one idle "monitor" connection to the inner shim: when that connection ends, the inner shim is
 //! gone, so the proxy removes its socket (if it is still its own) and exits. A socket file alone
 //! never decides: Kata leaves its socket behind after failing.
@@ -22,6 +25,7 @@ use sha2::{Digest, Sha256};
 use ttrpc::proto::{MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 
 use crate::clock;
+use crate::events::EventTap;
 use crate::frame::pump;
 use crate::spool::{SpanSink, SpoolConfig};
 use crate::tap::{ConnectionTap, TapContext};
@@ -30,6 +34,7 @@ use crate::trace_ctx::TraceRegistry;
 /// Where the proxy finds its listener and readiness pipe after exec.
 pub const LISTEN_FD: RawFd = 3;
 pub const READY_FD: RawFd = 4;
+pub const EVENTS_FD: RawFd = 5;
 /// Directory for proxy locks and logs (override with `SHIMTRACE_RUN_DIR`).
 pub const DEFAULT_RUN_DIR: &str = "/run/shimtrace";
 pub const RUN_DIR_ENV: &str = "SHIMTRACE_RUN_DIR";
@@ -56,6 +61,8 @@ pub enum ProxyError {
     Upstream { path: PathBuf, source: io::Error },
     #[error("the proxy was started without its listener on fd {LISTEN_FD}; it is started by the wrapper's start, not by hand")]
     NoListener,
+    #[error("the inner shim does not speak ttrpc")]
+    NotTtrpc,
 }
 
 /// The proxy address for an inner shim address: deterministic, so pod grouping (several containers
@@ -89,6 +96,15 @@ pub struct ProxyPlan {
     pub protocol: String,
     pub namespace: String,
     pub task_root: Option<PathBuf>,
+    /// The events socket handed to the inner shim as `TTRPC_ADDRESS`, and containerd's real one.
+    pub events: Option<EventsRoute>,
+}
+
+/// Where the inner shim publishes events (our socket) and where they go (containerd's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsRoute {
+    pub socket: PathBuf,
+    pub containerd: String,
 }
 
 impl ProxyPlan {
@@ -110,6 +126,12 @@ impl ProxyPlan {
             args.push("--task-root".into());
             args.push(root.display().to_string());
         }
+        if let Some(events) = &self.events {
+            args.push("--events-socket".into());
+            args.push(events.socket.display().to_string());
+            args.push("--events-upstream".into());
+            args.push(events.containerd.clone());
+        }
         args
     }
 
@@ -128,6 +150,13 @@ impl ProxyPlan {
             protocol: get("--protocol").unwrap_or_default(),
             namespace: get("--namespace").unwrap_or_default(),
             task_root: get("--task-root").map(PathBuf::from),
+            events: match (get("--events-socket"), get("--events-upstream")) {
+                (Some(socket), Some(containerd)) => Some(EventsRoute {
+                    socket: socket.into(),
+                    containerd,
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -149,11 +178,25 @@ pub enum Ensured {
     Spawned {
         pid: u32,
     },
+    /// The call socket could not be served; a proxy forwards the inner shim's events only, and
+    /// containerd must be given the inner shim's own address.
+    EventsOnly {
+        pid: u32,
+    },
 }
 
-/// Makes sure a live proxy serves `plan.socket`, starting one if needed. Concurrent `start`s for one
-/// inner shim are serialised by a lock file, so exactly one proxy is started.
-pub fn ensure_proxy(plan: &ProxyPlan, exe: &Path) -> Result<Ensured, ProxyError> {
+/// Creates the socket the inner shim will publish events to (its `TTRPC_ADDRESS`), before the
+/// inner shim starts; `start` hands it to the proxy.
+pub fn bind_events_socket() -> Result<(PathBuf, UnixListener), ProxyError> {
+    let dir = ensure_run_dir()?;
+    let mut suffix = [0u8; 8];
+    let _ = getrandom::getrandom(&mut suffix);
+    let path = dir.join(format!("ev-{}.sock", hex::encode(suffix)));
+    let listener = bind_private(&path)?;
+    Ok((path, listener))
+}
+
+fn ensure_run_dir() -> Result<PathBuf, ProxyError> {
     let dir = run_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -163,6 +206,19 @@ pub fn ensure_proxy(plan: &ProxyPlan, exe: &Path) -> Result<Ensured, ProxyError>
             path: dir.clone(),
             source,
         })?;
+    Ok(dir)
+}
+
+/// Makes sure a live proxy serves `plan.socket`, starting one if needed. Concurrent `start`s for one
+/// inner shim are serialised by a lock file, so exactly one proxy is started. `events` is the
+/// listener bound by [`bind_events_socket`] for this inner shim, if any: a started proxy serves it;
+/// when a live proxy is reused it is not needed (the running inner shim publishes elsewhere).
+pub fn ensure_proxy(
+    plan: &ProxyPlan,
+    exe: &Path,
+    events: Option<&UnixListener>,
+) -> Result<Ensured, ProxyError> {
+    let dir = ensure_run_dir()?;
     let lock_path = dir.join(format!(
         "{}.lock",
         plan.socket
@@ -197,15 +253,33 @@ pub fn ensure_proxy(plan: &ProxyPlan, exe: &Path) -> Result<Ensured, ProxyError>
             .create(parent);
     }
     let _ = std::fs::remove_file(&plan.socket);
-    let listener = bind_private(&plan.socket)?;
+    let listener = match bind_private(&plan.socket) {
+        Ok(listener) => listener,
+        Err(e) => return events_only(plan, exe, events, e),
+    };
     let identity = file_identity(&plan.socket);
-    match spawn_detached(plan, exe, &listener) {
+    match spawn_detached(plan, exe, Some(&listener), events) {
         Ok(pid) => Ok(Ensured::Spawned { pid }),
         Err(e) => {
             remove_if_same(&plan.socket, identity);
-            Err(e)
+            events_only(plan, exe, events, e)
         }
     }
+}
+
+/// The inner shim already publishes to our events socket: keep forwarding its events even when
+/// its calls cannot be proxied, or containerd would never hear of its tasks.
+pub fn events_only(
+    plan: &ProxyPlan,
+    exe: &Path,
+    events: Option<&UnixListener>,
+    cause: ProxyError,
+) -> Result<Ensured, ProxyError> {
+    let Some(events) = events else {
+        return Err(cause);
+    };
+    tracing::warn!("calls will bypass the proxy ({cause}); forwarding events only");
+    spawn_detached(plan, exe, None, Some(events)).map(|pid| Ensured::EventsOnly { pid })
 }
 
 /// Binds a unix socket readable and writable by its owner only (0600 from the start, not after).
@@ -238,14 +312,16 @@ fn remove_if_same(path: &Path, identity: Option<(u64, u64)>) {
 fn spawn_detached(
     plan: &ProxyPlan,
     exe: &Path,
-    listener: &UnixListener,
+    listener: Option<&UnixListener>,
+    events: Option<&UnixListener>,
 ) -> Result<u32, ProxyError> {
     let (ready_read, ready_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProxyError::Spawn {
             exe: exe.to_path_buf(),
             source: e.into(),
         })?;
-    let listen_raw = listener.as_raw_fd();
+    let listen_raw = listener.map(|l| l.as_raw_fd());
+    let events_raw = events.map(|l| l.as_raw_fd());
     let ready_raw = ready_write.as_raw_fd();
     let mut command = Command::new(exe);
     command
@@ -258,8 +334,16 @@ fn spawn_detached(
     unsafe {
         command.pre_exec(move || {
             nix::unistd::setsid()?;
-            place_fd(listen_raw, LISTEN_FD)?;
-            place_fd(ready_raw, READY_FD)?;
+            // Each placement must not clobber a source fd still to be placed.
+            let ready = move_above(ready_raw)?;
+            let events = events_raw.map(move_above).transpose()?;
+            if let Some(fd) = listen_raw {
+                place_fd(fd, LISTEN_FD)?;
+            }
+            place_fd(ready, READY_FD)?;
+            if let Some(fd) = events {
+                place_fd(fd, EVENTS_FD)?;
+            }
             Ok(())
         });
     }
@@ -292,6 +376,18 @@ fn spawn_detached(
             Err(ProxyError::NotReady { pid, reason })
         }
     }
+}
+
+/// Duplicates `fd` to a number above the fds being placed, so placing one cannot overwrite another.
+fn move_above(fd: RawFd) -> io::Result<RawFd> {
+    if fd > EVENTS_FD {
+        return Ok(fd);
+    }
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, EVENTS_FD + 1) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(moved)
 }
 
 /// Moves `fd` to `target` in a freshly forked child, without close-on-exec.
@@ -358,10 +454,15 @@ impl ActiveConnections {
 pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
     crate::log::init_file(&plan.log_path());
     // SAFETY: fds 3 and 4 were placed by `spawn_detached`; checked to be open before taking them.
-    let listener_fd = fd_if_open(LISTEN_FD).ok_or(ProxyError::NoListener)?;
-    let listener = UnixListener::from(listener_fd);
-    // The wrapper bound this file an instant ago and holds the lock: it is ours.
-    let identity = file_identity(&plan.socket);
+    let listener = fd_if_open(LISTEN_FD).map(UnixListener::from);
+    let events_listener = fd_if_open(EVENTS_FD).map(UnixListener::from);
+    if listener.is_none() && events_listener.is_none() {
+        return Err(ProxyError::NoListener);
+    }
+    // The wrapper bound these files an instant ago (holding the lock): they are ours.
+    let identity = listener.as_ref().and_then(|_| file_identity(&plan.socket));
+    let events_socket = plan.events.as_ref().map(|e| e.socket.clone());
+    let events_identity = events_socket.as_deref().and_then(file_identity);
     let ready = fd_if_open(READY_FD).map(File::from);
 
     let monitor = UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
@@ -396,16 +497,25 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
         count: Mutex::new(0),
         idle: Condvar::new(),
     });
-    let accept_listener = listener.try_clone().map_err(|source| ProxyError::Bind {
-        path: plan.socket.clone(),
-        source,
-    })?;
-    {
+    if let Some(listener) = listener {
         let (ctx, active, upstream) = (ctx.clone(), active.clone(), plan.upstream.clone());
         let _ = std::thread::Builder::new()
             .name("accept".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || accept_loop(accept_listener, &upstream, ctx, active));
+            .spawn(move || accept_loop(listener, &upstream, ctx, active, Role::Calls));
+    }
+    if let (Some(listener), Some(route)) = (events_listener, plan.events.clone()) {
+        let (ctx, active) = (ctx.clone(), active.clone());
+        let containerd = PathBuf::from(
+            route
+                .containerd
+                .strip_prefix("unix://")
+                .unwrap_or(&route.containerd),
+        );
+        let _ = std::thread::Builder::new()
+            .name("accept-events".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || accept_loop(listener, &containerd, ctx, active, Role::Events));
     }
 
     wait_for_inner_exit(monitor);
@@ -414,6 +524,9 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
         plan.upstream.display()
     );
     remove_if_same(&plan.socket, identity);
+    if let Some(socket) = &events_socket {
+        remove_if_same(socket, events_identity);
+    }
     remove_dead_socket(&plan.upstream);
     active.wait_idle(Duration::from_secs(2));
     ctx.sink.shutdown(Duration::from_secs(2));
@@ -450,11 +563,21 @@ fn remove_dead_socket(path: &Path) {
     }
 }
 
+/// What a listener's connections carry.
+#[derive(Clone, Copy)]
+enum Role {
+    /// containerd → inner shim task (and sandbox, streaming) calls.
+    Calls,
+    /// inner shim → containerd event publishing.
+    Events,
+}
+
 fn accept_loop(
     listener: UnixListener,
     upstream: &Path,
     ctx: Arc<TapContext>,
     active: Arc<ActiveConnections>,
+    role: Role,
 ) {
     for downstream in listener.incoming() {
         let downstream = match downstream {
@@ -469,8 +592,9 @@ fn accept_loop(
         let upstream_conn = match UnixStream::connect(upstream) {
             Ok(s) => s,
             Err(e) => {
-                // Closing tells containerd the shim is unreachable, which is the truth.
-                tracing::warn!("cannot reach inner shim {}: {e}", upstream.display());
+                // Closing tells the client its peer is unreachable, which is the truth; an inner
+                // shim retries publishing, as it would against containerd itself.
+                tracing::warn!("cannot reach {}: {e}", upstream.display());
                 continue;
             }
         };
@@ -482,7 +606,10 @@ fn accept_loop(
             .spawn({
                 let active = active.clone();
                 move || {
-                    serve_connection(downstream, upstream_conn, ctx);
+                    match role {
+                        Role::Calls => serve_connection(downstream, upstream_conn, ctx),
+                        Role::Events => serve_events(downstream, upstream_conn, ctx),
+                    }
                     active.leave();
                 }
             });
@@ -535,6 +662,37 @@ fn serve_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc<TapCo
     tap.on_close(clock::now_unix_nanos());
 }
 
+/// Forwards one inner-shim publishing connection to containerd, recording each envelope.
+fn serve_events(shim: UnixStream, containerd: UnixStream, ctx: Arc<TapContext>) {
+    let tap = EventTap::new(ctx);
+    let (Ok(containerd_read), Ok(shim_write)) = (containerd.try_clone(), shim.try_clone()) else {
+        return;
+    };
+    let replies = std::thread::Builder::new()
+        .name("events-reply".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || {
+            let _ = pump(
+                &containerd_read,
+                &shim_write,
+                clock::now_unix_nanos,
+                |_, _| {},
+            );
+            let _ = containerd_read.shutdown(std::net::Shutdown::Both);
+            let _ = shim_write.shutdown(std::net::Shutdown::Both);
+        });
+    let _ = pump(&shim, &containerd, clock::now_unix_nanos, |frame, seen| {
+        if frame.header.type_ == MESSAGE_TYPE_REQUEST {
+            tap.on_request(frame.payload, seen);
+        }
+    });
+    let _ = shim.shutdown(std::net::Shutdown::Both);
+    let _ = containerd.shutdown(std::net::Shutdown::Both);
+    if let Ok(handle) = replies {
+        let _ = handle.join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +717,10 @@ mod tests {
             protocol: "plain/v2".into(),
             namespace: "k8s.io".into(),
             task_root: Some("/run/containerd/io.containerd.runtime.v2.task".into()),
+            events: Some(EventsRoute {
+                socket: "/run/shimtrace/ev-1.sock".into(),
+                containerd: "/run/containerd/containerd.sock.ttrpc".into(),
+            }),
         };
         let args = plan.to_args();
         assert_eq!(args[0], PROXY_SUBCOMMAND);
@@ -567,5 +729,6 @@ mod tests {
         assert_eq!(back.task_root, plan.task_root);
         assert_eq!(back.protocol, plan.protocol);
         assert_eq!(back.namespace, plan.namespace);
+        assert_eq!(back.events, plan.events);
     }
 }

@@ -13,11 +13,12 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::bootstrap_api::BootstrapParams;
 use protobuf::Message;
 
 use crate::args::ShimArgs;
 use crate::clock;
-use crate::proxy::{self, Ensured, ProxyPlan, PROXY_SUBCOMMAND};
+use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
 use crate::resolve::{self, Config, WrapperName, OWN_NAME};
 use crate::span::{
@@ -102,6 +103,56 @@ struct Invocation {
     name: WrapperName,
 }
 
+/// The events socket bound for the inner shim (its `TTRPC_ADDRESS`) before it starts.
+struct EventsTap {
+    route: EventsRoute,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl EventsTap {
+    /// Binds the socket if containerd gave the shim an events address (environment, or containerd
+    /// 2.3's `BootstrapParams`); returns the stdin to give the inner shim, rewritten to name our
+    /// socket when it carries `BootstrapParams`.
+    fn prepare(id: Option<&str>, stdin: Vec<u8>) -> (Option<EventsTap>, Vec<u8>) {
+        let mut params = BootstrapParams::parse_from_bytes(&stdin).ok().filter(|p| {
+            Some(p.instance_id.as_str()) == id && !p.containerd_ttrpc_address.is_empty()
+        });
+        let containerd = params
+            .as_ref()
+            .map(|p| p.containerd_ttrpc_address.clone())
+            .or_else(|| {
+                std::env::var("TTRPC_ADDRESS")
+                    .ok()
+                    .filter(|a| !a.is_empty())
+            });
+        let Some(containerd) = containerd else {
+            return (None, stdin);
+        };
+        let (socket, listener) = match proxy::bind_events_socket() {
+            Ok(bound) => bound,
+            Err(e) => {
+                tracing::warn!("events will not be traced: {e}");
+                return (None, stdin);
+            }
+        };
+        let stdin = match params.as_mut() {
+            Some(p) => {
+                p.containerd_ttrpc_address = socket.display().to_string();
+                p.write_to_bytes().unwrap_or(stdin)
+            }
+            None => stdin,
+        };
+        let route = EventsRoute { socket, containerd };
+        (Some(EventsTap { route, listener }), stdin)
+    }
+
+    /// The inner shim publishes elsewhere (an existing shim was reused, or it failed): nothing
+    /// will connect.
+    fn discard(self) {
+        let _ = std::fs::remove_file(&self.route.socket);
+    }
+}
+
 /// What the inner shim's `start`/`delete` printed and how it ended.
 struct InnerRun {
     status: ExitStatus,
@@ -149,10 +200,19 @@ impl Invocation {
 
     /// Runs the inner shim with our argv and `stdin`; `combined` merges stderr into stdout the way
     /// containerd reads `start` (CombinedOutput).
-    fn run_inner(&self, inner: &Path, stdin: Vec<u8>, combined: bool) -> std::io::Result<InnerRun> {
+    fn run_inner(
+        &self,
+        inner: &Path,
+        stdin: Vec<u8>,
+        combined: bool,
+        events: Option<&EventsTap>,
+    ) -> std::io::Result<InnerRun> {
         let started = clock::now_unix_nanos();
         let mut command = Command::new(inner);
         command.args(&self.rest).stdin(Stdio::piped());
+        if let Some(events) = events {
+            command.env("TTRPC_ADDRESS", &events.route.socket);
+        }
         let mut reader = None;
         if combined {
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -235,7 +295,8 @@ impl Invocation {
                 return 1;
             }
         };
-        let run = match self.run_inner(&inner, stdin, true) {
+        let (events, stdin) = EventsTap::prepare(self.args.id.as_deref(), stdin);
+        let run = match self.run_inner(&inner, stdin, true, events.as_ref()) {
             Ok(run) => run,
             Err(e) => {
                 print!("{OWN_NAME}: cannot run {}: {e}", inner.display());
@@ -256,6 +317,9 @@ impl Invocation {
         ));
 
         let (reply_bytes, status) = if !run.status.success() {
+            if let Some(events) = events {
+                events.discard();
+            }
             (
                 run.stdout.clone(),
                 SpanStatus::Error("inner start failed".into()),
@@ -268,6 +332,7 @@ impl Invocation {
                 &trace,
                 &mut spans,
                 &mut attributes,
+                events,
             ) {
                 Ok(bytes) => (bytes, SpanStatus::Ok),
                 Err(reason) => {
@@ -302,6 +367,7 @@ impl Invocation {
     }
 
     /// Ensures the proxy for the inner reply and returns the reply to print, address swapped.
+    #[allow(clippy::too_many_arguments)]
     fn proxy_reply(
         &self,
         output: &[u8],
@@ -310,10 +376,22 @@ impl Invocation {
         trace: &TraceContext,
         spans: &mut Vec<SpanRecord>,
         attributes: &mut Attributes,
+        events: Option<EventsTap>,
     ) -> Result<Vec<u8>, String> {
-        let reply = StartReply::parse(output).map_err(|e| e.to_string())?;
+        let lost_events = |why: &str| {
+            if events.is_some() {
+                tracing::error!("the inner shim's events cannot be forwarded: {why}");
+            }
+        };
+        let reply = StartReply::parse(output).map_err(|e| {
+            lost_events(&e.to_string());
+            e.to_string()
+        })?;
         attributes.insert(attr::PROTOCOL.into(), reply.protocol_label().into());
-        let inner_socket = reply.socket_path().map_err(|e| e.to_string())?;
+        let Some(inner_socket) = crate::reply::socket_path_of(&reply.address) else {
+            lost_events(&format!("{} is not a unix socket", reply.address));
+            return Err(format!("{} is not a unix socket", reply.address));
+        };
         let plan = ProxyPlan {
             socket: proxy::proxy_socket_for(&inner_socket, &reply.address),
             upstream: inner_socket,
@@ -324,10 +402,36 @@ impl Invocation {
                 .parent()
                 .and_then(Path::parent)
                 .map(Path::to_path_buf),
+            events: events.as_ref().map(|e| e.route.clone()),
         };
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
         let ensure_start = clock::now_unix_nanos();
-        let ensured = proxy::ensure_proxy(&plan, &exe).map_err(|e| e.to_string())?;
+        if let Err(e) = reply.socket_path() {
+            // Not ttrpc (a gRPC shim): its calls pass untouched, its events are still forwarded.
+            if let Some(events) = &events {
+                proxy::events_only(
+                    &plan,
+                    &exe,
+                    Some(&events.listener),
+                    proxy::ProxyError::NotTtrpc,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            return Err(e.to_string());
+        }
+        let ensured = proxy::ensure_proxy(&plan, &exe, events.as_ref().map(|e| &e.listener))
+            .map_err(|e| e.to_string())?;
+        match ensured {
+            Ensured::Reused => {
+                if let Some(events) = events {
+                    events.discard();
+                }
+            }
+            Ensured::EventsOnly { .. } => {
+                return Err("the proxy cannot serve calls; it forwards events only".into())
+            }
+            Ensured::Spawned { .. } => {}
+        }
         let mut ensure_attrs = Attributes::new();
         ensure_attrs.insert(
             "shimtrace.proxy.reused".into(),
@@ -363,7 +467,7 @@ impl Invocation {
                 return 1;
             }
         };
-        let run = match self.run_inner(&inner, stdin, false) {
+        let run = match self.run_inner(&inner, stdin, false, None) {
             Ok(run) => run,
             Err(e) => {
                 eprintln!("{OWN_NAME}: cannot run {}: {e}", inner.display());
