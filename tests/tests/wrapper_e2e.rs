@@ -341,6 +341,125 @@ fn fail_open_unwritable_spool(version: &str) {
     assert_eq!(out.stdout.trim(), "still runs");
 }
 
+/// `ctr events` running in the background, collecting its lines.
+struct EventWatch {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EventWatch {
+    fn start(traced: &Traced) -> EventWatch {
+        use std::io::BufRead;
+        let c = &traced.containerd;
+        let mut child = std::process::Command::new(c.version().ctr())
+            .args(["--address", c.address().to_str().unwrap(), "events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let watch = EventWatch { child, lines };
+        // The subscription is live once it reports an event we cause.
+        let marker = format!("probe-{}", std::process::id());
+        let seen = wait_for(SPANS, || {
+            let _ = c.ctr(&["namespaces", "create", &marker]);
+            let _ = c.ctr(&["namespaces", "remove", &marker]);
+            watch
+                .lines()
+                .iter()
+                .any(|l| l.contains(&marker))
+                .then_some(())
+        });
+        assert!(seen.is_some(), "ctr events never subscribed");
+        watch
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many `topic` events name container `id`.
+    fn count(&self, topic: &str, id: &str) -> usize {
+        let needle = format!("\"container_id\":\"{id}\"");
+        self.lines()
+            .iter()
+            .filter(|l| l.split_whitespace().any(|w| w == topic) && l.contains(&needle))
+            .count()
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TASK_TOPICS: [&str; 4] = [
+    "/tasks/create",
+    "/tasks/start",
+    "/tasks/exit",
+    "/tasks/delete",
+];
+
+fn events_once_and_traced(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let watch = EventWatch::start(&traced);
+    let out = traced
+        .containerd
+        .run_rm("evt", &traced.runtime_flags(), &["/bin/sh", "-c", "exit 4"])
+        .unwrap();
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    let delivered = wait_for(SPANS, || {
+        (watch.count("/tasks/delete", "evt") > 0).then_some(())
+    });
+    assert!(delivered.is_some(), "events: {:?}", watch.lines());
+    for topic in TASK_TOPICS {
+        assert_eq!(
+            watch.count(topic, "evt"),
+            1,
+            "{topic} exactly once: {:?}",
+            watch.lines()
+        );
+    }
+    let spans = traced.await_spans("evt", SPANS, |s| {
+        TASK_TOPICS
+            .iter()
+            .all(|t| s.iter().any(|x| x.events.iter().any(|e| e.name == *t)))
+    });
+    let root = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .expect("shim.start");
+    for topic in TASK_TOPICS {
+        let event_span = spans
+            .iter()
+            .find(|s| s.events.iter().any(|e| e.name == topic))
+            .unwrap();
+        assert_eq!(
+            event_span.trace_id, root.trace_id,
+            "{topic} in the container's trace"
+        );
+        assert_eq!(event_span.parent_span_id, Some(root.span_id));
+        assert!(event_span.events[0].time_unix_nano > 0);
+    }
+    let exit = spans
+        .iter()
+        .find(|s| s.events.iter().any(|e| e.name == "/tasks/exit"))
+        .unwrap();
+    assert_eq!(exit.attr_i64(attr::PROCESS_EXIT_CODE), Some(4));
+}
+
 macro_rules! matrix {
     ($($version:ident = $v:literal),*) => {
         $(
@@ -357,6 +476,8 @@ macro_rules! matrix {
                 fn inner_shim_killed_ends_the_proxy() { super::inner_shim_killed($v) }
                 #[test]
                 fn unwritable_spool_fails_open() { super::fail_open_unwritable_spool($v) }
+                #[test]
+                fn events_reach_containerd_once_and_the_trace() { super::events_once_and_traced($v) }
             }
         )*
     };
