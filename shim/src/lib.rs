@@ -2,6 +2,15 @@
 //!
 //! The span record ([`span`]) and the spool format ([`spool`]) are shared with the collector.
 
+pub mod args;
 pub mod clock;
+pub mod frame;
+pub mod log;
+pub mod proxy;
+pub mod reply;
+pub mod resolve;
 pub mod span;
 pub mod spool;
+pub mod tap;
+pub mod trace_ctx;
+pub mod wrapper;

@@ -1,5 +1,7 @@
-//! `containerd-shim-traced-v2`: the wrapper shim's entry point.
+//! `containerd-shim-traced-v2`: the wrapper shim's entry point (see `shimtrace_shim::wrapper`).
 
 fn main() {
-    shimtrace_shim::clock::init();
+    std::process::exit(shimtrace_shim::wrapper::main_entry(
+        std::env::args_os().collect(),
+    ));
 }

@@ -17,7 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -74,9 +74,9 @@ impl SpoolConfig {
 /// A full buffer or an unwritable spool drops the span and counts it; the count reaches the spool as
 /// a `dropped` line.
 pub struct SpanSink {
-    tx: Option<SyncSender<SpanRecord>>,
+    tx: Mutex<Option<SyncSender<SpanRecord>>>,
     dropped: Arc<AtomicU64>,
-    writer: Option<JoinHandle<()>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SpanSink {
@@ -91,32 +91,32 @@ impl SpanSink {
             .spawn(move || file.run(rx, &thread_dropped))
             .map_err(SpoolError::Thread)?;
         Ok(SpanSink {
-            tx: Some(tx),
+            tx: Mutex::new(Some(tx)),
             dropped,
-            writer: Some(handle),
+            writer: Mutex::new(Some(handle)),
         })
     }
 
     /// A sink that writes nothing and counts every span as dropped (used when the spool is unusable).
     pub fn disabled() -> SpanSink {
         SpanSink {
-            tx: None,
+            tx: Mutex::new(None),
             dropped: Arc::new(AtomicU64::new(0)),
-            writer: None,
+            writer: Mutex::new(None),
         }
     }
 
     /// Queues a span; never blocks.
     pub fn emit(&self, span: SpanRecord) {
-        let Some(tx) = &self.tx else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+        let sent = match self.tx.lock().as_deref() {
+            Ok(Some(tx)) => match tx.try_send(span) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            },
+            _ => false,
         };
-        match tx.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if !sent {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -125,10 +125,14 @@ impl SpanSink {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Flushes what is queued and stops the writer, waiting at most `timeout`.
-    pub fn close(mut self, timeout: Duration) {
-        self.tx.take();
-        if let Some(handle) = self.writer.take() {
+    /// Flushes what is queued and stops the writer, waiting at most `timeout`; later spans are
+    /// counted as dropped.
+    pub fn shutdown(&self, timeout: Duration) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
             let deadline = Instant::now() + timeout;
             while !handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
@@ -473,7 +477,7 @@ mod tests {
         let sink = SpanSink::start(&config, "test").unwrap();
         sink.emit(span("a"));
         sink.emit(span("b"));
-        sink.close(Duration::from_secs(5));
+        sink.shutdown(Duration::from_secs(5));
         let files = spool_files(&config.dir).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].1.writer, "test");
@@ -496,7 +500,7 @@ mod tests {
         for i in 0..20 {
             sink.emit(span(&format!("s{i}")));
         }
-        sink.close(Duration::from_secs(5));
+        sink.shutdown(Duration::from_secs(5));
         let contents = read_spool(&config.dir).unwrap();
         assert!(contents.spans.len() < 20);
         assert_eq!(contents.spans.len() as u64 + contents.dropped, 20);

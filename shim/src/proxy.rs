@@ -1,0 +1,571 @@
+//! The proxy daemon: one per inner shim address, serving containerd on its own socket and forwarding
+//! each connection 1:1 to the inner shim, frame for frame, with a tap on both directions.
+//!
+//! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
+//! (fd 3), which reports readiness on a pipe (fd 4) once it reached the inner shim. The proxy keeps
+//! one idle "monitor" connection to the inner shim: when that connection ends, the inner shim is
+//! gone, so the proxy removes its socket (if it is still its own) and exits. A socket file alone
+//! never decides: Kata leaves its socket behind after failing.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use ttrpc::proto::{MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
+
+use crate::clock;
+use crate::frame::pump;
+use crate::spool::{SpanSink, SpoolConfig};
+use crate::tap::{ConnectionTap, TapContext};
+use crate::trace_ctx::TraceRegistry;
+
+/// Where the proxy finds its listener and readiness pipe after exec.
+pub const LISTEN_FD: RawFd = 3;
+pub const READY_FD: RawFd = 4;
+/// Directory for proxy locks and logs (override with `SHIMTRACE_RUN_DIR`).
+pub const DEFAULT_RUN_DIR: &str = "/run/shimtrace";
+pub const RUN_DIR_ENV: &str = "SHIMTRACE_RUN_DIR";
+/// The subcommand under which the wrapper binary runs as a proxy.
+pub const PROXY_SUBCOMMAND: &str = "proxy";
+/// Longest unix socket path Linux accepts (containerd's `socketPathLimit`).
+const SOCKET_PATH_LIMIT: usize = 106;
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+const THREAD_STACK: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot create {path}: {source}")]
+    RunDir { path: PathBuf, source: io::Error },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot bind the proxy socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot start the proxy process {exe}: {source}")]
+    Spawn { exe: PathBuf, source: io::Error },
+    #[error("the proxy process (pid {pid}) did not become ready: {reason}")]
+    NotReady { pid: u32, reason: String },
+    #[error("cannot reach the inner shim at {path}: {source}")]
+    Upstream { path: PathBuf, source: io::Error },
+    #[error("the proxy was started without its listener on fd {LISTEN_FD}; it is started by the wrapper's start, not by hand")]
+    NoListener,
+}
+
+/// The proxy address for an inner shim address: deterministic, so pod grouping (several containers
+/// on one inner shim) lands on one proxy; beside containerd's shim sockets.
+pub fn proxy_socket_for(inner_socket: &Path, inner_address: &str) -> PathBuf {
+    let digest = hex::encode(Sha256::digest(format!("shimtrace-proxy:{inner_address}")));
+    let dir = inner_socket
+        .parent()
+        .unwrap_or(Path::new("/run/containerd/s"));
+    let path = dir.join(&digest);
+    if path.as_os_str().len() <= SOCKET_PATH_LIMIT {
+        path
+    } else {
+        Path::new(DEFAULT_RUN_DIR).join("s").join(&digest[..32])
+    }
+}
+
+fn run_dir() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+/// What a proxy serves.
+#[derive(Debug, Clone)]
+pub struct ProxyPlan {
+    pub socket: PathBuf,
+    pub upstream: PathBuf,
+    pub inner: String,
+    pub protocol: String,
+    pub namespace: String,
+    pub task_root: Option<PathBuf>,
+}
+
+impl ProxyPlan {
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            PROXY_SUBCOMMAND.to_string(),
+            "--socket".into(),
+            self.socket.display().to_string(),
+            "--upstream".into(),
+            self.upstream.display().to_string(),
+            "--inner".into(),
+            self.inner.clone(),
+            "--protocol".into(),
+            self.protocol.clone(),
+            "--namespace".into(),
+            self.namespace.clone(),
+        ];
+        if let Some(root) = &self.task_root {
+            args.push("--task-root".into());
+            args.push(root.display().to_string());
+        }
+        args
+    }
+
+    /// Parses the arguments after the `proxy` subcommand.
+    pub fn from_args(args: &[String]) -> Option<ProxyPlan> {
+        let get = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        Some(ProxyPlan {
+            socket: get("--socket")?.into(),
+            upstream: get("--upstream")?.into(),
+            inner: get("--inner").unwrap_or_default(),
+            protocol: get("--protocol").unwrap_or_default(),
+            namespace: get("--namespace").unwrap_or_default(),
+            task_root: get("--task-root").map(PathBuf::from),
+        })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        let name = self
+            .socket
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "proxy".into());
+        run_dir().join(format!("proxy-{name}.log"))
+    }
+}
+
+/// How `ensure_proxy` satisfied the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// A live proxy already serves this inner shim (grouping).
+    Reused,
+    Spawned {
+        pid: u32,
+    },
+}
+
+/// Makes sure a live proxy serves `plan.socket`, starting one if needed. Concurrent `start`s for one
+/// inner shim are serialised by a lock file, so exactly one proxy is started.
+pub fn ensure_proxy(plan: &ProxyPlan, exe: &Path) -> Result<Ensured, ProxyError> {
+    let dir = run_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| ProxyError::RunDir {
+            path: dir.clone(),
+            source,
+        })?;
+    let lock_path = dir.join(format!(
+        "{}.lock",
+        plan.socket
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+    ));
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| ProxyError::Lock {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, errno)| ProxyError::Lock {
+            path: lock_path.clone(),
+            source: errno.into(),
+        },
+    )?;
+
+    if UnixStream::connect(&plan.socket).is_ok() {
+        return Ok(Ensured::Reused);
+    }
+    if let Some(parent) = plan.socket.parent() {
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent);
+    }
+    let _ = std::fs::remove_file(&plan.socket);
+    let listener = bind_private(&plan.socket)?;
+    let identity = file_identity(&plan.socket);
+    match spawn_detached(plan, exe, &listener) {
+        Ok(pid) => Ok(Ensured::Spawned { pid }),
+        Err(e) => {
+            remove_if_same(&plan.socket, identity);
+            Err(e)
+        }
+    }
+}
+
+/// Binds a unix socket readable and writable by its owner only (0600 from the start, not after).
+fn bind_private(path: &Path) -> Result<UnixListener, ProxyError> {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    bound.map_err(|source| ProxyError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The identity (device, inode) of the file at `path`, to recognise our own socket file later.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket file at `path` only if it is still the one we bound (a new proxy for the same
+/// inner address may have replaced it). `fstat` on the socket fd cannot tell: it names the socket
+/// inode, not the file.
+fn remove_if_same(path: &Path, identity: Option<(u64, u64)>) {
+    if identity.is_some() && file_identity(path) == identity {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn spawn_detached(
+    plan: &ProxyPlan,
+    exe: &Path,
+    listener: &UnixListener,
+) -> Result<u32, ProxyError> {
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProxyError::Spawn {
+            exe: exe.to_path_buf(),
+            source: e.into(),
+        })?;
+    let listen_raw = listener.as_raw_fd();
+    let ready_raw = ready_write.as_raw_fd();
+    let mut command = Command::new(exe);
+    command
+        .args(plan.to_args())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            place_fd(listen_raw, LISTEN_FD)?;
+            place_fd(ready_raw, READY_FD)?;
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|source| ProxyError::Spawn {
+        exe: exe.to_path_buf(),
+        source,
+    })?;
+    drop(ready_write);
+    let pid = child.id();
+    // The child is reparented once this short-lived process exits; nobody waits for it here.
+    drop(child);
+    let mut ready = File::from(ready_read);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let outcome = wait_readable(&ready, deadline).and_then(|()| {
+        let mut byte = [0u8; 1];
+        match ready.read(&mut byte) {
+            Ok(1) => Ok(()),
+            Ok(_) => Err("it exited before reaching the inner shim (see its log)".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    match outcome {
+        Ok(()) => Ok(pid),
+        Err(reason) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            Err(ProxyError::NotReady { pid, reason })
+        }
+    }
+}
+
+/// Moves `fd` to `target` in a freshly forked child, without close-on-exec.
+fn place_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
+    if fd == target {
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn wait_readable(file: &File, deadline: Instant) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no answer within {READY_TIMEOUT:?}"));
+        }
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        let timeout =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Connections currently being served, so the exit path can let them finish their spans.
+struct ActiveConnections {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl ActiveConnections {
+    fn enter(&self) {
+        if let Ok(mut n) = self.count.lock() {
+            *n += 1;
+        }
+    }
+    fn leave(&self) {
+        if let Ok(mut n) = self.count.lock() {
+            *n = n.saturating_sub(1);
+            self.idle.notify_all();
+        }
+    }
+    fn wait_idle(&self, timeout: Duration) {
+        if let Ok(n) = self.count.lock() {
+            let _ = self.idle.wait_timeout_while(n, timeout, |n| *n > 0);
+        }
+    }
+}
+
+/// Runs the proxy daemon (the `proxy` subcommand); returns when the inner shim is gone.
+pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
+    crate::log::init_file(&plan.log_path());
+    // SAFETY: fds 3 and 4 were placed by `spawn_detached`; checked to be open before taking them.
+    let listener_fd = fd_if_open(LISTEN_FD).ok_or(ProxyError::NoListener)?;
+    let listener = UnixListener::from(listener_fd);
+    // The wrapper bound this file an instant ago and holds the lock: it is ours.
+    let identity = file_identity(&plan.socket);
+    let ready = fd_if_open(READY_FD).map(File::from);
+
+    let monitor = UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
+        path: plan.upstream.clone(),
+        source,
+    })?;
+    let sink = match SpanSink::start(&SpoolConfig::from_env(), "proxy") {
+        Ok(sink) => sink,
+        Err(e) => {
+            tracing::warn!("spans will be dropped and counted: {e}");
+            SpanSink::disabled()
+        }
+    };
+    let ctx = Arc::new(TapContext {
+        sink,
+        traces: TraceRegistry::new(plan.task_root.clone()),
+        inner: plan.inner.clone(),
+        protocol: plan.protocol.clone(),
+        namespace: plan.namespace.clone(),
+    });
+    if let Some(mut ready) = ready {
+        let _ = ready.write_all(b"1");
+    }
+    tracing::info!(
+        "proxy {} serving inner shim {} ({})",
+        plan.socket.display(),
+        plan.upstream.display(),
+        plan.inner
+    );
+
+    let active = Arc::new(ActiveConnections {
+        count: Mutex::new(0),
+        idle: Condvar::new(),
+    });
+    let accept_listener = listener.try_clone().map_err(|source| ProxyError::Bind {
+        path: plan.socket.clone(),
+        source,
+    })?;
+    {
+        let (ctx, active, upstream) = (ctx.clone(), active.clone(), plan.upstream.clone());
+        let _ = std::thread::Builder::new()
+            .name("accept".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || accept_loop(accept_listener, &upstream, ctx, active));
+    }
+
+    wait_for_inner_exit(monitor);
+    tracing::info!(
+        "inner shim {} is gone; proxy exiting",
+        plan.upstream.display()
+    );
+    remove_if_same(&plan.socket, identity);
+    remove_dead_socket(&plan.upstream);
+    active.wait_idle(Duration::from_secs(2));
+    ctx.sink.shutdown(Duration::from_secs(2));
+    Ok(())
+}
+
+fn fd_if_open(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only queries; ownership is taken only of an fd that exists and that nothing
+    // else in this freshly exec'd process uses.
+    unsafe { (libc::fcntl(fd, libc::F_GETFD) >= 0).then(|| OwnedFd::from_raw_fd(fd)) }
+}
+
+/// Blocks until the monitor connection ends: the inner shim exited (or closed on us).
+fn wait_for_inner_exit(mut monitor: UnixStream) {
+    let mut byte = [0u8; 64];
+    loop {
+        match monitor.read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// The runc shim removes the socket named in the bundle's `address` file at exit, which the wrapper
+/// pointed at the proxy; so the inner shim's own socket file is left behind. Remove it once nothing
+/// answers there.
+fn remove_dead_socket(path: &Path) {
+    if let Err(e) = UnixStream::connect(path) {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    upstream: &Path,
+    ctx: Arc<TapContext>,
+    active: Arc<ActiveConnections>,
+) {
+    for downstream in listener.incoming() {
+        let downstream = match downstream {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let upstream_conn = match UnixStream::connect(upstream) {
+            Ok(s) => s,
+            Err(e) => {
+                // Closing tells containerd the shim is unreachable, which is the truth.
+                tracing::warn!("cannot reach inner shim {}: {e}", upstream.display());
+                continue;
+            }
+        };
+        active.enter();
+        let (ctx, active) = (ctx.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .stack_size(THREAD_STACK)
+            .spawn({
+                let active = active.clone();
+                move || {
+                    serve_connection(downstream, upstream_conn, ctx);
+                    active.leave();
+                }
+            });
+        if spawned.is_err() {
+            active.leave();
+        }
+    }
+}
+
+/// Forwards one containerd connection to its own inner-shim connection until either side ends.
+fn serve_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc<TapContext>) {
+    let tap = Arc::new(ConnectionTap::new(ctx));
+    let (Ok(down_read), Ok(up_write)) = (downstream.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let request_tap = tap.clone();
+    let requests = std::thread::Builder::new()
+        .name("conn-req".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || {
+            let _ = pump(
+                &down_read,
+                &up_write,
+                clock::now_unix_nanos,
+                |frame, seen| {
+                    if frame.header.type_ == MESSAGE_TYPE_REQUEST {
+                        request_tap.on_request(frame.header.stream_id, frame.payload, seen);
+                    }
+                },
+            );
+            // containerd hung up (or the inner shim did): end both sides.
+            let _ = down_read.shutdown(std::net::Shutdown::Both);
+            let _ = up_write.shutdown(std::net::Shutdown::Both);
+        });
+    let _ = pump(
+        &upstream,
+        &downstream,
+        clock::now_unix_nanos,
+        |frame, seen| {
+            if frame.header.type_ == MESSAGE_TYPE_RESPONSE {
+                tap.on_response(frame.header.stream_id, frame.payload, seen);
+            }
+        },
+    );
+    let _ = downstream.shutdown(std::net::Shutdown::Both);
+    let _ = upstream.shutdown(std::net::Shutdown::Both);
+    if let Ok(handle) = requests {
+        let _ = handle.join();
+    }
+    tap.on_close(clock::now_unix_nanos());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_socket_is_deterministic_beside_the_inner_one_and_short() {
+        let inner = Path::new("/run/containerd/s/abcd");
+        let a = proxy_socket_for(inner, "unix:///run/containerd/s/abcd");
+        assert_eq!(a, proxy_socket_for(inner, "unix:///run/containerd/s/abcd"));
+        assert_eq!(a.parent(), Some(Path::new("/run/containerd/s")));
+        assert_ne!(a, proxy_socket_for(inner, "unix:///run/containerd/s/other"));
+        let deep = PathBuf::from(format!("/{}/sock", "d".repeat(100)));
+        assert!(proxy_socket_for(&deep, "unix:///x").as_os_str().len() <= SOCKET_PATH_LIMIT);
+    }
+
+    #[test]
+    fn plan_round_trips_through_args() {
+        let plan = ProxyPlan {
+            socket: "/run/containerd/s/p".into(),
+            upstream: "/run/containerd/s/i".into(),
+            inner: "/usr/bin/containerd-shim-runc-v2".into(),
+            protocol: "plain/v2".into(),
+            namespace: "k8s.io".into(),
+            task_root: Some("/run/containerd/io.containerd.runtime.v2.task".into()),
+        };
+        let args = plan.to_args();
+        assert_eq!(args[0], PROXY_SUBCOMMAND);
+        let back = ProxyPlan::from_args(&args[1..]).unwrap();
+        assert_eq!(back.socket, plan.socket);
+        assert_eq!(back.task_root, plan.task_root);
+        assert_eq!(back.protocol, plan.protocol);
+        assert_eq!(back.namespace, plan.namespace);
+    }
+}

@@ -1,0 +1,523 @@
+//! The tap: turns the ttrpc frames a proxy connection forwards into spans.
+//!
+//! A request frame opens a pending call keyed by its stream id; the response frame with the same
+//! stream id closes it. Both directions run on their own threads and the tap looks at a frame only
+//! after forwarding it, so a response can be tapped before its request: the pending map holds
+//! whichever half arrives first.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use containerd_shim_protos::api;
+use protobuf::Message;
+
+use crate::span::{
+    attr, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, TraceContext,
+    TraceId,
+};
+use crate::spool::SpanSink;
+use crate::trace_ctx::TraceRegistry;
+
+/// ttrpc metadata key containerd sets to the namespace of every call.
+pub const NAMESPACE_METADATA: &str = "containerd-namespace-ttrpc";
+/// W3C trace context key that containerd 2.x's otelttrpc interceptor injects.
+pub const TRACEPARENT_METADATA: &str = "traceparent";
+
+/// What every connection's tap shares within one proxy.
+pub struct TapContext {
+    pub sink: SpanSink,
+    pub traces: TraceRegistry,
+    /// Path of the inner shim binary (`shimtrace.inner`).
+    pub inner: String,
+    /// `plain/v2`, `json/v3`, … (`shimtrace.protocol`).
+    pub protocol: String,
+    /// The shim's `-namespace`; containerd 1.6 sends no namespace metadata on shim calls.
+    pub namespace: String,
+}
+
+/// The tap of one proxied connection.
+pub struct ConnectionTap {
+    ctx: Arc<TapContext>,
+    pending: Mutex<HashMap<u32, Slot>>,
+}
+
+enum Slot {
+    Request(PendingCall),
+    /// The response was tapped first; its raw ttrpc `Response` waits for the request.
+    EarlyResponse {
+        end: u64,
+        payload: Vec<u8>,
+    },
+}
+
+struct PendingCall {
+    start: u64,
+    service: String,
+    method: String,
+    trace: TraceContext,
+    namespace: String,
+    container_id: Option<String>,
+    attributes: Attributes,
+}
+
+/// Ids and details decoded from a task request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TaskRequestInfo {
+    pub id: Option<String>,
+    pub exec_id: Option<String>,
+    pub bundle: Option<String>,
+    pub signal: Option<u32>,
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Whether `service` is the shim task API (`containerd.task.v2.Task` or `containerd.task.v3.Task`);
+/// the two are wire-identical, so the same message types decode both.
+pub fn is_task_service(service: &str) -> bool {
+    service.starts_with("containerd.task.v") && service.ends_with(".Task")
+}
+
+/// Decodes the ids a task request carries; unknown methods or undecodable payloads give nothing.
+pub fn decode_task_request(method: &str, payload: &[u8]) -> TaskRequestInfo {
+    macro_rules! id_only {
+        ($ty:ty) => {
+            <$ty>::parse_from_bytes(payload)
+                .map(|r| TaskRequestInfo {
+                    id: non_empty(&r.id),
+                    ..Default::default()
+                })
+                .unwrap_or_default()
+        };
+    }
+    macro_rules! id_and_exec {
+        ($ty:ty) => {
+            <$ty>::parse_from_bytes(payload)
+                .map(|r| TaskRequestInfo {
+                    id: non_empty(&r.id),
+                    exec_id: non_empty(&r.exec_id),
+                    ..Default::default()
+                })
+                .unwrap_or_default()
+        };
+    }
+    match method {
+        "Create" => api::CreateTaskRequest::parse_from_bytes(payload)
+            .map(|r| TaskRequestInfo {
+                id: non_empty(&r.id),
+                bundle: non_empty(&r.bundle),
+                ..Default::default()
+            })
+            .unwrap_or_default(),
+        "Kill" => api::KillRequest::parse_from_bytes(payload)
+            .map(|r| TaskRequestInfo {
+                id: non_empty(&r.id),
+                exec_id: non_empty(&r.exec_id),
+                signal: Some(r.signal),
+                ..Default::default()
+            })
+            .unwrap_or_default(),
+        "State" => id_and_exec!(api::StateRequest),
+        "Start" => id_and_exec!(api::StartRequest),
+        "Delete" => id_and_exec!(api::DeleteRequest),
+        "Exec" => id_and_exec!(api::ExecProcessRequest),
+        "ResizePty" => id_and_exec!(api::ResizePtyRequest),
+        "CloseIO" => id_and_exec!(api::CloseIORequest),
+        "Wait" => id_and_exec!(api::WaitRequest),
+        "Pids" => id_only!(api::PidsRequest),
+        "Pause" => id_only!(api::PauseRequest),
+        "Resume" => id_only!(api::ResumeRequest),
+        "Checkpoint" => id_only!(api::CheckpointTaskRequest),
+        "Update" => id_only!(api::UpdateTaskRequest),
+        "Stats" => id_only!(api::StatsRequest),
+        "Connect" => id_only!(api::ConnectRequest),
+        "Shutdown" => id_only!(api::ShutdownRequest),
+        _ => TaskRequestInfo::default(),
+    }
+}
+
+/// Adds what a task response tells (pids, exit codes) to `attributes`.
+pub fn decode_task_response(method: &str, payload: &[u8], attributes: &mut Attributes) {
+    let mut put = |key: &str, value: AttributeValue| {
+        attributes.insert(key.to_string(), value);
+    };
+    match method {
+        "Create" => {
+            if let Ok(r) = api::CreateTaskResponse::parse_from_bytes(payload) {
+                put(attr::PROCESS_PID, r.pid.into());
+            }
+        }
+        "Start" => {
+            if let Ok(r) = api::StartResponse::parse_from_bytes(payload) {
+                put(attr::PROCESS_PID, r.pid.into());
+            }
+        }
+        "Delete" => {
+            if let Ok(r) = api::DeleteResponse::parse_from_bytes(payload) {
+                put(attr::PROCESS_PID, r.pid.into());
+                put(attr::PROCESS_EXIT_CODE, r.exit_status.into());
+            }
+        }
+        "Wait" => {
+            if let Ok(r) = api::WaitResponse::parse_from_bytes(payload) {
+                put(attr::PROCESS_EXIT_CODE, r.exit_status.into());
+            }
+        }
+        "State" => {
+            if let Ok(r) = api::StateResponse::parse_from_bytes(payload) {
+                put(attr::PROCESS_PID, r.pid.into());
+            }
+        }
+        "Connect" => {
+            if let Ok(r) = api::ConnectResponse::parse_from_bytes(payload) {
+                put(attr::PROCESS_PID, r.task_pid.into());
+                put("shimtrace.shim.pid", r.shim_pid.into());
+            }
+        }
+        _ => {}
+    }
+}
+
+impl ConnectionTap {
+    pub fn new(ctx: Arc<TapContext>) -> ConnectionTap {
+        ConnectionTap {
+            ctx,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A request frame (already forwarded) with stream id `sid`, seen at `start`.
+    pub fn on_request(&self, sid: u32, payload: &[u8], start: u64) {
+        let Ok(request) = ttrpc::Request::parse_from_bytes(payload) else {
+            return;
+        };
+        let mut namespace = None;
+        let mut traceparent = None;
+        for kv in &request.metadata {
+            match kv.key.as_str() {
+                NAMESPACE_METADATA => namespace = Some(kv.value.clone()),
+                TRACEPARENT_METADATA => traceparent = TraceContext::from_traceparent(&kv.value),
+                _ => {}
+            }
+        }
+        let namespace = namespace.unwrap_or_else(|| self.ctx.namespace.clone());
+        let info = if is_task_service(&request.service) {
+            decode_task_request(&request.method, &request.payload)
+        } else {
+            TaskRequestInfo::default()
+        };
+        let trace = match (traceparent, &info.id) {
+            (Some(ctx), _) => ctx,
+            (None, Some(id)) => self.ctx.traces.lookup(
+                &namespace,
+                id,
+                info.bundle.as_deref().map(PathBuf::from).as_deref(),
+            ),
+            (None, None) => TraceContext {
+                trace_id: TraceId::random(),
+                parent_span_id: None,
+            },
+        };
+        let mut attributes = Attributes::new();
+        let mut put = |key: &str, value: AttributeValue| {
+            attributes.insert(key.to_string(), value);
+        };
+        put(attr::RPC_SYSTEM, "ttrpc".into());
+        put(attr::RPC_SERVICE, request.service.as_str().into());
+        put(attr::RPC_METHOD, request.method.as_str().into());
+        put(attr::CONTAINERD_NAMESPACE, namespace.as_str().into());
+        put(attr::INNER, self.ctx.inner.as_str().into());
+        put(attr::PROTOCOL, self.ctx.protocol.as_str().into());
+        put(attr::RECORDER_PID, std::process::id().into());
+        if let Some(id) = &info.id {
+            put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
+        }
+        if let Some(exec) = &info.exec_id {
+            put(attr::CONTAINERD_EXEC_ID, exec.as_str().into());
+        }
+        if let Some(bundle) = &info.bundle {
+            put(attr::CONTAINERD_BUNDLE, bundle.as_str().into());
+        }
+        if let Some(signal) = info.signal {
+            put(attr::SIGNAL, signal.into());
+        }
+        let call = PendingCall {
+            start,
+            service: request.service,
+            method: request.method,
+            trace,
+            namespace,
+            container_id: info.id,
+            attributes,
+        };
+        let early = {
+            let Ok(mut pending) = self.pending.lock() else {
+                return;
+            };
+            match pending.remove(&sid) {
+                Some(Slot::EarlyResponse { end, payload }) => Some((end, payload)),
+                other => {
+                    // A reused stream id without a response is a protocol error by the client;
+                    // the older call is ended so it is not lost.
+                    if let Some(Slot::Request(stale)) = other {
+                        self.finish_unanswered(stale, start, "stream_id_reused");
+                    }
+                    pending.insert(sid, Slot::Request(call));
+                    return;
+                }
+            }
+        };
+        if let Some((end, payload)) = early {
+            self.finish(call, end, &payload);
+        }
+    }
+
+    /// A response frame (already forwarded) with stream id `sid`, seen at `end`.
+    pub fn on_response(&self, sid: u32, payload: &[u8], end: u64) {
+        let call = {
+            let Ok(mut pending) = self.pending.lock() else {
+                return;
+            };
+            match pending.remove(&sid) {
+                Some(Slot::Request(call)) => call,
+                Some(early @ Slot::EarlyResponse { .. }) => {
+                    pending.insert(sid, early);
+                    return;
+                }
+                None => {
+                    pending.insert(
+                        sid,
+                        Slot::EarlyResponse {
+                            end,
+                            payload: payload.to_vec(),
+                        },
+                    );
+                    return;
+                }
+            }
+        };
+        self.finish(call, end, payload);
+    }
+
+    /// The connection closed: calls still waiting for a response end now, marked as such.
+    pub fn on_close(&self, end: u64) {
+        let slots: Vec<Slot> = match self.pending.lock() {
+            Ok(mut pending) => pending.drain().map(|(_, slot)| slot).collect(),
+            Err(_) => return,
+        };
+        for slot in slots {
+            if let Slot::Request(call) = slot {
+                self.finish_unanswered(call, end, "connection_closed");
+            }
+        }
+    }
+
+    fn finish(&self, mut call: PendingCall, end: u64, response_payload: &[u8]) {
+        let status = match ttrpc::Response::parse_from_bytes(response_payload) {
+            Ok(response) => {
+                let code = response.status.code.value();
+                call.attributes
+                    .insert(attr::RPC_TTRPC_STATUS_CODE.into(), code.into());
+                if code == 0 {
+                    if is_task_service(&call.service) {
+                        decode_task_response(&call.method, &response.payload, &mut call.attributes);
+                    }
+                    SpanStatus::Ok
+                } else {
+                    let message = response.status.message.clone();
+                    call.attributes.insert(
+                        attr::RPC_TTRPC_STATUS_MESSAGE.into(),
+                        message.as_str().into(),
+                    );
+                    SpanStatus::Error(message)
+                }
+            }
+            Err(e) => SpanStatus::Error(format!("undecodable ttrpc response: {e}")),
+        };
+        self.emit(call, end, status);
+    }
+
+    fn finish_unanswered(&self, mut call: PendingCall, end: u64, outcome: &str) {
+        call.attributes.insert(attr::OUTCOME.into(), outcome.into());
+        self.emit(call, end, SpanStatus::Unset);
+    }
+
+    fn emit(&self, call: PendingCall, end: u64, status: SpanStatus) {
+        if call.method == "Shutdown" {
+            if let Some(id) = &call.container_id {
+                self.ctx.traces.forget(&call.namespace, id);
+            }
+        }
+        self.ctx.sink.emit(SpanRecord {
+            trace_id: call.trace.trace_id,
+            span_id: SpanId::random(),
+            parent_span_id: call.trace.parent_span_id,
+            name: format!("{}/{}", call.service, call.method),
+            kind: SpanKind::Server,
+            start_time_unix_nano: call.start,
+            end_time_unix_nano: end.max(call.start),
+            attributes: call.attributes,
+            events: Vec::new(),
+            status,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{read_spool, SpoolConfig};
+    use std::time::Duration;
+
+    fn request(service: &str, method: &str, payload: Vec<u8>, meta: &[(&str, &str)]) -> Vec<u8> {
+        let mut r = ttrpc::Request::new();
+        r.service = service.into();
+        r.method = method.into();
+        r.payload = payload;
+        for (k, v) in meta {
+            let mut kv = ttrpc::proto::KeyValue::new();
+            kv.key = k.to_string();
+            kv.value = v.to_string();
+            r.metadata.push(kv);
+        }
+        r.write_to_bytes().unwrap()
+    }
+
+    fn response(code: ttrpc::Code, payload: Vec<u8>) -> Vec<u8> {
+        let mut r = ttrpc::Response::new();
+        r.status = protobuf::MessageField::some(ttrpc::get_status(code, "boom"));
+        r.payload = payload;
+        r.write_to_bytes().unwrap()
+    }
+
+    fn with_tap(test: impl FnOnce(&ConnectionTap)) -> Vec<SpanRecord> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let ctx = Arc::new(TapContext {
+            sink: SpanSink::start(&config, "test").unwrap(),
+            traces: TraceRegistry::new(None),
+            inner: "/usr/bin/containerd-shim-runc-v2".into(),
+            protocol: "plain/v2".into(),
+            namespace: "fallback".into(),
+        });
+        let tap = ConnectionTap::new(ctx.clone());
+        test(&tap);
+        drop(tap);
+        let ctx = Arc::try_unwrap(ctx).ok().unwrap();
+        ctx.sink.shutdown(Duration::from_secs(5));
+        read_spool(dir.path()).unwrap().spans
+    }
+
+    #[test]
+    fn request_and_response_make_one_span_with_ids_and_exit_code() {
+        let mut wait = api::WaitRequest::new();
+        wait.id = "c1".into();
+        wait.exec_id = "e1".into();
+        let mut done = api::WaitResponse::new();
+        done.exit_status = 3;
+        let spans = with_tap(|tap| {
+            tap.on_request(
+                1,
+                &request(
+                    "containerd.task.v2.Task",
+                    "Wait",
+                    wait.write_to_bytes().unwrap(),
+                    &[(NAMESPACE_METADATA, "default")],
+                ),
+                100,
+            );
+            tap.on_response(
+                1,
+                &response(ttrpc::Code::OK, done.write_to_bytes().unwrap()),
+                250,
+            );
+        });
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(span.name, "containerd.task.v2.Task/Wait");
+        assert_eq!(
+            (span.start_time_unix_nano, span.end_time_unix_nano),
+            (100, 250)
+        );
+        assert_eq!(span.attr_str(attr::CONTAINERD_CONTAINER_ID), Some("c1"));
+        assert_eq!(span.attr_str(attr::CONTAINERD_EXEC_ID), Some("e1"));
+        assert_eq!(span.attr_str(attr::CONTAINERD_NAMESPACE), Some("default"));
+        assert_eq!(span.attr_i64(attr::PROCESS_EXIT_CODE), Some(3));
+        assert_eq!(span.attr_i64(attr::RPC_TTRPC_STATUS_CODE), Some(0));
+        assert_eq!(span.attr_str(attr::RPC_SYSTEM), Some("ttrpc"));
+        assert_eq!(span.status, SpanStatus::Ok);
+    }
+
+    #[test]
+    fn response_before_request_and_errors_and_traceparent() {
+        let mut state = api::StateRequest::new();
+        state.id = "c2".into();
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let spans = with_tap(|tap| {
+            tap.on_response(3, &response(ttrpc::Code::NOT_FOUND, vec![]), 90);
+            tap.on_request(
+                3,
+                &request(
+                    "containerd.task.v3.Task",
+                    "State",
+                    state.write_to_bytes().unwrap(),
+                    &[(TRACEPARENT_METADATA, parent)],
+                ),
+                80,
+            );
+        });
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(
+            (span.start_time_unix_nano, span.end_time_unix_nano),
+            (80, 90)
+        );
+        assert_eq!(span.attr_i64(attr::RPC_TTRPC_STATUS_CODE), Some(5));
+        assert_eq!(span.status, SpanStatus::Error("boom".into()));
+        assert_eq!(span.trace_id.to_hex(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span.parent_span_id.unwrap().to_hex(), "b7ad6b7169203331");
+    }
+
+    #[test]
+    fn calls_open_at_close_are_ended_not_lost() {
+        let spans = with_tap(|tap| {
+            tap.on_request(
+                5,
+                &request("containerd.task.v2.Task", "Wait", vec![], &[]),
+                10,
+            );
+            tap.on_close(20);
+        });
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].attr_str(attr::OUTCOME), Some("connection_closed"));
+        // No namespace metadata (containerd 1.6): the shim's own namespace.
+        assert_eq!(
+            spans[0].attr_str(attr::CONTAINERD_NAMESPACE),
+            Some("fallback")
+        );
+        assert_eq!(spans[0].end_time_unix_nano, 20);
+    }
+
+    #[test]
+    fn create_and_kill_requests_decode() {
+        let mut create = api::CreateTaskRequest::new();
+        create.id = "c".into();
+        create.bundle = "/b".into();
+        let info = decode_task_request("Create", &create.write_to_bytes().unwrap());
+        assert_eq!(info.bundle.as_deref(), Some("/b"));
+        let mut kill = api::KillRequest::new();
+        kill.id = "c".into();
+        kill.signal = 9;
+        let info = decode_task_request("Kill", &kill.write_to_bytes().unwrap());
+        assert_eq!(info.signal, Some(9));
+        assert_eq!(
+            decode_task_request("Nope", b"\xff"),
+            TaskRequestInfo::default()
+        );
+    }
+}

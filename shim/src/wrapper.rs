@@ -1,0 +1,501 @@
+//! The wrapper's process-level protocol: `start` and `delete` run the inner shim's own `start` and
+//! `delete` with the same argv, environment, working directory and stdin, and relay their output;
+//! `start` additionally puts a proxy in front of the inner shim's address.
+//!
+//! Fail open: whenever something of shimtrace's own fails, the inner shim's reply goes back to
+//! containerd unchanged and the reason goes to the shim log.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use containerd_shim_protos::api::DeleteResponse;
+use protobuf::Message;
+
+use crate::args::ShimArgs;
+use crate::clock;
+use crate::proxy::{self, Ensured, ProxyPlan, PROXY_SUBCOMMAND};
+use crate::reply::StartReply;
+use crate::resolve::{self, Config, WrapperName, OWN_NAME};
+use crate::span::{
+    attr, names, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus,
+    TraceContext, TraceId,
+};
+use crate::spool::{SpanSink, SpoolConfig};
+use crate::trace_ctx;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Entry point for the wrapper binary; returns the process exit code.
+pub fn main_entry(argv: Vec<OsString>) -> i32 {
+    clock::init();
+    let argv: Vec<String> = argv
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let argv0 = argv
+        .first()
+        .cloned()
+        .unwrap_or_else(|| OWN_NAME.to_string());
+    let rest = &argv[argv.len().min(1)..];
+    if rest.first().map(String::as_str) == Some(PROXY_SUBCOMMAND) {
+        return match ProxyPlan::from_args(&rest[1..]) {
+            Some(plan) => match proxy::run_proxy(plan) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("proxy failed: {e}");
+                    1
+                }
+            },
+            None => {
+                eprintln!("{OWN_NAME}: the proxy is started by the wrapper's start, not by hand");
+                2
+            }
+        };
+    }
+    let args = ShimArgs::parse(rest);
+    let name = match WrapperName::from_argv0(&argv0) {
+        Ok(name) => name,
+        Err(e) => return own_name(&args, &e.to_string()),
+    };
+    let invocation = Invocation {
+        rest: rest.to_vec(),
+        args,
+        name,
+    };
+    match invocation.args.action.as_deref() {
+        Some("start") => invocation.start(),
+        Some("delete") => invocation.delete(),
+        // `-v`, `-info` and anything else are the inner shim's to answer.
+        _ => invocation.exec_inner(),
+    }
+}
+
+fn own_name(args: &ShimArgs, problem: &str) -> i32 {
+    if args.version {
+        println!("{OWN_NAME} {VERSION}");
+        return 0;
+    }
+    let help = format!(
+        "{OWN_NAME} {VERSION}: a containerd shim v2 that traces a real shim.\n\n\
+         Install it under the name containerd-shim-traced-<inner>-<version> (a symlink), e.g.\n  \
+         ln -s $(command -v {OWN_NAME}) /usr/local/bin/containerd-shim-traced-runc-v2\n\
+         and run containers with the runtime io.containerd.traced-runc.v2; it forwards every call\n\
+         to containerd-shim-runc-v2 and records spans in $SHIMTRACE_SPOOL_DIR\n\
+         (default /var/lib/shimtrace/spool). `shimtrace install` does this for every shim found.\n"
+    );
+    if args.help || args.action.is_none() {
+        print!("{help}");
+        return 0;
+    }
+    eprintln!("{OWN_NAME}: {problem}");
+    2
+}
+
+struct Invocation {
+    /// argv without argv[0], passed to the inner shim unchanged.
+    rest: Vec<String>,
+    args: ShimArgs,
+    name: WrapperName,
+}
+
+/// What the inner shim's `start`/`delete` printed and how it ended.
+struct InnerRun {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    started: u64,
+    ended: u64,
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+impl Invocation {
+    fn resolve_inner(&self) -> Result<PathBuf, resolve::ResolveError> {
+        let config = Config::load().unwrap_or_else(|e| {
+            tracing::warn!("{e}; looking the inner shim up on PATH");
+            Config::default()
+        });
+        let exe = std::env::current_exe().unwrap_or_default();
+        resolve::resolve_inner(
+            &self.name,
+            &config,
+            self.args.publish_binary.as_deref().map(Path::new),
+            std::env::var_os("PATH"),
+            &exe,
+        )
+    }
+
+    fn exec_inner(&self) -> i32 {
+        match self.resolve_inner() {
+            Ok(inner) => {
+                let err = Command::new(&inner).args(&self.rest).exec();
+                eprintln!("{OWN_NAME}: cannot run {}: {err}", inner.display());
+                1
+            }
+            Err(e) => {
+                eprintln!("{OWN_NAME}: {e}");
+                1
+            }
+        }
+    }
+
+    /// Runs the inner shim with our argv and `stdin`; `combined` merges stderr into stdout the way
+    /// containerd reads `start` (CombinedOutput).
+    fn run_inner(&self, inner: &Path, stdin: Vec<u8>, combined: bool) -> std::io::Result<InnerRun> {
+        let started = clock::now_unix_nanos();
+        let mut command = Command::new(inner);
+        command.args(&self.rest).stdin(Stdio::piped());
+        let mut reader = None;
+        if combined {
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            command
+                .stdout(Stdio::from(write.try_clone()?))
+                .stderr(Stdio::from(write));
+            reader = Some(std::fs::File::from(read));
+        } else {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut child = command.spawn()?;
+        // Dropping the command releases our copies of the pipe's write end, so EOF comes when the
+        // inner shim (and whatever it leaves holding the pipe) is done with it.
+        drop(command);
+        if let Some(mut input) = child.stdin.take() {
+            std::thread::spawn(move || {
+                let _ = input.write_all(&stdin);
+            });
+        }
+        let (stdout, stderr, status) = if let Some(mut reader) = reader {
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out)?;
+            (out, Vec::new(), child.wait()?)
+        } else {
+            let output = child.wait_with_output()?;
+            (output.stdout, output.stderr, output.status)
+        };
+        Ok(InnerRun {
+            status,
+            stdout,
+            stderr,
+            started,
+            ended: clock::now_unix_nanos(),
+        })
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.args
+            .bundle
+            .clone()
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_default()
+    }
+
+    fn base_attributes(&self, inner: &Path) -> Attributes {
+        let mut attributes = Attributes::new();
+        let mut put = |key: &str, value: AttributeValue| {
+            attributes.insert(key.into(), value);
+        };
+        if let Some(ns) = &self.args.namespace {
+            put(attr::CONTAINERD_NAMESPACE, ns.as_str().into());
+        }
+        if let Some(id) = &self.args.id {
+            put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
+        }
+        put(attr::INNER, inner.display().to_string().into());
+        put(attr::RECORDER_PID, std::process::id().into());
+        put(attr::PROCESS_PID, std::process::id().into());
+        attributes
+    }
+
+    fn start(&self) -> i32 {
+        let process_start = clock::now_unix_nanos();
+        let bundle = self.bundle();
+        crate::log::init_fifo(&bundle.join("log"));
+        let stdin = read_stdin();
+        let root = SpanId::random();
+        let trace = trace_ctx::new_root(root);
+        if let Err(e) = trace_ctx::write_sidecar(&bundle, &trace) {
+            tracing::warn!("cannot write {} in the bundle: {e}", trace_ctx::SIDECAR);
+        }
+
+        let inner = match self.resolve_inner() {
+            Ok(inner) => inner,
+            Err(e) => {
+                // containerd shows start's output in its error: make it say what to do.
+                print!("{OWN_NAME}: {e}");
+                let _ = std::io::stdout().flush();
+                return 1;
+            }
+        };
+        let run = match self.run_inner(&inner, stdin, true) {
+            Ok(run) => run,
+            Err(e) => {
+                print!("{OWN_NAME}: cannot run {}: {e}", inner.display());
+                let _ = std::io::stdout().flush();
+                return 1;
+            }
+        };
+        let sink = open_sink("wrapper");
+        let mut spans = Vec::new();
+        let mut attributes = self.base_attributes(&inner);
+        attributes.insert(attr::PROCESS_EXIT_CODE.into(), exit_code(run.status).into());
+        spans.push(child_span(
+            &trace,
+            names::INNER_START,
+            run.started,
+            run.ended,
+            attributes.clone(),
+        ));
+
+        let (reply_bytes, status) = if !run.status.success() {
+            (
+                run.stdout.clone(),
+                SpanStatus::Error("inner start failed".into()),
+            )
+        } else {
+            match self.proxy_reply(
+                &run.stdout,
+                &inner,
+                &bundle,
+                &trace,
+                &mut spans,
+                &mut attributes,
+            ) {
+                Ok(bytes) => (bytes, SpanStatus::Ok),
+                Err(reason) => {
+                    tracing::warn!("not tracing this shim, passing its reply through: {reason}");
+                    attributes.insert(attr::OUTCOME.into(), "proxy_unavailable".into());
+                    (run.stdout.clone(), SpanStatus::Error(reason))
+                }
+            }
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&reply_bytes);
+        let _ = stdout.flush();
+        drop(stdout);
+
+        spans.push(SpanRecord {
+            trace_id: trace.trace_id,
+            span_id: root,
+            parent_span_id: None,
+            name: names::WRAPPER_START.into(),
+            kind: SpanKind::Internal,
+            start_time_unix_nano: process_start,
+            end_time_unix_nano: clock::now_unix_nanos(),
+            attributes,
+            events: Vec::new(),
+            status,
+        });
+        for span in spans {
+            sink.emit(span);
+        }
+        sink.shutdown(Duration::from_secs(1));
+        exit_code(run.status)
+    }
+
+    /// Ensures the proxy for the inner reply and returns the reply to print, address swapped.
+    fn proxy_reply(
+        &self,
+        output: &[u8],
+        inner: &Path,
+        bundle: &Path,
+        trace: &TraceContext,
+        spans: &mut Vec<SpanRecord>,
+        attributes: &mut Attributes,
+    ) -> Result<Vec<u8>, String> {
+        let reply = StartReply::parse(output).map_err(|e| e.to_string())?;
+        attributes.insert(attr::PROTOCOL.into(), reply.protocol_label().into());
+        let inner_socket = reply.socket_path().map_err(|e| e.to_string())?;
+        let plan = ProxyPlan {
+            socket: proxy::proxy_socket_for(&inner_socket, &reply.address),
+            upstream: inner_socket,
+            inner: inner.display().to_string(),
+            protocol: reply.protocol_label(),
+            namespace: self.args.namespace.clone().unwrap_or_default(),
+            task_root: bundle
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf),
+        };
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+        let ensure_start = clock::now_unix_nanos();
+        let ensured = proxy::ensure_proxy(&plan, &exe).map_err(|e| e.to_string())?;
+        let mut ensure_attrs = Attributes::new();
+        ensure_attrs.insert(
+            "shimtrace.proxy.reused".into(),
+            (ensured == Ensured::Reused).into(),
+        );
+        if let Ensured::Spawned { pid } = ensured {
+            ensure_attrs.insert("shimtrace.proxy.pid".into(), pid.into());
+        }
+        ensure_attrs.insert(
+            "shimtrace.proxy.socket".into(),
+            plan.socket.display().to_string().into(),
+        );
+        spans.push(child_span(
+            trace,
+            names::PROXY_ENSURE,
+            ensure_start,
+            clock::now_unix_nanos(),
+            ensure_attrs,
+        ));
+        let proxy_address = format!("unix://{}", plan.socket.display());
+        rewrite_address_file(bundle, &reply.address, &proxy_address);
+        Ok(reply.with_address(&proxy_address))
+    }
+
+    fn delete(&self) -> i32 {
+        let process_start = clock::now_unix_nanos();
+        let bundle = self.bundle();
+        let stdin = read_stdin();
+        let inner = match self.resolve_inner() {
+            Ok(inner) => inner,
+            Err(e) => {
+                eprintln!("{OWN_NAME}: {e}");
+                return 1;
+            }
+        };
+        let run = match self.run_inner(&inner, stdin, false) {
+            Ok(run) => run,
+            Err(e) => {
+                eprintln!("{OWN_NAME}: cannot run {}: {e}", inner.display());
+                return 1;
+            }
+        };
+        let _ = std::io::stdout().write_all(&run.stdout);
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().write_all(&run.stderr);
+
+        let trace = trace_ctx::read_sidecar(&bundle).unwrap_or(TraceContext {
+            trace_id: TraceId::random(),
+            parent_span_id: None,
+        });
+        let mut attributes = self.base_attributes(&inner);
+        if let Ok(response) = DeleteResponse::parse_from_bytes(&run.stdout) {
+            if run.status.success() {
+                attributes.insert("shimtrace.task.pid".into(), response.pid.into());
+                attributes.insert(
+                    "shimtrace.task.exit_code".into(),
+                    response.exit_status.into(),
+                );
+            }
+        }
+        attributes.insert(attr::PROCESS_EXIT_CODE.into(), exit_code(run.status).into());
+        let status = if run.status.success() {
+            SpanStatus::Ok
+        } else {
+            SpanStatus::Error(String::from_utf8_lossy(&run.stderr).trim().to_string())
+        };
+        let sink = open_sink("wrapper");
+        let root = SpanId::random();
+        let mut inner_span = child_span(
+            &TraceContext {
+                trace_id: trace.trace_id,
+                parent_span_id: Some(root),
+            },
+            names::INNER_DELETE,
+            run.started,
+            run.ended,
+            attributes.clone(),
+        );
+        inner_span.status = status.clone();
+        sink.emit(inner_span);
+        sink.emit(SpanRecord {
+            trace_id: trace.trace_id,
+            span_id: root,
+            parent_span_id: trace.parent_span_id,
+            name: names::WRAPPER_DELETE.into(),
+            kind: SpanKind::Internal,
+            start_time_unix_nano: process_start,
+            end_time_unix_nano: clock::now_unix_nanos(),
+            attributes,
+            events: Vec::new(),
+            status,
+        });
+        sink.shutdown(Duration::from_secs(1));
+        exit_code(run.status)
+    }
+}
+
+fn child_span(
+    trace: &TraceContext,
+    name: &str,
+    start: u64,
+    end: u64,
+    attributes: Attributes,
+) -> SpanRecord {
+    SpanRecord {
+        trace_id: trace.trace_id,
+        span_id: SpanId::random(),
+        parent_span_id: trace.parent_span_id,
+        name: name.into(),
+        kind: SpanKind::Internal,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end.max(start),
+        attributes,
+        events: Vec::new(),
+        status: SpanStatus::Ok,
+    }
+}
+
+fn read_stdin() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut bytes);
+    bytes
+}
+
+fn open_sink(writer: &str) -> SpanSink {
+    SpanSink::start(&SpoolConfig::from_env(), writer).unwrap_or_else(|e| {
+        tracing::warn!("spans of this shim process are lost: {e}");
+        SpanSink::disabled()
+    })
+}
+
+/// containerd 1.6/1.7 reconnect through the bundle's `address` file after a restart, so it must
+/// name the proxy; rewritten only if it names the inner shim (2.x shims do not write it).
+fn rewrite_address_file(bundle: &Path, inner_address: &str, proxy_address: &str) {
+    let path = bundle.join("address");
+    let Ok(current) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    if current.trim() != inner_address {
+        return;
+    }
+    let updated = current.replacen(inner_address, proxy_address, 1);
+    let tmp = bundle.join(format!(".address.shimtrace.{}", std::process::id()));
+    let written = std::fs::write(&tmp, updated).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(
+            "cannot point {} at the proxy ({e}); after a containerd restart calls bypass the proxy",
+            path.display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_file_is_rewritten_only_when_it_names_the_inner_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("address");
+        std::fs::write(&path, "unix:///run/containerd/s/inner").unwrap();
+        rewrite_address_file(dir.path(), "unix:///run/containerd/s/inner", "unix:///p");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "unix:///p");
+        rewrite_address_file(dir.path(), "unix:///run/containerd/s/other", "unix:///q");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "unix:///p");
+        let empty = tempfile::tempdir().unwrap();
+        rewrite_address_file(empty.path(), "a", "b");
+        assert!(!empty.path().join("address").exists());
+    }
+}
