@@ -77,7 +77,7 @@ fn write_spans(spool: &Path, range: std::ops::Range<u64>) {
             sink.emit(span(i));
         }
         assert_eq!(sink.dropped(), 0);
-        sink.close(Duration::from_secs(30));
+        sink.shutdown(Duration::from_secs(30));
         n = end;
     }
 }
