@@ -45,6 +45,10 @@ enum Command {
     /// Measures ingest throughput and report time on a synthetic spool.
     #[command(hide = true)]
     Bench(BenchArgs),
+    /// Compare runtimes (runc, gVisor, crun, Kata): cold start, isolation, served latency.
+    Lab(shimtrace_collector::lab::LabArgs),
+    /// Register the wrapper shim for the runtimes present (symlinks, containerd config, RuntimeClasses).
+    Install(shimtrace_collector::install::InstallArgs),
 }
 
 #[derive(Args)]
@@ -258,6 +262,13 @@ async fn shutdown_signal() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Lab(args) => {
+            shimtrace_collector::lab::run(args)?;
+        }
+        Command::Install(args) => {
+            let outcome = shimtrace_collector::install::install(&args)?;
+            print(&outcome.report)?;
+        }
         Command::Traces(args) => {
             let traces = Trace::group(args.source.load(None)?.spans);
             let text = match (args.json, args.summary) {

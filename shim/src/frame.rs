@@ -131,7 +131,10 @@ mod tests {
         }
     }
 
-    fn run(input: &[u8], piece: usize) -> (Vec<u8>, Vec<(u32, u8, u8, usize)>) {
+    /// (stream id, type, flags, payload length) of a tapped frame.
+    type Seen = (u32, u8, u8, usize);
+
+    fn run(input: &[u8], piece: usize) -> (Vec<u8>, Vec<Seen>) {
         let mut out = Vec::new();
         let mut seen = Vec::new();
         pump(

@@ -44,18 +44,10 @@ pub struct Traced {
 
 /// Directory layout and environment for a traced containerd; `spool` may be overridden (e.g. to
 /// an unwritable path).
+#[derive(Default)]
 pub struct TracedOptions {
     pub spool: Option<PathBuf>,
     pub extra: Options,
-}
-
-impl Default for TracedOptions {
-    fn default() -> Self {
-        TracedOptions {
-            spool: None,
-            extra: Options::default(),
-        }
-    }
 }
 
 impl Traced {
@@ -80,10 +72,10 @@ impl Traced {
             .path_dir(bin)
             .env("SHIMTRACE_SPOOL_DIR", &spool)
             .env("SHIMTRACE_RUN_DIR", &run_dir)
-            .env("SHIMTRACE_CONFIG", dirs.path().join("no-config.toml"));
-        // SHIMTRACE_CONFIG names a file that does not exist: an explicit config must exist, so point
-        // it at an empty one instead.
-        std::fs::write(dirs.path().join("no-config.toml"), "")
+            .env("SHIMTRACE_CONFIG", dirs.path().join("config.toml"));
+        // An empty config of the test's own, so the machine's /etc/shimtrace/config.toml cannot
+        // redirect the wrapper.
+        std::fs::write(dirs.path().join("config.toml"), "")
             .map_err(|e| HarnessError::io("writing the config", e))?;
         let containerd = PrivateContainerd::start(&version, extra)?;
         Ok(Traced {
