@@ -471,10 +471,85 @@ pub async fn run_continuous(
     }
 }
 
+/// A time-range argument that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {value:?}: {expected}")]
+pub struct TimeRangeError {
+    pub flag: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// A time as unix nanoseconds or RFC 3339 (`2026-11-28T20:00:00Z`).
+pub fn parse_time(flag: &'static str, text: &str) -> Result<u64, TimeRangeError> {
+    if let Ok(nanos) = text.trim().parse::<u64>() {
+        return Ok(nanos);
+    }
+    humantime::parse_rfc3339_weak(text.trim())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .ok_or(TimeRangeError {
+            flag,
+            value: text.to_string(),
+            expected: "expected RFC 3339 (2026-11-28T20:00:00Z) or unix nanoseconds",
+        })
+}
+
+/// The `[from, to)` unix-nanosecond range selected by `--from`/`--to`/`--since` at time `now`.
+pub fn time_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    since: Option<&str>,
+    now: u64,
+) -> Result<(u64, u64), TimeRangeError> {
+    let from = match (since, from) {
+        (Some(since), _) => {
+            let ago = humantime::parse_duration(since.trim()).map_err(|_| TimeRangeError {
+                flag: "--since",
+                value: since.to_string(),
+                expected: "expected a duration like 1h or 30m",
+            })?;
+            now.saturating_sub(ago.as_nanos() as u64)
+        }
+        (None, Some(t)) => parse_time("--from", t)?,
+        (None, None) => 0,
+    };
+    let to = to
+        .map(|t| parse_time("--to", t))
+        .transpose()?
+        .unwrap_or(u64::MAX);
+    Ok((from, to))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::trace::tests::container_trace;
+
+    #[test]
+    fn time_ranges_parse_nanos_rfc3339_and_since() {
+        assert_eq!(time_range(None, None, None, 5).unwrap(), (0, u64::MAX));
+        assert_eq!(
+            time_range(Some("10"), Some("20"), None, 5).unwrap(),
+            (10, 20)
+        );
+        let (from, _) = time_range(Some("2026-01-01T00:00:00Z"), None, None, 0).unwrap();
+        assert_eq!(from, 1_767_225_600_000_000_000);
+        let now = 10_000_000_000_000;
+        assert_eq!(
+            time_range(None, None, Some("1h"), now).unwrap().0,
+            now - 3_600_000_000_000
+        );
+        let err = time_range(None, Some("yesterday"), None, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--to") && err.contains("RFC 3339"), "{err}");
+        assert!(time_range(None, None, Some("soon"), 0)
+            .unwrap_err()
+            .to_string()
+            .contains("1h"));
+    }
     use shimtrace_shim::span::TraceId;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

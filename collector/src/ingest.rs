@@ -96,7 +96,7 @@ impl Ingester {
         })?;
         let mut report = IngestReport::default();
         for (path, _) in &files {
-            report.absorb(self.ingest_file(path)?);
+            report.absorb(self.ingest_file_or_report(path)?);
         }
         if self.compact {
             report.absorb(self.compact_files(&files)?);
@@ -116,7 +116,7 @@ impl Ingester {
                     .and_then(SpoolFileName::parse)
                     .is_some();
             if is_spool_file {
-                report.absorb(self.ingest_file(path)?);
+                report.absorb(self.ingest_file_or_report(path)?);
             }
         }
         if self.compact {
@@ -128,6 +128,22 @@ impl Ingester {
             report.absorb(self.compact_files(&files)?);
         }
         Ok(report)
+    }
+
+    /// Like [`Ingester::ingest_file`], but a file that cannot be read becomes an issue instead of
+    /// stopping ingest of the others; store errors still stop it.
+    fn ingest_file_or_report(&mut self, path: &Path) -> Result<IngestReport, IngestError> {
+        match self.ingest_file(path) {
+            Err(IngestError::Spool { source, .. }) => Ok(IngestReport {
+                issues: vec![SpoolIssue {
+                    file: path.to_path_buf(),
+                    line: 0,
+                    error: format!("cannot read spool file, skipped for now: {source}"),
+                }],
+                ..IngestReport::default()
+            }),
+            other => other,
+        }
     }
 
     /// Stores the complete lines of `path` past its stored offset.
@@ -234,7 +250,7 @@ impl Ingester {
             let at = self.store.file_offset(file_name)?;
             if at.offset < size {
                 // Read what may have arrived since the last event before judging.
-                report.absorb(self.ingest_file(path)?);
+                report.absorb(self.ingest_file_or_report(path)?);
             }
             let at = self.store.file_offset(file_name)?;
             if at.offset < size {
@@ -315,6 +331,28 @@ mod tests {
         assert_eq!(r.compacted, 1);
         assert!(!path.exists());
         assert_eq!(ingester.store().span_count().unwrap(), 7);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_reported_and_the_others_still_ingested() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let me = std::process::id();
+        // A directory under a spool file's name: listing and stat work, reading fails.
+        std::fs::create_dir(spool.join(format!("proxy-{me}-1-0.jsonl"))).unwrap();
+        let spans = container_trace(TraceId([9; 16]), "c");
+        std::fs::write(spool.join(format!("proxy-{me}-2-0.jsonl")), line(&spans[0])).unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut ingester = Ingester::new(store, &spool, true);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!(r.spans_stored, 1);
+        assert_eq!(r.issues.len(), 1);
+        assert!(
+            r.issues[0].error.contains("cannot read spool file"),
+            "{}",
+            r.issues[0]
+        );
     }
 
     #[test]

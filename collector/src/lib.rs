@@ -13,5 +13,6 @@ pub mod serve;
 pub mod source;
 pub mod store;
 pub mod synth;
+pub mod testing;
 pub mod timeline;
 pub mod trace;

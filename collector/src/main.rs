@@ -231,18 +231,6 @@ fn print(text: &str) -> Result<()> {
     writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")
 }
 
-/// A time as unix nanoseconds or RFC 3339.
-fn parse_time(text: &str) -> Result<u64> {
-    if let Ok(nanos) = text.parse::<u64>() {
-        return Ok(nanos);
-    }
-    let t = humantime::parse_rfc3339_weak(text)
-        .context("expected RFC 3339 (2026-11-28T20:00:00Z) or unix nanoseconds")?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0))
-}
-
 fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
@@ -328,25 +316,12 @@ fn main() -> Result<()> {
             ))?;
         }
         Command::Export(args) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            let from = match (&args.since, &args.from) {
-                (Some(since), _) => now.saturating_sub(
-                    humantime::parse_duration(since)
-                        .with_context(|| {
-                            format!("--since {since:?}: expected a duration like 1h or 30m")
-                        })?
-                        .as_nanos() as u64,
-                ),
-                (None, Some(t)) => parse_time(t).with_context(|| format!("--from {t:?}"))?,
-                (None, None) => 0,
-            };
-            let to = match &args.to {
-                Some(t) => parse_time(t).with_context(|| format!("--to {t:?}"))?,
-                None => u64::MAX,
-            };
+            let (from, to) = export::time_range(
+                args.from.as_deref(),
+                args.to.as_deref(),
+                args.since.as_deref(),
+                shimtrace_shim::clock::now_unix_nanos(),
+            )?;
             let mut spans = args.source.load(None)?.spans;
             spans.retain(|s| s.start_time_unix_nano >= from && s.start_time_unix_nano < to);
             let require_endpoint = args.jaeger_json.is_some();

@@ -67,11 +67,20 @@ enum Wake {
 pub struct IngestHandle {
     wake: mpsc::Sender<Wake>,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+    /// Completes when the ingest thread ends (on its own only after a store error).
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
     // Dropping the watcher ends its events; keep it as long as the thread runs.
     _watcher: notify::RecommendedWatcher,
 }
 
 impl IngestHandle {
+    /// Waits until the ingest thread ends by itself (returns at once if already taken).
+    pub async fn ended(&mut self) {
+        if let Some(ended) = self.ended.take() {
+            let _ = ended.await;
+        }
+    }
+
     /// Stops ingest after the batch in progress and waits for it.
     pub fn stop(mut self) -> Result<(), ServeError> {
         let _ = self.wake.send(Wake::Stop);
@@ -139,9 +148,12 @@ pub fn start_ingest(
         })?;
     let mut ingester = Ingester::new(store, &config.spool_dir, config.compact);
     let housekeeping = config.housekeeping;
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("ingest".into())
         .spawn(move || -> Result<(), ServeError> {
+            // Dropped when this closure returns, however it returns.
+            let _ended = ended_tx;
             let report = ingester.ingest_all()?;
             log_report(&report, &counters);
             on_ingest();
@@ -188,6 +200,7 @@ pub fn start_ingest(
     Ok(IngestHandle {
         wake,
         thread: Some(thread),
+        ended: Some(ended),
         _watcher: watcher,
     })
 }
@@ -211,7 +224,7 @@ pub async fn run(
     let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ingest_wake = wake.clone();
-    let handle = start_ingest(&config.ingest, counters.clone(), move || {
+    let mut handle = start_ingest(&config.ingest, counters.clone(), move || {
         ingest_wake.notify_one()
     })?;
     tracing::info!(spool = %config.ingest.spool_dir.display(), db = %config.ingest.db.display(), "ingesting");
@@ -251,8 +264,10 @@ pub async fn run(
             tracing::info!("OTLP export off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")
         }
     }
-    shutdown.await;
-    tracing::info!("stopping");
+    tokio::select! {
+        _ = shutdown => tracing::info!("stopping"),
+        _ = handle.ended() => tracing::error!("ingest stopped; shutting down"),
+    }
     let _ = stop_tx.send(true);
     let result = tokio::task::spawn_blocking(move || handle.stop())
         .await

@@ -321,11 +321,18 @@ impl Trace {
     }
 
     /// `error` if a span failed, `exited` once the init process was deleted, else `running`.
+    /// Once `Delete` succeeded, a failing wrapper `delete` (containerd's clean-up of a shim that
+    /// already removed the container) does not make the container's run an error.
     pub fn status(&self) -> &'static str {
+        let deleted = self
+            .init_call("Delete")
+            .is_some_and(|d| !matches!(d.status, SpanStatus::Error(_)));
+        let cleanup =
+            |s: &SpanRecord| s.name == names::WRAPPER_DELETE || s.name == names::INNER_DELETE;
         if self
             .spans
             .iter()
-            .any(|s| matches!(s.status, SpanStatus::Error(_)))
+            .any(|s| matches!(s.status, SpanStatus::Error(_)) && !(deleted && cleanup(s)))
         {
             "error"
         } else if self.init_call("Delete").is_some() {
@@ -538,5 +545,17 @@ pub(crate) mod tests {
         let trace = Trace::group(spans).remove(0);
         assert!(trace.depths().iter().all(|d| *d <= 2));
         assert_eq!(trace.status(), "running");
+    }
+
+    #[test]
+    fn failed_cleanup_after_a_clean_delete_is_not_an_error() {
+        let t = TraceId([1; 16]);
+        let mut spans = container_trace(t, "c1");
+        let mut cleanup = span_at(t, 8, Some(1), names::WRAPPER_DELETE, 230, 240, "c1");
+        cleanup.status = SpanStatus::Error("no such container".into());
+        spans.push(cleanup);
+        assert_eq!(Trace::group(spans.clone()).remove(0).status(), "exited");
+        spans[3].status = SpanStatus::Error("create failed".into());
+        assert_eq!(Trace::group(spans).remove(0).status(), "error");
     }
 }

@@ -107,3 +107,96 @@ fn missing_spool_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read spool directory"));
 }
+
+#[test]
+fn queries_and_report_read_the_store_as_they_read_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let db = dir.path().join("shimtrace.db");
+    let walls = dir.path().join("walls.jsonl");
+    let (s, d, w) = (
+        spool.to_str().unwrap(),
+        db.to_str().unwrap(),
+        walls.to_str().unwrap(),
+    );
+    let ok = |args: &[&str]| {
+        let out = shimtrace(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&[
+        "synth",
+        "--spool",
+        s,
+        "--containers",
+        "6",
+        "--wall-times",
+        w,
+    ]);
+    let from_spool = ok(&["traces", "--spool", s, "--json"]);
+    ok(&["ingest", "--spool", s, "--db", d]);
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "finished files are compacted"
+    );
+    let from_store = ok(&["traces", "--db", d, "--json"]);
+    let a: serde_json::Value = serde_json::from_str(&from_spool).unwrap();
+    let b: serde_json::Value = serde_json::from_str(&from_store).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.as_array().unwrap().len(), 60);
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&["traces", "--db", d, "--summary", "--json"])).unwrap();
+    let rows = summary.as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows
+        .iter()
+        .all(|r| r["status"] == "exited" && r["phases"]["create"].as_u64().unwrap() > 0));
+    let table = ok(&["traces", "--db", d, "--summary"]);
+    assert!(
+        table.lines().next().unwrap().contains("WRAPPER_START"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 7);
+
+    let waterfall = ok(&["trace", "synth-000004", "--db", d]);
+    assert!(
+        waterfall.starts_with("container synth-000004"),
+        "{waterfall}"
+    );
+    assert_eq!(waterfall.matches('|').count(), 20, "{waterfall}");
+    let one: serde_json::Value =
+        serde_json::from_str(&ok(&["trace", "synth-000004", "--db", d, "--json"])).unwrap();
+    assert_eq!(one.as_array().unwrap().len(), 10);
+
+    let report: serde_json::Value = serde_json::from_str(&ok(&[
+        "report",
+        "--db",
+        d,
+        "--format",
+        "json",
+        "--wall-times",
+        w,
+    ]))
+    .unwrap();
+    assert_eq!(report["traces"], 6);
+    assert_eq!(report["runtimes"].as_array().unwrap().len(), 3);
+    assert_eq!(report["runtimes"][0]["wall"]["n"], 2);
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"container_id\": 5}\n").unwrap();
+    let out = shimtrace(&["report", "--db", d, "--wall-times", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+    let out = shimtrace(&[
+        "report",
+        "--db",
+        dir.path().join("none.db").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shimtrace serve"));
+}

@@ -9,127 +9,22 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use prost::Message;
 use shimtrace_collector::export::CURSOR_KEY;
 use shimtrace_collector::store::Store;
 use shimtrace_collector::synth::{generate_spool, SynthConfig};
+use shimtrace_collector::testing::{OtlpReceiver, Received, ReceivedSpan};
 use shimtrace_shim::span::SpanRecord;
 
-/// One span as a receiver got it, with its resource's string attributes.
-#[derive(Debug, Clone, PartialEq)]
-struct Got {
-    trace_id: String,
-    span_id: String,
-    parent: Option<String>,
-    name: String,
-    start: u64,
-    end: u64,
-    resource: BTreeMap<String, String>,
+type Got = ReceivedSpan;
+
+async fn start_grpc_receiver(listener: tokio::net::TcpListener, received: &mut Received) {
+    *received = OtlpReceiver::grpc(listener).unwrap().received;
 }
 
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Got>>>);
-
-impl Received {
-    fn absorb(&self, request: ExportTraceServiceRequest) {
-        let mut got = self.0.lock().unwrap();
-        for rs in request.resource_spans {
-            let resource: BTreeMap<String, String> = rs
-                .resource
-                .map(|r| r.attributes)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|kv| match kv.value?.value? {
-                    AnyValue::StringValue(s) => Some((kv.key, s)),
-                    _ => None,
-                })
-                .collect();
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    got.push(Got {
-                        trace_id: hex::encode(&s.trace_id),
-                        span_id: hex::encode(&s.span_id),
-                        parent: (!s.parent_span_id.is_empty())
-                            .then(|| hex::encode(&s.parent_span_id)),
-                        name: s.name,
-                        start: s.start_time_unix_nano,
-                        end: s.end_time_unix_nano,
-                        resource: resource.clone(),
-                    });
-                }
-            }
-        }
-    }
-
-    fn spans(&self) -> Vec<Got> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn distinct(&self) -> usize {
-        self.spans()
-            .iter()
-            .map(|g| g.span_id.clone())
-            .collect::<BTreeSet<_>>()
-            .len()
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.absorb(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-async fn start_grpc_receiver(listener: tokio::net::TcpListener, received: Received) {
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(received))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-}
-
-async fn start_http_receiver(listener: tokio::net::TcpListener, received: Received) {
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let received = received.clone();
-            async move {
-                match ExportTraceServiceRequest::decode(body) {
-                    Ok(request) => {
-                        received.absorb(request);
-                        (
-                            axum::http::StatusCode::OK,
-                            [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
-                            ExportTraceServiceResponse::default().encode_to_vec(),
-                        )
-                    }
-                    Err(e) => (
-                        axum::http::StatusCode::BAD_REQUEST,
-                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
-                        e.to_string().into_bytes(),
-                    ),
-                }
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+async fn start_http_receiver(listener: tokio::net::TcpListener, received: &mut Received) {
+    *received = OtlpReceiver::http(listener).unwrap().received;
 }
 
 fn shimtrace() -> Command {
@@ -186,10 +81,10 @@ fn assert_same_as_store(got: &[Got], stored: &[SpanRecord]) {
             .get(s.span_id.to_hex().as_str())
             .expect("span received");
         assert_eq!(g.trace_id, s.trace_id.to_hex());
-        assert_eq!(g.parent, s.parent_span_id.map(|p| p.to_hex()));
+        assert_eq!(g.parent_span_id, s.parent_span_id.map(|p| p.to_hex()));
         assert_eq!(g.name, s.name);
         assert_eq!(
-            (g.start, g.end),
+            (g.start_time_unix_nano, g.end_time_unix_nano),
             (s.start_time_unix_nano, s.end_time_unix_nano)
         );
         assert_eq!(
@@ -224,11 +119,11 @@ async fn export_over_grpc_and_http_keeps_ids_parents_names_and_times() {
     for protocol in ["grpc", "http/protobuf"] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let received = Received::default();
+        let mut received = Received::default();
         if protocol == "grpc" {
-            start_grpc_receiver(listener, received.clone()).await;
+            start_grpc_receiver(listener, &mut received).await;
         } else {
-            start_http_receiver(listener, received.clone()).await;
+            start_http_receiver(listener, &mut received).await;
         }
         let db = db.clone();
         let out = tokio::task::spawn_blocking(move || {
@@ -259,8 +154,8 @@ async fn export_over_grpc_and_http_keeps_ids_parents_names_and_times() {
     let to = from + 1_000_000_000; // the first three containers (one every 400 ms)
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let received = Received::default();
-    start_grpc_receiver(listener, received.clone()).await;
+    let mut received = Received::default();
+    start_grpc_receiver(listener, &mut received).await;
     let db2 = db.clone();
     tokio::task::spawn_blocking(move || {
         run(shimtrace()
@@ -574,14 +469,14 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     })
     .await
     .unwrap();
-    let received = Received::default();
+    let mut received = Received::default();
     let listener = wait_until("the OTLP port to be free", || {
         std::net::TcpListener::bind(otlp).ok()
     });
     listener.set_nonblocking(true).unwrap();
     start_grpc_receiver(
         tokio::net::TcpListener::from_std(listener).unwrap(),
-        received.clone(),
+        &mut received,
     )
     .await;
     let r = received.clone();

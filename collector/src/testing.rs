@@ -1,0 +1,172 @@
+//! Test support: a real OTLP trace receiver built from the official protobuf definitions
+//! (`opentelemetry-proto`'s generated tonic `TraceServiceServer` for gRPC, and `POST /v1/traces`
+//! decoding the same `ExportTraceServiceRequest` for HTTP/protobuf). End-to-end tests start one,
+//! point `OTEL_EXPORTER_OTLP_ENDPOINT` at it and read back what arrived.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+
+/// One span as the receiver got it, with its resource's string attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedSpan {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub name: String,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    /// String attributes of the span.
+    pub attributes: BTreeMap<String, String>,
+    /// String attributes of the span's resource (`service.name`, `host.name`, ...).
+    pub resource: BTreeMap<String, String>,
+}
+
+fn strings(kvs: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>) -> BTreeMap<String, String> {
+    kvs.into_iter()
+        .filter_map(|kv| match kv.value?.value? {
+            AnyValue::StringValue(s) => Some((kv.key, s)),
+            AnyValue::IntValue(i) => Some((kv.key, i.to_string())),
+            AnyValue::BoolValue(b) => Some((kv.key, b.to_string())),
+            AnyValue::DoubleValue(d) => Some((kv.key, d.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Everything a receiver got, shared between its server task and the test.
+#[derive(Clone, Default)]
+pub struct Received(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+impl Received {
+    fn absorb(&self, request: ExportTraceServiceRequest) {
+        let mut got = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for rs in request.resource_spans {
+            let resource = strings(rs.resource.map(|r| r.attributes).unwrap_or_default());
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    got.push(ReceivedSpan {
+                        trace_id: hex::encode(&s.trace_id),
+                        span_id: hex::encode(&s.span_id),
+                        parent_span_id: (!s.parent_span_id.is_empty())
+                            .then(|| hex::encode(&s.parent_span_id)),
+                        name: s.name,
+                        start_time_unix_nano: s.start_time_unix_nano,
+                        end_time_unix_nano: s.end_time_unix_nano,
+                        attributes: strings(s.attributes),
+                        resource: resource.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every span received, in arrival order (a retried batch may arrive twice).
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many different span ids arrived.
+    pub fn distinct(&self) -> usize {
+        self.spans()
+            .iter()
+            .map(|g| g.span_id.clone())
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// Waits (polling, bounded by `timeout`) until `n` distinct spans arrived; false on timeout.
+    pub fn wait_for_distinct(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.distinct() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.distinct() >= n
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.absorb(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A running receiver; its server task runs on the current Tokio runtime until that ends.
+pub struct OtlpReceiver {
+    pub addr: SocketAddr,
+    pub received: Received,
+}
+
+impl OtlpReceiver {
+    /// The endpoint to give the exporter (`http://addr`; HTTP exporters add `/v1/traces`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves OTLP/gRPC on `listener`.
+    pub fn grpc(listener: tokio::net::TcpListener) -> std::io::Result<OtlpReceiver> {
+        let addr = listener.local_addr()?;
+        let received = Received::default();
+        let service = TraceServiceServer::new(received.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        Ok(OtlpReceiver { addr, received })
+    }
+
+    /// Serves OTLP/HTTP protobuf (`POST /v1/traces`) on `listener`.
+    pub fn http(listener: tokio::net::TcpListener) -> std::io::Result<OtlpReceiver> {
+        use axum::http::{header, StatusCode};
+        let addr = listener.local_addr()?;
+        let received = Received::default();
+        let sink = received.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            sink.absorb(request);
+                            (
+                                StatusCode::OK,
+                                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                                ExportTraceServiceResponse::default().encode_to_vec(),
+                            )
+                        }
+                        Err(e) => (
+                            StatusCode::BAD_REQUEST,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            e.to_string().into_bytes(),
+                        ),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(OtlpReceiver { addr, received })
+    }
+}
