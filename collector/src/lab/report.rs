@@ -81,7 +81,7 @@ pub struct ColdStart {
     /// delete_container.
     pub phases: BTreeMap<String, Summary>,
     /// Shim spans by name (from the spool), when the profile ran through the wrapper.
-    pub spans: BTreeMap<String, Summary>,
+    pub spans: BTreeMap<String, SpanStats>,
     /// VM runtimes: the guest kernel's last dmesg timestamp (its in-kernel boot time), seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_boot_seconds: Option<f64>,
@@ -101,8 +101,22 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_workload_ms: Option<f64>,
     pub phases_ms: BTreeMap<String, f64>,
-    /// Shim spans of this container: name → milliseconds (summed if repeated).
-    pub spans_ms: BTreeMap<String, f64>,
+    /// Shim spans of this container by name (a repeated name: first start, summed duration).
+    pub spans: BTreeMap<String, SpanTiming>,
+}
+
+/// When a shim span started (ms after the client's first call) and how long it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpanTiming {
+    pub start_ms: f64,
+    pub duration_ms: f64,
+}
+
+/// A span name's start offsets and durations over the runs (ms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanStats {
+    pub start: Summary,
+    pub duration: Summary,
 }
 
 /// Served latency of one profile.
@@ -232,6 +246,13 @@ impl LabReport {
                     }
                 }
             }
+            if let Some(h) = p.http.as_ref().filter(|h| h.errors > 0 && h.requests > 0) {
+                let _ = write!(
+                    line,
+                    "; {:.1}% of HTTP requests failed",
+                    h.errors as f64 * 100.0 / h.requests as f64
+                );
+            }
             let _ = write!(
                 line,
                 "; hides the host in {score} of {rows} probes, {}.",
@@ -325,6 +346,23 @@ impl LabReport {
                     None => String::new(),
                 }
             ));
+            if let Some(h) = most_isolated
+                .http
+                .as_ref()
+                .filter(|h| h.errors > 0 && h.requests > 0)
+            {
+                let clean = fastest.http.as_ref().is_some_and(|h| h.errors == 0);
+                recommendation.push(format!(
+                    "Before serving with {}, check its networking: {:.1}% of requests to busybox httpd failed under it{}.",
+                    most_isolated.name,
+                    h.errors as f64 * 100.0 / h.requests as f64,
+                    if clean {
+                        format!(" against none under {}", fastest.name)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
             if iso_wall / fast_wall >= 2.0 {
                 recommendation.push(format!(
                     "Where containers are created per request (functions, CI jobs), {}'s {:.1}× start-up time dominates; keep warm pools or use {} for trusted jobs.",
@@ -477,7 +515,10 @@ impl LabReport {
                 opt(c.wall.as_ref().map(|s| s.p50))
             );
         }
-        let _ = writeln!(md, "\n### Shim spans (p50 ms)\n");
+        let _ = writeln!(
+            md,
+            "\n### Shim spans (ms; start is after the client's first call)\n"
+        );
         let mut any_spans = false;
         for p in self.ok_profiles() {
             let Some(c) = &p.cold_start else { continue };
@@ -487,18 +528,23 @@ impl LabReport {
             any_spans = true;
             let _ = writeln!(
                 md,
-                "**{}**\n\n| Span | n | p50 | p90 | max |\n|---|---|---|---|---|",
+                "**{}**\n\n| Span | n | starts at p50 | duration p50 | duration p90 | duration max |\n|---|---|---|---|---|---|",
                 p.name
             );
-            for (name, sum) in &c.spans {
+            // In the order they happen: by median start after the client's first call.
+            let mut ordered: Vec<(&String, &SpanStats)> = c.spans.iter().collect();
+            ordered.sort_by(|a, b| a.1.start.p50.total_cmp(&b.1.start.p50));
+            for (name, stats) in ordered {
+                let d = &stats.duration;
                 let _ = writeln!(
                     md,
-                    "| `{}` | {} | {} | {} | {} |",
+                    "| `{}` | {} | {} | {} | {} | {} |",
                     name,
-                    sum.n,
-                    f(sum.p50),
-                    f(sum.p90),
-                    f(sum.max)
+                    d.n,
+                    f(stats.start.p50),
+                    f(d.p50),
+                    f(d.p90),
+                    f(d.max)
                 );
             }
             let _ = writeln!(md);
