@@ -708,6 +708,7 @@ impl LabReport {
             })
             .collect();
         let mut in_table = false;
+        let mut in_list = false;
         let mut header_done = false;
         for line in md.lines() {
             if line.starts_with('|') {
@@ -740,8 +741,23 @@ impl LabReport {
                 html.push_str("</table>\n");
                 in_table = false;
             }
+            let is_item = line.starts_with("- ");
+            if is_item && !in_list {
+                html.push_str("<ul>\n");
+                in_list = true;
+            } else if !is_item && in_list {
+                html.push_str("</ul>\n");
+                in_list = false;
+            }
             if let Some(h) = line.strip_prefix("### ") {
                 let _ = writeln!(html, "<h3>{}</h3>", esc(h));
+                if h.starts_with("Shim spans") {
+                    for p in self.ok_profiles() {
+                        if let Some(c) = p.cold_start.as_ref().filter(|c| !c.spans.is_empty()) {
+                            html.push_str(&waterfall(&p.name, c));
+                        }
+                    }
+                }
             } else if let Some(h) = line.strip_prefix("## ") {
                 let _ = writeln!(html, "<h2>{}</h2>", esc(h));
                 if h == "Cold start" && !cold.is_empty() {
@@ -768,6 +784,9 @@ impl LabReport {
         }
         if in_table {
             html.push_str("</table>\n");
+        }
+        if in_list {
+            html.push_str("</ul>\n");
         }
         html.push_str("</body></html>\n");
         html
@@ -821,6 +840,64 @@ fn inline(text: &str) -> String {
         }
     }
     out
+}
+
+/// A cold-start waterfall: each shim span at its median start offset with its median duration, with
+/// the to-workload and wall medians as markers.
+fn waterfall(profile: &str, cold: &ColdStart) -> String {
+    let mut spans: Vec<(&String, &SpanStats)> = cold.spans.iter().collect();
+    spans.sort_by(|a, b| a.1.start.p50.total_cmp(&b.1.start.p50));
+    let wall = cold.wall.as_ref().map(|w| w.p50).unwrap_or(0.0);
+    let to_workload = cold.to_workload.as_ref().map(|t| t.p50);
+    let end = spans
+        .iter()
+        .map(|(_, s)| s.start.p50 + s.duration.p50)
+        .fold(wall, f64::max)
+        .max(1e-9);
+    let (left, width, row_h) = (260.0, 560.0, 16.0);
+    let height = 46.0 + spans.len() as f64 * row_h;
+    let x = |ms: f64| left + ms.max(0.0) / end * width;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"{} cold-start waterfall\">\
+         <text x=\"0\" y=\"14\" font-weight=\"bold\">{} cold start, median timeline (ms after the client's first call; total {})</text>",
+        left + width + 60.0,
+        esc(profile),
+        esc(profile),
+        f(end)
+    );
+    for (i, (name, stats)) in spans.iter().enumerate() {
+        let y = 26.0 + i as f64 * row_h;
+        let (x0, x1) = (x(stats.start.p50), x(stats.start.p50 + stats.duration.p50));
+        let _ = write!(
+            svg,
+            "<text x=\"0\" y=\"{}\">{}</text><rect x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"#4a7bd0\"/>\
+             <text x=\"{:.1}\" y=\"{}\">{}</text>",
+            y + 10.0,
+            esc(name),
+            (x1 - x0).max(1.0),
+            x1 + 3.0,
+            y + 10.0,
+            f(stats.duration.p50)
+        );
+    }
+    let bottom = 26.0 + spans.len() as f64 * row_h;
+    for (label, at, color) in [
+        ("to-workload", to_workload, "#e0a030"),
+        ("wall", Some(wall), "#a33"),
+    ] {
+        if let Some(at) = at {
+            let _ = write!(
+                svg,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"20\" y2=\"{bottom}\" stroke=\"{color}\" stroke-dasharray=\"4 2\"/>\
+                 <text x=\"{0:.1}\" y=\"{1}\" fill=\"{color}\">{label} {2}</text>",
+                x(at),
+                bottom + 14.0,
+                f(at)
+            );
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// A horizontal grouped bar chart: two bars per row.
