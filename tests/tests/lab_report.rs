@@ -56,7 +56,13 @@ fn wrapper() -> std::path::PathBuf {
         .join("containerd-shim-traced-v2");
     if !path.exists() {
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "shimtrace-shim", "--bin", "containerd-shim-traced-v2"])
+            .args([
+                "build",
+                "-p",
+                "shimtrace-shim",
+                "--bin",
+                "containerd-shim-traced-v2",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .unwrap();

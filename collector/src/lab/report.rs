@@ -616,7 +616,8 @@ impl LabReport {
         let _ = writeln!(
             md,
             "busybox httpd inside each profile's container on the host network, {} sequential GETs \
-             (new connection each) from the lab over loopback, in ms.\n",
+             (new connection each) from the lab over loopback, in ms. Failed requests are counted, \
+             not retried, and not in the percentiles.\n",
             s.requests
         );
         let _ = writeln!(
