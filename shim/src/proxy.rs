@@ -87,6 +87,7 @@ pub struct ProxyPlan {
     pub upstream: PathBuf,
     pub inner: String,
     pub protocol: String,
+    pub namespace: String,
     pub task_root: Option<PathBuf>,
 }
 
@@ -102,6 +103,8 @@ impl ProxyPlan {
             self.inner.clone(),
             "--protocol".into(),
             self.protocol.clone(),
+            "--namespace".into(),
+            self.namespace.clone(),
         ];
         if let Some(root) = &self.task_root {
             args.push("--task-root".into());
@@ -123,6 +126,7 @@ impl ProxyPlan {
             upstream: get("--upstream")?.into(),
             inner: get("--inner").unwrap_or_default(),
             protocol: get("--protocol").unwrap_or_default(),
+            namespace: get("--namespace").unwrap_or_default(),
             task_root: get("--task-root").map(PathBuf::from),
         })
     }
@@ -217,7 +221,9 @@ fn bind_private(path: &Path) -> Result<UnixListener, ProxyError> {
 
 /// The identity (device, inode) of the file at `path`, to recognise our own socket file later.
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Removes the socket file at `path` only if it is still the one we bound (a new proxy for the same
@@ -234,10 +240,11 @@ fn spawn_detached(
     exe: &Path,
     listener: &UnixListener,
 ) -> Result<u32, ProxyError> {
-    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProxyError::Spawn {
-        exe: exe.to_path_buf(),
-        source: e.into(),
-    })?;
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProxyError::Spawn {
+            exe: exe.to_path_buf(),
+            source: e.into(),
+        })?;
     let listen_raw = listener.as_raw_fd();
     let ready_raw = ready_write.as_raw_fd();
     let mut command = Command::new(exe);
@@ -373,6 +380,7 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
         traces: TraceRegistry::new(plan.task_root.clone()),
         inner: plan.inner.clone(),
         protocol: plan.protocol.clone(),
+        namespace: plan.namespace.clone(),
     });
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
@@ -549,6 +557,7 @@ mod tests {
             upstream: "/run/containerd/s/i".into(),
             inner: "/usr/bin/containerd-shim-runc-v2".into(),
             protocol: "plain/v2".into(),
+            namespace: "k8s.io".into(),
             task_root: Some("/run/containerd/io.containerd.runtime.v2.task".into()),
         };
         let args = plan.to_args();
@@ -557,5 +566,6 @@ mod tests {
         assert_eq!(back.socket, plan.socket);
         assert_eq!(back.task_root, plan.task_root);
         assert_eq!(back.protocol, plan.protocol);
+        assert_eq!(back.namespace, plan.namespace);
     }
 }

@@ -32,6 +32,8 @@ pub struct TapContext {
     pub inner: String,
     /// `plain/v2`, `json/v3`, … (`shimtrace.protocol`).
     pub protocol: String,
+    /// The shim's `-namespace`; containerd 1.6 sends no namespace metadata on shim calls.
+    pub namespace: String,
 }
 
 /// The tap of one proxied connection.
@@ -191,15 +193,16 @@ impl ConnectionTap {
         let Ok(request) = ttrpc::Request::parse_from_bytes(payload) else {
             return;
         };
-        let mut namespace = String::new();
+        let mut namespace = None;
         let mut traceparent = None;
         for kv in &request.metadata {
             match kv.key.as_str() {
-                NAMESPACE_METADATA => namespace = kv.value.clone(),
+                NAMESPACE_METADATA => namespace = Some(kv.value.clone()),
                 TRACEPARENT_METADATA => traceparent = TraceContext::from_traceparent(&kv.value),
                 _ => {}
             }
         }
+        let namespace = namespace.unwrap_or_else(|| self.ctx.namespace.clone());
         let info = if is_task_service(&request.service) {
             decode_task_request(&request.method, &request.payload)
         } else {
@@ -400,6 +403,7 @@ mod tests {
             traces: TraceRegistry::new(None),
             inner: "/usr/bin/containerd-shim-runc-v2".into(),
             protocol: "plain/v2".into(),
+            namespace: "fallback".into(),
         });
         let tap = ConnectionTap::new(ctx.clone());
         test(&tap);
@@ -491,6 +495,11 @@ mod tests {
         });
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].attr_str(attr::OUTCOME), Some("connection_closed"));
+        // No namespace metadata (containerd 1.6): the shim's own namespace.
+        assert_eq!(
+            spans[0].attr_str(attr::CONTAINERD_NAMESPACE),
+            Some("fallback")
+        );
         assert_eq!(spans[0].end_time_unix_nano, 20);
     }
 

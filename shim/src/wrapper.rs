@@ -319,6 +319,7 @@ impl Invocation {
             upstream: inner_socket,
             inner: inner.display().to_string(),
             protocol: reply.protocol_label(),
+            namespace: self.args.namespace.clone().unwrap_or_default(),
             task_root: bundle
                 .parent()
                 .and_then(Path::parent)

@@ -43,6 +43,8 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+pub mod bootstrap;
+
 /// The containerd versions the e2e suite runs against, oldest first.
 pub const MATRIX: [&str; 3] = ["1.6.20", "1.7.24", "2.1.9"];
 
@@ -104,7 +106,7 @@ pub enum HarnessError {
 }
 
 impl HarnessError {
-    fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
         HarnessError::Io {
             action: action.into(),
             source,
@@ -429,8 +431,11 @@ impl PrivateContainerd {
         command: &[&str],
     ) -> Result<CtrOutput, HarnessError> {
         let rootfs = self.rootfs();
-        let mut args = vec!["run", "--rm", "--rootfs", path_str(&rootfs)?];
+        // `--rootfs` is a boolean flag and the directory is ctr's first positional argument, so
+        // every other flag must come before it.
+        let mut args = vec!["run", "--rm"];
         args.extend_from_slice(flags);
+        args.extend_from_slice(&["--rootfs", path_str(&rootfs)?]);
         args.push(id);
         args.extend_from_slice(command);
         self.ctr(&args)
@@ -648,11 +653,11 @@ impl Drop for PrivateContainerd {
     }
 }
 
-struct Ownership {
+pub(crate) struct Ownership {
     /// containerd's gRPC address as passed in `-address`.
-    address: Vec<u8>,
+    pub(crate) address: Vec<u8>,
     /// `KEY=VALUE` entries unique to this instance.
-    environ: Vec<Vec<u8>>,
+    pub(crate) environ: Vec<Vec<u8>>,
 }
 
 fn env_entry(key: &OsString, value: &OsString) -> Vec<u8> {
@@ -663,7 +668,7 @@ fn env_entry(key: &OsString, value: &OsString) -> Vec<u8> {
 }
 
 /// Scans /proc for processes with `-address <our socket>` in argv or our marker in their environment.
-fn owned_processes(ownership: &Ownership) -> Vec<u32> {
+pub(crate) fn owned_processes(ownership: &Ownership) -> Vec<u32> {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -697,7 +702,7 @@ fn owned_processes(ownership: &Ownership) -> Vec<u32> {
     pids
 }
 
-fn is_zombie(pid: u32) -> bool {
+pub(crate) fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -707,7 +712,7 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-fn kill_and_reap(pid: u32) {
+pub(crate) fn kill_and_reap(pid: u32) {
     let Ok(raw) = i32::try_from(pid) else { return };
     let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
     // Not our child (shims daemonize), so wait by watching /proc until it is gone or a zombie.
@@ -757,7 +762,7 @@ fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Ve
 }
 
 /// The runc shim's socket: `/run/containerd/s/<sha256(address/ns/group)>`.
-fn shim_socket_path(address: &Path, ns: &str, group: &str) -> PathBuf {
+pub(crate) fn shim_socket_path(address: &Path, ns: &str, group: &str) -> PathBuf {
     let digest = Sha256::digest(format!("{}/{ns}/{group}", address.display()).as_bytes());
     PathBuf::from("/run/containerd/s").join(hex::encode(digest))
 }

@@ -1,0 +1,592 @@
+//! OpenTelemetry export over OTLP (gRPC or HTTP/protobuf), keeping the shim's trace ids, span ids,
+//! parents and timestamps exactly: spans are turned into SDK `SpanData` and handed to the OTLP
+//! exporter directly, without a tracer.
+//!
+//! Configuration follows the OpenTelemetry environment variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `_TRACES_ENDPOINT`, `_PROTOCOL`, `_TRACES_PROTOCOL`, `_HEADERS`, `OTEL_SERVICE_NAME`,
+//! `OTEL_SDK_DISABLED`); flags override them. Headers are read by the OTLP exporter itself.
+//!
+//! Continuous export follows the store's ingest sequence with a cursor persisted in the store, so
+//! what is pending survives a restart; failures are retried with exponential backoff.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags,
+    TraceId as OtelTraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use opentelemetry_sdk::Resource;
+use shimtrace_shim::span::{attr, AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
+
+use crate::metrics::Counters;
+use crate::store::{Store, StoreError};
+
+/// Store key of the continuous exporter's cursor (last exported ingest sequence number).
+pub const CURSOR_KEY: &str = "otlp_export_cursor";
+/// Store key of the total spans exported.
+pub const EXPORTED_KEY: &str = "otlp_exported_total";
+/// Resource attribute naming the runtime (inner shim and options).
+pub const RUNTIME_RESOURCE_ATTR: &str = "shimtrace.runtime";
+const BATCH: usize = 512;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("unknown OTLP protocol {0:?}: use grpc or http/protobuf")]
+    Protocol(String),
+    #[error("cannot build the OTLP exporter for {endpoint}: {message} (check OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")]
+    Build { endpoint: String, message: String },
+    #[error("OTLP export to {endpoint} failed: {message} (is a collector listening there? check OTEL_EXPORTER_OTLP_ENDPOINT / --otlp-endpoint and the protocol)")]
+    Export { endpoint: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = ExportError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" | "http" => Ok(Protocol::HttpProtobuf),
+            other => Err(ExportError::Protocol(other.to_string())),
+        }
+    }
+}
+
+/// Resolved export settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    pub protocol: Protocol,
+    /// The exact URL the exporter sends to (for HTTP, including `/v1/traces`).
+    pub endpoint: String,
+    pub service_name: String,
+    pub timeout: Duration,
+}
+
+/// Flag values that override the environment.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOverrides {
+    /// Base endpoint, as `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub service_name: Option<String>,
+}
+
+impl ExportConfig {
+    /// Resolves settings from flags and environment (`env` looks a variable up).
+    /// `Ok(None)` when export is off: `OTEL_SDK_DISABLED=true`, or, if `require_endpoint`, when
+    /// neither a flag nor a variable names an endpoint (as containerd does).
+    pub fn resolve(
+        overrides: &ExportOverrides,
+        env: impl Fn(&str) -> Option<String>,
+        require_endpoint: bool,
+    ) -> Result<Option<ExportConfig>, ExportError> {
+        let var = |k: &str| {
+            env(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        let protocol: Protocol = overrides
+            .protocol
+            .clone()
+            .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|| "http/protobuf".into())
+            .parse()?;
+        let signal_path = |base: &str| match protocol {
+            Protocol::Grpc => base.to_string(),
+            Protocol::HttpProtobuf => {
+                if base.trim_end_matches('/').ends_with("/v1/traces") {
+                    base.to_string()
+                } else {
+                    format!("{}/v1/traces", base.trim_end_matches('/'))
+                }
+            }
+        };
+        let endpoint = if let Some(base) = &overrides.endpoint {
+            Some(signal_path(base))
+        } else if let Some(exact) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(exact)
+        } else {
+            var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| signal_path(&base))
+        };
+        let endpoint = match (endpoint, require_endpoint) {
+            (Some(e), _) => e,
+            (None, true) => return Ok(None),
+            (None, false) => match protocol {
+                Protocol::Grpc => "http://localhost:4317".into(),
+                Protocol::HttpProtobuf => "http://localhost:4318/v1/traces".into(),
+            },
+        };
+        let service_name = overrides
+            .service_name
+            .clone()
+            .or_else(|| var("OTEL_SERVICE_NAME"))
+            .unwrap_or_else(|| "shimtrace".into());
+        Ok(Some(ExportConfig {
+            protocol,
+            endpoint,
+            service_name,
+            timeout: Duration::from_secs(10),
+        }))
+    }
+}
+
+fn unix_time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+fn otel_value(v: &AttributeValue) -> Value {
+    match v {
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Int(i) => Value::I64(*i),
+        AttributeValue::Double(d) => Value::F64(*d),
+        AttributeValue::String(s) => Value::String(s.clone().into()),
+    }
+}
+
+fn key_values(attributes: &Attributes) -> Vec<KeyValue> {
+    attributes
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), otel_value(v)))
+        .collect()
+}
+
+/// The SDK span for a stored span: same ids, parent, name, timestamps, attributes, events.
+pub fn to_span_data(span: &SpanRecord) -> SpanData {
+    let mut events = SpanEvents::default();
+    events.events = span
+        .events
+        .iter()
+        .map(|e| {
+            opentelemetry::trace::Event::new(
+                e.name.clone(),
+                unix_time(e.time_unix_nano),
+                key_values(&e.attributes),
+                0,
+            )
+        })
+        .collect();
+    SpanData {
+        span_context: SpanContext::new(
+            OtelTraceId::from_bytes(span.trace_id.0),
+            OtelSpanId::from_bytes(span.span_id.0),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: span
+            .parent_span_id
+            .map(|p| OtelSpanId::from_bytes(p.0))
+            .unwrap_or(OtelSpanId::INVALID),
+        parent_span_is_remote: false,
+        span_kind: match span.kind {
+            SpanKind::Internal => OtelSpanKind::Internal,
+            SpanKind::Server => OtelSpanKind::Server,
+            SpanKind::Client => OtelSpanKind::Client,
+            SpanKind::Producer => OtelSpanKind::Producer,
+            SpanKind::Consumer => OtelSpanKind::Consumer,
+        },
+        name: Cow::Owned(span.name.clone()),
+        start_time: unix_time(span.start_time_unix_nano),
+        end_time: unix_time(span.end_time_unix_nano),
+        attributes: key_values(&span.attributes),
+        dropped_attributes_count: 0,
+        events,
+        links: SpanLinks::default(),
+        status: match &span.status {
+            SpanStatus::Unset => Status::Unset,
+            SpanStatus::Ok => Status::Ok,
+            SpanStatus::Error(message) => Status::error(message.clone()),
+        },
+        instrumentation_scope: InstrumentationScope::builder("shimtrace")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    }
+}
+
+/// This machine's host name (for the `host.name` resource attribute).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// What a span's resource says: namespace and runtime (both may come from other spans of its trace).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKey {
+    pub namespace: Option<String>,
+    pub runtime: Option<String>,
+}
+
+/// Finds each trace's namespace and runtime, from the span itself or its trace-mates.
+#[derive(Default)]
+pub struct ResourceResolver {
+    by_trace: HashMap<shimtrace_shim::span::TraceId, ResourceKey>,
+}
+
+impl ResourceResolver {
+    /// Learns from every span of a set (call before [`ResourceResolver::key`]).
+    pub fn learn(&mut self, spans: &[SpanRecord]) {
+        for s in spans {
+            let entry = self.by_trace.entry(s.trace_id).or_insert(ResourceKey {
+                namespace: None,
+                runtime: None,
+            });
+            if entry.namespace.is_none() {
+                entry.namespace = s.attr_str(attr::CONTAINERD_NAMESPACE).map(str::to_string);
+            }
+            if entry.runtime.is_none() {
+                entry.runtime = s.attr_str(attr::INNER).map(|inner| {
+                    match s.attr_str(crate::trace::RUNTIME_OPTIONS_ATTR) {
+                        Some(o) if !o.is_empty() => format!("{inner} ({o})"),
+                        _ => inner.to_string(),
+                    }
+                });
+            }
+        }
+    }
+
+    /// Fills gaps from the store (the root of a trace may have been exported in an earlier batch).
+    pub fn learn_from_store(
+        &mut self,
+        store: &Store,
+        spans: &[SpanRecord],
+    ) -> Result<(), StoreError> {
+        let missing: Vec<_> = spans
+            .iter()
+            .map(|s| s.trace_id)
+            .filter(|t| {
+                self.by_trace
+                    .get(t)
+                    .is_none_or(|k| k.namespace.is_none() || k.runtime.is_none())
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for trace in missing {
+            let mates = store.spans_of_container(&trace.to_hex())?;
+            self.learn(&mates);
+        }
+        Ok(())
+    }
+
+    pub fn key(&self, span: &SpanRecord) -> ResourceKey {
+        self.by_trace
+            .get(&span.trace_id)
+            .cloned()
+            .unwrap_or(ResourceKey {
+                namespace: None,
+                runtime: None,
+            })
+    }
+
+    /// Keeps memory bounded in a long-running exporter.
+    pub fn trim(&mut self, max: usize) {
+        if self.by_trace.len() > max {
+            self.by_trace.clear();
+        }
+    }
+}
+
+fn resource(service_name: &str, host: &str, key: &ResourceKey) -> Resource {
+    let mut attrs = vec![KeyValue::new("host.name", host.to_string())];
+    if let Some(ns) = &key.namespace {
+        attrs.push(KeyValue::new(attr::CONTAINERD_NAMESPACE, ns.clone()));
+    }
+    if let Some(rt) = &key.runtime {
+        attrs.push(KeyValue::new(RUNTIME_RESOURCE_ATTR, rt.clone()));
+    }
+    Resource::builder_empty()
+        .with_service_name(service_name.to_string())
+        .with_attributes(attrs)
+        .build()
+}
+
+/// An OTLP span exporter for one configuration.
+pub struct OtlpExporter {
+    config: ExportConfig,
+    inner: opentelemetry_otlp::SpanExporter,
+    host: String,
+}
+
+impl OtlpExporter {
+    /// Builds the exporter; must be called inside a Tokio runtime that outlives it.
+    pub fn new(config: ExportConfig) -> Result<OtlpExporter, ExportError> {
+        let build_err = |e: opentelemetry_otlp::ExporterBuildError| ExportError::Build {
+            endpoint: config.endpoint.clone(),
+            message: e.to_string(),
+        };
+        let inner = match config.protocol {
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .build()
+                .map_err(build_err)?,
+            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .build()
+                .map_err(build_err)?,
+        };
+        Ok(OtlpExporter {
+            config,
+            inner,
+            host: host_name(),
+        })
+    }
+
+    pub fn config(&self) -> &ExportConfig {
+        &self.config
+    }
+
+    /// Sends `spans`, one request per (namespace, runtime) resource.
+    pub async fn export(
+        &mut self,
+        spans: &[SpanRecord],
+        resolver: &ResourceResolver,
+    ) -> Result<(), ExportError> {
+        let mut groups: BTreeMap<ResourceKey, Vec<SpanData>> = BTreeMap::new();
+        for s in spans {
+            groups
+                .entry(resolver.key(s))
+                .or_default()
+                .push(to_span_data(s));
+        }
+        for (key, batch) in groups {
+            self.inner
+                .set_resource(&resource(&self.config.service_name, &self.host, &key));
+            self.inner
+                .export(batch)
+                .await
+                .map_err(|e| ExportError::Export {
+                    endpoint: self.config.endpoint.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Exports `spans` once, retrying failures `retries` times with backoff.
+pub async fn export_once(
+    config: ExportConfig,
+    spans: &[SpanRecord],
+    retries: u32,
+) -> Result<usize, ExportError> {
+    let mut exporter = OtlpExporter::new(config)?;
+    let mut resolver = ResourceResolver::default();
+    resolver.learn(spans);
+    for chunk in spans.chunks(BATCH) {
+        let mut backoff = Duration::from_millis(500);
+        let mut attempt = 0;
+        loop {
+            match exporter.export(chunk, &resolver).await {
+                Ok(()) => break,
+                Err(e) if attempt < retries => {
+                    tracing::warn!(error = %e, "retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(spans.len())
+}
+
+/// Continuous export: follows the store from its persisted cursor until `stop` turns true.
+/// `wake` is notified by ingest after it stores spans.
+pub async fn run_continuous(
+    db: PathBuf,
+    config: ExportConfig,
+    wake: Arc<tokio::sync::Notify>,
+    counters: Arc<Counters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ExportError> {
+    let store = Store::open(&db)?;
+    let mut exporter = OtlpExporter::new(config)?;
+    let mut resolver = ResourceResolver::default();
+    let mut backoff = Duration::from_millis(250);
+    tracing::info!(endpoint = %exporter.config().endpoint, protocol = ?exporter.config().protocol, "exporting spans over OTLP");
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let cursor = store.meta(CURSOR_KEY)?;
+        let batch = store.spans_after(cursor, BATCH)?;
+        if batch.is_empty() {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let spans: Vec<SpanRecord> = batch.iter().map(|(_, s)| s.clone()).collect();
+        resolver.trim(100_000);
+        resolver.learn(&spans);
+        resolver.learn_from_store(&store, &spans)?;
+        match exporter.export(&spans, &resolver).await {
+            Ok(()) => {
+                let last = batch.last().map(|(seq, _)| *seq).unwrap_or(cursor);
+                store.set_meta(CURSOR_KEY, last)?;
+                store.set_meta(EXPORTED_KEY, store.meta(EXPORTED_KEY)? + spans.len() as u64)?;
+                counters
+                    .exported
+                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
+                backoff = Duration::from_millis(250);
+            }
+            Err(e) => {
+                counters.export_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "export failed; {} spans pending, retrying in {backoff:?}", store.max_seq()?.saturating_sub(cursor));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::tests::container_trace;
+    use shimtrace_shim::span::TraceId;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn endpoints_resolve_like_the_otel_spec() {
+        let none = ExportOverrides::default();
+        let c = ExportConfig::resolve(
+            &none,
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318/")]),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.protocol, c.endpoint.as_str()),
+            (Protocol::HttpProtobuf, "http://h:4318/v1/traces")
+        );
+        let c = ExportConfig::resolve(
+            &none,
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ]),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.protocol, c.endpoint.as_str()),
+            (Protocol::Grpc, "http://h:4317")
+        );
+        let c = ExportConfig::resolve(
+            &none,
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b/custom"),
+                ("OTEL_SERVICE_NAME", "svc"),
+            ]),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.service_name.as_str()),
+            ("http://b/custom", "svc")
+        );
+        let flags = ExportOverrides {
+            endpoint: Some("http://flag:4317".into()),
+            protocol: Some("grpc".into()),
+            service_name: None,
+        };
+        let c = ExportConfig::resolve(
+            &flags,
+            env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b")]),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.endpoint, "http://flag:4317");
+        assert!(ExportConfig::resolve(&none, env(&[]), true)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            ExportConfig::resolve(&none, env(&[]), false)
+                .unwrap()
+                .unwrap()
+                .endpoint,
+            "http://localhost:4318/v1/traces"
+        );
+        assert!(
+            ExportConfig::resolve(&flags, env(&[("OTEL_SDK_DISABLED", "TRUE")]), true)
+                .unwrap()
+                .is_none()
+        );
+        let err = ExportConfig::resolve(
+            &none,
+            env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+            true,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("grpc or http/protobuf"));
+    }
+
+    #[test]
+    fn span_data_keeps_ids_parent_and_timestamps() {
+        let spans = container_trace(TraceId([5; 16]), "c");
+        let create = spans.iter().find(|s| s.name.ends_with("/Create")).unwrap();
+        let data = to_span_data(create);
+        assert_eq!(data.span_context.trace_id().to_bytes(), [5; 16]);
+        assert_eq!(data.span_context.span_id().to_bytes(), create.span_id.0);
+        assert_eq!(
+            data.parent_span_id.to_bytes(),
+            create.parent_span_id.unwrap().0
+        );
+        assert_eq!(data.start_time, unix_time(create.start_time_unix_nano));
+        assert_eq!(data.end_time, unix_time(create.end_time_unix_nano));
+        let wait = spans.iter().find(|s| s.name.ends_with("/Wait")).unwrap();
+        assert_eq!(to_span_data(wait).events.events.len(), 1);
+        let mut resolver = ResourceResolver::default();
+        resolver.learn(&spans);
+        let key = resolver.key(create);
+        assert_eq!(
+            key.runtime.as_deref(),
+            Some("/usr/bin/containerd-shim-runc-v2")
+        );
+        assert_eq!(key.namespace.as_deref(), Some("default"));
+    }
+}

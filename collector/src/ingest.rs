@@ -1,0 +1,336 @@
+//! Ingest: moves spool lines into the store, exactly once, and compacts finished spool files.
+//!
+//! Each file is read from its stored offset; the spans read and the new offset are committed in one
+//! transaction. A file is *finished* once a later `seq` of the same writer exists or its writer pid
+//! is gone; a finished file whose every line is stored is removed (compaction), which keeps the
+//! spool bounded.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use shimtrace_shim::span::{SpanRecord, SpoolEntry};
+use shimtrace_shim::spool::{self, SpoolError, SpoolFileName, SpoolIssue};
+
+use crate::store::{DroppedLine, FileOffset, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read spool directory {path}: {source} (pass --spool DIR or set SHIMTRACE_SPOOL_DIR)")]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: SpoolError,
+    },
+}
+
+/// What one ingest pass did.
+#[derive(Debug, Default, Clone)]
+pub struct IngestReport {
+    /// Span lines read (including ones already stored).
+    pub spans_read: u64,
+    /// Spans that were new to the store.
+    pub spans_stored: u64,
+    /// Spans the shims reported dropped, in the lines read.
+    pub dropped: u64,
+    /// Malformed lines skipped (and partial lines of dead writers, which can never complete).
+    pub issues: Vec<SpoolIssue>,
+    /// Spool files removed after full ingest.
+    pub compacted: u64,
+}
+
+impl IngestReport {
+    fn absorb(&mut self, other: IngestReport) {
+        self.spans_read += other.spans_read;
+        self.spans_stored += other.spans_stored;
+        self.dropped += other.dropped;
+        self.issues.extend(other.issues);
+        self.compacted += other.compacted;
+    }
+}
+
+/// Reads a spool directory into a store.
+pub struct Ingester {
+    store: Store,
+    spool_dir: PathBuf,
+    compact: bool,
+}
+
+/// Whether the process that wrote a spool file is still running (pid reuse errs on "alive",
+/// which only delays compaction).
+fn writer_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
+}
+
+impl Ingester {
+    /// `compact`: remove finished, fully ingested spool files.
+    pub fn new(store: Store, spool_dir: &Path, compact: bool) -> Ingester {
+        Ingester {
+            store,
+            spool_dir: spool_dir.to_path_buf(),
+            compact,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool_dir
+    }
+
+    /// Ingests every spool file, then compacts what is finished.
+    pub fn ingest_all(&mut self) -> Result<IngestReport, IngestError> {
+        let files = spool::spool_files(&self.spool_dir).map_err(|source| IngestError::Spool {
+            path: self.spool_dir.clone(),
+            source,
+        })?;
+        let mut report = IngestReport::default();
+        for (path, _) in &files {
+            report.absorb(self.ingest_file(path)?);
+        }
+        if self.compact {
+            report.absorb(self.compact_files(&files)?);
+        }
+        Ok(report)
+    }
+
+    /// Ingests the new complete lines of the spool files among `paths` (others are ignored), then
+    /// compacts the spool.
+    pub fn ingest_paths(&mut self, paths: &BTreeSet<PathBuf>) -> Result<IngestReport, IngestError> {
+        let mut report = IngestReport::default();
+        for path in paths {
+            let is_spool_file = path.parent() == Some(self.spool_dir.as_path())
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(SpoolFileName::parse)
+                    .is_some();
+            if is_spool_file {
+                report.absorb(self.ingest_file(path)?);
+            }
+        }
+        if self.compact {
+            let files =
+                spool::spool_files(&self.spool_dir).map_err(|source| IngestError::Spool {
+                    path: self.spool_dir.clone(),
+                    source,
+                })?;
+            report.absorb(self.compact_files(&files)?);
+        }
+        Ok(report)
+    }
+
+    /// Stores the complete lines of `path` past its stored offset.
+    pub fn ingest_file(&mut self, path: &Path) -> Result<IngestReport, IngestError> {
+        let mut report = IngestReport::default();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(report);
+        };
+        let size = match std::fs::metadata(path) {
+            Ok(m) => m.len(),
+            // Compacted or removed between the event and now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+            Err(source) => {
+                return Err(IngestError::Spool {
+                    path: path.to_path_buf(),
+                    source: SpoolError::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                })
+            }
+        };
+        let mut from = self.store.file_offset(name)?;
+        if size < from.offset {
+            // Spool files only grow: a shorter file is a new file under an old name.
+            from = FileOffset {
+                offset: 0,
+                next_line: 1,
+            };
+        }
+        if size == from.offset {
+            return Ok(report);
+        }
+        let chunk = match spool::read_file_from(path, from.offset, from.next_line) {
+            Ok(chunk) => chunk,
+            Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(report)
+            }
+            Err(source) => {
+                return Err(IngestError::Spool {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        if chunk.end_offset == from.offset && chunk.issues.is_empty() {
+            return Ok(report);
+        }
+        let mut spans: Vec<SpanRecord> = Vec::with_capacity(chunk.entries.len());
+        let mut dropped = Vec::new();
+        for entry in chunk.entries {
+            match entry {
+                SpoolEntry::Span(span) => spans.push(span),
+                SpoolEntry::Dropped {
+                    count,
+                    writer,
+                    reason,
+                    time_unix_nano,
+                } => {
+                    report.dropped += count;
+                    dropped.push(DroppedLine {
+                        count,
+                        writer,
+                        reason,
+                        time_unix_nano,
+                    });
+                }
+            }
+        }
+        report.spans_read = spans.len() as u64;
+        report.spans_stored = self.store.ingest_chunk(
+            name,
+            &spans,
+            &dropped,
+            FileOffset {
+                offset: chunk.end_offset,
+                next_line: chunk.next_line,
+            },
+        )?;
+        report.issues = chunk.issues;
+        Ok(report)
+    }
+
+    /// Removes finished spool files whose lines are all stored.
+    fn compact_files(
+        &mut self,
+        files: &[(PathBuf, SpoolFileName)],
+    ) -> Result<IngestReport, IngestError> {
+        let mut report = IngestReport::default();
+        for (path, name) in files {
+            let later_exists = files
+                .iter()
+                .any(|(_, other)| other.writer_key() == name.writer_key() && other.seq > name.seq);
+            let writer_gone = !later_exists && !writer_alive(name.pid);
+            if !later_exists && !writer_gone {
+                continue;
+            }
+            let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Ok(size) = std::fs::metadata(path).map(|m| m.len()) else {
+                continue;
+            };
+            let at = self.store.file_offset(file_name)?;
+            if at.offset < size {
+                // Read what may have arrived since the last event before judging.
+                report.absorb(self.ingest_file(path)?);
+            }
+            let at = self.store.file_offset(file_name)?;
+            if at.offset < size {
+                if !writer_gone {
+                    continue;
+                }
+                // A dead writer's unterminated last line can never complete.
+                report.issues.push(SpoolIssue {
+                    file: path.clone(),
+                    line: at.next_line,
+                    error: format!(
+                        "writer exited mid-line; {} trailing bytes discarded",
+                        size - at.offset
+                    ),
+                });
+            }
+            // Remove first: if we crash before forgetting the offset, nothing is re-read.
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove ingested spool file; it stays until it can be");
+                    continue;
+                }
+            }
+            self.store.forget_file(file_name)?;
+            report.compacted += 1;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::tests::container_trace;
+    use shimtrace_shim::span::TraceId;
+    use std::io::Write;
+
+    fn line(span: &SpanRecord) -> String {
+        serde_json::to_string(&SpoolEntry::Span(span.clone())).unwrap() + "\n"
+    }
+
+    #[test]
+    fn growing_file_is_ingested_once_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let me = std::process::id();
+        let path = spool.join(format!("proxy-{me}-1-0.jsonl"));
+        let spans = container_trace(TraceId([9; 16]), "c");
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(line(&spans[0]).as_bytes()).unwrap();
+        let partial = line(&spans[1]);
+        file.write_all(&partial.as_bytes()[..10]).unwrap();
+
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut ingester = Ingester::new(store, &spool, true);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!((r.spans_read, r.spans_stored, r.compacted), (1, 1, 0));
+
+        file.write_all(&partial.as_bytes()[10..]).unwrap();
+        file.write_all(b"broken\n").unwrap();
+        for s in &spans[2..] {
+            file.write_all(line(s).as_bytes()).unwrap();
+        }
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!(r.spans_stored, 6);
+        assert_eq!(r.issues.len(), 1);
+        // Our own pid is alive and there is no later seq: the file stays.
+        assert!(path.exists());
+        assert_eq!(ingester.ingest_all().unwrap().spans_read, 0);
+        assert_eq!(ingester.store().span_count().unwrap(), 7);
+
+        // Rotation finishes the file: it is compacted once fully stored.
+        std::fs::write(spool.join(format!("proxy-{me}-1-1.jsonl")), "").unwrap();
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!(r.compacted, 1);
+        assert!(!path.exists());
+        assert_eq!(ingester.store().span_count().unwrap(), 7);
+    }
+
+    #[test]
+    fn dead_writer_files_are_compacted_with_the_partial_line_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        // pid_max is at most 2^22, so this pid cannot exist.
+        let path = spool.join("wrapper-99999999-1-0.jsonl");
+        let spans = container_trace(TraceId([9; 16]), "c");
+        std::fs::write(&path, line(&spans[0]) + "{\"type\":\"sp").unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut ingester = Ingester::new(store, &spool, true);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!((r.spans_stored, r.compacted, r.issues.len()), (1, 1, 1));
+        assert!(r.issues[0].error.contains("mid-line"));
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,265 @@
+//! Prometheus metrics: counters shared by ingest and export, and the `/metrics` endpoint with
+//! cold-start phase histograms per runtime.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::export::EXPORTED_KEY;
+use crate::store::{Store, StoreError};
+use crate::trace::{Phase, Trace};
+
+/// Process-lifetime counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Spans newly stored.
+    pub ingested: AtomicU64,
+    /// Spans accepted by the OTLP endpoint.
+    pub exported: AtomicU64,
+    /// Spans the shims reported dropped.
+    pub dropped: AtomicU64,
+    /// Malformed spool lines skipped.
+    pub spool_issues: AtomicU64,
+    /// Failed export attempts.
+    pub export_failures: AtomicU64,
+}
+
+/// Histogram bucket bounds, seconds: cold-start phases run from microseconds to seconds.
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
+}
+
+/// Phase histograms per (runtime, phase), recomputed only when the store has new spans.
+#[derive(Default)]
+struct PhaseCache {
+    at_seq: Option<u64>,
+    histograms: BTreeMap<(String, Phase), Histogram>,
+}
+
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the Prometheus text exposition.
+pub struct MetricsRenderer {
+    db: PathBuf,
+    counters: Arc<Counters>,
+    cache: Mutex<PhaseCache>,
+}
+
+impl MetricsRenderer {
+    pub fn new(db: PathBuf, counters: Arc<Counters>) -> MetricsRenderer {
+        MetricsRenderer {
+            db,
+            counters,
+            cache: Mutex::new(PhaseCache::default()),
+        }
+    }
+
+    /// The exposition text (blocking: reads the store).
+    pub fn render(&self) -> Result<String, StoreError> {
+        let store = Store::open(&self.db)?;
+        let seq = store.max_seq()?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.at_seq != Some(seq) {
+            let mut histograms: BTreeMap<(String, Phase), Histogram> = BTreeMap::new();
+            for trace in Trace::group(store.all_spans()?) {
+                let runtime = trace.runtime();
+                for p in trace.phases() {
+                    histograms
+                        .entry((runtime.clone(), p.phase))
+                        .or_default()
+                        .observe(p.duration_nanos() as f64 / 1e9);
+                }
+            }
+            *cache = PhaseCache {
+                at_seq: Some(seq),
+                histograms,
+            };
+        }
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "shimtrace_spans_ingested_total",
+            "Spans stored (all time, from the store).",
+            store.span_count()?,
+        );
+        counter(
+            "shimtrace_spans_exported_total",
+            "Spans accepted by the OTLP endpoint (all time, from the store).",
+            store.meta(EXPORTED_KEY)?,
+        );
+        counter(
+            "shimtrace_spans_dropped_total",
+            "Spans the shims could not spool (all time, from the store).",
+            store.dropped_total()?,
+        );
+        counter(
+            "shimtrace_spool_malformed_lines_total",
+            "Malformed spool lines skipped by this process.",
+            self.counters.spool_issues.load(Ordering::Relaxed),
+        );
+        counter(
+            "shimtrace_export_failures_total",
+            "Failed OTLP export attempts by this process.",
+            self.counters.export_failures.load(Ordering::Relaxed),
+        );
+        let name = "shimtrace_cold_start_phase_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Container cold-start phase durations per runtime.\n# TYPE {name} histogram"
+        );
+        for ((runtime, phase), h) in &cache.histograms {
+            let labels = format!("runtime=\"{}\",phase=\"{}\"", label(runtime), phase.key());
+            for (le, n) in BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot serve metrics on {addr}: {source} (choose a free --metrics-addr, e.g. 127.0.0.1:9464)"
+)]
+pub struct MetricsBindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `addr`; the returned future serves `GET /metrics` until `shutdown` completes.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    renderer: Arc<MetricsRenderer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<impl std::future::Future<Output = std::io::Result<()>>, MetricsBindError> {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsBindError { addr, source })?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let renderer = renderer.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || renderer.render()).await {
+                    Ok(Ok(text)) => (
+                        StatusCode::OK,
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Ok(Err(e)) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                    }
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    );
+    Ok(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FileOffset;
+    use crate::trace::tests::container_trace;
+    use shimtrace_shim::span::TraceId;
+
+    #[test]
+    fn exposition_parses_and_histograms_count_every_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut store = Store::open(&db).unwrap();
+        let mut spans = container_trace(TraceId([1; 16]), "a");
+        spans.extend(container_trace(TraceId([2; 16]), "b"));
+        store
+            .ingest_chunk(
+                "f",
+                &spans,
+                &[],
+                FileOffset {
+                    offset: 1,
+                    next_line: 2,
+                },
+            )
+            .unwrap();
+        let renderer = MetricsRenderer::new(db, Arc::new(Counters::default()));
+        let text = renderer.render().unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let ingested = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "shimtrace_spans_ingested_total")
+            .unwrap();
+        assert!(matches!(ingested.value, prometheus_parse::Value::Counter(v) if v == 14.0));
+        let create = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "shimtrace_cold_start_phase_seconds"
+                    && s.labels.get("phase") == Some("create")
+            })
+            .expect("a create histogram");
+        match &create.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                let inf = buckets
+                    .iter()
+                    .find(|b| b.less_than == f64::INFINITY)
+                    .unwrap();
+                assert_eq!(inf.count, 2.0);
+                // Create took 50 ms in both traces.
+                let at_50ms = buckets.iter().find(|b| b.less_than == 0.05).unwrap();
+                assert_eq!(at_50ms.count, 2.0);
+                let at_25ms = buckets.iter().find(|b| b.less_than == 0.025).unwrap();
+                assert_eq!(at_25ms.count, 0.0);
+            }
+            other => panic!("not a histogram: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! `shimtrace serve`: ingests the spool as it grows (inotify), and feeds the exporter and metrics.
+//!
+//! Ingest runs on its own thread, woken by inotify events for the spool directory; it never waits
+//! on export, which reads the store on its own connection. Without events it only wakes for
+//! housekeeping (compacting files whose writer died, which inotify cannot see).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::export::ExportConfig;
+use crate::ingest::{IngestError, IngestReport, Ingester};
+use crate::metrics::{serve_metrics, Counters, MetricsBindError, MetricsRenderer};
+use crate::store::{Store, StoreError};
+
+/// How often ingest wakes without events to compact files whose writer has exited.
+pub const DEFAULT_HOUSEKEEPING: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("cannot create spool directory {path}: {source} (pass --spool DIR)")]
+    CreateSpool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch spool directory {path} with inotify: {source} (raise fs.inotify.max_user_watches/instances if exhausted)")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error(transparent)]
+    Metrics(#[from] MetricsBindError),
+    #[error("ingest thread failed: {0}")]
+    Thread(String),
+}
+
+/// What `serve` ingests and where it keeps it.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub spool_dir: PathBuf,
+    pub db: PathBuf,
+    /// Remove finished, fully ingested spool files.
+    pub compact: bool,
+    pub housekeeping: Duration,
+}
+
+enum Wake {
+    Fs(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// Handle on a running ingest thread.
+pub struct IngestHandle {
+    wake: mpsc::Sender<Wake>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+    // Dropping the watcher ends its events; keep it as long as the thread runs.
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl IngestHandle {
+    /// Stops ingest after the batch in progress and waits for it.
+    pub fn stop(mut self) -> Result<(), ServeError> {
+        let _ = self.wake.send(Wake::Stop);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServeError::Thread("ingest thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn log_report(report: &IngestReport, counters: &Counters) {
+    counters
+        .ingested
+        .fetch_add(report.spans_stored, Ordering::Relaxed);
+    counters
+        .dropped
+        .fetch_add(report.dropped, Ordering::Relaxed);
+    counters
+        .spool_issues
+        .fetch_add(report.issues.len() as u64, Ordering::Relaxed);
+    for issue in &report.issues {
+        tracing::warn!("{issue}");
+    }
+    if report.spans_stored > 0 || report.compacted > 0 {
+        tracing::debug!(
+            stored = report.spans_stored,
+            compacted = report.compacted,
+            "ingested"
+        );
+    }
+}
+
+/// Starts ingesting: watches the spool, catches up with what is already there, then follows it.
+/// `on_ingest` runs after each batch that stored spans (e.g. to wake the exporter).
+pub fn start_ingest(
+    config: &IngestConfig,
+    counters: Arc<Counters>,
+    on_ingest: impl Fn() + Send + 'static,
+) -> Result<IngestHandle, ServeError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.spool_dir)
+        .map_err(|source| ServeError::CreateSpool {
+            path: config.spool_dir.clone(),
+            source,
+        })?;
+    let store = Store::open(&config.db)?;
+    let (wake, rx) = mpsc::channel();
+    let events = wake.clone();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = events.send(Wake::Fs(event));
+    })
+    .map_err(|source| ServeError::Watch {
+        path: config.spool_dir.clone(),
+        source,
+    })?;
+    // Watch before the first scan, so nothing written in between is missed.
+    watcher
+        .watch(&config.spool_dir, RecursiveMode::NonRecursive)
+        .map_err(|source| ServeError::Watch {
+            path: config.spool_dir.clone(),
+            source,
+        })?;
+    let mut ingester = Ingester::new(store, &config.spool_dir, config.compact);
+    let housekeeping = config.housekeeping;
+    let thread = std::thread::Builder::new()
+        .name("ingest".into())
+        .spawn(move || -> Result<(), ServeError> {
+            let report = ingester.ingest_all()?;
+            log_report(&report, &counters);
+            on_ingest();
+            let mut last_housekeeping = Instant::now();
+            loop {
+                let first = match rx.recv_timeout(housekeeping) {
+                    Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    Ok(Wake::Fs(event)) => Some(event),
+                    Err(RecvTimeoutError::Timeout) => None,
+                };
+                let mut paths = BTreeSet::new();
+                let mut rescan = false;
+                let mut stop = false;
+                for wake in first.map(Wake::Fs).into_iter().chain(rx.try_iter()) {
+                    match wake {
+                        Wake::Stop => stop = true,
+                        Wake::Fs(Ok(event)) => {
+                            rescan |= event.need_rescan();
+                            paths.extend(event.paths);
+                        }
+                        Wake::Fs(Err(e)) => {
+                            tracing::warn!(error = %e, "inotify error; rescanning the spool");
+                            rescan = true;
+                        }
+                    }
+                }
+                let due = last_housekeeping.elapsed() >= housekeeping;
+                let report = if rescan || due {
+                    last_housekeeping = Instant::now();
+                    ingester.ingest_all()?
+                } else {
+                    ingester.ingest_paths(&paths)?
+                };
+                log_report(&report, &counters);
+                if report.spans_stored > 0 {
+                    on_ingest();
+                }
+                if stop {
+                    return Ok(());
+                }
+            }
+        })
+        .map_err(|e| ServeError::Thread(e.to_string()))?;
+    Ok(IngestHandle {
+        wake,
+        thread: Some(thread),
+        _watcher: watcher,
+    })
+}
+
+/// Everything `shimtrace serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub ingest: IngestConfig,
+    /// OTLP export of new spans, if configured.
+    pub export: Option<ExportConfig>,
+    /// Where to serve Prometheus `/metrics`, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Runs ingest, export and metrics until `shutdown` completes; ingest finishes its batch first.
+pub async fn run(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let counters = Arc::new(Counters::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ingest_wake = wake.clone();
+    let handle = start_ingest(&config.ingest, counters.clone(), move || {
+        ingest_wake.notify_one()
+    })?;
+    tracing::info!(spool = %config.ingest.spool_dir.display(), db = %config.ingest.db.display(), "ingesting");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = config.metrics_addr {
+        let renderer = Arc::new(MetricsRenderer::new(
+            config.ingest.db.clone(),
+            counters.clone(),
+        ));
+        let mut stop = stop_rx.clone();
+        let server = serve_metrics(addr, renderer, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
+        tracing::info!(%addr, "serving /metrics");
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    match config.export {
+        Some(export) => {
+            let db = config.ingest.db.clone();
+            let counters = counters.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                if let Err(e) =
+                    crate::export::run_continuous(db, export, wake, counters, stop).await
+                {
+                    tracing::error!(error = %e, "OTLP export stopped");
+                }
+            });
+        }
+        None => {
+            tracing::info!("OTLP export off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")
+        }
+    }
+    shutdown.await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let result = tokio::task::spawn_blocking(move || handle.stop())
+        .await
+        .map_err(|e| ServeError::Thread(e.to_string()))?;
+    while tasks.join_next().await.is_some() {}
+    result
+}

@@ -1,0 +1,476 @@
+//! Synthetic spools: realistic container traces for tests and benchmarks (`shimtrace bench`).
+//!
+//! Each container gets the spans a wrapped `ctr run --rm` produces (wrapper start, inner start,
+//! proxy, Connect/Create/Start/Wait/Delete/Shutdown, wrapper delete) with a `/tasks/exit` event,
+//! drawn from per-runtime latency profiles with a fixed seed, so runs are reproducible.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use shimtrace_shim::span::{
+    attr, names, AttributeValue, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus,
+    SpoolEntry, TraceId,
+};
+use shimtrace_shim::spool::ROTATE_BYTES;
+
+use crate::trace::EXIT_EVENT;
+
+/// A runtime's inner shim and its typical phase latencies (milliseconds: median, spread).
+#[derive(Debug, Clone)]
+pub struct RuntimeProfile {
+    pub inner: &'static str,
+    pub options: Option<&'static str>,
+    pub wrapper_start_ms: (f64, f64),
+    pub create_ms: (f64, f64),
+    pub start_ms: (f64, f64),
+    pub run_ms: (f64, f64),
+    pub delete_ms: (f64, f64),
+}
+
+/// runc, gVisor and crun as measured shapes go (see ANCHORS.md §2): crun fastest, runsc slowest.
+pub fn default_profiles() -> Vec<RuntimeProfile> {
+    vec![
+        RuntimeProfile {
+            inner: "/usr/bin/containerd-shim-runc-v2",
+            options: None,
+            wrapper_start_ms: (9.0, 2.0),
+            create_ms: (45.0, 10.0),
+            start_ms: (4.0, 1.0),
+            run_ms: (2.0, 1.0),
+            delete_ms: (12.0, 3.0),
+        },
+        RuntimeProfile {
+            inner: "/usr/bin/containerd-shim-runc-v2",
+            options: Some("BinaryName=runsc"),
+            wrapper_start_ms: (9.0, 2.0),
+            create_ms: (140.0, 30.0),
+            start_ms: (35.0, 8.0),
+            run_ms: (6.0, 2.0),
+            delete_ms: (40.0, 10.0),
+        },
+        RuntimeProfile {
+            inner: "/usr/bin/containerd-shim-runc-v2",
+            options: Some("BinaryName=crun"),
+            wrapper_start_ms: (9.0, 2.0),
+            create_ms: (25.0, 6.0),
+            start_ms: (3.0, 1.0),
+            run_ms: (2.0, 1.0),
+            delete_ms: (9.0, 2.0),
+        },
+    ]
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SynthConfig {
+    pub containers: usize,
+    /// Containers whose spans share one writer's files (a proxy serves many under grouping).
+    pub containers_per_writer: usize,
+    pub seed: u64,
+    pub profiles: Vec<RuntimeProfile>,
+    /// Unix nanoseconds of the first container's start.
+    pub start_unix_nano: u64,
+    /// Writer pids start here; the default is above any Linux pid_max, so the writers count as
+    /// exited and their files as finished.
+    pub first_pid: u32,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            containers: 100,
+            containers_per_writer: 100,
+            seed: 42,
+            profiles: default_profiles(),
+            start_unix_nano: 1_767_225_600_000_000_000, // 2026-01-01T00:00:00Z
+            first_pid: 5_000_000,
+        }
+    }
+}
+
+/// What was generated.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SynthSummary {
+    pub containers: usize,
+    pub spans: u64,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// A client-observed wall time for one container (the report's optional input).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct WallTime {
+    pub container_id: String,
+    pub wall_time_ns: u64,
+}
+
+/// xorshift64*: reproducible without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A right-skewed latency around `median` (log-normal-ish), in nanoseconds.
+    fn latency(&mut self, (median, spread): (f64, f64)) -> u64 {
+        let normal: f64 = (0..4).map(|_| self.unit()).sum::<f64>() - 2.0;
+        let ms = median * (normal * spread / median.max(0.001)).exp();
+        (ms.max(0.01) * 1e6) as u64
+    }
+
+    fn span_id(&mut self) -> SpanId {
+        SpanId((self.next() | 1).to_be_bytes())
+    }
+
+    fn trace_id(&mut self) -> TraceId {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.next().to_be_bytes());
+        bytes[8..].copy_from_slice(&(self.next() | 1).to_be_bytes());
+        TraceId(bytes)
+    }
+}
+
+/// The spans of one synthetic container run, plus its client-observed wall time.
+pub fn container_spans(
+    index: usize,
+    profile: &RuntimeProfile,
+    start: u64,
+    seed: u64,
+) -> (Vec<SpanRecord>, WallTime) {
+    let mut rng = Rng(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    rng.next();
+    let trace_id = rng.trace_id();
+    let container = format!("synth-{index:06}");
+    let mut base = Attributes::new();
+    base.insert(attr::CONTAINERD_NAMESPACE.into(), "default".into());
+    base.insert(
+        attr::CONTAINERD_CONTAINER_ID.into(),
+        container.clone().into(),
+    );
+    base.insert(attr::INNER.into(), profile.inner.into());
+    if let Some(options) = profile.options {
+        base.insert(crate::trace::RUNTIME_OPTIONS_ATTR.into(), options.into());
+    }
+    let root_id = rng.span_id();
+    let mut spans = Vec::with_capacity(10);
+    let mut make = |rng: &mut Rng,
+                    name: &str,
+                    parent: Option<SpanId>,
+                    t0: u64,
+                    t1: u64,
+                    extra: &[(&str, AttributeValue)]| {
+        let mut attributes = base.clone();
+        for (k, v) in extra {
+            attributes.insert((*k).into(), v.clone());
+        }
+        let id = if parent.is_none() {
+            root_id
+        } else {
+            rng.span_id()
+        };
+        spans.push(SpanRecord {
+            trace_id,
+            span_id: id,
+            parent_span_id: parent,
+            name: name.into(),
+            kind: if name.contains('/') {
+                SpanKind::Server
+            } else {
+                SpanKind::Internal
+            },
+            start_time_unix_nano: t0,
+            end_time_unix_nano: t1,
+            attributes,
+            events: vec![],
+            status: SpanStatus::Ok,
+        });
+        spans.len() - 1
+    };
+    let task = |m: &str| format!("containerd.task.v2.Task/{m}");
+    let rpc = |m: &str| -> [(&'static str, AttributeValue); 4] {
+        [
+            (attr::RPC_SYSTEM, "ttrpc".into()),
+            (attr::RPC_SERVICE, "containerd.task.v2.Task".into()),
+            (attr::RPC_METHOD, m.to_string().into()),
+            (attr::RPC_TTRPC_STATUS_CODE, 0i64.into()),
+        ]
+    };
+    let pid = 10_000 + index as i64;
+    let root = Some(root_id);
+    let wrapper = rng.latency(profile.wrapper_start_ms);
+    let t_wrapper_end = start + wrapper;
+    let inner_start = start + wrapper / 10;
+    make(
+        &mut rng,
+        names::INNER_START,
+        root,
+        inner_start,
+        inner_start + wrapper * 6 / 10,
+        &[],
+    );
+    let ensure = inner_start + wrapper * 6 / 10;
+    make(
+        &mut rng,
+        names::PROXY_ENSURE,
+        root,
+        ensure,
+        t_wrapper_end - wrapper / 20,
+        &[],
+    );
+    let gap = |rng: &mut Rng| 200_000 + rng.next() % 800_000;
+    let t = t_wrapper_end + gap(&mut rng);
+    let connect = t + 150_000;
+    make(
+        &mut rng,
+        &task("Connect"),
+        root,
+        t,
+        connect,
+        &rpc("Connect"),
+    );
+    let create0 = connect + gap(&mut rng);
+    let create1 = create0 + rng.latency(profile.create_ms);
+    make(
+        &mut rng,
+        &task("Create"),
+        root,
+        create0,
+        create1,
+        &[(attr::PROCESS_PID, pid.into())],
+    );
+    let start0 = create1 + gap(&mut rng);
+    let wait0 = start0 + 100_000;
+    let start1 = start0 + rng.latency(profile.start_ms);
+    make(
+        &mut rng,
+        &task("Start"),
+        root,
+        start0,
+        start1,
+        &rpc("Start"),
+    );
+    let exit = start1 + rng.latency(profile.run_ms);
+    let wait1 = exit + 150_000;
+    let wait = make(
+        &mut rng,
+        &task("Wait"),
+        root,
+        wait0,
+        wait1,
+        &[(attr::PROCESS_EXIT_CODE, 0i64.into())],
+    );
+    let delete0 = wait1 + gap(&mut rng);
+    let delete1 = delete0 + rng.latency(profile.delete_ms);
+    make(
+        &mut rng,
+        &task("Delete"),
+        root,
+        delete0,
+        delete1,
+        &[
+            (attr::PROCESS_EXIT_CODE, 0i64.into()),
+            (attr::PROCESS_PID, pid.into()),
+        ],
+    );
+    let shut0 = delete1 + gap(&mut rng);
+    let shut1 = shut0 + 300_000 + rng.next() % 500_000;
+    make(
+        &mut rng,
+        &task("Shutdown"),
+        root,
+        shut0,
+        shut1,
+        &rpc("Shutdown"),
+    );
+    // containerd runs the wrapper's `delete` once the shim's connection closes.
+    let cleanup0 = shut1 + gap(&mut rng);
+    let cleanup1 = cleanup0 + 2_000_000 + rng.next() % 2_000_000;
+    make(
+        &mut rng,
+        names::WRAPPER_DELETE,
+        root,
+        cleanup0,
+        cleanup1,
+        &[],
+    );
+    let root_index = make(
+        &mut rng,
+        names::WRAPPER_START,
+        None,
+        start,
+        t_wrapper_end,
+        &[
+            (attr::PROTOCOL, "json/v2".into()),
+            (attr::PROCESS_PID, pid.into()),
+        ],
+    );
+    // Attributes only the root or a call carries; the event as the events tap records it.
+    spans[wait].events.push(SpanEvent {
+        name: EXIT_EVENT.into(),
+        time_unix_nano: exit + 50_000,
+        attributes: [(attr::PROCESS_EXIT_CODE.to_string(), AttributeValue::Int(0))]
+            .into_iter()
+            .collect(),
+    });
+    let _ = root_index;
+    // The client saw a little more than the spans cover (containerd and ctr overhead).
+    let wall = WallTime {
+        container_id: container,
+        wall_time_ns: cleanup1 - start + 3_000_000 + rng.next() % 2_000_000,
+    };
+    (spans, wall)
+}
+
+/// One writer's output: files `<writer>-<pid>-<start>-<seq>.jsonl`, rotated like the shim's.
+struct SpoolWriter {
+    dir: PathBuf,
+    stem: String,
+    seq: u32,
+    file: BufWriter<File>,
+    bytes: u64,
+    files: Vec<PathBuf>,
+    total_bytes: u64,
+}
+
+impl SpoolWriter {
+    fn new(dir: &Path, writer: &str, pid: u32, start: u64) -> std::io::Result<Self> {
+        let stem = format!("{writer}-{pid}-{start}");
+        let path = dir.join(format!("{stem}-0.jsonl"));
+        Ok(SpoolWriter {
+            dir: dir.to_path_buf(),
+            stem,
+            seq: 0,
+            file: BufWriter::new(File::create(&path)?),
+            bytes: 0,
+            files: vec![path],
+            total_bytes: 0,
+        })
+    }
+
+    fn write(&mut self, entry: &SpoolEntry) -> std::io::Result<()> {
+        if self.bytes >= ROTATE_BYTES {
+            self.file.flush()?;
+            self.seq += 1;
+            let path = self.dir.join(format!("{}-{}.jsonl", self.stem, self.seq));
+            self.file = BufWriter::new(File::create(&path)?);
+            self.files.push(path);
+            self.bytes = 0;
+        }
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.bytes += line.len() as u64;
+        self.total_bytes += line.len() as u64;
+        Ok(())
+    }
+}
+
+/// Writes a synthetic spool into `dir` (created if needed); `on_container` is called after each
+/// container (for a progress bar). Returns what was written and each container's wall time.
+pub fn generate_spool(
+    dir: &Path,
+    config: &SynthConfig,
+    mut on_container: impl FnMut(usize),
+) -> std::io::Result<(SynthSummary, Vec<WallTime>)> {
+    std::fs::create_dir_all(dir)?;
+    let per_writer = config.containers_per_writer.max(1);
+    let mut summary = SynthSummary::default();
+    let mut walls = Vec::with_capacity(config.containers);
+    let profiles = if config.profiles.is_empty() {
+        default_profiles()
+    } else {
+        config.profiles.clone()
+    };
+    let mut index = 0;
+    let mut writer_no = 0u32;
+    while index < config.containers {
+        let first_start = config.start_unix_nano + index as u64 * 400_000_000;
+        // Wrapper spans and proxy spans come from different processes, as in a real spool.
+        let mut wrapper = SpoolWriter::new(
+            dir,
+            "wrapper",
+            config.first_pid + 2 * writer_no,
+            first_start,
+        )?;
+        let mut proxy = SpoolWriter::new(
+            dir,
+            "proxy",
+            config.first_pid + 2 * writer_no + 1,
+            first_start,
+        )?;
+        for _ in 0..per_writer.min(config.containers - index) {
+            let profile = &profiles[index % profiles.len()];
+            let start = config.start_unix_nano + index as u64 * 400_000_000;
+            let (spans, wall) = container_spans(index, profile, start, config.seed);
+            for span in spans {
+                let out = if span.name.contains('/') {
+                    &mut proxy
+                } else {
+                    &mut wrapper
+                };
+                out.write(&SpoolEntry::Span(span))?;
+                summary.spans += 1;
+            }
+            walls.push(wall);
+            index += 1;
+            on_container(index);
+        }
+        for w in [&mut wrapper, &mut proxy] {
+            w.file.flush()?;
+            summary.files += w.files.len();
+            summary.bytes += w.total_bytes;
+        }
+        writer_no += 1;
+    }
+    summary.containers = config.containers;
+    Ok((summary, walls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::load_spool;
+    use crate::trace::{Phase, Trace};
+
+    #[test]
+    fn synthetic_spool_reads_back_as_complete_traces() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            containers: 30,
+            containers_per_writer: 7,
+            ..SynthConfig::default()
+        };
+        let (summary, walls) = generate_spool(dir.path(), &config, |_| {}).unwrap();
+        assert_eq!(summary.spans, 300);
+        assert_eq!(walls.len(), 30);
+        let loaded = load_spool(dir.path()).unwrap();
+        assert!(loaded.issues.is_empty());
+        assert_eq!(loaded.spans.len(), 300);
+        let traces = Trace::group(loaded.spans);
+        assert_eq!(traces.len(), 30);
+        for (trace, wall) in traces.iter().zip(&walls) {
+            assert_eq!(trace.container_id(), Some(wall.container_id.as_str()));
+            let phases = trace.phases();
+            assert_eq!(phases.len(), Phase::ALL.len(), "{:?}", trace.container_id());
+            let sum: u64 = phases.iter().map(|p| p.duration_nanos()).sum();
+            assert!(sum < wall.wall_time_ns);
+            assert_eq!(trace.depths().iter().filter(|d| **d == 0).count(), 1);
+        }
+        // Same seed, same spool.
+        let again = tempfile::tempdir().unwrap();
+        generate_spool(again.path(), &config, |_| {}).unwrap();
+        let a = load_spool(dir.path()).unwrap().spans;
+        let b = load_spool(again.path()).unwrap().spans;
+        assert_eq!(a, b);
+    }
+}

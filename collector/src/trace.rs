@@ -1,0 +1,542 @@
+//! Groups spans into per-container traces and derives each trace's cold-start phases.
+//!
+//! A container's spans share one trace id and hang under its `shim.start` span; the phases follow
+//! ARCHITECTURE.md "Cold start, as the report shows it".
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use shimtrace_shim::span::{attr, names, SpanId, SpanRecord, SpanStatus, TraceId};
+
+/// Span events named after containerd task topics (added by the proxy's events tap).
+pub const EXIT_EVENT: &str = "/tasks/exit";
+
+/// Optional attribute carrying the inner runtime's options (e.g. a runc `BinaryName`).
+pub const RUNTIME_OPTIONS_ATTR: &str = "shimtrace.runtime.options";
+
+/// All spans of one trace, sorted by start time.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub trace_id: TraceId,
+    pub spans: Vec<SpanRecord>,
+}
+
+/// One cold-start phase of a container, in the order the report shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// containerd exec of the wrapper → inner `start` returned and the proxy is up (`shim.start`).
+    WrapperStart,
+    /// `Task/Create` of the init process.
+    Create,
+    /// `Task/Start` of the init process.
+    Start,
+    /// End of `Start` → first exit event of the init process (or `Wait` returning, or `Delete`).
+    ToExit,
+    /// `Task/Delete` of the init process.
+    Delete,
+    /// End of `Delete` → last of `Shutdown`, `shim.delete`, `inner.delete` ending.
+    Teardown,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::WrapperStart,
+        Phase::Create,
+        Phase::Start,
+        Phase::ToExit,
+        Phase::Delete,
+        Phase::Teardown,
+    ];
+
+    /// The machine name used in JSON and metrics.
+    pub fn key(self) -> &'static str {
+        match self {
+            Phase::WrapperStart => "wrapper_start",
+            Phase::Create => "create",
+            Phase::Start => "start",
+            Phase::ToExit => "to_exit",
+            Phase::Delete => "delete",
+            Phase::Teardown => "teardown",
+        }
+    }
+
+    /// A person's name for the phase.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::WrapperStart => "wrapper start",
+            Phase::Create => "Create",
+            Phase::Start => "Start",
+            Phase::ToExit => "to first exit",
+            Phase::Delete => "Delete",
+            Phase::Teardown => "teardown",
+        }
+    }
+}
+
+/// A phase as an interval of unix nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseSpan {
+    pub phase: Phase,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
+impl PhaseSpan {
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
+}
+
+/// What a trace amounts to: one line of `shimtrace traces --summary`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSummary {
+    pub trace_id: TraceId,
+    pub container_id: Option<String>,
+    pub namespace: Option<String>,
+    pub runtime: String,
+    pub protocol: Option<String>,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub span_count: usize,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    /// Phase durations in nanoseconds, keyed by [`Phase::key`]; absent phases are left out.
+    pub phases: BTreeMap<&'static str, u64>,
+}
+
+/// The name of a proxied task call, without its service (`Create` for `containerd.task.v3.Task/Create`).
+pub fn task_method(span: &SpanRecord) -> Option<&str> {
+    let (service, method) = span.name.rsplit_once('/')?;
+    service.ends_with(".Task").then_some(method)
+}
+
+impl Trace {
+    /// Groups spans by trace id; traces come out ordered by their first span's start.
+    pub fn group(spans: impl IntoIterator<Item = SpanRecord>) -> Vec<Trace> {
+        let mut by_trace: BTreeMap<TraceId, Vec<SpanRecord>> = BTreeMap::new();
+        for span in spans {
+            by_trace.entry(span.trace_id).or_default().push(span);
+        }
+        let mut traces: Vec<Trace> = by_trace
+            .into_iter()
+            .map(|(trace_id, mut spans)| {
+                spans.sort_by(|a, b| {
+                    (
+                        a.start_time_unix_nano,
+                        std::cmp::Reverse(a.end_time_unix_nano),
+                        &a.name,
+                    )
+                        .cmp(&(
+                            b.start_time_unix_nano,
+                            std::cmp::Reverse(b.end_time_unix_nano),
+                            &b.name,
+                        ))
+                });
+                Trace { trace_id, spans }
+            })
+            .collect();
+        traces.sort_by_key(|t| (t.start(), t.trace_id));
+        traces
+    }
+
+    pub fn start(&self) -> u64 {
+        self.spans
+            .iter()
+            .map(|s| s.start_time_unix_nano)
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub fn end(&self) -> u64 {
+        self.spans
+            .iter()
+            .map(|s| s.end_time_unix_nano)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn first_attr_str(&self, key: &str) -> Option<&str> {
+        self.spans.iter().find_map(|s| s.attr_str(key))
+    }
+
+    /// The container this trace belongs to: the id on its root span, else on any span.
+    pub fn container_id(&self) -> Option<&str> {
+        self.root()
+            .and_then(SpanRecord::container_id)
+            .or_else(|| self.spans.iter().find_map(SpanRecord::container_id))
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.first_attr_str(attr::CONTAINERD_NAMESPACE)
+    }
+
+    /// The inner shim binary, plus its options when a span names them.
+    pub fn runtime(&self) -> String {
+        let inner = self.first_attr_str(attr::INNER).unwrap_or("unknown");
+        match self.first_attr_str(RUNTIME_OPTIONS_ATTR) {
+            Some(options) if !options.is_empty() => format!("{inner} ({options})"),
+            _ => inner.to_string(),
+        }
+    }
+
+    /// The `shim.start` span, else the earliest span without a parent in this trace.
+    pub fn root(&self) -> Option<&SpanRecord> {
+        self.spans
+            .iter()
+            .find(|s| s.name == names::WRAPPER_START)
+            .or_else(|| {
+                self.spans.iter().find(|s| match s.parent_span_id {
+                    None => true,
+                    Some(parent) => !self.spans.iter().any(|p| p.span_id == parent),
+                })
+            })
+    }
+
+    /// Nesting depth of each span (0 for spans whose parent is not in the trace), in span order.
+    pub fn depths(&self) -> Vec<usize> {
+        let index: BTreeMap<SpanId, usize> = self
+            .spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.span_id, i))
+            .collect();
+        self.spans
+            .iter()
+            .map(|span| {
+                let mut depth = 0;
+                let mut current = span.parent_span_id;
+                // Bounded walk: a malformed spool could contain a parent cycle.
+                while let Some(parent) = current {
+                    match index.get(&parent) {
+                        Some(&i) if depth < self.spans.len() => {
+                            depth += 1;
+                            current = self.spans[i].parent_span_id;
+                        }
+                        _ => break,
+                    }
+                }
+                depth
+            })
+            .collect()
+    }
+
+    /// The init process's task call named `method` (a call without an exec id, or with the
+    /// container's own id as exec id), first by start time.
+    fn init_call(&self, method: &str) -> Option<&SpanRecord> {
+        let container = self.container_id();
+        self.spans.iter().find(|s| {
+            task_method(s) == Some(method)
+                && match s.attr_str(attr::CONTAINERD_EXEC_ID) {
+                    None | Some("") => true,
+                    Some(exec) => Some(exec) == container,
+                }
+        })
+    }
+
+    /// When the init process was first reported exited: the earliest `/tasks/exit` event for it.
+    pub fn first_exit_event(&self) -> Option<u64> {
+        let container = self.container_id();
+        self.spans
+            .iter()
+            .flat_map(|s| s.events.iter())
+            .filter(|e| e.name == EXIT_EVENT)
+            .filter(|e| {
+                let exec = e
+                    .attributes
+                    .get(attr::CONTAINERD_EXEC_ID)
+                    .and_then(|v| v.as_str())
+                    .filter(|v| !v.is_empty());
+                exec.is_none() || exec == container
+            })
+            .map(|e| e.time_unix_nano)
+            .min()
+    }
+
+    /// The cold-start phases this trace has spans for, in phase order.
+    pub fn phases(&self) -> Vec<PhaseSpan> {
+        let mut phases = Vec::new();
+        let mut push = |phase, start: u64, end: u64| {
+            if end >= start {
+                phases.push(PhaseSpan {
+                    phase,
+                    start_unix_nano: start,
+                    end_unix_nano: end,
+                })
+            }
+        };
+        if let Some(s) = self.spans.iter().find(|s| s.name == names::WRAPPER_START) {
+            push(
+                Phase::WrapperStart,
+                s.start_time_unix_nano,
+                s.end_time_unix_nano,
+            );
+        }
+        if let Some(s) = self.init_call("Create") {
+            push(Phase::Create, s.start_time_unix_nano, s.end_time_unix_nano);
+        }
+        let start = self.init_call("Start");
+        if let Some(s) = start {
+            push(Phase::Start, s.start_time_unix_nano, s.end_time_unix_nano);
+        }
+        let delete = self.init_call("Delete");
+        if let Some(s) = start {
+            let exit = self
+                .first_exit_event()
+                .or_else(|| self.init_call("Wait").map(|w| w.end_time_unix_nano))
+                .or_else(|| delete.map(|d| d.start_time_unix_nano));
+            if let Some(exit) = exit {
+                push(Phase::ToExit, s.end_time_unix_nano, exit);
+            }
+        }
+        if let Some(d) = delete {
+            push(Phase::Delete, d.start_time_unix_nano, d.end_time_unix_nano);
+        }
+        let teardown_end = self
+            .spans
+            .iter()
+            .filter(|s| {
+                task_method(s) == Some("Shutdown")
+                    || s.name == names::WRAPPER_DELETE
+                    || s.name == names::INNER_DELETE
+            })
+            .map(|s| (s.start_time_unix_nano, s.end_time_unix_nano))
+            .fold(None, |acc: Option<(u64, u64)>, (s, e)| match acc {
+                None => Some((s, e)),
+                Some((s0, e0)) => Some((s0.min(s), e0.max(e))),
+            });
+        if let Some((first_start, last_end)) = teardown_end {
+            let from = delete.map(|d| d.end_time_unix_nano).unwrap_or(first_start);
+            push(Phase::Teardown, from.min(last_end), last_end);
+        }
+        phases
+    }
+
+    /// The exit code of the init process, when a span recorded it.
+    pub fn exit_code(&self) -> Option<i64> {
+        ["Delete", "Wait"]
+            .iter()
+            .filter_map(|m| self.init_call(m))
+            .find_map(|s| s.attr_i64(attr::PROCESS_EXIT_CODE))
+    }
+
+    /// `error` if a span failed, `exited` once the init process was deleted, else `running`.
+    pub fn status(&self) -> &'static str {
+        if self
+            .spans
+            .iter()
+            .any(|s| matches!(s.status, SpanStatus::Error(_)))
+        {
+            "error"
+        } else if self.init_call("Delete").is_some() {
+            "exited"
+        } else {
+            "running"
+        }
+    }
+
+    pub fn summary(&self) -> TraceSummary {
+        TraceSummary {
+            trace_id: self.trace_id,
+            container_id: self.container_id().map(str::to_string),
+            namespace: self.namespace().map(str::to_string),
+            runtime: self.runtime(),
+            protocol: self.first_attr_str(attr::PROTOCOL).map(str::to_string),
+            start_time_unix_nano: self.start(),
+            end_time_unix_nano: self.end(),
+            span_count: self.spans.len(),
+            status: self.status().to_string(),
+            exit_code: self.exit_code(),
+            phases: self
+                .phases()
+                .iter()
+                .map(|p| (p.phase.key(), p.duration_nanos()))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use shimtrace_shim::span::{Attributes, SpanEvent, SpanKind};
+
+    /// A span of `trace` named `name` over [start, end] ms from 1e18 ns, under `parent`.
+    pub(crate) fn span_at(
+        trace: TraceId,
+        id: u64,
+        parent: Option<u64>,
+        name: &str,
+        start_ms: u64,
+        end_ms: u64,
+        container: &str,
+    ) -> SpanRecord {
+        let mut attributes = Attributes::new();
+        attributes.insert(attr::CONTAINERD_CONTAINER_ID.into(), container.into());
+        attributes.insert(attr::CONTAINERD_NAMESPACE.into(), "default".into());
+        SpanRecord {
+            trace_id: trace,
+            span_id: SpanId(id.to_be_bytes()),
+            parent_span_id: parent.map(|p| SpanId(p.to_be_bytes())),
+            name: name.into(),
+            kind: SpanKind::Server,
+            start_time_unix_nano: 1_000_000_000_000_000_000 + start_ms * 1_000_000,
+            end_time_unix_nano: 1_000_000_000_000_000_000 + end_ms * 1_000_000,
+            attributes,
+            events: vec![],
+            status: SpanStatus::Ok,
+        }
+    }
+
+    pub(crate) fn container_trace(trace: TraceId, container: &str) -> Vec<SpanRecord> {
+        let mut root = span_at(trace, 1, None, names::WRAPPER_START, 0, 30, container);
+        root.attributes.insert(
+            attr::INNER.into(),
+            "/usr/bin/containerd-shim-runc-v2".into(),
+        );
+        let mut delete = span_at(
+            trace,
+            6,
+            Some(1),
+            "containerd.task.v2.Task/Delete",
+            200,
+            210,
+            container,
+        );
+        delete
+            .attributes
+            .insert(attr::PROCESS_EXIT_CODE.into(), 3i64.into());
+        let mut wait = span_at(
+            trace,
+            5,
+            Some(1),
+            "containerd.task.v2.Task/Wait",
+            100,
+            190,
+            container,
+        );
+        wait.events.push(SpanEvent {
+            name: EXIT_EVENT.into(),
+            time_unix_nano: 1_000_000_000_000_000_000 + 180 * 1_000_000,
+            attributes: Default::default(),
+        });
+        vec![
+            span_at(trace, 2, Some(1), names::INNER_START, 1, 20, container),
+            root,
+            span_at(
+                trace,
+                3,
+                Some(1),
+                "containerd.task.v2.Task/Create",
+                40,
+                90,
+                container,
+            ),
+            span_at(
+                trace,
+                4,
+                Some(1),
+                "containerd.task.v2.Task/Start",
+                95,
+                100,
+                container,
+            ),
+            wait,
+            delete,
+            span_at(
+                trace,
+                7,
+                Some(1),
+                "containerd.task.v2.Task/Shutdown",
+                215,
+                220,
+                container,
+            ),
+        ]
+    }
+
+    #[test]
+    fn phases_follow_the_cold_start_definition() {
+        let trace = Trace::group(container_trace(TraceId([1; 16]), "c1")).remove(0);
+        let got: Vec<(Phase, u64)> = trace
+            .phases()
+            .iter()
+            .map(|p| (p.phase, p.duration_nanos() / 1_000_000))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Phase::WrapperStart, 30),
+                (Phase::Create, 50),
+                (Phase::Start, 5),
+                (Phase::ToExit, 80),
+                (Phase::Delete, 10),
+                (Phase::Teardown, 10),
+            ]
+        );
+        assert_eq!(trace.root().unwrap().name, names::WRAPPER_START);
+        assert_eq!(trace.container_id(), Some("c1"));
+        assert_eq!(trace.runtime(), "/usr/bin/containerd-shim-runc-v2");
+        assert_eq!(trace.exit_code(), Some(3));
+        assert_eq!(trace.status(), "exited");
+        assert_eq!(trace.depths(), [0, 1, 1, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn to_exit_falls_back_to_wait_then_delete() {
+        let mut spans = container_trace(TraceId([1; 16]), "c1");
+        spans.iter_mut().for_each(|s| s.events.clear());
+        let trace = Trace::group(spans.clone()).remove(0);
+        let to_exit = trace
+            .phases()
+            .into_iter()
+            .find(|p| p.phase == Phase::ToExit)
+            .unwrap();
+        assert_eq!(to_exit.duration_nanos(), 90 * 1_000_000);
+        spans.retain(|s| !s.name.ends_with("/Wait"));
+        let trace = Trace::group(spans).remove(0);
+        let to_exit = trace
+            .phases()
+            .into_iter()
+            .find(|p| p.phase == Phase::ToExit)
+            .unwrap();
+        assert_eq!(to_exit.duration_nanos(), 100 * 1_000_000);
+    }
+
+    #[test]
+    fn exec_calls_do_not_count_as_init_phases() {
+        let mut spans = container_trace(TraceId([1; 16]), "c1");
+        let mut exec_start = span_at(
+            TraceId([1; 16]),
+            9,
+            Some(1),
+            "containerd.task.v3.Task/Start",
+            96,
+            300,
+            "c1",
+        );
+        exec_start
+            .attributes
+            .insert(attr::CONTAINERD_EXEC_ID.into(), "sh".into());
+        spans.push(exec_start);
+        let trace = Trace::group(spans).remove(0);
+        let start = trace
+            .phases()
+            .into_iter()
+            .find(|p| p.phase == Phase::Start)
+            .unwrap();
+        assert_eq!(start.duration_nanos(), 5 * 1_000_000);
+    }
+
+    #[test]
+    fn parent_cycles_do_not_hang() {
+        let t = TraceId([2; 16]);
+        let spans = vec![
+            span_at(t, 1, Some(2), "a", 0, 1, "c"),
+            span_at(t, 2, Some(1), "b", 0, 1, "c"),
+        ];
+        let trace = Trace::group(spans).remove(0);
+        assert!(trace.depths().iter().all(|d| *d <= 2));
+        assert_eq!(trace.status(), "running");
+    }
+}
