@@ -267,17 +267,36 @@ impl LabReport {
         if most_isolated.name != fastest.name {
             let iso_wall = wall_p50(most_isolated).unwrap();
             let fast_wall = wall_p50(fastest).unwrap();
-            let mut line = format!(
-                "Isolation costs start-up time here: {} hides the host in {} of the probes against {}'s {}{} but starts {:.1}× slower ({} vs {} ms p50)",
-                most_isolated.name,
+            let (iso_score, fast_score) = (
                 scores.get(&most_isolated.name).copied().unwrap_or(0),
-                fastest.name,
                 scores.get(&fastest.name).copied().unwrap_or(0),
-                if kernel_differs(&most_isolated.name) && !kernel_differs(&fastest.name) {
-                    ", and above all runs on a kernel of its own"
-                } else {
-                    ""
-                },
+            );
+            let own_kernel = kernel_differs(&most_isolated.name) && !kernel_differs(&fastest.name);
+            let isolation = if iso_score > fast_score {
+                format!(
+                    "{} hides the host in {iso_score} of {rows} probes against {}'s {fast_score}{}",
+                    most_isolated.name,
+                    fastest.name,
+                    if own_kernel {
+                        ", above all by running on a kernel of its own"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!(
+                    "{} hides the host in as many probes as {} ({iso_score} of {rows}){}",
+                    most_isolated.name,
+                    fastest.name,
+                    if own_kernel {
+                        " but runs on a kernel of its own, the one boundary a shared-kernel runtime cannot offer"
+                    } else {
+                        ""
+                    }
+                )
+            };
+            let mut line = format!(
+                "Isolation costs start-up time here: {isolation}, and starts {:.1}× slower ({} vs {} ms p50)",
                 iso_wall / fast_wall,
                 f(iso_wall),
                 f(fast_wall),
@@ -333,6 +352,10 @@ impl LabReport {
                 fastest.name,
                 f(fast_wall),
                 match serve_cost {
+                    Some(r) if r >= 2.0 => format!(
+                        "; {} would multiply HTTP p99 latency by {r:.1}",
+                        most_isolated.name
+                    ),
                     Some(r) if r >= 1.5 => format!(
                         "; {} would add {:.0}% at HTTP p99",
                         most_isolated.name,
