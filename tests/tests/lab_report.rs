@@ -274,3 +274,85 @@ fn missing_binary_of_a_chosen_profile_is_reported() {
     );
     assert!(dir.path().join("out/report.json").exists());
 }
+
+/// Accepts OTLP/HTTP posts on loopback, answering 200, and hands back each request (head + body).
+fn otlp_http_receiver() -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || loop {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 65536];
+                let head_end = loop {
+                    if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while request.len() < head_end + length {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(request);
+                let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (endpoint, rx)
+}
+
+#[test]
+fn lab_sends_its_shim_spans_over_otlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, requests) = otlp_http_receiver();
+    let wrapper = wrapper();
+    let args = lab_args(&[
+        "--only",
+        "runc",
+        "--runs",
+        "1",
+        "--requests",
+        "0",
+        "--wrapper",
+        wrapper.to_str().unwrap(),
+        "--otlp",
+        &endpoint,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    lab::run(args).expect("lab runs");
+    let request = requests
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("an OTLP request");
+    let text = String::from_utf8_lossy(&request);
+    assert!(text.starts_with("POST /v1/traces "), "{text}");
+    assert!(text
+        .to_lowercase()
+        .contains("content-type: application/x-protobuf"));
+    assert!(
+        text.contains("containerd.task.v2.Task/Create"),
+        "span names in the body"
+    );
+    assert!(text.contains("shimtrace-lab"), "service name in the body");
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("shim spans sent over OTLP"), "{md}");
+}

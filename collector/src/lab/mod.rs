@@ -78,6 +78,13 @@ pub struct LabArgs {
     /// Use the plain runtimes even when the shimtrace wrapper is installed.
     #[arg(long, conflicts_with = "wrapper")]
     pub untraced: bool,
+    /// Also send the shim spans of the lab's containers to this OTLP endpoint (base URL, as
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; e.g. http://localhost:4318).
+    #[arg(long)]
+    pub otlp: Option<String>,
+    /// OTLP protocol: http/protobuf or grpc.
+    #[arg(long, default_value = "http/protobuf")]
+    pub otlp_protocol: String,
     /// Per-run timeout in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -648,6 +655,31 @@ async fn measure(
             }
         }
     }
+    if let Some(endpoint) = &args.otlp {
+        let ours: Vec<shimtrace_shim::span::SpanRecord> =
+            shimtrace_shim::spool::read_spool(spool_dir)
+                .map(|c| c.spans)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| {
+                    s.start_time_unix_nano >= spool_start
+                        && s.container_id()
+                            .is_some_and(|id| id.starts_with("lab-") && id.ends_with(&suffix))
+                })
+                .collect();
+        match export_spans(endpoint, &args.otlp_protocol, &ours).await {
+            Ok(sent) => {
+                log(format!("sent {sent} spans to {endpoint}"));
+                report.setup.otlp_exported = Some(sent);
+            }
+            Err(e) => {
+                let line = format!("OTLP export to {endpoint} failed: {e}");
+                log(&line);
+                user_errors.push(line.clone());
+                report.errors.push(line);
+            }
+        }
+    }
     // Keep the profiles in their configured order.
     let mut by_name: BTreeMap<String, ProfileResult> = active
         .into_iter()
@@ -662,6 +694,25 @@ async fn measure(
         }
     }
     Ok(())
+}
+
+async fn export_spans(
+    endpoint: &str,
+    protocol: &str,
+    spans: &[shimtrace_shim::span::SpanRecord],
+) -> Result<usize, crate::export::ExportError> {
+    let overrides = crate::export::ExportOverrides {
+        endpoint: Some(endpoint.to_string()),
+        protocol: Some(protocol.to_string()),
+        service_name: Some("shimtrace-lab".into()),
+    };
+    // The flags name everything; the environment only matters for OTEL_SDK_DISABLED.
+    let Some(config) =
+        crate::export::ExportConfig::resolve(&overrides, |k| std::env::var(k).ok(), false)?
+    else {
+        return Ok(0);
+    };
+    crate::export::export_once(config, spans, 2).await
 }
 
 fn one_line(text: &str) -> String {

@@ -41,6 +41,9 @@ pub struct Setup {
     pub runs: usize,
     pub requests: usize,
     pub namespace: String,
+    /// Spans sent to the OTLP endpoint given with `--otlp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_exported: Option<usize>,
 }
 
 /// One profile's results.
@@ -447,6 +450,9 @@ impl LabReport {
                 String::new()
             }
         );
+        if let Some(sent) = s.otlp_exported {
+            let _ = writeln!(md, "- {sent} shim spans sent over OTLP");
+        }
         let _ = writeln!(
             md,
             "- {} cold-start runs per profile, interleaved; {} HTTP requests per profile\n",
