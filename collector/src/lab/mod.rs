@@ -153,6 +153,8 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     let out = absolute(&args.out);
     let work = out.join("work");
     let io_dir = work.join("io");
+    // Task outputs of an earlier lab run in this directory would only mislead.
+    let _ = std::fs::remove_dir_all(&io_dir);
     for dir in [&out, &work, &io_dir] {
         std::fs::create_dir_all(dir).map_err(|source| LabError::Out {
             path: dir.clone(),
@@ -243,6 +245,8 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
         Err(e) => {
             log(format!("{e}; starting a private containerd"));
             spool_dir = out.join("spool");
+            // Our own containerd's shims write only this run's spans here.
+            let _ = std::fs::remove_dir_all(&spool_dir);
             let mut config = PrivateContainerdConfig::new(private_dir.path().join("containerd"));
             config.binary = args.containerd.clone();
             config.namespaces = vec![args.namespace.clone()];

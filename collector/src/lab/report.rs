@@ -702,7 +702,12 @@ impl LabReport {
         let _ = writeln!(
             md,
             "\n## Raw data\n\nEvery run (ids, timestamps, phases, spans), every HTTP latency sample and \
-             every probe output are in `report.json`; task outputs are under `work/io/`."
+             every probe output are in `report.json`; task outputs are under `work/io/`{}.",
+            if s.traced {
+                format!(", the shims' span spool in `{}`", s.spool_dir)
+            } else {
+                String::new()
+            }
         );
         md
     }
