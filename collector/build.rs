@@ -38,6 +38,8 @@ fn main() {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
+        // Under `cargo clippy` this points at clippy-driver; the probe only needs compiling.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .status()
         .expect("cannot run cargo to build the probe");
     assert!(status.success(), "building the static probe failed");

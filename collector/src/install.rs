@@ -369,7 +369,8 @@ pub struct InstallOutcome {
     pub report: String,
 }
 
-fn find_wrapper(explicit: Option<&Path>) -> Result<PathBuf, InstallError> {
+/// The wrapper binary: `explicit`, else beside this executable, else on PATH.
+pub fn find_wrapper(explicit: Option<&Path>) -> Result<PathBuf, InstallError> {
     if let Some(path) = explicit {
         return if path.exists() {
             Ok(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))

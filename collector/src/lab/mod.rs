@@ -72,9 +72,19 @@ pub struct LabArgs {
     /// Where the wrapper spools spans (for a containerd the lab did not start).
     #[arg(long, env = "SHIMTRACE_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
-    /// Use the plain runtimes even when the shimtrace wrapper is installed.
+    /// The wrapper shim binary (default: containerd-shim-traced-v2 beside shimtrace, else on PATH).
     #[arg(long)]
+    pub wrapper: Option<PathBuf>,
+    /// Use the plain runtimes even when the shimtrace wrapper is installed.
+    #[arg(long, conflicts_with = "wrapper")]
     pub untraced: bool,
+    /// Also send the shim spans of the lab's containers to this OTLP endpoint (base URL, as
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; e.g. http://localhost:4318).
+    #[arg(long)]
+    pub otlp: Option<String>,
+    /// OTLP protocol: http/protobuf or grpc.
+    #[arg(long, default_value = "http/protobuf")]
+    pub otlp_protocol: String,
     /// Per-run timeout in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -96,6 +106,8 @@ pub enum LabError {
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
     Profiles(#[from] profiles::ProfileError),
+    #[error(transparent)]
+    Wrapper(#[from] crate::install::InstallError),
     #[error("containerd is not reachable at {address} ({reason}) and a private one could not be started: {private} (install containerd, or pass --address of a running one)")]
     NoContainerd {
         address: PathBuf,
@@ -141,6 +153,8 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     let out = absolute(&args.out);
     let work = out.join("work");
     let io_dir = work.join("io");
+    // Task outputs of an earlier lab run in this directory would only mislead.
+    let _ = std::fs::remove_dir_all(&io_dir);
     for dir in [&out, &work, &io_dir] {
         std::fs::create_dir_all(dir).map_err(|source| LabError::Out {
             path: dir.clone(),
@@ -156,8 +170,12 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     rootfs::build_rootfs(&rootfs_dir, &args.busybox, &probe_path)?;
 
     // Profiles: the user's file, or the built-ins (whose missing binaries are merely skipped).
-    let traced_shim = (!args.untraced).then(find_traced_shim).flatten();
-    let runc_runtime = if traced_shim.is_some() {
+    let traced_dir = if args.untraced {
+        None
+    } else {
+        prepare_traced_shims(&work, args.wrapper.as_deref())?
+    };
+    let runc_runtime = if traced_dir.is_some() {
         profiles::TRACED_RUNC_RUNTIME
     } else {
         profiles::RUNC_RUNTIME
@@ -165,15 +183,8 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     let user_profiles = args.profiles.is_some();
     let mut all_profiles = match &args.profiles {
         Some(path) => profiles::load_profiles(path)?,
-        None => profiles::default_profiles(runc_runtime),
+        None => profiles::default_profiles(runc_runtime, traced_dir.as_deref()),
     };
-    if traced_shim.is_some() && !user_profiles {
-        for p in &mut all_profiles {
-            if p.runtime == profiles::TRACED_RUNC_RUNTIME {
-                p.runtime_path = traced_shim.clone();
-            }
-        }
-    }
     if !args.only.is_empty() {
         let known: Vec<String> = all_profiles.iter().map(|p| p.name.clone()).collect();
         for name in &args.only {
@@ -209,7 +220,7 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
         runs: args.runs as usize,
         requests: args.requests as usize,
         namespace: args.namespace.clone(),
-        traced: traced_shim.is_some(),
+        traced: traced_dir.is_some(),
         ..Default::default()
     };
 
@@ -234,6 +245,8 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
         Err(e) => {
             log(format!("{e}; starting a private containerd"));
             spool_dir = out.join("spool");
+            // Our own containerd's shims write only this run's spans here.
+            let _ = std::fs::remove_dir_all(&spool_dir);
             let mut config = PrivateContainerdConfig::new(private_dir.path().join("containerd"));
             config.binary = args.containerd.clone();
             config.namespaces = vec![args.namespace.clone()];
@@ -241,8 +254,8 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
                 shimtrace_shim::spool::SPOOL_DIR_ENV.into(),
                 spool_dir.display().to_string(),
             )];
-            if let Some(dir) = traced_shim.as_ref().and_then(|p| p.parent()) {
-                config.path_prepend.push(dir.to_path_buf());
+            if let Some(dir) = &traced_dir {
+                config.path_prepend.push(dir.clone());
             }
             let no_containerd = |p: containerd::ContainerdError| LabError::NoContainerd {
                 address: args.address.clone(),
@@ -331,15 +344,37 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
-/// The wrapper shim for the runc runtime, on PATH or beside this executable.
-pub fn find_traced_shim() -> Option<PathBuf> {
-    profiles::which(profiles::TRACED_RUNC_SHIM).or_else(|| {
-        let beside = std::env::current_exe()
-            .ok()?
-            .parent()?
-            .join(profiles::TRACED_RUNC_SHIM);
-        beside.exists().then_some(beside)
-    })
+/// Links `containerd-shim-traced-runc-v2` (and `-kata-v2` when Kata is installed) to the wrapper
+/// shim in `<work>/bin`, so the profiles run through it without touching system directories.
+/// Returns that directory, or `None` when no wrapper is installed (and none was named).
+pub fn prepare_traced_shims(
+    work: &Path,
+    wrapper: Option<&Path>,
+) -> Result<Option<PathBuf>, LabError> {
+    let wrapper = match wrapper {
+        Some(path) => crate::install::find_wrapper(Some(path))?,
+        None => match crate::install::find_wrapper(None)
+            .ok()
+            .or_else(|| std::fs::canonicalize(profiles::which(profiles::TRACED_RUNC_SHIM)?).ok())
+        {
+            Some(found) => found,
+            None => return Ok(None),
+        },
+    };
+    let dir = work.join("bin");
+    std::fs::create_dir_all(&dir).map_err(|source| LabError::Out {
+        path: dir.clone(),
+        source,
+    })?;
+    for (real, traced) in [
+        ("containerd-shim-runc-v2", profiles::TRACED_RUNC_SHIM),
+        ("containerd-shim-kata-v2", profiles::TRACED_KATA_SHIM),
+    ] {
+        if profiles::which(real).is_some() {
+            crate::install::ensure_symlink(&dir.join(traced), &wrapper)?;
+        }
+    }
+    Ok(Some(dir))
 }
 
 async fn run_host_probe(probe: &Path) -> Result<Value, String> {
@@ -519,7 +554,17 @@ async fn measure(
     for entry in &mut active {
         for record in &mut entry.result.runs {
             if let Some(by_name) = spans.get(&record.id) {
-                record.spans_ms = by_name.clone();
+                let client_start = record.client_start_unix_nanos as f64;
+                record.spans = by_name
+                    .iter()
+                    .map(|(name, (start, duration_ms))| {
+                        let timing = report::SpanTiming {
+                            start_ms: (*start as f64 - client_start) / 1e6,
+                            duration_ms: *duration_ms,
+                        };
+                        (name.clone(), timing)
+                    })
+                    .collect();
             }
         }
         entry.result.cold_start = Some(cold_start_summary(
@@ -614,6 +659,31 @@ async fn measure(
             }
         }
     }
+    if let Some(endpoint) = &args.otlp {
+        let ours: Vec<shimtrace_shim::span::SpanRecord> =
+            shimtrace_shim::spool::read_spool(spool_dir)
+                .map(|c| c.spans)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| {
+                    s.start_time_unix_nano >= spool_start
+                        && s.container_id()
+                            .is_some_and(|id| id.starts_with("lab-") && id.ends_with(&suffix))
+                })
+                .collect();
+        match export_spans(endpoint, &args.otlp_protocol, &ours).await {
+            Ok(sent) => {
+                log(format!("sent {sent} spans to {endpoint}"));
+                report.setup.otlp_exported = Some(sent);
+            }
+            Err(e) => {
+                let line = format!("OTLP export to {endpoint} failed: {e}");
+                log(&line);
+                user_errors.push(line.clone());
+                report.errors.push(line);
+            }
+        }
+    }
     // Keep the profiles in their configured order.
     let mut by_name: BTreeMap<String, ProfileResult> = active
         .into_iter()
@@ -628,6 +698,25 @@ async fn measure(
         }
     }
     Ok(())
+}
+
+async fn export_spans(
+    endpoint: &str,
+    protocol: &str,
+    spans: &[shimtrace_shim::span::SpanRecord],
+) -> Result<usize, crate::export::ExportError> {
+    let overrides = crate::export::ExportOverrides {
+        endpoint: Some(endpoint.to_string()),
+        protocol: Some(protocol.to_string()),
+        service_name: Some("shimtrace-lab".into()),
+    };
+    // The flags name everything; the environment only matters for OTEL_SDK_DISABLED.
+    let Some(config) =
+        crate::export::ExportConfig::resolve(&overrides, |k| std::env::var(k).ok(), false)?
+    else {
+        return Ok(0);
+    };
+    crate::export::export_once(config, spans, 2).await
 }
 
 fn one_line(text: &str) -> String {
@@ -652,10 +741,12 @@ fn cold_start_summary(runs: &[RunRecord], profile: &Profile, probe: &Value) -> C
         }
     }
     let mut spans = BTreeMap::new();
-    let span_names: BTreeSet<&String> = ok.iter().flat_map(|r| r.spans_ms.keys()).collect();
+    let span_names: BTreeSet<&String> = ok.iter().flat_map(|r| r.spans.keys()).collect();
     for name in span_names {
-        if let Some(s) = Summary::of(&collect(&|r| r.spans_ms.get(name).copied())) {
-            spans.insert(name.clone(), s);
+        let start = Summary::of(&collect(&|r| r.spans.get(name).map(|t| t.start_ms)));
+        let duration = Summary::of(&collect(&|r| r.spans.get(name).map(|t| t.duration_ms)));
+        if let (Some(start), Some(duration)) = (start, duration) {
+            spans.insert(name.clone(), report::SpanStats { start, duration });
         }
     }
     ColdStart {
@@ -673,10 +764,10 @@ fn cold_start_summary(runs: &[RunRecord], profile: &Profile, probe: &Value) -> C
     }
 }
 
-/// Span durations (ms, summed per name) by container id, from spool spans that started after
-/// `since`.
-fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String, f64>> {
-    let mut by_container: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+/// Spool spans by container id and name (first start in unix nanoseconds, summed duration in ms),
+/// for spans that started after `since`.
+fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String, (u64, f64)>> {
+    let mut by_container: BTreeMap<String, BTreeMap<String, (u64, f64)>> = BTreeMap::new();
     let Ok(contents) = shimtrace_shim::spool::read_spool(spool_dir) else {
         return by_container;
     };
@@ -687,11 +778,13 @@ fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String,
         let Some(id) = span.container_id() else {
             continue;
         };
-        *by_container
+        let entry = by_container
             .entry(id.to_string())
             .or_default()
             .entry(span.name.clone())
-            .or_insert(0.0) += span.duration_nanos() as f64 / 1e6;
+            .or_insert((u64::MAX, 0.0));
+        entry.0 = entry.0.min(span.start_time_unix_nano);
+        entry.1 += span.duration_nanos() as f64 / 1e6;
     }
     by_container
 }

@@ -17,6 +17,8 @@ pub const RUNC_RUNTIME: &str = crate::containerd::RUNC_RUNTIME;
 pub const TRACED_RUNC_RUNTIME: &str = "io.containerd.traced-runc.v2";
 /// The wrapper's binary for [`TRACED_RUNC_RUNTIME`].
 pub const TRACED_RUNC_SHIM: &str = "containerd-shim-traced-runc-v2";
+/// The wrapper's binary for Kata (`io.containerd.traced-kata.v2`).
+pub const TRACED_KATA_SHIM: &str = "containerd-shim-traced-kata-v2";
 
 /// Why a profile could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +76,25 @@ pub struct ProfilesFile {
 }
 
 /// The built-in profiles: runc, gVisor through the runc shim, crun, Kata. `runc_runtime` is the
-/// runtime the runc-shim-based profiles use (plain or traced).
-pub fn default_profiles(runc_runtime: &str) -> Vec<Profile> {
+/// runtime the runc-shim-based profiles use (plain or traced); `traced_dir` holds the wrapper's
+/// `containerd-shim-traced-*` links, which then serve as each profile's shim.
+pub fn default_profiles(runc_runtime: &str, traced_dir: Option<&Path>) -> Vec<Profile> {
+    let traced = |binary: &str| {
+        traced_dir
+            .map(|dir| dir.join(binary))
+            .filter(|path| path.exists())
+    };
+    let runc_path = if runc_runtime == TRACED_RUNC_RUNTIME {
+        traced(TRACED_RUNC_SHIM)
+    } else {
+        None
+    };
+    let kata_path = traced(TRACED_KATA_SHIM);
     vec![
         Profile {
             name: "runc".into(),
             runtime: runc_runtime.into(),
-            runtime_path: None,
+            runtime_path: runc_path.clone(),
             binary_name: None,
             runsc: None,
             requires: vec!["runc".into()],
@@ -89,7 +103,7 @@ pub fn default_profiles(runc_runtime: &str) -> Vec<Profile> {
         Profile {
             name: "runsc".into(),
             runtime: runc_runtime.into(),
-            runtime_path: None,
+            runtime_path: runc_path.clone(),
             binary_name: None,
             runsc: Some(which("runsc").unwrap_or_else(|| PathBuf::from("/usr/bin/runsc"))),
             requires: vec!["runsc".into()],
@@ -98,7 +112,7 @@ pub fn default_profiles(runc_runtime: &str) -> Vec<Profile> {
         Profile {
             name: "crun".into(),
             runtime: runc_runtime.into(),
-            runtime_path: None,
+            runtime_path: runc_path.clone(),
             binary_name: Some(
                 which("crun")
                     .unwrap_or_else(|| PathBuf::from("/usr/bin/crun"))
@@ -111,8 +125,12 @@ pub fn default_profiles(runc_runtime: &str) -> Vec<Profile> {
         },
         Profile {
             name: "kata".into(),
-            runtime: "io.containerd.kata.v2".into(),
-            runtime_path: None,
+            runtime: if kata_path.is_some() {
+                "io.containerd.traced-kata.v2".into()
+            } else {
+                "io.containerd.kata.v2".into()
+            },
+            runtime_path: kata_path,
             binary_name: None,
             runsc: None,
             requires: vec!["containerd-shim-kata-v2".into()],
@@ -273,7 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let profile = Profile {
             runsc: Some("/usr/bin/runsc".into()),
-            ..default_profiles(RUNC_RUNTIME)[0].clone()
+            ..default_profiles(RUNC_RUNTIME, None)[0].clone()
         };
         let mut spec = RunSpec::new("x", "/r", ["/bin/true"], "/io");
         profile.apply(&mut spec, Network::Host, dir.path()).unwrap();
@@ -285,7 +303,7 @@ mod tests {
 
     #[test]
     fn missing_requirement_names_the_binary() {
-        let mut profile = default_profiles(RUNC_RUNTIME).pop().unwrap();
+        let mut profile = default_profiles(RUNC_RUNTIME, None).pop().unwrap();
         profile.requires = vec!["definitely-not-installed-shim".into()];
         assert!(profile
             .missing_requirement()

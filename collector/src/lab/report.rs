@@ -41,6 +41,9 @@ pub struct Setup {
     pub runs: usize,
     pub requests: usize,
     pub namespace: String,
+    /// Spans sent to the OTLP endpoint given with `--otlp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_exported: Option<usize>,
 }
 
 /// One profile's results.
@@ -81,7 +84,7 @@ pub struct ColdStart {
     /// delete_container.
     pub phases: BTreeMap<String, Summary>,
     /// Shim spans by name (from the spool), when the profile ran through the wrapper.
-    pub spans: BTreeMap<String, Summary>,
+    pub spans: BTreeMap<String, SpanStats>,
     /// VM runtimes: the guest kernel's last dmesg timestamp (its in-kernel boot time), seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_boot_seconds: Option<f64>,
@@ -101,8 +104,22 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_workload_ms: Option<f64>,
     pub phases_ms: BTreeMap<String, f64>,
-    /// Shim spans of this container: name → milliseconds (summed if repeated).
-    pub spans_ms: BTreeMap<String, f64>,
+    /// Shim spans of this container by name (a repeated name: first start, summed duration).
+    pub spans: BTreeMap<String, SpanTiming>,
+}
+
+/// When a shim span started (ms after the client's first call) and how long it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpanTiming {
+    pub start_ms: f64,
+    pub duration_ms: f64,
+}
+
+/// A span name's start offsets and durations over the runs (ms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanStats {
+    pub start: Summary,
+    pub duration: Summary,
 }
 
 /// Served latency of one profile.
@@ -232,6 +249,13 @@ impl LabReport {
                     }
                 }
             }
+            if let Some(h) = p.http.as_ref().filter(|h| h.errors > 0 && h.requests > 0) {
+                let _ = write!(
+                    line,
+                    "; {:.1}% of HTTP requests failed",
+                    h.errors as f64 * 100.0 / h.requests as f64
+                );
+            }
             let _ = write!(
                 line,
                 "; hides the host in {score} of {rows} probes, {}.",
@@ -246,17 +270,36 @@ impl LabReport {
         if most_isolated.name != fastest.name {
             let iso_wall = wall_p50(most_isolated).unwrap();
             let fast_wall = wall_p50(fastest).unwrap();
-            let mut line = format!(
-                "Isolation costs start-up time here: {} hides the host in {} of the probes against {}'s {}{} but starts {:.1}× slower ({} vs {} ms p50)",
-                most_isolated.name,
+            let (iso_score, fast_score) = (
                 scores.get(&most_isolated.name).copied().unwrap_or(0),
-                fastest.name,
                 scores.get(&fastest.name).copied().unwrap_or(0),
-                if kernel_differs(&most_isolated.name) && !kernel_differs(&fastest.name) {
-                    ", and above all runs on a kernel of its own"
-                } else {
-                    ""
-                },
+            );
+            let own_kernel = kernel_differs(&most_isolated.name) && !kernel_differs(&fastest.name);
+            let isolation = if iso_score > fast_score {
+                format!(
+                    "{} hides the host in {iso_score} of {rows} probes against {}'s {fast_score}{}",
+                    most_isolated.name,
+                    fastest.name,
+                    if own_kernel {
+                        ", above all by running on a kernel of its own"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!(
+                    "{} hides the host in as many probes as {} ({iso_score} of {rows}){}",
+                    most_isolated.name,
+                    fastest.name,
+                    if own_kernel {
+                        " but runs on a kernel of its own, the one boundary a shared-kernel runtime cannot offer"
+                    } else {
+                        ""
+                    }
+                )
+            };
+            let mut line = format!(
+                "Isolation costs start-up time here: {isolation}, and starts {:.1}× slower ({} vs {} ms p50)",
                 iso_wall / fast_wall,
                 f(iso_wall),
                 f(fast_wall),
@@ -312,6 +355,10 @@ impl LabReport {
                 fastest.name,
                 f(fast_wall),
                 match serve_cost {
+                    Some(r) if r >= 2.0 => format!(
+                        "; {} would multiply HTTP p99 latency by {r:.1}",
+                        most_isolated.name
+                    ),
                     Some(r) if r >= 1.5 => format!(
                         "; {} would add {:.0}% at HTTP p99",
                         most_isolated.name,
@@ -325,6 +372,23 @@ impl LabReport {
                     None => String::new(),
                 }
             ));
+            if let Some(h) = most_isolated
+                .http
+                .as_ref()
+                .filter(|h| h.errors > 0 && h.requests > 0)
+            {
+                let clean = fastest.http.as_ref().is_some_and(|h| h.errors == 0);
+                recommendation.push(format!(
+                    "Before serving with {}, check its networking: {:.1}% of requests to busybox httpd failed under it{}.",
+                    most_isolated.name,
+                    h.errors as f64 * 100.0 / h.requests as f64,
+                    if clean {
+                        format!(" against none under {}", fastest.name)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
             if iso_wall / fast_wall >= 2.0 {
                 recommendation.push(format!(
                     "Where containers are created per request (functions, CI jobs), {}'s {:.1}× start-up time dominates; keep warm pools or use {} for trusted jobs.",
@@ -386,6 +450,9 @@ impl LabReport {
                 String::new()
             }
         );
+        if let Some(sent) = s.otlp_exported {
+            let _ = writeln!(md, "- {sent} shim spans sent over OTLP");
+        }
         let _ = writeln!(
             md,
             "- {} cold-start runs per profile, interleaved; {} HTTP requests per profile\n",
@@ -477,7 +544,10 @@ impl LabReport {
                 opt(c.wall.as_ref().map(|s| s.p50))
             );
         }
-        let _ = writeln!(md, "\n### Shim spans (p50 ms)\n");
+        let _ = writeln!(
+            md,
+            "\n### Shim spans (ms; start is after the client's first call)\n"
+        );
         let mut any_spans = false;
         for p in self.ok_profiles() {
             let Some(c) = &p.cold_start else { continue };
@@ -487,18 +557,23 @@ impl LabReport {
             any_spans = true;
             let _ = writeln!(
                 md,
-                "**{}**\n\n| Span | n | p50 | p90 | max |\n|---|---|---|---|---|",
+                "**{}**\n\n| Span | n | starts at p50 | duration p50 | duration p90 | duration max |\n|---|---|---|---|---|---|",
                 p.name
             );
-            for (name, sum) in &c.spans {
+            // In the order they happen: by median start after the client's first call.
+            let mut ordered: Vec<(&String, &SpanStats)> = c.spans.iter().collect();
+            ordered.sort_by(|a, b| a.1.start.p50.total_cmp(&b.1.start.p50));
+            for (name, stats) in ordered {
+                let d = &stats.duration;
                 let _ = writeln!(
                     md,
-                    "| `{}` | {} | {} | {} | {} |",
+                    "| `{}` | {} | {} | {} | {} | {} |",
                     name,
-                    sum.n,
-                    f(sum.p50),
-                    f(sum.p90),
-                    f(sum.max)
+                    d.n,
+                    f(stats.start.p50),
+                    f(d.p50),
+                    f(d.p90),
+                    f(d.max)
                 );
             }
             let _ = writeln!(md);
@@ -570,7 +645,8 @@ impl LabReport {
         let _ = writeln!(
             md,
             "busybox httpd inside each profile's container on the host network, {} sequential GETs \
-             (new connection each) from the lab over loopback, in ms.\n",
+             (new connection each) from the lab over loopback, in ms. Failed requests are counted, \
+             not retried, and not in the percentiles.\n",
             s.requests
         );
         let _ = writeln!(
@@ -626,7 +702,12 @@ impl LabReport {
         let _ = writeln!(
             md,
             "\n## Raw data\n\nEvery run (ids, timestamps, phases, spans), every HTTP latency sample and \
-             every probe output are in `report.json`; task outputs are under `work/io/`."
+             every probe output are in `report.json`; task outputs are under `work/io/`{}.",
+            if s.traced {
+                format!(", the shims' span spool in `{}`", s.spool_dir)
+            } else {
+                String::new()
+            }
         );
         md
     }
@@ -662,6 +743,7 @@ impl LabReport {
             })
             .collect();
         let mut in_table = false;
+        let mut in_list = false;
         let mut header_done = false;
         for line in md.lines() {
             if line.starts_with('|') {
@@ -694,8 +776,23 @@ impl LabReport {
                 html.push_str("</table>\n");
                 in_table = false;
             }
+            let is_item = line.starts_with("- ");
+            if is_item && !in_list {
+                html.push_str("<ul>\n");
+                in_list = true;
+            } else if !is_item && in_list {
+                html.push_str("</ul>\n");
+                in_list = false;
+            }
             if let Some(h) = line.strip_prefix("### ") {
                 let _ = writeln!(html, "<h3>{}</h3>", esc(h));
+                if h.starts_with("Shim spans") {
+                    for p in self.ok_profiles() {
+                        if let Some(c) = p.cold_start.as_ref().filter(|c| !c.spans.is_empty()) {
+                            html.push_str(&waterfall(&p.name, c));
+                        }
+                    }
+                }
             } else if let Some(h) = line.strip_prefix("## ") {
                 let _ = writeln!(html, "<h2>{}</h2>", esc(h));
                 if h == "Cold start" && !cold.is_empty() {
@@ -722,6 +819,9 @@ impl LabReport {
         }
         if in_table {
             html.push_str("</table>\n");
+        }
+        if in_list {
+            html.push_str("</ul>\n");
         }
         html.push_str("</body></html>\n");
         html
@@ -775,6 +875,64 @@ fn inline(text: &str) -> String {
         }
     }
     out
+}
+
+/// A cold-start waterfall: each shim span at its median start offset with its median duration, with
+/// the to-workload and wall medians as markers.
+fn waterfall(profile: &str, cold: &ColdStart) -> String {
+    let mut spans: Vec<(&String, &SpanStats)> = cold.spans.iter().collect();
+    spans.sort_by(|a, b| a.1.start.p50.total_cmp(&b.1.start.p50));
+    let wall = cold.wall.as_ref().map(|w| w.p50).unwrap_or(0.0);
+    let to_workload = cold.to_workload.as_ref().map(|t| t.p50);
+    let end = spans
+        .iter()
+        .map(|(_, s)| s.start.p50 + s.duration.p50)
+        .fold(wall, f64::max)
+        .max(1e-9);
+    let (left, width, row_h) = (260.0, 560.0, 16.0);
+    let height = 46.0 + spans.len() as f64 * row_h;
+    let x = |ms: f64| left + ms.max(0.0) / end * width;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"{} cold-start waterfall\">\
+         <text x=\"0\" y=\"14\" font-weight=\"bold\">{} cold start, median timeline (ms after the client's first call; total {})</text>",
+        left + width + 60.0,
+        esc(profile),
+        esc(profile),
+        f(end)
+    );
+    for (i, (name, stats)) in spans.iter().enumerate() {
+        let y = 26.0 + i as f64 * row_h;
+        let (x0, x1) = (x(stats.start.p50), x(stats.start.p50 + stats.duration.p50));
+        let _ = write!(
+            svg,
+            "<text x=\"0\" y=\"{}\">{}</text><rect x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"#4a7bd0\"/>\
+             <text x=\"{:.1}\" y=\"{}\">{}</text>",
+            y + 10.0,
+            esc(name),
+            (x1 - x0).max(1.0),
+            x1 + 3.0,
+            y + 10.0,
+            f(stats.duration.p50)
+        );
+    }
+    let bottom = 26.0 + spans.len() as f64 * row_h;
+    for (label, at, color) in [
+        ("to-workload", to_workload, "#e0a030"),
+        ("wall", Some(wall), "#a33"),
+    ] {
+        if let Some(at) = at {
+            let _ = write!(
+                svg,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"20\" y2=\"{bottom}\" stroke=\"{color}\" stroke-dasharray=\"4 2\"/>\
+                 <text x=\"{0:.1}\" y=\"{1}\" fill=\"{color}\">{label} {2}</text>",
+                x(at),
+                bottom + 14.0,
+                f(at)
+            );
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// A horizontal grouped bar chart: two bars per row.
