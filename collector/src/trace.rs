@@ -116,7 +116,11 @@ impl Trace {
     pub fn group(spans: impl IntoIterator<Item = SpanRecord>) -> Vec<Trace> {
         let mut by_trace: BTreeMap<TraceId, Vec<SpanRecord>> = BTreeMap::new();
         for span in spans {
-            by_trace.entry(span.trace_id).or_default().push(span);
+            // Spans that joined containerd's trace still belong with their container's.
+            by_trace
+                .entry(span.container_trace_id())
+                .or_default()
+                .push(span);
         }
         let mut traces: Vec<Trace> = by_trace
             .into_iter()

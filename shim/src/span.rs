@@ -29,6 +29,9 @@ pub mod attr {
     /// The pid of the shimtrace process that recorded the span (wrapper or proxy).
     pub const RECORDER_PID: &str = "shimtrace.recorder.pid";
     pub const SIGNAL: &str = "shimtrace.signal";
+    /// The container's own trace, set on spans that joined containerd's trace (`traceparent`), so
+    /// a container's spans can still be gathered in one place.
+    pub const CONTAINER_TRACE_ID: &str = "shimtrace.container.trace_id";
 }
 
 /// Span names of the wrapper's own processes; proxied calls are named `<service>/<method>`.
@@ -273,6 +276,14 @@ impl SpanRecord {
     pub fn duration_nanos(&self) -> u64 {
         self.end_time_unix_nano
             .saturating_sub(self.start_time_unix_nano)
+    }
+
+    /// The trace that holds this span's container: its own trace id, unless the span joined
+    /// containerd's trace, in which case the container's trace is named by an attribute.
+    pub fn container_trace_id(&self) -> TraceId {
+        self.attr_str(attr::CONTAINER_TRACE_ID)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(self.trace_id)
     }
 
     /// The container this span belongs to, if any.

@@ -208,18 +208,18 @@ impl ConnectionTap {
         } else {
             TaskRequestInfo::default()
         };
-        let trace = match (traceparent, &info.id) {
-            (Some(ctx), _) => ctx,
-            (None, Some(id)) => self.ctx.traces.lookup(
+        let container_trace = info.id.as_ref().map(|id| {
+            self.ctx.traces.lookup(
                 &namespace,
                 id,
                 info.bundle.as_deref().map(PathBuf::from).as_deref(),
-            ),
-            (None, None) => TraceContext {
-                trace_id: TraceId::random(),
-                parent_span_id: None,
-            },
-        };
+            )
+        });
+        // containerd 2.x with tracing on names its own span as the parent: join that trace.
+        let trace = traceparent.or(container_trace).unwrap_or_else(|| TraceContext {
+            trace_id: TraceId::random(),
+            parent_span_id: None,
+        });
         let mut attributes = Attributes::new();
         let mut put = |key: &str, value: AttributeValue| {
             attributes.insert(key.to_string(), value);
@@ -233,6 +233,9 @@ impl ConnectionTap {
         put(attr::RECORDER_PID, std::process::id().into());
         if let Some(id) = &info.id {
             put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
+        }
+        if let (Some(_), Some(own)) = (traceparent, container_trace) {
+            put(attr::CONTAINER_TRACE_ID, own.trace_id.to_hex().into());
         }
         if let Some(exec) = &info.exec_id {
             put(attr::CONTAINERD_EXEC_ID, exec.as_str().into());
@@ -481,6 +484,10 @@ mod tests {
         assert_eq!(span.status, SpanStatus::Error("boom".into()));
         assert_eq!(span.trace_id.to_hex(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(span.parent_span_id.unwrap().to_hex(), "b7ad6b7169203331");
+        // The container's own trace stays findable.
+        let own = span.attr_str(attr::CONTAINER_TRACE_ID).expect("container trace");
+        assert_ne!(own, "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span.container_trace_id().to_hex(), own);
     }
 
     #[test]
