@@ -349,7 +349,8 @@ impl Containerd23Peer {
             .env("TTRPC_ADDRESS", self.ttrpc_address())
             .env("GRPC_ADDRESS", self.grpc_address())
             .env("NAMESPACE", &start.namespace)
-            .env("MAX_SHIM_VERSION", "3")
+            // containerd 2.1.9 was seen sending 2 here although it accepts version 3 replies.
+            .env("MAX_SHIM_VERSION", "2")
             .env("GOMAXPROCS", "2")
             .env(INSTANCE_MARKER_ENV, self.dir())
             .envs(start.env.iter().map(|(k, v)| (k, v)))
