@@ -68,6 +68,7 @@ source_entry_for_suite() {
             /^[[:space:]]*$/ { if (started) exit; next }
             { started = 1 }
             /^Suites:/ { print "Suites: " suite; next }
+            /^Types:/ { print "Types: deb"; next }
             { print }
         ' "$deb822"
     elif [[ -s $legacy ]]; then
