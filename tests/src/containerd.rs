@@ -22,7 +22,8 @@
 //!
 //! Cleanup never goes by process name: the Drop guard deletes this instance's tasks through `ctr`,
 //! SIGTERMs containerd by pid, then SIGKILLs by pid any process whose argv carries this instance's
-//! unique `-address <socket>` or whose environment carries this instance's unique
+//! unique `-address <socket>` or an argument inside its unique temp dir, or whose environment
+//! carries this instance's unique
 //! `SHIMTRACE_TEST_INSTANCE` (set on containerd, inherited by every shim and proxy) or its
 //! `SHIMTRACE_SPOOL_DIR`, together with all their descendants (the containers), and finally runs
 //! `runc delete --force` for every bundle left in its state dir.
@@ -493,6 +494,7 @@ impl PrivateContainerd {
             .map(|(k, v)| env_entry(k, v));
         Ownership {
             address: self.address().into_os_string().into_encoded_bytes(),
+            dir: self.dir().as_os_str().as_encoded_bytes().to_vec(),
             environ: [Some(env_entry(
                 &OsString::from(INSTANCE_MARKER_ENV),
                 &self.dir().as_os_str().to_owned(),
@@ -675,6 +677,9 @@ pub(crate) struct Ownership {
     pub(crate) address: Vec<u8>,
     /// `KEY=VALUE` entries unique to this instance.
     pub(crate) environ: Vec<Vec<u8>>,
+    /// The instance's unique directory: a process with an argument inside it (`--task-root
+    /// <dir>/state/…`, `-socket <dir>/s/…`) is ours even if it cleared its environment.
+    pub(crate) dir: Vec<u8>,
 }
 
 fn env_entry(key: &OsString, value: &OsString) -> Vec<u8> {
@@ -712,7 +717,11 @@ pub(crate) fn owned_processes(ownership: &Ownership) -> Vec<u32> {
         let by_env = environ
             .split(|b| *b == 0)
             .any(|var| ownership.environ.iter().any(|e| e.as_slice() == var));
-        if by_address || by_env {
+        let mut dir_prefix = ownership.dir.clone();
+        dir_prefix.push(b'/');
+        let by_dir =
+            !ownership.dir.is_empty() && argv.iter().any(|arg| arg.starts_with(&dir_prefix));
+        if by_address || by_env || by_dir {
             pids.push(pid);
         }
     }
@@ -1036,6 +1045,7 @@ mod tests {
         let ownership = Ownership {
             address: b"/nonexistent/c.sock".to_vec(),
             environ: vec![marker.clone().into_bytes()],
+            dir: Vec::new(),
         };
         let found = owned_processes(&ownership);
         child.kill().unwrap();

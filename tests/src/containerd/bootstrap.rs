@@ -510,6 +510,7 @@ impl Drop for Containerd23Peer {
         let ownership = Ownership {
             address: self.grpc_address().into_os_string().into_encoded_bytes(),
             environ: vec![format!("{INSTANCE_MARKER_ENV}={}", self.dir().display()).into_bytes()],
+            dir: self.dir().as_os_str().as_encoded_bytes().to_vec(),
         };
         for pid in owned_processes(&ownership) {
             kill_and_reap(pid);
