@@ -23,10 +23,9 @@
 //! Cleanup never goes by process name: the Drop guard deletes this instance's tasks through `ctr`,
 //! SIGTERMs containerd by pid, then SIGKILLs by pid any process whose argv carries this instance's
 //! unique `-address <socket>` or an argument inside its unique temp dir, or whose environment
-//! carries this instance's unique
-//! `SHIMTRACE_TEST_INSTANCE` (set on containerd, inherited by every shim and proxy) or its
-//! `SHIMTRACE_SPOOL_DIR`, together with all their descendants (the containers), and finally runs
-//! `runc delete --force` for every bundle left in its state dir.
+//! carries this instance's unique `SHIMTRACE_TEST_INSTANCE` (set on containerd, inherited by every
+//! shim and proxy) or its `SHIMTRACE_SPOOL_DIR`, together with all their descendants (the
+//! containers), and finally runs `runc delete --force` for every bundle left in its state dir.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
