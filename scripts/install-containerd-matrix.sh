@@ -6,7 +6,9 @@
 # The trixie and sid suites are added by copying this machine's own apt source entry with only the
 # suite changed, pinned at priority 50 so that nothing installed ever upgrades from them.
 # Idempotent; safe under CI=true with no tty. `--verify` also starts each containerd privately and
-# runs a busybox container through its own runc shim.
+# runs a busybox container through its own runc shim. `--with-rust-runc-shim` also builds crates.io's
+# containerd-runc-shim 0.2.0 (binary containerd-shim-runc-v2-rs, a second task-v3 / 2.3-bootstrap
+# inner shim) into /opt/shimtrace/rust-runc-shim/bin/ (about 10-18 min of release build, once).
 set -euo pipefail
 
 readonly PREFIX="${SHIMTRACE_CONTAINERD_PREFIX:-/opt/shimtrace/containerd}"
@@ -24,11 +26,13 @@ die() { log "error: $*"; exit 1; }
 command -v apt-get >/dev/null || die "apt-get not found: this script is for Debian bookworm"
 
 verify=false
+rust_runc_shim=false
 for arg in "$@"; do
     case "$arg" in
         --verify) verify=true ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-        *) die "unknown argument '$arg' (accepted: --verify, --help)" ;;
+        --with-rust-runc-shim) rust_runc_shim=true ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) die "unknown argument '$arg' (accepted: --verify, --with-rust-runc-shim, --help)" ;;
     esac
 done
 
@@ -68,6 +72,7 @@ source_entry_for_suite() {
             /^[[:space:]]*$/ { if (started) exit; next }
             { started = 1 }
             /^Suites:/ { print "Suites: " suite; next }
+            /^Types:/ { print "Types: deb"; next }
             { print }
         ' "$deb822"
     elif [[ -s $legacy ]]; then
@@ -158,6 +163,24 @@ unpack_containerd() {
 dir_trixie="$(unpack_containerd trixie "$WANT_TRIXIE")"
 dir_sid="$(unpack_containerd sid "$WANT_SID")"
 
+readonly RUST_RUNC_SHIM_ROOT="${SHIMTRACE_RUST_RUNC_SHIM_ROOT:-/opt/shimtrace/rust-runc-shim}"
+readonly RUST_RUNC_SHIM_VERSION="0.2.0"
+if $rust_runc_shim; then
+    rust_shim="$RUST_RUNC_SHIM_ROOT/bin/containerd-shim-runc-v2-rs"
+    if [[ -x $rust_shim && -f $RUST_RUNC_SHIM_ROOT/VERSION && $(cat "$RUST_RUNC_SHIM_ROOT/VERSION") == "$RUST_RUNC_SHIM_VERSION" ]]; then
+        log "containerd-runc-shim $RUST_RUNC_SHIM_VERSION already at $rust_shim"
+    else
+        command -v cargo >/dev/null || die "cargo not found: install Rust or drop --with-rust-runc-shim"
+        build_dir="$(mktemp -d)"
+        log "building containerd-runc-shim $RUST_RUNC_SHIM_VERSION (release; takes minutes)"
+        CARGO_TARGET_DIR="$build_dir" cargo install --quiet --locked containerd-runc-shim \
+            --version "$RUST_RUNC_SHIM_VERSION" --root "$RUST_RUNC_SHIM_ROOT" \
+            || die "cargo install containerd-runc-shim $RUST_RUNC_SHIM_VERSION failed"
+        rm -rf "$build_dir"
+        printf '%s\n' "$RUST_RUNC_SHIM_VERSION" >"$RUST_RUNC_SHIM_ROOT/VERSION"
+    fi
+fi
+
 report() {
     local bin="$1"
     printf '  %-60s %s\n' "$bin" "$("$bin" --version 2>&1 | head -n1)"
@@ -173,6 +196,7 @@ done
 echo "ctr: /usr/bin/ctr, $dir_trixie/usr/bin/ctr, $dir_sid/usr/bin/ctr"
 echo "runtimes: $(command -v runc) ($(runc --version | head -n1)), $(command -v runsc), $(command -v crun)"
 echo "busybox: /bin/busybox"
+$rust_runc_shim && echo "rust runc shim: $RUST_RUNC_SHIM_ROOT/bin/containerd-shim-runc-v2-rs (containerd-runc-shim $RUST_RUNC_SHIM_VERSION)"
 
 $verify || exit 0
 

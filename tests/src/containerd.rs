@@ -22,10 +22,10 @@
 //!
 //! Cleanup never goes by process name: the Drop guard deletes this instance's tasks through `ctr`,
 //! SIGTERMs containerd by pid, then SIGKILLs by pid any process whose argv carries this instance's
-//! unique `-address <socket>` or whose environment carries this instance's unique
-//! `SHIMTRACE_TEST_INSTANCE` (set on containerd, inherited by every shim and proxy) or its
-//! `SHIMTRACE_SPOOL_DIR`, together with all their descendants (the containers), and finally runs
-//! `runc delete --force` for every bundle left in its state dir.
+//! unique `-address <socket>` or an argument inside its unique temp dir, or whose environment
+//! carries this instance's unique `SHIMTRACE_TEST_INSTANCE` (set on containerd, inherited by every
+//! shim and proxy) or its `SHIMTRACE_SPOOL_DIR`, together with all their descendants (the
+//! containers), and finally runs `runc delete --force` for every bundle left in its state dir.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 pub mod bootstrap;
+pub mod otlp;
 
 /// The containerd versions the e2e suite runs against, oldest first.
 pub const MATRIX: [&str; 3] = ["1.6.20", "1.7.24", "2.1.9"];
@@ -242,6 +243,17 @@ impl Options {
         self
     }
 
+    /// Turns on containerd 2.x's OTLP trace export to `endpoint` (see [`otlp::otlp_env`]); with it,
+    /// containerd also sends `traceparent` in the ttrpc metadata of its shim calls.
+    pub fn otlp(mut self, endpoint: &str) -> Self {
+        self.env.extend(
+            otlp::otlp_env(endpoint)
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into())),
+        );
+        self
+    }
+
     /// Adds one directory in front of `PATH` (builder style).
     pub fn path_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.extra_path.push(dir.into());
@@ -422,7 +434,7 @@ impl PrivateContainerd {
         }
     }
 
-    /// `ctr run --rm --rootfs <rootfs> FLAGS… ID COMMAND…` in this instance's namespace.
+    /// `ctr run --rm FLAGS… --rootfs <rootfs> ID COMMAND…` in this instance's namespace.
     /// `flags` are `ctr run` flags such as `["--runtime", "/abs/wrapper"]`.
     pub fn run_rm(
         &self,
@@ -431,12 +443,11 @@ impl PrivateContainerd {
         command: &[&str],
     ) -> Result<CtrOutput, HarnessError> {
         let rootfs = self.rootfs();
-        // `--rootfs` is a boolean flag and the directory is ctr's first positional argument, so
-        // every other flag must come before it.
+        // `--rootfs` is a boolean flag and the rootfs the first positional argument; ctr stops
+        // parsing flags at the first positional one, so the caller's flags go before it.
         let mut args = vec!["run", "--rm"];
         args.extend_from_slice(flags);
-        args.extend_from_slice(&["--rootfs", path_str(&rootfs)?]);
-        args.push(id);
+        args.extend_from_slice(&["--rootfs", path_str(&rootfs)?, id]);
         args.extend_from_slice(command);
         self.ctr(&args)
     }
@@ -482,6 +493,7 @@ impl PrivateContainerd {
             .map(|(k, v)| env_entry(k, v));
         Ownership {
             address: self.address().into_os_string().into_encoded_bytes(),
+            dir: self.dir().as_os_str().as_encoded_bytes().to_vec(),
             environ: [Some(env_entry(
                 &OsString::from(INSTANCE_MARKER_ENV),
                 &self.dir().as_os_str().to_owned(),
@@ -645,6 +657,12 @@ impl Drop for PrivateContainerd {
             kill_and_reap(pid);
         }
         // Containers whose shim was already gone, and sockets that killed shims left behind.
+        // containerd 2.x logs every shim address it connects to ("connecting to shim"); shims
+        // that were killed, or that never remove their socket (the containerd-shim crate only
+        // does when a bundle `address` file exists), leave it behind.
+        for socket in logged_shim_sockets(&self.log()) {
+            let _ = fs::remove_file(socket);
+        }
         let mut namespaces = force_delete_bundles(&self.state_dir(), &self.address());
         namespaces.push(self.namespace.clone());
         for ns in namespaces {
@@ -658,6 +676,9 @@ pub(crate) struct Ownership {
     pub(crate) address: Vec<u8>,
     /// `KEY=VALUE` entries unique to this instance.
     pub(crate) environ: Vec<Vec<u8>>,
+    /// The instance's unique directory: a process with an argument inside it (`--task-root
+    /// <dir>/state/…`, `-socket <dir>/s/…`) is ours even if it cleared its environment.
+    pub(crate) dir: Vec<u8>,
 }
 
 fn env_entry(key: &OsString, value: &OsString) -> Vec<u8> {
@@ -695,7 +716,11 @@ pub(crate) fn owned_processes(ownership: &Ownership) -> Vec<u32> {
         let by_env = environ
             .split(|b| *b == 0)
             .any(|var| ownership.environ.iter().any(|e| e.as_slice() == var));
-        if by_address || by_env {
+        let mut dir_prefix = ownership.dir.clone();
+        dir_prefix.push(b'/');
+        let by_dir =
+            !ownership.dir.is_empty() && argv.iter().any(|arg| arg.starts_with(&dir_prefix));
+        if by_address || by_env || by_dir {
             pids.push(pid);
         }
     }
@@ -759,6 +784,26 @@ fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Ve
             out.push(*child);
         }
     }
+}
+
+/// Socket paths under `/run/containerd/s/` that a containerd log names as shim addresses.
+fn logged_shim_sockets(log: &str) -> Vec<PathBuf> {
+    const PREFIX: &str = "address=\"unix:///run/containerd/s/";
+    let mut sockets = Vec::new();
+    for (start, _) in log.match_indices(PREFIX) {
+        let name: String = log[start + PREFIX.len()..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        // Only sha256-named sockets: never a directory or anything else under /run/containerd/s.
+        if name.len() == 64 {
+            let path = Path::new("/run/containerd/s").join(name);
+            if !sockets.contains(&path) {
+                sockets.push(path);
+            }
+        }
+    }
+    sockets
 }
 
 /// The runc shim's socket: `/run/containerd/s/<sha256(address/ns/group)>`.
@@ -944,6 +989,20 @@ mod tests {
     }
 
     #[test]
+    fn shim_sockets_are_read_from_a_containerd_2_log() {
+        let hash = "d5aae3af8f5bbfcf0845efb070b05ffa9edfc1ee27d0bcb90b80a65980a4fda1";
+        let log = format!(
+            "level=info msg=\"connecting to shim exp1\" address=\"unix:///run/containerd/s/{hash}\" namespace=n\n\
+             level=info msg=\"other\" address=\"unix:///run/containerd/s/../../etc\"\n\
+             level=info msg=\"connecting to shim exp1\" address=\"unix:///run/containerd/s/{hash}\"\n"
+        );
+        assert_eq!(
+            logged_shim_sockets(&log),
+            vec![Path::new("/run/containerd/s").join(hash)]
+        );
+    }
+
+    #[test]
     fn config_version_follows_the_major() {
         let v = |s: &str| ContainerdVersion {
             version: s.into(),
@@ -985,6 +1044,7 @@ mod tests {
         let ownership = Ownership {
             address: b"/nonexistent/c.sock".to_vec(),
             environ: vec![marker.clone().into_bytes()],
+            dir: Vec::new(),
         };
         let found = owned_processes(&ownership);
         child.kill().unwrap();

@@ -5,7 +5,14 @@
 //! `State` (echoing the id), `Create` (publishing a `/tasks/create` event through containerd's ttrpc
 //! address, so an events tap can be tested) and `Shutdown` (which ends the server); every other
 //! method returns the crate's default NOT_FOUND "… is not supported".
+//!
+//! With `SHIMTRACE_BOOTSTRAP_SHIM_LOG=<file>` in its environment (containerd passes its own
+//! environment to shims), every answered call appends one JSON line `{"method", "id",
+//! "metadata"}` to that file, so a test can see the ttrpc metadata (e.g. `traceparent`) that
+//! arrived at the inner shim.
 
+use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,6 +31,26 @@ pub const RUNTIME_ID: &str = "io.containerd.bootstrap.v2";
 
 /// What `Connect` reports as `version`, so a test can tell this shim from another.
 pub const CONNECT_VERSION: &str = "shimtrace-bootstrap-shim";
+
+/// Environment variable naming the file that receives one JSON line per answered call.
+pub const REQUEST_LOG_ENV: &str = "SHIMTRACE_BOOTSTRAP_SHIM_LOG";
+
+/// Appends `{"method", "id", "metadata"}` to the request log, if one is configured. Best effort:
+/// a test shim must keep answering even when its log cannot be written.
+fn log_request(method: &str, id: &str, ctx: &TtrpcContext) {
+    let Some(path) = std::env::var_os(REQUEST_LOG_ENV) else {
+        return;
+    };
+    let metadata: HashMap<&String, &Vec<String>> = ctx.metadata.iter().collect();
+    let line = serde_json::json!({ "method": method, "id": id, "metadata": metadata });
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
 
 /// The shim: `start` spawns the server daemon, which serves [`BootstrapTask`].
 pub struct BootstrapShim {
@@ -77,9 +104,10 @@ pub struct BootstrapTask {
 impl Task for BootstrapTask {
     async fn connect(
         &self,
-        _ctx: &TtrpcContext,
-        _req: api::ConnectRequest,
+        ctx: &TtrpcContext,
+        req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
+        log_request("Connect", &req.id, ctx);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: 0,
@@ -90,9 +118,10 @@ impl Task for BootstrapTask {
 
     async fn state(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
+        log_request("State", &req.id, ctx);
         Ok(api::StateResponse {
             id: req.id,
             exec_id: req.exec_id,
@@ -102,9 +131,10 @@ impl Task for BootstrapTask {
 
     async fn create(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        log_request("Create", &req.id, ctx);
         let event = TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -125,9 +155,10 @@ impl Task for BootstrapTask {
 
     async fn shutdown(
         &self,
-        _ctx: &TtrpcContext,
-        _req: api::ShutdownRequest,
+        ctx: &TtrpcContext,
+        req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
+        log_request("Shutdown", &req.id, ctx);
         self.exit.signal();
         Ok(api::Empty::default())
     }

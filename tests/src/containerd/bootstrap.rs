@@ -19,8 +19,10 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -107,7 +109,13 @@ pub struct BootstrapStart {
     pub extensions: Vec<Any>,
     /// Extra environment for the shim process (on top of what containerd 2.3 sets).
     pub env: Vec<(OsString, OsString)>,
+    /// Written to `<bundle>/config.json` before `start` when set; runc shims read it there for
+    /// their grouping annotations (see [`MINIMAL_OCI_SPEC`]).
+    pub config_json: Option<String>,
 }
+
+/// An OCI spec just complete enough for a runc shim's `start` (no container is created).
+pub const MINIMAL_OCI_SPEC: &str = r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"args":["/bin/true"],"cwd":"/"},"root":{"path":"rootfs"}}"#;
 
 impl BootstrapStart {
     pub fn new(namespace: &str, id: &str) -> Self {
@@ -119,6 +127,7 @@ impl BootstrapStart {
             private_socket_dir: true,
             extensions: Vec::new(),
             env: Vec::new(),
+            config_json: None,
         }
     }
 }
@@ -150,6 +159,10 @@ pub struct Containerd23Peer {
     events: EventRecorder,
     /// `(namespace, id)` of every `start`, to remove default-dir sockets of killed shims.
     started: Mutex<Vec<(String, String)>>,
+    /// What shims wrote to their bundle's `log` FIFO, drained like containerd does.
+    shim_log: Arc<Mutex<Vec<u8>>>,
+    stop_drains: Arc<AtomicBool>,
+    drains: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 impl Containerd23Peer {
@@ -186,6 +199,9 @@ impl Containerd23Peer {
             events_server: Some(server),
             events,
             started: Mutex::new(Vec::new()),
+            shim_log: Arc::new(Mutex::new(Vec::new())),
+            stop_drains: Arc::new(AtomicBool::new(false)),
+            drains: Mutex::new(Vec::new()),
         })
     }
 
@@ -220,6 +236,54 @@ impl Containerd23Peer {
             .lock()
             .map(|e| e.clone())
             .unwrap_or_default()
+    }
+
+    /// Everything shims wrote to their bundles' `log` FIFOs so far.
+    pub fn shim_log(&self) -> String {
+        self.shim_log
+            .lock()
+            .map(|log| String::from_utf8_lossy(&log).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Creates `<bundle>/log` as a FIFO and drains it, as containerd does: shims built on
+    /// `containerd-shim` open it for their logger and exit if it is missing.
+    fn drain_log_fifo(&self, bundle: &Path) -> Result<(), PeerError> {
+        let path = bundle.join("log");
+        if !path.exists() {
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
+                |e| PeerError::Io {
+                    action: format!("creating the log FIFO {}", path.display()),
+                    source: e.into(),
+                },
+            )?;
+        }
+        // O_RDWR: opening never blocks and the FIFO never reports EOF while we hold it.
+        let mut fifo = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc_nonblock())
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        let sink = self.shim_log.clone();
+        let stop = self.stop_drains.clone();
+        let drain = thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while !stop.load(Ordering::SeqCst) {
+                match fifo.read(&mut buffer) {
+                    Ok(n) if n > 0 => {
+                        if let Ok(mut log) = sink.lock() {
+                            log.extend_from_slice(&buffer[..n]);
+                        }
+                    }
+                    _ => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        if let Ok(mut drains) = self.drains.lock() {
+            drains.push(drain);
+        }
+        Ok(())
     }
 
     /// Polls [`Self::events`] until one has `topic`, or `timeout` passes.
@@ -283,14 +347,22 @@ impl Containerd23Peer {
             }
         };
         let address = result.address.clone();
-        let client = self
-            .runtime
-            .block_on(Client::connect(&address))
-            .map_err(|source| PeerError::Ttrpc {
-                method: "connect",
-                address: address.clone(),
-                source,
-            })?;
+        // Like containerd's dialer, retry until the socket exists: some shims (the Rust runc
+        // shim) reply before their server has bound it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = loop {
+            match self.runtime.block_on(Client::connect(&address)) {
+                Ok(client) => break client,
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(PeerError::Ttrpc {
+                        method: "connect",
+                        address: address.clone(),
+                        source,
+                    })
+                }
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        };
         Ok(StartedShim {
             runtime: self.runtime.clone(),
             params,
@@ -325,6 +397,11 @@ impl Containerd23Peer {
         }
         let bundle = self.bundle_dir(&start.namespace, &start.id);
         fs::create_dir_all(&bundle).map_err(io_err(format!("creating {}", bundle.display())))?;
+        self.drain_log_fifo(&bundle)?;
+        if let Some(spec) = &start.config_json {
+            let path = bundle.join("config.json");
+            fs::write(&path, spec).map_err(io_err(format!("writing {}", path.display())))?;
+        }
         // containerd reads `start` output with CombinedOutput: one pipe for stdout and stderr.
         let (reader, writer) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| PeerError::Io {
@@ -349,7 +426,8 @@ impl Containerd23Peer {
             .env("TTRPC_ADDRESS", self.ttrpc_address())
             .env("GRPC_ADDRESS", self.grpc_address())
             .env("NAMESPACE", &start.namespace)
-            .env("MAX_SHIM_VERSION", "3")
+            // containerd 2.1.9 was seen sending 2 here although it accepts version 3 replies.
+            .env("MAX_SHIM_VERSION", "2")
             .env("GOMAXPROCS", "2")
             .env(INSTANCE_MARKER_ENV, self.dir())
             .envs(start.env.iter().map(|(k, v)| (k, v)))
@@ -410,6 +488,10 @@ impl Containerd23Peer {
     }
 }
 
+fn libc_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
 fn wait_thread<T>(handle: thread::JoinHandle<T>, deadline: Instant) -> Option<T> {
     while !handle.is_finished() {
         if Instant::now() >= deadline {
@@ -428,9 +510,16 @@ impl Drop for Containerd23Peer {
         let ownership = Ownership {
             address: self.grpc_address().into_os_string().into_encoded_bytes(),
             environ: vec![format!("{INSTANCE_MARKER_ENV}={}", self.dir().display()).into_bytes()],
+            dir: self.dir().as_os_str().as_encoded_bytes().to_vec(),
         };
         for pid in owned_processes(&ownership) {
             kill_and_reap(pid);
+        }
+        self.stop_drains.store(true, Ordering::SeqCst);
+        if let Ok(mut drains) = self.drains.lock() {
+            for drain in drains.drain(..) {
+                let _ = drain.join();
+            }
         }
         // Shims that got no socket_dir put their socket in /run/containerd/s, named after our address.
         if let Ok(started) = self.started.lock() {
