@@ -604,3 +604,46 @@ fn start_reply_is_exact_v1_7() {
 fn start_reply_is_exact_v2_1() {
     start_reply_is_exact("2.1.9")
 }
+
+/// containerd 2.1.9 with OTLP tracing on: the wrapper's spans of containerd's calls join
+/// containerd's trace (its `traceparent`), while still naming the container's own trace.
+#[test]
+fn shim_spans_join_containerds_trace_v2_1() {
+    use shimtrace_tests::containerd::otlp::OtlpHttpSink;
+    use shimtrace_tests::containerd::Options;
+    let sink = OtlpHttpSink::start().expect("OTLP sink");
+    let traced = Traced::start_with(
+        "2.1.9",
+        TracedOptions {
+            extra: Options::default().otlp(&sink.endpoint()),
+            ..Default::default()
+        },
+    )
+    .expect("traced containerd 2.1.9 with OTLP");
+    let out = traced
+        .containerd
+        .run_rm("joined", &traced.runtime_flags(), &["/bin/true"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    let spans = traced.await_spans("joined", SPANS, |s| {
+        has_method(s, "Create") && s.iter().any(|x| x.name == names::WRAPPER_START)
+    });
+    let root = spans.iter().find(|s| s.name == names::WRAPPER_START).unwrap();
+    let create = span(&spans, "Create");
+    assert_ne!(create.trace_id, root.trace_id, "Create joined containerd's trace");
+    assert_eq!(
+        create.attr_str(attr::CONTAINER_TRACE_ID),
+        Some(root.trace_id.to_hex().as_str()),
+        "and still names the container's trace"
+    );
+    let parent = create.parent_span_id.expect("containerd's client span is the parent");
+    assert!(
+        sink.wait_for(&create.trace_id.0, Duration::from_secs(15)),
+        "containerd exported the trace {} that the shim span is in",
+        create.trace_id
+    );
+    assert!(
+        sink.wait_for(&parent.0, Duration::from_secs(15)),
+        "containerd exported the parent span {parent}"
+    );
+}
