@@ -228,6 +228,7 @@ mod tests {
             inner: "inner".into(),
             protocol: "plain/v2".into(),
             namespace: "fallback".into(),
+            propagate: true,
         });
         let tap = EventTap::new(ctx.clone());
         let mut exit = task::TaskExit::new();

@@ -2,7 +2,8 @@
 //!
 //! Bytes are read into a buffer, every complete frame in it is written to the other side in one
 //! `write`, verbatim (whatever its type or flags), and only then shown to the tap, so inspecting a
-//! frame never delays it. A frame longer than ttrpc's 4 MiB limit is passed through as it arrives,
+//! frame never delays it. A `rewrite` hook may replace a frame before it is written (the proxy adds
+//! its `traceparent` to requests that carry none); every other byte passes untouched. A frame longer than ttrpc's 4 MiB limit is passed through as it arrives,
 //! untapped: the peer will reject it, but the proxy must not be the one to decide that.
 
 use std::io::{self, Read, Write};
@@ -22,9 +23,21 @@ pub struct Frame<'a> {
 /// Forwards frames from `src` to `dst` until `src` ends; calls `tap` with each complete frame after
 /// it has been written, together with the time its last byte was read.
 pub fn pump<R: Read, W: Write>(
+    src: R,
+    dst: W,
+    now: impl FnMut() -> u64,
+    tap: impl FnMut(Frame<'_>, u64),
+) -> io::Result<()> {
+    pump_rewriting(src, dst, now, |_, _| None, tap)
+}
+
+/// [`pump`], where `rewrite` sees each complete frame first and may return the bytes (header
+/// included) to send in its place.
+pub fn pump_rewriting<R: Read, W: Write>(
     mut src: R,
     mut dst: W,
     mut now: impl FnMut() -> u64,
+    mut rewrite: impl FnMut(&Frame<'_>, u64) -> Option<Vec<u8>>,
     mut tap: impl FnMut(Frame<'_>, u64),
 ) -> io::Result<()> {
     let mut buf = vec![0u8; INITIAL_BUFFER];
@@ -54,7 +67,8 @@ pub fn pump<R: Read, W: Write>(
             let frame_len = MESSAGE_HEADER_LENGTH + header.length as usize;
             if header.length as usize > MESSAGE_LENGTH_MAX {
                 // Forward the complete frames before it, then stream the oversized one.
-                dst.write_all(&buf[start..filled])?;
+                write_frames(&mut dst, &buf[start..end], seen, &mut rewrite)?;
+                dst.write_all(&buf[end..filled])?;
                 passthrough = frame_len - (filled - end);
                 tap_frames(&buf[start..end], seen, &mut tap);
                 start = filled;
@@ -67,7 +81,7 @@ pub fn pump<R: Read, W: Write>(
             end += frame_len;
         }
         if end > start {
-            dst.write_all(&buf[start..end])?;
+            write_frames(&mut dst, &buf[start..end], seen, &mut rewrite)?;
             tap_frames(&buf[start..end], seen, &mut tap);
         }
         buf.copy_within(end..filled, 0);
@@ -89,6 +103,32 @@ pub fn pump<R: Read, W: Write>(
             buf.resize(buf.len() * 2, 0);
         }
     }
+}
+
+/// Writes complete frames, unmodified runs in one `write` each, rewritten frames in their place.
+fn write_frames<W: Write>(
+    dst: &mut W,
+    bytes: &[u8],
+    seen: u64,
+    rewrite: &mut impl FnMut(&Frame<'_>, u64) -> Option<Vec<u8>>,
+) -> io::Result<()> {
+    let mut unwritten = 0;
+    let mut at = 0;
+    while bytes.len() - at >= MESSAGE_HEADER_LENGTH {
+        let header = MessageHeader::from(&bytes[at..at + MESSAGE_HEADER_LENGTH]);
+        let end = at + MESSAGE_HEADER_LENGTH + header.length as usize;
+        let frame = Frame {
+            header,
+            payload: &bytes[at + MESSAGE_HEADER_LENGTH..end],
+        };
+        if let Some(replacement) = rewrite(&frame, seen) {
+            dst.write_all(&bytes[unwritten..at])?;
+            dst.write_all(&replacement)?;
+            unwritten = end;
+        }
+        at = end;
+    }
+    dst.write_all(&bytes[unwritten..])
 }
 
 fn tap_frames(mut bytes: &[u8], seen: u64, tap: &mut impl FnMut(Frame<'_>, u64)) {
@@ -174,6 +214,26 @@ mod tests {
                 "piece {piece}"
             );
         }
+    }
+
+    #[test]
+    fn rewritten_frames_replace_only_themselves() {
+        let mut input = frame(1, 1, 0, b"one");
+        input.extend(frame(3, 1, 0, b"two"));
+        input.extend(frame(5, 2, 0, b"three"));
+        let mut out = Vec::new();
+        pump_rewriting(
+            Trickle(&input, 4096),
+            &mut out,
+            || 0,
+            |f, _| (f.header.stream_id == 3).then(|| frame(3, 1, 0, b"TWO!")),
+            |_, _| {},
+        )
+        .unwrap();
+        let mut expected = frame(1, 1, 0, b"one");
+        expected.extend(frame(3, 1, 0, b"TWO!"));
+        expected.extend(frame(5, 2, 0, b"three"));
+        assert_eq!(out, expected);
     }
 
     #[test]

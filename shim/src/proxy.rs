@@ -26,7 +26,7 @@ use ttrpc::proto::{MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 
 use crate::clock;
 use crate::events::EventTap;
-use crate::frame::pump;
+use crate::frame::{pump, pump_rewriting};
 use crate::spool::{SpanSink, SpoolConfig};
 use crate::tap::{ConnectionTap, TapContext};
 use crate::trace_ctx::TraceRegistry;
@@ -482,6 +482,7 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
         inner: plan.inner.clone(),
         protocol: plan.protocol.clone(),
         namespace: plan.namespace.clone(),
+        propagate: propagate_enabled(),
     });
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
@@ -531,6 +532,16 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
     active.wait_idle(Duration::from_secs(2));
     ctx.sink.shutdown(Duration::from_secs(2));
     Ok(())
+}
+
+/// `SHIMTRACE_PROPAGATE=0` (or `false`) stops the proxy from adding its `traceparent` to requests.
+pub const PROPAGATE_ENV: &str = "SHIMTRACE_PROPAGATE";
+
+fn propagate_enabled() -> bool {
+    !matches!(
+        std::env::var(PROPAGATE_ENV).as_deref(),
+        Ok("0") | Ok("false") | Ok("no")
+    )
 }
 
 fn fd_if_open(fd: RawFd) -> Option<OwnedFd> {
@@ -630,15 +641,16 @@ fn serve_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc<TapCo
         .name("conn-req".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            let _ = pump(
+            let _ = pump_rewriting(
                 &down_read,
                 &up_write,
                 clock::now_unix_nanos,
                 |frame, seen| {
-                    if frame.header.type_ == MESSAGE_TYPE_REQUEST {
-                        request_tap.on_request(frame.header.stream_id, frame.payload, seen);
-                    }
+                    (frame.header.type_ == MESSAGE_TYPE_REQUEST)
+                        .then(|| request_tap.on_request(&frame.header, frame.payload, seen))
+                        .flatten()
                 },
+                |_, _| {},
             );
             // containerd hung up (or the inner shim did): end both sides.
             let _ = down_read.shutdown(std::net::Shutdown::Both);

@@ -1,9 +1,10 @@
 //! The tap: turns the ttrpc frames a proxy connection forwards into spans.
 //!
 //! A request frame opens a pending call keyed by its stream id; the response frame with the same
-//! stream id closes it. Both directions run on their own threads and the tap looks at a frame only
-//! after forwarding it, so a response can be tapped before its request: the pending map holds
-//! whichever half arrives first.
+//! stream id closes it. Requests are read just before they are forwarded, so that a request without
+//! a `traceparent` can carry the proxy's (its span becomes the inner shim's parent); responses are
+//! read after forwarding. The pending map still accepts a response before its request, since the
+//! two directions run on their own threads.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::span::{
 };
 use crate::spool::SpanSink;
 use crate::trace_ctx::TraceRegistry;
+use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX};
 
 /// ttrpc metadata key containerd sets to the namespace of every call.
 pub const NAMESPACE_METADATA: &str = "containerd-namespace-ttrpc";
@@ -34,6 +36,8 @@ pub struct TapContext {
     pub protocol: String,
     /// The shim's `-namespace`; containerd 1.6 sends no namespace metadata on shim calls.
     pub namespace: String,
+    /// Pass the proxy's `traceparent` to the inner shim on requests that carry none.
+    pub propagate: bool,
 }
 
 /// The tap of one proxied connection.
@@ -52,6 +56,7 @@ enum Slot {
 }
 
 struct PendingCall {
+    span_id: SpanId,
     start: u64,
     service: String,
     method: String,
@@ -189,9 +194,15 @@ impl ConnectionTap {
     }
 
     /// A request frame (already forwarded) with stream id `sid`, seen at `start`.
-    pub fn on_request(&self, sid: u32, payload: &[u8], start: u64) {
+    pub fn on_request(
+        &self,
+        header: &MessageHeader,
+        payload: &[u8],
+        start: u64,
+    ) -> Option<Vec<u8>> {
+        let sid = header.stream_id;
         let Ok(request) = ttrpc::Request::parse_from_bytes(payload) else {
-            return;
+            return None;
         };
         let mut namespace = None;
         let mut traceparent = None;
@@ -216,10 +227,12 @@ impl ConnectionTap {
             )
         });
         // containerd 2.x with tracing on names its own span as the parent: join that trace.
-        let trace = traceparent.or(container_trace).unwrap_or_else(|| TraceContext {
-            trace_id: TraceId::random(),
-            parent_span_id: None,
-        });
+        let trace = traceparent
+            .or(container_trace)
+            .unwrap_or_else(|| TraceContext {
+                trace_id: TraceId::random(),
+                parent_span_id: None,
+            });
         let mut attributes = Attributes::new();
         let mut put = |key: &str, value: AttributeValue| {
             attributes.insert(key.to_string(), value);
@@ -246,7 +259,19 @@ impl ConnectionTap {
         if let Some(signal) = info.signal {
             put(attr::SIGNAL, signal.into());
         }
+        let span_id = SpanId::random();
+        let replacement = (traceparent.is_none() && self.ctx.propagate)
+            .then(|| {
+                with_metadata(
+                    header,
+                    payload,
+                    TRACEPARENT_METADATA,
+                    &TraceContext::traceparent(trace.trace_id, span_id),
+                )
+            })
+            .flatten();
         let call = PendingCall {
+            span_id,
             start,
             service: request.service,
             method: request.method,
@@ -257,7 +282,7 @@ impl ConnectionTap {
         };
         let early = {
             let Ok(mut pending) = self.pending.lock() else {
-                return;
+                return replacement;
             };
             match pending.remove(&sid) {
                 Some(Slot::EarlyResponse { end, payload }) => Some((end, payload)),
@@ -268,13 +293,14 @@ impl ConnectionTap {
                         self.finish_unanswered(stale, start, "stream_id_reused");
                     }
                     pending.insert(sid, Slot::Request(call));
-                    return;
+                    return replacement;
                 }
             }
         };
         if let Some((end, payload)) = early {
             self.finish(call, end, &payload);
         }
+        replacement
     }
 
     /// A response frame (already forwarded) with stream id `sid`, seen at `end`.
@@ -355,7 +381,7 @@ impl ConnectionTap {
         }
         self.ctx.sink.emit(SpanRecord {
             trace_id: call.trace.trace_id,
-            span_id: SpanId::random(),
+            span_id: call.span_id,
             parent_span_id: call.trace.parent_span_id,
             name: format!("{}/{}", call.service, call.method),
             kind: SpanKind::Server,
@@ -366,6 +392,39 @@ impl ConnectionTap {
             status,
         });
     }
+}
+
+/// The request frame with one more metadata entry. Protobuf merges repeated fields across
+/// concatenated encodings, so appending the encoded `metadata` field (5) to the payload adds the
+/// entry without re-encoding, or disturbing, anything containerd sent. `None` past ttrpc's limit.
+pub fn with_metadata(
+    header: &MessageHeader,
+    payload: &[u8],
+    key: &str,
+    value: &str,
+) -> Option<Vec<u8>> {
+    let mut entry = ttrpc::proto::KeyValue::new();
+    entry.key = key.to_string();
+    entry.value = value.to_string();
+    let entry = entry.write_to_bytes().ok()?;
+    let mut field = Vec::with_capacity(entry.len() + 6);
+    {
+        let mut out = protobuf::CodedOutputStream::vec(&mut field);
+        out.write_bytes(5, &entry).ok()?;
+        out.flush().ok()?;
+    }
+    let length = payload.len() + field.len();
+    if length > MESSAGE_LENGTH_MAX {
+        return None;
+    }
+    let mut frame = Vec::with_capacity(MESSAGE_HEADER_LENGTH + length);
+    frame.extend_from_slice(&(length as u32).to_be_bytes());
+    frame.extend_from_slice(&header.stream_id.to_be_bytes());
+    frame.push(header.type_);
+    frame.push(header.flags);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(&field);
+    Some(frame)
 }
 
 #[cfg(test)]
@@ -388,6 +447,15 @@ mod tests {
         r.write_to_bytes().unwrap()
     }
 
+    fn header(sid: u32) -> MessageHeader {
+        MessageHeader {
+            length: 0,
+            stream_id: sid,
+            type_: ttrpc::proto::MESSAGE_TYPE_REQUEST,
+            flags: 0,
+        }
+    }
+
     fn response(code: ttrpc::Code, payload: Vec<u8>) -> Vec<u8> {
         let mut r = ttrpc::Response::new();
         r.status = protobuf::MessageField::some(ttrpc::get_status(code, "boom"));
@@ -407,6 +475,7 @@ mod tests {
             inner: "/usr/bin/containerd-shim-runc-v2".into(),
             protocol: "plain/v2".into(),
             namespace: "fallback".into(),
+            propagate: true,
         });
         let tap = ConnectionTap::new(ctx.clone());
         test(&tap);
@@ -425,7 +494,7 @@ mod tests {
         done.exit_status = 3;
         let spans = with_tap(|tap| {
             tap.on_request(
-                1,
+                &header(1),
                 &request(
                     "containerd.task.v2.Task",
                     "Wait",
@@ -464,7 +533,7 @@ mod tests {
         let spans = with_tap(|tap| {
             tap.on_response(3, &response(ttrpc::Code::NOT_FOUND, vec![]), 90);
             tap.on_request(
-                3,
+                &header(3),
                 &request(
                     "containerd.task.v3.Task",
                     "State",
@@ -485,16 +554,72 @@ mod tests {
         assert_eq!(span.trace_id.to_hex(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(span.parent_span_id.unwrap().to_hex(), "b7ad6b7169203331");
         // The container's own trace stays findable.
-        let own = span.attr_str(attr::CONTAINER_TRACE_ID).expect("container trace");
+        let own = span
+            .attr_str(attr::CONTAINER_TRACE_ID)
+            .expect("container trace");
         assert_ne!(own, "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(span.container_trace_id().to_hex(), own);
+    }
+
+    #[test]
+    fn traceparent_is_added_only_when_absent_and_names_the_span() {
+        let mut state = api::StateRequest::new();
+        state.id = "c3".into();
+        let payload = request(
+            "containerd.task.v2.Task",
+            "State",
+            state.write_to_bytes().unwrap(),
+            &[(NAMESPACE_METADATA, "ns")],
+        );
+        let mut forwarded = None;
+        let spans = with_tap(|tap| {
+            forwarded = tap.on_request(&header(7), &payload, 1);
+            tap.on_response(7, &response(ttrpc::Code::OK, vec![]), 2);
+            let given = request(
+                "containerd.task.v2.Task",
+                "State",
+                vec![],
+                &[(
+                    TRACEPARENT_METADATA,
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )],
+            );
+            assert!(
+                tap.on_request(&header(9), &given, 3).is_none(),
+                "never rewrite containerd's"
+            );
+        });
+        let frame = forwarded.expect("a traceparent was added");
+        let header = MessageHeader::from(&frame[..MESSAGE_HEADER_LENGTH]);
+        assert_eq!(header.stream_id, 7);
+        assert_eq!(header.length as usize, frame.len() - MESSAGE_HEADER_LENGTH);
+        let sent = ttrpc::Request::parse_from_bytes(&frame[MESSAGE_HEADER_LENGTH..]).unwrap();
+        assert_eq!(sent.method, "State");
+        assert_eq!(
+            api::StateRequest::parse_from_bytes(&sent.payload)
+                .unwrap()
+                .id,
+            "c3"
+        );
+        assert_eq!(
+            sent.metadata[0].value, "ns",
+            "containerd's metadata kept first"
+        );
+        let span = spans
+            .iter()
+            .find(|s| s.attr_str(attr::CONTAINERD_CONTAINER_ID) == Some("c3"))
+            .unwrap();
+        assert_eq!(
+            sent.metadata[1].value,
+            TraceContext::traceparent(span.trace_id, span.span_id)
+        );
     }
 
     #[test]
     fn calls_open_at_close_are_ended_not_lost() {
         let spans = with_tap(|tap| {
             tap.on_request(
-                5,
+                &header(5),
                 &request("containerd.task.v2.Task", "Wait", vec![], &[]),
                 10,
             );

@@ -31,13 +31,22 @@ fn bootstrap_params_through_the_wrapper_get_a_protobuf_reply_naming_the_proxy() 
     )
     .unwrap();
 
+    let request_log = peer.dir().join("requests.jsonl");
     let mut start = BootstrapStart::new("bsns", "bs-wrapped");
+    start.env.push((
+        shimtrace_bootstrap_shim::REQUEST_LOG_ENV.into(),
+        request_log.clone().into(),
+    ));
     start.env.push(("SHIMTRACE_CONFIG".into(), config.into()));
-    start.env.push(("SHIMTRACE_SPOOL_DIR".into(), spool.clone().into()));
+    start
+        .env
+        .push(("SHIMTRACE_SPOOL_DIR".into(), spool.clone().into()));
     start
         .env
         .push(("SHIMTRACE_RUN_DIR".into(), peer.dir().join("run").into()));
-    let mut started = peer.start_shim(&link, &start).expect("start through the wrapper");
+    let mut started = peer
+        .start_shim(&link, &start)
+        .expect("start through the wrapper");
 
     // Same format and version as the inner shim's reply, with the proxy's address.
     assert_eq!(started.result.version, 3);
@@ -82,7 +91,10 @@ fn bootstrap_params_through_the_wrapper_get_a_protobuf_reply_naming_the_proxy() 
         .then_some(spans)
     })
     .expect("calls, the event and the wrapper's start are spooled");
-    let start_span = spans.iter().find(|s| s.name == names::WRAPPER_START).unwrap();
+    let start_span = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .unwrap();
     assert_eq!(start_span.attr_str(attr::PROTOCOL), Some("protobuf/v3"));
     let create = spans
         .iter()
@@ -91,6 +103,19 @@ fn bootstrap_params_through_the_wrapper_get_a_protobuf_reply_naming_the_proxy() 
     assert_eq!(create.container_id(), Some("bs-wrapped"));
     assert_eq!(create.attr_str(attr::CONTAINERD_NAMESPACE), Some("bsns"));
     assert_eq!(create.trace_id, start_span.trace_id);
+
+    // No traceparent came from "containerd": the inner shim got the proxy's, naming the Create span.
+    let log = std::fs::read_to_string(&request_log).expect("the inner shim logged its calls");
+    let sent = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|entry| entry["method"] == "Create")
+        .expect("Create logged");
+    assert_eq!(
+        sent["metadata"]["traceparent"][0].as_str(),
+        Some(format!("00-{}-{}-01", create.trace_id, create.span_id).as_str()),
+        "{sent}"
+    );
 
     started.shutdown().expect("Task/Shutdown");
 }

@@ -628,15 +628,23 @@ fn shim_spans_join_containerds_trace_v2_1() {
     let spans = traced.await_spans("joined", SPANS, |s| {
         has_method(s, "Create") && s.iter().any(|x| x.name == names::WRAPPER_START)
     });
-    let root = spans.iter().find(|s| s.name == names::WRAPPER_START).unwrap();
+    let root = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .unwrap();
     let create = span(&spans, "Create");
-    assert_ne!(create.trace_id, root.trace_id, "Create joined containerd's trace");
+    assert_ne!(
+        create.trace_id, root.trace_id,
+        "Create joined containerd's trace"
+    );
     assert_eq!(
         create.attr_str(attr::CONTAINER_TRACE_ID),
         Some(root.trace_id.to_hex().as_str()),
         "and still names the container's trace"
     );
-    let parent = create.parent_span_id.expect("containerd's client span is the parent");
+    let parent = create
+        .parent_span_id
+        .expect("containerd's client span is the parent");
     assert!(
         sink.wait_for(&create.trace_id.0, Duration::from_secs(15)),
         "containerd exported the trace {} that the shim span is in",
