@@ -618,7 +618,7 @@ fn accept_loop(
                 let active = active.clone();
                 move || {
                     match role {
-                        Role::Calls => serve_connection(downstream, upstream_conn, ctx),
+                        Role::Calls => forward_connection(downstream, upstream_conn, ctx),
                         Role::Events => serve_events(downstream, upstream_conn, ctx),
                     }
                     active.leave();
@@ -631,7 +631,8 @@ fn accept_loop(
 }
 
 /// Forwards one containerd connection to its own inner-shim connection until either side ends.
-fn serve_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc<TapContext>) {
+/// (Public so the forwarding can be tested against real ttrpc peers without a daemon.)
+pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc<TapContext>) {
     let tap = Arc::new(ConnectionTap::new(ctx));
     let (Ok(down_read), Ok(up_write)) = (downstream.try_clone(), upstream.try_clone()) else {
         return;
