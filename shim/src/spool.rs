@@ -32,7 +32,9 @@ pub const SPOOL_MAX_BYTES_ENV: &str = "SHIMTRACE_SPOOL_MAX_BYTES";
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// A writer starts a new file past this size so finished files can be compacted.
 pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
-/// Spans buffered between a proxied call and the writer thread; beyond it spans are dropped.
+/// Spans buffered between a proxied call and the writer thread; beyond it spans are dropped. The
+/// channel preallocates its slots, so they hold boxes: 8 bytes each, not a whole span, which keeps
+/// an idle proxy small.
 pub const CHANNEL_CAPACITY: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,7 @@ impl SpoolConfig {
 /// A full buffer or an unwritable spool drops the span and counts it; the count reaches the spool as
 /// a `dropped` line.
 pub struct SpanSink {
-    tx: Mutex<Option<SyncSender<SpanRecord>>>,
+    tx: Mutex<Option<SyncSender<Box<SpanRecord>>>>,
     dropped: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -109,7 +111,7 @@ impl SpanSink {
     /// Queues a span; never blocks.
     pub fn emit(&self, span: SpanRecord) {
         let sent = match self.tx.lock().as_deref() {
-            Ok(Some(tx)) => match tx.try_send(span) {
+            Ok(Some(tx)) => match tx.try_send(Box::new(span)) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
             },
@@ -187,7 +189,7 @@ impl SpoolFile {
         })
     }
 
-    fn run(&mut self, rx: Receiver<SpanRecord>, dropped: &AtomicU64) {
+    fn run(&mut self, rx: Receiver<Box<SpanRecord>>, dropped: &AtomicU64) {
         let mut batch = Vec::with_capacity(64 * 1024);
         loop {
             let first = match rx.recv_timeout(Duration::from_secs(1)) {
@@ -199,7 +201,7 @@ impl SpoolFile {
             let mut spans = 0u64;
             for span in first.into_iter().chain(rx.try_iter().take(1024)) {
                 spans += 1;
-                let _ = serde_json::to_writer(&mut batch, &SpoolEntry::Span(span));
+                let _ = serde_json::to_writer(&mut batch, &SpoolEntry::Span(*span));
                 batch.push(b'\n');
             }
             if spans > 0 {
