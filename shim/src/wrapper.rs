@@ -347,18 +347,15 @@ impl Invocation {
         let _ = stdout.flush();
         drop(stdout);
 
-        spans.push(SpanRecord {
-            trace_id: trace.trace_id,
-            span_id: root,
-            parent_span_id: None,
-            name: names::WRAPPER_START.into(),
-            kind: SpanKind::Internal,
-            start_time_unix_nano: process_start,
-            end_time_unix_nano: clock::now_unix_nanos(),
+        spans.push(own_span(
+            trace.trace_id,
+            root,
+            None,
+            names::WRAPPER_START,
+            process_start,
             attributes,
-            events: Vec::new(),
             status,
-        });
+        ));
         for span in spans {
             sink.emit(span);
         }
@@ -512,20 +509,41 @@ impl Invocation {
         );
         inner_span.status = status.clone();
         sink.emit(inner_span);
-        sink.emit(SpanRecord {
-            trace_id: trace.trace_id,
-            span_id: root,
-            parent_span_id: trace.parent_span_id,
-            name: names::WRAPPER_DELETE.into(),
-            kind: SpanKind::Internal,
-            start_time_unix_nano: process_start,
-            end_time_unix_nano: clock::now_unix_nanos(),
+        sink.emit(own_span(
+            trace.trace_id,
+            root,
+            trace.parent_span_id,
+            names::WRAPPER_DELETE,
+            process_start,
             attributes,
-            events: Vec::new(),
             status,
-        });
+        ));
         sink.shutdown(Duration::from_secs(1));
         exit_code(run.status)
+    }
+}
+
+/// The span of this wrapper process itself, from `process_start` until now.
+fn own_span(
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
+    name: &str,
+    process_start: u64,
+    attributes: Attributes,
+    status: SpanStatus,
+) -> SpanRecord {
+    SpanRecord {
+        trace_id,
+        span_id,
+        parent_span_id,
+        name: name.into(),
+        kind: SpanKind::Internal,
+        start_time_unix_nano: process_start,
+        end_time_unix_nano: clock::now_unix_nanos(),
+        attributes,
+        events: Vec::new(),
+        status,
     }
 }
 

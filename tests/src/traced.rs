@@ -121,6 +121,25 @@ impl Traced {
         }
     }
 
+    /// Starts `/bin/sleep 600` detached as container `id` through the wrapper; `flags` are extra
+    /// `ctr run` flags (e.g. an annotation).
+    pub fn run_sleeper(&self, id: &str, flags: &[&str]) {
+        let rootfs = self.containerd.rootfs();
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(&self.runtime_flags());
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            id,
+            "/bin/sleep",
+            "600",
+        ]);
+        self.containerd
+            .ctr_ok(&args)
+            .unwrap_or_else(|e| panic!("ctr run -d {id}: {e}"));
+    }
+
     /// `ctr run` flags selecting the traced runtime.
     pub fn runtime_flags(&self) -> [&'static str; 2] {
         ["--runtime", TRACED_RUNC]

@@ -93,20 +93,7 @@ fn run_exit_codes(version: &str) {
 fn task_operations(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
     let c = &traced.containerd;
-    let rootfs = c.rootfs();
-    let rt = traced.runtime_flags();
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        rt[0],
-        rt[1],
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "ops",
-        "/bin/sleep",
-        "600",
-    ])
-    .unwrap();
+    traced.run_sleeper("ops", &[]);
     let exec = c
         .ctr_ok(&[
             "task",
@@ -177,23 +164,8 @@ fn address_of(traced: &Traced, id: &str) -> String {
 fn grouping(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
     let c = &traced.containerd;
-    let rootfs = c.rootfs();
-    let rt = traced.runtime_flags();
     for id in ["ga", "gb"] {
-        c.ctr_ok(&[
-            "run",
-            "-d",
-            rt[0],
-            rt[1],
-            "--annotation",
-            "io.containerd.runc.v2.group=g1",
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            id,
-            "/bin/sleep",
-            "600",
-        ])
-        .unwrap();
+        traced.run_sleeper(id, &["--annotation", "io.containerd.runc.v2.group=g1"]);
     }
     let (a, b) = (address_of(&traced, "ga"), address_of(&traced, "gb"));
     assert_eq!(a, b, "both containers reach one proxy");
@@ -214,23 +186,8 @@ fn grouping(version: &str) {
 
 fn containerd_restart(version: &str) {
     let mut traced = Traced::start(version).expect("traced containerd");
-    let rootfs = traced.containerd.rootfs();
-    let rt = traced.runtime_flags();
     for id in ["r1", "r2"] {
-        traced
-            .containerd
-            .ctr_ok(&[
-                "run",
-                "-d",
-                rt[0],
-                rt[1],
-                "--rootfs",
-                rootfs.to_str().unwrap(),
-                id,
-                "/bin/sleep",
-                "600",
-            ])
-            .unwrap();
+        traced.run_sleeper(id, &[]);
     }
     traced.containerd.restart().expect("containerd restarts");
     let restarted = shimtrace_shim::clock::now_unix_nanos();
@@ -275,20 +232,7 @@ fn containerd_restart(version: &str) {
 fn inner_shim_killed(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
     let c = &traced.containerd;
-    let rootfs = c.rootfs();
-    let rt = traced.runtime_flags();
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        rt[0],
-        rt[1],
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "victim",
-        "/bin/sleep",
-        "600",
-    ])
-    .unwrap();
+    traced.run_sleeper("victim", &[]);
     let proxy_socket = address_of(&traced, "victim")
         .trim_start_matches("unix://")
         .to_string();
