@@ -299,6 +299,9 @@ impl Invocation {
         let run = match self.run_inner(&inner, stdin, true, events.as_ref()) {
             Ok(run) => run,
             Err(e) => {
+                if let Some(events) = events {
+                    events.discard();
+                }
                 print!("{OWN_NAME}: cannot run {}: {e}", inner.display());
                 let _ = std::io::stdout().flush();
                 return 1;
