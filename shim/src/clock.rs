@@ -28,6 +28,12 @@ pub fn init() {
     anchor();
 }
 
+/// This process's pid, read once (`getpid` is a syscall, and spans record it on every call).
+pub fn pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 /// Nanoseconds since the unix epoch, monotonic within this process.
 pub fn now_unix_nanos() -> u64 {
     let a = anchor();

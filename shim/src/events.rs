@@ -170,7 +170,7 @@ impl EventTap {
             attributes: attributes.clone(),
         };
         attributes.insert(attr::INNER.into(), self.ctx.inner.as_str().into());
-        attributes.insert(attr::RECORDER_PID.into(), std::process::id().into());
+        attributes.insert(attr::RECORDER_PID.into(), crate::clock::pid().into());
         self.ctx.sink.emit(SpanRecord {
             trace_id: trace.trace_id,
             span_id: SpanId::random(),

@@ -60,6 +60,41 @@ pub struct InvalidId {
     value: String,
 }
 
+/// Fills `bytes` from a per-thread SplitMix64 stream seeded once from the OS. Ids are made on the
+/// proxy's per-call path: one `getrandom` syscall per thread instead of one per span, and 64 bits
+/// of seed per thread keep ids from different threads and processes apart.
+fn fill_random(bytes: &mut [u8]) {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    STATE.with(|state| {
+        for chunk in bytes.chunks_mut(8) {
+            let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(next);
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+    });
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    // No entropy source at all: time and pid still separate processes well enough for tracing,
+    // and the shim must not fail a container over it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    nanos ^ ((std::process::id() as u64) << 32)
+}
+
 macro_rules! hex_id {
     ($ty:ident, $len:expr, $kind:expr) => {
         impl $ty {
@@ -67,18 +102,7 @@ macro_rules! hex_id {
             pub fn random() -> Self {
                 let mut bytes = [0u8; $len];
                 loop {
-                    // getrandom only fails without any entropy source; a time-derived id is still unique enough
-                    // for tracing and keeps the shim from failing a container over it.
-                    if getrandom::getrandom(&mut bytes).is_err() {
-                        let nanos = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos())
-                            .unwrap_or(1);
-                        let seed = nanos ^ ((std::process::id() as u128) << 64);
-                        for (i, b) in bytes.iter_mut().enumerate() {
-                            *b = (seed >> ((i % 16) * 8)) as u8 ^ i as u8;
-                        }
-                    }
+                    fill_random(&mut bytes);
                     if bytes.iter().any(|b| *b != 0) {
                         return Self(bytes);
                     }
@@ -378,6 +402,8 @@ mod tests {
         assert!("0000000000000000".parse::<SpanId>().is_err());
         assert!("zz00000000000001".parse::<SpanId>().is_err());
         assert!(TraceId::random().is_valid());
+        let ids: std::collections::HashSet<SpanId> = (0..10_000).map(|_| SpanId::random()).collect();
+        assert_eq!(ids.len(), 10_000, "random ids do not repeat");
     }
 
     #[test]

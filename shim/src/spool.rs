@@ -16,10 +16,12 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use crate::clock;
 use crate::span::{SpanRecord, SpoolEntry};
@@ -32,10 +34,20 @@ pub const SPOOL_MAX_BYTES_ENV: &str = "SHIMTRACE_SPOOL_MAX_BYTES";
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// A writer starts a new file past this size so finished files can be compacted.
 pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
-/// Spans buffered between a proxied call and the writer thread; beyond it spans are dropped. The
-/// channel preallocates its slots, so they hold boxes: 8 bytes each, not a whole span, which keeps
-/// an idle proxy small.
-pub const CHANNEL_CAPACITY: usize = 8192;
+/// Spans waiting for the writer thread; beyond it spans are dropped. The queue grows on demand, so an
+/// idle proxy holds none of it.
+pub const QUEUE_CAPACITY: usize = 8192;
+/// The writer wakes early once this many spans wait.
+pub const WAKE_AT: usize = 256;
+/// The writer writes what waits at least this often.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The spool line of a span, serialised without moving it (same JSON as [`SpoolEntry::Span`]).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum SpoolEntryRef<'a> {
+    Span(&'a SpanRecord),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -73,75 +85,107 @@ impl SpoolConfig {
 
 /// Sends spans to the spool without ever blocking the caller.
 ///
-/// A full buffer or an unwritable spool drops the span and counts it; the count reaches the spool as
-/// a `dropped` line.
+/// Spans wait in a queue that the writer thread drains every [`FLUSH_INTERVAL`] or once
+/// [`WAKE_AT`] are waiting, in one `write` per batch: a proxied call costs a short lock and a push,
+/// not a thread wake-up and a syscall. A full queue or an unwritable spool drops the span and
+/// counts it; the count reaches the spool as a `dropped` line.
 pub struct SpanSink {
-    tx: Mutex<Option<SyncSender<Box<SpanRecord>>>>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<SinkShared>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnects when the writer thread ends, so `shutdown` can wait for it with a timeout.
+    finished: Mutex<Option<Receiver<()>>>,
+}
+
+struct SinkShared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    spans: Vec<SpanRecord>,
+    closed: bool,
 }
 
 impl SpanSink {
     /// Opens this process's spool file and starts the writer thread.
     pub fn start(config: &SpoolConfig, writer: &str) -> Result<SpanSink, SpoolError> {
-        let dropped = Arc::new(AtomicU64::new(0));
         let mut file = SpoolFile::create(config, writer)?;
-        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
-        let thread_dropped = dropped.clone();
+        let shared = Arc::new(SinkShared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        });
+        let (finished_tx, finished_rx) = mpsc::channel::<()>();
+        let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || file.run(rx, &thread_dropped))
+            .spawn(move || {
+                file.run(&thread_shared);
+                drop(finished_tx);
+            })
             .map_err(SpoolError::Thread)?;
         Ok(SpanSink {
-            tx: Mutex::new(Some(tx)),
-            dropped,
+            shared,
             writer: Mutex::new(Some(handle)),
+            finished: Mutex::new(Some(finished_rx)),
         })
     }
 
     /// A sink that writes nothing and counts every span as dropped (used when the spool is unusable).
     pub fn disabled() -> SpanSink {
         SpanSink {
-            tx: Mutex::new(None),
-            dropped: Arc::new(AtomicU64::new(0)),
+            shared: Arc::new(SinkShared {
+                queue: Mutex::new(Queue {
+                    spans: Vec::new(),
+                    closed: true,
+                }),
+                wake: Condvar::new(),
+                dropped: AtomicU64::new(0),
+            }),
             writer: Mutex::new(None),
+            finished: Mutex::new(None),
         }
     }
 
-    /// Queues a span; never blocks.
+    /// Queues a span; never blocks on I/O.
     pub fn emit(&self, span: SpanRecord) {
-        let sent = match self.tx.lock().as_deref() {
-            Ok(Some(tx)) => match tx.try_send(Box::new(span)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            },
+        let queued = match self.shared.queue.lock() {
+            Ok(mut queue) if !queue.closed && queue.spans.len() < QUEUE_CAPACITY => {
+                queue.spans.push(span);
+                if queue.spans.len() == WAKE_AT {
+                    self.shared.wake.notify_one();
+                }
+                true
+            }
             _ => false,
         };
-        if !sent {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if !queued {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Spans dropped so far and not yet recorded in the spool.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
     /// Flushes what is queued and stops the writer, waiting at most `timeout`; later spans are
     /// counted as dropped.
     pub fn shutdown(&self, timeout: Duration) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
+        if let Ok(mut queue) = self.shared.queue.lock() {
+            queue.closed = true;
+        }
+        self.shared.wake.notify_one();
+        let finished = self.finished.lock().ok().and_then(|mut f| f.take());
+        if let Some(finished) = finished {
+            // Disconnected (the writer is done) or timed out: either way stop waiting.
+            let _ = finished.recv_timeout(timeout);
         }
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(handle) = handle {
-            let deadline = Instant::now() + timeout;
-            while !handle.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            }
+        if let Some(handle) = handle.filter(|h| h.is_finished()) {
+            let _ = handle.join();
         }
     }
 }
@@ -189,27 +233,33 @@ impl SpoolFile {
         })
     }
 
-    fn run(&mut self, rx: Receiver<Box<SpanRecord>>, dropped: &AtomicU64) {
+    fn run(&mut self, shared: &SinkShared) {
         let mut batch = Vec::with_capacity(64 * 1024);
         loop {
-            let first = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(span) => Some(span),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            let (spans, closed) = {
+                let Ok(queue) = shared.queue.lock() else {
+                    return;
+                };
+                let Ok((mut queue, _)) = shared.wake.wait_timeout_while(queue, FLUSH_INTERVAL, |q| {
+                    !q.closed && q.spans.len() < WAKE_AT
+                }) else {
+                    return;
+                };
+                (std::mem::take(&mut queue.spans), queue.closed)
             };
             batch.clear();
-            let mut spans = 0u64;
-            for span in first.into_iter().chain(rx.try_iter().take(1024)) {
-                spans += 1;
-                let _ = serde_json::to_writer(&mut batch, &SpoolEntry::Span(*span));
+            for span in &spans {
+                let _ = serde_json::to_writer(&mut batch, &SpoolEntryRef::Span(span));
                 batch.push(b'\n');
             }
-            if spans > 0 {
-                self.append_bounded(&batch, spans, dropped);
+            if !spans.is_empty() {
+                self.append_bounded(&batch, spans.len() as u64, &shared.dropped);
             }
-            self.record_drops(dropped);
+            self.record_drops(&shared.dropped);
+            if closed {
+                return;
+            }
         }
-        self.record_drops(dropped);
     }
 
     /// Appends whole lines in one write, or drops them if the spool is over its bound.
@@ -506,6 +556,15 @@ mod tests {
         let contents = read_spool(&config.dir).unwrap();
         assert!(contents.spans.len() < 20);
         assert_eq!(contents.spans.len() as u64 + contents.dropped, 20);
+    }
+
+    #[test]
+    fn borrowed_span_lines_equal_owned_ones() {
+        let record = span("same");
+        assert_eq!(
+            serde_json::to_string(&SpoolEntryRef::Span(&record)).unwrap(),
+            serde_json::to_string(&SpoolEntry::Span(record)).unwrap()
+        );
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl ConnectionTap {
         put(attr::CONTAINERD_NAMESPACE, namespace.as_str().into());
         put(attr::INNER, self.ctx.inner.as_str().into());
         put(attr::PROTOCOL, self.ctx.protocol.as_str().into());
-        put(attr::RECORDER_PID, std::process::id().into());
+        put(attr::RECORDER_PID, crate::clock::pid().into());
         if let Some(id) = &info.id {
             put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
         }
