@@ -1,7 +1,10 @@
 //! ttrpc call latency: the same client calls a running container's inner shim directly and through
 //! its proxy, interleaved call by call, so the only difference between the two samples is the proxy.
 
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api::{ConnectRequest, ConnectResponse, StateRequest, StateResponse};
@@ -157,67 +160,146 @@ impl TaskClient {
     }
 }
 
-/// Latency percentiles of one method, direct and through the proxy (microseconds).
+/// A forwarder of the proxy's shape (one thread per direction, whole frames through the shim's own
+/// [`shimtrace_shim::frame::pump`]) without tap or spool, in this process: the floor that any proxy
+/// of that shape pays, so the proxy's figures split into "the extra hop" and "the tracing".
+pub struct BareForwarder {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl BareForwarder {
+    pub fn start(upstream: &Path) -> Result<BareForwarder, BenchError> {
+        let dir = tempfile::Builder::new()
+            .prefix("shimtrace-bench-fwd-")
+            .tempdir()
+            .map_err(|e| BenchError::Setup(format!("cannot create a temp dir: {e}")))?;
+        let socket = dir.path().join("fwd.sock");
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| BenchError::Setup(format!("cannot bind {}: {e}", socket.display())))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (upstream, stopping) = (upstream.to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            for downstream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let (Ok(downstream), Ok(upstream)) = (downstream, UnixStream::connect(&upstream))
+                else {
+                    continue;
+                };
+                forward(downstream, upstream);
+            }
+        });
+        Ok(BareForwarder {
+            socket,
+            stop,
+            _dir: dir,
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for BareForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so it sees the flag and ends.
+        let _ = UnixStream::connect(&self.socket);
+    }
+}
+
+fn forward(downstream: UnixStream, upstream: UnixStream) {
+    let (Ok(down_read), Ok(up_write)) = (downstream.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = shimtrace_shim::frame::pump(&down_read, &up_write, || 0, |_, _| {});
+        let _ = down_read.shutdown(std::net::Shutdown::Both);
+        let _ = up_write.shutdown(std::net::Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        let _ = shimtrace_shim::frame::pump(&upstream, &downstream, || 0, |_, _| {});
+        let _ = upstream.shutdown(std::net::Shutdown::Both);
+        let _ = downstream.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// Latency percentiles of one method, direct, through the proxy and through the bare forwarder
+/// (microseconds).
 #[derive(Debug, Clone, Serialize)]
 pub struct MethodLatency {
     pub method: Method,
     pub direct_us: Summary,
     pub proxy_us: Summary,
+    pub bare_forwarder_us: Summary,
     pub p50_ratio: f64,
     pub p90_ratio: f64,
     pub p99_ratio: f64,
+    pub bare_p50_ratio: f64,
+    pub bare_p99_ratio: f64,
 }
 
 impl MethodLatency {
-    fn of(method: Method, direct: &[f64], proxy: &[f64]) -> Result<MethodLatency, BenchError> {
+    fn of(method: Method, samples: &[Vec<f64>; 3]) -> Result<MethodLatency, BenchError> {
         let summary = |v: &[f64]| {
             Summary::of(v).ok_or_else(|| BenchError::Setup("no calls were measured".into()))
         };
-        let (direct_us, proxy_us) = (summary(direct)?, summary(proxy)?);
+        let (direct_us, proxy_us, bare_forwarder_us) = (
+            summary(&samples[0])?,
+            summary(&samples[1])?,
+            summary(&samples[2])?,
+        );
         Ok(MethodLatency {
             method,
             p50_ratio: proxy_us.p50 / direct_us.p50,
             p90_ratio: proxy_us.p90 / direct_us.p90,
             p99_ratio: proxy_us.p99 / direct_us.p99,
+            bare_p50_ratio: bare_forwarder_us.p50 / direct_us.p50,
+            bare_p99_ratio: bare_forwarder_us.p99 / direct_us.p99,
             direct_us,
             proxy_us,
+            bare_forwarder_us,
         })
     }
 }
 
-/// Runs `calls` calls of each method on each path after `warmup` untimed ones. Within a round the
-/// four calls alternate order (direct first, then proxy first), so drift and any first-call effect
-/// fall on both paths alike. `after_proxy_call` sees the running count of proxy calls.
+/// The paths measured, as `[direct, proxy, bare forwarder]` clients of the same inner shim.
+pub type Paths<'a> = [&'a TaskClient; 3];
+
+/// Runs `calls` calls of each method on each path after `warmup` untimed ones. Each call of a
+/// method goes to the three paths back to back, in an order that rotates from call to call, so
+/// drift and any first-call effect fall on every path alike. `after_proxy_call` sees the running
+/// count of proxy calls.
 pub fn measure(
-    direct: &TaskClient,
-    proxy: &TaskClient,
+    paths: Paths<'_>,
     calls: usize,
     warmup: usize,
     mut after_proxy_call: impl FnMut(usize),
 ) -> Result<Vec<MethodLatency>, BenchError> {
     for _ in 0..warmup {
         for method in Method::ALL {
-            direct.call(method)?;
-            proxy.call(method)?;
+            for path in paths {
+                path.call(method)?;
+            }
         }
     }
-    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = Method::ALL
+    let mut samples: Vec<[Vec<f64>; 3]> = Method::ALL
         .iter()
-        .map(|_| (Vec::with_capacity(calls), Vec::with_capacity(calls)))
+        .map(|_| std::array::from_fn(|_| Vec::with_capacity(calls)))
         .collect();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mut proxy_calls = 0;
     for round in 0..calls {
         for (i, method) in Method::ALL.into_iter().enumerate() {
-            let (d, p) = if (round + i) % 2 == 0 {
-                let d = direct.timed(method)?;
-                (d, proxy.timed(method)?)
-            } else {
-                let p = proxy.timed(method)?;
-                (direct.timed(method)?, p)
-            };
-            samples[i].0.push(us(d));
-            samples[i].1.push(us(p));
+            for k in 0..3 {
+                let path = (round + i + k) % 3;
+                let elapsed = paths[path].timed(method)?;
+                samples[i][path].push(us(elapsed));
+            }
             proxy_calls += 1;
             after_proxy_call(proxy_calls);
         }
@@ -225,6 +307,6 @@ pub fn measure(
     Method::ALL
         .into_iter()
         .zip(samples)
-        .map(|(method, (d, p))| MethodLatency::of(method, &d, &p))
+        .map(|(method, s)| MethodLatency::of(method, &s))
         .collect()
 }

@@ -2,6 +2,7 @@
 //! installed, ttrpc latency direct vs through the proxy, cold starts wrapped vs direct (ctr and
 //! API), the proxy's memory, parallel starts, and the collector's ingest and report speed.
 
+pub mod breakdown;
 pub mod calls;
 pub mod figures;
 pub mod rss;
@@ -13,11 +14,11 @@ use std::time::Instant;
 use serde::Serialize;
 use shimtrace_collector::bench::BenchResult;
 use shimtrace_collector::synth::SynthConfig;
-use shimtrace_shim::spool::read_spool;
+use shimtrace_shim::spool::{read_spool, SpoolContents};
 use shimtrace_tests::containerd::HarnessError;
-use shimtrace_tests::traced::{alive, pids_with_cmdline, Traced, TRACED_RUNC};
+use shimtrace_tests::traced::{alive, pids_with_cmdline, Traced, TracedOptions, TRACED_RUNC};
 
-use calls::{Endpoints, MethodLatency, TaskClient};
+use calls::{BareForwarder, Endpoints, MethodLatency, TaskClient};
 use figures::{Figure, Target};
 use rss::Memory;
 use runs::{ApiRunner, ColdStarts, ParallelRound, Variant};
@@ -26,6 +27,8 @@ use runs::{ApiRunner, ColdStarts, ParallelRound, Variant};
 pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 /// The running container whose shim the latency and memory figures are taken from.
 pub const ANCHOR_ID: &str = "bench-anchor";
+/// Where `--no-spool` points the spool: under /proc nothing can be created.
+const UNWRITABLE_SPOOL: &str = "/proc/shimtrace-bench-no-spool";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -66,6 +69,9 @@ pub struct BenchConfig {
     pub parallel_rounds: usize,
     /// Synthetic container traces for the collector bench.
     pub traces: usize,
+    /// Experiment: give the wrapper an unwritable spool, so it records nothing and the figures
+    /// show the proxy without span writing (no spool figures then).
+    pub no_spool: bool,
 }
 
 impl BenchConfig {
@@ -82,6 +88,7 @@ impl BenchConfig {
             parallel: 64,
             parallel_rounds: 2,
             traces: 10_000,
+            no_spool: false,
         }
     }
 
@@ -128,6 +135,13 @@ pub struct SpoolCheck {
     pub dropped: u64,
 }
 
+/// The wrapper's share of the wrapped cold starts, from its own spans.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdBreakdown {
+    pub ctr: breakdown::StartBreakdown,
+    pub api: breakdown::StartBreakdown,
+}
+
 /// Everything measured, with the headline figures first.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -143,6 +157,7 @@ pub struct BenchReport {
     pub parallel: Vec<ParallelRound>,
     pub collector: BenchResult,
     pub spool: SpoolCheck,
+    pub cold_breakdown: ColdBreakdown,
     /// Seconds per phase, in order.
     pub phase_seconds: Vec<(String, f64)>,
     pub wall_seconds: f64,
@@ -185,7 +200,13 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         config.containerd_version,
         wrapper.display()
     ));
-    let traced = Traced::start(&config.containerd_version)?;
+    let traced = Traced::start_with(
+        &config.containerd_version,
+        TracedOptions {
+            spool: config.no_spool.then(|| PathBuf::from(UNWRITABLE_SPOOL)),
+            ..TracedOptions::default()
+        },
+    )?;
     let containerd = &traced.containerd;
     let rootfs = containerd.rootfs();
     let rootfs = rootfs
@@ -218,6 +239,8 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
     ));
     let direct = TaskClient::connect(&endpoints.inner_socket, ANCHOR_ID)?;
     let proxy = TaskClient::connect(&endpoints.proxy_socket, ANCHOR_ID)?;
+    let forwarder = BareForwarder::start(&endpoints.inner_socket)?;
+    let bare = TaskClient::connect(forwarder.socket(), ANCHOR_ID)?;
     let (direct_id, proxy_id) = (direct.identity()?, proxy.identity()?);
     if direct_id != proxy_id {
         return Err(BenchError::Setup(format!(
@@ -228,12 +251,17 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
     let at_start = memory(proxy_pid, "before the calls")?;
     let checkpoint = config.rss_checkpoint_calls.min(2 * config.calls);
     let mut after_checkpoint = None;
-    let latency = calls::measure(&direct, &proxy, config.calls, config.call_warmup, |n| {
-        if n == checkpoint {
-            after_checkpoint = Memory::of(proxy_pid);
-        }
-    })?;
-    drop((direct, proxy));
+    let latency = calls::measure(
+        [&direct, &proxy, &bare],
+        config.calls,
+        config.call_warmup,
+        |n| {
+            if n == checkpoint {
+                after_checkpoint = Memory::of(proxy_pid);
+            }
+        },
+    )?;
+    drop((direct, proxy, bare, forwarder));
     let after_all_calls = memory(proxy_pid, "after the calls")?;
     let after_checkpoint_calls =
         after_checkpoint.ok_or_else(|| BenchError::Setup("the proxy vanished mid-run".into()))?;
@@ -331,7 +359,15 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
     }
     phases.end("parallel");
 
-    let spool = read_spool(&traced.spool).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let spool = if config.no_spool {
+        SpoolContents::default()
+    } else {
+        read_spool(&traced.spool).map_err(|e| BenchError::Setup(e.to_string()))?
+    };
+    let cold_breakdown = ColdBreakdown {
+        ctr: breakdown::of_containers(&spool.spans, "cold-ctr-", "-wrapped"),
+        api: breakdown::of_containers(&spool.spans, "cold-api-", "-wrapped"),
+    };
     let spool = SpoolCheck {
         anchor_call_spans: spool
             .spans
@@ -381,6 +417,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         parallel,
         collector,
         spool,
+        cold_breakdown,
         wall_seconds: phases.started.elapsed().as_secs_f64(),
         phase_seconds: phases.done,
     };
@@ -427,6 +464,13 @@ pub fn figures_of(report: &BenchReport) -> Vec<Figure> {
                 Some(Target::AtMost(1.5)),
             ),
             Figure::new(
+                &format!("{k}_p50_bare_ratio"),
+                &format!("{m} p50 bare forwarder/direct"),
+                latency.bare_p50_ratio,
+                "×",
+                None,
+            ),
+            Figure::new(
                 &format!("{k}_p90_ratio"),
                 &format!("{m} p90 proxy/direct"),
                 latency.p90_ratio,
@@ -453,6 +497,13 @@ pub fn figures_of(report: &BenchReport) -> Vec<Figure> {
                 latency.p99_ratio,
                 "×",
                 Some(Target::AtMost(2.0)),
+            ),
+            Figure::new(
+                &format!("{k}_p99_bare_ratio"),
+                &format!("{m} p99 bare forwarder/direct"),
+                latency.bare_p99_ratio,
+                "×",
+                None,
             ),
         ]);
     }

@@ -41,6 +41,10 @@ struct Cli {
     /// Synthetic container traces for the collector's ingest and report.
     #[arg(long)]
     traces: Option<usize>,
+    /// Experiment: run the wrapper with an unwritable spool (it records nothing), to see what
+    /// writing spans costs.
+    #[arg(long)]
+    no_spool: bool,
     /// Exit with status 1 when a target is missed (by default only errors fail).
     #[arg(long)]
     check: bool,
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
     config.group_containers = cli.group_containers.unwrap_or(config.group_containers);
     config.parallel = cli.parallel.unwrap_or(config.parallel).max(1);
     config.traces = cli.traces.unwrap_or(config.traces).max(1);
+    config.no_spool = cli.no_spool;
 
     let report = shimtrace_bench::run(&config, &|step| eprintln!("shimtrace-bench: {step}"))?;
     print!("{}", figures::table(&report.figures));
