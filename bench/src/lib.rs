@@ -1,0 +1,654 @@
+//! shimtrace's overhead benchmarks: in one run against a private containerd with the wrapper
+//! installed, ttrpc latency direct vs through the proxy, cold starts wrapped vs direct (ctr and
+//! API), the proxy's memory, parallel starts, and the collector's ingest and report speed.
+
+pub mod breakdown;
+pub mod calls;
+pub mod figures;
+pub mod rss;
+pub mod runs;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use shimtrace_collector::bench::BenchResult;
+use shimtrace_collector::synth::SynthConfig;
+use shimtrace_shim::spool::{read_spool, SpoolContents};
+use shimtrace_tests::containerd::HarnessError;
+use shimtrace_tests::traced::{alive, pids_with_cmdline, Traced, TracedOptions, TRACED_RUNC};
+
+use calls::{BareForwarder, Endpoints, MethodLatency, TaskClient};
+use figures::{Figure, Target};
+use rss::Memory;
+use runs::{ApiRunner, ColdStarts, ParallelRound, Variant};
+
+/// The annotation that puts containers on one inner shim (and so one proxy).
+pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+/// The running container whose shim the latency and memory figures are taken from.
+pub const ANCHOR_ID: &str = "bench-anchor";
+/// Where `--no-spool` points the spool: under /proc nothing can be created.
+const UNWRITABLE_SPOOL: &str = "/proc/shimtrace-bench-no-spool";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Harness(#[from] HarnessError),
+    #[error("{what}: {source}")]
+    Ttrpc {
+        what: String,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error("`{command}` failed: {problem}")]
+    Ctr { command: String, problem: String },
+    #[error(transparent)]
+    Containerd(#[from] shimtrace_collector::containerd::ContainerdError),
+    #[error("collector bench: {0}")]
+    Collector(#[from] shimtrace_collector::bench::BenchError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How much to measure.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchConfig {
+    pub containerd_version: String,
+    /// Timed calls per method per path.
+    pub calls: usize,
+    /// Untimed rounds before them.
+    pub call_warmup: usize,
+    /// Proxy calls (timed, both methods) after which the proxy's memory is read.
+    pub rss_checkpoint_calls: usize,
+    /// Containers run one after another through the anchor's group (one inner shim, one proxy).
+    pub group_containers: usize,
+    pub cold_pairs: usize,
+    pub cold_warmup: usize,
+    pub parallel: usize,
+    /// Rounds of (wrapped, direct) bursts, alternating which goes first.
+    pub parallel_rounds: usize,
+    /// Synthetic container traces for the collector bench.
+    pub traces: usize,
+    /// Experiment: give the wrapper an unwritable spool, so it records nothing and the figures
+    /// show the proxy without span writing (no spool figures then).
+    pub no_spool: bool,
+}
+
+impl BenchConfig {
+    /// The full bench, as the issue asks for it.
+    pub fn full() -> BenchConfig {
+        BenchConfig {
+            containerd_version: "1.6.20".into(),
+            calls: 10_000,
+            call_warmup: 200,
+            rss_checkpoint_calls: 1_000,
+            group_containers: 100,
+            cold_pairs: 30,
+            cold_warmup: 2,
+            parallel: 64,
+            parallel_rounds: 2,
+            traces: 10_000,
+            no_spool: false,
+        }
+    }
+
+    /// Small numbers for the smoke test: every figure, none of them meaningful.
+    pub fn quick() -> BenchConfig {
+        BenchConfig {
+            calls: 500,
+            call_warmup: 20,
+            rss_checkpoint_calls: 1_000,
+            group_containers: 10,
+            cold_pairs: 3,
+            cold_warmup: 1,
+            parallel: 8,
+            parallel_rounds: 1,
+            traces: 1_000,
+            ..BenchConfig::full()
+        }
+    }
+}
+
+/// The proxy's memory over the bench.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyMemory {
+    pub proxy_pid: u32,
+    pub at_start: Memory,
+    pub after_checkpoint_calls: Memory,
+    pub checkpoint_calls: usize,
+    pub after_all_calls: Memory,
+    pub all_calls: usize,
+    /// After the first half of the grouped containers (allocator and code pages warm).
+    pub after_warm_containers: Memory,
+    pub warm_containers: usize,
+    pub after_containers: Memory,
+    pub containers: usize,
+    /// The inner runc shim, for comparison.
+    pub inner_shim_pid: Option<u32>,
+    pub inner_shim: Option<Memory>,
+}
+
+/// What the spool holds after the run: the proxy really recorded what it forwarded.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolCheck {
+    pub anchor_call_spans: usize,
+    pub dropped: u64,
+}
+
+/// The wrapper's share of the wrapped cold starts, from its own spans.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdBreakdown {
+    pub ctr: breakdown::StartBreakdown,
+    pub api: breakdown::StartBreakdown,
+}
+
+/// Everything measured, with the headline figures first.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub figures: Vec<Figure>,
+    pub config: BenchConfig,
+    pub wrapper: PathBuf,
+    pub endpoints: Endpoints,
+    pub latency: Vec<MethodLatency>,
+    pub proxy_memory: ProxyMemory,
+    pub group_failures: Vec<String>,
+    pub cold_ctr: ColdStarts,
+    pub cold_api: ColdStarts,
+    pub parallel: Vec<ParallelRound>,
+    pub collector: BenchResult,
+    pub spool: SpoolCheck,
+    pub cold_breakdown: ColdBreakdown,
+    /// Seconds per phase, in order.
+    pub phase_seconds: Vec<(String, f64)>,
+    pub wall_seconds: f64,
+}
+
+fn memory(pid: u32, when: &str) -> Result<Memory, BenchError> {
+    Memory::of(pid).ok_or_else(|| {
+        BenchError::Setup(format!(
+            "the proxy (pid {pid}) is gone {when}; see its log in the run dir"
+        ))
+    })
+}
+
+struct Phases {
+    started: Instant,
+    last: Instant,
+    done: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn end(&mut self, name: &str) {
+        let now = Instant::now();
+        self.done
+            .push((name.into(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+}
+
+/// Runs the whole bench; `progress` hears what starts next.
+pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport, BenchError> {
+    let now = Instant::now();
+    let mut phases = Phases {
+        started: now,
+        last: now,
+        done: Vec::new(),
+    };
+    let wrapper = shimtrace_tests::traced::wrapper_binary();
+    progress(&format!(
+        "starting containerd {} with the wrapper {}",
+        config.containerd_version,
+        wrapper.display()
+    ));
+    let traced = Traced::start_with(
+        &config.containerd_version,
+        TracedOptions {
+            spool: config.no_spool.then(|| PathBuf::from(UNWRITABLE_SPOOL)),
+            ..TracedOptions::default()
+        },
+    )?;
+    let containerd = &traced.containerd;
+    let rootfs = containerd.rootfs();
+    let rootfs = rootfs
+        .to_str()
+        .ok_or_else(|| BenchError::Setup("the rootfs path is not UTF-8".into()))?;
+    let group = format!("{GROUP_ANNOTATION}=shimtrace-bench");
+    containerd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        TRACED_RUNC,
+        "--annotation",
+        &group,
+        "--rootfs",
+        rootfs,
+        ANCHOR_ID,
+        "/bin/sleep",
+        "3600",
+    ])?;
+    let endpoints = Endpoints::of_bundle(&containerd.bundle_dir(ANCHOR_ID))?;
+    let proxy_pid = endpoints.proxy_pid;
+    phases.end("setup");
+
+    progress(&format!(
+        "ttrpc latency: {} State + {} Connect calls per path, direct {} vs proxy {}",
+        config.calls,
+        config.calls,
+        endpoints.inner_socket.display(),
+        endpoints.proxy_socket.display()
+    ));
+    let direct = TaskClient::connect(&endpoints.inner_socket, ANCHOR_ID)?;
+    let proxy = TaskClient::connect(&endpoints.proxy_socket, ANCHOR_ID)?;
+    let forwarder = BareForwarder::start(&endpoints.inner_socket)?;
+    let bare = TaskClient::connect(forwarder.socket(), ANCHOR_ID)?;
+    let (direct_id, proxy_id) = (direct.identity()?, proxy.identity()?);
+    if direct_id != proxy_id {
+        return Err(BenchError::Setup(format!(
+            "the proxy answers for another task than the inner shim: (task pid, shim pid) {proxy_id:?} vs {direct_id:?}"
+        )));
+    }
+    let inner_shim_pid = Some(direct_id.1).filter(|p| *p != 0);
+    let at_start = memory(proxy_pid, "before the calls")?;
+    let checkpoint = config.rss_checkpoint_calls.min(2 * config.calls);
+    let mut after_checkpoint = None;
+    let latency = calls::measure(
+        [&direct, &proxy, &bare],
+        config.calls,
+        config.call_warmup,
+        |n| {
+            if n == checkpoint {
+                after_checkpoint = Memory::of(proxy_pid);
+            }
+        },
+    )?;
+    drop((direct, proxy, bare, forwarder));
+    let after_all_calls = memory(proxy_pid, "after the calls")?;
+    let after_checkpoint_calls =
+        after_checkpoint.ok_or_else(|| BenchError::Setup("the proxy vanished mid-run".into()))?;
+    phases.end("latency");
+
+    progress(&format!(
+        "{} containers one after another through the anchor's proxy (pid {proxy_pid})",
+        config.group_containers
+    ));
+    // Growth is judged over the second half: the first containers warm the allocator's arenas
+    // and touch code pages once (measured: flat from ~20 to 400 containers).
+    let warm_containers = (config.group_containers / 2).max(1);
+    let mut after_warm_containers = after_all_calls;
+    let mut group_failures = Vec::new();
+    for i in 0..config.group_containers {
+        if let Err(e) = runs::ctr_run_true(
+            containerd,
+            &format!("grp-{i}"),
+            Variant::Wrapped,
+            &["--annotation", &group],
+        ) {
+            group_failures.push(e.to_string());
+        }
+        if i + 1 == warm_containers {
+            after_warm_containers = memory(proxy_pid, "during the grouped containers")?;
+        }
+    }
+    let after_containers = memory(proxy_pid, "after the grouped containers")?;
+    let socket_arg = endpoints.proxy_socket.display().to_string();
+    let serving = pids_with_cmdline(&["proxy", "--socket", &socket_arg]);
+    if serving != [proxy_pid] {
+        return Err(BenchError::Setup(format!(
+            "grouped containers were to share proxy {proxy_pid}, but {serving:?} serve its socket"
+        )));
+    }
+    let proxy_memory = ProxyMemory {
+        proxy_pid,
+        at_start,
+        after_checkpoint_calls,
+        checkpoint_calls: checkpoint,
+        after_all_calls,
+        all_calls: 2 * config.calls,
+        after_warm_containers,
+        warm_containers,
+        after_containers,
+        containers: config.group_containers,
+        inner_shim: inner_shim_pid.and_then(Memory::of),
+        inner_shim_pid,
+    };
+    phases.end("grouped containers");
+
+    progress(&format!(
+        "cold starts: {} pairs of `ctr run --rm … /bin/true`, wrapped and direct",
+        config.cold_pairs
+    ));
+    let cold_ctr = runs::cold_pairs(
+        "cold-ctr",
+        config.cold_pairs,
+        config.cold_warmup,
+        |v, id| runs::ctr_run_true(containerd, id, v, &[]),
+    )?;
+    phases.end("cold starts (ctr)");
+    progress(&format!(
+        "cold starts: {} pairs through containerd's API",
+        config.cold_pairs
+    ));
+    let io_dir = tempfile::Builder::new()
+        .prefix("shimtrace-bench-io-")
+        .tempdir()
+        .map_err(|e| BenchError::Setup(format!("cannot create a temp dir for task output: {e}")))?;
+    let api = ApiRunner::connect(containerd, io_dir.path())?;
+    let cold_api = runs::cold_pairs(
+        "cold-api",
+        config.cold_pairs,
+        config.cold_warmup,
+        |v, id| api.run_true(id, v),
+    )?;
+    drop(api);
+    phases.end("cold starts (API)");
+
+    let mut parallel = Vec::new();
+    for round in 0..config.parallel_rounds {
+        for variant in Variant::order(round) {
+            progress(&format!(
+                "{} containers in parallel, {} (round {})",
+                config.parallel,
+                variant.name(),
+                round + 1
+            ));
+            parallel.push(runs::parallel_round(
+                containerd,
+                variant,
+                config.parallel,
+                &format!("par-{round}-{}", variant.name()),
+            ));
+        }
+    }
+    phases.end("parallel");
+
+    let spool = if config.no_spool {
+        SpoolContents::default()
+    } else {
+        read_spool(&traced.spool).map_err(|e| BenchError::Setup(e.to_string()))?
+    };
+    let cold_breakdown = ColdBreakdown {
+        ctr: breakdown::of_containers(&spool.spans, "cold-ctr-", "-wrapped"),
+        api: breakdown::of_containers(&spool.spans, "cold-api-", "-wrapped"),
+    };
+    let spool = SpoolCheck {
+        anchor_call_spans: spool
+            .spans
+            .iter()
+            .filter(|s| s.container_id() == Some(ANCHOR_ID))
+            .count(),
+        dropped: spool.dropped,
+    };
+    if !alive(proxy_pid) {
+        return Err(BenchError::Setup(format!(
+            "the anchor's proxy (pid {proxy_pid}) died during the bench"
+        )));
+    }
+    progress("stopping containerd");
+    drop(traced);
+    phases.end("cleanup");
+
+    progress(&format!(
+        "collector: ingest and report of {} synthetic container traces",
+        config.traces
+    ));
+    let work = tempfile::Builder::new()
+        .prefix("shimtrace-bench-collector-")
+        .tempdir()
+        .map_err(|e| BenchError::Setup(format!("cannot create a temp dir: {e}")))?;
+    let collector = shimtrace_collector::bench::run(
+        work.path(),
+        &SynthConfig {
+            containers: config.traces,
+            containers_per_writer: 100,
+            ..SynthConfig::default()
+        },
+        |_| {},
+    )?;
+    phases.end("collector");
+
+    let mut report = BenchReport {
+        figures: Vec::new(),
+        config: config.clone(),
+        wrapper,
+        endpoints,
+        latency,
+        proxy_memory,
+        group_failures,
+        cold_ctr,
+        cold_api,
+        parallel,
+        collector,
+        spool,
+        cold_breakdown,
+        wall_seconds: phases.started.elapsed().as_secs_f64(),
+        phase_seconds: phases.done,
+    };
+    report.figures = figures_of(&report);
+    Ok(report)
+}
+
+/// Mean wall time of the bursts of one variant.
+fn mean_wall(rounds: &[ParallelRound], variant: Variant) -> f64 {
+    let walls: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r.variant == variant)
+        .map(|r| r.wall_s)
+        .collect();
+    walls.iter().sum::<f64>() / walls.len() as f64
+}
+
+/// The headline figures, in [`figures::FIGURE_KEYS`] order.
+pub fn figures_of(report: &BenchReport) -> Vec<Figure> {
+    let mut out = Vec::new();
+    for latency in &report.latency {
+        let m = latency.method.name();
+        let k = m.to_lowercase();
+        out.extend([
+            Figure::new(
+                &format!("{k}_p50_direct_us"),
+                &format!("{m} p50 direct"),
+                latency.direct_us.p50,
+                "µs",
+                None,
+            ),
+            Figure::new(
+                &format!("{k}_p50_proxy_us"),
+                &format!("{m} p50 via proxy"),
+                latency.proxy_us.p50,
+                "µs",
+                None,
+            ),
+            Figure::new(
+                &format!("{k}_p50_ratio"),
+                &format!("{m} p50 proxy/direct"),
+                latency.p50_ratio,
+                "×",
+                Some(Target::AtMost(1.5)),
+            ),
+            Figure::new(
+                &format!("{k}_p50_bare_ratio"),
+                &format!("{m} p50 bare forwarder/direct"),
+                latency.bare_p50_ratio,
+                "×",
+                None,
+            ),
+            Figure::new(
+                &format!("{k}_p90_ratio"),
+                &format!("{m} p90 proxy/direct"),
+                latency.p90_ratio,
+                "×",
+                None,
+            ),
+            Figure::new(
+                &format!("{k}_p99_direct_us"),
+                &format!("{m} p99 direct"),
+                latency.direct_us.p99,
+                "µs",
+                None,
+            ),
+            Figure::new(
+                &format!("{k}_p99_proxy_us"),
+                &format!("{m} p99 via proxy"),
+                latency.proxy_us.p99,
+                "µs",
+                None,
+            ),
+            Figure::new(
+                &format!("{k}_p99_ratio"),
+                &format!("{m} p99 proxy/direct"),
+                latency.p99_ratio,
+                "×",
+                Some(Target::AtMost(2.0)),
+            ),
+            Figure::new(
+                &format!("{k}_p99_bare_ratio"),
+                &format!("{m} p99 bare forwarder/direct"),
+                latency.bare_p99_ratio,
+                "×",
+                None,
+            ),
+        ]);
+    }
+    for (key, label, cold) in [
+        ("ctr", "ctr run --rm", &report.cold_ctr),
+        ("api", "API run", &report.cold_api),
+    ] {
+        out.extend([
+            Figure::new(
+                &format!("cold_{key}_median_direct_ms"),
+                &format!("cold start {label} median direct"),
+                cold.direct_ms.p50,
+                "ms",
+                None,
+            ),
+            Figure::new(
+                &format!("cold_{key}_median_wrapped_ms"),
+                &format!("cold start {label} median wrapped"),
+                cold.wrapped_ms.p50,
+                "ms",
+                None,
+            ),
+            Figure::new(
+                &format!("cold_{key}_ratio"),
+                &format!("cold start {label} wrapped/direct"),
+                cold.median_ratio,
+                "×",
+                Some(Target::AtMost(1.03)),
+            ),
+        ]);
+    }
+    let memory = &report.proxy_memory;
+    let rss_limit = Some(Target::AtMost(3.0 * 1024.0));
+    out.extend([
+        Figure::new(
+            "proxy_rss_after_calls_kib",
+            &format!("proxy RSS after {} calls", memory.checkpoint_calls),
+            memory.after_checkpoint_calls.vm_rss_kib as f64,
+            "KiB",
+            rss_limit,
+        ),
+        Figure::new(
+            "proxy_rss_after_containers_kib",
+            &format!("proxy RSS after {} containers", memory.containers),
+            memory.after_containers.vm_rss_kib as f64,
+            "KiB",
+            rss_limit,
+        ),
+        Figure::new(
+            "proxy_rss_growth_kib",
+            &format!(
+                "proxy RSS growth, containers {}→{}",
+                memory.warm_containers, memory.containers
+            ),
+            memory.after_containers.vm_rss_kib as f64
+                - memory.after_warm_containers.vm_rss_kib as f64,
+            "KiB",
+            None,
+        ),
+        Figure::new(
+            "group_failures",
+            "grouped container failures",
+            report.group_failures.len() as f64,
+            "",
+            Some(Target::Equals(0.0)),
+        ),
+        Figure::new(
+            "ingest_spans_per_s",
+            &format!(
+                "collector ingest ({} traces)",
+                report.collector.generated.containers
+            ),
+            report.collector.ingest_spans_per_second,
+            "spans/s",
+            Some(Target::AtLeast(100_000.0)),
+        ),
+        Figure::new(
+            "report_s",
+            &format!(
+                "collector report ({} traces, build + md + html)",
+                report.collector.generated.containers
+            ),
+            report.collector.report_seconds
+                + report.collector.render_md_seconds
+                + report.collector.render_html_seconds,
+            "s",
+            Some(Target::AtMost(1.0)),
+        ),
+    ]);
+    let wrapped_failures: usize = report
+        .parallel
+        .iter()
+        .filter(|r| r.variant == Variant::Wrapped)
+        .map(|r| r.failures)
+        .sum();
+    let parallel_n = report.config.parallel;
+    let (direct_wall, wrapped_wall) = (
+        mean_wall(&report.parallel, Variant::Direct),
+        mean_wall(&report.parallel, Variant::Wrapped),
+    );
+    out.extend([
+        Figure::new(
+            "parallel_failures",
+            &format!("{parallel_n} parallel wrapped: failures"),
+            wrapped_failures as f64,
+            "",
+            Some(Target::Equals(0.0)),
+        ),
+        Figure::new(
+            "parallel_wall_direct_s",
+            &format!("{parallel_n} parallel direct: wall"),
+            direct_wall,
+            "s",
+            None,
+        ),
+        Figure::new(
+            "parallel_wall_wrapped_s",
+            &format!("{parallel_n} parallel wrapped: wall"),
+            wrapped_wall,
+            "s",
+            None,
+        ),
+        Figure::new(
+            "parallel_ratio",
+            &format!("{parallel_n} parallel wrapped/direct"),
+            wrapped_wall / direct_wall,
+            "×",
+            None,
+        ),
+    ]);
+    out
+}
+
+/// How long phases took, for the progress output.
+pub fn describe_phases(report: &BenchReport) -> String {
+    let parts: Vec<String> = report
+        .phase_seconds
+        .iter()
+        .map(|(name, s)| format!("{name} {s:.1}s"))
+        .collect();
+    format!(
+        "wall time {:.1}s ({})",
+        report.wall_seconds,
+        parts.join(", ")
+    )
+}

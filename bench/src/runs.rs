@@ -1,0 +1,300 @@
+//! Whole container runs, wrapped and direct: cold starts through `ctr run --rm` and through
+//! containerd's API, and bursts of containers started in parallel.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shimtrace_collector::containerd::{Containerd, RunSpec, RUNC_RUNTIME};
+use shimtrace_collector::lab::stats::{ms, Summary};
+use shimtrace_tests::containerd::{PrivateContainerd, CTR_TIMEOUT};
+use shimtrace_tests::traced::TRACED_RUNC;
+
+use crate::BenchError;
+
+/// Through the wrapper (and its proxy) or straight to the runc shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    Wrapped,
+    Direct,
+}
+
+impl Variant {
+    pub fn runtime(self) -> &'static str {
+        match self {
+            Variant::Wrapped => TRACED_RUNC,
+            Variant::Direct => RUNC_RUNTIME,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Wrapped => "wrapped",
+            Variant::Direct => "direct",
+        }
+    }
+
+    /// Order of the two variants in round `round`: alternating, so that a linear drift and any
+    /// "second in the pair" effect fall on both alike.
+    pub fn order(round: usize) -> [Variant; 2] {
+        if round % 2 == 0 {
+            [Variant::Wrapped, Variant::Direct]
+        } else {
+            [Variant::Direct, Variant::Wrapped]
+        }
+    }
+}
+
+/// `ctr run --rm [--runtime R] EXTRA… --rootfs <rootfs> ID /bin/true` against `containerd`; its
+/// wall time. The harness's `ctr` polls for exit every few milliseconds, which would blur
+/// millisecond differences, so this waits for the exit directly (still killed after
+/// [`CTR_TIMEOUT`]).
+pub fn ctr_run_true(
+    containerd: &PrivateContainerd,
+    id: &str,
+    variant: Variant,
+    extra: &[&str],
+) -> Result<Duration, BenchError> {
+    let mut command = Command::new(containerd.version().ctr());
+    command
+        .env("CONTAINERD_NAMESPACE", containerd.namespace())
+        .arg("--address")
+        .arg(containerd.address())
+        .args(["run", "--rm", "--runtime", variant.runtime()])
+        .args(extra)
+        .arg("--rootfs")
+        .arg(containerd.rootfs())
+        .args([id, "/bin/true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let describe = || {
+        format!(
+            "ctr run --rm --runtime {} {id} /bin/true",
+            variant.runtime()
+        )
+    };
+    let start = Instant::now();
+    let child = command.spawn().map_err(|e| BenchError::Ctr {
+        command: describe(),
+        problem: format!("cannot start ctr: {e}"),
+    })?;
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send((output, start.elapsed()));
+    });
+    match finished.recv_timeout(CTR_TIMEOUT) {
+        Ok((Ok(output), elapsed)) if output.status.success() => Ok(elapsed),
+        Ok((Ok(output), _)) => Err(BenchError::Ctr {
+            command: describe(),
+            problem: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        }),
+        Ok((Err(e), _)) => Err(BenchError::Ctr {
+            command: describe(),
+            problem: format!("waiting for ctr: {e}"),
+        }),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(BenchError::Ctr {
+                command: describe(),
+                problem: format!("did not finish within {CTR_TIMEOUT:?}; killed"),
+            })
+        }
+    }
+}
+
+/// Runs containers to exit through containerd's gRPC API (the collector's driver).
+pub struct ApiRunner {
+    runtime: tokio::runtime::Runtime,
+    client: Containerd,
+    rootfs: std::path::PathBuf,
+    io_dir: std::path::PathBuf,
+}
+
+impl ApiRunner {
+    pub fn connect(containerd: &PrivateContainerd, io_dir: &Path) -> Result<ApiRunner, BenchError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| BenchError::Setup(format!("cannot start an async runtime: {e}")))?;
+        let client = runtime
+            .block_on(Containerd::connect(containerd.address()))?
+            .with_namespace(containerd.namespace());
+        Ok(ApiRunner {
+            runtime,
+            client,
+            rootfs: containerd.rootfs(),
+            io_dir: io_dir.to_path_buf(),
+        })
+    }
+
+    /// Creates, starts, waits for and deletes a `/bin/true` container; its wall time.
+    pub fn run_true(&self, id: &str, variant: Variant) -> Result<Duration, BenchError> {
+        let mut spec = RunSpec::new(id, &self.rootfs, ["/bin/true"], &self.io_dir);
+        spec.runtime = variant.runtime().into();
+        let start = Instant::now();
+        let outcome = self.runtime.block_on(self.client.run_to_exit(&spec))?;
+        let elapsed = start.elapsed();
+        if outcome.exit_code != 0 {
+            return Err(BenchError::Setup(format!(
+                "/bin/true in {id} ({}) exited with {}",
+                variant.name(),
+                outcome.exit_code
+            )));
+        }
+        Ok(elapsed)
+    }
+}
+
+/// Cold starts of one kind, wrapped against direct (milliseconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdStarts {
+    pub pairs: usize,
+    pub direct_ms: Summary,
+    pub wrapped_ms: Summary,
+    /// Median wrapped / median direct.
+    pub median_ratio: f64,
+    /// Median of the per-pair ratios (less sensitive to drift between pairs).
+    pub pair_ratio_median: f64,
+    /// Median wrapped − median direct.
+    pub median_overhead_ms: f64,
+}
+
+/// `warmup` untimed pairs, then `pairs` timed ones, each pair in [`Variant::order`]; `run` gets the
+/// variant and a container id unique within this call (prefixed with `prefix`).
+pub fn cold_pairs(
+    prefix: &str,
+    pairs: usize,
+    warmup: usize,
+    mut run: impl FnMut(Variant, &str) -> Result<Duration, BenchError>,
+) -> Result<ColdStarts, BenchError> {
+    let (mut direct, mut wrapped) = (Vec::new(), Vec::new());
+    for round in 0..warmup + pairs {
+        for variant in Variant::order(round) {
+            let elapsed = run(variant, &format!("{prefix}-{round}-{}", variant.name()))?;
+            if round >= warmup {
+                match variant {
+                    Variant::Direct => direct.push(ms(elapsed)),
+                    Variant::Wrapped => wrapped.push(ms(elapsed)),
+                }
+            }
+        }
+    }
+    let pair_ratios: Vec<f64> = wrapped.iter().zip(&direct).map(|(w, d)| w / d).collect();
+    let summary = |v: &[f64]| {
+        Summary::of(v).ok_or_else(|| BenchError::Setup("no cold start measured".into()))
+    };
+    let (direct_ms, wrapped_ms) = (summary(&direct)?, summary(&wrapped)?);
+    Ok(ColdStarts {
+        pairs,
+        median_ratio: wrapped_ms.p50 / direct_ms.p50,
+        pair_ratio_median: summary(&pair_ratios)?.p50,
+        median_overhead_ms: wrapped_ms.p50 - direct_ms.p50,
+        direct_ms,
+        wrapped_ms,
+    })
+}
+
+/// One burst of containers started at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParallelRound {
+    pub variant: Variant,
+    pub containers: usize,
+    pub failures: usize,
+    /// From the first `ctr` started to the last one done.
+    pub wall_s: f64,
+    /// The slowest single container.
+    pub slowest_s: f64,
+    /// The first few failures, verbatim.
+    pub errors: Vec<String>,
+}
+
+/// Starts `containers` `ctr run --rm … /bin/true` at once, one thread each, and waits for all.
+pub fn parallel_round(
+    containerd: &PrivateContainerd,
+    variant: Variant,
+    containers: usize,
+    prefix: &str,
+) -> ParallelRound {
+    let start = Instant::now();
+    let results: Vec<Result<Duration, BenchError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..containers)
+            .map(|i| {
+                let id = format!("{prefix}-{i}");
+                scope.spawn(move || ctr_run_true(containerd, &id, variant, &[]))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(BenchError::Setup("a run thread panicked".into())))
+            })
+            .collect()
+    });
+    let wall = start.elapsed();
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    ParallelRound {
+        variant,
+        containers,
+        failures: errors.len(),
+        wall_s: wall.as_secs_f64(),
+        slowest_s: results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .max()
+            .map(Duration::as_secs_f64)
+            .unwrap_or(f64::NAN),
+        errors: errors.into_iter().take(5).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_alternate_order_and_skip_warmup() {
+        let mut seen = Vec::new();
+        let result = cold_pairs("c", 4, 1, |variant, id| {
+            seen.push((variant, id.to_string()));
+            Ok(Duration::from_millis(match variant {
+                Variant::Direct => 100,
+                Variant::Wrapped => 110,
+            }))
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 10);
+        assert_eq!(seen[0], (Variant::Wrapped, "c-0-wrapped".to_string()));
+        assert_eq!(seen[2].0, Variant::Direct);
+        assert_eq!(seen[3].0, Variant::Wrapped);
+        assert_eq!(result.direct_ms.n, 4);
+        assert!((result.median_ratio - 1.1).abs() < 1e-9);
+        assert!((result.pair_ratio_median - 1.1).abs() < 1e-9);
+        assert!((result.median_overhead_ms - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_failed_run_ends_the_pairs_with_its_error() {
+        let err = cold_pairs("c", 3, 0, |_, id| {
+            Err(BenchError::Setup(format!("{id} failed")))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("c-0-wrapped failed"));
+    }
+}
