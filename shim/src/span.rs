@@ -402,7 +402,8 @@ mod tests {
         assert!("0000000000000000".parse::<SpanId>().is_err());
         assert!("zz00000000000001".parse::<SpanId>().is_err());
         assert!(TraceId::random().is_valid());
-        let ids: std::collections::HashSet<SpanId> = (0..10_000).map(|_| SpanId::random()).collect();
+        let ids: std::collections::HashSet<SpanId> =
+            (0..10_000).map(|_| SpanId::random()).collect();
         assert_eq!(ids.len(), 10_000, "random ids do not repeat");
     }
 

@@ -240,9 +240,11 @@ impl SpoolFile {
                 let Ok(queue) = shared.queue.lock() else {
                     return;
                 };
-                let Ok((mut queue, _)) = shared.wake.wait_timeout_while(queue, FLUSH_INTERVAL, |q| {
-                    !q.closed && q.spans.len() < WAKE_AT
-                }) else {
+                let Ok((mut queue, _)) =
+                    shared.wake.wait_timeout_while(queue, FLUSH_INTERVAL, |q| {
+                        !q.closed && q.spans.len() < WAKE_AT
+                    })
+                else {
                     return;
                 };
                 (std::mem::take(&mut queue.spans), queue.closed)

@@ -84,12 +84,20 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
             .then_some(spans)
     })
     .expect("the OTLP receiver got every container's calls");
-    let local = traced.spans();
+    // The store is the reference: serve compacts spool files once they are ingested.
+    let stored = Command::new(shimtrace_binary())
+        .args(["traces", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(stored.status.success(), "{stored:?}");
+    let stored: Vec<shimtrace_shim::span::SpanRecord> =
+        serde_json::from_slice(&stored.stdout).expect("traces --json is an array of spans");
     for span in exported.iter().filter(|s| s.name.ends_with(".Task/Create")) {
-        let original = local
+        let original = stored
             .iter()
             .find(|l| l.span_id.to_hex() == span.span_id)
-            .expect("exported span exists in the spool");
+            .expect("exported span is in the store");
         assert_eq!(original.trace_id.to_hex(), span.trace_id);
         assert_eq!(original.start_time_unix_nano, span.start_time_unix_nano);
         assert_eq!(original.end_time_unix_nano, span.end_time_unix_nano);
