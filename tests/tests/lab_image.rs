@@ -216,3 +216,65 @@ async fn missing_or_packed_images_give_one_clear_line() {
     );
     assert!(err.to_string().contains("overlayfs"));
 }
+
+/// The `shimtrace lab` command line, parsed the way the binary parses it.
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    Lab(shimtrace_collector::lab::LabArgs),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_runs_every_profile_from_the_image_and_says_so() {
+    use clap::Parser;
+    let f = fixture().await;
+    let out = tempfile::tempdir().unwrap();
+    let address = f.containerd.address();
+    let argv = [
+        "shimtrace",
+        "lab",
+        "--address",
+        address.to_str().unwrap(),
+        "--namespace",
+        f.client.namespace(),
+        "--image",
+        IMAGE,
+        "--runs",
+        "1",
+        "--requests",
+        "5",
+        "--only",
+        "runc",
+        "--untraced",
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    let Command::Lab(args) = Cli::parse_from(argv).command;
+    shimtrace_collector::lab::run_async(args).await.unwrap();
+
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains(&format!("Workload image: `{IMAGE}`")), "{md}");
+    assert!(md.contains("cold-start command: `/bin/true`"), "{md}");
+    assert!(md.contains("served latency: not measured"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["setup"]["image"], IMAGE);
+    let runc = &json["profiles"][0];
+    assert_eq!(
+        (runc["name"].as_str(), runc["status"].as_str()),
+        (Some("runc"), Some("ok"))
+    );
+    assert_eq!(runc["cold_start"]["ok_runs"], 1);
+    // runc shares the host kernel; the image's uname shows it.
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_eq!(
+        runc["probe"]["kernel"]["release"].as_str(),
+        host.release().to_str()
+    );
+    assert!(f.client.our_containers().await.unwrap().is_empty());
+}
