@@ -1,6 +1,6 @@
 //! The driver (and `shimtrace lab --image`) running an image already in containerd: a one-layer OCI
 //! image built here from a busybox rootfs and imported with `ctr images import` into a private
-//! containerd 1.6.20, run under runc through an overlayfs snapshot that is removed afterwards.
+//! containerd 1.6.20, run under runc (and gVisor in the lab) through an overlayfs snapshot that is removed afterwards.
 
 use std::path::{Path, PathBuf};
 
@@ -249,7 +249,7 @@ async fn lab_runs_every_profile_from_the_image_and_says_so() {
         "--requests",
         "5",
         "--only",
-        "runc",
+        "runc,runsc",
         "--untraced",
         "--out",
         out.path().to_str().unwrap(),
@@ -274,6 +274,18 @@ async fn lab_runs_every_profile_from_the_image_and_says_so() {
     let host = nix::sys::utsname::uname().unwrap();
     assert_eq!(
         runc["probe"]["kernel"]["release"].as_str(),
+        host.release().to_str()
+    );
+    // gVisor runs the image too, and its own kernel answers.
+    let runsc = &json["profiles"][1];
+    assert_eq!(
+        (runsc["name"].as_str(), runsc["status"].as_str()),
+        (Some("runsc"), Some("ok")),
+        "{runsc}"
+    );
+    assert_eq!(runsc["cold_start"]["ok_runs"], 1);
+    assert_ne!(
+        runsc["probe"]["kernel"]["release"].as_str(),
         host.release().to_str()
     );
     assert!(f.client.our_containers().await.unwrap().is_empty());
