@@ -1,5 +1,6 @@
 //! A containerd driver over its gRPC API: runs containers from a local rootfs directory (no registry,
-//! no snapshotter) under any runtime name or shim path, with runtime options, and times each phase.
+//! no snapshotter) or from an image already in containerd (an overlayfs snapshot of its unpacked
+//! layers), under any runtime name or shim path, with runtime options, and times each phase.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shimtrace_collector::containerd::ContainerdError> {
@@ -21,10 +22,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use containerd_client::services::v1::snapshots::{
+    snapshots_client::SnapshotsClient, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    StatSnapshotRequest,
+};
 use containerd_client::services::v1::{
-    container::Runtime, containers_client::ContainersClient, tasks_client::TasksClient, Container,
-    CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
-    ExecProcessRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    container::Runtime, containers_client::ContainersClient, content_client::ContentClient,
+    images_client::ImagesClient, tasks_client::TasksClient, Container, CreateContainerRequest,
+    CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, ExecProcessRequest,
+    GetImageRequest, KillRequest, ListContainersRequest, ReadContentRequest, StartRequest,
+    WaitRequest,
 };
 use containerd_client::tonic::{self, transport::Channel, Code, Request};
 use prost_types::Any;
@@ -40,6 +47,9 @@ pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec
 pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// The plain runc runtime.
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// The snapshotter image rootfs snapshots are prepared with (the one `ctr images import` unpacks
+/// into by default).
+pub const SNAPSHOTTER: &str = "overlayfs";
 /// The PATH containers get unless the spec says otherwise.
 pub const DEFAULT_PATH_ENV: &str =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -75,6 +85,22 @@ pub enum ContainerdError {
     /// The containerd binary could not be started or did not come up.
     #[error("cannot start a private containerd: {0}")]
     Private(String),
+    /// `--image` names an image this containerd namespace does not hold.
+    #[error("image {reference:?} is not in containerd namespace {namespace:?}: pull or import it first: ctr -n {namespace} images import IMAGE.tar (or ctr -n {namespace} images pull {reference})")]
+    ImageNotFound {
+        reference: String,
+        namespace: String,
+    },
+    /// The image's layers have no overlayfs snapshot (imported or pulled without unpacking).
+    #[error("image {reference:?} is not unpacked for the {SNAPSHOTTER} snapshotter (no snapshot {chain_id}): import or pull it again without --no-unpack: ctr -n {namespace} images import IMAGE.tar")]
+    ImageNotUnpacked {
+        reference: String,
+        namespace: String,
+        chain_id: String,
+    },
+    /// The image's manifest or config is not what an OCI/Docker image has.
+    #[error("image {reference:?} cannot be used: {reason} (use a linux/{arch} OCI or Docker image)", arch = oci_arch())]
+    BadImage { reference: String, reason: String },
 }
 
 /// Result of this module's operations.
@@ -166,8 +192,13 @@ impl RuncOptions {
 pub struct RunSpec {
     /// Container id (unique in the namespace).
     pub id: String,
-    /// The root filesystem directory (used in place, no snapshot).
+    /// The root filesystem directory (used in place, no snapshot); ignored when `image` is set.
     pub rootfs: PathBuf,
+    /// An image already in containerd (e.g. `docker.io/library/alpine:3`, as `ctr images ls` names
+    /// it) whose unpacked layers become the rootfs: an overlayfs snapshot keyed by the container id,
+    /// removed with the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub args: Vec<String>,
     /// `KEY=VALUE` pairs; a PATH is added when missing.
     #[serde(default)]
@@ -213,6 +244,7 @@ impl RunSpec {
         RunSpec {
             id: id.into(),
             rootfs: rootfs.into(),
+            image: None,
             args: args.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             cwd: default_cwd(),
@@ -262,7 +294,11 @@ impl RunSpec {
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
                 "noNewPrivileges": true,
             },
-            "root": {"path": self.rootfs, "readonly": false},
+            // With an image the shim mounts the snapshot at `<bundle>/rootfs`.
+            "root": {
+                "path": if self.image.is_some() { Path::new("rootfs") } else { self.rootfs.as_path() },
+                "readonly": false,
+            },
             "hostname": self.id.chars().take(63).collect::<String>(),
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc",
@@ -326,11 +362,15 @@ pub const DEFAULT_CAPS: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseTimes {
     pub create_container: Duration,
+    /// Preparing the image's rootfs snapshot (runs from an image only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare_snapshot: Option<Duration>,
     pub create_task: Duration,
     pub start_task: Duration,
     /// From Start returning to Wait returning (the workload's run time plus exit reporting).
     pub wait_exit: Duration,
     pub delete_task: Duration,
+    /// Deleting the container and (from an image) removing its snapshot.
     pub delete_container: Duration,
 }
 
@@ -372,6 +412,64 @@ pub struct ExecOutcome {
     pub exit_code: u32,
     pub output: String,
     pub wall: Duration,
+}
+
+/// What running an image needs from containerd's content store: the snapshot its unpacked layers
+/// end in and the environment its config sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRootfs {
+    pub reference: String,
+    /// The platform manifest the image resolved to.
+    pub manifest_digest: String,
+    /// `sha256:<hex>` chain id of the layers: the committed overlayfs snapshot to prepare from.
+    pub chain_id: String,
+    /// `KEY=VALUE` pairs from the image config (`config.Env`).
+    pub env: Vec<String>,
+}
+
+/// The OCI architecture name of this machine (`amd64`, `arm64`, ...).
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// The chain id of a layer stack (OCI image spec): the first diff id, then
+/// `sha256(parent_chain_id + " " + diff_id)` per further layer. `None` without layers.
+pub fn chain_id(diff_ids: &[String]) -> Option<String> {
+    use sha2::Digest;
+    let mut ids = diff_ids.iter();
+    let mut chain = ids.next()?.clone();
+    for diff_id in ids {
+        let digest = sha2::Sha256::digest(format!("{chain} {diff_id}").as_bytes());
+        chain = format!("sha256:{}", hex::encode(digest));
+    }
+    Some(chain)
+}
+
+const INDEX_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// From an index, the manifest for this machine's platform (or the only one there is).
+fn pick_platform_manifest(index: &serde_json::Value) -> Option<(String, String)> {
+    let manifests = index["manifests"].as_array()?;
+    let entry = |m: &serde_json::Value| {
+        Some((
+            m["digest"].as_str()?.to_string(),
+            m["mediaType"].as_str().unwrap_or_default().to_string(),
+        ))
+    };
+    manifests
+        .iter()
+        .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == oci_arch())
+        .or_else(|| (manifests.len() == 1).then(|| &manifests[0]))
+        .and_then(entry)
 }
 
 /// A connection to one containerd, bound to one namespace.
@@ -448,6 +546,163 @@ impl Containerd {
         TasksClient::new(self.channel.clone())
     }
 
+    fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+
+    /// The whole blob `digest` from the content store.
+    async fn read_content(&self, reference: &str, digest: &str) -> Result<Vec<u8>> {
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(self.request(ReadContentRequest {
+                digest: digest.into(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .map_err(|s| rpc_error("read content", digest, s))?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| rpc_error("read content", digest, s))?
+        {
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.is_empty() {
+            return Err(ContainerdError::BadImage {
+                reference: reference.into(),
+                reason: format!("blob {digest} is empty or missing from the content store"),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Finds image `reference` in this namespace and the overlayfs snapshot of its layers; a clear
+    /// error when it is not there or not unpacked.
+    pub async fn resolve_image(&self, reference: &str) -> Result<ImageRootfs> {
+        let bad = |reason: String| ContainerdError::BadImage {
+            reference: reference.into(),
+            reason,
+        };
+        let image = match ImagesClient::new(self.channel.clone())
+            .get(self.request(GetImageRequest {
+                name: reference.into(),
+            }))
+            .await
+        {
+            Ok(reply) => reply.into_inner().image,
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(rpc_error("get image", reference, s)),
+        };
+        let target =
+            image
+                .and_then(|i| i.target)
+                .ok_or_else(|| ContainerdError::ImageNotFound {
+                    reference: reference.into(),
+                    namespace: self.namespace.clone(),
+                })?;
+        let (mut digest, mut media_type) = (target.digest, target.media_type);
+        // An index may point at further indexes (an OCI layout's index.json does); a few levels.
+        let mut manifest = None;
+        for _ in 0..4 {
+            let blob = self.read_content(reference, &digest).await?;
+            let parsed: serde_json::Value = serde_json::from_slice(&blob)
+                .map_err(|e| bad(format!("{digest} is not JSON: {e}")))?;
+            let is_index = INDEX_MEDIA_TYPES.contains(&media_type.as_str())
+                || INDEX_MEDIA_TYPES.contains(&parsed["mediaType"].as_str().unwrap_or_default())
+                || (parsed["manifests"].is_array() && parsed["config"].is_null());
+            if !is_index {
+                manifest = Some(parsed);
+                break;
+            }
+            (digest, media_type) = pick_platform_manifest(&parsed)
+                .ok_or_else(|| bad(format!("its index has no linux/{} manifest", oci_arch())))?;
+        }
+        let manifest = manifest.ok_or_else(|| bad("indexes nest too deeply".into()))?;
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| bad(format!("manifest {digest} names no config")))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&self.read_content(reference, config_digest).await?)
+                .map_err(|e| bad(format!("config {config_digest} is not JSON: {e}")))?;
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|d| d.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chain_id =
+            chain_id(&diff_ids).ok_or_else(|| bad("its config lists no layers".into()))?;
+        let env = config["config"]["Env"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match self
+            .snapshots()
+            .stat(self.request(StatSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: chain_id.clone(),
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {
+                return Err(ContainerdError::ImageNotUnpacked {
+                    reference: reference.into(),
+                    namespace: self.namespace.clone(),
+                    chain_id,
+                })
+            }
+            Err(s) => return Err(rpc_error("stat snapshot", &chain_id, s)),
+        }
+        Ok(ImageRootfs {
+            reference: reference.into(),
+            manifest_digest: digest,
+            chain_id,
+            env,
+        })
+    }
+
+    /// Whether snapshot `key` exists in the image snapshotter.
+    pub async fn snapshot_exists(&self, key: &str) -> Result<bool> {
+        match self
+            .snapshots()
+            .stat(self.request(StatSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(rpc_error("stat snapshot", key, s)),
+        }
+    }
+
+    /// Removes the container's rootfs snapshot (keyed by the container id); absent is fine.
+    async fn remove_snapshot(&self, id: &str) -> Result<()> {
+        match self
+            .snapshots()
+            .remove(self.request(RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.into(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // InvalidArgument: no overlayfs snapshotter here, so no image snapshot to remove.
+            Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => Ok(()),
+            Err(s) => Err(rpc_error("remove snapshot", id, s)),
+        }
+    }
+
     /// containerd's version string.
     pub async fn version(&self) -> Result<String> {
         let reply = containerd_client::services::v1::version_client::VersionClient::new(
@@ -517,10 +772,43 @@ impl Containerd {
         let output_path = spec.output_path();
         // The shim appends; a leftover file from an earlier run with this id would mix outputs.
         let _ = fs::remove_file(&output_path);
-        let spec_json = serde_json::to_vec(&spec.oci_spec(&self.namespace))
+        // Resolving the image reads a few small blobs; it is not part of the timed start (a
+        // client that runs an image repeatedly resolves it once).
+        let image = match &spec.image {
+            Some(reference) => Some(self.resolve_image(reference).await?),
+            None => None,
+        };
+        let mut oci_spec = spec.oci_spec(&self.namespace);
+        if let Some(image) = &image {
+            let key = |e: &String| e.split('=').next().unwrap_or_default().to_string();
+            let ours: Vec<String> = spec.env.iter().map(key).collect();
+            let mut env: Vec<String> = image
+                .env
+                .iter()
+                .filter(|e| !ours.contains(&key(e)))
+                .cloned()
+                .collect();
+            env.extend(spec.env.iter().cloned());
+            if !env.iter().any(|e| e.starts_with("PATH=")) {
+                env.insert(0, DEFAULT_PATH_ENV.into());
+            }
+            oci_spec["process"]["env"] = serde_json::json!(env);
+        }
+        let spec_json = serde_json::to_vec(&oci_spec)
             .map_err(|e| io_error("encode OCI spec")(io::Error::other(e)))?;
         let runtime_options = spec.runtime_options.as_ref().map(RuncOptions::to_any);
         let container = Container {
+            image: spec.image.clone().unwrap_or_default(),
+            snapshotter: if image.is_some() {
+                SNAPSHOTTER.into()
+            } else {
+                String::new()
+            },
+            snapshot_key: if image.is_some() {
+                spec.id.clone()
+            } else {
+                String::new()
+            },
             id: spec.id.clone(),
             runtime: Some(Runtime {
                 name: spec.runtime.clone(),
@@ -545,6 +833,30 @@ impl Containerd {
             .map_err(|s| rpc_error("create container", &spec.id, s))?;
         phases.create_container = t.elapsed();
 
+        // The snapshot is prepared after the container exists, so the container's reference keeps
+        // containerd's garbage collector off it from the start.
+        let mut rootfs = Vec::new();
+        if let Some(image) = &image {
+            let t = Instant::now();
+            match self
+                .snapshots()
+                .prepare(self.request(PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: spec.id.clone(),
+                    parent: image.chain_id.clone(),
+                    labels: Default::default(),
+                }))
+                .await
+            {
+                Ok(reply) => rootfs = reply.into_inner().mounts,
+                Err(status) => {
+                    let _ = self.delete(&spec.id).await;
+                    return Err(rpc_error("prepare snapshot", &spec.id, status));
+                }
+            }
+            phases.prepare_snapshot = Some(t.elapsed());
+        }
+
         let stdio = format!("file://{}", output_path.display());
         let t = Instant::now();
         let created = self
@@ -554,6 +866,7 @@ impl Containerd {
                     container_id: spec.id.clone(),
                     stdout: stdio.clone(),
                     stderr: stdio,
+                    rootfs,
                     options: runtime_options,
                     runtime_path: spec
                         .runtime_path
@@ -734,6 +1047,8 @@ impl Containerd {
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(rpc_error("delete container", id, s)),
         }
+        // containerd leaves a deleted container's snapshot behind; its key is the container id.
+        self.remove_snapshot(id).await?;
         Ok((delete_task, t.elapsed()))
     }
 
@@ -1005,6 +1320,46 @@ mod tests {
             .starts_with("PATH="));
         spec.host_network = true;
         assert!(!types(&spec.oci_spec("ns")).contains(&"network".to_string()));
+    }
+
+    #[test]
+    fn chain_id_follows_the_oci_rule() {
+        assert_eq!(chain_id(&[]), None);
+        let a = "sha256:aaaa".to_string();
+        assert_eq!(
+            chain_id(std::slice::from_ref(&a)).as_deref(),
+            Some("sha256:aaaa")
+        );
+        let b = "sha256:bbbb".to_string();
+        use sha2::Digest;
+        let expected = format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(b"sha256:aaaa sha256:bbbb"))
+        );
+        assert_eq!(chain_id(&[a, b]), Some(expected));
+    }
+
+    #[test]
+    fn index_resolves_to_this_platform_or_the_only_manifest() {
+        let index = serde_json::json!({"manifests": [
+            {"digest": "sha256:other", "mediaType": "m", "platform": {"os": "linux", "architecture": "s390x"}},
+            {"digest": "sha256:ours", "mediaType": "m", "platform": {"os": "linux", "architecture": oci_arch()}},
+        ]});
+        assert_eq!(pick_platform_manifest(&index).unwrap().0, "sha256:ours");
+        let single = serde_json::json!({"manifests": [{"digest": "sha256:only"}]});
+        assert_eq!(pick_platform_manifest(&single).unwrap().0, "sha256:only");
+        let foreign = serde_json::json!({"manifests": [
+            {"digest": "sha256:x", "platform": {"os": "windows", "architecture": "amd64"}},
+            {"digest": "sha256:y", "platform": {"os": "linux", "architecture": "s390x"}},
+        ]});
+        assert!(pick_platform_manifest(&foreign).is_none());
+    }
+
+    #[test]
+    fn image_spec_roots_in_the_bundle_rootfs() {
+        let mut spec = RunSpec::new("a", "/r", ["/bin/true"], "/io");
+        spec.image = Some("shimtrace/busybox:test".into());
+        assert_eq!(spec.oci_spec("ns")["root"]["path"], "rootfs");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct LabArgs {
     /// First loopback port for the HTTP servers (profile i uses port + i); default: free ports.
     #[arg(long)]
     pub port: Option<u16>,
+    /// Run every profile from this image, already in containerd's namespace (`ctr images ls`),
+    /// instead of the built busybox rootfs. The probe cannot go into an image: isolation is limited
+    /// to what the image's own `uname` shows, to-workload time and served latency are not measured.
+    #[arg(long)]
+    pub image: Option<String>,
     /// A static busybox to build the workload rootfs from.
     #[arg(long, default_value = "/bin/busybox")]
     pub busybox: PathBuf,
@@ -167,7 +172,9 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
         source,
     })?;
     let rootfs_dir = work.join("rootfs");
-    rootfs::build_rootfs(&rootfs_dir, &args.busybox, &probe_path)?;
+    if args.image.is_none() {
+        rootfs::build_rootfs(&rootfs_dir, &args.busybox, &probe_path)?;
+    }
 
     // Profiles: the user's file, or the built-ins (whose missing binaries are merely skipped).
     let traced_dir = if args.untraced {
@@ -221,6 +228,7 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
         requests: args.requests as usize,
         namespace: args.namespace.clone(),
         traced: traced_dir.is_some(),
+        image: args.image.clone(),
         ..Default::default()
     };
 
@@ -412,8 +420,12 @@ async fn measure(
     let base_spec = |id: String, argv: &[&str]| {
         let mut spec = RunSpec::new(id, rootfs_dir, argv.iter().copied(), io_dir);
         spec.timeout = timeout;
+        spec.image = args.image.clone();
         spec
     };
+    // With --image: the cold-start command, found in preflight (the image's /bin/true, else `true`
+    // via its /bin/sh).
+    let mut image_command: Option<Vec<String>> = None;
 
     // Preflight: requirements, then one probe run (the isolation column).
     let mut active: Vec<Active> = Vec::new();
@@ -441,6 +453,51 @@ async fn measure(
             result.status = "skipped".into();
             result.reason = Some(reason);
             report.profiles.push(result);
+            continue;
+        }
+        if args.image.is_some() {
+            let probe_id = format!("lab-{}-probe-{suffix}", profile.name);
+            match image_preflight(client, profile, &base_spec, &probe_id, work).await {
+                Ok((command, probe, notes)) => {
+                    result.probe = probe;
+                    report
+                        .setup
+                        .image_notes
+                        .extend(notes.into_iter().map(|n| format!("{}: {n}", profile.name)));
+                    if image_command.is_none() {
+                        report
+                            .setup
+                            .image_notes
+                            .insert(0, format!("cold-start command: `{}`", command.join(" ")));
+                    }
+                    image_command.get_or_insert(command);
+                    log(format!(
+                        "{}: ready (image {})",
+                        profile.name,
+                        spec_image(args)
+                    ));
+                    active.push(Active {
+                        profile: profile.clone(),
+                        result,
+                    });
+                }
+                Err(reason) => {
+                    let reason = one_line(&reason);
+                    log(format!(
+                        "{}: skipped: does not run here: {reason}",
+                        profile.name
+                    ));
+                    if explicit {
+                        user_errors.push(format!(
+                            "profile {}: does not run here: {reason}",
+                            profile.name
+                        ));
+                    }
+                    result.status = "skipped".into();
+                    result.reason = Some(format!("does not run here: {reason}"));
+                    report.profiles.push(result);
+                }
+            }
             continue;
         }
         let mut spec = base_spec(
@@ -499,7 +556,11 @@ async fn measure(
             let entry = &mut active[index];
             bar.set_message(entry.profile.name.clone());
             let id = format!("lab-{}-{round}-{suffix}", entry.profile.name);
-            let mut spec = base_spec(id.clone(), &[rootfs::PROBE_IN_ROOTFS]);
+            let argv: Vec<&str> = match &image_command {
+                Some(command) => command.iter().map(String::as_str).collect(),
+                None => vec![rootfs::PROBE_IN_ROOTFS],
+            };
+            let mut spec = base_spec(id.clone(), &argv);
             entry.profile.apply(&mut spec, Network::None, work)?;
             let mut record = RunRecord {
                 round,
@@ -522,7 +583,17 @@ async fn measure(
                     ] {
                         record.phases_ms.insert(name.into(), ms(d));
                     }
+                    if let Some(d) = p.prepare_snapshot {
+                        record.phases_ms.insert("prepare_snapshot".into(), ms(d));
+                    }
                     match parse_probe(&o.output) {
+                        // An image's command prints nothing; it only has to succeed.
+                        _ if image_command.is_some() => {
+                            if !record.ok {
+                                record.error =
+                                    Some(format!("exit {}: {}", o.exit_code, one_line(&o.output)));
+                            }
+                        }
                         Some(probe) => {
                             record.to_workload_ms = probe["first_timestamp_unix_nanos"]
                                 .as_u64()
@@ -585,7 +656,12 @@ async fn measure(
     }
 
     // Served latency.
-    if args.requests > 0 {
+    if args.requests > 0 && args.image.is_some() {
+        report.setup.image_notes.push(
+            "served latency: not measured (it needs busybox httpd and the page of the built rootfs)"
+                .into(),
+        );
+    } else if args.requests > 0 {
         for (i, entry) in active.iter_mut().enumerate() {
             let port = match args.port {
                 Some(base) => {
@@ -698,6 +774,91 @@ async fn measure(
         }
     }
     Ok(())
+}
+
+fn spec_image(args: &LabArgs) -> &str {
+    args.image.as_deref().unwrap_or("-")
+}
+
+/// With `--image`: finds a cold-start command the image can run (its `/bin/true`, else `true` via
+/// its `/bin/sh`) and what isolation it can show without our probe (`uname -r`). Returns the
+/// command, a partial probe (or null) and notes on what is unavailable; `Err` when nothing runs.
+async fn image_preflight(
+    client: &Containerd,
+    profile: &Profile,
+    base_spec: &dyn Fn(String, &[&str]) -> RunSpec,
+    id: &str,
+    work: &Path,
+) -> Result<(Vec<String>, Value, Vec<String>), String> {
+    let run = |n: usize, argv: &[&str]| {
+        let mut spec = base_spec(format!("{id}-{n}"), argv);
+        async move {
+            profile
+                .apply(&mut spec, Network::None, work)
+                .map_err(|e| e.to_string())?;
+            client.run_to_exit(&spec).await.map_err(|e| e.to_string())
+        }
+    };
+    let mut notes = Vec::new();
+    let mut failures = Vec::new();
+    let mut command = None;
+    for (n, argv) in [vec!["/bin/true"], vec!["/bin/sh", "-c", "true"]]
+        .into_iter()
+        .enumerate()
+    {
+        match run(n, &argv).await {
+            Ok(o) if o.exit_code == 0 => {
+                command = Some(argv.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+                break;
+            }
+            Ok(o) => failures.push(format!(
+                "`{}` exited {}: {}",
+                argv.join(" "),
+                o.exit_code,
+                one_line(&o.output)
+            )),
+            Err(e) => {
+                // The image itself is unusable (missing, not unpacked): no point trying more.
+                if e.contains("is not in containerd") || e.contains("is not unpacked") {
+                    return Err(e);
+                }
+                failures.push(format!("`{}`: {e}", argv.join(" ")))
+            }
+        }
+    }
+    let Some(command) = command else {
+        return Err(format!(
+            "the image runs neither /bin/true nor /bin/sh -c true: {}",
+            failures.join("; ")
+        ));
+    };
+    notes.push("to-workload time: not measured (the probe is not in the image)".into());
+    let probe = match run(2, &["uname", "-r"]).await {
+        Ok(o) if o.exit_code == 0 && !o.output.trim().is_empty() => {
+            notes.push(
+                "isolation: only the kernel release (`uname -r` in the image); the other probes \
+                 need the shimtrace probe"
+                    .into(),
+            );
+            serde_json::json!({"kernel": {"release": o.output.trim()}})
+        }
+        Ok(o) => {
+            notes.push(format!(
+                "isolation: not measured (`uname -r` exited {}: {})",
+                o.exit_code,
+                one_line(&o.output)
+            ));
+            Value::Null
+        }
+        Err(e) => {
+            notes.push(format!(
+                "isolation: not measured (`uname -r` did not run: {})",
+                one_line(&e)
+            ));
+            Value::Null
+        }
+    };
+    Ok((command, probe, notes))
 }
 
 async fn export_spans(

@@ -41,6 +41,12 @@ pub struct Setup {
     pub runs: usize,
     pub requests: usize,
     pub namespace: String,
+    /// The containerd image every profile ran (`--image`), instead of the built busybox rootfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// What could not be measured in that image, and the cold-start command used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_notes: Vec<String>,
     /// Spans sent to the OTLP endpoint given with `--otlp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_exported: Option<usize>,
@@ -450,6 +456,23 @@ impl LabReport {
                 String::new()
             }
         );
+        match &s.image {
+            Some(image) => {
+                let _ = writeln!(
+                    md,
+                    "- Workload image: `{image}` (from containerd, `--image`)"
+                );
+                for note in &s.image_notes {
+                    let _ = writeln!(md, "  - {note}");
+                }
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "- Workload rootfs: busybox-static + the shimtrace probe"
+                );
+            }
+        }
         if let Some(sent) = s.otlp_exported {
             let _ = writeln!(md, "- {sent} shim spans sent over OTLP");
         }
