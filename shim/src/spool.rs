@@ -257,6 +257,15 @@ impl SpoolFile {
             if !spans.is_empty() {
                 self.append_bounded(&batch, spans.len() as u64, &shared.dropped);
             }
+            if spans.len() >= WAKE_AT {
+                drop(spans);
+                // After a burst, hand the freed span memory back: glibc keeps it otherwise, and a
+                // proxy lives beside every container for as long as it runs.
+                // SAFETY: malloc_trim only releases free heap pages.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
             self.record_drops(&shared.dropped);
             if closed {
                 return;
