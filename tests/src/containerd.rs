@@ -1046,7 +1046,15 @@ mod tests {
             environ: vec![marker.clone().into_bytes()],
             dir: Vec::new(),
         };
-        let found = owned_processes(&ownership);
+        // Under load the new process can take a moment to show its environment in /proc.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let found = owned_processes(&ownership);
+            if !found.is_empty() || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, vec![child.id()]);

@@ -59,10 +59,19 @@ fn gvisor_through_wrapper(version: &str) {
         has_method(s, "Create") && has_method(s, "Start") && has_method(s, "Delete")
     });
     assert!(spans.iter().any(|s| s.name == names::WRAPPER_START));
-    assert!(spans
-        .iter()
-        .filter(|s| s.attr_str(attr::RPC_SYSTEM) == Some("ttrpc"))
-        .all(|s| s.attr_i64(attr::RPC_TTRPC_STATUS_CODE) == Some(0)));
+    // containerd may also make calls that legitimately fail (e.g. State after exit); the
+    // container's own lifecycle must have succeeded through the wrapper.
+    for method in ["Create", "Start", "Delete"] {
+        let call = spans
+            .iter()
+            .find(|s| shimtrace_tests::traced::is_method(s, method))
+            .unwrap();
+        assert_eq!(
+            call.attr_i64(attr::RPC_TTRPC_STATUS_CODE),
+            Some(0),
+            "{call:?}"
+        );
+    }
 }
 
 #[test]
