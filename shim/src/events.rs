@@ -189,8 +189,7 @@ impl EventTap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{read_spool, SpanSink, SpoolConfig};
-    use crate::trace_ctx::TraceRegistry;
+    use crate::spool::read_spool;
     use containerd_shim_protos::shim::event::Envelope;
     use std::time::Duration;
 
@@ -218,18 +217,7 @@ mod tests {
     #[test]
     fn exit_event_becomes_a_span_with_a_topic_event() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1 << 20,
-        };
-        let ctx = Arc::new(TapContext {
-            sink: SpanSink::start(&config, "test").unwrap(),
-            traces: TraceRegistry::new(None),
-            inner: "inner".into(),
-            protocol: "plain/v2".into(),
-            namespace: "fallback".into(),
-            propagate: true,
-        });
+        let ctx = crate::tap::test_context(dir.path());
         let tap = EventTap::new(ctx.clone());
         let mut exit = task::TaskExit::new();
         exit.container_id = "c1".into();

@@ -427,10 +427,27 @@ pub fn with_metadata(
     Some(frame)
 }
 
+/// A tap context spooling to `dir`, for the tap's and the events tap's unit tests.
+#[cfg(test)]
+pub(crate) fn test_context(dir: &std::path::Path) -> Arc<TapContext> {
+    let config = crate::spool::SpoolConfig {
+        dir: dir.to_path_buf(),
+        max_bytes: 1 << 20,
+    };
+    Arc::new(TapContext {
+        sink: SpanSink::start(&config, "test").unwrap(),
+        traces: TraceRegistry::new(None),
+        inner: "/usr/bin/containerd-shim-runc-v2".into(),
+        protocol: "plain/v2".into(),
+        namespace: "fallback".into(),
+        propagate: true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{read_spool, SpoolConfig};
+    use crate::spool::read_spool;
     use std::time::Duration;
 
     fn request(service: &str, method: &str, payload: Vec<u8>, meta: &[(&str, &str)]) -> Vec<u8> {
@@ -465,18 +482,7 @@ mod tests {
 
     fn with_tap(test: impl FnOnce(&ConnectionTap)) -> Vec<SpanRecord> {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1 << 20,
-        };
-        let ctx = Arc::new(TapContext {
-            sink: SpanSink::start(&config, "test").unwrap(),
-            traces: TraceRegistry::new(None),
-            inner: "/usr/bin/containerd-shim-runc-v2".into(),
-            protocol: "plain/v2".into(),
-            namespace: "fallback".into(),
-            propagate: true,
-        });
+        let ctx = test_context(dir.path());
         let tap = ConnectionTap::new(ctx.clone());
         test(&tap);
         drop(tap);
