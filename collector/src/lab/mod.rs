@@ -446,13 +446,7 @@ async fn measure(
             ..Default::default()
         };
         if let Some(reason) = profile.missing_requirement() {
-            log(format!("{}: skipped: {reason}", profile.name));
-            if explicit {
-                user_errors.push(format!("profile {}: {reason}", profile.name));
-            }
-            result.status = "skipped".into();
-            result.reason = Some(reason);
-            report.profiles.push(result);
+            skip_profile(report, result, reason, explicit, user_errors);
             continue;
         }
         if args.image.is_some() {
@@ -482,20 +476,8 @@ async fn measure(
                     });
                 }
                 Err(reason) => {
-                    let reason = one_line(&reason);
-                    log(format!(
-                        "{}: skipped: does not run here: {reason}",
-                        profile.name
-                    ));
-                    if explicit {
-                        user_errors.push(format!(
-                            "profile {}: does not run here: {reason}",
-                            profile.name
-                        ));
-                    }
-                    result.status = "skipped".into();
-                    result.reason = Some(format!("does not run here: {reason}"));
-                    report.profiles.push(result);
+                    let reason = format!("does not run here: {}", one_line(&reason));
+                    skip_profile(report, result, reason, explicit, user_errors);
                 }
             }
             continue;
@@ -518,20 +500,8 @@ async fn measure(
             Err(e) => Some(e.to_string()),
         };
         if let Some(reason) = failure {
-            let reason = one_line(&reason);
-            log(format!(
-                "{}: skipped: does not run here: {reason}",
-                profile.name
-            ));
-            if explicit {
-                user_errors.push(format!(
-                    "profile {}: does not run here: {reason}",
-                    profile.name
-                ));
-            }
-            result.status = "skipped".into();
-            result.reason = Some(format!("does not run here: {reason}"));
-            report.profiles.push(result);
+            let reason = format!("does not run here: {}", one_line(&reason));
+            skip_profile(report, result, reason, explicit, user_errors);
             continue;
         }
         log(format!("{}: ready", profile.name));
@@ -878,6 +848,24 @@ async fn export_spans(
         return Ok(0);
     };
     crate::export::export_once(config, spans, 2).await
+}
+
+/// Records a profile that cannot run here: logged, in the report with its reason, and a user error
+/// when the user asked for that profile by name.
+fn skip_profile(
+    report: &mut LabReport,
+    mut result: ProfileResult,
+    reason: String,
+    explicit: bool,
+    user_errors: &mut Vec<String>,
+) {
+    log(format!("{}: skipped: {reason}", result.name));
+    if explicit {
+        user_errors.push(format!("profile {}: {reason}", result.name));
+    }
+    result.status = "skipped".into();
+    result.reason = Some(reason);
+    report.profiles.push(result);
 }
 
 fn one_line(text: &str) -> String {
