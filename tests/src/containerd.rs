@@ -688,21 +688,20 @@ fn env_entry(key: &OsString, value: &OsString) -> Vec<u8> {
     entry
 }
 
+/// The pids of the processes now in /proc (none if it cannot be read).
+pub fn proc_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
 /// Scans /proc for processes with `-address <our socket>` in argv or our marker in their environment.
 pub(crate) fn owned_processes(ownership: &Ownership) -> Vec<u32> {
     let me = std::process::id();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut pids = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         if pid == me || is_zombie(pid) {
             continue;
         }
@@ -750,17 +749,7 @@ pub(crate) fn kill_and_reap(pid: u32) {
 /// Parent pid → child pids of every live process.
 fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return children;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };

@@ -187,12 +187,7 @@ pub fn alive(pid: u32) -> bool {
 
 /// Pids whose command line contains all of `needles`.
 pub fn pids_with_cmdline(needles: &[&str]) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    crate::containerd::proc_pids()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| {
