@@ -14,4 +14,5 @@ pub mod span;
 pub mod spool;
 pub mod tap;
 pub mod trace_ctx;
+pub mod wire;
 pub mod wrapper;

@@ -479,9 +479,9 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
     let ctx = Arc::new(TapContext {
         sink,
         traces: TraceRegistry::new(plan.task_root.clone()),
-        inner: plan.inner.clone(),
-        protocol: plan.protocol.clone(),
-        namespace: plan.namespace.clone(),
+        inner: plan.inner.as_str().into(),
+        protocol: plan.protocol.as_str().into(),
+        namespace: plan.namespace.as_str().into(),
         propagate: propagate_enabled(),
     });
     if let Some(mut ready) = ready {

@@ -104,8 +104,20 @@ struct SinkShared {
 
 #[derive(Default)]
 struct Queue {
-    spans: Vec<SpanRecord>,
+    spans: Vec<Queued>,
     closed: bool,
+}
+
+/// A span whose record is assembled by the writer thread: the thread that emits it (one forwarding
+/// a call) keeps only the raw facts, so decoding and attribute building stay off its path.
+pub trait DeferredSpan: Send {
+    /// The finished record; `None` when there is nothing to record after all.
+    fn build(self: Box<Self>) -> Option<SpanRecord>;
+}
+
+enum Queued {
+    Ready(SpanRecord),
+    Deferred(Box<dyn DeferredSpan>),
 }
 
 impl SpanSink {
@@ -151,6 +163,15 @@ impl SpanSink {
 
     /// Queues a span; never blocks on I/O.
     pub fn emit(&self, span: SpanRecord) {
+        self.enqueue(Queued::Ready(span));
+    }
+
+    /// Queues a span that the writer thread assembles; never blocks on I/O.
+    pub fn emit_deferred(&self, span: Box<dyn DeferredSpan>) {
+        self.enqueue(Queued::Deferred(span));
+    }
+
+    fn enqueue(&self, span: Queued) {
         let queued = match self.shared.queue.lock() {
             Ok(mut queue) if !queue.closed && queue.spans.len() < QUEUE_CAPACITY => {
                 queue.spans.push(span);
@@ -235,6 +256,7 @@ impl SpoolFile {
 
     fn run(&mut self, shared: &SinkShared) {
         let mut batch = Vec::with_capacity(64 * 1024);
+        let mut trim_after_burst = false;
         loop {
             let (spans, closed) = {
                 let Ok(queue) = shared.queue.lock() else {
@@ -250,17 +272,31 @@ impl SpoolFile {
                 (std::mem::take(&mut queue.spans), queue.closed)
             };
             batch.clear();
-            for span in &spans {
-                let _ = serde_json::to_writer(&mut batch, &SpoolEntryRef::Span(span));
+            let mut lines = 0;
+            let burst = spans.len() >= WAKE_AT;
+            for queued in spans {
+                let span = match queued {
+                    Queued::Ready(span) => span,
+                    Queued::Deferred(deferred) => match deferred.build() {
+                        Some(span) => span,
+                        None => continue,
+                    },
+                };
+                let _ = serde_json::to_writer(&mut batch, &SpoolEntryRef::Span(&span));
                 batch.push(b'\n');
+                lines += 1;
             }
-            if !spans.is_empty() {
-                self.append_bounded(&batch, spans.len() as u64, &shared.dropped);
+            if lines > 0 {
+                self.append_bounded(&batch, lines, &shared.dropped);
             }
-            if spans.len() >= WAKE_AT {
-                drop(spans);
-                // After a burst, hand the freed span memory back: glibc keeps it otherwise, and a
-                // proxy lives beside every container for as long as it runs.
+            if burst {
+                trim_after_burst = true;
+            } else if trim_after_burst {
+                // Once a burst is over, hand the freed span memory back: glibc keeps it otherwise,
+                // and a proxy lives beside every container for as long as it runs. Not during the
+                // burst: trimming holds the allocator's lock that the forwarding threads need.
+                trim_after_burst = false;
+                batch.shrink_to(64 * 1024);
                 // SAFETY: malloc_trim only releases free heap pages.
                 unsafe {
                     libc::malloc_trim(0);

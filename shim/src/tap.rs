@@ -2,12 +2,13 @@
 //!
 //! A request frame opens a pending call keyed by its stream id; the response frame with the same
 //! stream id closes it. Requests are read just before they are forwarded, so that a request without
-//! a `traceparent` can carry the proxy's (its span becomes the inner shim's parent); responses are
-//! read after forwarding. The pending map still accepts a response before its request, since the
-//! two directions run on their own threads.
+//! a `traceparent` can carry the proxy's (its span becomes the inner shim's parent), but only the
+//! few fields that needs, borrowed from the frame; responses are only copied. The spool's writer
+//! thread decodes the rest and builds the span, so a forwarding thread never does. The pending map
+//! still accepts a response before its request, since the two directions run on their own threads.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api;
@@ -17,8 +18,9 @@ use crate::span::{
     attr, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, TraceContext,
     TraceId,
 };
-use crate::spool::SpanSink;
+use crate::spool::{DeferredSpan, SpanSink};
 use crate::trace_ctx::TraceRegistry;
+use crate::wire::{self, RequestView};
 use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX};
 
 /// ttrpc metadata key containerd sets to the namespace of every call.
@@ -31,11 +33,11 @@ pub struct TapContext {
     pub sink: SpanSink,
     pub traces: TraceRegistry,
     /// Path of the inner shim binary (`shimtrace.inner`).
-    pub inner: String,
+    pub inner: Arc<str>,
     /// `plain/v2`, `json/v3`, … (`shimtrace.protocol`).
-    pub protocol: String,
+    pub protocol: Arc<str>,
     /// The shim's `-namespace`; containerd 1.6 sends no namespace metadata on shim calls.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Pass the proxy's `traceparent` to the inner shim on requests that carry none.
     pub propagate: bool,
 }
@@ -58,12 +60,13 @@ enum Slot {
 struct PendingCall {
     span_id: SpanId,
     start: u64,
-    service: String,
-    method: String,
     trace: TraceContext,
-    namespace: String,
-    container_id: Option<String>,
-    attributes: Attributes,
+    /// The container's own trace, when the call joined containerd's.
+    own_trace: Option<TraceId>,
+    /// The raw ttrpc `Request`, decoded off the forwarding path.
+    request: Vec<u8>,
+    /// (namespace, container id) of a `Shutdown`, whose trace is forgotten once it ends.
+    forget_on_end: Option<(String, String)>,
 }
 
 /// Ids and details decoded from a task request.
@@ -193,7 +196,9 @@ impl ConnectionTap {
         }
     }
 
-    /// A request frame (already forwarded) with stream id `sid`, seen at `start`.
+    /// A request frame with stream id `sid`, seen at `start`, about to be forwarded; returns the
+    /// frame to forward instead when a `traceparent` is added. Only what that needs is read here
+    /// (borrowed from the frame); the span is assembled by the spool's writer thread.
     pub fn on_request(
         &self,
         header: &MessageHeader,
@@ -201,30 +206,22 @@ impl ConnectionTap {
         start: u64,
     ) -> Option<Vec<u8>> {
         let sid = header.stream_id;
-        let Ok(request) = ttrpc::Request::parse_from_bytes(payload) else {
-            return None;
-        };
-        let mut namespace = None;
-        let mut traceparent = None;
-        for kv in &request.metadata {
-            match kv.key.as_str() {
-                NAMESPACE_METADATA => namespace = Some(kv.value.clone()),
-                TRACEPARENT_METADATA => traceparent = TraceContext::from_traceparent(&kv.value),
-                _ => {}
-            }
-        }
-        let namespace = namespace.unwrap_or_else(|| self.ctx.namespace.clone());
-        let info = if is_task_service(&request.service) {
-            decode_task_request(&request.method, &request.payload)
-        } else {
-            TaskRequestInfo::default()
-        };
-        let container_trace = info.id.as_ref().map(|id| {
-            self.ctx.traces.lookup(
-                &namespace,
-                id,
-                info.bundle.as_deref().map(PathBuf::from).as_deref(),
-            )
+        let view = RequestView::parse(payload, [NAMESPACE_METADATA, TRACEPARENT_METADATA])?;
+        let [namespace, traceparent] = view.metadata;
+        let namespace = namespace.unwrap_or(&self.ctx.namespace);
+        let traceparent = traceparent.and_then(TraceContext::from_traceparent);
+        let task_call = is_task_service(view.service) && carries_container_id(view.method);
+        let container_id = task_call
+            .then(|| wire::string_field(view.payload, 1))
+            .flatten()
+            .filter(|id| !id.is_empty());
+        let container_trace = container_id.map(|id| {
+            // Create names the bundle, where the wrapper's `start` left the container's trace.
+            let bundle = (view.method == "Create")
+                .then(|| wire::string_field(view.payload, 2))
+                .flatten()
+                .filter(|b| !b.is_empty());
+            self.ctx.traces.lookup(namespace, id, bundle.map(Path::new))
         });
         // containerd 2.x with tracing on names its own span as the parent: join that trace.
         let trace = traceparent
@@ -233,32 +230,6 @@ impl ConnectionTap {
                 trace_id: TraceId::random(),
                 parent_span_id: None,
             });
-        let mut attributes = Attributes::new();
-        let mut put = |key: &str, value: AttributeValue| {
-            attributes.insert(key.to_string(), value);
-        };
-        put(attr::RPC_SYSTEM, "ttrpc".into());
-        put(attr::RPC_SERVICE, request.service.as_str().into());
-        put(attr::RPC_METHOD, request.method.as_str().into());
-        put(attr::CONTAINERD_NAMESPACE, namespace.as_str().into());
-        put(attr::INNER, self.ctx.inner.as_str().into());
-        put(attr::PROTOCOL, self.ctx.protocol.as_str().into());
-        put(attr::RECORDER_PID, crate::clock::pid().into());
-        if let Some(id) = &info.id {
-            put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
-        }
-        if let (Some(_), Some(own)) = (traceparent, container_trace) {
-            put(attr::CONTAINER_TRACE_ID, own.trace_id.to_hex().into());
-        }
-        if let Some(exec) = &info.exec_id {
-            put(attr::CONTAINERD_EXEC_ID, exec.as_str().into());
-        }
-        if let Some(bundle) = &info.bundle {
-            put(attr::CONTAINERD_BUNDLE, bundle.as_str().into());
-        }
-        if let Some(signal) = info.signal {
-            put(attr::SIGNAL, signal.into());
-        }
         let span_id = SpanId::random();
         let replacement = (traceparent.is_none() && self.ctx.propagate)
             .then(|| {
@@ -270,15 +241,16 @@ impl ConnectionTap {
                 )
             })
             .flatten();
+        let forget_on_end = (view.method == "Shutdown")
+            .then(|| container_id.map(|id| (namespace.to_string(), id.to_string())))
+            .flatten();
         let call = PendingCall {
             span_id,
             start,
-            service: request.service,
-            method: request.method,
             trace,
-            namespace,
-            container_id: info.id,
-            attributes,
+            own_trace: traceparent.and(container_trace).map(|c| c.trace_id),
+            request: payload.to_vec(),
+            forget_on_end,
         };
         let early = {
             let Ok(mut pending) = self.pending.lock() else {
@@ -290,7 +262,7 @@ impl ConnectionTap {
                     // A reused stream id without a response is a protocol error by the client;
                     // the older call is ended so it is not lost.
                     if let Some(Slot::Request(stale)) = other {
-                        self.finish_unanswered(stale, start, "stream_id_reused");
+                        self.emit(stale, start, Outcome::Unanswered("stream_id_reused"));
                     }
                     pending.insert(sid, Slot::Request(call));
                     return replacement;
@@ -298,7 +270,7 @@ impl ConnectionTap {
             }
         };
         if let Some((end, payload)) = early {
-            self.finish(call, end, &payload);
+            self.emit(call, end, Outcome::Response(payload));
         }
         replacement
     }
@@ -327,7 +299,7 @@ impl ConnectionTap {
                 }
             }
         };
-        self.finish(call, end, payload);
+        self.emit(call, end, Outcome::Response(payload.to_vec()));
     }
 
     /// The connection closed: calls still waiting for a response end now, marked as such.
@@ -338,59 +310,173 @@ impl ConnectionTap {
         };
         for slot in slots {
             if let Slot::Request(call) = slot {
-                self.finish_unanswered(call, end, "connection_closed");
+                self.emit(call, end, Outcome::Unanswered("connection_closed"));
             }
         }
     }
 
-    fn finish(&self, mut call: PendingCall, end: u64, response_payload: &[u8]) {
-        let status = match ttrpc::Response::parse_from_bytes(response_payload) {
-            Ok(response) => {
-                let code = response.status.code.value();
-                call.attributes
-                    .insert(attr::RPC_TTRPC_STATUS_CODE.into(), code.into());
-                if code == 0 {
-                    if is_task_service(&call.service) {
-                        decode_task_response(&call.method, &response.payload, &mut call.attributes);
-                    }
-                    SpanStatus::Ok
-                } else {
-                    let message = response.status.message.clone();
-                    call.attributes.insert(
-                        attr::RPC_TTRPC_STATUS_MESSAGE.into(),
-                        message.as_str().into(),
-                    );
-                    SpanStatus::Error(message)
-                }
+    fn emit(&self, mut call: PendingCall, end: u64, outcome: Outcome) {
+        if let Some((namespace, id)) = call.forget_on_end.take() {
+            self.ctx.traces.forget(&namespace, &id);
+        }
+        self.ctx.sink.emit_deferred(Box::new(CallSpan {
+            inner: self.ctx.inner.clone(),
+            protocol: self.ctx.protocol.clone(),
+            namespace: self.ctx.namespace.clone(),
+            call,
+            end,
+            outcome,
+        }));
+    }
+}
+
+/// Whether a task API method's request carries the container id (field 1 of all of these).
+fn carries_container_id(method: &str) -> bool {
+    matches!(
+        method,
+        "Create"
+            | "Kill"
+            | "State"
+            | "Start"
+            | "Delete"
+            | "Exec"
+            | "ResizePty"
+            | "CloseIO"
+            | "Wait"
+            | "Pids"
+            | "Pause"
+            | "Resume"
+            | "Checkpoint"
+            | "Update"
+            | "Stats"
+            | "Connect"
+            | "Shutdown"
+    )
+}
+
+/// How a call ended.
+enum Outcome {
+    /// The raw ttrpc `Response`.
+    Response(Vec<u8>),
+    /// No response came; the value of `shimtrace.outcome`.
+    Unanswered(&'static str),
+}
+
+/// A finished call as the forwarding threads leave it; the spool's writer thread turns it into
+/// its span.
+struct CallSpan {
+    inner: Arc<str>,
+    protocol: Arc<str>,
+    /// The shim's `-namespace`, for requests without namespace metadata.
+    namespace: Arc<str>,
+    call: PendingCall,
+    end: u64,
+    outcome: Outcome,
+}
+
+impl DeferredSpan for CallSpan {
+    fn build(self: Box<Self>) -> Option<SpanRecord> {
+        let CallSpan {
+            inner,
+            protocol,
+            namespace,
+            call,
+            end,
+            outcome,
+        } = *self;
+        // The forwarding thread already read this request successfully.
+        let request = ttrpc::Request::parse_from_bytes(&call.request).ok()?;
+        let mut request_namespace = None;
+        for kv in &request.metadata {
+            if kv.key == NAMESPACE_METADATA {
+                request_namespace = Some(kv.value.as_str());
             }
-            Err(e) => SpanStatus::Error(format!("undecodable ttrpc response: {e}")),
+        }
+        let info = if is_task_service(&request.service) {
+            decode_task_request(&request.method, &request.payload)
+        } else {
+            TaskRequestInfo::default()
         };
-        self.emit(call, end, status);
-    }
-
-    fn finish_unanswered(&self, mut call: PendingCall, end: u64, outcome: &str) {
-        call.attributes.insert(attr::OUTCOME.into(), outcome.into());
-        self.emit(call, end, SpanStatus::Unset);
-    }
-
-    fn emit(&self, call: PendingCall, end: u64, status: SpanStatus) {
-        if call.method == "Shutdown" {
-            if let Some(id) = &call.container_id {
-                self.ctx.traces.forget(&call.namespace, id);
-            }
+        let mut attributes = Attributes::new();
+        let mut put = |key: &str, value: AttributeValue| {
+            attributes.insert(key.to_string(), value);
+        };
+        put(attr::RPC_SYSTEM, "ttrpc".into());
+        put(attr::RPC_SERVICE, request.service.as_str().into());
+        put(attr::RPC_METHOD, request.method.as_str().into());
+        put(
+            attr::CONTAINERD_NAMESPACE,
+            request_namespace.unwrap_or(&namespace).into(),
+        );
+        put(attr::INNER, (*inner).into());
+        put(attr::PROTOCOL, (*protocol).into());
+        put(attr::RECORDER_PID, crate::clock::pid().into());
+        if let Some(id) = &info.id {
+            put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
         }
-        self.ctx.sink.emit(SpanRecord {
+        if let Some(own) = call.own_trace {
+            put(attr::CONTAINER_TRACE_ID, own.to_hex().into());
+        }
+        if let Some(exec) = &info.exec_id {
+            put(attr::CONTAINERD_EXEC_ID, exec.as_str().into());
+        }
+        if let Some(bundle) = &info.bundle {
+            put(attr::CONTAINERD_BUNDLE, bundle.as_str().into());
+        }
+        if let Some(signal) = info.signal {
+            put(attr::SIGNAL, signal.into());
+        }
+        let status = match outcome {
+            Outcome::Response(payload) => {
+                response_status(&request.service, &request.method, &payload, &mut attributes)
+            }
+            Outcome::Unanswered(outcome) => {
+                attributes.insert(attr::OUTCOME.into(), outcome.into());
+                SpanStatus::Unset
+            }
+        };
+        Some(SpanRecord {
             trace_id: call.trace.trace_id,
             span_id: call.span_id,
             parent_span_id: call.trace.parent_span_id,
-            name: format!("{}/{}", call.service, call.method),
+            name: format!("{}/{}", request.service, request.method),
             kind: SpanKind::Server,
             start_time_unix_nano: call.start,
             end_time_unix_nano: end.max(call.start),
-            attributes: call.attributes,
+            attributes,
             events: Vec::new(),
             status,
-        });
+        })
+    }
+}
+
+/// The span status a raw ttrpc `Response` gives, adding its code (and what a task response tells)
+/// to `attributes`.
+fn response_status(
+    service: &str,
+    method: &str,
+    payload: &[u8],
+    attributes: &mut Attributes,
+) -> SpanStatus {
+    match ttrpc::Response::parse_from_bytes(payload) {
+        Ok(response) => {
+            let code = response.status.code.value();
+            attributes.insert(attr::RPC_TTRPC_STATUS_CODE.into(), code.into());
+            if code == 0 {
+                if is_task_service(service) {
+                    decode_task_response(method, &response.payload, attributes);
+                }
+                SpanStatus::Ok
+            } else {
+                let message = response.status.message.clone();
+                attributes.insert(
+                    attr::RPC_TTRPC_STATUS_MESSAGE.into(),
+                    message.as_str().into(),
+                );
+                SpanStatus::Error(message)
+            }
+        }
+        Err(e) => SpanStatus::Error(format!("undecodable ttrpc response: {e}")),
     }
 }
 

@@ -40,7 +40,9 @@ pub fn new_root(root: SpanId) -> TraceContext {
 pub struct TraceRegistry {
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
-    known: Mutex<HashMap<(String, String), TraceContext>>,
+    /// namespace → container id → trace; nested so a lookup borrows its keys instead of
+    /// allocating them (it runs before every proxied request is forwarded).
+    known: Mutex<HashMap<String, HashMap<String, TraceContext>>>,
 }
 
 impl TraceRegistry {
@@ -54,9 +56,9 @@ impl TraceRegistry {
     /// The trace of container `id` in namespace `ns`. `bundle` is known for `Create`, which also
     /// refreshes the cache: a container id can be reused by a new container with a new bundle.
     pub fn lookup(&self, ns: &str, id: &str, bundle: Option<&Path>) -> TraceContext {
-        let key = (ns.to_string(), id.to_string());
         if bundle.is_none() {
-            if let Some(ctx) = self.known.lock().ok().and_then(|m| m.get(&key).copied()) {
+            let known = self.known.lock().ok();
+            if let Some(ctx) = known.as_ref().and_then(|m| m.get(ns)?.get(id).copied()) {
                 return ctx;
             }
         }
@@ -77,7 +79,10 @@ impl TraceRegistry {
             }
         };
         if let Ok(mut known) = self.known.lock() {
-            known.insert(key, ctx);
+            known
+                .entry(ns.to_string())
+                .or_default()
+                .insert(id.to_string(), ctx);
         }
         ctx
     }
@@ -85,7 +90,12 @@ impl TraceRegistry {
     /// Forgets a deleted container so the map does not grow with every container served.
     pub fn forget(&self, ns: &str, id: &str) {
         if let Ok(mut known) = self.known.lock() {
-            known.remove(&(ns.to_string(), id.to_string()));
+            if let Some(ids) = known.get_mut(ns) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    known.remove(ns);
+                }
+            }
         }
     }
 }
