@@ -15,7 +15,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,10 +30,6 @@ use crate::spool::{SpanSink, SpoolConfig};
 use crate::tap::{ConnectionTap, TapContext};
 use crate::trace_ctx::TraceRegistry;
 
-/// Where the proxy finds its listener and readiness pipe after exec.
-pub const LISTEN_FD: RawFd = 3;
-pub const READY_FD: RawFd = 4;
-pub const EVENTS_FD: RawFd = 5;
 /// Directory for proxy locks and logs (override with `SHIMTRACE_RUN_DIR`).
 pub const DEFAULT_RUN_DIR: &str = "/run/shimtrace";
 pub const RUN_DIR_ENV: &str = "SHIMTRACE_RUN_DIR";
@@ -59,7 +54,7 @@ pub enum ProxyError {
     NotReady { pid: u32, reason: String },
     #[error("cannot reach the inner shim at {path}: {source}")]
     Upstream { path: PathBuf, source: io::Error },
-    #[error("the proxy was started without its listener on fd {LISTEN_FD}; it is started by the wrapper's start, not by hand")]
+    #[error("the proxy was started without a listener (--listen-fd / --events-fd); it is started by the wrapper's start, not by hand")]
     NoListener,
     #[error("the inner shim does not speak ttrpc")]
     NotTtrpc,
@@ -320,34 +315,32 @@ fn spawn_detached(
             exe: exe.to_path_buf(),
             source: e.into(),
         })?;
-    let listen_raw = listener.map(|l| l.as_raw_fd());
-    let events_raw = events.map(|l| l.as_raw_fd());
-    let ready_raw = ready_write.as_raw_fd();
+    // The child inherits exactly these three (close-on-exec cleared) and learns their numbers from
+    // its arguments. Without a pre-exec hook, std spawns with posix_spawn (vfork + exec), which
+    // spares copying this process's memory; the proxy detaches itself (setsid, chdir) once running.
+    let handed = [
+        listener.map(|l| ("--listen-fd", l.as_raw_fd())),
+        Some(("--ready-fd", ready_write.as_raw_fd())),
+        events.map(|l| ("--events-fd", l.as_raw_fd())),
+    ];
     let mut command = Command::new(exe);
     command
         .args(plan.to_args())
-        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            nix::unistd::setsid()?;
-            // Each placement must not clobber a source fd still to be placed.
-            let ready = move_above(ready_raw)?;
-            let events = events_raw.map(move_above).transpose()?;
-            if let Some(fd) = listen_raw {
-                place_fd(fd, LISTEN_FD)?;
-            }
-            place_fd(ready, READY_FD)?;
-            if let Some(fd) = events {
-                place_fd(fd, EVENTS_FD)?;
-            }
-            Ok(())
-        });
+    for (flag, fd) in handed.iter().flatten() {
+        command.arg(flag).arg(fd.to_string());
+        inheritable(*fd, true).map_err(|source| ProxyError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
     }
-    let child = command.spawn().map_err(|source| ProxyError::Spawn {
+    let spawned = command.spawn();
+    for (_, fd) in handed.iter().flatten() {
+        let _ = inheritable(*fd, false);
+    }
+    let child = spawned.map_err(|source| ProxyError::Spawn {
         exe: exe.to_path_buf(),
         source,
     })?;
@@ -378,29 +371,19 @@ fn spawn_detached(
     }
 }
 
-/// Duplicates `fd` to a number above the fds being placed, so placing one cannot overwrite another.
-fn move_above(fd: RawFd) -> io::Result<RawFd> {
-    if fd > EVENTS_FD {
-        return Ok(fd);
-    }
-    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, EVENTS_FD + 1) };
-    if moved < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(moved)
-}
-
-/// Moves `fd` to `target` in a freshly forked child, without close-on-exec.
-fn place_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
-    if fd == target {
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+/// Sets or clears close-on-exec on `fd`, so that a spawned child inherits it or not.
+fn inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only change the flags of an fd this process owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        let wanted = if inherit {
+            flags & !libc::FD_CLOEXEC
+        } else {
+            flags | libc::FD_CLOEXEC
+        };
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, wanted) < 0 {
             return Err(io::Error::last_os_error());
         }
-        return Ok(());
-    }
-    if unsafe { libc::dup2(fd, target) } < 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -451,11 +434,13 @@ impl ActiveConnections {
 }
 
 /// Runs the proxy daemon (the `proxy` subcommand); returns when the inner shim is gone.
-pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
+pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
+    // Detach from the wrapper's session (containerd's) and from its working directory.
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
     crate::log::init_file(&plan.log_path());
-    // SAFETY: fds 3 and 4 were placed by `spawn_detached`; checked to be open before taking them.
-    let listener = fd_if_open(LISTEN_FD).map(UnixListener::from);
-    let events_listener = fd_if_open(EVENTS_FD).map(UnixListener::from);
+    let listener = fds.listen.and_then(fd_if_open).map(UnixListener::from);
+    let events_listener = fds.events.and_then(fd_if_open).map(UnixListener::from);
     if listener.is_none() && events_listener.is_none() {
         return Err(ProxyError::NoListener);
     }
@@ -463,12 +448,17 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
     let identity = listener.as_ref().and_then(|_| file_identity(&plan.socket));
     let events_socket = plan.events.as_ref().map(|e| e.socket.clone());
     let events_identity = events_socket.as_deref().and_then(file_identity);
-    let ready = fd_if_open(READY_FD).map(File::from);
+    let ready = fds.ready.and_then(fd_if_open).map(File::from);
 
     let monitor = UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
         path: plan.upstream.clone(),
         source,
     })?;
+    // Ready: the listener is bound and the inner shim reachable. Everything below happens while
+    // containerd already connects (its connection waits in the listen backlog), not before.
+    if let Some(mut ready) = ready {
+        let _ = ready.write_all(b"1");
+    }
     let sink = match SpanSink::start(&SpoolConfig::from_env(), "proxy") {
         Ok(sink) => sink,
         Err(e) => {
@@ -484,9 +474,6 @@ pub fn run_proxy(plan: ProxyPlan) -> Result<(), ProxyError> {
         namespace: plan.namespace.as_str().into(),
         propagate: propagate_enabled(),
     });
-    if let Some(mut ready) = ready {
-        let _ = ready.write_all(b"1");
-    }
     tracing::info!(
         "proxy {} serving inner shim {} ({})",
         plan.socket.display(),
@@ -544,9 +531,36 @@ fn propagate_enabled() -> bool {
     )
 }
 
+/// The descriptors `start` hands a proxy it spawns, by number (`--listen-fd`, `--ready-fd`,
+/// `--events-fd`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandedFds {
+    pub listen: Option<RawFd>,
+    pub ready: Option<RawFd>,
+    pub events: Option<RawFd>,
+}
+
+impl HandedFds {
+    /// Parses the arguments after the `proxy` subcommand; only descriptors above stdio count.
+    pub fn from_args(args: &[String]) -> HandedFds {
+        let get = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse::<RawFd>().ok())
+                .filter(|fd| *fd > 2)
+        };
+        HandedFds {
+            listen: get("--listen-fd"),
+            ready: get("--ready-fd"),
+            events: get("--events-fd"),
+        }
+    }
+}
+
 fn fd_if_open(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: F_GETFD only queries; ownership is taken only of an fd that exists and that nothing
-    // else in this freshly exec'd process uses.
+    // else in this freshly exec'd process uses (the wrapper named it in our arguments).
     unsafe { (libc::fcntl(fd, libc::F_GETFD) >= 0).then(|| OwnedFd::from_raw_fd(fd)) }
 }
 
@@ -719,6 +733,22 @@ mod tests {
         assert_ne!(a, proxy_socket_for(inner, "unix:///run/containerd/s/other"));
         let deep = PathBuf::from(format!("/{}/sock", "d".repeat(100)));
         assert!(proxy_socket_for(&deep, "unix:///x").as_os_str().len() <= SOCKET_PATH_LIMIT);
+    }
+
+    #[test]
+    fn handed_fds_come_from_the_arguments_and_never_name_stdio() {
+        let args: Vec<String> = ["--socket", "/s", "--listen-fd", "7", "--ready-fd", "1"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            HandedFds::from_args(&args),
+            HandedFds {
+                listen: Some(7),
+                ready: None,
+                events: None
+            }
+        );
     }
 
     #[test]

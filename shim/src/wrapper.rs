@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -44,7 +45,7 @@ pub fn main_entry(argv: Vec<OsString>) -> i32 {
     let rest = &argv[argv.len().min(1)..];
     if rest.first().map(String::as_str) == Some(PROXY_SUBCOMMAND) {
         return match ProxyPlan::from_args(&rest[1..]) {
-            Some(plan) => match proxy::run_proxy(plan) {
+            Some(plan) => match proxy::run_proxy(plan, proxy::HandedFds::from_args(&rest[1..])) {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("proxy failed: {e}");
@@ -227,11 +228,11 @@ impl Invocation {
         // Dropping the command releases our copies of the pipe's write end, so EOF comes when the
         // inner shim (and whatever it leaves holding the pipe) is done with it.
         drop(command);
-        if let Some(mut input) = child.stdin.take() {
+        let feeder = child.stdin.take().map(|mut input| {
             std::thread::spawn(move || {
                 let _ = input.write_all(&stdin);
-            });
-        }
+            })
+        });
         let (stdout, stderr, status) = if let Some(mut reader) = reader {
             let mut out = Vec::new();
             reader.read_to_end(&mut out)?;
@@ -240,6 +241,11 @@ impl Invocation {
             let output = child.wait_with_output()?;
             (output.stdout, output.stderr, output.status)
         };
+        // Done once the inner shim exited or took it all; one that is not (a daemon holding a
+        // full pipe) is left behind, and `after_reply` then sees a second thread.
+        if let Some(feeder) = feeder.filter(|f| f.is_finished()) {
+            let _ = feeder.join();
+        }
         Ok(InnerRun {
             status,
             stdout,
@@ -307,7 +313,6 @@ impl Invocation {
                 return 1;
             }
         };
-        let sink = open_sink("wrapper");
         let mut spans = Vec::new();
         let mut attributes = self.base_attributes(&inner);
         attributes.insert(attr::PROCESS_EXIT_CODE.into(), exit_code(run.status).into());
@@ -319,6 +324,7 @@ impl Invocation {
             attributes.clone(),
         ));
 
+        let mut address_change = None;
         let (reply_bytes, status) = if !run.status.success() {
             if let Some(events) = events {
                 events.discard();
@@ -337,7 +343,10 @@ impl Invocation {
                 &mut attributes,
                 events,
             ) {
-                Ok(bytes) => (bytes, SpanStatus::Ok),
+                Ok((bytes, change)) => {
+                    address_change = Some(change);
+                    (bytes, SpanStatus::Ok)
+                }
                 Err(reason) => {
                     tracing::warn!("not tracing this shim, passing its reply through: {reason}");
                     attributes.insert(attr::OUTCOME.into(), "proxy_unavailable".into());
@@ -359,10 +368,12 @@ impl Invocation {
             attributes,
             status,
         ));
-        for span in spans {
-            sink.emit(span);
-        }
-        sink.shutdown(Duration::from_secs(1));
+        after_reply(move || {
+            if let Some(change) = address_change {
+                change.apply(&bundle);
+            }
+            spool(spans);
+        });
         exit_code(run.status)
     }
 
@@ -377,7 +388,7 @@ impl Invocation {
         spans: &mut Vec<SpanRecord>,
         attributes: &mut Attributes,
         events: Option<EventsTap>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<(Vec<u8>, AddressChange), String> {
         let lost_events = |why: &str| {
             if events.is_some() {
                 tracing::error!("the inner shim's events cannot be forwarded: {why}");
@@ -452,8 +463,14 @@ impl Invocation {
             ensure_attrs,
         ));
         let proxy_address = format!("unix://{}", plan.socket.display());
-        rewrite_address_file(bundle, &reply.address, &proxy_address);
-        Ok(reply.with_address(&proxy_address))
+        let reply_bytes = reply.with_address(&proxy_address);
+        Ok((
+            reply_bytes,
+            AddressChange {
+                inner: reply.address,
+                proxy: proxy_address,
+            },
+        ))
     }
 
     fn delete(&self) -> i32 {
@@ -498,7 +515,6 @@ impl Invocation {
         } else {
             SpanStatus::Error(String::from_utf8_lossy(&run.stderr).trim().to_string())
         };
-        let sink = open_sink("wrapper");
         let root = SpanId::random();
         let mut inner_span = child_span(
             &TraceContext {
@@ -511,8 +527,7 @@ impl Invocation {
             attributes.clone(),
         );
         inner_span.status = status.clone();
-        sink.emit(inner_span);
-        sink.emit(own_span(
+        let own = own_span(
             trace.trace_id,
             root,
             trace.parent_span_id,
@@ -520,8 +535,8 @@ impl Invocation {
             process_start,
             attributes,
             status,
-        ));
-        sink.shutdown(Duration::from_secs(1));
+        );
+        after_reply(move || spool(vec![inner_span, own]));
         exit_code(run.status)
     }
 }
@@ -577,11 +592,70 @@ fn read_stdin() -> Vec<u8> {
     bytes
 }
 
-fn open_sink(writer: &str) -> SpanSink {
-    SpanSink::start(&SpoolConfig::from_env(), writer).unwrap_or_else(|e| {
+/// Writes this process's spans to the spool, waiting at most a second.
+fn spool(spans: Vec<SpanRecord>) {
+    let sink = SpanSink::start(&SpoolConfig::from_env(), "wrapper").unwrap_or_else(|e| {
         tracing::warn!("spans of this shim process are lost: {e}");
         SpanSink::disabled()
-    })
+    });
+    for span in spans {
+        sink.emit(span);
+    }
+    sink.shutdown(Duration::from_secs(1));
+}
+
+/// Runs `work`, the bookkeeping that containerd need not wait for (spooling spans, the bundle's
+/// `address` file), after this process's reply is out: in a forked child, so that this process
+/// exits at once and containerd, which waits for that exit, goes on. In this process instead when
+/// a fork is not safe (another thread is running) or fails. A crash of the child loses the spans,
+/// never the container.
+fn after_reply(work: impl FnOnce()) {
+    let single_threaded = std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count() == 1)
+        .unwrap_or(false);
+    if !single_threaded {
+        return work();
+    }
+    // SAFETY: this process has a single thread (checked above), so the child inherits no lock
+    // held by another thread and may allocate and do I/O like any process.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // containerd reads this process's stdout and stderr to their end: let go of them.
+            detach_stdio();
+            work();
+            // SAFETY: ends the child without running the parent's exit handlers a second time.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {}
+        Err(e) => {
+            tracing::debug!("cannot fork to finish after exiting ({e}); finishing first");
+            work();
+        }
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+/// The bundle's `address` file names the inner shim; it must name the proxy.
+struct AddressChange {
+    inner: String,
+    proxy: String,
+}
+
+impl AddressChange {
+    fn apply(&self, bundle: &Path) {
+        rewrite_address_file(bundle, &self.inner, &self.proxy);
+    }
 }
 
 /// containerd 1.6/1.7 reconnect through the bundle's `address` file after a restart, so it must
