@@ -489,17 +489,11 @@ pub fn with_metadata(
     key: &str,
     value: &str,
 ) -> Option<Vec<u8>> {
-    let mut entry = ttrpc::proto::KeyValue::new();
-    entry.key = key.to_string();
-    entry.value = value.to_string();
-    let entry = entry.write_to_bytes().ok()?;
-    let mut field = Vec::with_capacity(entry.len() + 6);
-    {
-        let mut out = protobuf::CodedOutputStream::vec(&mut field);
-        out.write_bytes(5, &entry).ok()?;
-        out.flush().ok()?;
-    }
-    let length = payload.len() + field.len();
+    use protobuf::rt::{compute_raw_varint64_size, string_size, WireType};
+    // KeyValue { key = 1, value = 2 } as field 5 of the Request: tag, length, entry.
+    let entry = string_size(1, key) + string_size(2, value);
+    let field = 1 + compute_raw_varint64_size(entry) + entry;
+    let length = payload.len() + usize::try_from(field).ok()?;
     if length > MESSAGE_LENGTH_MAX {
         return None;
     }
@@ -509,8 +503,15 @@ pub fn with_metadata(
     frame.push(header.type_);
     frame.push(header.flags);
     frame.extend_from_slice(payload);
-    frame.extend_from_slice(&field);
-    Some(frame)
+    {
+        let mut out = protobuf::CodedOutputStream::vec(&mut frame);
+        out.write_tag(5, WireType::LengthDelimited).ok()?;
+        out.write_raw_varint64(entry).ok()?;
+        out.write_string(1, key).ok()?;
+        out.write_string(2, value).ok()?;
+        out.flush().ok()?;
+    }
+    (frame.len() == MESSAGE_HEADER_LENGTH + length).then_some(frame)
 }
 
 /// A tap context spooling to `dir`, for the tap's and the events tap's unit tests.
