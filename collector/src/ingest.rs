@@ -1,7 +1,8 @@
 //! Ingest: moves spool lines into the store, exactly once, and compacts finished spool files.
 //!
 //! Each file is read from its stored offset; the spans read and the new offset are committed in one
-//! transaction. A file is *finished* once a later `seq` of the same writer exists or its writer pid
+//! transaction, which holds the chunks of many files (up to [`BATCH_SPANS`] span lines): a commit
+//! per file would rewrite the same index pages once per file. A file is *finished* once a later `seq` of the same writer exists or its writer pid
 //! is gone; a finished file whose every line is stored is removed (compaction), which keeps the
 //! spool bounded.
 
@@ -15,7 +16,10 @@ use nix::unistd::Pid;
 use shimtrace_shim::span::{SpanRecord, SpoolEntry};
 use shimtrace_shim::spool::{self, SpoolError, SpoolFileName, SpoolIssue};
 
-use crate::store::{DroppedLine, FileOffset, Store, StoreError};
+use crate::store::{DroppedLine, FileOffset, IngestBatch, Store, StoreError};
+
+/// A batch is committed once it holds this many span lines (and at the end of a pass).
+pub const BATCH_SPANS: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -94,10 +98,7 @@ impl Ingester {
             path: self.spool_dir.clone(),
             source,
         })?;
-        let mut report = IngestReport::default();
-        for (path, _) in &files {
-            report.absorb(self.ingest_file_or_report(path)?);
-        }
+        let mut report = self.ingest_files(files.iter().map(|(path, _)| path.as_path()))?;
         if self.compact {
             report.absorb(self.compact_files(&files)?);
         }
@@ -107,18 +108,16 @@ impl Ingester {
     /// Ingests the new complete lines of the spool files among `paths` (others are ignored), then
     /// compacts the spool.
     pub fn ingest_paths(&mut self, paths: &BTreeSet<PathBuf>) -> Result<IngestReport, IngestError> {
-        let mut report = IngestReport::default();
-        for path in paths {
-            let is_spool_file = path.parent() == Some(self.spool_dir.as_path())
+        let spool_dir = self.spool_dir.clone();
+        let spool_files = paths.iter().filter(|path| {
+            path.parent() == Some(spool_dir.as_path())
                 && path
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(SpoolFileName::parse)
-                    .is_some();
-            if is_spool_file {
-                report.absorb(self.ingest_file_or_report(path)?);
-            }
-        }
+                    .is_some()
+        });
+        let mut report = self.ingest_files(spool_files.map(PathBuf::as_path))?;
         if self.compact {
             let files =
                 spool::spool_files(&self.spool_dir).map_err(|source| IngestError::Spool {
@@ -130,100 +129,31 @@ impl Ingester {
         Ok(report)
     }
 
-    /// Like [`Ingester::ingest_file`], but a file that cannot be read becomes an issue instead of
-    /// stopping ingest of the others; store errors still stop it.
-    fn ingest_file_or_report(&mut self, path: &Path) -> Result<IngestReport, IngestError> {
-        match self.ingest_file(path) {
-            Err(IngestError::Spool { source, .. }) => Ok(IngestReport {
-                issues: vec![SpoolIssue {
-                    file: path.to_path_buf(),
-                    line: 0,
-                    error: format!("cannot read spool file, skipped for now: {source}"),
-                }],
-                ..IngestReport::default()
-            }),
-            other => other,
+    /// Ingests the new complete lines of `paths`, in batches. A file that cannot be read becomes an
+    /// issue instead of stopping ingest of the others; store errors stop it (the open batch rolls
+    /// back, so every stored offset still matches the stored spans).
+    fn ingest_files<'p>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'p Path>,
+    ) -> Result<IngestReport, IngestError> {
+        let mut report = IngestReport::default();
+        let mut batch = self.store.begin_ingest()?;
+        for path in paths {
+            report.absorb(ingest_file_or_report(&mut batch, path)?);
+            if batch.spans_added() >= BATCH_SPANS {
+                batch.commit()?;
+                batch = self.store.begin_ingest()?;
+            }
         }
+        batch.commit()?;
+        Ok(report)
     }
 
     /// Stores the complete lines of `path` past its stored offset.
     pub fn ingest_file(&mut self, path: &Path) -> Result<IngestReport, IngestError> {
-        let mut report = IngestReport::default();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            return Ok(report);
-        };
-        let size = match std::fs::metadata(path) {
-            Ok(m) => m.len(),
-            // Compacted or removed between the event and now.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
-            Err(source) => {
-                return Err(IngestError::Spool {
-                    path: path.to_path_buf(),
-                    source: SpoolError::Read {
-                        path: path.to_path_buf(),
-                        source,
-                    },
-                })
-            }
-        };
-        let mut from = self.store.file_offset(name)?;
-        if size < from.offset {
-            // Spool files only grow: a shorter file is a new file under an old name.
-            from = FileOffset {
-                offset: 0,
-                next_line: 1,
-            };
-        }
-        if size == from.offset {
-            return Ok(report);
-        }
-        let chunk = match spool::read_file_from(path, from.offset, from.next_line) {
-            Ok(chunk) => chunk,
-            Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Ok(report)
-            }
-            Err(source) => {
-                return Err(IngestError::Spool {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        if chunk.end_offset == from.offset && chunk.issues.is_empty() {
-            return Ok(report);
-        }
-        let mut spans: Vec<SpanRecord> = Vec::with_capacity(chunk.entries.len());
-        let mut dropped = Vec::new();
-        for entry in chunk.entries {
-            match entry {
-                SpoolEntry::Span(span) => spans.push(span),
-                SpoolEntry::Dropped {
-                    count,
-                    writer,
-                    reason,
-                    time_unix_nano,
-                } => {
-                    report.dropped += count;
-                    dropped.push(DroppedLine {
-                        count,
-                        writer,
-                        reason,
-                        time_unix_nano,
-                    });
-                }
-            }
-        }
-        report.spans_read = spans.len() as u64;
-        report.spans_stored = self.store.ingest_chunk(
-            name,
-            &spans,
-            &dropped,
-            FileOffset {
-                offset: chunk.end_offset,
-                next_line: chunk.next_line,
-            },
-        )?;
-        report.issues = chunk.issues;
+        let mut batch = self.store.begin_ingest()?;
+        let report = ingest_file(&mut batch, path)?;
+        batch.commit()?;
         Ok(report)
     }
 
@@ -250,7 +180,7 @@ impl Ingester {
             let at = self.store.file_offset(file_name)?;
             if at.offset < size {
                 // Read what may have arrived since the last event before judging.
-                report.absorb(self.ingest_file_or_report(path)?);
+                report.absorb(self.ingest_files([path.as_path()])?);
             }
             let at = self.store.file_offset(file_name)?;
             if at.offset < size {
@@ -281,6 +211,105 @@ impl Ingester {
         }
         Ok(report)
     }
+}
+
+/// Like [`ingest_file`], but a file that cannot be read becomes an issue.
+fn ingest_file_or_report(
+    batch: &mut IngestBatch<'_>,
+    path: &Path,
+) -> Result<IngestReport, IngestError> {
+    match ingest_file(batch, path) {
+        Err(IngestError::Spool { source, .. }) => Ok(IngestReport {
+            issues: vec![SpoolIssue {
+                file: path.to_path_buf(),
+                line: 0,
+                error: format!("cannot read spool file, skipped for now: {source}"),
+            }],
+            ..IngestReport::default()
+        }),
+        other => other,
+    }
+}
+
+/// Adds the complete lines of `path` past its stored offset to `batch`.
+fn ingest_file(batch: &mut IngestBatch<'_>, path: &Path) -> Result<IngestReport, IngestError> {
+    let mut report = IngestReport::default();
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(report);
+    };
+    let size = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        // Compacted or removed between the event and now.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+        Err(source) => {
+            return Err(IngestError::Spool {
+                path: path.to_path_buf(),
+                source: SpoolError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })
+        }
+    };
+    let mut from = batch.file_offset(name)?;
+    if size < from.offset {
+        // Spool files only grow: a shorter file is a new file under an old name.
+        from = FileOffset {
+            offset: 0,
+            next_line: 1,
+        };
+    }
+    if size == from.offset {
+        return Ok(report);
+    }
+    let chunk = match spool::read_file_from(path, from.offset, from.next_line) {
+        Ok(chunk) => chunk,
+        Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(report)
+        }
+        Err(source) => {
+            return Err(IngestError::Spool {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if chunk.end_offset == from.offset && chunk.issues.is_empty() {
+        return Ok(report);
+    }
+    let mut spans: Vec<SpanRecord> = Vec::with_capacity(chunk.entries.len());
+    let mut dropped = Vec::new();
+    for entry in chunk.entries {
+        match entry {
+            SpoolEntry::Span(span) => spans.push(span),
+            SpoolEntry::Dropped {
+                count,
+                writer,
+                reason,
+                time_unix_nano,
+            } => {
+                report.dropped += count;
+                dropped.push(DroppedLine {
+                    count,
+                    writer,
+                    reason,
+                    time_unix_nano,
+                });
+            }
+        }
+    }
+    report.spans_read = spans.len() as u64;
+    report.spans_stored = batch.add_chunk(
+        name,
+        &spans,
+        &dropped,
+        FileOffset {
+            offset: chunk.end_offset,
+            next_line: chunk.next_line,
+        },
+    )?;
+    report.issues = chunk.issues;
+    Ok(report)
 }
 
 #[cfg(test)]
