@@ -2,7 +2,8 @@
 //!
 //! Each file is read from its stored offset; the spans read and the new offset are committed in one
 //! transaction, which holds the chunks of many files (up to [`BATCH_SPANS`] span lines): a commit
-//! per file would rewrite the same index pages once per file. A file is *finished* once a later `seq` of the same writer exists or its writer pid
+//! per file would rewrite the same index pages once per file. A reader thread parses the files and
+//! serialises their spans for the store while the calling thread writes the previous file. A file is *finished* once a later `seq` of the same writer exists or its writer pid
 //! is gone; a finished file whose every line is stored is removed (compaction), which keeps the
 //! spool bounded.
 
@@ -13,13 +14,16 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use shimtrace_shim::span::{SpanRecord, SpoolEntry};
+use shimtrace_shim::span::SpoolEntry;
 use shimtrace_shim::spool::{self, SpoolError, SpoolFileName, SpoolIssue};
 
-use crate::store::{DroppedLine, FileOffset, IngestBatch, Store, StoreError};
+use crate::store::{DroppedLine, FileOffset, Store, StoreError, StoredSpan};
 
 /// A batch is committed once it holds this many span lines (and at the end of a pass).
 pub const BATCH_SPANS: u64 = 100_000;
+
+/// Files read ahead of the store: bounds memory to a few files' spans.
+const READ_AHEAD: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -136,24 +140,41 @@ impl Ingester {
         &mut self,
         paths: impl IntoIterator<Item = &'p Path>,
     ) -> Result<IngestReport, IngestError> {
+        let store = &mut self.store;
         let mut report = IngestReport::default();
-        let mut batch = self.store.begin_ingest()?;
-        for path in paths {
-            report.absorb(ingest_file_or_report(&mut batch, path)?);
-            if batch.spans_added() >= BATCH_SPANS {
-                batch.commit()?;
-                batch = self.store.begin_ingest()?;
+        std::thread::scope(|scope| -> Result<(), IngestError> {
+            let mut batch = store.begin_ingest()?;
+            // Read once, up front: the batch holds the store's write lock, and a pass names each
+            // file once, so only this pass moves these offsets.
+            let mut files = Vec::new();
+            for path in paths {
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    files.push((path, batch.file_offset(name)?));
+                }
             }
-        }
-        batch.commit()?;
-        Ok(report)
-    }
-
-    /// Stores the complete lines of `path` past its stored offset.
-    pub fn ingest_file(&mut self, path: &Path) -> Result<IngestReport, IngestError> {
-        let mut batch = self.store.begin_ingest()?;
-        let report = ingest_file(&mut batch, path)?;
-        batch.commit()?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            scope.spawn(move || {
+                for (path, from) in files {
+                    // The receiver is gone once the writer stopped on an error.
+                    if tx.send(read_new_lines(path, from)).is_err() {
+                        return;
+                    }
+                }
+            });
+            for mut read in rx {
+                if let Some(chunk) = read.chunk.take() {
+                    read.report.spans_stored =
+                        batch.add_chunk(read.name, &chunk.spans, &chunk.dropped, chunk.to)?;
+                }
+                report.absorb(read.report);
+                if batch.spans_added() >= BATCH_SPANS {
+                    batch.commit()?;
+                    batch = store.begin_ingest()?;
+                }
+            }
+            batch.commit()?;
+            Ok(())
+        })?;
         Ok(report)
     }
 
@@ -213,82 +234,87 @@ impl Ingester {
     }
 }
 
-/// Like [`ingest_file`], but a file that cannot be read becomes an issue.
-fn ingest_file_or_report(
-    batch: &mut IngestBatch<'_>,
-    path: &Path,
-) -> Result<IngestReport, IngestError> {
-    match ingest_file(batch, path) {
-        Err(IngestError::Spool { source, .. }) => Ok(IngestReport {
-            issues: vec![SpoolIssue {
-                file: path.to_path_buf(),
-                line: 0,
-                error: format!("cannot read spool file, skipped for now: {source}"),
-            }],
-            ..IngestReport::default()
-        }),
-        other => other,
-    }
+/// What a spool file holds past its stored offset, ready for the store.
+struct FileRead<'p> {
+    name: &'p str,
+    report: IngestReport,
+    chunk: Option<StoreChunk>,
 }
 
-/// Adds the complete lines of `path` past its stored offset to `batch`.
-fn ingest_file(batch: &mut IngestBatch<'_>, path: &Path) -> Result<IngestReport, IngestError> {
-    let mut report = IngestReport::default();
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return Ok(report);
+struct StoreChunk {
+    spans: Vec<StoredSpan>,
+    dropped: Vec<DroppedLine>,
+    to: FileOffset,
+}
+
+/// Reads the complete lines of `path` past `from`. A file that cannot be read becomes an issue;
+/// one that is gone (compacted since the event) or has nothing new becomes nothing.
+fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let mut read = FileRead {
+        name,
+        report: IngestReport::default(),
+        chunk: None,
+    };
+    let unreadable = |source: SpoolError| IngestReport {
+        issues: vec![SpoolIssue {
+            file: path.to_path_buf(),
+            line: 0,
+            error: format!("cannot read spool file, skipped for now: {source}"),
+        }],
+        ..IngestReport::default()
     };
     let size = match std::fs::metadata(path) {
         Ok(m) => m.len(),
-        // Compacted or removed between the event and now.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return read,
         Err(source) => {
-            return Err(IngestError::Spool {
+            read.report = unreadable(SpoolError::Read {
                 path: path.to_path_buf(),
-                source: SpoolError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            })
+                source,
+            });
+            return read;
         }
     };
-    let mut from = batch.file_offset(name)?;
-    if size < from.offset {
+    let from = if size < from.offset {
         // Spool files only grow: a shorter file is a new file under an old name.
-        from = FileOffset {
+        FileOffset {
             offset: 0,
             next_line: 1,
-        };
-    }
+        }
+    } else {
+        from
+    };
     if size == from.offset {
-        return Ok(report);
+        return read;
     }
     let chunk = match spool::read_file_from(path, from.offset, from.next_line) {
         Ok(chunk) => chunk,
         Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(report)
+            return read
         }
         Err(source) => {
-            return Err(IngestError::Spool {
-                path: path.to_path_buf(),
-                source,
-            })
+            read.report = unreadable(source);
+            return read;
         }
     };
     if chunk.end_offset == from.offset && chunk.issues.is_empty() {
-        return Ok(report);
+        return read;
     }
-    let mut spans: Vec<SpanRecord> = Vec::with_capacity(chunk.entries.len());
+    let mut spans = Vec::with_capacity(chunk.entries.len());
     let mut dropped = Vec::new();
     for entry in chunk.entries {
         match entry {
-            SpoolEntry::Span(span) => spans.push(span),
+            SpoolEntry::Span(span) => spans.push(StoredSpan::new(&span)),
             SpoolEntry::Dropped {
                 count,
                 writer,
                 reason,
                 time_unix_nano,
             } => {
-                report.dropped += count;
+                read.report.dropped += count;
                 dropped.push(DroppedLine {
                     count,
                     writer,
@@ -298,25 +324,24 @@ fn ingest_file(batch: &mut IngestBatch<'_>, path: &Path) -> Result<IngestReport,
             }
         }
     }
-    report.spans_read = spans.len() as u64;
-    report.spans_stored = batch.add_chunk(
-        name,
-        &spans,
-        &dropped,
-        FileOffset {
+    read.report.spans_read = spans.len() as u64;
+    read.report.issues = chunk.issues;
+    read.chunk = Some(StoreChunk {
+        spans,
+        dropped,
+        to: FileOffset {
             offset: chunk.end_offset,
             next_line: chunk.next_line,
         },
-    )?;
-    report.issues = chunk.issues;
-    Ok(report)
+    });
+    read
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::trace::tests::container_trace;
-    use shimtrace_shim::span::TraceId;
+    use shimtrace_shim::span::{SpanRecord, TraceId};
     use std::io::Write;
 
     fn line(span: &SpanRecord) -> String {

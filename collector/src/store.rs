@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use shimtrace_shim::span::{SpanRecord, TraceId};
+use shimtrace_shim::span::{SpanId, SpanRecord, TraceId};
 
 /// Default database path.
 pub const DEFAULT_DB: &str = "/var/lib/shimtrace/shimtrace.db";
@@ -140,6 +140,11 @@ DROP TABLE spans_v1;
 /// default 2 MiB makes it re-read pages from the OS.
 const CACHE_KIB: i64 = 64 * 1024;
 
+/// Reading many spans parses their records on up to this many threads, each at least
+/// [`PARSE_CHUNK_MIN`] records.
+const MAX_PARSE_THREADS: usize = 4;
+const PARSE_CHUNK_MIN: usize = 4096;
+
 /// Nanosecond timestamps fit i64 until 2262; clamp rather than wrap past that.
 fn to_sql_nanos(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -237,7 +242,6 @@ impl Store {
             tx: self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?,
-            record: Vec::new(),
             spans: 0,
         })
     }
@@ -251,8 +255,9 @@ impl Store {
         dropped: &[DroppedLine],
         to: FileOffset,
     ) -> Result<u64> {
+        let spans: Vec<StoredSpan> = spans.iter().map(StoredSpan::new).collect();
         let mut batch = self.begin_ingest()?;
-        let inserted = batch.add_chunk(name, spans, dropped, to)?;
+        let inserted = batch.add_chunk(name, &spans, dropped, to)?;
         batch.commit()?;
         Ok(inserted)
     }
@@ -291,28 +296,67 @@ impl Store {
     fn collect(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<(u64, SpanRecord)>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows = stmt.query(params)?;
-        let mut out = Vec::new();
+        // Every record in one buffer; parsing them, not reading them, is what takes time.
+        let mut text = String::new();
+        let mut records: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
-            // Parsed from SQLite's own buffer: no copy of the record.
             let record = row.get_ref(3)?.as_str().map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(3, Type::Text, Box::new(e))
             })?;
-            let id_hex = |column| {
-                row.get_ref(column)
-                    .ok()
-                    .and_then(|v| v.as_blob().ok())
-                    .map(hex::encode)
-                    .unwrap_or_default()
-            };
-            let span = serde_json::from_str(record).map_err(|source| StoreError::Corrupt {
-                trace_id: id_hex(1),
-                span_id: id_hex(2),
-                source,
-            })?;
-            out.push((seq, span));
+            let start = text.len();
+            text.push_str(record);
+            records.push((seq, start..text.len()));
         }
-        Ok(out)
+        drop(rows);
+        let parse = |records: &[(u64, std::ops::Range<usize>)]| {
+            records
+                .iter()
+                .map(|(seq, range)| {
+                    serde_json::from_str::<SpanRecord>(&text[range.clone()])
+                        .map(|span| (*seq, span))
+                        .map_err(|e| (*seq, e))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_PARSE_THREADS);
+        let parsed = if threads == 1 || records.len() < 2 * PARSE_CHUNK_MIN {
+            parse(&records)
+        } else {
+            let chunk = records.len().div_ceil(threads).max(PARSE_CHUNK_MIN);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = records
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || parse(part)))
+                    .collect();
+                let mut out = Vec::with_capacity(records.len());
+                for part in parts {
+                    out.extend(part.join().expect("parsing spans does not panic")?);
+                }
+                Ok(out)
+            })
+        };
+        parsed.map_err(|(seq, source)| self.corrupt(seq, source))
+    }
+
+    /// The error for the record at `seq` that does not parse, naming its span.
+    fn corrupt(&self, seq: u64, source: serde_json::Error) -> StoreError {
+        let ids: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT trace_id, span_id FROM spans WHERE seq = ?1",
+                [seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        let (trace_id, span_id) = ids.unwrap_or_default();
+        StoreError::Corrupt {
+            trace_id: hex::encode(trace_id),
+            span_id: hex::encode(span_id),
+            source,
+        }
     }
 
     /// Every stored span.
@@ -403,13 +447,34 @@ fn file_offset(conn: &Connection, name: &str) -> Result<FileOffset> {
         }))
 }
 
+/// A span as the store keeps it. Made apart from the store, so ingest can serialise spans on one
+/// thread while another writes.
+#[derive(Debug, Clone)]
+pub struct StoredSpan {
+    trace_id: TraceId,
+    span_id: SpanId,
+    container_id: Option<String>,
+    start_ns: i64,
+    record: String,
+}
+
+impl StoredSpan {
+    pub fn new(span: &SpanRecord) -> StoredSpan {
+        StoredSpan {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            container_id: span.container_id().map(str::to_string),
+            start_ns: to_sql_nanos(span.start_time_unix_nano),
+            record: serde_json::to_string(span).expect("a span record always serializes"),
+        }
+    }
+}
+
 /// One write transaction of ingest. Each file's new offset is written with the spans read before
 /// it, and all of them commit together or not at all (dropping the batch rolls it back). Indexes
 /// are updated at random places, so one commit for many files writes each index page once.
 pub struct IngestBatch<'s> {
     tx: rusqlite::Transaction<'s>,
-    /// Reused buffer for a span's JSON.
-    record: Vec<u8>,
     spans: u64,
 }
 
@@ -428,7 +493,7 @@ impl IngestBatch<'_> {
     pub fn add_chunk(
         &mut self,
         name: &str,
-        spans: &[SpanRecord],
+        spans: &[StoredSpan],
         dropped: &[DroppedLine],
         to: FileOffset,
     ) -> Result<u64> {
@@ -438,15 +503,12 @@ impl IngestBatch<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for span in spans {
-            self.record.clear();
-            serde_json::to_writer(&mut self.record, span).expect("a span record always serializes");
-            let record = std::str::from_utf8(&self.record).expect("serde_json writes UTF-8");
             inserted += insert.execute(params![
                 &span.trace_id.0[..],
                 &span.span_id.0[..],
-                span.container_id(),
-                to_sql_nanos(span.start_time_unix_nano),
-                record,
+                span.container_id,
+                span.start_ns,
+                span.record,
             ])? as u64;
         }
         self.spans += spans.len() as u64;
@@ -658,8 +720,9 @@ mod tests {
     fn a_batch_stores_all_its_files_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("db")).unwrap();
-        let a = container_trace(TraceId([5; 16]), "a");
-        let b = container_trace(TraceId([6; 16]), "b");
+        let stored = |spans: Vec<SpanRecord>| spans.iter().map(StoredSpan::new).collect::<Vec<_>>();
+        let a = stored(container_trace(TraceId([5; 16]), "a"));
+        let b = stored(container_trace(TraceId([6; 16]), "b"));
         let at = |offset| FileOffset {
             offset,
             next_line: 2,
@@ -692,6 +755,39 @@ mod tests {
             .map(|(s, _)| *s)
             .collect();
         assert_eq!(seqs, (1..=14).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn many_spans_read_back_in_seq_order_and_a_bad_record_names_its_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut store = Store::open(&path).unwrap();
+        // Enough spans to be parsed on several threads.
+        let spans: Vec<SpanRecord> = (0..1500u32)
+            .flat_map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&(i + 1).to_be_bytes());
+                container_trace(TraceId(id), &format!("c{i}"))
+            })
+            .collect();
+        let at = FileOffset {
+            offset: 1,
+            next_line: 2,
+        };
+        store.ingest_chunk("f", &spans, &[], at).unwrap();
+        assert_eq!(store.all_spans().unwrap(), spans);
+        let after = store.spans_after(10_000, 5).unwrap();
+        assert_eq!(after.len(), 5);
+        assert_eq!(after[0], (10_001, spans[10_000].clone()));
+
+        store
+            .conn
+            .execute("UPDATE spans SET record = '{' WHERE seq = 9000", [])
+            .unwrap();
+        let err = store.all_spans().err().unwrap().to_string();
+        let bad = &spans[8999];
+        assert!(err.contains(&bad.trace_id.to_hex()), "{err}");
+        assert!(err.contains(&bad.span_id.to_hex()), "{err}");
     }
 
     #[test]
