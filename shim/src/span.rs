@@ -151,7 +151,10 @@ macro_rules! hex_id {
 
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.to_hex())
+                // On the stack: ids are written three times per span.
+                let mut hex = [0u8; $len * 2];
+                hex::encode_to_slice(self.0, &mut hex).expect("the buffer fits the id");
+                serializer.serialize_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
             }
         }
 
