@@ -2,8 +2,8 @@
 //!
 //! Each file is read from its stored offset; the spans read and the new offset are committed in one
 //! transaction, which holds the chunks of many files (up to [`BATCH_SPANS`] span lines): a commit
-//! per file would rewrite the same index pages once per file. A reader thread parses the files and
-//! serialises their spans for the store while the calling thread writes the previous file. A file is *finished* once a later `seq` of the same writer exists or its writer pid
+//! per file would rewrite the same index pages once per file. Reader threads parse the files and
+//! serialise their spans for the store while the calling thread writes, in file order. A file is *finished* once a later `seq` of the same writer exists or its writer pid
 //! is gone; a finished file whose every line is stored is removed (compaction), which keeps the
 //! spool bounded.
 
@@ -22,8 +22,10 @@ use crate::store::{DroppedLine, FileOffset, Store, StoreError, StoredSpan};
 /// A batch is committed once it holds this many span lines (and at the end of a pass).
 pub const BATCH_SPANS: u64 = 100_000;
 
-/// Files read ahead of the store: bounds memory to a few files' spans.
+/// Files each reader reads ahead of the store: bounds memory to a few files' spans.
 const READ_AHEAD: usize = 2;
+/// At most this many reader threads.
+const MAX_READERS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -140,41 +142,52 @@ impl Ingester {
         &mut self,
         paths: impl IntoIterator<Item = &'p Path>,
     ) -> Result<IngestReport, IngestError> {
-        let store = &mut self.store;
+        let mut batch = self.store.begin_ingest()?;
+        // Read once, up front: the batch holds the store's write lock, and a pass names each file
+        // once, so only this pass moves these offsets.
+        let mut files = Vec::new();
+        for path in paths {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                files.push((path, batch.file_offset(name)?));
+            }
+        }
+        let files = &files;
+        // Reader `r` reads files r, r + readers, ...; the writer takes them in turn, so spans are
+        // stored in file order whatever the number of readers.
+        let readers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_READERS)
+            .min(files.len().max(1));
         let mut report = IngestReport::default();
         std::thread::scope(|scope| -> Result<(), IngestError> {
-            let mut batch = store.begin_ingest()?;
-            // Read once, up front: the batch holds the store's write lock, and a pass names each
-            // file once, so only this pass moves these offsets.
-            let mut files = Vec::new();
-            for path in paths {
-                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                    files.push((path, batch.file_offset(name)?));
-                }
-            }
-            let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
-            scope.spawn(move || {
-                for (path, from) in files {
-                    // The receiver is gone once the writer stopped on an error.
-                    if tx.send(read_new_lines(path, from)).is_err() {
-                        return;
-                    }
-                }
-            });
-            for mut read in rx {
+            let receivers: Vec<_> = (0..readers)
+                .map(|r| {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+                    scope.spawn(move || {
+                        for (path, from) in files.iter().skip(r).step_by(readers) {
+                            // The receiver is gone once the writer stopped on an error.
+                            if tx.send(read_new_lines(path, *from)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    rx
+                })
+                .collect();
+            let in_file_order = (0..files.len()).map_while(|i| receivers[i % readers].recv().ok());
+            for mut read in in_file_order {
                 if let Some(chunk) = read.chunk.take() {
                     read.report.spans_stored =
                         batch.add_chunk(read.name, &chunk.spans, &chunk.dropped, chunk.to)?;
                 }
                 report.absorb(read.report);
                 if batch.spans_added() >= BATCH_SPANS {
-                    batch.commit()?;
-                    batch = store.begin_ingest()?;
+                    batch.commit_and_continue()?;
                 }
             }
-            batch.commit()?;
             Ok(())
         })?;
+        batch.commit()?;
         Ok(report)
     }
 
@@ -385,6 +398,26 @@ mod tests {
         assert_eq!(r.compacted, 1);
         assert!(!path.exists());
         assert_eq!(ingester.store().span_count().unwrap(), 7);
+    }
+
+    #[test]
+    fn many_files_are_stored_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let mut want = Vec::new();
+        for i in 0..9u8 {
+            let spans = container_trace(TraceId([i + 1; 16]), &format!("c{i}"));
+            let lines: String = spans.iter().map(line).collect();
+            std::fs::write(spool.join(format!("proxy-99999999-{i}-0.jsonl")), lines).unwrap();
+            want.extend(spans);
+        }
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut ingester = Ingester::new(store, &spool, false);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!((r.spans_read, r.spans_stored), (63, 63));
+        assert_eq!(ingester.store().all_spans().unwrap(), want);
+        assert_eq!(ingester.ingest_all().unwrap().spans_read, 0);
     }
 
     #[test]

@@ -238,10 +238,11 @@ impl Store {
 
     /// Starts one write transaction for the chunks of one or more spool files.
     pub fn begin_ingest(&mut self) -> Result<IngestBatch<'_>> {
+        // IMMEDIATE: take the write lock now (waiting for it if need be), so offsets read in the
+        // batch stay true until it commits.
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(IngestBatch {
-            tx: self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?,
+            conn: &mut self.conn,
             spans: 0,
         })
     }
@@ -471,20 +472,32 @@ impl StoredSpan {
 }
 
 /// One write transaction of ingest. Each file's new offset is written with the spans read before
-/// it, and all of them commit together or not at all (dropping the batch rolls it back). Indexes
-/// are updated at random places, so one commit for many files writes each index page once.
+/// it, and all of them commit together or not at all (dropping the batch rolls back what is not
+/// committed). Indexes are updated at random places, so one commit for many files writes each
+/// index page once.
 pub struct IngestBatch<'s> {
-    tx: rusqlite::Transaction<'s>,
+    /// In a transaction while the batch lives.
+    conn: &'s mut Connection,
     spans: u64,
+}
+
+impl Drop for IngestBatch<'_> {
+    fn drop(&mut self) {
+        if !self.conn.is_autocommit() {
+            // Nothing else can be done about a failed rollback here; SQLite undoes an unfinished
+            // transaction at the next open anyway.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 impl IngestBatch<'_> {
     /// Where ingest of spool file `name` stands, including this batch's chunks.
     pub fn file_offset(&self, name: &str) -> Result<FileOffset> {
-        file_offset(&self.tx, name)
+        file_offset(self.conn, name)
     }
 
-    /// Span lines added to this batch so far.
+    /// Span lines added since the batch began or last committed.
     pub fn spans_added(&self) -> u64 {
         self.spans
     }
@@ -498,7 +511,7 @@ impl IngestBatch<'_> {
         to: FileOffset,
     ) -> Result<u64> {
         let mut inserted = 0;
-        let mut insert = self.tx.prepare_cached(
+        let mut insert = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO spans (trace_id, span_id, container_id, start_ns, record)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -512,7 +525,7 @@ impl IngestBatch<'_> {
             ])? as u64;
         }
         self.spans += spans.len() as u64;
-        let mut insert_dropped = self.tx.prepare_cached(
+        let mut insert_dropped = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO dropped (file, writer, time_ns, count, reason)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -525,7 +538,7 @@ impl IngestBatch<'_> {
                 d.reason
             ])?;
         }
-        self.tx.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO spool_files (name, offset, next_line) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO UPDATE SET offset = excluded.offset, next_line = excluded.next_line",
         )?
@@ -534,7 +547,14 @@ impl IngestBatch<'_> {
     }
 
     pub fn commit(self) -> Result<()> {
-        Ok(self.tx.commit()?)
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    /// Commits what was added so far and goes on in a new transaction.
+    pub fn commit_and_continue(&mut self) -> Result<()> {
+        self.conn.execute_batch("COMMIT; BEGIN IMMEDIATE")?;
+        self.spans = 0;
+        Ok(())
     }
 }
 
@@ -748,8 +768,18 @@ mod tests {
         batch.commit().unwrap();
         assert_eq!(store.span_count().unwrap(), 14);
         assert_eq!(store.file_offset("b").unwrap(), at(20));
+        // Committed parts stay when a later part is dropped.
+        let c = stored(container_trace(TraceId([7; 16]), "c"));
+        let mut batch = store.begin_ingest().unwrap();
+        batch.add_chunk("c", &c[..3], &[], at(30)).unwrap();
+        batch.commit_and_continue().unwrap();
+        assert_eq!(batch.spans_added(), 0);
+        batch.add_chunk("c", &c[3..], &[], at(40)).unwrap();
+        drop(batch);
+        assert_eq!(store.span_count().unwrap(), 17);
+        assert_eq!(store.file_offset("c").unwrap(), at(30));
         let seqs: Vec<u64> = store
-            .spans_after(0, 100)
+            .spans_after(0, 14)
             .unwrap()
             .iter()
             .map(|(s, _)| *s)
