@@ -152,6 +152,11 @@ fn to_sql_nanos(n: u64) -> i64 {
 
 /// Creates the tables, or upgrades an older layout, in one transaction.
 fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<()> {
+    // An up-to-date store needs no write lock (metrics opens the store for every scrape).
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version == SCHEMA_VERSION {
