@@ -1,7 +1,9 @@
 //! Ingest: moves spool lines into the store, exactly once, and compacts finished spool files.
 //!
 //! Each file is read from its stored offset; the spans read and the new offset are committed in one
-//! transaction. A file is *finished* once a later `seq` of the same writer exists or its writer pid
+//! transaction, which holds the chunks of many files (up to [`BATCH_SPANS`] span lines): a commit
+//! per file would rewrite the same index pages once per file. Reader threads parse the files and
+//! serialise their spans for the store while the calling thread writes, in file order. A file is *finished* once a later `seq` of the same writer exists or its writer pid
 //! is gone; a finished file whose every line is stored is removed (compaction), which keeps the
 //! spool bounded.
 
@@ -12,10 +14,18 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use shimtrace_shim::span::{SpanRecord, SpoolEntry};
+use shimtrace_shim::span::SpoolEntry;
 use shimtrace_shim::spool::{self, SpoolError, SpoolFileName, SpoolIssue};
 
-use crate::store::{DroppedLine, FileOffset, Store, StoreError};
+use crate::store::{DroppedLine, FileOffset, Store, StoreError, StoredSpan};
+
+/// A batch is committed once it holds this many span lines (and at the end of a pass).
+pub const BATCH_SPANS: u64 = 100_000;
+
+/// Files each reader reads ahead of the store: bounds memory to a few files' spans.
+const READ_AHEAD: usize = 2;
+/// At most this many reader threads.
+const MAX_READERS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -94,10 +104,7 @@ impl Ingester {
             path: self.spool_dir.clone(),
             source,
         })?;
-        let mut report = IngestReport::default();
-        for (path, _) in &files {
-            report.absorb(self.ingest_file_or_report(path)?);
-        }
+        let mut report = self.ingest_files(files.iter().map(|(path, _)| path.as_path()))?;
         if self.compact {
             report.absorb(self.compact_files(&files)?);
         }
@@ -107,18 +114,16 @@ impl Ingester {
     /// Ingests the new complete lines of the spool files among `paths` (others are ignored), then
     /// compacts the spool.
     pub fn ingest_paths(&mut self, paths: &BTreeSet<PathBuf>) -> Result<IngestReport, IngestError> {
-        let mut report = IngestReport::default();
-        for path in paths {
-            let is_spool_file = path.parent() == Some(self.spool_dir.as_path())
+        let spool_dir = self.spool_dir.clone();
+        let spool_files = paths.iter().filter(|path| {
+            path.parent() == Some(spool_dir.as_path())
                 && path
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(SpoolFileName::parse)
-                    .is_some();
-            if is_spool_file {
-                report.absorb(self.ingest_file_or_report(path)?);
-            }
-        }
+                    .is_some()
+        });
+        let mut report = self.ingest_files(spool_files.map(PathBuf::as_path))?;
         if self.compact {
             let files =
                 spool::spool_files(&self.spool_dir).map_err(|source| IngestError::Spool {
@@ -130,100 +135,59 @@ impl Ingester {
         Ok(report)
     }
 
-    /// Like [`Ingester::ingest_file`], but a file that cannot be read becomes an issue instead of
-    /// stopping ingest of the others; store errors still stop it.
-    fn ingest_file_or_report(&mut self, path: &Path) -> Result<IngestReport, IngestError> {
-        match self.ingest_file(path) {
-            Err(IngestError::Spool { source, .. }) => Ok(IngestReport {
-                issues: vec![SpoolIssue {
-                    file: path.to_path_buf(),
-                    line: 0,
-                    error: format!("cannot read spool file, skipped for now: {source}"),
-                }],
-                ..IngestReport::default()
-            }),
-            other => other,
+    /// Ingests the new complete lines of `paths`, in batches. A file that cannot be read becomes an
+    /// issue instead of stopping ingest of the others; store errors stop it (the open batch rolls
+    /// back, so every stored offset still matches the stored spans).
+    fn ingest_files<'p>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'p Path>,
+    ) -> Result<IngestReport, IngestError> {
+        let mut batch = self.store.begin_ingest()?;
+        // Read once, up front: the batch holds the store's write lock, and a pass names each file
+        // once, so only this pass moves these offsets.
+        let mut files = Vec::new();
+        for path in paths {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                files.push((path, batch.file_offset(name)?));
+            }
         }
-    }
-
-    /// Stores the complete lines of `path` past its stored offset.
-    pub fn ingest_file(&mut self, path: &Path) -> Result<IngestReport, IngestError> {
+        let files = &files;
+        // Reader `r` reads files r, r + readers, ...; the writer takes them in turn, so spans are
+        // stored in file order whatever the number of readers.
+        let readers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_READERS)
+            .min(files.len().max(1));
         let mut report = IngestReport::default();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            return Ok(report);
-        };
-        let size = match std::fs::metadata(path) {
-            Ok(m) => m.len(),
-            // Compacted or removed between the event and now.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
-            Err(source) => {
-                return Err(IngestError::Spool {
-                    path: path.to_path_buf(),
-                    source: SpoolError::Read {
-                        path: path.to_path_buf(),
-                        source,
-                    },
-                })
-            }
-        };
-        let mut from = self.store.file_offset(name)?;
-        if size < from.offset {
-            // Spool files only grow: a shorter file is a new file under an old name.
-            from = FileOffset {
-                offset: 0,
-                next_line: 1,
-            };
-        }
-        if size == from.offset {
-            return Ok(report);
-        }
-        let chunk = match spool::read_file_from(path, from.offset, from.next_line) {
-            Ok(chunk) => chunk,
-            Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Ok(report)
-            }
-            Err(source) => {
-                return Err(IngestError::Spool {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        if chunk.end_offset == from.offset && chunk.issues.is_empty() {
-            return Ok(report);
-        }
-        let mut spans: Vec<SpanRecord> = Vec::with_capacity(chunk.entries.len());
-        let mut dropped = Vec::new();
-        for entry in chunk.entries {
-            match entry {
-                SpoolEntry::Span(span) => spans.push(span),
-                SpoolEntry::Dropped {
-                    count,
-                    writer,
-                    reason,
-                    time_unix_nano,
-                } => {
-                    report.dropped += count;
-                    dropped.push(DroppedLine {
-                        count,
-                        writer,
-                        reason,
-                        time_unix_nano,
+        std::thread::scope(|scope| -> Result<(), IngestError> {
+            let receivers: Vec<_> = (0..readers)
+                .map(|r| {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+                    scope.spawn(move || {
+                        for (path, from) in files.iter().skip(r).step_by(readers) {
+                            // The receiver is gone once the writer stopped on an error.
+                            if tx.send(read_new_lines(path, *from)).is_err() {
+                                return;
+                            }
+                        }
                     });
+                    rx
+                })
+                .collect();
+            let in_file_order = (0..files.len()).map_while(|i| receivers[i % readers].recv().ok());
+            for mut read in in_file_order {
+                if let Some(chunk) = read.chunk.take() {
+                    read.report.spans_stored =
+                        batch.add_chunk(read.name, &chunk.spans, &chunk.dropped, chunk.to)?;
+                }
+                report.absorb(read.report);
+                if batch.spans_added() >= BATCH_SPANS {
+                    batch.commit_and_continue()?;
                 }
             }
-        }
-        report.spans_read = spans.len() as u64;
-        report.spans_stored = self.store.ingest_chunk(
-            name,
-            &spans,
-            &dropped,
-            FileOffset {
-                offset: chunk.end_offset,
-                next_line: chunk.next_line,
-            },
-        )?;
-        report.issues = chunk.issues;
+            Ok(())
+        })?;
+        batch.commit()?;
         Ok(report)
     }
 
@@ -250,7 +214,7 @@ impl Ingester {
             let at = self.store.file_offset(file_name)?;
             if at.offset < size {
                 // Read what may have arrived since the last event before judging.
-                report.absorb(self.ingest_file_or_report(path)?);
+                report.absorb(self.ingest_files([path.as_path()])?);
             }
             let at = self.store.file_offset(file_name)?;
             if at.offset < size {
@@ -283,11 +247,114 @@ impl Ingester {
     }
 }
 
+/// What a spool file holds past its stored offset, ready for the store.
+struct FileRead<'p> {
+    name: &'p str,
+    report: IngestReport,
+    chunk: Option<StoreChunk>,
+}
+
+struct StoreChunk {
+    spans: Vec<StoredSpan>,
+    dropped: Vec<DroppedLine>,
+    to: FileOffset,
+}
+
+/// Reads the complete lines of `path` past `from`. A file that cannot be read becomes an issue;
+/// one that is gone (compacted since the event) or has nothing new becomes nothing.
+fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let mut read = FileRead {
+        name,
+        report: IngestReport::default(),
+        chunk: None,
+    };
+    let unreadable = |source: SpoolError| IngestReport {
+        issues: vec![SpoolIssue {
+            file: path.to_path_buf(),
+            line: 0,
+            error: format!("cannot read spool file, skipped for now: {source}"),
+        }],
+        ..IngestReport::default()
+    };
+    let size = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return read,
+        Err(source) => {
+            read.report = unreadable(SpoolError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+            return read;
+        }
+    };
+    let from = if size < from.offset {
+        // Spool files only grow: a shorter file is a new file under an old name.
+        FileOffset {
+            offset: 0,
+            next_line: 1,
+        }
+    } else {
+        from
+    };
+    if size == from.offset {
+        return read;
+    }
+    let chunk = match spool::read_file_from(path, from.offset, from.next_line) {
+        Ok(chunk) => chunk,
+        Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return read
+        }
+        Err(source) => {
+            read.report = unreadable(source);
+            return read;
+        }
+    };
+    if chunk.end_offset == from.offset && chunk.issues.is_empty() {
+        return read;
+    }
+    let mut spans = Vec::with_capacity(chunk.entries.len());
+    let mut dropped = Vec::new();
+    for entry in chunk.entries {
+        match entry {
+            SpoolEntry::Span(span) => spans.push(StoredSpan::new(&span)),
+            SpoolEntry::Dropped {
+                count,
+                writer,
+                reason,
+                time_unix_nano,
+            } => {
+                read.report.dropped += count;
+                dropped.push(DroppedLine {
+                    count,
+                    writer,
+                    reason,
+                    time_unix_nano,
+                });
+            }
+        }
+    }
+    read.report.spans_read = spans.len() as u64;
+    read.report.issues = chunk.issues;
+    read.chunk = Some(StoreChunk {
+        spans,
+        dropped,
+        to: FileOffset {
+            offset: chunk.end_offset,
+            next_line: chunk.next_line,
+        },
+    });
+    read
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::trace::tests::container_trace;
-    use shimtrace_shim::span::TraceId;
+    use shimtrace_shim::span::{SpanRecord, TraceId};
     use std::io::Write;
 
     fn line(span: &SpanRecord) -> String {
@@ -331,6 +398,26 @@ mod tests {
         assert_eq!(r.compacted, 1);
         assert!(!path.exists());
         assert_eq!(ingester.store().span_count().unwrap(), 7);
+    }
+
+    #[test]
+    fn many_files_are_stored_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let mut want = Vec::new();
+        for i in 0..9u8 {
+            let spans = container_trace(TraceId([i + 1; 16]), &format!("c{i}"));
+            let lines: String = spans.iter().map(line).collect();
+            std::fs::write(spool.join(format!("proxy-99999999-{i}-0.jsonl")), lines).unwrap();
+            want.extend(spans);
+        }
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut ingester = Ingester::new(store, &spool, false);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!((r.spans_read, r.spans_stored), (63, 63));
+        assert_eq!(ingester.store().all_spans().unwrap(), want);
+        assert_eq!(ingester.ingest_all().unwrap().spans_read, 0);
     }
 
     #[test]

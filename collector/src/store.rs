@@ -3,13 +3,18 @@
 //!
 //! A span's key is (trace_id, span_id), so ingesting a line twice stores it once; a file's offset
 //! is written in the same transaction as the spans read before it, so a crash never loses or
-//! duplicates. `seq` numbers spans in ingest order, which is what export cursors follow.
+//! duplicates. `seq` numbers spans in ingest order, which is what export cursors follow: spans are
+//! never deleted, so a new span's `seq` (the largest so far plus one) is always above every cursor.
+//!
+//! The layout is versioned in SQLite's `user_version` ([`SCHEMA_VERSION`]); opening a store of the
+//! first layout upgrades it in one transaction.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
-use shimtrace_shim::span::SpanRecord;
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use shimtrace_shim::span::{SpanId, SpanRecord, TraceId};
 
 /// Default database path.
 pub const DEFAULT_DB: &str = "/var/lib/shimtrace/shimtrace.db";
@@ -38,6 +43,14 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("store {path} has layout version {found}, newer than this shimtrace knows ({SCHEMA_VERSION}): use the shimtrace that wrote it, or pass --db PATH (or set {DB_ENV}) to start a new store")]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("cannot upgrade store {path} to layout version {SCHEMA_VERSION}: {source} (the store is unchanged; move it aside, or pass --db PATH to start a new store, then re-ingest the spool)")]
+    Upgrade {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("store holds a span that does not parse ({trace_id}/{span_id}): {source}")]
     Corrupt {
         trace_id: String,
@@ -73,21 +86,23 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The store's layout version, kept in `PRAGMA user_version`. Version 1 (which left it 0) had hex
+/// text ids, an AUTOINCREMENT key and indexes no query used.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Ids are stored as their bytes: the (trace_id, span_id) index is the one every insert updates at a
+/// random place. `record` is the span's JSON (as `shimtrace traces --json` prints it).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS spans (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    trace_id TEXT NOT NULL,
-    span_id TEXT NOT NULL,
-    parent_span_id TEXT,
-    name TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
+    seq INTEGER PRIMARY KEY,
+    trace_id BLOB NOT NULL,
+    span_id BLOB NOT NULL,
     container_id TEXT,
+    start_ns INTEGER NOT NULL,
     record TEXT NOT NULL,
     UNIQUE (trace_id, span_id)
 );
 CREATE INDEX IF NOT EXISTS spans_container ON spans (container_id);
-CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns);
 CREATE TABLE IF NOT EXISTS spool_files (
     name TEXT PRIMARY KEY,
     offset INTEGER NOT NULL,
@@ -107,9 +122,73 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
+/// Moves version-1 spans into the version-2 table, keeping every `seq` (export cursors point at
+/// them). Runs inside the opening transaction.
+const UPGRADE_FROM_V1: &str = "
+ALTER TABLE spans RENAME TO spans_v1;
+DROP INDEX IF EXISTS spans_container;
+DROP INDEX IF EXISTS spans_start;
+";
+const COPY_FROM_V1: &str = "
+INSERT INTO spans (seq, trace_id, span_id, container_id, start_ns, record)
+    SELECT seq, unhex(trace_id), unhex(span_id), container_id, start_ns, record
+    FROM spans_v1 ORDER BY seq;
+DROP TABLE spans_v1;
+";
+
+/// Pages SQLite keeps in memory (negative: KiB). Ingest updates indexes at random places; the
+/// default 2 MiB makes it re-read pages from the OS.
+const CACHE_KIB: i64 = 64 * 1024;
+
+/// Reading many spans parses their records on up to this many threads, each at least
+/// [`PARSE_CHUNK_MIN`] records.
+const MAX_PARSE_THREADS: usize = 4;
+const PARSE_CHUNK_MIN: usize = 4096;
+
 /// Nanosecond timestamps fit i64 until 2262; clamp rather than wrap past that.
 fn to_sql_nanos(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Creates the tables, or upgrades an older layout, in one transaction.
+fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<()> {
+    // An up-to-date store needs no write lock (metrics opens the store for every scrape).
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    let has_v1_spans: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'spans')",
+        [],
+        |r| r.get(0),
+    )?;
+    let upgrade = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<()> {
+        if has_v1_spans {
+            tx.execute_batch(UPGRADE_FROM_V1)?;
+        }
+        tx.execute_batch(SCHEMA)?;
+        if has_v1_spans {
+            tx.execute_batch(COPY_FROM_V1)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+    };
+    upgrade(&tx).map_err(|source| StoreError::Upgrade {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tx.commit()?;
+    Ok(())
 }
 
 impl Store {
@@ -133,7 +212,10 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)
+            .map_err(open_err)?;
+        let mut conn = conn;
+        prepare_schema(&mut conn, path)?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -156,23 +238,18 @@ impl Store {
 
     /// Where ingest of spool file `name` stands (zero if never seen).
     pub fn file_offset(&self, name: &str) -> Result<FileOffset> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT offset, next_line FROM spool_files WHERE name = ?1",
-                [name],
-                |row| {
-                    Ok(FileOffset {
-                        offset: row.get::<_, i64>(0)? as u64,
-                        next_line: row.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )
-            .optional()?
-            .unwrap_or(FileOffset {
-                offset: 0,
-                next_line: 1,
-            }))
+        file_offset(&self.conn, name)
+    }
+
+    /// Starts one write transaction for the chunks of one or more spool files.
+    pub fn begin_ingest(&mut self) -> Result<IngestBatch<'_>> {
+        // IMMEDIATE: take the write lock now (waiting for it if need be), so offsets read in the
+        // batch stay true until it commits.
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(IngestBatch {
+            conn: &mut self.conn,
+            spans: 0,
+        })
     }
 
     /// Stores what was read from spool file `name` and its new offset, atomically.
@@ -184,47 +261,10 @@ impl Store {
         dropped: &[DroppedLine],
         to: FileOffset,
     ) -> Result<u64> {
-        let tx = self.conn.transaction()?;
-        let mut inserted = 0;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO spans
-                   (trace_id, span_id, parent_span_id, name, start_ns, end_ns, container_id, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for span in spans {
-                let record = serde_json::to_string(span).expect("a span record always serializes");
-                inserted += insert.execute(params![
-                    span.trace_id.to_hex(),
-                    span.span_id.to_hex(),
-                    span.parent_span_id.map(|p| p.to_hex()),
-                    span.name,
-                    to_sql_nanos(span.start_time_unix_nano),
-                    to_sql_nanos(span.end_time_unix_nano),
-                    span.container_id(),
-                    record,
-                ])? as u64;
-            }
-            let mut insert_dropped = tx.prepare_cached(
-                "INSERT OR IGNORE INTO dropped (file, writer, time_ns, count, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for d in dropped {
-                insert_dropped.execute(params![
-                    name,
-                    d.writer,
-                    to_sql_nanos(d.time_unix_nano),
-                    to_sql_nanos(d.count),
-                    d.reason
-                ])?;
-            }
-            tx.execute(
-                "INSERT INTO spool_files (name, offset, next_line) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET offset = excluded.offset, next_line = excluded.next_line",
-                params![name, to.offset as i64, to.next_line as i64],
-            )?;
-        }
-        tx.commit()?;
+        let spans: Vec<StoredSpan> = spans.iter().map(StoredSpan::new).collect();
+        let mut batch = self.begin_ingest()?;
+        let inserted = batch.add_chunk(name, &spans, dropped, to)?;
+        batch.commit()?;
         Ok(inserted)
     }
 
@@ -261,25 +301,68 @@ impl Store {
 
     fn collect(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<(u64, SpanRecord)>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, |row| {
-            Ok((
-                row.get::<_, i64>(0)? as u64,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, trace_id, span_id, record) = row?;
-            let span = serde_json::from_str(&record).map_err(|source| StoreError::Corrupt {
-                trace_id,
-                span_id,
-                source,
+        let mut rows = stmt.query(params)?;
+        // Every record in one buffer; parsing them, not reading them, is what takes time.
+        let mut text = String::new();
+        let mut records: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            let record = row.get_ref(3)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(3, Type::Text, Box::new(e))
             })?;
-            out.push((seq, span));
+            let start = text.len();
+            text.push_str(record);
+            records.push((seq, start..text.len()));
         }
-        Ok(out)
+        drop(rows);
+        let parse = |records: &[(u64, std::ops::Range<usize>)]| {
+            records
+                .iter()
+                .map(|(seq, range)| {
+                    serde_json::from_str::<SpanRecord>(&text[range.clone()])
+                        .map(|span| (*seq, span))
+                        .map_err(|e| (*seq, e))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_PARSE_THREADS);
+        let parsed = if threads == 1 || records.len() < 2 * PARSE_CHUNK_MIN {
+            parse(&records)
+        } else {
+            let chunk = records.len().div_ceil(threads).max(PARSE_CHUNK_MIN);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = records
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || parse(part)))
+                    .collect();
+                let mut out = Vec::with_capacity(records.len());
+                for part in parts {
+                    out.extend(part.join().expect("parsing spans does not panic")?);
+                }
+                Ok(out)
+            })
+        };
+        parsed.map_err(|(seq, source)| self.corrupt(seq, source))
+    }
+
+    /// The error for the record at `seq` that does not parse, naming its span.
+    fn corrupt(&self, seq: u64, source: serde_json::Error) -> StoreError {
+        let ids: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT trace_id, span_id FROM spans WHERE seq = ?1",
+                [seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        let (trace_id, span_id) = ids.unwrap_or_default();
+        StoreError::Corrupt {
+            trace_id: hex::encode(trace_id),
+            span_id: hex::encode(span_id),
+            source,
+        }
     }
 
     /// Every stored span.
@@ -300,9 +383,9 @@ impl Store {
             .collect(
                 "SELECT seq, trace_id, span_id, record FROM spans WHERE trace_id IN (
                     SELECT trace_id FROM spans WHERE container_id = ?1
-                    UNION SELECT ?1)
+                    UNION SELECT ?2)
                  ORDER BY seq",
-                [id],
+                params![id, id.parse::<TraceId>().ok().map(|t| t.0)],
             )?
             .into_iter()
             .map(|(_, s)| s)
@@ -351,6 +434,135 @@ impl Store {
     }
 }
 
+fn file_offset(conn: &Connection, name: &str) -> Result<FileOffset> {
+    Ok(conn
+        .query_row(
+            "SELECT offset, next_line FROM spool_files WHERE name = ?1",
+            [name],
+            |row| {
+                Ok(FileOffset {
+                    offset: row.get::<_, i64>(0)? as u64,
+                    next_line: row.get::<_, i64>(1)? as u64,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or(FileOffset {
+            offset: 0,
+            next_line: 1,
+        }))
+}
+
+/// A span as the store keeps it. Made apart from the store, so ingest can serialise spans on one
+/// thread while another writes.
+#[derive(Debug, Clone)]
+pub struct StoredSpan {
+    trace_id: TraceId,
+    span_id: SpanId,
+    container_id: Option<String>,
+    start_ns: i64,
+    record: String,
+}
+
+impl StoredSpan {
+    pub fn new(span: &SpanRecord) -> StoredSpan {
+        StoredSpan {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            container_id: span.container_id().map(str::to_string),
+            start_ns: to_sql_nanos(span.start_time_unix_nano),
+            record: serde_json::to_string(span).expect("a span record always serializes"),
+        }
+    }
+}
+
+/// One write transaction of ingest. Each file's new offset is written with the spans read before
+/// it, and all of them commit together or not at all (dropping the batch rolls back what is not
+/// committed). Indexes are updated at random places, so one commit for many files writes each
+/// index page once.
+pub struct IngestBatch<'s> {
+    /// In a transaction while the batch lives.
+    conn: &'s mut Connection,
+    spans: u64,
+}
+
+impl Drop for IngestBatch<'_> {
+    fn drop(&mut self) {
+        if !self.conn.is_autocommit() {
+            // Nothing else can be done about a failed rollback here; SQLite undoes an unfinished
+            // transaction at the next open anyway.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl IngestBatch<'_> {
+    /// Where ingest of spool file `name` stands, including this batch's chunks.
+    pub fn file_offset(&self, name: &str) -> Result<FileOffset> {
+        file_offset(self.conn, name)
+    }
+
+    /// Span lines added since the batch began or last committed.
+    pub fn spans_added(&self) -> u64 {
+        self.spans
+    }
+
+    /// Adds what was read from spool file `name` and its new offset. Returns how many spans were new.
+    pub fn add_chunk(
+        &mut self,
+        name: &str,
+        spans: &[StoredSpan],
+        dropped: &[DroppedLine],
+        to: FileOffset,
+    ) -> Result<u64> {
+        let mut inserted = 0;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO spans (trace_id, span_id, container_id, start_ns, record)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for span in spans {
+            inserted += insert.execute(params![
+                &span.trace_id.0[..],
+                &span.span_id.0[..],
+                span.container_id,
+                span.start_ns,
+                span.record,
+            ])? as u64;
+        }
+        self.spans += spans.len() as u64;
+        let mut insert_dropped = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO dropped (file, writer, time_ns, count, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for d in dropped {
+            insert_dropped.execute(params![
+                name,
+                d.writer,
+                to_sql_nanos(d.time_unix_nano),
+                to_sql_nanos(d.count),
+                d.reason
+            ])?;
+        }
+        self.conn.prepare_cached(
+            "INSERT INTO spool_files (name, offset, next_line) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET offset = excluded.offset, next_line = excluded.next_line",
+        )?
+        .execute(params![name, to.offset as i64, to.next_line as i64])?;
+        Ok(inserted)
+    }
+
+    pub fn commit(self) -> Result<()> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    /// Commits what was added so far and goes on in a new transaction.
+    pub fn commit_and_continue(&mut self) -> Result<()> {
+        self.conn.execute_batch("COMMIT; BEGIN IMMEDIATE")?;
+        self.spans = 0;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +601,228 @@ mod tests {
         assert_eq!(store.spans_after(5, 100).unwrap().len(), 2);
         store.set_meta("cursor", 5).unwrap();
         assert_eq!(store.meta("cursor").unwrap(), 5);
+    }
+
+    /// The version-1 layout, as earlier releases created it.
+    const SCHEMA_V1: &str = "
+        CREATE TABLE spans (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            trace_id TEXT NOT NULL,
+            span_id TEXT NOT NULL,
+            parent_span_id TEXT,
+            name TEXT NOT NULL,
+            start_ns INTEGER NOT NULL,
+            end_ns INTEGER NOT NULL,
+            container_id TEXT,
+            record TEXT NOT NULL,
+            UNIQUE (trace_id, span_id)
+        );
+        CREATE INDEX spans_container ON spans (container_id);
+        CREATE INDEX spans_start ON spans (start_ns);
+        CREATE TABLE spool_files (name TEXT PRIMARY KEY, offset INTEGER NOT NULL, next_line INTEGER NOT NULL);
+        CREATE TABLE dropped (file TEXT NOT NULL, writer TEXT NOT NULL, time_ns INTEGER NOT NULL,
+            count INTEGER NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (file, writer, time_ns));
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    ";
+
+    /// Writes `spans` into a version-1 store at `path`, with `seq` 10, 20, 30, ...
+    fn write_v1(path: &Path, spans: &[SpanRecord]) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        for (i, span) in spans.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO spans (seq, trace_id, span_id, parent_span_id, name, start_ns, end_ns,
+                    container_id, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    (i as i64 + 1) * 10,
+                    span.trace_id.to_hex(),
+                    span.span_id.to_hex(),
+                    span.parent_span_id.map(|p| p.to_hex()),
+                    span.name,
+                    span.start_time_unix_nano as i64,
+                    span.end_time_unix_nano as i64,
+                    span.container_id(),
+                    serde_json::to_string(span).unwrap(),
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO spool_files VALUES ('f', 100, 8);
+             INSERT INTO dropped VALUES ('f', 'proxy/1', 1, 5, 'full');
+             INSERT INTO meta VALUES ('cursor', 20);",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_keeping_spans_seqs_offsets_and_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let spans = container_trace(TraceId([4; 16]), "c");
+        write_v1(&path, &spans[..5]);
+
+        let mut store = Store::open_existing(&path).unwrap();
+        assert_eq!(store.span_count().unwrap(), 5);
+        assert_eq!(store.max_seq().unwrap(), 50);
+        assert_eq!(store.meta("cursor").unwrap(), 20);
+        assert_eq!(store.dropped_total().unwrap(), 5);
+        assert_eq!(store.file_offset("f").unwrap().offset, 100);
+        let after: Vec<_> = store.spans_after(20, 100).unwrap();
+        let seqs: Vec<u64> = after.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, [30, 40, 50]);
+        assert_eq!(after[0].1, spans[2]);
+        assert_eq!(store.all_spans().unwrap(), spans[..5]);
+        let by_trace = store
+            .spans_of_container(&TraceId([4; 16]).to_hex())
+            .unwrap();
+        assert_eq!(by_trace.len(), 5);
+
+        // Ingest goes on: a span already stored by version 1 is not stored again, new ones
+        // follow the old seqs.
+        let to = FileOffset {
+            offset: 200,
+            next_line: 9,
+        };
+        assert_eq!(store.ingest_chunk("f", &spans, &[], to).unwrap(), 2);
+        assert_eq!(store.max_seq().unwrap(), 52);
+        assert_eq!(store.spans_of_container("c").unwrap().len(), 7);
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let leftovers: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('spans_v1', 'spans_start')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0);
+        drop(conn);
+        // Opening again changes nothing.
+        assert_eq!(Store::open(&path).unwrap().span_count().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_version_1_store_that_cannot_be_upgraded_is_left_unchanged_and_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        write_v1(&path, &container_trace(TraceId([4; 16]), "c")[..2]);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE spans SET trace_id = 'not hex' WHERE seq = 20", [])
+            .unwrap();
+        drop(conn);
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("cannot upgrade store"), "{err}");
+        assert!(err.contains("--db PATH"), "{err}");
+        let conn = Connection::open(&path).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM spans WHERE name != ''", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 2, "the version-1 table is still there");
+    }
+
+    #[test]
+    fn a_store_from_a_newer_shimtrace_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer than this shimtrace"), "{err}");
+        assert!(err.contains("--db PATH"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_stores_all_its_files_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let stored = |spans: Vec<SpanRecord>| spans.iter().map(StoredSpan::new).collect::<Vec<_>>();
+        let a = stored(container_trace(TraceId([5; 16]), "a"));
+        let b = stored(container_trace(TraceId([6; 16]), "b"));
+        let at = |offset| FileOffset {
+            offset,
+            next_line: 2,
+        };
+        let mut batch = store.begin_ingest().unwrap();
+        assert_eq!(batch.add_chunk("a", &a, &[], at(10)).unwrap(), 7);
+        assert_eq!(batch.file_offset("a").unwrap(), at(10));
+        assert_eq!(batch.add_chunk("b", &b, &[], at(20)).unwrap(), 7);
+        assert_eq!(batch.spans_added(), 14);
+        drop(batch);
+        assert_eq!(store.span_count().unwrap(), 0);
+        assert_eq!(
+            store.file_offset("a").unwrap(),
+            FileOffset {
+                offset: 0,
+                next_line: 1
+            }
+        );
+
+        let mut batch = store.begin_ingest().unwrap();
+        batch.add_chunk("a", &a, &[], at(10)).unwrap();
+        batch.add_chunk("b", &b, &[], at(20)).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(store.span_count().unwrap(), 14);
+        assert_eq!(store.file_offset("b").unwrap(), at(20));
+        // Committed parts stay when a later part is dropped.
+        let c = stored(container_trace(TraceId([7; 16]), "c"));
+        let mut batch = store.begin_ingest().unwrap();
+        batch.add_chunk("c", &c[..3], &[], at(30)).unwrap();
+        batch.commit_and_continue().unwrap();
+        assert_eq!(batch.spans_added(), 0);
+        batch.add_chunk("c", &c[3..], &[], at(40)).unwrap();
+        drop(batch);
+        assert_eq!(store.span_count().unwrap(), 17);
+        assert_eq!(store.file_offset("c").unwrap(), at(30));
+        let seqs: Vec<u64> = store
+            .spans_after(0, 14)
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(seqs, (1..=14).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn many_spans_read_back_in_seq_order_and_a_bad_record_names_its_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut store = Store::open(&path).unwrap();
+        // Enough spans to be parsed on several threads.
+        let spans: Vec<SpanRecord> = (0..1500u32)
+            .flat_map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&(i + 1).to_be_bytes());
+                container_trace(TraceId(id), &format!("c{i}"))
+            })
+            .collect();
+        let at = FileOffset {
+            offset: 1,
+            next_line: 2,
+        };
+        store.ingest_chunk("f", &spans, &[], at).unwrap();
+        assert_eq!(store.all_spans().unwrap(), spans);
+        let after = store.spans_after(10_000, 5).unwrap();
+        assert_eq!(after.len(), 5);
+        assert_eq!(after[0], (10_001, spans[10_000].clone()));
+
+        store
+            .conn
+            .execute("UPDATE spans SET record = '{' WHERE seq = 9000", [])
+            .unwrap();
+        let err = store.all_spans().err().unwrap().to_string();
+        let bad = &spans[8999];
+        assert!(err.contains(&bad.trace_id.to_hex()), "{err}");
+        assert!(err.contains(&bad.span_id.to_hex()), "{err}");
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl Trace {
                 Trace { trace_id, spans }
             })
             .collect();
-        traces.sort_by_key(|t| (t.start(), t.trace_id));
+        traces.sort_by_cached_key(|t| (t.start(), t.trace_id));
         traces
     }
 
