@@ -183,6 +183,9 @@ pub fn start_ingest(
                 let due = last_housekeeping.elapsed() >= housekeeping;
                 let report = if rescan || due {
                     last_housekeeping = Instant::now();
+                    if let Err(e) = ingester.store().checkpoint() {
+                        tracing::warn!(error = %e, "cannot checkpoint the store's WAL");
+                    }
                     ingester.ingest_all()?
                 } else {
                     ingester.ingest_paths(&paths)?
