@@ -303,22 +303,32 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
     if size == from.offset {
         return read;
     }
-    let chunk = match spool::read_file_from(path, from.offset, from.next_line) {
-        Ok(chunk) => chunk,
-        Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return read
-        }
-        Err(source) => {
-            read.report = unreadable(source);
-            return read;
-        }
-    };
+    let mut spans = Vec::new();
+    let mut dropped_entries = Vec::new();
+    let chunk =
+        match spool::visit_file_from(
+            path,
+            from.offset,
+            from.next_line,
+            |entry, line| match entry {
+                SpoolEntry::Span(span) => spans.push(StoredSpan::with_line(&span, line)),
+                other => dropped_entries.push(other),
+            },
+        ) {
+            Ok(chunk) => chunk,
+            Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return read
+            }
+            Err(source) => {
+                read.report = unreadable(source);
+                return read;
+            }
+        };
     if chunk.end_offset == from.offset && chunk.issues.is_empty() {
         return read;
     }
-    let mut spans = Vec::with_capacity(chunk.entries.len());
     let mut dropped = Vec::new();
-    for entry in chunk.entries {
+    for entry in dropped_entries {
         match entry {
             SpoolEntry::Span(span) => spans.push(StoredSpan::new(&span)),
             SpoolEntry::Dropped {

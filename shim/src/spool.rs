@@ -476,6 +476,20 @@ pub struct FileChunk {
 /// Reads complete lines of `path` from `offset` (whose line number is `first_line`); a trailing line
 /// without `\n` is left for a later read, since its writer may still be writing it.
 pub fn read_file_from(path: &Path, offset: u64, first_line: u64) -> Result<FileChunk, SpoolError> {
+    let mut entries = Vec::new();
+    let mut chunk = visit_file_from(path, offset, first_line, |entry, _| entries.push(entry))?;
+    chunk.entries = entries;
+    Ok(chunk)
+}
+
+/// [`read_file_from`], handing each entry to `each` together with its line (without the `\n`)
+/// instead of collecting them: a reader that keeps the line need not serialise the entry again.
+pub fn visit_file_from(
+    path: &Path,
+    offset: u64,
+    first_line: u64,
+    mut each: impl FnMut(SpoolEntry, &[u8]),
+) -> Result<FileChunk, SpoolError> {
     let read_err = |source| SpoolError::Read {
         path: path.to_path_buf(),
         source,
@@ -503,7 +517,7 @@ pub fn read_file_from(path: &Path, offset: u64, first_line: u64) -> Result<FileC
             continue;
         }
         match serde_json::from_slice::<SpoolEntry>(text) {
-            Ok(entry) => chunk.entries.push(entry),
+            Ok(entry) => each(entry, text),
             Err(e) => chunk.issues.push(SpoolIssue {
                 file: path.to_path_buf(),
                 line: number,
