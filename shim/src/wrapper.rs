@@ -622,9 +622,10 @@ fn after_reply(work: impl FnOnce()) {
         Ok(nix::unistd::ForkResult::Child) => {
             // containerd reads this process's stdout and stderr to their end: let go of them.
             detach_stdio();
-            work();
+            // A panic must end this child here, not unwind into the parent's remaining code.
+            let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             // SAFETY: ends the child without running the parent's exit handlers a second time.
-            unsafe { libc::_exit(0) }
+            unsafe { libc::_exit(if finished.is_ok() { 0 } else { 1 }) }
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => {}
         Err(e) => {
