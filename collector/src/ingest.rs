@@ -304,49 +304,41 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
         return read;
     }
     let mut spans = Vec::new();
-    let mut dropped_entries = Vec::new();
-    let chunk =
-        match spool::visit_file_from(
+    let mut dropped = Vec::new();
+    let visited =
+        spool::visit_file_from(
             path,
             from.offset,
             from.next_line,
             |entry, line| match entry {
                 SpoolEntry::Span(span) => spans.push(StoredSpan::with_line(&span, line)),
-                other => dropped_entries.push(other),
-            },
-        ) {
-            Ok(chunk) => chunk,
-            Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return read
-            }
-            Err(source) => {
-                read.report = unreadable(source);
-                return read;
-            }
-        };
-    if chunk.end_offset == from.offset && chunk.issues.is_empty() {
-        return read;
-    }
-    let mut dropped = Vec::new();
-    for entry in dropped_entries {
-        match entry {
-            SpoolEntry::Span(span) => spans.push(StoredSpan::new(&span)),
-            SpoolEntry::Dropped {
-                count,
-                writer,
-                reason,
-                time_unix_nano,
-            } => {
-                read.report.dropped += count;
-                dropped.push(DroppedLine {
+                SpoolEntry::Dropped {
                     count,
                     writer,
                     reason,
                     time_unix_nano,
-                });
-            }
+                } => dropped.push(DroppedLine {
+                    count,
+                    writer,
+                    reason,
+                    time_unix_nano,
+                }),
+            },
+        );
+    let chunk = match visited {
+        Ok(chunk) => chunk,
+        Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return read
         }
+        Err(source) => {
+            read.report = unreadable(source);
+            return read;
+        }
+    };
+    if chunk.end_offset == from.offset && chunk.issues.is_empty() {
+        return read;
     }
+    read.report.dropped = dropped.iter().map(|d| d.count).sum();
     read.report.spans_read = spans.len() as u64;
     read.report.issues = chunk.issues;
     read.chunk = Some(StoreChunk {

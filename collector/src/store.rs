@@ -480,31 +480,26 @@ pub struct StoredSpan {
 
 impl StoredSpan {
     pub fn new(span: &SpanRecord) -> StoredSpan {
-        StoredSpan {
-            record: serde_json::to_string(span).expect("a span record always serializes"),
-            ..StoredSpan::new_without_record(span)
-        }
+        let record = serde_json::to_string(span).expect("a span record always serializes");
+        StoredSpan::with_record(span, record)
     }
 
     /// The span as read from its spool `line`, stored as that line: a span record with the
     /// entry's `"type"` key, which reading a record ignores. Saves serialising it again.
     pub fn with_line(span: &SpanRecord, line: &[u8]) -> StoredSpan {
         match std::str::from_utf8(line) {
-            Ok(line) => StoredSpan {
-                record: line.to_string(),
-                ..StoredSpan::new_without_record(span)
-            },
+            Ok(line) => StoredSpan::with_record(span, line.to_string()),
             Err(_) => StoredSpan::new(span),
         }
     }
 
-    fn new_without_record(span: &SpanRecord) -> StoredSpan {
+    fn with_record(span: &SpanRecord, record: String) -> StoredSpan {
         StoredSpan {
             trace_id: span.trace_id,
             span_id: span.span_id,
             container_id: span.container_id().map(str::to_string),
             start_ns: to_sql_nanos(span.start_time_unix_nano),
-            record: String::new(),
+            record,
         }
     }
 }

@@ -531,25 +531,34 @@ pub(crate) fn test_context(dir: &std::path::Path) -> Arc<TapContext> {
     })
 }
 
+/// An encoded ttrpc request (with a timeout, as containerd sends), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_request(
+    service: &str,
+    method: &str,
+    payload: Vec<u8>,
+    meta: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut r = ttrpc::Request::new();
+    r.service = service.into();
+    r.method = method.into();
+    r.payload = payload;
+    r.timeout_nano = 5_000_000_000;
+    for (k, v) in meta {
+        let mut kv = ttrpc::proto::KeyValue::new();
+        kv.key = k.to_string();
+        kv.value = v.to_string();
+        r.metadata.push(kv);
+    }
+    r.write_to_bytes().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spool::read_spool;
     use std::time::Duration;
-
-    fn request(service: &str, method: &str, payload: Vec<u8>, meta: &[(&str, &str)]) -> Vec<u8> {
-        let mut r = ttrpc::Request::new();
-        r.service = service.into();
-        r.method = method.into();
-        r.payload = payload;
-        for (k, v) in meta {
-            let mut kv = ttrpc::proto::KeyValue::new();
-            kv.key = k.to_string();
-            kv.value = v.to_string();
-            r.metadata.push(kv);
-        }
-        r.write_to_bytes().unwrap()
-    }
+    use test_request as request;
 
     fn header(sid: u32) -> MessageHeader {
         MessageHeader {

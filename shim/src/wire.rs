@@ -99,18 +99,12 @@ mod tests {
     use protobuf::Message;
 
     fn request(meta: &[(&str, &str)]) -> Vec<u8> {
-        let mut r = ttrpc::Request::new();
-        r.service = "containerd.task.v2.Task".into();
-        r.method = "State".into();
-        r.payload = vec![0x0a, 0x02, b'i', b'd'];
-        r.timeout_nano = 5_000_000_000;
-        for (k, v) in meta {
-            let mut kv = ttrpc::proto::KeyValue::new();
-            kv.key = k.to_string();
-            kv.value = v.to_string();
-            r.metadata.push(kv);
-        }
-        r.write_to_bytes().unwrap()
+        crate::tap::test_request(
+            "containerd.task.v2.Task",
+            "State",
+            vec![0x0a, 0x02, b'i', b'd'],
+            meta,
+        )
     }
 
     #[test]

@@ -370,7 +370,7 @@ impl Invocation {
         ));
         after_reply(move || {
             if let Some(change) = address_change {
-                change.apply(&bundle);
+                rewrite_address_file(&bundle, &change.inner, &change.proxy);
             }
             spool(spans);
         });
@@ -651,12 +651,6 @@ fn detach_stdio() {
 struct AddressChange {
     inner: String,
     proxy: String,
-}
-
-impl AddressChange {
-    fn apply(&self, bundle: &Path) {
-        rewrite_address_file(bundle, &self.inner, &self.proxy);
-    }
 }
 
 /// containerd 1.6/1.7 reconnect through the bundle's `address` file after a restart, so it must
