@@ -26,9 +26,7 @@ pub struct StartBreakdown {
 }
 
 fn duration_ms(span: &SpanRecord) -> f64 {
-    span.end_time_unix_nano
-        .saturating_sub(span.start_time_unix_nano) as f64
-        / 1e6
+    span.duration_nanos() as f64 / 1e6
 }
 
 /// Summarises the spans of every container whose id starts with `prefix` and ends with `suffix`.

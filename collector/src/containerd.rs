@@ -644,23 +644,12 @@ impl Containerd {
                     .collect()
             })
             .unwrap_or_default();
-        match self
-            .snapshots()
-            .stat(self.request(StatSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: chain_id.clone(),
-            }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {
-                return Err(ContainerdError::ImageNotUnpacked {
-                    reference: reference.into(),
-                    namespace: self.namespace.clone(),
-                    chain_id,
-                })
-            }
-            Err(s) => return Err(rpc_error("stat snapshot", &chain_id, s)),
+        if !self.snapshot_exists(&chain_id).await? {
+            return Err(ContainerdError::ImageNotUnpacked {
+                reference: reference.into(),
+                namespace: self.namespace.clone(),
+                chain_id,
+            });
         }
         Ok(ImageRootfs {
             reference: reference.into(),

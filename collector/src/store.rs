@@ -406,19 +406,6 @@ impl Store {
             .collect())
     }
 
-    /// Spans that started in [from, to) unix nanoseconds.
-    pub fn spans_in_range(&self, from: u64, to: u64) -> Result<Vec<SpanRecord>> {
-        Ok(self
-            .collect(
-                "SELECT seq, trace_id, span_id, record FROM spans
-                 WHERE start_ns >= ?1 AND start_ns < ?2 ORDER BY seq",
-                [to_sql_nanos(from), to_sql_nanos(to)],
-            )?
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect())
-    }
-
     /// Up to `limit` spans ingested after sequence number `after`, with their sequence numbers.
     pub fn spans_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, SpanRecord)>> {
         self.collect(

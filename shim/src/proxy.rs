@@ -2,9 +2,9 @@
 //! each connection 1:1 to the inner shim, frame for frame, with a tap on both directions.
 //!
 //! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
-//! (fd 3), which reports readiness on a pipe (fd 4) once it reached the inner shim. The events
-//! listener the inner shim publishes to (see [`crate::events`]) arrives as fd 5; if the call
-//! socket cannot be set up, the proxy still forwards events (the inner shim was already told to
+//! (an inherited descriptor named by `--listen-fd`), which reports readiness on a pipe
+//! (`--ready-fd`) once it reached the inner shim. The events listener the inner shim publishes to
+//! (see [`crate::events`]) arrives as `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner shim was already told to
 //! publish there), and containerd talks to the inner shim directly. The proxy keeps
 //! one idle "monitor" connection to the inner shim: when that connection ends, the inner shim is
 //! gone, so the proxy removes its socket (if it is still its own) and exits. A socket file alone
@@ -132,12 +132,7 @@ impl ProxyPlan {
 
     /// Parses the arguments after the `proxy` subcommand.
     pub fn from_args(args: &[String]) -> Option<ProxyPlan> {
-        let get = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-        };
+        let get = |flag: &str| flag_value(args, flag).cloned();
         Some(ProxyPlan {
             socket: get("--socket")?.into(),
             upstream: get("--upstream")?.into(),
@@ -163,6 +158,13 @@ impl ProxyPlan {
             .unwrap_or_else(|| "proxy".into());
         run_dir().join(format!("proxy-{name}.log"))
     }
+}
+
+/// The argument after `flag` in the proxy's arguments.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
 }
 
 /// How `ensure_proxy` satisfied the request.
@@ -544,9 +546,7 @@ impl HandedFds {
     /// Parses the arguments after the `proxy` subcommand; only descriptors above stdio count.
     pub fn from_args(args: &[String]) -> HandedFds {
         let get = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1))
+            flag_value(args, flag)
                 .and_then(|v| v.parse::<RawFd>().ok())
                 .filter(|fd| *fd > 2)
         };
