@@ -18,8 +18,20 @@ enum Command {
     Lab(LabArgs),
 }
 
+/// `shimtrace lab` arguments; without an `--address` of the test's own, one where nothing
+/// answers, so the lab runs its private containerd even on a machine whose system containerd is up.
 fn lab_args(extra: &[&str]) -> LabArgs {
-    let argv = ["shimtrace", "lab"].iter().chain(extra).copied();
+    let no_host = ["--address", "/nonexistent/shimtrace-test/containerd.sock"];
+    let default_address = if extra.contains(&"--address") {
+        &no_host[..0]
+    } else {
+        &no_host[..]
+    };
+    let argv = ["shimtrace", "lab"]
+        .iter()
+        .chain(default_address)
+        .chain(extra)
+        .copied();
     match Cli::parse_from(argv).command {
         Command::Lab(args) => args,
     }
@@ -45,37 +57,11 @@ fn table_row(md: &str, section: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The wrapper shim binary of this build, built if it is not there yet.
-fn wrapper() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("containerd-shim-traced-v2");
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "shimtrace-shim",
-                "--bin",
-                "containerd-shim-traced-v2",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the wrapper shim failed");
-    }
-    path
-}
-
 #[test]
 fn lab_reports_runc_and_gvisor_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let wrapper = wrapper();
+    let wrapper = shimtrace_tests::traced::wrapper_binary();
     let args = lab_args(&[
         "--runs",
         "2",
@@ -325,7 +311,7 @@ fn otlp_http_receiver() -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
 fn lab_sends_its_shim_spans_over_otlp() {
     let dir = tempfile::tempdir().unwrap();
     let (endpoint, requests) = otlp_http_receiver();
-    let wrapper = wrapper();
+    let wrapper = shimtrace_tests::traced::wrapper_binary();
     let args = lab_args(&[
         "--only",
         "runc",

@@ -522,6 +522,12 @@ fn start_reply_is_exact(version: &str) {
     // containerd reads the bundle's address only after a restart, so the wrapper updates it after
     // exiting (off the start path): it must name the proxy shortly after.
     let address_file = bundle.path().join("address");
+    // The 1.x runc shim writes it; 2.x shims do not (containerd keeps bootstrap.json instead).
+    assert_eq!(
+        address_file.exists(),
+        version.starts_with("1."),
+        "{version}: an address file in the bundle"
+    );
     if address_file.exists() {
         let named = wait_for(Duration::from_secs(5), || {
             let file = std::fs::read_to_string(&address_file).ok()?;
