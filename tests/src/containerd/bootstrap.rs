@@ -159,8 +159,6 @@ pub struct Containerd23Peer {
     events: EventRecorder,
     /// `(namespace, id)` of every `start`, to remove default-dir sockets of killed shims.
     started: Mutex<Vec<(String, String)>>,
-    /// What shims wrote to their bundle's `log` FIFO, drained like containerd does.
-    shim_log: Arc<Mutex<Vec<u8>>>,
     stop_drains: Arc<AtomicBool>,
     drains: Mutex<Vec<thread::JoinHandle<()>>>,
 }
@@ -199,7 +197,6 @@ impl Containerd23Peer {
             events_server: Some(server),
             events,
             started: Mutex::new(Vec::new()),
-            shim_log: Arc::new(Mutex::new(Vec::new())),
             stop_drains: Arc::new(AtomicBool::new(false)),
             drains: Mutex::new(Vec::new()),
         })
@@ -238,14 +235,6 @@ impl Containerd23Peer {
             .unwrap_or_default()
     }
 
-    /// Everything shims wrote to their bundles' `log` FIFOs so far.
-    pub fn shim_log(&self) -> String {
-        self.shim_log
-            .lock()
-            .map(|log| String::from_utf8_lossy(&log).into_owned())
-            .unwrap_or_default()
-    }
-
     /// Creates `<bundle>/log` as a FIFO and drains it, as containerd does: shims built on
     /// `containerd-shim` open it for their logger and exit if it is missing.
     fn drain_log_fifo(&self, bundle: &Path) -> Result<(), PeerError> {
@@ -262,20 +251,16 @@ impl Containerd23Peer {
         let mut fifo = fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc_nonblock())
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
             .open(&path)
             .map_err(io_err(format!("opening {}", path.display())))?;
-        let sink = self.shim_log.clone();
         let stop = self.stop_drains.clone();
+        // What the shims log is read and dropped: a full FIFO would block them.
         let drain = thread::spawn(move || {
             let mut buffer = [0u8; 8192];
             while !stop.load(Ordering::SeqCst) {
                 match fifo.read(&mut buffer) {
-                    Ok(n) if n > 0 => {
-                        if let Ok(mut log) = sink.lock() {
-                            log.extend_from_slice(&buffer[..n]);
-                        }
-                    }
+                    Ok(n) if n > 0 => {}
                     _ => thread::sleep(Duration::from_millis(20)),
                 }
             }
@@ -486,10 +471,6 @@ impl Containerd23Peer {
         }
         Ok(output)
     }
-}
-
-fn libc_nonblock() -> i32 {
-    nix::fcntl::OFlag::O_NONBLOCK.bits()
 }
 
 fn wait_thread<T>(handle: thread::JoinHandle<T>, deadline: Instant) -> Option<T> {
