@@ -135,7 +135,8 @@ impl OtlpReceiver {
         Ok(OtlpReceiver { addr, received })
     }
 
-    /// Serves OTLP/HTTP protobuf (`POST /v1/traces`) on `listener`.
+    /// Serves OTLP/HTTP protobuf (`POST /v1/traces` with `content-type: application/x-protobuf`)
+    /// on `listener`.
     pub fn http(listener: tokio::net::TcpListener) -> std::io::Result<OtlpReceiver> {
         use axum::http::{header, StatusCode};
         let addr = listener.local_addr()?;
@@ -143,26 +144,40 @@ impl OtlpReceiver {
         let sink = received.clone();
         let app = axum::Router::new().route(
             "/v1/traces",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let sink = sink.clone();
-                async move {
-                    match ExportTraceServiceRequest::decode(body) {
-                        Ok(request) => {
-                            sink.absorb(request);
-                            (
-                                StatusCode::OK,
-                                [(header::CONTENT_TYPE, "application/x-protobuf")],
-                                ExportTraceServiceResponse::default().encode_to_vec(),
-                            )
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let sink = sink.clone();
+                    async move {
+                        // OTLP/HTTP: a protobuf body must say so; anything else is 415.
+                        let protobuf = headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.eq_ignore_ascii_case("application/x-protobuf"));
+                        if !protobuf {
+                            return (
+                                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                                [(header::CONTENT_TYPE, "text/plain")],
+                                b"expected content-type application/x-protobuf".to_vec(),
+                            );
                         }
-                        Err(e) => (
-                            StatusCode::BAD_REQUEST,
-                            [(header::CONTENT_TYPE, "text/plain")],
-                            e.to_string().into_bytes(),
-                        ),
+                        match ExportTraceServiceRequest::decode(body) {
+                            Ok(request) => {
+                                sink.absorb(request);
+                                (
+                                    StatusCode::OK,
+                                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                                    ExportTraceServiceResponse::default().encode_to_vec(),
+                                )
+                            }
+                            Err(e) => (
+                                StatusCode::BAD_REQUEST,
+                                [(header::CONTENT_TYPE, "text/plain")],
+                                e.to_string().into_bytes(),
+                            ),
+                        }
                     }
-                }
-            }),
+                },
+            ),
         );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -262,55 +262,17 @@ fn missing_binary_of_a_chosen_profile_is_reported() {
     assert!(dir.path().join("out/report.json").exists());
 }
 
-/// Accepts OTLP/HTTP posts on loopback, answering 200, and hands back each request (head + body).
-fn otlp_http_receiver() -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || loop {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 65536];
-                let head_end = loop {
-                    if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while request.len() < head_end + length {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tx.send(request);
-                let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-                if stream.write_all(reply.as_bytes()).is_err() {
-                    return;
-                }
-            });
-        }
-    });
-    (endpoint, rx)
-}
-
 #[test]
 fn lab_sends_its_shim_spans_over_otlp() {
     let dir = tempfile::tempdir().unwrap();
-    let (endpoint, requests) = otlp_http_receiver();
+    // A receiver built from the official OTLP definitions; its server runs on this runtime's
+    // workers while the lab runs.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let receiver = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        shimtrace_collector::testing::OtlpReceiver::http(listener).unwrap()
+    });
+    let endpoint = receiver.endpoint();
     let wrapper = shimtrace_tests::traced::wrapper_binary();
     let args = lab_args(&[
         "--only",
@@ -327,19 +289,26 @@ fn lab_sends_its_shim_spans_over_otlp() {
         dir.path().to_str().unwrap(),
     ]);
     lab::run(args).expect("lab runs");
-    let request = requests
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("an OTLP request");
-    let text = String::from_utf8_lossy(&request);
-    assert!(text.starts_with("POST /v1/traces "), "{text}");
-    assert!(text
-        .to_lowercase()
-        .contains("content-type: application/x-protobuf"));
+    // Only a protobuf POST to /v1/traces that decodes as an ExportTraceServiceRequest arrives.
     assert!(
-        text.contains("containerd.task.v2.Task/Create"),
-        "span names in the body"
+        receiver
+            .received
+            .wait_for_distinct(1, std::time::Duration::from_secs(10)),
+        "an OTLP request"
     );
-    assert!(text.contains("shimtrace-lab"), "service name in the body");
+    let spans = receiver.received.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "containerd.task.v2.Task/Create"),
+        "span names in the body: {spans:?}"
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.resource.get("service.name").map(String::as_str) == Some("shimtrace-lab")),
+        "service name in the body: {spans:?}"
+    );
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("shim spans sent over OTLP"), "{md}");
 }
