@@ -87,14 +87,26 @@ impl Received {
 
     /// Waits (polling, bounded by `timeout`) until `n` distinct spans arrived; false on timeout.
     pub fn wait_for_distinct(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |_| self.distinct() >= n)
+    }
+
+    /// Waits (polling, bounded by `timeout`) until some received span satisfies `wanted`; false
+    /// on timeout.
+    pub fn wait_for_span(&self, timeout: Duration, wanted: impl Fn(&ReceivedSpan) -> bool) -> bool {
+        self.wait_until(timeout, |spans| spans.iter().any(&wanted))
+    }
+
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&[ReceivedSpan]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.distinct() >= n {
+        loop {
+            if done(&self.spans()) {
                 return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.distinct() >= n
     }
 }
 

@@ -265,13 +265,7 @@ fn missing_binary_of_a_chosen_profile_is_reported() {
 #[test]
 fn lab_sends_its_shim_spans_over_otlp() {
     let dir = tempfile::tempdir().unwrap();
-    // A receiver built from the official OTLP definitions; its server runs on this runtime's
-    // workers while the lab runs.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let receiver = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        shimtrace_collector::testing::OtlpReceiver::http(listener).unwrap()
-    });
+    let (_runtime, receiver) = shimtrace_tests::containerd::otlp::otlp_http_receiver();
     let endpoint = receiver.endpoint();
     let wrapper = shimtrace_tests::traced::wrapper_binary();
     let args = lab_args(&[

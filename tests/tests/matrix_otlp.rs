@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shimtrace_bootstrap_shim::REQUEST_LOG_ENV;
 use shimtrace_tests::containerd::bootstrap::bootstrap_shim_binary;
-use shimtrace_tests::containerd::otlp::OtlpHttpSink;
+use shimtrace_tests::containerd::otlp::otlp_http_receiver;
 use shimtrace_tests::containerd::{ContainerdVersion, Options, PrivateContainerd};
 
 /// `traceparent` values of each logged call, by method.
@@ -48,10 +48,10 @@ fn run_create(options: Options, log: &Path) -> PrivateContainerd {
 
 #[test]
 fn traceparent_reaches_the_shim_and_matches_the_exported_trace() {
-    let sink = OtlpHttpSink::start().expect("OTLP sink");
+    let (_runtime, receiver) = otlp_http_receiver();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.jsonl");
-    let _containerd = run_create(Options::default().otlp(&sink.endpoint()), &log);
+    let _containerd = run_create(Options::default().otlp(&receiver.endpoint()), &log);
 
     let creates = traceparents(&log, "Create");
     assert_eq!(creates.len(), 1, "one Create logged");
@@ -59,19 +59,17 @@ fn traceparent_reaches_the_shim_and_matches_the_exported_trace() {
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "W3C traceparent: {traceparent}");
     assert_eq!((parts[0], parts[3]), ("00", "01"), "version 00, sampled");
-    let trace_id = hex::decode(parts[1]).expect("hex trace id");
-    let parent_span_id = hex::decode(parts[2]).expect("hex span id");
-    assert_eq!((trace_id.len(), parent_span_id.len()), (16, 8));
+    let (trace_id, parent_span_id) = (parts[1], parts[2]);
+    assert_eq!((trace_id.len(), parent_span_id.len()), (32, 16), "hex ids");
 
+    let received = &receiver.received;
     assert!(
-        sink.wait_for(&trace_id, Duration::from_secs(15)),
-        "containerd exported the trace {} that it propagated",
-        parts[1]
+        received.wait_for_span(Duration::from_secs(15), |s| s.trace_id == trace_id),
+        "containerd exported the trace {trace_id} that it propagated"
     );
     assert!(
-        sink.wait_for(&parent_span_id, Duration::from_secs(15)),
-        "the parent span {} (containerd's ttrpc client span) was exported",
-        parts[2]
+        received.wait_for_span(Duration::from_secs(15), |s| s.span_id == parent_span_id),
+        "the parent span {parent_span_id} (containerd's ttrpc client span) was exported"
     );
 }
 

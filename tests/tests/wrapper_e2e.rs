@@ -570,13 +570,13 @@ fn start_reply_is_exact_v2_1() {
 /// containerd's trace (its `traceparent`), while still naming the container's own trace.
 #[test]
 fn shim_spans_join_containerds_trace_v2_1() {
-    use shimtrace_tests::containerd::otlp::OtlpHttpSink;
+    use shimtrace_tests::containerd::otlp::otlp_http_receiver;
     use shimtrace_tests::containerd::Options;
-    let sink = OtlpHttpSink::start().expect("OTLP sink");
+    let (_runtime, receiver) = otlp_http_receiver();
     let traced = Traced::start_with(
         "2.1.9",
         TracedOptions {
-            extra: Options::default().otlp(&sink.endpoint()),
+            extra: Options::default().otlp(&receiver.endpoint()),
             ..Default::default()
         },
     )
@@ -606,13 +606,17 @@ fn shim_spans_join_containerds_trace_v2_1() {
     let parent = create
         .parent_span_id
         .expect("containerd's client span is the parent");
+    let (trace_id, parent_id) = (create.trace_id.to_hex(), parent.to_hex());
     assert!(
-        sink.wait_for(&create.trace_id.0, Duration::from_secs(15)),
-        "containerd exported the trace {} that the shim span is in",
-        create.trace_id
+        receiver
+            .received
+            .wait_for_span(Duration::from_secs(15), |s| s.trace_id == trace_id),
+        "containerd exported the trace {trace_id} that the shim span is in"
     );
     assert!(
-        sink.wait_for(&parent.0, Duration::from_secs(15)),
-        "containerd exported the parent span {parent}"
+        receiver
+            .received
+            .wait_for_span(Duration::from_secs(15), |s| s.span_id == parent_id),
+        "containerd exported the parent span {parent_id}"
     );
 }
