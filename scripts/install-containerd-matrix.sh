@@ -60,6 +60,7 @@ if ((${#missing[@]})); then
     log "installing from bookworm: ${missing[*]}"
     apt_update
     apt-get "${APT_LOCK_WAIT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get clean # the downloaded .debs are not needed again; disk is short on small CI machines
 fi
 
 # --- 2. trixie and sid as low-pinned copies of the machine's own source entry ------------------
