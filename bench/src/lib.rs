@@ -15,7 +15,7 @@ use serde::Serialize;
 use shimtrace_collector::bench::BenchResult;
 use shimtrace_collector::synth::SynthConfig;
 use shimtrace_shim::spool::{read_spool, SpoolContents};
-use shimtrace_tests::containerd::HarnessError;
+use shimtrace_tests::containerd::{HarnessError, Options};
 use shimtrace_tests::traced::{alive, pids_with_cmdline, Traced, TracedOptions, TRACED_RUNC};
 
 use calls::{BareForwarder, Endpoints, MethodLatency, TaskClient};
@@ -72,6 +72,8 @@ pub struct BenchConfig {
     /// Experiment: give the wrapper an unwritable spool, so it records nothing and the figures
     /// show the proxy without span writing (no spool figures then).
     pub no_spool: bool,
+    /// containerd's state dir and the proxies' run dir on tmpfs, as `/run` is on real nodes.
+    pub state_on_tmpfs: bool,
 }
 
 impl BenchConfig {
@@ -89,6 +91,7 @@ impl BenchConfig {
             parallel_rounds: 2,
             traces: 10_000,
             no_spool: false,
+            state_on_tmpfs: true,
         }
     }
 
@@ -140,6 +143,8 @@ pub struct SpoolCheck {
 pub struct ColdBreakdown {
     pub ctr: breakdown::StartBreakdown,
     pub api: breakdown::StartBreakdown,
+    /// The API runs seen from the client, phase by phase: where the extra time goes.
+    pub api_phases: Vec<runs::PhaseOverhead>,
 }
 
 /// Everything measured, with the headline figures first.
@@ -204,7 +209,10 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         &config.containerd_version,
         TracedOptions {
             spool: config.no_spool.then(|| PathBuf::from(UNWRITABLE_SPOOL)),
-            ..TracedOptions::default()
+            extra: Options {
+                tmpfs_state: config.state_on_tmpfs,
+                ..Options::default()
+            },
         },
     )?;
     let containerd = &traced.containerd;
@@ -339,6 +347,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         config.cold_warmup,
         |v, id| api.run_true(id, v),
     )?;
+    let cold_api_phases = api.phase_breakdown(config.cold_warmup);
     drop(api);
     phases.end("cold starts (API)");
 
@@ -369,6 +378,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
     let cold_breakdown = ColdBreakdown {
         ctr: breakdown::of_containers(&spool.spans, "cold-ctr-", "-wrapped"),
         api: breakdown::of_containers(&spool.spans, "cold-api-", "-wrapped"),
+        api_phases: cold_api_phases,
     };
     let spool = SpoolCheck {
         anchor_call_spans: spool
@@ -636,6 +646,19 @@ pub fn figures_of(report: &BenchReport) -> Vec<Figure> {
             None,
         ),
     ]);
+    out
+}
+
+/// The API cold starts phase by phase, for the printed output.
+pub fn describe_cold_phases(report: &BenchReport) -> String {
+    let mut out =
+        String::from("API cold start by phase (median ms): direct / wrapped / overhead\n");
+    for p in &report.cold_breakdown.api_phases {
+        out.push_str(&format!(
+            "  {:<40} {:>8.2} {:>8.2} {:>+8.2}\n",
+            p.phase, p.direct_ms, p.wrapped_ms, p.overhead_ms
+        ));
+    }
     out
 }
 

@@ -1,13 +1,14 @@
 //! Whole container runs, wrapped and direct: cold starts through `ctr run --rm` and through
 //! containerd's API, and bursts of containers started in parallel.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use shimtrace_collector::containerd::{Containerd, RunSpec, RUNC_RUNTIME};
+use shimtrace_collector::containerd::{Containerd, PhaseTimes, RunSpec, RUNC_RUNTIME};
 use shimtrace_collector::lab::stats::{ms, Summary};
 use shimtrace_tests::containerd::{PrivateContainerd, CTR_TIMEOUT};
 use shimtrace_tests::traced::TRACED_RUNC;
@@ -121,6 +122,8 @@ pub struct ApiRunner {
     client: Containerd,
     rootfs: std::path::PathBuf,
     io_dir: std::path::PathBuf,
+    /// Each run's client-side phases, in run order.
+    phases: RefCell<Vec<(Variant, PhaseTimes)>>,
 }
 
 impl ApiRunner {
@@ -137,6 +140,7 @@ impl ApiRunner {
             client,
             rootfs: containerd.rootfs(),
             io_dir: io_dir.to_path_buf(),
+            phases: RefCell::new(Vec::new()),
         })
     }
 
@@ -154,8 +158,57 @@ impl ApiRunner {
                 outcome.exit_code
             )));
         }
+        self.phases.borrow_mut().push((variant, outcome.phases));
         Ok(elapsed)
     }
+
+    /// Where the wrapped runs' extra time goes, phase by phase, skipping the first `warmup` runs
+    /// of each variant.
+    pub fn phase_breakdown(&self, warmup: usize) -> Vec<PhaseOverhead> {
+        phase_breakdown(&self.phases.borrow(), warmup)
+    }
+}
+
+/// One client-side phase of an API run, wrapped against direct (medians, milliseconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseOverhead {
+    pub phase: &'static str,
+    pub direct_ms: f64,
+    pub wrapped_ms: f64,
+    pub overhead_ms: f64,
+}
+
+fn phase_breakdown(runs: &[(Variant, PhaseTimes)], warmup: usize) -> Vec<PhaseOverhead> {
+    let phases: [(&'static str, fn(&PhaseTimes) -> Duration); 6] = [
+        ("create container", |p| p.create_container),
+        ("create task (shim start + Create)", |p| p.create_task),
+        ("start task", |p| p.start_task),
+        ("wait for exit", |p| p.wait_exit),
+        ("delete task (Delete + shim shutdown)", |p| p.delete_task),
+        ("delete container", |p| p.delete_container),
+    ];
+    let median = |variant: Variant, of: fn(&PhaseTimes) -> Duration| {
+        let values: Vec<f64> = runs
+            .iter()
+            .filter(|(v, _)| *v == variant)
+            .skip(warmup)
+            .map(|(_, p)| ms(of(p)))
+            .collect();
+        Summary::of(&values).map_or(f64::NAN, |s| s.p50)
+    };
+    phases
+        .into_iter()
+        .map(|(phase, of)| {
+            let (direct_ms, wrapped_ms) =
+                (median(Variant::Direct, of), median(Variant::Wrapped, of));
+            PhaseOverhead {
+                phase,
+                direct_ms,
+                wrapped_ms,
+                overhead_ms: wrapped_ms - direct_ms,
+            }
+        })
+        .collect()
 }
 
 /// Cold starts of one kind, wrapped against direct (milliseconds).
@@ -287,6 +340,36 @@ mod tests {
         assert!((result.median_ratio - 1.1).abs() < 1e-9);
         assert!((result.pair_ratio_median - 1.1).abs() < 1e-9);
         assert!((result.median_overhead_ms - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn phase_breakdown_compares_medians_after_the_warmup() {
+        let run = |variant, create_task_ms| {
+            let phases = PhaseTimes {
+                create_task: Duration::from_millis(create_task_ms),
+                ..PhaseTimes::default()
+            };
+            (variant, phases)
+        };
+        let runs = [
+            run(Variant::Wrapped, 500),
+            run(Variant::Direct, 400),
+            run(Variant::Wrapped, 12),
+            run(Variant::Direct, 10),
+            run(Variant::Direct, 10),
+            run(Variant::Wrapped, 12),
+        ];
+        let breakdown = phase_breakdown(&runs, 1);
+        let create_task = breakdown
+            .iter()
+            .find(|p| p.phase.starts_with("create task"))
+            .unwrap();
+        assert_eq!(
+            (create_task.direct_ms, create_task.wrapped_ms),
+            (10.0, 12.0)
+        );
+        assert!((create_task.overhead_ms - 2.0).abs() < 1e-9);
+        assert_eq!(breakdown.len(), 6);
     }
 
     #[test]

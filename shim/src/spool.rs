@@ -41,6 +41,14 @@ pub const QUEUE_CAPACITY: usize = 8192;
 pub const WAKE_AT: usize = 256;
 /// The writer writes what waits at least this often.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// File in the spool directory where writers share their last measurement of the spool's size.
+/// Measuring means a `stat` of every file, and a wrapper process starts three writers per
+/// container; with a few hundred files waiting for the collector that cost milliseconds of CPU
+/// in each container's start. Readers of the spool skip it (it is not a spool file name).
+pub const USAGE_HINT_FILE: &str = ".usage";
+/// A shared measurement younger than this is used instead of measuring again. The bound may so be
+/// overshot by what all writers append within this time.
+pub const USAGE_HINT_TTL: Duration = Duration::from_secs(5);
 
 /// The spool line of a span, serialised without moving it (same JSON as [`SpoolEntry::Span`]).
 #[derive(Serialize)]
@@ -219,8 +227,9 @@ struct SpoolFile {
     seq: u32,
     file: File,
     file_bytes: u64,
-    /// Bytes in the spool directory as of the last measurement plus what this writer added since.
-    spool_bytes: u64,
+    /// Bytes in the spool directory as of the last measurement plus what this writer added since;
+    /// `None` until the first append (measured then, off the caller's thread).
+    spool_bytes: Option<u64>,
     last_measured: Instant,
     writer: String,
 }
@@ -248,7 +257,7 @@ impl SpoolFile {
             seq: 0,
             file,
             file_bytes: 0,
-            spool_bytes: dir_bytes(&config.dir),
+            spool_bytes: None,
             last_measured: Instant::now(),
             writer: format!("{writer}/{}", std::process::id()),
         })
@@ -311,14 +320,18 @@ impl SpoolFile {
 
     /// Appends whole lines in one write, or drops them if the spool is over its bound.
     fn append_bounded(&mut self, bytes: &[u8], spans: u64, dropped: &AtomicU64) {
-        if self.spool_bytes + bytes.len() as u64 > self.max_bytes
+        let mut spool_bytes = *self
+            .spool_bytes
+            .get_or_insert_with(|| shared_spool_bytes(&self.dir));
+        if spool_bytes + bytes.len() as u64 > self.max_bytes
             && self.last_measured.elapsed() > Duration::from_millis(500)
         {
             // The collector may have compacted since we last looked.
-            self.spool_bytes = dir_bytes(&self.dir);
+            spool_bytes = measure_spool_bytes(&self.dir);
+            self.spool_bytes = Some(spool_bytes);
             self.last_measured = Instant::now();
         }
-        if self.spool_bytes + bytes.len() as u64 > self.max_bytes {
+        if spool_bytes + bytes.len() as u64 > self.max_bytes {
             dropped.fetch_add(spans, Ordering::Relaxed);
             return;
         }
@@ -337,7 +350,9 @@ impl SpoolFile {
         }
         self.file.write_all(bytes)?;
         self.file_bytes += bytes.len() as u64;
-        self.spool_bytes += bytes.len() as u64;
+        if let Some(spool_bytes) = &mut self.spool_bytes {
+            *spool_bytes += bytes.len() as u64;
+        }
         Ok(())
     }
 
@@ -370,6 +385,44 @@ fn open_spool_file(dir: &Path, stem: &str, seq: u32) -> Result<File, SpoolError>
         .mode(0o600)
         .open(&path)
         .map_err(|source| SpoolError::OpenFile { path, source })
+}
+
+/// The spool's size as another writer measured it less than [`USAGE_HINT_TTL`] ago, or as
+/// measured now (and shared).
+fn shared_spool_bytes(dir: &Path) -> u64 {
+    read_usage_hint(dir, clock::now_unix_nanos()).unwrap_or_else(|| measure_spool_bytes(dir))
+}
+
+/// Measures the spool's size and shares it in [`USAGE_HINT_FILE`].
+fn measure_spool_bytes(dir: &Path) -> u64 {
+    let bytes = dir_bytes(dir);
+    write_usage_hint(dir, bytes, clock::now_unix_nanos());
+    bytes
+}
+
+/// The hint's byte count if it was measured within [`USAGE_HINT_TTL`] before `now_nanos`.
+fn read_usage_hint(dir: &Path, now_nanos: u64) -> Option<u64> {
+    let text = fs::read_to_string(dir.join(USAGE_HINT_FILE)).ok()?;
+    let (bytes, measured) = text.trim().split_once(' ')?;
+    let (bytes, measured): (u64, u64) = (bytes.parse().ok()?, measured.parse().ok()?);
+    let age = now_nanos.checked_sub(measured)?;
+    (age < USAGE_HINT_TTL.as_nanos() as u64).then_some(bytes)
+}
+
+/// Writes the hint in place, fixed width: a reader racing a writer sees the old text, the new one
+/// or one that does not parse (and then measures), never a wrong number of bytes with a fresh age.
+fn write_usage_hint(dir: &Path, bytes: u64, now_nanos: u64) {
+    use std::os::unix::fs::FileExt;
+    let line = format!("{bytes:020} {now_nanos:020}\n");
+    if let Ok(file) = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(USAGE_HINT_FILE))
+    {
+        let _ = file.write_all_at(line.as_bytes(), 0);
+    }
 }
 
 /// Total size of the regular files in `dir` (0 if unreadable).
@@ -617,6 +670,55 @@ mod tests {
         let contents = read_spool(&config.dir).unwrap();
         assert!(contents.spans.len() < 20);
         assert_eq!(contents.spans.len() as u64 + contents.dropped, 20);
+    }
+
+    #[test]
+    fn a_fresh_shared_measurement_is_used_and_a_stale_one_is_measured_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1_000_000,
+        };
+        // Another writer found the spool full a moment ago: this one believes it, without a scan.
+        write_usage_hint(dir.path(), 1_000_000, clock::now_unix_nanos());
+        let sink = SpanSink::start(&config, "test").unwrap();
+        sink.emit(span("believed-full"));
+        sink.shutdown(Duration::from_secs(5));
+        let contents = read_spool(&config.dir).unwrap();
+        assert!(contents.spans.is_empty());
+        assert_eq!(contents.dropped, 1);
+
+        // The same claim, older than the TTL: measured again, found nearly empty, written.
+        let stale = clock::now_unix_nanos() - USAGE_HINT_TTL.as_nanos() as u64 - 1;
+        write_usage_hint(dir.path(), 1_000_000, stale);
+        let sink = SpanSink::start(&config, "test").unwrap();
+        sink.emit(span("written"));
+        sink.shutdown(Duration::from_secs(5));
+        let names: Vec<_> = read_spool(&config.dir)
+            .unwrap()
+            .spans
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["written"]);
+        let measured = read_usage_hint(dir.path(), clock::now_unix_nanos()).unwrap();
+        assert!(measured < 1_000, "the rescan shared {measured} bytes");
+    }
+
+    #[test]
+    fn usage_hints_that_do_not_parse_or_come_from_the_future_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 10_000_000_000;
+        assert_eq!(read_usage_hint(dir.path(), now), None);
+        fs::write(dir.path().join(USAGE_HINT_FILE), "12 x\n").unwrap();
+        assert_eq!(read_usage_hint(dir.path(), now), None);
+        write_usage_hint(dir.path(), 42, now + 1);
+        assert_eq!(read_usage_hint(dir.path(), now), None);
+        write_usage_hint(dir.path(), 42, now - 1);
+        assert_eq!(read_usage_hint(dir.path(), now), Some(42));
+        // A shorter number written over a longer one leaves no digits behind.
+        write_usage_hint(dir.path(), 7, now - 1);
+        assert_eq!(read_usage_hint(dir.path(), now), Some(7));
     }
 
     #[test]

@@ -610,6 +610,9 @@ fn spool(spans: Vec<SpanRecord>) {
 /// a fork is not safe (another thread is running) or fails. A crash of the child loses the spans,
 /// never the container.
 fn after_reply(work: impl FnOnce()) {
+    // containerd reads this process's stdout and stderr to their end: let go of them now, not
+    // in the child, or containerd waits until the child is first scheduled.
+    detach_stdio();
     let single_threaded = std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count() == 1)
         .unwrap_or(false);
@@ -620,8 +623,6 @@ fn after_reply(work: impl FnOnce()) {
     // held by another thread and may allocate and do I/O like any process.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
-            // containerd reads this process's stdout and stderr to their end: let go of them.
-            detach_stdio();
             // A panic must end this child here, not unwind into the parent's remaining code.
             let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             // SAFETY: ends the child without running the parent's exit handlers a second time.

@@ -43,6 +43,8 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+use crate::tmpfs::TmpfsMount;
+
 pub mod bootstrap;
 pub mod otlp;
 
@@ -234,6 +236,9 @@ pub struct Options {
     pub log_level: Option<String>,
     /// TOML appended verbatim to the generated config; start it with its own `[table]` header.
     pub extra_config: String,
+    /// Puts the state dir (bundles, shim state) on a tmpfs of its own, as `/run/containerd` is on
+    /// real nodes; the root dir stays on disk.
+    pub tmpfs_state: bool,
 }
 
 impl Options {
@@ -287,6 +292,8 @@ pub struct PrivateContainerd {
     version: ContainerdVersion,
     options: Options,
     namespace: String,
+    /// Declared before `dir`: unmounted before the temp dir is removed.
+    state_mount: Option<TmpfsMount>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -307,10 +314,16 @@ impl PrivateContainerd {
             std::process::id(),
             INSTANCE_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        let state_mount = if options.tmpfs_state {
+            Some(TmpfsMount::new(&dir.path().join("state"))?)
+        } else {
+            None
+        };
         let mut instance = PrivateContainerd {
             version: version.clone(),
             options,
             namespace,
+            state_mount,
             dir,
             child: None,
         };
@@ -668,6 +681,7 @@ impl Drop for PrivateContainerd {
         for ns in namespaces {
             remove_namespace_leftovers(&ns);
         }
+        drop(self.state_mount.take());
     }
 }
 

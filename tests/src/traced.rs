@@ -8,6 +8,7 @@ use shimtrace_shim::span::SpanRecord;
 use shimtrace_shim::spool::read_spool;
 
 use crate::containerd::{ContainerdVersion, HarnessError, Options, PrivateContainerd};
+use crate::tmpfs::TmpfsMount;
 
 /// The runtime name under which tests run containers through the wrapper.
 pub const TRACED_RUNC: &str = "io.containerd.traced-runc.v2";
@@ -39,6 +40,9 @@ pub struct Traced {
     pub containerd: PrivateContainerd,
     pub spool: PathBuf,
     pub run_dir: PathBuf,
+    /// With `tmpfs_state`, the run dir is a tmpfs too (it is under `/run` on real nodes);
+    /// unmounted after containerd is gone and before the dirs are removed.
+    _run_mount: Option<TmpfsMount>,
     _dirs: tempfile::TempDir,
 }
 
@@ -67,6 +71,11 @@ impl Traced {
             .map_err(|e| HarnessError::io("linking the wrapper", e))?;
         let spool = options.spool.unwrap_or_else(|| dirs.path().join("spool"));
         let run_dir = dirs.path().join("run");
+        let run_mount = if options.extra.tmpfs_state {
+            Some(TmpfsMount::new(&run_dir)?)
+        } else {
+            None
+        };
         let extra = options
             .extra
             .path_dir(bin)
@@ -82,6 +91,7 @@ impl Traced {
             containerd,
             spool,
             run_dir,
+            _run_mount: run_mount,
             _dirs: dirs,
         })
     }
