@@ -2,8 +2,8 @@
 //! each connection 1:1 to the inner shim, frame for frame, with a tap on both directions.
 //!
 //! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
-//! (an inherited descriptor named by `--listen-fd`), which reports readiness on a pipe
-//! (`--ready-fd`) once it reached the inner shim. The events listener the inner shim publishes to
+//! (an inherited descriptor named by `--listen-fd`) together with a connection to the inner shim
+//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as it runs. The events listener the inner shim publishes to
 //! (see [`crate::events`]) arrives as `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner shim was already told to
 //! publish there), and containerd talks to the inner shim directly. The proxy keeps
 //! one idle "monitor" connection to the inner shim: when that connection ends, the inner shim is
@@ -317,13 +317,19 @@ fn spawn_detached(
             exe: exe.to_path_buf(),
             source: e.into(),
         })?;
-    // The child inherits exactly these three (close-on-exec cleared) and learns their numbers from
-    // its arguments. Without a pre-exec hook, std spawns with posix_spawn (vfork + exec), which
+    // Connected here, not in the proxy, so that the proxy is ready as soon as it runs.
+    let monitor = UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
+        path: plan.upstream.clone(),
+        source,
+    })?;
+    // The child inherits exactly these (close-on-exec cleared) and learns their numbers from its
+    // arguments. Without a pre-exec hook, std spawns with posix_spawn (vfork + exec), which
     // spares copying this process's memory; the proxy detaches itself (setsid, chdir) once running.
     let handed = [
         listener.map(|l| ("--listen-fd", l.as_raw_fd())),
         Some(("--ready-fd", ready_write.as_raw_fd())),
         events.map(|l| ("--events-fd", l.as_raw_fd())),
+        Some(("--monitor-fd", monitor.as_raw_fd())),
     ];
     let mut command = Command::new(exe);
     command
@@ -356,7 +362,7 @@ fn spawn_detached(
         let mut byte = [0u8; 1];
         match ready.read(&mut byte) {
             Ok(1) => Ok(()),
-            Ok(_) => Err("it exited before reaching the inner shim (see its log)".to_string()),
+            Ok(_) => Err("it exited before it was ready (see its log)".to_string()),
             Err(e) => Err(e.to_string()),
         }
     });
@@ -437,30 +443,42 @@ impl ActiveConnections {
 
 /// Runs the proxy daemon (the `proxy` subcommand); returns when the inner shim is gone.
 pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
+    let listener = fds.listen.and_then(fd_if_open).map(UnixListener::from);
+    let events_listener = fds.events.and_then(fd_if_open).map(UnixListener::from);
+    let ready = fds.ready.and_then(fd_if_open).map(File::from);
+    let failed = |e: ProxyError| {
+        crate::log::init_file(&plan.log_path());
+        Err(e)
+    };
+    if listener.is_none() && events_listener.is_none() {
+        return failed(ProxyError::NoListener);
+    }
+    let monitor = match fds.monitor.and_then(fd_if_open) {
+        Some(fd) => UnixStream::from(fd),
+        None => match UnixStream::connect(&plan.upstream) {
+            Ok(monitor) => monitor,
+            Err(source) => {
+                return failed(ProxyError::Upstream {
+                    path: plan.upstream.clone(),
+                    source,
+                })
+            }
+        },
+    };
+    // Ready: this process holds the bound listener and a live connection to the inner shim. The
+    // wrapper's `start` (and so the container's start) waits for this and nothing more; all
+    // below happens while containerd already connects (its connection waits in the backlog).
+    if let Some(mut ready) = ready {
+        let _ = ready.write_all(b"1");
+    }
     // Detach from the wrapper's session (containerd's) and from its working directory.
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     crate::log::init_file(&plan.log_path());
-    let listener = fds.listen.and_then(fd_if_open).map(UnixListener::from);
-    let events_listener = fds.events.and_then(fd_if_open).map(UnixListener::from);
-    if listener.is_none() && events_listener.is_none() {
-        return Err(ProxyError::NoListener);
-    }
     // The wrapper bound these files an instant ago (holding the lock): they are ours.
     let identity = listener.as_ref().and_then(|_| file_identity(&plan.socket));
     let events_socket = plan.events.as_ref().map(|e| e.socket.clone());
     let events_identity = events_socket.as_deref().and_then(file_identity);
-    let ready = fds.ready.and_then(fd_if_open).map(File::from);
-
-    let monitor = UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
-        path: plan.upstream.clone(),
-        source,
-    })?;
-    // Ready: the listener is bound and the inner shim reachable. Everything below happens while
-    // containerd already connects (its connection waits in the listen backlog), not before.
-    if let Some(mut ready) = ready {
-        let _ = ready.write_all(b"1");
-    }
     let sink = match SpanSink::start(&SpoolConfig::from_env(), "proxy") {
         Ok(sink) => sink,
         Err(e) => {
@@ -534,12 +552,14 @@ fn propagate_enabled() -> bool {
 }
 
 /// The descriptors `start` hands a proxy it spawns, by number (`--listen-fd`, `--ready-fd`,
-/// `--events-fd`).
+/// `--events-fd`, `--monitor-fd`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandedFds {
     pub listen: Option<RawFd>,
     pub ready: Option<RawFd>,
     pub events: Option<RawFd>,
+    /// A connection to the inner shim, made by the wrapper: it ends when the inner shim exits.
+    pub monitor: Option<RawFd>,
 }
 
 impl HandedFds {
@@ -554,6 +574,7 @@ impl HandedFds {
             listen: get("--listen-fd"),
             ready: get("--ready-fd"),
             events: get("--events-fd"),
+            monitor: get("--monitor-fd"),
         }
     }
 }
@@ -737,16 +758,26 @@ mod tests {
 
     #[test]
     fn handed_fds_come_from_the_arguments_and_never_name_stdio() {
-        let args: Vec<String> = ["--socket", "/s", "--listen-fd", "7", "--ready-fd", "1"]
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+        let args: Vec<String> = [
+            "--socket",
+            "/s",
+            "--listen-fd",
+            "7",
+            "--ready-fd",
+            "1",
+            "--monitor-fd",
+            "9",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
         assert_eq!(
             HandedFds::from_args(&args),
             HandedFds {
                 listen: Some(7),
                 ready: None,
-                events: None
+                events: None,
+                monitor: Some(9),
             }
         );
     }
