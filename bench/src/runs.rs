@@ -178,8 +178,11 @@ pub struct PhaseOverhead {
     pub overhead_ms: f64,
 }
 
+/// A phase's name and how to read it from a run.
+type Phase = (&'static str, fn(&PhaseTimes) -> Duration);
+
 fn phase_breakdown(runs: &[(Variant, PhaseTimes)], warmup: usize) -> Vec<PhaseOverhead> {
-    let phases: [(&'static str, fn(&PhaseTimes) -> Duration); 6] = [
+    let phases: [Phase; 6] = [
         ("create container", |p| p.create_container),
         ("create task (shim start + Create)", |p| p.create_task),
         ("start task", |p| p.start_task),
