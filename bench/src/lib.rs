@@ -85,7 +85,7 @@ impl BenchConfig {
             call_warmup: 200,
             rss_checkpoint_calls: 1_000,
             group_containers: 100,
-            cold_pairs: 30,
+            cold_pairs: 60,
             cold_warmup: 2,
             parallel: 64,
             parallel_rounds: 2,
@@ -544,6 +544,20 @@ pub fn figures_of(report: &BenchReport) -> Vec<Figure> {
                 cold.median_ratio,
                 "×",
                 Some(Target::AtMost(1.03)),
+            ),
+            Figure::new(
+                &format!("cold_{key}_ratio_ci95_low"),
+                &format!("cold start {label} ratio, 95% interval from"),
+                cold.median_ratio_ci95[0],
+                "×",
+                None,
+            ),
+            Figure::new(
+                &format!("cold_{key}_ratio_ci95_high"),
+                &format!("cold start {label} ratio, 95% interval to"),
+                cold.median_ratio_ci95[1],
+                "×",
+                None,
             ),
         ]);
     }

@@ -222,6 +222,8 @@ pub struct ColdStarts {
     pub wrapped_ms: Summary,
     /// Median wrapped / median direct.
     pub median_ratio: f64,
+    /// 95 % bootstrap interval of `median_ratio` (pairs resampled): how far noise alone moves it.
+    pub median_ratio_ci95: [f64; 2],
     /// Median of the per-pair ratios (less sensitive to drift between pairs).
     pub pair_ratio_median: f64,
     /// Median wrapped − median direct.
@@ -256,11 +258,52 @@ pub fn cold_pairs(
     Ok(ColdStarts {
         pairs,
         median_ratio: wrapped_ms.p50 / direct_ms.p50,
+        median_ratio_ci95: bootstrap_median_ratio_ci95(&wrapped, &direct),
         pair_ratio_median: summary(&pair_ratios)?.p50,
         median_overhead_ms: wrapped_ms.p50 - direct_ms.p50,
         direct_ms,
         wrapped_ms,
     })
+}
+
+/// Resamples of the pairs for [`bootstrap_median_ratio_ci95`].
+const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// The 2.5th and 97.5th percentiles of median(wrapped)/median(direct) over resamples of the pairs
+/// (drawn with replacement, a pair kept together so drift stays paired). Seeded: the same runs
+/// give the same interval.
+fn bootstrap_median_ratio_ci95(wrapped: &[f64], direct: &[f64]) -> [f64; 2] {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let n = wrapped.len().min(direct.len());
+    if n == 0 {
+        return [f64::NAN, f64::NAN];
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        if v.len() % 2 == 0 {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let (mut w, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut ratios: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            w.clear();
+            d.clear();
+            for _ in 0..n {
+                let i = rng.random_range(0..n);
+                w.push(wrapped[i]);
+                d.push(direct[i]);
+            }
+            median(&mut w) / median(&mut d)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    [at(0.025), at(0.975)]
 }
 
 /// One burst of containers started at once.
@@ -373,6 +416,33 @@ mod tests {
         );
         assert!((create_task.overhead_ms - 2.0).abs() < 1e-9);
         assert_eq!(breakdown.len(), 6);
+    }
+
+    #[test]
+    fn the_bootstrap_interval_brackets_the_ratio_and_narrows_with_less_noise() {
+        let direct: Vec<f64> = (0..40).map(|i| 100.0 + (i % 7) as f64 * 3.0).collect();
+        let noisy: Vec<f64> = direct
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d * 1.05 + (i % 5) as f64 * 4.0 - 8.0)
+            .collect();
+        let steady: Vec<f64> = direct.iter().map(|d| d * 1.05).collect();
+        let [lo, hi] = bootstrap_median_ratio_ci95(&noisy, &direct);
+        let ratio = {
+            let (mut w, mut d) = (noisy.clone(), direct.clone());
+            w.sort_by(f64::total_cmp);
+            d.sort_by(f64::total_cmp);
+            (w[19] + w[20]) / (d[19] + d[20])
+        };
+        assert!(lo <= ratio && ratio <= hi, "{lo} {ratio} {hi}");
+        let [slo, shi] = bootstrap_median_ratio_ci95(&steady, &direct);
+        assert!(
+            (slo - 1.05).abs() < 1e-9 && (shi - 1.05).abs() < 1e-9,
+            "{slo} {shi}"
+        );
+        assert!(hi - lo > shi - slo);
+        assert_eq!(bootstrap_median_ratio_ci95(&noisy, &direct), [lo, hi]);
+        assert!(bootstrap_median_ratio_ci95(&[], &[])[0].is_nan());
     }
 
     #[test]

@@ -220,6 +220,26 @@ impl SpanSink {
 }
 
 /// The file a writer appends to, with the bookkeeping for rotation and the size bound.
+/// Writes `spans` now, on this thread, in one write: for short-lived writers (the wrapper's
+/// `start` and `delete` processes), which a writer thread would only slow down. Same file naming,
+/// bound and drop accounting as a [`SpanSink`].
+pub fn write_now(
+    config: &SpoolConfig,
+    writer: &str,
+    spans: &[SpanRecord],
+) -> Result<(), SpoolError> {
+    let mut file = SpoolFile::create(config, writer)?;
+    let mut batch = Vec::with_capacity(1024 * spans.len());
+    for span in spans {
+        let _ = serde_json::to_writer(&mut batch, &SpoolEntryRef::Span(span));
+        batch.push(b'\n');
+    }
+    let dropped = AtomicU64::new(0);
+    file.append_bounded(&batch, spans.len() as u64, &dropped);
+    file.record_drops(&dropped);
+    Ok(())
+}
+
 struct SpoolFile {
     dir: PathBuf,
     max_bytes: u64,
@@ -719,6 +739,30 @@ mod tests {
         // A shorter number written over a longer one leaves no digits behind.
         write_usage_hint(dir.path(), 7, now - 1);
         assert_eq!(read_usage_hint(dir.path(), now), Some(7));
+    }
+
+    #[test]
+    fn written_now_reads_back_and_over_the_bound_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().join("spool"),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        write_now(&config, "wrapper", &[span("a"), span("b")]).unwrap();
+        let contents = read_spool(&config.dir).unwrap();
+        let names: Vec<_> = contents.spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(spool_files(&config.dir).unwrap()[0].1.writer, "wrapper");
+
+        let full = SpoolConfig {
+            dir: config.dir.clone(),
+            max_bytes: 10,
+        };
+        write_usage_hint(&config.dir, 0, 0);
+        write_now(&full, "wrapper", &[span("c")]).unwrap();
+        let contents = read_spool(&config.dir).unwrap();
+        assert_eq!(contents.spans.len(), 2);
+        assert_eq!(contents.dropped, 1);
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
 
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::bootstrap_api::BootstrapParams;
@@ -26,7 +25,7 @@ use crate::span::{
     attr, names, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus,
     TraceContext, TraceId,
 };
-use crate::spool::{SpanSink, SpoolConfig};
+use crate::spool::SpoolConfig;
 use crate::trace_ctx;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -594,14 +593,9 @@ fn read_stdin() -> Vec<u8> {
 
 /// Writes this process's spans to the spool, waiting at most a second.
 fn spool(spans: Vec<SpanRecord>) {
-    let sink = SpanSink::start(&SpoolConfig::from_env(), "wrapper").unwrap_or_else(|e| {
+    if let Err(e) = crate::spool::write_now(&SpoolConfig::from_env(), "wrapper", &spans) {
         tracing::warn!("spans of this shim process are lost: {e}");
-        SpanSink::disabled()
-    });
-    for span in spans {
-        sink.emit(span);
     }
-    sink.shutdown(Duration::from_secs(1));
 }
 
 /// Runs `work`, the bookkeeping that containerd need not wait for (spooling spans, the bundle's
