@@ -195,6 +195,71 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The listening unix sockets with a path, as (inode, path), from `/proc/net/unix` (what `ss -xl`
+/// reads).
+fn unix_listeners() -> Vec<(u64, PathBuf)> {
+    /// `__SO_ACCEPTCON` in the Flags column: the socket listens.
+    const LISTENING: u32 = 0x0001_0000;
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            let inode = fields.get(6)?.parse().ok()?;
+            let path = fields.get(7)?;
+            (flags & LISTENING != 0).then(|| (inode, PathBuf::from(path)))
+        })
+        .collect()
+}
+
+/// Inodes of the sockets among `pid`'s open descriptors.
+fn socket_inodes_of(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Live processes holding the listening unix socket bound at `path`: for a proxy socket, the
+/// proxy serving it (its command line does not name the socket: a proxy is spawned before the
+/// inner shim's address is known).
+pub fn pids_listening_on(path: impl AsRef<Path>) -> Vec<u32> {
+    let inodes: Vec<u64> = unix_listeners()
+        .into_iter()
+        .filter(|(_, bound)| bound == path.as_ref())
+        .map(|(inode, _)| inode)
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    crate::containerd::proc_pids()
+        .filter(|pid| socket_inodes_of(*pid).iter().any(|i| inodes.contains(i)))
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// The paths of the unix sockets process `pid` listens on.
+pub fn listening_sockets_of(pid: u32) -> Vec<PathBuf> {
+    let held = socket_inodes_of(pid);
+    unix_listeners()
+        .into_iter()
+        .filter(|(inode, _)| held.contains(inode))
+        .map(|(_, path)| path)
+        .collect()
+}
+
 /// Pids whose command line contains all of `needles`.
 pub fn pids_with_cmdline(needles: &[&str]) -> Vec<u32> {
     crate::containerd::proc_pids()
