@@ -1,14 +1,17 @@
 //! The proxy daemon: one per inner shim address, serving containerd on its own socket and forwarding
 //! each connection 1:1 to the inner shim, frame for frame, with a tap on both directions.
 //!
-//! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
-//! (an inherited descriptor named by `--listen-fd`) together with a connection to the inner shim
-//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as it runs. The events listener the inner shim publishes to
-//! (see [`crate::events`]) arrives as `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner shim was already told to
-//! publish there), and containerd talks to the inner shim directly. The proxy keeps
-//! one idle "monitor" connection to the inner shim: when that connection ends, the inner shim is
-//! gone, so the proxy removes its socket (if it is still its own) and exits. A socket file alone
-//! never decides: Kata leaves its socket behind after failing.
+//! Lifetime: the wrapper's `start` spawns a proxy before it runs the inner shim's `start`
+//! ([`PendingProxy`]), so that the proxy's exec overlaps it. Once the inner shim has answered, the
+//! wrapper binds the proxy socket, connects a "monitor" connection to the inner shim, and hands
+//! both over, with the listener the inner shim publishes events to (see [`crate::events`]); the
+//! proxy answers once it holds them. Should that fail, the wrapper spawns a proxy the older way,
+//! handing the descriptors down by number (`--listen-fd`, `--monitor-fd`, `--events-fd`) and
+//! waiting on a pipe (`--ready-fd`). If the call socket cannot be set up, a proxy still forwards
+//! events (the inner shim was already told to publish there), and containerd talks to the inner
+//! shim directly. When the monitor connection ends, the inner shim is gone, so the proxy removes
+//! its socket (if it is still its own) and exits. A socket file alone never decides: Kata leaves
+//! its socket behind after failing.
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -351,6 +351,8 @@ impl Invocation {
 
         let mut address_change = None;
         let (reply_bytes, status) = if !run.status.success() {
+            // Ends the proxy spawned ahead now, not when a forked child lets go of it.
+            drop(pending);
             if let Some(events) = events {
                 events.discard();
             }
