@@ -415,6 +415,17 @@ pub struct PendingProxy {
     control: OwnedFd,
 }
 
+/// The wrapper's and the pending proxy's ends of their control socket (both close-on-exec).
+fn control_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+}
+
 /// Handover flag bits: which listeners follow the monitor connection.
 const HANDOVER_CALLS: u8 = 1;
 const HANDOVER_EVENTS: u8 = 2;
@@ -424,18 +435,11 @@ const HANDOVER_MAX: usize = 16 * 1024;
 impl PendingProxy {
     /// Starts `exe proxy --control-fd N`; it waits, detached, for [`PendingProxy::deliver`].
     pub fn spawn(exe: &Path) -> Result<PendingProxy, ProxyError> {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         let spawn_error = |source: io::Error| ProxyError::Spawn {
             exe: exe.to_path_buf(),
             source,
         };
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| spawn_error(e.into()))?;
+        let (ours, theirs) = control_pair().map_err(|e| spawn_error(e.into()))?;
         inheritable(theirs.as_raw_fd(), true).map_err(spawn_error)?;
         let child = Command::new(exe)
             .args([PROXY_SUBCOMMAND, CONTROL_FD_FLAG])
@@ -1032,7 +1036,6 @@ mod tests {
 
     #[test]
     fn a_pending_proxy_receives_its_plan_and_descriptors() {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         let dir = tempfile::tempdir().unwrap();
         let upstream = UnixListener::bind(dir.path().join("inner")).unwrap();
         let calls = UnixListener::bind(dir.path().join("proxy")).unwrap();
@@ -1045,13 +1048,7 @@ mod tests {
             task_root: Some("/run/containerd/io.containerd.runtime.v2.task/default".into()),
             events: None,
         };
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (ours, theirs) = control_pair().unwrap();
         let proxy_side = std::thread::spawn(move || {
             let received = receive_handover(&theirs).unwrap().unwrap();
             nix::unistd::write(&theirs, b"1").unwrap();
@@ -1082,14 +1079,7 @@ mod tests {
 
     #[test]
     fn a_pending_proxy_dropped_unused_hears_no_handover() {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (ours, theirs) = control_pair().unwrap();
         drop(PendingProxy {
             pid: 0,
             control: ours,
