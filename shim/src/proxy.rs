@@ -402,8 +402,7 @@ fn connect_monitor(plan: &ProxyPlan) -> Result<UnixStream, ProxyError> {
 
 /// A proxy process spawned before the inner shim's `start` runs, told what to serve once the inner
 /// shim's address is known: its exec and start-up then overlap the inner `start` instead of
-/// following it (about a millisecond of every container's start). Dropped unused (the inner
-/// `start` failed, or a live proxy is reused), it exits.
+/// following it. Dropped unused (the inner `start` failed, or a live proxy is reused), it exits.
 ///
 /// The handover is one datagram on a `SOCK_SEQPACKET` pair: a byte saying which listeners follow,
 /// then the [`ProxyPlan`] arguments separated by NULs, with the monitor connection, the call

@@ -219,7 +219,6 @@ impl SpanSink {
     }
 }
 
-/// The file a writer appends to, with the bookkeeping for rotation and the size bound.
 /// Writes `spans` now, on this thread, in one write: for short-lived writers (the wrapper's
 /// `start` and `delete` processes), which a writer thread would only slow down. Same file naming,
 /// bound and drop accounting as a [`SpanSink`].
@@ -240,6 +239,7 @@ pub fn write_now(
     Ok(())
 }
 
+/// The file a writer appends to, with the bookkeeping for rotation and the size bound.
 struct SpoolFile {
     dir: PathBuf,
     max_bytes: u64,

@@ -622,7 +622,7 @@ fn read_stdin() -> Vec<u8> {
     bytes
 }
 
-/// Writes this process's spans to the spool, waiting at most a second.
+/// Writes this process's spans to the spool, in one write on this thread.
 fn spool(spans: Vec<SpanRecord>) {
     if let Err(e) = crate::spool::write_now(&SpoolConfig::from_env(), "wrapper", &spans) {
         tracing::warn!("spans of this shim process are lost: {e}");
