@@ -11,7 +11,7 @@ use containerd_shim_protos::api::{ConnectRequest, ConnectResponse, StateRequest,
 use protobuf::Message;
 use serde::Serialize;
 use shimtrace_collector::lab::stats::Summary;
-use shimtrace_tests::traced::{listening_sockets_of, pids_listening_on};
+use shimtrace_tests::traced::pids_with_cmdline;
 
 use crate::BenchError;
 
@@ -28,45 +28,39 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Finds them from a bundle: its `address` file names the proxy (the wrapper rewrote it), the
-    /// proxy is the process listening there, and the inner shim (whose pid `Connect` answers)
-    /// listens on the inner socket.
+    /// Finds them from a bundle: its `address` file names the proxy (the wrapper rewrote it), and
+    /// the proxy's `--upstream` argument names the inner shim.
     pub fn of_bundle(bundle: &Path) -> Result<Endpoints, BenchError> {
-        let read = |name: &str| {
-            let path = bundle.join(name);
-            std::fs::read_to_string(&path).map_err(|e| {
-                BenchError::Setup(format!(
-                    "cannot read {}: {e} (was the container started through the wrapper?)",
-                    path.display()
-                ))
-            })
-        };
-        let address = read("address")?;
+        let address_file = bundle.join("address");
+        let address = std::fs::read_to_string(&address_file).map_err(|e| {
+            BenchError::Setup(format!(
+                "cannot read {}: {e} (was the container started through the wrapper?)",
+                address_file.display()
+            ))
+        })?;
         let proxy_socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
-        let pids = pids_listening_on(&proxy_socket);
+        let socket_arg = proxy_socket.display().to_string();
+        let pids = pids_with_cmdline(&["proxy", "--socket", &socket_arg]);
         let [proxy_pid] = pids[..] else {
             return Err(BenchError::Setup(format!(
-                "expected one proxy serving {}, found pids {pids:?}: the bundle's address \
-                 does not name a live shimtrace proxy",
-                proxy_socket.display()
+                "expected one proxy serving {socket_arg}, found pids {pids:?}: the bundle's address \
+                 does not name a live shimtrace proxy"
             )));
         };
-        let id = bundle
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| BenchError::Setup(format!("{} names no container", bundle.display())))?;
-        // `Connect` answers the inner shim's own pid (the proxy forwards it).
-        let (_, shim_pid) = TaskClient::connect(&proxy_socket, id)?.identity()?;
-        let sockets = listening_sockets_of(shim_pid);
-        let inner_socket = sockets
+        let cmdline = std::fs::read(format!("/proc/{proxy_pid}/cmdline")).map_err(|e| {
+            BenchError::Setup(format!("cannot read proxy {proxy_pid}'s cmdline: {e}"))
+        })?;
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let inner_socket = argv
             .iter()
-            .find(|s| s.parent() == proxy_socket.parent() && **s != proxy_socket)
-            .cloned()
+            .position(|a| a == "--upstream")
+            .and_then(|i| argv.get(i + 1))
+            .map(PathBuf::from)
             .ok_or_else(|| {
-                BenchError::Setup(format!(
-                    "the inner shim (pid {shim_pid}) listens on no socket beside {}: {sockets:?}",
-                    proxy_socket.display()
-                ))
+                BenchError::Setup(format!("proxy {proxy_pid} has no --upstream argument"))
             })?;
         Ok(Endpoints {
             proxy_socket,

@@ -16,7 +16,7 @@ use shimtrace_collector::bench::BenchResult;
 use shimtrace_collector::synth::SynthConfig;
 use shimtrace_shim::spool::{read_spool, SpoolContents};
 use shimtrace_tests::containerd::{HarnessError, Options};
-use shimtrace_tests::traced::{alive, pids_listening_on, Traced, TracedOptions, TRACED_RUNC};
+use shimtrace_tests::traced::{alive, pids_with_cmdline, Traced, TracedOptions, TRACED_RUNC};
 
 use calls::{BareForwarder, Endpoints, MethodLatency, TaskClient};
 use figures::{Figure, Target};
@@ -298,7 +298,8 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         }
     }
     let after_containers = memory(proxy_pid, "after the grouped containers")?;
-    let serving = pids_listening_on(&endpoints.proxy_socket);
+    let socket_arg = endpoints.proxy_socket.display().to_string();
+    let serving = pids_with_cmdline(&["proxy", "--socket", &socket_arg]);
     if serving != [proxy_pid] {
         return Err(BenchError::Setup(format!(
             "grouped containers were to share proxy {proxy_pid}, but {serving:?} serve its socket"

@@ -1,17 +1,14 @@
 //! The proxy daemon: one per inner shim address, serving containerd on its own socket and forwarding
 //! each connection 1:1 to the inner shim, frame for frame, with a tap on both directions.
 //!
-//! Lifetime: the wrapper's `start` spawns a proxy before it runs the inner shim's `start`
-//! ([`PendingProxy`]), so that the proxy's exec overlaps it. Once the inner shim has answered, the
-//! wrapper binds the proxy socket, connects a "monitor" connection to the inner shim, and hands
-//! both over, with the listener the inner shim publishes events to (see [`crate::events`]); the
-//! proxy answers once it holds them. Should that fail, the wrapper spawns a proxy the older way,
-//! handing the descriptors down by number (`--listen-fd`, `--monitor-fd`, `--events-fd`) and
-//! waiting on a pipe (`--ready-fd`). If the call socket cannot be set up, a proxy still forwards
-//! events (the inner shim was already told to publish there), and containerd talks to the inner
-//! shim directly. When the monitor connection ends, the inner shim is gone, so the proxy removes
-//! its socket (if it is still its own) and exits. A socket file alone never decides: Kata leaves
-//! its socket behind after failing.
+//! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
+//! (an inherited descriptor named by `--listen-fd`) together with a connection to the inner shim
+//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as it runs. The events listener the inner shim publishes to
+//! (see [`crate::events`]) arrives as `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner shim was already told to
+//! publish there), and containerd talks to the inner shim directly. The proxy keeps
+//! one idle "monitor" connection to the inner shim: when that connection ends, the inner shim is
+//! gone, so the proxy removes its socket (if it is still its own) and exits. A socket file alone
+//! never decides: Kata leaves its socket behind after failing.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -38,8 +35,6 @@ pub const DEFAULT_RUN_DIR: &str = "/run/shimtrace";
 pub const RUN_DIR_ENV: &str = "SHIMTRACE_RUN_DIR";
 /// The subcommand under which the wrapper binary runs as a proxy.
 pub const PROXY_SUBCOMMAND: &str = "proxy";
-/// Names the control socket of a proxy spawned ahead of its plan ([`PendingProxy`]).
-pub const CONTROL_FD_FLAG: &str = "--control-fd";
 /// Longest unix socket path Linux accepts (containerd's `socketPathLimit`).
 const SOCKET_PATH_LIMIT: usize = 106;
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,8 +58,6 @@ pub enum ProxyError {
     NoListener,
     #[error("the inner shim does not speak ttrpc")]
     NotTtrpc,
-    #[error("the proxy's handover failed: {0}")]
-    Handover(String),
 }
 
 /// The proxy address for an inner shim address: deterministic, so pod grouping (several containers
@@ -217,12 +210,10 @@ fn ensure_run_dir() -> Result<PathBuf, ProxyError> {
 /// inner shim are serialised by a lock file, so exactly one proxy is started. `events` is the
 /// listener bound by [`bind_events_socket`] for this inner shim, if any: a started proxy serves it;
 /// when a live proxy is reused it is not needed (the running inner shim publishes elsewhere).
-/// `pending`, a proxy spawned ahead, is handed the work if one is needed (and ends otherwise).
 pub fn ensure_proxy(
     plan: &ProxyPlan,
     exe: &Path,
     events: Option<&UnixListener>,
-    pending: Option<PendingProxy>,
 ) -> Result<Ensured, ProxyError> {
     let dir = ensure_run_dir()?;
     let lock_path = dir.join(format!(
@@ -264,14 +255,7 @@ pub fn ensure_proxy(
         Err(e) => return events_only(plan, exe, events, e),
     };
     let identity = file_identity(&plan.socket);
-    let handed = match pending {
-        Some(pending) => pending.deliver(plan, Some(&listener), events).or_else(|e| {
-            tracing::warn!("{e}; starting another proxy");
-            spawn_detached(plan, exe, Some(&listener), events)
-        }),
-        None => spawn_detached(plan, exe, Some(&listener), events),
-    };
-    match handed {
+    match spawn_detached(plan, exe, Some(&listener), events) {
         Ok(pid) => Ok(Ensured::Spawned { pid }),
         Err(e) => {
             remove_if_same(&plan.socket, identity);
@@ -334,7 +318,10 @@ fn spawn_detached(
             source: e.into(),
         })?;
     // Connected here, not in the proxy, so that the proxy is ready as soon as it runs.
-    let monitor = connect_monitor(plan)?;
+    let monitor = UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
+        path: plan.upstream.clone(),
+        source,
+    })?;
     // The child inherits exactly these (close-on-exec cleared) and learns their numbers from its
     // arguments. Without a pre-exec hook, std spawns with posix_spawn (vfork + exec), which
     // spares copying this process's memory; the proxy detaches itself (setsid, chdir) once running.
@@ -392,221 +379,6 @@ fn spawn_detached(
     }
 }
 
-/// The proxy's idle connection to the inner shim, whose end tells that the inner shim exited.
-fn connect_monitor(plan: &ProxyPlan) -> Result<UnixStream, ProxyError> {
-    UnixStream::connect(&plan.upstream).map_err(|source| ProxyError::Upstream {
-        path: plan.upstream.clone(),
-        source,
-    })
-}
-
-/// A proxy process spawned before the inner shim's `start` runs, told what to serve once the inner
-/// shim's address is known: its exec and start-up then overlap the inner `start` instead of
-/// following it. Dropped unused (the inner `start` failed, or a live proxy is reused), it exits.
-///
-/// The handover is one datagram on a `SOCK_SEQPACKET` pair: a byte saying which listeners follow,
-/// then the [`ProxyPlan`] arguments separated by NULs, with the monitor connection, the call
-/// listener and the events listener (those present) as `SCM_RIGHTS`. The proxy answers one byte
-/// once it holds them.
-#[derive(Debug)]
-pub struct PendingProxy {
-    pid: u32,
-    control: OwnedFd,
-}
-
-/// The wrapper's and the pending proxy's ends of their control socket (both close-on-exec).
-fn control_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-}
-
-/// Handover flag bits: which listeners follow the monitor connection.
-const HANDOVER_CALLS: u8 = 1;
-const HANDOVER_EVENTS: u8 = 2;
-/// The largest handover datagram the proxy accepts.
-const HANDOVER_MAX: usize = 16 * 1024;
-
-impl PendingProxy {
-    /// Starts `exe proxy --control-fd N`; it waits, detached, for [`PendingProxy::deliver`].
-    pub fn spawn(exe: &Path) -> Result<PendingProxy, ProxyError> {
-        let spawn_error = |source: io::Error| ProxyError::Spawn {
-            exe: exe.to_path_buf(),
-            source,
-        };
-        let (ours, theirs) = control_pair().map_err(|e| spawn_error(e.into()))?;
-        inheritable(theirs.as_raw_fd(), true).map_err(spawn_error)?;
-        let child = Command::new(exe)
-            .args([PROXY_SUBCOMMAND, CONTROL_FD_FLAG])
-            .arg(theirs.as_raw_fd().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(spawn_error)?;
-        // The child is reparented once this short-lived process exits; nobody waits for it here.
-        Ok(PendingProxy {
-            pid: child.id(),
-            control: ours,
-        })
-    }
-
-    /// Hands `plan` and its descriptors over and waits until the proxy holds them; the proxy's pid.
-    /// On failure the proxy is killed and the caller still holds the listeners (to start another).
-    pub fn deliver(
-        self,
-        plan: &ProxyPlan,
-        listener: Option<&UnixListener>,
-        events: Option<&UnixListener>,
-    ) -> Result<u32, ProxyError> {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-        let monitor = connect_monitor(plan)?;
-        let mut fds = vec![monitor.as_raw_fd()];
-        let mut flags = 0u8;
-        if let Some(listener) = listener {
-            flags |= HANDOVER_CALLS;
-            fds.push(listener.as_raw_fd());
-        }
-        if let Some(events) = events {
-            flags |= HANDOVER_EVENTS;
-            fds.push(events.as_raw_fd());
-        }
-        let mut message = vec![flags];
-        message.extend_from_slice(plan.to_args()[1..].join("\0").as_bytes());
-        let outcome = if message.len() > HANDOVER_MAX {
-            Err(format!(
-                "its plan is {} bytes, over {HANDOVER_MAX}",
-                message.len()
-            ))
-        } else {
-            sendmsg::<()>(
-                self.control.as_raw_fd(),
-                &[io::IoSlice::new(&message)],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-            .map_err(|e| format!("cannot hand it the plan: {e}"))
-            .and_then(|_| self.await_ack())
-        };
-        outcome.map(|()| self.pid).map_err(|reason| {
-            self.kill();
-            ProxyError::NotReady {
-                pid: self.pid,
-                reason,
-            }
-        })
-    }
-
-    fn await_ack(&self) -> Result<(), String> {
-        wait_readable(&self.control, Instant::now() + READY_TIMEOUT)?;
-        let mut byte = [0u8; 1];
-        match nix::unistd::read(self.control.as_raw_fd(), &mut byte) {
-            Ok(1) => Ok(()),
-            Ok(_) => Err("it exited before taking the plan (see its log)".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    fn kill(&self) {
-        if self.pid <= 1 {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
-    }
-}
-
-/// Receives the handover of a [`PendingProxy`]: `None` if the wrapper closed the control socket
-/// without one (the proxy is not needed).
-fn receive_handover(control: &OwnedFd) -> Result<Option<(ProxyPlan, HandedOver)>, String> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut buffer = vec![0u8; HANDOVER_MAX];
-    let mut space = nix::cmsg_space!([RawFd; 3]);
-    let (bytes, mut fds) = loop {
-        let mut iov = [io::IoSliceMut::new(&mut buffer)];
-        match recvmsg::<()>(
-            control.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(message) => {
-                let mut fds = Vec::new();
-                for cmsg in message.cmsgs().map_err(|e| e.to_string())? {
-                    if let ControlMessageOwned::ScmRights(received) = cmsg {
-                        // SAFETY: SCM_RIGHTS gave this process these new descriptors; nothing
-                        // else owns them.
-                        fds.extend(
-                            received
-                                .into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                    }
-                }
-                break (message.bytes, fds.into_iter());
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(format!("cannot read the handover: {e}")),
-        }
-    };
-    if bytes == 0 {
-        return Ok(None);
-    }
-    let flags = buffer[0];
-    let args: Vec<String> = String::from_utf8_lossy(&buffer[1..bytes])
-        .split('\0')
-        .map(str::to_owned)
-        .collect();
-    let plan = ProxyPlan::from_args(&args).ok_or("the handover carries no socket and upstream")?;
-    let monitor = fds
-        .next()
-        .ok_or("the handover carries no monitor connection")?;
-    let mut take = |flag: u8, what: &str| -> Result<Option<OwnedFd>, String> {
-        if flags & flag == 0 {
-            return Ok(None);
-        }
-        fds.next()
-            .map(Some)
-            .ok_or_else(|| format!("the handover lacks the {what} listener"))
-    };
-    let listener = take(HANDOVER_CALLS, "call")?;
-    let events = take(HANDOVER_EVENTS, "events")?;
-    Ok(Some((
-        plan,
-        HandedOver {
-            listener: listener.map(UnixListener::from),
-            events: events.map(UnixListener::from),
-            monitor: UnixStream::from(monitor),
-        },
-    )))
-}
-
-/// Runs a proxy spawned by [`PendingProxy::spawn`]: waits for its handover, then serves.
-pub fn run_pending(control_fd: RawFd) -> Result<(), ProxyError> {
-    let control = fd_if_open(control_fd).ok_or(ProxyError::NoListener)?;
-    // Detach from the wrapper's session (containerd's) and from its working directory while the
-    // inner shim starts.
-    let _ = nix::unistd::setsid();
-    let _ = std::env::set_current_dir("/");
-    let (plan, handed) = match receive_handover(&control) {
-        Ok(Some(received)) => received,
-        Ok(None) => return Ok(()),
-        Err(reason) => {
-            crate::log::init_file(&run_dir().join("proxy-handover.log"));
-            return Err(ProxyError::Handover(reason));
-        }
-    };
-    let _ = nix::unistd::write(&control, b"1");
-    drop(control);
-    serve(plan, handed)
-}
-
 /// Sets or clears close-on-exec on `fd`, so that a spawned child inherits it or not.
 fn inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD only change the flags of an fd this process owns.
@@ -624,8 +396,9 @@ fn inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
     Ok(())
 }
 
-fn wait_readable(file: &impl std::os::fd::AsFd, deadline: Instant) -> Result<(), String> {
+fn wait_readable(file: &File, deadline: Instant) -> Result<(), String> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -701,30 +474,6 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
     // Detach from the wrapper's session (containerd's) and from its working directory.
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
-    serve(
-        plan,
-        HandedOver {
-            listener,
-            events: events_listener,
-            monitor,
-        },
-    )
-}
-
-/// What a proxy serves with, however it got it.
-struct HandedOver {
-    listener: Option<UnixListener>,
-    events: Option<UnixListener>,
-    monitor: UnixStream,
-}
-
-/// Serves calls and events until the inner shim exits, then cleans up.
-fn serve(plan: ProxyPlan, handed: HandedOver) -> Result<(), ProxyError> {
-    let HandedOver {
-        listener,
-        events: events_listener,
-        monitor,
-    } = handed;
     crate::log::init_file(&plan.log_path());
     // The wrapper bound these files an instant ago (holding the lock): they are ours.
     let identity = listener.as_ref().and_then(|_| file_identity(&plan.socket));
@@ -1031,59 +780,6 @@ mod tests {
                 monitor: Some(9),
             }
         );
-    }
-
-    #[test]
-    fn a_pending_proxy_receives_its_plan_and_descriptors() {
-        let dir = tempfile::tempdir().unwrap();
-        let upstream = UnixListener::bind(dir.path().join("inner")).unwrap();
-        let calls = UnixListener::bind(dir.path().join("proxy")).unwrap();
-        let plan = ProxyPlan {
-            socket: dir.path().join("proxy"),
-            upstream: dir.path().join("inner"),
-            inner: "/usr/bin/containerd-shim-runc-v2".into(),
-            protocol: "plain/v2".into(),
-            namespace: "default".into(),
-            task_root: Some("/run/containerd/io.containerd.runtime.v2.task/default".into()),
-            events: None,
-        };
-        let (ours, theirs) = control_pair().unwrap();
-        let proxy_side = std::thread::spawn(move || {
-            let received = receive_handover(&theirs).unwrap().unwrap();
-            nix::unistd::write(&theirs, b"1").unwrap();
-            received
-        });
-        let pending = PendingProxy {
-            pid: 0,
-            control: ours,
-        };
-        assert_eq!(pending.deliver(&plan, Some(&calls), None).unwrap(), 0);
-        let (received, handed) = proxy_side.join().unwrap();
-        assert_eq!(received.to_args(), plan.to_args());
-        assert!(handed.events.is_none());
-        // The listener handed over is the bound one, the monitor is connected to the inner shim.
-        let listener = handed.listener.unwrap();
-        let client = UnixStream::connect(&plan.socket).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        drop((client, accepted));
-        let (inner_side, _) = upstream.accept().unwrap();
-        drop(inner_side);
-        let mut byte = [0u8; 1];
-        assert_eq!(
-            (&handed.monitor).read(&mut byte).unwrap(),
-            0,
-            "monitor sees the inner exit"
-        );
-    }
-
-    #[test]
-    fn a_pending_proxy_dropped_unused_hears_no_handover() {
-        let (ours, theirs) = control_pair().unwrap();
-        drop(PendingProxy {
-            pid: 0,
-            control: ours,
-        });
-        assert!(receive_handover(&theirs).unwrap().is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use protobuf::Message;
 
 use crate::args::ShimArgs;
 use crate::clock;
-use crate::proxy::{self, Ensured, EventsRoute, PendingProxy, ProxyPlan, PROXY_SUBCOMMAND};
+use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
 use crate::resolve::{self, Config, WrapperName, OWN_NAME};
 use crate::span::{
@@ -43,19 +43,6 @@ pub fn main_entry(argv: Vec<OsString>) -> i32 {
         .unwrap_or_else(|| OWN_NAME.to_string());
     let rest = &argv[argv.len().min(1)..];
     if rest.first().map(String::as_str) == Some(PROXY_SUBCOMMAND) {
-        if let Some(control) = rest.iter().position(|a| a == proxy::CONTROL_FD_FLAG) {
-            let fd = rest
-                .get(control + 1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(-1);
-            return match proxy::run_pending(fd) {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!("proxy failed: {e}");
-                    1
-                }
-            };
-        }
         return match ProxyPlan::from_args(&rest[1..]) {
             Some(plan) => match proxy::run_proxy(plan, proxy::HandedFds::from_args(&rest[1..])) {
                 Ok(()) => 0,
@@ -313,19 +300,6 @@ impl Invocation {
                 return 1;
             }
         };
-        // The proxy's exec and start-up overlap the inner shim's `start`; it learns what to serve
-        // once that has answered.
-        let exe = std::env::current_exe();
-        let pending = exe
-            .as_deref()
-            .ok()
-            .and_then(|exe| match PendingProxy::spawn(exe) {
-                Ok(pending) => Some(pending),
-                Err(e) => {
-                    tracing::warn!("{e}; starting the proxy after the inner shim instead");
-                    None
-                }
-            });
         let (events, stdin) = EventsTap::prepare(self.args.id.as_deref(), stdin);
         let run = match self.run_inner(&inner, stdin, true, events.as_ref()) {
             Ok(run) => run,
@@ -351,8 +325,6 @@ impl Invocation {
 
         let mut address_change = None;
         let (reply_bytes, status) = if !run.status.success() {
-            // Ends the proxy spawned ahead now, not when a forked child lets go of it.
-            drop(pending);
             if let Some(events) = events {
                 events.discard();
             }
@@ -369,7 +341,6 @@ impl Invocation {
                 &mut spans,
                 &mut attributes,
                 events,
-                pending,
             ) {
                 Ok((bytes, change)) => {
                     address_change = Some(change);
@@ -416,7 +387,6 @@ impl Invocation {
         spans: &mut Vec<SpanRecord>,
         attributes: &mut Attributes,
         events: Option<EventsTap>,
-        pending: Option<PendingProxy>,
     ) -> Result<(Vec<u8>, AddressChange), String> {
         let lost_events = |why: &str| {
             if events.is_some() {
@@ -459,9 +429,8 @@ impl Invocation {
             }
             return Err(e.to_string());
         }
-        let ensured =
-            proxy::ensure_proxy(&plan, &exe, events.as_ref().map(|e| &e.listener), pending)
-                .map_err(|e| e.to_string())?;
+        let ensured = proxy::ensure_proxy(&plan, &exe, events.as_ref().map(|e| &e.listener))
+            .map_err(|e| e.to_string())?;
         match ensured {
             Ensured::Reused => {
                 if let Some(events) = events {

@@ -10,7 +10,7 @@ use shimtrace_shim::spool::read_spool;
 use shimtrace_tests::containerd::bootstrap::{
     bootstrap_shim_binary, decode_task_create, BootstrapStart, Containerd23Peer,
 };
-use shimtrace_tests::traced::{pids_listening_on, wait_for, wrapper_binary};
+use shimtrace_tests::traced::{pids_with_cmdline, wait_for, wrapper_binary};
 
 #[test]
 fn bootstrap_params_through_the_wrapper_get_a_protobuf_reply_naming_the_proxy() {
@@ -63,7 +63,7 @@ fn bootstrap_params_through_the_wrapper_get_a_protobuf_reply_naming_the_proxy() 
         "the proxy listens beside the inner shim, in BootstrapParams.socket_dir"
     );
     assert_eq!(
-        pids_listening_on(&socket).len(),
+        pids_with_cmdline(&["proxy", "--socket", &socket]).len(),
         1,
         "a live proxy serves the reply's address"
     );

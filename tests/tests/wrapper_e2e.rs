@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use shimtrace_shim::span::{attr, names, SpanRecord};
 use shimtrace_tests::traced::{
-    alive, has_method, is_method, pids_listening_on, pids_with_cmdline, wait_for, Traced,
-    TracedOptions,
+    alive, has_method, is_method, pids_with_cmdline, wait_for, Traced, TracedOptions,
 };
 
 const SPANS: Duration = Duration::from_secs(10);
@@ -171,26 +170,8 @@ fn grouping(version: &str) {
     let (a, b) = (address_of(&traced, "ga"), address_of(&traced, "gb"));
     assert_eq!(a, b, "both containers reach one proxy");
     let proxy_socket = a.trim_start_matches("unix://").to_string();
-    let proxies = pids_listening_on(&proxy_socket);
+    let proxies = pids_with_cmdline(&["proxy", "--socket", &proxy_socket]);
     assert_eq!(proxies.len(), 1, "one proxy: {proxies:?}");
-    // gb's start spawned a proxy ahead too; finding ga's serving, it sent that one away.
-    let run_dir_env = format!("SHIMTRACE_RUN_DIR={}", traced.run_dir.display());
-    let ours = || {
-        pids_with_cmdline(&["proxy", shimtrace_shim::proxy::CONTROL_FD_FLAG])
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .map(|e| e.split(|b| *b == 0).any(|v| v == run_dir_env.as_bytes()))
-                    .unwrap_or(false)
-            })
-            .collect::<Vec<_>>()
-    };
-    let settled = wait_for(SPANS, || (ours() == proxies).then_some(()));
-    assert!(
-        settled.is_some(),
-        "only the serving proxy is left: {:?}",
-        ours()
-    );
     let inner_shims = pids_with_cmdline(&[
         "containerd-shim-runc-v2",
         "-address",
@@ -255,7 +236,7 @@ fn inner_shim_killed(version: &str) {
     let proxy_socket = address_of(&traced, "victim")
         .trim_start_matches("unix://")
         .to_string();
-    let proxy = pids_listening_on(&proxy_socket);
+    let proxy = pids_with_cmdline(&["proxy", "--socket", &proxy_socket]);
     assert_eq!(proxy.len(), 1);
     let inner = pids_with_cmdline(&[
         "containerd-shim-runc-v2",
@@ -275,7 +256,9 @@ fn inner_shim_killed(version: &str) {
     });
     assert!(gone.is_some(), "proxy exits and removes its socket");
     let strays = wait_for(SPANS, || {
-        pids_listening_on(&proxy_socket).is_empty().then_some(())
+        pids_with_cmdline(&["proxy", "--socket", &proxy_socket])
+            .is_empty()
+            .then_some(())
     });
     assert!(strays.is_some(), "no stray proxy");
 }
@@ -534,7 +517,7 @@ fn start_reply_is_exact(version: &str) {
         name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
         "{stdout:?}"
     );
-    let proxies = pids_listening_on(socket);
+    let proxies = pids_with_cmdline(&["proxy", "--socket", socket]);
     assert_eq!(proxies.len(), 1, "the reply names a live proxy");
     // containerd reads the bundle's address only after a restart, so the wrapper updates it after
     // exiting (off the start path): it must name the proxy shortly after.
