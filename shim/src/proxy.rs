@@ -3,12 +3,13 @@
 //!
 //! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
 //! (an inherited descriptor named by `--listen-fd`) together with a connection to the inner shim
-//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as it runs. The events listener the inner shim publishes to
-//! (see [`crate::events`]) arrives as `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner shim was already told to
-//! publish there), and containerd talks to the inner shim directly. The proxy keeps
-//! one idle "monitor" connection to the inner shim: when that connection ends, the inner shim is
-//! gone, so the proxy removes its socket (if it is still its own) and exits. A socket file alone
-//! never decides: Kata leaves its socket behind after failing.
+//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as it runs.
+//! The events listener the inner shim publishes to (see [`crate::events`]) arrives as
+//! `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner
+//! shim was already told to publish there), and containerd talks to the inner shim directly. The
+//! monitor connection stays idle: when it ends, the inner shim is gone, so the proxy removes its
+//! socket (if it is still its own) and exits. A socket file alone never decides: Kata leaves its
+//! socket behind after failing.
 
 use std::fs::File;
 use std::io::{self, Read, Write};

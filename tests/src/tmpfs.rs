@@ -15,7 +15,7 @@ pub struct TmpfsMount {
 }
 
 impl TmpfsMount {
-    /// Creates `path` if needed and mounts a private tmpfs (mode 0711) on it. Needs root.
+    /// Creates `path` if needed and mounts a new tmpfs (mode 0711) on it. Needs root.
     pub fn new(path: &Path) -> Result<TmpfsMount, HarnessError> {
         std::fs::create_dir_all(path)
             .map_err(|e| HarnessError::io(format!("creating {}", path.display()), e))?;
