@@ -134,7 +134,7 @@ impl EventTap {
             .map(|event| decode_task_event(&envelope.topic, event))
             .unwrap_or_default();
         let namespace = if envelope.namespace.is_empty() {
-            self.ctx.namespace.to_string()
+            self.ctx.shim.namespace.clone()
         } else {
             envelope.namespace.clone()
         };
@@ -169,7 +169,7 @@ impl EventTap {
             time_unix_nano: created,
             attributes: attributes.clone(),
         };
-        attributes.insert(attr::INNER.into(), (*self.ctx.inner).into());
+        attributes.insert(attr::INNER.into(), self.ctx.shim.inner.as_str().into());
         attributes.insert(attr::RECORDER_PID.into(), crate::clock::pid().into());
         self.ctx.sink.emit(SpanRecord {
             trace_id: trace.trace_id,

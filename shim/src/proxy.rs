@@ -28,7 +28,7 @@ use crate::clock;
 use crate::events::EventTap;
 use crate::frame::{pump, pump_rewriting};
 use crate::spool::{SpanSink, SpoolConfig};
-use crate::tap::{ConnectionTap, TapContext};
+use crate::tap::{ConnectionTap, ShimLabels, TapContext};
 use crate::trace_ctx::TraceRegistry;
 
 /// Directory for proxy locks and logs (override with `SHIMTRACE_RUN_DIR`).
@@ -490,9 +490,11 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
     let ctx = Arc::new(TapContext {
         sink,
         traces: TraceRegistry::new(plan.task_root.clone()),
-        inner: plan.inner.as_str().into(),
-        protocol: plan.protocol.as_str().into(),
-        namespace: plan.namespace.as_str().into(),
+        shim: Arc::new(ShimLabels {
+            inner: plan.inner.clone(),
+            protocol: plan.protocol.clone(),
+            namespace: plan.namespace.clone(),
+        }),
         propagate: propagate_enabled(),
     });
     tracing::info!(

@@ -32,14 +32,21 @@ pub const TRACEPARENT_METADATA: &str = "traceparent";
 pub struct TapContext {
     pub sink: SpanSink,
     pub traces: TraceRegistry,
-    /// Path of the inner shim binary (`shimtrace.inner`).
-    pub inner: Arc<str>,
-    /// `plain/v2`, `json/v3`, … (`shimtrace.protocol`).
-    pub protocol: Arc<str>,
-    /// The shim's `-namespace`; containerd 1.6 sends no namespace metadata on shim calls.
-    pub namespace: Arc<str>,
+    /// Shared with every finished call handed to the spool's writer thread (one reference each).
+    pub shim: Arc<ShimLabels>,
     /// Pass the proxy's `traceparent` to the inner shim on requests that carry none.
     pub propagate: bool,
+}
+
+/// What the proxy knows of the inner shim it serves, for every span.
+#[derive(Debug, Clone)]
+pub struct ShimLabels {
+    /// Path of the inner shim binary (`shimtrace.inner`).
+    pub inner: String,
+    /// `plain/v2`, `json/v3`, … (`shimtrace.protocol`).
+    pub protocol: String,
+    /// The shim's `-namespace`; containerd 1.6 sends no namespace metadata on shim calls.
+    pub namespace: String,
 }
 
 /// The tap of one proxied connection.
@@ -208,7 +215,7 @@ impl ConnectionTap {
         let sid = header.stream_id;
         let view = RequestView::parse(payload, [NAMESPACE_METADATA, TRACEPARENT_METADATA])?;
         let [namespace, traceparent] = view.metadata;
-        let namespace = namespace.unwrap_or(&self.ctx.namespace);
+        let namespace = namespace.unwrap_or(&self.ctx.shim.namespace);
         let traceparent = traceparent.and_then(TraceContext::from_traceparent);
         let task_call = is_task_service(view.service) && carries_container_id(view.method);
         let container_id = task_call
@@ -320,9 +327,7 @@ impl ConnectionTap {
             self.ctx.traces.forget(&namespace, &id);
         }
         self.ctx.sink.emit_deferred(Box::new(CallSpan {
-            inner: self.ctx.inner.clone(),
-            protocol: self.ctx.protocol.clone(),
-            namespace: self.ctx.namespace.clone(),
+            shim: self.ctx.shim.clone(),
             call,
             end,
             outcome,
@@ -365,10 +370,7 @@ enum Outcome {
 /// A finished call as the forwarding threads leave it; the spool's writer thread turns it into
 /// its span.
 struct CallSpan {
-    inner: Arc<str>,
-    protocol: Arc<str>,
-    /// The shim's `-namespace`, for requests without namespace metadata.
-    namespace: Arc<str>,
+    shim: Arc<ShimLabels>,
     call: PendingCall,
     end: u64,
     outcome: Outcome,
@@ -377,9 +379,7 @@ struct CallSpan {
 impl DeferredSpan for CallSpan {
     fn build(self: Box<Self>) -> Option<SpanRecord> {
         let CallSpan {
-            inner,
-            protocol,
-            namespace,
+            shim,
             call,
             end,
             outcome,
@@ -406,10 +406,10 @@ impl DeferredSpan for CallSpan {
         put(attr::RPC_METHOD, request.method.as_str().into());
         put(
             attr::CONTAINERD_NAMESPACE,
-            request_namespace.unwrap_or(&namespace).into(),
+            request_namespace.unwrap_or(&shim.namespace).into(),
         );
-        put(attr::INNER, (*inner).into());
-        put(attr::PROTOCOL, (*protocol).into());
+        put(attr::INNER, shim.inner.as_str().into());
+        put(attr::PROTOCOL, shim.protocol.as_str().into());
         put(attr::RECORDER_PID, crate::clock::pid().into());
         if let Some(id) = &info.id {
             put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
@@ -524,9 +524,11 @@ pub(crate) fn test_context(dir: &std::path::Path) -> Arc<TapContext> {
     Arc::new(TapContext {
         sink: SpanSink::start(&config, "test").unwrap(),
         traces: TraceRegistry::new(None),
-        inner: "/usr/bin/containerd-shim-runc-v2".into(),
-        protocol: "plain/v2".into(),
-        namespace: "fallback".into(),
+        shim: Arc::new(ShimLabels {
+            inner: "/usr/bin/containerd-shim-runc-v2".into(),
+            protocol: "plain/v2".into(),
+            namespace: "fallback".into(),
+        }),
         propagate: true,
     })
 }

@@ -13,7 +13,7 @@ use containerd_shim_protos::sandbox_async::{create_sandbox, Sandbox, SandboxClie
 use shimtrace_shim::proxy::forward_connection;
 use shimtrace_shim::span::attr;
 use shimtrace_shim::spool::{read_spool, SpanSink, SpoolConfig};
-use shimtrace_shim::tap::TapContext;
+use shimtrace_shim::tap::{ShimLabels, TapContext};
 use shimtrace_shim::trace_ctx::TraceRegistry;
 use ttrpc::r#async::{Server, Service, StreamHandler, StreamInner, TtrpcContext};
 
@@ -89,9 +89,11 @@ async fn sandbox_calls_and_streams_pass_through_the_proxy() {
         )
         .unwrap(),
         traces: TraceRegistry::new(None),
-        inner: "ttrpc-rust test server".into(),
-        protocol: "json/v3".into(),
-        namespace: "ns".into(),
+        shim: Arc::new(ShimLabels {
+            inner: "ttrpc-rust test server".into(),
+            protocol: "json/v3".into(),
+            namespace: "ns".into(),
+        }),
         propagate: true,
     });
     let listener = UnixListener::bind(&proxy_path).unwrap();
