@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shimtrace_collector::containerd::{Containerd, PhaseTimes, RunSpec, RUNC_RUNTIME};
-use shimtrace_collector::lab::stats::{ms, Summary};
+use shimtrace_collector::lab::stats::{ms, percentile, Summary};
 use shimtrace_tests::containerd::{PrivateContainerd, CTR_TIMEOUT};
 use shimtrace_tests::traced::TRACED_RUNC;
 
@@ -278,14 +278,10 @@ fn bootstrap_median_ratio_ci95(wrapped: &[f64], direct: &[f64]) -> [f64; 2] {
     if n == 0 {
         return [f64::NAN, f64::NAN];
     }
+    // The same nearest-rank median as the ratio's own (`Summary::p50`).
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        if v.len() % 2 == 0 {
-            (v[mid - 1] + v[mid]) / 2.0
-        } else {
-            v[mid]
-        }
+        percentile(v, 50.0)
     };
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let (mut w, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -302,8 +298,7 @@ fn bootstrap_median_ratio_ci95(wrapped: &[f64], direct: &[f64]) -> [f64; 2] {
         })
         .collect();
     ratios.sort_by(f64::total_cmp);
-    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
-    [at(0.025), at(0.975)]
+    [percentile(&ratios, 2.5), percentile(&ratios, 97.5)]
 }
 
 /// One burst of containers started at once.
@@ -428,12 +423,7 @@ mod tests {
             .collect();
         let steady: Vec<f64> = direct.iter().map(|d| d * 1.05).collect();
         let [lo, hi] = bootstrap_median_ratio_ci95(&noisy, &direct);
-        let ratio = {
-            let (mut w, mut d) = (noisy.clone(), direct.clone());
-            w.sort_by(f64::total_cmp);
-            d.sort_by(f64::total_cmp);
-            (w[19] + w[20]) / (d[19] + d[20])
-        };
+        let ratio = Summary::of(&noisy).unwrap().p50 / Summary::of(&direct).unwrap().p50;
         assert!(lo <= ratio && ratio <= hi, "{lo} {ratio} {hi}");
         let [slo, shi] = bootstrap_median_ratio_ci95(&steady, &direct);
         assert!(

@@ -55,7 +55,7 @@ pub enum ProxyError {
     NotReady { pid: u32, reason: String },
     #[error("cannot reach the inner shim at {path}: {source}")]
     Upstream { path: PathBuf, source: io::Error },
-    #[error("the proxy was started without a listener (--listen-fd / --events-fd); it is started by the wrapper's start, not by hand")]
+    #[error("the proxy was started without a listener (--listen-fd / --events-fd) or its monitor connection (--monitor-fd); it is started by the wrapper's start, not by hand")]
     NoListener,
     #[error("the inner shim does not speak ttrpc")]
     NotTtrpc,
@@ -326,19 +326,20 @@ fn spawn_detached(
     // The child inherits exactly these (close-on-exec cleared) and learns their numbers from its
     // arguments. Without a pre-exec hook, std spawns with posix_spawn (vfork + exec), which
     // spares copying this process's memory; the proxy detaches itself (setsid, chdir) once running.
-    let handed = [
-        listener.map(|l| ("--listen-fd", l.as_raw_fd())),
-        Some(("--ready-fd", ready_write.as_raw_fd())),
-        events.map(|l| ("--events-fd", l.as_raw_fd())),
-        Some(("--monitor-fd", monitor.as_raw_fd())),
-    ];
+    let handed = HandedFds {
+        listen: listener.map(|l| l.as_raw_fd()),
+        ready: Some(ready_write.as_raw_fd()),
+        events: events.map(|l| l.as_raw_fd()),
+        monitor: Some(monitor.as_raw_fd()),
+    }
+    .by_flag();
     let mut command = Command::new(exe);
     command
         .args(plan.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    for (flag, fd) in handed.iter().flatten() {
+    for (flag, fd) in &handed {
         command.arg(flag).arg(fd.to_string());
         inheritable(*fd, true).map_err(|source| ProxyError::Spawn {
             exe: exe.to_path_buf(),
@@ -346,7 +347,7 @@ fn spawn_detached(
         })?;
     }
     let spawned = command.spawn();
-    for (_, fd) in handed.iter().flatten() {
+    for (_, fd) in &handed {
         let _ = inheritable(*fd, false);
     }
     let child = spawned.map_err(|source| ProxyError::Spawn {
@@ -451,20 +452,9 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
         crate::log::init_file(&plan.log_path());
         Err(e)
     };
-    if listener.is_none() && events_listener.is_none() {
+    let monitor = fds.monitor.and_then(fd_if_open).map(UnixStream::from);
+    let Some(monitor) = monitor.filter(|_| listener.is_some() || events_listener.is_some()) else {
         return failed(ProxyError::NoListener);
-    }
-    let monitor = match fds.monitor.and_then(fd_if_open) {
-        Some(fd) => UnixStream::from(fd),
-        None => match UnixStream::connect(&plan.upstream) {
-            Ok(monitor) => monitor,
-            Err(source) => {
-                return failed(ProxyError::Upstream {
-                    path: plan.upstream.clone(),
-                    source,
-                })
-            }
-        },
     };
     // Ready: this process holds the bound listener and a live connection to the inner shim. The
     // wrapper's `start` (and so the container's start) waits for this and nothing more; all
@@ -566,19 +556,31 @@ pub struct HandedFds {
 }
 
 impl HandedFds {
+    const FLAGS: [&'static str; 4] = ["--listen-fd", "--ready-fd", "--events-fd", "--monitor-fd"];
+
     /// Parses the arguments after the `proxy` subcommand; only descriptors above stdio count.
     pub fn from_args(args: &[String]) -> HandedFds {
-        let get = |flag: &str| {
+        let [listen, ready, events, monitor] = HandedFds::FLAGS.map(|flag| {
             flag_value(args, flag)
                 .and_then(|v| v.parse::<RawFd>().ok())
                 .filter(|fd| *fd > 2)
-        };
+        });
         HandedFds {
-            listen: get("--listen-fd"),
-            ready: get("--ready-fd"),
-            events: get("--events-fd"),
-            monitor: get("--monitor-fd"),
+            listen,
+            ready,
+            events,
+            monitor,
         }
+    }
+
+    /// Each descriptor present with the flag that names it, as `from_args` reads them.
+    fn by_flag(&self) -> Vec<(&'static str, RawFd)> {
+        let fds = [self.listen, self.ready, self.events, self.monitor];
+        HandedFds::FLAGS
+            .into_iter()
+            .zip(fds)
+            .filter_map(|(flag, fd)| Some((flag, fd?)))
+            .collect()
     }
 }
 
@@ -783,6 +785,22 @@ mod tests {
                 monitor: Some(9),
             }
         );
+    }
+
+    #[test]
+    fn handed_fds_round_trip_through_their_flags() {
+        let fds = HandedFds {
+            listen: Some(7),
+            ready: Some(8),
+            events: None,
+            monitor: Some(9),
+        };
+        let args: Vec<String> = fds
+            .by_flag()
+            .into_iter()
+            .flat_map(|(flag, fd)| [flag.to_string(), fd.to_string()])
+            .collect();
+        assert_eq!(HandedFds::from_args(&args), fds);
     }
 
     #[test]

@@ -230,13 +230,18 @@ pub fn write_now(
     let mut file = SpoolFile::create(config, writer)?;
     let mut batch = Vec::with_capacity(1024 * spans.len());
     for span in spans {
-        let _ = serde_json::to_writer(&mut batch, &SpoolEntryRef::Span(span));
-        batch.push(b'\n');
+        push_line(&mut batch, span);
     }
     let dropped = AtomicU64::new(0);
     file.append_bounded(&batch, spans.len() as u64, &dropped);
     file.record_drops(&dropped);
     Ok(())
+}
+
+/// Appends `span`'s spool line, newline included, to `batch`.
+fn push_line(batch: &mut Vec<u8>, span: &SpanRecord) {
+    let _ = serde_json::to_writer(&mut *batch, &SpoolEntryRef::Span(span));
+    batch.push(b'\n');
 }
 
 /// The file a writer appends to, with the bookkeeping for rotation and the size bound.
@@ -311,8 +316,7 @@ impl SpoolFile {
                         None => continue,
                     },
                 };
-                let _ = serde_json::to_writer(&mut batch, &SpoolEntryRef::Span(&span));
-                batch.push(b'\n');
+                push_line(&mut batch, &span);
                 lines += 1;
             }
             if lines > 0 {
@@ -758,7 +762,6 @@ mod tests {
             dir: config.dir.clone(),
             max_bytes: 10,
         };
-        write_usage_hint(&config.dir, 0, 0);
         write_now(&full, "wrapper", &[span("c")]).unwrap();
         let contents = read_spool(&config.dir).unwrap();
         assert_eq!(contents.spans.len(), 2);
