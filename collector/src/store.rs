@@ -204,7 +204,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(open_err)?;
         // WAL lets queries and the exporter read while serve ingests.
@@ -220,7 +220,6 @@ impl Store {
         // bench), and SQLite does it when the last connection closes.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(open_err)?;
-        let mut conn = conn;
         prepare_schema(&mut conn, path)?;
         Ok(Store {
             conn,
@@ -266,9 +265,10 @@ impl Store {
         })
     }
 
-    /// Stores what was read from spool file `name` and its new offset, atomically.
-    /// Returns how many spans were new.
-    pub fn ingest_chunk(
+    /// Stores what was read from spool file `name` and its new offset, atomically, in a batch of its
+    /// own (a test helper: ingest batches many files). Returns how many spans were new.
+    #[cfg(test)]
+    pub(crate) fn ingest_chunk(
         &mut self,
         name: &str,
         spans: &[SpanRecord],
@@ -313,6 +313,7 @@ impl Store {
             })? as u64)
     }
 
+    /// Runs `sql`, which selects `seq, record`, and parses the records.
     fn collect(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<(u64, SpanRecord)>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows = stmt.query(params)?;
@@ -321,8 +322,8 @@ impl Store {
         let mut records: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
-            let record = row.get_ref(3)?.as_str().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(3, Type::Text, Box::new(e))
+            let record = row.get_ref(1)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e))
             })?;
             let start = text.len();
             text.push_str(record);
@@ -382,10 +383,7 @@ impl Store {
     /// Every stored span.
     pub fn all_spans(&self) -> Result<Vec<SpanRecord>> {
         Ok(self
-            .collect(
-                "SELECT seq, trace_id, span_id, record FROM spans ORDER BY seq",
-                [],
-            )?
+            .collect("SELECT seq, record FROM spans ORDER BY seq", [])?
             .into_iter()
             .map(|(_, s)| s)
             .collect())
@@ -395,7 +393,7 @@ impl Store {
     pub fn spans_of_container(&self, id: &str) -> Result<Vec<SpanRecord>> {
         Ok(self
             .collect(
-                "SELECT seq, trace_id, span_id, record FROM spans WHERE trace_id IN (
+                "SELECT seq, record FROM spans WHERE trace_id IN (
                     SELECT trace_id FROM spans WHERE container_id = ?1
                     UNION SELECT ?2)
                  ORDER BY seq",
@@ -409,7 +407,7 @@ impl Store {
     /// Up to `limit` spans ingested after sequence number `after`, with their sequence numbers.
     pub fn spans_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, SpanRecord)>> {
         self.collect(
-            "SELECT seq, trace_id, span_id, record FROM spans WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, record FROM spans WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             [after as i64, limit as i64],
         )
     }

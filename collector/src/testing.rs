@@ -78,16 +78,12 @@ impl Received {
 
     /// How many different span ids arrived.
     pub fn distinct(&self) -> usize {
-        self.spans()
-            .iter()
-            .map(|g| g.span_id.clone())
-            .collect::<BTreeSet<_>>()
-            .len()
+        distinct_ids(&self.spans())
     }
 
     /// Waits (polling, bounded by `timeout`) until `n` distinct spans arrived; false on timeout.
     pub fn wait_for_distinct(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, |_| self.distinct() >= n)
+        self.wait_until(timeout, |spans| distinct_ids(spans) >= n)
     }
 
     /// Waits (polling, bounded by `timeout`) until some received span satisfies `wanted`; false
@@ -108,6 +104,15 @@ impl Received {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// How many different span ids are among `spans`.
+fn distinct_ids(spans: &[ReceivedSpan]) -> usize {
+    spans
+        .iter()
+        .map(|g| &g.span_id)
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 #[tonic::async_trait]

@@ -293,7 +293,7 @@ pub struct PrivateContainerd {
     options: Options,
     namespace: String,
     /// Declared before `dir`: unmounted before the temp dir is removed.
-    state_mount: Option<TmpfsMount>,
+    _state_mount: Option<TmpfsMount>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -323,7 +323,7 @@ impl PrivateContainerd {
             version: version.clone(),
             options,
             namespace,
-            state_mount,
+            _state_mount: state_mount,
             dir,
             child: None,
         };
@@ -681,7 +681,7 @@ impl Drop for PrivateContainerd {
         for ns in namespaces {
             remove_namespace_leftovers(&ns);
         }
-        drop(self.state_mount.take());
+        // `_state_mount` is unmounted next: fields drop in order, and it comes before `dir`.
     }
 }
 

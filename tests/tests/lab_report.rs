@@ -21,17 +21,11 @@ enum Command {
 /// `shimtrace lab` arguments; without an `--address` of the test's own, one where nothing
 /// answers, so the lab runs its private containerd even on a machine whose system containerd is up.
 fn lab_args(extra: &[&str]) -> LabArgs {
-    let no_host = ["--address", "/nonexistent/shimtrace-test/containerd.sock"];
-    let default_address = if extra.contains(&"--address") {
-        &no_host[..0]
-    } else {
-        &no_host[..]
-    };
-    let argv = ["shimtrace", "lab"]
-        .iter()
-        .chain(default_address)
-        .chain(extra)
-        .copied();
+    let mut argv = vec!["shimtrace", "lab"];
+    if !extra.contains(&"--address") {
+        argv.extend(["--address", "/nonexistent/shimtrace-test/containerd.sock"]);
+    }
+    argv.extend(extra);
     match Cli::parse_from(argv).command {
         Command::Lab(args) => args,
     }
