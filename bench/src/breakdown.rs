@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use shimtrace_collector::lab::stats::Summary;
-use shimtrace_shim::span::{names, SpanRecord, TraceId};
+use shimtrace_lab::stats::Summary;
+use shimtrace_span::{names, SpanRecord, TraceId};
 
 /// Medians over the wrapped containers of one cold-start kind (milliseconds).
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +80,7 @@ pub fn of_containers(spans: &[SpanRecord], prefix: &str, suffix: &str) -> StartB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shimtrace_shim::span::{attr, Attributes, SpanId, SpanKind, SpanStatus};
+    use shimtrace_span::{attr, Attributes, SpanId, SpanKind, SpanStatus};
 
     /// A span of container `id` (none for an empty id), in a trace of its own per container.
     fn span(id: &str, name: &str, start_ms: u64, end_ms: u64) -> SpanRecord {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use containerd_shim_protos::api::{ConnectRequest, ConnectResponse, StateRequest, StateResponse};
 use protobuf::Message;
 use serde::Serialize;
-use shimtrace_collector::lab::stats::Summary;
-use shimtrace_tests::traced::pids_with_cmdline;
+use shimtrace_lab::stats::Summary;
+use shimtrace_testkit::traced::pids_with_cmdline;
 
 use crate::BenchError;
 

@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
-use shimtrace_collector::bench::BenchResult;
 use shimtrace_collector::synth::SynthConfig;
-use shimtrace_shim::spool::{read_spool, SpoolContents};
-use shimtrace_tests::containerd::{HarnessError, Options};
-use shimtrace_tests::traced::{alive, pids_with_cmdline, Traced, TracedOptions, TRACED_RUNC};
+use shimtrace_collector::throughput::BenchResult;
+use shimtrace_span::spool::{read_spool, SpoolContents};
+use shimtrace_testkit::containerd::{HarnessError, Options};
+use shimtrace_testkit::traced::{alive, pids_with_cmdline, Traced, TracedOptions, TRACED_RUNC};
 
 use calls::{BareForwarder, Endpoints, MethodLatency, TaskClient};
 use figures::{Figure, Target};
@@ -43,9 +43,9 @@ pub enum BenchError {
     #[error("`{command}` failed: {problem}")]
     Ctr { command: String, problem: String },
     #[error(transparent)]
-    Containerd(#[from] shimtrace_collector::containerd::ContainerdError),
+    Containerd(#[from] shimtrace_containerd::ContainerdError),
     #[error("collector bench: {0}")]
-    Collector(#[from] shimtrace_collector::bench::BenchError),
+    Collector(#[from] shimtrace_collector::throughput::BenchError),
     #[error("{0}")]
     Setup(String),
 }
@@ -199,7 +199,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         last: now,
         done: Vec::new(),
     };
-    let wrapper = shimtrace_tests::traced::wrapper_binary();
+    let wrapper = shimtrace_testkit::traced::wrapper_binary();
     progress(&format!(
         "starting containerd {} with the wrapper {}",
         config.containerd_version,
@@ -405,7 +405,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         .prefix("shimtrace-bench-collector-")
         .tempdir()
         .map_err(|e| BenchError::Setup(format!("cannot create a temp dir: {e}")))?;
-    let collector = shimtrace_collector::bench::run(
+    let collector = shimtrace_collector::throughput::run(
         work.path(),
         &SynthConfig {
             containers: config.traces,

@@ -8,10 +8,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use shimtrace_collector::containerd::{Containerd, PhaseTimes, RunSpec, RUNC_RUNTIME};
-use shimtrace_collector::lab::stats::{ms, percentile, Summary};
-use shimtrace_tests::containerd::{PrivateContainerd, CTR_TIMEOUT};
-use shimtrace_tests::traced::TRACED_RUNC;
+use shimtrace_containerd::{Containerd, PhaseTimes, RunSpec, RUNC_RUNTIME};
+use shimtrace_lab::stats::{ms, percentile, Summary};
+use shimtrace_testkit::containerd::{PrivateContainerd, CTR_TIMEOUT};
+use shimtrace_testkit::traced::TRACED_RUNC;
 
 use crate::BenchError;
 

@@ -24,7 +24,7 @@ use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use opentelemetry_sdk::Resource;
-use shimtrace_shim::span::{attr, AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
+use shimtrace_span::{attr, AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
 use crate::metrics::Counters;
 use crate::store::{Store, StoreError};
@@ -240,7 +240,7 @@ pub struct ResourceKey {
 /// Finds each trace's namespace and runtime, from the span itself or its trace-mates.
 #[derive(Default)]
 pub struct ResourceResolver {
-    by_trace: HashMap<shimtrace_shim::span::TraceId, ResourceKey>,
+    by_trace: HashMap<shimtrace_span::TraceId, ResourceKey>,
 }
 
 impl ResourceResolver {
@@ -550,7 +550,7 @@ mod tests {
             .to_string()
             .contains("1h"));
     }
-    use shimtrace_shim::span::TraceId;
+    use shimtrace_span::TraceId;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {

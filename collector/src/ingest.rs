@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use shimtrace_shim::span::SpoolEntry;
-use shimtrace_shim::spool::{self, SpoolError, SpoolFileName, SpoolIssue};
+use shimtrace_span::spool::{self, ReadError, SpoolFileName, SpoolIssue};
+use shimtrace_span::SpoolEntry;
 
 use crate::store::{DroppedLine, FileOffset, Store, StoreError, StoredSpan};
 
@@ -35,7 +35,7 @@ pub enum IngestError {
     Spool {
         path: PathBuf,
         #[source]
-        source: SpoolError,
+        source: ReadError,
     },
 }
 
@@ -272,7 +272,7 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
         report: IngestReport::default(),
         chunk: None,
     };
-    let unreadable = |source: SpoolError| IngestReport {
+    let unreadable = |source: ReadError| IngestReport {
         issues: vec![SpoolIssue {
             file: path.to_path_buf(),
             line: 0,
@@ -284,7 +284,7 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
         Ok(m) => m.len(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return read,
         Err(source) => {
-            read.report = unreadable(SpoolError::Read {
+            read.report = unreadable(ReadError {
                 path: path.to_path_buf(),
                 source,
             });
@@ -327,9 +327,7 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
         );
     let chunk = match visited {
         Ok(chunk) => chunk,
-        Err(SpoolError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return read
-        }
+        Err(ReadError { source, .. }) if source.kind() == io::ErrorKind::NotFound => return read,
         Err(source) => {
             read.report = unreadable(source);
             return read;
@@ -356,7 +354,7 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
 mod tests {
     use super::*;
     use crate::trace::tests::container_trace;
-    use shimtrace_shim::span::{SpanRecord, TraceId};
+    use shimtrace_span::{SpanRecord, TraceId};
     use std::io::Write;
 
     fn line(span: &SpanRecord) -> String {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use shimtrace_shim::span::{AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
+use shimtrace_span::{AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
 use crate::export::{host_name, ResourceResolver, RUNTIME_RESOURCE_ATTR};
 use crate::trace::Trace;
@@ -97,7 +97,7 @@ pub fn to_jaeger_json(spans: Vec<SpanRecord>, service_name: &str) -> Value {
             let mut process_tags = vec![tag("hostname", &host.as_str().into())];
             if let Some(ns) = &key.namespace {
                 process_tags.push(tag(
-                    shimtrace_shim::span::attr::CONTAINERD_NAMESPACE,
+                    shimtrace_span::attr::CONTAINERD_NAMESPACE,
                     &ns.as_str().into(),
                 ));
             }
@@ -126,7 +126,7 @@ pub fn to_jaeger_json(spans: Vec<SpanRecord>, service_name: &str) -> Value {
 mod tests {
     use super::*;
     use crate::trace::tests::container_trace;
-    use shimtrace_shim::span::TraceId;
+    use shimtrace_span::TraceId;
 
     #[test]
     fn jaeger_json_keeps_parent_links_and_micros() {

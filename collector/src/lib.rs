@@ -1,18 +1,16 @@
-//! shimtrace's collector: reads the spans shims spool and turns them into answers.
+//! shimtrace's collector: ingests the spans shims spool into an embedded store, groups them into
+//! per-container traces, and turns them into answers: timelines, the cold-start report,
+//! OpenTelemetry export (OTLP, Jaeger JSON) and Prometheus metrics.
 
-pub mod bench;
-pub mod containerd;
 pub mod export;
 pub mod ingest;
-pub mod install;
 pub mod jaeger;
-pub mod lab;
 pub mod metrics;
 pub mod report;
 pub mod serve;
 pub mod source;
 pub mod store;
 pub mod synth;
-pub mod testing;
+pub mod throughput;
 pub mod timeline;
 pub mod trace;

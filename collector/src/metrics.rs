@@ -208,7 +208,7 @@ mod tests {
     use super::*;
     use crate::store::FileOffset;
     use crate::trace::tests::container_trace;
-    use shimtrace_shim::span::TraceId;
+    use shimtrace_span::TraceId;
 
     #[test]
     fn exposition_parses_and_histograms_count_every_trace() {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use shimtrace_shim::span::{names, SpanRecord};
+use shimtrace_span::{names, SpanRecord};
 
 use crate::synth::WallTime;
 use crate::timeline::fmt_ms;
@@ -147,7 +147,7 @@ pub fn cold_start_nanos(trace: &Trace) -> Option<u64> {
         .find(|s| s.name == names::WRAPPER_START)?;
     let start = trace.spans.iter().find(|s| {
         task_method(s) == Some("Start")
-            && s.attr_str(shimtrace_shim::span::attr::CONTAINERD_EXEC_ID)
+            && s.attr_str(shimtrace_span::attr::CONTAINERD_EXEC_ID)
                 .is_none_or(|e| e.is_empty() || Some(e) == trace.container_id())
     })?;
     start

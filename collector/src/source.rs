@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use shimtrace_shim::span::SpanRecord;
-use shimtrace_shim::spool::{self, SpoolError, SpoolIssue};
+use shimtrace_span::spool::{self, ReadError, SpoolIssue};
+use shimtrace_span::SpanRecord;
 
 use crate::store::{Store, StoreError};
 
@@ -90,7 +90,7 @@ pub enum SourceError {
     Spool {
         path: PathBuf,
         #[source]
-        source: SpoolError,
+        source: ReadError,
     },
 }
 
@@ -112,7 +112,7 @@ mod tests {
     use super::*;
     use crate::timeline;
     use crate::trace::{tests::container_trace, Trace};
-    use shimtrace_shim::span::{SpoolEntry, TraceId};
+    use shimtrace_span::{SpoolEntry, TraceId};
 
     /// A spool as the shim leaves it: two writers, a malformed line, a dropped count, a partial
     /// last line still being written.

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use shimtrace_shim::span::{SpanId, SpanRecord, TraceId};
+use shimtrace_span::{SpanId, SpanRecord, TraceId};
 
 /// Default database path.
 pub const DEFAULT_DB: &str = "/var/lib/shimtrace/shimtrace.db";
 /// Environment variable overriding [`DEFAULT_DB`].
-pub const DB_ENV: &str = "SHIMTRACE_DB";
+pub use shimtrace_span::env::DB as DB_ENV;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -580,7 +580,7 @@ impl IngestBatch<'_> {
 mod tests {
     use super::*;
     use crate::trace::tests::container_trace;
-    use shimtrace_shim::span::TraceId;
+    use shimtrace_span::TraceId;
 
     #[test]
     fn chunks_are_idempotent_and_offsets_persist() {

@@ -9,11 +9,11 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use shimtrace_shim::span::{
+use shimtrace_span::spool::ROTATE_BYTES;
+use shimtrace_span::{
     attr, names, AttributeValue, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus,
     SpoolEntry, TraceId,
 };
-use shimtrace_shim::spool::ROTATE_BYTES;
 
 use crate::trace::EXIT_EVENT;
 

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use shimtrace_shim::span::{
+use shimtrace_span::{
     attr, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId,
 };
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use shimtrace_shim::span::{attr, names, SpanId, SpanRecord, SpanStatus, TraceId};
+use shimtrace_span::{attr, names, SpanId, SpanRecord, SpanStatus, TraceId};
 
 /// Span events named after containerd task topics (added by the proxy's events tap).
 pub const EXIT_EVENT: &str = "/tasks/exit";
@@ -370,7 +370,7 @@ impl Trace {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use shimtrace_shim::span::{Attributes, SpanEvent, SpanKind};
+    use shimtrace_span::{Attributes, SpanEvent, SpanKind};
 
     /// A span of `trace` named `name` over [start, end] ms from 1e18 ns, under `parent`.
     pub(crate) fn span_at(

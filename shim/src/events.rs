@@ -14,11 +14,11 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use protobuf::Message;
 
-use crate::span::{
+use crate::tap::TapContext;
+use shimtrace_span::{
     attr, AttributeValue, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus,
     TraceContext, TraceId,
 };
-use crate::tap::TapContext;
 
 pub const EVENTS_SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
 pub const TOPIC_ATTRIBUTE: &str = "containerd.event.topic";
@@ -170,7 +170,10 @@ impl EventTap {
             attributes: attributes.clone(),
         };
         attributes.insert(attr::INNER.into(), self.ctx.shim.inner.as_str().into());
-        attributes.insert(attr::RECORDER_PID.into(), crate::clock::pid().into());
+        attributes.insert(
+            attr::RECORDER_PID.into(),
+            shimtrace_span::clock::pid().into(),
+        );
         self.ctx.sink.emit(SpanRecord {
             trace_id: trace.trace_id,
             span_id: SpanId::random(),
@@ -189,8 +192,8 @@ impl EventTap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::read_spool;
     use containerd_shim_protos::shim::event::Envelope;
+    use shimtrace_span::spool::read_spool;
     use std::time::Duration;
 
     fn forward(topic: &str, event: impl Message, type_url: &str) -> Vec<u8> {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use tracing_subscriber::filter::LevelFilter;
 
-pub const LOG_LEVEL_ENV: &str = "SHIMTRACE_LOG";
+use shimtrace_span::env::LOG_LEVEL as LOG_LEVEL_ENV;
 
 fn level() -> LevelFilter {
     std::env::var(LOG_LEVEL_ENV)

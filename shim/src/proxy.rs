@@ -24,16 +24,16 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use ttrpc::proto::{MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 
-use crate::clock;
 use crate::events::EventTap;
 use crate::frame::{pump, pump_rewriting};
 use crate::spool::{SpanSink, SpoolConfig};
 use crate::tap::{ConnectionTap, ShimLabels, TapContext};
 use crate::trace_ctx::TraceRegistry;
+use shimtrace_span::clock;
+use shimtrace_span::env::{PROPAGATE as PROPAGATE_ENV, RUN_DIR as RUN_DIR_ENV};
 
 /// Directory for proxy locks and logs (override with `SHIMTRACE_RUN_DIR`).
 pub const DEFAULT_RUN_DIR: &str = "/run/shimtrace";
-pub const RUN_DIR_ENV: &str = "SHIMTRACE_RUN_DIR";
 /// The subcommand under which the wrapper binary runs as a proxy.
 pub const PROXY_SUBCOMMAND: &str = "proxy";
 /// Longest unix socket path Linux accepts (containerd's `socketPathLimit`).
@@ -535,8 +535,6 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
 }
 
 /// `SHIMTRACE_PROPAGATE=0` (or `false`) stops the proxy from adding its `traceparent` to requests.
-pub const PROPAGATE_ENV: &str = "SHIMTRACE_PROPAGATE";
-
 fn propagate_enabled() -> bool {
     !matches!(
         std::env::var(PROPAGATE_ENV).as_deref(),

@@ -3,16 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shimtrace_span::env::CONFIG as CONFIG_ENV;
+use shimtrace_span::naming::{is_executable_file, WrapperName};
 
-/// Binary names starting with this are wrappers: `containerd-shim-traced-<inner>-<ver>`.
-pub const WRAPPER_PREFIX: &str = "containerd-shim-traced-";
-/// The wrapper's own name, under which it only answers `--help` / `--version`.
-pub const OWN_NAME: &str = "containerd-shim-traced-v2";
-pub const CONFIG_ENV: &str = "SHIMTRACE_CONFIG";
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shimtrace/config.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -110,45 +106,15 @@ impl Config {
     }
 }
 
-/// What a wrapper binary name stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrapperName {
-    /// `io.containerd.traced-runc.v2`
-    pub runtime: String,
-    /// `containerd-shim-runc-v2`
-    pub inner_binary: String,
-}
-
-impl WrapperName {
-    /// `containerd-shim-traced-runc-v2` → runtime `io.containerd.traced-runc.v2`, inner
-    /// `containerd-shim-runc-v2`. `None` for the wrapper's own name or anything else.
-    pub fn from_binary_name(name: &str) -> Option<WrapperName> {
-        let rest = name.strip_prefix(WRAPPER_PREFIX)?;
-        let (inner, version) = rest.rsplit_once('-')?;
-        if inner.is_empty() || version.is_empty() {
-            return None;
-        }
-        Some(WrapperName {
-            runtime: format!("io.containerd.traced-{inner}.{version}"),
-            inner_binary: format!("containerd-shim-{inner}-{version}"),
-        })
-    }
-
-    pub fn from_argv0(argv0: &str) -> Result<WrapperName, ResolveError> {
-        let base = Path::new(argv0)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(argv0);
-        WrapperName::from_binary_name(base).ok_or_else(|| ResolveError::NotAWrapperName {
-            name: base.to_string(),
-        })
-    }
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+/// The wrapper name this process was started as (`argv[0]`'s file name).
+pub fn wrapper_name_from_argv0(argv0: &str) -> Result<WrapperName, ResolveError> {
+    let base = Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(argv0);
+    WrapperName::from_binary_name(base).ok_or_else(|| ResolveError::NotAWrapperName {
+        name: base.to_string(),
+    })
 }
 
 /// Finds the real shim for `name`, the way containerd finds shims, unless the config maps it.
@@ -212,7 +178,7 @@ pub fn resolve_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn exe(path: &Path) {
         std::fs::write(path, "#!/bin/sh\n").unwrap();
@@ -220,14 +186,10 @@ mod tests {
     }
 
     #[test]
-    fn names_map_like_containerd() {
-        let n = WrapperName::from_binary_name("containerd-shim-traced-runc-v2").unwrap();
+    fn argv0_names_the_wrapper_by_its_file_name() {
+        let n = wrapper_name_from_argv0("/usr/local/bin/containerd-shim-traced-runc-v2").unwrap();
         assert_eq!(n.runtime, "io.containerd.traced-runc.v2");
-        assert_eq!(n.inner_binary, "containerd-shim-runc-v2");
-        let k = WrapperName::from_binary_name("containerd-shim-traced-kata-qemu-v2").unwrap();
-        assert_eq!(k.inner_binary, "containerd-shim-kata-qemu-v2");
-        assert!(WrapperName::from_binary_name(OWN_NAME).is_none());
-        assert!(WrapperName::from_argv0("/usr/bin/containerd-shim-runc-v2").is_err());
+        assert!(wrapper_name_from_argv0("/usr/bin/containerd-shim-runc-v2").is_err());
     }
 
     #[test]

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use containerd_shim_protos::api;
 use protobuf::Message;
 
-use crate::span::{
-    attr, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, TraceContext,
-    TraceId,
-};
 use crate::spool::{DeferredSpan, SpanSink};
 use crate::trace_ctx::TraceRegistry;
 use crate::wire::{self, RequestView};
+use shimtrace_span::{
+    attr, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, TraceContext,
+    TraceId,
+};
 use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX};
 
 /// ttrpc metadata key containerd sets to the namespace of every call.
@@ -410,7 +410,7 @@ impl DeferredSpan for CallSpan {
         );
         put(attr::INNER, shim.inner.as_str().into());
         put(attr::PROTOCOL, shim.protocol.as_str().into());
-        put(attr::RECORDER_PID, crate::clock::pid().into());
+        put(attr::RECORDER_PID, shimtrace_span::clock::pid().into());
         if let Some(id) = &info.id {
             put(attr::CONTAINERD_CONTAINER_ID, id.as_str().into());
         }
@@ -558,7 +558,7 @@ pub(crate) fn test_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::read_spool;
+    use shimtrace_span::spool::read_spool;
     use std::time::Duration;
     use test_request as request;
 

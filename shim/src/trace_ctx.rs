@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::span::{SpanId, TraceContext, TraceId};
+use shimtrace_span::{SpanId, TraceContext, TraceId};
 
 /// File in the bundle holding the container's trace context.
 pub const SIDECAR: &str = "shimtrace-trace.json";

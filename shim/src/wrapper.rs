@@ -17,16 +17,17 @@ use containerd_shim_protos::bootstrap_api::BootstrapParams;
 use protobuf::Message;
 
 use crate::args::ShimArgs;
-use crate::clock;
 use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
-use crate::resolve::{self, Config, WrapperName, OWN_NAME};
-use crate::span::{
+use crate::resolve::{self, Config};
+use crate::spool::SpoolConfig;
+use crate::trace_ctx;
+use shimtrace_span::clock;
+use shimtrace_span::naming::{WrapperName, WRAPPER_BINARY as OWN_NAME};
+use shimtrace_span::{
     attr, names, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus,
     TraceContext, TraceId,
 };
-use crate::spool::SpoolConfig;
-use crate::trace_ctx;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -58,7 +59,7 @@ pub fn main_entry(argv: Vec<OsString>) -> i32 {
         };
     }
     let args = ShimArgs::parse(rest);
-    let name = match WrapperName::from_argv0(&argv0) {
+    let name = match resolve::wrapper_name_from_argv0(&argv0) {
         Ok(name) => name,
         Err(e) => return own_name(&args, &e.to_string()),
     };

@@ -1,0 +1,313 @@
+//! Runtime profiles: which runtime (name or shim path) and options each lab column runs under, from a
+//! TOML file or the built-in defaults, and whether a profile can run on this machine.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use shimtrace_containerd::{RunSpec, RuncOptions};
+
+/// The runtime the runc-based profiles use. Switch to the traced runtime
+/// (`io.containerd.traced-runc.v2`) by changing this one line, or per profile in the TOML file.
+pub const RUNC_RUNTIME: &str = shimtrace_containerd::RUNC_RUNTIME;
+/// The traced counterpart of [`RUNC_RUNTIME`], used when the wrapper shim is installed.
+pub const TRACED_RUNC_RUNTIME: &str = "io.containerd.traced-runc.v2";
+/// The wrapper's binary for [`TRACED_RUNC_RUNTIME`].
+pub const TRACED_RUNC_SHIM: &str = "containerd-shim-traced-runc-v2";
+/// The wrapper's binary for Kata (`io.containerd.traced-kata.v2`).
+pub const TRACED_KATA_SHIM: &str = "containerd-shim-traced-kata-v2";
+
+/// Why a profile could not be built or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read profiles file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "profiles file {path} is not valid: {message} (see `shimtrace lab --help` for the format)"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot write the runsc wrapper {path}: {source}")]
+    Wrapper { path: PathBuf, source: io::Error },
+}
+
+/// The network a workload gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// An empty network namespace (gVisor: `--network=none`).
+    None,
+    /// The host's network namespace (gVisor: `--network=host`).
+    Host,
+}
+
+/// One runtime configuration to measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// containerd runtime name (`io.containerd.runc.v2`) or absolute path of a shim.
+    pub runtime: String,
+    /// Shim binary containerd should exec (CRI's `runtime_path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_path: Option<PathBuf>,
+    /// OCI runtime binary for the runc shim (`containerd.runc.v1.Options.BinaryName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_name: Option<String>,
+    /// Run gVisor: the lab writes wrappers around this runsc binary that add `--network=none|host
+    /// --ignore-cgroups` and uses them as `binary_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runsc: Option<PathBuf>,
+    /// Executables that must be on PATH (or absolute paths that must exist) for the profile to run.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// The runtime boots a VM (its guest dmesg gives the in-kernel boot time).
+    #[serde(default)]
+    pub vm: bool,
+}
+
+/// The profiles file: `[[profile]]` tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfilesFile {
+    #[serde(rename = "profile")]
+    pub profiles: Vec<Profile>,
+}
+
+/// The built-in profiles: runc, gVisor through the runc shim, crun, Kata. `runc_runtime` is the
+/// runtime the runc-shim-based profiles use (plain or traced); `traced_dir` holds the wrapper's
+/// `containerd-shim-traced-*` links, which then serve as each profile's shim.
+pub fn default_profiles(runc_runtime: &str, traced_dir: Option<&Path>) -> Vec<Profile> {
+    let traced = |binary: &str| {
+        traced_dir
+            .map(|dir| dir.join(binary))
+            .filter(|path| path.exists())
+    };
+    let runc_path = if runc_runtime == TRACED_RUNC_RUNTIME {
+        traced(TRACED_RUNC_SHIM)
+    } else {
+        None
+    };
+    let kata_path = traced(TRACED_KATA_SHIM);
+    vec![
+        Profile {
+            name: "runc".into(),
+            runtime: runc_runtime.into(),
+            runtime_path: runc_path.clone(),
+            binary_name: None,
+            runsc: None,
+            requires: vec!["runc".into()],
+            vm: false,
+        },
+        Profile {
+            name: "runsc".into(),
+            runtime: runc_runtime.into(),
+            runtime_path: runc_path.clone(),
+            binary_name: None,
+            runsc: Some(which("runsc").unwrap_or_else(|| PathBuf::from("/usr/bin/runsc"))),
+            requires: vec!["runsc".into()],
+            vm: false,
+        },
+        Profile {
+            name: "crun".into(),
+            runtime: runc_runtime.into(),
+            runtime_path: runc_path.clone(),
+            binary_name: Some(
+                which("crun")
+                    .unwrap_or_else(|| PathBuf::from("/usr/bin/crun"))
+                    .display()
+                    .to_string(),
+            ),
+            runsc: None,
+            requires: vec!["crun".into()],
+            vm: false,
+        },
+        Profile {
+            name: "kata".into(),
+            runtime: if kata_path.is_some() {
+                "io.containerd.traced-kata.v2".into()
+            } else {
+                "io.containerd.kata.v2".into()
+            },
+            runtime_path: kata_path,
+            binary_name: None,
+            runsc: None,
+            requires: vec!["containerd-shim-kata-v2".into()],
+            vm: true,
+        },
+    ]
+}
+
+/// Reads a profiles file.
+pub fn load_profiles(path: &Path) -> Result<Vec<Profile>, ProfileError> {
+    let text = fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_profiles(&text).map_err(|message| ProfileError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses the text of a profiles file.
+pub fn parse_profiles(text: &str) -> Result<Vec<Profile>, String> {
+    let file: ProfilesFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut seen = std::collections::BTreeSet::new();
+    for profile in &file.profiles {
+        if profile.name.is_empty()
+            || !profile
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "profile name {:?} must be non-empty letters, digits, '-' or '_'",
+                profile.name
+            ));
+        }
+        if !seen.insert(profile.name.clone()) {
+            return Err(format!("profile {:?} is defined twice", profile.name));
+        }
+    }
+    Ok(file.profiles)
+}
+
+/// An executable named `name` on PATH (or `name` itself if it is a path that exists).
+pub fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return path.exists().then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+impl Profile {
+    /// Why this profile cannot run here, if a required executable is missing.
+    pub fn missing_requirement(&self) -> Option<String> {
+        self.requires
+            .iter()
+            .find(|r| which(r).is_none())
+            .map(|r| format!("not installed ({r} not found on PATH)"))
+    }
+
+    /// Fills the runtime fields of `spec` for this profile; `work_dir` holds generated runsc
+    /// wrappers.
+    pub fn apply(
+        &self,
+        spec: &mut RunSpec,
+        network: Network,
+        work_dir: &Path,
+    ) -> Result<(), ProfileError> {
+        spec.runtime = self.runtime.clone();
+        spec.runtime_path = self.runtime_path.clone();
+        spec.host_network = network == Network::Host;
+        let binary_name = match &self.runsc {
+            Some(runsc) => Some(
+                write_runsc_wrapper(work_dir, runsc, network)?
+                    .display()
+                    .to_string(),
+            ),
+            None => self.binary_name.clone(),
+        };
+        spec.runtime_options = binary_name.map(|b| RuncOptions {
+            binary_name: Some(b),
+            ..Default::default()
+        });
+        Ok(())
+    }
+}
+
+/// Writes (once) a script that runs `runsc` with the given network and no cgroup setup, for use as
+/// the runc shim's `BinaryName`; returns its path.
+pub fn write_runsc_wrapper(
+    dir: &Path,
+    runsc: &Path,
+    network: Network,
+) -> Result<PathBuf, ProfileError> {
+    let (suffix, flag) = match network {
+        Network::None => ("nonet", "--network=none"),
+        Network::Host => ("hostnet", "--network=host"),
+    };
+    let path = dir.join(format!("runsc-{suffix}"));
+    let script = format!(
+        "#!/bin/sh\n# Generated by shimtrace lab: gVisor for containerd's runc shim.\nexec {} {flag} --ignore-cgroups \"$@\"\n",
+        shell_quote(&runsc.display().to_string())
+    );
+    let wrapper_err = |source| ProfileError::Wrapper {
+        path: path.clone(),
+        source,
+    };
+    if fs::read_to_string(&path).ok().as_deref() != Some(script.as_str()) {
+        fs::create_dir_all(dir).map_err(wrapper_err)?;
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, &script).map_err(wrapper_err)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(wrapper_err)?;
+        fs::rename(&tmp, &path).map_err(wrapper_err)?;
+    }
+    Ok(path)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_profiles_and_rejects_duplicates() {
+        let text = r#"
+            [[profile]]
+            name = "runc"
+            runtime = "io.containerd.runc.v2"
+
+            [[profile]]
+            name = "gvisor"
+            runtime = "io.containerd.traced-runc.v2"
+            runsc = "/usr/bin/runsc"
+        "#;
+        let profiles = parse_profiles(text).unwrap();
+        assert_eq!(profiles.len(), 2);
+        assert_eq!(
+            profiles[1].runsc.as_deref(),
+            Some(Path::new("/usr/bin/runsc"))
+        );
+        let dup = format!("{text}\n[[profile]]\nname = \"runc\"\nruntime = \"x\"\n");
+        assert!(parse_profiles(&dup).unwrap_err().contains("defined twice"));
+        assert!(parse_profiles("[[profile]]\nname = \"a\"\nruntime = \"x\"\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn runsc_wrapper_sets_network_and_binary_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile {
+            runsc: Some("/usr/bin/runsc".into()),
+            ..default_profiles(RUNC_RUNTIME, None)[0].clone()
+        };
+        let mut spec = RunSpec::new("x", "/r", ["/bin/true"], "/io");
+        profile.apply(&mut spec, Network::Host, dir.path()).unwrap();
+        let wrapper = spec.runtime_options.unwrap().binary_name.unwrap();
+        let script = fs::read_to_string(&wrapper).unwrap();
+        assert!(script.contains("exec '/usr/bin/runsc' --network=host --ignore-cgroups \"$@\""));
+        assert!(spec.host_network);
+    }
+
+    #[test]
+    fn missing_requirement_names_the_binary() {
+        let mut profile = default_profiles(RUNC_RUNTIME, None).pop().unwrap();
+        profile.requires = vec!["definitely-not-installed-shim".into()];
+        assert!(profile
+            .missing_requirement()
+            .unwrap()
+            .contains("definitely-not-installed-shim"));
+    }
+}

@@ -1,0 +1,1064 @@
+//! Private containerd instances for end-to-end tests: any installed version, own config/root/state/sockets, cleaned up by pid.
+//!
+//! ```no_run
+//! use shimtrace_testkit::containerd::{ContainerdVersion, PrivateContainerd, Options};
+//! let version = ContainerdVersion::find("2.1.9")?;
+//! let containerd = PrivateContainerd::start(&version, Options::default())?;
+//! let out = containerd.run_rm("echo-1", &[], &["/bin/echo", "hi"])?;
+//! assert!(out.success() && out.stdout == "hi\n");
+//! # Ok::<(), shimtrace_testkit::containerd::HarnessError>(())
+//! ```
+//!
+//! The versions come from `scripts/install-containerd-matrix.sh`: 1.6.20 is bookworm's
+//! `/usr/bin/containerd`; the others live in `/opt/shimtrace/containerd/<version>/usr/bin/`
+//! (`SHIMTRACE_CONTAINERD_PREFIX` overrides that prefix). Each instance prepends its own version's
+//! bin dir to `PATH`, so containerd finds the matching `containerd-shim-runc-v2`; `Options::extra_path`
+//! goes in front of that (for wrapper symlinks).
+//!
+//! Every instance has its own containerd namespace ([`PrivateContainerd::namespace`], passed to
+//! `ctr` as `CONTAINERD_NAMESPACE`): runc keeps its state in `/run/containerd/runc/<namespace>/<id>`
+//! whatever containerd's state dir, so two instances using the same namespace and container id at
+//! once would collide there.
+//!
+//! Cleanup never goes by process name: the Drop guard deletes this instance's tasks through `ctr`,
+//! SIGTERMs containerd by pid, then SIGKILLs by pid any process whose argv carries this instance's
+//! unique `-address <socket>` or an argument inside its unique temp dir, or whose environment
+//! carries this instance's unique `SHIMTRACE_TEST_INSTANCE` (set on containerd, inherited by every
+//! shim and proxy) or its `SHIMTRACE_SPOOL_DIR`, together with all their descendants (the
+//! containers), and finally runs `runc delete --force` for every bundle left in its state dir.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+use crate::tmpfs::TmpfsMount;
+
+pub mod bootstrap;
+
+/// The containerd versions the e2e suite runs against, oldest first.
+pub const MATRIX: [&str; 3] = ["1.6.20", "1.7.24", "2.1.9"];
+
+/// Environment variable set on every private containerd (value: its unique temp dir); every shim and
+/// proxy inherits it, which is how leftovers are found.
+pub const INSTANCE_MARKER_ENV: &str = "SHIMTRACE_TEST_INSTANCE";
+
+const SYSTEM_VERSION: &str = "1.6.20";
+const DEFAULT_PREFIX: &str = "/opt/shimtrace/containerd";
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Upper bound for one `ctr` command; a hung ctr fails the test instead of hanging CI.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What can go wrong while setting up or driving a private containerd.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("containerd {version} is not installed at {path}: run `sudo scripts/install-containerd-matrix.sh`")]
+    NotInstalled { version: String, path: PathBuf },
+    #[error("{path} reports `{reported}`, expected containerd {version}: re-run scripts/install-containerd-matrix.sh")]
+    WrongVersion {
+        version: String,
+        path: PathBuf,
+        reported: String,
+    },
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "containerd {version} did not become ready within {timeout:?} (log {log}):\n{log_tail}"
+    )]
+    NotReady {
+        version: String,
+        timeout: Duration,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error("containerd {version} exited during startup with {status} (log {log}):\n{log_tail}")]
+    ExitedEarly {
+        version: String,
+        status: ExitStatus,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error("`ctr {args}` did not finish within {timeout:?}; it was killed")]
+    CtrTimeout { args: String, timeout: Duration },
+    #[error("`ctr {args}` failed with {status}: {stderr}")]
+    CtrFailed {
+        args: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+    #[error("busybox rootfs: {0}")]
+    Rootfs(String),
+}
+
+impl HarnessError {
+    pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        HarnessError::Io {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// One installed containerd version: where its `containerd`, `ctr` and runc shim are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdVersion {
+    version: String,
+    bin_dir: PathBuf,
+}
+
+impl ContainerdVersion {
+    /// Finds an installed version ("1.6.20", "1.7.24", "2.1.9") and checks that it is what it claims.
+    pub fn find(version: &str) -> Result<Self, HarnessError> {
+        let bin_dir = if version == SYSTEM_VERSION {
+            PathBuf::from("/usr/bin")
+        } else {
+            let prefix = std::env::var_os("SHIMTRACE_CONTAINERD_PREFIX")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PREFIX));
+            prefix.join(version).join("usr/bin")
+        };
+        let found = ContainerdVersion {
+            version: version.to_owned(),
+            bin_dir,
+        };
+        let containerd = found.containerd();
+        if !containerd.is_file() {
+            return Err(HarnessError::NotInstalled {
+                version: version.to_owned(),
+                path: containerd,
+            });
+        }
+        let output = Command::new(&containerd)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                HarnessError::io(format!("running {} --version", containerd.display()), e)
+            })?;
+        let reported = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        // "containerd github.com/containerd/containerd 1.6.20~ds1 ..." / ".../v2 2.1.9+unknown"
+        let matches = reported
+            .split_whitespace()
+            .any(|word| word.split(['~', '+', '-']).next() == Some(version));
+        if !matches {
+            return Err(HarnessError::WrongVersion {
+                version: version.to_owned(),
+                path: containerd,
+                reported,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Every version of [`MATRIX`]; fails on the first one that is missing.
+    pub fn matrix() -> Result<Vec<Self>, HarnessError> {
+        MATRIX.iter().map(|v| Self::find(v)).collect()
+    }
+
+    /// The version string, e.g. "2.1.9".
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Major version (1 or 2).
+    pub fn major(&self) -> u32 {
+        self.version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The config file `version` this containerd wants: 2 for 1.x, 3 for 2.x.
+    pub fn config_version(&self) -> u32 {
+        if self.major() >= 2 {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// Directory holding `containerd`, `ctr` and `containerd-shim-runc-v2` of this version.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    pub fn containerd(&self) -> PathBuf {
+        self.bin_dir.join("containerd")
+    }
+
+    pub fn ctr(&self) -> PathBuf {
+        self.bin_dir.join("ctr")
+    }
+
+    /// This version's own runc shim (what a wrapper should wrap under this containerd).
+    pub fn runc_shim(&self) -> PathBuf {
+        self.bin_dir.join("containerd-shim-runc-v2")
+    }
+
+    /// CRI plugins to disable so that no CNI/image setup is needed.
+    fn disabled_plugins(&self) -> &'static str {
+        if self.major() >= 2 {
+            r#"["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]"#
+        } else {
+            r#"["io.containerd.grpc.v1.cri"]"#
+        }
+    }
+}
+
+/// How to start a [`PrivateContainerd`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Directories put in front of `PATH` (before the version's own bin dir), e.g. one holding a
+    /// `containerd-shim-<name>-v2` wrapper symlink.
+    pub extra_path: Vec<PathBuf>,
+    /// Extra environment for containerd, inherited by every shim it starts
+    /// (e.g. `SHIMTRACE_SPOOL_DIR`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(OsString, OsString)>,
+    /// `--log-level` for containerd; "debug" also makes it pass `-debug` to shims.
+    pub log_level: Option<String>,
+    /// TOML appended verbatim to the generated config; start it with its own `[table]` header.
+    pub extra_config: String,
+    /// Puts the state dir (bundles, shim state) on a tmpfs of its own, as `/run/containerd` is on
+    /// real nodes; the root dir stays on disk.
+    pub tmpfs_state: bool,
+}
+
+impl Options {
+    /// Adds one environment variable (builder style).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Turns on containerd 2.x's OTLP trace export to `endpoint` (see [`otlp::otlp_env`]); with it,
+    /// containerd also sends `traceparent` in the ttrpc metadata of its shim calls.
+    pub fn otlp(mut self, endpoint: &str) -> Self {
+        self.env.extend(
+            crate::otlp::otlp_env(endpoint)
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into())),
+        );
+        self
+    }
+
+    /// Adds one directory in front of `PATH` (builder style).
+    pub fn path_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.extra_path.push(dir.into());
+        self
+    }
+}
+
+/// Result of one `ctr` command.
+#[derive(Debug, Clone)]
+pub struct CtrOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtrOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The exit code, or `None` if ctr died from a signal.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// A containerd of a given version running in its own temp dir, with its own config, root, state,
+/// gRPC and ttrpc sockets, and a busybox rootfs ready for `ctr run --rootfs`.
+/// Dropping it removes its tasks, stops it and kills its leftover shims, all by pid.
+pub struct PrivateContainerd {
+    version: ContainerdVersion,
+    options: Options,
+    namespace: String,
+    /// Declared before `dir`: unmounted before the temp dir is removed.
+    _state_mount: Option<TmpfsMount>,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+/// Distinguishes instances started by one test process.
+static INSTANCE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl PrivateContainerd {
+    /// Writes the config, builds the rootfs and starts containerd; returns once `ctr version` answers.
+    pub fn start(version: &ContainerdVersion, options: Options) -> Result<Self, HarnessError> {
+        // Short path under /tmp: unix socket paths must stay under 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("ctd-")
+            .tempdir_in("/tmp")
+            .map_err(|e| HarnessError::io("creating the containerd temp dir in /tmp", e))?;
+        let namespace = format!(
+            "st{}-{}",
+            std::process::id(),
+            INSTANCE_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let state_mount = if options.tmpfs_state {
+            Some(TmpfsMount::new(&dir.path().join("state"))?)
+        } else {
+            None
+        };
+        let mut instance = PrivateContainerd {
+            version: version.clone(),
+            options,
+            namespace,
+            _state_mount: state_mount,
+            dir,
+            child: None,
+        };
+        instance.write_config()?;
+        build_busybox_rootfs(&instance.rootfs())?;
+        instance.spawn()?;
+        Ok(instance)
+    }
+
+    /// The version this instance runs.
+    pub fn version(&self) -> &ContainerdVersion {
+        &self.version
+    }
+
+    /// The containerd namespace `ctr` uses by default for this instance (unique on the machine).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The instance's private directory (config, root, state, sockets, log, rootfs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// containerd's gRPC socket path (what shims get as `-address`).
+    pub fn address(&self) -> PathBuf {
+        self.dir().join("c.sock")
+    }
+
+    /// containerd's ttrpc socket path (what shims get as `TTRPC_ADDRESS`).
+    pub fn ttrpc_address(&self) -> PathBuf {
+        self.dir().join("c.sock.ttrpc")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("config.toml")
+    }
+
+    /// containerd's `state` dir; bundles are at `<state>/io.containerd.runtime.v2.task/<ns>/<id>/`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir().join("state")
+    }
+
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir().join("root")
+    }
+
+    /// The bundle directory of container `id` in this instance's namespace.
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.bundle_dir_in(&self.namespace, id)
+    }
+
+    /// The bundle directory of container `id` in namespace `ns`.
+    pub fn bundle_dir_in(&self, ns: &str, id: &str) -> PathBuf {
+        self.state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(ns)
+            .join(id)
+    }
+
+    /// containerd's combined stdout/stderr file (appended across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir().join("containerd.log")
+    }
+
+    /// The whole containerd log so far (empty if unreadable).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A busybox rootfs inside the instance dir (see [`build_busybox_rootfs`]).
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir().join("rootfs")
+    }
+
+    /// containerd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs this version's `ctr --address <socket> ARGS…` (stdin empty) in this instance's namespace
+    /// and returns what it did; a non-zero exit is not an error here. Global flags such as `-n ns`
+    /// go first in `args`.
+    pub fn ctr<S: AsRef<str>>(&self, args: &[S]) -> Result<CtrOutput, HarnessError> {
+        self.ctr_timeout(args, CTR_TIMEOUT)
+    }
+
+    /// Like [`Self::ctr`] with an explicit time limit (ctr is killed after it).
+    pub fn ctr_timeout<S: AsRef<str>>(
+        &self,
+        args: &[S],
+        timeout: Duration,
+    ) -> Result<CtrOutput, HarnessError> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let mut command = Command::new(self.version.ctr());
+        command
+            .env("CONTAINERD_NAMESPACE", &self.namespace)
+            .arg("--address")
+            .arg(self.address())
+            .args(&args);
+        run_with_timeout(command, timeout).map_err(|e| match e {
+            RunError::Timeout => HarnessError::CtrTimeout {
+                args: args.join(" "),
+                timeout,
+            },
+            RunError::Io(e) => HarnessError::io(format!("running ctr {}", args.join(" ")), e),
+        })
+    }
+
+    /// Like [`Self::ctr`] but a non-zero exit is an error carrying ctr's stderr.
+    pub fn ctr_ok<S: AsRef<str>>(&self, args: &[S]) -> Result<CtrOutput, HarnessError> {
+        let output = self.ctr(args)?;
+        if output.success() {
+            Ok(output)
+        } else {
+            Err(HarnessError::CtrFailed {
+                args: args.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" "),
+                status: output.status,
+                stderr: output.stderr,
+            })
+        }
+    }
+
+    /// `ctr run --rm FLAGS… --rootfs <rootfs> ID COMMAND…` in this instance's namespace.
+    /// `flags` are `ctr run` flags such as `["--runtime", "/abs/wrapper"]`.
+    pub fn run_rm(
+        &self,
+        id: &str,
+        flags: &[&str],
+        command: &[&str],
+    ) -> Result<CtrOutput, HarnessError> {
+        let rootfs = self.rootfs();
+        // `--rootfs` is a boolean flag and the rootfs the first positional argument; ctr stops
+        // parsing flags at the first positional one, so the caller's flags go before it.
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--rootfs", path_str(&rootfs)?, id]);
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
+    /// Stops containerd (SIGTERM by pid, waits; SIGKILL after 15 s). Shims keep running.
+    pub fn stop(&mut self) -> Result<(), HarnessError> {
+        if let Some(mut child) = self.child.take() {
+            terminate_child(&mut child).map_err(|e| HarnessError::io("stopping containerd", e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts containerd again with the same config and environment (after [`Self::stop`]).
+    pub fn start_again(&mut self) -> Result<(), HarnessError> {
+        if self.child.is_none() {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, wait for exit, start again with the same config; returns once ready.
+    /// Shims survive this and containerd reconnects to them.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    /// Pids of live processes that belong to this instance (shims, proxies), containerd excluded.
+    pub fn owned_processes(&self) -> Vec<u32> {
+        let containerd = self.pid();
+        owned_processes(&self.ownership())
+            .into_iter()
+            .filter(|p| Some(*p) != containerd)
+            .collect()
+    }
+
+    fn ownership(&self) -> Ownership {
+        let spool_dir = self
+            .options
+            .env
+            .iter()
+            .find(|(k, _)| k == "SHIMTRACE_SPOOL_DIR")
+            .map(|(k, v)| env_entry(k, v));
+        Ownership {
+            address: self.address().into_os_string().into_encoded_bytes(),
+            dir: self.dir().as_os_str().as_encoded_bytes().to_vec(),
+            environ: [Some(env_entry(
+                &OsString::from(INSTANCE_MARKER_ENV),
+                &self.dir().as_os_str().to_owned(),
+            ))]
+            .into_iter()
+            .chain([spool_dir])
+            .flatten()
+            .collect(),
+        }
+    }
+
+    fn write_config(&self) -> Result<(), HarnessError> {
+        let dir = self.dir();
+        let config = format!(
+            "version = {config_version}\n\
+             root = \"{root}\"\n\
+             state = \"{state}\"\n\
+             disabled_plugins = {disabled}\n\
+             [grpc]\n  address = \"{grpc}\"\n\
+             [ttrpc]\n  address = \"{ttrpc}\"\n\
+             {extra}\n",
+            config_version = self.version.config_version(),
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            disabled = self.version.disabled_plugins(),
+            grpc = self.address().display(),
+            ttrpc = self.ttrpc_address().display(),
+            extra = self.options.extra_config,
+        );
+        fs::write(self.config_path(), config)
+            .map_err(|e| HarnessError::io(format!("writing {}", self.config_path().display()), e))
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| HarnessError::io(format!("opening {}", self.log_path().display()), e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| HarnessError::io("duplicating the log file handle", e))?;
+        let mut path_dirs = self.options.extra_path.clone();
+        path_dirs.push(self.version.bin_dir().to_owned());
+        path_dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ));
+        let path = std::env::join_paths(path_dirs)
+            .map_err(|e| HarnessError::io("building PATH", std::io::Error::other(e)))?;
+        let mut command = Command::new(self.version.containerd());
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .env("PATH", path)
+            .env(INSTANCE_MARKER_ENV, self.dir())
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        if let Some(level) = &self.options.log_level {
+            command.arg("--log-level").arg(level);
+        }
+        let child = command.spawn().map_err(|e| {
+            HarnessError::io(
+                format!("starting {}", self.version.containerd().display()),
+                e,
+            )
+        })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(HarnessError::ExitedEarly {
+                        version: self.version.version.clone(),
+                        status,
+                        log: self.log_path(),
+                        log_tail: tail(&self.log(), 40),
+                    });
+                }
+            }
+            if let Ok(out) = self.ctr_timeout(&["version"], Duration::from_secs(5)) {
+                // ctr prints the client version even when the server is not up yet; the server's
+                // section only appears once containerd answers.
+                if out.success() && out.stdout.contains("Server:") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::NotReady {
+                    version: self.version.version.clone(),
+                    timeout: READY_TIMEOUT,
+                    log: self.log_path(),
+                    log_tail: tail(&self.log(), 40),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills and deletes every task and container this containerd knows, in every namespace.
+    fn delete_all_tasks(&self) {
+        let quick = Duration::from_secs(15);
+        let Ok(namespaces) = self.ctr_timeout(&["namespaces", "ls", "-q"], quick) else {
+            return;
+        };
+        for ns in namespaces
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            if let Ok(tasks) = self.ctr_timeout(&["-n", ns, "tasks", "ls", "-q"], quick) {
+                for task in tasks
+                    .stdout
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                {
+                    let _ = self.ctr_timeout(
+                        &["-n", ns, "tasks", "kill", "-a", "-s", "SIGKILL", task],
+                        quick,
+                    );
+                    let _ = self.ctr_timeout(&["-n", ns, "tasks", "delete", "-f", task], quick);
+                }
+            }
+            if let Ok(containers) = self.ctr_timeout(&["-n", ns, "containers", "ls", "-q"], quick) {
+                for container in containers
+                    .stdout
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                {
+                    let _ = self.ctr_timeout(&["-n", ns, "containers", "rm", container], quick);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.delete_all_tasks();
+        }
+        let _ = self.stop();
+        let owned = owned_processes(&self.ownership());
+        let children = children_by_parent();
+        // Descendants first, so that containers die with their shim instead of being reparented.
+        let mut doomed = Vec::new();
+        for pid in &owned {
+            collect_descendants(*pid, &children, &mut doomed);
+        }
+        doomed.extend(owned.iter().copied());
+        for pid in doomed {
+            kill_and_reap(pid);
+        }
+        // Containers whose shim was already gone, and sockets that killed shims left behind.
+        // containerd 2.x logs every shim address it connects to ("connecting to shim"); shims
+        // that were killed, or that never remove their socket (the containerd-shim crate only
+        // does when a bundle `address` file exists), leave it behind.
+        for socket in logged_shim_sockets(&self.log()) {
+            let _ = fs::remove_file(socket);
+        }
+        let mut namespaces = force_delete_bundles(&self.state_dir(), &self.address());
+        namespaces.push(self.namespace.clone());
+        for ns in namespaces {
+            remove_namespace_leftovers(&ns);
+        }
+        // `_state_mount` is unmounted next: fields drop in order, and it comes before `dir`.
+    }
+}
+
+pub(crate) struct Ownership {
+    /// containerd's gRPC address as passed in `-address`.
+    pub(crate) address: Vec<u8>,
+    /// `KEY=VALUE` entries unique to this instance.
+    pub(crate) environ: Vec<Vec<u8>>,
+    /// The instance's unique directory: a process with an argument inside it (`--task-root
+    /// <dir>/state/…`, `-socket <dir>/s/…`) is ours even if it cleared its environment.
+    pub(crate) dir: Vec<u8>,
+}
+
+fn env_entry(key: &OsString, value: &OsString) -> Vec<u8> {
+    let mut entry = key.as_encoded_bytes().to_vec();
+    entry.push(b'=');
+    entry.extend_from_slice(value.as_encoded_bytes());
+    entry
+}
+
+/// The pids of the processes now in /proc (none if it cannot be read).
+pub fn proc_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
+/// Scans /proc for processes with `-address <our socket>` in argv or our marker in their environment.
+pub(crate) fn owned_processes(ownership: &Ownership) -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for pid in proc_pids() {
+        if pid == me || is_zombie(pid) {
+            continue;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let by_address = argv.windows(2).any(|w| {
+            (w[0] == b"-address" || w[0] == b"--address") && w[1] == ownership.address.as_slice()
+        });
+        // ctr processes the harness itself runs use --address too; they are ours as well.
+        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let by_env = environ
+            .split(|b| *b == 0)
+            .any(|var| ownership.environ.iter().any(|e| e.as_slice() == var));
+        let mut dir_prefix = ownership.dir.clone();
+        dir_prefix.push(b'/');
+        let by_dir =
+            !ownership.dir.is_empty() && argv.iter().any(|arg| arg.starts_with(&dir_prefix));
+        if by_address || by_env || by_dir {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub(crate) fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+pub(crate) fn kill_and_reap(pid: u32) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+    // Not our child (shims daemonize), so wait by watching /proc until it is gone or a zombie.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !is_zombie(pid) {
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Parent pid → child pids of every live process.
+fn children_by_parent() -> HashMap<u32, Vec<u32>> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for pid in proc_pids() {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    children
+}
+
+/// Appends every descendant of `pid` (deepest first) to `out`.
+fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Vec<u32>) {
+    for child in children.get(&pid).into_iter().flatten() {
+        collect_descendants(*child, children, out);
+        if !out.contains(child) {
+            out.push(*child);
+        }
+    }
+}
+
+/// Socket paths under `/run/containerd/s/` that a containerd log names as shim addresses.
+fn logged_shim_sockets(log: &str) -> Vec<PathBuf> {
+    const PREFIX: &str = "address=\"unix:///run/containerd/s/";
+    let mut sockets = Vec::new();
+    for (start, _) in log.match_indices(PREFIX) {
+        let name: String = log[start + PREFIX.len()..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        // Only sha256-named sockets: never a directory or anything else under /run/containerd/s.
+        if name.len() == 64 {
+            let path = Path::new("/run/containerd/s").join(name);
+            if !sockets.contains(&path) {
+                sockets.push(path);
+            }
+        }
+    }
+    sockets
+}
+
+/// The runc shim's socket: `/run/containerd/s/<sha256(address/ns/group)>`.
+pub(crate) fn shim_socket_path(address: &Path, ns: &str, group: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("{}/{ns}/{group}", address.display()).as_bytes());
+    PathBuf::from("/run/containerd/s").join(hex::encode(digest))
+}
+
+/// For every bundle left in `state`: `runc delete --force` (kills the container's processes, removes
+/// its runc state and cgroup) and removes the shim socket named after it. Returns the namespaces seen.
+fn force_delete_bundles(state: &Path, address: &Path) -> Vec<String> {
+    let mut namespaces = Vec::new();
+    let Ok(entries) = fs::read_dir(state.join("io.containerd.runtime.v2.task")) else {
+        return namespaces;
+    };
+    for ns in entries.flatten() {
+        let ns_name = ns.file_name().to_string_lossy().into_owned();
+        namespaces.push(ns_name.clone());
+        for bundle in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let id = bundle.file_name().to_string_lossy().into_owned();
+            let runc_root = Path::new("/run/containerd/runc").join(&ns_name);
+            if runc_root.join(&id).exists() {
+                let mut command = Command::new("runc");
+                command
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force", &id]);
+                let _ = run_with_timeout(command, Duration::from_secs(15));
+            }
+            let _ = fs::remove_file(shim_socket_path(address, &ns_name, &id));
+        }
+    }
+    namespaces
+}
+
+/// Removes the per-namespace directories runc leaves once a namespace has no container:
+/// `/run/containerd/runc/<ns>` and the empty `<ns>` cgroup in every hierarchy. `rmdir` only removes
+/// empty directories, so nothing still in use (or belonging to a shared namespace) is touched.
+fn remove_namespace_leftovers(ns: &str) {
+    if ns == "default" {
+        return;
+    }
+    let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(ns));
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let ns_cgroup = hierarchy.path().join(ns);
+        // Container cgroups (`<ns>/<id>`) first; runc removes them itself on a clean delete.
+        for child in fs::read_dir(&ns_cgroup).into_iter().flatten().flatten() {
+            if child.path().is_dir() {
+                let _ = fs::remove_dir(child.path());
+            }
+        }
+        let _ = fs::remove_dir(&ns_cgroup);
+    }
+}
+
+fn terminate_child(child: &mut Child) -> std::io::Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    if let Ok(raw) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+    child.kill()?;
+    child.wait().map(|_| ())
+}
+
+enum RunError {
+    Timeout,
+    Io(std::io::Error),
+}
+
+/// Runs a command with empty stdin, collecting stdout/stderr; kills it after `timeout`.
+fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<CtrOutput, RunError> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(RunError::Io)?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(RunError::Io)? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(RunError::Timeout);
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Ok(CtrOutput {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn path_str(path: &Path) -> Result<&str, HarnessError> {
+    path.to_str().ok_or_else(|| {
+        HarnessError::io(
+            format!("path {} is not UTF-8", path.display()),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })
+}
+
+/// busybox applets linked in the rootfs.
+pub const BUSYBOX_APPLETS: [&str; 15] = [
+    "sh", "echo", "true", "false", "sleep", "cat", "uname", "ls", "wc", "date", "httpd", "dmesg",
+    "ip", "env", "kill",
+];
+
+/// Builds a minimal rootfs at `target`: `/bin/busybox` (from busybox-static) with applet symlinks
+/// ([`BUSYBOX_APPLETS`]) and empty `proc sys dev tmp etc`. Usable with `ctr run --rootfs`.
+pub fn build_busybox_rootfs(target: &Path) -> Result<(), HarnessError> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.is_file() {
+        return Err(HarnessError::Rootfs(
+            "/bin/busybox is missing: `apt-get install busybox-static` (scripts/install-containerd-matrix.sh does)"
+                .into(),
+        ));
+    }
+    let io = |action: String| move |e| HarnessError::io(action, e);
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        let dir = target.join(sub);
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
+    let copy = target.join("bin/busybox");
+    fs::copy(busybox, &copy).map_err(io(format!("copying /bin/busybox to {}", copy.display())))?;
+    for applet in BUSYBOX_APPLETS {
+        let link = target.join("bin").join(applet);
+        if fs::symlink_metadata(&link).is_err() {
+            symlink("busybox", &link).map_err(io(format!("linking {}", link.display())))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_socket_matches_the_lab_verified_hash() {
+        // PROTOCOL.md §2: sha256("/run/containerd/containerd.sock/default/t2") named the live socket.
+        let path = shim_socket_path(
+            Path::new("/run/containerd/containerd.sock"),
+            "default",
+            "t2",
+        );
+        let expected = hex::encode(Sha256::digest(
+            b"/run/containerd/containerd.sock/default/t2",
+        ));
+        assert_eq!(path, Path::new("/run/containerd/s").join(expected));
+    }
+
+    #[test]
+    fn shim_sockets_are_read_from_a_containerd_2_log() {
+        let hash = "d5aae3af8f5bbfcf0845efb070b05ffa9edfc1ee27d0bcb90b80a65980a4fda1";
+        let log = format!(
+            "level=info msg=\"connecting to shim exp1\" address=\"unix:///run/containerd/s/{hash}\" namespace=n\n\
+             level=info msg=\"other\" address=\"unix:///run/containerd/s/../../etc\"\n\
+             level=info msg=\"connecting to shim exp1\" address=\"unix:///run/containerd/s/{hash}\"\n"
+        );
+        assert_eq!(
+            logged_shim_sockets(&log),
+            vec![Path::new("/run/containerd/s").join(hash)]
+        );
+    }
+
+    #[test]
+    fn config_version_follows_the_major() {
+        let v = |s: &str| ContainerdVersion {
+            version: s.into(),
+            bin_dir: PathBuf::new(),
+        };
+        assert_eq!(v("1.6.20").config_version(), 2);
+        assert_eq!(v("1.7.24").config_version(), 2);
+        assert_eq!(v("2.1.9").config_version(), 3);
+    }
+
+    #[test]
+    fn rootfs_has_busybox_and_applets() {
+        let dir = tempfile::tempdir().unwrap();
+        build_busybox_rootfs(dir.path()).unwrap();
+        // Building twice must not fail (idempotent).
+        build_busybox_rootfs(dir.path()).unwrap();
+        assert!(dir.path().join("bin/busybox").is_file());
+        assert_eq!(
+            fs::read_link(dir.path().join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        for sub in ["proc", "sys", "dev", "tmp", "etc"] {
+            assert!(dir.path().join(sub).is_dir(), "{sub}");
+        }
+    }
+
+    #[test]
+    fn process_scan_finds_a_child_by_its_marker_env() {
+        let marker = format!(
+            "{INSTANCE_MARKER_ENV}=/tmp/unit-test-{}",
+            std::process::id()
+        );
+        let (key, value) = marker.split_once('=').unwrap();
+        let mut child = Command::new("/bin/sleep")
+            .arg("30")
+            .env(key, value)
+            .spawn()
+            .unwrap();
+        let ownership = Ownership {
+            address: b"/nonexistent/c.sock".to_vec(),
+            environ: vec![marker.clone().into_bytes()],
+            dir: Vec::new(),
+        };
+        // Under load the new process can take a moment to show its environment in /proc.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let found = owned_processes(&ownership);
+            if !found.is_empty() || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, vec![child.id()]);
+    }
+}

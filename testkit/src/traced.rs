@@ -1,0 +1,217 @@
+//! A private containerd with the shimtrace wrapper installed: wrapper symlinks on its `PATH`, its own
+//! spool and run directories, and helpers to read and await the spans it records.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shimtrace_span::spool::read_spool;
+use shimtrace_span::SpanRecord;
+
+use crate::containerd::{ContainerdVersion, HarnessError, Options, PrivateContainerd};
+use crate::tmpfs::TmpfsMount;
+
+/// The runtime name under which tests run containers through the wrapper.
+pub const TRACED_RUNC: &str = "io.containerd.traced-runc.v2";
+pub use shimtrace_span::naming::WRAPPER_BINARY;
+
+/// The built wrapper binary: `$SHIMTRACE_WRAPPER_BIN`, else beside this test's target directory
+/// (`cargo build` builds it; `.ci/run` does so before the tests).
+pub fn wrapper_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SHIMTRACE_WRAPPER_BIN") {
+        return PathBuf::from(path);
+    }
+    built_binary(WRAPPER_BINARY)
+}
+
+/// A binary of this workspace as `cargo build --workspace` left it beside the running test's target
+/// directory (`shimtrace`, `shimtrace-bench`, the wrapper).
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let candidate = profile_dir.join(name);
+    assert!(
+        candidate.exists(),
+        "{} not found: run `cargo build --workspace` first",
+        candidate.display()
+    );
+    candidate
+}
+
+/// A private containerd whose shims can be wrapped, and where the wrapper keeps its spans.
+pub struct Traced {
+    pub containerd: PrivateContainerd,
+    pub spool: PathBuf,
+    pub run_dir: PathBuf,
+    /// With `tmpfs_state`, the run dir is a tmpfs too (it is under `/run` on real nodes);
+    /// unmounted after containerd is gone and before the dirs are removed.
+    _run_mount: Option<TmpfsMount>,
+    _dirs: tempfile::TempDir,
+}
+
+/// Directory layout and environment for a traced containerd; `spool` may be overridden (e.g. to
+/// an unwritable path).
+#[derive(Default)]
+pub struct TracedOptions {
+    pub spool: Option<PathBuf>,
+    pub extra: Options,
+}
+
+impl Traced {
+    pub fn start(version: &str) -> Result<Traced, HarnessError> {
+        Traced::start_with(version, TracedOptions::default())
+    }
+
+    pub fn start_with(version: &str, options: TracedOptions) -> Result<Traced, HarnessError> {
+        let version = ContainerdVersion::find(version)?;
+        let dirs = tempfile::Builder::new()
+            .prefix("shimtrace-e2e-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating the test dir", e))?;
+        let bin = dirs.path().join("bin");
+        std::fs::create_dir_all(&bin).map_err(|e| HarnessError::io("creating bin dir", e))?;
+        std::os::unix::fs::symlink(wrapper_binary(), bin.join("containerd-shim-traced-runc-v2"))
+            .map_err(|e| HarnessError::io("linking the wrapper", e))?;
+        let spool = options.spool.unwrap_or_else(|| dirs.path().join("spool"));
+        let run_dir = dirs.path().join("run");
+        let run_mount = if options.extra.tmpfs_state {
+            Some(TmpfsMount::new(&run_dir)?)
+        } else {
+            None
+        };
+        let extra = options
+            .extra
+            .path_dir(bin)
+            .env("SHIMTRACE_SPOOL_DIR", &spool)
+            .env("SHIMTRACE_RUN_DIR", &run_dir)
+            .env("SHIMTRACE_CONFIG", dirs.path().join("config.toml"));
+        // An empty config of the test's own, so the machine's /etc/shimtrace/config.toml cannot
+        // redirect the wrapper.
+        std::fs::write(dirs.path().join("config.toml"), "")
+            .map_err(|e| HarnessError::io("writing the config", e))?;
+        let containerd = PrivateContainerd::start(&version, extra)?;
+        Ok(Traced {
+            containerd,
+            spool,
+            run_dir,
+            _run_mount: run_mount,
+            _dirs: dirs,
+        })
+    }
+
+    /// Every span in the spool now.
+    pub fn spans(&self) -> Vec<SpanRecord> {
+        read_spool(&self.spool).map(|c| c.spans).unwrap_or_default()
+    }
+
+    /// Spans of container `id`.
+    pub fn spans_of(&self, id: &str) -> Vec<SpanRecord> {
+        self.spans()
+            .into_iter()
+            .filter(|s| s.container_id() == Some(id))
+            .collect()
+    }
+
+    /// Waits until the spans of container `id` satisfy `done` (spans are written asynchronously by
+    /// the proxy); returns them, or panics with what was there after `timeout`.
+    pub fn await_spans(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&[SpanRecord]) -> bool,
+    ) -> Vec<SpanRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans_of(id);
+            if done(&spans) {
+                return spans;
+            }
+            if Instant::now() > deadline {
+                let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
+                panic!("spans of {id} never met the condition; have {names:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `/bin/sleep 600` detached as container `id` through the wrapper; `flags` are extra
+    /// `ctr run` flags (e.g. an annotation).
+    pub fn run_sleeper(&self, id: &str, flags: &[&str]) {
+        let rootfs = self.containerd.rootfs();
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(&self.runtime_flags());
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            id,
+            "/bin/sleep",
+            "600",
+        ]);
+        self.containerd
+            .ctr_ok(&args)
+            .unwrap_or_else(|e| panic!("ctr run -d {id}: {e}"));
+    }
+
+    /// `ctr run` flags selecting the traced runtime.
+    pub fn runtime_flags(&self) -> [&'static str; 2] {
+        ["--runtime", TRACED_RUNC]
+    }
+}
+
+/// Whether spans include one named `<service>/<method>` (any task API version).
+pub fn has_method(spans: &[SpanRecord], method: &str) -> bool {
+    spans.iter().any(|s| is_method(s, method))
+}
+
+pub fn is_method(span: &SpanRecord, method: &str) -> bool {
+    span.name.starts_with("containerd.task.v") && span.name.ends_with(&format!(".Task/{method}"))
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process is alive (zombies count as gone: this sandbox's pid 1 may not reap orphans).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// Pids whose command line contains all of `needles`.
+pub fn pids_with_cmdline(needles: &[&str]) -> Vec<u32> {
+    crate::containerd::proc_pids()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    needles.iter().all(|n| c.contains(n))
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}

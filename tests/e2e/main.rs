@@ -1,0 +1,25 @@
+//! shimtrace's end-to-end tests, one binary: the wrapper against real containerd 1.6/1.7/2.x, runc
+//! and gVisor, the collector CLI, OTLP export to a receiver built from the official definitions, the
+//! lab, and the benchmark's smoke run. Each module is one area; tests that start a containerd or a
+//! shim clean it up by pid, also when they fail.
+
+mod bench_smoke;
+mod cli_traces;
+mod collector_e2e;
+mod lab_driver;
+mod lab_image;
+mod lab_install;
+mod lab_report;
+mod matrix_bootstrap;
+mod matrix_harness;
+mod matrix_otlp;
+mod matrix_protocol;
+mod matrix_rust_runc_shim;
+mod matrix_smoke;
+mod otlp_export;
+mod proxy_passthrough;
+mod report_html;
+mod serve_ingest;
+mod wrapper_bootstrap;
+mod wrapper_e2e;
+mod wrapper_gvisor;

@@ -1,0 +1,188 @@
+//! `shimtrace serve` ingest, run as a daemon: spans written while it is down are all stored once
+//! when it starts, spans written while it runs arrive through inotify, a SIGKILL mid-ingest loses
+//! and duplicates nothing, and re-ingesting the same lines is a no-op.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use shimtrace_collector::store::Store;
+use shimtrace_shim::spool::{SpanSink, SpoolConfig};
+use shimtrace_span::{SpanId, SpanRecord, TraceId};
+
+/// A `shimtrace serve` child that is killed on drop, so a failing test leaves no daemon behind.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(spool: &Path, db: &Path) -> Daemon {
+        let child = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
+            .args(["serve", "--spool"])
+            .arg(spool)
+            .arg("--db")
+            .arg(db)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        kill(Pid::from_raw(self.0.id() as i32), signal).unwrap();
+        let status = self.0.wait().unwrap();
+        if signal == Signal::SIGTERM {
+            assert!(status.success(), "serve exited with {status} on SIGTERM");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn span(n: u64) -> SpanRecord {
+    SpanRecord {
+        trace_id: TraceId([(n / 10 % 251 + 1) as u8; 16]),
+        span_id: SpanId((n + 1).to_be_bytes()),
+        parent_span_id: None,
+        name: format!("containerd.task.v2.Task/Op{}", n % 7),
+        kind: Default::default(),
+        start_time_unix_nano: 1_700_000_000_000_000_000 + n * 1000,
+        end_time_unix_nano: 1_700_000_000_000_000_000 + n * 1000 + 500,
+        attributes: Default::default(),
+        events: vec![],
+        status: Default::default(),
+    }
+}
+
+/// Writes spans `range` through the shim's own spool writer, 1,000 per writer so none are dropped.
+fn write_spans(spool: &Path, range: std::ops::Range<u64>) {
+    let config = SpoolConfig {
+        dir: spool.to_path_buf(),
+        max_bytes: u64::MAX,
+    };
+    let mut n = range.start;
+    while n < range.end {
+        let sink = SpanSink::start(&config, "proxy").unwrap();
+        let end = (n + 1000).min(range.end);
+        for i in n..end {
+            sink.emit(span(i));
+        }
+        assert_eq!(sink.dropped(), 0);
+        sink.shutdown(Duration::from_secs(30));
+        n = end;
+    }
+}
+
+fn stored(db: &Path) -> u64 {
+    if !db.exists() {
+        return 0;
+    }
+    Store::open(db)
+        .map(|s| s.span_count().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn wait_for_count(db: &Path, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = stored(db);
+        if got == want {
+            return;
+        }
+        assert!(
+            got <= want,
+            "stored {got} spans, more than the {want} written"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "stored {got} of {want} spans after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn collector_down_then_up_stores_every_span_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let db = dir.path().join("store/shimtrace.db");
+
+    let mut daemon = Daemon::start(&spool, &db);
+    write_spans(&spool, 0..100);
+    wait_for_count(&db, 100);
+    daemon.signal(Signal::SIGTERM);
+
+    // Collector down: 10,000 spans pile up in the spool.
+    write_spans(&spool, 100..10_100);
+    let _daemon = Daemon::start(&spool, &db);
+    wait_for_count(&db, 10_100);
+
+    // Live: new lines arrive through inotify.
+    write_spans(&spool, 10_100..10_150);
+    wait_for_count(&db, 10_150);
+    drop(_daemon);
+
+    let store = Store::open(&db).unwrap();
+    let ids: BTreeSet<SpanId> = store
+        .all_spans()
+        .unwrap()
+        .iter()
+        .map(|s| s.span_id)
+        .collect();
+    assert_eq!(ids.len(), 10_150);
+    assert_eq!(ids, (0..10_150).map(|n| span(n).span_id).collect());
+    drop(store);
+
+    // Re-ingest: the same lines under new file names (offsets start at 0) store nothing new.
+    for entry in std::fs::read_dir(&spool).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .replacen("proxy-", "proxy-copy-", 1);
+        std::fs::copy(&path, spool.join(name)).unwrap();
+    }
+    let out = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
+        .args(["ingest", "--no-compact", "--spool"])
+        .arg(&spool)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("read 10150 spans, stored 0 new"), "{text}");
+    assert_eq!(stored(&db), 10_150);
+}
+
+#[test]
+fn sigkill_mid_ingest_neither_loses_nor_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let db = dir.path().join("shimtrace.db");
+    write_spans(&spool, 0..20_000);
+    let mut daemon = Daemon::start(&spool, &db);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored(&db) == 0 {
+        assert!(Instant::now() < deadline, "serve stored nothing in 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon.signal(Signal::SIGKILL);
+    let _daemon = Daemon::start(&spool, &db);
+    wait_for_count(&db, 20_000);
+}

@@ -1,0 +1,622 @@
+//! The wrapper shim in front of the real runc shim, under real containerd (every matrix version):
+//! run and exit codes, task operations, grouping, containerd restart, inner shim death, fail-open.
+
+use std::time::Duration;
+
+use shimtrace_span::{attr, names, SpanRecord};
+use shimtrace_testkit::traced::{
+    alive, has_method, is_method, pids_with_cmdline, wait_for, Traced, TracedOptions,
+};
+
+const SPANS: Duration = Duration::from_secs(10);
+
+fn span<'a>(spans: &'a [SpanRecord], method: &str) -> &'a SpanRecord {
+    spans
+        .iter()
+        .find(|s| is_method(s, method))
+        .unwrap_or_else(|| panic!("no {method} span"))
+}
+
+/// The attributes every proxied call carries.
+fn assert_call_attributes(traced: &Traced, span: &SpanRecord, id: &str) {
+    assert_eq!(span.attr_str(attr::RPC_SYSTEM), Some("ttrpc"), "{span:?}");
+    assert!(span
+        .attr_str(attr::RPC_SERVICE)
+        .is_some_and(|s| s.starts_with("containerd.task.v")));
+    assert!(span.attr_str(attr::RPC_METHOD).is_some());
+    assert_eq!(
+        span.attr_i64(attr::RPC_TTRPC_STATUS_CODE),
+        Some(0),
+        "{span:?}"
+    );
+    assert_eq!(
+        span.attr_str(attr::CONTAINERD_NAMESPACE),
+        Some(traced.containerd.namespace())
+    );
+    assert_eq!(span.container_id(), Some(id));
+    assert!(span
+        .attr_str(attr::INNER)
+        .is_some_and(|s| s.ends_with("containerd-shim-runc-v2")));
+    assert!(span.attr_str(attr::PROTOCOL).is_some());
+    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+}
+
+fn run_exit_codes(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let out = traced
+        .containerd
+        .run_rm("hello", &traced.runtime_flags(), &["/bin/echo", "hello"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "hello");
+    let out = traced
+        .containerd
+        .run_rm(
+            "three",
+            &traced.runtime_flags(),
+            &["/bin/sh", "-c", "exit 3"],
+        )
+        .unwrap();
+    assert_eq!(out.code(), Some(3), "{out:?}");
+
+    let spans = traced.await_spans("three", SPANS, |s| {
+        has_method(s, "Delete") && s.iter().any(|s| s.name == names::WRAPPER_START)
+    });
+    let start = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .unwrap();
+    assert!(
+        spans.iter().all(|s| s.trace_id == start.trace_id),
+        "one trace"
+    );
+    for method in ["Create", "Start", "Wait", "Delete"] {
+        let call = span(&spans, method);
+        assert_call_attributes(&traced, call, "three");
+        assert_eq!(call.parent_span_id, Some(start.span_id));
+    }
+    assert_eq!(
+        span(&spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE),
+        Some(3)
+    );
+    assert!(span(&spans, "Create").attr_i64(attr::PROCESS_PID).unwrap() > 0);
+    let protocol = start.attr_str(attr::PROTOCOL).unwrap();
+    let service = span(&spans, "Create").attr_str(attr::RPC_SERVICE).unwrap();
+    // The wrapper echoes the inner shim's protocol version and containerd follows it.
+    assert!(
+        (protocol.ends_with("/v2") && service == "containerd.task.v2.Task")
+            || (protocol.ends_with("/v3") && service == "containerd.task.v3.Task"),
+        "{protocol} vs {service}"
+    );
+}
+
+fn task_operations(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let c = &traced.containerd;
+    traced.run_sleeper("ops", &[]);
+    let exec = c
+        .ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "ops",
+            "/bin/echo",
+            "from-exec",
+        ])
+        .unwrap();
+    assert_eq!(exec.stdout.trim(), "from-exec");
+    let ps = c.ctr_ok(&["task", "ps", "ops"]).unwrap();
+    assert!(ps.stdout.lines().count() >= 2, "{ps:?}");
+    c.ctr_ok(&["task", "pause", "ops"]).unwrap();
+    assert!(c.ctr_ok(&["task", "ls"]).unwrap().stdout.contains("PAUSED"));
+    c.ctr_ok(&["task", "resume", "ops"]).unwrap();
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ops"]).unwrap();
+    // ctr task delete fails while the task is still running; wait for the kill to land.
+    let deleted = wait_for(SPANS, || {
+        c.ctr(&["task", "delete", "ops"])
+            .ok()
+            .filter(|o| o.success())
+    });
+    assert!(deleted.is_some(), "task delete after kill");
+
+    let spans = traced.await_spans("ops", SPANS, |s| {
+        ["Exec", "Pids", "Pause", "Resume", "Kill", "Delete"]
+            .iter()
+            .all(|m| has_method(s, m))
+    });
+    for method in ["Exec", "Pids", "Pause", "Resume", "Kill", "Delete"] {
+        assert_call_attributes(&traced, span(&spans, method), "ops");
+    }
+    let exec_span = span(&spans, "Exec");
+    assert_eq!(exec_span.attr_str(attr::CONTAINERD_EXEC_ID), Some("e1"));
+    assert_eq!(span(&spans, "Kill").attr_i64(attr::SIGNAL), Some(9));
+    let exec_wait = spans
+        .iter()
+        .find(|s| is_method(s, "Wait") && s.attr_str(attr::CONTAINERD_EXEC_ID) == Some("e1"))
+        .expect("exec Wait span");
+    assert_eq!(exec_wait.attr_i64(attr::PROCESS_EXIT_CODE), Some(0));
+    let init_delete = spans
+        .iter()
+        .find(|s| is_method(s, "Delete") && s.attr_str(attr::CONTAINERD_EXEC_ID).is_none())
+        .expect("task Delete span");
+    assert_eq!(init_delete.attr_i64(attr::PROCESS_EXIT_CODE), Some(137));
+}
+
+fn address_of(traced: &Traced, id: &str) -> String {
+    std::fs::read_to_string(traced.containerd.bundle_dir(id).join("address"))
+        .or_else(|_| {
+            // containerd 2.x keeps the shim address in bootstrap.json instead.
+            std::fs::read_to_string(traced.containerd.bundle_dir(id).join("bootstrap.json")).map(
+                |j| {
+                    serde_json::from_str::<serde_json::Value>(&j).unwrap()["address"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                },
+            )
+        })
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn grouping(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let c = &traced.containerd;
+    for id in ["ga", "gb"] {
+        traced.run_sleeper(id, &["--annotation", "io.containerd.runc.v2.group=g1"]);
+    }
+    let (a, b) = (address_of(&traced, "ga"), address_of(&traced, "gb"));
+    assert_eq!(a, b, "both containers reach one proxy");
+    let proxy_socket = a.trim_start_matches("unix://").to_string();
+    let proxies = pids_with_cmdline(&["proxy", "--socket", &proxy_socket]);
+    assert_eq!(proxies.len(), 1, "one proxy: {proxies:?}");
+    let inner_shims = pids_with_cmdline(&[
+        "containerd-shim-runc-v2",
+        "-address",
+        c.address().to_str().unwrap(),
+    ]);
+    assert_eq!(inner_shims.len(), 1, "one inner shim: {inner_shims:?}");
+    for id in ["ga", "gb"] {
+        let spans = traced.await_spans(id, SPANS, |s| has_method(s, "Start"));
+        assert_call_attributes(&traced, span(&spans, "Create"), id);
+    }
+}
+
+fn containerd_restart(version: &str) {
+    let mut traced = Traced::start(version).expect("traced containerd");
+    for id in ["r1", "r2"] {
+        traced.run_sleeper(id, &[]);
+    }
+    traced.containerd.restart().expect("containerd restarts");
+    let restarted = shimtrace_span::clock::now_unix_nanos();
+    let c = &traced.containerd;
+    let tasks = c.ctr_ok(&["task", "ls"]).unwrap().stdout;
+    assert!(tasks.contains("r1") && tasks.contains("r2"), "{tasks}");
+    let exec = c
+        .ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "after",
+            "r1",
+            "/bin/echo",
+            "reconnected",
+        ])
+        .unwrap();
+    assert_eq!(exec.stdout.trim(), "reconnected");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "r1"]).unwrap();
+    let deleted = wait_for(SPANS, || {
+        c.ctr(&["task", "delete", "r1"])
+            .ok()
+            .filter(|o| o.success())
+    });
+    assert!(deleted.is_some(), "delete after restart");
+    let spans = traced.await_spans("r1", SPANS, |s| {
+        ["Exec", "Kill", "Delete"].iter().all(|m| {
+            s.iter()
+                .any(|x| is_method(x, m) && x.start_time_unix_nano > restarted)
+        })
+    });
+    // They went through the proxy, after the restart.
+    for method in ["Exec", "Kill", "Delete"] {
+        let call = spans
+            .iter()
+            .find(|s| is_method(s, method) && s.start_time_unix_nano > restarted)
+            .unwrap();
+        assert_call_attributes(&traced, call, "r1");
+    }
+}
+
+fn inner_shim_killed(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let c = &traced.containerd;
+    traced.run_sleeper("victim", &[]);
+    let proxy_socket = address_of(&traced, "victim")
+        .trim_start_matches("unix://")
+        .to_string();
+    let proxy = pids_with_cmdline(&["proxy", "--socket", &proxy_socket]);
+    assert_eq!(proxy.len(), 1);
+    let inner = pids_with_cmdline(&[
+        "containerd-shim-runc-v2",
+        "-id",
+        "victim",
+        "-address",
+        c.address().to_str().unwrap(),
+    ]);
+    assert_eq!(inner.len(), 1, "inner shim {inner:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = wait_for(SPANS, || {
+        (!alive(proxy[0]) && !std::path::Path::new(&proxy_socket).exists()).then_some(())
+    });
+    assert!(gone.is_some(), "proxy exits and removes its socket");
+    let strays = wait_for(SPANS, || {
+        pids_with_cmdline(&["proxy", "--socket", &proxy_socket])
+            .is_empty()
+            .then_some(())
+    });
+    assert!(strays.is_some(), "no stray proxy");
+}
+
+fn fail_open_unwritable_spool(version: &str) {
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let traced = Traced::start_with(
+        version,
+        TracedOptions {
+            spool: Some(blocker.path().join("spool")),
+            ..Default::default()
+        },
+    )
+    .expect("traced containerd");
+    let out = traced
+        .containerd
+        .run_rm(
+            "open",
+            &traced.runtime_flags(),
+            &["/bin/echo", "still runs"],
+        )
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "still runs");
+}
+
+/// `ctr events` running in the background, collecting its lines.
+struct EventWatch {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EventWatch {
+    fn start(traced: &Traced) -> EventWatch {
+        use std::io::BufRead;
+        let c = &traced.containerd;
+        let mut child = std::process::Command::new(c.version().ctr())
+            .args(["--address", c.address().to_str().unwrap(), "events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let watch = EventWatch { child, lines };
+        // The subscription is live once it reports an event we cause.
+        let marker = format!("probe-{}", std::process::id());
+        let seen = wait_for(SPANS, || {
+            let _ = c.ctr(&["namespaces", "create", &marker]);
+            let _ = c.ctr(&["namespaces", "remove", &marker]);
+            watch
+                .lines()
+                .iter()
+                .any(|l| l.contains(&marker))
+                .then_some(())
+        });
+        assert!(seen.is_some(), "ctr events never subscribed");
+        watch
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many `topic` events name container `id`.
+    fn count(&self, topic: &str, id: &str) -> usize {
+        let needle = format!("\"container_id\":\"{id}\"");
+        self.lines()
+            .iter()
+            .filter(|l| l.split_whitespace().any(|w| w == topic) && l.contains(&needle))
+            .count()
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TASK_TOPICS: [&str; 4] = [
+    "/tasks/create",
+    "/tasks/start",
+    "/tasks/exit",
+    "/tasks/delete",
+];
+
+fn events_once_and_traced(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let watch = EventWatch::start(&traced);
+    let out = traced
+        .containerd
+        .run_rm("evt", &traced.runtime_flags(), &["/bin/sh", "-c", "exit 4"])
+        .unwrap();
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    let delivered = wait_for(SPANS, || {
+        (watch.count("/tasks/delete", "evt") > 0).then_some(())
+    });
+    assert!(delivered.is_some(), "events: {:?}", watch.lines());
+    for topic in TASK_TOPICS {
+        assert_eq!(
+            watch.count(topic, "evt"),
+            1,
+            "{topic} exactly once: {:?}",
+            watch.lines()
+        );
+    }
+    let spans = traced.await_spans("evt", SPANS, |s| {
+        TASK_TOPICS
+            .iter()
+            .all(|t| s.iter().any(|x| x.events.iter().any(|e| e.name == *t)))
+    });
+    let root = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .expect("shim.start");
+    for topic in TASK_TOPICS {
+        let event_span = spans
+            .iter()
+            .find(|s| s.events.iter().any(|e| e.name == topic))
+            .unwrap();
+        assert_eq!(
+            event_span.trace_id, root.trace_id,
+            "{topic} in the container's trace"
+        );
+        assert_eq!(event_span.parent_span_id, Some(root.span_id));
+        assert!(event_span.events[0].time_unix_nano > 0);
+    }
+    let exit = spans
+        .iter()
+        .find(|s| s.events.iter().any(|e| e.name == "/tasks/exit"))
+        .unwrap();
+    assert_eq!(exit.attr_i64(attr::PROCESS_EXIT_CODE), Some(4));
+}
+
+macro_rules! matrix {
+    ($($version:ident = $v:literal),*) => {
+        $(
+            mod $version {
+                #[test]
+                fn run_and_exit_codes() { super::run_exit_codes($v) }
+                #[test]
+                fn task_operations_are_traced() { super::task_operations($v) }
+                #[test]
+                fn grouped_containers_share_one_proxy() { super::grouping($v) }
+                #[test]
+                fn containerd_restart_reconnects_through_the_proxy() { super::containerd_restart($v) }
+                #[test]
+                fn inner_shim_killed_ends_the_proxy() { super::inner_shim_killed($v) }
+                #[test]
+                fn unwritable_spool_fails_open() { super::fail_open_unwritable_spool($v) }
+                #[test]
+                fn events_reach_containerd_once_and_the_trace() { super::events_once_and_traced($v) }
+            }
+        )*
+    };
+}
+
+matrix!(v1_6 = "1.6.20", v1_7 = "1.7.24", v2_1 = "2.1.9");
+
+/// Runs the wrapper's `start` exactly as containerd does and checks that stdout carries nothing but
+/// the protocol reply, in the inner shim's format, naming the proxy.
+fn start_reply_is_exact(version: &str) {
+    let traced = Traced::start(version).expect("traced containerd");
+    let c = &traced.containerd;
+    let bundle = tempfile::tempdir().unwrap();
+    let id = format!("exact{}", version.replace('.', ""));
+    let id = id.as_str();
+    // The runc shim's start reads only the grouping annotations from the spec.
+    std::fs::write(
+        bundle.path().join("config.json"),
+        r#"{"ociVersion":"1.0.2","annotations":{}}"#,
+    )
+    .unwrap();
+    // Like containerd: the shim logs into a `log` FIFO in the bundle that containerd holds open.
+    let fifo = bundle.path().join("log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let _log_reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let wrapper = c.dir().join("wrapper-bin");
+    std::fs::create_dir_all(&wrapper).unwrap();
+    let link = wrapper.join("containerd-shim-traced-runc-v2");
+    std::os::unix::fs::symlink(shimtrace_testkit::traced::wrapper_binary(), &link).unwrap();
+    let path = format!(
+        "{}:{}",
+        c.version().bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = std::process::Command::new(&link)
+        .args([
+            "-namespace",
+            c.namespace(),
+            "-address",
+            c.address().to_str().unwrap(),
+            "-publish-binary",
+            c.version().containerd().to_str().unwrap(),
+            "-id",
+            id,
+            "start",
+        ])
+        .current_dir(bundle.path())
+        .env("PATH", path)
+        .env("TTRPC_ADDRESS", c.ttrpc_address())
+        .env("SHIMTRACE_SPOOL_DIR", &traced.spool)
+        .env("SHIMTRACE_RUN_DIR", &traced.run_dir)
+        .env(shimtrace_testkit::containerd::INSTANCE_MARKER_ENV, c.dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let inner = pids_with_cmdline(&[
+        "containerd-shim-runc-v2",
+        "-id",
+        id,
+        "-address",
+        c.address().to_str().unwrap(),
+    ]);
+    // Kill the inner shim whatever happens below; its proxy follows it.
+    let _cleanup = KillOnDrop(inner.clone());
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.is_empty(),
+        "stderr must stay empty: {output:?}"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let address = if version.starts_with("1.") {
+        stdout.clone()
+    } else {
+        let reply: serde_json::Value = serde_json::from_str(&stdout).expect("JSON reply");
+        assert_eq!(reply["version"], 3, "{stdout}");
+        assert_eq!(reply["protocol"], "ttrpc", "{stdout}");
+        assert_eq!(reply.as_object().unwrap().len(), 3, "{stdout}");
+        reply["address"].as_str().unwrap().to_string()
+    };
+    let socket = address
+        .strip_prefix("unix://")
+        .unwrap_or_else(|| panic!("reply is exactly an address: {stdout:?}"));
+    let name = std::path::Path::new(socket)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{stdout:?}"
+    );
+    let proxies = pids_with_cmdline(&["proxy", "--socket", socket]);
+    assert_eq!(proxies.len(), 1, "the reply names a live proxy");
+    // containerd reads the bundle's address only after a restart, so the wrapper updates it after
+    // exiting (off the start path): it must name the proxy shortly after.
+    let address_file = bundle.path().join("address");
+    // The 1.x runc shim writes it; 2.x shims do not (containerd keeps bootstrap.json instead).
+    assert_eq!(
+        address_file.exists(),
+        version.starts_with("1."),
+        "{version}: an address file in the bundle"
+    );
+    if address_file.exists() {
+        let named = wait_for(Duration::from_secs(5), || {
+            let file = std::fs::read_to_string(&address_file).ok()?;
+            (file == address).then_some(())
+        });
+        assert!(
+            named.is_some(),
+            "the bundle's address names the proxy: {:?}",
+            std::fs::read_to_string(&address_file)
+        );
+    }
+}
+
+struct KillOnDrop(Vec<u32>);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn start_reply_is_exact_v1_6() {
+    start_reply_is_exact("1.6.20")
+}
+#[test]
+fn start_reply_is_exact_v1_7() {
+    start_reply_is_exact("1.7.24")
+}
+#[test]
+fn start_reply_is_exact_v2_1() {
+    start_reply_is_exact("2.1.9")
+}
+
+/// containerd 2.1.9 with OTLP tracing on: the wrapper's spans of containerd's calls join
+/// containerd's trace (its `traceparent`), while still naming the container's own trace.
+#[test]
+fn shim_spans_join_containerds_trace_v2_1() {
+    use shimtrace_testkit::containerd::Options;
+    use shimtrace_testkit::otlp::otlp_http_receiver;
+    let (_runtime, receiver) = otlp_http_receiver();
+    let traced = Traced::start_with(
+        "2.1.9",
+        TracedOptions {
+            extra: Options::default().otlp(&receiver.endpoint()),
+            ..Default::default()
+        },
+    )
+    .expect("traced containerd 2.1.9 with OTLP");
+    let out = traced
+        .containerd
+        .run_rm("joined", &traced.runtime_flags(), &["/bin/true"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    let spans = traced.await_spans("joined", SPANS, |s| {
+        has_method(s, "Create") && s.iter().any(|x| x.name == names::WRAPPER_START)
+    });
+    let root = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .unwrap();
+    let create = span(&spans, "Create");
+    assert_ne!(
+        create.trace_id, root.trace_id,
+        "Create joined containerd's trace"
+    );
+    assert_eq!(
+        create.attr_str(attr::CONTAINER_TRACE_ID),
+        Some(root.trace_id.to_hex().as_str()),
+        "and still names the container's trace"
+    );
+    let parent = create
+        .parent_span_id
+        .expect("containerd's client span is the parent");
+    let (trace_id, parent_id) = (create.trace_id.to_hex(), parent.to_hex());
+    assert!(
+        receiver
+            .received
+            .wait_for_span(Duration::from_secs(15), |s| s.trace_id == trace_id),
+        "containerd exported the trace {trace_id} that the shim span is in"
+    );
+    assert!(
+        receiver
+            .received
+            .wait_for_span(Duration::from_secs(15), |s| s.span_id == parent_id),
+        "containerd exported the parent span {parent_id}"
+    );
+}
