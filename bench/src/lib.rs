@@ -216,24 +216,12 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         },
     )?;
     let containerd = &traced.containerd;
-    let rootfs = containerd.rootfs();
-    let rootfs = rootfs
-        .to_str()
-        .ok_or_else(|| BenchError::Setup("the rootfs path is not UTF-8".into()))?;
     let group = format!("{GROUP_ANNOTATION}=shimtrace-bench");
-    containerd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        TRACED_RUNC,
-        "--annotation",
-        &group,
-        "--rootfs",
-        rootfs,
+    containerd.run_detached(
         ANCHOR_ID,
-        "/bin/sleep",
-        "3600",
-    ])?;
+        &["--runtime", &TRACED_RUNC, "--annotation", &group],
+        &["/bin/sleep", "3600"],
+    )?;
     let endpoints = Endpoints::of_bundle(&containerd.bundle_dir(ANCHOR_ID))?;
     let proxy_pid = endpoints.proxy_pid;
     phases.end("setup");

@@ -3,14 +3,14 @@
 
 use std::cell::RefCell;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shimtrace_containerd::{Containerd, PhaseTimes, RunSpec, RUNC_RUNTIME};
 use shimtrace_lab::stats::{ms, percentile, Summary};
-use shimtrace_testkit::containerd::{PrivateContainerd, CTR_TIMEOUT};
+use shimtrace_testkit::containerd::{ctr_run_args, RunMode, TestContainerd, CTR_TIMEOUT};
 use shimtrace_testkit::traced::TRACED_RUNC;
 
 use crate::BenchError;
@@ -26,7 +26,7 @@ pub enum Variant {
 impl Variant {
     pub fn runtime(self) -> &'static str {
         match self {
-            Variant::Wrapped => TRACED_RUNC,
+            Variant::Wrapped => TRACED_RUNC.as_str(),
             Variant::Direct => RUNC_RUNTIME,
         }
     }
@@ -54,21 +54,22 @@ impl Variant {
 /// millisecond differences, so this waits for the exit directly (still killed after
 /// [`CTR_TIMEOUT`]).
 pub fn ctr_run_true(
-    containerd: &PrivateContainerd,
+    containerd: &TestContainerd,
     id: &str,
     variant: Variant,
     extra: &[&str],
 ) -> Result<Duration, BenchError> {
-    let mut command = Command::new(containerd.version().ctr());
+    let mut flags = vec!["--runtime", variant.runtime()];
+    flags.extend_from_slice(extra);
+    let mut command = containerd.ctr_command();
     command
-        .env("CONTAINERD_NAMESPACE", containerd.namespace())
-        .arg("--address")
-        .arg(containerd.address())
-        .args(["run", "--rm", "--runtime", variant.runtime()])
-        .args(extra)
-        .arg("--rootfs")
-        .arg(containerd.rootfs())
-        .args([id, "/bin/true"])
+        .args(ctr_run_args(
+            RunMode::Remove,
+            &flags,
+            &containerd.rootfs(),
+            id,
+            &["/bin/true"],
+        )?)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -127,7 +128,7 @@ pub struct ApiRunner {
 }
 
 impl ApiRunner {
-    pub fn connect(containerd: &PrivateContainerd, io_dir: &Path) -> Result<ApiRunner, BenchError> {
+    pub fn connect(containerd: &TestContainerd, io_dir: &Path) -> Result<ApiRunner, BenchError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -317,7 +318,7 @@ pub struct ParallelRound {
 
 /// Starts `containers` `ctr run --rm … /bin/true` at once, one thread each, and waits for all.
 pub fn parallel_round(
-    containerd: &PrivateContainerd,
+    containerd: &TestContainerd,
     variant: Variant,
     containers: usize,
     prefix: &str,

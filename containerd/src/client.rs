@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use containerd_client::services::v1::snapshots::{
@@ -82,9 +81,6 @@ pub enum ContainerdError {
         #[source]
         source: io::Error,
     },
-    /// The containerd binary could not be started or did not come up.
-    #[error("cannot start a private containerd: {0}")]
-    Private(String),
     /// `--image` names an image this containerd namespace does not hold.
     #[error("image {reference:?} is not in containerd namespace {namespace:?}: pull or import it first: ctr -n {namespace} images import IMAGE.tar (or ctr -n {namespace} images pull {reference})")]
     ImageNotFound {
@@ -1068,206 +1064,33 @@ impl Containerd {
     }
 }
 
-/// A containerd of our own, with its own root, state and sockets under one directory; stopped (after
-/// removing the containers it holds) when dropped.
-pub struct PrivateContainerd {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    namespaces: Vec<String>,
-}
-
-/// How to start a [`PrivateContainerd`].
-#[derive(Debug, Clone)]
-pub struct PrivateContainerdConfig {
-    /// The containerd executable (default: `containerd` on PATH).
-    pub binary: PathBuf,
-    /// Directory for config, root, state, sockets and log.
-    pub dir: PathBuf,
-    /// Extra environment for containerd, which its shims inherit (e.g. `SHIMTRACE_SPOOL_DIR`).
-    pub env: Vec<(String, String)>,
-    /// Directories put in front of PATH (where shims are found).
-    pub path_prepend: Vec<PathBuf>,
-    /// Namespaces whose containers are removed before containerd is stopped.
-    pub namespaces: Vec<String>,
-    /// How long to wait for the socket to answer.
-    pub ready_timeout: Duration,
-}
-
-impl PrivateContainerdConfig {
-    pub fn new(dir: impl Into<PathBuf>) -> PrivateContainerdConfig {
-        PrivateContainerdConfig {
-            binary: PathBuf::from("containerd"),
-            dir: dir.into(),
-            env: Vec::new(),
-            path_prepend: Vec::new(),
-            namespaces: vec![DEFAULT_NAMESPACE.into()],
-            ready_timeout: Duration::from_secs(20),
-        }
-    }
-}
-
-/// The config file of a private containerd (`version` 2 for 1.x, 3 for 2.x).
-pub fn private_config_toml(dir: &Path, config_version: u32) -> String {
-    let disabled = if config_version >= 3 {
-        r#"["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]"#
-    } else {
-        r#"["io.containerd.grpc.v1.cri"]"#
-    };
-    format!(
-        "version = {config_version}\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = {disabled}\n\
-         [grpc]\n  address = {grpc:?}\n[ttrpc]\n  address = {ttrpc:?}\n",
-        root = dir.join("root").display().to_string(),
-        state = dir.join("state").display().to_string(),
-        grpc = dir.join("c.sock").display().to_string(),
-        ttrpc = dir.join("c.sock.ttrpc").display().to_string(),
-    )
-}
-
-fn containerd_major_version(binary: &Path) -> u32 {
-    Command::new(binary)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|out| {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.split_whitespace()
-                .find_map(|w| w.trim_start_matches('v').split('.').next()?.parse().ok())
-                .filter(|major: &u32| *major >= 1)
-        })
-        .unwrap_or(1)
-}
-
-impl PrivateContainerd {
-    /// Writes the config, starts containerd and waits until its socket answers.
-    pub async fn start(config: PrivateContainerdConfig) -> Result<PrivateContainerd> {
-        let dir = config.dir.clone();
-        fs::create_dir_all(&dir).map_err(io_error(format!("create {}", dir.display())))?;
-        let major = containerd_major_version(&config.binary);
-        let config_path = dir.join("config.toml");
-        fs::write(
-            &config_path,
-            private_config_toml(&dir, if major >= 2 { 3 } else { 2 }),
-        )
-        .map_err(io_error(format!("write {}", config_path.display())))?;
-        let log_path = dir.join("containerd.log");
-        let log = fs::File::create(&log_path)
-            .map_err(io_error(format!("create {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(io_error(format!("open {}", log_path.display())))?;
-        let mut path = config.path_prepend.clone();
-        path.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ));
-        let path = std::env::join_paths(path)
-            .map_err(|e| ContainerdError::Private(format!("bad PATH entry: {e}")))?;
-        let child = Command::new(&config.binary)
-            .arg("--config")
-            .arg(&config_path)
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| ContainerdError::Private(format!("{}: {e}", config.binary.display())))?;
-        let mut private = PrivateContainerd {
-            child: Some(child),
-            socket: dir.join("c.sock"),
-            dir,
-            namespaces: config.namespaces.clone(),
-        };
-        let deadline = Instant::now() + config.ready_timeout;
-        loop {
-            if let Some(child) = private.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    private.child = None;
-                    let log = fs::read_to_string(&log_path).unwrap_or_default();
-                    let last = log.lines().rev().take(3).collect::<Vec<_>>();
-                    return Err(ContainerdError::Private(format!(
-                        "containerd exited with {status} (log {}: {})",
-                        log_path.display(),
-                        last.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                    )));
-                }
-            }
-            if let Ok(client) = Containerd::connect(&private.socket).await {
-                drop(client);
-                return Ok(private);
-            }
-            if Instant::now() > deadline {
-                return Err(ContainerdError::Private(format!(
-                    "containerd did not answer on {} within {:?} (log {})",
-                    private.socket.display(),
-                    config.ready_timeout,
-                    log_path.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The gRPC socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Removes our containers, then stops containerd (SIGTERM, then SIGKILL after 5 s).
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+/// Removes the containers this driver made (those with its label) in `namespaces` of the containerd
+/// at `socket`, giving up after a few seconds per namespace. Callable from synchronous code and from
+/// inside an async runtime alike (it runs on a thread with a runtime of its own): a private
+/// containerd's stop calls it so that no container outlives its containerd.
+pub fn remove_driven_containers(socket: &Path, namespaces: &[String]) {
+    let socket = socket.to_path_buf();
+    let namespaces = namespaces.to_vec();
+    let cleanup = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
-        let socket = self.socket.clone();
-        let namespaces = self.namespaces.clone();
-        // Drop may run inside an async runtime; clean up on a thread with its own runtime.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        runtime.block_on(async {
+            let Ok(Ok(client)) =
+                tokio::time::timeout(Duration::from_secs(5), Containerd::connect(&socket)).await
             else {
                 return;
             };
-            runtime.block_on(async {
-                let Ok(Ok(client)) =
-                    tokio::time::timeout(Duration::from_secs(5), Containerd::connect(&socket))
-                        .await
-                else {
-                    return;
-                };
-                for namespace in namespaces {
-                    let client = client.clone().with_namespace(namespace);
-                    let _ = tokio::time::timeout(Duration::from_secs(30), client.cleanup()).await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+            for namespace in namespaces {
+                let client = client.clone().with_namespace(namespace);
+                let _ = tokio::time::timeout(Duration::from_secs(30), client.cleanup()).await;
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for PrivateContainerd {
-    fn drop(&mut self) {
-        self.stop();
-    }
+        });
+    });
+    let _ = cleanup.join();
 }
 
 #[cfg(test)]
@@ -1349,16 +1172,5 @@ mod tests {
         let mut spec = RunSpec::new("a", "/r", ["/bin/true"], "/io");
         spec.image = Some("shimtrace/busybox:test".into());
         assert_eq!(spec.oci_spec("ns")["root"]["path"], "rootfs");
-    }
-
-    #[test]
-    fn private_config_disables_cri_for_both_versions() {
-        let v2 = private_config_toml(Path::new("/d"), 2);
-        assert!(v2.starts_with("version = 2\n"));
-        assert!(v2.contains(r#"address = "/d/c.sock""#));
-        let v3 = private_config_toml(Path::new("/d"), 3);
-        assert!(v3.contains("io.containerd.cri.v1.runtime"));
-        let parsed: toml::Value = toml::from_str(&v3).unwrap();
-        assert_eq!(parsed["ttrpc"]["address"].as_str(), Some("/d/c.sock.ttrpc"));
     }
 }

@@ -9,14 +9,12 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use toml_edit::{value, DocumentMut, Item, Table};
 
-use shimtrace_span::naming::which;
+use shimtrace_span::naming::{find_in_path, which, ShimName, WRAPPER_BINARY};
 
-/// The wrapper shim's binary.
-pub const WRAPPER_BINARY: &str = "containerd-shim-traced-v2";
+use crate::private::config_version_of;
 
 /// `shimtrace install` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,55 +78,25 @@ fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Insta
 /// A real shim found on PATH, e.g. `containerd-shim-runc-v2` → inner `runc`, version `v2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RealShim {
-    pub inner: String,
-    pub version: String,
+    pub name: ShimName,
     pub path: PathBuf,
 }
 
 impl RealShim {
-    /// Parses a shim binary name; `None` for anything else (and for our own traced shims).
-    pub fn parse_name(name: &str) -> Option<(String, String)> {
-        let rest = name.strip_prefix("containerd-shim-")?;
-        let (inner, version) = rest.rsplit_once('-')?;
-        let digits = version.strip_prefix('v')?;
-        if inner.is_empty()
-            || inner.starts_with("traced")
-            || digits.is_empty()
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
-        Some((inner.to_string(), version.to_string()))
-    }
-
-    /// containerd's runtime name for the real shim (`io.containerd.runc.v2`).
-    pub fn runtime_type(&self) -> String {
-        format!("io.containerd.{}.{}", self.inner, self.version)
-    }
-
-    /// Our symlink's file name (`containerd-shim-traced-runc-v2`).
-    pub fn traced_binary(&self) -> String {
-        format!("containerd-shim-traced-{}-{}", self.inner, self.version)
-    }
-
     /// The CRI handler / RuntimeClass name: `traced-runc` for the newest version of a shim,
     /// `traced-runc-v1` for older ones found beside it.
     pub fn handler(&self, all: &[RealShim]) -> String {
         let newest = all
             .iter()
-            .filter(|s| s.inner == self.inner)
-            .map(|s| s.version_number())
+            .filter(|s| s.name.inner == self.name.inner)
+            .map(|s| s.name.version_number())
             .max()
             .unwrap_or(0);
-        if self.version_number() >= newest {
-            format!("traced-{}", self.inner)
+        if self.name.version_number() >= newest {
+            format!("traced-{}", self.name.inner)
         } else {
-            format!("traced-{}-{}", self.inner, self.version)
+            format!("traced-{}-{}", self.name.inner, self.name.version)
         }
-    }
-
-    fn version_number(&self) -> u64 {
-        self.version[1..].parse().unwrap_or(0)
     }
 }
 
@@ -144,18 +112,16 @@ pub fn find_real_shims(path_var: &std::ffi::OsStr) -> Vec<RealShim> {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        for name in names {
-            if let Some((inner, version)) = RealShim::parse_name(&name) {
-                if !shims
-                    .iter()
-                    .any(|s| s.inner == inner && s.version == version)
-                {
-                    shims.push(RealShim {
-                        inner,
-                        version,
-                        path: dir.join(&name),
-                    });
-                }
+        for binary in names {
+            let Some(name) = ShimName::parse_binary(&binary) else {
+                continue;
+            };
+            if shims.iter().any(|s| s.name == name) {
+                continue;
+            }
+            // The executable containerd would run for this name: the first on PATH.
+            if let Some(path) = find_in_path(&binary, path_var) {
+                shims.push(RealShim { name, path });
             }
         }
     }
@@ -285,31 +251,6 @@ pub fn runtime_class_yaml(handler: &str) -> String {
     )
 }
 
-fn containerd_config_version(binary: &Path) -> u32 {
-    let major = Command::new(binary)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .find_map(|w| {
-                    w.trim_start_matches('v')
-                        .split('.')
-                        .next()?
-                        .parse::<u32>()
-                        .ok()
-                })
-                .filter(|m| *m >= 1)
-        })
-        .unwrap_or(1);
-    if major >= 2 {
-        3
-    } else {
-        2
-    }
-}
-
 /// Creates (or refreshes) `link` → `target`; never replaces a regular file.
 pub fn ensure_symlink(link: &Path, target: &Path) -> Result<bool, InstallError> {
     match fs::symlink_metadata(link) {
@@ -400,18 +341,18 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     }
     let config_version = args
         .config_version
-        .unwrap_or_else(|| containerd_config_version(&args.containerd));
+        .unwrap_or_else(|| config_version_of(&args.containerd));
     let mut runtimes = Vec::new();
     let mut created_links = Vec::new();
     for shim in &shims {
-        let link = bin_dir.join(shim.traced_binary());
+        let link = bin_dir.join(shim.name.traced_binary());
         if ensure_symlink(&link, &wrapper)? {
             created_links.push(link.clone());
         }
         let handler = shim.handler(&shims);
         runtimes.push(TracedRuntime {
             handler: handler.clone(),
-            runtime_type: shim.runtime_type(),
+            runtime_type: shim.name.runtime(),
             runtime_path: link.clone(),
             binary_name: None,
         });
@@ -420,7 +361,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
             if let Some(runsc) = which("runsc") {
                 runtimes.push(TracedRuntime {
                     handler: "traced-runsc".into(),
-                    runtime_type: shim.runtime_type(),
+                    runtime_type: shim.name.runtime(),
                     runtime_path: link,
                     binary_name: Some(runsc.display().to_string()),
                 });
@@ -445,7 +386,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         let _ = writeln!(
             report,
             "# {} -> {} (wraps {})",
-            bin_dir.join(shim.traced_binary()).display(),
+            bin_dir.join(shim.name.traced_binary()).display(),
             wrapper.display(),
             shim.path.display()
         );
@@ -498,19 +439,53 @@ mod tests {
         }
     }
 
+    fn parse_name(name: &str) -> Option<(String, String)> {
+        ShimName::parse_binary(name).map(|n| (n.inner, n.version))
+    }
+
     #[test]
     fn parses_shim_names() {
         assert_eq!(
-            RealShim::parse_name("containerd-shim-runc-v2"),
+            parse_name("containerd-shim-runc-v2"),
             Some(("runc".into(), "v2".into()))
         );
         assert_eq!(
-            RealShim::parse_name("containerd-shim-kata-qemu-v2"),
+            parse_name("containerd-shim-kata-qemu-v2"),
             Some(("kata-qemu".into(), "v2".into()))
         );
-        assert_eq!(RealShim::parse_name("containerd-shim-traced-runc-v2"), None);
-        assert_eq!(RealShim::parse_name("containerd-shim-runc-v2-rs"), None);
-        assert_eq!(RealShim::parse_name("containerd"), None);
+        assert_eq!(parse_name("containerd-shim-traced-runc-v2"), None);
+        assert_eq!(parse_name("containerd-shim-runc-v2-rs"), None);
+        assert_eq!(parse_name("containerd"), None);
+    }
+
+    #[test]
+    fn real_shims_are_found_first_on_path_and_never_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let first = tempfile::tempdir().unwrap();
+        let second = tempfile::tempdir().unwrap();
+        let make = |dir: &Path, name: &str| {
+            let path = dir.join(name);
+            fs::write(&path, "#!/bin/sh\n").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        let runc = make(first.path(), "containerd-shim-runc-v2");
+        make(first.path(), "containerd-shim-traced-runc-v2");
+        make(second.path(), "containerd-shim-runc-v2");
+        let kata = make(second.path(), "containerd-shim-kata-qemu-v2");
+        make(second.path(), "containerd");
+        let path = std::env::join_paths([first.path(), second.path()]).unwrap();
+        let found: Vec<(String, PathBuf)> = find_real_shims(&path)
+            .into_iter()
+            .map(|s| (s.name.binary(), s.path))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("containerd-shim-runc-v2".to_string(), runc),
+                ("containerd-shim-kata-qemu-v2".to_string(), kata),
+            ]
+        );
     }
 
     #[test]
@@ -616,8 +591,10 @@ version = 2
     #[test]
     fn older_versions_get_their_own_handler() {
         let shim = |v: &str| RealShim {
-            inner: "runc".into(),
-            version: v.into(),
+            name: ShimName {
+                inner: "runc".into(),
+                version: v.into(),
+            },
             path: format!("/usr/bin/containerd-shim-runc-{v}").into(),
         };
         let all = [shim("v1"), shim("v2")];

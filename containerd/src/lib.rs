@@ -1,10 +1,11 @@
 //! shimtrace's containerd side: the gRPC driver that runs containers from a local rootfs or image
-//! (feature `client`), a private containerd beside any other, registration of the traced runtimes
-//! in containerd's config, and the busybox rootfs the lab and the tests run.
+//! (feature `client`), a private containerd beside any other ([`private`]), registration of the
+//! traced runtimes in containerd's config, and the busybox rootfs the lab and the tests run.
 
 #[cfg(feature = "client")]
 mod client;
 pub mod install;
+pub mod private;
 pub mod rootfs;
 
 #[cfg(feature = "client")]

@@ -1,15 +1,16 @@
-//! The workload root filesystem, built locally without a registry: busybox-static with its applets,
-//! our probe binary and a page for the HTTP workload.
+//! The workload root filesystem, built locally without a registry: busybox-static with its applets
+//! and a page for the HTTP workload ([`build_busybox_rootfs`], what the tests run), plus our probe
+//! binary for the lab ([`build_rootfs`]).
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Busybox applets the lab's workloads use.
+/// Busybox applets linked in the rootfs: what the lab's workloads and the tests run.
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "true", "false", "sleep", "cat", "uname", "ls", "wc", "date", "httpd", "dmesg",
-    "ip", "ps", "mount", "id", "env", "head", "grep",
+    "ip", "ps", "mount", "id", "env", "head", "grep", "kill",
 ];
 
 /// Where the probe lands inside the rootfs.
@@ -63,17 +64,22 @@ pub fn is_static_elf(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Builds (or refreshes) a rootfs at `root` from `busybox` and `probe`.
+/// Builds (or refreshes) a rootfs at `root` from `busybox` and `probe`: the busybox rootfs of
+/// [`build_busybox_rootfs`] with the probe at [`PROBE_IN_ROOTFS`].
 pub fn build_rootfs(root: &Path, busybox: &Path, probe: &Path) -> Result<(), RootfsError> {
-    if !busybox.exists() {
-        return Err(RootfsError::NoBusybox(busybox.to_path_buf()));
-    }
-    if !is_static_elf(busybox).map_err(at(busybox))? {
-        return Err(RootfsError::DynamicBusybox(busybox.to_path_buf()));
-    }
+    check_busybox(busybox)?;
     if !probe.exists() {
         return Err(RootfsError::NoProbe(probe.to_path_buf()));
     }
+    build_busybox_rootfs(root, busybox)?;
+    copy_executable(probe, &root.join(PROBE_IN_ROOTFS.trim_start_matches('/')))
+}
+
+/// Builds (or refreshes) a rootfs at `root` from a static `busybox`: `/bin/busybox` with its
+/// [`APPLETS`], `proc sys dev tmp etc www run`, a root user and `/www/index.html`. Usable with
+/// `ctr run --rootfs` and as an OCI bundle's root.
+pub fn build_busybox_rootfs(root: &Path, busybox: &Path) -> Result<(), RootfsError> {
+    check_busybox(busybox)?;
     for dir in ["bin", "proc", "sys", "dev", "tmp", "etc", "www", "run"] {
         let path = root.join(dir);
         fs::create_dir_all(&path).map_err(at(&path))?;
@@ -81,7 +87,6 @@ pub fn build_rootfs(root: &Path, busybox: &Path, probe: &Path) -> Result<(), Roo
     let tmp = root.join("tmp");
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).map_err(at(&tmp))?;
     copy_executable(busybox, &root.join("bin/busybox"))?;
-    copy_executable(probe, &root.join(PROBE_IN_ROOTFS.trim_start_matches('/')))?;
     for applet in APPLETS {
         let link = root.join("bin").join(applet);
         let _ = fs::remove_file(&link);
@@ -96,6 +101,16 @@ pub fn build_rootfs(root: &Path, busybox: &Path, probe: &Path) -> Result<(), Roo
     for (name, content) in files {
         let path = root.join(name);
         fs::write(&path, content).map_err(at(&path))?;
+    }
+    Ok(())
+}
+
+fn check_busybox(busybox: &Path) -> Result<(), RootfsError> {
+    if !busybox.exists() {
+        return Err(RootfsError::NoBusybox(busybox.to_path_buf()));
+    }
+    if !is_static_elf(busybox).map_err(at(busybox))? {
+        return Err(RootfsError::DynamicBusybox(busybox.to_path_buf()));
     }
     Ok(())
 }
@@ -130,5 +145,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("apt-get install busybox-static"));
+    }
+
+    #[test]
+    fn rootfs_has_busybox_and_applets() {
+        let dir = tempfile::tempdir().unwrap();
+        build_busybox_rootfs(dir.path(), Path::new("/bin/busybox")).unwrap();
+        // Building twice must not fail (idempotent).
+        build_busybox_rootfs(dir.path(), Path::new("/bin/busybox")).unwrap();
+        assert!(dir.path().join("bin/busybox").is_file());
+        assert_eq!(
+            fs::read_link(dir.path().join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        for sub in ["proc", "sys", "dev", "tmp", "etc"] {
+            assert!(dir.path().join(sub).is_dir(), "{sub}");
+        }
+        assert!(!dir
+            .path()
+            .join(PROBE_IN_ROOTFS.trim_start_matches('/'))
+            .exists());
+    }
+
+    #[test]
+    fn missing_probe_is_a_clear_error_before_anything_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        let err = build_rootfs(
+            &root,
+            Path::new("/bin/busybox"),
+            Path::new("/nonexistent/probe"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RootfsError::NoProbe(_)), "{err}");
+        assert!(!root.exists());
     }
 }

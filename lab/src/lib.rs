@@ -21,8 +21,10 @@ use serde_json::Value;
 
 use profiles::{Network, Profile};
 use report::{ColdStart, HttpResult, LabReport, ProfileResult, RunRecord, Setup};
+use shimtrace_containerd::private::{PrivateConfig, PrivateContainerd};
 use shimtrace_containerd::rootfs;
-use shimtrace_containerd::{Containerd, PrivateContainerd, PrivateContainerdConfig, RunSpec};
+use shimtrace_containerd::{Containerd, RunSpec};
+use shimtrace_span::naming::which;
 use stats::{ms, Summary};
 
 /// The static probe binary (built from `probe/` by this crate's build script).
@@ -258,28 +260,32 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
             spool_dir = out.join("spool");
             // Our own containerd's shims write only this run's spans here.
             let _ = std::fs::remove_dir_all(&spool_dir);
-            let mut config = PrivateContainerdConfig::new(private_dir.path().join("containerd"));
+            let mut config = PrivateConfig::new(private_dir.path().join("containerd"));
             config.binary = args.containerd.clone();
-            config.namespaces = vec![args.namespace.clone()];
+            config.remove_containers_in = vec![args.namespace.clone()];
+            config.stop_timeout = std::time::Duration::from_secs(5);
             config.env = vec![(
                 shimtrace_span::env::SPOOL_DIR.into(),
-                spool_dir.display().to_string(),
+                spool_dir.clone().into_os_string(),
             )];
             if let Some(dir) = &traced_dir {
                 config.path_prepend.push(dir.clone());
             }
-            let no_containerd = |p: shimtrace_containerd::ContainerdError| LabError::NoContainerd {
+            let no_containerd = |p: &dyn std::fmt::Display| LabError::NoContainerd {
                 address: args.address.clone(),
                 reason: e.to_string(),
                 private: p.to_string(),
             };
-            let connected = match PrivateContainerd::start(config).await {
-                Ok(started) => match Containerd::connect(started.socket()).await {
-                    Ok(client) => Ok((started, client)),
-                    Err(p) => Err(no_containerd(p)),
-                },
-                Err(p) => Err(no_containerd(p)),
-            };
+            // Starting waits for containerd to answer: off the async workers.
+            let connected =
+                match tokio::task::spawn_blocking(move || PrivateContainerd::start(config)).await {
+                    Ok(Ok(started)) => match Containerd::connect(started.address()).await {
+                        Ok(client) => Ok((started, client)),
+                        Err(p) => Err(no_containerd(&p)),
+                    },
+                    Ok(Err(p)) => Err(no_containerd(&p)),
+                    Err(p) => Err(no_containerd(&p)),
+                };
             let (started, client) = match connected {
                 Ok(pair) => pair,
                 Err(fatal) => {
@@ -366,7 +372,7 @@ pub fn prepare_traced_shims(
         Some(path) => shimtrace_containerd::install::find_wrapper(Some(path))?,
         None => match shimtrace_containerd::install::find_wrapper(None)
             .ok()
-            .or_else(|| std::fs::canonicalize(profiles::which(profiles::TRACED_RUNC_SHIM)?).ok())
+            .or_else(|| std::fs::canonicalize(which(&profiles::runc_shim().traced_binary())?).ok())
         {
             Some(found) => found,
             None => return Ok(None),
@@ -377,12 +383,12 @@ pub fn prepare_traced_shims(
         path: dir.clone(),
         source,
     })?;
-    for (real, traced) in [
-        ("containerd-shim-runc-v2", profiles::TRACED_RUNC_SHIM),
-        ("containerd-shim-kata-v2", profiles::TRACED_KATA_SHIM),
-    ] {
-        if profiles::which(real).is_some() {
-            shimtrace_containerd::install::ensure_symlink(&dir.join(traced), &wrapper)?;
+    for shim in [profiles::runc_shim(), profiles::kata_shim()] {
+        if which(&shim.binary()).is_some() {
+            shimtrace_containerd::install::ensure_symlink(
+                &dir.join(shim.traced_binary()),
+                &wrapper,
+            )?;
         }
     }
     Ok(Some(dir))

@@ -9,16 +9,30 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use shimtrace_containerd::{RunSpec, RuncOptions};
+use shimtrace_span::naming::{which, ShimName};
 
 /// The runtime the runc-based profiles use. Switch to the traced runtime
 /// (`io.containerd.traced-runc.v2`) by changing this one line, or per profile in the TOML file.
 pub const RUNC_RUNTIME: &str = shimtrace_containerd::RUNC_RUNTIME;
 /// The traced counterpart of [`RUNC_RUNTIME`], used when the wrapper shim is installed.
 pub const TRACED_RUNC_RUNTIME: &str = "io.containerd.traced-runc.v2";
-/// The wrapper's binary for [`TRACED_RUNC_RUNTIME`].
-pub const TRACED_RUNC_SHIM: &str = "containerd-shim-traced-runc-v2";
-/// The wrapper's binary for Kata (`io.containerd.traced-kata.v2`).
-pub const TRACED_KATA_SHIM: &str = "containerd-shim-traced-kata-v2";
+
+/// containerd's runc shim (`containerd-shim-runc-v2`), which the runc, runsc and crun profiles run
+/// through; traced, it is [`TRACED_RUNC_RUNTIME`] with the binary `containerd-shim-traced-runc-v2`.
+pub fn runc_shim() -> ShimName {
+    ShimName {
+        inner: "runc".into(),
+        version: "v2".into(),
+    }
+}
+
+/// Kata's shim (`containerd-shim-kata-v2`); traced, `containerd-shim-traced-kata-v2`.
+pub fn kata_shim() -> ShimName {
+    ShimName {
+        inner: "kata".into(),
+        version: "v2".into(),
+    }
+}
 
 /// Why a profile could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +99,11 @@ pub fn default_profiles(runc_runtime: &str, traced_dir: Option<&Path>) -> Vec<Pr
             .filter(|path| path.exists())
     };
     let runc_path = if runc_runtime == TRACED_RUNC_RUNTIME {
-        traced(TRACED_RUNC_SHIM)
+        traced(&runc_shim().traced_binary())
     } else {
         None
     };
-    let kata_path = traced(TRACED_KATA_SHIM);
+    let kata_path = traced(&kata_shim().traced_binary());
     vec![
         Profile {
             name: "runc".into(),
@@ -126,14 +140,14 @@ pub fn default_profiles(runc_runtime: &str, traced_dir: Option<&Path>) -> Vec<Pr
         Profile {
             name: "kata".into(),
             runtime: if kata_path.is_some() {
-                "io.containerd.traced-kata.v2".into()
+                kata_shim().traced_runtime()
             } else {
-                "io.containerd.kata.v2".into()
+                kata_shim().runtime()
             },
             runtime_path: kata_path,
             binary_name: None,
             runsc: None,
-            requires: vec!["containerd-shim-kata-v2".into()],
+            requires: vec![kata_shim().binary()],
             vm: true,
         },
     ]
@@ -172,21 +186,6 @@ pub fn parse_profiles(text: &str) -> Result<Vec<Profile>, String> {
         }
     }
     Ok(file.profiles)
-}
-
-/// An executable named `name` on PATH (or `name` itself if it is a path that exists).
-pub fn which(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let path = PathBuf::from(name);
-        return path.exists().then_some(path);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 impl Profile {
@@ -299,6 +298,23 @@ mod tests {
         let script = fs::read_to_string(&wrapper).unwrap();
         assert!(script.contains("exec '/usr/bin/runsc' --network=host --ignore-cgroups \"$@\""));
         assert!(spec.host_network);
+    }
+
+    #[test]
+    fn runtime_and_binary_names_follow_the_shims() {
+        assert_eq!(runc_shim().traced_runtime(), TRACED_RUNC_RUNTIME);
+        assert_eq!(runc_shim().runtime(), RUNC_RUNTIME);
+        assert_eq!(
+            runc_shim().traced_binary(),
+            "containerd-shim-traced-runc-v2"
+        );
+        assert_eq!(
+            kata_shim().traced_binary(),
+            "containerd-shim-traced-kata-v2"
+        );
+        let kata = default_profiles(RUNC_RUNTIME, None).pop().unwrap();
+        assert_eq!(kata.runtime, "io.containerd.kata.v2");
+        assert_eq!(kata.requires, ["containerd-shim-kata-v2"]);
     }
 
     #[test]

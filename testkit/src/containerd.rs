@@ -1,13 +1,17 @@
 //! Private containerd instances for end-to-end tests: any installed version, own config/root/state/sockets, cleaned up by pid.
 //!
 //! ```no_run
-//! use shimtrace_testkit::containerd::{ContainerdVersion, PrivateContainerd, Options};
+//! use shimtrace_testkit::containerd::{ContainerdVersion, TestContainerd, Options};
 //! let version = ContainerdVersion::find("2.1.9")?;
-//! let containerd = PrivateContainerd::start(&version, Options::default())?;
+//! let containerd = TestContainerd::start(&version, Options::default())?;
 //! let out = containerd.run_rm("echo-1", &[], &["/bin/echo", "hi"])?;
 //! assert!(out.success() && out.stdout == "hi\n");
 //! # Ok::<(), shimtrace_testkit::containerd::HarnessError>(())
 //! ```
+//!
+//! Starting, configuring and stopping containerd is [`shimtrace_containerd::private`]'s; this
+//! module adds what only tests need: the version matrix, `ctr`, a busybox rootfs per instance, and
+//! the accounting of every process an instance leaves behind.
 //!
 //! The versions come from `scripts/install-containerd-matrix.sh`: 1.6.20 is bookworm's
 //! `/usr/bin/containerd`; the others live in `/opt/shimtrace/containerd/<version>/usr/bin/`
@@ -15,7 +19,7 @@
 //! bin dir to `PATH`, so containerd finds the matching `containerd-shim-runc-v2`; `Options::extra_path`
 //! goes in front of that (for wrapper symlinks).
 //!
-//! Every instance has its own containerd namespace ([`PrivateContainerd::namespace`], passed to
+//! Every instance has its own containerd namespace ([`TestContainerd::namespace`], passed to
 //! `ctr` as `CONTAINERD_NAMESPACE`): runc keeps its state in `/run/containerd/runc/<namespace>/<id>`
 //! whatever containerd's state dir, so two instances using the same namespace and container id at
 //! once would collide there.
@@ -31,9 +35,8 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,6 +45,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+
+use shimtrace_containerd::private::{
+    config_version_for_major, major_of, ContainerdBinary, PrivateConfig, PrivateContainerd,
+    PrivateError,
+};
+use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
 
 use crate::tmpfs::TmpfsMount;
 
@@ -54,6 +63,9 @@ pub const MATRIX: [&str; 3] = ["1.6.20", "1.7.24", "2.1.9"];
 /// proxy inherits it, which is how leftovers are found.
 pub const INSTANCE_MARKER_ENV: &str = "SHIMTRACE_TEST_INSTANCE";
 
+/// The static busybox every instance's rootfs is built from (package busybox-static).
+pub const BUSYBOX: &str = "/bin/busybox";
+
 const SYSTEM_VERSION: &str = "1.6.20";
 const DEFAULT_PREFIX: &str = "/opt/shimtrace/containerd";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,6 +73,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Upper bound for one `ctr` command; a hung ctr fails the test instead of hanging CI.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Lines of containerd's log shown when it fails to start.
+const LOG_TAIL_LINES: usize = 40;
 
 /// What can go wrong while setting up or driving a private containerd.
 #[derive(Debug, thiserror::Error)]
@@ -79,20 +93,11 @@ pub enum HarnessError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "containerd {version} did not become ready within {timeout:?} (log {log}):\n{log_tail}"
-    )]
-    NotReady {
-        version: String,
-        timeout: Duration,
-        log: PathBuf,
-        log_tail: String,
-    },
-    #[error("containerd {version} exited during startup with {status} (log {log}):\n{log_tail}")]
-    ExitedEarly {
-        version: String,
-        status: ExitStatus,
-        log: PathBuf,
+    /// containerd could not be started, did not answer, or could not be stopped; `log_tail` holds
+    /// the end of its log when it failed to start.
+    #[error("{error}{log_tail}")]
+    Containerd {
+        error: Box<PrivateError>,
         log_tail: String,
     },
     #[error("`ctr {args}` did not finish within {timeout:?}; it was killed")]
@@ -103,8 +108,8 @@ pub enum HarnessError {
         status: ExitStatus,
         stderr: String,
     },
-    #[error("busybox rootfs: {0}")]
-    Rootfs(String),
+    #[error("busybox rootfs: {0} (scripts/install-containerd-matrix.sh installs busybox-static)")]
+    Rootfs(#[from] RootfsError),
 }
 
 impl HarnessError {
@@ -112,6 +117,20 @@ impl HarnessError {
         HarnessError::Io {
             action: action.into(),
             source,
+        }
+    }
+}
+
+impl From<PrivateError> for HarnessError {
+    fn from(error: PrivateError) -> Self {
+        let log_tail = error
+            .log()
+            .and_then(|log| fs::read_to_string(log).ok())
+            .map(|log| format!("\nlast lines of its log:\n{}", tail(&log, LOG_TAIL_LINES)))
+            .unwrap_or_default();
+        HarnessError::Containerd {
+            error: Box::new(error),
+            log_tail,
         }
     }
 }
@@ -145,18 +164,12 @@ impl ContainerdVersion {
                 path: containerd,
             });
         }
-        let output = Command::new(&containerd)
-            .arg("--version")
-            .output()
-            .map_err(|e| {
-                HarnessError::io(format!("running {} --version", containerd.display()), e)
-            })?;
-        let reported = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        // "containerd github.com/containerd/containerd 1.6.20~ds1 ..." / ".../v2 2.1.9+unknown"
-        let matches = reported
-            .split_whitespace()
-            .any(|word| word.split(['~', '+', '-']).next() == Some(version));
-        if !matches {
+        let reported = match ContainerdBinary::probe(&containerd) {
+            Ok(binary) => binary.version().to_owned(),
+            Err(PrivateError::UnknownVersion { output, .. }) => output,
+            Err(e) => return Err(e.into()),
+        };
+        if reported != version {
             return Err(HarnessError::WrongVersion {
                 version: version.to_owned(),
                 path: containerd,
@@ -178,20 +191,12 @@ impl ContainerdVersion {
 
     /// Major version (1 or 2).
     pub fn major(&self) -> u32 {
-        self.version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0)
+        major_of(&self.version)
     }
 
     /// The config file `version` this containerd wants: 2 for 1.x, 3 for 2.x.
     pub fn config_version(&self) -> u32 {
-        if self.major() >= 2 {
-            3
-        } else {
-            2
-        }
+        config_version_for_major(self.major())
     }
 
     /// Directory holding `containerd`, `ctr` and `containerd-shim-runc-v2` of this version.
@@ -211,18 +216,9 @@ impl ContainerdVersion {
     pub fn runc_shim(&self) -> PathBuf {
         self.bin_dir.join("containerd-shim-runc-v2")
     }
-
-    /// CRI plugins to disable so that no CNI/image setup is needed.
-    fn disabled_plugins(&self) -> &'static str {
-        if self.major() >= 2 {
-            r#"["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]"#
-        } else {
-            r#"["io.containerd.grpc.v1.cri"]"#
-        }
-    }
 }
 
-/// How to start a [`PrivateContainerd`].
+/// How to start a [`TestContainerd`].
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Directories put in front of `PATH` (before the version's own bin dir), e.g. one holding a
@@ -284,24 +280,63 @@ impl CtrOutput {
     }
 }
 
-/// A containerd of a given version running in its own temp dir, with its own config, root, state,
-/// gRPC and ttrpc sockets, and a busybox rootfs ready for `ctr run --rootfs`.
+/// How `ctr run` treats the container it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// `--rm`: waits for the task to exit, then removes the container.
+    Remove,
+    /// `-d`: returns once the task runs; the container stays.
+    Detach,
+}
+
+/// The arguments of `ctr run --rm|-d FLAGS… --rootfs ROOTFS ID COMMAND…` for a container on the
+/// directory `rootfs`. `flags` are `ctr run` flags such as `["--runtime", "/abs/wrapper"]`.
+pub fn ctr_run_args(
+    mode: RunMode,
+    flags: &[&str],
+    rootfs: &Path,
+    id: &str,
+    command: &[&str],
+) -> Result<Vec<String>, HarnessError> {
+    let mut args = vec![
+        "run".to_owned(),
+        match mode {
+            RunMode::Remove => "--rm",
+            RunMode::Detach => "-d",
+        }
+        .to_owned(),
+    ];
+    // `--rootfs` is a boolean flag and the rootfs the first positional argument; ctr stops
+    // parsing flags at the first positional one, so the caller's flags go before it.
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
+    args.extend([
+        "--rootfs".to_owned(),
+        path_str(rootfs)?.to_owned(),
+        id.to_owned(),
+    ]);
+    args.extend(command.iter().map(|c| (*c).to_owned()));
+    Ok(args)
+}
+
+/// A containerd of a given version (a [`PrivateContainerd`]) running in its own temp dir, with
+/// its own namespace and a busybox rootfs ready for `ctr run --rootfs`.
 /// Dropping it removes its tasks, stops it and kills its leftover shims, all by pid.
-pub struct PrivateContainerd {
+pub struct TestContainerd {
     version: ContainerdVersion,
     options: Options,
     namespace: String,
+    /// Declared before the mount and `dir`: stopped before they go.
+    containerd: PrivateContainerd,
     /// Declared before `dir`: unmounted before the temp dir is removed.
     _state_mount: Option<TmpfsMount>,
     dir: TempDir,
-    child: Option<Child>,
 }
 
 /// Distinguishes instances started by one test process.
 static INSTANCE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-impl PrivateContainerd {
-    /// Writes the config, builds the rootfs and starts containerd; returns once `ctr version` answers.
+impl TestContainerd {
+    /// Builds the rootfs and starts containerd; returns once it answers.
     pub fn start(version: &ContainerdVersion, options: Options) -> Result<Self, HarnessError> {
         // Short path under /tmp: unix socket paths must stay under 108 bytes.
         let dir = tempfile::Builder::new()
@@ -318,18 +353,29 @@ impl PrivateContainerd {
         } else {
             None
         };
-        let mut instance = PrivateContainerd {
+        build_busybox_rootfs(&dir.path().join("rootfs"), Path::new(BUSYBOX))?;
+        let mut config = PrivateConfig::new(dir.path());
+        config.binary = version.containerd();
+        config.path_prepend = options.extra_path.clone();
+        config.path_prepend.push(version.bin_dir().to_owned());
+        config.env = options.env.clone();
+        config.env.push((
+            INSTANCE_MARKER_ENV.into(),
+            dir.path().as_os_str().to_owned(),
+        ));
+        config.log_level = options.log_level.clone();
+        config.extra_config = options.extra_config.clone();
+        config.ready_timeout = READY_TIMEOUT;
+        config.stop_timeout = STOP_TIMEOUT;
+        let containerd = PrivateContainerd::start(config)?;
+        Ok(TestContainerd {
             version: version.clone(),
             options,
             namespace,
+            containerd,
             _state_mount: state_mount,
             dir,
-            child: None,
-        };
-        instance.write_config()?;
-        build_busybox_rootfs(&instance.rootfs())?;
-        instance.spawn()?;
-        Ok(instance)
+        })
     }
 
     /// The version this instance runs.
@@ -342,6 +388,11 @@ impl PrivateContainerd {
         &self.namespace
     }
 
+    /// The running containerd itself.
+    pub fn private(&self) -> &PrivateContainerd {
+        &self.containerd
+    }
+
     /// The instance's private directory (config, root, state, sockets, log, rootfs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -349,25 +400,25 @@ impl PrivateContainerd {
 
     /// containerd's gRPC socket path (what shims get as `-address`).
     pub fn address(&self) -> PathBuf {
-        self.dir().join("c.sock")
+        self.containerd.address()
     }
 
     /// containerd's ttrpc socket path (what shims get as `TTRPC_ADDRESS`).
     pub fn ttrpc_address(&self) -> PathBuf {
-        self.dir().join("c.sock.ttrpc")
+        self.containerd.ttrpc_address()
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir().join("config.toml")
+        self.containerd.config_path()
     }
 
     /// containerd's `state` dir; bundles are at `<state>/io.containerd.runtime.v2.task/<ns>/<id>/`.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir().join("state")
+        self.containerd.state_dir()
     }
 
     pub fn root_dir(&self) -> PathBuf {
-        self.dir().join("root")
+        self.containerd.root_dir()
     }
 
     /// The bundle directory of container `id` in this instance's namespace.
@@ -385,12 +436,12 @@ impl PrivateContainerd {
 
     /// containerd's combined stdout/stderr file (appended across restarts).
     pub fn log_path(&self) -> PathBuf {
-        self.dir().join("containerd.log")
+        self.containerd.log_path()
     }
 
     /// The whole containerd log so far (empty if unreadable).
     pub fn log(&self) -> String {
-        fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.containerd.log()
     }
 
     /// A busybox rootfs inside the instance dir (see [`build_busybox_rootfs`]).
@@ -400,7 +451,18 @@ impl PrivateContainerd {
 
     /// containerd's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.containerd.pid()
+    }
+
+    /// `ctr --address <socket>` of this version in this instance's namespace, stdio untouched:
+    /// the start of every `ctr` command line.
+    pub fn ctr_command(&self) -> Command {
+        let mut command = Command::new(self.version.ctr());
+        command
+            .env("CONTAINERD_NAMESPACE", &self.namespace)
+            .arg("--address")
+            .arg(self.address());
+        command
     }
 
     /// Runs this version's `ctr --address <socket> ARGS…` (stdin empty) in this instance's namespace
@@ -417,12 +479,8 @@ impl PrivateContainerd {
         timeout: Duration,
     ) -> Result<CtrOutput, HarnessError> {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        let mut command = Command::new(self.version.ctr());
-        command
-            .env("CONTAINERD_NAMESPACE", &self.namespace)
-            .arg("--address")
-            .arg(self.address())
-            .args(&args);
+        let mut command = self.ctr_command();
+        command.args(&args);
         run_with_timeout(command, timeout).map_err(|e| match e {
             RunError::Timeout => HarnessError::CtrTimeout {
                 args: args.join(" "),
@@ -446,45 +504,54 @@ impl PrivateContainerd {
         }
     }
 
-    /// `ctr run --rm FLAGS… --rootfs <rootfs> ID COMMAND…` in this instance's namespace.
-    /// `flags` are `ctr run` flags such as `["--runtime", "/abs/wrapper"]`.
+    /// `ctr run --rm FLAGS… --rootfs <rootfs> ID COMMAND…` in this instance's namespace (see
+    /// [`ctr_run_args`]); a non-zero exit is not an error here.
     pub fn run_rm(
         &self,
         id: &str,
         flags: &[&str],
         command: &[&str],
     ) -> Result<CtrOutput, HarnessError> {
-        let rootfs = self.rootfs();
-        // `--rootfs` is a boolean flag and the rootfs the first positional argument; ctr stops
-        // parsing flags at the first positional one, so the caller's flags go before it.
-        let mut args = vec!["run", "--rm"];
-        args.extend_from_slice(flags);
-        args.extend_from_slice(&["--rootfs", path_str(&rootfs)?, id]);
-        args.extend_from_slice(command);
-        self.ctr(&args)
+        self.ctr(&ctr_run_args(
+            RunMode::Remove,
+            flags,
+            &self.rootfs(),
+            id,
+            command,
+        )?)
+    }
+
+    /// `ctr run -d FLAGS… --rootfs <rootfs> ID COMMAND…` in this instance's namespace (see
+    /// [`ctr_run_args`]); a non-zero exit is an error.
+    pub fn run_detached(
+        &self,
+        id: &str,
+        flags: &[&str],
+        command: &[&str],
+    ) -> Result<CtrOutput, HarnessError> {
+        self.ctr_ok(&ctr_run_args(
+            RunMode::Detach,
+            flags,
+            &self.rootfs(),
+            id,
+            command,
+        )?)
     }
 
     /// Stops containerd (SIGTERM by pid, waits; SIGKILL after 15 s). Shims keep running.
     pub fn stop(&mut self) -> Result<(), HarnessError> {
-        if let Some(mut child) = self.child.take() {
-            terminate_child(&mut child).map_err(|e| HarnessError::io("stopping containerd", e))?;
-        }
-        Ok(())
+        Ok(self.containerd.stop()?)
     }
 
     /// Starts containerd again with the same config and environment (after [`Self::stop`]).
     pub fn start_again(&mut self) -> Result<(), HarnessError> {
-        if self.child.is_none() {
-            self.spawn()?;
-        }
-        Ok(())
+        Ok(self.containerd.start_again()?)
     }
 
     /// SIGTERM, wait for exit, start again with the same config; returns once ready.
     /// Shims survive this and containerd reconnects to them.
     pub fn restart(&mut self) -> Result<(), HarnessError> {
-        self.stop()?;
-        self.spawn()
+        Ok(self.containerd.restart()?)
     }
 
     /// Pids of live processes that belong to this instance (shims, proxies), containerd excluded.
@@ -501,7 +568,7 @@ impl PrivateContainerd {
             .options
             .env
             .iter()
-            .find(|(k, _)| k == "SHIMTRACE_SPOOL_DIR")
+            .find(|(k, _)| k == shimtrace_span::env::SPOOL_DIR)
             .map(|(k, v)| env_entry(k, v));
         Ownership {
             address: self.address().into_os_string().into_encoded_bytes(),
@@ -514,100 +581,6 @@ impl PrivateContainerd {
             .chain([spool_dir])
             .flatten()
             .collect(),
-        }
-    }
-
-    fn write_config(&self) -> Result<(), HarnessError> {
-        let dir = self.dir();
-        let config = format!(
-            "version = {config_version}\n\
-             root = \"{root}\"\n\
-             state = \"{state}\"\n\
-             disabled_plugins = {disabled}\n\
-             [grpc]\n  address = \"{grpc}\"\n\
-             [ttrpc]\n  address = \"{ttrpc}\"\n\
-             {extra}\n",
-            config_version = self.version.config_version(),
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            disabled = self.version.disabled_plugins(),
-            grpc = self.address().display(),
-            ttrpc = self.ttrpc_address().display(),
-            extra = self.options.extra_config,
-        );
-        fs::write(self.config_path(), config)
-            .map_err(|e| HarnessError::io(format!("writing {}", self.config_path().display()), e))
-    }
-
-    fn spawn(&mut self) -> Result<(), HarnessError> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(|e| HarnessError::io(format!("opening {}", self.log_path().display()), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| HarnessError::io("duplicating the log file handle", e))?;
-        let mut path_dirs = self.options.extra_path.clone();
-        path_dirs.push(self.version.bin_dir().to_owned());
-        path_dirs.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ));
-        let path = std::env::join_paths(path_dirs)
-            .map_err(|e| HarnessError::io("building PATH", std::io::Error::other(e)))?;
-        let mut command = Command::new(self.version.containerd());
-        command
-            .arg("--config")
-            .arg(self.config_path())
-            .env("PATH", path)
-            .env(INSTANCE_MARKER_ENV, self.dir())
-            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        if let Some(level) = &self.options.log_level {
-            command.arg("--log-level").arg(level);
-        }
-        let child = command.spawn().map_err(|e| {
-            HarnessError::io(
-                format!("starting {}", self.version.containerd().display()),
-                e,
-            )
-        })?;
-        self.child = Some(child);
-        self.wait_ready()
-    }
-
-    fn wait_ready(&mut self) -> Result<(), HarnessError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(HarnessError::ExitedEarly {
-                        version: self.version.version.clone(),
-                        status,
-                        log: self.log_path(),
-                        log_tail: tail(&self.log(), 40),
-                    });
-                }
-            }
-            if let Ok(out) = self.ctr_timeout(&["version"], Duration::from_secs(5)) {
-                // ctr prints the client version even when the server is not up yet; the server's
-                // section only appears once containerd answers.
-                if out.success() && out.stdout.contains("Server:") {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(HarnessError::NotReady {
-                    version: self.version.version.clone(),
-                    timeout: READY_TIMEOUT,
-                    log: self.log_path(),
-                    log_tail: tail(&self.log(), 40),
-                });
-            }
-            thread::sleep(POLL_INTERVAL);
         }
     }
 
@@ -651,9 +624,9 @@ impl PrivateContainerd {
     }
 }
 
-impl Drop for PrivateContainerd {
+impl Drop for TestContainerd {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self.containerd.is_running() {
             self.delete_all_tasks();
         }
         let _ = self.stop();
@@ -864,24 +837,6 @@ fn remove_namespace_leftovers(ns: &str) {
     }
 }
 
-fn terminate_child(child: &mut Child) -> std::io::Result<()> {
-    if child.try_wait()?.is_some() {
-        return Ok(());
-    }
-    if let Ok(raw) = i32::try_from(child.id()) {
-        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-    child.kill()?;
-    child.wait().map(|_| ())
-}
-
 enum RunError {
     Timeout,
     Io(std::io::Error),
@@ -940,38 +895,6 @@ fn path_str(path: &Path) -> Result<&str, HarnessError> {
     })
 }
 
-/// busybox applets linked in the rootfs.
-pub const BUSYBOX_APPLETS: [&str; 15] = [
-    "sh", "echo", "true", "false", "sleep", "cat", "uname", "ls", "wc", "date", "httpd", "dmesg",
-    "ip", "env", "kill",
-];
-
-/// Builds a minimal rootfs at `target`: `/bin/busybox` (from busybox-static) with applet symlinks
-/// ([`BUSYBOX_APPLETS`]) and empty `proc sys dev tmp etc`. Usable with `ctr run --rootfs`.
-pub fn build_busybox_rootfs(target: &Path) -> Result<(), HarnessError> {
-    let busybox = Path::new("/bin/busybox");
-    if !busybox.is_file() {
-        return Err(HarnessError::Rootfs(
-            "/bin/busybox is missing: `apt-get install busybox-static` (scripts/install-containerd-matrix.sh does)"
-                .into(),
-        ));
-    }
-    let io = |action: String| move |e| HarnessError::io(action, e);
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        let dir = target.join(sub);
-        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    }
-    let copy = target.join("bin/busybox");
-    fs::copy(busybox, &copy).map_err(io(format!("copying /bin/busybox to {}", copy.display())))?;
-    for applet in BUSYBOX_APPLETS {
-        let link = target.join("bin").join(applet);
-        if fs::symlink_metadata(&link).is_err() {
-            symlink("busybox", &link).map_err(io(format!("linking {}", link.display())))?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1005,6 +928,37 @@ mod tests {
     }
 
     #[test]
+    fn ctr_run_puts_flags_before_the_rootfs() {
+        let args = ctr_run_args(
+            RunMode::Detach,
+            &["--runtime", "io.containerd.traced-runc.v2"],
+            Path::new("/r"),
+            "c1",
+            &["/bin/sleep", "600"],
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            [
+                "run",
+                "-d",
+                "--runtime",
+                "io.containerd.traced-runc.v2",
+                "--rootfs",
+                "/r",
+                "c1",
+                "/bin/sleep",
+                "600"
+            ]
+        );
+        let args = ctr_run_args(RunMode::Remove, &[], Path::new("/r"), "c2", &["/bin/true"]);
+        assert_eq!(
+            args.unwrap(),
+            ["run", "--rm", "--rootfs", "/r", "c2", "/bin/true"]
+        );
+    }
+
+    #[test]
     fn config_version_follows_the_major() {
         let v = |s: &str| ContainerdVersion {
             version: s.into(),
@@ -1013,22 +967,6 @@ mod tests {
         assert_eq!(v("1.6.20").config_version(), 2);
         assert_eq!(v("1.7.24").config_version(), 2);
         assert_eq!(v("2.1.9").config_version(), 3);
-    }
-
-    #[test]
-    fn rootfs_has_busybox_and_applets() {
-        let dir = tempfile::tempdir().unwrap();
-        build_busybox_rootfs(dir.path()).unwrap();
-        // Building twice must not fail (idempotent).
-        build_busybox_rootfs(dir.path()).unwrap();
-        assert!(dir.path().join("bin/busybox").is_file());
-        assert_eq!(
-            fs::read_link(dir.path().join("bin/sh")).unwrap(),
-            Path::new("busybox")
-        );
-        for sub in ["proc", "sys", "dev", "tmp", "etc"] {
-            assert!(dir.path().join(sub).is_dir(), "{sub}");
-        }
     }
 
     #[test]

@@ -2,17 +2,29 @@
 //! spool and run directories, and helpers to read and await the spans it records.
 
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use shimtrace_span::naming::ShimName;
 use shimtrace_span::spool::read_spool;
 use shimtrace_span::SpanRecord;
 
-use crate::containerd::{ContainerdVersion, HarnessError, Options, PrivateContainerd};
+use crate::containerd::{ContainerdVersion, HarnessError, Options, TestContainerd};
 use crate::tmpfs::TmpfsMount;
 
-/// The runtime name under which tests run containers through the wrapper.
-pub const TRACED_RUNC: &str = "io.containerd.traced-runc.v2";
 pub use shimtrace_span::naming::WRAPPER_BINARY;
+
+/// The real shim the tests wrap: containerd's runc shim, `containerd-shim-runc-v2`.
+pub fn runc_shim() -> ShimName {
+    ShimName {
+        inner: "runc".into(),
+        version: "v2".into(),
+    }
+}
+
+/// The runtime name under which tests run containers through the wrapper
+/// (`io.containerd.traced-runc.v2`).
+pub static TRACED_RUNC: LazyLock<String> = LazyLock::new(|| runc_shim().traced_runtime());
 
 /// The built wrapper binary: `$SHIMTRACE_WRAPPER_BIN`, else beside this test's target directory
 /// (`cargo build` builds it; `.ci/run` does so before the tests).
@@ -43,7 +55,7 @@ pub fn built_binary(name: &str) -> PathBuf {
 
 /// A private containerd whose shims can be wrapped, and where the wrapper keeps its spans.
 pub struct Traced {
-    pub containerd: PrivateContainerd,
+    pub containerd: TestContainerd,
     pub spool: PathBuf,
     pub run_dir: PathBuf,
     /// With `tmpfs_state`, the run dir is a tmpfs too (it is under `/run` on real nodes);
@@ -73,7 +85,7 @@ impl Traced {
             .map_err(|e| HarnessError::io("creating the test dir", e))?;
         let bin = dirs.path().join("bin");
         std::fs::create_dir_all(&bin).map_err(|e| HarnessError::io("creating bin dir", e))?;
-        std::os::unix::fs::symlink(wrapper_binary(), bin.join("containerd-shim-traced-runc-v2"))
+        std::os::unix::fs::symlink(wrapper_binary(), bin.join(runc_shim().traced_binary()))
             .map_err(|e| HarnessError::io("linking the wrapper", e))?;
         let spool = options.spool.unwrap_or_else(|| dirs.path().join("spool"));
         let run_dir = dirs.path().join("run");
@@ -92,7 +104,7 @@ impl Traced {
         // redirect the wrapper.
         std::fs::write(dirs.path().join("config.toml"), "")
             .map_err(|e| HarnessError::io("writing the config", e))?;
-        let containerd = PrivateContainerd::start(&version, extra)?;
+        let containerd = TestContainerd::start(&version, extra)?;
         Ok(Traced {
             containerd,
             spool,
@@ -140,25 +152,16 @@ impl Traced {
     /// Starts `/bin/sleep 600` detached as container `id` through the wrapper; `flags` are extra
     /// `ctr run` flags (e.g. an annotation).
     pub fn run_sleeper(&self, id: &str, flags: &[&str]) {
-        let rootfs = self.containerd.rootfs();
-        let mut args = vec!["run", "-d"];
-        args.extend_from_slice(&self.runtime_flags());
-        args.extend_from_slice(flags);
-        args.extend_from_slice(&[
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            id,
-            "/bin/sleep",
-            "600",
-        ]);
+        let mut all_flags = self.runtime_flags().to_vec();
+        all_flags.extend_from_slice(flags);
         self.containerd
-            .ctr_ok(&args)
+            .run_detached(id, &all_flags, &["/bin/sleep", "600"])
             .unwrap_or_else(|e| panic!("ctr run -d {id}: {e}"));
     }
 
     /// `ctr run` flags selecting the traced runtime.
     pub fn runtime_flags(&self) -> [&'static str; 2] {
-        ["--runtime", TRACED_RUNC]
+        ["--runtime", TRACED_RUNC.as_str()]
     }
 }
 
@@ -214,4 +217,18 @@ pub fn pids_with_cmdline(needles: &[&str]) -> Vec<u32> {
         })
         .filter(|pid| alive(*pid))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traced_runtime_wraps_the_runc_shim() {
+        assert_eq!(TRACED_RUNC.as_str(), "io.containerd.traced-runc.v2");
+        assert_eq!(
+            runc_shim().traced_binary(),
+            "containerd-shim-traced-runc-v2"
+        );
+    }
 }

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use shimtrace_containerd::private::{PrivateConfig, PrivateContainerd};
 use shimtrace_containerd::rootfs;
-use shimtrace_containerd::{Containerd, PrivateContainerd, PrivateContainerdConfig, RunSpec};
+use shimtrace_containerd::{Containerd, RunSpec, DEFAULT_NAMESPACE};
 use shimtrace_lab::profiles::{write_runsc_wrapper, Network};
 use shimtrace_lab::write_probe;
 
@@ -27,11 +28,13 @@ async fn fixture() -> Fixture {
     write_probe(&probe).unwrap();
     let rootfs_dir = dir.path().join("rootfs");
     rootfs::build_rootfs(&rootfs_dir, Path::new("/bin/busybox"), &probe).unwrap();
-    let private =
-        PrivateContainerd::start(PrivateContainerdConfig::new(dir.path().join("containerd")))
-            .await
-            .unwrap();
-    let client = Containerd::connect(private.socket()).await.unwrap();
+    let mut config = PrivateConfig::new(dir.path().join("containerd"));
+    config.remove_containers_in = vec![DEFAULT_NAMESPACE.into()];
+    let private = tokio::task::spawn_blocking(move || PrivateContainerd::start(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let client = Containerd::connect(private.address()).await.unwrap();
     Fixture {
         io: dir.path().join("io"),
         rootfs: rootfs_dir,
@@ -44,7 +47,7 @@ async fn fixture() -> Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        self.private.stop();
+        let _ = self.private.stop();
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use shimtrace_containerd::{oci_arch, Containerd, ContainerdError, RunSpec};
-use shimtrace_testkit::containerd::{ContainerdVersion, Options, PrivateContainerd};
+use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
 const IMAGE: &str = "shimtrace/busybox:test";
 const IMAGE_ENV: &str = "SHIMTRACE_FROM_IMAGE=yes";
@@ -78,7 +78,7 @@ fn build_oci_archive(rootfs: &Path, name: &str, archive: &Path) -> String {
 
 struct Fixture {
     // Dropped first: the private containerd is stopped before its directory goes.
-    containerd: PrivateContainerd,
+    containerd: TestContainerd,
     client: Containerd,
     io: PathBuf,
     diff_id: String,
@@ -86,7 +86,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let containerd = PrivateContainerd::start(
+    let containerd = TestContainerd::start(
         &ContainerdVersion::find("1.6.20").unwrap(),
         Options::default(),
     )

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shimtrace_testkit::containerd::{ContainerdVersion, Options, PrivateContainerd};
+use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
 fn exe_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
 /// `(pid, status)` of task `id` from `ctr tasks ls` ("TASK PID STATUS").
-fn task(containerd: &PrivateContainerd, id: &str) -> Option<(u32, String)> {
+fn task(containerd: &TestContainerd, id: &str) -> Option<(u32, String)> {
     let tasks = containerd.ctr_ok(&["tasks", "ls"]).expect("ctr tasks ls");
     let line = tasks
         .stdout
@@ -20,7 +20,7 @@ fn task(containerd: &PrivateContainerd, id: &str) -> Option<(u32, String)> {
     Some((fields.next()?.parse().ok()?, fields.next()?.to_owned()))
 }
 
-fn task_status(containerd: &PrivateContainerd, id: &str) -> Option<String> {
+fn task_status(containerd: &TestContainerd, id: &str) -> Option<String> {
     task(containerd, id).map(|(_, status)| status)
 }
 
@@ -35,18 +35,9 @@ fn wait_gone(pid: u32) -> bool {
 fn restart_and_drop(version: &str) {
     let version = ContainerdVersion::find(version).expect("containerd version installed");
     let mut containerd =
-        PrivateContainerd::start(&version, Options::default()).expect("containerd starts");
-    let rootfs = containerd.rootfs();
+        TestContainerd::start(&version, Options::default()).expect("containerd starts");
     containerd
-        .ctr_ok(&[
-            "run",
-            "-d",
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            "sleeper",
-            "/bin/sleep",
-            "600",
-        ])
+        .run_detached("sleeper", &[], &["/bin/sleep", "600"])
         .expect("ctr run -d sleep");
     let (container_pid, status) = task(&containerd, "sleeper").expect("task listed");
     assert_eq!(status, "RUNNING");

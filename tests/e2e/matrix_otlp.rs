@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shimtrace_bootstrap_shim::REQUEST_LOG_ENV;
 use shimtrace_testkit::containerd::bootstrap::bootstrap_shim_binary;
-use shimtrace_testkit::containerd::{ContainerdVersion, Options, PrivateContainerd};
+use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 use shimtrace_testkit::otlp::otlp_http_receiver;
 
 /// `traceparent` values of each logged call, by method.
@@ -26,9 +26,9 @@ fn traceparents(log: &Path, method: &str) -> Vec<Option<String>> {
         .collect()
 }
 
-fn run_create(options: Options, log: &Path) -> PrivateContainerd {
+fn run_create(options: Options, log: &Path) -> TestContainerd {
     let version = ContainerdVersion::find("2.1.9").expect("containerd 2.1.9 installed");
-    let containerd = PrivateContainerd::start(&version, options.env(REQUEST_LOG_ENV, log))
+    let containerd = TestContainerd::start(&version, options.env(REQUEST_LOG_ENV, log))
         .expect("containerd 2.1.9 starts");
     let shim = bootstrap_shim_binary().expect("bootstrap shim built");
     let out = containerd

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use shimtrace_testkit::containerd::{ContainerdVersion, Options, PrivateContainerd};
+use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
 /// Logs argv, environment and stdin of each call, runs the real shim with the same stdin and
 /// relays its stdout (start's reply) after recording it.
@@ -80,20 +80,13 @@ fn pin_protocol(version: &str) {
     let options = Options::default()
         .env("MX_LOG_DIR", &log_dir)
         .env("MX_REAL_SHIM", version.runc_shim());
-    let containerd = PrivateContainerd::start(&version, options).expect("containerd starts");
-    let rootfs = containerd.rootfs();
+    let containerd = TestContainerd::start(&version, options).expect("containerd starts");
     containerd
-        .ctr_ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            wrapper.to_str().unwrap(),
-            "--rootfs",
-            rootfs.to_str().unwrap(),
+        .run_detached(
             "proto",
-            "/bin/sleep",
-            "60",
-        ])
+            &["--runtime", wrapper.to_str().unwrap()],
+            &["/bin/sleep", "60"],
+        )
         .expect("ctr run -d through the logging wrapper");
 
     let starts = calls(&log_dir, "start");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use shimtrace_testkit::containerd::bootstrap::{
     BootstrapStart, Containerd23Peer, MINIMAL_OCI_SPEC,
 };
-use shimtrace_testkit::containerd::{ContainerdVersion, Options, PrivateContainerd};
+use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
 fn rust_runc_shim() -> PathBuf {
     let path = PathBuf::from("/opt/shimtrace/rust-runc-shim/bin/containerd-shim-runc-v2-rs");
@@ -24,7 +24,7 @@ fn rust_runc_shim() -> PathBuf {
 fn runs_containers_under_containerd_2_1_9() {
     let shim = rust_runc_shim();
     let version = ContainerdVersion::find("2.1.9").expect("containerd 2.1.9 installed");
-    let containerd = PrivateContainerd::start(&version, Options::default()).expect("containerd");
+    let containerd = TestContainerd::start(&version, Options::default()).expect("containerd");
     let runtime = ["--runtime", shim.to_str().unwrap()];
 
     let echo = containerd

@@ -2,13 +2,13 @@
 
 use std::time::Instant;
 
-use shimtrace_testkit::containerd::{ContainerdVersion, Options, PrivateContainerd};
+use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
 fn smoke(version: &str) {
     let started = Instant::now();
     let version = ContainerdVersion::find(version).expect("containerd version installed");
     let containerd =
-        PrivateContainerd::start(&version, Options::default()).expect("containerd starts");
+        TestContainerd::start(&version, Options::default()).expect("containerd starts");
     let ready = started.elapsed();
 
     let echo = containerd

@@ -35,7 +35,7 @@ fn gvisor_through_wrapper(version: &str) {
             .expect("containerd API")
             .with_namespace(c.namespace());
         let mut spec = RunSpec::new(id, c.rootfs(), ["/bin/uname", "-r"], c.dir().join("io"));
-        spec.runtime = TRACED_RUNC.into();
+        spec.runtime = TRACED_RUNC.clone();
         spec.runtime_options = Some(RuncOptions {
             binary_name: Some(runsc.display().to_string()),
             ..Default::default()

@@ -1,0 +1,579 @@
+//! A containerd of our own beside any other: one directory holds its config, root, state, gRPC and
+//! ttrpc sockets and log; it is started with the caller's environment and `PATH`, awaited until its
+//! socket answers, stopped by pid (SIGTERM, then SIGKILL), and stopped when dropped.
+//!
+//! ```no_run
+//! use shimtrace_containerd::private::{PrivateConfig, PrivateContainerd};
+//! let mut config = PrivateConfig::new("/tmp/my-containerd");
+//! config.path_prepend.push("/opt/shims".into());
+//! let containerd = PrivateContainerd::start(config)?;
+//! println!("containerd {} at {}", containerd.binary().version(), containerd.address().display());
+//! # Ok::<(), shimtrace_containerd::private::PrivateError>(())
+//! ```
+//!
+//! Which config schema a containerd wants follows from its major version (`containerd --version`):
+//! 2 for 1.x, 3 for 2.x ([`ContainerdBinary`], [`config_version_of`]).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use shimtrace_span::naming::find_in_path;
+
+/// The `PATH` used when this process has none.
+const FALLBACK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What can go wrong starting, probing or stopping a private containerd.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateError {
+    #[error(
+        "containerd binary {0} not found (install containerd, or name the path of its binary)"
+    )]
+    NotFound(PathBuf),
+    #[error("cannot run `{path} --version`: {source} (is it a containerd binary?)")]
+    Run {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{path} --version` printed {output:?}, which names no containerd version (is it a containerd binary?)")]
+    UnknownVersion { path: PathBuf, output: String },
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("containerd {version} did not answer on {address} within {timeout:?} (see its log {log}: {last_lines})")]
+    NotReady {
+        version: String,
+        address: PathBuf,
+        timeout: Duration,
+        log: PathBuf,
+        last_lines: String,
+    },
+    #[error("containerd {version} exited during startup with {status} (see its log {log}: {last_lines})")]
+    ExitedEarly {
+        version: String,
+        status: ExitStatus,
+        log: PathBuf,
+        last_lines: String,
+    },
+}
+
+impl PrivateError {
+    fn io(action: impl Into<String>) -> impl FnOnce(io::Error) -> PrivateError {
+        let action = action.into();
+        move |source| PrivateError::Io { action, source }
+    }
+
+    /// The containerd log that explains a failed start, if this is one.
+    pub fn log(&self) -> Option<&Path> {
+        match self {
+            PrivateError::NotReady { log, .. } | PrivateError::ExitedEarly { log, .. } => Some(log),
+            _ => None,
+        }
+    }
+}
+
+/// A containerd executable and the version it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdBinary {
+    path: PathBuf,
+    version: String,
+}
+
+impl ContainerdBinary {
+    /// Runs `<path> --version` (a bare name is looked up on `PATH`) and reads the version from it.
+    pub fn probe(path: &Path) -> Result<ContainerdBinary, PrivateError> {
+        let output = Command::new(path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|source| PrivateError::Run {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = parse_version(&text).ok_or_else(|| PrivateError::UnknownVersion {
+            path: path.to_path_buf(),
+            output: text.trim().to_owned(),
+        })?;
+        Ok(ContainerdBinary {
+            path: path.to_path_buf(),
+            version: version.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The version, e.g. "1.6.20" or "2.1.9" (no packaging suffix).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The major version (1 or 2).
+    pub fn major(&self) -> u32 {
+        major_of(&self.version)
+    }
+
+    /// The config schema this containerd reads: 2 for 1.x, 3 for 2.x.
+    pub fn config_version(&self) -> u32 {
+        config_version_for_major(self.major())
+    }
+}
+
+/// The version in `containerd --version` output: `containerd github.com/containerd/containerd
+/// 1.6.20~ds1 1.6.20~ds1-1+deb12u3` → "1.6.20"; `containerd github.com/containerd/containerd/v2
+/// v2.1.9 <revision>` or `… 2.1.9+unknown` → "2.1.9".
+pub fn parse_version(output: &str) -> Option<&str> {
+    output.split_whitespace().find_map(|word| {
+        let version = word.trim_start_matches('v').split(['~', '+', '-']).next()?;
+        let parts: Vec<&str> = version.split('.').collect();
+        let numeric = parts.len() >= 2
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        (numeric && major_of(version) >= 1).then_some(version)
+    })
+}
+
+/// The major of a version string ("2.1.9" → 2); 0 if it has none.
+pub fn major_of(version: &str) -> u32 {
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The config schema a containerd of major version `major` reads: 2 for 1.x, 3 for 2.x.
+pub fn config_version_for_major(major: u32) -> u32 {
+    if major >= 2 {
+        3
+    } else {
+        2
+    }
+}
+
+/// The config schema `binary` reads; that of containerd 1.x (2) when its version cannot be read.
+pub fn config_version_of(binary: &Path) -> u32 {
+    ContainerdBinary::probe(binary)
+        .map(|b| b.config_version())
+        .unwrap_or_else(|_| config_version_for_major(1))
+}
+
+/// The config file of a private containerd whose files all live under `dir` (root, state, gRPC
+/// socket `c.sock`, ttrpc socket `c.sock.ttrpc`), in schema `config_version`; the CRI plugins are
+/// disabled so that no CNI or image setup is needed. `extra` is appended verbatim (start it with
+/// its own `[table]` header).
+pub fn config_toml(dir: &Path, config_version: u32, extra: &str) -> String {
+    let disabled = if config_version >= 3 {
+        r#"["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]"#
+    } else {
+        r#"["io.containerd.grpc.v1.cri"]"#
+    };
+    let quoted = |path: PathBuf| toml::Value::String(path.display().to_string()).to_string();
+    let mut config = format!(
+        "version = {config_version}\nroot = {root}\nstate = {state}\ndisabled_plugins = {disabled}\n\
+         [grpc]\n  address = {grpc}\n[ttrpc]\n  address = {ttrpc}\n",
+        root = quoted(root_dir(dir)),
+        state = quoted(state_dir(dir)),
+        grpc = quoted(address(dir)),
+        ttrpc = quoted(ttrpc_address(dir)),
+    );
+    if !extra.is_empty() {
+        config.push_str(extra);
+        config.push('\n');
+    }
+    config
+}
+
+fn root_dir(dir: &Path) -> PathBuf {
+    dir.join("root")
+}
+
+fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
+}
+
+fn address(dir: &Path) -> PathBuf {
+    dir.join("c.sock")
+}
+
+fn ttrpc_address(dir: &Path) -> PathBuf {
+    dir.join("c.sock.ttrpc")
+}
+
+/// How to start a [`PrivateContainerd`].
+#[derive(Debug, Clone)]
+pub struct PrivateConfig {
+    /// The containerd executable; a bare name is looked up on the `PATH` containerd gets
+    /// (default: `containerd`).
+    pub binary: PathBuf,
+    /// Directory for config, root, state, sockets and log (created if missing; never removed).
+    pub dir: PathBuf,
+    /// Extra environment for containerd, inherited by every shim it starts (e.g.
+    /// `SHIMTRACE_SPOOL_DIR`).
+    pub env: Vec<(OsString, OsString)>,
+    /// Directories put in front of this process's `PATH` for containerd (where it finds shims).
+    pub path_prepend: Vec<PathBuf>,
+    /// `--log-level` for containerd; "debug" also makes it pass `-debug` to shims.
+    pub log_level: Option<String>,
+    /// TOML appended verbatim to the generated config; start it with its own `[table]` header.
+    pub extra_config: String,
+    /// How long to wait for the gRPC socket to answer (default 20 s).
+    pub ready_timeout: Duration,
+    /// How long containerd gets to exit after SIGTERM before it is killed (default 15 s).
+    pub stop_timeout: Duration,
+    /// Namespaces whose containers made by the gRPC driver ([`crate::Containerd`]) are removed
+    /// before containerd is stopped, so that none outlives it.
+    #[cfg(feature = "client")]
+    pub remove_containers_in: Vec<String>,
+}
+
+impl PrivateConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> PrivateConfig {
+        PrivateConfig {
+            binary: PathBuf::from("containerd"),
+            dir: dir.into(),
+            env: Vec::new(),
+            path_prepend: Vec::new(),
+            log_level: None,
+            extra_config: String::new(),
+            ready_timeout: Duration::from_secs(20),
+            stop_timeout: Duration::from_secs(15),
+            #[cfg(feature = "client")]
+            remove_containers_in: Vec::new(),
+        }
+    }
+
+    /// Adds one environment variable (builder style).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A running containerd of our own (see the module docs); stopped when dropped.
+#[derive(Debug)]
+pub struct PrivateContainerd {
+    config: PrivateConfig,
+    binary: ContainerdBinary,
+    path: OsString,
+    child: Option<Child>,
+}
+
+impl PrivateContainerd {
+    /// Finds the binary and its version, writes the config, starts containerd and returns once its
+    /// gRPC socket accepts connections.
+    pub fn start(config: PrivateConfig) -> Result<PrivateContainerd, PrivateError> {
+        let mut path_dirs = config.path_prepend.clone();
+        path_dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
+        ));
+        let path = std::env::join_paths(path_dirs)
+            .map_err(|e| PrivateError::io("building containerd's PATH")(io::Error::other(e)))?;
+        let resolved = if config.binary.components().count() > 1 {
+            Some(config.binary.clone()).filter(|p| p.is_file())
+        } else {
+            config
+                .binary
+                .to_str()
+                .and_then(|name| find_in_path(name, &path))
+        };
+        let resolved = resolved.ok_or_else(|| PrivateError::NotFound(config.binary.clone()))?;
+        let binary = ContainerdBinary::probe(&resolved)?;
+        fs::create_dir_all(&config.dir).map_err(PrivateError::io(format!(
+            "creating {}",
+            config.dir.display()
+        )))?;
+        let mut private = PrivateContainerd {
+            config,
+            binary,
+            path,
+            child: None,
+        };
+        let config_path = private.config_path();
+        let toml = config_toml(
+            private.dir(),
+            private.binary.config_version(),
+            &private.config.extra_config,
+        );
+        fs::write(&config_path, toml).map_err(PrivateError::io(format!(
+            "writing {}",
+            config_path.display()
+        )))?;
+        private.spawn()?;
+        Ok(private)
+    }
+
+    /// The binary this instance runs, with its version.
+    pub fn binary(&self) -> &ContainerdBinary {
+        &self.binary
+    }
+
+    /// What it was started with.
+    pub fn config(&self) -> &PrivateConfig {
+        &self.config
+    }
+
+    /// The instance's directory (config, root, state, sockets, log).
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// containerd's gRPC socket (what shims get as `-address`).
+    pub fn address(&self) -> PathBuf {
+        address(self.dir())
+    }
+
+    /// containerd's ttrpc socket (what shims get as `TTRPC_ADDRESS`).
+    pub fn ttrpc_address(&self) -> PathBuf {
+        ttrpc_address(self.dir())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("config.toml")
+    }
+
+    /// containerd's `state` dir; bundles are at `<state>/io.containerd.runtime.v2.task/<ns>/<id>/`.
+    pub fn state_dir(&self) -> PathBuf {
+        state_dir(self.dir())
+    }
+
+    pub fn root_dir(&self) -> PathBuf {
+        root_dir(self.dir())
+    }
+
+    /// containerd's combined stdout/stderr (appended across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir().join("containerd.log")
+    }
+
+    /// The whole containerd log so far (empty if unreadable).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// containerd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether containerd was started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Stops containerd: SIGTERM by pid, then SIGKILL after the stop timeout. Shims keep running
+    /// (except that containers in [`PrivateConfig::remove_containers_in`] are removed first).
+    pub fn stop(&mut self) -> Result<(), PrivateError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        #[cfg(feature = "client")]
+        if !self.config.remove_containers_in.is_empty() {
+            crate::client::remove_driven_containers(
+                &self.address(),
+                &self.config.remove_containers_in,
+            );
+        }
+        terminate(&mut child, self.config.stop_timeout)
+            .map_err(PrivateError::io("stopping containerd"))
+    }
+
+    /// Starts containerd again with the same config and environment, if it is stopped; returns once
+    /// it answers.
+    pub fn start_again(&mut self) -> Result<(), PrivateError> {
+        if self.child.is_none() {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// Stops containerd and starts it again with the same config; returns once it answers. Shims
+    /// survive this and containerd reconnects to them.
+    pub fn restart(&mut self) -> Result<(), PrivateError> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> Result<(), PrivateError> {
+        let log_path = self.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(PrivateError::io(format!("opening {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(PrivateError::io("duplicating the log file handle"))?;
+        let mut command = Command::new(self.binary.path());
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .env("PATH", &self.path)
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        if let Some(level) = &self.config.log_level {
+            command.arg("--log-level").arg(level);
+        }
+        let child = command.spawn().map_err(PrivateError::io(format!(
+            "starting {}",
+            self.binary.path().display()
+        )))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), PrivateError> {
+        let address = self.address();
+        let deadline = Instant::now() + self.config.ready_timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(PrivateError::ExitedEarly {
+                        version: self.binary.version.clone(),
+                        status,
+                        log: self.log_path(),
+                        last_lines: last_lines(&self.log(), 3),
+                    });
+                }
+            }
+            // containerd listens on its gRPC socket only once every plugin is loaded and its ttrpc
+            // socket is up, so a connection means it serves.
+            if UnixStream::connect(&address).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(PrivateError::NotReady {
+                    version: self.binary.version.clone(),
+                    address,
+                    timeout: self.config.ready_timeout,
+                    log: self.log_path(),
+                    last_lines: last_lines(&self.log(), 3),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// SIGTERM by pid, wait up to `timeout`, then SIGKILL and reap.
+fn terminate(child: &mut Child, timeout: Duration) -> io::Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    if let Ok(raw) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+    child.kill()?;
+    child.wait().map(|_| ())
+}
+
+/// The last `n` lines of `text` on one line, joined by " | ".
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_from_every_packaging() {
+        let cases = [
+            (
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n",
+                "1.6.20",
+            ),
+            (
+                "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1\n",
+                "1.7.24",
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 2.1.9+unknown \n",
+                "2.1.9",
+            ),
+            (
+                "containerd containerd.io v2.0.4 1a43cb6a1035441f9aca8f5666a9b3ef9e70ab20\n",
+                "2.0.4",
+            ),
+        ];
+        for (output, version) in cases {
+            assert_eq!(parse_version(output), Some(version), "{output}");
+        }
+        assert_eq!(parse_version("containerd: command not found"), None);
+        assert_eq!(parse_version(""), None);
+    }
+
+    #[test]
+    fn config_version_follows_the_major() {
+        assert_eq!(config_version_for_major(major_of("1.6.20")), 2);
+        assert_eq!(config_version_for_major(major_of("1.7.24")), 2);
+        assert_eq!(config_version_for_major(major_of("2.1.9")), 3);
+        // A binary that cannot say its version is taken for 1.x.
+        assert_eq!(config_version_of(Path::new("/nonexistent/containerd")), 2);
+    }
+
+    #[test]
+    fn private_config_disables_cri_for_both_versions() {
+        let v2 = config_toml(Path::new("/d"), 2, "");
+        assert!(v2.starts_with("version = 2\n"));
+        assert!(v2.contains(r#"address = "/d/c.sock""#), "{v2}");
+        assert!(!v2.contains("io.containerd.cri.v1.runtime"));
+        let v3 = config_toml(Path::new("/d"), 3, "[debug]\n  level = \"debug\"");
+        assert!(v3.contains("io.containerd.cri.v1.runtime"));
+        let parsed: toml::Value = toml::from_str(&v3).unwrap();
+        assert_eq!(parsed["ttrpc"]["address"].as_str(), Some("/d/c.sock.ttrpc"));
+        assert_eq!(parsed["root"].as_str(), Some("/d/root"));
+        assert_eq!(parsed["state"].as_str(), Some("/d/state"));
+        assert_eq!(parsed["debug"]["level"].as_str(), Some("debug"));
+    }
+
+    #[test]
+    fn a_missing_binary_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = PrivateConfig::new(dir.path());
+        config.binary = "/nonexistent/containerd".into();
+        let err = PrivateContainerd::start(config).unwrap_err();
+        assert!(matches!(err, PrivateError::NotFound(_)), "{err}");
+        assert!(!err.to_string().contains('\n'));
+        let mut config = PrivateConfig::new(dir.path());
+        config.binary = "shimtrace-no-such-containerd".into();
+        assert!(matches!(
+            PrivateContainerd::start(config),
+            Err(PrivateError::NotFound(_))
+        ));
+    }
+}
