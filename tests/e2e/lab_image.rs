@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use shimtrace_containerd::{oci_arch, Containerd, ContainerdError, RunSpec};
+use shimtrace_testkit::cli::parse_args;
 use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
 const IMAGE: &str = "shimtrace/busybox:test";
@@ -217,27 +218,12 @@ async fn missing_or_packed_images_give_one_clear_line() {
     assert!(err.to_string().contains("overlayfs"));
 }
 
-/// The `shimtrace lab` command line, parsed the way the binary parses it.
-#[derive(clap::Parser)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Subcommand)]
-enum Command {
-    Lab(shimtrace_lab::LabArgs),
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_runs_every_profile_from_the_image_and_says_so() {
-    use clap::Parser;
     let f = fixture().await;
     let out = tempfile::tempdir().unwrap();
     let address = f.containerd.address();
-    let argv = [
-        "shimtrace",
-        "lab",
+    let args: shimtrace_lab::LabArgs = parse_args(&[
         "--address",
         address.to_str().unwrap(),
         "--namespace",
@@ -253,8 +239,7 @@ async fn lab_runs_every_profile_from_the_image_and_says_so() {
         "--untraced",
         "--out",
         out.path().to_str().unwrap(),
-    ];
-    let Command::Lab(args) = Cli::parse_from(argv).command;
+    ]);
     shimtrace_lab::run_async(args).await.unwrap();
 
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();

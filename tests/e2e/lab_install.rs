@@ -3,14 +3,8 @@
 
 use std::process::Command;
 
-use clap::Parser;
 use shimtrace_containerd::install::{install, InstallArgs};
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    install: InstallArgs,
-}
+use shimtrace_testkit::cli::parse_args;
 
 #[test]
 fn install_writes_a_config_containerd_loads() {
@@ -23,15 +17,13 @@ fn install_writes_a_config_containerd_loads() {
         "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n    NoPivotRoot = true\n",
     )
     .unwrap();
-    let args = Cli::parse_from([
-        "install",
+    let args: InstallArgs = parse_args(&[
         "--wrapper",
         wrapper.to_str().unwrap(),
         "--config",
         config.to_str().unwrap(),
         "--write",
-    ])
-    .install;
+    ]);
     let outcome = install(&args).unwrap();
     let link = dir.path().join("containerd-shim-traced-runc-v2");
     assert_eq!(std::fs::read_link(&link).unwrap(), wrapper);

@@ -2,33 +2,19 @@
 //! report section is present, the numbers parse, gVisor's kernel differs from the host's and runc's
 //! equals it; plus the errors a user can cause.
 
-use clap::Parser;
 use serde_json::Value;
 use shimtrace_lab::{LabArgs, LabError};
-
-/// The `shimtrace lab` command line, parsed the way the binary parses it.
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Subcommand)]
-enum Command {
-    Lab(LabArgs),
-}
+use shimtrace_testkit::cli::parse_args;
 
 /// `shimtrace lab` arguments; without an `--address` of the test's own, one where nothing
 /// answers, so the lab runs its private containerd even on a machine whose system containerd is up.
 fn lab_args(extra: &[&str]) -> LabArgs {
-    let mut argv = vec!["shimtrace", "lab"];
+    let mut argv = Vec::new();
     if !extra.contains(&"--address") {
         argv.extend(["--address", "/nonexistent/shimtrace-test/containerd.sock"]);
     }
     argv.extend(extra);
-    match Cli::parse_from(argv).command {
-        Command::Lab(args) => args,
-    }
+    parse_args(&argv)
 }
 
 fn number(cell: &str) -> f64 {
