@@ -4,6 +4,9 @@
 
 #[cfg(feature = "client")]
 mod client;
+#[cfg(feature = "cri")]
+pub mod cri;
+pub mod image;
 pub mod install;
 pub mod private;
 pub mod rootfs;
