@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
+use crate::counters::Counters;
 use crate::export::ExportConfig;
 use crate::ingest::{IngestError, IngestReport, Ingester};
-use crate::metrics::{serve_metrics, Counters, MetricsBindError, MetricsRenderer};
+use crate::metrics::{serve_metrics, MetricsBindError, MetricsRenderer};
 use crate::store::{Store, StoreError};
 
 /// How often ingest wakes without events to compact files whose writer has exited.

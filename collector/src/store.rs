@@ -21,6 +21,11 @@ pub const DEFAULT_DB: &str = "/var/lib/shimtrace/shimtrace.db";
 /// Environment variable overriding [`DEFAULT_DB`].
 pub use shimtrace_span::env::DB as DB_ENV;
 
+/// `meta` key of the continuous exporter's cursor: the last exported ingest sequence number.
+pub const EXPORT_CURSOR_KEY: &str = "otlp_export_cursor";
+/// `meta` key of the total spans exported over OTLP.
+pub const EXPORTED_KEY: &str = "otlp_exported_total";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shimtrace_collector::export::CURSOR_KEY;
-use shimtrace_collector::store::Store;
+use shimtrace_collector::store::{Store, EXPORT_CURSOR_KEY};
 use shimtrace_collector::synth::{generate_spool, SynthConfig};
 use shimtrace_span::SpanRecord;
 use shimtrace_testkit::otlp::{OtlpReceiver, Received, ReceivedSpan};
@@ -451,7 +450,7 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     }
     assert_eq!(histograms.len(), 3 * 6, "{histograms:?}");
     assert_eq!(
-        Store::open(&db).unwrap().meta(CURSOR_KEY).unwrap(),
+        Store::open(&db).unwrap().meta(EXPORT_CURSOR_KEY).unwrap(),
         0,
         "nothing was exported"
     );
@@ -496,7 +495,7 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     tokio::task::spawn_blocking(move || {
         wait_until("the export cursor to reach the end", || {
             let store = Store::open(&db2).ok()?;
-            (store.meta(CURSOR_KEY).ok()? == store.max_seq().ok()?).then_some(())
+            (store.meta(EXPORT_CURSOR_KEY).ok()? == store.max_seq().ok()?).then_some(())
         });
         wait_until("exported_total to reach 100", || {
             (metric(&scrape(metrics)?, "shimtrace_spans_exported_total")? == 100.0).then_some(())
