@@ -45,7 +45,7 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Metrics(#[from] MetricsBindError),
-    #[error("ingest thread failed: {0}")]
+    #[error("ingest thread failed: {0} (restart shimtrace serve; what was stored is kept and ingest resumes from the stored offsets)")]
     Thread(String),
 }
 

@@ -119,9 +119,9 @@ pub enum LabError {
         reason: String,
         private: String,
     },
-    #[error("no such profile: {0} (known: {1})")]
+    #[error("no such profile: {0} (pass --only with names among: {1})")]
     UnknownProfile(String, String),
-    #[error("cannot start the async runtime: {0}")]
+    #[error("cannot start the async runtime: {0} (check the process's limits on threads and open files)")]
     Runtime(std::io::Error),
     /// The report was written, but some of what was asked for could not be measured.
     #[error("the lab finished with errors (partial report in {}):\n{}", out.display(), lines.join("\n"))]
