@@ -26,13 +26,9 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLink
 use opentelemetry_sdk::Resource;
 use shimtrace_span::{attr, AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
-use crate::metrics::Counters;
-use crate::store::{Store, StoreError};
+use crate::counters::Counters;
+use crate::store::{Store, StoreError, EXPORTED_KEY, EXPORT_CURSOR_KEY};
 
-/// Store key of the continuous exporter's cursor (last exported ingest sequence number).
-pub const CURSOR_KEY: &str = "otlp_export_cursor";
-/// Store key of the total spans exported.
-pub const EXPORTED_KEY: &str = "otlp_exported_total";
 /// Resource attribute naming the runtime (inner shim and options).
 pub const RUNTIME_RESOURCE_ATTR: &str = "shimtrace.runtime";
 const BATCH: usize = 512;
@@ -435,7 +431,7 @@ pub async fn run_continuous(
         if *stop.borrow() {
             return Ok(());
         }
-        let cursor = store.meta(CURSOR_KEY)?;
+        let cursor = store.meta(EXPORT_CURSOR_KEY)?;
         let batch = store.spans_after(cursor, BATCH)?;
         if batch.is_empty() {
             tokio::select! {
@@ -451,7 +447,7 @@ pub async fn run_continuous(
         match exporter.export(&spans, &resolver).await {
             Ok(()) => {
                 let last = batch.last().map(|(seq, _)| *seq).unwrap_or(cursor);
-                store.set_meta(CURSOR_KEY, last)?;
+                store.set_meta(EXPORT_CURSOR_KEY, last)?;
                 store.set_meta(EXPORTED_KEY, store.meta(EXPORTED_KEY)? + spans.len() as u64)?;
                 counters
                     .exported

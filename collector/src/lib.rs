@@ -2,10 +2,12 @@
 //! per-container traces, and turns them into answers: timelines, the cold-start report,
 //! OpenTelemetry export (OTLP, Jaeger JSON) and Prometheus metrics.
 
+pub mod counters;
 pub mod export;
 pub mod ingest;
 pub mod jaeger;
 pub mod metrics;
+pub mod oneshot;
 pub mod report;
 pub mod serve;
 pub mod source;

@@ -21,6 +21,11 @@ pub const DEFAULT_DB: &str = "/var/lib/shimtrace/shimtrace.db";
 /// Environment variable overriding [`DEFAULT_DB`].
 pub use shimtrace_span::env::DB as DB_ENV;
 
+/// `meta` key of the continuous exporter's cursor: the last exported ingest sequence number.
+pub const EXPORT_CURSOR_KEY: &str = "otlp_export_cursor";
+/// `meta` key of the total spans exported over OTLP.
+pub const EXPORTED_KEY: &str = "otlp_exported_total";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
@@ -41,7 +46,7 @@ pub enum StoreError {
     },
     #[error("store {path} does not exist (run `shimtrace serve` to fill it, or read a spool with --spool DIR)")]
     Missing { path: PathBuf },
-    #[error("store query failed: {0}")]
+    #[error("store query failed: {0} (if another process holds the store, retry when it is done; if the store is damaged, move it aside and re-ingest the spool)")]
     Sql(#[from] rusqlite::Error),
     #[error("store {path} has layout version {found}, newer than this shimtrace knows ({SCHEMA_VERSION}): use the shimtrace that wrote it, or pass --db PATH (or set {DB_ENV}) to start a new store")]
     NewerSchema { path: PathBuf, found: i64 },
@@ -51,7 +56,7 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("store holds a span that does not parse ({trace_id}/{span_id}): {source}")]
+    #[error("store holds a span that does not parse ({trace_id}/{span_id}): {source} (the store is damaged: move it aside and re-ingest the spool)")]
     Corrupt {
         trace_id: String,
         span_id: String,
