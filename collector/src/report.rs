@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shimtrace_span::{names, SpanRecord};
 
-use crate::synth::WallTime;
+pub use crate::stats::Stats;
 use crate::timeline::fmt_ms;
 use crate::trace::{task_method, Phase, Trace};
 
@@ -21,39 +21,6 @@ pub enum Format {
     Md,
     Json,
     Html,
-}
-
-/// Latency statistics over a set of durations (nanoseconds; percentiles by nearest rank).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
-pub struct Stats {
-    pub n: usize,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub p99_ns: u64,
-    pub min_ns: u64,
-    pub max_ns: u64,
-}
-
-impl Stats {
-    /// Statistics of `values` (sorted in place); `None` for no values.
-    pub fn of(values: &mut [u64]) -> Option<Stats> {
-        if values.is_empty() {
-            return None;
-        }
-        values.sort_unstable();
-        let rank = |p: f64| {
-            let i = ((p / 100.0) * values.len() as f64).ceil() as usize;
-            values[i.clamp(1, values.len()) - 1]
-        };
-        Some(Stats {
-            n: values.len(),
-            p50_ns: rank(50.0),
-            p90_ns: rank(90.0),
-            p99_ns: rank(99.0),
-            min_ns: values[0],
-            max_ns: values[values.len() - 1],
-        })
-    }
 }
 
 /// One phase's statistics in a runtime.
@@ -614,18 +581,6 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_use_nearest_rank() {
-        let mut v: Vec<u64> = (1..=100).rev().collect();
-        let s = Stats::of(&mut v).unwrap();
-        assert_eq!(
-            (s.n, s.p50_ns, s.p90_ns, s.p99_ns, s.min_ns, s.max_ns),
-            (100, 50, 90, 99, 1, 100)
-        );
-        assert_eq!(Stats::of(&mut [7]).unwrap().p99_ns, 7);
-        assert!(Stats::of(&mut []).is_none());
-    }
-
-    #[test]
     fn report_has_every_phase_per_runtime_and_compares_wall_time() {
         let (spans, walls) = synthetic(60);
         let report = build_report(spans, 3, &walls, vec![]);
@@ -691,6 +646,14 @@ mod tests {
         assert!(html.contains("runsc blocks &lt;ptrace&gt;."));
         assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
     }
+}
+
+/// A client-observed wall time for one container (the report's optional input; `shimtrace synth`
+/// writes them beside its spool).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WallTime {
+    pub container_id: String,
+    pub wall_time_ns: u64,
 }
 
 /// A wall-time input that does not parse.

@@ -8,8 +8,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use shimtrace_collector::stats::Summary;
+
 use crate::isolation::{isolation_scores, IsolationRow};
-use crate::stats::Summary;
 
 /// Everything one lab run produced.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
