@@ -10,7 +10,6 @@ pub mod http;
 pub mod isolation;
 pub mod profiles;
 pub mod report;
-pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,11 +20,11 @@ use serde_json::Value;
 
 use profiles::{Network, Profile};
 use report::{ColdStart, HttpResult, LabReport, ProfileResult, RunRecord, Setup};
+use shimtrace_collector::stats::{ms, Summary};
 use shimtrace_containerd::private::{PrivateConfig, PrivateContainerd};
 use shimtrace_containerd::rootfs;
 use shimtrace_containerd::{Containerd, RunSpec};
 use shimtrace_span::naming::which;
-use stats::{ms, Summary};
 
 /// The static probe binary (built from `probe/` by this crate's build script).
 pub const PROBE_BINARY: &[u8] = include_bytes!(env!("SHIMTRACE_PROBE_PATH"));
