@@ -33,8 +33,13 @@ pub enum ResolveError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid shimtrace config {path}: {message}")]
-    ConfigParse { path: PathBuf, message: String },
+    #[error("invalid shimtrace config {path}{at}: {message}; fix it (the wrapper does not guess which shim to run while its config is broken)")]
+    ConfigParse {
+        path: PathBuf,
+        /// `, line L, column C` when the parser knows where.
+        at: String,
+        message: String,
+    },
     #[error("config {config} maps runtime {runtime} to {inner:?}, which is not an absolute path to an executable file")]
     BadOverride {
         config: String,
@@ -69,6 +74,11 @@ pub struct Config {
 impl Config {
     /// Loads `$SHIMTRACE_CONFIG`, else the default path; a missing default file is an empty config,
     /// a missing explicitly named one is an error.
+    ///
+    /// A config that exists but cannot be read or parsed (a syntax error, an unknown key) is an
+    /// error too, never an empty config: looking the inner shim up on `PATH` instead could run a
+    /// different shim than the one configured, which is worse than a container that fails to start
+    /// with an error naming the file and line.
     pub fn load() -> Result<Config, ResolveError> {
         match std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
             Some(path) => Config::load_from(Path::new(&path), true),
@@ -91,7 +101,16 @@ impl Config {
         };
         let mut config: Config = toml::from_str(&text).map_err(|e| ResolveError::ConfigParse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            at: e
+                .span()
+                .map(|span| {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+                    format!(", line {line}, column {column}")
+                })
+                .unwrap_or_default(),
+            message: e.message().trim().to_string(),
         })?;
         config.source = Some(path.to_path_buf());
         Ok(config)
@@ -270,6 +289,14 @@ mod tests {
         std::fs::write(&cfg_path, "[runtimes.x]\nbogus = 1\n").unwrap();
         let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
         assert!(err.contains("invalid shimtrace config"), "{err}");
+        assert!(
+            err.contains(cfg_path.to_str().unwrap()) && err.contains("line 2, column 1"),
+            "{err}"
+        );
+        assert!(err.contains("bogus") && !err.contains('\n'), "{err}");
+        std::fs::write(&cfg_path, "[runtimes.x]\ninner = \"/x\"\n[[oops\n").unwrap();
+        let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
         assert!(Config::load_from(&dir.path().join("none.toml"), false).is_ok());
         assert!(Config::load_from(&dir.path().join("none.toml"), true).is_err());
     }
