@@ -408,12 +408,15 @@ impl SpoolFile {
             dropped.add(DropReason::Full, spans);
             return;
         }
-        if let Err(e) = self.append(bytes) {
-            dropped.add(DropReason::of_write_error(&e), spans);
+        if let Err((e, written)) = self.append(bytes) {
+            // Lines that reached the file before the failure are in the spool, not lost.
+            let landed = bytes[..written].iter().filter(|b| **b == b'\n').count() as u64;
+            dropped.add(DropReason::of_write_error(&e), spans.saturating_sub(landed));
         }
     }
 
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Appends `bytes`; on failure, the error and how many of `bytes` reached the file.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
         if self.file_bytes >= ROTATE_BYTES {
             if let Ok(next) = open_spool_file(&self.dir, &self.stem, self.seq + 1) {
                 self.seq += 1;
@@ -423,31 +426,28 @@ impl SpoolFile {
             }
         }
         if self.mid_line {
-            self.write_counted(b"\n")?;
-            self.mid_line = false;
+            self.write_counted(b"\n").map_err(|(e, _)| (e, 0))?;
         }
         self.write_counted(bytes)
     }
 
-    /// Writes all of `bytes`, counting what reached the file even when a write fails part way.
-    fn write_counted(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            match self.file.write(bytes) {
-                Ok(0) => {
-                    self.mid_line = true;
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
+    /// Writes all of `bytes`, keeping count of what reached the file even when a write fails
+    /// part way (returned with the error).
+    fn write_counted(&mut self, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.file.write(&bytes[written..]) {
+                Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
                 Ok(n) => {
+                    written += n;
                     self.file_bytes += n as u64;
                     if let Some(spool_bytes) = &mut self.spool_bytes {
                         *spool_bytes += n as u64;
                     }
-                    bytes = &bytes[n..];
-                    // Until the rest is written, the file ends inside a line.
-                    self.mid_line = !bytes.is_empty();
+                    self.mid_line = bytes[..written].last() != Some(&b'\n');
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err((e, written)),
             }
         }
         Ok(())
@@ -540,6 +540,7 @@ mod tests {
     use super::*;
     use shimtrace_span::spool::{read_spool, spool_files};
     use shimtrace_span::{SpanId, TraceId};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
     fn private(dir: &Path) -> PrivateDir {
@@ -828,6 +829,47 @@ mod tests {
         };
         assert_eq!(count, 1);
         assert!(reason.contains("ENOSPC"), "{reason}");
+    }
+
+    #[test]
+    fn a_write_cut_short_leaves_one_bad_line_not_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().join("spool"),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let mut file = SpoolFile::create(&config, "proxy").unwrap();
+        // A non-blocking pipe of one page that nobody reads: a longer write stops part way, as a
+        // write to a filling disk can.
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let flags = nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(write_end.as_raw_fd(), nix::fcntl::F_SETFL(flags)).unwrap();
+        nix::fcntl::fcntl(write_end.as_raw_fd(), nix::fcntl::F_SETPIPE_SZ(4096)).unwrap();
+        let real = std::mem::replace(&mut file.file, File::from(write_end));
+        let dropped = DropCounts::default();
+        let mut batch = Vec::new();
+        while batch.len() < 8192 {
+            push_line(&mut batch, &span("cut"));
+        }
+        let lines = batch.iter().filter(|b| **b == b'\n').count() as u64;
+        file.append_bounded(&batch, lines, &dropped);
+        assert!(file.mid_line);
+        let mut cut = vec![0u8; 8192];
+        let n = nix::unistd::read(read_end.as_raw_fd(), &mut cut).unwrap();
+        // What reached the file before the write failed, then the next append.
+        file.file = real;
+        file.file.write_all(&cut[..n]).unwrap();
+        let mut next = Vec::new();
+        push_line(&mut next, &span("after"));
+        file.append_bounded(&next, 1, &dropped);
+        let contents = read_spool(&config.dir).unwrap();
+        let names: Vec<&str> = contents.spans.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.ends_with(&["after"]), "{names:?}");
+        assert_eq!(contents.issues.len(), 1, "{:?}", contents.issues);
+        // Each line of the cut batch is either in the spool or counted as dropped, never both.
+        let landed = names.iter().filter(|n| **n == "cut").count() as u64;
+        assert!(landed > 0 && landed < lines, "{landed} of {lines}");
+        assert_eq!(landed + dropped.total(), lines);
     }
 
     /// Captures what the code under test logs at WARN and above.
