@@ -153,7 +153,7 @@ impl Config {
                     format!(", line {line}, column {column}")
                 })
                 .unwrap_or_default(),
-            message: e.message().trim().to_string(),
+            message: e.message().trim().replace('\n', "; "),
         })?;
         config.source = Some(path.to_path_buf());
         Ok(config)
@@ -352,7 +352,7 @@ mod tests {
         assert!(err.contains("bogus") && !err.contains('\n'), "{err}");
         std::fs::write(&cfg_path, "[runtimes.x]\ninner = \"/x\"\n[[oops\n").unwrap();
         let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
-        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("line 3") && !err.contains('\n'), "{err}");
         assert!(Config::load_from(&dir.path().join("none.toml"), false).is_ok());
         assert!(Config::load_from(&dir.path().join("none.toml"), true).is_err());
     }
