@@ -145,8 +145,12 @@ struct TracesArgs {
 
 #[derive(Args)]
 struct TraceArgs {
-    /// The container id (or trace id) to show.
+    /// The container id (or trace id) to show; with --pod, the pod.
     container: String,
+    /// Show a Kubernetes pod (by name, namespace/name, uid or sandbox id) as one tree: its
+    /// sandbox, then each container, on one time axis.
+    #[arg(long)]
+    pod: bool,
     #[command(flatten)]
     source: SourceArgs,
     /// Print the trace's spans as a JSON array instead of the waterfall.
@@ -283,6 +287,13 @@ fn main() -> Result<()> {
                 (false, true) => timeline::render_summary_table(&traces),
             };
             print(&text)?;
+        }
+        Command::Trace(args) if args.pod => {
+            let traces = Trace::group(args.source.load(None)?.spans);
+            let pod = &args.container;
+            print(&shimtrace_collector::pod::show(
+                &traces, pod, args.json, args.width,
+            )?)?;
         }
         Command::Trace(args) => {
             let traces = Trace::group(args.source.load(Some(&args.container))?.spans);

@@ -6,6 +6,7 @@ pub mod export;
 pub mod ingest;
 pub mod jaeger;
 pub mod metrics;
+pub mod pod;
 pub mod report;
 pub mod serve;
 pub mod source;
