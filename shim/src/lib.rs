@@ -6,6 +6,7 @@
 pub mod args;
 pub mod events;
 pub mod frame;
+pub mod identity;
 pub mod log;
 pub mod proxy;
 pub mod reply;

@@ -230,6 +230,16 @@ impl ConnectionTap {
                 .filter(|b| !b.is_empty());
             self.ctx.traces.lookup(namespace, id, bundle.map(Path::new))
         });
+        if let (Some(id), "Create") = (container_id, view.method) {
+            let identities = self.ctx.traces.identities();
+            identities.create_seen(
+                &self.ctx.sink,
+                namespace,
+                id,
+                view.payload,
+                &self.ctx.shim.inner,
+            );
+        }
         // containerd 2.x with tracing on names its own span as the parent: join that trace.
         let trace = traceparent
             .or(container_trace)
@@ -326,12 +336,15 @@ impl ConnectionTap {
         if let Some((namespace, id)) = call.forget_on_end.take() {
             self.ctx.traces.forget(&namespace, &id);
         }
-        self.ctx.sink.emit_deferred(Box::new(CallSpan {
+        let span = CallSpan {
             shim: self.ctx.shim.clone(),
             call,
             end,
             outcome,
-        }));
+        };
+        // Assembled, then given its container's identity, on the writer thread.
+        let identities = self.ctx.traces.identities();
+        self.ctx.sink.emit_deferred(identities.annotating(span));
     }
 }
 

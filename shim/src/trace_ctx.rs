@@ -14,8 +14,9 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use crate::identity::IdentityRegistry;
 use shimtrace_span::{SpanId, TraceContext, TraceId};
 
 use crate::safe_fs::{is_plain_name, Access, PrivateDir, SafeFsError};
@@ -75,6 +76,8 @@ pub fn new_root(root: SpanId) -> TraceContext {
 
 /// The proxy's view: container → trace context, backed by the bundles' sidecar files.
 pub struct TraceRegistry {
+    /// Who ran each container, learned beside its trace (see [`crate::identity`]).
+    identities: Arc<IdentityRegistry>,
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
     /// namespace → container id → trace; nested so a lookup borrows its keys instead of
@@ -85,9 +88,15 @@ pub struct TraceRegistry {
 impl TraceRegistry {
     pub fn new(task_root: Option<PathBuf>) -> TraceRegistry {
         TraceRegistry {
+            identities: Arc::new(IdentityRegistry::new(task_root.clone())),
             task_root,
             known: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The containers' identities (runtime, pod), kept beside their traces.
+    pub fn identities(&self) -> &Arc<IdentityRegistry> {
+        &self.identities
     }
 
     /// The trace of container `id` in namespace `ns`. `bundle` is known for `Create`, which also

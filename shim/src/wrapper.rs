@@ -17,6 +17,7 @@ use containerd_shim_protos::bootstrap_api::BootstrapParams;
 use protobuf::Message;
 
 use crate::args::ShimArgs;
+use crate::identity::{self, Identity};
 use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
 use crate::resolve::{self, Config};
@@ -299,6 +300,8 @@ impl Invocation {
                 return 1;
             }
         };
+        // containerd passes the runtime options on start's stdin, as it does on Create.
+        let binary_name = identity::binary_name_in_options(&stdin);
         let (events, stdin) = EventsTap::prepare(self.args.id.as_deref(), stdin);
         let run = match self.run_inner(&inner, stdin, true, events.as_ref()) {
             Ok(run) => run,
@@ -370,6 +373,8 @@ impl Invocation {
             if let Some(change) = address_change {
                 rewrite_address_file(&bundle, &change.inner, &change.proxy);
             }
+            let shim = inner.display().to_string();
+            Identity::resolve(Some(&bundle), binary_name.as_deref(), &shim).put_all(&mut spans);
             spool(spans);
         });
         exit_code(run.status)
@@ -498,6 +503,7 @@ impl Invocation {
             parent_span_id: None,
         });
         let mut attributes = self.base_attributes(&inner);
+        Identity::resolve(Some(&bundle), None, &inner.display().to_string()).put(&mut attributes);
         if let Ok(response) = DeleteResponse::parse_from_bytes(&run.stdout) {
             if run.status.success() {
                 attributes.insert("shimtrace.task.pid".into(), response.pid.into());
