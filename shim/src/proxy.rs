@@ -486,6 +486,7 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
             namespace: plan.namespace.clone(),
         }),
         propagate: propagate_enabled(),
+        pending: Default::default(),
     });
     tracing::info!(
         "proxy {} serving inner shim {} ({})",
