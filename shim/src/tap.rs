@@ -344,6 +344,10 @@ impl ConnectionTap {
     ) -> Option<Vec<u8>> {
         let sid = header.stream_id;
         let view = RequestView::parse(payload, [NAMESPACE_METADATA, TRACEPARENT_METADATA])?;
+        #[cfg(test)]
+        if view.method == PANIC_FOR_TEST {
+            panic!("a tap defect, injected by a test");
+        }
         let [namespace, traceparent] = view.metadata;
         let namespace = namespace.unwrap_or(&self.ctx.shim.namespace);
         let traceparent = traceparent.and_then(TraceContext::from_traceparent);
@@ -427,6 +431,10 @@ impl ConnectionTap {
 
     /// A response frame (already forwarded) with stream id `sid`, seen at `end`.
     pub fn on_response(&self, sid: u32, payload: &[u8], end: u64) {
+        #[cfg(test)]
+        if payload == PANIC_FOR_TEST.as_bytes() {
+            panic!("a tap defect, injected by a test");
+        }
         let budget = &self.ctx.pending;
         let call = {
             let Ok(mut pending) = self.pending.lock() else {
@@ -560,12 +568,21 @@ struct CallSpan {
 
 impl DeferredSpan for CallSpan {
     fn build(self: Box<Self>) -> Option<SpanRecord> {
+        // Runs on the spool's writer thread: a defect in decoding loses this span, not the writer.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (*self).assemble()))
+            .ok()
+            .flatten()
+    }
+}
+
+impl CallSpan {
+    fn assemble(self) -> Option<SpanRecord> {
         let CallSpan {
             shim,
             call,
             end,
             outcome,
-        } = *self;
+        } = self;
         // The forwarding thread already read this request successfully.
         let request = ttrpc::Request::parse_from_bytes(&call.request).ok()?;
         let mut request_namespace = None;
@@ -695,6 +712,11 @@ pub fn with_metadata(
     }
     (frame.len() == MESSAGE_HEADER_LENGTH + length).then_some(frame)
 }
+
+/// A request method, or a response payload, on which the tap of a test build panics: how tests
+/// show that a defect in the tap never stops the forwarding.
+#[cfg(test)]
+pub(crate) const PANIC_FOR_TEST: &str = "PanicForTest";
 
 /// A tap context spooling to `dir`, for the tap's and the events tap's unit tests.
 #[cfg(test)]
