@@ -506,19 +506,27 @@ fn wait_readable(file: &File, deadline: Instant) -> Result<(), String> {
     }
 }
 
-/// Connections currently being served, by role: at most [`Role::limit`] of each at once, and the
-/// exit path lets them finish their spans.
+/// Places for connections, by role: at most [`Role::limit`] of each at once (an accept loop takes
+/// one before it accepts), and the exit path lets those being served finish their spans.
 #[derive(Default)]
 struct ActiveConnections {
-    /// Calls, events.
-    count: Mutex<[usize; 2]>,
+    count: Mutex<Counts>,
     changed: Condvar,
 }
 
-/// One served connection; dropping it (also when its thread panics) frees its place.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// Places taken: calls, events.
+    taken: [usize; 2],
+    /// Of them, connections accepted and being served.
+    serving: usize,
+}
+
+/// A place for one connection; dropping it (also when its thread panics) frees it.
 struct ConnectionSlot {
     active: Arc<ActiveConnections>,
     role: Role,
+    serving: bool,
 }
 
 impl ActiveConnections {
@@ -528,14 +536,15 @@ impl ActiveConnections {
             let limit = role.limit();
             if let Ok(mut count) = self
                 .changed
-                .wait_while(count, |count| count[role as usize] >= limit)
+                .wait_while(count, |count| count.taken[role as usize] >= limit)
             {
-                count[role as usize] += 1;
+                count.taken[role as usize] += 1;
             }
         }
         ConnectionSlot {
             active: self.clone(),
             role,
+            serving: false,
         }
     }
 
@@ -543,7 +552,17 @@ impl ActiveConnections {
         if let Ok(count) = self.count.lock() {
             let _ = self
                 .changed
-                .wait_timeout_while(count, timeout, |count| count.iter().sum::<usize>() > 0);
+                .wait_timeout_while(count, timeout, |count| count.serving > 0);
+        }
+    }
+}
+
+impl ConnectionSlot {
+    /// A connection was accepted into this place.
+    fn serve(&mut self) {
+        if let Ok(mut count) = self.active.count.lock() {
+            count.serving += 1;
+            self.serving = true;
         }
     }
 }
@@ -551,7 +570,11 @@ impl ActiveConnections {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         if let Ok(mut count) = self.active.count.lock() {
-            count[self.role as usize] = count[self.role as usize].saturating_sub(1);
+            let taken = &mut count.taken[self.role as usize];
+            *taken = taken.saturating_sub(1);
+            if self.serving {
+                count.serving = count.serving.saturating_sub(1);
+            }
             self.active.changed.notify_all();
         }
     }
@@ -1129,7 +1152,7 @@ fn accept_loop(
     let mut backoff = Backoff::new();
     loop {
         // A place first: beyond the limit, connections wait in the listener's backlog.
-        let slot = active.enter(role);
+        let mut slot = active.enter(role);
         let downstream = loop {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
@@ -1146,6 +1169,7 @@ fn accept_loop(
             }
         };
         backoff = Backoff::new();
+        slot.serve();
         let (ctx, upstream) = (ctx.clone(), upstream.to_path_buf());
         let spawned = std::thread::Builder::new()
             .name("conn".into())
@@ -1443,14 +1467,19 @@ mod tests {
     fn connections_beyond_the_limit_wait_for_a_place() {
         let active = Arc::new(ActiveConnections::default());
         let mut held: Vec<ConnectionSlot> = (0..MAX_EVENT_CONNECTIONS)
-            .map(|_| active.enter(Role::Events))
+            .map(|_| {
+                let mut slot = active.enter(Role::Events);
+                slot.serve();
+                slot
+            })
             .collect();
         // Calls have their own places.
         drop(active.enter(Role::Calls));
         let (tx, rx) = std::sync::mpsc::channel();
         let waiting = active.clone();
         std::thread::spawn(move || {
-            let slot = waiting.enter(Role::Events);
+            let mut slot = waiting.enter(Role::Events);
+            slot.serve();
             let _ = tx.send(());
             drop(slot);
         });
@@ -1459,8 +1488,13 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(5))
             .expect("a place once one is free");
         drop(held);
+        // A place an accept loop holds for its next connection is no connection to wait for.
+        let reserved = active.enter(Role::Calls);
+        let started = Instant::now();
         active.wait_idle(Duration::from_secs(5));
-        assert_eq!(*active.count.lock().unwrap(), [0, 0]);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(reserved);
+        assert_eq!(*active.count.lock().unwrap(), Counts::default());
     }
 
     #[test]
