@@ -16,7 +16,9 @@ use ttrpc::proto::{
     MESSAGE_TYPE_RESPONSE,
 };
 
-const INITIAL_BUFFER: usize = 16 * 1024;
+/// Enough for containerd's usual frames (a few hundred bytes; `Create` and `Exec` a few KiB grow
+/// it once); a proxy may serve hundreds of connections, two buffers each.
+const INITIAL_BUFFER: usize = 4 * 1024;
 /// After a large frame, the buffer shrinks back once empty so an idle proxy stays small.
 const SHRINK_ABOVE: usize = 256 * 1024;
 

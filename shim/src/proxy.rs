@@ -54,7 +54,7 @@ const THREAD_STACK: usize = 256 * 1024;
 /// Most containerd connections served at once. containerd opens one per container of the shim
 /// (grouped containers share it) and a few for tools; each costs two threads. Further connections
 /// wait in the listener's backlog until one ends.
-pub const MAX_CALL_CONNECTIONS: usize = 256;
+pub const MAX_CALL_CONNECTIONS: usize = 128;
 /// Most event-publishing connections from the inner shim served at once (it keeps one).
 pub const MAX_EVENT_CONNECTIONS: usize = 16;
 /// Retries for want of descriptors or memory pause this long at first, doubling up to
