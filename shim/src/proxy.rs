@@ -796,12 +796,12 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
 #[derive(Debug)]
 pub struct DeadProxy {
     /// The dead proxy's socket.
-    pub proxy: PathBuf,
+    proxy: PathBuf,
     /// The inner shim's socket.
-    pub inner: PathBuf,
+    inner: PathBuf,
     events: Option<PathBuf>,
     /// Whether the inner shim still ran when the proxy was found dead.
-    pub inner_ran: bool,
+    inner_ran: bool,
 }
 
 impl DeadProxy {
@@ -834,11 +834,12 @@ impl DeadProxy {
 }
 
 /// For the wrapper's `delete` of container `id`, whose inner shim at `inner` was fronted by the
-/// proxy at `proxy`: `None` if that proxy still serves, or ended as it should (after its inner
-/// shim). Otherwise the proxy died first: containerd saw its connection close and ended the
-/// container (the inner shim's `delete` has just removed it), but the inner shim still runs,
-/// serving nothing. It is then told to forget the container (`Wait`, `Delete`) and to shut down
-/// (`Shutdown`, which the runc shim ignores while it holds other containers: the last one's
+/// proxy at `proxy`: `None` if that proxy still serves, or ended as it should. Otherwise the proxy
+/// died: its socket file is still there but nothing listens (a proxy removes it before it exits,
+/// and the runc shim removes it only when it exits itself). containerd saw its connection close
+/// and ended the container (the inner shim's `delete` has just removed it); if the inner shim
+/// still runs, serving nothing, it is told to forget the container (`Wait`, `Delete`) and to shut
+/// down (`Shutdown`, which the runc shim ignores while it holds other containers: the last one's
 /// `delete` ends it). Bounded to a few seconds: containerd gives `delete` five.
 pub fn clean_up_after_proxy(
     proxy: &Path,
@@ -849,11 +850,12 @@ pub fn clean_up_after_proxy(
 ) -> Option<DeadProxy> {
     use containerd_shim_protos::api::{DeleteRequest, ShutdownRequest, WaitRequest};
     use protobuf::Message;
-    // The proxy first: it exits only after its inner shim, so an inner shim answering once the
-    // proxy is gone means the proxy died first.
-    let proxy_state = UnixStream::connect(proxy).map(drop);
-    if proxy_state.is_ok() {
-        return None;
+    // A socket file that nobody listens on any more. (Gone altogether is the normal end: the
+    // proxy removes it, and so does the 1.6/1.7 runc shim on Shutdown, which the `address` file
+    // points at the proxy; it may still answer for a moment after that.)
+    match UnixStream::connect(proxy) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+        _ => return None,
     }
     let mut dead = DeadProxy {
         proxy: proxy.to_path_buf(),
@@ -875,11 +877,8 @@ pub fn clean_up_after_proxy(
         .is_ok()
     });
     let Some(conn) = conn else {
-        // Both gone: the normal end, unless the proxy's socket file outlived it (a proxy exits
-        // after removing it), which only a killed proxy leaves.
-        let abandoned =
-            matches!(&proxy_state, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
-        return abandoned.then_some(dead);
+        // The inner shim is gone too: only what the proxy left remains to remove.
+        return Some(dead);
     };
     dead.inner_ran = true;
     let mut wait = WaitRequest::new();
@@ -1006,7 +1005,8 @@ fn match_inner_oom_score(upstream: &Path, protocol: &str) {
     match adopted {
         Ok(Some(adj)) => tracing::info!("OOM score adjustment lowered to the inner shim's, {adj}"),
         Ok(None) => {}
-        Err(e) => tracing::warn!(
+        // Not a problem worth keeping the log for: containerd's own adjustment stays.
+        Err(e) => tracing::info!(
             "cannot match the inner shim's OOM score adjustment ({e}); keeping containerd's"
         ),
     }

@@ -232,6 +232,12 @@ fn proxy_sequential_runs_leave_no_sockets_or_run_files() {
         (sockets.is_empty() && entries == before).then_some(())
     });
     let (sockets, entries) = left();
+    // And no false alarm: every proxy ended after its inner shim.
+    let log = traced.containerd.log();
+    assert!(
+        !log.contains("shimtrace proxy"),
+        "containerd's log tells of a dead proxy: {log}"
+    );
     assert!(
         clean.is_some(),
         "after {RUNS} runs: {} sockets left {sockets:?}; run dir {} entries (was {}): {entries:?}",
