@@ -3,8 +3,11 @@
 //! Bytes are read into a buffer, every complete frame in it is written to the other side in one
 //! `write`, verbatim (whatever its type or flags), and only then shown to the tap, so inspecting a
 //! frame never delays it. A `rewrite` hook may replace a frame before it is written (the proxy adds
-//! its `traceparent` to requests that carry none); every other byte passes untouched. A frame longer than ttrpc's 4 MiB limit is passed through as it arrives,
-//! untapped: the peer will reject it, but the proxy must not be the one to decide that.
+//! its `traceparent` to requests that carry none); every other byte passes untouched. A frame
+//! longer than ttrpc's 4 MiB limit is passed through as it arrives, untapped: the peer will reject
+//! it, but the proxy must not be the one to decide that.
+//!
+//! [`call`] is the other use of frames: a unary call of shimtrace's own to an inner shim.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
