@@ -887,7 +887,9 @@ pub fn clean_up_after_proxy(
     delete.id = id.into();
     let mut shutdown = ShutdownRequest::new();
     shutdown.id = id.into();
-    let bytes = |m: &dyn protobuf::MessageDyn| m.write_to_bytes_dyn().unwrap_or_default();
+    fn bytes(message: &impl Message) -> Vec<u8> {
+        message.write_to_bytes().unwrap_or_default()
+    }
     // The inner `delete` killed the container; the shim forgets it once it has seen it exit.
     let _ = task_call(
         &conn,

@@ -749,6 +749,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_proxy_record_round_trips_through_the_bundle() {
+        let bundle = tempfile::tempdir().unwrap();
+        assert_eq!(read_proxy_record(bundle.path()), None);
+        let record = ProxyRecord {
+            proxy: "/run/containerd/s/p".into(),
+            inner: "/run/containerd/s/i".into(),
+            events: Some("/run/shimtrace/ev-1.sock".into()),
+            protocol: "json/v3".into(),
+        };
+        write_proxy_record(bundle.path(), &record);
+        assert_eq!(read_proxy_record(bundle.path()), Some(record));
+        // Only the record itself is left, no temporary file.
+        let names: Vec<_> = std::fs::read_dir(bundle.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [PROXY_RECORD]);
+    }
+
+    #[test]
     fn address_file_is_rewritten_only_when_it_names_the_inner_shim() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("address");
