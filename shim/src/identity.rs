@@ -39,6 +39,7 @@ use protobuf::well_known_types::any::Any;
 use protobuf::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::safe_fs::SafeFsError;
 use crate::spool::{DeferredSpan, SpanSink};
 use shimtrace_span::naming::{ShimName, WrapperName};
 use shimtrace_span::{attr, Attributes, SpanRecord};
@@ -54,6 +55,10 @@ pub const KNOWN_RUNTIMES: [&str; 6] = ["runc", "runsc", "crun", "youki", "kata",
 pub const REMEMBERED: usize = 1024;
 /// A `Create` request larger than this is not copied for its options (containerd's are a few KiB).
 const MAX_CREATE_COPY: usize = 64 * 1024;
+/// Most of a bundle's `config.json` read (CRI's specs are tens of KiB).
+const SPEC_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Most of a small JSON file (an identity, the runc shim's options) read.
+const SMALL_FILE_MAX_BYTES: u64 = 64 * 1024;
 
 /// CRI's annotation keys (containerd's `pkg/cri/annotations`, `internal/cri/annotations` in 2.x).
 pub mod cri {
@@ -167,8 +172,8 @@ fn binary_name_in_bundle(bundle: &Path) -> Option<String> {
         #[serde(default)]
         binary_name: String,
     }
-    let bytes = std::fs::read(bundle.join(RUNC_OPTIONS_FILE)).ok()?;
-    let options: RuncOptions = serde_json::from_slice(&bytes).ok()?;
+    let options: RuncOptions =
+        crate::bundle::read_json(bundle, RUNC_OPTIONS_FILE, SMALL_FILE_MAX_BYTES)?;
     Some(options.binary_name).filter(|b| !b.is_empty())
 }
 
@@ -251,7 +256,7 @@ impl Workload {
 
     /// The workload of the bundle at `bundle` (its `config.json`).
     pub fn of_bundle(bundle: &Path) -> Workload {
-        std::fs::read(bundle.join("config.json"))
+        crate::bundle::read(bundle, "config.json", SPEC_MAX_BYTES)
             .map(|json| Workload::from_spec(&json))
             .unwrap_or_default()
     }
@@ -326,19 +331,12 @@ impl Identity {
 
 /// Reads the identity the proxy recorded in `bundle`.
 pub fn read_sidecar(bundle: &Path) -> Option<Identity> {
-    let bytes = std::fs::read(bundle.join(SIDECAR)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    crate::bundle::read_json(bundle, SIDECAR, SMALL_FILE_MAX_BYTES)
 }
 
-/// Writes `identity` into `bundle` atomically (temp file + rename).
-pub fn write_sidecar(bundle: &Path, identity: &Identity) -> std::io::Result<()> {
-    let json = serde_json::to_vec(identity).map_err(std::io::Error::other)?;
-    let tmp = bundle.join(format!(".{SIDECAR}.{}", std::process::id()));
-    std::fs::write(&tmp, json)
-        .and_then(|()| std::fs::rename(&tmp, bundle.join(SIDECAR)))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+/// Writes `identity` into `bundle` atomically.
+pub fn write_sidecar(bundle: &Path, identity: &Identity) -> Result<(), SafeFsError> {
+    crate::bundle::write_json(bundle, SIDECAR, identity)
 }
 
 type Key = (String, String);
@@ -396,7 +394,7 @@ impl IdentityRegistry {
     }
 
     fn bundle_of(&self, namespace: &str, id: &str) -> Option<PathBuf> {
-        self.task_root.as_ref().map(|r| r.join(namespace).join(id))
+        crate::bundle::task_bundle(self.task_root.as_ref()?, namespace, id)
     }
 
     /// A `Create` request for container `id` is about to be forwarded: queues the recording of
@@ -423,11 +421,9 @@ impl IdentityRegistry {
     /// whatever was guessed before.
     pub fn created(&self, namespace: &str, id: &str, request: Option<&[u8]>, shim: &str) {
         let request = request.and_then(|r| CreateTaskRequest::parse_from_bytes(r).ok());
-        let bundle = request
-            .as_ref()
-            .map(|r| PathBuf::from(&r.bundle))
-            .filter(|b| !b.as_os_str().is_empty())
-            .or_else(|| self.bundle_of(namespace, id));
+        // Only the bundle containerd made for this id is read or written, whatever the request
+        // names (see `crate::bundle`).
+        let bundle = self.bundle_of(namespace, id);
         let runtime = match request.as_ref().and_then(|r| r.options.as_ref()) {
             Some(options) => binary_name_in_any(options)
                 .map(|b| Runtime::from_binary(&b))
@@ -880,18 +876,17 @@ mod tests {
     #[test]
     fn the_taps_put_the_identity_on_calls_and_events() {
         use crate::events::EventTap;
-        use crate::tap::{test_context, test_request, ConnectionTap, NAMESPACE_METADATA};
+        use crate::tap::{test_context_in, test_request, ConnectionTap, NAMESPACE_METADATA};
         use containerd_shim_protos::api;
         use ttrpc::proto::MessageHeader;
 
-        let bundle = tempfile::tempdir().unwrap();
-        std::fs::write(
-            bundle.path().join("config.json"),
-            cri_container_spec().to_string(),
-        )
-        .unwrap();
+        // The bundle containerd made for k8s.io/c1 under the task root.
+        let task_root = tempfile::tempdir().unwrap();
+        let bundle = task_root.path().join("k8s.io").join("c1");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
         let spool = tempfile::tempdir().unwrap();
-        let ctx = test_context(spool.path());
+        let ctx = test_context_in(spool.path(), Some(task_root.path().to_path_buf()));
         let tap = ConnectionTap::new(ctx.clone());
         let header = |sid| MessageHeader {
             length: 0,
@@ -905,7 +900,7 @@ mod tests {
             r.write_to_bytes().unwrap()
         };
         let meta = [(NAMESPACE_METADATA, "k8s.io")];
-        let create = create_request("c1", bundle.path(), Some(runc_options("runsc-nonet")));
+        let create = create_request("c1", &bundle, Some(runc_options("runsc-nonet")));
         let create = test_request("containerd.task.v2.Task", "Create", create, &meta);
         tap.on_request(&header(1), &create, 10);
         let mut event = containerd_shim_protos::events::task::TaskCreate::new();

@@ -734,13 +734,22 @@ pub(crate) const PANIC_FOR_TEST: &str = "PanicForTest";
 /// A tap context spooling to `dir`, for the tap's and the events tap's unit tests.
 #[cfg(test)]
 pub(crate) fn test_context(dir: &std::path::Path) -> Arc<TapContext> {
+    test_context_in(dir, None)
+}
+
+/// A [`test_context`] whose bundles live under `task_root`.
+#[cfg(test)]
+pub(crate) fn test_context_in(
+    dir: &std::path::Path,
+    task_root: Option<std::path::PathBuf>,
+) -> Arc<TapContext> {
     let config = crate::spool::SpoolConfig {
         dir: dir.to_path_buf(),
         max_bytes: 1 << 20,
     };
     Arc::new(TapContext {
         sink: SpanSink::start(&config, "test").unwrap(),
-        traces: TraceRegistry::new(None),
+        traces: TraceRegistry::new(task_root),
         shim: Arc::new(ShimLabels {
             inner: "/usr/bin/containerd-shim-runc-v2".into(),
             protocol: "plain/v2".into(),

@@ -12,14 +12,13 @@
 //! [`crate::safe_fs`]).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::identity::IdentityRegistry;
 use shimtrace_span::{SpanId, TraceContext, TraceId};
 
-use crate::safe_fs::{is_plain_name, Access, PrivateDir, SafeFsError};
+use crate::safe_fs::SafeFsError;
 
 /// File in the bundle holding the container's trace context.
 pub const SIDECAR: &str = "shimtrace-trace.json";
@@ -28,42 +27,13 @@ const SIDECAR_MAX_BYTES: u64 = 4096;
 
 /// Reads a bundle's trace context, if the wrapper wrote one.
 pub fn read_sidecar(bundle: &Path) -> Option<TraceContext> {
-    let mut text = Vec::new();
-    PrivateDir::open(bundle)
-        .ok()?
-        .open_file(Path::new(SIDECAR), Access::Read)
-        .ok()?
-        .take(SIDECAR_MAX_BYTES)
-        .read_to_end(&mut text)
-        .ok()?;
-    serde_json::from_slice(&text).ok()
+    crate::bundle::read_json(bundle, SIDECAR, SIDECAR_MAX_BYTES)
 }
 
-/// Writes a bundle's trace context atomically (a new temp file renamed over the sidecar), best
-/// effort. The bundle must be a private directory.
+/// Writes a bundle's trace context atomically, best effort. The bundle must be a private
+/// directory.
 pub fn write_sidecar(bundle: &Path, ctx: &TraceContext) -> Result<(), SafeFsError> {
-    let dir = PrivateDir::open(bundle)?;
-    let mut suffix = [0u8; 8];
-    let _ = getrandom::getrandom(&mut suffix);
-    let tmp = PathBuf::from(format!(
-        ".{SIDECAR}.{}.{}",
-        std::process::id(),
-        hex::encode(suffix)
-    ));
-    let written = dir
-        .open_file(&tmp, Access::CreateNew)
-        .and_then(|mut file| {
-            file.write_all(&serde_json::to_vec(ctx).unwrap_or_default())
-                .map_err(|source| SafeFsError::Io {
-                    path: bundle.join(&tmp),
-                    source,
-                })
-        })
-        .and_then(|()| dir.rename(&tmp, Path::new(SIDECAR)));
-    if written.is_err() {
-        let _ = dir.remove(&tmp);
-    }
-    written
+    crate::bundle::write_json(bundle, SIDECAR, ctx)
 }
 
 /// A fresh trace for a container whose root span will have id `root`.
@@ -196,9 +166,7 @@ impl TraceRegistry {
 
     /// `<task root>/<ns>/<id>`, if both are single path components.
     fn bundle_of(&self, ns: &str, id: &str) -> Option<PathBuf> {
-        let root = self.task_root.as_ref()?;
-        (is_plain_name(Path::new(ns)) && is_plain_name(Path::new(id)))
-            .then(|| root.join(ns).join(id))
+        crate::bundle::task_bundle(self.task_root.as_ref()?, ns, id)
     }
 
     /// Forgets a deleted container at once, instead of when it ages out.

@@ -598,13 +598,7 @@ struct ProxyRecord {
 }
 
 fn write_proxy_record(bundle: &Path, record: &ProxyRecord) {
-    let tmp = bundle.join(format!(".{PROXY_RECORD}.{}", std::process::id()));
-    let written = serde_json::to_vec(record)
-        .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, bundle.join(PROXY_RECORD)));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = crate::bundle::write_json(bundle, PROXY_RECORD, record) {
         tracing::warn!(
             "cannot write {} in the bundle ({e}); if the proxy dies, its inner shim is not shut down",
             PROXY_RECORD
@@ -613,8 +607,7 @@ fn write_proxy_record(bundle: &Path, record: &ProxyRecord) {
 }
 
 fn read_proxy_record(bundle: &Path) -> Option<ProxyRecord> {
-    let bytes = std::fs::read(bundle.join(PROXY_RECORD)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    crate::bundle::read_json(bundle, PROXY_RECORD, 64 * 1024)
 }
 
 /// The span of this wrapper process itself, from `process_start` until now.
