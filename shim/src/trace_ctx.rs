@@ -74,15 +74,73 @@ pub fn new_root(root: SpanId) -> TraceContext {
     }
 }
 
+/// Most containers a proxy remembers the trace of. A container forgotten early (an id never
+/// created, or one past this bound) costs a sidecar read at its next call, not its trace.
+pub const REMEMBERED: usize = 1024;
+
 /// The proxy's view: container → trace context, backed by the bundles' sidecar files.
 pub struct TraceRegistry {
     /// Who ran each container, learned beside its trace (see [`crate::identity`]).
     identities: Arc<IdentityRegistry>,
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
-    /// namespace → container id → trace; nested so a lookup borrows its keys instead of
-    /// allocating them (it runs before every proxied request is forwarded).
-    known: Mutex<HashMap<String, HashMap<String, TraceContext>>>,
+    known: Mutex<Known>,
+}
+
+/// namespace → container id → trace; nested so a lookup borrows its keys instead of allocating
+/// them (it runs before every proxied request is forwarded).
+type ByNamespace = HashMap<String, HashMap<String, TraceContext>>;
+
+/// The remembered traces, in two generations: new entries go to `current`; when it holds half of
+/// [`REMEMBERED`], it becomes `previous` and the older generation is dropped. A container looked up
+/// from `previous` moves back to `current`, so those in use stay while ids seen once age out, at
+/// no cost per lookup beyond a second map probe.
+#[derive(Default)]
+struct Known {
+    current: ByNamespace,
+    current_len: usize,
+    previous: ByNamespace,
+}
+
+impl Known {
+    fn get(&mut self, ns: &str, id: &str) -> Option<TraceContext> {
+        if let Some(ctx) = self.current.get(ns).and_then(|ids| ids.get(id)) {
+            return Some(*ctx);
+        }
+        let ctx = remove(&mut self.previous, ns, id)?;
+        self.insert(ns, id, ctx);
+        Some(ctx)
+    }
+
+    fn insert(&mut self, ns: &str, id: &str, ctx: TraceContext) {
+        if self.current_len >= REMEMBERED / 2 {
+            self.previous = std::mem::take(&mut self.current);
+            self.current_len = 0;
+        }
+        let ids = match self.current.get_mut(ns) {
+            Some(ids) => ids,
+            None => self.current.entry(ns.to_string()).or_default(),
+        };
+        if ids.insert(id.to_string(), ctx).is_none() {
+            self.current_len += 1;
+        }
+    }
+
+    fn forget(&mut self, ns: &str, id: &str) {
+        if remove(&mut self.current, ns, id).is_some() {
+            self.current_len -= 1;
+        }
+        remove(&mut self.previous, ns, id);
+    }
+}
+
+fn remove(map: &mut ByNamespace, ns: &str, id: &str) -> Option<TraceContext> {
+    let ids = map.get_mut(ns)?;
+    let ctx = ids.remove(id);
+    if ids.is_empty() {
+        map.remove(ns);
+    }
+    ctx
 }
 
 impl TraceRegistry {
@@ -90,7 +148,7 @@ impl TraceRegistry {
         TraceRegistry {
             identities: Arc::new(IdentityRegistry::new(task_root.clone())),
             task_root,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
         }
     }
 
@@ -105,8 +163,8 @@ impl TraceRegistry {
     /// directory is ignored.
     pub fn lookup(&self, ns: &str, id: &str, bundle: Option<&Path>) -> TraceContext {
         if bundle.is_none() {
-            let known = self.known.lock().ok();
-            if let Some(ctx) = known.as_ref().and_then(|m| m.get(ns)?.get(id).copied()) {
+            let known = self.known.lock().ok().and_then(|mut k| k.get(ns, id));
+            if let Some(ctx) = known {
                 return ctx;
             }
         }
@@ -131,10 +189,7 @@ impl TraceRegistry {
             }
         };
         if let Ok(mut known) = self.known.lock() {
-            known
-                .entry(ns.to_string())
-                .or_default()
-                .insert(id.to_string(), ctx);
+            known.insert(ns, id, ctx);
         }
         ctx
     }
@@ -146,15 +201,10 @@ impl TraceRegistry {
             .then(|| root.join(ns).join(id))
     }
 
-    /// Forgets a deleted container so the map does not grow with every container served.
+    /// Forgets a deleted container at once, instead of when it ages out.
     pub fn forget(&self, ns: &str, id: &str) {
         if let Ok(mut known) = self.known.lock() {
-            if let Some(ids) = known.get_mut(ns) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    known.remove(ns);
-                }
-            }
+            known.forget(ns, id);
         }
     }
 }
@@ -226,6 +276,40 @@ mod tests {
         write_sidecar(&elsewhere, &ctx).unwrap();
         std::os::unix::fs::symlink(elsewhere.join(SIDECAR), linked.join(SIDECAR)).unwrap();
         assert_eq!(read_sidecar(&linked), None);
+    }
+
+    impl TraceRegistry {
+        /// Containers remembered now.
+        fn len(&self) -> usize {
+            self.known
+                .lock()
+                .map(|k| {
+                    [&k.current, &k.previous]
+                        .iter()
+                        .flat_map(|m| m.values())
+                        .map(HashMap::len)
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+    }
+
+    #[test]
+    fn registry_stays_bounded_whatever_the_ids() {
+        let registry = TraceRegistry::new(None);
+        let kept = registry.lookup("ns", "kept", None);
+        for i in 0..100_000 {
+            registry.lookup("ns", &format!("ghost-{i}"), None);
+            if i % 100 == 0 {
+                // A container in use stays known (no sidecar to fall back on here).
+                assert_eq!(registry.lookup("ns", "kept", None), kept);
+            }
+        }
+        assert!(
+            registry.len() <= REMEMBERED,
+            "{} containers remembered",
+            registry.len()
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::bootstrap_api::BootstrapParams;
 use protobuf::Message;
+use serde::{Deserialize, Serialize};
 
 use crate::args::ShimArgs;
 use crate::identity::{self, Identity};
@@ -31,6 +33,12 @@ use shimtrace_span::{
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// File in the bundle naming the proxy in front of the container's inner shim: written by
+/// `start`, read by `delete` to clean up after a proxy that died.
+pub const PROXY_RECORD: &str = "shimtrace-proxy.json";
+/// How long the wrapper's `delete` (its child, after the reply) waits for an inner shim it told to
+/// shut down to exit, before leaving its socket to whoever serves there.
+const INNER_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Entry point for the wrapper binary; returns the process exit code.
 pub fn main_entry(argv: Vec<OsString>) -> i32 {
@@ -372,6 +380,7 @@ impl Invocation {
         after_reply(move || {
             if let Some(change) = address_change {
                 rewrite_address_file(&bundle, &change.inner, &change.proxy);
+                write_proxy_record(&bundle, &change.record);
             }
             let shim = inner.display().to_string();
             Identity::resolve(Some(&bundle), binary_name.as_deref(), &shim).put_all(&mut spans);
@@ -435,6 +444,15 @@ impl Invocation {
         }
         let ensured = proxy::ensure_proxy(&plan, &exe, events.as_ref().map(|e| &e.listener))
             .map_err(|e| e.to_string())?;
+        let record = ProxyRecord {
+            proxy: plan.socket.clone(),
+            inner: plan.upstream.clone(),
+            // A reused proxy keeps the events socket of the start that spawned it.
+            events: (ensured != Ensured::Reused)
+                .then(|| plan.events.as_ref().map(|e| e.socket.clone()))
+                .flatten(),
+            protocol: plan.protocol.clone(),
+        };
         match ensured {
             Ensured::Reused => {
                 if let Some(events) = events {
@@ -472,6 +490,7 @@ impl Invocation {
             AddressChange {
                 inner: reply.address,
                 proxy: proxy_address,
+                record,
             },
         ))
     }
@@ -497,6 +516,7 @@ impl Invocation {
         let _ = std::io::stdout().write_all(&run.stdout);
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().write_all(&run.stderr);
+        let dead_proxy = self.clean_up_after_proxy(&bundle);
 
         let trace = trace_ctx::read_sidecar(&bundle).unwrap_or(TraceContext {
             trace_id: TraceId::random(),
@@ -540,9 +560,61 @@ impl Invocation {
             attributes,
             status,
         );
-        after_reply(move || spool(vec![inner_span, own]));
+        after_reply(move || {
+            spool(vec![inner_span, own]);
+            if let Some(dead) = dead_proxy {
+                dead.remove_leftovers(INNER_SHUTDOWN_GRACE);
+            }
+        });
         exit_code(run.status)
     }
+
+    /// After the inner `delete`: if the container's proxy died before its inner shim, shuts the
+    /// inner shim down and says so in containerd's log (the bundle's log FIFO, which containerd
+    /// still reads while it runs `delete`). What is left to remove is removed after the reply.
+    fn clean_up_after_proxy(&self, bundle: &Path) -> Option<proxy::DeadProxy> {
+        let record = read_proxy_record(bundle)?;
+        let id = self.args.id.as_deref().unwrap_or_default();
+        let dead = proxy::clean_up_after_proxy(
+            &record.proxy,
+            &record.inner,
+            record.events.as_deref(),
+            &record.protocol,
+            id,
+        )?;
+        crate::log::init_fifo(&bundle.join("log"));
+        tracing::warn!("{}", dead.report(id));
+        Some(dead)
+    }
+}
+
+/// What `start` knew of the proxy it put in front of the inner shim (see [`PROXY_RECORD`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ProxyRecord {
+    proxy: PathBuf,
+    inner: PathBuf,
+    events: Option<PathBuf>,
+    protocol: String,
+}
+
+fn write_proxy_record(bundle: &Path, record: &ProxyRecord) {
+    let tmp = bundle.join(format!(".{PROXY_RECORD}.{}", std::process::id()));
+    let written = serde_json::to_vec(record)
+        .map_err(std::io::Error::other)
+        .and_then(|json| std::fs::write(&tmp, json))
+        .and_then(|()| std::fs::rename(&tmp, bundle.join(PROXY_RECORD)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(
+            "cannot write {} in the bundle ({e}); if the proxy dies, its inner shim is not shut down",
+            PROXY_RECORD
+        );
+    }
+}
+
+fn read_proxy_record(bundle: &Path) -> Option<ProxyRecord> {
+    let bytes = std::fs::read(bundle.join(PROXY_RECORD)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The span of this wrapper process itself, from `process_start` until now.
@@ -651,6 +723,7 @@ fn detach_stdio() {
 struct AddressChange {
     inner: String,
     proxy: String,
+    record: ProxyRecord,
 }
 
 /// containerd 1.6/1.7 reconnect through the bundle's `address` file after a restart, so it must
@@ -678,6 +751,26 @@ fn rewrite_address_file(bundle: &Path, inner_address: &str, proxy_address: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_record_round_trips_through_the_bundle() {
+        let bundle = tempfile::tempdir().unwrap();
+        assert_eq!(read_proxy_record(bundle.path()), None);
+        let record = ProxyRecord {
+            proxy: "/run/containerd/s/p".into(),
+            inner: "/run/containerd/s/i".into(),
+            events: Some("/run/shimtrace/ev-1.sock".into()),
+            protocol: "json/v3".into(),
+        };
+        write_proxy_record(bundle.path(), &record);
+        assert_eq!(read_proxy_record(bundle.path()), Some(record));
+        // Only the record itself is left, no temporary file.
+        let names: Vec<_> = std::fs::read_dir(bundle.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [PROXY_RECORD]);
+    }
 
     #[test]
     fn address_file_is_rewritten_only_when_it_names_the_inner_shim() {

@@ -21,6 +21,7 @@ mod matrix_smoke;
 mod otlp_export;
 mod proxy_passthrough;
 mod report_html;
+mod robustness;
 mod serve_ingest;
 mod wrapper_bootstrap;
 mod wrapper_e2e;

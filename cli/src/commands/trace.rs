@@ -1,4 +1,4 @@
-//! `shimtrace trace ID`: one container's trace, as a waterfall or JSON; with `--pod`, a whole pod.
+//! `shimtrace trace ID`: one container's trace (or with `--pod`, a pod's), as a waterfall or JSON.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -28,9 +28,11 @@ pub struct TraceArgs {
 pub fn run(args: TraceArgs) -> Result<()> {
     if args.pod {
         let traces = Trace::group(args.source.load(None)?.spans);
-        let pod = &args.container;
         return print(&shimtrace_collector::pod::show(
-            &traces, pod, args.json, args.width,
+            &traces,
+            &args.container,
+            args.json,
+            args.width,
         )?);
     }
     let traces = Trace::group(args.source.load(Some(&args.container))?.spans);
