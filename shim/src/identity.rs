@@ -34,7 +34,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use containerd_shim_protos::api::CreateTaskRequest;
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
 use serde::{Deserialize, Serialize};
@@ -53,8 +52,12 @@ pub const KNOWN_RUNTIMES: [&str; 6] = ["runc", "runsc", "crun", "youki", "kata",
 /// Most containers the proxy remembers the identity of; beyond it, the oldest are read again from
 /// their bundle when next needed.
 pub const REMEMBERED: usize = 1024;
-/// A `Create` request larger than this is not copied for its options (containerd's are a few KiB).
-const MAX_CREATE_COPY: usize = 64 * 1024;
+/// `CreateTaskRequest` field numbers (containerd's `runtime/task/v{2,3}/shim.proto`).
+const CREATE_BUNDLE: u32 = 2;
+const CREATE_OPTIONS: u32 = 10;
+/// Runtime options larger than this are not copied: runc's are a few dozen bytes, and a queued
+/// `Create` must stay small however many a peer sends.
+const MAX_OPTIONS_COPY: usize = 4096;
 /// Most of a bundle's `config.json` read (CRI's specs are tens of KiB).
 const SPEC_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Most of a small JSON file (an identity, the runc shim's options) read.
@@ -397,39 +400,56 @@ impl IdentityRegistry {
         crate::bundle::task_bundle(self.task_root.as_ref()?, namespace, id)
     }
 
-    /// A `Create` request for container `id` is about to be forwarded: queues the recording of
-    /// its identity on the writer thread, ahead of every span the call causes (the inner shim's
-    /// `/tasks/create` event included). Costs the forwarding thread one copy of the request.
+    /// A `Create` request (`payload`, the `CreateTaskRequest`) for container `id` is about to be
+    /// forwarded: queues the recording of its identity on the writer thread, ahead of every span
+    /// the call causes (the inner shim's `/tasks/create` event included). Costs the forwarding
+    /// thread a copy of the bundle path and the runtime options, borrowed from the frame.
     pub fn create_seen(
         self: &Arc<Self>,
         sink: &SpanSink,
         namespace: &str,
         id: &str,
-        request: &[u8],
+        payload: &[u8],
         shim: &str,
     ) {
+        let options = crate::wire::bytes_field(payload, CREATE_OPTIONS)
+            .filter(|o| o.len() <= MAX_OPTIONS_COPY)
+            .map(<[u8]>::to_vec);
         sink.emit_deferred(Box::new(CreateSeen {
             registry: self.clone(),
             namespace: namespace.to_string(),
             id: id.to_string(),
-            request: (request.len() <= MAX_CREATE_COPY).then(|| request.to_vec()),
+            bundle: crate::wire::string_field(payload, CREATE_BUNDLE)
+                .filter(|b| !b.is_empty())
+                .map(PathBuf::from),
+            options,
             shim: shim.to_string(),
         }));
     }
 
-    /// Records what a `Create` request says: its options name the runtime for this container
-    /// whatever was guessed before.
-    pub fn created(&self, namespace: &str, id: &str, request: Option<&[u8]>, shim: &str) {
-        let request = request.and_then(|r| CreateTaskRequest::parse_from_bytes(r).ok());
-        // Only the bundle containerd made for this id is read or written, whatever the request
-        // names (see `crate::bundle`).
+    /// Records what a `Create` request says: its options (an encoded `google.protobuf.Any`) name
+    /// the runtime for this container whatever was guessed before. Only the bundle containerd
+    /// made for the id is read or written: a `claimed` bundle naming another directory is ignored
+    /// (see [`crate::bundle`]).
+    pub fn created(
+        &self,
+        namespace: &str,
+        id: &str,
+        claimed: Option<&Path>,
+        options: Option<&[u8]>,
+        shim: &str,
+    ) {
         let bundle = self.bundle_of(namespace, id);
-        let runtime = match request.as_ref().and_then(|r| r.options.as_ref()) {
-            Some(options) => binary_name_in_any(options)
-                .map(|b| Runtime::from_binary(&b))
-                .unwrap_or_else(|| Runtime::from_shim(shim)),
-            None => Runtime::from_shim(shim),
-        };
+        if let Some(claimed) = claimed.filter(|c| Some(*c) != bundle.as_deref()) {
+            tracing::debug!(
+                "Create for {namespace}/{id} names bundle {}, not the one under the task root; ignored",
+                claimed.display()
+            );
+        }
+        let runtime = options
+            .and_then(binary_name_in_options)
+            .map(|b| Runtime::from_binary(&b))
+            .unwrap_or_else(|| Runtime::from_shim(shim));
         let identity = Identity {
             runtime,
             workload: bundle
@@ -528,7 +548,8 @@ struct CreateSeen {
     registry: Arc<IdentityRegistry>,
     namespace: String,
     id: String,
-    request: Option<Vec<u8>>,
+    bundle: Option<PathBuf>,
+    options: Option<Vec<u8>>,
     shim: String,
 }
 
@@ -537,7 +558,8 @@ impl DeferredSpan for CreateSeen {
         self.registry.created(
             &self.namespace,
             &self.id,
-            self.request.as_deref(),
+            self.bundle.as_deref(),
+            self.options.as_deref(),
             &self.shim,
         );
         None
@@ -547,6 +569,7 @@ impl DeferredSpan for CreateSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::api::CreateTaskRequest;
     use shimtrace_span::spool::read_spool;
     use shimtrace_span::{SpanId, SpanKind, SpanStatus, TraceId};
     use std::time::Duration;
@@ -853,22 +876,60 @@ mod tests {
             registry.lookup("default", "c2", RUNC_SHIM).runtime.name,
             "runc"
         );
-        let request = create_request("c2", &bundle, Some(runc_options("runsc")));
-        registry.created("default", "c2", Some(&request), RUNC_SHIM);
+        let options = runc_options("runsc").write_to_bytes().unwrap();
+        registry.created("default", "c2", Some(&bundle), Some(&options), RUNC_SHIM);
         assert_eq!(
             registry.lookup("default", "c2", RUNC_SHIM).runtime.name,
             "runsc"
         );
-        // A plain runc Create, and one too large to have been copied.
-        let request = create_request("c3", &bundle, None);
-        registry.created("default", "c3", Some(&request), RUNC_SHIM);
+        // A plain runc Create; another shim's.
+        registry.created("default", "c3", Some(&bundle), None, RUNC_SHIM);
         let c3 = registry.lookup("default", "c3", RUNC_SHIM);
         assert_eq!(c3.runtime, Runtime::from_shim(RUNC_SHIM));
-        registry.created("default", "c4", None, "/usr/bin/containerd-shim-runsc-v1");
+        registry.created(
+            "default",
+            "c4",
+            None,
+            None,
+            "/usr/bin/containerd-shim-runsc-v1",
+        );
         assert_eq!(
             registry.lookup("default", "c4", RUNC_SHIM).runtime.name,
             "runsc"
         );
+    }
+
+    #[test]
+    fn a_queued_create_holds_its_bundle_and_options_only_and_never_much() {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = root.path().join("ns").join("big");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let config = crate::spool::SpoolConfig {
+            dir: spool.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let sink = SpanSink::start(&config, "test").unwrap();
+        let registry = Arc::new(IdentityRegistry::new(Some(root.path().to_path_buf())));
+        // Options far larger than any runtime's: not copied, so the shim names the runtime.
+        let mut huge = runc_options("runsc");
+        {
+            // A well-formed field the runc shim does not know, so only the size keeps it out.
+            let mut out = protobuf::CodedOutputStream::vec(&mut huge.value);
+            out.write_bytes(15, &vec![7u8; 2 * MAX_OPTIONS_COPY])
+                .unwrap();
+            out.flush().unwrap();
+        }
+        assert_eq!(
+            binary_name_in_any(&huge).as_deref(),
+            Some("runsc"),
+            "readable if copied"
+        );
+        let request = create_request("big", &bundle, Some(huge));
+        registry.create_seen(&sink, "ns", "big", &request, RUNC_SHIM);
+        sink.shutdown(Duration::from_secs(5));
+        let recorded = read_sidecar(&bundle).expect("recorded in the bundle the request names");
+        assert_eq!(recorded.runtime, Runtime::from_shim(RUNC_SHIM));
     }
 
     /// Through the proxy's taps: a `Create` with gVisor's `BinaryName`, its event and a later
@@ -958,7 +1019,13 @@ mod tests {
     #[test]
     fn registry_stays_bounded_and_keeps_what_is_in_use() {
         let registry = IdentityRegistry::new(None);
-        registry.created("ns", "kept", None, "/usr/bin/containerd-shim-runsc-v1");
+        registry.created(
+            "ns",
+            "kept",
+            None,
+            None,
+            "/usr/bin/containerd-shim-runsc-v1",
+        );
         for i in 0..10_000 {
             registry.lookup("ns", &format!("ghost-{i}"), RUNC_SHIM);
             if i % 100 == 0 {

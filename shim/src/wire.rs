@@ -62,13 +62,19 @@ fn utf8<'a>(bytes: &'a [u8], valid: &mut bool) -> &'a str {
 /// The string in field `number` of the message `bytes` (the last one, as protobuf merges); `None`
 /// when absent, not UTF-8, or the message is malformed.
 pub fn string_field(bytes: &[u8], number: u32) -> Option<&str> {
+    std::str::from_utf8(bytes_field(bytes, number)?).ok()
+}
+
+/// The contents of length-delimited field `number` of the message `bytes` (a string, bytes or an
+/// embedded message; the last one); `None` when absent or the message is malformed.
+pub fn bytes_field(bytes: &[u8], number: u32) -> Option<&[u8]> {
     let mut found = None;
     for_each_length_delimited(bytes, |field, value| {
         if field == number {
             found = Some(value);
         }
     })?;
-    std::str::from_utf8(found?).ok()
+    found
 }
 
 /// Calls `f` with (field number, contents) of each length-delimited top-level field of `bytes`,
