@@ -4,6 +4,7 @@
 //! `shimtrace-span`.
 
 pub mod args;
+pub mod bootstrap;
 pub mod events;
 pub mod frame;
 pub mod log;

@@ -89,7 +89,12 @@ impl Config {
                 })
             }
         };
-        let mut config: Config = toml::from_str(&text).map_err(|e| ResolveError::ConfigParse {
+        Config::parse(&text, path)
+    }
+
+    /// Reads the TOML `text` of the config file at `path` (named in errors and in [`Config::source`]).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ResolveError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ResolveError::ConfigParse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use containerd_shim_protos::api::DeleteResponse;
-use containerd_shim_protos::bootstrap_api::BootstrapParams;
 use protobuf::Message;
 
 use crate::args::ShimArgs;
+use crate::bootstrap;
 use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
 use crate::resolve::{self, Config};
@@ -115,9 +115,7 @@ impl EventsTap {
     /// 2.3's `BootstrapParams`); returns the stdin to give the inner shim, rewritten to name our
     /// socket when it carries `BootstrapParams`.
     fn prepare(id: Option<&str>, stdin: Vec<u8>) -> (Option<EventsTap>, Vec<u8>) {
-        let mut params = BootstrapParams::parse_from_bytes(&stdin).ok().filter(|p| {
-            Some(p.instance_id.as_str()) == id && !p.containerd_ttrpc_address.is_empty()
-        });
+        let params = bootstrap::events_params(&stdin, id);
         let containerd = params
             .as_ref()
             .map(|p| p.containerd_ttrpc_address.clone())
@@ -136,10 +134,9 @@ impl EventsTap {
                 return (None, stdin);
             }
         };
-        let stdin = match params.as_mut() {
+        let stdin = match &params {
             Some(p) => {
-                p.containerd_ttrpc_address = socket.display().to_string();
-                p.write_to_bytes().unwrap_or(stdin)
+                bootstrap::with_events_address(p, &socket.display().to_string()).unwrap_or(stdin)
             }
             None => stdin,
         };
