@@ -20,6 +20,7 @@ mod otlp_export;
 mod proxy_passthrough;
 mod report_html;
 mod serve_ingest;
+mod soak;
 mod wrapper_bootstrap;
 mod wrapper_e2e;
 mod wrapper_gvisor;
