@@ -4,6 +4,7 @@
 //! `shimtrace-span`.
 
 pub mod args;
+pub mod bootstrap;
 pub mod bundle;
 pub mod events;
 pub mod frame;

@@ -14,11 +14,11 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use containerd_shim_protos::api::DeleteResponse;
-use containerd_shim_protos::bootstrap_api::BootstrapParams;
 use protobuf::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::args::ShimArgs;
+use crate::bootstrap;
 use crate::identity::{self, Identity};
 use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
@@ -124,9 +124,7 @@ impl EventsTap {
     /// 2.3's `BootstrapParams`); returns the stdin to give the inner shim, rewritten to name our
     /// socket when it carries `BootstrapParams`.
     fn prepare(id: Option<&str>, stdin: Vec<u8>) -> (Option<EventsTap>, Vec<u8>) {
-        let mut params = BootstrapParams::parse_from_bytes(&stdin).ok().filter(|p| {
-            Some(p.instance_id.as_str()) == id && !p.containerd_ttrpc_address.is_empty()
-        });
+        let params = bootstrap::events_params(&stdin, id);
         let containerd = params
             .as_ref()
             .map(|p| p.containerd_ttrpc_address.clone())
@@ -145,10 +143,9 @@ impl EventsTap {
                 return (None, stdin);
             }
         };
-        let stdin = match params.as_mut() {
+        let stdin = match &params {
             Some(p) => {
-                p.containerd_ttrpc_address = socket.display().to_string();
-                p.write_to_bytes().unwrap_or(stdin)
+                bootstrap::with_events_address(p, &socket.display().to_string()).unwrap_or(stdin)
             }
             None => stdin,
         };

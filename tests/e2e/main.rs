@@ -23,6 +23,7 @@ mod proxy_passthrough;
 mod report_html;
 mod robustness;
 mod serve_ingest;
+mod soak;
 mod wrapper_bootstrap;
 mod wrapper_e2e;
 mod wrapper_gvisor;
