@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use shimtrace_lab::stats::Summary;
+use shimtrace_collector::stats::Summary;
 use shimtrace_span::{names, SpanRecord, TraceId};
 
 /// Medians over the wrapped containers of one cold-start kind (milliseconds).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use containerd_shim_protos::api::{ConnectRequest, ConnectResponse, StateRequest, StateResponse};
 use protobuf::Message;
 use serde::Serialize;
-use shimtrace_lab::stats::Summary;
+use shimtrace_collector::stats::Summary;
 use shimtrace_testkit::traced::pids_with_cmdline;
 
 use crate::BenchError;

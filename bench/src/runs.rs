@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use shimtrace_collector::stats::{ms, percentile, Summary};
 use shimtrace_containerd::{Containerd, PhaseTimes, RunSpec, RUNC_RUNTIME};
-use shimtrace_lab::stats::{ms, percentile, Summary};
 use shimtrace_testkit::containerd::{ctr_run_args, RunMode, TestContainerd, CTR_TIMEOUT};
 use shimtrace_testkit::traced::TRACED_RUNC;
 

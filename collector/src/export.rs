@@ -8,6 +8,11 @@
 //!
 //! Continuous export follows the store's ingest sequence with a cursor persisted in the store, so
 //! what is pending survives a restart; failures are retried with exponential backoff.
+//!
+//! Each request waits at most `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (else `OTEL_EXPORTER_OTLP_TIMEOUT`)
+//! milliseconds, 10 s by default, for an answer. A one-shot export does not retry a request that
+//! got no answer: an endpoint that accepts connections and never answers would otherwise hold it
+//! for every retry's timeout and backoff.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -26,17 +31,15 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLink
 use opentelemetry_sdk::Resource;
 use shimtrace_span::{attr, AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
-use crate::metrics::Counters;
-use crate::store::{Store, StoreError};
+use crate::counters::Counters;
+use crate::store::{Store, StoreError, EXPORTED_KEY, EXPORT_CURSOR_KEY};
 
-/// Store key of the continuous exporter's cursor (last exported ingest sequence number).
-pub const CURSOR_KEY: &str = "otlp_export_cursor";
-/// Store key of the total spans exported.
-pub const EXPORTED_KEY: &str = "otlp_exported_total";
 /// Resource attribute naming the runtime (inner shim and options).
 pub const RUNTIME_RESOURCE_ATTR: &str = "shimtrace.runtime";
 const BATCH: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a request waits for an answer unless the OTEL timeout variables say otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -46,6 +49,13 @@ pub enum ExportError {
     Build { endpoint: String, message: String },
     #[error("OTLP export to {endpoint} failed: {message} (is a collector listening there? check OTEL_EXPORTER_OTLP_ENDPOINT / --otlp-endpoint and the protocol)")]
     Export { endpoint: String, message: String },
+    #[error("OTLP export to {endpoint} got no answer within {timeout:?}: something accepts connections there but does not answer (is it an OTLP collector speaking this protocol? if it is only slow, raise OTEL_EXPORTER_OTLP_TIMEOUT, in milliseconds)")]
+    Timeout { endpoint: String, timeout: Duration },
+    #[error("{variable}={value:?} is not a timeout: give a whole number of milliseconds above 0")]
+    BadTimeout {
+        variable: &'static str,
+        value: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -141,11 +151,24 @@ impl ExportConfig {
             .clone()
             .or_else(|| var("OTEL_SERVICE_NAME"))
             .unwrap_or_else(|| "shimtrace".into());
+        let timeout = match [
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ]
+        .into_iter()
+        .find_map(|variable| var(variable).map(|value| (variable, value)))
+        {
+            None => DEFAULT_TIMEOUT,
+            Some((variable, value)) => match value.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => return Err(ExportError::BadTimeout { variable, value }),
+            },
+        };
         Ok(Some(ExportConfig {
             protocol,
             endpoint,
             service_name,
-            timeout: Duration::from_secs(10),
+            timeout,
         }))
     }
 }
@@ -335,18 +358,21 @@ impl OtlpExporter {
             endpoint: config.endpoint.clone(),
             message: e.to_string(),
         };
+        // `export` times each request itself (and can so tell a timeout from other failures);
+        // the client's own timeout, a little later, only backs it up.
+        let client_timeout = config.timeout + Duration::from_secs(1);
         let inner = match config.protocol {
             Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.timeout)
+                .with_timeout(client_timeout)
                 .build()
                 .map_err(build_err)?,
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.timeout)
+                .with_timeout(client_timeout)
                 .build()
                 .map_err(build_err)?,
         };
@@ -361,7 +387,8 @@ impl OtlpExporter {
         &self.config
     }
 
-    /// Sends `spans`, one request per (namespace, runtime) resource.
+    /// Sends `spans`, one request per (namespace, runtime) resource, each answered within the
+    /// configured timeout or failed with [`ExportError::Timeout`].
     pub async fn export(
         &mut self,
         spans: &[SpanRecord],
@@ -377,9 +404,12 @@ impl OtlpExporter {
         for (key, batch) in groups {
             self.inner
                 .set_resource(&resource(&self.config.service_name, &self.host, &key));
-            self.inner
-                .export(batch)
+            tokio::time::timeout(self.config.timeout, self.inner.export(batch))
                 .await
+                .map_err(|_| ExportError::Timeout {
+                    endpoint: self.config.endpoint.clone(),
+                    timeout: self.config.timeout,
+                })?
                 .map_err(|e| ExportError::Export {
                     endpoint: self.config.endpoint.clone(),
                     message: e.to_string(),
@@ -389,7 +419,8 @@ impl OtlpExporter {
     }
 }
 
-/// Exports `spans` once, retrying failures `retries` times with backoff.
+/// Exports `spans` once, retrying failures `retries` times with backoff; a request that got no
+/// answer within the timeout is not retried.
 pub async fn export_once(
     config: ExportConfig,
     spans: &[SpanRecord],
@@ -404,6 +435,7 @@ pub async fn export_once(
         loop {
             match exporter.export(chunk, &resolver).await {
                 Ok(()) => break,
+                Err(e @ ExportError::Timeout { .. }) => return Err(e),
                 Err(e) if attempt < retries => {
                     tracing::warn!(error = %e, "retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -435,7 +467,7 @@ pub async fn run_continuous(
         if *stop.borrow() {
             return Ok(());
         }
-        let cursor = store.meta(CURSOR_KEY)?;
+        let cursor = store.meta(EXPORT_CURSOR_KEY)?;
         let batch = store.spans_after(cursor, BATCH)?;
         if batch.is_empty() {
             tokio::select! {
@@ -451,7 +483,7 @@ pub async fn run_continuous(
         match exporter.export(&spans, &resolver).await {
             Ok(()) => {
                 let last = batch.last().map(|(seq, _)| *seq).unwrap_or(cursor);
-                store.set_meta(CURSOR_KEY, last)?;
+                store.set_meta(EXPORT_CURSOR_KEY, last)?;
                 store.set_meta(EXPORTED_KEY, store.meta(EXPORTED_KEY)? + spans.len() as u64)?;
                 counters
                     .exported
@@ -638,6 +670,73 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("grpc or http/protobuf"));
+    }
+
+    #[test]
+    fn the_request_timeout_comes_from_the_otel_variables() {
+        let none = ExportOverrides::default();
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318");
+        let timeout = |vars: &[(&str, &str)]| {
+            ExportConfig::resolve(&none, env(vars), true)
+                .map(|c| c.unwrap().timeout)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(timeout(&[endpoint]), Ok(Duration::from_secs(10)));
+        assert_eq!(
+            timeout(&[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]),
+            Ok(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            timeout(&[
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")
+            ]),
+            Ok(Duration::from_millis(700))
+        );
+        for bad in ["soon", "-1", "0"] {
+            let err = timeout(&[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", bad)]).unwrap_err();
+            assert!(
+                err.contains("OTEL_EXPORTER_OTLP_TIMEOUT") && err.contains(bad),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_endpoint_that_never_answers_fails_after_one_timeout() {
+        // Connections complete in the kernel's backlog; nothing ever reads or answers them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let spans = container_trace(TraceId([6; 16]), "c");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for (protocol, endpoint) in [
+            (
+                Protocol::HttpProtobuf,
+                format!("http://127.0.0.1:{port}/v1/traces"),
+            ),
+            (Protocol::Grpc, format!("http://127.0.0.1:{port}")),
+        ] {
+            let config = ExportConfig {
+                protocol,
+                endpoint,
+                service_name: "shimtrace".into(),
+                timeout: Duration::from_millis(500),
+            };
+            let started = std::time::Instant::now();
+            let err = runtime
+                .block_on(export_once(config, &spans, 5))
+                .unwrap_err()
+                .to_string();
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(4), "{protocol:?}: {took:?}");
+            assert!(
+                err.contains("no answer within 500ms")
+                    && err.contains("OTEL_EXPORTER_OTLP_TIMEOUT"),
+                "{protocol:?}: {err}"
+            );
+        }
+        drop(listener);
     }
 
     #[test]

@@ -208,7 +208,13 @@ impl Ingester {
             let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            let Ok(size) = std::fs::metadata(path).map(|m| m.len()) else {
+            // Only regular files are spool files; anything else is left alone (and reported by
+            // ingest).
+            let Some(size) = std::fs::symlink_metadata(path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+            else {
                 continue;
             };
             let at = self.store.file_offset(file_name)?;
@@ -272,22 +278,26 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
         report: IngestReport::default(),
         chunk: None,
     };
-    let unreadable = |source: ReadError| IngestReport {
-        issues: vec![SpoolIssue {
-            file: path.to_path_buf(),
-            line: 0,
-            error: format!("cannot read spool file, skipped for now: {source}"),
-        }],
+    let unreadable = |source: io::Error| IngestReport {
+        issues: vec![SpoolIssue::file(
+            path,
+            format_args!("cannot read spool file, skipped for now: {source}"),
+        )],
         ..IngestReport::default()
     };
-    let size = match std::fs::metadata(path) {
-        Ok(m) => m.len(),
+    // Not followed if it is a link: only a regular file is a spool file.
+    let size = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => {
+            read.report = unreadable(match spool::open_spool_file(path) {
+                Err(e) => e,
+                Ok(_) => io::Error::other("not a regular file"),
+            });
+            return read;
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return read,
         Err(source) => {
-            read.report = unreadable(ReadError {
-                path: path.to_path_buf(),
-                source,
-            });
+            read.report = unreadable(source);
             return read;
         }
     };
@@ -328,7 +338,7 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
     let chunk = match visited {
         Ok(chunk) => chunk,
         Err(ReadError { source, .. }) if source.kind() == io::ErrorKind::NotFound => return read,
-        Err(source) => {
+        Err(ReadError { source, .. }) => {
             read.report = unreadable(source);
             return read;
         }
@@ -440,6 +450,31 @@ mod tests {
             "{}",
             r.issues[0]
         );
+    }
+
+    #[test]
+    fn a_skipped_file_is_not_called_a_malformed_line_and_links_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let me = std::process::id();
+        std::fs::create_dir(spool.join(format!("proxy-{me}-1-0.jsonl"))).unwrap();
+        let spans = container_trace(TraceId([9; 16]), "c");
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        std::fs::write(&elsewhere, line(&spans[0])).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, spool.join(format!("proxy-{me}-2-0.jsonl")))
+            .unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut ingester = Ingester::new(store, &spool, true);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!(r.spans_stored, 0, "a link was followed");
+        assert_eq!(r.issues.len(), 2, "{:?}", r.issues);
+        for issue in &r.issues {
+            let said = issue.to_string();
+            assert!(!said.contains("malformed spool line"), "{said}");
+            assert!(!said.contains(":0:"), "{said}");
+        }
+        assert!(elsewhere.exists());
     }
 
     #[test]

@@ -1,31 +1,16 @@
-//! Prometheus metrics: counters shared by ingest and export, and the `/metrics` endpoint with
-//! cold-start phase histograms per runtime.
+//! Prometheus metrics: the `/metrics` endpoint with the store's totals, this process's
+//! [`Counters`], and cold-start phase histograms per runtime.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::export::EXPORTED_KEY;
-use crate::store::{Store, StoreError};
+use crate::counters::Counters;
+use crate::store::{Store, StoreError, EXPORTED_KEY};
 use crate::trace::{Phase, Trace};
-
-/// Process-lifetime counters.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Spans newly stored.
-    pub ingested: AtomicU64,
-    /// Spans accepted by the OTLP endpoint.
-    pub exported: AtomicU64,
-    /// Spans the shims reported dropped.
-    pub dropped: AtomicU64,
-    /// Malformed spool lines skipped.
-    pub spool_issues: AtomicU64,
-    /// Failed export attempts.
-    pub export_failures: AtomicU64,
-}
 
 /// Histogram bucket bounds, seconds: cold-start phases run from microseconds to seconds.
 pub const BUCKETS: [f64; 14] = [

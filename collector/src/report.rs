@@ -1,17 +1,18 @@
 //! The cold-start report: per runtime, phase latency statistics, sum of phases against the
-//! client-observed wall time, dropped spans; rendered as Markdown, JSON or one self-contained HTML
-//! page with inline SVG charts.
+//! client-observed wall time, dropped spans; rendered as JSON, or as one `shimtrace-render`
+//! document written as Markdown, plain text or a self-contained HTML page with inline SVG charts.
 //!
 //! [`build_report`] + [`render`] are the library entry points; callers (the lab) add their own
 //! [`Section`]s, which every format renders after the runtime sections.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use shimtrace_render::{Bin as ChartBin, Column, Document, Figure, Histogram, Table, Text};
+use shimtrace_render::{Waterfall, WaterfallRow};
 use shimtrace_span::{names, SpanRecord};
 
-use crate::synth::WallTime;
+pub use crate::stats::Stats;
 use crate::timeline::fmt_ms;
 use crate::trace::{task_method, Phase, Trace};
 
@@ -21,39 +22,8 @@ pub enum Format {
     Md,
     Json,
     Html,
-}
-
-/// Latency statistics over a set of durations (nanoseconds; percentiles by nearest rank).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
-pub struct Stats {
-    pub n: usize,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub p99_ns: u64,
-    pub min_ns: u64,
-    pub max_ns: u64,
-}
-
-impl Stats {
-    /// Statistics of `values` (sorted in place); `None` for no values.
-    pub fn of(values: &mut [u64]) -> Option<Stats> {
-        if values.is_empty() {
-            return None;
-        }
-        values.sort_unstable();
-        let rank = |p: f64| {
-            let i = ((p / 100.0) * values.len() as f64).ceil() as usize;
-            values[i.clamp(1, values.len()) - 1]
-        };
-        Some(Stats {
-            n: values.len(),
-            p50_ns: rank(50.0),
-            p90_ns: rank(90.0),
-            p99_ns: rank(99.0),
-            min_ns: values[0],
-            max_ns: values[values.len() - 1],
-        })
-    }
+    /// Plain text for a terminal.
+    Text,
 }
 
 /// One phase's statistics in a runtime.
@@ -286,14 +256,42 @@ pub fn build_report(
 /// Renders the report in `format`.
 pub fn render(report: &Report, format: Format) -> String {
     match format {
-        Format::Md => render_markdown(report),
+        Format::Md => document(report).to_markdown(),
         Format::Json => serde_json::to_string_pretty(report).expect("a report always serializes"),
-        Format::Html => render_html(report),
+        Format::Html => document(report).to_html(),
+        Format::Text => document(report).to_text(),
     }
 }
 
-fn stats_cells(s: &Stats) -> [String; 6] {
+/// The report as a document: a section per runtime, then the caller's sections.
+pub fn document(report: &Report) -> Document {
+    let mut doc = Document::new(&report.title);
+    doc.paragraph(
+        Text::new()
+            .plain(format!(
+                "{} traces, {} spans, ",
+                report.traces, report.spans
+            ))
+            .strong(format!("{} spans dropped", report.dropped_spans))
+            .plain(" by the shims."),
+    );
+    for (i, r) in report.runtimes.iter().enumerate() {
+        runtime_section(&mut doc, i, r);
+    }
+    for s in &report.sections {
+        caller_section(&mut doc, s);
+    }
+    doc
+}
+
+/// Nanoseconds as the report writes them (`12.345 ms`).
+fn ns(v: f64) -> String {
+    fmt_ms(v as u64)
+}
+
+fn stats_row(label: &str, s: &Stats) -> [String; 7] {
     [
+        label.to_string(),
         s.n.to_string(),
         fmt_ms(s.p50_ns),
         fmt_ms(s.p90_ns),
@@ -303,299 +301,145 @@ fn stats_cells(s: &Stats) -> [String; 6] {
     ]
 }
 
-const STATS_HEADER: [&str; 7] = ["phase", "n", "p50", "p90", "p99", "min", "max"];
-
-fn phase_rows(r: &RuntimeReport) -> Vec<Vec<String>> {
-    let mut rows: Vec<Vec<String>> = r
-        .phases
-        .iter()
-        .map(|p| {
-            let mut row = vec![p.label.to_string()];
-            row.extend(stats_cells(&p.stats));
-            row
-        })
-        .collect();
+/// Phase statistics, then cold start and the wall-time comparison in the same columns.
+fn phase_table(r: &RuntimeReport) -> Table {
+    let mut table = Table::new(
+        std::iter::once(Column::left("phase"))
+            .chain(["n", "p50", "p90", "p99", "min", "max"].map(Column::right)),
+    );
+    for p in &r.phases {
+        table.row(stats_row(p.label, &p.stats));
+    }
     if let Some(c) = &r.cold_start {
-        let mut row = vec!["cold start (wrapper → running)".to_string()];
-        row.extend(stats_cells(c));
-        rows.push(row);
+        table.row(stats_row("cold start (wrapper → running)", c));
     }
     if let Some(w) = &r.wall {
-        for (label, s) in [
-            ("sum of phases", &w.sum_of_phases),
-            ("client wall time", &w.wall_time),
-            ("outside phases (wall − sum)", &w.outside_phases),
-        ] {
-            let mut row = vec![label.to_string()];
-            row.extend(stats_cells(s));
-            rows.push(row);
-        }
+        table.row(stats_row("sum of phases", &w.sum_of_phases));
+        table.row(stats_row("client wall time", &w.wall_time));
+        table.row(stats_row("outside phases (wall − sum)", &w.outside_phases));
     }
-    rows
+    table
 }
 
-fn md_table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
-    let escape = |s: &str| s.replace('|', "\\|");
-    let _ = writeln!(
-        out,
-        "| {} |",
-        header
-            .iter()
-            .map(|h| escape(h))
-            .collect::<Vec<_>>()
-            .join(" | ")
+fn median_figure(m: &MedianTrace) -> Figure {
+    let container = m.container_id.as_deref().unwrap_or("-");
+    Figure::listed(
+        Waterfall {
+            title: format!("waterfall of container {container}"),
+            rows: m
+                .bars
+                .iter()
+                .map(|b| WaterfallRow {
+                    label: b.name.clone(),
+                    depth: b.depth,
+                    start: b.offset_ns as f64,
+                    length: b.duration_ns as f64,
+                })
+                .collect(),
+            markers: Vec::new(),
+            format: ns,
+        },
+        Text::new()
+            .plain("Median start: container ")
+            .code(container)
+            .plain(format!(" (cold start {})", fmt_ms(m.cold_start_ns))),
+    )
+}
+
+/// `index` picks the histogram's colour, so runtimes side by side differ.
+fn runtime_section(doc: &mut Document, index: usize, r: &RuntimeReport) {
+    doc.heading(
+        2,
+        Text::new()
+            .plain("Runtime ")
+            .code(&r.runtime)
+            .plain(format!(" ({} traces)", r.traces)),
     );
-    let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
-    for row in rows {
-        let _ = writeln!(
-            out,
-            "| {} |",
-            row.iter()
-                .map(|c| escape(c))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+    doc.push(phase_table(r));
+    if let Some(w) = &r.wall {
+        doc.paragraph(format!(
+            "Sum of phases vs client-observed wall time ({} containers): median {} of {} ({:.1}%).",
+            w.n,
+            fmt_ms(w.sum_of_phases.p50_ns),
+            fmt_ms(w.wall_time.p50_ns),
+            100.0 * w.sum_of_phases.p50_ns as f64 / w.wall_time.p50_ns.max(1) as f64
+        ));
     }
-}
-
-fn render_markdown(report: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# {}\n", report.title);
-    let _ = writeln!(
-        out,
-        "{} traces, {} spans, **{} spans dropped** by the shims.\n",
-        report.traces, report.spans, report.dropped_spans
-    );
-    let header: Vec<String> = STATS_HEADER.iter().map(|s| s.to_string()).collect();
-    for r in &report.runtimes {
-        let _ = writeln!(out, "## Runtime `{}` ({} traces)\n", r.runtime, r.traces);
-        md_table(&mut out, &header, &phase_rows(r));
-        if let Some(w) = &r.wall {
-            let _ = writeln!(
-                out,
-                "\nSum of phases vs client-observed wall time ({} containers): median {} of {} ({:.1}%).",
-                w.n,
-                fmt_ms(w.sum_of_phases.p50_ns),
-                fmt_ms(w.wall_time.p50_ns),
-                100.0 * w.sum_of_phases.p50_ns as f64 / w.wall_time.p50_ns.max(1) as f64
-            );
-        }
-        if let Some(m) = &r.median_trace {
-            let _ = writeln!(
-                out,
-                "\nMedian start: container `{}` (cold start {}):\n\n```",
-                m.container_id.as_deref().unwrap_or("-"),
-                fmt_ms(m.cold_start_ns)
-            );
-            for b in &m.bars {
-                let _ = writeln!(
-                    out,
-                    "{:>12} {:>12}  {}{}",
-                    format!("+{}", fmt_ms(b.offset_ns)),
-                    fmt_ms(b.duration_ns),
-                    "  ".repeat(b.depth),
-                    b.name
-                );
-            }
-            let _ = writeln!(out, "```");
-        }
-        out.push('\n');
+    if let Some(m) = &r.median_trace {
+        doc.push(median_figure(m));
     }
-    for s in &report.sections {
-        let _ = writeln!(out, "## {}\n", s.title);
-        if !s.text.is_empty() {
-            let _ = writeln!(out, "{}\n", s.text.trim_end());
-        }
-        if let Some((header, rows)) = &s.table {
-            md_table(&mut out, header, rows);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// Bar colours (Tableau 10), one per nesting depth or runtime.
-const PALETTE: [&str; 6] = [
-    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
-];
-
-fn html_table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
-    out.push_str("<table><thead><tr>");
-    for h in header {
-        let _ = write!(out, "<th>{}</th>", esc(h));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in rows {
-        out.push_str("<tr>");
-        for c in row {
-            let _ = write!(out, "<td>{}</td>", esc(c));
-        }
-        out.push_str("</tr>");
-    }
-    out.push_str("</tbody></table>\n");
-}
-
-/// An SVG waterfall: one bar per span of the median trace.
-fn waterfall_svg(m: &MedianTrace) -> String {
-    let label_w = 300.0;
-    let plot_w = 560.0;
-    let row_h = 20.0;
-    let height = row_h * m.bars.len() as f64 + 30.0;
-    let total = m
-        .bars
-        .iter()
-        .map(|b| b.offset_ns + b.duration_ns)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let mut svg = format!(
-        r#"<svg class="waterfall" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" viewBox="0 0 {w} {height}" role="img"><title>waterfall of container {c}</title>"#,
-        w = label_w + plot_w + 110.0,
-        c = esc(m.container_id.as_deref().unwrap_or("-"))
-    );
-    for (i, b) in m.bars.iter().enumerate() {
-        let y = i as f64 * row_h + 4.0;
-        let x = label_w + b.offset_ns as f64 / total * plot_w;
-        let width = (b.duration_ns as f64 / total * plot_w).max(1.5);
-        let _ = write!(
-            svg,
-            r##"<text x="{tx}" y="{ty}" font-size="12" font-family="monospace">{name}</text><rect class="bar" x="{x:.2}" y="{y:.2}" width="{width:.2}" height="{h}" fill="{fill}"><title>{name}: +{off} {dur}</title></rect><text x="{lx:.2}" y="{ty}" font-size="11" fill="#555">{dur}</text>"##,
-            tx = 4.0 + 12.0 * b.depth as f64,
-            ty = y + 12.0,
-            name = esc(&b.name),
-            h = row_h - 6.0,
-            fill = PALETTE[b.depth % PALETTE.len()],
-            off = fmt_ms(b.offset_ns),
-            dur = fmt_ms(b.duration_ns),
-            lx = x + width + 4.0,
-        );
-    }
-    let axis_y = m.bars.len() as f64 * row_h + 12.0;
-    let _ = write!(
-        svg,
-        r##"<line x1="{label_w}" y1="{axis_y}" x2="{x2}" y2="{axis_y}" stroke="#333"/><text x="{label_w}" y="{ty}" font-size="11">0</text><text x="{x2}" y="{ty}" font-size="11" text-anchor="end">{total}</text></svg>"##,
-        x2 = label_w + plot_w,
-        ty = axis_y + 14.0,
-        total = fmt_ms(total as u64)
-    );
-    svg
-}
-
-/// An SVG histogram of cold-start times.
-fn histogram_svg(bins: &[Bin], color: &str) -> String {
-    let (w, h, pad) = (640.0, 220.0, 30.0);
-    let max = bins.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
-    let bar_w = (w - 2.0 * pad) / bins.len().max(1) as f64;
-    let mut svg = format!(
-        r#"<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img"><title>cold-start latency histogram</title>"#
-    );
-    for (i, b) in bins.iter().enumerate() {
-        let bh = b.count as f64 / max * (h - 2.0 * pad);
-        let _ = write!(
-            svg,
-            r#"<rect class="bin" x="{x:.2}" y="{y:.2}" width="{bw:.2}" height="{bh:.2}" fill="{color}"><title>{lo} – {hi}: {n}</title></rect>"#,
-            x = pad + i as f64 * bar_w,
-            y = h - pad - bh,
-            bw = (bar_w - 1.0).max(1.0),
-            lo = fmt_ms(b.lo_ns),
-            hi = fmt_ms(b.hi_ns),
-            n = b.count
-        );
-    }
-    if let (Some(first), Some(last)) = (bins.first(), bins.last()) {
-        let _ = write!(
-            svg,
-            r##"<line x1="{pad}" y1="{ay}" x2="{x2}" y2="{ay}" stroke="#333"/><text x="{pad}" y="{ty}" font-size="11">{lo}</text><text x="{x2}" y="{ty}" font-size="11" text-anchor="end">{hi}</text><text x="{pad}" y="14" font-size="11">max {max} per bin</text>"##,
-            ay = h - pad,
-            x2 = w - pad,
-            ty = h - pad + 16.0,
-            lo = fmt_ms(first.lo_ns),
-            hi = fmt_ms(last.hi_ns),
-        );
-    }
-    svg.push_str("</svg>");
-    svg
-}
-
-fn render_html(report: &Report) -> String {
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #555; }}
-.dropped {{ font-weight: bold; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>{traces} traces, {spans} spans, <span class="dropped">{dropped} spans dropped</span> by the shims.</p>
-"#,
-        title = esc(&report.title),
-        traces = report.traces,
-        spans = report.spans,
-        dropped = report.dropped_spans
-    );
-    let header: Vec<String> = STATS_HEADER.iter().map(|s| s.to_string()).collect();
-    for (i, r) in report.runtimes.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "<section class=\"runtime\"><h2>Runtime <code>{}</code> ({} traces)</h2>",
-            esc(&r.runtime),
-            r.traces
-        );
-        html_table(&mut out, &header, &phase_rows(r));
-        if let Some(w) = &r.wall {
-            let _ = writeln!(
-                out,
-                "<p>Sum of phases vs client-observed wall time ({} containers): median {} of {} ({:.1}%).</p>",
-                w.n,
-                fmt_ms(w.sum_of_phases.p50_ns),
-                fmt_ms(w.wall_time.p50_ns),
-                100.0 * w.sum_of_phases.p50_ns as f64 / w.wall_time.p50_ns.max(1) as f64
-            );
-        }
-        if let Some(m) = &r.median_trace {
-            let _ = writeln!(
-                out,
-                "<figure>{}<figcaption>Median start: container {} (cold start {})</figcaption></figure>",
-                waterfall_svg(m),
-                esc(m.container_id.as_deref().unwrap_or("-")),
-                fmt_ms(m.cold_start_ns)
-            );
-        }
-        if !r.cold_start_histogram.is_empty() {
-            let _ = writeln!(
-                out,
-                "<figure>{}<figcaption>Cold start (wrapper start → container running), {} traces</figcaption></figure>",
-                histogram_svg(&r.cold_start_histogram, PALETTE[(i + 1) % PALETTE.len()]),
+    if !r.cold_start_histogram.is_empty() {
+        doc.push(Figure::drawn_only(
+            Histogram {
+                title: "cold-start latency histogram".into(),
+                bins: r
+                    .cold_start_histogram
+                    .iter()
+                    .map(|b| ChartBin {
+                        lo: b.lo_ns as f64,
+                        hi: b.hi_ns as f64,
+                        count: b.count,
+                    })
+                    .collect(),
+                color: index + 1,
+                format: ns,
+            },
+            format!(
+                "Cold start (wrapper start → container running), {} traces",
                 r.cold_start.map(|s| s.n).unwrap_or(0)
-            );
-        }
-        out.push_str("</section>\n");
+            ),
+        ));
     }
-    for s in &report.sections {
-        let _ = writeln!(out, "<section class=\"extra\"><h2>{}</h2>", esc(&s.title));
-        for para in s.text.split("\n\n").filter(|p| !p.trim().is_empty()) {
-            let _ = writeln!(out, "<p>{}</p>", esc(para.trim()));
-        }
-        if let Some((header, rows)) = &s.table {
-            html_table(&mut out, header, rows);
-        }
-        out.push_str("</section>\n");
+}
+
+fn caller_section(doc: &mut Document, s: &Section) {
+    doc.heading(2, s.title.as_str());
+    for para in s.text.split("\n\n").filter(|p| !p.trim().is_empty()) {
+        doc.paragraph(para.trim_start_matches('\n').trim_end());
     }
-    out.push_str("</body></html>\n");
-    out
+    if let Some((header, rows)) = &s.table {
+        let mut table = Table::new(header.iter().map(Column::left));
+        for row in rows {
+            table.row(row);
+        }
+        doc.push(table);
+    }
+}
+
+/// A client-observed wall time for one container (the report's optional input; `shimtrace synth`
+/// writes them beside its spool).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WallTime {
+    pub container_id: String,
+    pub wall_time_ns: u64,
+}
+
+/// A wall-time input that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("wall-time input line {line}: {message} (expected a JSON array or JSON lines of {{\"container_id\": \"...\", \"wall_time_ns\": N}})")]
+pub struct WallTimeError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Parses client-observed wall times: a JSON array, or one JSON object per line.
+pub fn parse_wall_times(text: &str) -> Result<Vec<WallTime>, WallTimeError> {
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(text).map_err(|e| WallTimeError {
+            line: e.line(),
+            message: e.to_string(),
+        });
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| WallTimeError {
+                line: i + 1,
+                message: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -611,18 +455,6 @@ mod tests {
         };
         let (_, walls) = generate_spool(dir.path(), &config, |_| {}).unwrap();
         (crate::source::load_spool(dir.path()).unwrap().spans, walls)
-    }
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let mut v: Vec<u64> = (1..=100).rev().collect();
-        let s = Stats::of(&mut v).unwrap();
-        assert_eq!(
-            (s.n, s.p50_ns, s.p90_ns, s.p99_ns, s.min_ns, s.max_ns),
-            (100, 50, 90, 99, 1, 100)
-        );
-        assert_eq!(Stats::of(&mut [7]).unwrap().p99_ns, 7);
-        assert!(Stats::of(&mut []).is_none());
     }
 
     #[test]
@@ -690,35 +522,22 @@ mod tests {
         assert_eq!(html.matches("<svg class=\"histogram\"").count(), 3);
         assert!(html.contains("runsc blocks &lt;ptrace&gt;."));
         assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+        // The median trace is a listing in the text formats, a chart only in HTML.
+        assert_eq!(md.matches("Median start: container `").count(), 3, "{md}");
+        assert!(md.contains("```\n   +0.000 ms "), "{md}");
+        let text = render(&report, Format::Text);
+        assert!(
+            text.contains("5 spans dropped") && !text.contains("**"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Isolation probes\n----------------\n"),
+            "{text}"
+        );
+        assert!(text.contains("runsc blocks <ptrace>."));
+        assert_eq!(text.matches("Median start: container ").count(), 3);
+        assert!(!text.contains("<svg"));
     }
-}
-
-/// A wall-time input that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("wall-time input line {line}: {message} (expected a JSON array or JSON lines of {{\"container_id\": \"...\", \"wall_time_ns\": N}})")]
-pub struct WallTimeError {
-    pub line: usize,
-    pub message: String,
-}
-
-/// Parses client-observed wall times: a JSON array, or one JSON object per line.
-pub fn parse_wall_times(text: &str) -> Result<Vec<WallTime>, WallTimeError> {
-    if text.trim_start().starts_with('[') {
-        return serde_json::from_str(text).map_err(|e| WallTimeError {
-            line: e.line(),
-            message: e.to_string(),
-        });
-    }
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| WallTimeError {
-                line: i + 1,
-                message: e.to_string(),
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
+use crate::counters::Counters;
 use crate::export::ExportConfig;
 use crate::ingest::{IngestError, IngestReport, Ingester};
-use crate::metrics::{serve_metrics, Counters, MetricsBindError, MetricsRenderer};
+use crate::metrics::{serve_metrics, MetricsBindError, MetricsRenderer};
 use crate::store::{Store, StoreError};
 
 /// How often ingest wakes without events to compact files whose writer has exited.
@@ -44,7 +45,7 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Metrics(#[from] MetricsBindError),
-    #[error("ingest thread failed: {0}")]
+    #[error("ingest thread failed: {0} (restart shimtrace serve; what was stored is kept and ingest resumes from the stored offsets)")]
     Thread(String),
 }
 

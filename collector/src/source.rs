@@ -66,7 +66,8 @@ impl Source {
                 Ok(loaded)
             }
             Source::Store(path) => {
-                let store = Store::open_existing(path)?;
+                // Queries never write: a store the user may only read still answers.
+                let store = Store::open_read_only(path)?;
                 let spans = match container {
                     Some(id) => store.spans_of_container(id)?,
                     None => store.all_spans()?,
@@ -159,6 +160,20 @@ mod tests {
         let text = timeline::render_timelines(&traces);
         assert!(text.contains("container web"), "{text}");
         assert_eq!(text.lines().count(), 10, "{text}");
+    }
+
+    #[test]
+    fn a_damaged_entry_is_a_warning_and_the_rest_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        hand_made_spool(dir.path());
+        // An entry named like a spool file that cannot be read as one.
+        std::fs::create_dir(dir.path().join("proxy-102-7-0.jsonl")).unwrap();
+        let loaded = load_spool(dir.path()).unwrap();
+        assert_eq!(loaded.spans.len(), 7);
+        assert_eq!(loaded.issues.len(), 2);
+        let said = loaded.issues[1].to_string();
+        assert!(said.contains("proxy-102-7-0.jsonl"), "{said}");
+        assert!(!said.contains("--spool"), "{said}");
     }
 
     #[test]

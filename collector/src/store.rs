@@ -13,13 +13,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use shimtrace_span::{SpanId, SpanRecord, TraceId};
 
 /// Default database path.
 pub const DEFAULT_DB: &str = "/var/lib/shimtrace/shimtrace.db";
 /// Environment variable overriding [`DEFAULT_DB`].
 pub use shimtrace_span::env::DB as DB_ENV;
+
+/// `meta` key of the continuous exporter's cursor: the last exported ingest sequence number.
+pub const EXPORT_CURSOR_KEY: &str = "otlp_export_cursor";
+/// `meta` key of the total spans exported over OTLP.
+pub const EXPORTED_KEY: &str = "otlp_exported_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,7 +46,7 @@ pub enum StoreError {
     },
     #[error("store {path} does not exist (run `shimtrace serve` to fill it, or read a spool with --spool DIR)")]
     Missing { path: PathBuf },
-    #[error("store query failed: {0}")]
+    #[error("store query failed: {0} (if another process holds the store, retry when it is done; if the store is damaged, move it aside and re-ingest the spool)")]
     Sql(#[from] rusqlite::Error),
     #[error("store {path} has layout version {found}, newer than this shimtrace knows ({SCHEMA_VERSION}): use the shimtrace that wrote it, or pass --db PATH (or set {DB_ENV}) to start a new store")]
     NewerSchema { path: PathBuf, found: i64 },
@@ -51,7 +56,7 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("store holds a span that does not parse ({trace_id}/{span_id}): {source}")]
+    #[error("store holds a span that does not parse ({trace_id}/{span_id}): {source} (the store is damaged: move it aside and re-ingest the spool)")]
     Corrupt {
         trace_id: String,
         span_id: String,
@@ -150,6 +155,20 @@ fn to_sql_nanos(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// `path` as an SQLite `file:` URI (percent-encoding all but unreserved characters and `/`).
+fn file_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri
+}
+
 /// Creates the tables, or upgrades an older layout, in one transaction.
 fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<()> {
     // An up-to-date store needs no write lock (metrics opens the store for every scrape).
@@ -243,6 +262,63 @@ impl Store {
             });
         }
         Store::open(path)
+    }
+
+    /// Opens an existing store for queries only, without writing to it: a store the user can read
+    /// but not write (a root-owned store queried without root, a read-only filesystem) still
+    /// answers. A store of an older layout is upgraded first, which needs write access (see
+    /// [`Store::open`]).
+    ///
+    /// SQLite reads a WAL-mode store through its `-shm` file, which it cannot create in a
+    /// directory the user cannot write. Then, if there is no `-wal` file either (no writer has the
+    /// store open and nothing is left to fold in), the file is read as immutable.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let version = |conn: &Connection| -> rusqlite::Result<i64> {
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        };
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let (conn, found) = match Connection::open_with_flags(path, read_only)
+            .and_then(|conn| version(&conn).map(|v| (conn, v)))
+        {
+            Ok(opened) => opened,
+            Err(_) if !Path::new(&wal).exists() => {
+                let uri = format!("{}?immutable=1", file_uri(path));
+                Connection::open_with_flags(uri, read_only)
+                    .and_then(|conn| version(&conn).map(|v| (conn, v)))
+                    .map_err(open_err)?
+            }
+            Err(e) => return Err(open_err(e)),
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            drop(conn);
+            return Store::open(path);
+        }
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)
+            .map_err(open_err)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -614,6 +690,33 @@ mod tests {
         assert_eq!(store.spans_after(5, 100).unwrap().len(), 2);
         store.set_meta("cursor", 5).unwrap();
         assert_eq!(store.meta("cursor").unwrap(), 5);
+    }
+
+    #[test]
+    fn a_read_only_store_answers_queries_and_takes_no_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd name?#%.db");
+        let mut store = Store::open(&path).unwrap();
+        let spans = container_trace(TraceId([3; 16]), "c");
+        store
+            .ingest_chunk("f", &spans, &[], FileOffset::default())
+            .unwrap();
+        drop(store);
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(reader.all_spans().unwrap(), spans);
+        assert!(reader.set_meta("cursor", 5).is_err());
+        assert!(matches!(
+            Store::open_read_only(&dir.path().join("none.db")),
+            Err(StoreError::Missing { .. })
+        ));
+        // Read as immutable (the fallback when SQLite cannot create the `-shm` file).
+        let uri = format!("{}?immutable=1", file_uri(&path));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(uri, flags).unwrap();
+        let count: i64 = conn
+            .query_row("SELECT COUNT(*) FROM spans", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 7);
     }
 
     /// The version-1 layout, as earlier releases created it.

@@ -15,6 +15,7 @@ use shimtrace_span::{
     SpoolEntry, TraceId,
 };
 
+use crate::report::WallTime;
 use crate::trace::EXIT_EVENT;
 
 /// A runtime's inner shim and its typical phase latencies (milliseconds: median, spread).
@@ -97,13 +98,6 @@ pub struct SynthSummary {
     pub spans: u64,
     pub files: usize,
     pub bytes: u64,
-}
-
-/// A client-observed wall time for one container (the report's optional input).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct WallTime {
-    pub container_id: String,
-    pub wall_time_ns: u64,
 }
 
 /// xorshift64*: reproducible without a dependency.

@@ -1,6 +1,11 @@
 //! Terminal views of traces: per-container timelines, the trace list and the waterfall, plus the
 //! stable JSON shape of a span.
+//!
+//! Everything a span carries (names, ids, attribute values) comes from the spool, which whoever
+//! can talk to a shim can influence: in terminal views it passes through [`for_terminal`], so it
+//! can neither move the cursor, clear the screen or retitle the terminal, nor reorder the line.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -52,6 +57,32 @@ pub fn spans_json(traces: &[Trace]) -> serde_json::Result<String> {
     serde_json::to_string_pretty(&spans)
 }
 
+/// Widest waterfall drawn, in columns; wider requests are drawn this wide.
+pub const MAX_WIDTH: usize = 1000;
+/// Narrowest waterfall drawn, in columns.
+pub const MIN_WIDTH: usize = 10;
+
+/// `text` safe to print on a terminal: control characters (C0, DEL, C1) and bidirectional
+/// overrides are escaped (`\r`, `\n`, `\t`, else `\u{1b}`-style); everything else is unchanged.
+pub fn for_terminal(text: &str) -> Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            // Every such character escapes as `\t`, `\r`, `\n` or `\u{…}`.
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Milliseconds with microsecond precision: `12.345 ms`.
 pub fn fmt_ms(nanos: u64) -> String {
     format!("{:.3} ms", nanos as f64 / 1e6)
@@ -75,7 +106,7 @@ fn key_attributes(span: &SpanRecord) -> String {
             if key == attr::RPC_TTRPC_STATUS_CODE && value.as_i64() == Some(0) {
                 continue;
             }
-            let _ = write!(out, " {label}={value}");
+            let _ = write!(out, " {label}={}", for_terminal(&value.to_string()));
         }
     }
     if let SpanStatus::Error(message) = &span.status {
@@ -85,7 +116,7 @@ fn key_attributes(span: &SpanRecord) -> String {
         let _ = write!(
             out,
             " [{} @{}]",
-            event.name,
+            for_terminal(&event.name),
             fmt_ms(
                 event
                     .time_unix_nano
@@ -99,15 +130,18 @@ fn key_attributes(span: &SpanRecord) -> String {
 fn header(trace: &Trace, summary: &TraceSummary) -> String {
     let mut line = format!(
         "container {}",
-        summary.container_id.as_deref().unwrap_or("(none)")
+        for_terminal(summary.container_id.as_deref().unwrap_or("(none)"))
     );
     if let Some(ns) = &summary.namespace {
-        let _ = write!(line, "  namespace {ns}");
+        let _ = write!(line, "  namespace {}", for_terminal(ns));
     }
     let _ = write!(
         line,
         "  trace {}  runtime {}  spans {}  status {}",
-        trace.trace_id, summary.runtime, summary.span_count, summary.status
+        trace.trace_id,
+        for_terminal(&summary.runtime),
+        summary.span_count,
+        for_terminal(&summary.status)
     );
     if let Some(code) = summary.exit_code {
         let _ = write!(line, " (exit {code})");
@@ -150,7 +184,7 @@ pub fn render_timelines(traces: &[Trace]) -> String {
                 format!("+{}", fmt_ms(span.start_time_unix_nano - origin)),
                 fmt_ms(span.duration_nanos()),
                 "  ".repeat(depth),
-                span.name,
+                for_terminal(&span.name),
                 key_attributes(span)
             );
         }
@@ -178,10 +212,10 @@ pub fn render_summary_table(traces: &[Trace]) -> String {
         let _ = write!(
             out,
             "{:<24} {:<12} {:<34} {:<8} {:>5}",
-            s.container_id.as_deref().unwrap_or("(none)"),
-            s.namespace.as_deref().unwrap_or("-"),
-            s.runtime,
-            s.status,
+            for_terminal(s.container_id.as_deref().unwrap_or("(none)")),
+            for_terminal(s.namespace.as_deref().unwrap_or("-")),
+            for_terminal(&s.runtime),
+            for_terminal(&s.status),
             s.span_count
         );
         for p in Phase::ALL {
@@ -197,9 +231,10 @@ pub fn render_summary_table(traces: &[Trace]) -> String {
     out
 }
 
-/// A waterfall: one bar per span, placed by offset and scaled by duration across `width` columns.
+/// A waterfall: one bar per span, placed by offset and scaled by duration across `width` columns
+/// (at least [`MIN_WIDTH`], at most [`MAX_WIDTH`]).
 pub fn render_waterfall(trace: &Trace, width: usize) -> String {
-    let width = width.max(10);
+    let width = width.clamp(MIN_WIDTH, MAX_WIDTH);
     let origin = trace.start();
     let total = trace.end().saturating_sub(origin).max(1);
     let summary = trace.summary();
@@ -212,7 +247,7 @@ pub fn render_waterfall(trace: &Trace, width: usize) -> String {
         .spans
         .iter()
         .zip(trace.depths())
-        .map(|(s, d)| format!("{}{}", "  ".repeat(d), s.name))
+        .map(|(s, d)| format!("{}{}", "  ".repeat(d), for_terminal(&s.name)))
         .collect();
     let label_width = labels
         .iter()
@@ -310,5 +345,45 @@ mod tests {
             bar.starts_with("                                          "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_huge_width_is_clamped_instead_of_a_panic() {
+        let trace = Trace::group(container_trace(TraceId([1; 16]), "c1")).remove(0);
+        for width in [65_536, usize::MAX] {
+            let text = render_waterfall(&trace, width);
+            let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
+            assert!(longest <= MAX_WIDTH + 100, "{longest} columns");
+        }
+    }
+
+    #[test]
+    fn control_characters_from_spans_are_escaped_in_terminal_views() {
+        let mut spans = container_trace(TraceId([1; 16]), "c1\r\u{1b}[2Jx");
+        spans[0].name = "shim.start\u{1b}]0;title\u{7}".into();
+        spans[0]
+            .attributes
+            .insert(attr::OUTCOME.into(), "\u{9b}31mred\u{7f}".into());
+        spans[0].status = SpanStatus::Error("bad\u{1b}[1m".into());
+        let at = spans[1].start_time_unix_nano;
+        spans[1].events.push(SpanEvent {
+            name: "/tasks/\u{1b}[8m".into(),
+            time_unix_nano: at,
+            attributes: Default::default(),
+        });
+        let traces = Trace::group(spans);
+        for text in [
+            render_timelines(&traces),
+            render_summary_table(&traces),
+            render_waterfall(&traces[0], 40),
+        ] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
+        }
+        let text = render_timelines(&traces);
+        assert!(text.contains("shim.start\\u{1b}]0;title\\u{7}"), "{text}");
+        assert!(text.contains("container c1\\r\\u{1b}[2Jx"), "{text}");
     }
 }

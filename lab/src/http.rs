@@ -12,16 +12,16 @@ use tokio::net::TcpStream;
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {source} (the server in the container is not listening; its output is in the lab's work/io directory)")]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("HTTP exchange with {addr}: {message}")]
+    #[error("HTTP exchange with {addr} failed: {message} (the server broke the connection; its output is in the lab's work/io directory)")]
     Exchange { addr: SocketAddr, message: String },
-    #[error("{addr} answered HTTP {status}")]
+    #[error("{addr} answered HTTP {status} (the workload must serve /index.html from /www)")]
     Status { addr: SocketAddr, status: u16 },
-    #[error("no answer from {addr} within {timeout:?}")]
+    #[error("no answer from {addr} within {timeout:?} (the server is stuck or the machine overloaded; rerun with --only PROFILE)")]
     Timeout { addr: SocketAddr, timeout: Duration },
 }
 

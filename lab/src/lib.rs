@@ -10,7 +10,6 @@ pub mod http;
 pub mod isolation;
 pub mod profiles;
 pub mod report;
-pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,11 +20,11 @@ use serde_json::Value;
 
 use profiles::{Network, Profile};
 use report::{ColdStart, HttpResult, LabReport, ProfileResult, RunRecord, Setup};
+use shimtrace_collector::stats::{ms, Summary};
 use shimtrace_containerd::private::{PrivateConfig, PrivateContainerd};
 use shimtrace_containerd::rootfs;
 use shimtrace_containerd::{Containerd, RunSpec};
 use shimtrace_span::naming::which;
-use stats::{ms, Summary};
 
 /// The static probe binary (built from `probe/` by this crate's build script).
 pub const PROBE_BINARY: &[u8] = include_bytes!(env!("SHIMTRACE_PROBE_PATH"));
@@ -121,9 +120,9 @@ pub enum LabError {
         reason: String,
         private: String,
     },
-    #[error("no such profile: {0} (known: {1})")]
+    #[error("no such profile: {0} (pass --only with names among: {1})")]
     UnknownProfile(String, String),
-    #[error("cannot start the async runtime: {0}")]
+    #[error("cannot start the async runtime: {0} (check the process's limits on threads and open files)")]
     Runtime(std::io::Error),
     /// The report was written, but some of what was asked for could not be measured.
     #[error("the lab finished with errors (partial report in {}):\n{}", out.display(), lines.join("\n"))]
@@ -139,6 +138,7 @@ pub fn run(args: LabArgs) -> Result<PathBuf, LabError> {
     runtime.block_on(run_async(args))
 }
 
+/// A profile that passed preflight, and what has been measured of it.
 struct Active {
     profile: Profile,
     result: ProfileResult,
@@ -157,45 +157,106 @@ fn unique_suffix() -> String {
 
 /// Runs the lab; returns the output directory.
 pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(LabError::NotRoot);
-    }
-    let out = absolute(&args.out);
-    let work = out.join("work");
-    let io_dir = work.join("io");
-    // Task outputs of an earlier lab run in this directory would only mislead.
-    let _ = std::fs::remove_dir_all(&io_dir);
-    for dir in [&out, &work, &io_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| LabError::Out {
-            path: dir.clone(),
+    let lab = Lab::prepare(&args)?;
+    let mut found = Findings::new();
+    host_probe(&lab, &mut found).await;
+    let target = connect(&lab, &mut found).await?;
+    let result = measure(&lab, &target, &mut found).await;
+    target.close(&mut found.report).await;
+    write_report(&lab, &mut found.report)?;
+    result?;
+    found.into_result(lab.out)
+}
+
+/// What every stage of a run reads: the options, the work directories, the profiles to run and the
+/// suffix that makes this run's container ids unique.
+struct Lab<'a> {
+    args: &'a LabArgs,
+    out: PathBuf,
+    work: PathBuf,
+    io_dir: PathBuf,
+    rootfs_dir: PathBuf,
+    probe_path: PathBuf,
+    /// The wrapper's shim links, when the profiles run traced.
+    traced_dir: Option<PathBuf>,
+    /// In their configured order, after `--only`.
+    profiles: Vec<Profile>,
+    /// The user named the profiles (`--profiles` or `--only`): one that cannot run is an error.
+    explicit: bool,
+    suffix: String,
+}
+
+impl<'a> Lab<'a> {
+    /// Checks for root, lays out the output directory (probe, rootfs, traced shim links) and
+    /// chooses the profiles: the user's file, or the built-ins (whose missing binaries are merely
+    /// skipped).
+    fn prepare(args: &'a LabArgs) -> Result<Lab<'a>, LabError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let out = absolute(&args.out);
+        let work = out.join("work");
+        let io_dir = work.join("io");
+        // Task outputs of an earlier lab run in this directory would only mislead.
+        let _ = std::fs::remove_dir_all(&io_dir);
+        for dir in [&out, &work, &io_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| LabError::Out {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let probe_path = work.join("shimtrace-probe");
+        write_probe(&probe_path).map_err(|source| LabError::Out {
+            path: probe_path.clone(),
             source,
         })?;
-    }
-    let probe_path = work.join("shimtrace-probe");
-    write_probe(&probe_path).map_err(|source| LabError::Out {
-        path: probe_path.clone(),
-        source,
-    })?;
-    let rootfs_dir = work.join("rootfs");
-    if args.image.is_none() {
-        rootfs::build_rootfs(&rootfs_dir, &args.busybox, &probe_path)?;
+        let rootfs_dir = work.join("rootfs");
+        if args.image.is_none() {
+            rootfs::build_rootfs(&rootfs_dir, &args.busybox, &probe_path)?;
+        }
+        let traced_dir = if args.untraced {
+            None
+        } else {
+            prepare_traced_shims(&work, args.wrapper.as_deref())?
+        };
+        let (profiles, explicit) = select_profiles(args, traced_dir.as_deref())?;
+        Ok(Lab {
+            args,
+            out,
+            work,
+            io_dir,
+            rootfs_dir,
+            probe_path,
+            traced_dir,
+            profiles,
+            explicit,
+            suffix: unique_suffix(),
+        })
     }
 
-    // Profiles: the user's file, or the built-ins (whose missing binaries are merely skipped).
-    let traced_dir = if args.untraced {
-        None
-    } else {
-        prepare_traced_shims(&work, args.wrapper.as_deref())?
-    };
+    /// A run of `argv` in the lab's rootfs (or `--image`) as container `id`, before a profile
+    /// applies its runtime.
+    fn spec(&self, id: String, argv: &[&str]) -> RunSpec {
+        let mut spec = RunSpec::new(id, &self.rootfs_dir, argv.iter().copied(), &self.io_dir);
+        spec.timeout = Duration::from_secs(self.args.timeout);
+        spec.image = self.args.image.clone();
+        spec
+    }
+}
+
+/// The profiles to run, in their configured order, and whether the user named them.
+fn select_profiles(
+    args: &LabArgs,
+    traced_dir: Option<&Path>,
+) -> Result<(Vec<Profile>, bool), LabError> {
     let runc_runtime = if traced_dir.is_some() {
         profiles::TRACED_RUNC_RUNTIME
     } else {
         profiles::RUNC_RUNTIME
     };
-    let user_profiles = args.profiles.is_some();
     let mut all_profiles = match &args.profiles {
         Some(path) => profiles::load_profiles(path)?,
-        None => profiles::default_profiles(runc_runtime, traced_dir.as_deref()),
+        None => profiles::default_profiles(runc_runtime, traced_dir),
     };
     if !args.only.is_empty() {
         let known: Vec<String> = all_profiles.iter().map(|p| p.name.clone()).collect();
@@ -206,17 +267,65 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
         }
         all_profiles.retain(|p| args.only.contains(&p.name));
     }
-    let explicit = user_profiles || !args.only.is_empty();
+    let explicit = args.profiles.is_some() || !args.only.is_empty();
+    Ok((all_profiles, explicit))
+}
 
-    let mut report = LabReport {
-        format_version: 1,
-        generated_unix_nanos: shimtrace_containerd::wall_unix_nanos(),
-        ..Default::default()
-    };
-    let mut user_errors: Vec<String> = Vec::new();
+/// What the lab has found so far: the report, and the errors about what the user asked for by
+/// name, which make the run fail once the report is written.
+struct Findings {
+    report: LabReport,
+    user_errors: Vec<String>,
+}
 
-    // The host column.
-    report.host_probe = run_host_probe(&probe_path).await.unwrap_or_else(|e| {
+impl Findings {
+    fn new() -> Findings {
+        Findings {
+            report: LabReport {
+                format_version: 1,
+                generated_unix_nanos: shimtrace_containerd::wall_unix_nanos(),
+                ..Default::default()
+            },
+            user_errors: Vec::new(),
+        }
+    }
+
+    /// Records a profile that cannot run here: logged, in the report with its reason, and a user
+    /// error when the user asked for that profile by name.
+    fn skip(&mut self, mut result: ProfileResult, reason: String, explicit: bool) {
+        log(format!("{}: skipped: {reason}", result.name));
+        if explicit {
+            self.user_errors
+                .push(format!("profile {}: {reason}", result.name));
+        }
+        result.status = "skipped".into();
+        result.reason = Some(reason);
+        self.report.profiles.push(result);
+    }
+
+    /// An error the user must see: logged, in the report, and failing the run.
+    fn user_error(&mut self, line: String) {
+        log(&line);
+        self.user_errors.push(line.clone());
+        self.report.errors.push(line);
+    }
+
+    fn into_result(self, out: PathBuf) -> Result<PathBuf, LabError> {
+        if self.user_errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(LabError::Incomplete {
+                out,
+                lines: self.user_errors,
+            })
+        }
+    }
+}
+
+/// Stage 1, the host column: the probe run on the host, and the run's setup.
+async fn host_probe(lab: &Lab<'_>, found: &mut Findings) {
+    let report = &mut found.report;
+    report.host_probe = run_host_probe(&lab.probe_path).await.unwrap_or_else(|e| {
         report.errors.push(format!("host probe: {e}"));
         Value::Null
     });
@@ -229,15 +338,41 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
             .as_str()
             .unwrap_or("?")
             .into(),
-        runs: args.runs as usize,
-        requests: args.requests as usize,
-        namespace: args.namespace.clone(),
-        traced: traced_dir.is_some(),
-        image: args.image.clone(),
+        runs: lab.args.runs as usize,
+        requests: lab.args.requests as usize,
+        namespace: lab.args.namespace.clone(),
+        traced: lab.traced_dir.is_some(),
+        image: lab.args.image.clone(),
         ..Default::default()
     };
+}
 
-    // containerd: the running one, else our own.
+/// Where the lab's containers run and their shims spool.
+struct Target {
+    client: Containerd,
+    /// The containerd the lab started, if it did; stopped when dropped.
+    private: Option<PrivateContainerd>,
+    /// Holds the private containerd's state; removed after it stops (fields drop in order).
+    _private_dir: tempfile::TempDir,
+    spool_dir: PathBuf,
+    /// Spool spans that started before this are not this run's.
+    spool_start: u64,
+}
+
+impl Target {
+    /// Removes the lab's containers and stops a private containerd.
+    async fn close(self, report: &mut LabReport) {
+        if let Err(e) = self.client.cleanup().await {
+            report.errors.push(format!("cleanup: {e}"));
+        }
+        drop(self.private);
+    }
+}
+
+/// Stage 2, containerd: the one at `--address`, else a private one whose shims spool into the
+/// output directory. When neither is there, the report is written with the host column and why.
+async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<Target, LabError> {
+    let args = lab.args;
     let private_dir = tempfile::Builder::new()
         .prefix("shimtrace-lab-")
         .tempdir()
@@ -257,7 +392,7 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
         }
         Err(e) => {
             log(format!("{e}; starting a private containerd"));
-            spool_dir = out.join("spool");
+            spool_dir = lab.out.join("spool");
             // Our own containerd's shims write only this run's spans here.
             let _ = std::fs::remove_dir_all(&spool_dir);
             let mut config = PrivateConfig::new(private_dir.path().join("containerd"));
@@ -268,7 +403,7 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
                 shimtrace_span::env::SPOOL_DIR.into(),
                 spool_dir.clone().into_os_string(),
             )];
-            if let Some(dir) = &traced_dir {
+            if let Some(dir) = &lab.traced_dir {
                 config.path_prepend.push(dir.clone());
             }
             let no_containerd = |p: &dyn std::fmt::Display| LabError::NoContainerd {
@@ -290,42 +425,428 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
                 Ok(pair) => pair,
                 Err(fatal) => {
                     // Keep what was measured (the host column) next to the reason.
-                    report.errors.push(fatal.to_string());
-                    report.derive_conclusions();
-                    write_reports(&out, &report)?;
+                    found.report.errors.push(fatal.to_string());
+                    found.report.derive_conclusions();
+                    write_reports(&lab.out, &found.report)?;
                     return Err(fatal);
                 }
             };
-            report.setup.private_containerd = true;
+            found.report.setup.private_containerd = true;
             private = Some(started);
             client
         }
     };
     let client = client.with_namespace(args.namespace.clone());
-    report.setup.containerd_version = client.version().await.unwrap_or_else(|_| "?".into());
-    report.setup.containerd_address = client.address().display().to_string();
-    report.setup.spool_dir = spool_dir.display().to_string();
-    let spool_start = shimtrace_containerd::wall_unix_nanos();
+    let setup = &mut found.report.setup;
+    setup.containerd_version = client.version().await.unwrap_or_else(|_| "?".into());
+    setup.containerd_address = client.address().display().to_string();
+    setup.spool_dir = spool_dir.display().to_string();
+    Ok(Target {
+        client,
+        private,
+        _private_dir: private_dir,
+        spool_dir,
+        spool_start: shimtrace_containerd::wall_unix_nanos(),
+    })
+}
 
-    let result = measure(
-        &args,
-        &client,
-        &all_profiles,
-        explicit,
-        &rootfs_dir,
-        &work,
-        &io_dir,
-        &spool_dir,
-        spool_start,
-        &mut report,
-        &mut user_errors,
-    )
-    .await;
-    if let Err(e) = client.cleanup().await {
-        report.errors.push(format!("cleanup: {e}"));
+/// Stages 3 to 7: preflight, cold starts, their shim spans, served latency and OTLP export. On
+/// error, what was measured before stays in the report (the profiles that ran are dropped).
+async fn measure(lab: &Lab<'_>, target: &Target, found: &mut Findings) -> Result<(), LabError> {
+    let client = &target.client;
+    let (mut active, image_command) = preflight(lab, client, found).await?;
+    cold_starts(lab, client, &mut active, image_command.as_deref()).await?;
+    attach_spans(target, &mut active, &mut found.report);
+    served_latency(lab, client, &mut active, found).await;
+    export_otlp(lab, target, found).await;
+    // Keep the profiles in their configured order.
+    let mut by_name: BTreeMap<String, ProfileResult> = active
+        .into_iter()
+        .map(|a| (a.profile.name.clone(), a.result))
+        .collect();
+    let skipped = std::mem::take(&mut found.report.profiles);
+    for profile in &lab.profiles {
+        if let Some(r) = by_name.remove(&profile.name) {
+            found.report.profiles.push(r);
+        } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
+            found.report.profiles.push(r.clone());
+        }
     }
-    drop(private);
+    Ok(())
+}
 
+/// Stage 3, preflight: each profile's requirements, then one probe run whose output is its
+/// isolation column; a profile that fails is skipped with the reason. With `--image`, also finds
+/// the cold-start command (the image's /bin/true, else `true` via its /bin/sh), returned second.
+async fn preflight(
+    lab: &Lab<'_>,
+    client: &Containerd,
+    found: &mut Findings,
+) -> Result<(Vec<Active>, Option<Vec<String>>), LabError> {
+    let mut image_command: Option<Vec<String>> = None;
+    let mut active: Vec<Active> = Vec::new();
+    for profile in &lab.profiles {
+        let mut result = ProfileResult {
+            name: profile.name.clone(),
+            runtime: profile.runtime.clone(),
+            runtime_path: profile
+                .runtime_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            binary_name: profile
+                .runsc
+                .as_ref()
+                .map(|r| format!("{} (via generated wrapper)", r.display()))
+                .or_else(|| profile.binary_name.clone()),
+            status: "ok".into(),
+            ..Default::default()
+        };
+        if let Some(reason) = profile.missing_requirement() {
+            found.skip(result, reason, lab.explicit);
+            continue;
+        }
+        let probe_id = format!("lab-{}-probe-{}", profile.name, lab.suffix);
+        if lab.args.image.is_some() {
+            match image_preflight(lab, client, profile, &probe_id).await {
+                Ok((command, probe, notes)) => {
+                    result.probe = probe;
+                    let setup = &mut found.report.setup;
+                    setup
+                        .image_notes
+                        .extend(notes.into_iter().map(|n| format!("{}: {n}", profile.name)));
+                    if image_command.is_none() {
+                        setup
+                            .image_notes
+                            .insert(0, format!("cold-start command: `{}`", command.join(" ")));
+                    }
+                    image_command.get_or_insert(command);
+                    log(format!(
+                        "{}: ready (image {})",
+                        profile.name,
+                        spec_image(lab.args)
+                    ));
+                    active.push(Active {
+                        profile: profile.clone(),
+                        result,
+                    });
+                }
+                Err(reason) => {
+                    let reason = format!("does not run here: {}", one_line(&reason));
+                    found.skip(result, reason, lab.explicit);
+                }
+            }
+            continue;
+        }
+        match probe_preflight(lab, client, profile, probe_id).await? {
+            Ok(probe) => {
+                result.probe = probe;
+                log(format!("{}: ready", profile.name));
+                active.push(Active {
+                    profile: profile.clone(),
+                    result,
+                });
+            }
+            Err(reason) => {
+                let reason = format!("does not run here: {}", one_line(&reason));
+                found.skip(result, reason, lab.explicit);
+            }
+        }
+    }
+    Ok((active, image_command))
+}
+
+/// One run of the probe under `profile`: its output, or why it did not run.
+async fn probe_preflight(
+    lab: &Lab<'_>,
+    client: &Containerd,
+    profile: &Profile,
+    id: String,
+) -> Result<Result<Value, String>, LabError> {
+    let mut spec = lab.spec(id, &[rootfs::PROBE_IN_ROOTFS]);
+    profile.apply(&mut spec, Network::None, &lab.work)?;
+    Ok(match client.run_to_exit(&spec).await {
+        Ok(o) if o.exit_code == 0 => match parse_probe(&o.output) {
+            Some(probe) => Ok(probe),
+            None => Err(format!("probe printed no JSON: {}", o.output.trim())),
+        },
+        Ok(o) => Err(format!("probe exited {}: {}", o.exit_code, o.output.trim())),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// Stage 4, cold starts: `--runs` rounds interleaved across the profiles; the order rotates every
+/// round so no profile always goes first.
+async fn cold_starts(
+    lab: &Lab<'_>,
+    client: &Containerd,
+    active: &mut [Active],
+    image_command: Option<&[String]>,
+) -> Result<(), LabError> {
+    let total = lab.args.runs as u64 * active.len() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "cold start {bar:40} {pos}/{len} {msg} [{elapsed}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for round in 0..lab.args.runs as usize {
+        for k in 0..active.len() {
+            let index = (round + k) % active.len();
+            let entry = &mut active[index];
+            bar.set_message(entry.profile.name.clone());
+            let record = cold_start(lab, client, &entry.profile, round, image_command).await?;
+            entry.result.runs.push(record);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// One cold start of `profile`: the client's phases and wall time, and with the probe, the time
+/// to the workload's first instruction.
+async fn cold_start(
+    lab: &Lab<'_>,
+    client: &Containerd,
+    profile: &Profile,
+    round: usize,
+    image_command: Option<&[String]>,
+) -> Result<RunRecord, LabError> {
+    let id = format!("lab-{}-{round}-{}", profile.name, lab.suffix);
+    let argv: Vec<&str> = match image_command {
+        Some(command) => command.iter().map(String::as_str).collect(),
+        None => vec![rootfs::PROBE_IN_ROOTFS],
+    };
+    let mut spec = lab.spec(id.clone(), &argv);
+    profile.apply(&mut spec, Network::None, &lab.work)?;
+    let mut record = RunRecord {
+        round,
+        id,
+        ..Default::default()
+    };
+    match client.run_to_exit(&spec).await {
+        Ok(o) => {
+            record.client_start_unix_nanos = o.client_start_unix_nanos;
+            record.ok = o.exit_code == 0;
+            record.wall_ms = Some(ms(o.total));
+            let p = &o.phases;
+            for (name, d) in [
+                ("create_container", p.create_container),
+                ("create_task", p.create_task),
+                ("start_task", p.start_task),
+                ("wait_exit", p.wait_exit),
+                ("delete_task", p.delete_task),
+                ("delete_container", p.delete_container),
+            ] {
+                record.phases_ms.insert(name.into(), ms(d));
+            }
+            if let Some(d) = p.prepare_snapshot {
+                record.phases_ms.insert("prepare_snapshot".into(), ms(d));
+            }
+            match parse_probe(&o.output) {
+                // An image's command prints nothing; it only has to succeed.
+                _ if image_command.is_some() => {
+                    if !record.ok {
+                        record.error =
+                            Some(format!("exit {}: {}", o.exit_code, one_line(&o.output)));
+                    }
+                }
+                Some(probe) => {
+                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
+                        .as_u64()
+                        .map(|t| (t as f64 - o.client_start_unix_nanos as f64) / 1e6);
+                }
+                None => {
+                    record.ok = false;
+                    record.error = Some(format!(
+                        "exit {}; no probe output: {}",
+                        o.exit_code,
+                        one_line(&o.output)
+                    ));
+                }
+            }
+        }
+        Err(e) => {
+            record.client_start_unix_nanos = shimtrace_containerd::wall_unix_nanos();
+            record.error = Some(one_line(&e.to_string()));
+        }
+    }
+    Ok(record)
+}
+
+/// Stage 5, the shim spans recorded for the lab's containers: attached to each run (relative to
+/// the client's start), then each profile's cold-start summary.
+fn attach_spans(target: &Target, active: &mut [Active], report: &mut LabReport) {
+    let spans = read_spans(&target.spool_dir, target.spool_start);
+    for entry in active {
+        for record in &mut entry.result.runs {
+            if let Some(by_name) = spans.get(&record.id) {
+                let client_start = record.client_start_unix_nanos as f64;
+                record.spans = by_name
+                    .iter()
+                    .map(|(name, (start, duration_ms))| {
+                        let timing = report::SpanTiming {
+                            start_ms: (*start as f64 - client_start) / 1e6,
+                            duration_ms: *duration_ms,
+                        };
+                        (name.clone(), timing)
+                    })
+                    .collect();
+            }
+        }
+        entry.result.cold_start = Some(cold_start_summary(
+            &entry.result.runs,
+            &entry.profile,
+            &entry.result.probe,
+        ));
+        let failed: Vec<&RunRecord> = entry.result.runs.iter().filter(|r| !r.ok).collect();
+        if let Some(first) = failed.first() {
+            report.errors.push(format!(
+                "{}: {} of {} cold starts failed; first: {}",
+                entry.profile.name,
+                failed.len(),
+                entry.result.runs.len(),
+                first.error.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+}
+
+/// Stage 6, served latency: per profile, busybox httpd on a loopback port answering `--requests`
+/// GETs; p50 and p99 relative to runc's.
+async fn served_latency(
+    lab: &Lab<'_>,
+    client: &Containerd,
+    active: &mut [Active],
+    found: &mut Findings,
+) {
+    let args = lab.args;
+    if args.requests == 0 {
+        return;
+    }
+    if args.image.is_some() {
+        found.report.setup.image_notes.push(
+            "served latency: not measured (it needs busybox httpd and the page of the built rootfs)"
+                .into(),
+        );
+        return;
+    }
+    for (i, entry) in active.iter_mut().enumerate() {
+        let Some(port) = http_port(args.port, i, entry, found) else {
+            continue;
+        };
+        log(format!(
+            "{}: serving HTTP on 127.0.0.1:{port}",
+            entry.profile.name
+        ));
+        let spec = lab.spec(
+            format!("lab-http-{}-{}", entry.profile.name, lab.suffix),
+            &[
+                "/bin/httpd",
+                "-f",
+                "-p",
+                &format!("127.0.0.1:{port}"),
+                "-h",
+                "/www",
+            ],
+        );
+        let result = serve_and_measure(
+            client,
+            entry,
+            port,
+            args.requests as usize,
+            &spec,
+            &lab.work,
+        )
+        .await;
+        if let Some(e) = &result.error {
+            found
+                .report
+                .errors
+                .push(format!("{} HTTP: {e}", entry.profile.name));
+        }
+        entry.result.http = Some(result);
+    }
+    let runc = active
+        .iter()
+        .find(|a| a.profile.name == "runc")
+        .and_then(|a| a.result.http.as_ref()?.latency.clone());
+    if let Some(base) = runc {
+        for entry in active {
+            if let Some(h) = entry.result.http.as_mut() {
+                if let Some(l) = &h.latency {
+                    h.p50_vs_runc = Some(l.p50 / base.p50);
+                    h.p99_vs_runc = Some(l.p99 / base.p99);
+                }
+            }
+        }
+    }
+}
+
+/// The loopback port of the `i`th profile's server: `--port` + i, else a free one. `None` (with
+/// the reason recorded) when there is none to use.
+fn http_port(base: Option<u16>, i: usize, entry: &mut Active, found: &mut Findings) -> Option<u16> {
+    match base {
+        Some(base) => {
+            let port = base.saturating_add(i as u16);
+            if http::port_in_use(port) {
+                let line = format!(
+                    "profile {}: port {port} on 127.0.0.1 is in use (choose another --port)",
+                    entry.profile.name
+                );
+                log(&line);
+                found.user_errors.push(line.clone());
+                entry.result.http = Some(HttpResult {
+                    port,
+                    error: Some(line),
+                    ..Default::default()
+                });
+                return None;
+            }
+            Some(port)
+        }
+        None => match http::free_port() {
+            Ok(port) => Some(port),
+            Err(e) => {
+                found
+                    .report
+                    .errors
+                    .push(format!("no free loopback port: {e}"));
+                None
+            }
+        },
+    }
+}
+
+/// Stage 7, with `--otlp`: sends this run's shim spans from the spool to the endpoint.
+async fn export_otlp(lab: &Lab<'_>, target: &Target, found: &mut Findings) {
+    let Some(endpoint) = &lab.args.otlp else {
+        return;
+    };
+    let ours: Vec<shimtrace_span::SpanRecord> =
+        shimtrace_span::spool::read_spool(&target.spool_dir)
+            .map(|c| c.spans)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| {
+                s.start_time_unix_nano >= target.spool_start
+                    && s.container_id()
+                        .is_some_and(|id| id.starts_with("lab-") && id.ends_with(&lab.suffix))
+            })
+            .collect();
+    match export_spans(endpoint, &lab.args.otlp_protocol, &ours).await {
+        Ok(sent) => {
+            log(format!("sent {sent} spans to {endpoint}"));
+            found.report.setup.otlp_exported = Some(sent);
+        }
+        Err(e) => found.user_error(format!("OTLP export to {endpoint} failed: {e}")),
+    }
+}
+
+/// Stage 8, the reports: the isolation comparison and the conclusions, written as report.md,
+/// report.json and report.html.
+fn write_report(lab: &Lab<'_>, report: &mut LabReport) -> Result<(), LabError> {
     report.isolation = isolation::compare(
         &report.host_probe,
         &report
@@ -336,19 +857,12 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
             .collect(),
     );
     report.derive_conclusions();
-    write_reports(&out, &report)?;
+    write_reports(&lab.out, report)?;
     log(format!(
         "report written to {}",
-        out.join("report.md").display()
+        lab.out.join("report.md").display()
     ));
-    result?;
-    if !user_errors.is_empty() {
-        return Err(LabError::Incomplete {
-            out,
-            lines: user_errors,
-        });
-    }
-    Ok(out)
+    Ok(())
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -410,350 +924,6 @@ fn parse_probe(output: &str) -> Option<Value> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn measure(
-    args: &LabArgs,
-    client: &Containerd,
-    all_profiles: &[Profile],
-    explicit: bool,
-    rootfs_dir: &Path,
-    work: &Path,
-    io_dir: &Path,
-    spool_dir: &Path,
-    spool_start: u64,
-    report: &mut LabReport,
-    user_errors: &mut Vec<String>,
-) -> Result<(), LabError> {
-    let suffix = unique_suffix();
-    let timeout = Duration::from_secs(args.timeout);
-    let base_spec = |id: String, argv: &[&str]| {
-        let mut spec = RunSpec::new(id, rootfs_dir, argv.iter().copied(), io_dir);
-        spec.timeout = timeout;
-        spec.image = args.image.clone();
-        spec
-    };
-    // With --image: the cold-start command, found in preflight (the image's /bin/true, else `true`
-    // via its /bin/sh).
-    let mut image_command: Option<Vec<String>> = None;
-
-    // Preflight: requirements, then one probe run (the isolation column).
-    let mut active: Vec<Active> = Vec::new();
-    for profile in all_profiles {
-        let mut result = ProfileResult {
-            name: profile.name.clone(),
-            runtime: profile.runtime.clone(),
-            runtime_path: profile
-                .runtime_path
-                .as_ref()
-                .map(|p| p.display().to_string()),
-            binary_name: profile
-                .runsc
-                .as_ref()
-                .map(|r| format!("{} (via generated wrapper)", r.display()))
-                .or_else(|| profile.binary_name.clone()),
-            status: "ok".into(),
-            ..Default::default()
-        };
-        if let Some(reason) = profile.missing_requirement() {
-            skip_profile(report, result, reason, explicit, user_errors);
-            continue;
-        }
-        if args.image.is_some() {
-            let probe_id = format!("lab-{}-probe-{suffix}", profile.name);
-            match image_preflight(client, profile, &base_spec, &probe_id, work).await {
-                Ok((command, probe, notes)) => {
-                    result.probe = probe;
-                    report
-                        .setup
-                        .image_notes
-                        .extend(notes.into_iter().map(|n| format!("{}: {n}", profile.name)));
-                    if image_command.is_none() {
-                        report
-                            .setup
-                            .image_notes
-                            .insert(0, format!("cold-start command: `{}`", command.join(" ")));
-                    }
-                    image_command.get_or_insert(command);
-                    log(format!(
-                        "{}: ready (image {})",
-                        profile.name,
-                        spec_image(args)
-                    ));
-                    active.push(Active {
-                        profile: profile.clone(),
-                        result,
-                    });
-                }
-                Err(reason) => {
-                    let reason = format!("does not run here: {}", one_line(&reason));
-                    skip_profile(report, result, reason, explicit, user_errors);
-                }
-            }
-            continue;
-        }
-        let mut spec = base_spec(
-            format!("lab-{}-probe-{suffix}", profile.name),
-            &[rootfs::PROBE_IN_ROOTFS],
-        );
-        profile.apply(&mut spec, Network::None, work)?;
-        let outcome = client.run_to_exit(&spec).await;
-        let failure = match &outcome {
-            Ok(o) if o.exit_code == 0 => match parse_probe(&o.output) {
-                Some(probe) => {
-                    result.probe = probe;
-                    None
-                }
-                None => Some(format!("probe printed no JSON: {}", o.output.trim())),
-            },
-            Ok(o) => Some(format!("probe exited {}: {}", o.exit_code, o.output.trim())),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(reason) = failure {
-            let reason = format!("does not run here: {}", one_line(&reason));
-            skip_profile(report, result, reason, explicit, user_errors);
-            continue;
-        }
-        log(format!("{}: ready", profile.name));
-        active.push(Active {
-            profile: profile.clone(),
-            result,
-        });
-    }
-
-    // Cold starts, interleaved; the order rotates every round so no profile always goes first.
-    let total = args.runs as u64 * active.len() as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "cold start {bar:40} {pos}/{len} {msg} [{elapsed}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    for round in 0..args.runs as usize {
-        for k in 0..active.len() {
-            let index = (round + k) % active.len();
-            let entry = &mut active[index];
-            bar.set_message(entry.profile.name.clone());
-            let id = format!("lab-{}-{round}-{suffix}", entry.profile.name);
-            let argv: Vec<&str> = match &image_command {
-                Some(command) => command.iter().map(String::as_str).collect(),
-                None => vec![rootfs::PROBE_IN_ROOTFS],
-            };
-            let mut spec = base_spec(id.clone(), &argv);
-            entry.profile.apply(&mut spec, Network::None, work)?;
-            let mut record = RunRecord {
-                round,
-                id,
-                ..Default::default()
-            };
-            match client.run_to_exit(&spec).await {
-                Ok(o) => {
-                    record.client_start_unix_nanos = o.client_start_unix_nanos;
-                    record.ok = o.exit_code == 0;
-                    record.wall_ms = Some(ms(o.total));
-                    let p = &o.phases;
-                    for (name, d) in [
-                        ("create_container", p.create_container),
-                        ("create_task", p.create_task),
-                        ("start_task", p.start_task),
-                        ("wait_exit", p.wait_exit),
-                        ("delete_task", p.delete_task),
-                        ("delete_container", p.delete_container),
-                    ] {
-                        record.phases_ms.insert(name.into(), ms(d));
-                    }
-                    if let Some(d) = p.prepare_snapshot {
-                        record.phases_ms.insert("prepare_snapshot".into(), ms(d));
-                    }
-                    match parse_probe(&o.output) {
-                        // An image's command prints nothing; it only has to succeed.
-                        _ if image_command.is_some() => {
-                            if !record.ok {
-                                record.error =
-                                    Some(format!("exit {}: {}", o.exit_code, one_line(&o.output)));
-                            }
-                        }
-                        Some(probe) => {
-                            record.to_workload_ms = probe["first_timestamp_unix_nanos"]
-                                .as_u64()
-                                .map(|t| (t as f64 - o.client_start_unix_nanos as f64) / 1e6);
-                        }
-                        None => {
-                            record.ok = false;
-                            record.error = Some(format!(
-                                "exit {}; no probe output: {}",
-                                o.exit_code,
-                                one_line(&o.output)
-                            ));
-                        }
-                    }
-                }
-                Err(e) => {
-                    record.client_start_unix_nanos = shimtrace_containerd::wall_unix_nanos();
-                    record.error = Some(one_line(&e.to_string()));
-                }
-            }
-            entry.result.runs.push(record);
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-
-    // Shim spans recorded for our containers.
-    let spans = read_spans(spool_dir, spool_start);
-    for entry in &mut active {
-        for record in &mut entry.result.runs {
-            if let Some(by_name) = spans.get(&record.id) {
-                let client_start = record.client_start_unix_nanos as f64;
-                record.spans = by_name
-                    .iter()
-                    .map(|(name, (start, duration_ms))| {
-                        let timing = report::SpanTiming {
-                            start_ms: (*start as f64 - client_start) / 1e6,
-                            duration_ms: *duration_ms,
-                        };
-                        (name.clone(), timing)
-                    })
-                    .collect();
-            }
-        }
-        entry.result.cold_start = Some(cold_start_summary(
-            &entry.result.runs,
-            &entry.profile,
-            &entry.result.probe,
-        ));
-        let failed: Vec<&RunRecord> = entry.result.runs.iter().filter(|r| !r.ok).collect();
-        if let Some(first) = failed.first() {
-            report.errors.push(format!(
-                "{}: {} of {} cold starts failed; first: {}",
-                entry.profile.name,
-                failed.len(),
-                entry.result.runs.len(),
-                first.error.as_deref().unwrap_or("?")
-            ));
-        }
-    }
-
-    // Served latency.
-    if args.requests > 0 && args.image.is_some() {
-        report.setup.image_notes.push(
-            "served latency: not measured (it needs busybox httpd and the page of the built rootfs)"
-                .into(),
-        );
-    } else if args.requests > 0 {
-        for (i, entry) in active.iter_mut().enumerate() {
-            let port = match args.port {
-                Some(base) => {
-                    let port = base.saturating_add(i as u16);
-                    if http::port_in_use(port) {
-                        let line = format!(
-                            "profile {}: port {port} on 127.0.0.1 is in use (choose another --port)",
-                            entry.profile.name
-                        );
-                        log(&line);
-                        user_errors.push(line.clone());
-                        entry.result.http = Some(HttpResult {
-                            port,
-                            error: Some(line),
-                            ..Default::default()
-                        });
-                        continue;
-                    }
-                    port
-                }
-                None => match http::free_port() {
-                    Ok(port) => port,
-                    Err(e) => {
-                        report.errors.push(format!("no free loopback port: {e}"));
-                        continue;
-                    }
-                },
-            };
-            log(format!(
-                "{}: serving HTTP on 127.0.0.1:{port}",
-                entry.profile.name
-            ));
-            let result = serve_and_measure(
-                client,
-                entry,
-                port,
-                args.requests as usize,
-                &base_spec(
-                    format!("lab-http-{}-{suffix}", entry.profile.name),
-                    &[
-                        "/bin/httpd",
-                        "-f",
-                        "-p",
-                        &format!("127.0.0.1:{port}"),
-                        "-h",
-                        "/www",
-                    ],
-                ),
-                work,
-            )
-            .await;
-            if let Some(e) = &result.error {
-                report
-                    .errors
-                    .push(format!("{} HTTP: {e}", entry.profile.name));
-            }
-            entry.result.http = Some(result);
-        }
-        let runc = active
-            .iter()
-            .find(|a| a.profile.name == "runc")
-            .and_then(|a| a.result.http.as_ref()?.latency.clone());
-        if let Some(base) = runc {
-            for entry in &mut active {
-                if let Some(h) = entry.result.http.as_mut() {
-                    if let Some(l) = &h.latency {
-                        h.p50_vs_runc = Some(l.p50 / base.p50);
-                        h.p99_vs_runc = Some(l.p99 / base.p99);
-                    }
-                }
-            }
-        }
-    }
-    if let Some(endpoint) = &args.otlp {
-        let ours: Vec<shimtrace_span::SpanRecord> = shimtrace_span::spool::read_spool(spool_dir)
-            .map(|c| c.spans)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| {
-                s.start_time_unix_nano >= spool_start
-                    && s.container_id()
-                        .is_some_and(|id| id.starts_with("lab-") && id.ends_with(&suffix))
-            })
-            .collect();
-        match export_spans(endpoint, &args.otlp_protocol, &ours).await {
-            Ok(sent) => {
-                log(format!("sent {sent} spans to {endpoint}"));
-                report.setup.otlp_exported = Some(sent);
-            }
-            Err(e) => {
-                let line = format!("OTLP export to {endpoint} failed: {e}");
-                log(&line);
-                user_errors.push(line.clone());
-                report.errors.push(line);
-            }
-        }
-    }
-    // Keep the profiles in their configured order.
-    let mut by_name: BTreeMap<String, ProfileResult> = active
-        .into_iter()
-        .map(|a| (a.profile.name.clone(), a.result))
-        .collect();
-    let skipped = std::mem::take(&mut report.profiles);
-    for profile in all_profiles {
-        if let Some(r) = by_name.remove(&profile.name) {
-            report.profiles.push(r);
-        } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
-            report.profiles.push(r.clone());
-        }
-    }
-    Ok(())
-}
-
 fn spec_image(args: &LabArgs) -> &str {
     args.image.as_deref().unwrap_or("-")
 }
@@ -762,17 +932,16 @@ fn spec_image(args: &LabArgs) -> &str {
 /// its `/bin/sh`) and what isolation it can show without our probe (`uname -r`). Returns the
 /// command, a partial probe (or null) and notes on what is unavailable; `Err` when nothing runs.
 async fn image_preflight(
+    lab: &Lab<'_>,
     client: &Containerd,
     profile: &Profile,
-    base_spec: &dyn Fn(String, &[&str]) -> RunSpec,
     id: &str,
-    work: &Path,
 ) -> Result<(Vec<String>, Value, Vec<String>), String> {
     let run = |n: usize, argv: &[&str]| {
-        let mut spec = base_spec(format!("{id}-{n}"), argv);
+        let mut spec = lab.spec(format!("{id}-{n}"), argv);
         async move {
             profile
-                .apply(&mut spec, Network::None, work)
+                .apply(&mut spec, Network::None, &lab.work)
                 .map_err(|e| e.to_string())?;
             client.run_to_exit(&spec).await.map_err(|e| e.to_string())
         }
@@ -859,24 +1028,6 @@ async fn export_spans(
         return Ok(0);
     };
     shimtrace_collector::export::export_once(config, spans, 2).await
-}
-
-/// Records a profile that cannot run here: logged, in the report with its reason, and a user error
-/// when the user asked for that profile by name.
-fn skip_profile(
-    report: &mut LabReport,
-    mut result: ProfileResult,
-    reason: String,
-    explicit: bool,
-    user_errors: &mut Vec<String>,
-) {
-    log(format!("{}: skipped: {reason}", result.name));
-    if explicit {
-        user_errors.push(format!("profile {}: {reason}", result.name));
-    }
-    result.status = "skipped".into();
-    result.reason = Some(reason);
-    report.profiles.push(result);
 }
 
 fn one_line(text: &str) -> String {

@@ -37,13 +37,13 @@ pub fn kata_shim() -> ShimName {
 /// Why a profile could not be built or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("cannot read profiles file {path}: {source}")]
+    #[error("cannot read profiles file {path}: {source} (pass --profiles a readable TOML file)")]
     Read { path: PathBuf, source: io::Error },
     #[error(
         "profiles file {path} is not valid: {message} (see `shimtrace lab --help` for the format)"
     )]
     Parse { path: PathBuf, message: String },
-    #[error("cannot write the runsc wrapper {path}: {source}")]
+    #[error("cannot write the runsc wrapper {path}: {source} (pass a writable --out directory)")]
     Wrapper { path: PathBuf, source: io::Error },
 }
 

@@ -1,6 +1,7 @@
 //! The lab's results and their three renderings: `report.json` (everything, raw runs included),
-//! `report.md` and a self-contained `report.html` with inline SVG charts. The trade-offs and the
-//! recommendation are derived from the measured numbers.
+//! and `report.md` and a self-contained `report.html` with inline SVG charts, both rendered from
+//! one document ([`LabReport::to_document`]). The trade-offs and the recommendation are derived
+//! from the measured numbers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,8 +9,11 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use shimtrace_collector::stats::Summary;
+use shimtrace_render::{BarRow, Bars, Cell, Column, Document, Figure, ListItem, Marker, Table};
+use shimtrace_render::{Text, Tone, Waterfall, WaterfallRow};
+
 use crate::isolation::{isolation_scores, IsolationRow};
-use crate::stats::Summary;
 
 /// Everything one lab run produced.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,6 +155,7 @@ pub struct HttpResult {
     pub samples_ms: Vec<f64>,
 }
 
+/// A number of milliseconds as the report writes it: three significant digits or so.
 fn f(v: f64) -> String {
     if v.is_nan() {
         "n/a".into()
@@ -167,8 +172,319 @@ fn opt(v: Option<f64>) -> String {
     v.map(f).unwrap_or_else(|| "n/a".into())
 }
 
-fn md_cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
+/// A number of milliseconds with its unit, for the charts.
+fn f_ms(v: f64) -> String {
+    format!("{} ms", f(v))
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}×"))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+fn wall_p50(p: &ProfileResult) -> Option<f64> {
+    p.cold_start.as_ref()?.wall.as_ref().map(|s| s.p50)
+}
+
+fn http_latency(p: &ProfileResult) -> Option<&Summary> {
+    p.http.as_ref()?.latency.as_ref()
+}
+
+/// The share of HTTP requests that failed, when any did.
+fn http_failure_percent(p: &ProfileResult) -> Option<f64> {
+    let h = p.http.as_ref().filter(|h| h.errors > 0 && h.requests > 0)?;
+    Some(h.errors as f64 * 100.0 / h.requests as f64)
+}
+
+/// Client-side phases, in the order a cold start goes through them.
+const PHASES: [&str; 6] = [
+    "create_container",
+    "create_task",
+    "start_task",
+    "wait_exit",
+    "delete_task",
+    "delete_container",
+];
+
+/// What the conclusions are drawn from: the profiles whose cold start was measured, and among them
+/// the fastest, the most isolated and the baseline the others are compared with (runc when it was
+/// measured).
+struct Findings<'a> {
+    report: &'a LabReport,
+    scores: BTreeMap<String, usize>,
+    measured: Vec<(&'a ProfileResult, f64)>,
+    fastest: (&'a ProfileResult, f64),
+    most_isolated: (&'a ProfileResult, f64),
+    baseline: (&'a ProfileResult, f64),
+}
+
+impl<'a> Findings<'a> {
+    /// `None` when no profile completed a cold start.
+    fn of(report: &'a LabReport) -> Option<Findings<'a>> {
+        let scores = isolation_scores(&report.isolation);
+        let measured: Vec<(&ProfileResult, f64)> = report
+            .ok_profiles()
+            .filter_map(|p| Some((p, wall_p50(p)?)))
+            .collect();
+        let fastest = *measured.iter().min_by(|a, b| a.1.total_cmp(&b.1))?;
+        let mut findings = Findings {
+            report,
+            scores,
+            measured,
+            fastest,
+            most_isolated: fastest,
+            baseline: report
+                .profile("runc")
+                .and_then(|p| Some((p, wall_p50(p)?)))
+                .unwrap_or(fastest),
+        };
+        findings.most_isolated = findings.most_isolated();
+        Some(findings)
+    }
+
+    /// The measured profile hiding the host in most probes, a kernel of its own breaking ties; of
+    /// equals, the last (`max_by_key` keeps the last).
+    fn most_isolated(&self) -> (&'a ProfileResult, f64) {
+        self.measured
+            .iter()
+            .copied()
+            .max_by_key(|(p, _)| {
+                (
+                    self.score(&p.name),
+                    usize::from(self.kernel_differs(&p.name)),
+                )
+            })
+            .unwrap_or(self.fastest)
+    }
+
+    /// Isolation probes in which the profile hides the host.
+    fn score(&self, name: &str) -> usize {
+        self.scores.get(name).copied().unwrap_or(0)
+    }
+
+    fn kernel_differs(&self, name: &str) -> bool {
+        self.report
+            .isolation
+            .iter()
+            .find(|r| r.key == "kernel_release")
+            .and_then(|r| r.hides_host.get(name).copied())
+            .unwrap_or(false)
+    }
+
+    fn probes(&self) -> usize {
+        self.report.isolation.len()
+    }
+
+    /// The fastest and the most isolated are different profiles: there is a trade-off to weigh.
+    fn isolation_costs_time(&self) -> bool {
+        self.most_isolated.0.name != self.fastest.0.name
+    }
+
+    fn tradeoffs(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .measured
+            .iter()
+            .map(|(p, wall)| self.profile_tradeoff(p, *wall))
+            .collect();
+        lines.push(if self.isolation_costs_time() {
+            self.isolation_cost()
+        } else {
+            format!(
+                "{} is both the fastest to start and the most isolated of the profiles measured here.",
+                self.fastest.0.name
+            )
+        });
+        for p in self.report.profiles.iter().filter(|p| p.status != "ok") {
+            lines.push(format!(
+                "{} was not measured: {}.",
+                p.name,
+                p.reason.as_deref().unwrap_or("unknown reason")
+            ));
+        }
+        lines
+    }
+
+    /// One profile in one line: cold start against the baseline, served latency, isolation.
+    fn profile_tradeoff(&self, p: &ProfileResult, wall: f64) -> String {
+        let (baseline, base_wall) = self.baseline;
+        let mut line = format!("{}: cold start p50 {} ms", p.name, f(wall));
+        if p.name != baseline.name {
+            let _ = write!(
+                line,
+                " ({:+.0} ms, {:.2}× {})",
+                wall - base_wall,
+                wall / base_wall,
+                baseline.name
+            );
+        }
+        if let Some(tw) = p.cold_start.as_ref().and_then(|c| c.to_workload.as_ref()) {
+            let _ = write!(
+                line,
+                "; workload's first instruction after {} ms",
+                f(tw.p50)
+            );
+        }
+        if let Some(lat) = http_latency(p) {
+            let _ = write!(line, "; HTTP p50 {} ms, p99 {} ms", f(lat.p50), f(lat.p99));
+            if let Some(r) = p.http.as_ref().and_then(|h| h.p99_vs_runc) {
+                if p.name != "runc" {
+                    let _ = write!(line, " ({r:.2}× runc at p99)");
+                }
+            }
+        }
+        if let Some(failed) = http_failure_percent(p) {
+            let _ = write!(line, "; {failed:.1}% of HTTP requests failed");
+        }
+        let _ = write!(
+            line,
+            "; hides the host in {} of {} probes, {}.",
+            self.score(&p.name),
+            self.probes(),
+            if self.kernel_differs(&p.name) {
+                "with a kernel of its own"
+            } else {
+                "sharing the host kernel"
+            }
+        );
+        line
+    }
+
+    /// What the most isolated profile costs against the fastest, at start-up and when serving.
+    fn isolation_cost(&self) -> String {
+        let ((iso, iso_wall), (fast, fast_wall)) = (self.most_isolated, self.fastest);
+        let (iso_score, fast_score) = (self.score(&iso.name), self.score(&fast.name));
+        let rows = self.probes();
+        let own_kernel = self.kernel_differs(&iso.name) && !self.kernel_differs(&fast.name);
+        let isolation = if iso_score > fast_score {
+            format!(
+                "{} hides the host in {iso_score} of {rows} probes against {}'s {fast_score}{}",
+                iso.name,
+                fast.name,
+                if own_kernel {
+                    ", above all by running on a kernel of its own"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            format!(
+                "{} hides the host in as many probes as {} ({iso_score} of {rows}){}",
+                iso.name,
+                fast.name,
+                if own_kernel {
+                    " but runs on a kernel of its own, the one boundary a shared-kernel runtime cannot offer"
+                } else {
+                    ""
+                }
+            )
+        };
+        let mut line = format!(
+            "Isolation costs start-up time here: {isolation}, and starts {:.1}× slower ({} vs {} ms p50)",
+            iso_wall / fast_wall,
+            f(iso_wall),
+            f(fast_wall),
+        );
+        if let (Some(a), Some(b)) = (http_latency(iso), http_latency(fast)) {
+            let p50 = a.p50 / b.p50;
+            let p99 = a.p99 / b.p99;
+            let _ = write!(
+                line,
+                "; once running it serves HTTP at {p50:.2}× the p50 and {p99:.2}× the p99 latency"
+            );
+            if p50 < 1.5 {
+                line.push_str(", so the steady-state cost is small next to the start-up cost");
+            } else {
+                line.push_str(", so the cost persists after start-up: every request pays it");
+            }
+        }
+        line.push('.');
+        line
+    }
+
+    fn recommendation(&self) -> Vec<String> {
+        let mut lines = if self.isolation_costs_time() {
+            self.choose_by_workload()
+        } else {
+            vec![format!(
+                "Use {}: it was fastest and most isolated in this run.",
+                self.fastest.0.name
+            )]
+        };
+        if let Some(kata) = self
+            .report
+            .profiles
+            .iter()
+            .find(|p| p.name == "kata" && p.status != "ok")
+        {
+            lines.push(format!(
+                "A VM-based runtime (Kata) could not be measured here ({}); run the lab where it is installed to weigh hardware isolation against these numbers.",
+                kata.reason.as_deref().unwrap_or("not available")
+            ));
+        }
+        lines
+    }
+
+    /// Isolation for untrusted code, speed for trusted code, and what each choice costs.
+    fn choose_by_workload(&self) -> Vec<String> {
+        let ((iso, iso_wall), (fast, fast_wall)) = (self.most_isolated, self.fastest);
+        let mut lines = vec![format!(
+            "Untrusted or multi-tenant code: use {}{}; it adds about {:.0} ms per container start on this machine.",
+            iso.name,
+            if self.kernel_differs(&iso.name) {
+                " (its system calls never reach the host kernel directly)"
+            } else {
+                ""
+            },
+            iso_wall - fast_wall
+        )];
+        let serve_cost = match (http_latency(iso), http_latency(fast)) {
+            (Some(a), Some(b)) => Some(a.p99 / b.p99),
+            _ => None,
+        };
+        lines.push(format!(
+            "Trusted, latency-sensitive or short-lived workloads: use {} ({} ms cold start p50{}).",
+            fast.name,
+            f(fast_wall),
+            match serve_cost {
+                Some(r) if r >= 2.0 => format!(
+                    "; {} would multiply HTTP p99 latency by {r:.1}",
+                    iso.name
+                ),
+                Some(r) if r >= 1.5 => format!(
+                    "; {} would add {:.0}% at HTTP p99",
+                    iso.name,
+                    (r - 1.0) * 100.0
+                ),
+                Some(r) => format!(
+                    "; for long-running services {} costs only {:.0}% at HTTP p99, so prefer isolation there",
+                    iso.name,
+                    (r - 1.0).max(0.0) * 100.0
+                ),
+                None => String::new(),
+            }
+        ));
+        if let Some(failed) = http_failure_percent(iso) {
+            let clean = fast.http.as_ref().is_some_and(|h| h.errors == 0);
+            lines.push(format!(
+                "Before serving with {}, check its networking: {failed:.1}% of requests to busybox httpd failed under it{}.",
+                iso.name,
+                if clean {
+                    format!(" against none under {}", fast.name)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if iso_wall / fast_wall >= 2.0 {
+            lines.push(format!(
+                "Where containers are created per request (functions, CI jobs), {}'s {:.1}× start-up time dominates; keep warm pools or use {} for trusted jobs.",
+                iso.name,
+                iso_wall / fast_wall,
+                fast.name
+            ));
+        }
+        lines
+    }
 }
 
 impl LabReport {
@@ -182,824 +498,411 @@ impl LabReport {
 
     /// Fills `tradeoffs` and `recommendation` from the measured numbers.
     pub fn derive_conclusions(&mut self) {
-        let scores = isolation_scores(&self.isolation);
-        let wall_p50 = |p: &ProfileResult| p.cold_start.as_ref()?.wall.as_ref().map(|s| s.p50);
-        let http = |p: &ProfileResult| p.http.as_ref()?.latency.clone();
-        let kernel_differs = |name: &str| {
-            self.isolation
-                .iter()
-                .find(|r| r.key == "kernel_release")
-                .and_then(|r| r.hides_host.get(name).copied())
-                .unwrap_or(false)
+        let (tradeoffs, recommendation) = match Findings::of(self) {
+            Some(findings) => (findings.tradeoffs(), findings.recommendation()),
+            None => (
+                vec!["No profile completed a cold start, so there is nothing to compare.".into()],
+                vec!["Fix the errors listed above and run the lab again.".into()],
+            ),
         };
-        let measured: Vec<&ProfileResult> = self
-            .ok_profiles()
-            .filter(|p| wall_p50(p).is_some())
-            .collect();
-        let mut tradeoffs = Vec::new();
-        let mut recommendation = Vec::new();
-        if measured.is_empty() {
-            tradeoffs
-                .push("No profile completed a cold start, so there is nothing to compare.".into());
-            recommendation.push("Fix the errors listed above and run the lab again.".into());
-            self.tradeoffs = tradeoffs;
-            self.recommendation = recommendation;
-            return;
-        }
-        let fastest = measured
-            .iter()
-            .min_by(|a, b| wall_p50(a).unwrap().total_cmp(&wall_p50(b).unwrap()))
-            .copied()
-            .unwrap();
-        let most_isolated = measured
-            .iter()
-            .max_by_key(|p| {
-                (
-                    scores.get(&p.name).copied().unwrap_or(0),
-                    usize::from(kernel_differs(&p.name)),
-                )
-            })
-            .copied()
-            .unwrap();
-        let baseline = self
-            .profile("runc")
-            .filter(|p| wall_p50(p).is_some())
-            .unwrap_or(fastest);
-        let base_wall = wall_p50(baseline).unwrap();
-        let rows = self.isolation.len();
-        for p in &measured {
-            let wall = wall_p50(p).unwrap();
-            let score = scores.get(&p.name).copied().unwrap_or(0);
-            let mut line = format!("{}: cold start p50 {} ms", p.name, f(wall));
-            if p.name != baseline.name {
-                let _ = write!(
-                    line,
-                    " ({:+.0} ms, {:.2}× {})",
-                    wall - base_wall,
-                    wall / base_wall,
-                    baseline.name
-                );
-            }
-            if let Some(tw) = p.cold_start.as_ref().and_then(|c| c.to_workload.as_ref()) {
-                let _ = write!(
-                    line,
-                    "; workload's first instruction after {} ms",
-                    f(tw.p50)
-                );
-            }
-            if let Some(lat) = http(p) {
-                let _ = write!(line, "; HTTP p50 {} ms, p99 {} ms", f(lat.p50), f(lat.p99));
-                if let Some(r) = p.http.as_ref().and_then(|h| h.p99_vs_runc) {
-                    if p.name != "runc" {
-                        let _ = write!(line, " ({r:.2}× runc at p99)");
-                    }
-                }
-            }
-            if let Some(h) = p.http.as_ref().filter(|h| h.errors > 0 && h.requests > 0) {
-                let _ = write!(
-                    line,
-                    "; {:.1}% of HTTP requests failed",
-                    h.errors as f64 * 100.0 / h.requests as f64
-                );
-            }
-            let _ = write!(
-                line,
-                "; hides the host in {score} of {rows} probes, {}.",
-                if kernel_differs(&p.name) {
-                    "with a kernel of its own"
-                } else {
-                    "sharing the host kernel"
-                }
-            );
-            tradeoffs.push(line);
-        }
-        if most_isolated.name != fastest.name {
-            let iso_wall = wall_p50(most_isolated).unwrap();
-            let fast_wall = wall_p50(fastest).unwrap();
-            let (iso_score, fast_score) = (
-                scores.get(&most_isolated.name).copied().unwrap_or(0),
-                scores.get(&fastest.name).copied().unwrap_or(0),
-            );
-            let own_kernel = kernel_differs(&most_isolated.name) && !kernel_differs(&fastest.name);
-            let isolation = if iso_score > fast_score {
-                format!(
-                    "{} hides the host in {iso_score} of {rows} probes against {}'s {fast_score}{}",
-                    most_isolated.name,
-                    fastest.name,
-                    if own_kernel {
-                        ", above all by running on a kernel of its own"
-                    } else {
-                        ""
-                    }
-                )
-            } else {
-                format!(
-                    "{} hides the host in as many probes as {} ({iso_score} of {rows}){}",
-                    most_isolated.name,
-                    fastest.name,
-                    if own_kernel {
-                        " but runs on a kernel of its own, the one boundary a shared-kernel runtime cannot offer"
-                    } else {
-                        ""
-                    }
-                )
-            };
-            let mut line = format!(
-                "Isolation costs start-up time here: {isolation}, and starts {:.1}× slower ({} vs {} ms p50)",
-                iso_wall / fast_wall,
-                f(iso_wall),
-                f(fast_wall),
-            );
-            if let (Some(a), Some(b)) = (http(most_isolated), http(fastest)) {
-                let p50 = a.p50 / b.p50;
-                let p99 = a.p99 / b.p99;
-                let _ = write!(
-                    line,
-                    "; once running it serves HTTP at {p50:.2}× the p50 and {p99:.2}× the p99 latency"
-                );
-                if p50 < 1.5 {
-                    line.push_str(", so the steady-state cost is small next to the start-up cost");
-                } else {
-                    line.push_str(", so the cost persists after start-up: every request pays it");
-                }
-            }
-            line.push('.');
-            tradeoffs.push(line);
-        } else {
-            tradeoffs.push(format!(
-                "{} is both the fastest to start and the most isolated of the profiles measured here.",
-                fastest.name
-            ));
-        }
-        for p in self.profiles.iter().filter(|p| p.status != "ok") {
-            tradeoffs.push(format!(
-                "{} was not measured: {}.",
-                p.name,
-                p.reason.as_deref().unwrap_or("unknown reason")
-            ));
-        }
-
-        if most_isolated.name != fastest.name {
-            let iso_wall = wall_p50(most_isolated).unwrap();
-            let fast_wall = wall_p50(fastest).unwrap();
-            recommendation.push(format!(
-                "Untrusted or multi-tenant code: use {}{}; it adds about {:.0} ms per container start on this machine.",
-                most_isolated.name,
-                if kernel_differs(&most_isolated.name) {
-                    " (its system calls never reach the host kernel directly)"
-                } else {
-                    ""
-                },
-                iso_wall - fast_wall
-            ));
-            let serve_cost = match (http(most_isolated), http(fastest)) {
-                (Some(a), Some(b)) => Some(a.p99 / b.p99),
-                _ => None,
-            };
-            recommendation.push(format!(
-                "Trusted, latency-sensitive or short-lived workloads: use {} ({} ms cold start p50{}).",
-                fastest.name,
-                f(fast_wall),
-                match serve_cost {
-                    Some(r) if r >= 2.0 => format!(
-                        "; {} would multiply HTTP p99 latency by {r:.1}",
-                        most_isolated.name
-                    ),
-                    Some(r) if r >= 1.5 => format!(
-                        "; {} would add {:.0}% at HTTP p99",
-                        most_isolated.name,
-                        (r - 1.0) * 100.0
-                    ),
-                    Some(r) => format!(
-                        "; for long-running services {} costs only {:.0}% at HTTP p99, so prefer isolation there",
-                        most_isolated.name,
-                        (r - 1.0).max(0.0) * 100.0
-                    ),
-                    None => String::new(),
-                }
-            ));
-            if let Some(h) = most_isolated
-                .http
-                .as_ref()
-                .filter(|h| h.errors > 0 && h.requests > 0)
-            {
-                let clean = fastest.http.as_ref().is_some_and(|h| h.errors == 0);
-                recommendation.push(format!(
-                    "Before serving with {}, check its networking: {:.1}% of requests to busybox httpd failed under it{}.",
-                    most_isolated.name,
-                    h.errors as f64 * 100.0 / h.requests as f64,
-                    if clean {
-                        format!(" against none under {}", fastest.name)
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-            if iso_wall / fast_wall >= 2.0 {
-                recommendation.push(format!(
-                    "Where containers are created per request (functions, CI jobs), {}'s {:.1}× start-up time dominates; keep warm pools or use {} for trusted jobs.",
-                    most_isolated.name,
-                    iso_wall / fast_wall,
-                    fastest.name
-                ));
-            }
-        } else {
-            recommendation.push(format!(
-                "Use {}: it was fastest and most isolated in this run.",
-                fastest.name
-            ));
-        }
-        if let Some(kata) = self
-            .profiles
-            .iter()
-            .find(|p| p.name == "kata" && p.status != "ok")
-        {
-            recommendation.push(format!(
-                "A VM-based runtime (Kata) could not be measured here ({}); run the lab where it is installed to weigh hardware isolation against these numbers.",
-                kata.reason.as_deref().unwrap_or("not available")
-            ));
-        }
         self.tradeoffs = tradeoffs;
         self.recommendation = recommendation;
     }
 
     /// The Markdown report.
     pub fn to_markdown(&self) -> String {
-        let mut md = String::new();
-        let s = &self.setup;
-        let _ = writeln!(md, "# shimtrace lab report\n");
-        let _ = writeln!(md, "## Setup\n");
-        let _ = writeln!(md, "- Host kernel: {}", s.host_kernel);
-        let _ = writeln!(md, "- Host CPU: {}", s.host_cpu);
-        let _ = writeln!(
-            md,
-            "- containerd {} at `{}`{}",
-            s.containerd_version,
-            s.containerd_address,
-            if s.private_containerd {
-                " (private instance started by the lab)"
-            } else {
-                ""
-            }
-        );
-        let _ = writeln!(
-            md,
-            "- Through the shimtrace wrapper: {}{}",
-            if s.traced {
-                "yes"
-            } else {
-                "no (plain runtimes; no shim spans)"
-            },
-            if s.traced {
-                format!(", spool `{}`", s.spool_dir)
-            } else {
-                String::new()
-            }
-        );
-        match &s.image {
-            Some(image) => {
-                let _ = writeln!(
-                    md,
-                    "- Workload image: `{image}` (from containerd, `--image`)"
-                );
-                for note in &s.image_notes {
-                    let _ = writeln!(md, "  - {note}");
-                }
-            }
-            None => {
-                let _ = writeln!(
-                    md,
-                    "- Workload rootfs: busybox-static + the shimtrace probe"
-                );
-            }
-        }
-        if let Some(sent) = s.otlp_exported {
-            let _ = writeln!(md, "- {sent} shim spans sent over OTLP");
-        }
-        let _ = writeln!(
-            md,
-            "- {} cold-start runs per profile, interleaved; {} HTTP requests per profile\n",
-            s.runs, s.requests
-        );
+        self.to_document().to_markdown()
+    }
 
-        let _ = writeln!(md, "## Profiles\n");
-        let _ = writeln!(
-            md,
-            "| Profile | Runtime | OCI binary | Status |\n|---|---|---|---|"
-        );
+    /// The HTML report: the Markdown's content with bar charts and per-profile waterfalls as
+    /// inline SVG, no external resources.
+    pub fn to_html(&self) -> String {
+        self.to_document().to_html()
+    }
+
+    /// The report as a document, section by section.
+    pub fn to_document(&self) -> Document {
+        let mut doc = Document::new("shimtrace lab report");
+        self.setup_section(&mut doc);
+        self.profiles_section(&mut doc);
+        self.cold_start_section(&mut doc);
+        self.phases_section(&mut doc);
+        self.shim_spans_section(&mut doc);
+        self.isolation_section(&mut doc);
+        self.served_latency_section(&mut doc);
+        self.conclusions_sections(&mut doc);
+        self.raw_data_section(&mut doc);
+        doc
+    }
+
+    fn setup_section(&self, doc: &mut Document) {
+        let s = &self.setup;
+        let mut items = vec![
+            ListItem::keyed("Host kernel", s.host_kernel.as_str()),
+            ListItem::keyed("Host CPU", s.host_cpu.as_str()),
+            ListItem::new(
+                Text::new()
+                    .plain(format!("containerd {} at ", s.containerd_version))
+                    .code(&s.containerd_address)
+                    .plain(if s.private_containerd {
+                        " (private instance started by the lab)"
+                    } else {
+                        ""
+                    }),
+            ),
+            ListItem::keyed(
+                "Through the shimtrace wrapper",
+                if s.traced {
+                    Text::new().plain("yes, spool ").code(&s.spool_dir)
+                } else {
+                    Text::from("no (plain runtimes; no shim spans)")
+                },
+            ),
+        ];
+        items.push(match &s.image {
+            Some(image) => ListItem::keyed(
+                "Workload image",
+                Text::new()
+                    .code(image)
+                    .plain(" (from containerd, ")
+                    .code("--image")
+                    .plain(")"),
+            )
+            .with_children(
+                s.image_notes
+                    .iter()
+                    .map(|n| ListItem::new(Text::with_code_spans(n))),
+            ),
+            None => ListItem::keyed("Workload rootfs", "busybox-static + the shimtrace probe"),
+        });
+        if let Some(sent) = s.otlp_exported {
+            items.push(ListItem::new(format!("{sent} shim spans sent over OTLP")));
+        }
+        items.push(ListItem::new(format!(
+            "{} cold-start runs per profile, interleaved; {} HTTP requests per profile",
+            s.runs, s.requests
+        )));
+        doc.heading(2, "Setup").list(items);
+    }
+
+    fn profiles_section(&self, doc: &mut Document) {
+        let mut table =
+            Table::new(["Profile", "Runtime", "OCI binary", "Status"].map(Column::left));
         for p in &self.profiles {
+            let mut runtime = Text::new().code(&p.runtime);
+            if let Some(path) = &p.runtime_path {
+                runtime = runtime.plain(" via ").code(path);
+            }
+            let binary = match &p.binary_name {
+                Some(b) => Text::new().code(b),
+                None => Text::from("default"),
+            };
             let status = match &p.reason {
                 Some(r) => format!("{}: {}", p.status, r),
                 None => p.status.clone(),
             };
-            let _ = writeln!(
-                md,
-                "| {} | `{}`{} | {} | {} |",
-                p.name,
-                p.runtime,
-                p.runtime_path
-                    .as_deref()
-                    .map(|r| format!(" via `{r}`"))
-                    .unwrap_or_default(),
-                p.binary_name
-                    .as_deref()
-                    .map(|b| format!("`{b}`"))
-                    .unwrap_or_else(|| "default".into()),
-                md_cell(&status)
-            );
+            table.row([
+                Text::from(&p.name),
+                runtime,
+                binary,
+                Text::with_code_spans(&status),
+            ]);
         }
+        doc.heading(2, "Profiles").push(table);
+    }
 
-        let _ = writeln!(md, "\n## Cold start\n");
-        let _ = writeln!(
-            md,
-            "Client-observed wall time from CreateContainer to the container being deleted, and \
-             to-workload time (the probe's first CLOCK_REALTIME reading minus the client's start), in ms.\n"
+    fn cold_start_section(&self, doc: &mut Document) {
+        let mut table = Table::new(
+            std::iter::once(Column::left("Profile")).chain(
+                [
+                    "ok/failed",
+                    "wall p50",
+                    "wall p90",
+                    "wall p99",
+                    "wall max",
+                    "to-workload p50",
+                    "to-workload p90",
+                ]
+                .map(Column::right),
+            ),
         );
-        let _ = writeln!(
-            md,
-            "| Profile | ok/failed | wall p50 | wall p90 | wall p99 | wall max | to-workload p50 | to-workload p90 |\n|---|---|---|---|---|---|---|---|"
-        );
+        let mut chart = Vec::new();
         for p in self.ok_profiles() {
             let Some(c) = &p.cold_start else { continue };
             let w = c.wall.as_ref();
             let t = c.to_workload.as_ref();
-            let _ = writeln!(
-                md,
-                "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
-                p.name,
-                c.ok_runs,
-                c.failed_runs,
+            table.row([
+                p.name.clone(),
+                format!("{}/{}", c.ok_runs, c.failed_runs),
                 opt(w.map(|s| s.p50)),
                 opt(w.map(|s| s.p90)),
                 opt(w.map(|s| s.p99)),
                 opt(w.map(|s| s.max)),
                 opt(t.map(|s| s.p50)),
                 opt(t.map(|s| s.p90)),
-            );
+            ]);
+            if let Some(w) = w {
+                chart.push(BarRow {
+                    label: p.name.clone(),
+                    values: vec![w.p50, t.map(|s| s.p50).unwrap_or(f64::NAN)],
+                });
+            }
         }
-        let _ = writeln!(md, "\n### Phases (client side, p50 ms)\n");
-        let phase_names = [
-            "create_container",
-            "create_task",
-            "start_task",
-            "wait_exit",
-            "delete_task",
-            "delete_container",
-        ];
-        let _ = writeln!(
-            md,
-            "| Profile | {} | sum | wall |\n|---|{}---|---|",
-            phase_names.join(" | "),
-            "---|".repeat(phase_names.len())
+        doc.heading(2, "Cold start").paragraph(
+            "Client-observed wall time from CreateContainer to the container being deleted, and \
+             to-workload time (the probe's first CLOCK_REALTIME reading minus the client's start), in ms.",
+        );
+        doc.push(table);
+        if !chart.is_empty() {
+            doc.push(Figure::drawn_only(
+                Bars {
+                    title: "Cold start p50: wall and to-workload".into(),
+                    series: vec!["wall".into(), "to-workload".into()],
+                    rows: chart,
+                    format: f_ms,
+                },
+                "Cold start p50 (ms): wall and to-workload",
+            ));
+        }
+    }
+
+    fn phases_section(&self, doc: &mut Document) {
+        let mut table = Table::new(
+            std::iter::once(Column::left("Profile"))
+                .chain(PHASES.map(Column::right))
+                .chain(["sum", "wall"].map(Column::right)),
         );
         for p in self.ok_profiles() {
             let Some(c) = &p.cold_start else { continue };
-            let values: Vec<f64> = phase_names
+            let values: Vec<f64> = PHASES
                 .iter()
                 .map(|n| c.phases.get(*n).map(|s| s.p50).unwrap_or(f64::NAN))
                 .collect();
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                p.name,
-                values.iter().map(|v| f(*v)).collect::<Vec<_>>().join(" | "),
-                f(values.iter().filter(|v| v.is_finite()).sum()),
-                opt(c.wall.as_ref().map(|s| s.p50))
-            );
+            let mut row = vec![p.name.clone()];
+            row.extend(values.iter().map(|v| f(*v)));
+            row.push(f(values.iter().filter(|v| v.is_finite()).sum()));
+            row.push(opt(c.wall.as_ref().map(|s| s.p50)));
+            table.row(row);
         }
-        let _ = writeln!(
-            md,
-            "\n### Shim spans (ms; start is after the client's first call)\n"
-        );
+        doc.heading(3, "Phases (client side, p50 ms)").push(table);
+    }
+
+    fn shim_spans_section(&self, doc: &mut Document) {
+        doc.heading(3, "Shim spans (ms; start is after the client's first call)");
         let mut any_spans = false;
         for p in self.ok_profiles() {
-            let Some(c) = &p.cold_start else { continue };
-            if c.spans.is_empty() {
+            let Some(c) = p.cold_start.as_ref().filter(|c| !c.spans.is_empty()) else {
                 continue;
-            }
+            };
             any_spans = true;
-            let _ = writeln!(
-                md,
-                "**{}**\n\n| Span | n | starts at p50 | duration p50 | duration p90 | duration max |\n|---|---|---|---|---|---|",
-                p.name
-            );
             // In the order they happen: by median start after the client's first call.
             let mut ordered: Vec<(&String, &SpanStats)> = c.spans.iter().collect();
             ordered.sort_by(|a, b| a.1.start.p50.total_cmp(&b.1.start.p50));
-            for (name, stats) in ordered {
+            let mut table = Table::new(
+                std::iter::once(Column::left("Span")).chain(
+                    [
+                        "n",
+                        "starts at p50",
+                        "duration p50",
+                        "duration p90",
+                        "duration max",
+                    ]
+                    .map(Column::right),
+                ),
+            );
+            for (name, stats) in &ordered {
                 let d = &stats.duration;
-                let _ = writeln!(
-                    md,
-                    "| `{}` | {} | {} | {} | {} | {} |",
-                    name,
-                    d.n,
-                    f(stats.start.p50),
-                    f(d.p50),
-                    f(d.p90),
-                    f(d.max)
-                );
+                table.row([
+                    Text::new().code(name.as_str()),
+                    d.n.to_string().into(),
+                    f(stats.start.p50).into(),
+                    f(d.p50).into(),
+                    f(d.p90).into(),
+                    f(d.max).into(),
+                ]);
             }
-            let _ = writeln!(md);
+            doc.paragraph(Text::new().strong(&p.name)).push(table);
+            doc.push(Figure::drawn_only(
+                span_waterfall(&p.name, c, &ordered),
+                Text::new().plain(format!(
+                    "{} cold start, median timeline (ms after the client's first call)",
+                    p.name
+                )),
+            ));
         }
         if !any_spans {
-            let _ = writeln!(
-                md,
-                "No shim spans were recorded: the profiles ran {}.\n",
-                if s.traced {
+            doc.note(format!(
+                "No shim spans were recorded: the profiles ran {}.",
+                if self.setup.traced {
                     "through the wrapper but the spool held no spans for these containers"
                 } else {
                     "on plain runtimes (install the shimtrace wrapper to see them)"
                 }
-            );
+            ));
         }
-        for p in self.ok_profiles() {
-            if let Some(boot) = p.cold_start.as_ref().and_then(|c| c.guest_boot_seconds) {
-                let _ = writeln!(
-                    md,
-                    "- {}: guest kernel boot (last dmesg timestamp) {:.3} s",
-                    p.name, boot
-                );
-            }
-        }
+        doc.list(self.ok_profiles().filter_map(|p| {
+            let boot = p.cold_start.as_ref()?.guest_boot_seconds?;
+            Some(ListItem::keyed(
+                p.name.as_str(),
+                format!("guest kernel boot (last dmesg timestamp) {boot:.3} s"),
+            ))
+        }));
+    }
 
-        let _ = writeln!(md, "\n## Isolation\n");
+    fn isolation_section(&self, doc: &mut Document) {
         let names: Vec<&str> = self.ok_profiles().map(|p| p.name.as_str()).collect();
-        let _ = writeln!(
-            md,
-            "| Property | host | {} | What a difference means |\n|---|---|{}---|",
-            names.join(" | "),
-            "---|".repeat(names.len())
+        let mut table = Table::new(
+            ["Property", "host"]
+                .into_iter()
+                .chain(names.iter().copied())
+                .chain(["What a difference means"])
+                .map(Column::left),
         );
         for row in &self.isolation {
-            let cells: Vec<String> = names
-                .iter()
-                .map(|n| {
-                    let v = row.values.get(*n).cloned().unwrap_or_else(|| "n/a".into());
-                    let mark = match row.hides_host.get(*n) {
-                        Some(true) => " (differs)",
-                        Some(false) => " (same as host)",
-                        None => "",
-                    };
-                    md_cell(&format!("{v}{mark}"))
-                })
-                .collect();
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                row.label,
-                md_cell(&row.host),
-                cells.join(" | "),
-                md_cell(&row.meaning)
-            );
+            let mut cells = vec![Cell::new(&row.label), Cell::new(&row.host)];
+            cells.extend(names.iter().map(|n| {
+                let v = row.values.get(*n).map(String::as_str).unwrap_or("n/a");
+                match row.hides_host.get(*n) {
+                    Some(true) => Cell::toned(format!("{v} (differs)"), Tone::Good),
+                    Some(false) => Cell::toned(format!("{v} (same as host)"), Tone::Bad),
+                    None => Cell::new(v),
+                }
+            }));
+            cells.push(Cell::new(Text::with_code_spans(&row.meaning)));
+            table.row(cells);
         }
         let scores = isolation_scores(&self.isolation);
-        let _ = writeln!(
-            md,
-            "\nProperties hiding the host, of {}: {}",
+        doc.heading(2, "Isolation").push(table).paragraph(format!(
+            "Properties hiding the host, of {}: {}",
             self.isolation.len(),
             names
                 .iter()
                 .map(|n| format!("{n} {}", scores.get(*n).copied().unwrap_or(0)))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ));
+    }
 
-        let _ = writeln!(md, "\n## Served latency\n");
-        let _ = writeln!(
-            md,
-            "busybox httpd inside each profile's container on the host network, {} sequential GETs \
-             (new connection each) from the lab over loopback, in ms. Failed requests are counted, \
-             not retried, and not in the percentiles.\n",
-            s.requests
+    fn served_latency_section(&self, doc: &mut Document) {
+        let mut table = Table::new(
+            std::iter::once(Column::left("Profile")).chain(
+                [
+                    "ok/errors",
+                    "p50",
+                    "p90",
+                    "p99",
+                    "max",
+                    "p50 vs runc",
+                    "p99 vs runc",
+                ]
+                .map(Column::right),
+            ),
         );
-        let _ = writeln!(
-            md,
-            "| Profile | ok/errors | p50 | p90 | p99 | max | p50 vs runc | p99 vs runc |\n|---|---|---|---|---|---|---|---|"
-        );
+        let mut chart = Vec::new();
         for p in self.ok_profiles() {
             let Some(h) = &p.http else { continue };
-            match &h.latency {
-                Some(l) => {
-                    let _ = writeln!(
-                        md,
-                        "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
-                        p.name,
-                        l.n,
-                        h.errors,
-                        f(l.p50),
-                        f(l.p90),
-                        f(l.p99),
-                        f(l.max),
-                        h.p50_vs_runc
-                            .map(|r| format!("{r:.2}×"))
-                            .unwrap_or_else(|| "n/a".into()),
-                        h.p99_vs_runc
-                            .map(|r| format!("{r:.2}×"))
-                            .unwrap_or_else(|| "n/a".into()),
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        md,
-                        "| {} | 0/{} | n/a | n/a | n/a | n/a | n/a | n/a |",
-                        p.name, h.errors
-                    );
-                }
-            }
-        }
-
-        let _ = writeln!(md, "\n## Trade-offs\n");
-        for line in &self.tradeoffs {
-            let _ = writeln!(md, "- {line}");
-        }
-        let _ = writeln!(md, "\n## Recommendation\n");
-        for line in &self.recommendation {
-            let _ = writeln!(md, "- {line}");
-        }
-        if !self.errors.is_empty() {
-            let _ = writeln!(md, "\n## Errors\n");
-            for line in &self.errors {
-                let _ = writeln!(md, "- {}", md_cell(line));
-            }
-        }
-        let _ = writeln!(
-            md,
-            "\n## Raw data\n\nEvery run (ids, timestamps, phases, spans), every HTTP latency sample and \
-             every probe output are in `report.json`; task outputs are under `work/io/`{}.",
-            if s.traced {
-                format!(", the shims' span spool in `{}`", s.spool_dir)
-            } else {
-                String::new()
-            }
-        );
-        md
-    }
-
-    /// The HTML report: the Markdown's content as tables plus SVG bar charts, no external resources.
-    pub fn to_html(&self) -> String {
-        let mut html = String::new();
-        html.push_str(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>shimtrace lab report</title>\n<style>\
-             body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}\
-             table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}\
-             th{background:#f3f3f3}code{background:#f6f6f6}.same{color:#a33}.diff{color:#272}svg text{font-size:12px}\
-             </style></head><body>\n",
-        );
-        let md = self.to_markdown();
-        // Charts first, then the tables rendered from the Markdown.
-        let cold: Vec<(String, f64, f64)> = self
-            .ok_profiles()
-            .filter_map(|p| {
-                let c = p.cold_start.as_ref()?;
-                Some((
-                    p.name.clone(),
-                    c.wall.as_ref()?.p50,
-                    c.to_workload.as_ref().map(|t| t.p50).unwrap_or(f64::NAN),
-                ))
-            })
-            .collect();
-        let http: Vec<(String, f64, f64)> = self
-            .ok_profiles()
-            .filter_map(|p| {
-                let l = p.http.as_ref()?.latency.as_ref()?;
-                Some((p.name.clone(), l.p50, l.p99))
-            })
-            .collect();
-        let mut in_table = false;
-        let mut in_list = false;
-        let mut header_done = false;
-        for line in md.lines() {
-            if line.starts_with('|') {
-                let cells: Vec<String> = split_md_row(line);
-                if cells.iter().all(|c| c.chars().all(|ch| ch == '-')) {
-                    header_done = true;
-                    continue;
-                }
-                if !in_table {
-                    html.push_str("<table>\n");
-                    in_table = true;
-                    header_done = false;
-                }
-                let tag = if header_done { "td" } else { "th" };
-                html.push_str("<tr>");
-                for c in cells {
-                    let class = if c.ends_with("(same as host)") {
-                        " class=\"same\""
-                    } else if c.ends_with("(differs)") {
-                        " class=\"diff\""
-                    } else {
-                        ""
-                    };
-                    let _ = write!(html, "<{tag}{class}>{}</{tag}>", inline(&c));
-                }
-                html.push_str("</tr>\n");
+            let Some(l) = &h.latency else {
+                let mut row = vec![p.name.clone(), format!("0/{}", h.errors)];
+                row.extend(std::iter::repeat_n("n/a".to_string(), 6));
+                table.row(row);
                 continue;
-            }
-            if in_table {
-                html.push_str("</table>\n");
-                in_table = false;
-            }
-            let is_item = line.starts_with("- ");
-            if is_item && !in_list {
-                html.push_str("<ul>\n");
-                in_list = true;
-            } else if !is_item && in_list {
-                html.push_str("</ul>\n");
-                in_list = false;
-            }
-            if let Some(h) = line.strip_prefix("### ") {
-                let _ = writeln!(html, "<h3>{}</h3>", esc(h));
-                if h.starts_with("Shim spans") {
-                    for p in self.ok_profiles() {
-                        if let Some(c) = p.cold_start.as_ref().filter(|c| !c.spans.is_empty()) {
-                            html.push_str(&waterfall(&p.name, c));
-                        }
-                    }
-                }
-            } else if let Some(h) = line.strip_prefix("## ") {
-                let _ = writeln!(html, "<h2>{}</h2>", esc(h));
-                if h == "Cold start" && !cold.is_empty() {
-                    html.push_str(&bar_chart(
-                        "Cold start p50 (ms): wall and to-workload",
-                        &cold,
-                        ("wall", "to-workload"),
-                    ));
-                }
-                if h == "Served latency" && !http.is_empty() {
-                    html.push_str(&bar_chart(
-                        "HTTP latency (ms): p50 and p99",
-                        &http,
-                        ("p50", "p99"),
-                    ));
-                }
-            } else if let Some(h) = line.strip_prefix("# ") {
-                let _ = writeln!(html, "<h1>{}</h1>", esc(h));
-            } else if let Some(item) = line.strip_prefix("- ") {
-                let _ = writeln!(html, "<li>{}</li>", inline(item));
-            } else if !line.trim().is_empty() {
-                let _ = writeln!(html, "<p>{}</p>", inline(line));
-            }
+            };
+            table.row([
+                p.name.clone(),
+                format!("{}/{}", l.n, h.errors),
+                f(l.p50),
+                f(l.p90),
+                f(l.p99),
+                f(l.max),
+                ratio(h.p50_vs_runc),
+                ratio(h.p99_vs_runc),
+            ]);
+            chart.push(BarRow {
+                label: p.name.clone(),
+                values: vec![l.p50, l.p99],
+            });
         }
-        if in_table {
-            html.push_str("</table>\n");
+        doc.heading(2, "Served latency").paragraph(format!(
+            "busybox httpd inside each profile's container on the host network, {} sequential GETs \
+             (new connection each) from the lab over loopback, in ms. Failed requests are counted, \
+             not retried, and not in the percentiles.",
+            self.setup.requests
+        ));
+        doc.push(table);
+        if !chart.is_empty() {
+            doc.push(Figure::drawn_only(
+                Bars {
+                    title: "HTTP latency: p50 and p99".into(),
+                    series: vec!["p50".into(), "p99".into()],
+                    rows: chart,
+                    format: f_ms,
+                },
+                "HTTP latency (ms): p50 and p99",
+            ));
         }
-        if in_list {
-            html.push_str("</ul>\n");
+    }
+
+    fn conclusions_sections(&self, doc: &mut Document) {
+        let lines = |lines: &[String]| -> Vec<ListItem> {
+            lines
+                .iter()
+                .map(|l| ListItem::new(Text::with_code_spans(l)))
+                .collect()
+        };
+        doc.heading(2, "Trade-offs").list(lines(&self.tradeoffs));
+        doc.heading(2, "Recommendation")
+            .list(lines(&self.recommendation));
+        if !self.errors.is_empty() {
+            doc.heading(2, "Errors").list(lines(&self.errors));
         }
-        html.push_str("</body></html>\n");
-        html
+    }
+
+    fn raw_data_section(&self, doc: &mut Document) {
+        let mut text = Text::new()
+            .plain(
+                "Every run (ids, timestamps, phases, spans), every HTTP latency sample and every \
+                 probe output are in ",
+            )
+            .code("report.json")
+            .plain("; task outputs are under ")
+            .code("work/io/");
+        if self.setup.traced {
+            text = text
+                .plain(", the shims' span spool in ")
+                .code(&self.setup.spool_dir);
+        }
+        doc.heading(2, "Raw data").note(text.plain("."));
     }
 }
 
-fn split_md_row(line: &str) -> Vec<String> {
-    let inner = line.trim().trim_start_matches('|').trim_end_matches('|');
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut chars = inner.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&'|') => {
-                cell.push('|');
-                chars.next();
-            }
-            '|' => cells.push(std::mem::take(&mut cell).trim().to_string()),
-            other => cell.push(other),
-        }
+/// A profile's cold start as a waterfall: each shim span at its median start with its median
+/// duration (spans `ordered` by start), and the to-workload and wall medians as markers.
+fn span_waterfall(profile: &str, cold: &ColdStart, ordered: &[(&String, &SpanStats)]) -> Waterfall {
+    Waterfall {
+        title: format!("{profile} cold-start waterfall"),
+        rows: ordered
+            .iter()
+            .map(|(name, s)| WaterfallRow {
+                label: name.to_string(),
+                depth: 0,
+                start: s.start.p50,
+                length: s.duration.p50,
+            })
+            .collect(),
+        markers: [
+            ("to-workload", cold.to_workload.as_ref()),
+            ("wall", cold.wall.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(label, s)| {
+            Some(Marker {
+                label: label.into(),
+                at: s?.p50,
+            })
+        })
+        .collect(),
+        format: f_ms,
     }
-    cells.push(cell.trim().to_string());
-    cells
-}
-
-fn esc(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// Escapes text and renders `code` and **bold** spans.
-fn inline(text: &str) -> String {
-    let mut out = String::new();
-    for (i, part) in esc(text).split('`').enumerate() {
-        if i % 2 == 1 {
-            let _ = write!(out, "<code>{part}</code>");
-        } else {
-            let mut bold = false;
-            for (j, piece) in part.split("**").enumerate() {
-                if j > 0 {
-                    out.push_str(if bold { "</b>" } else { "<b>" });
-                    bold = !bold;
-                }
-                out.push_str(piece);
-            }
-            if bold {
-                out.push_str("</b>");
-            }
-        }
-    }
-    out
-}
-
-/// A cold-start waterfall: each shim span at its median start offset with its median duration, with
-/// the to-workload and wall medians as markers.
-fn waterfall(profile: &str, cold: &ColdStart) -> String {
-    let mut spans: Vec<(&String, &SpanStats)> = cold.spans.iter().collect();
-    spans.sort_by(|a, b| a.1.start.p50.total_cmp(&b.1.start.p50));
-    let wall = cold.wall.as_ref().map(|w| w.p50).unwrap_or(0.0);
-    let to_workload = cold.to_workload.as_ref().map(|t| t.p50);
-    let end = spans
-        .iter()
-        .map(|(_, s)| s.start.p50 + s.duration.p50)
-        .fold(wall, f64::max)
-        .max(1e-9);
-    let (left, width, row_h) = (260.0, 560.0, 16.0);
-    let height = 46.0 + spans.len() as f64 * row_h;
-    let x = |ms: f64| left + ms.max(0.0) / end * width;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"{} cold-start waterfall\">\
-         <text x=\"0\" y=\"14\" font-weight=\"bold\">{} cold start, median timeline (ms after the client's first call; total {})</text>",
-        left + width + 60.0,
-        esc(profile),
-        esc(profile),
-        f(end)
-    );
-    for (i, (name, stats)) in spans.iter().enumerate() {
-        let y = 26.0 + i as f64 * row_h;
-        let (x0, x1) = (x(stats.start.p50), x(stats.start.p50 + stats.duration.p50));
-        let _ = write!(
-            svg,
-            "<text x=\"0\" y=\"{}\">{}</text><rect x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"#4a7bd0\"/>\
-             <text x=\"{:.1}\" y=\"{}\">{}</text>",
-            y + 10.0,
-            esc(name),
-            (x1 - x0).max(1.0),
-            x1 + 3.0,
-            y + 10.0,
-            f(stats.duration.p50)
-        );
-    }
-    let bottom = 26.0 + spans.len() as f64 * row_h;
-    for (label, at, color) in [
-        ("to-workload", to_workload, "#e0a030"),
-        ("wall", Some(wall), "#a33"),
-    ] {
-        if let Some(at) = at {
-            let _ = write!(
-                svg,
-                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"20\" y2=\"{bottom}\" stroke=\"{color}\" stroke-dasharray=\"4 2\"/>\
-                 <text x=\"{0:.1}\" y=\"{1}\" fill=\"{color}\">{label} {2}</text>",
-                x(at),
-                bottom + 14.0,
-                f(at)
-            );
-        }
-    }
-    svg.push_str("</svg>\n");
-    svg
-}
-
-/// A horizontal grouped bar chart: two bars per row.
-fn bar_chart(title: &str, rows: &[(String, f64, f64)], labels: (&str, &str)) -> String {
-    let max = rows
-        .iter()
-        .flat_map(|(_, a, b)| [*a, *b])
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    let (left, width, row_h) = (90.0, 520.0, 44.0);
-    let height = 40.0 + rows.len() as f64 * row_h;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"{}\">\
-         <text x=\"0\" y=\"14\" font-weight=\"bold\">{}</text>\
-         <rect x=\"{left}\" y=\"22\" width=\"10\" height=\"8\" fill=\"#4a7bd0\"/><text x=\"{}\" y=\"30\">{}</text>\
-         <rect x=\"{}\" y=\"22\" width=\"10\" height=\"8\" fill=\"#e0a030\"/><text x=\"{}\" y=\"30\">{}</text>",
-        left + width + 80.0,
-        esc(title),
-        esc(title),
-        left + 14.0,
-        labels.0,
-        left + 110.0,
-        left + 124.0,
-        labels.1
-    );
-    for (i, (name, a, b)) in rows.iter().enumerate() {
-        let y = 40.0 + i as f64 * row_h;
-        let _ = write!(svg, "<text x=\"0\" y=\"{}\">{}</text>", y + 18.0, esc(name));
-        for (j, (v, color)) in [(*a, "#4a7bd0"), (*b, "#e0a030")].into_iter().enumerate() {
-            let w = if v.is_finite() { v / max * width } else { 0.0 };
-            let yy = y + j as f64 * 16.0;
-            let _ = write!(
-                svg,
-                "<rect x=\"{left}\" y=\"{yy}\" width=\"{w:.1}\" height=\"14\" fill=\"{color}\"/>\
-                 <text x=\"{:.1}\" y=\"{}\">{}</text>",
-                left + w + 4.0,
-                yy + 11.0,
-                f(v)
-            );
-        }
-    }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 #[cfg(test)]
@@ -1111,5 +1014,61 @@ mod tests {
         let html = r.to_html();
         assert!(html.contains("<svg") && html.contains("<h2>Isolation</h2>"));
         assert!(!html.contains("<script"));
+    }
+
+    #[test]
+    fn html_charts_and_marks_come_from_the_numbers() {
+        let mut r = report();
+        let span = SpanStats {
+            start: summary(5.0),
+            duration: summary(20.0),
+        };
+        r.profiles[0]
+            .cold_start
+            .as_mut()
+            .unwrap()
+            .spans
+            .insert("containerd.task.v2.Task/Create".into(), span);
+        r.derive_conclusions();
+        let html = r.to_html();
+        // Cold start and served latency, two bars per measured profile each.
+        assert_eq!(html.matches("<svg class=\"bars\"").count(), 2);
+        assert_eq!(html.matches("<rect class=\"value\"").count(), 8);
+        // One waterfall: only runc has shim spans; its markers are the medians.
+        assert_eq!(html.matches("<svg class=\"waterfall\"").count(), 1);
+        assert!(html.contains("to-workload 50.0 ms") && html.contains("wall 100 ms"));
+        assert!(
+            html.contains("<td class=\"good\">4.4.0 (differs)</td>"),
+            "{html}"
+        );
+        assert!(html.contains("<td class=\"bad\">6.1 (same as host)</td>"));
+        assert!(html.contains("<td><code>containerd.task.v2.Task/Create</code></td>"));
+        let md = r.to_markdown();
+        assert!(
+            md.contains("| Kernel release | 6.1 | 6.1 (same as host) | 4.4.0 (differs) | m |"),
+            "{md}"
+        );
+        assert!(md.contains("**runc**\n\n| Span |"), "{md}");
+    }
+
+    #[test]
+    fn nothing_measured_says_so() {
+        let mut r = report();
+        for p in &mut r.profiles {
+            p.cold_start = None;
+        }
+        r.derive_conclusions();
+        assert_eq!(
+            r.tradeoffs,
+            ["No profile completed a cold start, so there is nothing to compare."]
+        );
+        assert_eq!(
+            r.recommendation,
+            ["Fix the errors listed above and run the lab again."]
+        );
+        let md = r.to_markdown();
+        assert!(md.contains("No shim spans were recorded"), "{md}");
+        // Served latency was measured, cold start was not: one bar chart.
+        assert_eq!(r.to_html().matches("<svg class=\"bars\"").count(), 1);
     }
 }

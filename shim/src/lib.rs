@@ -10,6 +10,7 @@ pub mod log;
 pub mod proxy;
 pub mod reply;
 pub mod resolve;
+pub mod safe_fs;
 pub mod spool;
 pub mod tap;
 pub mod trace_ctx;

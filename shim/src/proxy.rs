@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,8 +43,8 @@ const THREAD_STACK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("cannot create {path}: {source}")]
-    RunDir { path: PathBuf, source: io::Error },
+    #[error("cannot use the run directory: {0} (shimtrace writes only where no other user can; or set {RUN_DIR_ENV} to another directory)")]
+    RunDir(#[source] crate::safe_fs::SafeFsError),
     #[error("cannot lock {path}: {source}")]
     Lock { path: PathBuf, source: io::Error },
     #[error("cannot bind the proxy socket {path}: {source}")]
@@ -194,16 +194,11 @@ pub fn bind_events_socket() -> Result<(PathBuf, UnixListener), ProxyError> {
     Ok((path, listener))
 }
 
+/// The run directory, created 0700 if missing, and refused unless private (see
+/// [`crate::safe_fs`]): proxy logs and locks have predictable names there.
 fn ensure_run_dir() -> Result<PathBuf, ProxyError> {
     let dir = run_dir();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| ProxyError::RunDir {
-            path: dir.clone(),
-            source,
-        })?;
+    crate::safe_fs::ensure_private_dir(&dir).map_err(ProxyError::RunDir)?;
     Ok(dir)
 }
 
@@ -224,16 +219,11 @@ pub fn ensure_proxy(
             .unwrap_or_default()
             .to_string_lossy()
     ));
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|source| ProxyError::Lock {
-            path: lock_path.clone(),
-            source,
-        })?;
+    let lock_file = crate::safe_fs::open_private_file(&lock_path, crate::safe_fs::Access::Shared)
+        .map_err(|e| ProxyError::Lock {
+        path: lock_path.clone(),
+        source: io::Error::other(e),
+    })?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
         |(_, errno)| ProxyError::Lock {
             path: lock_path.clone(),
@@ -747,6 +737,7 @@ fn serve_events(shim: UnixStream, containerd: UnixStream, ctx: Arc<TapContext>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn proxy_socket_is_deterministic_beside_the_inner_one_and_short() {
@@ -799,6 +790,48 @@ mod tests {
             .flat_map(|(flag, fd)| [flag.to_string(), fd.to_string()])
             .collect();
         assert_eq!(HandedFds::from_args(&args), fds);
+    }
+
+    #[test]
+    fn a_run_dir_that_is_a_link_or_shared_or_foreign_is_refused() {
+        // The only test that sets this variable.
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&real)
+            .unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&shared)
+            .unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let mut refused = vec![(link, "symbolic link"), (shared, "writable by")];
+        if nix::unistd::geteuid().is_root() {
+            let foreign = dir.path().join("foreign");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&foreign)
+                .unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+            refused.push((foreign, "owned by"));
+        }
+        for (path, why) in refused {
+            std::env::set_var(RUN_DIR_ENV, &path);
+            let err = ensure_run_dir().unwrap_err().to_string();
+            assert!(err.contains(why), "{}: {err}", path.display());
+            assert!(bind_events_socket().is_err(), "{}", path.display());
+        }
+        let fresh = dir.path().join("fresh");
+        std::env::set_var(RUN_DIR_ENV, &fresh);
+        assert_eq!(ensure_run_dir().unwrap(), fresh);
+        std::env::remove_var(RUN_DIR_ENV);
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -10,6 +11,32 @@ use shimtrace_span::env::CONFIG as CONFIG_ENV;
 use shimtrace_span::naming::{is_executable_file, WrapperName};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shimtrace/config.toml";
+/// A config maps a few runtimes to paths; nothing longer is read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Why a config file must not be trusted, if it must not: it chooses binaries this process runs
+/// (as root, under a root containerd), so it must be a regular file that nobody but root or this
+/// process's user can write.
+fn check_config_file(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(format!(
+            "is owned by uid {}, neither root nor this process's user (uid {euid})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "is writable by group or others (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -33,8 +60,15 @@ pub enum ResolveError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid shimtrace config {path}: {message}")]
-    ConfigParse { path: PathBuf, message: String },
+    #[error("shimtrace config {path} {problem}; it names the binaries run as inner shims, so only root (or this process's user) may write it: fix its owner and mode")]
+    ConfigUnsafe { path: PathBuf, problem: String },
+    #[error("invalid shimtrace config {path}{at}: {message}; fix it (the wrapper does not guess which shim to run while its config is broken)")]
+    ConfigParse {
+        path: PathBuf,
+        /// `, line L, column C` when the parser knows where.
+        at: String,
+        message: String,
+    },
     #[error("config {config} maps runtime {runtime} to {inner:?}, which is not an absolute path to an executable file")]
     BadOverride {
         config: String,
@@ -69,6 +103,11 @@ pub struct Config {
 impl Config {
     /// Loads `$SHIMTRACE_CONFIG`, else the default path; a missing default file is an empty config,
     /// a missing explicitly named one is an error.
+    ///
+    /// A config that exists but cannot be read or parsed (a syntax error, an unknown key) is an
+    /// error too, never an empty config: looking the inner shim up on `PATH` instead could run a
+    /// different shim than the one configured, which is worse than a container that fails to start
+    /// with an error naming the file and line.
     pub fn load() -> Result<Config, ResolveError> {
         match std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
             Some(path) => Config::load_from(Path::new(&path), true),
@@ -77,8 +116,8 @@ impl Config {
     }
 
     pub fn load_from(path: &Path, must_exist: bool) -> Result<Config, ResolveError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
                 return Ok(Config::default())
             }
@@ -89,9 +128,32 @@ impl Config {
                 })
             }
         };
+        let read_err = |source| ResolveError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Checked on the open file, so the checked file is the one read.
+        let meta = file.metadata().map_err(read_err)?;
+        check_config_file(&meta).map_err(|problem| ResolveError::ConfigUnsafe {
+            path: path.to_path_buf(),
+            problem,
+        })?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
         let mut config: Config = toml::from_str(&text).map_err(|e| ResolveError::ConfigParse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            at: e
+                .span()
+                .map(|span| {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+                    format!(", line {line}, column {column}")
+                })
+                .unwrap_or_default(),
+            message: e.message().trim().replace('\n', "; "),
         })?;
         config.source = Some(path.to_path_buf());
         Ok(config)
@@ -267,9 +329,30 @@ mod tests {
             inner
         );
 
+        // A config others may write could make this process run any binary: refused.
+        std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
+        assert!(err.contains("writable by group or others"), "{err}");
+        std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&cfg_path, Some(65534), None).unwrap();
+            let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+            std::os::unix::fs::chown(&cfg_path, Some(0), None).unwrap();
+        }
+        assert!(Config::load_from(&cfg_path, true).is_ok());
+
         std::fs::write(&cfg_path, "[runtimes.x]\nbogus = 1\n").unwrap();
         let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
         assert!(err.contains("invalid shimtrace config"), "{err}");
+        assert!(
+            err.contains(cfg_path.to_str().unwrap()) && err.contains("line 2, column 1"),
+            "{err}"
+        );
+        assert!(err.contains("bogus") && !err.contains('\n'), "{err}");
+        std::fs::write(&cfg_path, "[runtimes.x]\ninner = \"/x\"\n[[oops\n").unwrap();
+        let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
+        assert!(err.contains("line 3") && !err.contains('\n'), "{err}");
         assert!(Config::load_from(&dir.path().join("none.toml"), false).is_ok());
         assert!(Config::load_from(&dir.path().join("none.toml"), true).is_err());
     }

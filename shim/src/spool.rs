@@ -1,9 +1,8 @@
 //! The spool writer: appends spans to the durable spool without ever blocking the caller, keeping
 //! the layout and bounds described in [`shimtrace_span::spool`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -17,6 +16,8 @@ use shimtrace_span::clock;
 use shimtrace_span::env::{SPOOL_DIR as SPOOL_DIR_ENV, SPOOL_MAX_BYTES as SPOOL_MAX_BYTES_ENV};
 use shimtrace_span::spool::{DEFAULT_MAX_BYTES, DEFAULT_SPOOL_DIR, ROTATE_BYTES};
 use shimtrace_span::{SpanRecord, SpoolEntry};
+
+use crate::safe_fs::{self, Access, PrivateDir, SafeFsError};
 
 /// Spans waiting for the writer thread; beyond it spans are dropped. The queue grows on demand, so an
 /// idle proxy holds none of it.
@@ -43,10 +44,10 @@ enum SpoolEntryRef<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("cannot create spool directory {path}: {source} (set {SPOOL_DIR_ENV} to a writable directory)")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot open spool file {path}: {source} (check that {SPOOL_DIR_ENV} is writable)")]
-    OpenFile { path: PathBuf, source: io::Error },
+    #[error("cannot use the spool directory: {0} (shimtrace writes only where no other user can; or set {SPOOL_DIR_ENV} to another directory)")]
+    Dir(#[source] SafeFsError),
+    #[error("cannot open a spool file: {0} (check that {SPOOL_DIR_ENV} is writable)")]
+    OpenFile(#[source] SafeFsError),
     #[error("cannot start the spool writer thread: {0}")]
     Thread(io::Error),
 }
@@ -59,16 +60,27 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
-    /// From `SHIMTRACE_SPOOL_DIR` and `SHIMTRACE_SPOOL_MAX_BYTES`, else the defaults.
+    /// From `SHIMTRACE_SPOOL_DIR` and `SHIMTRACE_SPOOL_MAX_BYTES`, else the defaults. A size bound
+    /// that is not a number of bytes is logged (WARN) and replaced by the default: the spool stays
+    /// bounded, and the log says why it is not bounded as configured.
     pub fn from_env() -> SpoolConfig {
         let dir = std::env::var_os(SPOOL_DIR_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR));
-        let max_bytes = std::env::var(SPOOL_MAX_BYTES_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_MAX_BYTES);
+        let max_bytes = match std::env::var_os(SPOOL_MAX_BYTES_ENV).filter(|v| !v.is_empty()) {
+            None => DEFAULT_MAX_BYTES,
+            Some(value) => match value.to_str().and_then(|v| v.trim().parse().ok()) {
+                Some(bytes) => bytes,
+                None => {
+                    tracing::warn!(
+                        "{SPOOL_MAX_BYTES_ENV}={value:?} is not a number of bytes; \
+                         bounding the spool at the default, {DEFAULT_MAX_BYTES} bytes"
+                    );
+                    DEFAULT_MAX_BYTES
+                }
+            },
+        };
         SpoolConfig { dir, max_bytes }
     }
 }
@@ -89,7 +101,64 @@ pub struct SpanSink {
 struct SinkShared {
     queue: Mutex<Queue>,
     wake: Condvar,
-    dropped: AtomicU64,
+    dropped: DropCounts,
+}
+
+/// Why spans were dropped; each reason reaches the spool as its own `dropped` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropReason {
+    /// The queue was full, the sink closed, or the spool over its size bound.
+    Full,
+    /// The spool's filesystem has no space left (`ENOSPC`).
+    NoSpace,
+    /// The spool's filesystem quota is exhausted (`EDQUOT`).
+    Quota,
+    /// Any other write error.
+    WriteFailed,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 4] = [
+        DropReason::Full,
+        DropReason::NoSpace,
+        DropReason::Quota,
+        DropReason::WriteFailed,
+    ];
+
+    fn of_write_error(error: &io::Error) -> DropReason {
+        match error.raw_os_error() {
+            Some(libc::ENOSPC) => DropReason::NoSpace,
+            Some(libc::EDQUOT) => DropReason::Quota,
+            _ => DropReason::WriteFailed,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            DropReason::Full => "span buffer full or spool over its size bound",
+            DropReason::NoSpace => "no space left on the spool's filesystem (ENOSPC)",
+            DropReason::Quota => "disk quota exceeded on the spool's filesystem (EDQUOT)",
+            DropReason::WriteFailed => "writing the spool file failed",
+        }
+    }
+}
+
+/// Spans dropped and not yet recorded in the spool, by reason.
+#[derive(Debug, Default)]
+struct DropCounts([AtomicU64; 4]);
+
+impl DropCounts {
+    fn add(&self, reason: DropReason, spans: u64) {
+        self.0[reason as usize].fetch_add(spans, Ordering::Relaxed);
+    }
+
+    fn take(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize].swap(0, Ordering::Relaxed)
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
 }
 
 #[derive(Default)]
@@ -117,7 +186,7 @@ impl SpanSink {
         let shared = Arc::new(SinkShared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            dropped: AtomicU64::new(0),
+            dropped: DropCounts::default(),
         });
         let (finished_tx, finished_rx) = mpsc::channel::<()>();
         let thread_shared = shared.clone();
@@ -144,7 +213,7 @@ impl SpanSink {
                     closed: true,
                 }),
                 wake: Condvar::new(),
-                dropped: AtomicU64::new(0),
+                dropped: DropCounts::default(),
             }),
             writer: Mutex::new(None),
             finished: Mutex::new(None),
@@ -173,13 +242,13 @@ impl SpanSink {
             _ => false,
         };
         if !queued {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.dropped.add(DropReason::Full, 1);
         }
     }
 
     /// Spans dropped so far and not yet recorded in the spool.
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.total()
     }
 
     /// Flushes what is queued and stops the writer, waiting at most `timeout`; later spans are
@@ -214,7 +283,7 @@ pub fn write_now(
     for span in spans {
         push_line(&mut batch, span);
     }
-    let dropped = AtomicU64::new(0);
+    let dropped = DropCounts::default();
     file.append_bounded(&batch, spans.len() as u64, &dropped);
     file.record_drops(&dropped);
     Ok(())
@@ -228,12 +297,15 @@ fn push_line(batch: &mut Vec<u8>, span: &SpanRecord) {
 
 /// The file a writer appends to, with the bookkeeping for rotation and the size bound.
 struct SpoolFile {
-    dir: PathBuf,
+    dir: PrivateDir,
     max_bytes: u64,
     stem: String,
     seq: u32,
     file: File,
     file_bytes: u64,
+    /// A failed write may have left part of a line: the next write starts a new line first, so
+    /// the fragment reads as one malformed line instead of corrupting the next.
+    mid_line: bool,
     /// Bytes in the spool directory as of the last measurement plus what this writer added since;
     /// `None` until the first append (measured then, off the caller's thread).
     spool_bytes: Option<u64>,
@@ -243,27 +315,21 @@ struct SpoolFile {
 
 impl SpoolFile {
     fn create(config: &SpoolConfig, writer: &str) -> Result<SpoolFile, SpoolError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.dir)
-            .map_err(|source| SpoolError::CreateDir {
-                path: config.dir.clone(),
-                source,
-            })?;
+        let dir = safe_fs::ensure_private_dir(&config.dir).map_err(SpoolError::Dir)?;
         let stem = format!(
             "{writer}-{}-{}",
             std::process::id(),
             clock::now_unix_nanos()
         );
-        let file = open_spool_file(&config.dir, &stem, 0)?;
+        let file = open_spool_file(&dir, &stem, 0)?;
         Ok(SpoolFile {
-            dir: config.dir.clone(),
+            dir,
             max_bytes: config.max_bytes,
             stem,
             seq: 0,
             file,
             file_bytes: 0,
+            mid_line: false,
             spool_bytes: None,
             last_measured: Instant::now(),
             writer: format!("{writer}/{}", std::process::id()),
@@ -324,8 +390,9 @@ impl SpoolFile {
         }
     }
 
-    /// Appends whole lines in one write, or drops them if the spool is over its bound.
-    fn append_bounded(&mut self, bytes: &[u8], spans: u64, dropped: &AtomicU64) {
+    /// Appends whole lines in one write, or drops them if the spool is over its bound or the
+    /// write fails (counted by reason).
+    fn append_bounded(&mut self, bytes: &[u8], spans: u64, dropped: &DropCounts) {
         let mut spool_bytes = *self
             .spool_bytes
             .get_or_insert_with(|| shared_spool_bytes(&self.dir));
@@ -338,77 +405,106 @@ impl SpoolFile {
             self.last_measured = Instant::now();
         }
         if spool_bytes + bytes.len() as u64 > self.max_bytes {
-            dropped.fetch_add(spans, Ordering::Relaxed);
+            dropped.add(DropReason::Full, spans);
             return;
         }
-        if self.append(bytes).is_err() {
-            dropped.fetch_add(spans, Ordering::Relaxed);
+        if let Err((e, written)) = self.append(bytes) {
+            // Lines that reached the file before the failure are in the spool, not lost.
+            let landed = bytes[..written].iter().filter(|b| **b == b'\n').count() as u64;
+            dropped.add(DropReason::of_write_error(&e), spans.saturating_sub(landed));
         }
     }
 
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Appends `bytes`; on failure, the error and how many of `bytes` reached the file.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
         if self.file_bytes >= ROTATE_BYTES {
             if let Ok(next) = open_spool_file(&self.dir, &self.stem, self.seq + 1) {
                 self.seq += 1;
                 self.file = next;
                 self.file_bytes = 0;
+                self.mid_line = false;
             }
         }
-        self.file.write_all(bytes)?;
-        self.file_bytes += bytes.len() as u64;
-        if let Some(spool_bytes) = &mut self.spool_bytes {
-            *spool_bytes += bytes.len() as u64;
+        if self.mid_line {
+            self.write_counted(b"\n").map_err(|(e, _)| (e, 0))?;
+        }
+        self.write_counted(bytes)
+    }
+
+    /// Writes all of `bytes`, keeping count of what reached the file even when a write fails
+    /// part way (returned with the error).
+    fn write_counted(&mut self, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.file.write(&bytes[written..]) {
+                Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
+                Ok(n) => {
+                    written += n;
+                    self.file_bytes += n as u64;
+                    if let Some(spool_bytes) = &mut self.spool_bytes {
+                        *spool_bytes += n as u64;
+                    }
+                    self.mid_line = bytes[..written].last() != Some(&b'\n');
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((e, written)),
+            }
         }
         Ok(())
     }
 
-    /// Writes the drop count as a line; a count line may exceed the bound, being tiny and the only
-    /// way the loss becomes visible.
-    fn record_drops(&mut self, dropped: &AtomicU64) {
-        let count = dropped.swap(0, Ordering::Relaxed);
-        if count == 0 {
-            return;
-        }
-        let entry = SpoolEntry::Dropped {
-            count,
-            writer: self.writer.clone(),
-            reason: "span buffer full or spool over its size bound".into(),
-            time_unix_nano: clock::now_unix_nanos(),
-        };
-        let mut line = serde_json::to_vec(&entry).unwrap_or_default();
-        line.push(b'\n');
-        if self.append(&line).is_err() {
-            dropped.fetch_add(count, Ordering::Relaxed);
+    /// Writes the drop counts as lines, one per reason; a count line may exceed the bound, being
+    /// tiny and the only way the loss becomes visible. A count that cannot be written (a full
+    /// disk) waits for the next try.
+    fn record_drops(&mut self, dropped: &DropCounts) {
+        for reason in DropReason::ALL {
+            let count = dropped.take(reason);
+            if count == 0 {
+                continue;
+            }
+            let entry = SpoolEntry::Dropped {
+                count,
+                writer: self.writer.clone(),
+                reason: reason.text().into(),
+                time_unix_nano: clock::now_unix_nanos(),
+            };
+            let mut line = serde_json::to_vec(&entry).unwrap_or_default();
+            line.push(b'\n');
+            if self.append(&line).is_err() {
+                dropped.add(reason, count);
+            }
         }
     }
 }
 
-fn open_spool_file(dir: &Path, stem: &str, seq: u32) -> Result<File, SpoolError> {
-    let path = dir.join(format!("{stem}-{seq}.jsonl"));
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| SpoolError::OpenFile { path, source })
+/// Creates a writer's file; its name is new (pid and start time), so one that exists is refused.
+fn open_spool_file(dir: &PrivateDir, stem: &str, seq: u32) -> Result<File, SpoolError> {
+    dir.open_file(Path::new(&format!("{stem}-{seq}.jsonl")), Access::CreateNew)
+        .map_err(SpoolError::OpenFile)
 }
 
 /// The spool's size as another writer measured it less than [`USAGE_HINT_TTL`] ago, or as
 /// measured now (and shared).
-fn shared_spool_bytes(dir: &Path) -> u64 {
+fn shared_spool_bytes(dir: &PrivateDir) -> u64 {
     read_usage_hint(dir, clock::now_unix_nanos()).unwrap_or_else(|| measure_spool_bytes(dir))
 }
 
 /// Measures the spool's size and shares it in [`USAGE_HINT_FILE`].
-fn measure_spool_bytes(dir: &Path) -> u64 {
-    let bytes = dir_bytes(dir);
+fn measure_spool_bytes(dir: &PrivateDir) -> u64 {
+    let bytes = dir_bytes(dir.path());
     write_usage_hint(dir, bytes, clock::now_unix_nanos());
     bytes
 }
 
 /// The hint's byte count if it was measured within [`USAGE_HINT_TTL`] before `now_nanos`.
-fn read_usage_hint(dir: &Path, now_nanos: u64) -> Option<u64> {
-    let text = fs::read_to_string(dir.join(USAGE_HINT_FILE)).ok()?;
+fn read_usage_hint(dir: &PrivateDir, now_nanos: u64) -> Option<u64> {
+    // The hint is one short line; whatever else sits under its name is read no further.
+    let mut text = String::new();
+    dir.open_file(Path::new(USAGE_HINT_FILE), Access::Read)
+        .ok()?
+        .take(64)
+        .read_to_string(&mut text)
+        .ok()?;
     let (bytes, measured) = text.trim().split_once(' ')?;
     let (bytes, measured): (u64, u64) = (bytes.parse().ok()?, measured.parse().ok()?);
     let age = now_nanos.checked_sub(measured)?;
@@ -417,16 +513,10 @@ fn read_usage_hint(dir: &Path, now_nanos: u64) -> Option<u64> {
 
 /// Writes the hint in place, fixed width: a reader racing a writer sees the old text, the new one
 /// or one that does not parse (and then measures), never a wrong number of bytes with a fresh age.
-fn write_usage_hint(dir: &Path, bytes: u64, now_nanos: u64) {
+fn write_usage_hint(dir: &PrivateDir, bytes: u64, now_nanos: u64) {
     use std::os::unix::fs::FileExt;
     let line = format!("{bytes:020} {now_nanos:020}\n");
-    if let Ok(file) = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join(USAGE_HINT_FILE))
-    {
+    if let Ok(file) = dir.open_file(Path::new(USAGE_HINT_FILE), Access::Shared) {
         let _ = file.write_all_at(line.as_bytes(), 0);
     }
 }
@@ -450,7 +540,12 @@ mod tests {
     use super::*;
     use shimtrace_span::spool::{read_spool, spool_files};
     use shimtrace_span::{SpanId, TraceId};
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    fn private(dir: &Path) -> PrivateDir {
+        PrivateDir::open(dir).unwrap()
+    }
 
     fn span(name: &str) -> SpanRecord {
         SpanRecord {
@@ -514,7 +609,7 @@ mod tests {
             max_bytes: 1_000_000,
         };
         // Another writer found the spool full a moment ago: this one believes it, without a scan.
-        write_usage_hint(dir.path(), 1_000_000, clock::now_unix_nanos());
+        write_usage_hint(&private(dir.path()), 1_000_000, clock::now_unix_nanos());
         let sink = SpanSink::start(&config, "test").unwrap();
         sink.emit(span("believed-full"));
         sink.shutdown(Duration::from_secs(5));
@@ -524,7 +619,7 @@ mod tests {
 
         // The same claim, older than the TTL: measured again, found nearly empty, written.
         let stale = clock::now_unix_nanos() - USAGE_HINT_TTL.as_nanos() as u64 - 1;
-        write_usage_hint(dir.path(), 1_000_000, stale);
+        write_usage_hint(&private(dir.path()), 1_000_000, stale);
         let sink = SpanSink::start(&config, "test").unwrap();
         sink.emit(span("written"));
         sink.shutdown(Duration::from_secs(5));
@@ -535,7 +630,7 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["written"]);
-        let measured = read_usage_hint(dir.path(), clock::now_unix_nanos()).unwrap();
+        let measured = read_usage_hint(&private(dir.path()), clock::now_unix_nanos()).unwrap();
         assert!(measured < 1_000, "the rescan shared {measured} bytes");
     }
 
@@ -543,16 +638,16 @@ mod tests {
     fn usage_hints_that_do_not_parse_or_come_from_the_future_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let now = 10_000_000_000;
-        assert_eq!(read_usage_hint(dir.path(), now), None);
+        assert_eq!(read_usage_hint(&private(dir.path()), now), None);
         fs::write(dir.path().join(USAGE_HINT_FILE), "12 x\n").unwrap();
-        assert_eq!(read_usage_hint(dir.path(), now), None);
-        write_usage_hint(dir.path(), 42, now + 1);
-        assert_eq!(read_usage_hint(dir.path(), now), None);
-        write_usage_hint(dir.path(), 42, now - 1);
-        assert_eq!(read_usage_hint(dir.path(), now), Some(42));
+        assert_eq!(read_usage_hint(&private(dir.path()), now), None);
+        write_usage_hint(&private(dir.path()), 42, now + 1);
+        assert_eq!(read_usage_hint(&private(dir.path()), now), None);
+        write_usage_hint(&private(dir.path()), 42, now - 1);
+        assert_eq!(read_usage_hint(&private(dir.path()), now), Some(42));
         // A shorter number written over a longer one leaves no digits behind.
-        write_usage_hint(dir.path(), 7, now - 1);
-        assert_eq!(read_usage_hint(dir.path(), now), Some(7));
+        write_usage_hint(&private(dir.path()), 7, now - 1);
+        assert_eq!(read_usage_hint(&private(dir.path()), now), Some(7));
     }
 
     #[test]
@@ -592,6 +687,235 @@ mod tests {
         let sink = SpanSink::disabled();
         sink.emit(span("x"));
         assert_eq!(sink.dropped(), 1);
+    }
+
+    /// Runs `work` on a thread and fails the test if it has not finished within `limit` (a
+    /// writer stuck in `open` on a FIFO never would).
+    fn finishes_within<T: Send + 'static>(
+        limit: Duration,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(work());
+        });
+        rx.recv_timeout(limit)
+            .expect("still blocked: a FIFO or a link was followed")
+    }
+
+    fn private_dir(path: &Path) {
+        fs::DirBuilder::new().mode(0o700).create(path).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_spool_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        private_dir(&real);
+        std::os::unix::fs::symlink(&real, dir.path().join("spool")).unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().join("spool"),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let err = write_now(&config, "wrapper", &[span("a")]).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(SpanSink::start(&config, "proxy").is_err());
+        assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_spool_dir_others_can_write_is_refused() {
+        for mode in [0o1777, 0o777, 0o770, 0o702] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = dir.path().join("spool");
+            private_dir(&spool);
+            fs::set_permissions(&spool, fs::Permissions::from_mode(mode)).unwrap();
+            let config = SpoolConfig {
+                dir: spool.clone(),
+                max_bytes: DEFAULT_MAX_BYTES,
+            };
+            let err = write_now(&config, "wrapper", &[span("a")]).unwrap_err();
+            assert!(err.to_string().contains("writable by"), "{mode:o}: {err}");
+            assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_spool_dir_of_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: giving a directory to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        private_dir(&spool);
+        std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).unwrap();
+        let config = SpoolConfig {
+            dir: spool.clone(),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let err = write_now(&config, "wrapper", &[span("a")]).unwrap_err();
+        assert!(err.to_string().contains("owned by"), "{err}");
+        assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_link_in_place_of_the_usage_hint_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        private_dir(&spool);
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious contents, not a usage hint at all\n").unwrap();
+        std::os::unix::fs::symlink(&victim, spool.join(USAGE_HINT_FILE)).unwrap();
+        let config = SpoolConfig {
+            dir: spool.clone(),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        write_now(&config, "wrapper", &[span("a")]).unwrap();
+        assert_eq!(
+            fs::read_to_string(&victim).unwrap(),
+            "precious contents, not a usage hint at all\n"
+        );
+        assert_eq!(read_spool(&spool).unwrap().spans.len(), 1);
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_usage_hint_does_not_block_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        private_dir(&spool);
+        nix::unistd::mkfifo(
+            &spool.join(USAGE_HINT_FILE),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let config = SpoolConfig {
+            dir: spool.clone(),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        finishes_within(Duration::from_secs(10), move || {
+            write_now(&config, "wrapper", &[span("a")]).unwrap();
+        });
+        assert_eq!(read_spool(&spool).unwrap().spans.len(), 1);
+    }
+
+    #[test]
+    fn a_full_filesystem_is_recorded_as_its_own_drop_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().join("spool"),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let mut file = SpoolFile::create(&config, "proxy").unwrap();
+        let real = std::mem::replace(
+            &mut file.file,
+            fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        let dropped = DropCounts::default();
+        let mut batch = Vec::new();
+        push_line(&mut batch, &span("lost"));
+        file.append_bounded(&batch, 1, &dropped);
+        // The drop count cannot be written to a full disk either: it waits for space.
+        file.record_drops(&dropped);
+        file.file = real;
+        file.record_drops(&dropped);
+        let text = fs::read_to_string(&spool_files(&config.dir).unwrap()[0].0).unwrap();
+        let entry: SpoolEntry = serde_json::from_str(text.trim()).unwrap();
+        let SpoolEntry::Dropped { count, reason, .. } = entry else {
+            panic!("not a drop line: {text}");
+        };
+        assert_eq!(count, 1);
+        assert!(reason.contains("ENOSPC"), "{reason}");
+    }
+
+    #[test]
+    fn a_write_cut_short_leaves_one_bad_line_not_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().join("spool"),
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let mut file = SpoolFile::create(&config, "proxy").unwrap();
+        // A non-blocking pipe of one page that nobody reads: a longer write stops part way, as a
+        // write to a filling disk can.
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let flags = nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(write_end.as_raw_fd(), nix::fcntl::F_SETFL(flags)).unwrap();
+        nix::fcntl::fcntl(write_end.as_raw_fd(), nix::fcntl::F_SETPIPE_SZ(4096)).unwrap();
+        let real = std::mem::replace(&mut file.file, File::from(write_end));
+        let dropped = DropCounts::default();
+        let mut batch = Vec::new();
+        while batch.len() < 8192 {
+            push_line(&mut batch, &span("cut"));
+        }
+        let lines = batch.iter().filter(|b| **b == b'\n').count() as u64;
+        file.append_bounded(&batch, lines, &dropped);
+        assert!(file.mid_line);
+        let mut cut = vec![0u8; 8192];
+        let n = nix::unistd::read(read_end.as_raw_fd(), &mut cut).unwrap();
+        // What reached the file before the write failed, then the next append.
+        file.file = real;
+        file.file.write_all(&cut[..n]).unwrap();
+        let mut next = Vec::new();
+        push_line(&mut next, &span("after"));
+        file.append_bounded(&next, 1, &dropped);
+        let contents = read_spool(&config.dir).unwrap();
+        let names: Vec<&str> = contents.spans.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.ends_with(&["after"]), "{names:?}");
+        assert_eq!(contents.issues.len(), 1, "{:?}", contents.issues);
+        // Each line of the cut batch is either in the spool or counted as dropped, never both.
+        let landed = names.iter().filter(|n| **n == "cut").count() as u64;
+        assert!(landed > 0 && landed < lines, "{landed} of {lines}");
+        assert_eq!(landed + dropped.total(), lines);
+    }
+
+    /// Captures what the code under test logs at WARN and above.
+    fn warnings_of(work: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::with_default(subscriber, work);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_size_bound_that_does_not_parse_is_warned_about_then_defaulted() {
+        // The only test that sets this variable; the others build their configs by hand.
+        for bad in ["garbage", "-1", "12 MiB"] {
+            std::env::set_var(SPOOL_MAX_BYTES_ENV, bad);
+            let mut config = None;
+            let warned = warnings_of(|| config = Some(SpoolConfig::from_env()));
+            assert_eq!(config.unwrap().max_bytes, DEFAULT_MAX_BYTES);
+            assert!(
+                warned.contains(SPOOL_MAX_BYTES_ENV) && warned.contains(bad),
+                "{bad}: {warned:?}"
+            );
+        }
+        std::env::set_var(SPOOL_MAX_BYTES_ENV, "4096");
+        let mut config = None;
+        let warned = warnings_of(|| config = Some(SpoolConfig::from_env()));
+        std::env::remove_var(SPOOL_MAX_BYTES_ENV);
+        assert_eq!(config.unwrap().max_bytes, 4096);
+        assert_eq!(warned, "");
     }
 
     #[test]

@@ -5,27 +5,64 @@
 //! after a containerd restart) read it, so all of a container's spans share one trace. Containers
 //! that never pass through `start` (containerd 2.x pod containers joining a sandbox's shim) get a
 //! trace from the proxy on their first call.
+//!
+//! The proxy learns container ids, namespaces and bundles from requests, so it writes a sidecar
+//! only into the bundle containerd made for that container, `<task root>/<namespace>/<id>`, with
+//! namespace and id each a single path component, and never through a link (see
+//! [`crate::safe_fs`]).
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use shimtrace_span::{SpanId, TraceContext, TraceId};
 
+use crate::safe_fs::{is_plain_name, Access, PrivateDir, SafeFsError};
+
 /// File in the bundle holding the container's trace context.
 pub const SIDECAR: &str = "shimtrace-trace.json";
+/// A sidecar is a line of JSON; nothing longer is read.
+const SIDECAR_MAX_BYTES: u64 = 4096;
 
 /// Reads a bundle's trace context, if the wrapper wrote one.
 pub fn read_sidecar(bundle: &Path) -> Option<TraceContext> {
-    let text = std::fs::read(bundle.join(SIDECAR)).ok()?;
+    let mut text = Vec::new();
+    PrivateDir::open(bundle)
+        .ok()?
+        .open_file(Path::new(SIDECAR), Access::Read)
+        .ok()?
+        .take(SIDECAR_MAX_BYTES)
+        .read_to_end(&mut text)
+        .ok()?;
     serde_json::from_slice(&text).ok()
 }
 
-/// Writes a bundle's trace context atomically (temp file + rename), best effort.
-pub fn write_sidecar(bundle: &Path, ctx: &TraceContext) -> std::io::Result<()> {
-    let tmp = bundle.join(format!(".{SIDECAR}.{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec(ctx).unwrap_or_default())?;
-    std::fs::rename(&tmp, bundle.join(SIDECAR))
+/// Writes a bundle's trace context atomically (a new temp file renamed over the sidecar), best
+/// effort. The bundle must be a private directory.
+pub fn write_sidecar(bundle: &Path, ctx: &TraceContext) -> Result<(), SafeFsError> {
+    let dir = PrivateDir::open(bundle)?;
+    let mut suffix = [0u8; 8];
+    let _ = getrandom::getrandom(&mut suffix);
+    let tmp = PathBuf::from(format!(
+        ".{SIDECAR}.{}.{}",
+        std::process::id(),
+        hex::encode(suffix)
+    ));
+    let written = dir
+        .open_file(&tmp, Access::CreateNew)
+        .and_then(|mut file| {
+            file.write_all(&serde_json::to_vec(ctx).unwrap_or_default())
+                .map_err(|source| SafeFsError::Io {
+                    path: bundle.join(&tmp),
+                    source,
+                })
+        })
+        .and_then(|()| dir.rename(&tmp, Path::new(SIDECAR)));
+    if written.is_err() {
+        let _ = dir.remove(&tmp);
+    }
+    written
 }
 
 /// A fresh trace for a container whose root span will have id `root`.
@@ -55,6 +92,8 @@ impl TraceRegistry {
 
     /// The trace of container `id` in namespace `ns`. `bundle` is known for `Create`, which also
     /// refreshes the cache: a container id can be reused by a new container with a new bundle.
+    /// Only the bundle containerd made for the id is read or written: a `bundle` naming any other
+    /// directory is ignored.
     pub fn lookup(&self, ns: &str, id: &str, bundle: Option<&Path>) -> TraceContext {
         if bundle.is_none() {
             let known = self.known.lock().ok();
@@ -62,9 +101,13 @@ impl TraceRegistry {
                 return ctx;
             }
         }
-        let bundle_dir = bundle
-            .map(Path::to_path_buf)
-            .or_else(|| self.task_root.as_ref().map(|root| root.join(ns).join(id)));
+        let bundle_dir = self.bundle_of(ns, id);
+        if let Some(claimed) = bundle.filter(|b| Some(*b) != bundle_dir.as_deref()) {
+            tracing::debug!(
+                "Create for {ns}/{id} names bundle {}, not the one under the task root; ignored",
+                claimed.display()
+            );
+        }
         let ctx = match bundle_dir.as_deref().and_then(read_sidecar) {
             Some(ctx) => ctx,
             None => {
@@ -87,6 +130,13 @@ impl TraceRegistry {
         ctx
     }
 
+    /// `<task root>/<ns>/<id>`, if both are single path components.
+    fn bundle_of(&self, ns: &str, id: &str) -> Option<PathBuf> {
+        let root = self.task_root.as_ref()?;
+        (is_plain_name(Path::new(ns)) && is_plain_name(Path::new(id)))
+            .then(|| root.join(ns).join(id))
+    }
+
     /// Forgets a deleted container so the map does not grow with every container served.
     pub fn forget(&self, ns: &str, id: &str) {
         if let Ok(mut known) = self.known.lock() {
@@ -103,6 +153,71 @@ impl TraceRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn request_fields_never_place_the_sidecar_outside_its_bundle() {
+        // <tmp>/state/tasks is the task root; <tmp>/victim is any existing directory.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state").join("tasks");
+        std::fs::create_dir_all(root.join("default").join("c1")).unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let registry = TraceRegistry::new(Some(root.clone()));
+
+        // An absolute container id replaces the whole path when joined.
+        registry.lookup("default", victim.to_str().unwrap(), None);
+        // A namespace that climbs out of the task root.
+        registry.lookup("../..", "victim", None);
+        registry.lookup("default", "../../../victim", None);
+        // Create naming a bundle that is not the one containerd made for this id.
+        registry.lookup("default", "c1", Some(&victim));
+        assert_eq!(entries(&victim), Vec::<String>::new());
+
+        // The real bundle still gets its sidecar, whatever Create claimed.
+        assert!(read_sidecar(&root.join("default").join("c1")).is_some());
+    }
+
+    #[test]
+    fn links_in_the_bundle_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tasks");
+        std::fs::create_dir_all(root.join("default")).unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        // A bundle path that is a link to another directory.
+        std::os::unix::fs::symlink(&victim, root.join("default").join("c2")).unwrap();
+        let registry = TraceRegistry::new(Some(root.clone()));
+        registry.lookup("default", "c2", None);
+        assert_eq!(entries(&victim), Vec::<String>::new());
+
+        // A link planted at the temporary file's name: the file it points to stays untouched.
+        let bundle = root.join("default").join("c3");
+        std::fs::create_dir(&bundle).unwrap();
+        let target = tmp.path().join("precious");
+        std::fs::write(&target, "precious").unwrap();
+        let tmp_name = format!(".{SIDECAR}.{}", std::process::id());
+        std::os::unix::fs::symlink(&target, bundle.join(tmp_name)).unwrap();
+        let ctx = new_root(SpanId::random());
+        let _ = write_sidecar(&bundle, &ctx);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        // A sidecar that is a link is not read through.
+        let linked = root.join("default").join("c4");
+        std::fs::create_dir(&linked).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        write_sidecar(&elsewhere, &ctx).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(SIDECAR), linked.join(SIDECAR)).unwrap();
+        assert_eq!(read_sidecar(&linked), None);
+    }
 
     #[test]
     fn sidecar_round_trips_and_registry_prefers_it() {

@@ -171,10 +171,8 @@ fn exit_code(status: ExitStatus) -> i32 {
 
 impl Invocation {
     fn resolve_inner(&self) -> Result<PathBuf, resolve::ResolveError> {
-        let config = Config::load().unwrap_or_else(|e| {
-            tracing::warn!("{e}; looking the inner shim up on PATH");
-            Config::default()
-        });
+        // A broken config stops here (see `Config::load`): on PATH there may be another shim.
+        let config = Config::load()?;
         let exe = std::env::current_exe().unwrap_or_default();
         resolve::resolve_inner(
             &self.name,

@@ -9,9 +9,15 @@
 //!   ingest;
 //! - the directory is bounded by `SHIMTRACE_SPOOL_MAX_BYTES`: over it, spans are dropped and counted,
 //!   and the count is written as a `dropped` line as soon as the spool can take it (or at exit).
+//!
+//! Readers take nothing on trust that a damaged or tampered spool could hold: only regular files
+//! are read (a link is not followed, a FIFO not waited on), a line longer than [`MAX_LINE_BYTES`]
+//! is skipped without being held in memory, and an entry that cannot be read is reported and
+//! skipped while the rest of the spool is read.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{SpanRecord, SpoolEntry};
@@ -22,6 +28,9 @@ pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/shimtrace/spool";
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// A writer starts a new file past this size so finished files can be compacted.
 pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+/// Longest spool line a reader accepts; a span line is a few KiB. Longer lines are skipped (and
+/// reported) without being read into memory.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A spool directory or file that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -88,24 +97,91 @@ pub fn spool_files(dir: &Path) -> Result<Vec<(PathBuf, SpoolFileName)>, ReadErro
     Ok(files)
 }
 
-/// A spool line that could not be understood; reported, then skipped.
+/// A spool line that could not be understood, or a spool file that could not be read; reported,
+/// then skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolIssue {
     pub file: PathBuf,
+    /// The line skipped (1-based); 0 when the whole file was skipped.
     pub line: u64,
     pub error: String,
 }
 
+impl SpoolIssue {
+    /// The whole of `file` was skipped, because of `error`.
+    pub fn file(file: &Path, error: impl std::fmt::Display) -> SpoolIssue {
+        SpoolIssue {
+            file: file.to_path_buf(),
+            line: 0,
+            error: error.to_string(),
+        }
+    }
+}
+
+/// Issues are printed on terminals, and a file name or a parser's message may quote what a spool
+/// holds: control characters are shown escaped.
 impl std::fmt::Display for SpoolIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = escape_controls(&self.file.to_string_lossy());
+        let error = escape_controls(&self.error);
+        if self.line == 0 {
+            return write!(f, "{file}: skipped spool file: {error}");
+        }
         write!(
             f,
-            "{}:{}: skipped malformed spool line: {}",
-            self.file.display(),
-            self.line,
-            self.error
+            "{file}:{}: skipped malformed spool line: {error}",
+            self.line
         )
     }
+}
+
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Opens a spool file for reading if it is a regular file: a link is not followed (whoever could
+/// plant one could point it at `/dev/zero` or at a file of fake spans) and a FIFO is not waited on.
+/// A refusal is an error of kind `InvalidInput` saying what the entry is.
+pub fn open_spool_file(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_regular("a symbolic link (not followed)"),
+            _ => e,
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(not_regular(what));
+    }
+    Ok(file)
+}
+
+fn not_regular(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file"),
+    )
 }
 
 /// What one read of a spool file produced.
@@ -140,8 +216,18 @@ pub fn visit_file_from(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
-    file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
+    visit_bounded(path, offset, first_line, MAX_LINE_BYTES, &mut each).map_err(read_err)
+}
+
+fn visit_bounded(
+    path: &Path,
+    offset: u64,
+    first_line: u64,
+    max_line: usize,
+    each: &mut impl FnMut(SpoolEntry, &[u8]),
+) -> io::Result<FileChunk> {
+    let mut file = open_spool_file(path)?;
+    file.seek(SeekFrom::Start(offset))?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut chunk = FileChunk {
         end_offset: offset,
@@ -151,13 +237,21 @@ pub fn visit_file_from(
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
-        if n == 0 || line.last() != Some(&b'\n') {
+        let read = read_line_bounded(&mut reader, &mut line, max_line)?;
+        if !read.complete {
             break;
         }
         let number = chunk.next_line;
-        chunk.end_offset += n as u64;
+        chunk.end_offset += read.bytes;
         chunk.next_line += 1;
+        if read.too_long {
+            chunk.issues.push(SpoolIssue {
+                file: path.to_path_buf(),
+                line: number,
+                error: format!("longer than {max_line} bytes"),
+            });
+            continue;
+        }
         let text = &line[..line.len() - 1];
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -174,6 +268,55 @@ pub fn visit_file_from(
     Ok(chunk)
 }
 
+/// How [`read_line_bounded`] ended.
+struct LineRead {
+    /// Bytes consumed, newline included.
+    bytes: u64,
+    /// A newline ended the line (else the file ended first: a line still being written).
+    complete: bool,
+    /// The line was longer than allowed; its bytes were consumed but not kept.
+    too_long: bool,
+}
+
+/// Reads one line (with its `\n`) into `line`, keeping at most `max` bytes of it in memory.
+fn read_line_bounded(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<LineRead> {
+    let mut read = LineRead {
+        bytes: 0,
+        complete: false,
+        too_long: false,
+    };
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(read);
+        }
+        let (take, complete) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if !read.too_long && line.len() + take <= max + 1 {
+            line.extend_from_slice(&buf[..take]);
+        } else {
+            read.too_long = true;
+            line.clear();
+        }
+        reader.consume(take);
+        read.bytes += take as u64;
+        if complete {
+            read.complete = true;
+            return Ok(read);
+        }
+    }
+}
+
 /// Everything in a spool directory.
 #[derive(Debug, Default)]
 pub struct SpoolContents {
@@ -182,7 +325,8 @@ pub struct SpoolContents {
     pub issues: Vec<SpoolIssue>,
 }
 
-/// Reads every complete line of every spool file in `dir`.
+/// Reads every complete line of every spool file in `dir`. Only a directory that cannot be listed
+/// is an error; a file that cannot be read is an issue, and the others are still read.
 pub fn read_spool(dir: &Path) -> Result<SpoolContents, ReadError> {
     let mut contents = SpoolContents::default();
     for (path, _) in spool_files(dir)? {
@@ -190,7 +334,10 @@ pub fn read_spool(dir: &Path) -> Result<SpoolContents, ReadError> {
             Ok(chunk) => chunk,
             // A file compacted away between listing and reading is not an error.
             Err(ReadError { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(ReadError { source, .. }) => {
+                contents.issues.push(SpoolIssue::file(&path, source));
+                continue;
+            }
         };
         contents.issues.extend(chunk.issues);
         for entry in chunk.entries {
@@ -238,6 +385,118 @@ mod tests {
         assert_eq!(chunk.end_offset, total - "{\"type\":\"sp".len() as u64);
         let rest = read_file_from(&path, chunk.end_offset, chunk.next_line).unwrap();
         assert!(rest.entries.is_empty() && rest.issues.is_empty());
+    }
+
+    /// `read_spool(dir)` on a thread, failing the test if it is still blocked after a while.
+    fn read_spool_within_a_while(dir: &Path) -> Result<SpoolContents, ReadError> {
+        let dir = dir.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_spool(&dir));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading the spool blocked")
+    }
+
+    fn good_file(dir: &Path) {
+        let good = serde_json::to_string(&SpoolEntry::Span(span("ok"))).unwrap();
+        fs::write(dir.join("proxy-1-1-0.jsonl"), format!("{good}\n")).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_named_like_a_spool_file_is_skipped_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        good_file(dir.path());
+        let fifo = dir.path().join("proxy-2-2-0.jsonl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let contents = read_spool_within_a_while(dir.path()).unwrap();
+        assert_eq!(contents.spans.len(), 1);
+        assert_eq!(contents.issues.len(), 1, "{:?}", contents.issues);
+        assert_eq!(contents.issues[0].file, fifo);
+        let said = contents.issues[0].to_string();
+        assert!(
+            said.contains("FIFO") && !said.contains("malformed"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn directories_and_links_named_like_spool_files_are_skipped_with_an_issue() {
+        let dir = tempfile::tempdir().unwrap();
+        good_file(dir.path());
+        fs::create_dir(dir.path().join("proxy-3-3-0.jsonl")).unwrap();
+        // A link to a file of good spans: still not followed, whoever planted it.
+        let elsewhere = tempfile::tempdir().unwrap();
+        good_file(elsewhere.path());
+        std::os::unix::fs::symlink(
+            elsewhere.path().join("proxy-1-1-0.jsonl"),
+            dir.path().join("proxy-4-4-0.jsonl"),
+        )
+        .unwrap();
+        let contents = read_spool_within_a_while(dir.path()).unwrap();
+        assert_eq!(contents.spans.len(), 1);
+        let said: Vec<String> = contents.issues.iter().map(|i| i.to_string()).collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(said[0].contains("proxy-3-3-0.jsonl") && said[0].contains("directory"));
+        assert!(said[1].contains("proxy-4-4-0.jsonl") && said[1].contains("symbolic link"));
+    }
+
+    #[test]
+    fn a_link_to_an_endless_device_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        good_file(dir.path());
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("proxy-5-5-0.jsonl")).unwrap();
+        let contents = read_spool_within_a_while(dir.path()).unwrap();
+        assert_eq!(contents.spans.len(), 1);
+        assert_eq!(contents.issues.len(), 1);
+    }
+
+    #[test]
+    fn a_line_over_the_bound_is_skipped_and_reported_and_the_next_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy-1-2-0.jsonl");
+        let good = serde_json::to_string(&SpoolEntry::Span(span("ok"))).unwrap();
+        let max = good.len() + 10;
+        let long = "x".repeat(max + 1);
+        let partial = "y".repeat(3 * max);
+        fs::write(
+            &path,
+            format!("{long}\n{good}\n{long}{long}\n{good}\n{partial}"),
+        )
+        .unwrap();
+        let mut names = Vec::new();
+        let chunk = visit_bounded(&path, 0, 1, max, &mut |e, _| {
+            if let SpoolEntry::Span(s) = e {
+                names.push(s.name)
+            }
+        })
+        .unwrap();
+        assert_eq!(names, ["ok", "ok"]);
+        let lines: Vec<u64> = chunk.issues.iter().map(|i| i.line).collect();
+        assert_eq!(lines, [1, 3]);
+        assert!(chunk.issues[0].error.contains("longer than"));
+        // The unfinished last line is left for later, however long.
+        assert_eq!(chunk.next_line, 5);
+        let total = fs::metadata(&path).unwrap().len();
+        assert_eq!(chunk.end_offset, total - partial.len() as u64);
+        // A line of exactly the bound is read.
+        let exact = format!("{good}{}", " ".repeat(max - good.len()));
+        fs::write(&path, format!("{exact}\n")).unwrap();
+        let chunk = visit_bounded(&path, 0, 1, max, &mut |_, _| {}).unwrap();
+        assert!(chunk.issues.is_empty(), "{:?}", chunk.issues);
+    }
+
+    #[test]
+    fn issues_show_control_characters_escaped() {
+        let issue = SpoolIssue {
+            file: PathBuf::from("/spool/\u{1b}[2J-1-2-0.jsonl"),
+            line: 3,
+            error: "unknown variant `\u{9b}31m`".into(),
+        };
+        assert_eq!(
+            issue.to_string(),
+            "/spool/\\u{1b}[2J-1-2-0.jsonl:3: skipped malformed spool line: unknown variant `\\u{9b}31m`"
+        );
     }
 
     #[test]

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shimtrace_collector::export::CURSOR_KEY;
-use shimtrace_collector::store::Store;
+use shimtrace_collector::store::{Store, EXPORT_CURSOR_KEY};
 use shimtrace_collector::synth::{generate_spool, SynthConfig};
 use shimtrace_span::SpanRecord;
 use shimtrace_testkit::otlp::{OtlpReceiver, Received, ReceivedSpan};
@@ -451,7 +450,7 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     }
     assert_eq!(histograms.len(), 3 * 6, "{histograms:?}");
     assert_eq!(
-        Store::open(&db).unwrap().meta(CURSOR_KEY).unwrap(),
+        Store::open(&db).unwrap().meta(EXPORT_CURSOR_KEY).unwrap(),
         0,
         "nothing was exported"
     );
@@ -496,7 +495,7 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     tokio::task::spawn_blocking(move || {
         wait_until("the export cursor to reach the end", || {
             let store = Store::open(&db2).ok()?;
-            (store.meta(CURSOR_KEY).ok()? == store.max_seq().ok()?).then_some(())
+            (store.meta(EXPORT_CURSOR_KEY).ok()? == store.max_seq().ok()?).then_some(())
         });
         wait_until("exported_total to reach 100", || {
             (metric(&scrape(metrics)?, "shimtrace_spans_exported_total")? == 100.0).then_some(())
@@ -505,4 +504,47 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     })
     .await
     .unwrap();
+}
+
+/// Every subcommand logs to stderr, not only `serve`: an export whose endpoint refuses connections
+/// warns about its retry there at the default level, and stdout stays clean for scripts;
+/// `SHIMTRACE_LOG=error` silences the warning but not the final error.
+#[test]
+fn export_retries_warn_on_stderr_at_the_level_shimtrace_log_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = filled_store(dir.path(), 2);
+    // Nothing listens there once the probing listener is gone: every request is refused.
+    let refused = free_port();
+    let export = |level: Option<&str>| {
+        let mut cmd = shimtrace();
+        cmd.env_remove("RUST_LOG")
+            .args(["export", "--spool"])
+            .arg(&spool)
+            .args(["--otlp-endpoint", &format!("http://{refused}")])
+            .args(["--retries", "1"]);
+        if let Some(level) = level {
+            cmd.env(shimtrace_span::env::LOG_LEVEL, level);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = export(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("retrying in"),
+        "the retry is logged: {stderr}"
+    );
+    assert!(stderr.contains("OTLP export to"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = export(Some("error"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("retrying in"), "{stderr}");
+    assert!(stderr.contains("OTLP export to"), "{stderr}");
 }

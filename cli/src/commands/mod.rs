@@ -1,0 +1,109 @@
+//! One module per subcommand, each an argument struct and a `run` that calls into the libraries;
+//! here, the arguments several subcommands share and how they print.
+
+pub mod bench;
+pub mod export;
+pub mod ingest;
+pub mod install;
+#[cfg(feature = "lab")]
+pub mod lab;
+pub mod report;
+pub mod serve;
+pub mod synth;
+pub mod trace;
+pub mod traces;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use shimtrace_collector::export::ExportOverrides;
+use shimtrace_collector::source::{Loaded, Source};
+use shimtrace_collector::store::{DB_ENV, DEFAULT_DB};
+use shimtrace_span::env::SPOOL_DIR as SPOOL_DIR_ENV;
+use shimtrace_span::spool::DEFAULT_SPOOL_DIR;
+
+/// Where query commands read spans from.
+#[derive(Args)]
+pub struct SourceArgs {
+    /// Read this spool directory directly [default when no store exists: $SHIMTRACE_SPOOL_DIR or /var/lib/shimtrace/spool].
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// Read this store [default when it exists: /var/lib/shimtrace/shimtrace.db].
+    #[arg(long, env = DB_ENV, value_name = "PATH")]
+    db: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The spans (of `container`, if given), with each spool issue printed as a warning.
+    pub fn load(&self, container: Option<&str>) -> Result<Loaded> {
+        let env_spool = std::env::var_os(SPOOL_DIR_ENV).map(PathBuf::from);
+        let source = Source::choose(self.spool.clone(), self.db.clone(), env_spool);
+        let loaded = source.load(container)?;
+        for issue in &loaded.issues {
+            eprintln!("warning: {issue}");
+        }
+        Ok(loaded)
+    }
+}
+
+/// The spool a daemon or ingest pass reads and the store it writes.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Spool directory the shims write.
+    #[arg(long, env = SPOOL_DIR_ENV, default_value = DEFAULT_SPOOL_DIR, value_name = "DIR")]
+    pub spool: PathBuf,
+    /// SQLite store.
+    #[arg(long, env = DB_ENV, default_value = DEFAULT_DB, value_name = "PATH")]
+    pub db: PathBuf,
+    /// Keep spool files after ingesting them (default: remove finished, fully ingested files).
+    #[arg(long)]
+    pub no_compact: bool,
+}
+
+/// OTLP settings; each overrides its OTEL_* variable.
+#[derive(Args)]
+pub struct OtlpArgs {
+    /// OTLP endpoint (as OTEL_EXPORTER_OTLP_ENDPOINT; `/v1/traces` is added for HTTP).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (as OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// Service name of exported spans (as OTEL_SERVICE_NAME; default shimtrace).
+    #[arg(long, value_name = "NAME")]
+    service_name: Option<String>,
+}
+
+impl OtlpArgs {
+    pub fn overrides(&self) -> ExportOverrides {
+        ExportOverrides {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol.clone(),
+            service_name: self.service_name.clone(),
+        }
+    }
+}
+
+/// Looks an environment variable up (what the export settings resolve against).
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Prints a command's output to stdout, with exactly one trailing newline.
+pub fn print(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")
+}
+
+/// A progress bar on stderr for `len` steps of `what`.
+pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({eta})")
+            .expect("a valid progress template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

@@ -1,0 +1,79 @@
+//! Logging for every subcommand, set up once: to stderr, because stdout carries the command's
+//! output (`traces --json`, `report`, ...) and scripts parse it. The filter comes from
+//! `SHIMTRACE_LOG` (the variable the shims read), else `RUST_LOG`, else the command's default.
+
+use std::io::IsTerminal;
+
+use shimtrace_span::env::LOG_LEVEL;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::EnvFilter;
+
+/// The variables that set the filter, first set one wins.
+const FILTER_VARS: [&str; 2] = [LOG_LEVEL, "RUST_LOG"];
+
+/// Installs the stderr logger; `default` applies when no variable sets a filter.
+pub fn init(default: LevelFilter) {
+    let filter = filter(default, |name| std::env::var(name).ok());
+    // Colour only for a person at a terminal: journald and test harnesses read plain text.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// The filter of the first variable that is set and parses; a variable that does not parse is
+/// reported and skipped.
+fn filter(default: LevelFilter, env: impl Fn(&str) -> Option<String>) -> EnvFilter {
+    for name in FILTER_VARS {
+        let Some(value) = env(name).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        match EnvFilter::try_new(value.trim()) {
+            Ok(filter) => return filter,
+            Err(e) => eprintln!(
+                "warning: {name}={value:?} is not a log filter ({e}); set it to error, warn, info, debug or trace"
+            ),
+        }
+    }
+    EnvFilter::new(default.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn max_level(filter: EnvFilter) -> Option<LevelFilter> {
+        filter.max_level_hint()
+    }
+
+    #[test]
+    fn shimtrace_log_wins_over_rust_log_and_the_default() {
+        let f = filter(
+            LevelFilter::WARN,
+            env(&[(LOG_LEVEL, "debug"), ("RUST_LOG", "error")]),
+        );
+        assert_eq!(max_level(f), Some(LevelFilter::DEBUG));
+        let f = filter(LevelFilter::WARN, env(&[("RUST_LOG", "error")]));
+        assert_eq!(max_level(f), Some(LevelFilter::ERROR));
+        let f = filter(LevelFilter::INFO, env(&[(LOG_LEVEL, " ")]));
+        assert_eq!(max_level(f), Some(LevelFilter::INFO));
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_falls_through() {
+        let f = filter(
+            LevelFilter::WARN,
+            env(&[(LOG_LEVEL, "debug=[unclosed"), ("RUST_LOG", "info")]),
+        );
+        assert_eq!(max_level(f), Some(LevelFilter::INFO));
+    }
+}
