@@ -115,6 +115,8 @@ pub struct CriNode {
     pub install: Option<InstallOutcome>,
     /// The config file containerd started on, as it was then.
     pub config_text: String,
+    /// The same file before install merged into it (the base config made private).
+    pub config_before_install: String,
 }
 
 impl CriNode {
@@ -129,6 +131,7 @@ impl CriNode {
         } = options;
         traced.extra.source = ConfigSource::Existing;
         let mut outcome = None;
+        let mut before_install = String::new();
         let traced = Traced::start_registered(version, traced, |prepared, bin| {
             let schema = prepared.version.config_version();
             let base_text = match &base {
@@ -140,8 +143,9 @@ impl CriNode {
                 sandbox_image: sandbox_image(),
             };
             let private = make_private(&base_text, prepared.dir, schema, Some(&cri))?;
-            std::fs::write(&prepared.config, private)
+            std::fs::write(&prepared.config, &private)
                 .map_err(|e| HarnessError::io("writing containerd's config", e))?;
+            before_install = private;
             if run_install {
                 let path_arg = prepared.path.to_string_lossy().into_owned();
                 let mut args: Vec<String> = vec![
@@ -178,6 +182,7 @@ impl CriNode {
             traced,
             install: outcome,
             config_text,
+            config_before_install: before_install,
         };
         node.await_cri_ready()?;
         node.import_images(import_workload)?;

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use shimtrace_containerd::check::{check, CheckOptions, Verdict};
 use shimtrace_containerd::cri::{ContainerSpec, ContainerState, PodSpec};
-use shimtrace_containerd::install::{configured_handlers, Form};
+use shimtrace_containerd::install::{configured_handlers, uninstall, Form, InstallArgs};
 use shimtrace_span::{attr, SpanRecord, TraceContext};
+use shimtrace_testkit::cli::parse_args;
 use shimtrace_testkit::containerd::Options;
 use shimtrace_testkit::cri::{
     workload_image, write_script, BaseConfig, CriNode, CriOptions, DEBIAN_STOCK_CONFIG,
@@ -479,6 +480,37 @@ fn install_over(version: &str, base: BaseConfig) {
     node.remove_pod(plain.id()).unwrap();
     let left = node.await_no_processes(SPANS);
     assert!(left.is_empty(), "processes left: {left:?}");
+
+    // Uninstall gives back exactly the config install started from, and CRI loads without the
+    // traced handlers.
+    let mut node = node;
+    let config = node.traced.containerd.config_path();
+    let args: InstallArgs = parse_args(&["--uninstall", "--config", config.to_str().unwrap()]);
+    uninstall(&args).expect("uninstall");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        node.config_before_install
+    );
+    for link in &node.install.as_ref().unwrap().created_links {
+        assert!(
+            std::fs::symlink_metadata(link).is_err(),
+            "{} removed",
+            link.display()
+        );
+    }
+    node.restart_containerd()
+        .expect("containerd restarts on the uninstalled config");
+    assert_eq!(
+        node.plugin_status(cri_plugin.0, cri_plugin.1).as_deref(),
+        Some("ok")
+    );
+    let handlers = node
+        .block_on(shimtrace_containerd::check::handlers(node.cri(), None))
+        .unwrap();
+    assert!(
+        handlers.iter().all(|h| !h.name.starts_with("traced-")),
+        "{handlers:?}"
+    );
 }
 
 macro_rules! matrix {
