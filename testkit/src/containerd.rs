@@ -712,7 +712,12 @@ impl Drop for TestContainerd {
         }
         let mut namespaces = force_delete_bundles(&self.state_dir(), &self.address());
         namespaces.push(self.namespace.clone());
+        // CRI's namespace is shared by every instance with CRI on.
+        if !namespaces.iter().any(|ns| ns == "k8s.io") {
+            namespaces.push("k8s.io".into());
+        }
         for ns in namespaces {
+            remove_runtime_state(&ns, self.dir());
             remove_namespace_leftovers(&ns);
         }
         // Mounts a failed test left (a container's rootfs, a CRI sandbox's /dev/shm): removing
@@ -877,6 +882,57 @@ fn force_delete_bundles(state: &Path, address: &Path) -> Vec<String> {
         }
     }
     namespaces
+}
+
+/// Deletes the runc and runsc state this instance left in `/run/containerd/runc/<ns>` after its
+/// bundles were gone (containerd 2.x keeps a container's runc state when its shim was killed, as
+/// does an interrupted runsc `create`): only entries whose bundle lies inside `dir`.
+fn remove_runtime_state(ns: &str, dir: &Path) {
+    let root = Path::new("/run/containerd/runc").join(ns);
+    let ours = |json: &str| -> bool {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+            return false;
+        };
+        let runc_bundle = value["config"]["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str()?.strip_prefix("bundle="))
+            .next()
+            .map(str::to_owned);
+        let runsc_bundle = value["bundleDir"].as_str().map(str::to_owned);
+        runc_bundle
+            .or(runsc_bundle)
+            .is_some_and(|b| Path::new(&b).starts_with(dir))
+    };
+    for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let (runtime, id, state) = if path.is_dir() {
+            ("runc", name.clone(), path.join("state.json"))
+        } else if let Some(stem) = name.strip_suffix(".state") {
+            // runsc: `<container id>_sandbox:<sandbox id>.state`
+            let id = stem.split("_sandbox:").next().unwrap_or(stem).to_string();
+            ("runsc", id, path.clone())
+        } else {
+            continue;
+        };
+        if !fs::read_to_string(&state).is_ok_and(|json| ours(&json)) {
+            continue;
+        }
+        let mut command = Command::new(runtime);
+        command
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id]);
+        let _ = run_with_timeout(command, Duration::from_secs(15));
+        if runtime == "runc" {
+            let _ = fs::remove_dir_all(&path);
+        } else {
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(root.join(name.replace(".state", ".lock")));
+        }
+    }
 }
 
 /// Detaches every mount below `dir` (deepest first). The instance's own state tmpfs, if any, is
