@@ -13,13 +13,16 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    ImageStatusRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
 use tonic::metadata::MetadataValue;
+
+/// A container's state as CRI reports it (created, running, exited, unknown).
+pub use k8s_cri::v1::ContainerState;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Why a CRI call failed.
@@ -157,12 +160,16 @@ pub struct ContainerInfo {
     pub reason: String,
 }
 
+/// How long one CRI call may take by default: the kubelet's `--runtime-request-timeout` default.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A CRI client on containerd's socket.
 #[derive(Clone)]
 pub struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
     traceparent: Option<MetadataValue<tonic::metadata::Ascii>>,
+    timeout: Duration,
 }
 
 impl Cri {
@@ -186,7 +193,15 @@ impl Cri {
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             traceparent: None,
+            timeout: DEFAULT_CALL_TIMEOUT,
         })
+    }
+
+    /// Gives every later call at most `timeout` (default [`DEFAULT_CALL_TIMEOUT`]); a call that
+    /// takes longer fails with `DeadlineExceeded`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Cri {
+        self.timeout = timeout;
+        self
     }
 
     /// Sends `traceparent` (W3C trace context) as gRPC metadata on every later call.
@@ -200,6 +215,7 @@ impl Cri {
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
         if let Some(tp) = &self.traceparent {
             request.metadata_mut().insert("traceparent", tp.clone());
         }
@@ -219,6 +235,22 @@ impl Cri {
             })?
             .into_inner();
         Ok((reply.runtime_name, reply.runtime_version))
+    }
+
+    /// The runtime's verbose status info (containerd: `config` holds its CRI config as JSON, with
+    /// every runtime handler under `containerd.runtimes`).
+    pub async fn status_info(&self) -> Result<HashMap<String, String>> {
+        let reply = self
+            .runtime
+            .clone()
+            .status(self.request(StatusRequest { verbose: true }))
+            .await
+            .map_err(|status| CriError::Call {
+                call: "Status",
+                status,
+            })?
+            .into_inner();
+        Ok(reply.info)
     }
 
     /// Whether containerd's CRI knows `image`.
@@ -381,6 +413,21 @@ impl Cri {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The ids of every pod sandbox CRI knows, ready or not.
+    pub async fn list_pods(&self) -> Result<Vec<String>> {
+        let reply = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(self.request(ListPodSandboxRequest { filter: None }))
+            .await
+            .map_err(|status| CriError::Call {
+                call: "ListPodSandbox",
+                status,
+            })?
+            .into_inner();
+        Ok(reply.items.into_iter().map(|p| p.id).collect())
     }
 
     pub async fn stop_pod(&self, pod_id: &str) -> Result<()> {

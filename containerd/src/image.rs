@@ -1,6 +1,6 @@
 //! Container images without a registry: a local root filesystem packed as a docker-archive tar
 //! (`manifest.json`, one image config, one layer), which `ctr images import` (CRI's `k8s.io`
-//! namespace) and `docker load` both take.
+//! namespace) and `docker load` both take, and the import itself ([`import_with_ctr`]).
 
 use std::fs;
 use std::io;
@@ -40,6 +40,61 @@ pub struct ImageError {
     pub out: PathBuf,
     #[source]
     pub source: io::Error,
+}
+
+/// CRI's containerd namespace.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// Why `ctr images import` did not import an archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot run {ctr}: {source} (install containerd's ctr, or name it)")]
+    Run {
+        ctr: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{ctr} --address {address} -n {namespace} images import {archive}` failed with {status}: {stderr}")]
+    Failed {
+        ctr: PathBuf,
+        address: PathBuf,
+        namespace: String,
+        archive: PathBuf,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Imports a docker-archive tar into containerd at `address` (gRPC socket), namespace `namespace`,
+/// with `ctr images import` (which also unpacks it for the default snapshotter).
+pub fn import_with_ctr(
+    ctr: &Path,
+    address: &Path,
+    namespace: &str,
+    archive: &Path,
+) -> Result<(), ImportError> {
+    let output = std::process::Command::new(ctr)
+        .arg("--address")
+        .arg(address)
+        .args(["-n", namespace, "images", "import"])
+        .arg(archive)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| ImportError::Run {
+            ctr: ctr.to_path_buf(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(ImportError::Failed {
+        ctr: ctr.to_path_buf(),
+        address: address.to_path_buf(),
+        namespace: namespace.to_string(),
+        archive: archive.to_path_buf(),
+        status: output.status,
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+    })
 }
 
 /// Writes `rootfs` as a one-layer docker-archive tar at `out`, tagged `tag`, whose default command

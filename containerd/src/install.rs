@@ -1,20 +1,86 @@
-//! `shimtrace install`: registers the wrapper shim for the runtimes present. It symlinks
-//! `containerd-shim-traced-<inner>-<ver>` to the wrapper for each real shim on PATH, prints (or with
-//! `--write` merges into containerd's config, after a timestamped backup) the CRI runtime entries —
-//! `runtime_type` = the real runtime so its options keep their type, `runtime_path` = the wrapper —
-//! and a Kubernetes RuntimeClass per traced runtime.
+//! `shimtrace install`: registers the wrapper shim for the runtimes present, in the form the
+//! installed containerd honours, and removes exactly that again (`--uninstall`).
+//!
+//! It symlinks `containerd-shim-traced-<inner>-<ver>` to the wrapper for each real shim on `PATH`
+//! and prints (or with `--write` merges into containerd's config, after a timestamped backup) one
+//! CRI runtime entry per traced handler, plus a Kubernetes RuntimeClass for each. Two forms exist:
+//!
+//! - **path form** (containerd ≥ 1.7.1): `runtime_type` = the real runtime, `runtime_path` = the
+//!   wrapper link. containerd sends the real runtime's options (runc's `SystemdCgroup`,
+//!   `BinaryName` for gVisor through the runc shim) exactly as for the real runtime.
+//! - **name form** (containerd 1.6.x and 1.7.0, whose CRI sets `runtime_path` where `NewTask`
+//!   never reads it): `runtime_type = "io.containerd.traced-runc.v2"`, which containerd resolves
+//!   to `containerd-shim-traced-runc-v2` on its own `PATH`. CRI then sends options only in its
+//!   generic form, which the runc shim cannot read: runc's options cannot be passed, and gVisor
+//!   through the runc shim cannot be registered (gVisor's own shim, `containerd-shim-runsc-v1`,
+//!   takes generic options and is wrapped like any other).
+//!
+//! A config whose CRI plugin defines runtimes must also define the default one (`runc`), or
+//! containerd 1.6 refuses to load CRI; when it is missing, install adds it. For containerd 2.2
+//! and later, whose default config imports `/etc/containerd/conf.d/*.toml`, the entries go into a
+//! drop-in of their own (`conf.d/shimtrace.toml` beside the config) and the main file changes at
+//! most by one `imports` entry. Every table install adds carries a marker comment, and a state
+//! file beside the config (`shimtrace-install.json`) lists what was added, so `--uninstall`
+//! removes exactly that, whatever else was edited meanwhile.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use toml_edit::{value, DocumentMut, Item, Table};
+use serde::{Deserialize, Serialize};
+use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
 
 use shimtrace_span::naming::{find_in_path, which, ShimName, WRAPPER_BINARY};
 
-use crate::private::config_version_of;
+use crate::private::{config_version_for_major, version_triple, ContainerdBinary};
+
+/// The comment above every table install adds.
+pub const MARKER: &str =
+    "# Added by `shimtrace install`; `shimtrace install --uninstall` removes it.";
+/// The state file install keeps beside containerd's config.
+pub const STATE_FILE: &str = "shimtrace-install.json";
+/// The drop-in install writes for containerd 2.2 and later, under `conf.d/` beside the config.
+pub const DROP_IN_FILE: &str = "shimtrace.toml";
+/// The first containerd whose CRI honours `runtime_path` (containerd PR 8453).
+pub const RUNTIME_PATH_SINCE: (u32, u32, u32) = (1, 7, 1);
+/// The first containerd whose default config imports `/etc/containerd/conf.d/*.toml`.
+pub const DROP_IN_SINCE: (u32, u32, u32) = (2, 2, 0);
+/// The real runtime that CRI sends typed runc options to.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+
+/// How the wrapper is put in front of a real runtime in CRI's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// `runtime_type = "io.containerd.traced-<inner>.<ver>"`: containerd finds the wrapper link
+    /// by name on its `PATH`; works on every containerd, but runc's options cannot be passed.
+    Name,
+    /// `runtime_type` = the real runtime, `runtime_path` = the wrapper link: options pass as for
+    /// the real runtime; containerd ≥ 1.7.1 only (older ones silently run the real shim).
+    Path,
+}
+
+impl Form {
+    /// The form a containerd version honours: path from 1.7.1 on, name before.
+    pub fn for_version(version: &str) -> Form {
+        if version_triple(version) >= RUNTIME_PATH_SINCE {
+            Form::Path
+        } else {
+            Form::Name
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Form::Name => "runtime-name form",
+            Form::Path => "runtime_path form",
+        }
+    }
+}
 
 /// `shimtrace install` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,20 +89,54 @@ pub struct InstallArgs {
     #[arg(long)]
     pub wrapper: Option<PathBuf>,
     /// Where to create the containerd-shim-traced-* symlinks (default: the wrapper's directory).
+    /// In the runtime-name form containerd must find them on its PATH.
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// containerd's config file to merge into with --write.
+    /// containerd's config file to merge into with --write (and to remove from with --uninstall).
     #[arg(long, default_value = "/etc/containerd/config.toml")]
     pub config: PathBuf,
-    /// Merge the runtime entries into --config (a timestamped backup is written first).
-    #[arg(long)]
+    /// Merge the runtime entries into --config (a timestamped backup is written first); for
+    /// containerd 2.2+ write a drop-in under conf.d/ beside it instead.
+    #[arg(long, conflicts_with_all = ["uninstall", "check"])]
     pub write: bool,
-    /// Config schema: 2 for containerd 1.x, 3 for 2.x (default: from `containerd --version`).
+    /// Remove exactly what earlier `--write` runs added (entries, imports entry, drop-in, links).
+    #[arg(long, conflicts_with = "check")]
+    pub uninstall: bool,
+    /// Run a short-lived pod through every traced-* handler of the running containerd (--socket)
+    /// and report, per handler, whether its spans reach the spool and why not.
+    #[arg(long)]
+    pub check: bool,
+    /// How to register: `path` (runtime_path; containerd >= 1.7.1) or `name` (runtime_type names
+    /// the wrapper; every version) [default: by containerd's version].
+    #[arg(long, value_enum)]
+    pub form: Option<Form>,
+    /// The OCI runtime binary of the gVisor handler `traced-runsc` (runc shim `BinaryName`, path
+    /// form only) [default: runsc on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub runsc: Option<PathBuf>,
+    /// Config schema: 2 for containerd 1.x, 3 for 2.x (default: from the containerd version).
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=3))]
     pub config_version: Option<u32>,
-    /// The containerd binary whose version picks the config schema.
+    /// The containerd binary whose version picks the form and the schema.
     #[arg(long, default_value = "containerd")]
     pub containerd: PathBuf,
+    /// The containerd version to write for, instead of asking --containerd (e.g. from an
+    /// installer container that cannot run the node's containerd).
+    #[arg(long, value_name = "X.Y.Z")]
+    pub containerd_version: Option<String>,
+    /// Where to look for real shims (a PATH-style list) [default: $PATH].
+    #[arg(long, value_name = "DIRS")]
+    pub shim_path: Option<OsString>,
+    /// containerd's socket (--check).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub socket: PathBuf,
+    /// The spool the wrapper writes under containerd (--check) [default: $SHIMTRACE_SPOOL_DIR,
+    /// else /var/lib/shimtrace/spool].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// The ctr binary --check uses to import its test image when containerd lacks it.
+    #[arg(long, default_value = "ctr")]
+    pub ctr: PathBuf,
 }
 
 /// What can go wrong installing.
@@ -58,6 +158,10 @@ pub enum InstallError {
         found: i64,
         expected: u32,
     },
+    #[error("{path}: {message} (fix it by hand or run `shimtrace install --write` again)")]
+    BadState { path: PathBuf, message: String },
+    #[error("nothing to uninstall: {path} does not exist (no `shimtrace install --write` was run for {config})")]
+    NoState { path: PathBuf, config: PathBuf },
     #[error("{context} {path}: {source}")]
     Io {
         context: &'static str,
@@ -132,29 +236,70 @@ pub fn find_real_shims(path_var: &std::ffi::OsStr) -> Vec<RealShim> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracedRuntime {
     pub handler: String,
+    /// The entry's `runtime_type`: the real runtime (path form) or the traced one (name form).
     pub runtime_type: String,
-    pub runtime_path: PathBuf,
+    /// The wrapper link (path form); none in the name form.
+    pub runtime_path: Option<PathBuf>,
+    /// The real runtime this handler stands for (`io.containerd.runc.v2`): its entry's settings
+    /// are carried over.
+    pub real_runtime: String,
+    /// Whether the real runtime's `options` are carried over; false for runc in the name form,
+    /// where CRI would send them in a form the runc shim cannot read.
+    pub carry_options: bool,
     /// `BinaryName` for the runc shim (gVisor through runc), when set.
     pub binary_name: Option<String>,
 }
 
+impl TracedRuntime {
+    /// The entry for a real shim in `form`, with the wrapper link `link`.
+    pub fn for_shim(handler: String, shim: &ShimName, link: &Path, form: Form) -> TracedRuntime {
+        let real_runtime = shim.runtime();
+        match form {
+            Form::Path => TracedRuntime {
+                handler,
+                runtime_type: real_runtime.clone(),
+                runtime_path: Some(link.to_path_buf()),
+                real_runtime,
+                carry_options: true,
+                binary_name: None,
+            },
+            Form::Name => TracedRuntime {
+                handler,
+                runtime_type: shim.traced_runtime(),
+                runtime_path: None,
+                carry_options: !is_runc_type(&real_runtime),
+                real_runtime,
+                binary_name: None,
+            },
+        }
+    }
+}
+
+/// Whether CRI sends typed runc options for a runtime type (containerd's runc shims).
+fn is_runc_type(runtime_type: &str) -> bool {
+    matches!(
+        runtime_type,
+        "io.containerd.runc.v1" | "io.containerd.runc.v2" | "io.containerd.runtime.v1.linux"
+    )
+}
+
+/// The CRI plugin's table in a config schema version.
+pub fn cri_plugin(config_version: u32) -> &'static str {
+    if config_version >= 3 {
+        "io.containerd.cri.v1.runtime"
+    } else {
+        "io.containerd.grpc.v1.cri"
+    }
+}
+
 /// The CRI plugin's runtimes table path for a config schema version.
 pub fn cri_runtimes_path(config_version: u32) -> [&'static str; 4] {
-    if config_version >= 3 {
-        [
-            "plugins",
-            "io.containerd.cri.v1.runtime",
-            "containerd",
-            "runtimes",
-        ]
-    } else {
-        [
-            "plugins",
-            "io.containerd.grpc.v1.cri",
-            "containerd",
-            "runtimes",
-        ]
-    }
+    [
+        "plugins",
+        cri_plugin(config_version),
+        "containerd",
+        "runtimes",
+    ]
 }
 
 fn table_at<'a>(doc: &'a mut Table, path: &[&str]) -> &'a mut Table {
@@ -173,75 +318,272 @@ fn table_at<'a>(doc: &'a mut Table, path: &[&str]) -> &'a mut Table {
     table
 }
 
-/// Merges the runtime entries into `existing` (a containerd config, possibly empty); options of the
-/// real runtime's existing entry (e.g. `SystemdCgroup`) are carried over.
+fn get_at<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Item> {
+    let (last, parents) = path.split_last()?;
+    let mut current = table;
+    for key in parents {
+        current = current.get(key)?.as_table()?;
+    }
+    current.get(last)
+}
+
+fn parse_doc(text: &str, path: &Path) -> Result<DocumentMut, InstallError> {
+    text.parse()
+        .map_err(|e: toml_edit::TomlError| InstallError::BadConfig {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// A config with the traced runtimes merged in, and what was added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    pub text: String,
+    /// Key paths of the tables added (`["plugins", "io.containerd.grpc.v1.cri", "containerd",
+    /// "runtimes", "traced-runc"]`), the default runtime's included when it was missing.
+    pub added: Vec<Vec<String>>,
+    /// Whether `version` was added (the config was empty).
+    pub version_added: bool,
+    /// The schema the entries were written in (the config's own version, else the expected one).
+    pub schema: u32,
+    /// Option keys of the real runtimes that the name form could not carry, per handler.
+    pub dropped_options: Vec<(String, Vec<String>)>,
+}
+
+/// The schema a config is written in: its own `version` if containerd reads it (2 on 1.x; 2 or 3
+/// on 2.x, which migrates 2 itself), else an error; `expected` when it is empty.
+fn config_schema(doc: &DocumentMut, expected: u32, path: &Path) -> Result<u32, InstallError> {
+    match doc.get("version").and_then(Item::as_integer) {
+        Some(v) if v >= 2 && v <= i64::from(expected) => Ok(v as u32),
+        Some(v) => Err(InstallError::ConfigVersion {
+            path: path.to_path_buf(),
+            found: v,
+            expected,
+        }),
+        // containerd reads a config without `version` as version 1.
+        None if !doc.as_table().is_empty() => Err(InstallError::ConfigVersion {
+            path: path.to_path_buf(),
+            found: 1,
+            expected,
+        }),
+        None => Ok(expected),
+    }
+}
+
+/// The name of CRI's default runtime in a config (`runc` unless set).
+fn default_runtime_name(doc: &DocumentMut, schema: u32) -> String {
+    get_at(
+        doc.as_table(),
+        &[
+            "plugins",
+            cri_plugin(schema),
+            "containerd",
+            "default_runtime_name",
+        ],
+    )
+    .and_then(Item::as_str)
+    .filter(|s| !s.is_empty())
+    .unwrap_or("runc")
+    .to_string()
+}
+
+fn marked(mut table: Table) -> Table {
+    table.decor_mut().set_prefix(format!("\n{MARKER}\n"));
+    table
+}
+
+/// Merges the runtime entries into `existing` (a containerd config, possibly empty); settings and
+/// options of the real runtime's existing entry (e.g. `SystemdCgroup`) are carried over where the
+/// form lets them pass. When the config's CRI plugin lacks an entry for its default runtime
+/// (`runc`), one is added, or containerd 1.6 would refuse to load CRI.
 pub fn merge_config(
     existing: &str,
     config_version: u32,
     runtimes: &[TracedRuntime],
     path_for_errors: &Path,
-) -> Result<String, InstallError> {
-    let mut doc: DocumentMut =
-        existing
-            .parse()
-            .map_err(|e: toml_edit::TomlError| InstallError::BadConfig {
-                path: path_for_errors.to_path_buf(),
-                message: e.to_string(),
-            })?;
-    let found = doc.get("version").and_then(Item::as_integer);
-    match found {
-        Some(v) if v != i64::from(config_version) => {
-            return Err(InstallError::ConfigVersion {
-                path: path_for_errors.to_path_buf(),
-                found: v,
-                expected: config_version,
-            })
-        }
-        None if !doc.as_table().is_empty() => {
-            // containerd reads a config without `version` as version 1.
-            return Err(InstallError::ConfigVersion {
-                path: path_for_errors.to_path_buf(),
-                found: 1,
-                expected: config_version,
-            });
-        }
-        None => {
-            doc.insert("version", value(i64::from(config_version)));
-        }
-        _ => {}
+) -> Result<Merged, InstallError> {
+    let mut doc = parse_doc(existing, path_for_errors)?;
+    let schema = config_schema(&doc, config_version, path_for_errors)?;
+    let version_added = doc.get("version").is_none();
+    if version_added {
+        doc.insert("version", value(i64::from(schema)));
     }
-    let table_path = cri_runtimes_path(config_version);
+    let default_runtime = default_runtime_name(&doc, schema);
+    // New tables go after everything else, where a reader sees them together.
+    let mut position = max_position(doc.as_table()) + 1;
+    let mut next_position = move || {
+        position += 1;
+        position
+    };
+    let table_path = cri_runtimes_path(schema);
     let runtimes_table = table_at(doc.as_table_mut(), &table_path);
-    for runtime in runtimes {
-        // Options of an existing entry for the real runtime (CRI's default handler name is the
-        // shim's inner name, e.g. `runc`).
-        let inner_options = runtimes_table
+    let mut added = Vec::new();
+    let path_of = |name: &str| -> Vec<String> {
+        table_path
             .iter()
-            .find(|(name, item)| {
-                !name.starts_with("traced-")
-                    && item
-                        .get("runtime_type")
-                        .and_then(Item::as_str)
-                        .is_some_and(|t| t == runtime.runtime_type)
-            })
-            .and_then(|(_, item)| item.get("options").and_then(Item::as_table).cloned());
+            .map(|s| s.to_string())
+            .chain([name.to_string()])
+            .collect()
+    };
+    if default_runtime == "runc" && !runtimes_table.contains_key("runc") {
         let mut entry = Table::new();
+        entry.insert("runtime_type", value(RUNC_RUNTIME));
+        entry.set_position(next_position());
+        runtimes_table.insert("runc", Item::Table(marked(entry)));
+        added.push(path_of("runc"));
+    }
+    let mut dropped_options = Vec::new();
+    for runtime in runtimes {
+        // The real runtime's own entry (CRI's default handler is named after the shim's inner
+        // name, e.g. `runc`); its settings make the traced handler behave the same.
+        let real_entry = runtimes_table
+            .iter()
+            .filter(|(name, _)| !name.starts_with("traced-"))
+            .filter(|(_, item)| {
+                item.get("runtime_type").and_then(Item::as_str) == Some(&runtime.real_runtime)
+            })
+            .min_by_key(|(name, _)| {
+                // Prefer the entry named after the runtime (`runc` for io.containerd.runc.v2).
+                !runtime.real_runtime.contains(&format!(".{name}."))
+            })
+            .and_then(|(_, item)| item.as_table().cloned());
+        let mut entry = Table::new();
+        let mut options = Table::new();
+        if let Some(real) = real_entry {
+            for (key, item) in real.iter() {
+                match key {
+                    "runtime_type" | "runtime_path" => {}
+                    "options" => {
+                        if let Some(real_options) = item.as_table() {
+                            options = real_options.clone();
+                        }
+                    }
+                    _ => {
+                        entry.insert(key, item.clone());
+                    }
+                }
+            }
+        }
         entry.insert("runtime_type", value(&runtime.runtime_type));
-        entry.insert(
-            "runtime_path",
-            value(runtime.runtime_path.display().to_string()),
-        );
-        let mut options = inner_options.unwrap_or_default();
+        if let Some(path) = &runtime.runtime_path {
+            entry.insert("runtime_path", value(path.display().to_string()));
+        }
+        if !runtime.carry_options {
+            // Only settings that differ from runc's defaults are lost.
+            let lost: Vec<String> = options
+                .iter()
+                .filter(|(_, item)| !is_default_value(item))
+                .map(|(key, item)| {
+                    format!(
+                        "{key} = {}",
+                        item.as_value()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default()
+                            .trim()
+                    )
+                })
+                .collect();
+            if !lost.is_empty() {
+                dropped_options.push((runtime.handler.clone(), lost));
+            }
+            options = Table::new();
+        }
         if let Some(binary) = &runtime.binary_name {
             options.insert("BinaryName", value(binary));
         }
+        // Carried-over keys keep no indentation of their old place.
+        entry.fmt();
+        options.fmt();
+        let mut entry = marked(entry);
+        entry.set_position(next_position());
         if !options.is_empty() {
             options.set_implicit(false);
+            options.set_position(next_position());
+            options.decor_mut().set_prefix("");
             entry.insert("options", Item::Table(options));
         }
         runtimes_table.insert(&runtime.handler, Item::Table(entry));
+        added.push(path_of(&runtime.handler));
+    }
+    Ok(Merged {
+        text: doc.to_string(),
+        added,
+        version_added,
+        schema,
+        dropped_options,
+    })
+}
+
+/// The highest position of any table in the document (0 when none has one).
+fn max_position(table: &Table) -> usize {
+    table
+        .iter()
+        .filter_map(|(_, item)| item.as_table())
+        .map(|t| t.position().unwrap_or(0).max(max_position(t)))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether a config value is a default (`""`, `0`, `false`, empty array) that changes nothing.
+fn is_default_value(item: &Item) -> bool {
+    match item.as_value() {
+        Some(Value::String(s)) => s.value().is_empty(),
+        Some(Value::Integer(i)) => *i.value() == 0,
+        Some(Value::Boolean(b)) => !*b.value(),
+        Some(Value::Array(a)) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// The added tables of `merged` alone, as a config snippet to print.
+fn snippet(merged: &Merged, path: &Path) -> Result<String, InstallError> {
+    let full = parse_doc(&merged.text, path)?;
+    let mut doc = DocumentMut::new();
+    doc.insert("version", value(i64::from(merged.schema)));
+    for key_path in &merged.added {
+        let keys: Vec<&str> = key_path.iter().map(String::as_str).collect();
+        let (last, parents) = keys.split_last().expect("a table path has a name");
+        if let Some(item) = get_at(full.as_table(), &keys) {
+            table_at(doc.as_table_mut(), parents).insert(last, item.clone());
+        }
     }
     Ok(doc.to_string())
+}
+
+/// Removes the tables at `paths` from `doc` (those still there); returns how many went. Parent
+/// tables left empty and implicit vanish from the output on their own.
+fn remove_tables(doc: &mut DocumentMut, paths: &[Vec<String>]) -> usize {
+    fn remove_in(table: &mut Table, keys: &[String]) -> bool {
+        match keys {
+            [] => false,
+            [last] => table.remove(last).is_some(),
+            [first, rest @ ..] => table
+                .get_mut(first)
+                .and_then(Item::as_table_mut)
+                .is_some_and(|t| remove_in(t, rest)),
+        }
+    }
+    let removed = paths
+        .iter()
+        .filter(|key_path| remove_in(doc.as_table_mut(), key_path))
+        .count();
+    prune_empty(doc.as_table_mut());
+    removed
+}
+
+/// Drops implicit tables left with nothing in them (what merging created around the entries).
+fn prune_empty(table: &mut Table) {
+    let empty: Vec<String> = table
+        .iter_mut()
+        .filter_map(|(key, item)| {
+            let inner = item.as_table_mut()?;
+            prune_empty(inner);
+            (inner.is_implicit() && inner.is_empty()).then(|| key.get().to_string())
+        })
+        .collect();
+    for key in empty {
+        table.remove(&key);
+    }
 }
 
 /// A RuntimeClass manifest for a handler.
@@ -294,10 +636,126 @@ pub fn write_config_with_backup(
     } else if let Some(parent) = config.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
     }
-    let tmp = PathBuf::from(format!("{}.shimtrace-tmp", config.display()));
-    fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, config).map_err(io_err("cannot replace", config))?;
+    write_atomically(config, content)?;
     Ok(backup)
+}
+
+fn write_atomically(path: &Path, content: &str) -> Result<(), InstallError> {
+    let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
+    fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
+}
+
+/// What install added, kept beside containerd's config so that uninstall removes exactly that.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstallState {
+    /// The file the runtime tables are in: the main config, or the drop-in.
+    pub config: PathBuf,
+    /// Install created that file (it did not exist).
+    pub created_file: bool,
+    /// Install added the file's `version` line (it was empty).
+    pub version_added: bool,
+    /// Key paths of the tables install added.
+    pub tables: Vec<Vec<String>>,
+    /// The drop-in install wrote (containerd 2.2+); removed whole.
+    pub drop_in: Option<PathBuf>,
+    /// The entry install added to the main config's `imports`.
+    pub import_added: Option<String>,
+    /// The wrapper symlinks install created, and the wrapper they point at.
+    pub links: Vec<PathBuf>,
+    pub wrapper: Option<PathBuf>,
+    pub form: Option<Form>,
+}
+
+/// Where the state of installs into `config` is kept.
+pub fn state_path(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(STATE_FILE)
+}
+
+fn read_state(path: &Path) -> Result<Option<InstallState>, InstallError> {
+    match fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| InstallError::BadState {
+                path: path.to_path_buf(),
+                message: format!("not a shimtrace install state: {e}"),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("cannot read", path)(e)),
+    }
+}
+
+fn write_state(path: &Path, state: &InstallState) -> Result<(), InstallError> {
+    let text = serde_json::to_string_pretty(state).expect("the state serialises");
+    write_atomically(path, &(text + "\n"))
+}
+
+/// The drop-in path for a main config (`/etc/containerd/conf.d/shimtrace.toml`).
+pub fn drop_in_path(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .unwrap_or_else(|| Path::new("/etc/containerd"))
+        .join("conf.d")
+        .join(DROP_IN_FILE)
+}
+
+/// Whether an `imports` entry loads `file` (the file itself, or a `*`/`*.toml` glob in its dir).
+fn import_covers(entry: &str, file: &Path) -> bool {
+    let entry = Path::new(entry);
+    if entry == file {
+        return true;
+    }
+    let glob = entry.file_name().and_then(|n| n.to_str());
+    entry.parent() == file.parent() && matches!(glob, Some("*" | "*.toml"))
+}
+
+/// Adds `file` to a main config's `imports` unless an entry covers it; returns the entry added.
+/// A missing main config is left missing: containerd 2.2's built-in default imports `conf.d`.
+fn ensure_import(
+    main: &str,
+    main_path: &Path,
+    file: &Path,
+) -> Result<(Option<String>, Option<String>), InstallError> {
+    let mut doc = parse_doc(main, main_path)?;
+    let covered = doc
+        .get("imports")
+        .and_then(Item::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .any(|v| v.as_str().is_some_and(|e| import_covers(e, file)))
+        });
+    if covered {
+        return Ok((None, None));
+    }
+    let entry = file.display().to_string();
+    match doc.get_mut("imports").and_then(Item::as_array_mut) {
+        Some(imports) => imports.push(entry.as_str()),
+        None => {
+            let mut imports = Array::new();
+            imports.push(entry.as_str());
+            // `imports` is a top-level key: before the first table.
+            doc.insert("imports", value(imports));
+        }
+    }
+    Ok((Some(doc.to_string()), Some(entry)))
+}
+
+/// Removes `entry` from a main config's `imports` (and the key, if that leaves it empty and it
+/// held only ours).
+fn remove_import(main: &str, main_path: &Path, entry: &str) -> Result<String, InstallError> {
+    let mut doc = parse_doc(main, main_path)?;
+    let mut now_empty = false;
+    if let Some(imports) = doc.get_mut("imports").and_then(Item::as_array_mut) {
+        imports.retain(|v| v.as_str() != Some(entry));
+        now_empty = imports.is_empty();
+    }
+    if now_empty {
+        doc.remove("imports");
+    }
+    Ok(doc.to_string())
 }
 
 /// What `install` did and the text it prints.
@@ -307,6 +765,11 @@ pub struct InstallOutcome {
     pub created_links: Vec<PathBuf>,
     pub config_snippet: String,
     pub backup: Option<PathBuf>,
+    /// The form written, and the containerd version it was chosen for (if known).
+    pub form: Form,
+    pub containerd_version: Option<String>,
+    /// The file the entries went into with --write (the config or the drop-in).
+    pub written: Option<PathBuf>,
     pub report: String,
 }
 
@@ -327,103 +790,557 @@ pub fn find_wrapper(explicit: Option<&Path>) -> Result<PathBuf, InstallError> {
         .ok_or(InstallError::NoWrapper)
 }
 
-/// Runs `shimtrace install`.
+/// The containerd version install writes for: `--containerd-version`, else `--containerd
+/// --version`; `None` when neither says.
+pub fn target_version(args: &InstallArgs) -> Option<String> {
+    args.containerd_version.clone().or_else(|| {
+        ContainerdBinary::probe(&args.containerd)
+            .ok()
+            .map(|b| b.version().to_string())
+    })
+}
+
+/// The traced handlers for the real shims found, in `form`. `runsc` is the gVisor OCI binary for
+/// a `traced-runsc` handler through the runc shim (path form only, and only when gVisor's own shim
+/// is not among `shims`). Returns the handlers and notes for the report.
+pub fn plan_runtimes(
+    shims: &[RealShim],
+    bin_dir: &Path,
+    form: Form,
+    runsc: Option<&Path>,
+) -> (Vec<TracedRuntime>, Vec<String>) {
+    let mut runtimes = Vec::new();
+    let mut notes = Vec::new();
+    for shim in shims {
+        let link = bin_dir.join(shim.name.traced_binary());
+        let handler = shim.handler(shims);
+        runtimes.push(TracedRuntime::for_shim(
+            handler.clone(),
+            &shim.name,
+            &link,
+            form,
+        ));
+        if handler != "traced-runc" || shim.name.runtime() != RUNC_RUNTIME {
+            continue;
+        }
+        // gVisor through the runc shim with runsc as its OCI binary.
+        let Some(runsc) = runsc else { continue };
+        if runtimes.iter().any(|r| r.handler == "traced-runsc")
+            || shims.iter().any(|s| s.name.inner == "runsc")
+        {
+            notes.push(
+                "gVisor: its own shim (containerd-shim-runsc-*) is wrapped as traced-runsc; no runc-shim gVisor handler is added".into(),
+            );
+            continue;
+        }
+        match form {
+            Form::Path => runtimes.push(TracedRuntime {
+                handler: "traced-runsc".into(),
+                runtime_type: shim.name.runtime(),
+                runtime_path: Some(link),
+                real_runtime: shim.name.runtime(),
+                carry_options: true,
+                binary_name: Some(runsc.display().to_string()),
+            }),
+            Form::Name => notes.push(format!(
+                "gVisor: no traced-runsc handler. gVisor through the runc shim needs the runc option BinaryName = {runsc:?}, which the runtime-name form cannot pass; install gVisor's own shim (containerd-shim-runsc-v1, wrapped as traced-runsc in either form) or use containerd >= 1.7.1 (runtime_path form)",
+                runsc = runsc.display().to_string()
+            )),
+        }
+    }
+    (runtimes, notes)
+}
+
+/// Runs `shimtrace install` (print, or `--write`).
 pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     let wrapper = find_wrapper(args.wrapper.as_deref())?;
     let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
+        Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
         None => wrapper.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let path_var = args
+        .shim_path
+        .clone()
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
     let shims = find_real_shims(&path_var);
     if shims.is_empty() {
         return Err(InstallError::NoShims);
     }
-    let config_version = args
-        .config_version
-        .unwrap_or_else(|| config_version_of(&args.containerd));
-    let mut runtimes = Vec::new();
+    let version = target_version(args);
+    let form = args.form.unwrap_or_else(|| {
+        version
+            .as_deref()
+            .map(Form::for_version)
+            .unwrap_or(Form::Name)
+    });
+    let expected_schema = args.config_version.unwrap_or_else(|| {
+        config_version_for_major(
+            version
+                .as_deref()
+                .map(crate::private::major_of)
+                .unwrap_or(1),
+        )
+    });
+    let drop_in = version
+        .as_deref()
+        .is_some_and(|v| version_triple(v) >= DROP_IN_SINCE);
+    let runsc = args.runsc.clone().or_else(|| which("runsc"));
+    let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
+
     let mut created_links = Vec::new();
     for shim in &shims {
         let link = bin_dir.join(shim.name.traced_binary());
         if ensure_symlink(&link, &wrapper)? {
-            created_links.push(link.clone());
+            created_links.push(link);
         }
-        let handler = shim.handler(&shims);
-        runtimes.push(TracedRuntime {
-            handler: handler.clone(),
-            runtime_type: shim.name.runtime(),
-            runtime_path: link.clone(),
-            binary_name: None,
-        });
-        // gVisor runs through the runc shim with runsc as its OCI binary.
-        if handler == "traced-runc" {
-            if let Some(runsc) = which("runsc") {
-                runtimes.push(TracedRuntime {
-                    handler: "traced-runsc".into(),
-                    runtime_type: shim.name.runtime(),
-                    runtime_path: link,
-                    binary_name: Some(runsc.display().to_string()),
-                });
+    }
+
+    // The file the entries go into, and its text now.
+    let target = if drop_in {
+        drop_in_path(&args.config)
+    } else {
+        args.config.clone()
+    };
+    let existing = match fs::read_to_string(&target) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("cannot read", &target)(e)),
+    };
+    let mut existing_text = existing.clone().unwrap_or_default();
+    if drop_in && existing.is_some() {
+        // The drop-in is ours whole: rewritten from scratch.
+        existing_text.clear();
+    }
+    let schema_for_target = if drop_in { 3 } else { expected_schema };
+    let mut merged = merge_config(&existing_text, schema_for_target, &runtimes, &target)?;
+    if drop_in {
+        // The default runtime entry is needed only if the main config lacks it.
+        let main = fs::read_to_string(&args.config).unwrap_or_default();
+        if main_has_runc(&main, &args.config)? {
+            let runc_path: Vec<String> = cri_runtimes_path(3)
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["runc".to_string()])
+                .collect();
+            if merged.added.contains(&runc_path) {
+                let mut doc = parse_doc(&merged.text, &target)?;
+                remove_tables(&mut doc, std::slice::from_ref(&runc_path));
+                merged.text = doc.to_string();
+                merged.added.retain(|p| *p != runc_path);
             }
         }
     }
-    let config_snippet = merge_config("", config_version, &runtimes, Path::new("(snippet)"))?;
+    let config_snippet = snippet(&merged, &target)?;
+
     let mut backup = None;
+    let mut written = None;
     if args.write {
-        let existing = match fs::read_to_string(&args.config) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_err("cannot read", &args.config)(e)),
-        };
-        let merged = merge_config(&existing, config_version, &runtimes, &args.config)?;
-        backup = write_config_with_backup(&args.config, &merged)?;
+        let state_file = state_path(&args.config);
+        let mut state = read_state(&state_file)?.unwrap_or_default();
+        if drop_in {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            }
+            write_atomically(&target, &merged.text)?;
+            state.drop_in = Some(target.clone());
+            if args.config.exists() {
+                let main = fs::read_to_string(&args.config)
+                    .map_err(|e| io_err("cannot read", &args.config)(e))?;
+                if let (Some(text), Some(entry)) = ensure_import(&main, &args.config, &target)? {
+                    backup = write_config_with_backup(&args.config, &text)?;
+                    state.import_added = Some(entry);
+                }
+            }
+        } else {
+            backup = write_config_with_backup(&target, &merged.text)?;
+            if state.config.as_os_str().is_empty() {
+                state.created_file = existing.is_none();
+                state.version_added = merged.version_added;
+            }
+        }
+        state.config = target.clone();
+        for path in &merged.added {
+            if !state.tables.contains(path) {
+                state.tables.push(path.clone());
+            }
+        }
+        for link in &created_links {
+            if !state.links.contains(link) {
+                state.links.push(link.clone());
+            }
+        }
+        state.wrapper = Some(wrapper.clone());
+        state.form = Some(form);
+        write_state(&state_file, &state)?;
+        written = Some(target.clone());
     }
 
-    let mut report = String::new();
-    let _ = writeln!(report, "# wrapper: {}", wrapper.display());
-    for shim in &shims {
-        let _ = writeln!(
-            report,
-            "# {} -> {} (wraps {})",
-            bin_dir.join(shim.name.traced_binary()).display(),
-            wrapper.display(),
-            shim.path.display()
-        );
-    }
-    let _ = writeln!(report, "\n# containerd config (version {config_version}):");
-    report.push_str(&config_snippet);
-    if args.write {
-        let _ = writeln!(
-            report,
-            "\n# merged into {}{}; restart containerd to load it",
-            args.config.display(),
-            backup
-                .as_ref()
-                .map(|b| format!(" (backup: {})", b.display()))
-                .unwrap_or_default()
-        );
-    } else {
-        let _ = writeln!(
-            report,
-            "\n# not written: pass --write to merge this into {} (a backup is kept)",
-            args.config.display()
-        );
-    }
-    let _ = writeln!(report, "\n# Kubernetes RuntimeClasses:");
-    for (i, runtime) in runtimes.iter().enumerate() {
-        if i > 0 {
-            report.push_str("---\n");
-        }
-        report.push_str(&runtime_class_yaml(&runtime.handler));
-    }
+    let report = render_report(&ReportInput {
+        args,
+        wrapper: &wrapper,
+        bin_dir: &bin_dir,
+        path_var: &path_var,
+        shims: &shims,
+        runtimes: &runtimes,
+        notes: &notes,
+        merged: &merged,
+        snippet: &config_snippet,
+        form,
+        version: version.as_deref(),
+        target: &target,
+        drop_in,
+        backup: backup.as_deref(),
+    });
     Ok(InstallOutcome {
         runtimes,
         created_links,
         config_snippet,
         backup,
+        form,
+        containerd_version: version,
+        written,
         report,
     })
+}
+
+/// Whether a main config defines CRI's `runc` runtime (or defines no runtimes at all, so that
+/// containerd's built-in one stands).
+fn main_has_runc(main: &str, path: &Path) -> Result<bool, InstallError> {
+    let doc = parse_doc(main, path)?;
+    let schema = doc
+        .get("version")
+        .and_then(Item::as_integer)
+        .unwrap_or(3)
+        .clamp(2, 3) as u32;
+    let runtimes = get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table);
+    Ok(runtimes.is_none_or(|r| r.is_empty() || r.contains_key("runc")))
+}
+
+struct ReportInput<'a> {
+    args: &'a InstallArgs,
+    wrapper: &'a Path,
+    bin_dir: &'a Path,
+    path_var: &'a std::ffi::OsStr,
+    shims: &'a [RealShim],
+    runtimes: &'a [TracedRuntime],
+    notes: &'a [String],
+    merged: &'a Merged,
+    snippet: &'a str,
+    form: Form,
+    version: Option<&'a str>,
+    target: &'a Path,
+    drop_in: bool,
+    backup: Option<&'a Path>,
+}
+
+fn render_report(input: &ReportInput<'_>) -> String {
+    let mut report = String::new();
+    let r = &mut report;
+    let _ = writeln!(r, "# wrapper: {}", input.wrapper.display());
+    for shim in input.shims {
+        let _ = writeln!(
+            r,
+            "# {} -> {} (wraps {})",
+            input.bin_dir.join(shim.name.traced_binary()).display(),
+            input.wrapper.display(),
+            shim.path.display()
+        );
+    }
+    let version = input.version.unwrap_or("(version unknown)");
+    let why = match (input.form, input.version, input.args.form) {
+        (_, _, Some(_)) => "as asked (--form)".to_string(),
+        (Form::Path, Some(_), None) => "it honours runtime_path (since 1.7.1)".to_string(),
+        (Form::Name, Some(_), None) => {
+            "its CRI ignores runtime_path (containerd 1.6.x and 1.7.0 never pass it to the task)"
+                .to_string()
+        }
+        (_, None, None) => format!(
+            "its version could not be read from `{} --version` (pass --containerd or --containerd-version); the runtime-name form works on every version",
+            input.args.containerd.display()
+        ),
+    };
+    let _ = writeln!(
+        r,
+        "\n# containerd {version}: {} — {why}",
+        input.form.describe()
+    );
+    match input.form {
+        Form::Name => {
+            let _ = writeln!(
+                r,
+                "#   runtime_type = \"io.containerd.traced-<inner>.<ver>\": containerd finds containerd-shim-traced-<inner>-<ver> by name on its own PATH"
+            );
+            let on_path = std::env::split_paths(input.path_var).any(|d| d == input.bin_dir);
+            let _ = writeln!(
+                r,
+                "#   requires: {} on containerd's PATH{}",
+                input.bin_dir.display(),
+                if on_path {
+                    ""
+                } else {
+                    " — it is not on the PATH searched here: check containerd's (systemctl show containerd -p Environment), or pick --bin-dir /usr/local/bin"
+                }
+            );
+            let _ = writeln!(
+                r,
+                "#   costs: CRI sends runc's typed options only to runtime_type io.containerd.runc.v2, so under a traced runc handler runc runs with its defaults: no SystemdCgroup, BinaryName, NoPivotRoot, Root…; other shims' options (kata, runsc-v1) pass as before"
+            );
+            for (handler, lost) in &input.merged.dropped_options {
+                let _ = writeln!(
+                    r,
+                    "#   NOT passed to {handler} (set on your runc entry): {}{}",
+                    lost.join(", "),
+                    if lost.iter().any(|l| l.starts_with("SystemdCgroup")) {
+                        " — with the kubelet's systemd cgroup driver, use containerd >= 1.7.1 (runtime_path form) instead"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Form::Path => {
+            let _ = writeln!(
+                r,
+                "#   runtime_type = the real runtime, runtime_path = the wrapper link: containerd sends the real runtime's options unchanged (SystemdCgroup, BinaryName for gVisor)"
+            );
+            if input
+                .version
+                .is_some_and(|v| version_triple(v) < RUNTIME_PATH_SINCE)
+            {
+                let _ = writeln!(
+                    r,
+                    "#   WARNING: containerd {version} ignores runtime_path: pods under these handlers run the real shim, untraced (`shimtrace install --check` shows it); drop --form to get the runtime-name form"
+                );
+            }
+        }
+    }
+    for note in input.notes {
+        let _ = writeln!(r, "#   {note}");
+    }
+    if input
+        .merged
+        .added
+        .iter()
+        .any(|p| p.last().map(String::as_str) == Some("runc"))
+    {
+        let _ = writeln!(
+            r,
+            "#   adds the default runtime entry runtimes.runc (runtime_type = \"{RUNC_RUNTIME}\"): a config that defines runtimes without it makes containerd 1.6 refuse to load CRI"
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\n# containerd config ({}, version {}):",
+        if input.drop_in {
+            "drop-in"
+        } else {
+            "CRI runtimes"
+        },
+        input.merged.schema
+    );
+    r.push_str(input.snippet);
+    if input.args.write {
+        let _ = writeln!(
+            r,
+            "\n# written to {}{}; restart containerd to load it (systemctl restart containerd), then: shimtrace install --check",
+            input.target.display(),
+            input
+                .backup
+                .map(|b| format!(" (backup of {}: {})", input.args.config.display(), b.display()))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            r,
+            "# undo: shimtrace install --uninstall --config {} (removes exactly these entries; state in {})",
+            input.args.config.display(),
+            state_path(&input.args.config).display()
+        );
+    } else {
+        let _ = writeln!(
+            r,
+            "\n# not written: pass --write to merge this into {} (a backup is kept)",
+            input.target.display()
+        );
+    }
+    let _ = writeln!(r, "\n# Kubernetes RuntimeClasses:");
+    for (i, runtime) in input.runtimes.iter().enumerate() {
+        if i > 0 {
+            r.push_str("---\n");
+        }
+        r.push_str(&runtime_class_yaml(&runtime.handler));
+    }
+    report
+}
+
+/// What `--uninstall` removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UninstallOutcome {
+    pub removed_tables: usize,
+    pub removed_links: Vec<PathBuf>,
+    pub removed_files: Vec<PathBuf>,
+    pub backup: Option<PathBuf>,
+    pub report: String,
+}
+
+/// Runs `shimtrace install --uninstall`: removes the tables, imports entry, drop-in and links the
+/// state beside `args.config` lists, and the state file; everything else stays as it is now.
+pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
+    let state_file = state_path(&args.config);
+    let state = read_state(&state_file)?.ok_or_else(|| InstallError::NoState {
+        path: state_file.clone(),
+        config: args.config.clone(),
+    })?;
+    let mut outcome = UninstallOutcome::default();
+    let mut report = String::new();
+    if let Some(drop_in) = &state.drop_in {
+        match fs::remove_file(drop_in) {
+            Ok(()) => outcome.removed_files.push(drop_in.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove", drop_in)(e)),
+        }
+        if let Some(entry) = &state.import_added {
+            if let Ok(main) = fs::read_to_string(&args.config) {
+                let text = remove_import(&main, &args.config, entry)?;
+                if text != main {
+                    outcome.backup = write_config_with_backup(&args.config, &text)?;
+                    let _ = writeln!(
+                        report,
+                        "# removed imports entry {entry:?} from {}",
+                        args.config.display()
+                    );
+                }
+            }
+        }
+    } else if let Ok(text) = fs::read_to_string(&state.config) {
+        let mut doc = parse_doc(&text, &state.config)?;
+        // The default runtime entry install added stays while other runtimes still need it.
+        let (runc, ours): (Vec<Vec<String>>, Vec<Vec<String>>) = state
+            .tables
+            .iter()
+            .cloned()
+            .partition(|p| p.last().map(String::as_str) == Some("runc"));
+        outcome.removed_tables += remove_tables(&mut doc, &ours);
+        for runc_path in &runc {
+            let parent: Vec<&str> = runc_path[..runc_path.len() - 1]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            let others = get_at(doc.as_table(), &parent)
+                .and_then(Item::as_table)
+                .map(|t| t.iter().filter(|(name, _)| *name != "runc").count())
+                .unwrap_or(0);
+            if others == 0 {
+                outcome.removed_tables += remove_tables(&mut doc, std::slice::from_ref(runc_path));
+            } else {
+                let _ = writeln!(
+                    report,
+                    "# kept runtimes.runc (added by install): other runtimes are defined now, and containerd 1.6 needs it beside them"
+                );
+            }
+        }
+        let only_version = doc.as_table().len() == 1 && doc.get("version").is_some();
+        if state.version_added && only_version {
+            doc.remove("version");
+        }
+        let new_text = doc.to_string();
+        if state.created_file && new_text.trim().is_empty() {
+            fs::remove_file(&state.config).map_err(io_err("cannot remove", &state.config))?;
+            outcome.removed_files.push(state.config.clone());
+        } else if new_text != text {
+            outcome.backup = write_config_with_backup(&state.config, &new_text)?;
+        }
+        let _ = writeln!(
+            report,
+            "# removed {} table(s) from {}",
+            outcome.removed_tables,
+            state.config.display()
+        );
+    }
+    // The links install recorded, and any other wrapper link beside them (a run without --write
+    // makes them too).
+    let mut links = state.links.clone();
+    let dirs: BTreeSet<PathBuf> = state
+        .links
+        .iter()
+        .filter_map(|l| l.parent().map(Path::to_path_buf))
+        .collect();
+    for dir in dirs {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let traced = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(shimtrace_span::naming::WRAPPER_PREFIX));
+            if traced && !links.contains(&path) {
+                links.push(path);
+            }
+        }
+    }
+    for link in &links {
+        let ours = fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink())
+            && state
+                .wrapper
+                .as_ref()
+                .is_none_or(|w| fs::read_link(link).ok().as_deref() == Some(w.as_path()));
+        if ours {
+            fs::remove_file(link).map_err(io_err("cannot remove", link))?;
+            outcome.removed_links.push(link.clone());
+        }
+    }
+    for file in &outcome.removed_files {
+        let _ = writeln!(report, "# removed {}", file.display());
+    }
+    for link in &outcome.removed_links {
+        let _ = writeln!(report, "# removed {}", link.display());
+    }
+    if let Some(backup) = &outcome.backup {
+        let _ = writeln!(
+            report,
+            "# backup of the previous config: {}",
+            backup.display()
+        );
+    }
+    fs::remove_file(&state_file).map_err(io_err("cannot remove", &state_file))?;
+    let _ = writeln!(
+        report,
+        "# restart containerd to unload the traced handlers (systemctl restart containerd); delete their RuntimeClasses"
+    );
+    outcome.report = report;
+    Ok(outcome)
+}
+
+/// The handlers a config file registers (name, runtime_type, runtime_path), for every schema.
+pub fn configured_handlers(text: &str) -> Vec<(String, String, String)> {
+    let Ok(doc) = text.parse::<DocumentMut>() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut seen = BTreeSet::new();
+    for schema in [2, 3] {
+        let Some(runtimes) =
+            get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table)
+        else {
+            continue;
+        };
+        for (name, item) in runtimes.iter() {
+            if !seen.insert(name.to_string()) {
+                continue;
+            }
+            let field = |key: &str| {
+                item.get(key)
+                    .and_then(Item::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            found.push((
+                name.to_string(),
+                field("runtime_type"),
+                field("runtime_path"),
+            ));
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -434,14 +1351,31 @@ mod tests {
         TracedRuntime {
             handler: "traced-runc".into(),
             runtime_type: "io.containerd.runc.v2".into(),
-            runtime_path: path.into(),
+            runtime_path: Some(path.into()),
+            real_runtime: "io.containerd.runc.v2".into(),
+            carry_options: true,
             binary_name: None,
         }
+    }
+
+    fn runc_by_name() -> TracedRuntime {
+        TracedRuntime::for_shim(
+            "traced-runc".into(),
+            &ShimName {
+                inner: "runc".into(),
+                version: "v2".into(),
+            },
+            Path::new("/b/containerd-shim-traced-runc-v2"),
+            Form::Name,
+        )
     }
 
     fn parse_name(name: &str) -> Option<(String, String)> {
         ShimName::parse_binary(name).map(|n| (n.inner, n.version))
     }
+
+    /// Debian bookworm's /etc/containerd/config.toml (package containerd 1.6.20~ds1-1+deb12u3).
+    const DEBIAN_STOCK: &str = "version = 2\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      bin_dir = \"/usr/lib/cni\"\n      conf_dir = \"/etc/cni/net.d\"\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"/var/lib/containerd/opt\"\n";
 
     #[test]
     fn parses_shim_names() {
@@ -489,6 +1423,16 @@ mod tests {
     }
 
     #[test]
+    fn the_form_follows_the_version() {
+        assert_eq!(Form::for_version("1.6.20"), Form::Name);
+        assert_eq!(Form::for_version("1.6.38"), Form::Name);
+        assert_eq!(Form::for_version("1.7.0"), Form::Name);
+        assert_eq!(Form::for_version("1.7.1"), Form::Path);
+        assert_eq!(Form::for_version("1.7.24"), Form::Path);
+        assert_eq!(Form::for_version("2.1.9"), Form::Path);
+    }
+
+    #[test]
     fn snippet_for_v2_and_v3() {
         let v2 = merge_config(
             "",
@@ -496,7 +1440,8 @@ mod tests {
             &[runc("/b/containerd-shim-traced-runc-v2")],
             Path::new("x"),
         )
-        .unwrap();
+        .unwrap()
+        .text;
         assert!(v2.starts_with("version = 2\n"), "{v2}");
         assert!(
             v2.contains(r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.traced-runc]"#),
@@ -504,13 +1449,49 @@ mod tests {
         );
         assert!(v2.contains(r#"runtime_type = "io.containerd.runc.v2""#));
         assert!(v2.contains(r#"runtime_path = "/b/containerd-shim-traced-runc-v2""#));
-        let v3 = merge_config("", 3, &[runc("/b/w")], Path::new("x")).unwrap();
+        let v3 = merge_config("", 3, &[runc("/b/w")], Path::new("x"))
+            .unwrap()
+            .text;
         assert!(
             v3.contains(
                 r#"[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.traced-runc]"#
             ),
             "{v3}"
         );
+    }
+
+    #[test]
+    fn the_name_form_names_the_wrapper_and_drops_runc_options() {
+        let existing = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n    SystemdCgroup = true\n    BinaryName = \"\"\n";
+        let merged = merge_config(existing, 2, &[runc_by_name()], Path::new("x")).unwrap();
+        let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+        let traced = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+            ["traced-runc"];
+        assert_eq!(
+            traced["runtime_type"].as_str(),
+            Some("io.containerd.traced-runc.v2")
+        );
+        assert!(traced.get("runtime_path").is_none());
+        assert!(traced.get("options").is_none(), "{}", merged.text);
+        assert_eq!(
+            merged.dropped_options,
+            [(
+                "traced-runc".to_string(),
+                vec!["SystemdCgroup = true".to_string()]
+            )]
+        );
+        // Other shims' options are generic either way: they pass.
+        let kata = TracedRuntime::for_shim(
+            "traced-kata".into(),
+            &ShimName {
+                inner: "kata".into(),
+                version: "v2".into(),
+            },
+            Path::new("/b/containerd-shim-traced-kata-v2"),
+            Form::Name,
+        );
+        assert!(kata.carry_options);
+        assert_eq!(kata.runtime_type, "io.containerd.traced-kata.v2");
     }
 
     #[test]
@@ -525,7 +1506,9 @@ version = 2
         let mut gvisor = runc("/b/w");
         gvisor.handler = "traced-runsc".into();
         gvisor.binary_name = Some("/usr/bin/runsc".into());
-        let merged = merge_config(existing, 2, &[runc("/b/w"), gvisor], Path::new("x")).unwrap();
+        let merged = merge_config(existing, 2, &[runc("/b/w"), gvisor], Path::new("x"))
+            .unwrap()
+            .text;
         assert!(merged.starts_with("# my settings\n"));
         let parsed: toml::Value = toml::from_str(&merged).unwrap();
         let runtimes = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
@@ -546,11 +1529,37 @@ version = 2
             Some("/usr/bin/runsc")
         );
         // Merging twice changes nothing more.
-        let again = merge_config(&merged, 2, &[runc("/b/w")], Path::new("x")).unwrap();
+        let again = merge_config(&merged, 2, &[runc("/b/w")], Path::new("x"))
+            .unwrap()
+            .text;
         assert_eq!(
             toml::from_str::<toml::Value>(&again).unwrap()["plugins"],
             toml::from_str::<toml::Value>(&merged).unwrap()["plugins"]
         );
+    }
+
+    #[test]
+    fn a_config_without_runc_gets_the_default_runtime_too() {
+        let merged = merge_config(DEBIAN_STOCK, 2, &[runc_by_name()], Path::new("x")).unwrap();
+        let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+        let cri = &parsed["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(
+            cri["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2")
+        );
+        assert_eq!(cri["cni"]["bin_dir"].as_str(), Some("/usr/lib/cni"));
+        assert_eq!(merged.added.len(), 2, "{:?}", merged.added);
+        assert!(merged.text.contains(MARKER));
+        // A config that names another default runtime keeps it alone.
+        let crun = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"crun\"\n";
+        let merged = merge_config(crun, 2, &[runc_by_name()], Path::new("x")).unwrap();
+        assert_eq!(merged.added.len(), 1);
+        // 2.x reads a version 2 config (and migrates it): the entries follow its schema.
+        let merged = merge_config(DEBIAN_STOCK, 3, &[runc("/b/w")], Path::new("x")).unwrap();
+        assert_eq!(merged.schema, 2);
+        assert!(merged
+            .text
+            .contains(r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.traced-runc]"#));
     }
 
     #[test]
@@ -606,5 +1615,225 @@ version = 2
     fn runtime_class_names_the_handler() {
         let yaml = runtime_class_yaml("traced-runc");
         assert!(yaml.contains("kind: RuntimeClass") && yaml.contains("handler: traced-runc"));
+    }
+
+    #[test]
+    fn gvisor_through_runc_only_in_the_path_form() {
+        let shims = [RealShim {
+            name: ShimName {
+                inner: "runc".into(),
+                version: "v2".into(),
+            },
+            path: "/usr/bin/containerd-shim-runc-v2".into(),
+        }];
+        let runsc = Path::new("/usr/bin/runsc");
+        let (path, _) = plan_runtimes(&shims, Path::new("/b"), Form::Path, Some(runsc));
+        let handlers: Vec<&str> = path.iter().map(|r| r.handler.as_str()).collect();
+        assert_eq!(handlers, ["traced-runc", "traced-runsc"]);
+        assert_eq!(path[1].binary_name.as_deref(), Some("/usr/bin/runsc"));
+        let (name, notes) = plan_runtimes(&shims, Path::new("/b"), Form::Name, Some(runsc));
+        assert_eq!(name.len(), 1);
+        assert!(notes[0].contains("BinaryName"), "{notes:?}");
+        // gVisor's own shim is wrapped instead of the runc-shim handler.
+        let mut with_runsc_shim = shims.to_vec();
+        with_runsc_shim.push(RealShim {
+            name: ShimName {
+                inner: "runsc".into(),
+                version: "v1".into(),
+            },
+            path: "/usr/bin/containerd-shim-runsc-v1".into(),
+        });
+        let (both, _) = plan_runtimes(&with_runsc_shim, Path::new("/b"), Form::Name, Some(runsc));
+        let handlers: Vec<&str> = both.iter().map(|r| r.handler.as_str()).collect();
+        assert_eq!(handlers, ["traced-runc", "traced-runsc"]);
+        assert_eq!(both[1].runtime_type, "io.containerd.traced-runsc.v1");
+    }
+
+    /// A fake shim dir and wrapper for install() runs.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let shims = dir.path().join("shims");
+            fs::create_dir_all(&shims).unwrap();
+            let shim = shims.join("containerd-shim-runc-v2");
+            fs::write(&shim, "#!/bin/sh\n").unwrap();
+            fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+            fs::create_dir_all(dir.path().join("bin")).unwrap();
+            fs::write(dir.path().join("bin").join(WRAPPER_BINARY), "").unwrap();
+            fs::create_dir_all(dir.path().join("etc")).unwrap();
+            Fixture { dir }
+        }
+
+        fn config(&self) -> PathBuf {
+            self.dir.path().join("etc/config.toml")
+        }
+
+        fn args(&self, version: &str, extra: &[&str]) -> InstallArgs {
+            use clap::Parser;
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(flatten)]
+                args: InstallArgs,
+            }
+            let wrapper = self.dir.path().join("bin").join(WRAPPER_BINARY);
+            let shims = self.dir.path().join("shims");
+            let config = self.config();
+            let mut argv = vec![
+                "install",
+                "--wrapper",
+                wrapper.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+                "--containerd-version",
+                version,
+                "--shim-path",
+                shims.to_str().unwrap(),
+                "--runsc",
+                "/usr/bin/runsc",
+            ];
+            argv.extend_from_slice(extra);
+            Cli::parse_from(argv).args
+        }
+    }
+
+    #[test]
+    fn uninstall_removes_exactly_what_install_added() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), DEBIAN_STOCK).unwrap();
+        let outcome = install(&fx.args("1.6.20", &["--write"])).unwrap();
+        assert_eq!(outcome.form, Form::Name);
+        assert!(
+            outcome.report.contains("runtime-name form"),
+            "{}",
+            outcome.report
+        );
+        let written = fs::read_to_string(fx.config()).unwrap();
+        assert!(written.contains("io.containerd.traced-runc.v2"));
+        // The user edits the config meanwhile: that edit stays.
+        let edited = written.replace(
+            "bin_dir = \"/usr/lib/cni\"",
+            "bin_dir = \"/usr/lib/cni\"\n      max_conf_num = 2",
+        );
+        fs::write(fx.config(), &edited).unwrap();
+        let link = fx.dir.path().join("bin/containerd-shim-traced-runc-v2");
+        assert!(fs::symlink_metadata(&link).is_ok());
+
+        let removed = uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
+        assert_eq!(
+            removed.removed_tables, 2,
+            "traced-runc and the default runc"
+        );
+        assert_eq!(removed.removed_links, std::slice::from_ref(&link));
+        assert_eq!(
+            fs::read_to_string(fx.config()).unwrap(),
+            DEBIAN_STOCK.replace(
+                "bin_dir = \"/usr/lib/cni\"",
+                "bin_dir = \"/usr/lib/cni\"\n      max_conf_num = 2"
+            )
+        );
+        assert!(fs::symlink_metadata(&link).is_err());
+        assert!(!state_path(&fx.config()).exists());
+        assert!(matches!(
+            uninstall(&fx.args("1.6.20", &["--uninstall"])),
+            Err(InstallError::NoState { .. })
+        ));
+    }
+
+    #[test]
+    fn uninstall_keeps_the_default_runtime_while_others_need_it() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), DEBIAN_STOCK).unwrap();
+        install(&fx.args("1.7.24", &["--write"])).unwrap();
+        let mut text = fs::read_to_string(fx.config()).unwrap();
+        text.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.mine]\n  runtime_type = \"io.containerd.runc.v2\"\n");
+        fs::write(fx.config(), &text).unwrap();
+        let removed = uninstall(&fx.args("1.7.24", &["--uninstall"])).unwrap();
+        assert_eq!(removed.removed_tables, 2, "traced-runc and traced-runsc");
+        let parsed: toml::Value =
+            toml::from_str(&fs::read_to_string(fx.config()).unwrap()).unwrap();
+        let runtimes = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert!(runtimes.get("runc").is_some() && runtimes.get("mine").is_some());
+        assert!(runtimes.get("traced-runc").is_none());
+    }
+
+    #[test]
+    fn a_created_config_is_removed_again() {
+        let fx = Fixture::new();
+        install(&fx.args("2.1.9", &["--write"])).unwrap();
+        let text = fs::read_to_string(fx.config()).unwrap();
+        assert!(text.starts_with("version = 3\n"), "{text}");
+        assert!(text.contains("runtime_path"));
+        uninstall(&fx.args("2.1.9", &["--uninstall"])).unwrap();
+        assert!(!fx.config().exists());
+    }
+
+    #[test]
+    fn containerd_2_2_gets_a_drop_in_and_one_imports_entry() {
+        let fx = Fixture::new();
+        let main = "version = 3\nroot = \"/var/lib/containerd\"\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n    SystemdCgroup = true\n";
+        fs::write(fx.config(), main).unwrap();
+        let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        assert_eq!(outcome.written.as_deref(), Some(drop_in.as_path()));
+        let dropped: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
+        assert_eq!(dropped["version"].as_integer(), Some(3));
+        let runtimes =
+            &dropped["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["traced-runc"]["runtime_path"].as_str(),
+            Some(
+                fx.dir
+                    .path()
+                    .join("bin/containerd-shim-traced-runc-v2")
+                    .to_str()
+                    .unwrap()
+            )
+        );
+        assert!(runtimes.get("runc").is_none(), "the main config has runc");
+        let main_now: toml::Value =
+            toml::from_str(&fs::read_to_string(fx.config()).unwrap()).unwrap();
+        assert_eq!(
+            main_now["imports"].as_array().unwrap()[0].as_str(),
+            Some(drop_in.to_str().unwrap())
+        );
+        // Installing again adds no second imports entry.
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let main_again: toml::Value =
+            toml::from_str(&fs::read_to_string(fx.config()).unwrap()).unwrap();
+        assert_eq!(main_again["imports"].as_array().unwrap().len(), 1);
+
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        assert!(!drop_in.exists());
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), main);
+    }
+
+    #[test]
+    fn a_conf_d_glob_already_imports_the_drop_in() {
+        let fx = Fixture::new();
+        let glob = fx.dir.path().join("etc/conf.d/*.toml");
+        let main = format!("version = 3\nimports = [\"{}\"]\n", glob.display());
+        fs::write(fx.config(), &main).unwrap();
+        install(&fx.args("2.2.1", &["--write"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), main);
+        let dropped = fs::read_to_string(fx.dir.path().join("etc/conf.d/shimtrace.toml")).unwrap();
+        assert!(dropped.contains("traced-runc"));
+        // No runtimes in the main config: containerd's built-in runc stands.
+        assert!(!dropped.contains("runtimes.runc]"), "{dropped}");
+    }
+
+    #[test]
+    fn configured_handlers_are_read_from_either_schema() {
+        let merged = merge_config(DEBIAN_STOCK, 2, &[runc_by_name()], Path::new("x")).unwrap();
+        let handlers = configured_handlers(&merged.text);
+        assert!(handlers.contains(&(
+            "traced-runc".to_string(),
+            "io.containerd.traced-runc.v2".to_string(),
+            String::new()
+        )));
     }
 }

@@ -13,6 +13,12 @@
 //!
 //! Which config schema a containerd wants follows from its major version (`containerd --version`):
 //! 2 for 1.x, 3 for 2.x ([`ContainerdBinary`], [`config_version_of`]).
+//!
+//! By default the CRI plugins are disabled (no CNI or images needed). [`ConfigSource::Cri`] turns
+//! them on for pods without a cluster: the sandbox image is a local one, `restrict_oom_score_adj`
+//! is set (runc cannot lower `oom_score_adj` in some VMs), and CNI configs and the NRI socket are
+//! the instance's own. [`ConfigSource::Existing`] starts containerd on a file the caller wrote —
+//! e.g. one that `shimtrace install --write` merged its runtimes into — without touching it.
 
 use std::ffi::OsString;
 use std::fs;
@@ -135,6 +141,19 @@ impl ContainerdBinary {
     }
 }
 
+/// A containerd version as numbers (`"1.7.24"` → `(1, 7, 24)`); missing parts are 0.
+pub fn version_triple(version: &str) -> (u32, u32, u32) {
+    let mut parts = version
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0))
+        .chain(std::iter::repeat(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
 /// The version in `containerd --version` output: `containerd github.com/containerd/containerd
 /// 1.6.20~ds1 1.6.20~ds1-1+deb12u3` → "1.6.20"; `containerd github.com/containerd/containerd/v2
 /// v2.1.9 <revision>` or `… 2.1.9+unknown` → "2.1.9".
@@ -201,6 +220,144 @@ pub fn config_toml(dir: &Path, config_version: u32, extra: &str) -> String {
     config
 }
 
+/// What a private containerd's CRI plugin needs to run pods on a machine without a registry or CNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriSettings {
+    /// The pod sandbox ("pause") image: a reference in the `k8s.io` namespace (imported before
+    /// the first pod runs), e.g. `docker.io/local/sandbox:1`.
+    pub sandbox_image: String,
+}
+
+/// How a private containerd's config file comes about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Generated with the CRI plugins disabled ([`config_toml`]).
+    #[default]
+    Generated,
+    /// Generated with the CRI plugin on ([`cri_config_toml`]).
+    Cri(CriSettings),
+    /// The file already at `<dir>/config.toml`, used as it is (the caller made it private, e.g.
+    /// with [`make_private`], and may have had `shimtrace install --write` merge into it).
+    Existing,
+}
+
+/// The config of a private containerd under `dir` with its CRI plugin on (see the module docs);
+/// `extra` is appended verbatim.
+pub fn cri_config_toml(dir: &Path, config_version: u32, cri: &CriSettings, extra: &str) -> String {
+    let base = format!("version = {config_version}\n");
+    let mut config = make_private(&base, dir, config_version, Some(cri))
+        .expect("a generated config is valid TOML");
+    if !extra.is_empty() {
+        config.push_str(extra);
+        config.push('\n');
+    }
+    config
+}
+
+/// Rewrites an existing containerd config (Debian's stock file, `containerd config default`, a
+/// node's own) so that it runs as a private instance under `dir`: its root, state, sockets, CNI
+/// config dir, NRI socket and `opt` dir move under `dir`; with `cri`, the CRI plugin is enabled,
+/// with that sandbox image and `restrict_oom_score_adj = true`. Everything else (comments, runtimes,
+/// options) stays. The config's own `version` picks the table names (`config_version` when it has
+/// none).
+pub fn make_private(
+    existing: &str,
+    dir: &Path,
+    config_version: u32,
+    cri: Option<&CriSettings>,
+) -> Result<String, PrivateError> {
+    use toml_edit::{value, Array, DocumentMut, Item, Table};
+    let mut doc: DocumentMut = existing.parse().map_err(|e: toml_edit::TomlError| {
+        PrivateError::io("parsing the containerd config to make private")(io::Error::new(
+            io::ErrorKind::InvalidData,
+            e.to_string(),
+        ))
+    })?;
+    let schema = doc
+        .get("version")
+        .and_then(Item::as_integer)
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(config_version);
+    if doc.get("version").is_none() {
+        doc.insert("version", value(i64::from(schema)));
+    }
+    let path_value = |p: PathBuf| value(p.display().to_string());
+    doc.insert("root", path_value(root_dir(dir)));
+    doc.insert("state", path_value(state_dir(dir)));
+    fn table<'a>(doc: &'a mut Table, keys: &[&str]) -> &'a mut Table {
+        let mut table = doc;
+        for key in keys {
+            let item = table.entry(key).or_insert_with(|| {
+                let mut t = Table::new();
+                t.set_implicit(true);
+                Item::Table(t)
+            });
+            if !item.is_table() {
+                *item = Item::Table(Table::new());
+            }
+            table = item.as_table_mut().expect("just made a table");
+        }
+        table
+    }
+    let root = doc.as_table_mut();
+    table(root, &["grpc"]).insert("address", path_value(address(dir)));
+    table(root, &["ttrpc"]).insert("address", path_value(ttrpc_address(dir)));
+    if let Some(opt) = root
+        .get_mut("plugins")
+        .and_then(Item::as_table_like_mut)
+        .and_then(|p| p.get_mut("io.containerd.internal.v1.opt"))
+        .and_then(Item::as_table_like_mut)
+    {
+        opt.insert("path", path_value(dir.join("opt")));
+    }
+    let Some(cri) = cri else {
+        return Ok(doc.to_string());
+    };
+    // The CRI plugin must not be disabled.
+    if let Some(disabled) = root
+        .get_mut("disabled_plugins")
+        .and_then(Item::as_array_mut)
+    {
+        let kept: Array = disabled
+            .iter()
+            .filter(|v| {
+                !v.as_str().is_some_and(|name| {
+                    matches!(
+                        name,
+                        "io.containerd.grpc.v1.cri"
+                            | "io.containerd.cri.v1.images"
+                            | "io.containerd.cri.v1.runtime"
+                    )
+                })
+            })
+            .cloned()
+            .collect();
+        *disabled = kept;
+    }
+    let cni_dir = path_value(dir.join("cni"));
+    if schema >= 3 {
+        table(
+            root,
+            &["plugins", "io.containerd.cri.v1.images", "pinned_images"],
+        )
+        .insert("sandbox", value(&cri.sandbox_image));
+        let runtime = table(root, &["plugins", "io.containerd.cri.v1.runtime"]);
+        runtime.insert("restrict_oom_score_adj", value(true));
+        table(root, &["plugins", "io.containerd.cri.v1.runtime", "cni"])
+            .insert("conf_dir", cni_dir);
+        // Enabled by default on 2.x; every instance listening on /var/run/nri/nri.sock would take
+        // it from the others.
+        table(root, &["plugins", "io.containerd.nri.v1.nri"])
+            .insert("socket_path", path_value(dir.join("nri.sock")));
+    } else {
+        let plugin = table(root, &["plugins", "io.containerd.grpc.v1.cri"]);
+        plugin.insert("sandbox_image", value(&cri.sandbox_image));
+        plugin.insert("restrict_oom_score_adj", value(true));
+        table(root, &["plugins", "io.containerd.grpc.v1.cri", "cni"]).insert("conf_dir", cni_dir);
+    }
+    Ok(doc.to_string())
+}
+
 fn root_dir(dir: &Path) -> PathBuf {
     dir.join("root")
 }
@@ -234,6 +391,9 @@ pub struct PrivateConfig {
     pub log_level: Option<String>,
     /// TOML appended verbatim to the generated config; start it with its own `[table]` header.
     pub extra_config: String,
+    /// Whether the config is generated (with or without CRI) or the caller's file (default:
+    /// generated, CRI off).
+    pub source: ConfigSource,
     /// How long to wait for the gRPC socket to answer (default 20 s).
     pub ready_timeout: Duration,
     /// How long containerd gets to exit after SIGTERM before it is killed (default 15 s).
@@ -253,6 +413,7 @@ impl PrivateConfig {
             path_prepend: Vec::new(),
             log_level: None,
             extra_config: String::new(),
+            source: ConfigSource::Generated,
             ready_timeout: Duration::from_secs(20),
             stop_timeout: Duration::from_secs(15),
             #[cfg(feature = "client")]
@@ -307,15 +468,26 @@ impl PrivateContainerd {
             child: None,
         };
         let config_path = private.config_path();
-        let toml = config_toml(
-            private.dir(),
-            private.binary.config_version(),
-            &private.config.extra_config,
-        );
-        fs::write(&config_path, toml).map_err(PrivateError::io(format!(
-            "writing {}",
-            config_path.display()
-        )))?;
+        let version = private.binary.config_version();
+        let extra = &private.config.extra_config;
+        let toml = match &private.config.source {
+            ConfigSource::Generated => Some(config_toml(private.dir(), version, extra)),
+            ConfigSource::Cri(cri) => Some(cri_config_toml(private.dir(), version, cri, extra)),
+            ConfigSource::Existing => None,
+        };
+        match toml {
+            Some(toml) => fs::write(&config_path, toml).map_err(PrivateError::io(format!(
+                "writing {}",
+                config_path.display()
+            )))?,
+            None if config_path.is_file() => {}
+            None => {
+                return Err(PrivateError::io(format!(
+                    "reading {} (the caller's config for this instance: write it first)",
+                    config_path.display()
+                ))(io::Error::from(io::ErrorKind::NotFound)))
+            }
+        }
         private.spawn()?;
         Ok(private)
     }
@@ -559,6 +731,92 @@ mod tests {
         assert_eq!(parsed["root"].as_str(), Some("/d/root"));
         assert_eq!(parsed["state"].as_str(), Some("/d/state"));
         assert_eq!(parsed["debug"]["level"].as_str(), Some("debug"));
+    }
+
+    fn cri() -> CriSettings {
+        CriSettings {
+            sandbox_image: "docker.io/local/sandbox:1".into(),
+        }
+    }
+
+    #[test]
+    fn cri_config_enables_cri_with_a_local_sandbox_per_schema() {
+        let v2: toml::Value =
+            toml::from_str(&cri_config_toml(Path::new("/d"), 2, &cri(), "")).unwrap();
+        assert!(v2.get("disabled_plugins").is_none());
+        let plugin = &v2["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(
+            plugin["sandbox_image"].as_str(),
+            Some("docker.io/local/sandbox:1")
+        );
+        assert_eq!(plugin["restrict_oom_score_adj"].as_bool(), Some(true));
+        assert_eq!(plugin["cni"]["conf_dir"].as_str(), Some("/d/cni"));
+        assert_eq!(v2["grpc"]["address"].as_str(), Some("/d/c.sock"));
+
+        let v3: toml::Value =
+            toml::from_str(&cri_config_toml(Path::new("/d"), 3, &cri(), "")).unwrap();
+        let plugins = &v3["plugins"];
+        assert_eq!(
+            plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
+            Some("docker.io/local/sandbox:1")
+        );
+        let runtime = &plugins["io.containerd.cri.v1.runtime"];
+        assert_eq!(runtime["restrict_oom_score_adj"].as_bool(), Some(true));
+        assert_eq!(runtime["cni"]["conf_dir"].as_str(), Some("/d/cni"));
+        assert_eq!(
+            plugins["io.containerd.nri.v1.nri"]["socket_path"].as_str(),
+            Some("/d/nri.sock")
+        );
+    }
+
+    #[test]
+    fn an_existing_config_is_made_private_and_keeps_the_rest() {
+        // Debian bookworm's /etc/containerd/config.toml, plus a disabled CRI and a comment.
+        let stock = "# node settings\nversion = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \"x\"]\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      bin_dir = \"/usr/lib/cni\"\n      conf_dir = \"/etc/cni/net.d\"\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"/var/lib/containerd/opt\"\n";
+        let private = make_private(stock, Path::new("/d"), 3, Some(&cri())).unwrap();
+        assert!(private.starts_with("# node settings\n"), "{private}");
+        let parsed: toml::Value = toml::from_str(&private).unwrap();
+        assert_eq!(
+            parsed["version"].as_integer(),
+            Some(2),
+            "the file's schema wins"
+        );
+        assert_eq!(parsed["disabled_plugins"].as_array().unwrap().len(), 1);
+        assert_eq!(parsed["root"].as_str(), Some("/d/root"));
+        assert_eq!(parsed["state"].as_str(), Some("/d/state"));
+        assert_eq!(parsed["ttrpc"]["address"].as_str(), Some("/d/c.sock.ttrpc"));
+        let plugin = &parsed["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(plugin["cni"]["bin_dir"].as_str(), Some("/usr/lib/cni"));
+        assert_eq!(plugin["cni"]["conf_dir"].as_str(), Some("/d/cni"));
+        assert_eq!(
+            plugin["sandbox_image"].as_str(),
+            Some("docker.io/local/sandbox:1")
+        );
+        assert_eq!(
+            parsed["plugins"]["io.containerd.internal.v1.opt"]["path"].as_str(),
+            Some("/d/opt")
+        );
+        assert!(make_private("version = = 2", Path::new("/d"), 2, None).is_err());
+    }
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert_eq!(version_triple("1.6.20"), (1, 6, 20));
+        assert_eq!(version_triple("2.1"), (2, 1, 0));
+        assert!(version_triple("1.7.1") > version_triple("1.6.38"));
+        assert_eq!(version_triple("x"), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_existing_source_needs_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = PrivateConfig::new(dir.path());
+        config.binary = "/usr/bin/containerd".into();
+        config.source = ConfigSource::Existing;
+        if Path::new("/usr/bin/containerd").is_file() {
+            let err = PrivateContainerd::start(config).unwrap_err();
+            assert!(err.to_string().contains("write it first"), "{err}");
+        }
     }
 
     #[test]

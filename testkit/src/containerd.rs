@@ -47,8 +47,8 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use shimtrace_containerd::private::{
-    config_version_for_major, major_of, ContainerdBinary, PrivateConfig, PrivateContainerd,
-    PrivateError,
+    config_version_for_major, major_of, ConfigSource, ContainerdBinary, PrivateConfig,
+    PrivateContainerd, PrivateError,
 };
 use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
 
@@ -110,6 +110,16 @@ pub enum HarnessError {
     },
     #[error("busybox rootfs: {0} (scripts/install-containerd-matrix.sh installs busybox-static)")]
     Rootfs(#[from] RootfsError),
+    #[error("shimtrace install: {0}")]
+    Install(#[from] shimtrace_containerd::install::InstallError),
+    #[error("{0}")]
+    Image(#[from] shimtrace_containerd::image::ImageError),
+    #[error("{0}")]
+    Import(Box<shimtrace_containerd::image::ImportError>),
+    #[error("{0}")]
+    Cri(Box<shimtrace_containerd::cri::CriError>),
+    #[error("{what} within {waited:?}")]
+    Timeout { what: String, waited: Duration },
 }
 
 impl HarnessError {
@@ -118,6 +128,18 @@ impl HarnessError {
             action: action.into(),
             source,
         }
+    }
+}
+
+impl From<shimtrace_containerd::image::ImportError> for HarnessError {
+    fn from(error: shimtrace_containerd::image::ImportError) -> Self {
+        HarnessError::Import(Box::new(error))
+    }
+}
+
+impl From<shimtrace_containerd::cri::CriError> for HarnessError {
+    fn from(error: shimtrace_containerd::cri::CriError) -> Self {
+        HarnessError::Cri(Box::new(error))
     }
 }
 
@@ -234,6 +256,9 @@ pub struct Options {
     /// Puts the state dir (bundles, shim state) on a tmpfs of its own, as `/run/containerd` is on
     /// real nodes; the root dir stays on disk.
     pub tmpfs_state: bool,
+    /// How containerd's config comes about (default: generated with CRI off; see
+    /// [`TestContainerd::start_prepared`] for a config the test writes itself).
+    pub source: ConfigSource,
 }
 
 impl Options {
@@ -332,12 +357,35 @@ pub struct TestContainerd {
     dir: TempDir,
 }
 
+/// What [`TestContainerd::start_prepared`]'s hook gets: where the instance lives and the `PATH`
+/// containerd (and so every shim) will have.
+pub struct Prepared<'a> {
+    pub version: &'a ContainerdVersion,
+    /// The instance's directory (root, state, sockets, rootfs are made under it).
+    pub dir: &'a Path,
+    /// containerd's config file (`<dir>/config.toml`).
+    pub config: PathBuf,
+    /// containerd's `PATH`: the extra dirs, this version's bin dir, then this process's `PATH`.
+    pub path: OsString,
+}
+
 /// Distinguishes instances started by one test process.
 static INSTANCE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl TestContainerd {
     /// Builds the rootfs and starts containerd; returns once it answers.
     pub fn start(version: &ContainerdVersion, options: Options) -> Result<Self, HarnessError> {
+        Self::start_prepared(version, options, |_| Ok(()))
+    }
+
+    /// Like [`Self::start`], but `prepare` runs first with the instance's directory and
+    /// containerd's `PATH`, e.g. to write `config.toml` there itself (with
+    /// [`ConfigSource::Existing`]: containerd then starts on exactly that file).
+    pub fn start_prepared(
+        version: &ContainerdVersion,
+        options: Options,
+        prepare: impl FnOnce(&Prepared<'_>) -> Result<(), HarnessError>,
+    ) -> Result<Self, HarnessError> {
         // Short path under /tmp: unix socket paths must stay under 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("ctd-")
@@ -365,8 +413,22 @@ impl TestContainerd {
         ));
         config.log_level = options.log_level.clone();
         config.extra_config = options.extra_config.clone();
+        config.source = options.source.clone();
         config.ready_timeout = READY_TIMEOUT;
         config.stop_timeout = STOP_TIMEOUT;
+        let mut path_dirs = config.path_prepend.clone();
+        path_dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let path = std::env::join_paths(path_dirs).map_err(|e| {
+            HarnessError::io("building containerd's PATH", std::io::Error::other(e))
+        })?;
+        prepare(&Prepared {
+            version,
+            dir: dir.path(),
+            config: dir.path().join("config.toml"),
+            path,
+        })?;
         let containerd = PrivateContainerd::start(config)?;
         Ok(TestContainerd {
             version: version.clone(),
@@ -650,9 +712,17 @@ impl Drop for TestContainerd {
         }
         let mut namespaces = force_delete_bundles(&self.state_dir(), &self.address());
         namespaces.push(self.namespace.clone());
+        // CRI's namespace is shared by every instance with CRI on.
+        if !namespaces.iter().any(|ns| ns == "k8s.io") {
+            namespaces.push("k8s.io".into());
+        }
         for ns in namespaces {
+            remove_runtime_state(&ns, self.dir());
             remove_namespace_leftovers(&ns);
         }
+        // Mounts a failed test left (a container's rootfs, a CRI sandbox's /dev/shm): removing
+        // the temp dir must never reach through them.
+        unmount_below(self.dir());
         // `_state_mount` is unmounted next: fields drop in order, and it comes before `dir`.
     }
 }
@@ -812,6 +882,77 @@ fn force_delete_bundles(state: &Path, address: &Path) -> Vec<String> {
         }
     }
     namespaces
+}
+
+/// Deletes the runc and runsc state this instance left in `/run/containerd/runc/<ns>` after its
+/// bundles were gone (containerd 2.x keeps a container's runc state when its shim was killed, as
+/// does an interrupted runsc `create`): only entries whose bundle lies inside `dir`.
+fn remove_runtime_state(ns: &str, dir: &Path) {
+    let root = Path::new("/run/containerd/runc").join(ns);
+    let ours = |json: &str| -> bool {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+            return false;
+        };
+        let runc_bundle = value["config"]["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str()?.strip_prefix("bundle="))
+            .next()
+            .map(str::to_owned);
+        let runsc_bundle = value["bundleDir"].as_str().map(str::to_owned);
+        runc_bundle
+            .or(runsc_bundle)
+            .is_some_and(|b| Path::new(&b).starts_with(dir))
+    };
+    for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let (runtime, id, state) = if path.is_dir() {
+            ("runc", name.clone(), path.join("state.json"))
+        } else if let Some(stem) = name.strip_suffix(".state") {
+            // runsc: `<container id>_sandbox:<sandbox id>.state`
+            let id = stem.split("_sandbox:").next().unwrap_or(stem).to_string();
+            ("runsc", id, path.clone())
+        } else {
+            continue;
+        };
+        if !fs::read_to_string(&state).is_ok_and(|json| ours(&json)) {
+            continue;
+        }
+        let mut command = Command::new(runtime);
+        command
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id]);
+        let _ = run_with_timeout(command, Duration::from_secs(15));
+        if runtime == "runc" {
+            let _ = fs::remove_dir_all(&path);
+        } else {
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(root.join(name.replace(".state", ".lock")));
+        }
+    }
+}
+
+/// Detaches every mount below `dir` (deepest first). The instance's own state tmpfs, if any, is
+/// `dir/state` itself and is left to its guard.
+fn unmount_below(dir: &Path) {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let state = dir.join("state");
+    let mut points: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        // /proc/mounts escapes spaces and the like as octal; paths here have none.
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir) && p != dir && *p != state)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in points {
+        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// Removes the per-namespace directories runc leaves once a namespace has no container:

@@ -9,7 +9,7 @@ use shimtrace_span::naming::ShimName;
 use shimtrace_span::spool::read_spool;
 use shimtrace_span::SpanRecord;
 
-use crate::containerd::{ContainerdVersion, HarnessError, Options, TestContainerd};
+use crate::containerd::{ContainerdVersion, HarnessError, Options, Prepared, TestContainerd};
 use crate::tmpfs::TmpfsMount;
 
 pub use shimtrace_span::naming::WRAPPER_BINARY;
@@ -78,6 +78,27 @@ impl Traced {
     }
 
     pub fn start_with(version: &str, options: TracedOptions) -> Result<Traced, HarnessError> {
+        Traced::start_inner(version, options, None)
+    }
+
+    /// A traced containerd whose registration `register` makes: it gets the instance (its dir,
+    /// containerd's config path and `PATH`) and the bin dir on containerd's `PATH` where wrapper
+    /// links belong, and writes containerd's config itself (the options' source should be
+    /// [`shimtrace_containerd::private::ConfigSource::Existing`]). No wrapper link is made for it.
+    pub fn start_registered(
+        version: &str,
+        options: TracedOptions,
+        register: impl FnOnce(&Prepared<'_>, &Path) -> Result<(), HarnessError>,
+    ) -> Result<Traced, HarnessError> {
+        Traced::start_inner(version, options, Some(Box::new(register)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_inner(
+        version: &str,
+        options: TracedOptions,
+        register: Option<Box<dyn FnOnce(&Prepared<'_>, &Path) -> Result<(), HarnessError> + '_>>,
+    ) -> Result<Traced, HarnessError> {
         let version = ContainerdVersion::find(version)?;
         let dirs = tempfile::Builder::new()
             .prefix("shimtrace-e2e-")
@@ -85,8 +106,10 @@ impl Traced {
             .map_err(|e| HarnessError::io("creating the test dir", e))?;
         let bin = dirs.path().join("bin");
         std::fs::create_dir_all(&bin).map_err(|e| HarnessError::io("creating bin dir", e))?;
-        std::os::unix::fs::symlink(wrapper_binary(), bin.join(runc_shim().traced_binary()))
-            .map_err(|e| HarnessError::io("linking the wrapper", e))?;
+        if register.is_none() {
+            std::os::unix::fs::symlink(wrapper_binary(), bin.join(runc_shim().traced_binary()))
+                .map_err(|e| HarnessError::io("linking the wrapper", e))?;
+        }
         let spool = options.spool.unwrap_or_else(|| dirs.path().join("spool"));
         let run_dir = dirs.path().join("run");
         let run_mount = if options.extra.tmpfs_state {
@@ -96,7 +119,7 @@ impl Traced {
         };
         let extra = options
             .extra
-            .path_dir(bin)
+            .path_dir(&bin)
             .env("SHIMTRACE_SPOOL_DIR", &spool)
             .env("SHIMTRACE_RUN_DIR", &run_dir)
             .env("SHIMTRACE_CONFIG", dirs.path().join("config.toml"));
@@ -104,7 +127,12 @@ impl Traced {
         // redirect the wrapper.
         std::fs::write(dirs.path().join("config.toml"), "")
             .map_err(|e| HarnessError::io("writing the config", e))?;
-        let containerd = TestContainerd::start(&version, extra)?;
+        let containerd = match register {
+            Some(register) => TestContainerd::start_prepared(&version, extra, |prepared| {
+                register(prepared, &bin)
+            })?,
+            None => TestContainerd::start(&version, extra)?,
+        };
         Ok(Traced {
             containerd,
             spool,
@@ -157,6 +185,18 @@ impl Traced {
         self.containerd
             .run_detached(id, &all_flags, &["/bin/sleep", "600"])
             .unwrap_or_else(|e| panic!("ctr run -d {id}: {e}"));
+    }
+
+    /// The address containerd keeps for the shim of container `id` in namespace `ns`: the
+    /// bundle's `address` file (1.x) or the `address` in its `bootstrap.json` (2.x).
+    pub fn shim_address_in(&self, ns: &str, id: &str) -> Option<String> {
+        let bundle = self.containerd.bundle_dir_in(ns, id);
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            return Some(address.trim().to_string());
+        }
+        let json = std::fs::read_to_string(bundle.join("bootstrap.json")).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&json).ok()?;
+        Some(value["address"].as_str()?.trim().to_string())
     }
 
     /// `ctr run` flags selecting the traced runtime.

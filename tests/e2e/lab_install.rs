@@ -23,6 +23,9 @@ fn install_writes_a_config_containerd_loads() {
         "--config",
         config.to_str().unwrap(),
         "--write",
+        // The runtime_path form whatever the system containerd (1.6 would get the name form).
+        "--form",
+        "path",
     ]);
     let outcome = install(&args).unwrap();
     let link = dir.path().join("containerd-shim-traced-runc-v2");

@@ -6,6 +6,7 @@
 mod bench_smoke;
 mod cli_traces;
 mod collector_e2e;
+mod cri;
 mod deploy_manifests;
 mod hostile;
 mod lab_driver;

@@ -1,0 +1,681 @@
+//! Kubernetes through containerd's real CRI plugin (1.6.20, 1.7.24, 2.1.9), registered the way
+//! `shimtrace install --write` writes it: pods of a sandbox and two containers under `traced-runc`
+//! and gVisor, exit codes, every part's spans, one proxy per pod; on 2.1.9 a client `traceparent`
+//! as the trace of Create/Start; `install --check` on handlers that trace and one that does not;
+//! `install --write` on Debian's stock config and `containerd config default`; and no proxy,
+//! socket or process left after pod deletion, a containerd restart or a killed inner shim.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shimtrace_containerd::check::{check, CheckOptions, Verdict};
+use shimtrace_containerd::cri::{ContainerSpec, ContainerState, PodSpec};
+use shimtrace_containerd::install::{configured_handlers, uninstall, Form, InstallArgs};
+use shimtrace_span::{attr, SpanRecord, TraceContext};
+use shimtrace_testkit::cli::parse_args;
+use shimtrace_testkit::containerd::Options;
+use shimtrace_testkit::cri::{
+    workload_image, write_script, BaseConfig, CriNode, CriOptions, DEBIAN_STOCK_CONFIG,
+};
+use shimtrace_testkit::traced::{
+    alive, built_binary, has_method, is_method, pids_with_cmdline, wait_for,
+};
+
+const SPANS: Duration = Duration::from_secs(15);
+const EXIT: Duration = Duration::from_secs(60);
+/// A container that runs until CRI stops it, then exits 7; it logs `ready` once its trap is set.
+const WAITS: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 7' TERM; echo ready; while :; do sleep 1; done",
+];
+
+fn container(name: &str, command: &[&str]) -> ContainerSpec {
+    ContainerSpec::new(name, workload_image(), command.iter().copied())
+}
+
+/// The [`WAITS`] container, logging to `waits.log` in its pod's log directory.
+fn waits() -> ContainerSpec {
+    let mut spec = container("waits", &WAITS);
+    spec.log_path = Some("waits.log".into());
+    spec
+}
+
+/// A pod whose containers log into `logs`.
+fn logged_pod(name: &str, version: &str, handler: &str, logs: &Path) -> PodSpec {
+    let mut spec = pod(name, version, handler);
+    spec.log_directory = Some(logs.to_path_buf());
+    spec
+}
+
+/// Waits until [`waits`] has set its trap (a TERM before that would end it with 143, not 7).
+fn await_ready(logs: &Path) {
+    let ready = wait_for(EXIT, || {
+        std::fs::read_to_string(logs.join("waits.log"))
+            .ok()
+            .filter(|log| log.contains(" ready"))
+    });
+    assert!(ready.is_some(), "the waiting container never logged ready");
+}
+
+/// A pod whose name is unique on the machine (runsc names its state after the container id alone,
+/// CRI derives ids at random, but pod names show up in logs).
+fn pod(name: &str, version: &str, handler: &str) -> PodSpec {
+    PodSpec::new(format!("{name}-{}", version.replace('.', "")), handler)
+}
+
+fn span<'a>(spans: &'a [SpanRecord], method: &str) -> &'a SpanRecord {
+    spans
+        .iter()
+        .find(|s| is_method(s, method))
+        .unwrap_or_else(|| panic!("no {method} span in {:?}", names(spans)))
+}
+
+fn names(spans: &[SpanRecord]) -> Vec<&str> {
+    spans.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// The form install must have chosen for a version.
+fn expected_form(version: &str) -> Form {
+    if version.starts_with("1.6.") {
+        Form::Name
+    } else {
+        Form::Path
+    }
+}
+
+/// A runsc wrapper for host-network pods in this VM, adapting Debian's runsc (2022-12) to the
+/// runc shim under CRI:
+/// - `--network=host --ignore-cgroups` (gVisor cannot set up cgroups here);
+/// - each container in a gVisor sandbox of its own: runsc puts the containers of a CRI pod into
+///   the pod's sandbox (from the bundle's CRI annotations), and the runc shim never learns when
+///   such a sub-container exits (gVisor's pod mode needs gVisor's own shim,
+///   containerd-shim-runsc-v1, which Debian does not ship), so `create` renames those annotations;
+/// - `kill` of a sandbox that has already exited succeeds, as `runc kill --all` does: CRI kills
+///   every process of an exited container before deleting it, and fails the exit otherwise.
+fn runsc_script(dir: &Path) -> String {
+    write_script(
+        dir,
+        "runsc-host",
+        r#"#!/bin/sh
+runsc() { /usr/bin/runsc --network=host --ignore-cgroups "$@"; }
+prev=
+for arg in "$@"; do
+  if [ "$prev" = "--bundle" ] && [ -f "$arg/config.json" ]; then
+    sed -i -e 's/"io\.kubernetes\.cri\.container-type"/"test.cri.container-type"/' \
+      -e 's/"io\.kubernetes\.cri\.sandbox-id"/"test.cri.sandbox-id"/' "$arg/config.json"
+  fi
+  if [ "$arg" = kill ]; then
+    out=$(runsc "$@" 2>&1) && exit 0
+    case "$out" in *"is not running"*) exit 0 ;; esac
+    printf '%s\n' "$out" >&2
+    exit 1
+  fi
+  prev=$arg
+done
+exec /usr/bin/runsc --network=host --ignore-cgroups "$@"
+"#,
+    )
+    .unwrap()
+    .display()
+    .to_string()
+}
+
+/// Asserts that a removed pod left nothing: no proxy on its socket, the socket gone, no process of
+/// the instance but containerd, no runc state for `ids`.
+fn assert_nothing_left(node: &CriNode, proxy_socket: &str, ids: &[&str]) {
+    let gone = wait_for(SPANS, || {
+        (node.proxies_on(proxy_socket).is_empty() && !Path::new(proxy_socket).exists())
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the pod's proxy exits and removes its socket {proxy_socket}"
+    );
+    let left = node.await_no_processes(SPANS);
+    assert!(left.is_empty(), "processes left after the pod: {left:?}");
+    for id in ids {
+        let state = Path::new("/run/containerd/runc/k8s.io").join(id);
+        assert!(!state.exists(), "runc state left: {}", state.display());
+    }
+}
+
+/// The proxy socket a pod's shim address names (`unix:///run/containerd/s/…` → the path).
+fn socket_of(address: &str) -> String {
+    address.trim_start_matches("unix://").to_string()
+}
+
+fn traced_pod(version: &str) {
+    let node = CriNode::start(version, CriOptions::default()).expect("CRI node");
+    let install = node.install.as_ref().unwrap();
+    assert_eq!(install.form, expected_form(version), "{}", install.report);
+    let handler = configured_handlers(&node.config_text)
+        .into_iter()
+        .find(|(name, ..)| name == "traced-runc")
+        .expect("install registered traced-runc");
+    match expected_form(version) {
+        Form::Name => assert_eq!(
+            (handler.1.as_str(), handler.2.as_str()),
+            ("io.containerd.traced-runc.v2", "")
+        ),
+        Form::Path => {
+            assert_eq!(handler.1, "io.containerd.runc.v2");
+            assert!(handler.2.ends_with("/containerd-shim-traced-runc-v2"));
+        }
+    }
+
+    let logs = tempfile::tempdir().unwrap();
+    let run = node
+        .run_pod(
+            &logged_pod("two", version, "traced-runc", logs.path()),
+            &[container("quits", &["/bin/sh", "-c", "exit 3"]), waits()],
+        )
+        .expect("the pod runs under traced-runc");
+    let (quits, waits) = (run.containers[0].clone(), run.containers[1].clone());
+    let cri = node.cri();
+    let exited = node.block_on(cri.wait_exited(&quits, EXIT)).unwrap();
+    assert_eq!(exited.exit_code, 3, "{exited:?}");
+
+    // One proxy for the pod: the sandbox and its running container share one shim address, and
+    // one proxy serves it, in front of one inner shim.
+    let address = node
+        .shim_address(run.id())
+        .expect("the sandbox's shim address");
+    assert_eq!(node.shim_address(&waits).as_deref(), Some(address.as_str()));
+    let socket = socket_of(&address);
+    assert_eq!(node.proxies_on(&socket).len(), 1, "one proxy for the pod");
+    let containerd_address = node.traced.containerd.address();
+    let inner = pids_with_cmdline(&[
+        "containerd-shim-runc-v2",
+        "-id",
+        run.id(),
+        "-address",
+        containerd_address.to_str().unwrap(),
+    ]);
+    assert_eq!(inner.len(), 1, "one inner shim for the pod: {inner:?}");
+
+    await_ready(logs.path());
+    node.block_on(cri.stop_container(&waits, 10)).unwrap();
+    let stopped = node.block_on(cri.wait_exited(&waits, EXIT)).unwrap();
+    assert_eq!(stopped.exit_code, 7, "{stopped:?}");
+
+    let sandbox = node.await_spans(run.id(), SPANS, |s| {
+        has_method(s, "Create") && has_method(s, "Start")
+    });
+    assert_eq!(
+        span(&sandbox, "Create").attr_str(attr::CONTAINERD_NAMESPACE),
+        Some("k8s.io")
+    );
+    let quits_spans = node.await_spans(&quits, SPANS, |s| {
+        ["Create", "Start", "Wait"].iter().all(|m| has_method(s, m))
+    });
+    assert_eq!(
+        span(&quits_spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE),
+        Some(3)
+    );
+    let waits_spans = node.await_spans(&waits, SPANS, |s| {
+        ["Create", "Start", "Kill", "Wait"]
+            .iter()
+            .all(|m| has_method(s, m))
+    });
+    assert_eq!(span(&waits_spans, "Kill").attr_i64(attr::SIGNAL), Some(15));
+    assert_eq!(
+        span(&waits_spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE),
+        Some(7)
+    );
+
+    // Pod deletion leaves nothing behind.
+    node.remove_pod(run.id()).unwrap();
+    assert_nothing_left(&node, &socket, &[run.id(), &quits, &waits]);
+}
+
+fn gvisor_pod(version: &str) {
+    let scripts = tempfile::tempdir().unwrap();
+    let runsc = runsc_script(scripts.path());
+    let node = CriNode::start(
+        version,
+        CriOptions {
+            install_args: vec!["--runsc".into(), runsc.clone()],
+            ..Default::default()
+        },
+    )
+    .expect("CRI node");
+    let install = node.install.as_ref().unwrap();
+    let handlers = configured_handlers(&node.config_text);
+    let gvisor = handlers.iter().find(|(name, ..)| name == "traced-runsc");
+    if expected_form(version) == Form::Name {
+        // The runtime-name form cannot pass runc's BinaryName: no gVisor handler, and it says so.
+        assert!(gvisor.is_none(), "{handlers:?}");
+        assert!(
+            install.report.contains("BinaryName")
+                && install.report.contains("containerd-shim-runsc-v1"),
+            "{}",
+            install.report
+        );
+        return;
+    }
+    assert!(gvisor.is_some(), "{}", install.report);
+    assert!(node
+        .config_text
+        .contains(&format!("BinaryName = \"{runsc}\"")));
+
+    let logs = tempfile::tempdir().unwrap();
+    let mut spec = pod("gvisor", version, "traced-runsc");
+    spec.log_directory = Some(logs.path().to_path_buf());
+    let mut uname = container("uname", &["/bin/uname", "-r"]);
+    uname.log_path = Some("uname.log".into());
+    let run = node
+        .run_pod(
+            &spec,
+            &[uname, container("quits", &["/bin/sh", "-c", "exit 3"])],
+        )
+        .expect("the pod runs under traced-runsc");
+    let cri = node.cri();
+    let uname_done = node
+        .block_on(cri.wait_exited(&run.containers[0], EXIT))
+        .unwrap();
+    assert_eq!(uname_done.exit_code, 0, "{uname_done:?}");
+    let quits = node
+        .block_on(cri.wait_exited(&run.containers[1], EXIT))
+        .unwrap();
+    assert_eq!(quits.exit_code, 3, "{quits:?}");
+    // CRI's log lines: `<time> stdout F <text>`.
+    let log = std::fs::read_to_string(logs.path().join("uname.log")).unwrap_or_default();
+    let release = log
+        .lines()
+        .find_map(|l| l.splitn(4, ' ').nth(3))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert!(!release.is_empty(), "uname's log: {log:?}");
+    assert_ne!(release, host_release, "the pod saw gVisor's kernel");
+
+    let address = node
+        .shim_address(run.id())
+        .expect("the sandbox's shim address");
+    let socket = socket_of(&address);
+    assert_eq!(node.proxies_on(&socket).len(), 1, "one proxy for the pod");
+    for id in [run.id(), &run.containers[0], &run.containers[1]] {
+        let spans = node.await_spans(id, SPANS, |s| {
+            has_method(s, "Create") && has_method(s, "Start")
+        });
+        for method in ["Create", "Start"] {
+            assert_eq!(
+                span(&spans, method).attr_i64(attr::RPC_TTRPC_STATUS_CODE),
+                Some(0)
+            );
+        }
+    }
+    let quits_spans = node.await_spans(&run.containers[1], SPANS, |s| has_method(s, "Wait"));
+    assert_eq!(
+        span(&quits_spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE),
+        Some(3)
+    );
+    node.remove_pod(run.id()).unwrap();
+    assert_nothing_left(&node, &socket, &[]);
+}
+
+fn containerd_restart(version: &str) {
+    let mut node = CriNode::start(version, CriOptions::default()).expect("CRI node");
+    let logs = tempfile::tempdir().unwrap();
+    let run = node
+        .run_pod(
+            &logged_pod("restart", version, "traced-runc", logs.path()),
+            &[waits()],
+        )
+        .expect("the pod runs");
+    await_ready(logs.path());
+    let waits = run.containers[0].clone();
+    let socket = socket_of(&node.shim_address(run.id()).unwrap());
+    node.restart_containerd().expect("containerd restarts");
+    let restarted = shimtrace_span::clock::now_unix_nanos();
+    let status = node.block_on(node.cri().container_status(&waits)).unwrap();
+    assert_eq!(status.state, ContainerState::ContainerRunning, "{status:?}");
+    assert_eq!(node.proxies_on(&socket).len(), 1, "the proxy survived");
+
+    node.block_on(node.cri().stop_container(&waits, 10))
+        .unwrap();
+    let stopped = node.block_on(node.cri().wait_exited(&waits, EXIT)).unwrap();
+    assert_eq!(stopped.exit_code, 7, "{stopped:?}");
+    // The calls after the restart went through the proxy.
+    let spans = node.await_spans(&waits, SPANS, |s| {
+        s.iter()
+            .any(|x| is_method(x, "Kill") && x.start_time_unix_nano > restarted)
+    });
+    let kill = spans
+        .iter()
+        .find(|s| is_method(s, "Kill") && s.start_time_unix_nano > restarted)
+        .unwrap();
+    assert_eq!(kill.attr_i64(attr::RPC_TTRPC_STATUS_CODE), Some(0));
+    node.remove_pod(run.id()).unwrap();
+    assert_nothing_left(&node, &socket, &[run.id(), &waits]);
+}
+
+fn inner_shim_killed(version: &str) {
+    let node = CriNode::start(version, CriOptions::default()).expect("CRI node");
+    let run = node
+        .run_pod(
+            &pod("victim", version, "traced-runc"),
+            &[container("waits", &WAITS)],
+        )
+        .expect("the pod runs");
+    let socket = socket_of(&node.shim_address(run.id()).unwrap());
+    let proxies = node.proxies_on(&socket);
+    assert_eq!(proxies.len(), 1);
+    let containerd_address = node.traced.containerd.address();
+    let inner = pids_with_cmdline(&[
+        "containerd-shim-runc-v2",
+        "-id",
+        run.id(),
+        "-address",
+        containerd_address.to_str().unwrap(),
+    ]);
+    assert_eq!(inner.len(), 1, "inner shim {inner:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = wait_for(SPANS, || {
+        (!alive(proxies[0]) && !Path::new(&socket).exists()).then_some(())
+    });
+    assert!(gone.is_some(), "the proxy exits and removes its socket");
+    // CRI sees the container gone and can remove the pod.
+    let exited = node
+        .block_on(node.cri().wait_exited(&run.containers[0], EXIT))
+        .unwrap();
+    assert_eq!(exited.state, ContainerState::ContainerExited);
+    node.remove_pod_retrying(run.id(), EXIT)
+        .expect("the pod is removed (the kubelet retries too)");
+    // containerd 2.x keeps the runc state of a container whose shim was killed, untraced pods
+    // included (the default runtime does the same); the harness removes it.
+    let checked = if version.starts_with("1.") {
+        vec![run.id(), run.containers[0].as_str()]
+    } else {
+        vec![run.id()]
+    };
+    assert_nothing_left(&node, &socket, &checked);
+}
+
+/// `install --check` on a node registered by `install --write`: every traced handler traces,
+/// and the check imported its busybox image itself.
+fn check_passes(version: &str) {
+    let scripts = tempfile::tempdir().unwrap();
+    let node = CriNode::start(
+        version,
+        CriOptions {
+            import_workload: false,
+            install_args: vec!["--runsc".into(), runsc_script(scripts.path())],
+            ..Default::default()
+        },
+    )
+    .expect("CRI node");
+    assert!(!node
+        .block_on(node.cri().has_image(&workload_image()))
+        .unwrap());
+    let c = &node.traced.containerd;
+    let mut options = CheckOptions::new(c.address(), &node.traced.spool);
+    options.ctr = c.version().ctr();
+    options.config = Some(c.config_path());
+    let report = node.block_on(check(&options)).expect("the check runs");
+    let text = report.render();
+    assert!(report.all_traced(), "{text}");
+    let checked: Vec<&str> = report
+        .handlers
+        .iter()
+        .map(|h| h.handler.name.as_str())
+        .collect();
+    assert!(checked.contains(&"traced-runc"), "{text}");
+    assert_eq!(
+        checked.contains(&"traced-runsc"),
+        expected_form(version) == Form::Path,
+        "{text}"
+    );
+    assert!(node
+        .block_on(node.cri().has_image(&workload_image()))
+        .unwrap());
+    for handler in &report.handlers {
+        let Verdict::Traced { proxies, .. } = handler.verdict else {
+            unreachable!()
+        };
+        assert_eq!(proxies, 1, "{text}");
+    }
+    let left = node.await_no_processes(SPANS);
+    assert!(left.is_empty(), "the check's pods left processes: {left:?}");
+}
+
+/// A config that makes CRI load and trace, written by install over `base`; the default runtime
+/// still runs pods, untraced.
+fn install_over(version: &str, base: BaseConfig) {
+    let node = CriNode::start(
+        version,
+        CriOptions {
+            base,
+            ..Default::default()
+        },
+    )
+    .expect("containerd starts on the config install wrote");
+    let cri_plugin = if version.starts_with("1.") {
+        ("io.containerd.grpc.v1", "cri")
+    } else {
+        ("io.containerd.cri.v1", "runtime")
+    };
+    assert_eq!(
+        node.plugin_status(cri_plugin.0, cri_plugin.1).as_deref(),
+        Some("ok"),
+        "CRI loaded; config:\n{}",
+        node.config_text
+    );
+    let (name, reported) = node.block_on(node.cri().version()).unwrap();
+    assert_eq!(name, "containerd");
+    assert!(reported.contains(version), "{reported}");
+
+    let traced = node
+        .run_pod(
+            &pod("traced", version, "traced-runc"),
+            &[container("quits", &["/bin/sh", "-c", "exit 3"])],
+        )
+        .expect("a pod under traced-runc");
+    let plain = node
+        .run_pod(
+            &pod("plain", version, ""),
+            &[container("quits", &["/bin/sh", "-c", "exit 4"])],
+        )
+        .expect("a pod under the default runtime");
+    let cri = node.cri();
+    let traced_exit = node
+        .block_on(cri.wait_exited(&traced.containers[0], EXIT))
+        .unwrap();
+    assert_eq!(traced_exit.exit_code, 3);
+    let plain_exit = node
+        .block_on(cri.wait_exited(&plain.containers[0], EXIT))
+        .unwrap();
+    assert_eq!(plain_exit.exit_code, 4);
+    let plain_socket = socket_of(&node.shim_address(plain.id()).unwrap());
+    assert!(
+        node.proxies_on(&plain_socket).is_empty(),
+        "the default runtime is not wrapped"
+    );
+    for id in [traced.id(), &traced.containers[0]] {
+        node.await_spans(id, SPANS, |s| {
+            has_method(s, "Create") && has_method(s, "Start")
+        });
+    }
+    for id in [plain.id(), &plain.containers[0]] {
+        assert!(
+            node.spans_of(id).is_empty(),
+            "no spans for the default runtime's {id}"
+        );
+    }
+    node.remove_pod(traced.id()).unwrap();
+    node.remove_pod(plain.id()).unwrap();
+    let left = node.await_no_processes(SPANS);
+    assert!(left.is_empty(), "processes left: {left:?}");
+
+    // Uninstall gives back exactly the config install started from, and CRI loads without the
+    // traced handlers.
+    let mut node = node;
+    let config = node.traced.containerd.config_path();
+    let args: InstallArgs = parse_args(&["--uninstall", "--config", config.to_str().unwrap()]);
+    uninstall(&args).expect("uninstall");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        node.config_before_install
+    );
+    for link in &node.install.as_ref().unwrap().created_links {
+        assert!(
+            std::fs::symlink_metadata(link).is_err(),
+            "{} removed",
+            link.display()
+        );
+    }
+    node.restart_containerd()
+        .expect("containerd restarts on the uninstalled config");
+    assert_eq!(
+        node.plugin_status(cri_plugin.0, cri_plugin.1).as_deref(),
+        Some("ok")
+    );
+    let handlers = node
+        .block_on(shimtrace_containerd::check::handlers(node.cri(), None))
+        .unwrap();
+    assert!(
+        handlers.iter().all(|h| !h.name.starts_with("traced-")),
+        "{handlers:?}"
+    );
+}
+
+macro_rules! matrix {
+    ($($version:ident = $v:literal),*) => {
+        $(
+            mod $version {
+                #[test]
+                fn a_pod_of_two_containers_is_traced_through_one_proxy() { super::traced_pod($v) }
+                #[test]
+                fn a_gvisor_pod_is_traced_where_registered() { super::gvisor_pod($v) }
+                #[test]
+                fn containerd_restart_with_a_running_pod_leaks_nothing() { super::containerd_restart($v) }
+                #[test]
+                fn a_killed_inner_shim_leaks_nothing() { super::inner_shim_killed($v) }
+                #[test]
+                fn install_check_finds_every_handler_traced() { super::check_passes($v) }
+                #[test]
+                fn install_over_debians_stock_config() {
+                    super::install_over($v, super::BaseConfig::Text(super::DEBIAN_STOCK_CONFIG.into()))
+                }
+                #[test]
+                fn install_over_containerd_config_default() {
+                    super::install_over($v, super::BaseConfig::ContainerdDefault)
+                }
+            }
+        )*
+    };
+}
+
+matrix!(v1_6 = "1.6.20", v1_7 = "1.7.24", v2_1 = "2.1.9");
+
+/// The `runtime_path` form on 1.6.20 runs pods untraced; `shimtrace install --check` says so and
+/// why, and fails.
+#[test]
+fn install_check_flags_runtime_path_on_1_6() {
+    let node = CriNode::start(
+        "1.6.20",
+        CriOptions {
+            install_args: vec!["--form".into(), "path".into()],
+            ..Default::default()
+        },
+    )
+    .expect("CRI node");
+    let install = node.install.as_ref().unwrap();
+    assert!(
+        install.report.contains("ignores runtime_path"),
+        "install warns: {}",
+        install.report
+    );
+    let c = &node.traced.containerd;
+    let output = std::process::Command::new(built_binary("shimtrace"))
+        .args(["install", "--check", "--socket"])
+        .arg(c.address())
+        .arg("--spool")
+        .arg(&node.traced.spool)
+        .arg("--ctr")
+        .arg(c.version().ctr())
+        .arg("--config")
+        .arg(c.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the check fails: {stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains("traced-runc: NOT traced")
+            && stdout.contains(
+                "pod ran but no spans: containerd 1.6.20 ignores runtime_path; use the runtime-name form: shimtrace install --write"
+            ),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        stderr.contains("traced-runc"),
+        "the error names the handler: {stderr}"
+    );
+}
+
+/// On 2.1.9 the kubelet's `traceparent` on its CRI calls is the trace of the shim calls each one
+/// makes: RunPodSandbox's Create/Start of the sandbox, StartContainer's Create/Start of the
+/// container (CreateContainer only records the container; the task is made when it starts).
+#[test]
+fn a_client_traceparent_is_the_trace_of_create_and_start_v2_1() {
+    use shimtrace_testkit::otlp::otlp_http_receiver;
+    let (_otlp, receiver) = otlp_http_receiver();
+    let mut options = CriOptions::default();
+    options.traced.extra = Options::default().otlp(&receiver.endpoint());
+    let node = CriNode::start("2.1.9", options).expect("CRI node with OTLP");
+    let cri = node.cri();
+    let run_tp = "00-5b8aa5a2d2c872e8321cf37308d69df2-051581bf3cb55c13-01";
+    let create_tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let start_tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let with = |tp: &str| cri.clone().with_traceparent(tp).unwrap();
+    let sandbox = node
+        .block_on(with(run_tp).run_pod(&pod("tp", "2.1.9", "traced-runc")))
+        .unwrap();
+    let id = node
+        .block_on(with(create_tp).create_container(&sandbox, &container("quits", &["/bin/true"])))
+        .unwrap();
+    node.block_on(with(start_tp).start_container(&id)).unwrap();
+    let done = node.block_on(cri.wait_exited(&id, EXIT)).unwrap();
+    assert_eq!(done.exit_code, 0);
+    let trace_of = |tp: &str| TraceContext::from_traceparent(tp).unwrap().trace_id;
+    let sandbox_spans = node.await_spans(&sandbox.id, SPANS, |s| {
+        has_method(s, "Create") && has_method(s, "Start")
+    });
+    let spans = node.await_spans(&id, SPANS, |s| {
+        has_method(s, "Create") && has_method(s, "Start")
+    });
+    for method in ["Create", "Start"] {
+        assert_eq!(
+            span(&sandbox_spans, method).trace_id,
+            trace_of(run_tp),
+            "sandbox {method}"
+        );
+        assert_eq!(
+            span(&spans, method).trace_id,
+            trace_of(start_tp),
+            "container {method}"
+        );
+    }
+    assert!(
+        !spans
+            .iter()
+            .chain(&sandbox_spans)
+            .any(|s| s.trace_id == trace_of(create_tp)),
+        "CreateContainer calls no shim"
+    );
+    node.remove_pod(&sandbox.id).unwrap();
+}
