@@ -6,6 +6,7 @@
 mod client;
 #[cfg(feature = "cri")]
 pub mod cri;
+pub mod docker;
 pub mod image;
 pub mod install;
 pub mod private;
