@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod containerd;
+pub mod docker;
 pub mod otlp;
 pub mod tmpfs;
 pub mod traced;

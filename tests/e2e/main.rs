@@ -6,6 +6,7 @@
 mod bench_smoke;
 mod cli_traces;
 mod collector_e2e;
+mod docker;
 mod hostile;
 mod lab_driver;
 mod lab_image;

@@ -1,0 +1,539 @@
+//! Docker as a front end: a private dockerd whose daemon.json the real `shimtrace install --docker
+//! --write` wrote runs containers through the wrapper (`docker run --runtime traced-runc`) — output
+//! and exit codes, exec, stop, `rm -f`, a dockerd restart with a running container, gVisor as
+//! `traced-runsc` — each with its spans under containerd namespace `moby` and nothing left behind;
+//! `install --docker --check` and `--uninstall` against the same dockerd.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use shimtrace_containerd::docker::{DOCKER_NAMESPACE, GVISOR_RUNTIME};
+use shimtrace_containerd::image::WORKLOAD_TAG;
+use shimtrace_span::{attr, names, SpanRecord};
+use shimtrace_testkit::docker::{DockerOptions, TestDocker, DOCKER_VERSION};
+use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for};
+
+const SPANS: Duration = Duration::from_secs(15);
+/// How long processes and sockets may take to go once Docker says a container is gone.
+const CLEANUP: Duration = Duration::from_secs(20);
+
+fn start() -> TestDocker {
+    TestDocker::start_traced(DOCKER_VERSION, DockerOptions::default()).expect("traced dockerd")
+}
+
+fn span<'a>(spans: &'a [SpanRecord], method: &str) -> &'a SpanRecord {
+    spans
+        .iter()
+        .find(|s| is_method(s, method) && s.attr_str(attr::CONTAINERD_EXEC_ID).is_none())
+        .unwrap_or_else(|| panic!("no {method} span"))
+}
+
+/// Every span of a Docker container names namespace `moby` and the container's full id; every call
+/// of its lifecycle succeeded through the wrapper in front of `inner`.
+fn assert_docker_spans(spans: &[SpanRecord], id: &str, inner: &str, methods: &[&str]) {
+    assert!(
+        spans.iter().any(|s| s.name == names::WRAPPER_START),
+        "the wrapper started: {:?}",
+        names_of(spans)
+    );
+    for s in spans {
+        assert_eq!(
+            s.attr_str(attr::CONTAINERD_NAMESPACE),
+            Some(DOCKER_NAMESPACE),
+            "{s:?}"
+        );
+        assert_eq!(s.container_id(), Some(id));
+    }
+    for method in methods {
+        let call = span(spans, method);
+        assert_eq!(
+            call.attr_i64(attr::RPC_TTRPC_STATUS_CODE),
+            Some(0),
+            "{call:?}"
+        );
+        assert!(
+            call.attr_str(attr::INNER)
+                .is_some_and(|s| s.ends_with(inner)),
+            "{call:?}"
+        );
+    }
+}
+
+fn names_of(spans: &[SpanRecord]) -> Vec<&str> {
+    spans.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// The sockets the wrapper's proxies served the container on, one per start: from the
+/// `proxy.ensure` span in each of the container's own traces (it names no container).
+fn proxy_sockets(docker: &TestDocker, spans: &[SpanRecord]) -> Vec<PathBuf> {
+    let traces: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == names::WRAPPER_START)
+        .map(|s| s.trace_id)
+        .collect();
+    assert!(
+        !traces.is_empty(),
+        "no shim.start span: {:?}",
+        names_of(spans)
+    );
+    let sockets: Vec<PathBuf> = docker
+        .spans()
+        .iter()
+        .filter(|s| traces.contains(&s.trace_id))
+        .filter_map(|s| s.attr_str("shimtrace.proxy.socket"))
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(
+        sockets.len(),
+        traces.len(),
+        "one proxy.ensure per shim.start"
+    );
+    sockets
+}
+
+/// Nothing of the instance's containers is left: no shim, proxy or container process, no proxy
+/// socket, no event socket in the run dir.
+fn assert_nothing_left(docker: &TestDocker, sockets: &[PathBuf]) {
+    let left = wait_for(CLEANUP, || {
+        let processes = docker.owned_processes();
+        let files: Vec<PathBuf> = sockets
+            .iter()
+            .filter(|s| s.exists())
+            .cloned()
+            .chain(
+                std::fs::read_dir(docker.run_dir())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "sock")),
+            )
+            .collect();
+        (processes.is_empty() && files.is_empty()).then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "left behind: processes {:?}, sockets {:?}",
+        process_lines(&docker.owned_processes()),
+        sockets.iter().filter(|s| s.exists()).collect::<Vec<_>>()
+    );
+}
+
+fn process_lines(pids: &[u32]) -> Vec<String> {
+    pids.iter()
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            )
+        })
+        .collect()
+}
+
+/// `docker run --rm --network none --runtime RUNTIME --cidfile … IMAGE COMMAND…`: the output and
+/// the container's full id.
+fn run_rm(
+    docker: &TestDocker,
+    runtime: &str,
+    command: &[&str],
+) -> (shimtrace_containerd::docker::CliOutput, String) {
+    let cidfile = docker
+        .dir()
+        .join(format!("cid-{}", rand_suffix()))
+        .display()
+        .to_string();
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--runtime",
+        runtime,
+        "--cidfile",
+        &cidfile,
+        WORKLOAD_TAG,
+    ];
+    args.extend_from_slice(command);
+    let out = docker.docker(&args).unwrap();
+    let id = std::fs::read_to_string(&cidfile)
+        .unwrap_or_else(|e| panic!("no container id in {cidfile} ({e}): {out:?}"));
+    (out, id.trim().to_string())
+}
+
+fn rand_suffix() -> u64 {
+    shimtrace_span::clock::now_unix_nanos()
+}
+
+fn run_detached(docker: &TestDocker, name: &str) -> String {
+    docker
+        .docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--runtime",
+            "traced-runc",
+            WORKLOAD_TAG,
+            "sleep",
+            "600",
+        ])
+        .unwrap()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn docker_run_prints_output_and_passes_exit_codes() {
+    let docker = start();
+    let daemon_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(docker.config_path()).unwrap()).unwrap();
+    assert_eq!(
+        daemon_json["runtimes"]["traced-runc"]["runtimeType"],
+        docker
+            .bin_dir()
+            .join("containerd-shim-traced-runc-v2")
+            .display()
+            .to_string(),
+        "the installer's entry is what dockerd runs: {daemon_json}"
+    );
+
+    let (out, hello) = run_rm(&docker, "traced-runc", &["echo", "hello"]);
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout, "hello\n");
+    let (out, three) = run_rm(&docker, "traced-runc", &["sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    let mut sockets = Vec::new();
+    for (id, code) in [(&hello, 0), (&three, 3)] {
+        let spans = docker.await_spans(id, SPANS, |s| {
+            has_method(s, "Delete") && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
+        });
+        assert_docker_spans(
+            &spans,
+            id,
+            "containerd-shim-runc-v2",
+            &["Create", "Start", "Delete"],
+        );
+        assert_eq!(
+            span(&spans, "Delete").attr_i64(attr::PROCESS_EXIT_CODE),
+            Some(code),
+            "{:?}",
+            span(&spans, "Delete")
+        );
+        sockets.extend(proxy_sockets(&docker, &spans));
+    }
+    assert_nothing_left(&docker, &sockets);
+}
+
+#[test]
+fn docker_exec_stop_and_rm_force_go_through_the_wrapper() {
+    let docker = start();
+    let id = run_detached(&docker, "ex1");
+    let exec = docker
+        .docker_ok(&["exec", "ex1", "echo", "from-exec"])
+        .unwrap();
+    assert_eq!(exec.stdout, "from-exec\n");
+    let code = docker
+        .docker(&["exec", "ex1", "sh", "-c", "exit 5"])
+        .unwrap();
+    assert_eq!(code.status.code(), Some(5), "{code:?}");
+    // busybox sleep as pid 1 ignores SIGTERM: stop escalates to SIGKILL after the timeout.
+    docker.docker_ok(&["stop", "-t", "1", "ex1"]).unwrap();
+    let state = docker
+        .docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", "ex1"])
+        .unwrap();
+    assert_eq!(state.stdout.trim(), "137");
+    docker.docker_ok(&["rm", "ex1"]).unwrap();
+    let spans = docker.await_spans(&id, SPANS, |s| {
+        s.iter()
+            .filter(|x| is_method(x, "Exec") || is_method(x, "Kill"))
+            .count()
+            >= 3
+            && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
+    });
+    assert_docker_spans(
+        &spans,
+        &id,
+        "containerd-shim-runc-v2",
+        &["Create", "Start", "Kill", "Delete"],
+    );
+    let execs: Vec<&SpanRecord> = spans.iter().filter(|s| is_method(s, "Exec")).collect();
+    assert_eq!(execs.len(), 2, "{:?}", names_of(&spans));
+    assert!(execs
+        .iter()
+        .all(|s| s.attr_str(attr::CONTAINERD_EXEC_ID).is_some()));
+    // Docker's stop: SIGTERM, then SIGKILL.
+    let signals: Vec<i64> = spans
+        .iter()
+        .filter(|s| is_method(s, "Kill"))
+        .filter_map(|s| s.attr_i64(attr::SIGNAL))
+        .collect();
+    assert!(signals.contains(&15) && signals.contains(&9), "{signals:?}");
+    let mut sockets = proxy_sockets(&docker, &spans);
+
+    let id = run_detached(&docker, "rmf");
+    docker.docker_ok(&["rm", "-f", "rmf"]).unwrap();
+    let spans = docker.await_spans(&id, SPANS, |s| {
+        has_method(s, "Kill") && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
+    });
+    assert_docker_spans(
+        &spans,
+        &id,
+        "containerd-shim-runc-v2",
+        &["Create", "Start", "Kill", "Delete"],
+    );
+    sockets.extend(proxy_sockets(&docker, &spans));
+    let gone = docker.docker(&["inspect", "rmf"]).unwrap();
+    assert!(!gone.success(), "rm -f removed it: {gone:?}");
+    assert_nothing_left(&docker, &sockets);
+}
+
+#[test]
+fn dockerd_restart_stops_a_running_container_and_leaves_nothing() {
+    let mut docker = start();
+    let id = run_detached(&docker, "survivor");
+    let spans = docker.await_spans(&id, SPANS, |s| has_method(s, "Start"));
+    let sockets = proxy_sockets(&docker, &spans);
+    assert!(sockets[0].exists());
+    let before = docker.owned_processes();
+    assert!(
+        before.len() >= 3,
+        "shim, proxy and container run: {:?}",
+        process_lines(&before)
+    );
+    let stopping = shimtrace_span::clock::now_unix_nanos();
+    docker.restart().expect("dockerd restarts");
+    // Without live-restore dockerd stopped the container on its way down.
+    let running = docker
+        .docker_ok(&["inspect", "-f", "{{.State.Running}}", "survivor"])
+        .unwrap();
+    assert_eq!(running.stdout.trim(), "false");
+    let spans = docker.await_spans(&id, SPANS, |s| {
+        s.iter()
+            .any(|x| is_method(x, "Delete") && x.start_time_unix_nano > stopping)
+    });
+    assert!(
+        spans
+            .iter()
+            .any(|s| is_method(s, "Kill") && s.start_time_unix_nano > stopping),
+        "the stop went through the wrapper: {:?}",
+        names_of(&spans)
+    );
+    assert_nothing_left(&docker, &sockets);
+
+    // The restarted dockerd runs it again, through the wrapper.
+    docker.docker_ok(&["start", "survivor"]).unwrap();
+    let restarted = shimtrace_span::clock::now_unix_nanos();
+    docker.docker_ok(&["rm", "-f", "survivor"]).unwrap();
+    let spans = docker.await_spans(&id, SPANS, |s| {
+        s.iter().filter(|x| is_method(x, "Create")).count() == 2
+            && s.iter()
+                .any(|x| is_method(x, "Delete") && x.start_time_unix_nano > restarted)
+    });
+    let sockets = proxy_sockets(&docker, &spans);
+    assert_eq!(sockets.len(), 2, "one proxy per start");
+    assert_nothing_left(&docker, &sockets);
+}
+
+#[test]
+fn gvisor_runs_through_docker_as_traced_runsc() {
+    let docker = start();
+    assert!(
+        docker.install_report().contains(GVISOR_RUNTIME),
+        "{}",
+        docker.install_report()
+    );
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let (out, id) = run_rm(&docker, GVISOR_RUNTIME, &["uname", "-r"]);
+    assert!(out.success(), "{out:?}\n{}", docker.log());
+    let release = out.stdout.trim();
+    assert!(!release.is_empty());
+    assert_ne!(
+        release, host_release,
+        "the container saw gVisor's kernel, not the host's"
+    );
+    let spans = docker.await_spans(&id, SPANS, |s| {
+        has_method(s, "Delete") && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
+    });
+    assert_docker_spans(
+        &spans,
+        &id,
+        "containerd-shim-gvisor-v2",
+        &["Create", "Start", "Delete"],
+    );
+    assert_nothing_left(&docker, &proxy_sockets(&docker, &spans));
+    let left = std::fs::read_dir(Path::new("/run/containerd/runc").join(DOCKER_NAMESPACE))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&id))
+        .count();
+    assert_eq!(left, 0, "runsc's state of {id} is gone");
+}
+
+fn shimtrace(docker: &TestDocker, args: &[&str]) -> std::process::Output {
+    Command::new(built_binary("shimtrace"))
+        .arg("install")
+        .args(args)
+        .arg("--config")
+        .arg(docker.config_path())
+        .env("DOCKER_HOST", docker.host())
+        .env("PATH", docker.path_var())
+        .env_remove("SHIMTRACE_SPOOL_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn install_check_confirms_spans_and_uninstall_restores_daemon_json() {
+    let docker = start();
+    let spool = docker.spool().display().to_string();
+    let cli = docker.version().cli().display().to_string();
+    let out = shimtrace(
+        &docker,
+        &[
+            "--docker",
+            "--check",
+            "--spool",
+            &spool,
+            "--docker-cli",
+            &cli,
+        ],
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for runtime in ["traced-runc", GVISOR_RUNTIME] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(&format!("{runtime}: ok: ")) && l.contains("spans")),
+            "{report}"
+        );
+    }
+
+    // Looking at the wrong spool, the check says where the spans were not and fails.
+    let empty = tempfile::tempdir().unwrap();
+    let out = shimtrace(
+        &docker,
+        &[
+            "--docker",
+            "--check",
+            "--spool",
+            empty.path().to_str().unwrap(),
+            "--docker-cli",
+            &cli,
+        ],
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        report.contains("traced-runc: FAILED: container")
+            && report.contains("no span of it reached"),
+        "{report}"
+    );
+
+    let out = shimtrace(&docker, &["--docker", "--uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(docker.config_path()).unwrap()).unwrap();
+    let runtimes: Vec<&String> = daemon_json["runtimes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(runtimes, ["runsc"], "only the user's runtime is left");
+    assert_eq!(
+        std::fs::read_dir(docker.bin_dir()).unwrap().count(),
+        0,
+        "links and scripts are gone"
+    );
+    assert!(!docker.dir().join("lib").exists());
+}
+
+#[test]
+fn a_dropped_instance_leaves_nothing_even_after_dockerd_died() {
+    let docker = start();
+    let runc = run_detached(&docker, "left-runc");
+    let gvisor = docker
+        .docker_ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--runtime",
+            GVISOR_RUNTIME,
+            WORKLOAD_TAG,
+            "sleep",
+            "600",
+        ])
+        .unwrap()
+        .stdout
+        .trim()
+        .to_string();
+    let mut sockets = Vec::new();
+    for id in [&runc, &gvisor] {
+        let spans = docker.await_spans(id, SPANS, |s| has_method(s, "Start"));
+        sockets.extend(proxy_sockets(&docker, &spans));
+    }
+    let mut pids = docker.owned_processes();
+    pids.extend(docker.pid());
+    pids.extend(docker.containerd_pid());
+    assert!(pids.len() >= 8, "{:?}", process_lines(&pids));
+    let dir = docker.dir().to_path_buf();
+    // A crashed dockerd: the Drop guard can no longer ask it to remove anything.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(docker.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(docker);
+    let alive: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| shimtrace_testkit::traced::alive(*p))
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "still running: {:?}",
+        process_lines(&alive)
+    );
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let sockets_left: Vec<&PathBuf> = sockets.iter().filter(|s| s.exists()).collect();
+    assert!(
+        sockets_left.is_empty(),
+        "proxy sockets left: {sockets_left:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(dir.to_str().unwrap()),
+        "nothing mounted below {}",
+        dir.display()
+    );
+    let runc_root = Path::new("/run/containerd/runc").join(DOCKER_NAMESPACE);
+    let states: Vec<String> = std::fs::read_dir(&runc_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&runc) || n.starts_with(&gvisor))
+        .collect();
+    assert!(states.is_empty(), "runc/runsc state left: {states:?}");
+}
