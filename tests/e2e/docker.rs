@@ -2,7 +2,8 @@
 //! --write` wrote runs containers through the wrapper (`docker run --runtime traced-runc`) — output
 //! and exit codes, exec, stop, `rm -f`, a dockerd restart with a running container, gVisor as
 //! `traced-runsc` — each with its spans under containerd namespace `moby` and nothing left behind;
-//! `install --docker --check` and `--uninstall` against the same dockerd.
+//! `install --docker --check` and `--uninstall` against the same dockerd; and, with Docker 28 on
+//! containerd 2.1.9 exporting OpenTelemetry, one trace from the Docker API call to the shim calls.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +13,8 @@ use serde_json::Value;
 use shimtrace_containerd::docker::{DOCKER_NAMESPACE, GVISOR_RUNTIME};
 use shimtrace_containerd::image::WORKLOAD_TAG;
 use shimtrace_span::{attr, names, SpanRecord};
-use shimtrace_testkit::docker::{DockerOptions, TestDocker, DOCKER_VERSION};
+use shimtrace_testkit::containerd::ContainerdVersion;
+use shimtrace_testkit::docker::{DockerOptions, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION};
 use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for};
 
 const SPANS: Duration = Duration::from_secs(15);
@@ -536,4 +538,111 @@ fn a_dropped_instance_leaves_nothing_even_after_dockerd_died() {
         .filter(|n| n.starts_with(&runc) || n.starts_with(&gvisor))
         .collect();
     assert!(states.is_empty(), "runc/runsc state left: {states:?}");
+}
+
+/// dockerd ≥ 26 and containerd 2.x export OpenTelemetry traces when `OTEL_EXPORTER_OTLP_*` is
+/// set, dockerd's containerd client and containerd's gRPC server carry the context, and containerd
+/// 2.x sends `traceparent` to the shim: the wrapper's Create and Start spans hang under the trace of
+/// the Docker API call that started the container (`POST /containers/{name}/start`).
+#[test]
+fn the_docker_api_call_and_the_shim_calls_are_one_trace() {
+    let (_runtime, receiver) = shimtrace_testkit::otlp::otlp_http_receiver();
+    let mut options = DockerOptions {
+        containerd: Some(ContainerdVersion::find("2.1.9").expect("containerd 2.1.9 installed")),
+        ..Default::default()
+    };
+    // No OTEL_SERVICE_NAME: dockerd and containerd name themselves.
+    for (key, value) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+        ("OTEL_TRACES_SAMPLER", "always_on".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+    ] {
+        options = options.env(key, value);
+    }
+    let docker = TestDocker::start_traced(DOCKER_NEXT_VERSION, options).expect("dockerd 28");
+    let (out, id) = run_rm(&docker, "traced-runc", &["true"]);
+    assert!(out.success(), "{out:?}");
+    let spans = docker.await_spans(&id, SPANS, |s| {
+        has_method(s, "Start") && has_method(s, "Delete")
+    });
+    let create = span(&spans, "Create");
+    let start = span(&spans, "Start");
+    assert_eq!(
+        start.trace_id, create.trace_id,
+        "Create and Start: one API call"
+    );
+    // The wrapper's own trace of the container (shim.start) stays linked.
+    let own = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .expect("shim.start");
+    assert_ne!(own.trace_id, create.trace_id);
+    assert_eq!(
+        create.attr_str(attr::CONTAINER_TRACE_ID),
+        Some(own.trace_id.to_hex().as_str())
+    );
+    let parent = create
+        .parent_span_id
+        .expect("containerd sent traceparent with Create")
+        .to_hex();
+    let trace = create.trace_id.to_hex();
+    // Batches arrive as each exporter flushes: wait until the chain reaches a root.
+    let chain = wait_for(SPANS, || {
+        let chain = ancestors(&receiver.received.spans(), &trace, &parent);
+        chain
+            .last()
+            .is_some_and(|(_, _, parent)| parent.is_none())
+            .then_some(chain)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no root above {parent}: {:?}",
+            ancestors(&receiver.received.spans(), &trace, &parent)
+        )
+    });
+    let has = |service: &str, name: &str| chain.iter().any(|(s, n, _)| s == service && n == name);
+    for (service, name) in [
+        ("containerd", "containerd.task.v3.Task/Create"),
+        ("containerd", "containerd.services.tasks.v1.Tasks/Create"),
+        ("dockerd", "containerd.services.tasks.v1.Tasks/Create"),
+    ] {
+        assert!(has(service, name), "{service} {name} in {chain:?}");
+    }
+    let (service, root, _) = chain.last().unwrap();
+    assert_eq!(service, "dockerd", "{chain:?}");
+    assert!(
+        root.starts_with("POST /containers/") && root.ends_with("/start"),
+        "the root is the Docker API call: {chain:?}"
+    );
+}
+
+/// `(service, name, parent)` of span `from` of `trace` and of every span above it that arrived,
+/// bottom up.
+fn ancestors(
+    all: &[shimtrace_testkit::otlp::ReceivedSpan],
+    trace: &str,
+    from: &str,
+) -> Vec<(String, String, Option<String>)> {
+    let mut chain = Vec::new();
+    let mut next = Some(from.to_string());
+    while let Some(span_id) = next {
+        let Some(found) = all
+            .iter()
+            .find(|s| s.span_id == span_id && s.trace_id == trace)
+        else {
+            break;
+        };
+        chain.push((
+            found
+                .resource
+                .get("service.name")
+                .cloned()
+                .unwrap_or_default(),
+            found.name.clone(),
+            found.parent_span_id.clone(),
+        ));
+        next = found.parent_span_id.clone();
+    }
+    chain
 }
