@@ -11,7 +11,7 @@
 //! options): dockerd types a runtime's `options` as runc's only when `runtimeType` is literally
 //! `io.containerd.runc.v2`; for any other shim it sends them as `runtimeoptions.v1.Options`, which
 //! the runc shim rejects ("type with url runtimeoptions.v1.Options: not found"). So `traced-runsc`
-//! wraps a small inner shim of its own, `containerd-shim-gvisor-v2`: containerd's runc shim started
+//! wraps a small inner shim of its own, `containerd-shim-runsc-docker-v2`: containerd's runc shim started
 //! with a `PATH` on which `runc` is a script running runsc (with the `runtimeArgs` of an existing
 //! `runsc` runtime in daemon.json, e.g. `--network=none`). The runc shim runs its OCI runtime by
 //! that name when no `BinaryName` is set, so the container runs on gVisor, every call traced.
@@ -51,9 +51,10 @@ pub const STATE_FILE: &str = "shimtrace-docker.json";
 pub const DOCKER_NAMESPACE: &str = "moby";
 /// The Docker runtime of gVisor through the wrapper.
 pub const GVISOR_RUNTIME: &str = "traced-runsc";
-/// Inner name of the gVisor runtime's shim: `containerd-shim-gvisor-v2`, wrapped by
-/// `containerd-shim-traced-gvisor-v2`.
-pub const GVISOR_INNER: &str = "gvisor";
+/// Inner name of the gVisor runtime's shim: `containerd-shim-runsc-docker-v2`, wrapped by
+/// `containerd-shim-traced-runsc-docker-v2`. It starts with `runsc-` so that a span's inner shim
+/// names the runtime that really runs (as `kata-qemu` names Kata).
+pub const GVISOR_INNER: &str = "runsc-docker";
 /// First line of every script install writes (after `#!/bin/sh`).
 pub const MARKER: &str =
     "# Added by `shimtrace install --docker`; `shimtrace install --docker --uninstall` removes it.";
@@ -1463,12 +1464,12 @@ mod tests {
         );
         assert_eq!(
             doc["runtimes"][GVISOR_RUNTIME]["runtimeType"],
-            bin.join("containerd-shim-traced-gvisor-v2")
+            bin.join("containerd-shim-traced-runsc-docker-v2")
                 .display()
                 .to_string()
         );
         assert_eq!(
-            fs::read_link(bin.join("containerd-shim-traced-gvisor-v2")).unwrap(),
+            fs::read_link(bin.join("containerd-shim-traced-runsc-docker-v2")).unwrap(),
             wrapper
         );
         // runsc is looked up on PATH as dockerd would, and keeps its runtimeArgs.
@@ -1562,7 +1563,11 @@ mod tests {
         assert!(outcome.report.contains("pass --write"));
         assert!(!config.exists() && fs::read_dir(&bin).unwrap().next().is_none());
 
-        fs::write(bin.join("containerd-shim-gvisor-v2"), "#!/bin/sh\n# mine\n").unwrap();
+        fs::write(
+            bin.join("containerd-shim-runsc-docker-v2"),
+            "#!/bin/sh\n# mine\n",
+        )
+        .unwrap();
         opts.write = true;
         let err = install_docker(&opts).unwrap_err();
         assert!(matches!(err, DockerError::NotOurs { .. }), "{err}");

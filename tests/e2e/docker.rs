@@ -370,7 +370,7 @@ fn gvisor_runs_through_docker_as_traced_runsc() {
     assert_docker_spans(
         &spans,
         &id,
-        "containerd-shim-gvisor-v2",
+        "containerd-shim-runsc-docker-v2",
         &["Create", "Start", "Delete"],
     );
     assert_nothing_left(&docker, &proxy_sockets(&docker, &spans));
@@ -645,4 +645,77 @@ fn ancestors(
         next = found.parent_span_id.clone();
     }
     chain
+}
+
+/// What a Docker container is known by, and where a shim can find it: moby writes no annotation
+/// into `config.json` (only `docker run --annotation`s), and the spec's `hostname` is the short id.
+/// The name and the image are in `config.v2.json` in `<data-root>/containers/<id>/`, the directory
+/// the spec's `/etc/hostname` mount comes from (written before the task is created).
+fn name_and_image_are_beside_the_hostname_mount(version: &str) {
+    let docker = TestDocker::start_traced(version, DockerOptions::default()).expect("dockerd");
+    let id = docker
+        .docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            "web-1",
+            "--label",
+            "team=a",
+            "--annotation",
+            "org.example/by-user=yes",
+            "--network",
+            "none",
+            "--runtime",
+            "traced-runc",
+            WORKLOAD_TAG,
+            "sleep",
+            "600",
+        ])
+        .unwrap()
+        .stdout
+        .trim()
+        .to_string();
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(docker.bundle_dir(&id).join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(spec["hostname"], id[..12]);
+    let annotations = spec["annotations"].as_object().cloned().unwrap_or_default();
+    assert_eq!(
+        annotations.keys().collect::<Vec<_>>(),
+        ["org.example/by-user"],
+        "only the user's annotations: {annotations:?}"
+    );
+    let hostname_source = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/etc/hostname")
+        .and_then(|m| m["source"].as_str())
+        .map(PathBuf::from)
+        .expect("an /etc/hostname mount");
+    let container_dir = hostname_source.parent().unwrap();
+    assert_eq!(
+        container_dir.file_name().unwrap().to_str(),
+        Some(id.as_str())
+    );
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(container_dir.join("config.v2.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["Name"], "/web-1");
+    assert_eq!(config["Config"]["Image"], WORKLOAD_TAG);
+    assert_eq!(config["Config"]["Labels"]["team"], "a");
+    assert!(config["Image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("sha256:")));
+    docker.docker_ok(&["rm", "-f", "web-1"]).unwrap();
+}
+
+#[test]
+fn name_and_image_are_beside_the_hostname_mount_docker_26() {
+    name_and_image_are_beside_the_hostname_mount(DOCKER_VERSION)
+}
+
+#[test]
+fn name_and_image_are_beside_the_hostname_mount_docker_28() {
+    name_and_image_are_beside_the_hostname_mount(DOCKER_NEXT_VERSION)
 }
