@@ -14,7 +14,9 @@ use shimtrace_containerd::docker::{DOCKER_NAMESPACE, GVISOR_RUNTIME};
 use shimtrace_containerd::image::WORKLOAD_TAG;
 use shimtrace_span::{attr, names, SpanRecord};
 use shimtrace_testkit::containerd::ContainerdVersion;
-use shimtrace_testkit::docker::{DockerOptions, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION};
+use shimtrace_testkit::docker::{
+    DockerOptions, DockerVersion, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION,
+};
 use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for};
 
 const SPANS: Duration = Duration::from_secs(15);
@@ -398,9 +400,35 @@ fn shimtrace(docker: &TestDocker, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn install_check_confirms_spans_and_uninstall_restores_daemon_json() {
-    let docker = start();
+    // As on a machine where dockerd already runs: install, check (restart needed), restart, check.
+    let mut docker = TestDocker::prepare(
+        &DockerVersion::find(DOCKER_VERSION).unwrap(),
+        DockerOptions::default(),
+    )
+    .unwrap();
+    docker.start().expect("dockerd starts");
+    docker.load_busybox().unwrap();
+    let before = std::fs::read_to_string(docker.config_path()).unwrap();
+    docker.install_traced().expect("install --docker --write");
     let spool = docker.spool().display().to_string();
     let cli = docker.version().cli().display().to_string();
+    let check = [
+        "--docker",
+        "--check",
+        "--spool",
+        &spool,
+        "--docker-cli",
+        &cli,
+    ];
+    let out = shimtrace(&docker, &check);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains("traced-runc: FAILED: dockerd has not loaded it: restart dockerd"),
+        "{report}"
+    );
+    docker.restart().expect("dockerd restarts");
+
     let out = shimtrace(
         &docker,
         &[
@@ -462,6 +490,11 @@ fn install_check_confirms_spans_and_uninstall_restores_daemon_json() {
         .keys()
         .collect();
     assert_eq!(runtimes, ["runsc"], "only the user's runtime is left");
+    assert_eq!(
+        daemon_json,
+        serde_json::from_str::<Value>(&before).unwrap(),
+        "daemon.json is as before install"
+    );
     assert_eq!(
         std::fs::read_dir(docker.bin_dir()).unwrap().count(),
         0,
