@@ -129,6 +129,8 @@ pub enum DockerError {
     NothingToCheck { config: PathBuf },
     #[error("`{command}` failed: {problem}")]
     Cli { command: String, problem: String },
+    #[error("private dockerd {problem}{log_tail}")]
+    Daemon { problem: String, log_tail: String },
     #[error("the check image: {0}")]
     Rootfs(#[from] RootfsError),
     #[error("the check image: {0}")]

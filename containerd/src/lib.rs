@@ -7,6 +7,7 @@ mod client;
 #[cfg(feature = "cri")]
 pub mod cri;
 pub mod docker;
+pub mod dockerd;
 pub mod image;
 pub mod install;
 pub mod private;

@@ -27,17 +27,16 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
 use shimtrace_containerd::docker::{CliOutput, DockerCli, DockerError, DOCKER_NAMESPACE};
+use shimtrace_containerd::dockerd::{DockerdConfig, PrivateDockerd};
 use shimtrace_containerd::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
 use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
 use shimtrace_span::spool::read_spool;
@@ -54,15 +53,8 @@ pub const DOCKER_VERSION: &str = "26.1.5";
 /// The newer engine (sid's docker.io), which can run a containerd 2.x.
 pub const DOCKER_NEXT_VERSION: &str = "28.5.2";
 
-const DEFAULT_PREFIX: &str = "/opt/shimtrace/docker";
-/// dockerd answers within seconds; a loaded CI machine needs more.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// dockerd stops running containers first (10 s each before SIGKILL, in parallel).
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for one docker CLI command.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-const LOG_TAIL_LINES: usize = 40;
 
 /// What can go wrong setting up or driving a private dockerd.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +75,6 @@ pub enum DockerHarnessError {
         #[source]
         source: std::io::Error,
     },
-    #[error("dockerd did not answer within {timeout:?}{log_tail}")]
-    NotReady { timeout: Duration, log_tail: String },
-    #[error("dockerd exited at start with {status}{log_tail}")]
-    Exited { status: String, log_tail: String },
     #[error("`shimtrace install --docker --write` failed with {status}: {stderr}")]
     Install { status: String, stderr: String },
     #[error(transparent)]
@@ -116,7 +104,7 @@ impl DockerVersion {
     pub fn find(version: &str) -> Result<Self, DockerHarnessError> {
         let prefix = std::env::var_os("SHIMTRACE_DOCKER_PREFIX")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PREFIX));
+            .unwrap_or_else(|| PathBuf::from(shimtrace_containerd::dockerd::UNPACKED_PREFIX));
         let found = DockerVersion {
             version: version.to_owned(),
             root: prefix.join(version),
@@ -197,10 +185,11 @@ pub fn runsc_runtime() -> Value {
 pub struct TestDocker {
     version: DockerVersion,
     containerd: ContainerdVersion,
-    options: DockerOptions,
-    child: Option<Child>,
+    config: DockerdConfig,
     cgroup_parent: String,
     install_report: String,
+    /// Declared before `dir`: stopped before it goes.
+    dockerd: Option<PrivateDockerd>,
     dir: TempDir,
 }
 
@@ -247,36 +236,44 @@ impl TestDocker {
         // redirect the wrapper.
         fs::write(dir.path().join("shimtrace.toml"), "")
             .map_err(io_err("writing the shimtrace config"))?;
-        let docker = TestDocker {
-            version: version.clone(),
-            containerd,
-            options,
-            child: None,
-            cgroup_parent,
-            install_report: String::new(),
-            dir,
-        };
-        let d = docker.dir.path();
-        let mut config = json!({
-            "data-root": d.join("root"),
-            "exec-root": d.join("exec"),
-            "hosts": [docker.host()],
-            "pidfile": d.join("docker.pid"),
-            "iptables": false,
-            "ip6tables": false,
-            "bridge": "none",
-            "userland-proxy": false,
-            "cgroup-parent": format!("/{}", docker.cgroup_parent),
-            "live-restore": docker.options.live_restore,
+        let mut config = DockerdConfig::new(dir.path(), version.dockerd());
+        config.cli = version.cli();
+        config.env = vec![
+            (INSTANCE_MARKER_ENV.into(), dir.path().into()),
+            (
+                shimtrace_span::env::SPOOL_DIR.into(),
+                dir.path().join("spool").into(),
+            ),
+            (
+                shimtrace_span::env::RUN_DIR.into(),
+                dir.path().join("run").into(),
+            ),
+            (
+                shimtrace_span::env::CONFIG.into(),
+                dir.path().join("shimtrace.toml").into(),
+            ),
+        ];
+        config.env.extend(options.env.iter().cloned());
+        let extra = json!({
+            "cgroup-parent": format!("/{cgroup_parent}"),
+            "live-restore": options.live_restore,
             "runtimes": {"runsc": runsc_runtime()},
         });
-        let map = config.as_object_mut().expect("an object");
-        for (key, value) in &docker.options.daemon_json {
-            map.insert(key.clone(), value.clone());
+        config.daemon_json = extra.as_object().cloned().unwrap_or_default();
+        for (key, value) in &options.daemon_json {
+            config.daemon_json.insert(key.clone(), value.clone());
         }
-        let mut text = serde_json::to_string_pretty(&config).expect("JSON serialises");
-        text.push('\n');
-        fs::write(docker.config_path(), text).map_err(io_err("writing daemon.json"))?;
+        let mut docker = TestDocker {
+            version: version.clone(),
+            containerd,
+            config,
+            cgroup_parent,
+            install_report: String::new(),
+            dockerd: None,
+            dir,
+        };
+        docker.config.path = docker.path_var();
+        docker.config.write_daemon_json()?;
         Ok(docker)
     }
 
@@ -312,83 +309,18 @@ impl TestDocker {
 
     /// Starts dockerd on its daemon.json; returns once it answers.
     pub fn start(&mut self) -> Result<(), DockerHarnessError> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(io_err("opening dockerd.log"))?;
-        let log_err = log.try_clone().map_err(io_err("opening dockerd.log"))?;
-        let mut command = Command::new(self.version.dockerd());
-        command
-            .arg("--config-file")
-            .arg(self.config_path())
-            .env("PATH", self.path_var())
-            .env(INSTANCE_MARKER_ENV, self.dir.path())
-            .env(shimtrace_span::env::SPOOL_DIR, self.spool())
-            .env(shimtrace_span::env::RUN_DIR, self.run_dir())
-            .env(
-                shimtrace_span::env::CONFIG,
-                self.dir.path().join("shimtrace.toml"),
-            )
-            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        let child = command.spawn().map_err(io_err(format!(
-            "starting {}",
-            self.version.dockerd().display()
-        )))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(DockerHarnessError::Exited {
-                    status: status.to_string(),
-                    log_tail: self.log_tail(),
-                });
-            }
-            let answered = self
-                .cli()
-                .run(&["version", "--format", "{{.Server.Version}}"], CLI_TIMEOUT)
-                .is_ok_and(|o| o.success());
-            if answered {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(DockerHarnessError::NotReady {
-                    timeout: READY_TIMEOUT,
-                    log_tail: self.log_tail(),
-                });
-            }
-            thread::sleep(POLL_INTERVAL);
+        match &mut self.dockerd {
+            Some(dockerd) => dockerd.start_again()?,
+            None => self.dockerd = Some(PrivateDockerd::start(self.config.clone())?),
         }
+        Ok(())
     }
 
     /// SIGTERM to dockerd by pid, waiting until it exited (SIGKILL after a minute). Without
     /// live-restore dockerd stops its containers and its containerd first.
     pub fn stop(&mut self) -> Result<(), DockerHarnessError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-            }
+        if let Some(dockerd) = &mut self.dockerd {
+            dockerd.stop()?;
         }
         Ok(())
     }
@@ -427,11 +359,11 @@ impl TestDocker {
 
     /// dockerd's socket as `-H`/`DOCKER_HOST` takes it.
     pub fn host(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
+        self.config.host()
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("daemon.json")
+        self.config.config_path()
     }
 
     /// Where the installer put the wrapper links (first on dockerd's `PATH`).
@@ -450,21 +382,12 @@ impl TestDocker {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("dockerd.log")
+        self.config.log_path()
     }
 
     /// dockerd's whole log so far (empty if unreadable).
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "\nlast lines of its log:\n{}",
-            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-        )
     }
 
     /// dockerd's `PATH`: the wrapper links, the chosen containerd, Docker's helpers, the system.
@@ -487,17 +410,17 @@ impl TestDocker {
 
     /// dockerd's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.dockerd.as_ref().and_then(PrivateDockerd::pid)
     }
 
     /// The exec-root dockerd keeps its containerd under.
     pub fn exec_root(&self) -> PathBuf {
-        self.dir.path().join("exec")
+        self.config.exec_root()
     }
 
     /// The gRPC socket of dockerd's containerd (what shims get as `-address`).
     pub fn containerd_address(&self) -> PathBuf {
-        self.exec_root().join("containerd/containerd.sock")
+        self.config.containerd_address()
     }
 
     /// The pid of dockerd's containerd, while it runs.
@@ -512,7 +435,7 @@ impl TestDocker {
 
     /// containerd's state dir (bundles below `io.containerd.runtime.v2.task/moby/<id>`).
     pub fn containerd_state(&self) -> PathBuf {
-        self.exec_root().join("containerd/daemon")
+        self.config.containerd_state()
     }
 
     /// The bundle of container `id` (its full id).
@@ -525,10 +448,7 @@ impl TestDocker {
 
     /// The docker CLI of this version, talking to this dockerd.
     pub fn cli(&self) -> DockerCli {
-        DockerCli {
-            binary: self.version.cli(),
-            host: Some(self.host()),
-        }
+        self.config.cli()
     }
 
     /// `docker -H <this dockerd> ARGS…`; a non-zero exit is not an error here.
@@ -626,7 +546,11 @@ impl TestDocker {
 
 impl Drop for TestDocker {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self
+            .dockerd
+            .as_mut()
+            .is_some_and(PrivateDockerd::is_running)
+        {
             self.remove_all_containers();
         }
         let _ = self.stop();
