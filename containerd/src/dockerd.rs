@@ -246,15 +246,27 @@ impl PrivateDockerd {
         let deadline = Instant::now() + self.config.stop_timeout;
         loop {
             match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
+                Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Ok(());
+                    break;
                 }
             }
         }
+        // dockerd leaves its default network namespace mounted in its exec-root, and its cgroup
+        // parent behind, even on a clean stop.
+        detach_mounts_under(&self.config.dir);
+        if let Some(parent) = self
+            .config
+            .daemon_json
+            .get("cgroup-parent")
+            .and_then(Value::as_str)
+        {
+            remove_cgroup_parent(parent);
+        }
+        Ok(())
     }
 
     /// Stops it and starts it again on the same daemon.json.
@@ -324,9 +336,78 @@ pub fn newest_unpacked(prefix: &Path) -> Option<PathBuf> {
     found.pop().map(|(_, dockerd)| dockerd)
 }
 
+/// The newest/// Lazily unmounts every mount point at or below `dir`, deepest first (overlay rootfs, shm and
+/// netns mounts a killed dockerd leaves).
+pub fn detach_mounts_under(dir: &Path) {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for point in points {
+        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
+            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// Removes a cgroup parent (`/name`, as daemon.json's `cgroup-parent`) and the container cgroups
+/// under it in every hierarchy; `rmdir` only removes empty cgroups, so anything still running
+/// keeps its own.
+pub fn remove_cgroup_parent(parent: &str) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let cgroup = hierarchy.path().join(parent.trim_start_matches('/'));
+        for child in fs::read_dir(&cgroup).into_iter().flatten().flatten() {
+            if child.path().is_dir() {
+                let _ = fs::remove_dir(child.path());
+            }
+        }
+        let _ = fs::remove_dir(&cgroup);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path(r"/tmp/a\040b/c\134d"),
+            PathBuf::from("/tmp/a b/c\\d")
+        );
+        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
+    }
 
     #[test]
     fn daemon_json_keeps_the_instance_private_and_takes_extra_keys() {

@@ -36,7 +36,9 @@ use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
 use shimtrace_containerd::docker::{CliOutput, DockerCli, DockerError, DOCKER_NAMESPACE};
-use shimtrace_containerd::dockerd::{DockerdConfig, PrivateDockerd};
+use shimtrace_containerd::dockerd::{
+    detach_mounts_under, remove_cgroup_parent, DockerdConfig, PrivateDockerd,
+};
 use shimtrace_containerd::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
 use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
 use shimtrace_span::spool::read_spool;
@@ -577,7 +579,7 @@ impl Drop for TestDocker {
         }
         let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(DOCKER_NAMESPACE));
         detach_mounts_under(self.dir.path());
-        remove_cgroup_parent(&self.cgroup_parent);
+        remove_cgroup_parent(&format!("/{}", self.cgroup_parent));
     }
 }
 
@@ -650,65 +652,6 @@ fn force_delete_runsc(state: &Path) {
     }
 }
 
-/// Lazily unmounts every mount point at or below `dir`, deepest first (overlay rootfs, shm and
-/// netns mounts a killed dockerd leaves).
-fn detach_mounts_under(dir: &Path) {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    for point in points {
-        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount_path(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
-        {
-            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
-            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from(
-        String::from_utf8_lossy(&out).into_owned(),
-    ))
-}
-
-/// Removes this instance's cgroup parent (and the container cgroups under it) in every hierarchy;
-/// `rmdir` only removes empty cgroups, so anything still running keeps its own.
-fn remove_cgroup_parent(parent: &str) {
-    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for hierarchy in hierarchies.flatten() {
-        let cgroup = hierarchy.path().join(parent);
-        for child in fs::read_dir(&cgroup).into_iter().flatten().flatten() {
-            if child.path().is_dir() {
-                let _ = fs::remove_dir(child.path());
-            }
-        }
-        let _ = fs::remove_dir(&cgroup);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,14 +665,5 @@ mod tests {
         )));
         assert!(!is_shim_socket(&Path::new("/tmp").join(hash)));
         assert!(!is_shim_socket(Path::new("/run/containerd/s/abc")));
-    }
-
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(
-            unescape_mount_path(r"/tmp/a\040b/c\134d"),
-            PathBuf::from("/tmp/a b/c\\d")
-        );
-        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
     }
 }

@@ -752,3 +752,92 @@ fn name_and_image_are_beside_the_hostname_mount_docker_26() {
 fn name_and_image_are_beside_the_hostname_mount_docker_28() {
     name_and_image_are_beside_the_hostname_mount(DOCKER_NEXT_VERSION)
 }
+
+/// `shimtrace lab --engine docker` where no Docker answers: the lab starts its own dockerd with the
+/// traced runtimes, runs runc and gVisor through `docker run --runtime`, and writes the same
+/// report, leaving nothing behind.
+#[test]
+fn lab_runs_its_profiles_through_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let version = DockerVersion::find(DOCKER_VERSION).unwrap();
+    let run = Command::new(built_binary("shimtrace"))
+        .args([
+            "lab",
+            "--engine",
+            "docker",
+            "--runs",
+            "2",
+            "--requests",
+            "10",
+        ])
+        .args(["--only", "runc,runsc", "--out"])
+        .arg(&out)
+        .arg("--wrapper")
+        .arg(shimtrace_testkit::traced::wrapper_binary())
+        .arg("--docker-cli")
+        .arg(version.cli())
+        .arg("--dockerd")
+        .arg(version.dockerd())
+        .env(
+            "DOCKER_HOST",
+            "unix:///nonexistent/shimtrace-test/docker.sock",
+        )
+        .env_remove("SHIMTRACE_SPOOL_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let docker = &report["setup"]["docker"];
+    assert_eq!(docker["private"], true, "{docker}");
+    assert!(docker["version"]
+        .as_str()
+        .unwrap()
+        .starts_with(DOCKER_VERSION));
+    assert_eq!(report["setup"]["traced"], true);
+    let host_release = report["host_probe"]["kernel"]["release"].as_str().unwrap();
+    for (name, runtime) in [("runc", "traced-runc"), ("runsc", GVISOR_RUNTIME)] {
+        let p = report["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no profile {name}"));
+        assert_eq!(p["status"], "ok", "{p}");
+        assert_eq!(p["runtime"], runtime);
+        let cold = &p["cold_start"];
+        assert_eq!(cold["ok_runs"], 2, "{cold}");
+        assert!(cold["wall"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(cold["to_workload"]["p50"].as_f64().unwrap() > 0.0);
+        let create = &cold["spans"]["containerd.task.v2.Task/Create"];
+        assert!(create["duration"]["p50"].as_f64().unwrap() > 0.0, "{cold}");
+        assert!(cold["spans"]["shim.start"].is_object());
+        let release = p["probe"]["kernel"]["release"].as_str().unwrap();
+        assert_eq!(release == host_release, name == "runc", "{name}: {release}");
+        let http = &p["http"];
+        let served = http["samples_ms"].as_array().unwrap().len();
+        assert_eq!(served + http["errors"].as_u64().unwrap() as usize, 10);
+        assert!(served > 0, "{http}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Wall time of `docker run --rm`"), "{md}");
+    assert!(md.contains("(private dockerd started by the lab)"), "{md}");
+    // The lab's dockerd, its containerd, shims and containers are gone, and nothing is mounted.
+    let spool = format!("SHIMTRACE_SPOOL_DIR={}", out.join("spool").display());
+    let left: Vec<u32> = shimtrace_testkit::containerd::proc_pids()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|e| e.split(|b| *b == 0).any(|v| v == spool.as_bytes()))
+                .unwrap_or(false)
+        })
+        .filter(|pid| shimtrace_testkit::traced::alive(*pid))
+        .collect();
+    assert!(left.is_empty(), "left running: {:?}", process_lines(&left));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("shimtrace-lab-dkr-"), "{mounts}");
+}
