@@ -44,8 +44,8 @@ enum Command {
     /// Compare runtimes (runc, gVisor, crun, Kata): cold start, isolation, served latency.
     #[cfg(feature = "lab")]
     Lab(shimtrace_lab::LabArgs),
-    /// Register the wrapper shim for the runtimes present (symlinks, containerd config, RuntimeClasses).
-    Install(shimtrace_containerd::install::InstallArgs),
+    /// Register the wrapper shim for the runtimes present (symlinks, containerd config, RuntimeClasses; --docker: daemon.json).
+    Install(install::InstallCommand),
 }
 
 fn main() -> Result<()> {

@@ -99,11 +99,14 @@ pub struct InstallArgs {
     /// containerd 2.2+ write a drop-in under conf.d/ beside it instead.
     #[arg(long, conflicts_with_all = ["uninstall", "check"])]
     pub write: bool,
-    /// Remove exactly what earlier `--write` runs added (entries, imports entry, drop-in, links).
+    /// Remove exactly what earlier `--write` runs added (entries, imports entry, drop-in, links;
+    /// with --docker: daemon.json entries, links, scripts), each only while it is still as written.
     #[arg(long, conflicts_with = "check")]
     pub uninstall: bool,
     /// Run a short-lived pod through every traced-* handler of the running containerd (--socket)
-    /// and report, per handler, whether its spans reach the spool and why not.
+    /// and report, per handler, whether its spans reach the spool and why not (with --docker: a
+    /// container through every traced runtime of the running dockerd, found as the docker CLI
+    /// finds it).
     #[arg(long)]
     pub check: bool,
     /// How to register: `path` (runtime_path; containerd >= 1.7.1) or `name` (runtime_type names
@@ -111,7 +114,8 @@ pub struct InstallArgs {
     #[arg(long, value_enum)]
     pub form: Option<Form>,
     /// The OCI runtime binary of the gVisor handler `traced-runsc` (runc shim `BinaryName`, path
-    /// form only) [default: runsc on PATH].
+    /// form only; with --docker, the runsc of `traced-runsc`, default the path of a `runsc`
+    /// runtime in daemon.json) [default: runsc on PATH].
     #[arg(long, value_name = "PATH")]
     pub runsc: Option<PathBuf>,
     /// Config schema: 2 for containerd 1.x, 3 for 2.x (default: from the containerd version).
@@ -130,8 +134,8 @@ pub struct InstallArgs {
     /// containerd's socket (--check).
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     pub socket: PathBuf,
-    /// The spool the wrapper writes under containerd (--check) [default: $SHIMTRACE_SPOOL_DIR,
-    /// else /var/lib/shimtrace/spool].
+    /// The spool the wrapper writes under containerd or dockerd (--check) [default:
+    /// $SHIMTRACE_SPOOL_DIR, else /var/lib/shimtrace/spool].
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
     /// The ctr binary --check uses to import its test image when containerd lacks it.

@@ -9,6 +9,8 @@ pub mod check;
 mod client;
 #[cfg(feature = "cri")]
 pub mod cri;
+pub mod docker;
+pub mod dockerd;
 pub mod image;
 pub mod install;
 pub mod private;

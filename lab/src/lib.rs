@@ -6,6 +6,7 @@
 //! with the reason) → N cold-start rounds interleaved across profiles → shim spans from the spool →
 //! HTTP latency per profile → reports. A failure part-way still writes what was measured.
 
+mod docker;
 pub mod http;
 pub mod isolation;
 pub mod profiles;
@@ -36,9 +37,30 @@ pub fn write_probe(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
 }
 
+/// What the lab drives containers through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// containerd's API (`--address`), as a kubelet's CRI or ctr does.
+    #[default]
+    Containerd,
+    /// The docker CLI (`docker run --runtime …`), as the lab's original script does.
+    Docker,
+}
+
 /// `shimtrace lab` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
+    /// Drive containers through containerd's API, or through Docker Engine (found as the docker
+    /// CLI finds it: DOCKER_HOST, its context, /var/run/docker.sock; else a private dockerd).
+    #[arg(long, value_enum, default_value_t = Engine::Containerd)]
+    pub engine: Engine,
+    /// The docker CLI (`--engine docker`).
+    #[arg(long, default_value = "docker", value_name = "PATH")]
+    pub docker_cli: PathBuf,
+    /// The dockerd to start when no Docker answers (`--engine docker`) [default: the newest
+    /// under /opt/shimtrace/docker (scripts/install-docker.sh), else dockerd on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub dockerd: Option<PathBuf>,
     /// containerd's gRPC socket; when nothing answers there, the lab starts a private containerd.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     pub address: PathBuf,
@@ -120,6 +142,8 @@ pub enum LabError {
         reason: String,
         private: String,
     },
+    #[error("{0}")]
+    Docker(String),
     #[error("no such profile: {0} (pass --only with names among: {1})")]
     UnknownProfile(String, String),
     #[error("cannot start the async runtime: {0} (check the process's limits on threads and open files)")]
@@ -160,6 +184,12 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     let lab = Lab::prepare(&args)?;
     let mut found = Findings::new();
     host_probe(&lab, &mut found).await;
+    if args.engine == Engine::Docker {
+        let result = docker::measure(&lab, &mut found).await;
+        write_report(&lab, &mut found.report)?;
+        result?;
+        return found.into_result(lab.out);
+    }
     let target = connect(&lab, &mut found).await?;
     let result = measure(&lab, &target, &mut found).await;
     target.close(&mut found.report).await;
@@ -456,9 +486,16 @@ async fn measure(lab: &Lab<'_>, target: &Target, found: &mut Findings) -> Result
     let client = &target.client;
     let (mut active, image_command) = preflight(lab, client, found).await?;
     cold_starts(lab, client, &mut active, image_command.as_deref()).await?;
-    attach_spans(target, &mut active, &mut found.report);
+    attach_spans(
+        &target.spool_dir,
+        target.spool_start,
+        &mut active,
+        &mut found.report,
+    );
     served_latency(lab, client, &mut active, found).await;
-    export_otlp(lab, target, found).await;
+    let suffix = lab.suffix.as_str();
+    let is_ours = |id: &str| id.starts_with("lab-") && id.ends_with(suffix);
+    export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
     // Keep the profiles in their configured order.
     let mut by_name: BTreeMap<String, ProfileResult> = active
         .into_iter()
@@ -675,10 +712,11 @@ async fn cold_start(
     Ok(record)
 }
 
-/// Stage 5, the shim spans recorded for the lab's containers: attached to each run (relative to
-/// the client's start), then each profile's cold-start summary.
-fn attach_spans(target: &Target, active: &mut [Active], report: &mut LabReport) {
-    let spans = read_spans(&target.spool_dir, target.spool_start);
+/// Stage 5, the shim spans recorded for the lab's containers (those in `spool_dir` that started
+/// after `spool_start`): attached to each run (relative to the client's start), then each
+/// profile's cold-start summary.
+fn attach_spans(spool_dir: &Path, spool_start: u64, active: &mut [Active], report: &mut LabReport) {
+    let spans = read_spans(spool_dir, spool_start);
     for entry in active {
         for record in &mut entry.result.runs {
             if let Some(by_name) = spans.get(&record.id) {
@@ -768,6 +806,11 @@ async fn served_latency(
         }
         entry.result.http = Some(result);
     }
+    relate_to_runc(active);
+}
+
+/// Each profile's served latency p50 and p99 relative to runc's.
+fn relate_to_runc(active: &mut [Active]) {
     let runc = active
         .iter()
         .find(|a| a.profile.name == "runc")
@@ -819,22 +862,24 @@ fn http_port(base: Option<u16>, i: usize, entry: &mut Active, found: &mut Findin
     }
 }
 
-/// Stage 7, with `--otlp`: sends this run's shim spans from the spool to the endpoint.
-async fn export_otlp(lab: &Lab<'_>, target: &Target, found: &mut Findings) {
+/// Stage 7, with `--otlp`: sends this run's shim spans from the spool (those that started after
+/// `spool_start`, of containers `is_ours` accepts) to the endpoint.
+async fn export_otlp(
+    lab: &Lab<'_>,
+    spool_dir: &Path,
+    spool_start: u64,
+    is_ours: impl Fn(&str) -> bool,
+    found: &mut Findings,
+) {
     let Some(endpoint) = &lab.args.otlp else {
         return;
     };
-    let ours: Vec<shimtrace_span::SpanRecord> =
-        shimtrace_span::spool::read_spool(&target.spool_dir)
-            .map(|c| c.spans)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| {
-                s.start_time_unix_nano >= target.spool_start
-                    && s.container_id()
-                        .is_some_and(|id| id.starts_with("lab-") && id.ends_with(&lab.suffix))
-            })
-            .collect();
+    let ours: Vec<shimtrace_span::SpanRecord> = shimtrace_span::spool::read_spool(spool_dir)
+        .map(|c| c.spans)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.start_time_unix_nano >= spool_start && s.container_id().is_some_and(&is_ours))
+        .collect();
     match export_spans(endpoint, &lab.args.otlp_protocol, &ours).await {
         Ok(sent) => {
             log(format!("sent {sent} spans to {endpoint}"));

@@ -803,7 +803,7 @@ pub(crate) fn kill_and_reap(pid: u32) {
 }
 
 /// Parent pid → child pids of every live process.
-fn children_by_parent() -> HashMap<u32, Vec<u32>> {
+pub(crate) fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for pid in proc_pids() {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -822,7 +822,7 @@ fn children_by_parent() -> HashMap<u32, Vec<u32>> {
 }
 
 /// Appends every descendant of `pid` (deepest first) to `out`.
-fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Vec<u32>) {
+pub(crate) fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Vec<u32>) {
     for child in children.get(&pid).into_iter().flatten() {
         collect_descendants(*child, children, out);
         if !out.contains(child) {
@@ -859,7 +859,7 @@ pub(crate) fn shim_socket_path(address: &Path, ns: &str, group: &str) -> PathBuf
 
 /// For every bundle left in `state`: `runc delete --force` (kills the container's processes, removes
 /// its runc state and cgroup) and removes the shim socket named after it. Returns the namespaces seen.
-fn force_delete_bundles(state: &Path, address: &Path) -> Vec<String> {
+pub(crate) fn force_delete_bundles(state: &Path, address: &Path) -> Vec<String> {
     let mut namespaces = Vec::new();
     let Ok(entries) = fs::read_dir(state.join("io.containerd.runtime.v2.task")) else {
         return namespaces;

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod containerd;
 pub mod cri;
+pub mod docker;
 pub mod otlp;
 pub mod tmpfs;
 pub mod traced;

@@ -8,6 +8,7 @@ mod cli_traces;
 mod collector_e2e;
 mod cri;
 mod deploy_manifests;
+mod docker;
 mod hostile;
 mod lab_driver;
 mod lab_image;

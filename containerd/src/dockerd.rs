@@ -1,0 +1,444 @@
+//! A Docker Engine of our own beside any other: one directory holds its daemon.json, data-root,
+//! exec-root, unix socket, pidfile and log; it runs its own containerd (the first `containerd` on
+//! the `PATH` it is given), keeps off the host's networking (no iptables, no bridge, no userland
+//! proxy), is awaited until its socket answers, and is stopped by pid (SIGTERM, then SIGKILL) —
+//! also when dropped.
+//!
+//! ```no_run
+//! use shimtrace_containerd::dockerd::{DockerdConfig, PrivateDockerd};
+//! let config = DockerdConfig::new("/tmp/my-dockerd", "/opt/shimtrace/docker/26.1.5/usr/sbin/dockerd");
+//! config.write_daemon_json()?;
+//! let dockerd = PrivateDockerd::start(config)?;
+//! let out = dockerd.cli().run_ok(&["version"], std::time::Duration::from_secs(30))?;
+//! # Ok::<(), shimtrace_containerd::docker::DockerError>(())
+//! ```
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Map, Value};
+
+use crate::docker::{render_daemon_json, DockerCli, DockerError};
+
+/// Where `scripts/install-docker.sh` unpacks Docker Engines (`<prefix>/<version>/usr/{sbin,bin}`).
+pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/docker";
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Lines of dockerd's log shown when it fails to start.
+const LOG_TAIL_LINES: usize = 40;
+
+/// How to run a private dockerd.
+#[derive(Debug, Clone)]
+pub struct DockerdConfig {
+    /// Holds everything of this instance; its paths must stay short (unix sockets live below it).
+    pub dir: PathBuf,
+    pub dockerd: PathBuf,
+    /// The docker CLI used to wait for it (default: `docker` beside `dockerd`'s `sbin`, in
+    /// `../bin`, else on `PATH`).
+    pub cli: PathBuf,
+    /// dockerd's whole `PATH` (it starts the first `containerd` on it, and shims by name on it).
+    pub path: OsString,
+    /// Extra environment, inherited by its containerd and every shim.
+    pub env: Vec<(OsString, OsString)>,
+    /// Keys put over the private ones in daemon.json (e.g. `runtimes`).
+    pub daemon_json: Map<String, Value>,
+    pub ready_timeout: Duration,
+    /// dockerd stops running containers first (10 s each before SIGKILL, in parallel).
+    pub stop_timeout: Duration,
+}
+
+impl DockerdConfig {
+    /// A config in `dir` for the daemon `dockerd`, with the system `PATH`.
+    pub fn new(dir: impl Into<PathBuf>, dockerd: impl Into<PathBuf>) -> Self {
+        let dockerd = dockerd.into();
+        let beside = dockerd
+            .parent()
+            .and_then(Path::parent)
+            .map(|usr| usr.join("bin/docker"))
+            .filter(|p| p.is_file());
+        DockerdConfig {
+            dir: dir.into(),
+            cli: beside.unwrap_or_else(|| PathBuf::from("docker")),
+            dockerd,
+            path: std::env::var_os("PATH").unwrap_or_else(|| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            }),
+            env: Vec::new(),
+            daemon_json: Map::new(),
+            ready_timeout: Duration::from_secs(90),
+            stop_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("daemon.json")
+    }
+
+    /// The socket as `-H`/`DOCKER_HOST` takes it.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("dockerd.log")
+    }
+
+    pub fn exec_root(&self) -> PathBuf {
+        self.dir.join("exec")
+    }
+
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// The gRPC socket of the containerd dockerd starts (what its shims get as `-address`).
+    pub fn containerd_address(&self) -> PathBuf {
+        self.exec_root().join("containerd/containerd.sock")
+    }
+
+    /// That containerd's state dir (bundles below `io.containerd.runtime.v2.task/moby/<id>`).
+    pub fn containerd_state(&self) -> PathBuf {
+        self.exec_root().join("containerd/daemon")
+    }
+
+    /// The daemon.json this config describes.
+    pub fn daemon_json(&self) -> Map<String, Value> {
+        let mut config = json!({
+            "data-root": self.data_root(),
+            "exec-root": self.exec_root(),
+            "hosts": [self.host()],
+            "pidfile": self.dir.join("docker.pid"),
+            "iptables": false,
+            "ip6tables": false,
+            "bridge": "none",
+            "userland-proxy": false,
+        });
+        let map = config.as_object_mut().expect("an object");
+        for (key, value) in &self.daemon_json {
+            map.insert(key.clone(), value.clone());
+        }
+        map.clone()
+    }
+
+    /// Creates the directory and writes daemon.json (before [`PrivateDockerd::start`], which reads
+    /// it as it is then: an installer may merge its runtimes in between).
+    pub fn write_daemon_json(&self) -> Result<(), DockerError> {
+        fs::create_dir_all(&self.dir).map_err(|source| DockerError::Io {
+            context: "cannot create",
+            path: self.dir.clone(),
+            source,
+        })?;
+        fs::write(self.config_path(), render_daemon_json(&self.daemon_json())).map_err(|source| {
+            DockerError::Io {
+                context: "cannot write",
+                path: self.config_path(),
+                source,
+            }
+        })
+    }
+
+    /// The docker CLI talking to this dockerd.
+    pub fn cli(&self) -> DockerCli {
+        DockerCli {
+            binary: self.cli.clone(),
+            host: Some(self.host()),
+        }
+    }
+}
+
+/// A running private dockerd.
+#[derive(Debug)]
+pub struct PrivateDockerd {
+    config: DockerdConfig,
+    child: Option<Child>,
+}
+
+impl PrivateDockerd {
+    /// Starts dockerd on the daemon.json in `config.dir`; returns once it answers.
+    pub fn start(config: DockerdConfig) -> Result<PrivateDockerd, DockerError> {
+        let mut dockerd = PrivateDockerd {
+            config,
+            child: None,
+        };
+        dockerd.start_again()?;
+        Ok(dockerd)
+    }
+
+    /// Starts it again after [`Self::stop`], on the same daemon.json.
+    pub fn start_again(&mut self) -> Result<(), DockerError> {
+        let config = &self.config;
+        let log_path = config.log_path();
+        let open_log = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(|source| DockerError::Io {
+                    context: "cannot open",
+                    path: log_path.clone(),
+                    source,
+                })
+        };
+        let child = Command::new(&config.dockerd)
+            .arg("--config-file")
+            .arg(config.config_path())
+            .env("PATH", &config.path)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(open_log()?)
+            .stderr(open_log()?)
+            .spawn()
+            .map_err(|source| DockerError::Io {
+                context: "cannot start",
+                path: config.dockerd.clone(),
+                source,
+            })?;
+        self.child = Some(child);
+        let cli = config.cli();
+        let deadline = Instant::now() + config.ready_timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(DockerError::Daemon {
+                    problem: format!("exited at start with {status}"),
+                    log_tail: self.log_tail(),
+                });
+            }
+            let answered = cli
+                .run(
+                    &["version", "--format", "{{.Server.Version}}"],
+                    config.ready_timeout,
+                )
+                .is_ok_and(|o| o.success());
+            if answered {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let timeout = config.ready_timeout;
+                let _ = self.stop();
+                return Err(DockerError::Daemon {
+                    problem: format!("did not answer within {timeout:?}"),
+                    log_tail: self.log_tail(),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// SIGTERM by pid, waiting until it exited (SIGKILL after `stop_timeout`). Without live-restore
+    /// dockerd stops its containers and its containerd first.
+    pub fn stop(&mut self) -> Result<(), DockerError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + self.config.stop_timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        // dockerd leaves its default network namespace mounted in its exec-root, and its cgroup
+        // parent behind, even on a clean stop.
+        detach_mounts_under(&self.config.dir);
+        if let Some(parent) = self
+            .config
+            .daemon_json
+            .get("cgroup-parent")
+            .and_then(Value::as_str)
+        {
+            remove_cgroup_parent(parent);
+        }
+        Ok(())
+    }
+
+    /// Stops it and starts it again on the same daemon.json.
+    pub fn restart(&mut self) -> Result<(), DockerError> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// dockerd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn config(&self) -> &DockerdConfig {
+        &self.config
+    }
+
+    /// The docker CLI talking to this dockerd.
+    pub fn cli(&self) -> DockerCli {
+        self.config.cli()
+    }
+
+    /// Its whole log so far (empty if unreadable).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.config.log_path()).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "\nlast lines of its log ({}):\n{}",
+            self.config.log_path().display(),
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        )
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// The newest Docker Engine `scripts/install-docker.sh` unpacked under `prefix`: its `dockerd`.
+pub fn newest_unpacked(prefix: &Path) -> Option<PathBuf> {
+    let mut found: Vec<(Vec<u64>, PathBuf)> = fs::read_dir(prefix)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_string();
+            let version: Vec<u64> = name
+                .split('.')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
+            let dockerd = entry.path().join("usr/sbin/dockerd");
+            dockerd.is_file().then_some((version, dockerd))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, dockerd)| dockerd)
+}
+
+/// The newest/// Lazily unmounts every mount point at or below `dir`, deepest first (overlay rootfs, shm and
+/// netns mounts a killed dockerd leaves).
+pub fn detach_mounts_under(dir: &Path) {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for point in points {
+        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
+            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// Removes a cgroup parent (`/name`, as daemon.json's `cgroup-parent`) and the container cgroups
+/// under it in every hierarchy; `rmdir` only removes empty cgroups, so anything still running
+/// keeps its own.
+pub fn remove_cgroup_parent(parent: &str) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let cgroup = hierarchy.path().join(parent.trim_start_matches('/'));
+        for child in fs::read_dir(&cgroup).into_iter().flatten().flatten() {
+            if child.path().is_dir() {
+                let _ = fs::remove_dir(child.path());
+            }
+        }
+        let _ = fs::remove_dir(&cgroup);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path(r"/tmp/a\040b/c\134d"),
+            PathBuf::from("/tmp/a b/c\\d")
+        );
+        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
+    }
+
+    #[test]
+    fn daemon_json_keeps_the_instance_private_and_takes_extra_keys() {
+        let mut config = DockerdConfig::new("/tmp/d", "/opt/x/usr/sbin/dockerd");
+        config
+            .daemon_json
+            .insert("live-restore".into(), Value::Bool(true));
+        let json = config.daemon_json();
+        assert_eq!(json["hosts"][0], "unix:///tmp/d/docker.sock");
+        assert_eq!(json["exec-root"], "/tmp/d/exec");
+        assert_eq!(json["iptables"], false);
+        assert_eq!(json["bridge"], "none");
+        assert_eq!(json["live-restore"], true);
+        assert_eq!(
+            config.containerd_address(),
+            Path::new("/tmp/d/exec/containerd/containerd.sock")
+        );
+    }
+
+    #[test]
+    fn the_newest_unpacked_engine_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        for version in ["26.1.5", "28.5.2", "9.0.0", "not-a-version"] {
+            let sbin = dir.path().join(version).join("usr/sbin");
+            fs::create_dir_all(&sbin).unwrap();
+            fs::write(sbin.join("dockerd"), "").unwrap();
+        }
+        assert_eq!(
+            newest_unpacked(dir.path()),
+            Some(dir.path().join("28.5.2/usr/sbin/dockerd"))
+        );
+        assert_eq!(newest_unpacked(&dir.path().join("none")), None);
+    }
+}

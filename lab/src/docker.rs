@@ -1,0 +1,694 @@
+//! `shimtrace lab --engine docker`: the same profiles run through Docker Engine, as the lab's
+//! original script does it: `docker run --rm --runtime <runtime>` timed by the Docker client (the
+//! `time docker run` figure) beside the shim spans, the probe run with `docker run` for the
+//! isolation column, and busybox httpd in a detached container (`--network host`) for served
+//! latency. The report is the same.
+//!
+//! Docker is found as the docker CLI finds it (`DOCKER_HOST`, its context, `/var/run/docker.sock`).
+//! When nothing answers, the lab starts a private dockerd (`--dockerd`, default the newest one
+//! `scripts/install-docker.sh` unpacked) whose daemon.json gets the traced runtimes from
+//! `shimtrace install --docker` and a `runsc` runtime with host networking, and whose shims spool
+//! into the output directory.
+//!
+//! Each profile runs under the first runtime dockerd has of: `traced-<name>` (unless
+//! `--untraced`), `<name>` (the untraced one, e.g. a `crun` runtime), and for Kata
+//! `io.containerd.kata.v2` (a shim by name). A profiles file's `runtime` is taken as the Docker
+//! runtime name.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use shimtrace_collector::stats::{ms, Summary};
+use shimtrace_containerd::docker::{
+    install_docker, CliOutput, DockerCli, DockerError, DockerInstall, CLI_TIMEOUT,
+};
+use shimtrace_containerd::dockerd::{
+    newest_unpacked, DockerdConfig, PrivateDockerd, UNPACKED_PREFIX,
+};
+use shimtrace_containerd::image::write_docker_archive;
+use shimtrace_containerd::rootfs;
+use shimtrace_span::naming::which;
+
+use crate::profiles::Profile;
+use crate::report::{DockerSetup, HttpResult, ProfileResult, RunRecord};
+use crate::{
+    attach_spans, export_otlp, http, http_port, log, one_line, parse_probe, relate_to_runc,
+    write_reports, Active, Findings, Lab, LabError,
+};
+
+/// The image tag the lab's rootfs is loaded as (the run's suffix makes it unique).
+const IMAGE_REPOSITORY: &str = "shimtrace-lab/workload";
+
+/// Where the lab's containers run under Docker.
+struct DockerTarget {
+    cli: DockerCli,
+    /// The dockerd the lab started, if it did; stopped when dropped (before `_dir` goes).
+    private: Option<PrivateDockerd>,
+    _dir: Option<tempfile::TempDir>,
+    image: String,
+    /// Runtimes dockerd has loaded, with their `docker info` entry.
+    runtimes: Map<String, Value>,
+    spool_dir: PathBuf,
+    spool_start: u64,
+}
+
+impl DockerTarget {
+    /// `docker ARGS…` off the async workers; a non-zero exit is not an error here.
+    fn run(&self, args: &[&str]) -> Result<CliOutput, DockerError> {
+        tokio::task::block_in_place(|| self.cli.run(args, CLI_TIMEOUT))
+    }
+
+    /// Removes the lab's containers and image, and stops a private dockerd.
+    fn close(self, lab: &Lab<'_>, found: &mut Findings) {
+        let filter = format!("name=lab-.*-{}$", lab.suffix);
+        if let Ok(ids) = self.run(&["ps", "-aq", "--filter", &filter]) {
+            for id in ids.stdout.split_whitespace() {
+                if let Err(e) = self.run(&["rm", "-f", id]) {
+                    found.report.errors.push(format!("cleanup of {id}: {e}"));
+                }
+            }
+        }
+        let _ = self.run(&["rmi", "-f", &self.image]);
+        drop(self.private);
+    }
+}
+
+/// Runs the Docker stages after the host probe: connect, preflight, cold starts, shim spans,
+/// served latency, OTLP export, and closes; the caller writes the report.
+pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), LabError> {
+    if lab.args.image.is_some() {
+        return Err(LabError::Docker(
+            "--image is not supported with --engine docker: the lab loads its own image (busybox and the probe)".into(),
+        ));
+    }
+    let target = match connect(lab, found).await {
+        Ok(target) => target,
+        Err(fatal) => {
+            found.report.errors.push(fatal.to_string());
+            found.report.derive_conclusions();
+            write_reports(&lab.out, &found.report)?;
+            return Err(fatal);
+        }
+    };
+    let result = measure_on(lab, &target, found).await;
+    target.close(lab, found);
+    result
+}
+
+async fn measure_on(
+    lab: &Lab<'_>,
+    target: &DockerTarget,
+    found: &mut Findings,
+) -> Result<(), LabError> {
+    let mut active = preflight(lab, target, found);
+    cold_starts(lab, target, &mut active);
+    attach_spans(
+        &target.spool_dir,
+        target.spool_start,
+        &mut active,
+        &mut found.report,
+    );
+    served_latency(lab, target, &mut active, found).await;
+    // Docker names containers by its own ids: the lab's are those its runs recorded.
+    let ids: std::collections::BTreeSet<String> = active
+        .iter()
+        .flat_map(|a| a.result.runs.iter().map(|r| r.id.clone()))
+        .collect();
+    let is_ours = |id: &str| ids.contains(id);
+    export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
+    let mut by_name: BTreeMap<String, ProfileResult> = active
+        .into_iter()
+        .map(|a| (a.profile.name.clone(), a.result))
+        .collect();
+    let skipped = std::mem::take(&mut found.report.profiles);
+    for profile in &lab.profiles {
+        if let Some(r) = by_name.remove(&profile.name) {
+            found.report.profiles.push(r);
+        } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
+            found.report.profiles.push(r.clone());
+        }
+    }
+    Ok(())
+}
+
+/// The Docker the CLI finds, else a private dockerd; the lab's image loaded into it.
+async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<DockerTarget, LabError> {
+    let args = lab.args;
+    let cli = DockerCli::new(&args.docker_cli);
+    let version_args = ["version", "--format", "{{.Server.Version}}"];
+    let answered = tokio::task::block_in_place(|| cli.run(&version_args, Duration::from_secs(30)));
+    let (cli, private, dir, spool_dir) = match answered {
+        Ok(out) if out.success() => {
+            let spool_dir = args
+                .spool_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(shimtrace_span::spool::DEFAULT_SPOOL_DIR));
+            (cli, None, None, spool_dir)
+        }
+        other => {
+            let reason = match other {
+                Ok(out) => one_line(&out.stderr),
+                Err(e) => e.to_string(),
+            };
+            log(format!(
+                "no Docker answers ({reason}); starting a private dockerd"
+            ));
+            let (private, dir, spool_dir) = start_private(lab, &reason)?;
+            (private.cli(), Some(private), Some(dir), spool_dir)
+        }
+    };
+    let mut target = DockerTarget {
+        cli,
+        private,
+        _dir: dir,
+        image: format!("{IMAGE_REPOSITORY}:{}", lab.suffix),
+        runtimes: Map::new(),
+        spool_dir,
+        spool_start: shimtrace_containerd::wall_unix_nanos(),
+    };
+    let info = target
+        .run(&[
+            "info",
+            "--format",
+            "{{json .ServerVersion}} {{json .Runtimes}}",
+        ])
+        .and_then(|o| {
+            if o.success() {
+                Ok(o.stdout)
+            } else {
+                Err(DockerError::Cli {
+                    command: "docker info".into(),
+                    problem: one_line(&o.stderr),
+                })
+            }
+        })
+        .map_err(|e| LabError::Docker(e.to_string()))?;
+    let (version, runtimes) = info.trim().split_once(' ').unwrap_or((info.trim(), "{}"));
+    target.runtimes = serde_json::from_str(runtimes).unwrap_or_default();
+    let containerd = target
+        .run(&[
+            "version",
+            "--format",
+            "{{range .Server.Components}}{{if eq .Name \"containerd\"}}{{.Version}}{{end}}{{end}}",
+        ])
+        .map(|o| o.stdout.trim().to_string())
+        .unwrap_or_default();
+    let setup = &mut found.report.setup;
+    setup.docker = Some(DockerSetup {
+        version: version.trim_matches('"').to_string(),
+        host: target
+            .cli
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "the docker CLI's default".into()),
+        private: target.private.is_some(),
+    });
+    setup.containerd_version = if containerd.is_empty() {
+        "?".into()
+    } else {
+        containerd
+    };
+    setup.containerd_address = "dockerd's".into();
+    setup.namespace = shimtrace_containerd::docker::DOCKER_NAMESPACE.into();
+    setup.spool_dir = target.spool_dir.display().to_string();
+    setup.traced = !args.untraced
+        && target
+            .runtimes
+            .keys()
+            .any(|name| name.starts_with("traced-"));
+    load_image(lab, &target)?;
+    Ok(target)
+}
+
+/// A private dockerd in a temp dir, with the traced runtimes (unless `--untraced`); returns it,
+/// the dir, and the spool its shims write.
+fn start_private(
+    lab: &Lab<'_>,
+    reason: &str,
+) -> Result<(PrivateDockerd, tempfile::TempDir, PathBuf), LabError> {
+    let args = lab.args;
+    let no_docker = |problem: String| {
+        LabError::Docker(format!(
+            "Docker is not reachable ({reason}) and a private dockerd could not be started: {problem} (install Docker Engine >= 23 — `scripts/install-docker.sh` unpacks one — or set DOCKER_HOST)"
+        ))
+    };
+    let dockerd = args
+        .dockerd
+        .clone()
+        .or_else(|| newest_unpacked(Path::new(UNPACKED_PREFIX)))
+        .or_else(|| which("dockerd"))
+        .ok_or_else(|| no_docker(format!("no dockerd under {UNPACKED_PREFIX} nor on PATH")))?;
+    // Short path under /tmp: dockerd's and containerd's sockets live below it.
+    let dir = tempfile::Builder::new()
+        .prefix("shimtrace-lab-dkr-")
+        .tempdir_in("/tmp")
+        .map_err(|source| LabError::Out {
+            path: PathBuf::from("/tmp"),
+            source,
+        })?;
+    let spool_dir = lab.out.join("spool");
+    // Our own dockerd's shims write only this run's spans here.
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).map_err(|source| LabError::Out {
+        path: bin.clone(),
+        source,
+    })?;
+    let mut config = DockerdConfig::new(dir.path(), &dockerd);
+    let mut path = vec![bin.clone()];
+    path.extend(dockerd.parent().map(Path::to_path_buf));
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+    ));
+    config.path = std::env::join_paths(path).map_err(|e| no_docker(e.to_string()))?;
+    config.env = vec![(
+        shimtrace_span::env::SPOOL_DIR.into(),
+        spool_dir.clone().into_os_string(),
+    )];
+    config.stop_timeout = Duration::from_secs(20);
+    let mut runtimes = Map::new();
+    // gVisor with host networking serves HTTP on `--network host` and sees an empty namespace on
+    // `--network none`; cgroups stay the runc shim's.
+    if let Some(runsc) = which("runsc") {
+        runtimes.insert(
+            "runsc".into(),
+            json!({"path": runsc, "runtimeArgs": ["--network=host", "--ignore-cgroups"]}),
+        );
+    }
+    if let Some(crun) = which("crun") {
+        runtimes.insert("crun".into(), json!({"path": crun}));
+    }
+    config
+        .daemon_json
+        .insert("runtimes".into(), Value::Object(runtimes));
+    // Its containers' cgroups under a parent of their own, removed when it stops.
+    config.daemon_json.insert(
+        "cgroup-parent".into(),
+        Value::String(format!("/shimtrace-lab-{}", lab.suffix)),
+    );
+    config
+        .write_daemon_json()
+        .map_err(|e| no_docker(e.to_string()))?;
+    if !args.untraced {
+        install_docker(&DockerInstall {
+            config: config.config_path(),
+            wrapper: args.wrapper.clone(),
+            bin_dir: Some(bin),
+            write: true,
+            runsc: None,
+            shim_path: config.path.clone(),
+        })
+        .map_err(|e| no_docker(format!("registering the traced runtimes: {e}")))?;
+    }
+    let private = tokio::task::block_in_place(|| PrivateDockerd::start(config))
+        .map_err(|e| no_docker(e.to_string()))?;
+    Ok((private, dir, spool_dir))
+}
+
+/// The lab's rootfs (busybox, the probe, /www) as a one-layer image.
+fn load_image(lab: &Lab<'_>, target: &DockerTarget) -> Result<(), LabError> {
+    let archive = lab.work.join("workload.tar");
+    write_docker_archive(&lab.rootfs_dir, &target.image, &["/bin/sh"], &archive)
+        .map_err(|e| LabError::Docker(e.to_string()))?;
+    let archive_arg = archive.display().to_string();
+    let out = target
+        .run(&["load", "-q", "-i", &archive_arg])
+        .map_err(|e| LabError::Docker(e.to_string()))?;
+    let _ = std::fs::remove_file(&archive);
+    if out.success() {
+        Ok(())
+    } else {
+        Err(LabError::Docker(format!(
+            "docker load of the lab's image failed: {}",
+            one_line(&out.stderr)
+        )))
+    }
+}
+
+/// The Docker runtime `profile` runs under here, or why none.
+fn runtime_for(lab: &Lab<'_>, target: &DockerTarget, profile: &Profile) -> Result<String, String> {
+    let mut candidates = Vec::new();
+    if lab.args.profiles.is_some() {
+        candidates.push(profile.runtime.clone());
+    } else {
+        if !lab.args.untraced {
+            candidates.push(format!("traced-{}", profile.name));
+        }
+        candidates.push(profile.name.clone());
+    }
+    if let Some(found) = candidates
+        .iter()
+        .find(|c| target.runtimes.contains_key(c.as_str()))
+    {
+        return Ok(found.clone());
+    }
+    // A shim by containerd runtime name needs no daemon.json entry (Kata, or a profiles file's).
+    let by_name = if lab.args.profiles.is_some() {
+        Some(profile.runtime.clone()).filter(|r| r.starts_with("io.containerd."))
+    } else if profile.vm {
+        Some(crate::profiles::kata_shim().runtime())
+    } else {
+        None
+    };
+    by_name.ok_or_else(|| {
+        format!(
+            "dockerd has no runtime {} (run `shimtrace install --docker --write` and restart dockerd, or add one to daemon.json)",
+            candidates.join(" or ")
+        )
+    })
+}
+
+/// Stage 3 under Docker: each profile's runtime, then one probe run whose output is its
+/// isolation column; a profile that cannot run is skipped with the reason.
+fn preflight(lab: &Lab<'_>, target: &DockerTarget, found: &mut Findings) -> Vec<Active> {
+    let mut active = Vec::new();
+    for profile in &lab.profiles {
+        let mut result = ProfileResult {
+            name: profile.name.clone(),
+            runtime: profile.name.clone(),
+            status: "ok".into(),
+            ..Default::default()
+        };
+        if let Some(reason) = profile.missing_requirement() {
+            found.skip(result, reason, lab.explicit);
+            continue;
+        }
+        let runtime = match runtime_for(lab, target, profile) {
+            Ok(runtime) => runtime,
+            Err(reason) => {
+                found.skip(result, reason, lab.explicit);
+                continue;
+            }
+        };
+        let entry = target.runtimes.get(&runtime);
+        result.runtime = runtime.clone();
+        result.runtime_path = entry
+            .and_then(|e| e.get("runtimeType").or_else(|| e.get("path")))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // The OCI binary: the entry's own `path`, or for `traced-<name>` that of `<name>` (the
+        // gVisor runtime's inner shim runs the `runsc` runtime's binary with its flags).
+        let oci = entry.filter(|e| e.get("path").is_some()).or_else(|| {
+            runtime
+                .strip_prefix("traced-")
+                .and_then(|plain| target.runtimes.get(plain))
+        });
+        result.binary_name = oci.and_then(|e| {
+            let path = e.get("path")?.as_str()?;
+            let flags = e
+                .get("runtimeArgs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str);
+            Some(
+                std::iter::once(path)
+                    .chain(flags)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        });
+        let name = format!("lab-{}-probe-{}", profile.name, lab.suffix);
+        let probe = run_rm(target, &runtime, &name, &[rootfs::PROBE_IN_ROOTFS]);
+        let outcome = match probe.map(|run| run.output) {
+            Ok(out) if out.success() => match parse_probe(&out.stdout) {
+                Some(probe) => Ok(probe),
+                None => Err(format!("probe printed no JSON: {}", one_line(&out.stdout))),
+            },
+            Ok(out) => Err(format!(
+                "probe exited {}: {}",
+                out.status.code().unwrap_or(-1),
+                one_line(&format!("{}{}", out.stdout, out.stderr))
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(probe) => {
+                result.probe = probe;
+                log(format!(
+                    "{}: ready (docker runtime {runtime})",
+                    profile.name
+                ));
+                let mut profile = profile.clone();
+                profile.runtime = runtime;
+                active.push(Active { profile, result });
+            }
+            Err(reason) => {
+                let reason = format!("does not run here: {}", one_line(&reason));
+                found.skip(result, reason, lab.explicit);
+            }
+        }
+    }
+    active
+}
+
+/// One `docker run --rm` as the client saw it.
+struct DockerRun {
+    output: CliOutput,
+    /// The container's full id (what its spans carry), from `--cidfile`.
+    id: Option<String>,
+    /// Wall clock when the client started, in unix nanoseconds.
+    client_start: u64,
+    elapsed: Duration,
+}
+
+/// `docker run --rm --network none --runtime RUNTIME --name NAME --cidfile … IMAGE COMMAND…`.
+fn run_rm(
+    target: &DockerTarget,
+    runtime: &str,
+    name: &str,
+    command: &[&str],
+) -> Result<DockerRun, DockerError> {
+    let cidfile = std::env::temp_dir().join(format!("{name}.cid"));
+    let _ = std::fs::remove_file(&cidfile);
+    let cid_arg = cidfile.display().to_string();
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--runtime",
+        runtime,
+        "--name",
+        name,
+        "--cidfile",
+        &cid_arg,
+        &target.image,
+    ];
+    args.extend_from_slice(command);
+    let client_start = shimtrace_containerd::wall_unix_nanos();
+    let started = Instant::now();
+    let output = target.run(&args)?;
+    let elapsed = started.elapsed();
+    let id = std::fs::read_to_string(&cidfile)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let _ = std::fs::remove_file(&cidfile);
+    Ok(DockerRun {
+        output,
+        id,
+        client_start,
+        elapsed,
+    })
+}
+
+/// Stage 4 under Docker: `--runs` rounds interleaved across the profiles, each a timed
+/// `docker run --rm` of the probe.
+fn cold_starts(lab: &Lab<'_>, target: &DockerTarget, active: &mut [Active]) {
+    let total = lab.args.runs as u64 * active.len() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "cold start (docker run) {bar:40} {pos}/{len} {msg} [{elapsed}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for round in 0..lab.args.runs as usize {
+        for k in 0..active.len() {
+            let index = (round + k) % active.len();
+            let entry = &mut active[index];
+            bar.set_message(entry.profile.name.clone());
+            let name = format!("lab-{}-{round}-{}", entry.profile.name, lab.suffix);
+            let record = cold_start(target, &entry.profile.runtime, &name, round);
+            entry.result.runs.push(record);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+}
+
+/// One cold start: the Docker client's wall time for `docker run --rm` and, from the probe, the
+/// time to the workload's first instruction. Its spans are found by the container's full id.
+fn cold_start(target: &DockerTarget, runtime: &str, name: &str, round: usize) -> RunRecord {
+    let mut record = RunRecord {
+        round,
+        id: name.to_string(),
+        ..Default::default()
+    };
+    match run_rm(target, runtime, name, &[rootfs::PROBE_IN_ROOTFS]) {
+        Ok(DockerRun {
+            output: out,
+            id,
+            client_start,
+            elapsed,
+        }) => {
+            record.client_start_unix_nanos = client_start;
+            record.wall_ms = Some(ms(elapsed));
+            if let Some(id) = id {
+                record.id = id;
+            }
+            record.ok = out.success();
+            match parse_probe(&out.stdout) {
+                Some(probe) if record.ok => {
+                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
+                        .as_u64()
+                        .map(|t| (t as f64 - client_start as f64) / 1e6);
+                }
+                _ => {
+                    record.ok = false;
+                    record.error = Some(format!(
+                        "exit {}; no probe output: {}",
+                        out.status.code().unwrap_or(-1),
+                        one_line(&format!("{}{}", out.stdout, out.stderr))
+                    ));
+                }
+            }
+        }
+        Err(e) => {
+            record.client_start_unix_nanos = shimtrace_containerd::wall_unix_nanos();
+            record.error = Some(one_line(&e.to_string()));
+        }
+    }
+    record
+}
+
+/// Stage 6 under Docker: per profile, busybox httpd in a detached container on the host network
+/// answering `--requests` GETs; p50 and p99 relative to runc's.
+async fn served_latency(
+    lab: &Lab<'_>,
+    target: &DockerTarget,
+    active: &mut [Active],
+    found: &mut Findings,
+) {
+    let args = lab.args;
+    if args.requests == 0 {
+        return;
+    }
+    for (i, entry) in active.iter_mut().enumerate() {
+        let Some(port) = http_port(args.port, i, entry, found) else {
+            continue;
+        };
+        log(format!(
+            "{}: serving HTTP on 127.0.0.1:{port} (docker run -d --network host)",
+            entry.profile.name
+        ));
+        let result = serve_and_measure(lab, target, entry, port, args.requests as usize).await;
+        if let Some(e) = &result.error {
+            found
+                .report
+                .errors
+                .push(format!("{} HTTP: {e}", entry.profile.name));
+        }
+        entry.result.http = Some(result);
+    }
+    relate_to_runc(active);
+}
+
+async fn serve_and_measure(
+    lab: &Lab<'_>,
+    target: &DockerTarget,
+    entry: &Active,
+    port: u16,
+    requests: usize,
+) -> HttpResult {
+    let mut result = HttpResult {
+        port,
+        requests,
+        ..Default::default()
+    };
+    let name = format!("lab-http-{}-{}", entry.profile.name, lab.suffix);
+    let listen = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let run = target.run(&[
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "--runtime",
+        &entry.profile.runtime,
+        "--name",
+        &name,
+        &target.image,
+        "/bin/httpd",
+        "-f",
+        "-p",
+        &listen,
+        "-h",
+        "/www",
+    ]);
+    match run {
+        Ok(out) if out.success() => {}
+        Ok(out) => {
+            result.error = Some(format!("docker run -d failed: {}", one_line(&out.stderr)));
+            return result;
+        }
+        Err(e) => {
+            result.error = Some(one_line(&e.to_string()));
+            return result;
+        }
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
+        Ok(()) => {
+            result.ready_ms = Some(ms(started.elapsed()));
+            // A few unmeasured requests so both sides have warmed up.
+            for _ in 0..5 {
+                let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
+            }
+            let mut first_error = None;
+            for _ in 0..requests {
+                match http::get(addr, "/index.html", Duration::from_secs(5)).await {
+                    Ok(d) => result.samples_ms.push(ms(d)),
+                    Err(e) => {
+                        result.errors += 1;
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            result.latency = Summary::of(&result.samples_ms);
+            if let Some(first) = first_error {
+                result.error = Some(format!(
+                    "{} of {requests} requests failed; first: {first}",
+                    result.errors
+                ));
+            }
+        }
+        Err(e) => {
+            let logs = target
+                .run(&["logs", &name])
+                .map(|o| format!("{}{}", o.stdout, o.stderr))
+                .unwrap_or_default();
+            result.error = Some(one_line(&format!(
+                "server never answered: {e}; container output: {logs}"
+            )));
+        }
+    }
+    match target.run(&["rm", "-f", &name]) {
+        Ok(out) if out.success() => {}
+        Ok(out) => {
+            result
+                .error
+                .get_or_insert_with(|| format!("docker rm -f: {}", one_line(&out.stderr)));
+        }
+        Err(e) => {
+            result.error.get_or_insert_with(|| one_line(&e.to_string()));
+        }
+    }
+    result
+}
