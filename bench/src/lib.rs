@@ -7,6 +7,7 @@ pub mod calls;
 pub mod figures;
 pub mod rss;
 pub mod runs;
+pub mod soak;
 
 use std::path::PathBuf;
 use std::time::Instant;

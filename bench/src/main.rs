@@ -12,6 +12,8 @@ use shimtrace_bench::{figures, BenchConfig};
 #[derive(Parser)]
 #[command(name = "shimtrace-bench", version)]
 struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Small numbers (500 calls, 3 pairs, 10 containers, 8 parallel, 1,000 traces): checks that
     /// every figure is produced, in seconds; the figures themselves are noise.
     #[arg(long)]
@@ -21,7 +23,12 @@ struct Cli {
     out: PathBuf,
     /// The wrapper binary to install (build it with `cargo build --release -p shimtrace-shim`)
     /// [default: containerd-shim-traced-v2 beside this binary].
-    #[arg(long, value_name = "FILE", env = "SHIMTRACE_WRAPPER_BIN")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SHIMTRACE_WRAPPER_BIN",
+        global = true
+    )]
     wrapper: Option<PathBuf>,
     /// containerd version to run (an installed one: 1.6.20 is the system's).
     #[arg(long, value_name = "VERSION")]
@@ -54,6 +61,14 @@ struct Cli {
     check: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum Mode {
+    /// Soak: many wrapped containers one after another, then at once, and an account of what
+    /// they left behind (processes, sockets, run-dir and spool files, containerd's descriptors);
+    /// exits 1 unless nothing failed and every count is back to its starting value.
+    Soak(shimtrace_bench::soak::SoakArgs),
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if !nix::unistd::geteuid().is_root() {
@@ -77,6 +92,10 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", wrapper.display()))?;
     // The harness installs whatever this names; set before any thread starts.
     std::env::set_var("SHIMTRACE_WRAPPER_BIN", &wrapper);
+
+    if let Some(Mode::Soak(args)) = &cli.mode {
+        return soak(args);
+    }
 
     let mut config = if cli.quick {
         BenchConfig::quick()
@@ -113,6 +132,23 @@ fn main() -> anyhow::Result<()> {
         if cli.check {
             std::process::exit(1);
         }
+    }
+    Ok(())
+}
+
+fn soak(args: &shimtrace_bench::soak::SoakArgs) -> anyhow::Result<()> {
+    let report = shimtrace_bench::soak::run(&args.config(), &|step| {
+        eprintln!("shimtrace-bench soak: {step}")
+    })?;
+    print!("{}", shimtrace_bench::soak::table(&report));
+    let json = serde_json::to_string_pretty(&report).context("encoding the results")?;
+    std::fs::write(&args.out, json + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("results: {}", args.out.display());
+    let missed = report.missed();
+    if !missed.is_empty() {
+        println!("targets missed: {}", missed.join("; "));
+        std::process::exit(1);
     }
     Ok(())
 }

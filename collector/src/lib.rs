@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod jaeger;
 pub mod metrics;
 pub mod oneshot;
+pub mod pod;
 pub mod report;
 pub mod serve;
 pub mod source;

@@ -41,6 +41,8 @@ impl Histogram {
 struct PhaseCache {
     at_seq: Option<u64>,
     histograms: BTreeMap<(String, Phase), Histogram>,
+    /// Pod startup per (runtime, handler, part).
+    pods: BTreeMap<(String, String, &'static str), Histogram>,
 }
 
 fn label(value: &str) -> String {
@@ -48,6 +50,16 @@ fn label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// One histogram's bucket, sum and count lines.
+fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    for (le, n) in BUCKETS.iter().zip(h.buckets) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
 /// Renders the Prometheus text exposition.
@@ -73,7 +85,8 @@ impl MetricsRenderer {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.at_seq != Some(seq) {
             let mut histograms: BTreeMap<(String, Phase), Histogram> = BTreeMap::new();
-            for trace in Trace::group(store.all_spans()?) {
+            let traces = Trace::group(store.all_spans()?);
+            for trace in &traces {
                 let runtime = trace.runtime();
                 for p in trace.phases() {
                     histograms
@@ -82,9 +95,26 @@ impl MetricsRenderer {
                         .observe(p.duration_nanos() as f64 / 1e9);
                 }
             }
+            let mut pods: BTreeMap<(String, String, &'static str), Histogram> = BTreeMap::new();
+            for pod in crate::pod::Pod::group(&traces) {
+                let Some(startup) = pod.startup() else {
+                    continue;
+                };
+                let (runtime, handler) = (pod.runtime(), pod.handler().unwrap_or_default());
+                for (part, nanos) in [
+                    ("total", startup.total_ns),
+                    ("sandbox", startup.sandbox_ns),
+                    ("containers", startup.containers_ns),
+                ] {
+                    pods.entry((runtime.clone(), handler.to_string(), part))
+                        .or_default()
+                        .observe(nanos as f64 / 1e9);
+                }
+            }
             *cache = PhaseCache {
                 at_seq: Some(seq),
                 histograms,
+                pods,
             };
         }
         let mut out = String::new();
@@ -126,12 +156,22 @@ impl MetricsRenderer {
         );
         for ((runtime, phase), h) in &cache.histograms {
             let labels = format!("runtime=\"{}\",phase=\"{}\"", label(runtime), phase.key());
-            for (le, n) in BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
-            }
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+            write_histogram(&mut out, name, &labels, h);
+        }
+        let name = "shimtrace_pod_startup_seconds";
+        if !cache.pods.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP {name} Pod startup per runtime and CRI handler: total (sandbox start to every container running), sandbox (to the sandbox running), containers (the rest).\n# TYPE {name} histogram"
+            );
+        }
+        for ((runtime, handler, part), h) in &cache.pods {
+            let labels = format!(
+                "runtime=\"{}\",handler=\"{}\",part=\"{part}\"",
+                label(runtime),
+                label(handler)
+            );
+            write_histogram(&mut out, name, &labels, h);
         }
         Ok(out)
     }
@@ -246,5 +286,65 @@ mod tests {
             }
             other => panic!("not a histogram: {other:?}"),
         }
+    }
+
+    #[test]
+    fn runtimes_and_pods_are_labelled_by_what_ran_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut store = Store::open(&db).unwrap();
+        let profiles = crate::synth::default_profiles();
+        let mut spans = Vec::new();
+        for (pod, profile) in profiles.iter().take(2).enumerate() {
+            let start = 1_767_225_600_000_000_000 + pod as u64 * 2_000_000_000;
+            let (s, _) = crate::synth::pod_spans(pod, pod * 3, profile, 2, start, 1);
+            spans.extend(s);
+        }
+        let offset = FileOffset {
+            offset: 1,
+            next_line: 2,
+        };
+        store.ingest_chunk("f", &spans, &[], offset).unwrap();
+        let text = MetricsRenderer::new(db, Arc::new(Counters::default()))
+            .render()
+            .unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let runtimes: std::collections::BTreeSet<&str> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "shimtrace_cold_start_phase_seconds")
+            .filter_map(|s| s.labels.get("runtime"))
+            .collect();
+        // Both pods ran behind the runc shim; one of them on gVisor.
+        assert_eq!(runtimes.into_iter().collect::<Vec<_>>(), ["runc", "runsc"]);
+        let mut pods: Vec<(&str, &str, f64)> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "shimtrace_pod_startup_seconds")
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(b) => (
+                    s.labels.get("runtime").unwrap(),
+                    s.labels.get("part").unwrap(),
+                    b.iter()
+                        .find(|b| b.less_than == f64::INFINITY)
+                        .unwrap()
+                        .count,
+                ),
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .collect();
+        pods.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        assert_eq!(
+            pods,
+            [
+                ("runc", "containers", 1.0),
+                ("runc", "sandbox", 1.0),
+                ("runc", "total", 1.0),
+                ("runsc", "containers", 1.0),
+                ("runsc", "sandbox", 1.0),
+                ("runsc", "total", 1.0)
+            ]
+        );
     }
 }

@@ -189,7 +189,10 @@ pub fn build_report(
         .collect();
     let mut by_runtime: BTreeMap<String, Vec<&Trace>> = BTreeMap::new();
     for trace in &traces {
-        by_runtime.entry(trace.runtime()).or_default().push(trace);
+        by_runtime
+            .entry(trace.report_group())
+            .or_default()
+            .push(trace);
     }
     let runtimes = by_runtime
         .into_iter()
@@ -249,7 +252,11 @@ pub fn build_report(
         spans: span_count,
         dropped_spans,
         runtimes,
-        sections,
+        // Pod startup leads the caller's sections (it is about the same traces as the runtimes).
+        sections: crate::pod::startup_section(&traces)
+            .into_iter()
+            .chain(sections)
+            .collect(),
     }
 }
 

@@ -22,7 +22,10 @@ use crate::trace::EXIT_EVENT;
 #[derive(Debug, Clone)]
 pub struct RuntimeProfile {
     pub inner: &'static str,
-    pub options: Option<&'static str>,
+    /// `container.runtime.name`, as the shim records it.
+    pub runtime: &'static str,
+    /// The runc shim's `BinaryName`, when the runtime is chosen that way.
+    pub binary: Option<&'static str>,
     pub wrapper_start_ms: (f64, f64),
     pub create_ms: (f64, f64),
     pub start_ms: (f64, f64),
@@ -35,7 +38,8 @@ pub fn default_profiles() -> Vec<RuntimeProfile> {
     vec![
         RuntimeProfile {
             inner: "/usr/bin/containerd-shim-runc-v2",
-            options: None,
+            runtime: "runc",
+            binary: None,
             wrapper_start_ms: (9.0, 2.0),
             create_ms: (45.0, 10.0),
             start_ms: (4.0, 1.0),
@@ -44,7 +48,8 @@ pub fn default_profiles() -> Vec<RuntimeProfile> {
         },
         RuntimeProfile {
             inner: "/usr/bin/containerd-shim-runc-v2",
-            options: Some("BinaryName=runsc"),
+            runtime: "runsc",
+            binary: Some("/usr/local/bin/runsc-nonet"),
             wrapper_start_ms: (9.0, 2.0),
             create_ms: (140.0, 30.0),
             start_ms: (35.0, 8.0),
@@ -53,7 +58,8 @@ pub fn default_profiles() -> Vec<RuntimeProfile> {
         },
         RuntimeProfile {
             inner: "/usr/bin/containerd-shim-runc-v2",
-            options: Some("BinaryName=crun"),
+            runtime: "crun",
+            binary: Some("/usr/bin/crun"),
             wrapper_start_ms: (9.0, 2.0),
             create_ms: (25.0, 6.0),
             start_ms: (3.0, 1.0),
@@ -76,6 +82,10 @@ pub struct SynthConfig {
     /// Writer pids start here; the default is above any Linux pid_max, so the writers count as
     /// exited and their files as finished.
     pub first_pid: u32,
+    /// Kubernetes pods written after the containers: a sandbox and `containers_per_pod`
+    /// containers each, with the `k8s.*` attributes CRI's annotations give.
+    pub pods: usize,
+    pub containers_per_pod: usize,
 }
 
 impl Default for SynthConfig {
@@ -87,6 +97,8 @@ impl Default for SynthConfig {
             profiles: default_profiles(),
             start_unix_nano: 1_767_225_600_000_000_000, // 2026-01-01T00:00:00Z
             first_pid: 5_000_000,
+            pods: 0,
+            containers_per_pod: 2,
         }
     }
 }
@@ -152,8 +164,15 @@ pub fn container_spans(
         container.clone().into(),
     );
     base.insert(attr::INNER.into(), profile.inner.into());
-    if let Some(options) = profile.options {
-        base.insert(crate::trace::RUNTIME_OPTIONS_ATTR.into(), options.into());
+    base.insert(attr::CONTAINER_RUNTIME_NAME.into(), profile.runtime.into());
+    match profile.binary {
+        Some(binary) => {
+            base.insert(attr::RUNTIME_SOURCE.into(), "binary_name".into());
+            base.insert(attr::RUNTIME_BINARY.into(), binary.into());
+        }
+        None => {
+            base.insert(attr::RUNTIME_SOURCE.into(), "shim".into());
+        }
     }
     let root_id = rng.span_id();
     let mut spans = Vec::with_capacity(10);
@@ -325,6 +344,69 @@ pub fn container_spans(
     (spans, wall)
 }
 
+/// The spans of one synthetic pod started at `start`: its sandbox, then `containers` containers
+/// the kubelet creates once the sandbox runs, one after another as it does, each trace carrying
+/// the `k8s.*` attributes. Container ids are `synth-<first_index + n>`; `start` the pod's.
+pub fn pod_spans(
+    pod: usize,
+    first_index: usize,
+    profile: &RuntimeProfile,
+    containers: usize,
+    start: u64,
+    seed: u64,
+) -> (Vec<SpanRecord>, Vec<WallTime>) {
+    let mut rng = Rng(seed ^ (pod as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    rng.next();
+    // The sandbox runs until its containers are done.
+    let sandbox_profile = RuntimeProfile {
+        run_ms: (400.0, 20.0),
+        ..profile.clone()
+    };
+    let (mut spans, sandbox_wall) = container_spans(first_index, &sandbox_profile, start, seed);
+    let sandbox_id = format!("synth-{first_index:06}");
+    let uid = format!("{:016x}-{:04x}", rng.next(), pod);
+    let pod_name = format!("synth-pod-{pod:04}");
+    let sandbox_ready = spans
+        .iter()
+        .filter(|s| s.name.ends_with("/Start"))
+        .map(|s| s.end_time_unix_nano)
+        .max()
+        .unwrap_or(start);
+    let mut walls = vec![sandbox_wall];
+    let label = |spans: &mut [SpanRecord], role: &str, container: Option<&str>| {
+        for span in spans {
+            let a = &mut span.attributes;
+            a.insert(attr::K8S_POD_NAME.into(), pod_name.as_str().into());
+            a.insert(attr::K8S_NAMESPACE_NAME.into(), "synth".into());
+            a.insert(attr::K8S_POD_UID.into(), uid.as_str().into());
+            a.insert(attr::K8S_SANDBOX_ID.into(), sandbox_id.as_str().into());
+            a.insert(attr::K8S_ROLE.into(), role.into());
+            if let Some(name) = container {
+                a.insert(attr::K8S_CONTAINER_NAME.into(), name.into());
+            }
+            a.insert(attr::CONTAINERD_NAMESPACE.into(), "k8s.io".into());
+        }
+    };
+    label(&mut spans, "sandbox", None);
+    // The kubelet pulls (or finds) the image, then creates and starts each container in turn.
+    let mut next = sandbox_ready + 2_000_000 + rng.next() % 6_000_000;
+    for n in 0..containers {
+        let (mut container, wall) = container_spans(first_index + 1 + n, profile, next, seed);
+        label(&mut container, "container", Some(&format!("app-{n}")));
+        next = container
+            .iter()
+            .filter(|s| s.name.ends_with("/Start"))
+            .map(|s| s.end_time_unix_nano)
+            .max()
+            .unwrap_or(next)
+            + 500_000
+            + rng.next() % 1_500_000;
+        spans.extend(container);
+        walls.push(wall);
+    }
+    (spans, walls)
+}
+
 /// One writer's output: files `<writer>-<pid>-<start>-<seq>.jsonl`, rotated like the shim's.
 struct SpoolWriter {
     dir: PathBuf,
@@ -426,7 +508,42 @@ pub fn generate_spool(
         }
         writer_no += 1;
     }
-    summary.containers = config.containers;
+    if config.pods > 0 {
+        let first_start = config.start_unix_nano + index as u64 * 400_000_000;
+        let pid = config.first_pid + 2 * writer_no;
+        let mut wrapper = SpoolWriter::new(dir, "wrapper", pid, first_start)?;
+        let mut proxy = SpoolWriter::new(dir, "proxy", pid + 1, first_start)?;
+        let per_pod = 1 + config.containers_per_pod;
+        for pod in 0..config.pods {
+            let profile = &profiles[pod % profiles.len()];
+            let first_index = config.containers + pod * per_pod;
+            let start = config.start_unix_nano + first_index as u64 * 400_000_000;
+            let (spans, pod_walls) = pod_spans(
+                pod,
+                first_index,
+                profile,
+                config.containers_per_pod,
+                start,
+                config.seed,
+            );
+            for span in spans {
+                let out = if span.name.contains('/') {
+                    &mut proxy
+                } else {
+                    &mut wrapper
+                };
+                out.write(&SpoolEntry::Span(span))?;
+                summary.spans += 1;
+            }
+            walls.extend(pod_walls);
+        }
+        for w in [&mut wrapper, &mut proxy] {
+            w.file.flush()?;
+            summary.files += w.files.len();
+            summary.bytes += w.total_bytes;
+        }
+    }
+    summary.containers = config.containers + config.pods * (1 + config.containers_per_pod);
     Ok((summary, walls))
 }
 

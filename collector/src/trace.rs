@@ -11,8 +11,11 @@ use shimtrace_span::{attr, names, SpanId, SpanRecord, SpanStatus, TraceId};
 /// Span events named after containerd task topics (added by the proxy's events tap).
 pub const EXIT_EVENT: &str = "/tasks/exit";
 
-/// Optional attribute carrying the inner runtime's options (e.g. a runc `BinaryName`).
+/// Optional attribute carrying the inner runtime's options (e.g. a runc `BinaryName`); spools
+/// from before `container.runtime.name` are grouped by it.
 pub const RUNTIME_OPTIONS_ATTR: &str = "shimtrace.runtime.options";
+/// Value of [`attr::K8S_ROLE`] on a pod's sandbox.
+pub const SANDBOX_ROLE: &str = "sandbox";
 
 /// All spans of one trace, sorted by start time.
 #[derive(Debug, Clone)]
@@ -103,6 +106,22 @@ pub struct TraceSummary {
     pub exit_code: Option<i64>,
     /// Phase durations in nanoseconds, keyed by [`Phase::key`]; absent phases are left out.
     pub phases: BTreeMap<&'static str, u64>,
+    /// The pod this container belongs to, under Kubernetes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodMember>,
+}
+
+/// A container's place in its pod, from the `k8s.*` attributes of its spans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodMember {
+    /// The pod's sandbox id (the sandbox's own container id).
+    pub sandbox_id: String,
+    /// `sandbox` or `container`.
+    pub role: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container_name: Option<String>,
 }
 
 /// The name of a proxied task call, without its service (`Create` for `containerd.task.v3.Task/Create`).
@@ -175,13 +194,58 @@ impl Trace {
         self.first_attr_str(attr::CONTAINERD_NAMESPACE)
     }
 
-    /// The inner shim binary, plus its options when a span names them.
+    /// The runtime that ran this container: `container.runtime.name` (runc, runsc, crun, kata…,
+    /// whichever shim it ran behind). Spans recorded before shimtrace wrote that name fall back to
+    /// the inner shim binary, plus its options when a span names them. What the report and the
+    /// metrics group by.
     pub fn runtime(&self) -> String {
+        if let Some(name) = self.first_attr_str(attr::CONTAINER_RUNTIME_NAME) {
+            return name.to_string();
+        }
         let inner = self.first_attr_str(attr::INNER).unwrap_or("unknown");
         match self.first_attr_str(RUNTIME_OPTIONS_ATTR) {
             Some(options) if !options.is_empty() => format!("{inner} ({options})"),
             _ => inner.to_string(),
         }
+    }
+
+    /// The CRI runtime handler, when the spans name it.
+    pub fn handler(&self) -> Option<&str> {
+        self.first_attr_str(attr::RUNTIME_HANDLER)
+    }
+
+    /// What the report groups this trace under: its runtime, with a pod's sandboxes apart from
+    /// the containers that do the work (a sandbox's start is the pod's overhead, not a workload's).
+    pub fn report_group(&self) -> String {
+        let runtime = self.runtime();
+        if self.is_sandbox() {
+            format!("{runtime} (pod sandboxes)")
+        } else {
+            runtime
+        }
+    }
+
+    /// Whether this is a pod's sandbox (pause) container.
+    pub fn is_sandbox(&self) -> bool {
+        self.first_attr_str(attr::K8S_ROLE) == Some(SANDBOX_ROLE)
+    }
+
+    /// The pod this container belongs to, when its spans name one.
+    pub fn pod(&self) -> Option<PodMember> {
+        let get = |key| self.first_attr_str(key).map(str::to_string);
+        Some(PodMember {
+            sandbox_id: get(attr::K8S_SANDBOX_ID)?,
+            role: get(attr::K8S_ROLE),
+            pod_name: get(attr::K8S_POD_NAME),
+            pod_namespace: get(attr::K8S_NAMESPACE_NAME),
+            pod_uid: get(attr::K8S_POD_UID),
+            container_name: get(attr::K8S_CONTAINER_NAME),
+        })
+    }
+
+    /// When the init process was running: the end of its `Start` call.
+    pub fn running_at(&self) -> Option<u64> {
+        self.init_call("Start").map(|s| s.end_time_unix_nano)
     }
 
     /// The `shim.start` span, else the earliest span without a parent in this trace.
@@ -363,6 +427,7 @@ impl Trace {
                 .iter()
                 .map(|p| (p.phase.key(), p.duration_nanos()))
                 .collect(),
+            pod: self.pod(),
         }
     }
 }
@@ -491,6 +556,53 @@ pub(crate) mod tests {
         assert_eq!(trace.exit_code(), Some(3));
         assert_eq!(trace.status(), "exited");
         assert_eq!(trace.depths(), [0, 1, 1, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn the_runtime_is_what_ran_the_container_not_the_shim_in_front() {
+        let mut spans = container_trace(TraceId([1; 16]), "c1");
+        // An old spool: the inner shim, and its options when a span names them.
+        assert_eq!(
+            Trace::group(spans.clone())[0].runtime(),
+            "/usr/bin/containerd-shim-runc-v2"
+        );
+        spans[4]
+            .attributes
+            .insert(RUNTIME_OPTIONS_ATTR.into(), "BinaryName=runsc".into());
+        assert_eq!(
+            Trace::group(spans.clone())[0].runtime(),
+            "/usr/bin/containerd-shim-runc-v2 (BinaryName=runsc)"
+        );
+        // What the shim records now wins, on whichever span it is.
+        spans[6]
+            .attributes
+            .insert(attr::CONTAINER_RUNTIME_NAME.into(), "runsc".into());
+        let trace = Trace::group(spans.clone()).remove(0);
+        assert_eq!(trace.runtime(), "runsc");
+        assert_eq!(trace.report_group(), "runsc");
+        assert_eq!(trace.pod(), None);
+        assert_eq!(trace.summary().pod, None);
+        // A pod's sandbox is reported apart from the containers that do the work.
+        for span in &mut spans {
+            let a = &mut span.attributes;
+            a.insert(attr::K8S_SANDBOX_ID.into(), "c1".into());
+            a.insert(attr::K8S_ROLE.into(), SANDBOX_ROLE.into());
+            a.insert(attr::K8S_POD_NAME.into(), "web-1".into());
+            a.insert(attr::RUNTIME_HANDLER.into(), "traced-runsc".into());
+        }
+        let trace = Trace::group(spans).remove(0);
+        assert!(trace.is_sandbox());
+        assert_eq!(trace.report_group(), "runsc (pod sandboxes)");
+        assert_eq!(trace.handler(), Some("traced-runsc"));
+        let pod = trace.summary().pod.expect("pod member");
+        assert_eq!(pod.sandbox_id, "c1");
+        assert_eq!(pod.pod_name.as_deref(), Some("web-1"));
+        assert_eq!(pod.container_name, None);
+        // Start ended 100 ms in.
+        assert_eq!(
+            trace.running_at(),
+            Some(1_000_000_000_000_000_000 + 100 * 1_000_000)
+        );
     }
 
     #[test]

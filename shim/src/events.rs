@@ -14,6 +14,7 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use protobuf::Message;
 
+use crate::identity::Ready;
 use crate::tap::TapContext;
 use shimtrace_span::{
     attr, AttributeValue, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus,
@@ -174,18 +175,21 @@ impl EventTap {
             attr::RECORDER_PID.into(),
             shimtrace_span::clock::pid().into(),
         );
-        self.ctx.sink.emit(SpanRecord {
-            trace_id: trace.trace_id,
-            span_id: SpanId::random(),
-            parent_span_id: trace.parent_span_id,
-            name: format!("{EVENT_SPAN_PREFIX}{}", envelope.topic),
-            kind: SpanKind::Producer,
-            start_time_unix_nano: created.min(seen),
-            end_time_unix_nano: seen.max(created),
-            attributes,
-            events: vec![event],
-            status: SpanStatus::Unset,
-        });
+        let identities = self.ctx.traces.identities();
+        self.ctx
+            .sink
+            .emit_deferred(identities.annotating(Ready(SpanRecord {
+                trace_id: trace.trace_id,
+                span_id: SpanId::random(),
+                parent_span_id: trace.parent_span_id,
+                name: format!("{EVENT_SPAN_PREFIX}{}", envelope.topic),
+                kind: SpanKind::Producer,
+                start_time_unix_nano: created.min(seen),
+                end_time_unix_nano: seen.max(created),
+                attributes,
+                events: vec![event],
+                status: SpanStatus::Unset,
+            })));
     }
 }
 

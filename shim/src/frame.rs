@@ -3,14 +3,25 @@
 //! Bytes are read into a buffer, every complete frame in it is written to the other side in one
 //! `write`, verbatim (whatever its type or flags), and only then shown to the tap, so inspecting a
 //! frame never delays it. A `rewrite` hook may replace a frame before it is written (the proxy adds
-//! its `traceparent` to requests that carry none); every other byte passes untouched. A frame longer than ttrpc's 4 MiB limit is passed through as it arrives,
-//! untapped: the peer will reject it, but the proxy must not be the one to decide that.
+//! its `traceparent` to requests that carry none); every other byte passes untouched. A frame
+//! longer than ttrpc's 4 MiB limit is passed through as it arrives, untapped: the peer will reject
+//! it, but the proxy must not be the one to decide that.
+//!
+//! [`call`] is the other use of frames: a unary call of shimtrace's own to an inner shim.
 
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
-use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX};
+use protobuf::Message;
+use ttrpc::proto::{
+    MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_REQUEST,
+    MESSAGE_TYPE_RESPONSE,
+};
 
-const INITIAL_BUFFER: usize = 16 * 1024;
+/// Enough for containerd's usual frames (a few hundred bytes; `Create` and `Exec` a few KiB grow
+/// it once); a proxy may serve hundreds of connections, two buffers each.
+const INITIAL_BUFFER: usize = 4 * 1024;
 /// After a large frame, the buffer shrinks back once empty so an idle proxy stays small.
 const SHRINK_ABOVE: usize = 256 * 1024;
 
@@ -146,6 +157,51 @@ fn tap_frames(mut bytes: &[u8], seen: u64, tap: &mut impl FnMut(Frame<'_>, u64))
     }
 }
 
+/// One unary ttrpc call of the proxy's own (its look-up of the inner shim's pid, the wrapper's
+/// clean-up after a dead proxy): sends `request` as stream `sid` on `stream` and returns the
+/// response to it, skipping any other frame; fails after `timeout`.
+pub fn call(
+    mut stream: &UnixStream,
+    sid: u32,
+    request: &ttrpc::Request,
+    timeout: Duration,
+) -> io::Result<ttrpc::Response> {
+    let payload = request.write_to_bytes().map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(MESSAGE_HEADER_LENGTH + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&sid.to_be_bytes());
+    frame.extend_from_slice(&[MESSAGE_TYPE_REQUEST, 0]);
+    frame.extend_from_slice(&payload);
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        (!left.is_zero())
+            .then_some(left)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
+    };
+    stream.set_write_timeout(Some(left()?))?;
+    stream.write_all(&frame)?;
+    let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+    loop {
+        stream.set_read_timeout(Some(left()?))?;
+        stream.read_exact(&mut header)?;
+        let header = MessageHeader::from(&header[..]);
+        if header.length as usize > MESSAGE_LENGTH_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a frame over ttrpc's length limit",
+            ));
+        }
+        let mut body = vec![0u8; header.length as usize];
+        stream.set_read_timeout(Some(left()?))?;
+        stream.read_exact(&mut body)?;
+        if header.stream_id == sid && header.type_ == MESSAGE_TYPE_RESPONSE {
+            return ttrpc::Response::parse_from_bytes(&body)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +302,43 @@ mod tests {
         assert_eq!(out.len(), input.len());
         assert!(out == input);
         assert_eq!(seen, [(1, 1, 0, 1), (5, 1, 0, 1)]);
+    }
+
+    #[test]
+    fn a_call_gets_the_response_to_its_own_stream() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let answering = std::thread::spawn(move || {
+            let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+            (&server).read_exact(&mut header).unwrap();
+            let header = MessageHeader::from(&header[..]);
+            let mut body = vec![0; header.length as usize];
+            (&server).read_exact(&mut body).unwrap();
+            let request = ttrpc::Request::parse_from_bytes(&body).unwrap();
+            let mut response = ttrpc::Response::new();
+            response.payload = request.method.into_bytes();
+            let answer = response.write_to_bytes().unwrap();
+            // Another stream's response first, then this one's.
+            let mut out = frame(header.stream_id + 2, MESSAGE_TYPE_RESPONSE, 0, b"other");
+            out.extend(frame(header.stream_id, MESSAGE_TYPE_RESPONSE, 0, &answer));
+            (&server).write_all(&out).unwrap();
+            server
+        });
+        let mut request = ttrpc::Request::new();
+        request.method = "Connect".into();
+        let response = call(&client, 7, &request, Duration::from_secs(5)).unwrap();
+        assert_eq!(response.payload, b"Connect");
+        let _server = answering.join().unwrap();
+        // Nobody answers: a timeout, not a hang.
+        let started = Instant::now();
+        let err = call(&client, 9, &request, Duration::from_millis(200)).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]

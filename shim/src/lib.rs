@@ -4,8 +4,11 @@
 //! `shimtrace-span`.
 
 pub mod args;
+pub mod bootstrap;
+pub mod bundle;
 pub mod events;
 pub mod frame;
+pub mod identity;
 pub mod log;
 pub mod proxy;
 pub mod reply;

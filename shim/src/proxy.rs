@@ -10,6 +10,16 @@
 //! monitor connection stays idle: when it ends, the inner shim is gone, so the proxy removes its
 //! socket (if it is still its own) and exits. A socket file alone never decides: Kata leaves its
 //! socket behind after failing.
+//!
+//! The proxy must not be what kills a container, so it is as hard to kill as the shim it fronts:
+//! its memory is bounded whatever the requests (see [`crate::tap`] and [`crate::trace_ctx`]; at
+//! most [`MAX_CALL_CONNECTIONS`] connections are served at once, two threads each), its OOM score
+//! adjustment is never above the inner shim's, a panic in the tap costs spans, never frames, and
+//! running out of descriptors makes it wait and retry (with back-off and one warning a minute),
+//! never drop a connection. If it dies anyway, containerd ends the containers it served (their
+//! connection closed) and runs the wrapper's `delete`, which then shuts the inner shim down and
+//! removes what the proxy left (see [`clean_up_after_proxy`]). On a normal exit the proxy
+//! removes its socket, the inner shim's (once nothing listens there) and its run-dir files.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -18,6 +28,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +36,7 @@ use sha2::{Digest, Sha256};
 use ttrpc::proto::{MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 
 use crate::events::EventTap;
-use crate::frame::{pump, pump_rewriting};
+use crate::frame::{self, pump, pump_rewriting};
 use crate::spool::{SpanSink, SpoolConfig};
 use crate::tap::{ConnectionTap, ShimLabels, TapContext};
 use crate::trace_ctx::TraceRegistry;
@@ -40,6 +51,24 @@ pub const PROXY_SUBCOMMAND: &str = "proxy";
 const SOCKET_PATH_LIMIT: usize = 106;
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 const THREAD_STACK: usize = 256 * 1024;
+/// Most containerd connections served at once. containerd opens one per container of the shim
+/// (grouped containers share it) and a few for tools; each costs two threads. Further connections
+/// wait in the listener's backlog until one ends.
+pub const MAX_CALL_CONNECTIONS: usize = 128;
+/// Most event-publishing connections from the inner shim served at once (it keeps one).
+pub const MAX_EVENT_CONNECTIONS: usize = 16;
+/// Retries for want of descriptors or memory pause this long at first, doubling up to
+/// [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A connection to the inner shim that fails for want of resources is retried this long before
+/// containerd's connection is closed.
+const UPSTREAM_PATIENCE: Duration = Duration::from_secs(10);
+/// One warning per this period for a failure that repeats (the others are counted in the next).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+/// How long the proxy waits at exit for the inner shim's listener to close, before leaving its
+/// socket file to whoever serves there now.
+const INNER_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -212,24 +241,11 @@ pub fn ensure_proxy(
     events: Option<&UnixListener>,
 ) -> Result<Ensured, ProxyError> {
     let dir = ensure_run_dir()?;
-    let lock_path = dir.join(format!(
-        "{}.lock",
-        plan.socket
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-    ));
-    let lock_file = crate::safe_fs::open_private_file(&lock_path, crate::safe_fs::Access::Shared)
-        .map_err(|e| ProxyError::Lock {
+    let lock_path = dir.join(run_file_names(&plan.socket).0);
+    let _lock = lock_run_file(&lock_path).map_err(|source| ProxyError::Lock {
         path: lock_path.clone(),
-        source: io::Error::other(e),
+        source,
     })?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
-        |(_, errno)| ProxyError::Lock {
-            path: lock_path.clone(),
-            source: errno.into(),
-        },
-    )?;
 
     if UnixStream::connect(&plan.socket).is_ok() {
         return Ok(Ensured::Reused);
@@ -253,6 +269,84 @@ pub fn ensure_proxy(
             events_only(plan, exe, events, e)
         }
     }
+}
+
+/// The names of the lock file and the log of the proxy serving `socket`, in the run dir.
+fn run_file_names(socket: &Path) -> (String, String) {
+    let name = socket
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "proxy".into());
+    (format!("{name}.lock"), format!("proxy-{name}.log"))
+}
+
+type RunLock = nix::fcntl::Flock<File>;
+
+/// Takes the exclusive lock on the file at `path`, creating it. The file is removed when its proxy
+/// exits (under this lock), so a lock taken on a file that is no longer at `path` is let go and
+/// taken again on the file there now.
+fn lock_run_file(path: &Path) -> io::Result<RunLock> {
+    loop {
+        // Never through a link or into a FIFO someone planted in the run dir.
+        let file = crate::safe_fs::open_private_file(path, crate::safe_fs::Access::Shared)
+            .map_err(io::Error::other)?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io::Error::from(errno))?;
+        if still_at(&lock, path) {
+            return Ok(lock);
+        }
+    }
+}
+
+/// Whether `path` still names the open `file`.
+fn still_at(file: &File, path: &Path) -> bool {
+    let open = file.metadata().map(|m| (m.dev(), m.ino())).ok();
+    open.is_some() && file_identity(path) == open
+}
+
+/// Removes the proxy's lock file and log for `socket` from the run dir, unless another proxy for
+/// the same inner shim serves there now or a wrapper is starting one (it holds the lock). The log
+/// stays if it recorded a warning or an error: what the operator may need to know.
+fn remove_run_files(socket: &Path) {
+    remove_run_files_in(&run_dir(), socket)
+}
+
+fn remove_run_files_in(dir: &Path, socket: &Path) {
+    let (lock_name, log_name) = run_file_names(socket);
+    let lock_path = dir.join(lock_name);
+    if !lock_path.exists() {
+        return;
+    }
+    let Ok(file) = crate::safe_fs::open_private_file(&lock_path, crate::safe_fs::Access::Shared)
+    else {
+        return;
+    };
+    let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    else {
+        return;
+    };
+    if !still_at(&lock, &lock_path) || UnixStream::connect(socket).is_ok() {
+        return;
+    }
+    let log = dir.join(log_name);
+    if !recorded_a_warning(&log) {
+        let _ = std::fs::remove_file(&log);
+    }
+    // Removed while locked: a wrapper waiting for this lock then finds the file gone and locks a
+    // new one (see `lock_run_file`).
+    let _ = std::fs::remove_file(&lock_path);
+}
+
+/// Whether the log at `path` holds a line at level WARN or ERROR.
+fn recorded_a_warning(path: &Path) -> bool {
+    use std::io::BufRead;
+    let Ok(file) = crate::safe_fs::open_private_file(path, crate::safe_fs::Access::Read) else {
+        return false;
+    };
+    io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| matches!(line.split_whitespace().nth(1), Some("WARN" | "ERROR")))
 }
 
 /// The inner shim already publishes to our events socket: keep forwarding its events even when
@@ -408,29 +502,189 @@ fn wait_readable(file: &File, deadline: Instant) -> Result<(), String> {
     }
 }
 
-/// Connections currently being served, so the exit path can let them finish their spans.
+/// Places for connections, by role: at most [`Role::limit`] of each at once (an accept loop takes
+/// one before it accepts), and the exit path lets those being served finish their spans.
+#[derive(Default)]
 struct ActiveConnections {
-    count: Mutex<usize>,
-    idle: Condvar,
+    count: Mutex<Counts>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// Places taken: calls, events.
+    taken: [usize; 2],
+    /// Of them, connections accepted and being served.
+    serving: usize,
+}
+
+/// A place for one connection; dropping it (also when its thread panics) frees it.
+struct ConnectionSlot {
+    active: Arc<ActiveConnections>,
+    role: Role,
+    serving: bool,
 }
 
 impl ActiveConnections {
-    fn enter(&self) {
-        if let Ok(mut n) = self.count.lock() {
-            *n += 1;
+    /// Waits for a free place for a connection of `role` and takes it.
+    fn enter(self: &Arc<Self>, role: Role) -> ConnectionSlot {
+        if let Ok(count) = self.count.lock() {
+            let limit = role.limit();
+            if let Ok(mut count) = self
+                .changed
+                .wait_while(count, |count| count.taken[role as usize] >= limit)
+            {
+                count.taken[role as usize] += 1;
+            }
+        }
+        ConnectionSlot {
+            active: self.clone(),
+            role,
+            serving: false,
         }
     }
-    fn leave(&self) {
-        if let Ok(mut n) = self.count.lock() {
-            *n = n.saturating_sub(1);
-            self.idle.notify_all();
-        }
-    }
+
     fn wait_idle(&self, timeout: Duration) {
-        if let Ok(n) = self.count.lock() {
-            let _ = self.idle.wait_timeout_while(n, timeout, |n| *n > 0);
+        if let Ok(count) = self.count.lock() {
+            let _ = self
+                .changed
+                .wait_timeout_while(count, timeout, |count| count.serving > 0);
         }
     }
+}
+
+impl ConnectionSlot {
+    /// A connection was accepted into this place.
+    fn serve(&mut self) {
+        if let Ok(mut count) = self.active.count.lock() {
+            count.serving += 1;
+            self.serving = true;
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut count) = self.active.count.lock() {
+            let taken = &mut count.taken[self.role as usize];
+            *taken = taken.saturating_sub(1);
+            if self.serving {
+                count.serving = count.serving.saturating_sub(1);
+            }
+            self.active.changed.notify_all();
+        }
+    }
+}
+
+/// Pauses between retries of something failing for want of resources: [`BACKOFF_FIRST`],
+/// doubling up to [`BACKOFF_MAX`].
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: BACKOFF_FIRST,
+        }
+    }
+
+    fn pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        pause
+    }
+}
+
+/// A warning that may repeat quickly (every failed `accept`, every connection that cannot reach the
+/// inner shim): logged at most once per [`WARN_EVERY`], with the count of those not logged.
+struct RareWarning {
+    /// Milliseconds since the proxy's clock origin of the last one logged, plus one (0: never).
+    last: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+impl RareWarning {
+    const fn new() -> RareWarning {
+        RareWarning {
+            last: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log now (`now_ms` on a monotonic clock); `Some(n)`: log, mentioning the `n` not
+    /// logged since the last one.
+    fn due(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms + 1 >= last + WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.unlogged.swap(0, Ordering::Relaxed));
+        }
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    fn warn(&self, what: std::fmt::Arguments<'_>) {
+        if let Some(unlogged) = self.due(monotonic_ms()) {
+            if unlogged > 0 {
+                tracing::warn!("{what} ({unlogged} more since the last such warning)");
+            } else {
+                tracing::warn!("{what}");
+            }
+        }
+    }
+}
+
+fn monotonic_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+static ACCEPT_FAILED: RareWarning = RareWarning::new();
+static UPSTREAM_SHORT: RareWarning = RareWarning::new();
+static UPSTREAM_GONE: RareWarning = RareWarning::new();
+static TAP_FAILED: RareWarning = RareWarning::new();
+
+/// Whether an error means "not now" (descriptors, memory, a full backlog) rather than "never".
+fn for_want_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EAGAIN)
+    )
+}
+
+/// Lets this process open as many descriptors as its hard limit allows (as Go programs, the inner
+/// shims among them, do at start): a proxy serving many connections must not be the first to run
+/// out.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Logs a panic of any of the proxy's threads (its stderr is /dev/null).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            "a defect: thread {} panicked: {info}",
+            thread.name().unwrap_or("?")
+        );
+    }));
 }
 
 /// Runs the proxy daemon (the `proxy` subcommand); returns when the inner shim is gone.
@@ -456,10 +710,14 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     crate::log::init_file(&plan.log_path());
+    log_panics();
+    raise_open_files_limit();
     // The wrapper bound these files an instant ago (holding the lock): they are ours.
     let identity = listener.as_ref().and_then(|_| file_identity(&plan.socket));
     let events_socket = plan.events.as_ref().map(|e| e.socket.clone());
     let events_identity = events_socket.as_deref().and_then(file_identity);
+    // The inner shim's own socket file, as it is now: removed at exit only if still this one.
+    let upstream_identity = file_identity(&plan.upstream);
     let sink = match SpanSink::start(&SpoolConfig::from_env(), "proxy") {
         Ok(sink) => sink,
         Err(e) => {
@@ -476,7 +734,9 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
             namespace: plan.namespace.clone(),
         }),
         propagate: propagate_enabled(),
+        pending: Default::default(),
     });
+    let serves_calls = listener.is_some();
     tracing::info!(
         "proxy {} serving inner shim {} ({})",
         plan.socket.display(),
@@ -484,10 +744,7 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
         plan.inner
     );
 
-    let active = Arc::new(ActiveConnections {
-        count: Mutex::new(0),
-        idle: Condvar::new(),
-    });
+    let active = Arc::new(ActiveConnections::default());
     if let Some(listener) = listener {
         let (ctx, active, upstream) = (ctx.clone(), active.clone(), plan.upstream.clone());
         let _ = std::thread::Builder::new()
@@ -509,6 +766,11 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
             .spawn(move || accept_loop(listener, &containerd, ctx, active, Role::Events));
     }
 
+    if serves_calls {
+        // A ttrpc inner shim (the only kind whose calls are served) answers Connect with its pid.
+        match_inner_oom_score(&plan.upstream, &plan.protocol);
+    }
+
     wait_for_inner_exit(monitor);
     tracing::info!(
         "inner shim {} is gone; proxy exiting",
@@ -518,10 +780,250 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
     if let Some(socket) = &events_socket {
         remove_if_same(socket, events_identity);
     }
-    remove_dead_socket(&plan.upstream);
+    remove_socket_once_dead(&plan.upstream, upstream_identity, INNER_EXIT_GRACE);
     active.wait_idle(Duration::from_secs(2));
     ctx.sink.shutdown(Duration::from_secs(2));
+    remove_run_files(&plan.socket);
     Ok(())
+}
+
+/// What the wrapper's `delete` found of a proxy that died before its inner shim (see
+/// [`clean_up_after_proxy`]).
+#[derive(Debug)]
+pub struct DeadProxy {
+    /// The dead proxy's socket.
+    proxy: PathBuf,
+    /// The inner shim's socket.
+    inner: PathBuf,
+    events: Option<PathBuf>,
+    /// Whether the inner shim still ran when the proxy was found dead.
+    inner_ran: bool,
+}
+
+impl DeadProxy {
+    /// What happened, for containerd's log.
+    pub fn report(&self, id: &str) -> String {
+        let (proxy, inner) = (self.proxy.display(), self.inner.display());
+        if !self.inner_ran {
+            return format!(
+                "the shimtrace proxy {proxy} in front of inner shim {inner} had died; removed what it left"
+            );
+        }
+        format!(
+            "the shimtrace proxy {proxy} died while inner shim {inner} still ran (was it killed?): \
+             containerd ended container {id}, as it does when a shim dies; the inner shim is told \
+             to shut down (it does once it holds no other container) and its socket is removed \
+             once it exits"
+        )
+    }
+
+    /// Waits (up to `grace`) for the inner shim to exit and removes its socket, the proxy's socket
+    /// and events socket, and the proxy's run-dir files. Runs after `delete` has replied.
+    pub fn remove_leftovers(&self, grace: Duration) {
+        remove_socket_once_dead(&self.inner, None, grace);
+        remove_socket_once_dead(&self.proxy, None, Duration::ZERO);
+        if let Some(events) = &self.events {
+            remove_socket_once_dead(events, None, Duration::ZERO);
+        }
+        remove_run_files(&self.proxy);
+    }
+}
+
+/// For the wrapper's `delete` of container `id`, whose inner shim at `inner` was fronted by the
+/// proxy at `proxy`: `None` if that proxy still serves, or ended as it should. Otherwise the proxy
+/// died: its socket file is still there but nothing listens (a proxy removes it before it exits,
+/// and the runc shim removes it only when it exits itself). containerd saw its connection close
+/// and ended the container (the inner shim's `delete` has just removed it); if the inner shim
+/// still runs, serving nothing, it is told to forget the container (`Wait`, `Delete`) and to shut
+/// down (`Shutdown`, which the runc shim ignores while it holds other containers: the last one's
+/// `delete` ends it). Bounded to a few seconds: containerd gives `delete` five.
+pub fn clean_up_after_proxy(
+    proxy: &Path,
+    inner: &Path,
+    events: Option<&Path>,
+    protocol: &str,
+    id: &str,
+) -> Option<DeadProxy> {
+    use containerd_shim_protos::api::{DeleteRequest, ShutdownRequest, WaitRequest};
+    use protobuf::Message;
+    // A socket file that nobody listens on any more. (Gone altogether is the normal end: the
+    // proxy removes it, and so does the 1.6/1.7 runc shim on Shutdown, which the `address` file
+    // points at the proxy; it may still answer for a moment after that.)
+    match UnixStream::connect(proxy) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+        _ => return None,
+    }
+    let mut dead = DeadProxy {
+        proxy: proxy.to_path_buf(),
+        inner: inner.to_path_buf(),
+        events: events.map(Path::to_path_buf),
+        inner_ran: false,
+    };
+    let connect = containerd_shim_protos::api::ConnectRequest::new();
+    let conn = UnixStream::connect(inner).ok().filter(|conn| {
+        let request = connect.write_to_bytes().unwrap_or_default();
+        task_call(
+            conn,
+            1,
+            protocol,
+            "Connect",
+            request,
+            Duration::from_millis(500),
+        )
+        .is_ok()
+    });
+    let Some(conn) = conn else {
+        // The inner shim is gone too: only what the proxy left remains to remove.
+        return Some(dead);
+    };
+    dead.inner_ran = true;
+    let mut wait = WaitRequest::new();
+    wait.id = id.into();
+    let mut delete = DeleteRequest::new();
+    delete.id = id.into();
+    let mut shutdown = ShutdownRequest::new();
+    shutdown.id = id.into();
+    fn bytes(message: &impl Message) -> Vec<u8> {
+        message.write_to_bytes().unwrap_or_default()
+    }
+    // The inner `delete` killed the container; the shim forgets it once it has seen it exit.
+    let _ = task_call(
+        &conn,
+        5,
+        protocol,
+        "Wait",
+        bytes(&wait),
+        Duration::from_millis(1500),
+    );
+    let deleted = task_call(
+        &conn,
+        9,
+        protocol,
+        "Delete",
+        bytes(&delete),
+        Duration::from_secs(1),
+    );
+    if let Err(e) = &deleted {
+        tracing::debug!("inner shim Delete of {id}: {e}");
+    }
+    // Answered either way: a shim that still holds other containers stays (their own `delete`
+    // ends it), one that holds none exits within seconds.
+    let _ = task_call(
+        &conn,
+        13,
+        protocol,
+        "Shutdown",
+        bytes(&shutdown),
+        Duration::from_millis(500),
+    );
+    Some(dead)
+}
+
+/// The task service a shim of `protocol` (`plain/v2`, `json/v3`, …) serves.
+fn task_service(protocol: &str) -> &'static str {
+    if protocol.ends_with("/v3") {
+        "containerd.task.v3.Task"
+    } else {
+        "containerd.task.v2.Task"
+    }
+}
+
+/// One task call of the proxy's own to the inner shim at `socket` (stream `sid`), trying the
+/// task API version `protocol` names and then the other one if that one is not served.
+fn task_call(
+    socket: &UnixStream,
+    sid: u32,
+    protocol: &str,
+    method: &str,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    let first = task_service(protocol);
+    let second = if first.contains(".v3.") {
+        "containerd.task.v2.Task"
+    } else {
+        "containerd.task.v3.Task"
+    };
+    let mut request = ttrpc::Request::new();
+    request.method = method.into();
+    request.payload = payload;
+    request.timeout_nano = timeout.as_nanos() as i64;
+    for (n, service) in [first, second].into_iter().enumerate() {
+        request.service = service.into();
+        let response = frame::call(socket, sid + 2 * n as u32, &request, timeout)?;
+        let code = response.status.code.value();
+        if code == ttrpc::Code::UNIMPLEMENTED as i32 && n == 0 {
+            continue;
+        }
+        if code != 0 {
+            return Err(io::Error::other(format!(
+                "{service}/{method}: {}",
+                response.status.message
+            )));
+        }
+        return Ok(response.payload);
+    }
+    Err(io::Error::other(format!("{method}: not implemented")))
+}
+
+/// The inner shim's pid, from its answer to `Connect`.
+fn inner_shim_pid(upstream: &Path, protocol: &str) -> io::Result<u32> {
+    use containerd_shim_protos::api::{ConnectRequest, ConnectResponse};
+    use protobuf::Message;
+    let socket = UnixStream::connect(upstream)?;
+    let request = ConnectRequest::new()
+        .write_to_bytes()
+        .map_err(io::Error::other)?;
+    let answer = task_call(
+        &socket,
+        1,
+        protocol,
+        "Connect",
+        request,
+        Duration::from_secs(2),
+    )?;
+    let pid = ConnectResponse::parse_from_bytes(&answer)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        .shim_pid;
+    (pid != 0)
+        .then_some(pid)
+        .ok_or_else(|| io::Error::other("Connect named no shim pid"))
+}
+
+/// Makes the proxy's OOM score adjustment no higher than the inner shim's. It starts as
+/// containerd's (inherited), which the runc shim puts one above its own: the proxy is then the
+/// less attractive of the two; an inner shim that protects itself more is matched.
+fn match_inner_oom_score(upstream: &Path, protocol: &str) {
+    let adopted = inner_shim_pid(upstream, protocol).and_then(|pid| {
+        adopt_oom_score_adj(
+            Path::new(&format!("/proc/{pid}/oom_score_adj")),
+            Path::new("/proc/self/oom_score_adj"),
+        )
+    });
+    match adopted {
+        Ok(Some(adj)) => tracing::info!("OOM score adjustment lowered to the inner shim's, {adj}"),
+        Ok(None) => {}
+        // Not a problem worth keeping the log for: containerd's own adjustment stays.
+        Err(e) => tracing::info!(
+            "cannot match the inner shim's OOM score adjustment ({e}); keeping containerd's"
+        ),
+    }
+}
+
+/// Lowers the OOM score adjustment in `own` to the one in `inner` if that is lower; the value set.
+fn adopt_oom_score_adj(inner: &Path, own: &Path) -> io::Result<Option<i32>> {
+    let read = |path: &Path| -> io::Result<i32> {
+        std::fs::read_to_string(path)?
+            .trim()
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    };
+    let (inner, mine) = (read(inner)?, read(own)?);
+    if inner >= mine {
+        return Ok(None);
+    }
+    std::fs::write(own, inner.to_string())?;
+    Ok(Some(inner))
 }
 
 /// `SHIMTRACE_PROPAGATE=0` (or `false`) stops the proxy from adding its `traceparent` to requests.
@@ -592,23 +1094,50 @@ fn wait_for_inner_exit(mut monitor: UnixStream) {
 }
 
 /// The runc shim removes the socket named in the bundle's `address` file at exit, which the wrapper
-/// pointed at the proxy; so the inner shim's own socket file is left behind. Remove it once nothing
-/// answers there.
-fn remove_dead_socket(path: &Path) {
-    if let Err(e) = UnixStream::connect(path) {
-        if e.kind() == io::ErrorKind::ConnectionRefused {
-            let _ = std::fs::remove_file(path);
+/// pointed at the proxy; so the inner shim's own socket file is left behind. Removes it once nothing
+/// listens there, if it is still the file `identity` names (`None`: whatever file is there). An
+/// exiting shim closes its connections before its listener, so this waits up to `grace` for the
+/// listener to go; one still answering then is someone else's (a new shim on that address).
+fn remove_socket_once_dead(path: &Path, identity: Option<(u64, u64)>, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                match identity {
+                    Some(_) => remove_if_same(path, identity),
+                    None => {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(e) if !for_want_of_resources(&e) => return false,
+            _ if Instant::now() >= deadline => return false,
+            _ => {}
         }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
 /// What a listener's connections carry.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     /// containerd → inner shim task (and sandbox, streaming) calls.
-    Calls,
+    Calls = 0,
     /// inner shim → containerd event publishing.
-    Events,
+    Events = 1,
+}
+
+impl Role {
+    fn limit(self) -> usize {
+        match self {
+            Role::Calls => MAX_CALL_CONNECTIONS,
+            Role::Events => MAX_EVENT_CONNECTIONS,
+        }
+    }
 }
 
 fn accept_loop(
@@ -618,42 +1147,89 @@ fn accept_loop(
     active: Arc<ActiveConnections>,
     role: Role,
 ) {
-    for downstream in listener.incoming() {
-        let downstream = match downstream {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+    let mut backoff = Backoff::new();
+    loop {
+        // A place first: beyond the limit, connections wait in the listener's backlog.
+        let mut slot = active.enter(role);
+        let downstream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors (or memory): the connection waits in the backlog
+                    // until there are some again.
+                    let pause = backoff.pause();
+                    ACCEPT_FAILED.warn(format_args!(
+                        "accept failed: {e}; retrying, at most every {BACKOFF_MAX:?}"
+                    ));
+                    std::thread::sleep(pause);
+                }
             }
         };
-        let upstream_conn = match UnixStream::connect(upstream) {
-            Ok(s) => s,
-            Err(e) => {
-                // Closing tells the client its peer is unreachable, which is the truth; an inner
-                // shim retries publishing, as it would against containerd itself.
-                tracing::warn!("cannot reach {}: {e}", upstream.display());
-                continue;
-            }
-        };
-        active.enter();
-        let (ctx, active) = (ctx.clone(), active.clone());
+        backoff = Backoff::new();
+        slot.serve();
+        let (ctx, upstream) = (ctx.clone(), upstream.to_path_buf());
         let spawned = std::thread::Builder::new()
             .name("conn".into())
             .stack_size(THREAD_STACK)
-            .spawn({
-                let active = active.clone();
-                move || {
-                    match role {
-                        Role::Calls => forward_connection(downstream, upstream_conn, ctx),
-                        Role::Events => serve_events(downstream, upstream_conn, ctx),
-                    }
-                    active.leave();
+            .spawn(move || {
+                let _slot = slot;
+                let Some(upstream) = connect_upstream(&upstream) else {
+                    return;
+                };
+                match role {
+                    Role::Calls => forward_connection(downstream, upstream, ctx),
+                    Role::Events => serve_events(downstream, upstream, ctx),
                 }
             });
-        if spawned.is_err() {
-            active.leave();
+        if let Err(e) = spawned {
+            // The connection (moved into the closure) is closed; its peer sees the truth, that it
+            // was not served.
+            tracing::error!("cannot start a thread for a connection: {e}");
+            std::thread::sleep(backoff.pause());
+        }
+    }
+}
+
+/// Connects to where a connection is forwarded (the inner shim, or containerd for events). Closing
+/// the client's connection tells it its peer is unreachable, which is the truth when the peer is
+/// gone (an inner shim retries publishing, as it would against containerd itself); for want of
+/// resources it is retried instead, for [`UPSTREAM_PATIENCE`].
+fn connect_upstream(upstream: &Path) -> Option<UnixStream> {
+    let deadline = Instant::now() + UPSTREAM_PATIENCE;
+    let mut backoff = Backoff::new();
+    loop {
+        match UnixStream::connect(upstream) {
+            Ok(stream) => return Some(stream),
+            Err(e) if for_want_of_resources(&e) && Instant::now() < deadline => {
+                UPSTREAM_SHORT.warn(format_args!(
+                    "cannot reach {} yet: {e}; retrying for up to {UPSTREAM_PATIENCE:?}",
+                    upstream.display()
+                ));
+                std::thread::sleep(backoff.pause());
+            }
+            Err(e) => {
+                UPSTREAM_GONE.warn(format_args!("cannot reach {}: {e}", upstream.display()));
+                return None;
+            }
+        }
+    }
+}
+
+/// Runs tap work so that a defect in it (a panic) costs the connection its spans, never its frames:
+/// once the tap of a connection has panicked, it is left alone.
+fn isolated<T>(broken: &AtomicBool, work: impl FnOnce() -> Option<T>) -> Option<T> {
+    if broken.load(Ordering::Relaxed) {
+        return None;
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(_) => {
+            broken.store(true, Ordering::Relaxed);
+            TAP_FAILED.warn(format_args!(
+                "the tap failed (see the error above); this connection is forwarded untraced"
+            ));
+            None
         }
     }
 }
@@ -662,10 +1238,11 @@ fn accept_loop(
 /// (Public so the forwarding can be tested against real ttrpc peers without a daemon.)
 pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc<TapContext>) {
     let tap = Arc::new(ConnectionTap::new(ctx));
+    let broken = Arc::new(AtomicBool::new(false));
     let (Ok(down_read), Ok(up_write)) = (downstream.try_clone(), upstream.try_clone()) else {
         return;
     };
-    let request_tap = tap.clone();
+    let (request_tap, request_broken) = (tap.clone(), broken.clone());
     let requests = std::thread::Builder::new()
         .name("conn-req".into())
         .stack_size(THREAD_STACK)
@@ -675,9 +1252,12 @@ pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc
                 &up_write,
                 clock::now_unix_nanos,
                 |frame, seen| {
-                    (frame.header.type_ == MESSAGE_TYPE_REQUEST)
-                        .then(|| request_tap.on_request(&frame.header, frame.payload, seen))
-                        .flatten()
+                    if frame.header.type_ != MESSAGE_TYPE_REQUEST {
+                        return None;
+                    }
+                    isolated(&request_broken, || {
+                        request_tap.on_request(&frame.header, frame.payload, seen)
+                    })
                 },
                 |_, _| {},
             );
@@ -691,7 +1271,10 @@ pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc
         clock::now_unix_nanos,
         |frame, seen| {
             if frame.header.type_ == MESSAGE_TYPE_RESPONSE {
-                tap.on_response(frame.header.stream_id, frame.payload, seen);
+                isolated(&broken, || {
+                    tap.on_response(frame.header.stream_id, frame.payload, seen);
+                    Some(())
+                });
             }
         },
     );
@@ -700,7 +1283,10 @@ pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc
     if let Ok(handle) = requests {
         let _ = handle.join();
     }
-    tap.on_close(clock::now_unix_nanos());
+    isolated(&broken, || {
+        tap.on_close(clock::now_unix_nanos());
+        Some(())
+    });
 }
 
 /// Forwards one inner-shim publishing connection to containerd, recording each envelope.
@@ -722,9 +1308,13 @@ fn serve_events(shim: UnixStream, containerd: UnixStream, ctx: Arc<TapContext>) 
             let _ = containerd_read.shutdown(std::net::Shutdown::Both);
             let _ = shim_write.shutdown(std::net::Shutdown::Both);
         });
+    let broken = AtomicBool::new(false);
     let _ = pump(&shim, &containerd, clock::now_unix_nanos, |frame, seen| {
         if frame.header.type_ == MESSAGE_TYPE_REQUEST {
-            tap.on_request(frame.payload, seen);
+            isolated(&broken, || {
+                tap.on_request(frame.payload, seen);
+                Some(())
+            });
         }
     });
     let _ = shim.shutdown(std::net::Shutdown::Both);
@@ -790,6 +1380,226 @@ mod tests {
             .flat_map(|(flag, fd)| [flag.to_string(), fd.to_string()])
             .collect();
         assert_eq!(HandedFds::from_args(&args), fds);
+    }
+
+    /// A whole frame as written: header and payload.
+    fn frame(sid: u32, type_: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&sid.to_be_bytes());
+        out.extend_from_slice(&[type_, 0]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Reads one frame: (stream id, type, payload).
+    fn read_frame(mut from: &UnixStream) -> (u32, u8, Vec<u8>) {
+        let mut header = [0u8; 10];
+        from.read_exact(&mut header).expect("a frame in time");
+        let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+        let mut payload = vec![0; len];
+        from.read_exact(&mut payload).expect("its payload");
+        let sid = u32::from_be_bytes(header[4..8].try_into().unwrap());
+        (sid, header[8], payload)
+    }
+
+    #[test]
+    fn a_panicking_tap_loses_spans_never_frames() {
+        use crate::tap::{test_request, PANIC_FOR_TEST};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::tap::test_context(dir.path());
+        let (containerd, proxy_down) = UnixStream::pair().unwrap();
+        let (proxy_up, inner) = UnixStream::pair().unwrap();
+        for end in [&containerd, &inner] {
+            end.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let forwarding = std::thread::spawn(move || forward_connection(proxy_down, proxy_up, ctx));
+        let (req, resp) = (MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE);
+        // Stream 1's request makes the tap panic on the way in, stream 3's response on the way
+        // back; stream 5 comes after both.
+        let calls = [
+            (1, PANIC_FOR_TEST, b"one".to_vec()),
+            (3, "Fine", PANIC_FOR_TEST.as_bytes().to_vec()),
+            (5, "Fine", b"five".to_vec()),
+        ];
+        for (sid, method, answer) in calls {
+            let request = test_request("containerd.task.v2.Task", method, vec![], &[]);
+            (&containerd).write_all(&frame(sid, req, &request)).unwrap();
+            let (got_sid, got_type, got) = read_frame(&inner);
+            assert_eq!((got_sid, got_type), (sid, req));
+            assert!(
+                got.starts_with(&request),
+                "stream {sid}: the request forwarded"
+            );
+            (&inner).write_all(&frame(sid, resp, &answer)).unwrap();
+            assert_eq!(read_frame(&containerd), (sid, resp, answer), "stream {sid}");
+        }
+        drop((containerd, inner));
+        forwarding
+            .join()
+            .expect("forwarding ends when both sides do");
+    }
+
+    #[test]
+    fn accept_failures_back_off_and_warn_once_a_minute() {
+        // Every accept failing (EMFILE) for ten minutes, as the loop would meet it.
+        let warning = RareWarning::new();
+        let mut backoff = Backoff::new();
+        let (mut now, mut tries, mut warned) = (Duration::ZERO, 0, Vec::new());
+        while now < Duration::from_secs(600) {
+            tries += 1;
+            if let Some(unlogged) = warning.due(now.as_millis() as u64) {
+                warned.push(unlogged);
+            }
+            now += backoff.pause();
+        }
+        assert!(tries < 620, "{tries} tries in 10 minutes");
+        assert_eq!(warned.len(), 10, "one warning a minute: {warned:?}");
+        assert_eq!(warned[0], 0);
+        assert!(
+            warned[1..].iter().all(|n| (55..=70).contains(n)),
+            "{warned:?}"
+        );
+        assert_eq!(Backoff::new().pause(), BACKOFF_FIRST);
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_wait_for_a_place() {
+        let active = Arc::new(ActiveConnections::default());
+        let mut held: Vec<ConnectionSlot> = (0..MAX_EVENT_CONNECTIONS)
+            .map(|_| {
+                let mut slot = active.enter(Role::Events);
+                slot.serve();
+                slot
+            })
+            .collect();
+        // Calls have their own places.
+        drop(active.enter(Role::Calls));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = active.clone();
+        std::thread::spawn(move || {
+            let mut slot = waiting.enter(Role::Events);
+            slot.serve();
+            let _ = tx.send(());
+            drop(slot);
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        held.pop();
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("a place once one is free");
+        drop(held);
+        // A place an accept loop holds for its next connection is no connection to wait for.
+        let reserved = active.enter(Role::Calls);
+        let started = Instant::now();
+        active.wait_idle(Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(reserved);
+        assert_eq!(*active.count.lock().unwrap(), Counts::default());
+    }
+
+    #[test]
+    fn oom_score_adjustment_is_lowered_to_the_inner_shims_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, own) = (dir.path().join("inner"), dir.path().join("own"));
+        std::fs::write(&own, "0\n").unwrap();
+        std::fs::write(&inner, "1\n").unwrap();
+        assert_eq!(adopt_oom_score_adj(&inner, &own).unwrap(), None);
+        assert_eq!(std::fs::read_to_string(&own).unwrap(), "0\n");
+        std::fs::write(&inner, "-998\n").unwrap();
+        assert_eq!(adopt_oom_score_adj(&inner, &own).unwrap(), Some(-998));
+        assert_eq!(std::fs::read_to_string(&own).unwrap().trim(), "-998");
+        assert!(adopt_oom_score_adj(&dir.path().join("gone"), &own).is_err());
+    }
+
+    #[test]
+    fn a_dead_inner_socket_is_removed_once_its_listener_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inner");
+        let listener = UnixListener::bind(&path).unwrap();
+        let identity = file_identity(&path);
+        // Closing a little later, as an exiting shim does after its connections.
+        let closing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(listener);
+        });
+        assert!(remove_socket_once_dead(
+            &path,
+            identity,
+            Duration::from_secs(5)
+        ));
+        assert!(!path.exists());
+        closing.join().unwrap();
+        // One that keeps listening is someone's: left alone.
+        let _live = UnixListener::bind(&path).unwrap();
+        assert!(!remove_socket_once_dead(
+            &path,
+            None,
+            Duration::from_millis(50)
+        ));
+        assert!(path.exists());
+        // Another file at the path than the one known (a new shim's, dead too): left alone.
+        drop(_live);
+        let other = dir.path().join("other");
+        let known = UnixListener::bind(&other).unwrap();
+        let known_identity = file_identity(&other);
+        assert!(remove_socket_once_dead(
+            &path,
+            known_identity,
+            Duration::ZERO
+        ));
+        assert!(path.exists(), "not the file the proxy knew");
+        drop(known);
+    }
+
+    #[test]
+    fn run_files_go_with_their_proxy_but_not_under_a_starting_wrapper() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("sock");
+        let (lock_name, log_name) = run_file_names(&socket);
+        let (lock, log) = (dir.path().join(lock_name), dir.path().join(log_name));
+        let files = || (lock.exists(), log.exists());
+        std::fs::write(&log, "2026-01-01T00:00:00Z  INFO serving\n").unwrap();
+        // A wrapper starting a proxy holds the lock: everything stays.
+        let held = lock_run_file(&lock).unwrap();
+        remove_run_files_in(dir.path(), &socket);
+        assert_eq!(files(), (true, true));
+        drop(held);
+        // A proxy serving the socket now: everything stays.
+        let serving = UnixListener::bind(&socket).unwrap();
+        remove_run_files_in(dir.path(), &socket);
+        assert_eq!(files(), (true, true));
+        drop(serving);
+        std::fs::remove_file(&socket).unwrap();
+        remove_run_files_in(dir.path(), &socket);
+        assert_eq!(files(), (false, false));
+        // A log that recorded a warning is kept for the operator.
+        std::fs::write(&log, "2026-01-01T00:00:00Z  WARN cannot reach x\n").unwrap();
+        lock_run_file(&lock).map(drop).unwrap();
+        remove_run_files_in(dir.path(), &socket);
+        assert_eq!(files(), (false, true));
+    }
+
+    #[test]
+    fn a_lock_taken_on_a_removed_file_is_taken_again_on_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let first = lock_run_file(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter_path = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = lock_run_file(&waiter_path).unwrap();
+            let _ = tx.send(());
+            still_at(&lock, &waiter_path)
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        // The proxy exits: removes the file while holding the lock, then lets go.
+        std::fs::remove_file(&path).unwrap();
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            waiter.join().unwrap(),
+            "the waiter holds the file at the path"
+        );
+        assert!(path.exists());
     }
 
     #[test]

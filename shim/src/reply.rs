@@ -47,7 +47,6 @@ pub struct StartReply {
     pub address: String,
     raw: Vec<u8>,
     json: Option<serde_json::Value>,
-    protobuf: Option<BootstrapResult>,
 }
 
 fn plausible_address(address: &str) -> bool {
@@ -61,16 +60,15 @@ impl StartReply {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Err(ReplyError::Empty);
         }
-        if let Ok(result) = BootstrapResult::parse_from_bytes(raw) {
+        if let Some(result) = decode_exact::<BootstrapResult>(raw) {
             if plausible_address(&result.address) {
                 return Ok(StartReply {
                     format: ReplyFormat::Protobuf,
                     version: result.version.into(),
-                    protocol: result.protocol.clone(),
-                    address: result.address.clone(),
+                    protocol: result.protocol,
+                    address: result.address,
                     raw: raw.to_vec(),
                     json: None,
-                    protobuf: Some(result),
                 });
             }
         }
@@ -90,7 +88,6 @@ impl StartReply {
                         address: address.to_string(),
                         raw: raw.to_vec(),
                         json: Some(value),
-                        protobuf: None,
                     });
                 }
             }
@@ -103,7 +100,6 @@ impl StartReply {
                 address: trimmed.to_string(),
                 raw: raw.to_vec(),
                 json: None,
-                protobuf: None,
             });
         }
         Err(ReplyError::Unrecognised(
@@ -136,9 +132,22 @@ impl StartReply {
     pub fn with_address(&self, address: &str) -> Vec<u8> {
         match self.format {
             ReplyFormat::Protobuf => {
-                let mut result = self.protobuf.clone().unwrap_or_default();
-                result.address = address.to_string();
-                result.write_to_bytes().unwrap_or_else(|_| self.raw.clone())
+                // The reply as the inner shim wrote it, with a second `address` (field 2) after
+                // it: a decoder keeps the last value of a singular field. Encoding the decoded
+                // reply again is not safe: rust-protobuf 3 writes a packed repeated enum holding a
+                // negative value (an unknown capability) with a wrong length, corrupting it.
+                let mut out = self.raw.clone();
+                let mut stream = protobuf::CodedOutputStream::vec(&mut out);
+                match stream
+                    .write_string(2, address)
+                    .and_then(|()| stream.flush())
+                {
+                    Ok(()) => {
+                        drop(stream);
+                        out
+                    }
+                    Err(_) => self.raw.clone(),
+                }
             }
             ReplyFormat::Json => {
                 let mut value = self.json.clone().unwrap_or_default();
@@ -160,6 +169,19 @@ impl StartReply {
         out.extend_from_slice(text[end..].as_bytes());
         out
     }
+}
+
+/// Decodes `raw` as one whole message, as containerd's Go decoder does: a field running past the
+/// end of the input is an error. rust-protobuf's `parse_from_bytes` lets a nested message claim
+/// more bytes than are left at the end of the input, so bytes written after such a reply would
+/// land inside that message.
+fn decode_exact<M: Message>(raw: &[u8]) -> Option<M> {
+    let mut input = protobuf::CodedInputStream::from_bytes(raw);
+    let outer = input.push_limit(raw.len() as u64).ok()?;
+    let mut message = M::new();
+    message.merge_from(&mut input).ok()?;
+    input.pop_limit(outer);
+    Some(message)
 }
 
 /// `unix:///run/x.sock` or `/run/x.sock` → `/run/x.sock`; other schemes are not unix sockets.
@@ -215,6 +237,47 @@ mod tests {
         assert_eq!(out.address, "unix:///p");
         assert_eq!(out.version, 3);
         assert_eq!(out.metadata.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn protobuf_reply_with_a_negative_capability_keeps_its_framing() {
+        // Found by fuzzing (fuzz/fuzz_targets/bootstrap_params.rs): re-encoding a decoded
+        // BootstrapResult whose capabilities hold -4 gave bytes that no longer decode.
+        // Version 3, the address, capabilities [-4] (packed, a ten-byte varint), as a shim could
+        // write them.
+        let mut raw = vec![0x08, 0x03, 0x12, 28];
+        raw.extend_from_slice(b"unix:///run/containerd/s/abc");
+        raw.extend_from_slice(&[
+            0x22, 10, 0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ]);
+        let reply = StartReply::parse(&raw).unwrap();
+        assert_eq!(reply.format, ReplyFormat::Protobuf);
+        let out = BootstrapResult::parse_from_bytes(&reply.with_address("unix:///p")).unwrap();
+        assert_eq!(out.address, "unix:///p");
+        assert_eq!(out.version, 3);
+        assert_eq!(out.capabilities, [protobuf::EnumOrUnknown::from_i32(-4)]);
+    }
+
+    #[test]
+    fn a_protobuf_reply_cut_short_is_not_taken_for_one() {
+        // Found by fuzzing (fuzz/fuzz_targets/start_reply.rs): a metadata entry (field 5) whose
+        // length runs past the end was decoded, and the proxy's address written after it then
+        // landed inside that entry. containerd refuses such a reply; so does the parser now, and
+        // the wrapper relays it unchanged.
+        let mut raw = vec![0x08, 0x03, 0x12, 28];
+        raw.extend_from_slice(b"unix:///run/containerd/s/abc");
+        raw.extend_from_slice(&[0x2a, 0xff, 0xff, 0xff, 0xff, 0x06, 0x0a, 0x01, b'k']);
+        assert!(BootstrapResult::parse_from_bytes(&raw).is_ok());
+        let format = StartReply::parse(&raw).map(|r| r.format);
+        assert_ne!(format, Ok(ReplyFormat::Protobuf));
+        // The same entry with its true length is a reply.
+        let whole_at = raw.len() - 9;
+        raw.truncate(whole_at);
+        raw.extend_from_slice(&[0x2a, 0x03, 0x0a, 0x01, b'k']);
+        assert_eq!(
+            StartReply::parse(&raw).unwrap().format,
+            ReplyFormat::Protobuf
+        );
     }
 
     #[test]

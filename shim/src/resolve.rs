@@ -142,7 +142,12 @@ impl Config {
         file.take(MAX_CONFIG_BYTES)
             .read_to_string(&mut text)
             .map_err(read_err)?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ResolveError::ConfigParse {
+        Config::parse(&text, path)
+    }
+
+    /// Reads the TOML `text` of the config file at `path` (named in errors and in [`Config::source`]).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ResolveError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ResolveError::ConfigParse {
             path: path.to_path_buf(),
             at: e
                 .span()

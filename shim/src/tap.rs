@@ -6,9 +6,16 @@
 //! few fields that needs, borrowed from the frame; responses are only copied. The spool's writer
 //! thread decodes the rest and builds the span, so a forwarding thread never does. The pending map
 //! still accepts a response before its request, since the two directions run on their own threads.
+//!
+//! What a tap holds is bounded whatever the peers send: [`MAX_PENDING`] entries per connection, of
+//! them [`MAX_EARLY`] responses without a request (those of requests it could not read), a request
+//! copy of at most [`MAX_KEPT_REQUEST`] bytes, and [`PENDING_BYTES`] for the whole proxy. A call
+//! over a bound still gets its span: with its request reduced to what names it, or, evicted, as
+//! unanswered with the outcome `tap_limit`.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api;
@@ -28,6 +35,52 @@ pub const NAMESPACE_METADATA: &str = "containerd-namespace-ttrpc";
 /// W3C trace context key that containerd 2.x's otelttrpc interceptor injects.
 pub const TRACEPARENT_METADATA: &str = "traceparent";
 
+/// Most entries one connection's tap keeps waiting for their other half. containerd has a few
+/// calls in flight per connection (one `Wait` per process, and the call at hand).
+pub const MAX_PENDING: usize = 1024;
+/// Most responses one connection's tap keeps without their request. The proxy reads every request
+/// before forwarding it, so these only answer requests it could not read: nothing will claim them.
+pub const MAX_EARLY: usize = 16;
+/// A request larger than this is kept reduced to what names the call (service, method,
+/// namespace, container id): containerd's are a few KiB, and the copy waits for the response.
+pub const MAX_KEPT_REQUEST: usize = 64 * 1024;
+/// Most bytes of request and response copies waiting in all of a proxy's taps; beyond it requests
+/// are kept reduced and lone responses are not kept.
+pub const PENDING_BYTES: usize = 8 << 20;
+/// `shimtrace.outcome` of a call whose wait was given up to stay within the bounds above.
+pub const TAP_LIMIT: &str = "tap_limit";
+/// Reduced string fields are cut to this many bytes.
+const REDUCED_FIELD: usize = 256;
+
+/// The bytes all of a proxy's taps hold for calls in flight (see [`PENDING_BYTES`]).
+#[derive(Debug, Default)]
+pub struct PendingBudget(AtomicUsize);
+
+impl PendingBudget {
+    /// Takes `bytes` from the budget if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|n| *n <= PENDING_BYTES)
+            })
+            .is_ok()
+    }
+
+    /// Takes `bytes` whether or not they fit (a reduced request, a few hundred bytes at most).
+    fn force(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What every connection's tap shares within one proxy.
 pub struct TapContext {
     pub sink: SpanSink,
@@ -36,6 +89,8 @@ pub struct TapContext {
     pub shim: Arc<ShimLabels>,
     /// Pass the proxy's `traceparent` to the inner shim on requests that carry none.
     pub propagate: bool,
+    /// What the connections' taps hold for calls in flight.
+    pub pending: PendingBudget,
 }
 
 /// What the proxy knows of the inner shim it serves, for every span.
@@ -52,7 +107,72 @@ pub struct ShimLabels {
 /// The tap of one proxied connection.
 pub struct ConnectionTap {
     ctx: Arc<TapContext>,
-    pending: Mutex<HashMap<u32, Slot>>,
+    pending: Mutex<Pending>,
+}
+
+/// A connection's calls waiting for their other half, by stream id.
+#[derive(Default)]
+struct Pending {
+    slots: HashMap<u32, Slot>,
+    /// How many of `slots` are early responses.
+    early: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn remove(&mut self, sid: u32, budget: &PendingBudget) -> Option<Slot> {
+        let slot = self.slots.remove(&sid)?;
+        budget.give_back(slot.bytes());
+        if matches!(slot, Slot::EarlyResponse { .. }) {
+            self.early -= 1;
+        }
+        Some(slot)
+    }
+
+    /// Inserts `slot` (its bytes already taken from `budget`), into a free slot.
+    fn insert(&mut self, sid: u32, slot: Slot) {
+        if matches!(slot, Slot::EarlyResponse { .. }) {
+            self.early += 1;
+        }
+        self.slots.insert(sid, slot);
+    }
+
+    /// Makes room for one more entry: lets go of an early response if there is one, else of the
+    /// call waiting longest, which is returned to be ended.
+    fn make_room(&mut self, budget: &PendingBudget) -> Option<PendingCall> {
+        if self.slots.len() < MAX_PENDING {
+            return None;
+        }
+        let victim = if self.early > 0 {
+            self.slots
+                .iter()
+                .find(|(_, slot)| matches!(slot, Slot::EarlyResponse { .. }))
+                .map(|(sid, _)| *sid)
+        } else {
+            self.slots
+                .iter()
+                .filter_map(|(sid, slot)| match slot {
+                    Slot::Request(call) => Some((call.start, *sid)),
+                    Slot::EarlyResponse { .. } => None,
+                })
+                .min()
+                .map(|(_, sid)| sid)
+        }?;
+        match self.remove(victim, budget)? {
+            Slot::Request(call) => Some(call),
+            Slot::EarlyResponse { .. } => None,
+        }
+    }
+
+    fn drain(&mut self, budget: &PendingBudget) -> Vec<Slot> {
+        self.early = 0;
+        let slots: Vec<Slot> = self.slots.drain().map(|(_, slot)| slot).collect();
+        budget.give_back(slots.iter().map(Slot::bytes).sum());
+        slots
+    }
 }
 
 enum Slot {
@@ -62,6 +182,16 @@ enum Slot {
         end: u64,
         payload: Vec<u8>,
     },
+}
+
+impl Slot {
+    /// The bytes this entry took from the budget.
+    fn bytes(&self) -> usize {
+        match self {
+            Slot::Request(call) => call.request.len(),
+            Slot::EarlyResponse { payload, .. } => payload.len(),
+        }
+    }
 }
 
 struct PendingCall {
@@ -199,7 +329,7 @@ impl ConnectionTap {
     pub fn new(ctx: Arc<TapContext>) -> ConnectionTap {
         ConnectionTap {
             ctx,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
         }
     }
 
@@ -214,6 +344,10 @@ impl ConnectionTap {
     ) -> Option<Vec<u8>> {
         let sid = header.stream_id;
         let view = RequestView::parse(payload, [NAMESPACE_METADATA, TRACEPARENT_METADATA])?;
+        #[cfg(test)]
+        if view.method == PANIC_FOR_TEST {
+            panic!("a tap defect, injected by a test");
+        }
         let [namespace, traceparent] = view.metadata;
         let namespace = namespace.unwrap_or(&self.ctx.shim.namespace);
         let traceparent = traceparent.and_then(TraceContext::from_traceparent);
@@ -230,6 +364,16 @@ impl ConnectionTap {
                 .filter(|b| !b.is_empty());
             self.ctx.traces.lookup(namespace, id, bundle.map(Path::new))
         });
+        if let (Some(id), "Create") = (container_id, view.method) {
+            let identities = self.ctx.traces.identities();
+            identities.create_seen(
+                &self.ctx.sink,
+                namespace,
+                id,
+                view.payload,
+                &self.ctx.shim.inner,
+            );
+        }
         // containerd 2.x with tracing on names its own span as the parent: join that trace.
         let trace = traceparent
             .or(container_trace)
@@ -251,57 +395,79 @@ impl ConnectionTap {
         let forget_on_end = (view.method == "Shutdown")
             .then(|| container_id.map(|id| (namespace.to_string(), id.to_string())))
             .flatten();
+        let budget = &self.ctx.pending;
+        let request = if payload.len() <= MAX_KEPT_REQUEST && budget.take(payload.len()) {
+            payload.to_vec()
+        } else {
+            let reduced = reduced_request(&view, namespace, container_id);
+            budget.force(reduced.len());
+            reduced
+        };
         let call = PendingCall {
             span_id,
             start,
             trace,
             own_trace: traceparent.and(container_trace).map(|c| c.trace_id),
-            request: payload.to_vec(),
+            request,
             forget_on_end,
         };
-        let early = {
-            let Ok(mut pending) = self.pending.lock() else {
-                return replacement;
-            };
-            match pending.remove(&sid) {
-                Some(Slot::EarlyResponse { end, payload }) => Some((end, payload)),
+        let mut ended = Vec::new();
+        if let Ok(mut pending) = self.pending.lock() {
+            match pending.remove(sid, budget) {
+                Some(Slot::EarlyResponse { end, payload }) => {
+                    budget.give_back(call.request.len());
+                    ended.push((call, end, Outcome::Response(payload)));
+                }
                 other => {
                     // A reused stream id without a response is a protocol error by the client;
                     // the older call is ended so it is not lost.
                     if let Some(Slot::Request(stale)) = other {
-                        self.emit(stale, start, Outcome::Unanswered("stream_id_reused"));
+                        ended.push((stale, start, Outcome::Unanswered("stream_id_reused")));
+                    }
+                    if let Some(evicted) = pending.make_room(budget) {
+                        ended.push((evicted, start, Outcome::Unanswered(TAP_LIMIT)));
                     }
                     pending.insert(sid, Slot::Request(call));
-                    return replacement;
                 }
             }
-        };
-        if let Some((end, payload)) = early {
-            self.emit(call, end, Outcome::Response(payload));
+        } else {
+            budget.give_back(call.request.len());
+        }
+        for (call, end, outcome) in ended {
+            self.emit(call, end, outcome);
         }
         replacement
     }
 
     /// A response frame (already forwarded) with stream id `sid`, seen at `end`.
     pub fn on_response(&self, sid: u32, payload: &[u8], end: u64) {
+        #[cfg(test)]
+        if payload == PANIC_FOR_TEST.as_bytes() {
+            panic!("a tap defect, injected by a test");
+        }
+        let budget = &self.ctx.pending;
         let call = {
             let Ok(mut pending) = self.pending.lock() else {
                 return;
             };
-            match pending.remove(&sid) {
-                Some(Slot::Request(call)) => call,
-                Some(early @ Slot::EarlyResponse { .. }) => {
-                    pending.insert(sid, early);
-                    return;
-                }
+            match pending.slots.get(&sid) {
+                Some(Slot::Request(_)) => match pending.remove(sid, budget) {
+                    Some(Slot::Request(call)) => call,
+                    _ => return,
+                },
+                // A second response for one stream id: the first one stays.
+                Some(Slot::EarlyResponse { .. }) => return,
                 None => {
-                    pending.insert(
-                        sid,
-                        Slot::EarlyResponse {
-                            end,
-                            payload: payload.to_vec(),
-                        },
-                    );
+                    // Kept only within bounds: a response nobody asked for (as far as the tap
+                    // could read) is not worth growing for.
+                    let fits = pending.early < MAX_EARLY
+                        && pending.len() < MAX_PENDING
+                        && payload.len() <= MAX_KEPT_REQUEST
+                        && budget.take(payload.len());
+                    if fits {
+                        let payload = payload.to_vec();
+                        pending.insert(sid, Slot::EarlyResponse { end, payload });
+                    }
                     return;
                 }
             }
@@ -311,8 +477,8 @@ impl ConnectionTap {
 
     /// The connection closed: calls still waiting for a response end now, marked as such.
     pub fn on_close(&self, end: u64) {
-        let slots: Vec<Slot> = match self.pending.lock() {
-            Ok(mut pending) => pending.drain().map(|(_, slot)| slot).collect(),
+        let slots = match self.pending.lock() {
+            Ok(mut pending) => pending.drain(&self.ctx.pending),
             Err(_) => return,
         };
         for slot in slots {
@@ -326,13 +492,50 @@ impl ConnectionTap {
         if let Some((namespace, id)) = call.forget_on_end.take() {
             self.ctx.traces.forget(&namespace, &id);
         }
-        self.ctx.sink.emit_deferred(Box::new(CallSpan {
+        let span = CallSpan {
             shim: self.ctx.shim.clone(),
             call,
             end,
             outcome,
-        }));
+        };
+        // Assembled, then given its container's identity, on the writer thread.
+        let identities = self.ctx.traces.identities();
+        self.ctx.sink.emit_deferred(identities.annotating(span));
     }
+}
+
+/// A ttrpc `Request` naming the call and little else (service, method, namespace, the container
+/// id and field 2 of the task request: its exec id or bundle), each cut to [`REDUCED_FIELD`]
+/// bytes: what a span needs from a request too large to keep whole.
+fn reduced_request(view: &RequestView<'_>, namespace: &str, container_id: Option<&str>) -> Vec<u8> {
+    let cut = |s: &str| {
+        let mut end = s.len().min(REDUCED_FIELD);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    };
+    let mut request = ttrpc::Request::new();
+    request.service = cut(view.service);
+    request.method = cut(view.method);
+    let mut kv = ttrpc::proto::KeyValue::new();
+    kv.key = NAMESPACE_METADATA.into();
+    kv.value = cut(namespace);
+    request.metadata.push(kv);
+    if let Some(id) = container_id {
+        let mut payload = Vec::new();
+        let mut out = protobuf::CodedOutputStream::vec(&mut payload);
+        let second = wire::string_field(view.payload, 2).map(cut);
+        let written = out.write_string(1, &cut(id)).and_then(|()| match &second {
+            Some(second) => out.write_string(2, second),
+            None => Ok(()),
+        });
+        if written.and_then(|()| out.flush()).is_ok() {
+            drop(out);
+            request.payload = payload;
+        }
+    }
+    request.write_to_bytes().unwrap_or_default()
 }
 
 /// Whether a task API method's request carries the container id (field 1 of all of these).
@@ -378,12 +581,21 @@ struct CallSpan {
 
 impl DeferredSpan for CallSpan {
     fn build(self: Box<Self>) -> Option<SpanRecord> {
+        // Runs on the spool's writer thread: a defect in decoding loses this span, not the writer.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (*self).assemble()))
+            .ok()
+            .flatten()
+    }
+}
+
+impl CallSpan {
+    fn assemble(self) -> Option<SpanRecord> {
         let CallSpan {
             shim,
             call,
             end,
             outcome,
-        } = *self;
+        } = self;
         // The forwarding thread already read this request successfully.
         let request = ttrpc::Request::parse_from_bytes(&call.request).ok()?;
         let mut request_namespace = None;
@@ -514,22 +726,37 @@ pub fn with_metadata(
     (frame.len() == MESSAGE_HEADER_LENGTH + length).then_some(frame)
 }
 
+/// A request method, or a response payload, on which the tap of a test build panics: how tests
+/// show that a defect in the tap never stops the forwarding.
+#[cfg(test)]
+pub(crate) const PANIC_FOR_TEST: &str = "PanicForTest";
+
 /// A tap context spooling to `dir`, for the tap's and the events tap's unit tests.
 #[cfg(test)]
 pub(crate) fn test_context(dir: &std::path::Path) -> Arc<TapContext> {
+    test_context_in(dir, None)
+}
+
+/// A [`test_context`] whose bundles live under `task_root`.
+#[cfg(test)]
+pub(crate) fn test_context_in(
+    dir: &std::path::Path,
+    task_root: Option<std::path::PathBuf>,
+) -> Arc<TapContext> {
     let config = crate::spool::SpoolConfig {
         dir: dir.to_path_buf(),
         max_bytes: 1 << 20,
     };
     Arc::new(TapContext {
         sink: SpanSink::start(&config, "test").unwrap(),
-        traces: TraceRegistry::new(None),
+        traces: TraceRegistry::new(task_root),
         shim: Arc::new(ShimLabels {
             inner: "/usr/bin/containerd-shim-runc-v2".into(),
             protocol: "plain/v2".into(),
             namespace: "fallback".into(),
         }),
         propagate: true,
+        pending: PendingBudget::default(),
     })
 }
 
@@ -737,6 +964,87 @@ mod tests {
             Some("fallback")
         );
         assert_eq!(spans[0].end_time_unix_nano, 20);
+    }
+
+    impl ConnectionTap {
+        /// Entries waiting for their other half now.
+        fn pending_len(&self) -> usize {
+            self.pending.lock().map(|p| p.len()).unwrap_or(0)
+        }
+    }
+
+    #[test]
+    fn unmatched_halves_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::spool::SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 64 << 20,
+        };
+        let ctx = Arc::new(TapContext {
+            sink: SpanSink::start(&config, "test").unwrap(),
+            traces: TraceRegistry::new(None),
+            shim: Arc::new(ShimLabels {
+                inner: "inner".into(),
+                protocol: "plain/v2".into(),
+                namespace: "ns".into(),
+            }),
+            propagate: true,
+            pending: PendingBudget::default(),
+        });
+        let tap = ConnectionTap::new(ctx.clone());
+        // Undecodable requests are not tapped; the inner shim answers each with an error.
+        for i in 0..200_000u32 {
+            let sid = 2 * i + 1;
+            assert!(tap.on_request(&header(sid), b"\xff\xff\xff", 1).is_none());
+            tap.on_response(sid, &response(ttrpc::Code::INVALID_ARGUMENT, vec![]), 2);
+        }
+        assert!(
+            tap.pending_len() <= MAX_PENDING,
+            "{} unmatched responses kept",
+            tap.pending_len()
+        );
+        // Requests never answered (a peer that ignores them), too large to keep whole.
+        const UNANSWERED: usize = 1_500;
+        let mut state = api::StateRequest::new();
+        state.id = "c9".into();
+        state.exec_id = "x".repeat(100_000);
+        let big = request(
+            "containerd.task.v2.Task",
+            "State",
+            state.write_to_bytes().unwrap(),
+            &[],
+        );
+        for i in 0..UNANSWERED as u32 {
+            tap.on_request(&header(2 * i + 1), &big, 3);
+        }
+        assert!(
+            tap.pending_len() <= MAX_PENDING,
+            "{} unanswered requests kept",
+            tap.pending_len()
+        );
+        let held = ctx.pending.held();
+        assert!(held <= PENDING_BYTES, "{held} bytes held");
+        // Whatever was let go of is a span, not a silent loss; what remains ends at close.
+        tap.on_close(4);
+        assert_eq!(ctx.pending.held(), 0);
+        drop(tap);
+        ctx.sink.shutdown(Duration::from_secs(5));
+        let spans = read_spool(dir.path()).unwrap().spans;
+        assert_eq!(spans.len(), UNANSWERED);
+        let evicted = spans
+            .iter()
+            .filter(|s| s.attr_str(attr::OUTCOME) == Some(TAP_LIMIT))
+            .count();
+        assert!(evicted >= UNANSWERED - MAX_PENDING - MAX_EARLY, "{evicted}");
+        // Reduced, the request still names the call and its container.
+        for span in &spans {
+            assert_eq!(span.name, "containerd.task.v2.Task/State");
+            assert_eq!(span.container_id(), Some("c9"));
+            assert_eq!(
+                span.attr_str(attr::CONTAINERD_EXEC_ID).map(str::len),
+                Some(REDUCED_FIELD)
+            );
+        }
     }
 
     #[test]

@@ -12,13 +12,13 @@
 //! [`crate::safe_fs`]).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use crate::identity::IdentityRegistry;
 use shimtrace_span::{SpanId, TraceContext, TraceId};
 
-use crate::safe_fs::{is_plain_name, Access, PrivateDir, SafeFsError};
+use crate::safe_fs::SafeFsError;
 
 /// File in the bundle holding the container's trace context.
 pub const SIDECAR: &str = "shimtrace-trace.json";
@@ -27,42 +27,13 @@ const SIDECAR_MAX_BYTES: u64 = 4096;
 
 /// Reads a bundle's trace context, if the wrapper wrote one.
 pub fn read_sidecar(bundle: &Path) -> Option<TraceContext> {
-    let mut text = Vec::new();
-    PrivateDir::open(bundle)
-        .ok()?
-        .open_file(Path::new(SIDECAR), Access::Read)
-        .ok()?
-        .take(SIDECAR_MAX_BYTES)
-        .read_to_end(&mut text)
-        .ok()?;
-    serde_json::from_slice(&text).ok()
+    crate::bundle::read_json(bundle, SIDECAR, SIDECAR_MAX_BYTES)
 }
 
-/// Writes a bundle's trace context atomically (a new temp file renamed over the sidecar), best
-/// effort. The bundle must be a private directory.
+/// Writes a bundle's trace context atomically, best effort. The bundle must be a private
+/// directory.
 pub fn write_sidecar(bundle: &Path, ctx: &TraceContext) -> Result<(), SafeFsError> {
-    let dir = PrivateDir::open(bundle)?;
-    let mut suffix = [0u8; 8];
-    let _ = getrandom::getrandom(&mut suffix);
-    let tmp = PathBuf::from(format!(
-        ".{SIDECAR}.{}.{}",
-        std::process::id(),
-        hex::encode(suffix)
-    ));
-    let written = dir
-        .open_file(&tmp, Access::CreateNew)
-        .and_then(|mut file| {
-            file.write_all(&serde_json::to_vec(ctx).unwrap_or_default())
-                .map_err(|source| SafeFsError::Io {
-                    path: bundle.join(&tmp),
-                    source,
-                })
-        })
-        .and_then(|()| dir.rename(&tmp, Path::new(SIDECAR)));
-    if written.is_err() {
-        let _ = dir.remove(&tmp);
-    }
-    written
+    crate::bundle::write_json(bundle, SIDECAR, ctx)
 }
 
 /// A fresh trace for a container whose root span will have id `root`.
@@ -73,21 +44,87 @@ pub fn new_root(root: SpanId) -> TraceContext {
     }
 }
 
+/// Most containers a proxy remembers the trace of. A container forgotten early (an id never
+/// created, or one past this bound) costs a sidecar read at its next call, not its trace.
+pub const REMEMBERED: usize = 1024;
+
 /// The proxy's view: container → trace context, backed by the bundles' sidecar files.
 pub struct TraceRegistry {
+    /// Who ran each container, learned beside its trace (see [`crate::identity`]).
+    identities: Arc<IdentityRegistry>,
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
-    /// namespace → container id → trace; nested so a lookup borrows its keys instead of
-    /// allocating them (it runs before every proxied request is forwarded).
-    known: Mutex<HashMap<String, HashMap<String, TraceContext>>>,
+    known: Mutex<Known>,
+}
+
+/// namespace → container id → trace; nested so a lookup borrows its keys instead of allocating
+/// them (it runs before every proxied request is forwarded).
+type ByNamespace = HashMap<String, HashMap<String, TraceContext>>;
+
+/// The remembered traces, in two generations: new entries go to `current`; when it holds half of
+/// [`REMEMBERED`], it becomes `previous` and the older generation is dropped. A container looked up
+/// from `previous` moves back to `current`, so those in use stay while ids seen once age out, at
+/// no cost per lookup beyond a second map probe.
+#[derive(Default)]
+struct Known {
+    current: ByNamespace,
+    current_len: usize,
+    previous: ByNamespace,
+}
+
+impl Known {
+    fn get(&mut self, ns: &str, id: &str) -> Option<TraceContext> {
+        if let Some(ctx) = self.current.get(ns).and_then(|ids| ids.get(id)) {
+            return Some(*ctx);
+        }
+        let ctx = remove(&mut self.previous, ns, id)?;
+        self.insert(ns, id, ctx);
+        Some(ctx)
+    }
+
+    fn insert(&mut self, ns: &str, id: &str, ctx: TraceContext) {
+        if self.current_len >= REMEMBERED / 2 {
+            self.previous = std::mem::take(&mut self.current);
+            self.current_len = 0;
+        }
+        let ids = match self.current.get_mut(ns) {
+            Some(ids) => ids,
+            None => self.current.entry(ns.to_string()).or_default(),
+        };
+        if ids.insert(id.to_string(), ctx).is_none() {
+            self.current_len += 1;
+        }
+    }
+
+    fn forget(&mut self, ns: &str, id: &str) {
+        if remove(&mut self.current, ns, id).is_some() {
+            self.current_len -= 1;
+        }
+        remove(&mut self.previous, ns, id);
+    }
+}
+
+fn remove(map: &mut ByNamespace, ns: &str, id: &str) -> Option<TraceContext> {
+    let ids = map.get_mut(ns)?;
+    let ctx = ids.remove(id);
+    if ids.is_empty() {
+        map.remove(ns);
+    }
+    ctx
 }
 
 impl TraceRegistry {
     pub fn new(task_root: Option<PathBuf>) -> TraceRegistry {
         TraceRegistry {
+            identities: Arc::new(IdentityRegistry::new(task_root.clone())),
             task_root,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
         }
+    }
+
+    /// The containers' identities (runtime, pod), kept beside their traces.
+    pub fn identities(&self) -> &Arc<IdentityRegistry> {
+        &self.identities
     }
 
     /// The trace of container `id` in namespace `ns`. `bundle` is known for `Create`, which also
@@ -96,8 +133,8 @@ impl TraceRegistry {
     /// directory is ignored.
     pub fn lookup(&self, ns: &str, id: &str, bundle: Option<&Path>) -> TraceContext {
         if bundle.is_none() {
-            let known = self.known.lock().ok();
-            if let Some(ctx) = known.as_ref().and_then(|m| m.get(ns)?.get(id).copied()) {
+            let known = self.known.lock().ok().and_then(|mut k| k.get(ns, id));
+            if let Some(ctx) = known {
                 return ctx;
             }
         }
@@ -122,30 +159,20 @@ impl TraceRegistry {
             }
         };
         if let Ok(mut known) = self.known.lock() {
-            known
-                .entry(ns.to_string())
-                .or_default()
-                .insert(id.to_string(), ctx);
+            known.insert(ns, id, ctx);
         }
         ctx
     }
 
     /// `<task root>/<ns>/<id>`, if both are single path components.
     fn bundle_of(&self, ns: &str, id: &str) -> Option<PathBuf> {
-        let root = self.task_root.as_ref()?;
-        (is_plain_name(Path::new(ns)) && is_plain_name(Path::new(id)))
-            .then(|| root.join(ns).join(id))
+        crate::bundle::task_bundle(self.task_root.as_ref()?, ns, id)
     }
 
-    /// Forgets a deleted container so the map does not grow with every container served.
+    /// Forgets a deleted container at once, instead of when it ages out.
     pub fn forget(&self, ns: &str, id: &str) {
         if let Ok(mut known) = self.known.lock() {
-            if let Some(ids) = known.get_mut(ns) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    known.remove(ns);
-                }
-            }
+            known.forget(ns, id);
         }
     }
 }
@@ -217,6 +244,40 @@ mod tests {
         write_sidecar(&elsewhere, &ctx).unwrap();
         std::os::unix::fs::symlink(elsewhere.join(SIDECAR), linked.join(SIDECAR)).unwrap();
         assert_eq!(read_sidecar(&linked), None);
+    }
+
+    impl TraceRegistry {
+        /// Containers remembered now.
+        fn len(&self) -> usize {
+            self.known
+                .lock()
+                .map(|k| {
+                    [&k.current, &k.previous]
+                        .iter()
+                        .flat_map(|m| m.values())
+                        .map(HashMap::len)
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+    }
+
+    #[test]
+    fn registry_stays_bounded_whatever_the_ids() {
+        let registry = TraceRegistry::new(None);
+        let kept = registry.lookup("ns", "kept", None);
+        for i in 0..100_000 {
+            registry.lookup("ns", &format!("ghost-{i}"), None);
+            if i % 100 == 0 {
+                // A container in use stays known (no sidecar to fall back on here).
+                assert_eq!(registry.lookup("ns", "kept", None), kept);
+            }
+        }
+        assert!(
+            registry.len() <= REMEMBERED,
+            "{} containers remembered",
+            registry.len()
+        );
     }
 
     #[test]

@@ -62,13 +62,19 @@ fn utf8<'a>(bytes: &'a [u8], valid: &mut bool) -> &'a str {
 /// The string in field `number` of the message `bytes` (the last one, as protobuf merges); `None`
 /// when absent, not UTF-8, or the message is malformed.
 pub fn string_field(bytes: &[u8], number: u32) -> Option<&str> {
+    std::str::from_utf8(bytes_field(bytes, number)?).ok()
+}
+
+/// The contents of length-delimited field `number` of the message `bytes` (a string, bytes or an
+/// embedded message; the last one); `None` when absent or the message is malformed.
+pub fn bytes_field(bytes: &[u8], number: u32) -> Option<&[u8]> {
     let mut found = None;
     for_each_length_delimited(bytes, |field, value| {
         if field == number {
             found = Some(value);
         }
     })?;
-    std::str::from_utf8(found?).ok()
+    found
 }
 
 /// Calls `f` with (field number, contents) of each length-delimited top-level field of `bytes`,
@@ -87,10 +93,27 @@ fn for_each_length_delimited<'a>(bytes: &'a [u8], mut f: impl FnMut(u32, &'a [u8
                 input.skip_raw_bytes(length).ok()?;
                 f(field, bytes.get(at..at + length as usize)?);
             }
+            WireType::StartGroup => skip_group(&mut input)?,
             other => input.skip_field(other).ok()?,
         }
     }
     Some(())
+}
+
+/// Skips an unknown group up to its end tag, as a full decode does. `skip_field` would also accept
+/// a group still open at the end of the message, which a full decode rejects: such a request would
+/// be read here and its appended metadata swallowed by the group.
+fn skip_group(input: &mut CodedInputStream) -> Option<()> {
+    loop {
+        let tag = input.read_raw_tag_or_eof().ok()??;
+        if tag >> 3 == 0 {
+            return None;
+        }
+        match WireType::new(tag & 7)? {
+            WireType::EndGroup => return Some(()),
+            other => input.skip_field(other).ok()?,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +166,21 @@ mod tests {
         assert!(RequestView::parse(&[0x0a, 0x02, 0xff, 0xfe], ["a", "b"]).is_none());
         assert!(RequestView::parse(&[0x00], ["a", "b"]).is_none());
         assert!(RequestView::parse(&[0x0a, 0x05, b'a'], ["a", "b"]).is_none());
+    }
+
+    #[test]
+    fn a_group_left_open_is_refused_as_a_full_decode_refuses_it() {
+        // Found by fuzzing (fuzz/fuzz_targets/wire.rs): an unknown group (field 13) that never
+        // ends swallowed the rest of the request, including a traceparent the proxy appended.
+        let open_group = b"\x0a\x17co/ntainerd.task.v2.Tis\x6b\x12\x07C)nnect\x1a\x05\x0a\x03fz1";
+        assert!(ttrpc::Request::parse_from_bytes(open_group).is_err());
+        assert!(RequestView::parse(open_group, ["a", "b"]).is_none());
+        // A closed one (end tag 0x6c) is skipped, as a full decode skips it.
+        let closed = b"\x0a\x01s\x6b\x10\x01\x6c\x12\x01m";
+        let full = ttrpc::Request::parse_from_bytes(closed).unwrap();
+        let view = RequestView::parse(closed, ["a", "b"]).unwrap();
+        assert_eq!((view.service, view.method), (&*full.service, &*full.method));
+        assert_eq!((view.service, view.method), ("s", "m"));
     }
 
     #[test]

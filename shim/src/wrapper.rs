@@ -11,12 +11,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use containerd_shim_protos::api::DeleteResponse;
-use containerd_shim_protos::bootstrap_api::BootstrapParams;
 use protobuf::Message;
+use serde::{Deserialize, Serialize};
 
 use crate::args::ShimArgs;
+use crate::bootstrap;
+use crate::identity::{self, Identity};
 use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
 use crate::resolve::{self, Config};
@@ -30,6 +33,12 @@ use shimtrace_span::{
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// File in the bundle naming the proxy in front of the container's inner shim: written by
+/// `start`, read by `delete` to clean up after a proxy that died.
+pub const PROXY_RECORD: &str = "shimtrace-proxy.json";
+/// How long the wrapper's `delete` (its child, after the reply) waits for an inner shim it told to
+/// shut down to exit, before leaving its socket to whoever serves there.
+const INNER_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Entry point for the wrapper binary; returns the process exit code.
 pub fn main_entry(argv: Vec<OsString>) -> i32 {
@@ -115,9 +124,7 @@ impl EventsTap {
     /// 2.3's `BootstrapParams`); returns the stdin to give the inner shim, rewritten to name our
     /// socket when it carries `BootstrapParams`.
     fn prepare(id: Option<&str>, stdin: Vec<u8>) -> (Option<EventsTap>, Vec<u8>) {
-        let mut params = BootstrapParams::parse_from_bytes(&stdin).ok().filter(|p| {
-            Some(p.instance_id.as_str()) == id && !p.containerd_ttrpc_address.is_empty()
-        });
+        let params = bootstrap::events_params(&stdin, id);
         let containerd = params
             .as_ref()
             .map(|p| p.containerd_ttrpc_address.clone())
@@ -136,10 +143,9 @@ impl EventsTap {
                 return (None, stdin);
             }
         };
-        let stdin = match params.as_mut() {
+        let stdin = match &params {
             Some(p) => {
-                p.containerd_ttrpc_address = socket.display().to_string();
-                p.write_to_bytes().unwrap_or(stdin)
+                bootstrap::with_events_address(p, &socket.display().to_string()).unwrap_or(stdin)
             }
             None => stdin,
         };
@@ -299,6 +305,8 @@ impl Invocation {
                 return 1;
             }
         };
+        // containerd passes the runtime options on start's stdin, as it does on Create.
+        let binary_name = identity::binary_name_in_options(&stdin);
         let (events, stdin) = EventsTap::prepare(self.args.id.as_deref(), stdin);
         let run = match self.run_inner(&inner, stdin, true, events.as_ref()) {
             Ok(run) => run,
@@ -369,7 +377,10 @@ impl Invocation {
         after_reply(move || {
             if let Some(change) = address_change {
                 rewrite_address_file(&bundle, &change.inner, &change.proxy);
+                write_proxy_record(&bundle, &change.record);
             }
+            let shim = inner.display().to_string();
+            Identity::resolve(Some(&bundle), binary_name.as_deref(), &shim).put_all(&mut spans);
             spool(spans);
         });
         exit_code(run.status)
@@ -430,6 +441,15 @@ impl Invocation {
         }
         let ensured = proxy::ensure_proxy(&plan, &exe, events.as_ref().map(|e| &e.listener))
             .map_err(|e| e.to_string())?;
+        let record = ProxyRecord {
+            proxy: plan.socket.clone(),
+            inner: plan.upstream.clone(),
+            // A reused proxy keeps the events socket of the start that spawned it.
+            events: (ensured != Ensured::Reused)
+                .then(|| plan.events.as_ref().map(|e| e.socket.clone()))
+                .flatten(),
+            protocol: plan.protocol.clone(),
+        };
         match ensured {
             Ensured::Reused => {
                 if let Some(events) = events {
@@ -467,6 +487,7 @@ impl Invocation {
             AddressChange {
                 inner: reply.address,
                 proxy: proxy_address,
+                record,
             },
         ))
     }
@@ -492,12 +513,14 @@ impl Invocation {
         let _ = std::io::stdout().write_all(&run.stdout);
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().write_all(&run.stderr);
+        let dead_proxy = self.clean_up_after_proxy(&bundle);
 
         let trace = trace_ctx::read_sidecar(&bundle).unwrap_or(TraceContext {
             trace_id: TraceId::random(),
             parent_span_id: None,
         });
         let mut attributes = self.base_attributes(&inner);
+        Identity::resolve(Some(&bundle), None, &inner.display().to_string()).put(&mut attributes);
         if let Ok(response) = DeleteResponse::parse_from_bytes(&run.stdout) {
             if run.status.success() {
                 attributes.insert("shimtrace.task.pid".into(), response.pid.into());
@@ -534,9 +557,54 @@ impl Invocation {
             attributes,
             status,
         );
-        after_reply(move || spool(vec![inner_span, own]));
+        after_reply(move || {
+            spool(vec![inner_span, own]);
+            if let Some(dead) = dead_proxy {
+                dead.remove_leftovers(INNER_SHUTDOWN_GRACE);
+            }
+        });
         exit_code(run.status)
     }
+
+    /// After the inner `delete`: if the container's proxy died before its inner shim, shuts the
+    /// inner shim down and says so in containerd's log (the bundle's log FIFO, which containerd
+    /// still reads while it runs `delete`). What is left to remove is removed after the reply.
+    fn clean_up_after_proxy(&self, bundle: &Path) -> Option<proxy::DeadProxy> {
+        let record = read_proxy_record(bundle)?;
+        let id = self.args.id.as_deref().unwrap_or_default();
+        let dead = proxy::clean_up_after_proxy(
+            &record.proxy,
+            &record.inner,
+            record.events.as_deref(),
+            &record.protocol,
+            id,
+        )?;
+        crate::log::init_fifo(&bundle.join("log"));
+        tracing::warn!("{}", dead.report(id));
+        Some(dead)
+    }
+}
+
+/// What `start` knew of the proxy it put in front of the inner shim (see [`PROXY_RECORD`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ProxyRecord {
+    proxy: PathBuf,
+    inner: PathBuf,
+    events: Option<PathBuf>,
+    protocol: String,
+}
+
+fn write_proxy_record(bundle: &Path, record: &ProxyRecord) {
+    if let Err(e) = crate::bundle::write_json(bundle, PROXY_RECORD, record) {
+        tracing::warn!(
+            "cannot write {} in the bundle ({e}); if the proxy dies, its inner shim is not shut down",
+            PROXY_RECORD
+        );
+    }
+}
+
+fn read_proxy_record(bundle: &Path) -> Option<ProxyRecord> {
+    crate::bundle::read_json(bundle, PROXY_RECORD, 64 * 1024)
 }
 
 /// The span of this wrapper process itself, from `process_start` until now.
@@ -645,6 +713,7 @@ fn detach_stdio() {
 struct AddressChange {
     inner: String,
     proxy: String,
+    record: ProxyRecord,
 }
 
 /// containerd 1.6/1.7 reconnect through the bundle's `address` file after a restart, so it must
@@ -672,6 +741,26 @@ fn rewrite_address_file(bundle: &Path, inner_address: &str, proxy_address: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_record_round_trips_through_the_bundle() {
+        let bundle = tempfile::tempdir().unwrap();
+        assert_eq!(read_proxy_record(bundle.path()), None);
+        let record = ProxyRecord {
+            proxy: "/run/containerd/s/p".into(),
+            inner: "/run/containerd/s/i".into(),
+            events: Some("/run/shimtrace/ev-1.sock".into()),
+            protocol: "json/v3".into(),
+        };
+        write_proxy_record(bundle.path(), &record);
+        assert_eq!(read_proxy_record(bundle.path()), Some(record));
+        // Only the record itself is left, no temporary file.
+        let names: Vec<_> = std::fs::read_dir(bundle.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [PROXY_RECORD]);
+    }
 
     #[test]
     fn address_file_is_rewritten_only_when_it_names_the_inner_shim() {

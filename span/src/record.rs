@@ -32,6 +32,30 @@ pub mod attr {
     /// The container's own trace, set on spans that joined containerd's trace (`traceparent`), so
     /// a container's spans can still be gathered in one place.
     pub const CONTAINER_TRACE_ID: &str = "shimtrace.container.trace_id";
+
+    // Who ran what: set on every span of a container by the wrapper and the proxy.
+    /// The OCI runtime that really ran the container (`runc`, `runsc`, `crun`, `kata`, …), not
+    /// the shim in front of it: OpenTelemetry's `container.runtime.name`.
+    pub const CONTAINER_RUNTIME_NAME: &str = "container.runtime.name";
+    /// What [`CONTAINER_RUNTIME_NAME`] was read from: `binary_name` (the runc shim's
+    /// `BinaryName` option) or `shim` (the inner shim's own name).
+    pub const RUNTIME_SOURCE: &str = "shimtrace.runtime.source";
+    /// The runc shim's `BinaryName` as given (a path, possibly a wrapper script).
+    pub const RUNTIME_BINARY: &str = "shimtrace.runtime.binary";
+    /// The CRI runtime handler (a RuntimeClass's `handler`), when the bundle names it.
+    pub const RUNTIME_HANDLER: &str = "shimtrace.runtime.handler";
+    /// The image the container was created from, as CRI names it.
+    pub const CONTAINER_IMAGE_NAME: &str = "container.image.name";
+    // Kubernetes, from the annotations containerd's CRI puts in the bundle's `config.json`.
+    pub const K8S_POD_NAME: &str = "k8s.pod.name";
+    pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+    pub const K8S_POD_UID: &str = "k8s.pod.uid";
+    pub const K8S_CONTAINER_NAME: &str = "k8s.container.name";
+    /// `sandbox` for a pod's sandbox (pause) container, `container` for the pod's containers.
+    pub const K8S_ROLE: &str = "shimtrace.k8s.role";
+    /// The containerd id of the pod's sandbox (the sandbox's own id on its spans): what ties a
+    /// pod's traces together.
+    pub const K8S_SANDBOX_ID: &str = "shimtrace.k8s.sandbox_id";
 }
 
 /// Span names of the wrapper's own processes; proxied calls are named `<service>/<method>`.

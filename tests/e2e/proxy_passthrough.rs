@@ -96,6 +96,7 @@ async fn sandbox_calls_and_streams_pass_through_the_proxy() {
             namespace: "ns".into(),
         }),
         propagate: true,
+        pending: Default::default(),
     });
     let listener = UnixListener::bind(&proxy_path).unwrap();
     let proxy_ctx = ctx.clone();

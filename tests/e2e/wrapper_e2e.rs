@@ -79,6 +79,17 @@ fn run_exit_codes(version: &str) {
         span(&spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE),
         Some(3)
     );
+    // Who ran it, on every span (the wrapper's, the calls, the events): runc, by the shim's name
+    // (ctr sent no BinaryName), and no pod.
+    for s in &spans {
+        assert_eq!(
+            s.attr_str(attr::CONTAINER_RUNTIME_NAME),
+            Some("runc"),
+            "{s:?}"
+        );
+        assert_eq!(s.attr_str(attr::RUNTIME_SOURCE), Some("shim"), "{s:?}");
+        assert_eq!(s.attr_str(attr::K8S_POD_NAME), None, "{s:?}");
+    }
     assert!(span(&spans, "Create").attr_i64(attr::PROCESS_PID).unwrap() > 0);
     let protocol = start.attr_str(attr::PROTOCOL).unwrap();
     let service = span(&spans, "Create").attr_str(attr::RPC_SERVICE).unwrap();
@@ -226,7 +237,120 @@ fn containerd_restart(version: &str) {
             .find(|s| is_method(s, method) && s.start_time_unix_nano > restarted)
             .unwrap();
         assert_call_attributes(&traced, call, "r1");
+        assert_eq!(call.attr_str(attr::CONTAINER_RUNTIME_NAME), Some("runc"));
     }
+}
+
+/// A pod as CRI lays it out, made with ctr: a sandbox and two containers carrying the annotations
+/// containerd's CRI writes into `config.json` (the runc shim groups them by sandbox id, as under
+/// CRI). Every span says which pod and which container; the collector puts the pod together.
+fn pod_from_cri_annotations(version: &str) {
+    fn as_str(flags: &[String]) -> Vec<&str> {
+        flags.iter().map(String::as_str).collect()
+    }
+    let traced = Traced::start(version).expect("traced containerd");
+    let c = &traced.containerd;
+    let pod = |kind: &str, name: Option<&str>| {
+        let mut flags: Vec<String> = [
+            format!("io.kubernetes.cri.container-type={kind}"),
+            "io.kubernetes.cri.sandbox-id=podsb".to_string(),
+            "io.kubernetes.cri.sandbox-name=web-0".to_string(),
+            "io.kubernetes.cri.sandbox-namespace=shop".to_string(),
+            "io.kubernetes.cri.sandbox-uid=6d1c2f0e-uid".to_string(),
+        ]
+        .into_iter()
+        .chain(name.map(|n| format!("io.kubernetes.cri.container-name={n}")))
+        .flat_map(|a| ["--annotation".to_string(), a])
+        .collect();
+        flags.extend(traced.runtime_flags().map(str::to_string));
+        flags
+    };
+    c.run_detached(
+        "podsb",
+        &as_str(&pod("sandbox", None)),
+        &["/bin/sleep", "600"],
+    )
+    .expect("sandbox runs");
+    for (id, name) in [("podc1", "app"), ("podc2", "sidecar")] {
+        let out = c
+            .run_rm(
+                id,
+                &as_str(&pod("container", Some(name))),
+                &["/bin/echo", name],
+            )
+            .unwrap();
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.stdout.trim(), name);
+    }
+    let mut all = Vec::new();
+    for (id, role, container) in [
+        ("podsb", "sandbox", None),
+        ("podc1", "container", Some("app")),
+        ("podc2", "container", Some("sidecar")),
+    ] {
+        let spans = traced.await_spans(id, SPANS, |s| has_method(s, "Start"));
+        for s in &spans {
+            assert_eq!(s.attr_str(attr::K8S_POD_NAME), Some("web-0"), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_NAMESPACE_NAME), Some("shop"), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_POD_UID), Some("6d1c2f0e-uid"), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_SANDBOX_ID), Some("podsb"), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_ROLE), Some(role), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_CONTAINER_NAME), container, "{s:?}");
+            assert_eq!(
+                s.attr_str(attr::CONTAINER_RUNTIME_NAME),
+                Some("runc"),
+                "{s:?}"
+            );
+        }
+        all.extend(spans);
+    }
+    // One proxy served the pod (the runc shim grouped it by sandbox id).
+    let proxies: std::collections::BTreeSet<_> = all
+        .iter()
+        .filter(|s| is_method(s, "Create"))
+        .map(|s| s.attr_i64(attr::RECORDER_PID))
+        .collect();
+    assert_eq!(proxies.len(), 1, "{proxies:?}");
+    let traces = shimtrace_collector::trace::Trace::group(all);
+    let pods = shimtrace_collector::pod::Pod::group(&traces);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].display_name(), "shop/web-0");
+    let startup = pods[0].startup().expect("sandbox and both containers ran");
+    assert_eq!(startup.containers, 2);
+    assert!(
+        startup.sandbox_ns > 0 && startup.containers_ns > 0,
+        "{startup:?}"
+    );
+    // `shimtrace trace --pod` shows it as one tree: the sandbox, then each container.
+    let out = std::process::Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
+        .args(["trace", "--pod", "shop/web-0", "--spool"])
+        .arg(&traced.spool)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("pod shop/web-0  uid 6d1c2f0e-uid  sandbox podsb  runtime runc"),
+        "{text}"
+    );
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle} in {text}"))
+    };
+    assert!(at("sandbox podsb ") < at("container app (podc1)"));
+    assert!(at("container app (podc1)") < at("container sidecar (podc2)"));
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "podsb"])
+        .unwrap();
+    let deleted = wait_for(SPANS, || {
+        c.ctr(&["task", "delete", "podsb"])
+            .ok()
+            .filter(|o| o.success())
+    });
+    assert!(deleted.is_some(), "sandbox deleted");
 }
 
 fn inner_shim_killed(version: &str) {
@@ -422,6 +546,8 @@ macro_rules! matrix {
                 fn unwritable_spool_fails_open() { super::fail_open_unwritable_spool($v) }
                 #[test]
                 fn events_reach_containerd_once_and_the_trace() { super::events_once_and_traced($v) }
+                #[test]
+                fn pod_annotations_name_the_pod_on_every_span() { super::pod_from_cri_annotations($v) }
             }
         )*
     };

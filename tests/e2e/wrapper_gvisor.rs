@@ -14,6 +14,7 @@ fn gvisor_through_wrapper(version: &str) {
     // runsc names its control socket after the container id alone: unique across parallel tests.
     let id = format!("gvisor{}", version.replace('.', ""));
     let id = id.as_str();
+    let runc_id = format!("{id}-runc");
     let c = &traced.containerd;
     let runsc = c.dir().join("runsc-nonet");
     std::fs::write(
@@ -42,10 +43,16 @@ fn gvisor_through_wrapper(version: &str) {
         });
         spec.timeout = Duration::from_secs(60);
         let outcome = client.run_to_exit(&spec).await;
+        // And one on runc, through the same wrapped shim, for the report to tell apart.
+        let mut plain = RunSpec::new(&runc_id, c.rootfs(), ["/bin/true"], c.dir().join("io-runc"));
+        plain.runtime = TRACED_RUNC.clone();
+        let plain = client.run_to_exit(&plain).await;
         // runsc can leave the task stopped rather than deleted; never leave it behind.
         let _ = client.cleanup().await;
-        outcome
+        (outcome, plain)
     });
+    let (outcome, plain) = outcome;
+    assert_eq!(plain.expect("runc container runs").exit_code, 0);
     let outcome = outcome.expect("gVisor container runs through the wrapper");
     assert_eq!(outcome.exit_code, 0, "{outcome:?}");
     let release = outcome.output.trim();
@@ -72,6 +79,43 @@ fn gvisor_through_wrapper(version: &str) {
             "{call:?}"
         );
     }
+    // Who ran it: gVisor, though the shim in front is runc's, on every span of the container
+    // (the wrapper's start read the options on its stdin, the proxy those of Create).
+    let runsc = runsc.display().to_string();
+    for s in &spans {
+        assert_eq!(
+            s.attr_str(attr::CONTAINER_RUNTIME_NAME),
+            Some("runsc"),
+            "{s:?}"
+        );
+        assert_eq!(
+            s.attr_str(attr::RUNTIME_SOURCE),
+            Some("binary_name"),
+            "{s:?}"
+        );
+        assert_eq!(
+            s.attr_str(attr::RUNTIME_BINARY),
+            Some(runsc.as_str()),
+            "{s:?}"
+        );
+    }
+    let runc_spans = traced.await_spans(&runc_id, Duration::from_secs(10), |s| {
+        has_method(s, "Delete")
+    });
+    for s in &runc_spans {
+        assert_eq!(
+            s.attr_str(attr::CONTAINER_RUNTIME_NAME),
+            Some("runc"),
+            "{s:?}"
+        );
+        assert_eq!(s.attr_str(attr::RUNTIME_SOURCE), Some("shim"), "{s:?}");
+    }
+    // The report: two runtimes, where the inner shim's path made one.
+    let mut all = spans;
+    all.extend(runc_spans);
+    let report = shimtrace_collector::report::build_report(all, 0, &[], vec![]);
+    let runtimes: Vec<&str> = report.runtimes.iter().map(|r| r.runtime.as_str()).collect();
+    assert_eq!(runtimes, ["runc", "runsc"]);
 }
 
 #[test]

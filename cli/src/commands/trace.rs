@@ -1,4 +1,4 @@
-//! `shimtrace trace ID`: one container's trace, as a waterfall or JSON.
+//! `shimtrace trace ID`: one container's trace (or with `--pod`, a pod's), as a waterfall or JSON.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -9,8 +9,12 @@ use super::{print, SourceArgs};
 
 #[derive(Args)]
 pub struct TraceArgs {
-    /// The container id (or trace id) to show.
+    /// The container id (or trace id) to show; with --pod, the pod.
     container: String,
+    /// Show a Kubernetes pod (by name, namespace/name, uid or sandbox id) as one tree: its
+    /// sandbox, then each container, on one time axis.
+    #[arg(long)]
+    pod: bool,
     #[command(flatten)]
     source: SourceArgs,
     /// Print the trace's spans as a JSON array instead of the waterfall.
@@ -22,6 +26,15 @@ pub struct TraceArgs {
 }
 
 pub fn run(args: TraceArgs) -> Result<()> {
+    if args.pod {
+        let traces = Trace::group(args.source.load(None)?.spans);
+        return print(&shimtrace_collector::pod::show(
+            &traces,
+            &args.container,
+            args.json,
+            args.width,
+        )?);
+    }
     let traces = Trace::group(args.source.load(Some(&args.container))?.spans);
     let Some(trace) = traces.iter().find(|t| {
         t.container_id() == Some(args.container.as_str()) || t.trace_id.to_hex() == args.container

@@ -1,0 +1,448 @@
+//! `deploy/`: the DaemonSet, RuntimeClass and collector manifests are valid Kubernetes 1.34 objects
+//! (checked offline with PyPI's `kubernetes-validate` when it is installed; `scripts/setup --tests`
+//! installs it), agree with what `shimtrace install` registers and where the shims spool, and the
+//! node installer script installs and undoes shimtrace on a scratch "host" (no nsenter, a stand-in
+//! `systemctl` and `ctr`), with the real `shimtrace` and wrapper binaries.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use shimtrace_span::naming::which;
+use shimtrace_testkit::traced::{built_binary, wrapper_binary};
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// The manifests: every `deploy/*.yaml`, sorted.
+fn manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+}
+
+/// Each YAML document of `text` (split on `---` lines), without comment-only ones.
+fn documents(text: &str) -> Vec<String> {
+    text.split("\n---\n")
+        .map(str::to_string)
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .collect()
+}
+
+/// The value of the first top-level `key:` of a document.
+fn top(doc: &str, key: &str) -> String {
+    doc.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no {key} in {doc}"))
+}
+
+fn text_of(name: &str) -> String {
+    std::fs::read_to_string(deploy_dir().join(name)).unwrap()
+}
+
+#[test]
+fn manifests_are_valid_kubernetes_1_34() {
+    let Some(validator) = which("kubernetes-validate") else {
+        eprintln!(
+            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate, or scripts/setup --tests)"
+        );
+        return;
+    };
+    let out = Command::new(&validator)
+        .args(["-k", "1.34.0", "--strict"])
+        .args(manifests())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for resource in [
+        "namespace/shimtrace-system",
+        "daemonset/shimtrace-installer",
+        "daemonset/shimtrace-collector",
+        "runtimeclass/traced-runc",
+        "runtimeclass/traced-runsc",
+        "clusterrole/shimtrace-installer",
+        "role/shimtrace-installer",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "passed for resource {resource} against version 1.34"
+            )),
+            "{resource}: {text}"
+        );
+    }
+    // The validator does reject a broken manifest (a port given as a word).
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("collector.yaml");
+    let collector = text_of("collector.yaml");
+    assert!(collector.contains("containerPort: 9464"));
+    std::fs::write(
+        &broken,
+        collector.replace("containerPort: 9464", "containerPort: metrics"),
+    )
+    .unwrap();
+    let out = Command::new(&validator)
+        .args(["-k", "1.34.0", "--strict"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("did not validate"), "{text}");
+}
+
+#[test]
+fn manifests_agree_with_install_and_the_shims() {
+    let mut kinds = Vec::new();
+    for file in manifests() {
+        for doc in documents(&std::fs::read_to_string(&file).unwrap()) {
+            kinds.push(format!("{}/{}", top(&doc, "apiVersion"), top(&doc, "kind")));
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "apps/v1/DaemonSet",
+            "apps/v1/DaemonSet",
+            "node.k8s.io/v1/RuntimeClass",
+            "node.k8s.io/v1/RuntimeClass",
+            "rbac.authorization.k8s.io/v1/ClusterRole",
+            "rbac.authorization.k8s.io/v1/ClusterRoleBinding",
+            "rbac.authorization.k8s.io/v1/Role",
+            "rbac.authorization.k8s.io/v1/RoleBinding",
+            "v1/Namespace",
+            "v1/ServiceAccount",
+        ]
+    );
+
+    // Each RuntimeClass names a handler `shimtrace install` registers (traced-runsc where runsc
+    // is installed, as it is on this machine).
+    let bin = tempfile::tempdir().unwrap();
+    let out = Command::new(built_binary("shimtrace"))
+        .args(["install", "--config-version", "2", "--wrapper"])
+        .arg(wrapper_binary())
+        .arg("--bin-dir")
+        .arg(bin.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", log(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let registered: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("handler: "))
+        .collect();
+    assert!(registered.contains(&"traced-runc"), "{printed}");
+    let classes = documents(&text_of("runtimeclasses.yaml"));
+    for class in &classes {
+        let handler = top(class, "handler");
+        assert!(
+            which("runsc").is_none() && handler == "traced-runsc"
+                || registered.contains(&handler.as_str()),
+            "RuntimeClass handler {handler} is not among {registered:?}"
+        );
+        assert!(class.contains("shimtrace/installed: \"true\""), "{class}");
+    }
+
+    // The collector reads where the shims spool, and exports where OpenTelemetry says.
+    let collector = text_of("collector.yaml");
+    assert!(collector.contains(&format!(
+        "--spool={}",
+        shimtrace_span::spool::DEFAULT_SPOOL_DIR
+    )));
+    let state_dir = Path::new(shimtrace_span::spool::DEFAULT_SPOOL_DIR)
+        .parent()
+        .unwrap();
+    assert!(collector.contains(&format!("path: {}", state_dir.display())));
+    assert!(collector.contains("name: OTEL_EXPORTER_OTLP_ENDPOINT"));
+    assert!(collector.contains("--metrics-addr=0.0.0.0:9464"));
+
+    // The installer runs the script's `run`, its preStop the script's `stop`, on the same image.
+    let installer = text_of("installer.yaml");
+    let script = std::fs::read_to_string(deploy_dir().join("image/shimtrace-node")).unwrap();
+    for (manifest_line, arm) in [
+        (
+            "command: [\"/usr/local/bin/shimtrace-node\", \"run\"]",
+            "\nrun)",
+        ),
+        (
+            "command: [\"/usr/local/bin/shimtrace-node\", \"stop\"]",
+            "\nstop)",
+        ),
+    ] {
+        assert!(installer.contains(manifest_line), "{manifest_line}");
+        assert!(script.contains(arm), "the script handles {arm}");
+    }
+    let image = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("image: "))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(image(&installer), image(&collector));
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("image/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY deploy/image/shimtrace-node /usr/local/bin/shimtrace-node"));
+    assert!(installer.contains("hostPID: true") && installer.contains("privileged: true"));
+
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(deploy_dir().join("image/shimtrace-node"))
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{syntax:?}");
+    if let Some(shellcheck) = which("shellcheck") {
+        let out = Command::new(shellcheck)
+            .arg(deploy_dir().join("image/shimtrace-node"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// A scratch node: the script's host paths under one directory, `systemctl` and `ctr` stand-ins
+/// first on PATH (the real containerd shims after them, for `shimtrace install` to find).
+struct ScratchNode {
+    dir: tempfile::TempDir,
+}
+
+const ORIGINAL_CONFIG: &str = r#"version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    SystemdCgroup = true
+"#;
+
+impl ScratchNode {
+    fn new() -> ScratchNode {
+        let node = ScratchNode {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for dir in ["artifacts", "fake", "etc/containerd", "bin"] {
+            std::fs::create_dir_all(node.path(dir)).unwrap();
+        }
+        std::fs::copy(built_binary("shimtrace"), node.path("artifacts/shimtrace")).unwrap();
+        std::fs::copy(
+            wrapper_binary(),
+            node.path("artifacts/containerd-shim-traced-v2"),
+        )
+        .unwrap();
+        // `ctr plugins ls`: CRI ok, or what $FAKE_CRI_AFTER_RESTART says once restarted.
+        node.script(
+            "fake/ctr",
+            &format!(
+                "status=ok\n[ -e {restarts} ] && status=${{FAKE_CRI_AFTER_RESTART:-ok}}\n\
+                 echo 'TYPE                  ID   PLATFORMS    STATUS'\n\
+                 echo \"io.containerd.grpc.v1 cri  linux/amd64  $status\"\n",
+                restarts = node.path("restarts").display()
+            ),
+        );
+        node.script(
+            "fake/systemctl",
+            &format!("echo \"$*\" >> {}\n", node.path("restarts").display()),
+        );
+        std::fs::write(node.config(), ORIGINAL_CONFIG).unwrap();
+        node
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("etc/containerd/config.toml")
+    }
+
+    fn script(&self, rel: &str, body: &str) {
+        let path = self.path(rel);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn restarts(&self) -> usize {
+        std::fs::read_to_string(self.path("restarts"))
+            .map(|t| t.lines().filter(|l| *l == "restart containerd").count())
+            .unwrap_or(0)
+    }
+
+    /// Links in the scratch bin dir.
+    fn links(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path("bin"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn run(&self, action: &str, env: &[(&str, &str)]) -> Output {
+        let path = format!(
+            "{}:{}",
+            self.path("fake").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut command = Command::new(deploy_dir().join("image/shimtrace-node"));
+        command
+            .arg(action)
+            .env("PATH", path)
+            .env("HOST_ROOT", "")
+            .env("SHIMTRACE_HOST_EXEC", "")
+            .env("SHIMTRACE_ARTIFACTS", self.path("artifacts"))
+            .env("SHIMTRACE_PREFIX", self.path("opt/shimtrace"))
+            .env("SHIMTRACE_BIN_DIR", self.path("bin"))
+            .env("CONTAINERD_CONFIG", self.config())
+            .env("SHIMTRACE_READY_FILE", self.path("ready"))
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    }
+}
+
+fn log(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn toml_of(path: &Path) -> toml::Table {
+    std::fs::read_to_string(path).unwrap().parse().unwrap()
+}
+
+/// Whether this shimtrace removes its own entries (`install --uninstall`), which the script then
+/// uses instead of putting the saved config back.
+fn shimtrace_uninstalls() -> bool {
+    let help = Command::new(built_binary("shimtrace"))
+        .args(["install", "--help"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&help.stdout).contains("--uninstall")
+}
+
+#[test]
+fn node_installer_installs_and_undoes_on_a_scratch_host() {
+    let node = ScratchNode::new();
+    let out = node.run("install", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    // The binaries on the "host", the traced handlers in its config, containerd restarted once.
+    let prefix = node.path("opt/shimtrace/bin");
+    for binary in ["shimtrace", "containerd-shim-traced-v2"] {
+        assert!(prefix.join(binary).is_file(), "{binary}");
+    }
+    let wrapper = prefix.join("containerd-shim-traced-v2");
+    let link = node.path("bin/containerd-shim-traced-runc-v2");
+    assert_eq!(std::fs::read_link(&link).unwrap(), wrapper);
+    let config = toml_of(&node.config());
+    let runtimes = &config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+    // Either form `shimtrace install` writes names the link: by path, or by runtime name (then
+    // containerd finds the link on its PATH, where the installer puts it).
+    let traced = &runtimes["traced-runc"];
+    assert!(
+        traced.get("runtime_path").and_then(|p| p.as_str()) == link.to_str()
+            || traced["runtime_type"].as_str() == Some("io.containerd.traced-runc.v2"),
+        "{traced:?}"
+    );
+    // The default runtime untouched.
+    assert_eq!(
+        runtimes["runc"],
+        toml_of_str(ORIGINAL_CONFIG)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+            ["runtimes"]["runc"]
+    );
+    assert_eq!(node.restarts(), 1);
+    assert!(node.path("ready").exists());
+    // Installing again (the pod replaced) changes nothing that uninstall needs.
+    let out = node.run("install", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert_eq!(node.restarts(), 2);
+
+    // `stop` outside a cluster cannot tell the DaemonSet is going: the node stays installed.
+    let out = node.run("stop", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(
+        log(&out).contains("leaving the node installed"),
+        "{}",
+        log(&out)
+    );
+    assert!(link.exists());
+
+    let out = node.run("uninstall", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert_eq!(toml_of(&node.config()), toml_of_str(ORIGINAL_CONFIG));
+    if !shimtrace_uninstalls() {
+        assert_eq!(
+            std::fs::read_to_string(node.config()).unwrap(),
+            ORIGINAL_CONFIG
+        );
+    }
+    assert_eq!(node.links(), Vec::<String>::new());
+    assert!(!node.path("opt/shimtrace").exists());
+    assert!(!node.path("ready").exists());
+    assert_eq!(node.restarts(), 3);
+}
+
+fn toml_of_str(text: &str) -> toml::Table {
+    text.parse().unwrap()
+}
+
+#[test]
+fn node_installer_never_leaves_cri_broken_nor_undoes_someone_elses_edit() {
+    // containerd's CRI plugin fails to load after the restart: the old config goes back.
+    let node = ScratchNode::new();
+    let out = node.run("install", &[("FAKE_CRI_AFTER_RESTART", "error")]);
+    assert!(!out.status.success(), "{}", log(&out));
+    assert!(
+        log(&out).contains("does not load with the new config"),
+        "{}",
+        log(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.config()).unwrap(),
+        ORIGINAL_CONFIG
+    );
+    assert_eq!(
+        node.restarts(),
+        2,
+        "restarted with the new config, then the old"
+    );
+    assert!(!node.path("ready").exists());
+
+    // Someone edits the config after the install: without `install --uninstall`, the script
+    // will not put back a config that would lose the edit, and keeps what it refers to.
+    let node = ScratchNode::new();
+    let out = node.run("install", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    let mut edited = std::fs::read_to_string(node.config()).unwrap();
+    edited.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.mine]\n  runtime_type = \"io.containerd.runc.v2\"\n");
+    std::fs::write(node.config(), &edited).unwrap();
+    let out = node.run("uninstall", &[]);
+    if shimtrace_uninstalls() {
+        assert!(out.status.success(), "{}", log(&out));
+        let config = std::fs::read_to_string(node.config()).unwrap();
+        assert!(
+            config.contains("runtimes.mine") && !config.contains("traced-"),
+            "{config}"
+        );
+    } else {
+        assert!(!out.status.success(), "{}", log(&out));
+        assert!(
+            log(&out).contains("changed since shimtrace installed it"),
+            "{}",
+            log(&out)
+        );
+        assert_eq!(std::fs::read_to_string(node.config()).unwrap(), edited);
+        assert!(node.path("bin/containerd-shim-traced-runc-v2").exists());
+    }
+}
