@@ -838,14 +838,19 @@ pub fn plan_runtimes(
             continue;
         }
         match form {
-            Form::Path => runtimes.push(TracedRuntime {
-                handler: "traced-runsc".into(),
-                runtime_type: shim.name.runtime(),
-                runtime_path: Some(link),
-                real_runtime: shim.name.runtime(),
-                carry_options: true,
-                binary_name: Some(runsc.display().to_string()),
-            }),
+            Form::Path => {
+                runtimes.push(TracedRuntime {
+                    handler: "traced-runsc".into(),
+                    runtime_type: shim.name.runtime(),
+                    runtime_path: Some(link),
+                    real_runtime: shim.name.runtime(),
+                    carry_options: true,
+                    binary_name: Some(runsc.display().to_string()),
+                });
+                notes.push(
+                    "gVisor: traced-runsc is runsc through the runc shim (BinaryName), made for single containers: in a pod, runsc runs every container in the pod's gVisor sandbox, and the runc shim does not report those containers' exits (seen with Debian's runsc 20221219); for gVisor pods install gVisor's own shim (containerd-shim-runsc-v1), which install then wraps as traced-runsc instead".into(),
+                );
+            }
             Form::Name => notes.push(format!(
                 "gVisor: no traced-runsc handler. gVisor through the runc shim needs the runc option BinaryName = {runsc:?}, which the runtime-name form cannot pass; install gVisor's own shim (containerd-shim-runsc-v1, wrapped as traced-runsc in either form) or use containerd >= 1.7.1 (runtime_path form)",
                 runsc = runsc.display().to_string()
