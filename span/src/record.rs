@@ -386,6 +386,28 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
+    /// A span with no parent, attributes or events, of the default kind and status.
+    pub fn new(
+        trace_id: TraceId,
+        span_id: SpanId,
+        name: impl Into<String>,
+        start_time_unix_nano: u64,
+        end_time_unix_nano: u64,
+    ) -> Self {
+        SpanRecord {
+            trace_id,
+            span_id,
+            parent_span_id: None,
+            name: name.into(),
+            kind: SpanKind::default(),
+            start_time_unix_nano,
+            end_time_unix_nano,
+            attributes: Attributes::default(),
+            events: Vec::new(),
+            status: SpanStatus::default(),
+        }
+    }
+
     pub fn attr_str(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).and_then(AttributeValue::as_str)
     }
