@@ -296,7 +296,8 @@ fn ns(v: f64) -> String {
     fmt_ms(v as u64)
 }
 
-fn stats_row(label: &str, s: &Stats) -> [String; 7] {
+/// A table row: the label, then the count and the percentiles in milliseconds.
+pub(crate) fn stats_row(label: &str, s: &Stats) -> [String; 7] {
     [
         label.to_string(),
         s.n.to_string(),
