@@ -79,6 +79,38 @@ fn inner_pid(traced: &Traced, id: &str) -> u32 {
     pids[0]
 }
 
+/// SIGKILLs the proxy `proxy` in front of `inner_sock`, then waits until the inner shim `inner` has
+/// ended and its socket, the proxy's and every run-dir entry not in `before` are gone.
+fn kill_proxy_and_await_cleanup(
+    traced: &Traced,
+    proxy: u32,
+    inner: u32,
+    inner_sock: &Path,
+    before: &[String],
+) {
+    let proxy_sock = proxy_socket(inner_sock);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let clean = wait_for(SETTLE, || {
+        (!alive(inner)
+            && !inner_sock.exists()
+            && !proxy_sock.exists()
+            && run_dir_entries(traced) == before)
+            .then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "after the proxy was killed: inner shim alive {}, inner socket {}, proxy socket {}, run dir {:?} (was {before:?})",
+        alive(inner),
+        inner_sock.exists(),
+        proxy_sock.exists(),
+        run_dir_entries(traced)
+    );
+}
+
 fn oom_score_adj(pid: u32) -> i32 {
     std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
         .unwrap()
@@ -135,26 +167,7 @@ fn proxy_killed_leaves_nothing_behind(version: &str) {
         oom_score_adj(inner)
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let clean = wait_for(SETTLE, || {
-        (!alive(inner)
-            && !inner_sock.exists()
-            && !proxy_sock.exists()
-            && run_dir_entries(&traced) == before)
-            .then_some(())
-    });
-    assert!(
-        clean.is_some(),
-        "after the proxy was killed: inner shim alive {}, inner socket {}, proxy socket {}, run dir {:?} (was {before:?})",
-        alive(inner),
-        inner_sock.exists(),
-        proxy_sock.exists(),
-        run_dir_entries(&traced)
-    );
+    kill_proxy_and_await_cleanup(&traced, proxy, inner, &inner_sock, &before);
     // The operator learns why from containerd's own log.
     let told = wait_for(SETTLE, || {
         let log = traced.containerd.log();
@@ -179,27 +192,8 @@ fn proxy_killed_in_front_of_grouped_containers_leaves_nothing_behind() {
     let proxy_sock = proxy_socket(&inner_sock);
     let proxy = proxy_pid(&proxy_sock);
     let inner = inner_pid(&traced, "ga");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
     // Both containers' `delete` run; the inner shim ends with the last of them.
-    let clean = wait_for(SETTLE, || {
-        (!alive(inner)
-            && !inner_sock.exists()
-            && !proxy_sock.exists()
-            && run_dir_entries(&traced) == before)
-            .then_some(())
-    });
-    assert!(
-        clean.is_some(),
-        "after the proxy was killed: inner shim alive {}, inner socket {}, proxy socket {}, run dir {:?} (was {before:?})",
-        alive(inner),
-        inner_sock.exists(),
-        proxy_sock.exists(),
-        run_dir_entries(&traced)
-    );
+    kill_proxy_and_await_cleanup(&traced, proxy, inner, &inner_sock, &before);
 }
 
 #[test]

@@ -322,17 +322,12 @@ fn pod_from_cri_annotations(version: &str) {
         "{startup:?}"
     );
     // `shimtrace trace --pod` shows it as one tree: the sandbox, then each container.
-    let out = std::process::Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
-        .args(["trace", "--pod", "shop/web-0", "--spool"])
-        .arg(&traced.spool)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = shimtrace_testkit::cli::output_ok(
+        shimtrace_testkit::cli::shimtrace()
+            .args(["trace", "--pod", "shop/web-0", "--spool"])
+            .arg(&traced.spool),
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("pod shop/web-0  uid 6d1c2f0e-uid  sandbox podsb  runtime runc"),
         "{text}"
