@@ -54,11 +54,7 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
 
     let ids = ["pipe1", "pipe2", "pipe3"];
     for id in ids {
-        let out = traced
-            .containerd
-            .run_rm(id, &traced.runtime_flags(), &["/bin/echo", id])
-            .unwrap();
-        assert!(out.success(), "{out:?}");
+        traced.run_echo(id, id);
     }
 
     // The receiver gets every container's Create, Start and Delete, under the container's trace.

@@ -325,16 +325,7 @@ fn fs_shared_spool_and_run_dirs_fail_open() {
     std::os::unix::fs::lchown(traced.spool.join(".usage"), Some(NOBODY), Some(NOBODY)).unwrap();
 
     let started = Instant::now();
-    let out = traced
-        .containerd
-        .run_rm(
-            "shared",
-            &traced.runtime_flags(),
-            &["/bin/echo", "still runs"],
-        )
-        .unwrap();
-    assert!(out.success(), "{out:?}");
-    assert_eq!(out.stdout.trim(), "still runs");
+    traced.run_echo("shared", "still runs");
     assert!(started.elapsed() < Duration::from_secs(60));
 
     let warned = wait_for(Duration::from_secs(10), || {

@@ -119,6 +119,14 @@ fn oom_score_adj(pid: u32) -> i32 {
         .unwrap()
 }
 
+/// Runs sleeper container `id` and returns the socket and pid of the proxy in front of its shim.
+fn sleeper_proxy(traced: &Traced, id: &str) -> (PathBuf, u32) {
+    traced.run_sleeper(id, &[]);
+    let proxy_sock = proxy_socket(&inner_socket(traced, id));
+    let proxy = proxy_pid(&proxy_sock);
+    (proxy_sock, proxy)
+}
+
 fn memory(pid: u32) -> Memory {
     Memory::of(pid).unwrap_or_else(|| panic!("the proxy (pid {pid}) is gone"))
 }
@@ -244,9 +252,7 @@ fn proxy_sequential_runs_leave_no_sockets_or_run_files() {
 #[test]
 fn proxy_accept_failures_back_off() {
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("fd1", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "fd1"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "fd1");
     let log = proxy_log(&traced, &proxy_sock);
     let count_failures = || {
         std::fs::read_to_string(&log)
@@ -361,9 +367,7 @@ const GROWTH_LIMIT_KIB: u64 = 8 * 1024;
 fn proxy_memory_stays_bounded_under_unique_ids() {
     const CALLS: u32 = 50_000;
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("ids", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "ids"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "ids");
     let idle = memory(proxy);
     for round in ["a", "b"] {
         drop(flood(&proxy_sock, CALLS, |i| {
@@ -382,9 +386,7 @@ fn proxy_memory_stays_bounded_under_unique_ids() {
 fn proxy_memory_stays_bounded_under_undecodable_requests() {
     const FRAMES: u32 = 100_000;
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("junk", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "junk"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "junk");
     let idle = memory(proxy);
     // Not protobuf: the tap cannot read these, the inner shim answers each with an error.
     let held = flood(&proxy_sock, FRAMES, |i| {
@@ -405,9 +407,7 @@ fn proxy_memory_stays_bounded_under_undecodable_requests() {
 fn proxy_threads_stay_bounded_under_held_connections() {
     const CONNECTIONS: usize = 1_000;
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("conns", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "conns"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "conns");
     let before = memory(proxy);
     // Non-blocking, so that connections beyond the listener's backlog fail instead of waiting.
     let held: Vec<UnixStream> = (0..CONNECTIONS)
