@@ -311,10 +311,7 @@ pub(crate) fn stats_row(label: &str, s: &Stats) -> [String; 7] {
 
 /// Phase statistics, then cold start and the wall-time comparison in the same columns.
 fn phase_table(r: &RuntimeReport) -> Table {
-    let mut table = Table::new(
-        std::iter::once(Column::left("phase"))
-            .chain(["n", "p50", "p90", "p99", "min", "max"].map(Column::right)),
-    );
+    let mut table = Table::keyed("phase", ["n", "p50", "p90", "p99", "min", "max"]);
     for p in &r.phases {
         table.row(stats_row(p.label, &p.stats));
     }

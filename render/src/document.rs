@@ -269,6 +269,12 @@ impl Table {
         }
     }
 
+    /// A table whose first column, `key`, names each row (left-aligned) and whose other columns,
+    /// headed `figures`, hold numbers (right-aligned).
+    pub fn keyed<'a>(key: &str, figures: impl IntoIterator<Item = &'a str>) -> Table {
+        Table::new(std::iter::once(Column::left(key)).chain(figures.into_iter().map(Column::right)))
+    }
+
     pub fn row(&mut self, cells: impl IntoIterator<Item = impl Into<Cell>>) -> &mut Table {
         self.rows.push(cells.into_iter().map(Into::into).collect());
         self
