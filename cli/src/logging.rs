@@ -43,13 +43,7 @@ fn filter(default: LevelFilter, env: impl Fn(&str) -> Option<String>) -> EnvFilt
 mod tests {
     use super::*;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use shimtrace_span::env::from_pairs as env;
 
     fn max_level(filter: EnvFilter) -> Option<LevelFilter> {
         filter.max_level_hint()

@@ -584,13 +584,7 @@ mod tests {
     }
     use shimtrace_span::TraceId;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use shimtrace_span::env::from_pairs as env;
 
     #[test]
     fn endpoints_resolve_like_the_otel_spec() {

@@ -371,11 +371,32 @@ mod tests {
         serde_json::to_string(&SpoolEntry::Span(span.clone())).unwrap() + "\n"
     }
 
+    /// A fresh spool directory under `dir`.
+    fn spool_in(dir: &Path) -> PathBuf {
+        let spool = dir.join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        spool
+    }
+
+    /// An ingester over `spool` with its store under `dir`.
+    fn ingester(dir: &Path, spool: &Path, compact: bool) -> Ingester {
+        Ingester::new(Store::open(&dir.join("db")).unwrap(), spool, compact)
+    }
+
+    /// A spool whose first file of this process is a directory (listing and stat work, reading
+    /// fails), with the name of its second file and a trace to write there.
+    fn spool_with_a_directory_first(dir: &Path) -> (PathBuf, PathBuf, Vec<SpanRecord>) {
+        let spool = spool_in(dir);
+        let me = std::process::id();
+        std::fs::create_dir(spool.join(format!("proxy-{me}-1-0.jsonl"))).unwrap();
+        let second = spool.join(format!("proxy-{me}-2-0.jsonl"));
+        (spool, second, container_trace(TraceId([9; 16]), "c"))
+    }
+
     #[test]
     fn growing_file_is_ingested_once_line_by_line() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
+        let spool = spool_in(dir.path());
         let me = std::process::id();
         let path = spool.join(format!("proxy-{me}-1-0.jsonl"));
         let spans = container_trace(TraceId([9; 16]), "c");
@@ -384,8 +405,7 @@ mod tests {
         let partial = line(&spans[1]);
         file.write_all(&partial.as_bytes()[..10]).unwrap();
 
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let mut ingester = Ingester::new(store, &spool, true);
+        let mut ingester = ingester(dir.path(), &spool, true);
         let r = ingester.ingest_all().unwrap();
         assert_eq!((r.spans_read, r.spans_stored, r.compacted), (1, 1, 0));
 
@@ -413,8 +433,7 @@ mod tests {
     #[test]
     fn many_files_are_stored_in_file_order() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
+        let spool = spool_in(dir.path());
         let mut want = Vec::new();
         for i in 0..9u8 {
             let spans = container_trace(TraceId([i + 1; 16]), &format!("c{i}"));
@@ -422,8 +441,7 @@ mod tests {
             std::fs::write(spool.join(format!("proxy-99999999-{i}-0.jsonl")), lines).unwrap();
             want.extend(spans);
         }
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let mut ingester = Ingester::new(store, &spool, false);
+        let mut ingester = ingester(dir.path(), &spool, false);
         let r = ingester.ingest_all().unwrap();
         assert_eq!((r.spans_read, r.spans_stored), (63, 63));
         assert_eq!(ingester.store().all_spans().unwrap(), want);
@@ -433,15 +451,9 @@ mod tests {
     #[test]
     fn an_unreadable_file_is_reported_and_the_others_still_ingested() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        let me = std::process::id();
-        // A directory under a spool file's name: listing and stat work, reading fails.
-        std::fs::create_dir(spool.join(format!("proxy-{me}-1-0.jsonl"))).unwrap();
-        let spans = container_trace(TraceId([9; 16]), "c");
-        std::fs::write(spool.join(format!("proxy-{me}-2-0.jsonl")), line(&spans[0])).unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let mut ingester = Ingester::new(store, &spool, true);
+        let (spool, second, spans) = spool_with_a_directory_first(dir.path());
+        std::fs::write(second, line(&spans[0])).unwrap();
+        let mut ingester = ingester(dir.path(), &spool, true);
         let r = ingester.ingest_all().unwrap();
         assert_eq!(r.spans_stored, 1);
         assert_eq!(r.issues.len(), 1);
@@ -455,17 +467,11 @@ mod tests {
     #[test]
     fn a_skipped_file_is_not_called_a_malformed_line_and_links_are_not_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        let me = std::process::id();
-        std::fs::create_dir(spool.join(format!("proxy-{me}-1-0.jsonl"))).unwrap();
-        let spans = container_trace(TraceId([9; 16]), "c");
+        let (spool, second, spans) = spool_with_a_directory_first(dir.path());
         let elsewhere = dir.path().join("elsewhere.jsonl");
         std::fs::write(&elsewhere, line(&spans[0])).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, spool.join(format!("proxy-{me}-2-0.jsonl")))
-            .unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let mut ingester = Ingester::new(store, &spool, true);
+        std::os::unix::fs::symlink(&elsewhere, second).unwrap();
+        let mut ingester = ingester(dir.path(), &spool, true);
         let r = ingester.ingest_all().unwrap();
         assert_eq!(r.spans_stored, 0, "a link was followed");
         assert_eq!(r.issues.len(), 2, "{:?}", r.issues);
@@ -480,14 +486,12 @@ mod tests {
     #[test]
     fn dead_writer_files_are_compacted_with_the_partial_line_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
+        let spool = spool_in(dir.path());
         // pid_max is at most 2^22, so this pid cannot exist.
         let path = spool.join("wrapper-99999999-1-0.jsonl");
         let spans = container_trace(TraceId([9; 16]), "c");
         std::fs::write(&path, line(&spans[0]) + "{\"type\":\"sp").unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let mut ingester = Ingester::new(store, &spool, true);
+        let mut ingester = ingester(dir.path(), &spool, true);
         let r = ingester.ingest_all().unwrap();
         assert_eq!((r.spans_stored, r.compacted, r.issues.len()), (1, 1, 1));
         assert!(r.issues[0].error.contains("mid-line"));

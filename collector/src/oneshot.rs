@@ -122,13 +122,7 @@ mod tests {
     use crate::trace::tests::container_trace;
     use shimtrace_span::TraceId;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use shimtrace_span::env::from_pairs as env;
 
     #[test]
     fn a_pass_with_nowhere_to_go_says_what_to_do() {

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::report::{Section, Stats};
+use crate::report::{stats_row, Section, Stats};
 use crate::timeline::{self, fmt_ms};
 use crate::trace::Trace;
 
@@ -225,16 +225,9 @@ pub fn startup_section(traces: &[Trace]) -> Option<Section> {
                 &r.containers,
             ),
         ] {
-            rows.push(vec![
-                r.group.clone(),
-                part.to_string(),
-                s.n.to_string(),
-                fmt_ms(s.p50_ns),
-                fmt_ms(s.p90_ns),
-                fmt_ms(s.p99_ns),
-                fmt_ms(s.min_ns),
-                fmt_ms(s.max_ns),
-            ]);
+            let mut row = vec![r.group.clone()];
+            row.extend(stats_row(part, s));
+            rows.push(row);
         }
     }
     Some(Section {
@@ -312,37 +305,7 @@ pub fn render_tree(pod: &Pod, width: usize) -> String {
             ));
         }
     }
-    let label_width = rows
-        .iter()
-        .map(|(l, _, _)| l.chars().count())
-        .max()
-        .unwrap_or(4)
-        .min(56);
-    for (label, start, end) in &rows {
-        let offset = start.saturating_sub(origin);
-        let duration = end.saturating_sub(*start);
-        let begin = ((offset as u128 * width as u128 / total as u128) as usize).min(width - 1);
-        let len = ((duration as u128 * width as u128).div_ceil(total as u128) as usize)
-            .max(1)
-            .min(width - begin);
-        let label: String = label.chars().take(label_width).collect();
-        let _ = writeln!(
-            out,
-            "{label:<label_width$} |{}{}{}| +{} {}",
-            " ".repeat(begin),
-            "█".repeat(len),
-            " ".repeat(width - begin - len),
-            fmt_ms(offset),
-            fmt_ms(duration)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{:<label_width$}  0{:>w$}",
-        "",
-        fmt_ms(total),
-        w = width
-    );
+    timeline::write_bars(&mut out, &rows, origin, total, width, 56);
     out
 }
 

@@ -296,7 +296,8 @@ fn ns(v: f64) -> String {
     fmt_ms(v as u64)
 }
 
-fn stats_row(label: &str, s: &Stats) -> [String; 7] {
+/// A table row: the label, then the count and the percentiles in milliseconds.
+pub(crate) fn stats_row(label: &str, s: &Stats) -> [String; 7] {
     [
         label.to_string(),
         s.n.to_string(),
@@ -310,10 +311,7 @@ fn stats_row(label: &str, s: &Stats) -> [String; 7] {
 
 /// Phase statistics, then cold start and the wall-time comparison in the same columns.
 fn phase_table(r: &RuntimeReport) -> Table {
-    let mut table = Table::new(
-        std::iter::once(Column::left("phase"))
-            .chain(["n", "p50", "p90", "p99", "min", "max"].map(Column::right)),
-    );
+    let mut table = Table::keyed("phase", ["n", "p50", "p90", "p99", "min", "max"]);
     for p in &r.phases {
         table.row(stats_row(p.label, &p.stats));
     }

@@ -36,37 +36,52 @@ pub struct RuntimeProfile {
 /// runc, gVisor and crun as measured shapes go (see ANCHORS.md §2): crun fastest, runsc slowest.
 pub fn default_profiles() -> Vec<RuntimeProfile> {
     vec![
-        RuntimeProfile {
-            inner: "/usr/bin/containerd-shim-runc-v2",
-            runtime: "runc",
-            binary: None,
-            wrapper_start_ms: (9.0, 2.0),
-            create_ms: (45.0, 10.0),
-            start_ms: (4.0, 1.0),
-            run_ms: (2.0, 1.0),
-            delete_ms: (12.0, 3.0),
-        },
-        RuntimeProfile {
-            inner: "/usr/bin/containerd-shim-runc-v2",
-            runtime: "runsc",
-            binary: Some("/usr/local/bin/runsc-nonet"),
-            wrapper_start_ms: (9.0, 2.0),
-            create_ms: (140.0, 30.0),
-            start_ms: (35.0, 8.0),
-            run_ms: (6.0, 2.0),
-            delete_ms: (40.0, 10.0),
-        },
-        RuntimeProfile {
-            inner: "/usr/bin/containerd-shim-runc-v2",
-            runtime: "crun",
-            binary: Some("/usr/bin/crun"),
-            wrapper_start_ms: (9.0, 2.0),
-            create_ms: (25.0, 6.0),
-            start_ms: (3.0, 1.0),
-            run_ms: (2.0, 1.0),
-            delete_ms: (9.0, 2.0),
-        },
+        runc_shim_profile(
+            "runc",
+            None,
+            (45.0, 10.0),
+            (4.0, 1.0),
+            (2.0, 1.0),
+            (12.0, 3.0),
+        ),
+        runc_shim_profile(
+            "runsc",
+            Some("/usr/local/bin/runsc-nonet"),
+            (140.0, 30.0),
+            (35.0, 8.0),
+            (6.0, 2.0),
+            (40.0, 10.0),
+        ),
+        runc_shim_profile(
+            "crun",
+            Some("/usr/bin/crun"),
+            (25.0, 6.0),
+            (3.0, 1.0),
+            (2.0, 1.0),
+            (9.0, 2.0),
+        ),
     ]
+}
+
+/// A runtime behind the runc shim, whose wrapper starts in 9 ± 2 ms.
+fn runc_shim_profile(
+    runtime: &'static str,
+    binary: Option<&'static str>,
+    create_ms: (f64, f64),
+    start_ms: (f64, f64),
+    run_ms: (f64, f64),
+    delete_ms: (f64, f64),
+) -> RuntimeProfile {
+    RuntimeProfile {
+        inner: "/usr/bin/containerd-shim-runc-v2",
+        runtime,
+        binary,
+        wrapper_start_ms: (9.0, 2.0),
+        create_ms,
+        start_ms,
+        run_ms,
+        delete_ms,
+    }
 }
 
 /// What to generate.
@@ -451,6 +466,52 @@ impl SpoolWriter {
     }
 }
 
+/// One writer process's pair of spool streams: its wrapper's spans and its proxy's, which come from
+/// different processes in a real spool.
+struct WriterPair {
+    wrapper: SpoolWriter,
+    proxy: SpoolWriter,
+}
+
+impl WriterPair {
+    /// Writers `pid` (the wrapper) and `pid + 1` (its proxy), their files named from `start`.
+    fn new(dir: &Path, pid: u32, start: u64) -> std::io::Result<Self> {
+        Ok(WriterPair {
+            wrapper: SpoolWriter::new(dir, "wrapper", pid, start)?,
+            proxy: SpoolWriter::new(dir, "proxy", pid + 1, start)?,
+        })
+    }
+
+    /// Writes each span to the stream of the process that would have recorded it: calls (named
+    /// `service/Method`) to the proxy's, the rest to the wrapper's.
+    fn write_all(
+        &mut self,
+        spans: Vec<SpanRecord>,
+        summary: &mut SynthSummary,
+    ) -> std::io::Result<()> {
+        for span in spans {
+            let out = if span.name.contains('/') {
+                &mut self.proxy
+            } else {
+                &mut self.wrapper
+            };
+            out.write(&SpoolEntry::Span(span))?;
+            summary.spans += 1;
+        }
+        Ok(())
+    }
+
+    /// Flushes both streams and counts their files and bytes into `summary`.
+    fn finish(mut self, summary: &mut SynthSummary) -> std::io::Result<()> {
+        for w in [&mut self.wrapper, &mut self.proxy] {
+            w.file.flush()?;
+            summary.files += w.files.len();
+            summary.bytes += w.total_bytes;
+        }
+        Ok(())
+    }
+}
+
 /// Writes a synthetic spool into `dir` (created if needed); `on_container` is called after each
 /// container (for a progress bar). Returns what was written and each container's wall time.
 pub fn generate_spool(
@@ -471,48 +532,22 @@ pub fn generate_spool(
     let mut writer_no = 0u32;
     while index < config.containers {
         let first_start = config.start_unix_nano + index as u64 * 400_000_000;
-        // Wrapper spans and proxy spans come from different processes, as in a real spool.
-        let mut wrapper = SpoolWriter::new(
-            dir,
-            "wrapper",
-            config.first_pid + 2 * writer_no,
-            first_start,
-        )?;
-        let mut proxy = SpoolWriter::new(
-            dir,
-            "proxy",
-            config.first_pid + 2 * writer_no + 1,
-            first_start,
-        )?;
+        let mut writers = WriterPair::new(dir, config.first_pid + 2 * writer_no, first_start)?;
         for _ in 0..per_writer.min(config.containers - index) {
             let profile = &profiles[index % profiles.len()];
             let start = config.start_unix_nano + index as u64 * 400_000_000;
             let (spans, wall) = container_spans(index, profile, start, config.seed);
-            for span in spans {
-                let out = if span.name.contains('/') {
-                    &mut proxy
-                } else {
-                    &mut wrapper
-                };
-                out.write(&SpoolEntry::Span(span))?;
-                summary.spans += 1;
-            }
+            writers.write_all(spans, &mut summary)?;
             walls.push(wall);
             index += 1;
             on_container(index);
         }
-        for w in [&mut wrapper, &mut proxy] {
-            w.file.flush()?;
-            summary.files += w.files.len();
-            summary.bytes += w.total_bytes;
-        }
+        writers.finish(&mut summary)?;
         writer_no += 1;
     }
     if config.pods > 0 {
         let first_start = config.start_unix_nano + index as u64 * 400_000_000;
-        let pid = config.first_pid + 2 * writer_no;
-        let mut wrapper = SpoolWriter::new(dir, "wrapper", pid, first_start)?;
-        let mut proxy = SpoolWriter::new(dir, "proxy", pid + 1, first_start)?;
+        let mut writers = WriterPair::new(dir, config.first_pid + 2 * writer_no, first_start)?;
         let per_pod = 1 + config.containers_per_pod;
         for pod in 0..config.pods {
             let profile = &profiles[pod % profiles.len()];
@@ -526,22 +561,10 @@ pub fn generate_spool(
                 start,
                 config.seed,
             );
-            for span in spans {
-                let out = if span.name.contains('/') {
-                    &mut proxy
-                } else {
-                    &mut wrapper
-                };
-                out.write(&SpoolEntry::Span(span))?;
-                summary.spans += 1;
-            }
+            writers.write_all(spans, &mut summary)?;
             walls.extend(pod_walls);
         }
-        for w in [&mut wrapper, &mut proxy] {
-            w.file.flush()?;
-            summary.files += w.files.len();
-            summary.bytes += w.total_bytes;
-        }
+        writers.finish(&mut summary)?;
     }
     summary.containers = config.containers + config.pods * (1 + config.containers_per_pod);
     Ok((summary, walls))

@@ -243,38 +243,51 @@ pub fn render_waterfall(trace: &Trace, width: usize) -> String {
     if let Some(line) = phase_line(&summary) {
         let _ = writeln!(out, "{line}");
     }
-    let labels: Vec<String> = trace
+    let rows: Vec<(String, u64, u64)> = trace
         .spans
         .iter()
         .zip(trace.depths())
-        .map(|(s, d)| format!("{}{}", "  ".repeat(d), for_terminal(&s.name)))
+        .map(|(s, d)| {
+            let label = format!("{}{}", "  ".repeat(d), for_terminal(&s.name));
+            (label, s.start_time_unix_nano, s.end_time_unix_nano)
+        })
         .collect();
-    let label_width = labels
+    write_bars(&mut out, &rows, origin, total, width, 48);
+    out
+}
+
+/// One bar per `(label, start, end)` row, placed by its offset from `origin` and scaled so `total`
+/// nanoseconds fill `width` columns, then the time axis; labels are cut to `max_label` characters.
+pub(crate) fn write_bars(
+    out: &mut String,
+    rows: &[(String, u64, u64)],
+    origin: u64,
+    total: u64,
+    width: usize,
+    max_label: usize,
+) {
+    let label_width = rows
         .iter()
-        .map(|l| l.chars().count())
+        .map(|(l, _, _)| l.chars().count())
         .max()
         .unwrap_or(4)
-        .min(48);
-    for (span, label) in trace.spans.iter().zip(&labels) {
-        let offset = span.start_time_unix_nano - origin;
-        let begin = (offset as u128 * width as u128 / total as u128) as usize;
-        let len = ((span.duration_nanos() as u128 * width as u128).div_ceil(total as u128)
-            as usize)
-            .max(1);
-        let begin = begin.min(width - 1);
-        let len = len.min(width - begin);
-        let bar = format!(
-            "{}{}{}",
-            " ".repeat(begin),
-            "█".repeat(len),
-            " ".repeat(width - begin - len)
-        );
+        .min(max_label);
+    for (label, start, end) in rows {
+        let offset = start.saturating_sub(origin);
+        let duration = end.saturating_sub(*start);
+        let begin = ((offset as u128 * width as u128 / total as u128) as usize).min(width - 1);
+        let len = ((duration as u128 * width as u128).div_ceil(total as u128) as usize)
+            .max(1)
+            .min(width - begin);
         let label: String = label.chars().take(label_width).collect();
         let _ = writeln!(
             out,
-            "{label:<label_width$} |{bar}| +{} {}",
+            "{label:<label_width$} |{}{}{}| +{} {}",
+            " ".repeat(begin),
+            "█".repeat(len),
+            " ".repeat(width - begin - len),
             fmt_ms(offset),
-            fmt_ms(span.duration_nanos())
+            fmt_ms(duration)
         );
     }
     let _ = writeln!(
@@ -284,7 +297,6 @@ pub fn render_waterfall(trace: &Trace, width: usize) -> String {
         fmt_ms(total),
         w = width
     );
-    out
 }
 
 #[cfg(test)]

@@ -543,10 +543,10 @@ async fn preflight(
             continue;
         }
         let probe_id = format!("lab-{}-probe-{}", profile.name, lab.suffix);
-        if lab.args.image.is_some() {
+        // The probe's output and the line that says the profile is ready, or why it is not.
+        let outcome = if lab.args.image.is_some() {
             match image_preflight(lab, client, profile, &probe_id).await {
                 Ok((command, probe, notes)) => {
-                    result.probe = probe;
                     let setup = &mut found.report.setup;
                     setup
                         .image_notes
@@ -557,27 +557,20 @@ async fn preflight(
                             .insert(0, format!("cold-start command: `{}`", command.join(" ")));
                     }
                     image_command.get_or_insert(command);
-                    log(format!(
-                        "{}: ready (image {})",
-                        profile.name,
-                        spec_image(lab.args)
-                    ));
-                    active.push(Active {
-                        profile: profile.clone(),
-                        result,
-                    });
+                    let ready = format!("{}: ready (image {})", profile.name, spec_image(lab.args));
+                    Ok((probe, ready))
                 }
-                Err(reason) => {
-                    let reason = format!("does not run here: {}", one_line(&reason));
-                    found.skip(result, reason, lab.explicit);
-                }
+                Err(reason) => Err(reason),
             }
-            continue;
-        }
-        match probe_preflight(lab, client, profile, probe_id).await? {
-            Ok(probe) => {
+        } else {
+            probe_preflight(lab, client, profile, probe_id)
+                .await?
+                .map(|probe| (probe, format!("{}: ready", profile.name)))
+        };
+        match outcome {
+            Ok((probe, ready)) => {
                 result.probe = probe;
-                log(format!("{}: ready", profile.name));
+                log(ready);
                 active.push(Active {
                     profile: profile.clone(),
                     result,

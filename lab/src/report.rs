@@ -641,19 +641,17 @@ impl LabReport {
     }
 
     fn cold_start_section(&self, doc: &mut Document) {
-        let mut table = Table::new(
-            std::iter::once(Column::left("Profile")).chain(
-                [
-                    "ok/failed",
-                    "wall p50",
-                    "wall p90",
-                    "wall p99",
-                    "wall max",
-                    "to-workload p50",
-                    "to-workload p90",
-                ]
-                .map(Column::right),
-            ),
+        let mut table = Table::keyed(
+            "Profile",
+            [
+                "ok/failed",
+                "wall p50",
+                "wall p90",
+                "wall p99",
+                "wall max",
+                "to-workload p50",
+                "to-workload p90",
+            ],
         );
         let mut chart = Vec::new();
         for p in self.ok_profiles() {
@@ -708,11 +706,7 @@ impl LabReport {
                 ));
             return;
         }
-        let mut table = Table::new(
-            std::iter::once(Column::left("Profile"))
-                .chain(PHASES.map(Column::right))
-                .chain(["sum", "wall"].map(Column::right)),
-        );
+        let mut table = Table::keyed("Profile", PHASES.into_iter().chain(["sum", "wall"]));
         for p in self.ok_profiles() {
             let Some(c) = &p.cold_start else { continue };
             let values: Vec<f64> = PHASES
@@ -739,17 +733,15 @@ impl LabReport {
             // In the order they happen: by median start after the client's first call.
             let mut ordered: Vec<(&String, &SpanStats)> = c.spans.iter().collect();
             ordered.sort_by(|a, b| a.1.start.p50.total_cmp(&b.1.start.p50));
-            let mut table = Table::new(
-                std::iter::once(Column::left("Span")).chain(
-                    [
-                        "n",
-                        "starts at p50",
-                        "duration p50",
-                        "duration p90",
-                        "duration max",
-                    ]
-                    .map(Column::right),
-                ),
+            let mut table = Table::keyed(
+                "Span",
+                [
+                    "n",
+                    "starts at p50",
+                    "duration p50",
+                    "duration p90",
+                    "duration max",
+                ],
             );
             for (name, stats) in &ordered {
                 let d = &stats.duration;
@@ -825,19 +817,17 @@ impl LabReport {
     }
 
     fn served_latency_section(&self, doc: &mut Document) {
-        let mut table = Table::new(
-            std::iter::once(Column::left("Profile")).chain(
-                [
-                    "ok/errors",
-                    "p50",
-                    "p90",
-                    "p99",
-                    "max",
-                    "p50 vs runc",
-                    "p99 vs runc",
-                ]
-                .map(Column::right),
-            ),
+        let mut table = Table::keyed(
+            "Profile",
+            [
+                "ok/errors",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "p50 vs runc",
+                "p99 vs runc",
+            ],
         );
         let mut chart = Vec::new();
         for p in self.ok_profiles() {

@@ -269,6 +269,12 @@ impl Table {
         }
     }
 
+    /// A table whose first column, `key`, names each row (left-aligned) and whose other columns,
+    /// headed `figures`, hold numbers (right-aligned).
+    pub fn keyed<'a>(key: &str, figures: impl IntoIterator<Item = &'a str>) -> Table {
+        Table::new(std::iter::once(Column::left(key)).chain(figures.into_iter().map(Column::right)))
+    }
+
     pub fn row(&mut self, cells: impl IntoIterator<Item = impl Into<Cell>>) -> &mut Table {
         self.rows.push(cells.into_iter().map(Into::into).collect());
         self
@@ -358,6 +364,44 @@ impl From<Table> for Block {
 impl From<Figure> for Block {
     fn from(f: Figure) -> Block {
         Block::Figure(f)
+    }
+}
+
+/// How a line-oriented format (Markdown, plain text) writes each kind of block: headings by level,
+/// text, lists from a nesting depth, tables and figures (`None` for a figure it leaves out).
+/// Blocks are one blank line apart, the title first.
+pub(crate) struct LineFormat(
+    pub fn(u8, &Text) -> String,
+    pub fn(&Text) -> String,
+    pub fn(&mut String, &[ListItem], usize),
+    pub fn(&Table) -> String,
+    pub fn(&Figure) -> Option<String>,
+);
+
+impl LineFormat {
+    /// `doc` in this format, under its already formatted `title`.
+    pub(crate) fn render(&self, title: String, doc: &Document) -> String {
+        let mut blocks = vec![title];
+        blocks.extend(doc.blocks.iter().filter_map(|b| self.block(b)));
+        blocks.join("\n")
+    }
+
+    /// One block, ending in a newline; `None` for an empty paragraph or a figure left out.
+    fn block(&self, b: &Block) -> Option<String> {
+        let LineFormat(heading, text, list, table, figure) = self;
+        match b {
+            Block::Heading { level, text } => Some(heading(*level, text)),
+            Block::Paragraph(t) | Block::Note(t) => {
+                (!t.is_empty()).then(|| format!("{}\n", text(t)))
+            }
+            Block::List(items) => {
+                let mut out = String::new();
+                list(&mut out, items, 0);
+                Some(out)
+            }
+            Block::Table(t) => Some(table(t)),
+            Block::Figure(f) => figure(f),
+        }
     }
 }
 

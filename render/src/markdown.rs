@@ -6,34 +6,20 @@
 //! take fences longer than any backtick run they hold.
 
 use crate::chart::listing;
-use crate::document::{Align, Block, Document, Figure, InText, ListItem, Span, Table, Text};
+use crate::document::{Align, Document, Figure, InText, LineFormat, ListItem, Span, Table, Text};
 
 /// The document as Markdown.
 pub fn render(doc: &Document) -> String {
-    let mut blocks = vec![format!("# {}\n", one_line(&doc.title))];
-    blocks.extend(doc.blocks.iter().filter_map(block));
-    blocks.join("\n")
+    LineFormat(heading, inline, list, table, figure)
+        .render(format!("# {}\n", one_line(&doc.title)), doc)
 }
 
-/// One block, ending in a newline; `None` for a block Markdown leaves out.
-fn block(b: &Block) -> Option<String> {
-    match b {
-        Block::Heading { level, text } => Some(format!(
-            "{} {}\n",
-            "#".repeat(usize::from((*level).clamp(1, 6))),
-            one_line(&inline(text))
-        )),
-        Block::Paragraph(text) | Block::Note(text) => {
-            (!text.is_empty()).then(|| format!("{}\n", inline(text)))
-        }
-        Block::List(items) => {
-            let mut out = String::new();
-            list(&mut out, items, 0);
-            Some(out)
-        }
-        Block::Table(t) => Some(table(t)),
-        Block::Figure(f) => figure(f),
-    }
+fn heading(level: u8, text: &Text) -> String {
+    format!(
+        "{} {}\n",
+        "#".repeat(usize::from(level.clamp(1, 6))),
+        one_line(&inline(text))
+    )
 }
 
 /// Inline text with its code spans and emphasis marked up.

@@ -2,13 +2,12 @@
 //! no markup and no colour, so it reads the same in a pipe or a log.
 
 use crate::chart::listing;
-use crate::document::{Align, Block, Document, Figure, InText, ListItem, Table, Text};
+use crate::document::{Align, Document, Figure, InText, LineFormat, ListItem, Table, Text};
 
 /// The document as plain text.
 pub fn render(doc: &Document) -> String {
-    let mut blocks = vec![underlined(&one_line(&doc.title), '=')];
-    blocks.extend(doc.blocks.iter().filter_map(block));
-    blocks.join("\n")
+    let title = underlined(&one_line(&doc.title), '=');
+    LineFormat(heading, Text::to_plain, list, table, figure).render(title, doc)
 }
 
 fn one_line(s: &str) -> String {
@@ -23,26 +22,12 @@ fn underlined(s: &str, with: char) -> String {
     format!("{s}\n{}\n", with.to_string().repeat(width(s)))
 }
 
-fn block(b: &Block) -> Option<String> {
-    match b {
-        Block::Heading { level, text } => {
-            let text = one_line(&text.to_plain());
-            Some(match level {
-                0..=2 => underlined(&text, '-'),
-                3 => underlined(&text, '~'),
-                _ => format!("{text}\n"),
-            })
-        }
-        Block::Paragraph(text) | Block::Note(text) => {
-            (!text.is_empty()).then(|| format!("{}\n", text.to_plain()))
-        }
-        Block::List(items) => {
-            let mut out = String::new();
-            list(&mut out, items, 0);
-            Some(out)
-        }
-        Block::Table(t) => Some(table(t)),
-        Block::Figure(f) => figure(f),
+fn heading(level: u8, text: &Text) -> String {
+    let text = one_line(&text.to_plain());
+    match level {
+        0..=2 => underlined(&text, '-'),
+        3 => underlined(&text, '~'),
+        _ => format!("{text}\n"),
     }
 }
 

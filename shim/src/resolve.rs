@@ -269,24 +269,20 @@ mod tests {
         let name = WrapperName::from_binary_name("containerd-shim-traced-runc-v2").unwrap();
         let me = dir.path().join("me");
         exe(&me);
-        let found = resolve_inner(
-            &name,
-            &Config::default(),
-            Some(&b.join("containerd")),
-            Some(a.clone().into_os_string()),
-            &me,
-        )
-        .unwrap();
+        // PATH is `a`; containerd lives in `b`.
+        let resolve = || {
+            resolve_inner(
+                &name,
+                &Config::default(),
+                Some(&b.join("containerd")),
+                Some(a.clone().into_os_string()),
+                &me,
+            )
+        };
+        let found = resolve().unwrap();
         assert_eq!(found, b.join("containerd-shim-runc-v2"));
         exe(&a.join("containerd-shim-runc-v2"));
-        let found = resolve_inner(
-            &name,
-            &Config::default(),
-            Some(&b.join("containerd")),
-            Some(a.clone().into_os_string()),
-            &me,
-        )
-        .unwrap();
+        let found = resolve().unwrap();
         assert_eq!(found, a.join("containerd-shim-runc-v2"));
         let missing = resolve_inner(&name, &Config::default(), None, None, &me).unwrap_err();
         assert!(missing.to_string().contains("containerd-shim-runc-v2"));

@@ -547,28 +547,22 @@ mod tests {
         PrivateDir::open(dir).unwrap()
     }
 
-    fn span(name: &str) -> SpanRecord {
-        SpanRecord {
-            trace_id: TraceId::random(),
-            span_id: SpanId::random(),
-            parent_span_id: None,
-            name: name.into(),
-            kind: Default::default(),
-            start_time_unix_nano: 10,
-            end_time_unix_nano: 20,
-            attributes: Default::default(),
-            events: vec![],
-            status: Default::default(),
+    /// A spool in `dir` bounded to `max_bytes`.
+    fn spool_config(dir: &Path, max_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes,
         }
+    }
+
+    fn span(name: &str) -> SpanRecord {
+        SpanRecord::new(TraceId::random(), SpanId::random(), name, 10, 20)
     }
 
     #[test]
     fn sink_writes_mode_0600_lines_that_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().join("spool"),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&dir.path().join("spool"), DEFAULT_MAX_BYTES);
         let sink = SpanSink::start(&config, "test").unwrap();
         sink.emit(span("a"));
         sink.emit(span("b"));
@@ -587,10 +581,7 @@ mod tests {
     #[test]
     fn over_the_bound_spans_are_dropped_and_counted_in_the_spool() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 300,
-        };
+        let config = spool_config(dir.path(), 300);
         let sink = SpanSink::start(&config, "test").unwrap();
         for i in 0..20 {
             sink.emit(span(&format!("s{i}")));
@@ -604,10 +595,7 @@ mod tests {
     #[test]
     fn a_fresh_shared_measurement_is_used_and_a_stale_one_is_measured_again() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1_000_000,
-        };
+        let config = spool_config(dir.path(), 1_000_000);
         // Another writer found the spool full a moment ago: this one believes it, without a scan.
         write_usage_hint(&private(dir.path()), 1_000_000, clock::now_unix_nanos());
         let sink = SpanSink::start(&config, "test").unwrap();
@@ -653,20 +641,14 @@ mod tests {
     #[test]
     fn written_now_reads_back_and_over_the_bound_is_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().join("spool"),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&dir.path().join("spool"), DEFAULT_MAX_BYTES);
         write_now(&config, "wrapper", &[span("a"), span("b")]).unwrap();
         let contents = read_spool(&config.dir).unwrap();
         let names: Vec<_> = contents.spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(spool_files(&config.dir).unwrap()[0].1.writer, "wrapper");
 
-        let full = SpoolConfig {
-            dir: config.dir.clone(),
-            max_bytes: 10,
-        };
+        let full = spool_config(&config.dir, 10);
         write_now(&full, "wrapper", &[span("c")]).unwrap();
         let contents = read_spool(&config.dir).unwrap();
         assert_eq!(contents.spans.len(), 2);
@@ -713,10 +695,7 @@ mod tests {
         let real = dir.path().join("real");
         private_dir(&real);
         std::os::unix::fs::symlink(&real, dir.path().join("spool")).unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().join("spool"),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&dir.path().join("spool"), DEFAULT_MAX_BYTES);
         let err = write_now(&config, "wrapper", &[span("a")]).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert!(SpanSink::start(&config, "proxy").is_err());
@@ -730,10 +709,7 @@ mod tests {
             let spool = dir.path().join("spool");
             private_dir(&spool);
             fs::set_permissions(&spool, fs::Permissions::from_mode(mode)).unwrap();
-            let config = SpoolConfig {
-                dir: spool.clone(),
-                max_bytes: DEFAULT_MAX_BYTES,
-            };
+            let config = spool_config(&spool, DEFAULT_MAX_BYTES);
             let err = write_now(&config, "wrapper", &[span("a")]).unwrap_err();
             assert!(err.to_string().contains("writable by"), "{mode:o}: {err}");
             assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "{mode:o}");
@@ -750,10 +726,7 @@ mod tests {
         let spool = dir.path().join("spool");
         private_dir(&spool);
         std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).unwrap();
-        let config = SpoolConfig {
-            dir: spool.clone(),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&spool, DEFAULT_MAX_BYTES);
         let err = write_now(&config, "wrapper", &[span("a")]).unwrap_err();
         assert!(err.to_string().contains("owned by"), "{err}");
         assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
@@ -767,10 +740,7 @@ mod tests {
         let victim = dir.path().join("victim");
         fs::write(&victim, "precious contents, not a usage hint at all\n").unwrap();
         std::os::unix::fs::symlink(&victim, spool.join(USAGE_HINT_FILE)).unwrap();
-        let config = SpoolConfig {
-            dir: spool.clone(),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&spool, DEFAULT_MAX_BYTES);
         write_now(&config, "wrapper", &[span("a")]).unwrap();
         assert_eq!(
             fs::read_to_string(&victim).unwrap(),
@@ -789,10 +759,7 @@ mod tests {
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .unwrap();
-        let config = SpoolConfig {
-            dir: spool.clone(),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&spool, DEFAULT_MAX_BYTES);
         finishes_within(Duration::from_secs(10), move || {
             write_now(&config, "wrapper", &[span("a")]).unwrap();
         });
@@ -802,10 +769,7 @@ mod tests {
     #[test]
     fn a_full_filesystem_is_recorded_as_its_own_drop_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().join("spool"),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&dir.path().join("spool"), DEFAULT_MAX_BYTES);
         let mut file = SpoolFile::create(&config, "proxy").unwrap();
         let real = std::mem::replace(
             &mut file.file,
@@ -834,10 +798,7 @@ mod tests {
     #[test]
     fn a_write_cut_short_leaves_one_bad_line_not_two() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().join("spool"),
-            max_bytes: DEFAULT_MAX_BYTES,
-        };
+        let config = spool_config(&dir.path().join("spool"), DEFAULT_MAX_BYTES);
         let mut file = SpoolFile::create(&config, "proxy").unwrap();
         // A non-blocking pipe of one page that nobody reads: a longer write stops part way, as a
         // write to a filling disk can.

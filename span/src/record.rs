@@ -209,70 +209,85 @@ pub enum AttributeValue {
     String(String),
 }
 
-impl<'de> Deserialize<'de> for AttributeValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(AttributeValueVisitor)
-    }
+/// Implements `Deserialize` for `$ty` by handing whatever the input holds to a unit visitor
+/// `$visitor` that expects `$expecting` and has the `visit_*` methods given.
+macro_rules! deserialize_any_via {
+    ($ty:ty, $visitor:ident, $expecting:expr, { $($visits:tt)* }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_any($visitor)
+            }
+        }
+
+        struct $visitor;
+
+        impl<'de> serde::de::Visitor<'de> for $visitor {
+            type Value = $ty;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str($expecting)
+            }
+
+            $($visits)*
+        }
+    };
 }
 
-struct AttributeValueVisitor;
+deserialize_any_via!(
+    AttributeValue,
+    AttributeValueVisitor,
+    "an attribute value (a bool, an integer, a float or a string)",
+    {
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(AttributeValue::Bool(v))
+        }
 
-impl<'de> serde::de::Visitor<'de> for AttributeValueVisitor {
-    type Value = AttributeValue;
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(AttributeValue::Int(v))
+        }
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an attribute value (a bool, an integer, a float or a string)")
-    }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(match i64::try_from(v) {
+                Ok(v) => AttributeValue::Int(v),
+                Err(_) => AttributeValue::Double(v as f64),
+            })
+        }
 
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(AttributeValue::Bool(v))
-    }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(AttributeValue::Double(v))
+        }
 
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(AttributeValue::Int(v))
-    }
+        fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Self::Value, E> {
+            // The untagged form never took a char for a string; keep refusing it.
+            Err(E::invalid_type(serde::de::Unexpected::Char(v), &self))
+        }
 
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(match i64::try_from(v) {
-            Ok(v) => AttributeValue::Int(v),
-            Err(_) => AttributeValue::Double(v as f64),
-        })
-    }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(AttributeValue::String(v.to_owned()))
+        }
 
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(AttributeValue::Double(v))
-    }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(AttributeValue::String(v))
+        }
 
-    fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Self::Value, E> {
-        // The untagged form never took a char for a string; keep refusing it.
-        Err(E::invalid_type(serde::de::Unexpected::Char(v), &self))
-    }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+            match std::str::from_utf8(v) {
+                Ok(s) => self.visit_str(s),
+                Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(v), &self)),
+            }
+        }
 
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(AttributeValue::String(v.to_owned()))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(AttributeValue::String(v))
-    }
-
-    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-        match std::str::from_utf8(v) {
-            Ok(s) => self.visit_str(s),
-            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(v), &self)),
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+            match String::from_utf8(v) {
+                Ok(s) => Ok(AttributeValue::String(s)),
+                Err(e) => Err(E::invalid_value(
+                    serde::de::Unexpected::Bytes(e.as_bytes()),
+                    &self,
+                )),
+            }
         }
     }
-
-    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
-        match String::from_utf8(v) {
-            Ok(s) => Ok(AttributeValue::String(s)),
-            Err(e) => Err(E::invalid_value(
-                serde::de::Unexpected::Bytes(e.as_bytes()),
-                &self,
-            )),
-        }
-    }
-}
+);
 
 impl AttributeValue {
     pub fn as_str(&self) -> Option<&str> {
@@ -386,6 +401,28 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
+    /// A span with no parent, attributes or events, of the default kind and status.
+    pub fn new(
+        trace_id: TraceId,
+        span_id: SpanId,
+        name: impl Into<String>,
+        start_time_unix_nano: u64,
+        end_time_unix_nano: u64,
+    ) -> Self {
+        SpanRecord {
+            trace_id,
+            span_id,
+            parent_span_id: None,
+            name: name.into(),
+            kind: SpanKind::default(),
+            start_time_unix_nano,
+            end_time_unix_nano,
+            attributes: Attributes::default(),
+            events: Vec::new(),
+            status: SpanStatus::default(),
+        }
+    }
+
     pub fn attr_str(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).and_then(AttributeValue::as_str)
     }
@@ -502,58 +539,57 @@ impl SpoolTag {
     }
 }
 
-impl<'de> Deserialize<'de> for SpoolEntry {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SpoolEntryVisitor)
-    }
-}
-
-struct SpoolEntryVisitor;
-
-impl<'de> serde::de::Visitor<'de> for SpoolEntryVisitor {
-    type Value = SpoolEntry;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a spool line (an object with a \"type\")")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let tag: SpoolTag = seq
-            .next_element()?
-            .ok_or_else(|| serde::de::Error::missing_field(SPOOL_TAG))?;
-        tag.entry(serde::de::value::SeqAccessDeserializer::new(seq))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        use serde::de::Error;
-        let Some(first) = map.next_key_seed(KeySeed)? else {
-            return Err(A::Error::missing_field(SPOOL_TAG));
-        };
-        if first.as_str() == SPOOL_TAG {
-            let tag: SpoolTag = map.next_value()?;
-            return tag.entry(serde::de::value::MapAccessDeserializer::new(TagOnce(map)));
+deserialize_any_via!(
+    SpoolEntry,
+    SpoolEntryVisitor,
+    "a spool line (an object with a \"type\")",
+    {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let tag: SpoolTag = seq
+                .next_element()?
+                .ok_or_else(|| serde::de::Error::missing_field(SPOOL_TAG))?;
+            tag.entry(serde::de::value::SeqAccessDeserializer::new(seq))
         }
-        // The tag is not first: buffer the line (keeping duplicate keys, which the variant
-        // rejects) until the tag turns up.
-        let mut tag = None;
-        let mut rest: Vec<(String, serde_json::Value)> = Vec::new();
-        let mut key = Some(first);
-        while let Some(k) = key {
-            if k.as_str() == SPOOL_TAG {
-                if tag.is_some() {
-                    return Err(A::Error::duplicate_field(SPOOL_TAG));
-                }
-                tag = Some(map.next_value::<SpoolTag>()?);
-            } else {
-                rest.push((k.into_owned(), map.next_value()?));
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            use serde::de::Error;
+            let Some(first) = map.next_key_seed(KeySeed)? else {
+                return Err(A::Error::missing_field(SPOOL_TAG));
+            };
+            if first.as_str() == SPOOL_TAG {
+                let tag: SpoolTag = map.next_value()?;
+                return tag.entry(serde::de::value::MapAccessDeserializer::new(TagOnce(map)));
             }
-            key = map.next_key_seed(KeySeed)?;
-        }
-        let tag = tag.ok_or_else(|| A::Error::missing_field(SPOOL_TAG))?;
-        tag.entry(serde::de::value::MapDeserializer::<_, serde_json::Error>::new(rest.into_iter()))
+            // The tag is not first: buffer the line (keeping duplicate keys, which the variant
+            // rejects) until the tag turns up.
+            let mut tag = None;
+            let mut rest: Vec<(String, serde_json::Value)> = Vec::new();
+            let mut key = Some(first);
+            while let Some(k) = key {
+                if k.as_str() == SPOOL_TAG {
+                    if tag.is_some() {
+                        return Err(A::Error::duplicate_field(SPOOL_TAG));
+                    }
+                    tag = Some(map.next_value::<SpoolTag>()?);
+                } else {
+                    rest.push((k.into_owned(), map.next_value()?));
+                }
+                key = map.next_key_seed(KeySeed)?;
+            }
+            let tag = tag.ok_or_else(|| A::Error::missing_field(SPOOL_TAG))?;
+            tag.entry(
+                serde::de::value::MapDeserializer::<_, serde_json::Error>::new(rest.into_iter()),
+            )
             .map_err(A::Error::custom)
+        }
     }
-}
+);
 
 /// A map key, borrowed from the input when it can be.
 enum Key<'de> {

@@ -356,18 +356,7 @@ mod tests {
     use crate::{SpanId, TraceId};
 
     fn span(name: &str) -> SpanRecord {
-        SpanRecord {
-            trace_id: TraceId::random(),
-            span_id: SpanId::random(),
-            parent_span_id: None,
-            name: name.into(),
-            kind: Default::default(),
-            start_time_unix_nano: 10,
-            end_time_unix_nano: 20,
-            attributes: Default::default(),
-            events: vec![],
-            status: Default::default(),
-        }
+        SpanRecord::new(TraceId::random(), SpanId::random(), name, 10, 20)
     }
 
     #[test]

@@ -199,10 +199,37 @@ impl Traced {
         Some(value["address"].as_str()?.trim().to_string())
     }
 
+    /// Runs `/bin/echo <text>` to completion as container `id` through the wrapper and checks that
+    /// it succeeded and printed `text`.
+    pub fn run_echo(&self, id: &str, text: &str) {
+        let out = self
+            .containerd
+            .run_rm(id, &self.runtime_flags(), &["/bin/echo", text])
+            .unwrap_or_else(|e| panic!("ctr run {id}: {e}"));
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.stdout.trim(), text);
+    }
+
     /// `ctr run` flags selecting the traced runtime.
     pub fn runtime_flags(&self) -> [&'static str; 2] {
         ["--runtime", TRACED_RUNC.as_str()]
     }
+}
+
+/// Asserts that `span` says the container ran on runtime `name`, as learnt from `source` (`shim`,
+/// `binary_name`, …).
+pub fn assert_runtime(span: &SpanRecord, name: &str, source: &str) {
+    use shimtrace_span::attr;
+    assert_eq!(
+        span.attr_str(attr::CONTAINER_RUNTIME_NAME),
+        Some(name),
+        "{span:?}"
+    );
+    assert_eq!(
+        span.attr_str(attr::RUNTIME_SOURCE),
+        Some(source),
+        "{span:?}"
+    );
 }
 
 /// Whether spans include one named `<service>/<method>` (any task API version).
@@ -226,6 +253,11 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`; panics naming `what` if it never does.
+pub fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// Whether a process is alive (zombies count as gone: this sandbox's pid 1 may not reap orphans).

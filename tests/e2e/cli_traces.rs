@@ -1,8 +1,7 @@
 //! The `shimtrace traces` / `trace` commands, run as a user runs them, on a hand-made spool.
 
-use std::process::Command;
-
-fn spool_line(
+/// A spool line: a server span of container `box` in namespace `default`, under runc's shim.
+pub(crate) fn spool_line(
     trace: &str,
     span: &str,
     parent: Option<&str>,
@@ -21,9 +20,8 @@ fn spool_line(
 }
 
 fn shimtrace(args: &[&str]) -> std::process::Output {
-    Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
+    shimtrace_testkit::cli::shimtrace()
         .args(args)
-        .env_remove("SHIMTRACE_SPOOL_DIR")
         .output()
         .unwrap()
 }
@@ -120,12 +118,7 @@ fn queries_and_report_read_the_store_as_they_read_the_spool() {
         walls.to_str().unwrap(),
     );
     let ok = |args: &[&str]| {
-        let out = shimtrace(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = shimtrace_testkit::cli::output_ok(shimtrace_testkit::cli::shimtrace().args(args));
         String::from_utf8(out.stdout).unwrap()
     };
     ok(&[

@@ -2,17 +2,12 @@
 //! ingests their spans as they are spooled and exports them over OTLP/gRPC to a real receiver,
 //! and `shimtrace report` shows their cold-start phases.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use shimtrace_testkit::cli::{output_ok, shimtrace};
 use shimtrace_testkit::otlp::OtlpReceiver;
 use shimtrace_testkit::traced::{wait_for, Traced};
-
-/// The `shimtrace` binary built beside the wrapper (`cargo build --workspace`).
-fn shimtrace_binary() -> PathBuf {
-    shimtrace_testkit::traced::wrapper_binary().with_file_name("shimtrace")
-}
 
 /// `shimtrace serve`, stopped by pid when dropped.
 struct Serve(Child);
@@ -39,7 +34,7 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
     let db = work.path().join("shimtrace.db");
     std::fs::create_dir_all(&traced.spool).unwrap();
     let _serve = Serve(
-        Command::new(shimtrace_binary())
+        shimtrace()
             .args(["serve", "--spool"])
             .arg(&traced.spool)
             .arg("--db")
@@ -59,11 +54,7 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
 
     let ids = ["pipe1", "pipe2", "pipe3"];
     for id in ids {
-        let out = traced
-            .containerd
-            .run_rm(id, &traced.runtime_flags(), &["/bin/echo", id])
-            .unwrap();
-        assert!(out.success(), "{out:?}");
+        traced.run_echo(id, id);
     }
 
     // The receiver gets every container's Create, Start and Delete, under the container's trace.
@@ -85,12 +76,7 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
     })
     .expect("the OTLP receiver got every container's calls");
     // The store is the reference: serve compacts spool files once they are ingested.
-    let stored = Command::new(shimtrace_binary())
-        .args(["traces", "--json", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(stored.status.success(), "{stored:?}");
+    let stored = output_ok(shimtrace().args(["traces", "--json", "--db"]).arg(&db));
     let stored: Vec<shimtrace_span::SpanRecord> =
         serde_json::from_slice(&stored.stdout).expect("traces --json is an array of spans");
     for span in exported.iter().filter(|s| s.name.ends_with(".Task/Create")) {
@@ -107,12 +93,11 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
         );
     }
 
-    let report = Command::new(shimtrace_binary())
-        .args(["report", "--format", "json", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(report.status.success(), "{report:?}");
+    let report = output_ok(
+        shimtrace()
+            .args(["report", "--format", "json", "--db"])
+            .arg(&db),
+    );
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("report JSON");
     let runtimes = report["runtimes"].as_array().expect("runtimes");
     // Grouped by the runtime that ran the containers (runc), not the shim in front of it.

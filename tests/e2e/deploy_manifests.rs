@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use shimtrace_span::naming::which;
+use shimtrace_testkit::cli::output_ok;
 use shimtrace_testkit::traced::{built_binary, wrapper_binary};
 
 fn deploy_dir() -> PathBuf {
@@ -200,15 +201,7 @@ fn manifests_agree_with_install_and_the_shims() {
         .unwrap();
     assert!(syntax.status.success(), "{syntax:?}");
     if let Some(shellcheck) = which("shellcheck") {
-        let out = Command::new(shellcheck)
-            .arg(deploy_dir().join("image/shimtrace-node"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        output_ok(Command::new(shellcheck).arg(deploy_dir().join("image/shimtrace-node")));
     }
 }
 

@@ -8,20 +8,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use shimtrace_testkit::traced::{built_binary, wait_for, wrapper_binary, Traced};
+use shimtrace_testkit::traced::{wait_for, wrapper_binary, Traced};
 
 /// The uid/gid of `nobody`, the unprivileged local user of these tests.
 const NOBODY: u32 = 65534;
 
 fn spool_line(trace: &str, span: &str, name: &str, start: u64, end: u64) -> String {
-    serde_json::json!({
-        "type": "span", "trace_id": trace, "span_id": span, "parent_span_id": null, "name": name,
-        "kind": "server", "start_time_unix_nano": start, "end_time_unix_nano": end,
-        "attributes": {"containerd.container.id": "box", "containerd.namespace": "default",
-                       "shimtrace.inner": "/usr/bin/containerd-shim-runc-v2"},
-        "status": {"code": "ok"}
-    })
-    .to_string()
+    crate::cli_traces::spool_line(trace, span, None, name, start, end)
 }
 
 /// A spool directory holding one writer's file with two spans of container `box`.
@@ -43,11 +36,9 @@ fn small_spool(dir: &Path) {
 
 /// Runs `shimtrace args`, killing it (by pid) if it has not finished within `limit`.
 fn shimtrace_within(limit: Duration, args: &[&str], uid: Option<u32>) -> Output {
-    let mut command = Command::new(built_binary("shimtrace"));
+    let mut command = shimtrace_testkit::cli::shimtrace();
     command
         .args(args)
-        .env_remove("SHIMTRACE_SPOOL_DIR")
-        .env_remove("SHIMTRACE_DB")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -334,16 +325,7 @@ fn fs_shared_spool_and_run_dirs_fail_open() {
     std::os::unix::fs::lchown(traced.spool.join(".usage"), Some(NOBODY), Some(NOBODY)).unwrap();
 
     let started = Instant::now();
-    let out = traced
-        .containerd
-        .run_rm(
-            "shared",
-            &traced.runtime_flags(),
-            &["/bin/echo", "still runs"],
-        )
-        .unwrap();
-    assert!(out.success(), "{out:?}");
-    assert_eq!(out.stdout.trim(), "still runs");
+    traced.run_echo("shared", "still runs");
     assert!(started.elapsed() < Duration::from_secs(60));
 
     let warned = wait_for(Duration::from_secs(10), || {

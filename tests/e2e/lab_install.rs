@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use shimtrace_containerd::install::{install, InstallArgs};
-use shimtrace_testkit::cli::parse_args;
+use shimtrace_testkit::cli::{output_ok, parse_args};
 
 #[test]
 fn install_writes_a_config_containerd_loads() {
@@ -36,16 +36,11 @@ fn install_writes_a_config_containerd_loads() {
             && outcome.report.contains("handler: traced-runc")
     );
 
-    let dump = Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "dump"])
-        .output()
-        .unwrap();
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
+    let dump = output_ok(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "dump"]),
     );
     let dumped: toml::Value = toml::from_str(&String::from_utf8_lossy(&dump.stdout)).unwrap();
     let runtimes = &dumped["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];

@@ -17,6 +17,14 @@ fn lab_args(extra: &[&str]) -> LabArgs {
     parse_args(&argv)
 }
 
+/// [`lab_args`] with `--wrapper` the wrapper `cargo build --workspace` built.
+fn lab_args_with_built_wrapper(extra: &[&str]) -> LabArgs {
+    let wrapper = shimtrace_testkit::traced::wrapper_binary();
+    let mut argv = extra.to_vec();
+    argv.extend(["--wrapper", wrapper.to_str().unwrap()]);
+    lab_args(&argv)
+}
+
 fn number(cell: &str) -> f64 {
     cell.trim()
         .trim_end_matches('×')
@@ -41,16 +49,13 @@ fn table_row(md: &str, section: &str, name: &str) -> Vec<String> {
 fn lab_reports_runc_and_gvisor_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let wrapper = shimtrace_testkit::traced::wrapper_binary();
-    let args = lab_args(&[
+    let args = lab_args_with_built_wrapper(&[
         "--runs",
         "2",
         "--requests",
         "20",
         "--out",
         out.to_str().unwrap(),
-        "--wrapper",
-        wrapper.to_str().unwrap(),
     ]);
     let written = shimtrace_lab::run(args).expect("lab runs");
     assert_eq!(written, out);
@@ -247,16 +252,13 @@ fn lab_sends_its_shim_spans_over_otlp() {
     let dir = tempfile::tempdir().unwrap();
     let (_runtime, receiver) = shimtrace_testkit::otlp::otlp_http_receiver();
     let endpoint = receiver.endpoint();
-    let wrapper = shimtrace_testkit::traced::wrapper_binary();
-    let args = lab_args(&[
+    let args = lab_args_with_built_wrapper(&[
         "--only",
         "runc",
         "--runs",
         "1",
         "--requests",
         "0",
-        "--wrapper",
-        wrapper.to_str().unwrap(),
         "--otlp",
         &endpoint,
         "--out",

@@ -8,13 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use shimtrace_collector::store::{Store, EXPORT_CURSOR_KEY};
 use shimtrace_collector::synth::{generate_spool, SynthConfig};
 use shimtrace_span::SpanRecord;
+use shimtrace_testkit::cli::{self, output_ok, Daemon};
 use shimtrace_testkit::otlp::{OtlpReceiver, Received, ReceivedSpan};
+use shimtrace_testkit::traced;
 
 type Got = ReceivedSpan;
 
@@ -27,24 +30,13 @@ async fn start_http_receiver(listener: tokio::net::TcpListener, received: &mut R
 }
 
 fn shimtrace() -> Command {
-    let mut cmd = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") || k.starts_with("SHIMTRACE_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = cli::shimtrace();
     cmd.env("RUST_LOG", "warn");
     cmd
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&output_ok(cmd).stdout).into_owned()
 }
 
 /// A store filled from a synthetic spool of `containers` runs over three runtimes.
@@ -210,12 +202,10 @@ async fn export_over_grpc_and_http_keeps_ids_parents_names_and_times() {
     );
 }
 
-/// A `shimtrace serve` child, killed on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(spool: &Path, db: &Path, endpoint: &str, metrics: SocketAddr) -> Daemon {
-        let child = shimtrace()
+/// `shimtrace serve` exporting to `endpoint` over gRPC, killed on drop.
+fn start_serve(spool: &Path, db: &Path, endpoint: &str, metrics: SocketAddr) -> Daemon {
+    Daemon::spawn(
+        shimtrace()
             .arg("serve")
             .arg("--spool")
             .arg(spool)
@@ -223,31 +213,14 @@ impl Daemon {
             .arg(db)
             .args(["--metrics-addr", &metrics.to_string()])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-
-    fn terminate(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let status = self.0.wait().unwrap();
-        assert!(status.success(), "serve exited with {status}");
-    }
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    )
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+/// Stops `serve` with SIGTERM, which it must answer by exiting cleanly.
+fn terminate(mut daemon: Daemon) {
+    let status = daemon.signal(Signal::SIGTERM);
+    assert!(status.success(), "serve exited with {status}");
 }
 
 fn free_port() -> SocketAddr {
@@ -380,15 +353,8 @@ fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> 
     samples
 }
 
-fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    traced::wait_until(what, Duration::from_secs(60), check)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,14 +368,14 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     // Nothing listens on the OTLP port: spans are ingested, export fails and is retried.
     let (s, d, e) = (spool.clone(), db.clone(), endpoint.clone());
     let text = tokio::task::spawn_blocking(move || {
-        let daemon = Daemon::start(&s, &d, &e, metrics);
+        let daemon = start_serve(&s, &d, &e, metrics);
         let text = wait_until("ingest and a failed export", || {
             let text = scrape(metrics)?;
             (metric(&text, "shimtrace_spans_ingested_total")? == 100.0
                 && metric(&text, "shimtrace_export_failures_total")? >= 1.0)
                 .then_some(text)
         });
-        daemon.terminate();
+        terminate(daemon);
         text
     })
     .await
@@ -460,7 +426,7 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     // Restarted collector, receiver appears late: every pending span arrives.
     let (s, d, e) = (spool.clone(), db.clone(), endpoint.clone());
     let daemon = tokio::task::spawn_blocking(move || {
-        let daemon = Daemon::start(&s, &d, &e, metrics);
+        let daemon = start_serve(&s, &d, &e, metrics);
         wait_until("the restarted collector to fail an export", || {
             (metric(&scrape(metrics)?, "shimtrace_export_failures_total")? >= 1.0).then_some(())
         });
@@ -500,7 +466,7 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
         wait_until("exported_total to reach 100", || {
             (metric(&scrape(metrics)?, "shimtrace_spans_exported_total")? == 100.0).then_some(())
         });
-        daemon.terminate();
+        terminate(daemon);
     })
     .await
     .unwrap();

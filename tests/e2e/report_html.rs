@@ -4,22 +4,15 @@
 use std::path::Path;
 use std::process::Command;
 
+use shimtrace_testkit::cli::{self, output_ok};
+
 fn shimtrace(args: &[&str]) {
-    let out = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
-        .args(args)
-        .env_remove("SHIMTRACE_SPOOL_DIR")
-        .env_remove("SHIMTRACE_DB")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "shimtrace {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(cli::shimtrace().args(args));
 }
 
 fn chromium(profile: &Path, extra: &[&str], page: &Path) -> std::process::Output {
-    let out = Command::new("chromium")
+    let mut command = Command::new("chromium");
+    command
         .args([
             "--headless",
             "--no-sandbox",
@@ -32,15 +25,8 @@ fn chromium(profile: &Path, extra: &[&str], page: &Path) -> std::process::Output
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("running chromium (apt-get install chromium)");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+        .arg(format!("file://{}", page.display()));
+    output_ok(&mut command)
 }
 
 /// Pixels of exactly `rgb` (bar interiors are solid, so anti-aliasing does not matter).

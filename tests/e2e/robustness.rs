@@ -79,12 +79,52 @@ fn inner_pid(traced: &Traced, id: &str) -> u32 {
     pids[0]
 }
 
+/// SIGKILLs the proxy `proxy` in front of `inner_sock`, then waits until the inner shim `inner` has
+/// ended and its socket, the proxy's and every run-dir entry not in `before` are gone.
+fn kill_proxy_and_await_cleanup(
+    traced: &Traced,
+    proxy: u32,
+    inner: u32,
+    inner_sock: &Path,
+    before: &[String],
+) {
+    let proxy_sock = proxy_socket(inner_sock);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let clean = wait_for(SETTLE, || {
+        (!alive(inner)
+            && !inner_sock.exists()
+            && !proxy_sock.exists()
+            && run_dir_entries(traced) == before)
+            .then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "after the proxy was killed: inner shim alive {}, inner socket {}, proxy socket {}, run dir {:?} (was {before:?})",
+        alive(inner),
+        inner_sock.exists(),
+        proxy_sock.exists(),
+        run_dir_entries(traced)
+    );
+}
+
 fn oom_score_adj(pid: u32) -> i32 {
     std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
         .unwrap()
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Runs sleeper container `id` and returns the socket and pid of the proxy in front of its shim.
+fn sleeper_proxy(traced: &Traced, id: &str) -> (PathBuf, u32) {
+    traced.run_sleeper(id, &[]);
+    let proxy_sock = proxy_socket(&inner_socket(traced, id));
+    let proxy = proxy_pid(&proxy_sock);
+    (proxy_sock, proxy)
 }
 
 fn memory(pid: u32) -> Memory {
@@ -135,26 +175,7 @@ fn proxy_killed_leaves_nothing_behind(version: &str) {
         oom_score_adj(inner)
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let clean = wait_for(SETTLE, || {
-        (!alive(inner)
-            && !inner_sock.exists()
-            && !proxy_sock.exists()
-            && run_dir_entries(&traced) == before)
-            .then_some(())
-    });
-    assert!(
-        clean.is_some(),
-        "after the proxy was killed: inner shim alive {}, inner socket {}, proxy socket {}, run dir {:?} (was {before:?})",
-        alive(inner),
-        inner_sock.exists(),
-        proxy_sock.exists(),
-        run_dir_entries(&traced)
-    );
+    kill_proxy_and_await_cleanup(&traced, proxy, inner, &inner_sock, &before);
     // The operator learns why from containerd's own log.
     let told = wait_for(SETTLE, || {
         let log = traced.containerd.log();
@@ -179,27 +200,8 @@ fn proxy_killed_in_front_of_grouped_containers_leaves_nothing_behind() {
     let proxy_sock = proxy_socket(&inner_sock);
     let proxy = proxy_pid(&proxy_sock);
     let inner = inner_pid(&traced, "ga");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
     // Both containers' `delete` run; the inner shim ends with the last of them.
-    let clean = wait_for(SETTLE, || {
-        (!alive(inner)
-            && !inner_sock.exists()
-            && !proxy_sock.exists()
-            && run_dir_entries(&traced) == before)
-            .then_some(())
-    });
-    assert!(
-        clean.is_some(),
-        "after the proxy was killed: inner shim alive {}, inner socket {}, proxy socket {}, run dir {:?} (was {before:?})",
-        alive(inner),
-        inner_sock.exists(),
-        proxy_sock.exists(),
-        run_dir_entries(&traced)
-    );
+    kill_proxy_and_await_cleanup(&traced, proxy, inner, &inner_sock, &before);
 }
 
 #[test]
@@ -250,9 +252,7 @@ fn proxy_sequential_runs_leave_no_sockets_or_run_files() {
 #[test]
 fn proxy_accept_failures_back_off() {
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("fd1", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "fd1"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "fd1");
     let log = proxy_log(&traced, &proxy_sock);
     let count_failures = || {
         std::fs::read_to_string(&log)
@@ -367,9 +367,7 @@ const GROWTH_LIMIT_KIB: u64 = 8 * 1024;
 fn proxy_memory_stays_bounded_under_unique_ids() {
     const CALLS: u32 = 50_000;
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("ids", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "ids"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "ids");
     let idle = memory(proxy);
     for round in ["a", "b"] {
         drop(flood(&proxy_sock, CALLS, |i| {
@@ -388,9 +386,7 @@ fn proxy_memory_stays_bounded_under_unique_ids() {
 fn proxy_memory_stays_bounded_under_undecodable_requests() {
     const FRAMES: u32 = 100_000;
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("junk", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "junk"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "junk");
     let idle = memory(proxy);
     // Not protobuf: the tap cannot read these, the inner shim answers each with an error.
     let held = flood(&proxy_sock, FRAMES, |i| {
@@ -411,9 +407,7 @@ fn proxy_memory_stays_bounded_under_undecodable_requests() {
 fn proxy_threads_stay_bounded_under_held_connections() {
     const CONNECTIONS: usize = 1_000;
     let traced = Traced::start(VERSION).expect("traced containerd");
-    traced.run_sleeper("conns", &[]);
-    let proxy_sock = proxy_socket(&inner_socket(&traced, "conns"));
-    let proxy = proxy_pid(&proxy_sock);
+    let (proxy_sock, proxy) = sleeper_proxy(&traced, "conns");
     let before = memory(proxy);
     // Non-blocking, so that connections beyond the listener's backlog fail instead of waiting.
     let held: Vec<UnixStream> = (0..CONNECTIONS)

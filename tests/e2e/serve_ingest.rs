@@ -4,63 +4,43 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use shimtrace_collector::store::Store;
 use shimtrace_shim::spool::{SpanSink, SpoolConfig};
 use shimtrace_span::{SpanId, SpanRecord, TraceId};
+use shimtrace_testkit::cli::{self, output_ok, Daemon};
 
-/// A `shimtrace serve` child that is killed on drop, so a failing test leaves no daemon behind.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(spool: &Path, db: &Path) -> Daemon {
-        let child = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
+/// `shimtrace serve` as a daemon, killed on drop so a failing test leaves no daemon behind.
+fn start_serve(spool: &Path, db: &Path) -> Daemon {
+    Daemon::spawn(
+        cli::shimtrace()
             .args(["serve", "--spool"])
             .arg(spool)
             .arg("--db")
             .arg(db)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-
-    fn signal(&mut self, signal: Signal) {
-        kill(Pid::from_raw(self.0.id() as i32), signal).unwrap();
-        let status = self.0.wait().unwrap();
-        if signal == Signal::SIGTERM {
-            assert!(status.success(), "serve exited with {status} on SIGTERM");
-        }
-    }
+            .env("RUST_LOG", "warn"),
+    )
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// Stops `serve` with `signal`; SIGTERM it must answer by exiting cleanly.
+fn stop(daemon: &mut Daemon, signal: Signal) {
+    let status = daemon.signal(signal);
+    if signal == Signal::SIGTERM {
+        assert!(status.success(), "serve exited with {status} on SIGTERM");
     }
 }
 
 fn span(n: u64) -> SpanRecord {
-    SpanRecord {
-        trace_id: TraceId([(n / 10 % 251 + 1) as u8; 16]),
-        span_id: SpanId((n + 1).to_be_bytes()),
-        parent_span_id: None,
-        name: format!("containerd.task.v2.Task/Op{}", n % 7),
-        kind: Default::default(),
-        start_time_unix_nano: 1_700_000_000_000_000_000 + n * 1000,
-        end_time_unix_nano: 1_700_000_000_000_000_000 + n * 1000 + 500,
-        attributes: Default::default(),
-        events: vec![],
-        status: Default::default(),
-    }
+    let start = 1_700_000_000_000_000_000 + n * 1000;
+    SpanRecord::new(
+        TraceId([(n / 10 % 251 + 1) as u8; 16]),
+        SpanId((n + 1).to_be_bytes()),
+        format!("containerd.task.v2.Task/Op{}", n % 7),
+        start,
+        start + 500,
+    )
 }
 
 /// Writes spans `range` through the shim's own spool writer, 1,000 per writer so none are dropped.
@@ -116,14 +96,14 @@ fn collector_down_then_up_stores_every_span_once() {
     let spool = dir.path().join("spool");
     let db = dir.path().join("store/shimtrace.db");
 
-    let mut daemon = Daemon::start(&spool, &db);
+    let mut daemon = start_serve(&spool, &db);
     write_spans(&spool, 0..100);
     wait_for_count(&db, 100);
-    daemon.signal(Signal::SIGTERM);
+    stop(&mut daemon, Signal::SIGTERM);
 
     // Collector down: 10,000 spans pile up in the spool.
     write_spans(&spool, 100..10_100);
-    let _daemon = Daemon::start(&spool, &db);
+    let _daemon = start_serve(&spool, &db);
     wait_for_count(&db, 10_100);
 
     // Live: new lines arrive through inotify.
@@ -153,19 +133,14 @@ fn collector_down_then_up_stores_every_span_once() {
             .replacen("proxy-", "proxy-copy-", 1);
         std::fs::copy(&path, spool.join(name)).unwrap();
     }
-    let out = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
-        .args(["ingest", "--no-compact", "--spool"])
-        .arg(&spool)
-        .arg("--db")
-        .arg(&db)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        cli::shimtrace()
+            .args(["ingest", "--no-compact", "--spool"])
+            .arg(&spool)
+            .arg("--db")
+            .arg(&db),
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("read 10150 spans, stored 0 new"), "{text}");
     assert_eq!(stored(&db), 10_150);
 }
@@ -176,13 +151,13 @@ fn sigkill_mid_ingest_neither_loses_nor_duplicates() {
     let spool = dir.path().join("spool");
     let db = dir.path().join("shimtrace.db");
     write_spans(&spool, 0..20_000);
-    let mut daemon = Daemon::start(&spool, &db);
+    let mut daemon = start_serve(&spool, &db);
     let deadline = Instant::now() + Duration::from_secs(60);
     while stored(&db) == 0 {
         assert!(Instant::now() < deadline, "serve stored nothing in 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
-    daemon.signal(Signal::SIGKILL);
-    let _daemon = Daemon::start(&spool, &db);
+    stop(&mut daemon, Signal::SIGKILL);
+    let _daemon = start_serve(&spool, &db);
     wait_for_count(&db, 20_000);
 }

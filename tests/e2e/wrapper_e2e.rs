@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use shimtrace_span::{attr, names, SpanRecord};
+use shimtrace_testkit::containerd::TestContainerd;
 use shimtrace_testkit::traced::{
-    alive, has_method, is_method, pids_with_cmdline, wait_for, Traced, TracedOptions,
+    alive, assert_runtime, has_method, is_method, pids_with_cmdline, wait_for, Traced,
+    TracedOptions,
 };
 
 const SPANS: Duration = Duration::from_secs(10);
@@ -43,12 +45,7 @@ fn assert_call_attributes(traced: &Traced, span: &SpanRecord, id: &str) {
 
 fn run_exit_codes(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
-    let out = traced
-        .containerd
-        .run_rm("hello", &traced.runtime_flags(), &["/bin/echo", "hello"])
-        .unwrap();
-    assert!(out.success(), "{out:?}");
-    assert_eq!(out.stdout.trim(), "hello");
+    traced.run_echo("hello", "hello");
     let out = traced
         .containerd
         .run_rm(
@@ -82,12 +79,7 @@ fn run_exit_codes(version: &str) {
     // Who ran it, on every span (the wrapper's, the calls, the events): runc, by the shim's name
     // (ctr sent no BinaryName), and no pod.
     for s in &spans {
-        assert_eq!(
-            s.attr_str(attr::CONTAINER_RUNTIME_NAME),
-            Some("runc"),
-            "{s:?}"
-        );
-        assert_eq!(s.attr_str(attr::RUNTIME_SOURCE), Some("shim"), "{s:?}");
+        assert_runtime(s, "runc", "shim");
         assert_eq!(s.attr_str(attr::K8S_POD_NAME), None, "{s:?}");
     }
     assert!(span(&spans, "Create").attr_i64(attr::PROCESS_PID).unwrap() > 0);
@@ -122,14 +114,7 @@ fn task_operations(version: &str) {
     c.ctr_ok(&["task", "pause", "ops"]).unwrap();
     assert!(c.ctr_ok(&["task", "ls"]).unwrap().stdout.contains("PAUSED"));
     c.ctr_ok(&["task", "resume", "ops"]).unwrap();
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ops"]).unwrap();
-    // ctr task delete fails while the task is still running; wait for the kill to land.
-    let deleted = wait_for(SPANS, || {
-        c.ctr(&["task", "delete", "ops"])
-            .ok()
-            .filter(|o| o.success())
-    });
-    assert!(deleted.is_some(), "task delete after kill");
+    kill_and_delete(c, "ops");
 
     let spans = traced.await_spans("ops", SPANS, |s| {
         ["Exec", "Pids", "Pause", "Resume", "Kill", "Delete"]
@@ -152,6 +137,16 @@ fn task_operations(version: &str) {
         .find(|s| is_method(s, "Delete") && s.attr_str(attr::CONTAINERD_EXEC_ID).is_none())
         .expect("task Delete span");
     assert_eq!(init_delete.attr_i64(attr::PROCESS_EXIT_CODE), Some(137));
+}
+
+/// SIGKILLs task `id`, then deletes it once the kill has landed (ctr refuses to delete a running
+/// task).
+fn kill_and_delete(c: &TestContainerd, id: &str) {
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]).unwrap();
+    let deleted = wait_for(SPANS, || {
+        c.ctr(&["task", "delete", id]).ok().filter(|o| o.success())
+    });
+    assert!(deleted.is_some(), "task {id} deleted after SIGKILL");
 }
 
 fn address_of(traced: &Traced, id: &str) -> String {
@@ -217,13 +212,7 @@ fn containerd_restart(version: &str) {
         ])
         .unwrap();
     assert_eq!(exec.stdout.trim(), "reconnected");
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "r1"]).unwrap();
-    let deleted = wait_for(SPANS, || {
-        c.ctr(&["task", "delete", "r1"])
-            .ok()
-            .filter(|o| o.success())
-    });
-    assert!(deleted.is_some(), "delete after restart");
+    kill_and_delete(c, "r1");
     let spans = traced.await_spans("r1", SPANS, |s| {
         ["Exec", "Kill", "Delete"].iter().all(|m| {
             s.iter()
@@ -322,17 +311,12 @@ fn pod_from_cri_annotations(version: &str) {
         "{startup:?}"
     );
     // `shimtrace trace --pod` shows it as one tree: the sandbox, then each container.
-    let out = std::process::Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
-        .args(["trace", "--pod", "shop/web-0", "--spool"])
-        .arg(&traced.spool)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = shimtrace_testkit::cli::output_ok(
+        shimtrace_testkit::cli::shimtrace()
+            .args(["trace", "--pod", "shop/web-0", "--spool"])
+            .arg(&traced.spool),
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("pod shop/web-0  uid 6d1c2f0e-uid  sandbox podsb  runtime runc"),
         "{text}"
@@ -343,14 +327,7 @@ fn pod_from_cri_annotations(version: &str) {
     };
     assert!(at("sandbox podsb ") < at("container app (podc1)"));
     assert!(at("container app (podc1)") < at("container sidecar (podc2)"));
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "podsb"])
-        .unwrap();
-    let deleted = wait_for(SPANS, || {
-        c.ctr(&["task", "delete", "podsb"])
-            .ok()
-            .filter(|o| o.success())
-    });
-    assert!(deleted.is_some(), "sandbox deleted");
+    kill_and_delete(c, "podsb");
 }
 
 fn inner_shim_killed(version: &str) {
@@ -397,16 +374,7 @@ fn fail_open_unwritable_spool(version: &str) {
         },
     )
     .expect("traced containerd");
-    let out = traced
-        .containerd
-        .run_rm(
-            "open",
-            &traced.runtime_flags(),
-            &["/bin/echo", "still runs"],
-        )
-        .unwrap();
-    assert!(out.success(), "{out:?}");
-    assert_eq!(out.stdout.trim(), "still runs");
+    traced.run_echo("open", "still runs");
 }
 
 /// `ctr events` running in the background, collecting its lines.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shimtrace_containerd::{Containerd, RunSpec, RuncOptions};
 use shimtrace_span::{attr, names};
-use shimtrace_testkit::traced::{has_method, Traced, TRACED_RUNC};
+use shimtrace_testkit::traced::{assert_runtime, has_method, Traced, TRACED_RUNC};
 
 fn gvisor_through_wrapper(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
@@ -83,16 +83,7 @@ fn gvisor_through_wrapper(version: &str) {
     // (the wrapper's start read the options on its stdin, the proxy those of Create).
     let runsc = runsc.display().to_string();
     for s in &spans {
-        assert_eq!(
-            s.attr_str(attr::CONTAINER_RUNTIME_NAME),
-            Some("runsc"),
-            "{s:?}"
-        );
-        assert_eq!(
-            s.attr_str(attr::RUNTIME_SOURCE),
-            Some("binary_name"),
-            "{s:?}"
-        );
+        assert_runtime(s, "runsc", "binary_name");
         assert_eq!(
             s.attr_str(attr::RUNTIME_BINARY),
             Some(runsc.as_str()),
@@ -103,12 +94,7 @@ fn gvisor_through_wrapper(version: &str) {
         has_method(s, "Delete")
     });
     for s in &runc_spans {
-        assert_eq!(
-            s.attr_str(attr::CONTAINER_RUNTIME_NAME),
-            Some("runc"),
-            "{s:?}"
-        );
-        assert_eq!(s.attr_str(attr::RUNTIME_SOURCE), Some("shim"), "{s:?}");
+        assert_runtime(s, "runc", "shim");
     }
     // The report: two runtimes, where the inner shim's path made one.
     let mut all = spans;
