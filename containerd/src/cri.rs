@@ -46,6 +46,11 @@ pub enum CriError {
 
 pub type Result<T, E = CriError> = std::result::Result<T, E>;
 
+/// The error of CRI call `call` that answered `status`.
+fn failed(call: &'static str) -> impl FnOnce(tonic::Status) -> CriError {
+    move |status| CriError::Call { call, status }
+}
+
 /// A pod to run: its Kubernetes identity and how its sandbox is set up.
 #[derive(Debug, Clone)]
 pub struct PodSpec {
@@ -229,10 +234,7 @@ impl Cri {
             .clone()
             .version(self.request(VersionRequest::default()))
             .await
-            .map_err(|status| CriError::Call {
-                call: "Version",
-                status,
-            })?
+            .map_err(failed("Version"))?
             .into_inner();
         Ok((reply.runtime_name, reply.runtime_version))
     }
@@ -245,10 +247,7 @@ impl Cri {
             .clone()
             .status(self.request(StatusRequest { verbose: true }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "Status",
-                status,
-            })?
+            .map_err(failed("Status"))?
             .into_inner();
         Ok(reply.info)
     }
@@ -266,10 +265,7 @@ impl Cri {
                 verbose: false,
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "ImageStatus",
-                status,
-            })?
+            .map_err(failed("ImageStatus"))?
             .into_inner();
         Ok(reply.image.is_some())
     }
@@ -285,10 +281,7 @@ impl Cri {
                 runtime_handler: pod.handler.clone(),
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "RunPodSandbox",
-                status,
-            })?
+            .map_err(failed("RunPodSandbox"))?
             .into_inner();
         Ok(Pod {
             id: reply.pod_sandbox_id,
@@ -321,10 +314,7 @@ impl Cri {
                 sandbox_config: Some(pod.config.clone()),
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "CreateContainer",
-                status,
-            })?
+            .map_err(failed("CreateContainer"))?
             .into_inner();
         Ok(reply.container_id)
     }
@@ -336,10 +326,7 @@ impl Cri {
                 container_id: id.to_string(),
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "StartContainer",
-                status,
-            })?;
+            .map_err(failed("StartContainer"))?;
         Ok(())
     }
 
@@ -352,10 +339,7 @@ impl Cri {
                 timeout: timeout_secs,
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "StopContainer",
-                status,
-            })?;
+            .map_err(failed("StopContainer"))?;
         Ok(())
     }
 
@@ -366,10 +350,7 @@ impl Cri {
                 container_id: id.to_string(),
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "RemoveContainer",
-                status,
-            })?;
+            .map_err(failed("RemoveContainer"))?;
         Ok(())
     }
 
@@ -382,10 +363,7 @@ impl Cri {
                 verbose: false,
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "ContainerStatus",
-                status,
-            })?
+            .map_err(failed("ContainerStatus"))?
             .into_inner();
         let status = reply.status.unwrap_or_default();
         Ok(ContainerInfo {
@@ -422,10 +400,7 @@ impl Cri {
             .clone()
             .list_pod_sandbox(self.request(ListPodSandboxRequest { filter: None }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "ListPodSandbox",
-                status,
-            })?
+            .map_err(failed("ListPodSandbox"))?
             .into_inner();
         Ok(reply.items.into_iter().map(|p| p.id).collect())
     }
@@ -437,10 +412,7 @@ impl Cri {
                 pod_sandbox_id: pod_id.to_string(),
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "StopPodSandbox",
-                status,
-            })?;
+            .map_err(failed("StopPodSandbox"))?;
         Ok(())
     }
 
@@ -451,10 +423,7 @@ impl Cri {
                 pod_sandbox_id: pod_id.to_string(),
             }))
             .await
-            .map_err(|status| CriError::Call {
-                call: "RemovePodSandbox",
-                status,
-            })?;
+            .map_err(failed("RemovePodSandbox"))?;
         Ok(())
     }
 }

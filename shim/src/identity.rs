@@ -216,6 +216,9 @@ pub struct Workload {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
+    /// The name Docker knows the container by (`docker run --name`, else the one it made up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_name: Option<String>,
 }
 
 impl Workload {
@@ -254,14 +257,76 @@ impl Workload {
             container_name: get(cri::CONTAINER_NAME),
             image: get(cri::IMAGE_NAME).or_else(|| get(cri::SANDBOX_IMAGE_NAME)),
             handler: get(cri::RUNTIME_HANDLER),
+            engine_name: None,
         }
+    }
+
+    /// Docker's name and image for container `id`, whose spec is `config_json`. Docker puts
+    /// neither in the OCI spec, but it bind-mounts `<data-root>/containers/<id>/hostname` at
+    /// `/etc/hostname`, and beside that file keeps the container's `config.v2.json` (`Name`,
+    /// `Config.Image`), written before the task is created.
+    pub fn docker(config_json: &[u8], id: &str) -> Option<Workload> {
+        #[derive(Deserialize)]
+        struct Mount {
+            #[serde(default)]
+            destination: String,
+            #[serde(default)]
+            source: String,
+        }
+        #[derive(Deserialize)]
+        struct Spec {
+            #[serde(default)]
+            mounts: Vec<Mount>,
+        }
+        #[derive(Deserialize)]
+        struct DockerConfig {
+            #[serde(rename = "Config", default)]
+            config: DockerContainerConfig,
+            #[serde(rename = "Name", default)]
+            name: String,
+        }
+        #[derive(Deserialize, Default)]
+        struct DockerContainerConfig {
+            #[serde(rename = "Image", default)]
+            image: String,
+        }
+        let spec: Spec = serde_json::from_slice(config_json).ok()?;
+        let hostname = spec
+            .mounts
+            .iter()
+            .find(|m| m.destination == "/etc/hostname")?;
+        let dir = Path::new(&hostname.source).parent()?;
+        // Only the directory Docker keeps for this very container.
+        if Path::new(&hostname.source).file_name()? != "hostname"
+            || dir.file_name()? != id
+            || dir.parent()?.file_name()? != "containers"
+        {
+            return None;
+        }
+        let json = crate::bundle::read(dir, "config.v2.json", SPEC_MAX_BYTES)?;
+        let config: DockerConfig = serde_json::from_slice(&json).ok()?;
+        let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
+        Some(Workload {
+            engine_name: non_empty(config.name.trim_start_matches('/').to_string()),
+            image: non_empty(config.config.image),
+            ..Workload::default()
+        })
     }
 
     /// The workload of the bundle at `bundle` (its `config.json`).
     pub fn of_bundle(bundle: &Path) -> Workload {
-        crate::bundle::read(bundle, "config.json", SPEC_MAX_BYTES)
-            .map(|json| Workload::from_spec(&json))
-            .unwrap_or_default()
+        let Some(json) = crate::bundle::read(bundle, "config.json", SPEC_MAX_BYTES) else {
+            return Workload::default();
+        };
+        let workload = Workload::from_spec(&json);
+        if workload != Workload::default() {
+            return workload;
+        }
+        bundle
+            .file_name()
+            .and_then(|id| id.to_str())
+            .and_then(|id| Workload::docker(&json, id))
+            .unwrap_or(workload)
     }
 }
 
@@ -313,6 +378,7 @@ impl Identity {
             (attr::K8S_CONTAINER_NAME, &w.container_name),
             (attr::K8S_SANDBOX_ID, &w.sandbox_id),
             (attr::CONTAINER_IMAGE_NAME, &w.image),
+            (attr::CONTAINER_NAME, &w.engine_name),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
@@ -697,6 +763,7 @@ mod tests {
                 container_name: Some("web".into()),
                 image: Some("docker.io/local/busybox:1".into()),
                 handler: None,
+                engine_name: None,
             }
         );
         let sandbox = Workload::from_spec(cri_sandbox_spec().to_string().as_bytes());
@@ -1014,6 +1081,40 @@ mod tests {
             assert_eq!(span.attr_str(attr::RUNTIME_BINARY), Some("runsc-nonet"));
             assert_eq!(span.attr_str(attr::K8S_POD_NAME), Some("shop-7d9f"));
         }
+    }
+
+    #[test]
+    fn docker_containers_are_named_from_their_config_beside_the_hostname_file() {
+        let root = tempfile::tempdir().unwrap();
+        let id = "0123abcd";
+        let container_dir = root.path().join("containers").join(id);
+        std::fs::create_dir_all(&container_dir).unwrap();
+        std::fs::write(
+            container_dir.join("config.v2.json"),
+            r#"{"Name":"/web-1","Config":{"Image":"local/busybox:1"},"Image":"sha256:0"}"#,
+        )
+        .unwrap();
+        let hostname = container_dir.join("hostname").display().to_string();
+        let spec =
+            serde_json::json!({"mounts": [{"destination": "/etc/hostname", "source": hostname}]});
+        let bundle = root.path().join("moby").join(id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+        let workload = Workload::of_bundle(&bundle);
+        assert_eq!(workload.engine_name.as_deref(), Some("web-1"));
+        assert_eq!(workload.image.as_deref(), Some("local/busybox:1"));
+        // Another container's directory is not read.
+        let other = root.path().join("moby").join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("config.json"), spec.to_string()).unwrap();
+        assert_eq!(Workload::of_bundle(&other), Workload::default());
+        // CRI's annotations win: a pod's container is described by them.
+        let cri = serde_json::json!({
+            "annotations": {"io.kubernetes.cri.container-type": "container"},
+            "mounts": [{"destination": "/etc/hostname", "source": hostname}],
+        });
+        std::fs::write(bundle.join("config.json"), cri.to_string()).unwrap();
+        assert_eq!(Workload::of_bundle(&bundle).engine_name, None);
     }
 
     #[test]

@@ -44,8 +44,10 @@ pub mod attr {
     pub const RUNTIME_BINARY: &str = "shimtrace.runtime.binary";
     /// The CRI runtime handler (a RuntimeClass's `handler`), when the bundle names it.
     pub const RUNTIME_HANDLER: &str = "shimtrace.runtime.handler";
-    /// The image the container was created from, as CRI names it.
+    /// The image the container was created from, as CRI or Docker names it.
     pub const CONTAINER_IMAGE_NAME: &str = "container.image.name";
+    /// The container's name as its engine knows it (Docker's `--name`).
+    pub const CONTAINER_NAME: &str = "container.name";
     // Kubernetes, from the annotations containerd's CRI puts in the bundle's `config.json`.
     pub const K8S_POD_NAME: &str = "k8s.pod.name";
     pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";

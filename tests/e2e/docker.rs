@@ -267,6 +267,15 @@ fn docker_exec_stop_and_rm_force_go_through_the_wrapper() {
         "containerd-shim-runc-v2",
         &["Create", "Start", "Kill", "Delete"],
     );
+    // What a Docker user knows the container by: its name and image, on the proxy's call spans.
+    for call in spans.iter().filter(|s| s.name.contains("Task/")) {
+        assert_eq!(call.attr_str(attr::CONTAINER_NAME), Some("ex1"), "{call:?}");
+        assert_eq!(
+            call.attr_str(attr::CONTAINER_IMAGE_NAME),
+            Some(WORKLOAD_TAG),
+            "{call:?}"
+        );
+    }
     let execs: Vec<&SpanRecord> = spans.iter().filter(|s| is_method(s, "Exec")).collect();
     assert_eq!(execs.len(), 2, "{:?}", names_of(&spans));
     assert!(execs
