@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::report::{stats_row, Section, Stats};
+use crate::stats::Stats;
 use crate::timeline::{self, fmt_ms};
 use crate::trace::Trace;
 
@@ -195,51 +195,6 @@ pub fn startup_reports(traces: &[Trace]) -> Vec<PodStartupReport> {
             })
         })
         .collect()
-}
-
-/// The report's pod startup section; `None` when no pod started completely.
-pub fn startup_section(traces: &[Trace]) -> Option<Section> {
-    let reports = startup_reports(traces);
-    if reports.is_empty() {
-        return None;
-    }
-    let header = [
-        "handler / runtime",
-        "part",
-        "pods",
-        "p50",
-        "p90",
-        "p99",
-        "min",
-        "max",
-    ]
-    .map(str::to_string)
-    .to_vec();
-    let mut rows = Vec::new();
-    for r in &reports {
-        for (part, s) in [
-            ("pod startup (sandbox → every container running)", &r.total),
-            ("sandbox (start → sandbox running)", &r.sandbox),
-            (
-                "containers (sandbox running → every container running)",
-                &r.containers,
-            ),
-        ] {
-            let mut row = vec![r.group.clone()];
-            row.extend(stats_row(part, s));
-            rows.push(row);
-        }
-    }
-    Some(Section {
-        title: "Pod startup".into(),
-        text: "From the pod's sandbox starting until every container runs, split where the \
-               sandbox runs: sandbox time before, container time after (the kubelet's work between \
-               the calls, such as image pulls, included). Pods whose sandbox or containers were \
-               not all traced are left out."
-            .into(),
-        table: Some((header, rows)),
-        data: serde_json::to_value(&reports).unwrap_or_default(),
-    })
 }
 
 /// The most recent pod `query` names (see [`Pod::matches`]), and how many others it also names.
@@ -471,12 +426,14 @@ mod tests {
         // gVisor's sandbox is slower to start than runc's (the synthetic profiles say so).
         let of = |g: &str| reports.iter().find(|r| r.group == g).unwrap();
         assert!(of("runsc").sandbox.p50_ns > of("runc").sandbox.p50_ns);
-        let section = startup_section(&traces).unwrap();
+        let section = crate::report::pod_startup_section(&traces).unwrap();
         let (header, rows) = section.table.unwrap();
         assert_eq!(header.len(), rows[0].len());
         assert_eq!(rows.len(), 4 * 3);
         assert_eq!(section.data.as_array().unwrap().len(), 4);
-        assert!(startup_section(&crate::trace::Trace::group(Vec::new())).is_none());
+        assert!(
+            crate::report::pod_startup_section(&crate::trace::Trace::group(Vec::new())).is_none()
+        );
     }
 
     /// The whole report from a spool: runc and gVisor (both behind the runc shim) are separate

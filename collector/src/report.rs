@@ -253,7 +253,7 @@ pub fn build_report(
         dropped_spans,
         runtimes,
         // Pod startup leads the caller's sections (it is about the same traces as the runtimes).
-        sections: crate::pod::startup_section(&traces)
+        sections: pod_startup_section(&traces)
             .into_iter()
             .chain(sections)
             .collect(),
@@ -445,6 +445,51 @@ pub fn parse_wall_times(text: &str) -> Result<Vec<WallTime>, WallTimeError> {
             })
         })
         .collect()
+}
+
+/// The report's pod startup section; `None` when no pod started completely.
+pub(crate) fn pod_startup_section(traces: &[Trace]) -> Option<Section> {
+    let reports = crate::pod::startup_reports(traces);
+    if reports.is_empty() {
+        return None;
+    }
+    let header = [
+        "handler / runtime",
+        "part",
+        "pods",
+        "p50",
+        "p90",
+        "p99",
+        "min",
+        "max",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let mut rows = Vec::new();
+    for r in &reports {
+        for (part, s) in [
+            ("pod startup (sandbox → every container running)", &r.total),
+            ("sandbox (start → sandbox running)", &r.sandbox),
+            (
+                "containers (sandbox running → every container running)",
+                &r.containers,
+            ),
+        ] {
+            let mut row = vec![r.group.clone()];
+            row.extend(stats_row(part, s));
+            rows.push(row);
+        }
+    }
+    Some(Section {
+        title: "Pod startup".into(),
+        text: "From the pod's sandbox starting until every container runs, split where the \
+               sandbox runs: sandbox time before, container time after (the kubelet's work between \
+               the calls, such as image pulls, included). Pods whose sandbox or containers were \
+               not all traced are left out."
+            .into(),
+        table: Some((header, rows)),
+        data: serde_json::to_value(&reports).unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 
 pub mod chart;
 mod document;
+mod escape;
 pub mod html;
 pub mod markdown;
 mod svg;

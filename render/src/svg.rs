@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::chart::{Bars, Chart, Histogram, Waterfall, PALETTE};
-use crate::html::esc;
+use crate::escape::esc;
 
 pub(crate) fn chart(c: &Chart) -> String {
     match c {

@@ -120,6 +120,8 @@ pub enum HarnessError {
     Cri(Box<shimtrace_containerd::cri::CriError>),
     #[error("{what} within {waited:?}")]
     Timeout { what: String, waited: Duration },
+    #[error(transparent)]
+    Tmpfs(#[from] crate::tmpfs::TmpfsError),
 }
 
 impl HarnessError {

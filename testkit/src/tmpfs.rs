@@ -5,7 +5,14 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::containerd::HarnessError;
+/// A tmpfs that could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct TmpfsError {
+    pub action: String,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// A tmpfs at `path`, detached again when dropped (lazily, so a process still inside cannot keep
 /// it from going).
@@ -16,9 +23,11 @@ pub struct TmpfsMount {
 
 impl TmpfsMount {
     /// Creates `path` if needed and mounts a new tmpfs (mode 0711) on it. Needs root.
-    pub fn new(path: &Path) -> Result<TmpfsMount, HarnessError> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| HarnessError::io(format!("creating {}", path.display()), e))?;
+    pub fn new(path: &Path) -> Result<TmpfsMount, TmpfsError> {
+        std::fs::create_dir_all(path).map_err(|source| TmpfsError {
+            action: format!("creating {}", path.display()),
+            source,
+        })?;
         mount(
             Some("tmpfs"),
             path,
@@ -26,11 +35,9 @@ impl TmpfsMount {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=0711"),
         )
-        .map_err(|errno| {
-            HarnessError::io(
-                format!("mounting a tmpfs on {} (run as root)", path.display()),
-                errno.into(),
-            )
+        .map_err(|errno| TmpfsError {
+            action: format!("mounting a tmpfs on {} (run as root)", path.display()),
+            source: errno.into(),
         })?;
         Ok(TmpfsMount {
             path: path.to_path_buf(),
