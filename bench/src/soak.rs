@@ -134,6 +134,40 @@ impl Count {
     }
 }
 
+/// Entries left behind, for a count that did not come back to its start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leftovers {
+    pub key: &'static str,
+    /// How many in all, and the first few (with what is known about them).
+    pub count: usize,
+    pub first: Vec<String>,
+}
+
+/// How many leftovers a report names per count.
+const LEFTOVERS_SHOWN: usize = 8;
+
+impl Leftovers {
+    fn of(key: &'static str, names: Vec<String>) -> Option<Leftovers> {
+        (!names.is_empty()).then(|| Leftovers {
+            key,
+            count: names.len(),
+            first: names.into_iter().take(LEFTOVERS_SHOWN).collect(),
+        })
+    }
+}
+
+/// What is left in the spool after ingest.
+struct SpoolLeft {
+    /// Every entry of the spool dir.
+    entries: u64,
+    /// Spool files the collector keeps only because their writer's pid now belongs to a process
+    /// that is not this containerd's (so not their writer: the pid was reused). The collector
+    /// removes them once that process is gone; they are no leak of the wrapper's.
+    held_by_reused_pid: Vec<String>,
+    /// The other spool files, with what their writer pid is now.
+    kept: Vec<String>,
+}
+
 /// One reading of the memory of the live proxies and of containerd.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -177,6 +211,8 @@ pub struct SoakReport {
     /// What the soak could not tell apart, if anything (e.g. another containerd version names
     /// its shim sockets differently).
     pub notes: Vec<String>,
+    /// The first few entries behind each count that did not come back: what was left where.
+    pub leftovers: Vec<Leftovers>,
     pub wall_s: f64,
 }
 
@@ -527,7 +563,8 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
     }
     let settle = Duration::from_secs(config.settle_s);
     let start = soak.quiesce(settle);
-    let spool_start = drain_spool(&traced.spool, settle)?;
+    let spool_start = drain_spool(&traced.spool, containerd, settle)?;
+    let run_dir_start: BTreeSet<String> = dir_names(&traced.run_dir).into_iter().collect();
 
     let sampler = Sampler {
         started,
@@ -602,7 +639,38 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
         .filter(|id| !traced_ids.contains(id.as_str()))
         .cloned()
         .collect();
-    let spool_end = drain_spool(&traced.spool, settle)?;
+    let spool_end = drain_spool(&traced.spool, containerd, settle)?;
+    let held = |left: &SpoolLeft| left.held_by_reused_pid.len() as u64;
+    let leftovers = [
+        Leftovers::of(
+            "shim_sockets",
+            soak.sockets
+                .ours()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        ),
+        Leftovers::of(
+            "run_dir",
+            dir_names(&traced.run_dir)
+                .into_iter()
+                .filter(|n| !run_dir_start.contains(n))
+                .collect(),
+        ),
+        Leftovers::of("spool_files", spool_end.kept.clone()),
+        Leftovers::of("spool_files_held", spool_end.held_by_reused_pid.clone()),
+        Leftovers::of(
+            "processes",
+            containerd
+                .owned_processes()
+                .iter()
+                .map(|pid| format!("{pid} {}", process_name(*pid).unwrap_or_default()))
+                .collect(),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
 
     let counts = vec![
         Count::checked("failures", "failed runs", 0, failed as u64),
@@ -634,8 +702,14 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
         Count::checked(
             "spool_files",
             "spool files (after ingest)",
-            spool_start,
-            spool_end,
+            spool_start.entries - held(&spool_start),
+            spool_end.entries - held(&spool_end),
+        ),
+        Count::context(
+            "spool_files_held",
+            "spool files kept for a writer pid now reused (context)",
+            held(&spool_start),
+            held(&spool_end),
         ),
         Count::checked(
             "containerd_fds",
@@ -673,14 +747,19 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
         spans: spool.spans.len(),
         untraced,
         notes,
+        leftovers,
         wall_s: started.elapsed().as_secs_f64(),
     })
 }
 
 /// Ingests the spool into a throwaway store, removing what is finished (as the collector does),
-/// until no spool file is left or `limit` has passed (a file is finished once its writer is gone,
-/// and an exited writer may not have been reaped yet); counts what is left in the spool dir.
-fn drain_spool(spool: &Path, limit: Duration) -> Result<u64, BenchError> {
+/// until no spool file is left but those held by a reused pid, or `limit` has passed (a file is
+/// finished once its writer is gone, and an exited writer may not have been reaped yet).
+fn drain_spool(
+    spool: &Path,
+    containerd: &PrivateContainerd,
+    limit: Duration,
+) -> Result<SpoolLeft, BenchError> {
     let work = tempfile::tempdir()
         .map_err(|e| BenchError::Setup(format!("cannot create a temp dir for the store: {e}")))?;
     let store = Store::open(&work.path().join("soak.db"))
@@ -692,14 +771,78 @@ fn drain_spool(spool: &Path, limit: Duration) -> Result<u64, BenchError> {
             .ingest_all()
             .map_err(|e| BenchError::Setup(format!("ingesting the soak's spool: {e}")))?;
         let names = dir_names(spool);
-        let spool_files = names
-            .iter()
-            .filter(|n| SpoolFileName::parse(n).is_some())
-            .count();
-        if spool_files == 0 || Instant::now() > deadline {
-            return Ok(names.len() as u64);
+        // Every writer of this private spool is a process of this containerd's.
+        let ours: BTreeSet<u32> = containerd
+            .owned_processes()
+            .into_iter()
+            .chain(containerd.pid())
+            .collect();
+        let mut left = SpoolLeft {
+            entries: names.len() as u64,
+            held_by_reused_pid: Vec::new(),
+            kept: Vec::new(),
+        };
+        for name in names {
+            let Some(file) = SpoolFileName::parse(&name) else {
+                continue;
+            };
+            match PidNow::of(file.pid) {
+                None => left.kept.push(format!("{name} (writer gone)")),
+                Some(now) if now.tgid == file.pid && ours.contains(&file.pid) => left
+                    .kept
+                    .push(format!("{name} (writer {} still running)", now.name)),
+                Some(now) => left.held_by_reused_pid.push(format!(
+                    "{name} (pid {} is now {})",
+                    file.pid,
+                    now.describe()
+                )),
+            }
+        }
+        if left.kept.is_empty() || Instant::now() > deadline {
+            return Ok(left);
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The command name of a live process.
+fn process_name(pid: u32) -> Option<String> {
+    PidNow::of(pid).map(|now| now.name)
+}
+
+/// What a pid names now: a process, or a thread of one. `/proc/<tid>` exists for threads too, and
+/// `kill(tid, 0)` succeeds, so a writer's pid reused as a thread id still looks alive.
+struct PidNow {
+    pid: u32,
+    name: String,
+    /// The process the pid belongs to (itself, unless it is a thread).
+    tgid: u32,
+}
+
+impl PidNow {
+    fn of(pid: u32) -> Option<PidNow> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |key: &str| {
+            status.lines().find_map(|line| {
+                line.strip_prefix(key)?
+                    .strip_prefix(':')
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        Some(PidNow {
+            pid,
+            name: field("Name")?,
+            tgid: field("Tgid")?.parse().ok()?,
+        })
+    }
+
+    fn describe(&self) -> String {
+        if self.tgid == self.pid {
+            format!("process {}", self.name)
+        } else {
+            let process = process_name(self.tgid).unwrap_or_else(|| "?".into());
+            format!("a thread of {process} (pid {})", self.tgid)
+        }
     }
 }
 
@@ -765,6 +908,12 @@ pub fn table(report: &SoakReport) -> String {
         let some: Vec<&str> = report.untraced.iter().take(5).map(String::as_str).collect();
         out += &format!("\nuntraced containers (first few): {}\n", some.join(", "));
     }
+    for left in &report.leftovers {
+        out += &format!("\nleft behind ({}, {} in all):\n", left.key, left.count);
+        for name in &left.first {
+            out += &format!("    {name}\n");
+        }
+    }
     for note in &report.notes {
         out += &format!("\nnote: {note}\n");
     }
@@ -795,6 +944,37 @@ mod tests {
             names.names,
             BTreeSet::from([inner.to_string(), proxy.to_string()])
         );
+    }
+
+    #[test]
+    fn a_thread_id_is_told_from_a_process() {
+        let me = std::process::id();
+        let process = PidNow::of(me).unwrap();
+        assert_eq!(process.tgid, me);
+        assert!(
+            process.describe().starts_with("process "),
+            "{}",
+            process.describe()
+        );
+        // A thread that stays alive until told, and reports its id.
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let live = rx.recv().unwrap();
+        let thread = PidNow::of(live).unwrap();
+        assert_eq!(thread.tgid, me);
+        assert!(
+            thread
+                .describe()
+                .contains(&format!("a thread of {} (pid {me})", process.name)),
+            "{}",
+            thread.describe()
+        );
+        drop(done_tx);
+        worker.join().unwrap();
     }
 
     #[test]
@@ -841,6 +1021,7 @@ mod tests {
             spans: 0,
             untraced: vec![],
             notes: vec![],
+            leftovers: vec![],
             wall_s: 0.0,
         };
         assert_eq!(report.missed(), ["b"]);
