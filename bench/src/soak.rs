@@ -757,7 +757,7 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
 /// finished once its writer is gone, and an exited writer may not have been reaped yet).
 fn drain_spool(
     spool: &Path,
-    containerd: &PrivateContainerd,
+    containerd: &TestContainerd,
     limit: Duration,
 ) -> Result<SpoolLeft, BenchError> {
     let work = tempfile::tempdir()
