@@ -74,10 +74,21 @@ pub struct Ingester {
 /// Whether the process that wrote a spool file is still running (pid reuse errs on "alive",
 /// which only delays compaction).
 fn writer_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+    let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
+    if raw <= 0 || matches!(kill(Pid::from_raw(raw), None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    // `kill(pid, 0)` also answers for a thread id: a writer's pid reused as a thread of another
+    // process (containerd's, on a node) would keep its files forever. A live writer is a process.
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .is_none_or(|tgid| tgid.trim() == pid.to_string()),
+        Err(_) => true,
+    }
 }
 
 impl Ingester {
@@ -363,6 +374,21 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_is_no_live_writer_but_a_process_is() {
+        assert!(writer_alive(std::process::id()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(!writer_alive(tid), "thread {tid} taken for a writer");
+        drop(done_tx);
+        thread.join().unwrap();
+    }
     use crate::trace::tests::container_trace;
     use shimtrace_span::{SpanRecord, TraceId};
     use std::io::Write;

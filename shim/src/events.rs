@@ -127,7 +127,11 @@ impl EventTap {
         let created = envelope
             .timestamp
             .as_ref()
-            .map(|t| (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64)
+            .map(|t| {
+                (t.seconds.max(0) as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(t.nanos.max(0) as u64)
+            })
             .unwrap_or(seen);
         let info = envelope
             .event
