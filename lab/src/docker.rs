@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use shimtrace_collector::stats::{ms, Summary};
+use shimtrace_collector::stats::ms;
 use shimtrace_containerd::docker::{
     install_docker, CliOutput, DockerCli, DockerError, DockerInstall, CLI_TIMEOUT,
 };
@@ -647,27 +647,7 @@ async fn serve_and_measure(
     match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
         Ok(()) => {
             result.ready_ms = Some(ms(started.elapsed()));
-            // A few unmeasured requests so both sides have warmed up.
-            for _ in 0..5 {
-                let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
-            }
-            let mut first_error = None;
-            for _ in 0..requests {
-                match http::get(addr, "/index.html", Duration::from_secs(5)).await {
-                    Ok(d) => result.samples_ms.push(ms(d)),
-                    Err(e) => {
-                        result.errors += 1;
-                        first_error.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            result.latency = Summary::of(&result.samples_ms);
-            if let Some(first) = first_error {
-                result.error = Some(format!(
-                    "{} of {requests} requests failed; first: {first}",
-                    result.errors
-                ));
-            }
+            crate::measure_requests(addr, requests, &mut result).await;
         }
         Err(e) => {
             let logs = target

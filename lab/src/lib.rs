@@ -1165,27 +1165,7 @@ async fn serve_and_measure(
     match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
         Ok(()) => {
             result.ready_ms = Some(ms(started.elapsed()));
-            // A few unmeasured requests so both sides have warmed up.
-            for _ in 0..5 {
-                let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
-            }
-            let mut first_error = None;
-            for _ in 0..requests {
-                match http::get(addr, "/index.html", Duration::from_secs(5)).await {
-                    Ok(d) => result.samples_ms.push(ms(d)),
-                    Err(e) => {
-                        result.errors += 1;
-                        first_error.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            result.latency = Summary::of(&result.samples_ms);
-            if let Some(first) = first_error {
-                result.error = Some(format!(
-                    "{} of {requests} requests failed; first: {first}",
-                    result.errors
-                ));
-            }
+            measure_requests(addr, requests, &mut result).await;
         }
         Err(e) => {
             let output = std::fs::read_to_string(spec.output_path()).unwrap_or_default();
@@ -1213,6 +1193,31 @@ fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {
     write("report.json", json)?;
     write("report.md", report.to_markdown())?;
     write("report.html", report.to_html())
+}
+
+/// The served-latency measurement against a workload answering at `addr`: a few unmeasured
+/// requests so both sides have warmed up, then `requests` timed GETs into `result`.
+pub(crate) async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpResult) {
+    for _ in 0..5 {
+        let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
+    }
+    let mut first_error = None;
+    for _ in 0..requests {
+        match http::get(addr, "/index.html", Duration::from_secs(5)).await {
+            Ok(d) => result.samples_ms.push(ms(d)),
+            Err(e) => {
+                result.errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    result.latency = Summary::of(&result.samples_ms);
+    if let Some(first) = first_error {
+        result.error = Some(format!(
+            "{} of {requests} requests failed; first: {first}",
+            result.errors
+        ));
+    }
 }
 
 #[cfg(test)]
