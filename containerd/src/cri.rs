@@ -46,9 +46,26 @@ pub enum CriError {
 
 pub type Result<T, E = CriError> = std::result::Result<T, E>;
 
-/// The error of CRI call `call` that answered `status`.
-fn failed(call: &'static str) -> impl FnOnce(tonic::Status) -> CriError {
-    move |status| CriError::Call { call, status }
+/// Makes CRI call `$name`: `$method` of `$self.$service` with `$message` (with the client's
+/// timeout and traceparent); its reply's message, or a [`CriError::Call`].
+macro_rules! cri_call {
+    ($self:ident.$service:ident.$method:ident($message:expr), $name:literal) => {
+        answer(
+            $name,
+            $self
+                .$service
+                .clone()
+                .$method($self.request($message))
+                .await,
+        )
+    };
+}
+
+/// The reply of CRI call `call`, or its error.
+fn answer<R>(call: &'static str, reply: Result<tonic::Response<R>, tonic::Status>) -> Result<R> {
+    reply
+        .map(tonic::Response::into_inner)
+        .map_err(|status| CriError::Call { call, status })
 }
 
 /// A pod to run: its Kubernetes identity and how its sandbox is set up.
@@ -229,60 +246,45 @@ impl Cri {
 
     /// The runtime's name and version (`containerd`, `v1.6.20`).
     pub async fn version(&self) -> Result<(String, String)> {
-        let reply = self
-            .runtime
-            .clone()
-            .version(self.request(VersionRequest::default()))
-            .await
-            .map_err(failed("Version"))?
-            .into_inner();
+        let reply = cri_call!(self.runtime.version(VersionRequest::default()), "Version")?;
         Ok((reply.runtime_name, reply.runtime_version))
     }
 
     /// The runtime's verbose status info (containerd: `config` holds its CRI config as JSON, with
     /// every runtime handler under `containerd.runtimes`).
     pub async fn status_info(&self) -> Result<HashMap<String, String>> {
-        let reply = self
-            .runtime
-            .clone()
-            .status(self.request(StatusRequest { verbose: true }))
-            .await
-            .map_err(failed("Status"))?
-            .into_inner();
+        let reply = cri_call!(
+            self.runtime.status(StatusRequest { verbose: true }),
+            "Status"
+        )?;
         Ok(reply.info)
     }
 
     /// Whether containerd's CRI knows `image`.
     pub async fn has_image(&self, image: &str) -> Result<bool> {
-        let reply = self
-            .images
-            .clone()
-            .image_status(self.request(ImageStatusRequest {
+        let reply = cri_call!(
+            self.images.image_status(ImageStatusRequest {
                 image: Some(ImageSpec {
                     image: image.to_string(),
                     ..Default::default()
                 }),
                 verbose: false,
-            }))
-            .await
-            .map_err(failed("ImageStatus"))?
-            .into_inner();
+            }),
+            "ImageStatus"
+        )?;
         Ok(reply.image.is_some())
     }
 
     /// RunPodSandbox under the pod's handler.
     pub async fn run_pod(&self, pod: &PodSpec) -> Result<Pod> {
         let config = pod.config();
-        let reply = self
-            .runtime
-            .clone()
-            .run_pod_sandbox(self.request(RunPodSandboxRequest {
+        let reply = cri_call!(
+            self.runtime.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
                 runtime_handler: pod.handler.clone(),
-            }))
-            .await
-            .map_err(failed("RunPodSandbox"))?
-            .into_inner();
+            }),
+            "RunPodSandbox"
+        )?;
         Ok(Pod {
             id: reply.pod_sandbox_id,
             config,
@@ -305,66 +307,57 @@ impl Cri {
             log_path: spec.log_path.clone().unwrap_or_default(),
             ..Default::default()
         };
-        let reply = self
-            .runtime
-            .clone()
-            .create_container(self.request(CreateContainerRequest {
+        let reply = cri_call!(
+            self.runtime.create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.id.clone(),
                 config: Some(config),
                 sandbox_config: Some(pod.config.clone()),
-            }))
-            .await
-            .map_err(failed("CreateContainer"))?
-            .into_inner();
+            }),
+            "CreateContainer"
+        )?;
         Ok(reply.container_id)
     }
 
     pub async fn start_container(&self, id: &str) -> Result<()> {
-        self.runtime
-            .clone()
-            .start_container(self.request(StartContainerRequest {
+        cri_call!(
+            self.runtime.start_container(StartContainerRequest {
                 container_id: id.to_string(),
-            }))
-            .await
-            .map_err(failed("StartContainer"))?;
+            }),
+            "StartContainer"
+        )?;
         Ok(())
     }
 
     /// StopContainer with a grace period in seconds (SIGTERM, then SIGKILL).
     pub async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<()> {
-        self.runtime
-            .clone()
-            .stop_container(self.request(StopContainerRequest {
+        cri_call!(
+            self.runtime.stop_container(StopContainerRequest {
                 container_id: id.to_string(),
                 timeout: timeout_secs,
-            }))
-            .await
-            .map_err(failed("StopContainer"))?;
+            }),
+            "StopContainer"
+        )?;
         Ok(())
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<()> {
-        self.runtime
-            .clone()
-            .remove_container(self.request(RemoveContainerRequest {
+        cri_call!(
+            self.runtime.remove_container(RemoveContainerRequest {
                 container_id: id.to_string(),
-            }))
-            .await
-            .map_err(failed("RemoveContainer"))?;
+            }),
+            "RemoveContainer"
+        )?;
         Ok(())
     }
 
     pub async fn container_status(&self, id: &str) -> Result<ContainerInfo> {
-        let reply = self
-            .runtime
-            .clone()
-            .container_status(self.request(ContainerStatusRequest {
+        let reply = cri_call!(
+            self.runtime.container_status(ContainerStatusRequest {
                 container_id: id.to_string(),
                 verbose: false,
-            }))
-            .await
-            .map_err(failed("ContainerStatus"))?
-            .into_inner();
+            }),
+            "ContainerStatus"
+        )?;
         let status = reply.status.unwrap_or_default();
         Ok(ContainerInfo {
             id: status.id,
@@ -395,35 +388,31 @@ impl Cri {
 
     /// The ids of every pod sandbox CRI knows, ready or not.
     pub async fn list_pods(&self) -> Result<Vec<String>> {
-        let reply = self
-            .runtime
-            .clone()
-            .list_pod_sandbox(self.request(ListPodSandboxRequest { filter: None }))
-            .await
-            .map_err(failed("ListPodSandbox"))?
-            .into_inner();
+        let reply = cri_call!(
+            self.runtime
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None }),
+            "ListPodSandbox"
+        )?;
         Ok(reply.items.into_iter().map(|p| p.id).collect())
     }
 
     pub async fn stop_pod(&self, pod_id: &str) -> Result<()> {
-        self.runtime
-            .clone()
-            .stop_pod_sandbox(self.request(StopPodSandboxRequest {
+        cri_call!(
+            self.runtime.stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: pod_id.to_string(),
-            }))
-            .await
-            .map_err(failed("StopPodSandbox"))?;
+            }),
+            "StopPodSandbox"
+        )?;
         Ok(())
     }
 
     pub async fn remove_pod(&self, pod_id: &str) -> Result<()> {
-        self.runtime
-            .clone()
-            .remove_pod_sandbox(self.request(RemovePodSandboxRequest {
+        cri_call!(
+            self.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
                 pod_sandbox_id: pod_id.to_string(),
-            }))
-            .await
-            .map_err(failed("RemovePodSandbox"))?;
+            }),
+            "RemovePodSandbox"
+        )?;
         Ok(())
     }
 }
