@@ -15,8 +15,6 @@
 //! `io.containerd.kata.v2` (a shim by name). A profiles file's `runtime` is taken as the Docker
 //! runtime name.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,8 +34,8 @@ use shimtrace_span::naming::which;
 use crate::profiles::Profile;
 use crate::report::{DockerSetup, HttpResult, ProfileResult, RunRecord};
 use crate::{
-    attach_spans, export_otlp, http, http_port, log, one_line, parse_probe, relate_to_runc,
-    write_reports, Active, Findings, Lab, LabError,
+    attach_spans, cold_start_rounds, export_otlp, http_port, log, measure_served, no_probe_output,
+    one_line, parse_probe, relate_to_runc, to_workload_ms, Active, Findings, Lab, LabError,
 };
 
 /// The image tag the lab's rootfs is loaded as (the run's suffix makes it unique).
@@ -87,12 +85,7 @@ pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), L
     }
     let target = match connect(lab, found).await {
         Ok(target) => target,
-        Err(fatal) => {
-            found.report.errors.push(fatal.to_string());
-            found.report.derive_conclusions();
-            write_reports(&lab.out, &found.report)?;
-            return Err(fatal);
-        }
+        Err(fatal) => return found.fail(&lab.out, fatal),
     };
     let result = measure_on(lab, &target, found).await;
     target.close(lab, found);
@@ -120,18 +113,7 @@ async fn measure_on(
         .collect();
     let is_ours = |id: &str| ids.contains(id);
     export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
-    let mut by_name: BTreeMap<String, ProfileResult> = active
-        .into_iter()
-        .map(|a| (a.profile.name.clone(), a.result))
-        .collect();
-    let skipped = std::mem::take(&mut found.report.profiles);
-    for profile in &lab.profiles {
-        if let Some(r) = by_name.remove(&profile.name) {
-            found.report.profiles.push(r);
-        } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
-            found.report.profiles.push(r.clone());
-        }
-    }
+    found.keep_profiles(&lab.profiles, active);
     Ok(())
 }
 
@@ -501,24 +483,14 @@ fn run_rm(
 /// Stage 4 under Docker: `--runs` rounds interleaved across the profiles, each a timed
 /// `docker run --rm` of the probe.
 fn cold_starts(lab: &Lab<'_>, target: &DockerTarget, active: &mut [Active]) {
-    let total = lab.args.runs as u64 * active.len() as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "cold start (docker run) {bar:40} {pos}/{len} {msg} [{elapsed}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    for round in 0..lab.args.runs as usize {
-        for k in 0..active.len() {
-            let index = (round + k) % active.len();
-            let entry = &mut active[index];
-            bar.set_message(entry.profile.name.clone());
-            let name = format!("lab-{}-{round}-{}", entry.profile.name, lab.suffix);
-            let record = cold_start(target, &entry.profile.runtime, &name, round);
-            entry.result.runs.push(record);
-            bar.inc(1);
-        }
+    let (bar, order) = cold_start_rounds(lab.args.runs, active.len(), "cold start (docker run)");
+    for (round, index) in order {
+        let entry = &mut active[index];
+        bar.set_message(entry.profile.name.clone());
+        let name = format!("lab-{}-{round}-{}", entry.profile.name, lab.suffix);
+        let record = cold_start(target, &entry.profile.runtime, &name, round);
+        entry.result.runs.push(record);
+        bar.inc(1);
     }
     bar.finish_and_clear();
 }
@@ -546,16 +518,13 @@ fn cold_start(target: &DockerTarget, runtime: &str, name: &str, round: usize) ->
             record.ok = out.success();
             match parse_probe(&out.stdout) {
                 Some(probe) if record.ok => {
-                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
-                        .as_u64()
-                        .map(|t| (t as f64 - client_start as f64) / 1e6);
+                    record.to_workload_ms = to_workload_ms(&probe, client_start);
                 }
                 _ => {
                     record.ok = false;
-                    record.error = Some(format!(
-                        "exit {}; no probe output: {}",
+                    record.error = Some(no_probe_output(
                         out.status.code().unwrap_or(-1),
-                        one_line(&format!("{}{}", out.stdout, out.stderr))
+                        &format!("{}{}", out.stdout, out.stderr),
                     ));
                 }
             }
@@ -589,13 +558,7 @@ async fn served_latency(
             entry.profile.name
         ));
         let result = serve_and_measure(lab, target, entry, port, args.requests as usize).await;
-        if let Some(e) = &result.error {
-            found
-                .report
-                .errors
-                .push(format!("{} HTTP: {e}", entry.profile.name));
-        }
-        entry.result.http = Some(result);
+        found.served(entry, result);
     }
     relate_to_runc(active);
 }
@@ -643,22 +606,13 @@ async fn serve_and_measure(
             return result;
         }
     }
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
-        Ok(()) => {
-            result.ready_ms = Some(ms(started.elapsed()));
-            crate::measure_requests(addr, requests, &mut result).await;
-        }
-        Err(e) => {
-            let logs = target
-                .run(&["logs", &name])
-                .map(|o| format!("{}{}", o.stdout, o.stderr))
-                .unwrap_or_default();
-            result.error = Some(one_line(&format!(
-                "server never answered: {e}; container output: {logs}"
-            )));
-        }
-    }
+    measure_served(started, &mut result, || {
+        target
+            .run(&["logs", &name])
+            .map(|o| format!("{}{}", o.stdout, o.stderr))
+            .unwrap_or_default()
+    })
+    .await;
     match target.run(&["rm", "-f", &name]) {
         Ok(out) if out.success() => {}
         Ok(out) => {

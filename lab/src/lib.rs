@@ -340,6 +340,40 @@ impl Findings {
         self.report.errors.push(line);
     }
 
+    /// Ends the run on `fatal`, keeping what was measured (the host column) next to the reason.
+    fn fail<T>(&mut self, out: &Path, fatal: LabError) -> Result<T, LabError> {
+        self.report.errors.push(fatal.to_string());
+        self.report.derive_conclusions();
+        write_reports(out, &self.report)?;
+        Err(fatal)
+    }
+
+    /// The measured profiles into the report beside the skipped ones, in their configured order.
+    fn keep_profiles(&mut self, profiles: &[Profile], active: Vec<Active>) {
+        let mut by_name: BTreeMap<String, ProfileResult> = active
+            .into_iter()
+            .map(|a| (a.profile.name.clone(), a.result))
+            .collect();
+        let skipped = std::mem::take(&mut self.report.profiles);
+        for profile in profiles {
+            if let Some(r) = by_name.remove(&profile.name) {
+                self.report.profiles.push(r);
+            } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
+                self.report.profiles.push(r.clone());
+            }
+        }
+    }
+
+    /// `result` as `entry`'s served latency, its error also among the report's.
+    fn served(&mut self, entry: &mut Active, result: HttpResult) {
+        if let Some(e) = &result.error {
+            self.report
+                .errors
+                .push(format!("{} HTTP: {e}", entry.profile.name));
+        }
+        entry.result.http = Some(result);
+    }
+
     fn into_result(self, out: PathBuf) -> Result<PathBuf, LabError> {
         if self.user_errors.is_empty() {
             Ok(out)
@@ -453,13 +487,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<Target, LabError
                 };
             let (started, client) = match connected {
                 Ok(pair) => pair,
-                Err(fatal) => {
-                    // Keep what was measured (the host column) next to the reason.
-                    found.report.errors.push(fatal.to_string());
-                    found.report.derive_conclusions();
-                    write_reports(&lab.out, &found.report)?;
-                    return Err(fatal);
-                }
+                Err(fatal) => return found.fail(&lab.out, fatal),
             };
             found.report.setup.private_containerd = true;
             private = Some(started);
@@ -496,19 +524,7 @@ async fn measure(lab: &Lab<'_>, target: &Target, found: &mut Findings) -> Result
     let suffix = lab.suffix.as_str();
     let is_ours = |id: &str| id.starts_with("lab-") && id.ends_with(suffix);
     export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
-    // Keep the profiles in their configured order.
-    let mut by_name: BTreeMap<String, ProfileResult> = active
-        .into_iter()
-        .map(|a| (a.profile.name.clone(), a.result))
-        .collect();
-    let skipped = std::mem::take(&mut found.report.profiles);
-    for profile in &lab.profiles {
-        if let Some(r) = by_name.remove(&profile.name) {
-            found.report.profiles.push(r);
-        } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
-            found.report.profiles.push(r.clone());
-        }
-    }
+    found.keep_profiles(&lab.profiles, active);
     Ok(())
 }
 
@@ -612,26 +628,49 @@ async fn cold_starts(
     active: &mut [Active],
     image_command: Option<&[String]>,
 ) -> Result<(), LabError> {
-    let total = lab.args.runs as u64 * active.len() as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "cold start {bar:40} {pos}/{len} {msg} [{elapsed}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    for round in 0..lab.args.runs as usize {
-        for k in 0..active.len() {
-            let index = (round + k) % active.len();
-            let entry = &mut active[index];
-            bar.set_message(entry.profile.name.clone());
-            let record = cold_start(lab, client, &entry.profile, round, image_command).await?;
-            entry.result.runs.push(record);
-            bar.inc(1);
-        }
+    let (bar, order) = cold_start_rounds(lab.args.runs, active.len(), "cold start");
+    for (round, index) in order {
+        let entry = &mut active[index];
+        bar.set_message(entry.profile.name.clone());
+        let record = cold_start(lab, client, &entry.profile, round, image_command).await?;
+        entry.result.runs.push(record);
+        bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// The cold starts' progress bar (titled `title`) and their order: `runs` rounds, each over the
+/// `count` profiles as (round, profile index), every round starting one profile later.
+fn cold_start_rounds(
+    runs: u32,
+    count: usize,
+    title: &str,
+) -> (indicatif::ProgressBar, Vec<(usize, usize)>) {
+    let bar = indicatif::ProgressBar::new(runs as u64 * count as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{title} {{bar:40}} {{pos}}/{{len}} {{msg}} [{{elapsed}}]"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let order = (0..runs as usize)
+        .flat_map(|round| (0..count).map(move |k| (round, (round + k) % count)))
+        .collect();
+    (bar, order)
+}
+
+/// The time from the client's start (`client_start`, unix nanoseconds) to the workload's first
+/// instruction, as the probe's `probe` output recorded it.
+fn to_workload_ms(probe: &Value, client_start: u64) -> Option<f64> {
+    probe["first_timestamp_unix_nanos"]
+        .as_u64()
+        .map(|t| (t as f64 - client_start as f64) / 1e6)
+}
+
+/// Why a cold start without the probe's output failed: its exit `code` and what it `printed`.
+fn no_probe_output(code: impl std::fmt::Display, printed: &str) -> String {
+    format!("exit {code}; no probe output: {}", one_line(printed))
 }
 
 /// One cold start of `profile`: the client's phases and wall time, and with the probe, the time
@@ -683,17 +722,11 @@ async fn cold_start(
                     }
                 }
                 Some(probe) => {
-                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
-                        .as_u64()
-                        .map(|t| (t as f64 - o.client_start_unix_nanos as f64) / 1e6);
+                    record.to_workload_ms = to_workload_ms(&probe, o.client_start_unix_nanos);
                 }
                 None => {
                     record.ok = false;
-                    record.error = Some(format!(
-                        "exit {}; no probe output: {}",
-                        o.exit_code,
-                        one_line(&o.output)
-                    ));
+                    record.error = Some(no_probe_output(o.exit_code, &o.output));
                 }
             }
         }
@@ -791,13 +824,7 @@ async fn served_latency(
             &lab.work,
         )
         .await;
-        if let Some(e) = &result.error {
-            found
-                .report
-                .errors
-                .push(format!("{} HTTP: {e}", entry.profile.name));
-        }
-        entry.result.http = Some(result);
+        found.served(entry, result);
     }
     relate_to_runc(active);
 }
@@ -1161,19 +1188,10 @@ async fn serve_and_measure(
         result.error = Some(one_line(&e.to_string()));
         return result;
     }
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
-        Ok(()) => {
-            result.ready_ms = Some(ms(started.elapsed()));
-            measure_requests(addr, requests, &mut result).await;
-        }
-        Err(e) => {
-            let output = std::fs::read_to_string(spec.output_path()).unwrap_or_default();
-            result.error = Some(one_line(&format!(
-                "server never answered: {e}; container output: {output}"
-            )));
-        }
-    }
+    measure_served(started, &mut result, || {
+        std::fs::read_to_string(spec.output_path()).unwrap_or_default()
+    })
+    .await;
     if let Err(e) = client.delete(&spec.id).await {
         result.error.get_or_insert_with(|| one_line(&e.to_string()));
     }
@@ -1195,9 +1213,32 @@ fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {
     write("report.html", report.to_html())
 }
 
+/// Waits (at most 20 s) for the server started at `started` on `result`'s loopback port, then
+/// measures its served latency into `result`; when it never answers, the error quotes `output()`,
+/// what its container printed.
+pub(crate) async fn measure_served(
+    started: Instant,
+    result: &mut HttpResult,
+    output: impl FnOnce() -> String,
+) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], result.port));
+    match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
+        Ok(()) => {
+            result.ready_ms = Some(ms(started.elapsed()));
+            measure_requests(addr, result.requests, result).await;
+        }
+        Err(e) => {
+            result.error = Some(one_line(&format!(
+                "server never answered: {e}; container output: {}",
+                output()
+            )));
+        }
+    }
+}
+
 /// The served-latency measurement against a workload answering at `addr`: a few unmeasured
 /// requests so both sides have warmed up, then `requests` timed GETs into `result`.
-pub(crate) async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpResult) {
+async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpResult) {
     for _ in 0..5 {
         let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
     }
