@@ -549,34 +549,16 @@ fn install_over(version: &str, base: BaseConfig) {
     );
 }
 
-macro_rules! matrix {
-    ($($version:ident = $v:literal),*) => {
-        $(
-            mod $version {
-                #[test]
-                fn a_pod_of_two_containers_is_traced_through_one_proxy() { super::traced_pod($v) }
-                #[test]
-                fn a_gvisor_pod_is_traced_where_registered() { super::gvisor_pod($v) }
-                #[test]
-                fn containerd_restart_with_a_running_pod_leaks_nothing() { super::containerd_restart($v) }
-                #[test]
-                fn a_killed_inner_shim_leaks_nothing() { super::inner_shim_killed($v) }
-                #[test]
-                fn install_check_finds_every_handler_traced() { super::check_passes($v) }
-                #[test]
-                fn install_over_debians_stock_config() {
-                    super::install_over($v, super::BaseConfig::Text(super::DEBIAN_STOCK_CONFIG.into()))
-                }
-                #[test]
-                fn install_over_containerd_config_default() {
-                    super::install_over($v, super::BaseConfig::ContainerdDefault)
-                }
-            }
-        )*
-    };
+version_matrix! {
+    a_pod_of_two_containers_is_traced_through_one_proxy => traced_pod();
+    a_gvisor_pod_is_traced_where_registered => gvisor_pod();
+    containerd_restart_with_a_running_pod_leaks_nothing => containerd_restart();
+    a_killed_inner_shim_leaks_nothing => inner_shim_killed();
+    install_check_finds_every_handler_traced => check_passes();
+    install_over_debians_stock_config =>
+        install_over(BaseConfig::Text(DEBIAN_STOCK_CONFIG.into()));
+    install_over_containerd_config_default => install_over(BaseConfig::ContainerdDefault);
 }
-
-matrix!(v1_6 = "1.6.20", v1_7 = "1.7.24", v2_1 = "2.1.9");
 
 /// The `runtime_path` form on 1.6.20 runs pods untraced; `shimtrace install --check` says so and
 /// why, and fails.

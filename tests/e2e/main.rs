@@ -3,6 +3,30 @@
 //! lab, and the benchmark's smoke run. Each module is one area; tests that start a containerd or a
 //! shim clean it up by pid, also when they fail.
 
+/// The tests run against each containerd of the version matrix (`testkit::containerd::MATRIX`):
+/// `version_matrix! { test_name => function(args…); … }` declares modules `v1_6`, `v1_7` and
+/// `v2_1`, each with a `#[test] fn test_name` that calls the calling module's
+/// `function(version, args…)`.
+macro_rules! version_matrix {
+    ($($test:ident => $function:ident($($arg:expr),*);)*) => {
+        version_matrix!(@one v1_6 = "1.6.20"; $($test => $function($($arg),*);)*);
+        version_matrix!(@one v1_7 = "1.7.24"; $($test => $function($($arg),*);)*);
+        version_matrix!(@one v2_1 = "2.1.9"; $($test => $function($($arg),*);)*);
+    };
+    (@one $version:ident = $v:literal; $($test:ident => $function:ident($($arg:expr),*);)*) => {
+        mod $version {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    super::$function($v $(, $arg)*)
+                }
+            )*
+        }
+    };
+}
+
 mod bench_smoke;
 mod cli_traces;
 mod collector_e2e;

@@ -496,32 +496,16 @@ fn events_once_and_traced(version: &str) {
     assert_eq!(exit.attr_i64(attr::PROCESS_EXIT_CODE), Some(4));
 }
 
-macro_rules! matrix {
-    ($($version:ident = $v:literal),*) => {
-        $(
-            mod $version {
-                #[test]
-                fn run_and_exit_codes() { super::run_exit_codes($v) }
-                #[test]
-                fn task_operations_are_traced() { super::task_operations($v) }
-                #[test]
-                fn grouped_containers_share_one_proxy() { super::grouping($v) }
-                #[test]
-                fn containerd_restart_reconnects_through_the_proxy() { super::containerd_restart($v) }
-                #[test]
-                fn inner_shim_killed_ends_the_proxy() { super::inner_shim_killed($v) }
-                #[test]
-                fn unwritable_spool_fails_open() { super::fail_open_unwritable_spool($v) }
-                #[test]
-                fn events_reach_containerd_once_and_the_trace() { super::events_once_and_traced($v) }
-                #[test]
-                fn pod_annotations_name_the_pod_on_every_span() { super::pod_from_cri_annotations($v) }
-            }
-        )*
-    };
+version_matrix! {
+    run_and_exit_codes => run_exit_codes();
+    task_operations_are_traced => task_operations();
+    grouped_containers_share_one_proxy => grouping();
+    containerd_restart_reconnects_through_the_proxy => containerd_restart();
+    inner_shim_killed_ends_the_proxy => inner_shim_killed();
+    unwritable_spool_fails_open => fail_open_unwritable_spool();
+    events_reach_containerd_once_and_the_trace => events_once_and_traced();
+    pod_annotations_name_the_pod_on_every_span => pod_from_cri_annotations();
 }
-
-matrix!(v1_6 = "1.6.20", v1_7 = "1.7.24", v2_1 = "2.1.9");
 
 /// Runs the wrapper's `start` exactly as containerd does and checks that stdout carries nothing but
 /// the protocol reply, in the inner shim's format, naming the proxy.
