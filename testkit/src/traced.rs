@@ -260,6 +260,14 @@ pub fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>
     wait_for(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
+/// Sends SIGKILL to process `pid`.
+pub fn sigkill(pid: u32) -> nix::Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+}
+
 /// Whether a process is alive (zombies count as gone: this sandbox's pid 1 may not reap orphans).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -543,11 +543,7 @@ fn a_dropped_instance_leaves_nothing_even_after_dockerd_died() {
     assert!(pids.len() >= 8, "{:?}", process_lines(&pids));
     let dir = docker.dir().to_path_buf();
     // A crashed dockerd: the Drop guard can no longer ask it to remove anything.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(docker.pid().unwrap() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    shimtrace_testkit::traced::sigkill(docker.pid().unwrap()).unwrap();
     drop(docker);
     let alive: Vec<u32> = pids
         .iter()

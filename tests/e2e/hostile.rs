@@ -54,10 +54,7 @@ fn shimtrace_within(limit: Duration, args: &[&str], uid: Option<u32>) -> Output 
     match rx.recv_timeout(limit) {
         Ok(output) => output.unwrap(),
         Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = shimtrace_testkit::traced::sigkill(pid);
             panic!("shimtrace {args:?} still running after {limit:?}");
         }
     }

@@ -347,11 +347,7 @@ fn inner_shim_killed(version: &str) {
         c.address().to_str().unwrap(),
     ]);
     assert_eq!(inner.len(), 1, "inner shim {inner:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(inner[0] as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    shimtrace_testkit::traced::sigkill(inner[0]).unwrap();
     let gone = wait_for(SPANS, || {
         (!alive(proxy[0]) && !std::path::Path::new(&proxy_socket).exists()).then_some(())
     });
@@ -623,10 +619,7 @@ struct KillOnDrop(Vec<u32>);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = shimtrace_testkit::traced::sigkill(*pid);
         }
     }
 }
