@@ -141,6 +141,18 @@ fn assert_nothing_left(node: &CriNode, proxy_socket: &str, ids: &[&str]) {
 }
 
 /// The proxy socket a pod's shim address names (`unix:///run/containerd/s/…` → the path).
+/// The pids of the runc shims (behind the proxy) serving pod `pod_id` for the node's containerd.
+fn inner_runc_shims(node: &CriNode, pod_id: &str) -> Vec<u32> {
+    let containerd_address = node.traced.containerd.address();
+    pids_with_cmdline(&[
+        "containerd-shim-runc-v2",
+        "-id",
+        pod_id,
+        "-address",
+        containerd_address.to_str().unwrap(),
+    ])
+}
+
 fn socket_of(address: &str) -> String {
     address.trim_start_matches("unix://").to_string()
 }
@@ -184,14 +196,7 @@ fn traced_pod(version: &str) {
     assert_eq!(node.shim_address(&waits).as_deref(), Some(address.as_str()));
     let socket = socket_of(&address);
     assert_eq!(node.proxies_on(&socket).len(), 1, "one proxy for the pod");
-    let containerd_address = node.traced.containerd.address();
-    let inner = pids_with_cmdline(&[
-        "containerd-shim-runc-v2",
-        "-id",
-        run.id(),
-        "-address",
-        containerd_address.to_str().unwrap(),
-    ]);
+    let inner = inner_runc_shims(&node, run.id());
     assert_eq!(inner.len(), 1, "one inner shim for the pod: {inner:?}");
 
     await_ready(logs.path());
@@ -367,20 +372,9 @@ fn inner_shim_killed(version: &str) {
     let socket = socket_of(&node.shim_address(run.id()).unwrap());
     let proxies = node.proxies_on(&socket);
     assert_eq!(proxies.len(), 1);
-    let containerd_address = node.traced.containerd.address();
-    let inner = pids_with_cmdline(&[
-        "containerd-shim-runc-v2",
-        "-id",
-        run.id(),
-        "-address",
-        containerd_address.to_str().unwrap(),
-    ]);
+    let inner = inner_runc_shims(&node, run.id());
     assert_eq!(inner.len(), 1, "inner shim {inner:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(inner[0] as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    shimtrace_testkit::traced::sigkill(inner[0]).unwrap();
     let gone = wait_for(SPANS, || {
         (!alive(proxies[0]) && !Path::new(&socket).exists()).then_some(())
     });
