@@ -171,25 +171,25 @@ fn rand_suffix() -> u64 {
     shimtrace_span::clock::now_unix_nanos()
 }
 
+/// Container `id`'s spans, once they hold a `method` call and the wrapper's `delete`.
+fn spans_to_delete(docker: &TestDocker, id: &str, method: &str) -> Vec<SpanRecord> {
+    docker.await_spans(id, SPANS, |s| {
+        has_method(s, method) && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
+    })
+}
+
+/// `docker run -d OPTIONS… --network none --runtime RUNTIME` of a sleeping workload; its id.
+fn run_sleeping(docker: &TestDocker, runtime: &str, options: &[&str]) -> String {
+    let mut args = vec!["run", "-d"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["--network", "none", "--runtime", runtime]);
+    args.extend_from_slice(&[WORKLOAD_TAG, "sleep", "600"]);
+    docker.docker_ok(&args).unwrap().stdout.trim().to_string()
+}
+
+/// A sleeping container named `name` under `traced-runc`; its id.
 fn run_detached(docker: &TestDocker, name: &str) -> String {
-    docker
-        .docker_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
-            "--runtime",
-            "traced-runc",
-            WORKLOAD_TAG,
-            "sleep",
-            "600",
-        ])
-        .unwrap()
-        .stdout
-        .trim()
-        .to_string()
+    run_sleeping(docker, "traced-runc", &["--name", name])
 }
 
 #[test]
@@ -215,9 +215,7 @@ fn docker_run_prints_output_and_passes_exit_codes() {
 
     let mut sockets = Vec::new();
     for (id, code) in [(&hello, 0), (&three, 3)] {
-        let spans = docker.await_spans(id, SPANS, |s| {
-            has_method(s, "Delete") && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
-        });
+        let spans = spans_to_delete(&docker, id, "Delete");
         assert_docker_spans(
             &spans,
             id,
@@ -292,9 +290,7 @@ fn docker_exec_stop_and_rm_force_go_through_the_wrapper() {
 
     let id = run_detached(&docker, "rmf");
     docker.docker_ok(&["rm", "-f", "rmf"]).unwrap();
-    let spans = docker.await_spans(&id, SPANS, |s| {
-        has_method(s, "Kill") && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
-    });
+    let spans = spans_to_delete(&docker, &id, "Kill");
     assert_docker_spans(
         &spans,
         &id,
@@ -375,9 +371,7 @@ fn gvisor_runs_through_docker_as_traced_runsc() {
         release, host_release,
         "the container saw gVisor's kernel, not the host's"
     );
-    let spans = docker.await_spans(&id, SPANS, |s| {
-        has_method(s, "Delete") && s.iter().any(|x| x.name == names::WRAPPER_DELETE)
-    });
+    let spans = spans_to_delete(&docker, &id, "Delete");
     assert_docker_spans(
         &spans,
         &id,
@@ -438,17 +432,7 @@ fn install_check_confirms_spans_and_uninstall_restores_daemon_json() {
     );
     docker.restart().expect("dockerd restarts");
 
-    let out = shimtrace(
-        &docker,
-        &[
-            "--docker",
-            "--check",
-            "--spool",
-            &spool,
-            "--docker-cli",
-            &cli,
-        ],
-    );
+    let out = shimtrace(&docker, &check);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -516,22 +500,7 @@ fn install_check_confirms_spans_and_uninstall_restores_daemon_json() {
 fn a_dropped_instance_leaves_nothing_even_after_dockerd_died() {
     let docker = start();
     let runc = run_detached(&docker, "left-runc");
-    let gvisor = docker
-        .docker_ok(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--runtime",
-            GVISOR_RUNTIME,
-            WORKLOAD_TAG,
-            "sleep",
-            "600",
-        ])
-        .unwrap()
-        .stdout
-        .trim()
-        .to_string();
+    let gvisor = run_sleeping(&docker, GVISOR_RUNTIME, &[]);
     let mut sockets = Vec::new();
     for id in [&runc, &gvisor] {
         let spans = docker.await_spans(id, SPANS, |s| has_method(s, "Start"));
@@ -691,28 +660,18 @@ fn ancestors(
 /// the spec's `/etc/hostname` mount comes from (written before the task is created).
 fn name_and_image_are_beside_the_hostname_mount(version: &str) {
     let docker = TestDocker::start_traced(version, DockerOptions::default()).expect("dockerd");
-    let id = docker
-        .docker_ok(&[
-            "run",
-            "-d",
+    let id = run_sleeping(
+        &docker,
+        "traced-runc",
+        &[
             "--name",
             "web-1",
             "--label",
             "team=a",
             "--annotation",
             "org.example/by-user=yes",
-            "--network",
-            "none",
-            "--runtime",
-            "traced-runc",
-            WORKLOAD_TAG,
-            "sleep",
-            "600",
-        ])
-        .unwrap()
-        .stdout
-        .trim()
-        .to_string();
+        ],
+    );
     let spec: Value =
         serde_json::from_slice(&std::fs::read(docker.bundle_dir(&id).join("config.json")).unwrap())
             .unwrap();
