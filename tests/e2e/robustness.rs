@@ -120,11 +120,13 @@ fn oom_score_adj(pid: u32) -> i32 {
 }
 
 /// Runs sleeper container `id` and returns the socket and pid of the proxy in front of its shim.
-fn sleeper_proxy(traced: &Traced, id: &str) -> (PathBuf, u32) {
+/// A traced containerd running a sleeping container `id`, its proxy's socket and pid.
+fn sleeper_proxy(id: &str) -> (Traced, PathBuf, u32) {
+    let traced = Traced::start(VERSION).expect("traced containerd");
     traced.run_sleeper(id, &[]);
-    let proxy_sock = proxy_socket(&inner_socket(traced, id));
+    let proxy_sock = proxy_socket(&inner_socket(&traced, id));
     let proxy = proxy_pid(&proxy_sock);
-    (proxy_sock, proxy)
+    (traced, proxy_sock, proxy)
 }
 
 fn memory(pid: u32) -> Memory {
@@ -251,8 +253,7 @@ fn proxy_sequential_runs_leave_no_sockets_or_run_files() {
 
 #[test]
 fn proxy_accept_failures_back_off() {
-    let traced = Traced::start(VERSION).expect("traced containerd");
-    let (proxy_sock, proxy) = sleeper_proxy(&traced, "fd1");
+    let (traced, proxy_sock, proxy) = sleeper_proxy("fd1");
     let log = proxy_log(&traced, &proxy_sock);
     let count_failures = || {
         std::fs::read_to_string(&log)
@@ -366,8 +367,7 @@ const GROWTH_LIMIT_KIB: u64 = 8 * 1024;
 #[test]
 fn proxy_memory_stays_bounded_under_unique_ids() {
     const CALLS: u32 = 50_000;
-    let traced = Traced::start(VERSION).expect("traced containerd");
-    let (proxy_sock, proxy) = sleeper_proxy(&traced, "ids");
+    let (_traced, proxy_sock, proxy) = sleeper_proxy("ids");
     let idle = memory(proxy);
     for round in ["a", "b"] {
         drop(flood(&proxy_sock, CALLS, |i| {
@@ -385,8 +385,7 @@ fn proxy_memory_stays_bounded_under_unique_ids() {
 #[test]
 fn proxy_memory_stays_bounded_under_undecodable_requests() {
     const FRAMES: u32 = 100_000;
-    let traced = Traced::start(VERSION).expect("traced containerd");
-    let (proxy_sock, proxy) = sleeper_proxy(&traced, "junk");
+    let (_traced, proxy_sock, proxy) = sleeper_proxy("junk");
     let idle = memory(proxy);
     // Not protobuf: the tap cannot read these, the inner shim answers each with an error.
     let held = flood(&proxy_sock, FRAMES, |i| {
@@ -406,8 +405,7 @@ fn proxy_memory_stays_bounded_under_undecodable_requests() {
 #[test]
 fn proxy_threads_stay_bounded_under_held_connections() {
     const CONNECTIONS: usize = 1_000;
-    let traced = Traced::start(VERSION).expect("traced containerd");
-    let (proxy_sock, proxy) = sleeper_proxy(&traced, "conns");
+    let (_traced, proxy_sock, proxy) = sleeper_proxy("conns");
     let before = memory(proxy);
     // Non-blocking, so that connections beyond the listener's backlog fail instead of waiting.
     let held: Vec<UnixStream> = (0..CONNECTIONS)
