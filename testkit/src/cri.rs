@@ -25,11 +25,10 @@ use shimtrace_containerd::image::{
 };
 use shimtrace_containerd::install::{install, InstallArgs, InstallOutcome};
 use shimtrace_containerd::private::{make_private, ConfigSource, CriSettings};
-use shimtrace_span::SpanRecord;
 
 use crate::cli::parse_args;
 use crate::containerd::HarnessError;
-use crate::traced::{pids_with_cmdline, wait_for, wrapper_binary, Traced, TracedOptions};
+use crate::traced::{pids_with_cmdline, wait_for, wrapper_binary, Spooled, Traced, TracedOptions};
 
 /// The busybox image pods run (`docker.io/local/busybox:1`).
 pub fn workload_image() -> String {
@@ -293,21 +292,6 @@ impl CriNode {
         })
     }
 
-    /// Spans of container (or sandbox) `id`.
-    pub fn spans_of(&self, id: &str) -> Vec<SpanRecord> {
-        self.traced.spans_of(id)
-    }
-
-    /// Waits until the spans of `id` satisfy `done`; panics with what was there after `timeout`.
-    pub fn await_spans(
-        &self,
-        id: &str,
-        timeout: Duration,
-        done: impl Fn(&[SpanRecord]) -> bool,
-    ) -> Vec<SpanRecord> {
-        self.traced.await_spans(id, timeout, done)
-    }
-
     /// The address containerd keeps for the shim of `id` in CRI's namespace: the bundle's
     /// `address` file (1.x) or `bootstrap.json` (2.x).
     pub fn shim_address(&self, id: &str) -> Option<String> {
@@ -333,6 +317,12 @@ impl CriNode {
             Some(()) => Vec::new(),
             None => self.traced.containerd.owned_processes(),
         }
+    }
+}
+
+impl Spooled for CriNode {
+    fn spool_dir(&self) -> PathBuf {
+        self.traced.spool.clone()
     }
 }
 

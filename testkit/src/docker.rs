@@ -29,8 +29,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
@@ -41,14 +40,12 @@ use shimtrace_containerd::dockerd::{
 };
 use shimtrace_containerd::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
 use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
-use shimtrace_span::spool::read_spool;
-use shimtrace_span::SpanRecord;
 
 use crate::containerd::{
     children_by_parent, collect_descendants, force_delete_bundles, is_zombie, kill_and_reap,
     owned_processes, ContainerdVersion, HarnessError, Ownership, BUSYBOX, INSTANCE_MARKER_ENV,
 };
-use crate::traced::{built_binary, wrapper_binary};
+use crate::traced::{built_binary, wrapper_binary, Spooled};
 
 /// The Docker Engine the tests run (trixie's docker.io).
 pub const DOCKER_VERSION: &str = "26.1.5";
@@ -497,43 +494,6 @@ impl TestDocker {
         }
     }
 
-    /// Every span in the spool now.
-    pub fn spans(&self) -> Vec<SpanRecord> {
-        read_spool(&self.spool())
-            .map(|c| c.spans)
-            .unwrap_or_default()
-    }
-
-    /// Spans of container `id` (its full id).
-    pub fn spans_of(&self, id: &str) -> Vec<SpanRecord> {
-        self.spans()
-            .into_iter()
-            .filter(|s| s.container_id() == Some(id))
-            .collect()
-    }
-
-    /// Waits until the spans of container `id` satisfy `done`; returns them, or panics with what
-    /// was there after `timeout`.
-    pub fn await_spans(
-        &self,
-        id: &str,
-        timeout: Duration,
-        done: impl Fn(&[SpanRecord]) -> bool,
-    ) -> Vec<SpanRecord> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let spans = self.spans_of(id);
-            if done(&spans) {
-                return spans;
-            }
-            if Instant::now() > deadline {
-                let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
-                panic!("spans of {id} never met the condition; have {names:?}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// Removes every container (`docker rm -f`), quickly; errors are ignored.
     fn remove_all_containers(&self) {
         let quick = Duration::from_secs(30);
@@ -543,6 +503,12 @@ impl TestDocker {
         for id in ids.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let _ = self.cli().run(&["rm", "-f", id], quick);
         }
+    }
+}
+
+impl Spooled for TestDocker {
+    fn spool_dir(&self) -> PathBuf {
+        self.spool()
     }
 }
 

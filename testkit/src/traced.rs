@@ -53,6 +53,56 @@ pub fn built_binary(name: &str) -> PathBuf {
     candidate
 }
 
+/// A harness whose wrappers spool spans: reading and awaiting them (the traced containerd, the
+/// private dockerd, the CRI node).
+pub trait Spooled {
+    /// The spool directory its wrappers write.
+    fn spool_dir(&self) -> PathBuf;
+
+    /// Every span in the spool now.
+    fn spans(&self) -> Vec<SpanRecord> {
+        read_spool(&self.spool_dir())
+            .map(|c| c.spans)
+            .unwrap_or_default()
+    }
+
+    /// Spans of container (or sandbox) `id`, its full id.
+    fn spans_of(&self, id: &str) -> Vec<SpanRecord> {
+        self.spans()
+            .into_iter()
+            .filter(|s| s.container_id() == Some(id))
+            .collect()
+    }
+
+    /// Waits until the spans of container `id` satisfy `done` (spans are written asynchronously by
+    /// the proxy); returns them, or panics with what was there after `timeout`.
+    fn await_spans(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&[SpanRecord]) -> bool,
+    ) -> Vec<SpanRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans_of(id);
+            if done(&spans) {
+                return spans;
+            }
+            if Instant::now() > deadline {
+                let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
+                panic!("spans of {id} never met the condition; have {names:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Spooled for Traced {
+    fn spool_dir(&self) -> PathBuf {
+        self.spool.clone()
+    }
+}
+
 /// A private containerd whose shims can be wrapped, and where the wrapper keeps its spans.
 pub struct Traced {
     pub containerd: TestContainerd,
@@ -140,41 +190,6 @@ impl Traced {
             _run_mount: run_mount,
             _dirs: dirs,
         })
-    }
-
-    /// Every span in the spool now.
-    pub fn spans(&self) -> Vec<SpanRecord> {
-        read_spool(&self.spool).map(|c| c.spans).unwrap_or_default()
-    }
-
-    /// Spans of container `id`.
-    pub fn spans_of(&self, id: &str) -> Vec<SpanRecord> {
-        self.spans()
-            .into_iter()
-            .filter(|s| s.container_id() == Some(id))
-            .collect()
-    }
-
-    /// Waits until the spans of container `id` satisfy `done` (spans are written asynchronously by
-    /// the proxy); returns them, or panics with what was there after `timeout`.
-    pub fn await_spans(
-        &self,
-        id: &str,
-        timeout: Duration,
-        done: impl Fn(&[SpanRecord]) -> bool,
-    ) -> Vec<SpanRecord> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let spans = self.spans_of(id);
-            if done(&spans) {
-                return spans;
-            }
-            if Instant::now() > deadline {
-                let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
-                panic!("spans of {id} never met the condition; have {names:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Starts `/bin/sleep 600` detached as container `id` through the wrapper; `flags` are extra

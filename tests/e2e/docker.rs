@@ -17,7 +17,7 @@ use shimtrace_testkit::containerd::ContainerdVersion;
 use shimtrace_testkit::docker::{
     DockerOptions, DockerVersion, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION,
 };
-use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for};
+use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for, Spooled};
 
 const SPANS: Duration = Duration::from_secs(15);
 /// How long processes and sockets may take to go once Docker says a container is gone.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use shimtrace_span::{attr, names, SpanRecord};
 use shimtrace_testkit::containerd::TestContainerd;
 use shimtrace_testkit::traced::{
-    alive, assert_runtime, has_method, is_method, pids_with_cmdline, wait_for, Traced,
+    alive, assert_runtime, has_method, is_method, pids_with_cmdline, wait_for, Spooled, Traced,
     TracedOptions,
 };
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shimtrace_containerd::{Containerd, RunSpec, RuncOptions};
 use shimtrace_span::{attr, names};
-use shimtrace_testkit::traced::{assert_runtime, has_method, Traced, TRACED_RUNC};
+use shimtrace_testkit::traced::{assert_runtime, has_method, Spooled, Traced, TRACED_RUNC};
 
 fn gvisor_through_wrapper(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
