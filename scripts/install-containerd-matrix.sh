@@ -15,15 +15,11 @@ readonly PREFIX="${SHIMTRACE_CONTAINERD_PREFIX:-/opt/shimtrace/containerd}"
 # The versions the tests were written against; another version in the suite is used with a warning.
 readonly WANT_TRIXIE="1.7.24"
 readonly WANT_SID="2.1.9"
-readonly APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
 
-export DEBIAN_FRONTEND=noninteractive
-
-log() { printf 'install-containerd-matrix: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-[[ $(id -u) -eq 0 ]] || die "must run as root (it installs apt packages and writes /etc/apt and $PREFIX)"
-command -v apt-get >/dev/null || die "apt-get not found: this script is for Debian bookworm"
+readonly SCRIPT_NAME=install-containerd-matrix
+# shellcheck source=scripts/lib/apt-unpack.sh
+source "$(dirname "$0")/lib/apt-unpack.sh"
+require_root_and_apt "installs apt packages and writes /etc/apt and $PREFIX"
 
 verify=false
 rust_runc_shim=false
@@ -129,35 +125,17 @@ upstream_version() { local v="${1#*:}"; v="${v%%-*}"; printf '%s\n' "${v%%[~+]*}
 
 # Downloads containerd from SUITE and unpacks it into $PREFIX/<upstream version>; prints that dir.
 unpack_containerd() {
-    local suite="$1" want="$2" candidates debver="" upstream dir tmp
+    local suite="$1" want="$2" candidates debver upstream dir
     # All versions apt knows from this suite; prefer the one the tests were written against.
     candidates="$(apt-cache madison containerd | awk -F' [|] ' -v suite="$suite" 'index($3, " " suite "/") {print $2}')"
-    while read -r v; do
-        [[ -n $v ]] || continue
-        if [[ $(upstream_version "$v") == "$want" ]]; then debver="$v"; break; fi
-    done <<<"$candidates"
-    if [[ -z $debver ]]; then
-        debver="$(head -n1 <<<"$candidates")"
-        [[ -n $debver ]] || die "apt knows no containerd in $suite; run 'apt-get update' and check /etc/apt/sources.list.d/shimtrace-$suite.sources"
-        log "warning: $suite has containerd $debver, not $want; the tests expect $want"
-    fi
+    debver="$(pick_version containerd "$suite" "$want" "$candidates")" || exit 1
     upstream="$(upstream_version "$debver")"
     dir="$PREFIX/$upstream"
     if [[ -x $dir/usr/bin/containerd && -f $dir/DEBIAN-VERSION && $(cat "$dir/DEBIAN-VERSION") == "$debver" ]]; then
         printf '%s\n' "$dir"
         return 0
     fi
-    tmp="$(mktemp -d)"
-    # `_apt` downloads into the current directory and must be able to write there.
-    chown _apt "$tmp" 2>/dev/null || chmod 777 "$tmp"
-    (cd "$tmp" && apt-get "${APT_LOCK_WAIT[@]}" download -qq "containerd=$debver" >/dev/null) \
-        || die "apt-get download containerd=$debver failed"
-    rm -rf "$dir.partial"
-    mkdir -p "$dir.partial"
-    dpkg -x "$tmp"/containerd_*.deb "$dir.partial"
-    printf '%s\n' "$debver" >"$dir.partial/DEBIAN-VERSION"
-    rm -rf "$tmp" "$dir"
-    mv "$dir.partial" "$dir"
+    unpack_debs "$dir" "$debver" "containerd=$debver"
     printf '%s\n' "$dir"
 }
 

@@ -15,15 +15,11 @@ readonly PREFIX="${SHIMTRACE_DOCKER_PREFIX:-/opt/shimtrace/docker}"
 # The versions the tests were written against; another version in the suite is used with a warning.
 readonly WANT_TRIXIE="26.1.5"
 readonly WANT_SID="28.5.2"
-readonly APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
 
-export DEBIAN_FRONTEND=noninteractive
-
-log() { printf 'install-docker: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-[[ $(id -u) -eq 0 ]] || die "must run as root (it writes $PREFIX and may add apt sources)"
-command -v apt-get >/dev/null || die "apt-get not found: this script is for Debian bookworm"
+readonly SCRIPT_NAME=install-docker
+# shellcheck source=scripts/lib/apt-unpack.sh
+source scripts/lib/apt-unpack.sh
+require_root_and_apt "writes $PREFIX and may add apt sources"
 
 for arg in "$@"; do
     case "$arg" in
@@ -58,17 +54,8 @@ upstream_version() { local v="${1#*:}"; v="${v%-*}"; printf '%s\n' "${v%%[~+]*}"
 # Downloads docker.io and docker-cli from SUITE and unpacks both into $PREFIX/<upstream version>;
 # prints that dir.
 unpack_docker() {
-    local suite="$1" want="$2" candidates debver="" cli_debver upstream dir tmp
-    candidates="$(suite_versions docker.io "$suite")"
-    while read -r v; do
-        [[ -n $v ]] || continue
-        if [[ $(upstream_version "$v") == "$want" ]]; then debver="$v"; break; fi
-    done <<<"$candidates"
-    if [[ -z $debver ]]; then
-        debver="$(head -n1 <<<"$candidates")"
-        [[ -n $debver ]] || die "apt knows no docker.io in $suite; run 'apt-get update' and check /etc/apt/sources.list.d/shimtrace-$suite.sources"
-        log "warning: $suite has docker.io $debver, not $want; the tests expect $want"
-    fi
+    local suite="$1" want="$2" debver cli_debver upstream dir
+    debver="$(pick_version docker.io "$suite" "$want" "$(suite_versions docker.io "$suite")")" || exit 1
     # The client is built from the same source package; take the same version when it exists.
     cli_debver="$(suite_versions docker-cli "$suite" | grep -Fx -- "$debver" || true)"
     [[ -n $cli_debver ]] || cli_debver="$(suite_versions docker-cli "$suite" | head -n1)"
@@ -80,20 +67,9 @@ unpack_docker() {
         printf '%s\n' "$dir"
         return 0
     fi
-    tmp="$(mktemp -d)"
-    # `_apt` downloads into the current directory and must be able to write there.
-    chown _apt "$tmp" 2>/dev/null || chmod 777 "$tmp"
     log "unpacking docker.io $debver and docker-cli $cli_debver from $suite into $dir"
-    (cd "$tmp" && apt-get "${APT_LOCK_WAIT[@]}" download -qq "docker.io=$debver" "docker-cli=$cli_debver" >/dev/null) \
-        || die "apt-get download docker.io=$debver docker-cli=$cli_debver failed"
-    rm -rf "$dir.partial"
-    mkdir -p "$dir.partial"
-    dpkg -x "$tmp"/docker.io_*.deb "$dir.partial"
-    dpkg -x "$tmp"/docker-cli_*.deb "$dir.partial"
     # Unpacked for its binaries only: the service files, init scripts and completions stay unused.
-    printf '%s\n' "$debver" >"$dir.partial/DEBIAN-VERSION"
-    rm -rf "$tmp" "$dir"
-    mv "$dir.partial" "$dir"
+    unpack_debs "$dir" "$debver" "docker.io=$debver" "docker-cli=$cli_debver"
     printf '%s\n' "$dir"
 }
 
