@@ -36,7 +36,7 @@ use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
 
 use shimtrace_span::naming::{find_in_path, which, ShimName, WRAPPER_BINARY};
 
-use crate::private::{config_version_for_major, version_triple, ContainerdBinary};
+use crate::private::{config_version_for_major, table_at, version_triple, ContainerdBinary};
 
 /// The comment above every table install adds.
 pub const MARKER: &str =
@@ -304,22 +304,6 @@ pub fn cri_runtimes_path(config_version: u32) -> [&'static str; 4] {
         "containerd",
         "runtimes",
     ]
-}
-
-fn table_at<'a>(doc: &'a mut Table, path: &[&str]) -> &'a mut Table {
-    let mut table = doc;
-    for key in path {
-        let item = table.entry(key).or_insert_with(|| {
-            let mut t = Table::new();
-            t.set_implicit(true);
-            Item::Table(t)
-        });
-        if !item.is_table() {
-            *item = Item::Table(Table::new());
-        }
-        table = item.as_table_mut().expect("just made a table");
-    }
-    table
 }
 
 fn get_at<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Item> {

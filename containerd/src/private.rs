@@ -141,6 +141,28 @@ impl ContainerdBinary {
     }
 }
 
+/// The table at `path` below `doc` (`["plugins", "…cri…"]`), made (implicit, so that only its
+/// leaves print) where missing, and replacing a non-table item in its way.
+pub(crate) fn table_at<'a>(
+    doc: &'a mut toml_edit::Table,
+    path: &[&str],
+) -> &'a mut toml_edit::Table {
+    use toml_edit::{Item, Table};
+    let mut table = doc;
+    for key in path {
+        let item = table.entry(key).or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        if !item.is_table() {
+            *item = Item::Table(Table::new());
+        }
+        table = item.as_table_mut().expect("just made a table");
+    }
+    table
+}
+
 /// A containerd version as numbers (`"1.7.24"` → `(1, 7, 24)`); missing parts are 0.
 pub fn version_triple(version: &str) -> (u32, u32, u32) {
     let mut parts = version
@@ -266,7 +288,7 @@ pub fn make_private(
     config_version: u32,
     cri: Option<&CriSettings>,
 ) -> Result<String, PrivateError> {
-    use toml_edit::{value, Array, DocumentMut, Item, Table};
+    use toml_edit::{value, Array, DocumentMut, Item};
     let mut doc: DocumentMut = existing.parse().map_err(|e: toml_edit::TomlError| {
         PrivateError::io("parsing the containerd config to make private")(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -284,24 +306,9 @@ pub fn make_private(
     let path_value = |p: PathBuf| value(p.display().to_string());
     doc.insert("root", path_value(root_dir(dir)));
     doc.insert("state", path_value(state_dir(dir)));
-    fn table<'a>(doc: &'a mut Table, keys: &[&str]) -> &'a mut Table {
-        let mut table = doc;
-        for key in keys {
-            let item = table.entry(key).or_insert_with(|| {
-                let mut t = Table::new();
-                t.set_implicit(true);
-                Item::Table(t)
-            });
-            if !item.is_table() {
-                *item = Item::Table(Table::new());
-            }
-            table = item.as_table_mut().expect("just made a table");
-        }
-        table
-    }
     let root = doc.as_table_mut();
-    table(root, &["grpc"]).insert("address", path_value(address(dir)));
-    table(root, &["ttrpc"]).insert("address", path_value(ttrpc_address(dir)));
+    table_at(root, &["grpc"]).insert("address", path_value(address(dir)));
+    table_at(root, &["ttrpc"]).insert("address", path_value(ttrpc_address(dir)));
     if let Some(opt) = root
         .get_mut("plugins")
         .and_then(Item::as_table_like_mut)
@@ -336,24 +343,25 @@ pub fn make_private(
     }
     let cni_dir = path_value(dir.join("cni"));
     if schema >= 3 {
-        table(
+        table_at(
             root,
             &["plugins", "io.containerd.cri.v1.images", "pinned_images"],
         )
         .insert("sandbox", value(&cri.sandbox_image));
-        let runtime = table(root, &["plugins", "io.containerd.cri.v1.runtime"]);
+        let runtime = table_at(root, &["plugins", "io.containerd.cri.v1.runtime"]);
         runtime.insert("restrict_oom_score_adj", value(true));
-        table(root, &["plugins", "io.containerd.cri.v1.runtime", "cni"])
+        table_at(root, &["plugins", "io.containerd.cri.v1.runtime", "cni"])
             .insert("conf_dir", cni_dir);
         // Enabled by default on 2.x; every instance listening on /var/run/nri/nri.sock would take
         // it from the others.
-        table(root, &["plugins", "io.containerd.nri.v1.nri"])
+        table_at(root, &["plugins", "io.containerd.nri.v1.nri"])
             .insert("socket_path", path_value(dir.join("nri.sock")));
     } else {
-        let plugin = table(root, &["plugins", "io.containerd.grpc.v1.cri"]);
+        let plugin = table_at(root, &["plugins", "io.containerd.grpc.v1.cri"]);
         plugin.insert("sandbox_image", value(&cri.sandbox_image));
         plugin.insert("restrict_oom_score_adj", value(true));
-        table(root, &["plugins", "io.containerd.grpc.v1.cri", "cni"]).insert("conf_dir", cni_dir);
+        table_at(root, &["plugins", "io.containerd.grpc.v1.cri", "cni"])
+            .insert("conf_dir", cni_dir);
     }
     Ok(doc.to_string())
 }
