@@ -23,10 +23,10 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use shimtrace_span::naming::{ShimName, WRAPPER_PREFIX};
 use shimtrace_span::spool::{read_spool, DEFAULT_SPOOL_DIR};
 use shimtrace_span::SpanRecord;
 
+use crate::command::{run_with_timeout, CommandOutput, RunError};
 use crate::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
 use crate::install::{
     ensure_symlink, find_real_shims, find_wrapper, write_config_with_backup, InstallError, RealShim,
@@ -859,18 +860,7 @@ pub fn traced_runtimes(doc: &Map<String, Value>) -> Vec<(String, PathBuf)> {
 }
 
 /// One `docker` command's result.
-#[derive(Debug, Clone)]
-pub struct CliOutput {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl CliOutput {
-    pub fn success(&self) -> bool {
-        self.status.success()
-    }
-}
+pub type CliOutput = CommandOutput;
 
 /// The docker CLI, found and configured as a user's shell would (`DOCKER_HOST`, its context),
 /// unless `host` names a daemon.
@@ -907,9 +897,14 @@ impl DockerCli {
     pub fn run(&self, args: &[&str], timeout: Duration) -> Result<CliOutput, DockerError> {
         let mut command = self.command();
         command.args(args);
-        run_with_timeout(command, timeout).map_err(|problem| DockerError::Cli {
+        run_with_timeout(command, timeout).map_err(|e| DockerError::Cli {
             command: self.describe(args),
-            problem,
+            problem: match e {
+                RunError::Start(e) => {
+                    format!("cannot start it: {e} (install the docker CLI or pass --docker-cli)")
+                }
+                other => other.to_string(),
+            },
         })
     }
 
@@ -965,48 +960,6 @@ fn tempfile_dir() -> Result<PathBuf, DockerError> {
     Err(io_err("cannot create a temp dir in", &base)(
         io::Error::from(io::ErrorKind::AlreadyExists),
     ))
-}
-
-/// Runs a command with empty stdin, collecting stdout and stderr; kills it after `timeout`.
-fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<CliOutput, String> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            format!("cannot start it: {e} (install the docker CLI or pass --docker-cli)")
-        })?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no answer within {timeout:?}; it was killed"));
-            }
-            Err(e) => return Err(format!("cannot wait for it: {e}")),
-        }
-    };
-    Ok(CliOutput {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }
 
 /// How to run `install --docker --check`.

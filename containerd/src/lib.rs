@@ -7,6 +7,7 @@
 pub mod check;
 #[cfg(feature = "client")]
 mod client;
+pub mod command;
 #[cfg(feature = "cri")]
 pub mod cri;
 pub mod docker;

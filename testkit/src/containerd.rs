@@ -34,9 +34,8 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -46,6 +45,7 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+use shimtrace_containerd::command::{run_with_timeout, CommandOutput, RunError};
 use shimtrace_containerd::private::{
     config_version_for_major, major_of, ConfigSource, ContainerdBinary, PrivateConfig,
     PrivateContainerd, PrivateError,
@@ -289,23 +289,7 @@ impl Options {
 }
 
 /// Result of one `ctr` command.
-#[derive(Debug, Clone)]
-pub struct CtrOutput {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl CtrOutput {
-    pub fn success(&self) -> bool {
-        self.status.success()
-    }
-
-    /// The exit code, or `None` if ctr died from a signal.
-    pub fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
+pub type CtrOutput = CommandOutput;
 
 /// How `ctr run` treats the container it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,11 +530,13 @@ impl TestContainerd {
         let mut command = self.ctr_command();
         command.args(&args);
         run_with_timeout(command, timeout).map_err(|e| match e {
-            RunError::Timeout => HarnessError::CtrTimeout {
+            RunError::Timeout(_) => HarnessError::CtrTimeout {
                 args: args.join(" "),
                 timeout,
             },
-            RunError::Io(e) => HarnessError::io(format!("running ctr {}", args.join(" ")), e),
+            RunError::Start(e) | RunError::Wait(e) => {
+                HarnessError::io(format!("running ctr {}", args.join(" ")), e)
+            }
         })
     }
 
@@ -978,50 +964,6 @@ fn remove_namespace_leftovers(ns: &str) {
         }
         let _ = fs::remove_dir(&ns_cgroup);
     }
-}
-
-enum RunError {
-    Timeout,
-    Io(std::io::Error),
-}
-
-/// Runs a command with empty stdin, collecting stdout/stderr; kills it after `timeout`.
-fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<CtrOutput, RunError> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(RunError::Io)?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(RunError::Io)? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(RunError::Timeout);
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    Ok(CtrOutput {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }
 
 fn tail(text: &str, lines: usize) -> String {
