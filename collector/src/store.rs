@@ -366,27 +366,22 @@ impl Store {
     }
 
     pub fn span_count(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM spans", [], |r| r.get::<_, i64>(0))? as u64)
+        self.number("SELECT COUNT(*) FROM spans")
     }
 
     /// Spans the shims reported dropped, over everything ingested.
     pub fn dropped_total(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COALESCE(SUM(count), 0) FROM dropped", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        self.number("SELECT COALESCE(SUM(count), 0) FROM dropped")
     }
 
     /// The highest ingest sequence number (0 when empty).
     pub fn max_seq(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM spans", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        self.number("SELECT COALESCE(MAX(seq), 0) FROM spans")
+    }
+
+    /// The one number `sql` selects.
+    fn number(&self, sql: &str) -> Result<u64> {
+        Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Runs `sql`, which selects `seq, record`, and parses the records.
