@@ -586,45 +586,40 @@ mod tests {
 
     use shimtrace_span::env::from_pairs as env;
 
+    /// The export configuration `overrides` and the variables `vars` resolve to (export asked).
+    fn resolved(overrides: &ExportOverrides, vars: &[(&str, &str)]) -> ExportConfig {
+        ExportConfig::resolve(overrides, env(vars), true)
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
     fn endpoints_resolve_like_the_otel_spec() {
         let none = ExportOverrides::default();
-        let c = ExportConfig::resolve(
-            &none,
-            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318/")]),
-            true,
-        )
-        .unwrap()
-        .unwrap();
+        let c = resolved(&none, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318/")]);
         assert_eq!(
             (c.protocol, c.endpoint.as_str()),
             (Protocol::HttpProtobuf, "http://h:4318/v1/traces")
         );
-        let c = ExportConfig::resolve(
+        let c = resolved(
             &none,
-            env(&[
+            &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4317"),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ]),
-            true,
-        )
-        .unwrap()
-        .unwrap();
+            ],
+        );
         assert_eq!(
             (c.protocol, c.endpoint.as_str()),
             (Protocol::Grpc, "http://h:4317")
         );
-        let c = ExportConfig::resolve(
+        let c = resolved(
             &none,
-            env(&[
+            &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a"),
                 ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b/custom"),
                 ("OTEL_SERVICE_NAME", "svc"),
-            ]),
-            true,
-        )
-        .unwrap()
-        .unwrap();
+            ],
+        );
         assert_eq!(
             (c.endpoint.as_str(), c.service_name.as_str()),
             ("http://b/custom", "svc")
@@ -634,13 +629,10 @@ mod tests {
             protocol: Some("grpc".into()),
             service_name: None,
         };
-        let c = ExportConfig::resolve(
+        let c = resolved(
             &flags,
-            env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b")]),
-            true,
-        )
-        .unwrap()
-        .unwrap();
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b")],
+        );
         assert_eq!(c.endpoint, "http://flag:4317");
         assert!(ExportConfig::resolve(&none, env(&[]), true)
             .unwrap()
