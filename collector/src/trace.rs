@@ -605,25 +605,25 @@ pub(crate) mod tests {
         );
     }
 
+    /// How long `trace`'s phase `phase` took.
+    fn phase_nanos(trace: &Trace, phase: Phase) -> u64 {
+        trace
+            .phases()
+            .into_iter()
+            .find(|p| p.phase == phase)
+            .unwrap()
+            .duration_nanos()
+    }
+
     #[test]
     fn to_exit_falls_back_to_wait_then_delete() {
         let mut spans = container_trace(TraceId([1; 16]), "c1");
         spans.iter_mut().for_each(|s| s.events.clear());
         let trace = Trace::group(spans.clone()).remove(0);
-        let to_exit = trace
-            .phases()
-            .into_iter()
-            .find(|p| p.phase == Phase::ToExit)
-            .unwrap();
-        assert_eq!(to_exit.duration_nanos(), 90 * 1_000_000);
+        assert_eq!(phase_nanos(&trace, Phase::ToExit), 90 * 1_000_000);
         spans.retain(|s| !s.name.ends_with("/Wait"));
         let trace = Trace::group(spans).remove(0);
-        let to_exit = trace
-            .phases()
-            .into_iter()
-            .find(|p| p.phase == Phase::ToExit)
-            .unwrap();
-        assert_eq!(to_exit.duration_nanos(), 100 * 1_000_000);
+        assert_eq!(phase_nanos(&trace, Phase::ToExit), 100 * 1_000_000);
     }
 
     #[test]
@@ -643,12 +643,7 @@ pub(crate) mod tests {
             .insert(attr::CONTAINERD_EXEC_ID.into(), "sh".into());
         spans.push(exec_start);
         let trace = Trace::group(spans).remove(0);
-        let start = trace
-            .phases()
-            .into_iter()
-            .find(|p| p.phase == Phase::Start)
-            .unwrap();
-        assert_eq!(start.duration_nanos(), 5 * 1_000_000);
+        assert_eq!(phase_nanos(&trace, Phase::Start), 5 * 1_000_000);
     }
 
     #[test]
