@@ -1353,6 +1353,13 @@ mod tests {
         );
     }
 
+    /// [`fake_shims`] and an empty wrapper binary beside them.
+    fn fake_shims_and_wrapper(dir: &Path) -> (OsString, PathBuf) {
+        let wrapper = dir.join("containerd-shim-traced-v2");
+        fs::write(&wrapper, "").unwrap();
+        (fake_shims(dir), wrapper)
+    }
+
     fn fake_shims(dir: &Path) -> OsString {
         let bin = dir.join("sys");
         fs::create_dir_all(&bin).unwrap();
@@ -1367,9 +1374,7 @@ mod tests {
     #[test]
     fn install_then_uninstall_leaves_everything_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let shim_path = fake_shims(dir.path());
-        let wrapper = dir.path().join("containerd-shim-traced-v2");
-        fs::write(&wrapper, "").unwrap();
+        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
         let bin = dir.path().join("local/bin");
         fs::create_dir_all(&bin).unwrap();
         let config = dir.path().join("docker/daemon.json");
@@ -1458,9 +1463,7 @@ mod tests {
     #[test]
     fn a_daemon_json_install_created_is_removed_by_uninstall() {
         let dir = tempfile::tempdir().unwrap();
-        let shim_path = fake_shims(dir.path());
-        let wrapper = dir.path().join("containerd-shim-traced-v2");
-        fs::write(&wrapper, "").unwrap();
+        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
         let config = dir.path().join("daemon.json");
         let opts = DockerInstall {
             config: config.clone(),
@@ -1482,9 +1485,7 @@ mod tests {
     #[test]
     fn without_write_nothing_is_touched_and_a_foreign_script_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let shim_path = fake_shims(dir.path());
-        let wrapper = dir.path().join("containerd-shim-traced-v2");
-        fs::write(&wrapper, "").unwrap();
+        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin).unwrap();
         let config = dir.path().join("daemon.json");
