@@ -15,7 +15,7 @@ use containerd_shim_protos::shim::events::ForwardRequest;
 use protobuf::Message;
 
 use crate::identity::Ready;
-use crate::tap::TapContext;
+use crate::tap::{non_empty, TapContext};
 use shimtrace_span::{
     attr, AttributeValue, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus,
     TraceContext, TraceId,
@@ -35,10 +35,6 @@ pub struct TaskEventInfo {
     pub exit_status: Option<u32>,
 }
 
-fn some(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
-}
-
 /// Decodes the task event in an envelope by its topic; other topics give nothing.
 pub fn decode_task_event(topic: &str, event: &Any) -> TaskEventInfo {
     let bytes = event.value.as_slice();
@@ -51,49 +47,49 @@ pub fn decode_task_event(topic: &str, event: &Any) -> TaskEventInfo {
     }
     match topic {
         "/tasks/create" => decode!(task::TaskCreate, |e| TaskEventInfo {
-            container_id: some(&e.container_id),
+            container_id: non_empty(&e.container_id),
             pid: Some(e.pid),
             ..Default::default()
         }),
         "/tasks/start" => decode!(task::TaskStart, |e| TaskEventInfo {
-            container_id: some(&e.container_id),
+            container_id: non_empty(&e.container_id),
             pid: Some(e.pid),
             ..Default::default()
         }),
         "/tasks/exit" => decode!(task::TaskExit, |e| TaskEventInfo {
             // TaskExit.id is the exec id, or the container id for the init process.
-            exec_id: some(&e.id).filter(|id| *id != e.container_id),
-            container_id: some(&e.container_id),
+            exec_id: non_empty(&e.id).filter(|id| *id != e.container_id),
+            container_id: non_empty(&e.container_id),
             pid: Some(e.pid),
             exit_status: Some(e.exit_status),
         }),
         "/tasks/delete" => decode!(task::TaskDelete, |e| TaskEventInfo {
-            exec_id: some(&e.id).filter(|id| *id != e.container_id),
-            container_id: some(&e.container_id),
+            exec_id: non_empty(&e.id).filter(|id| *id != e.container_id),
+            container_id: non_empty(&e.container_id),
             pid: Some(e.pid),
             exit_status: Some(e.exit_status),
         }),
         "/tasks/oom" => decode!(task::TaskOOM, |e| TaskEventInfo {
-            container_id: some(&e.container_id),
+            container_id: non_empty(&e.container_id),
             ..Default::default()
         }),
         "/tasks/exec-added" => decode!(task::TaskExecAdded, |e| TaskEventInfo {
-            container_id: some(&e.container_id),
-            exec_id: some(&e.exec_id),
+            container_id: non_empty(&e.container_id),
+            exec_id: non_empty(&e.exec_id),
             ..Default::default()
         }),
         "/tasks/exec-started" => decode!(task::TaskExecStarted, |e| TaskEventInfo {
-            container_id: some(&e.container_id),
-            exec_id: some(&e.exec_id),
+            container_id: non_empty(&e.container_id),
+            exec_id: non_empty(&e.exec_id),
             pid: Some(e.pid),
             ..Default::default()
         }),
         "/tasks/paused" => decode!(task::TaskPaused, |e| TaskEventInfo {
-            container_id: some(&e.container_id),
+            container_id: non_empty(&e.container_id),
             ..Default::default()
         }),
         "/tasks/resumed" => decode!(task::TaskResumed, |e| TaskEventInfo {
-            container_id: some(&e.container_id),
+            container_id: non_empty(&e.container_id),
             ..Default::default()
         }),
         _ => TaskEventInfo::default(),

@@ -215,7 +215,8 @@ pub struct TaskRequestInfo {
     pub signal: Option<u32>,
 }
 
-fn non_empty(s: &str) -> Option<String> {
+/// `s` unless it is empty (protobuf's "not set" for a string).
+pub(crate) fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
