@@ -20,6 +20,20 @@ fn span<'a>(spans: &'a [SpanRecord], method: &str) -> &'a SpanRecord {
 }
 
 /// The attributes every proxied call carries.
+/// Container `id`'s spans once they hold a `method` call and the wrapper's `start`, and that
+/// `start` span.
+fn spans_with_start(traced: &Traced, id: &str, method: &str) -> (Vec<SpanRecord>, SpanRecord) {
+    let spans = traced.await_spans(id, SPANS, |s| {
+        has_method(s, method) && s.iter().any(|x| x.name == names::WRAPPER_START)
+    });
+    let start = spans
+        .iter()
+        .find(|s| s.name == names::WRAPPER_START)
+        .unwrap()
+        .clone();
+    (spans, start)
+}
+
 fn assert_call_attributes(traced: &Traced, span: &SpanRecord, id: &str) {
     assert_eq!(span.attr_str(attr::RPC_SYSTEM), Some("ttrpc"), "{span:?}");
     assert!(span
@@ -56,13 +70,7 @@ fn run_exit_codes(version: &str) {
         .unwrap();
     assert_eq!(out.code(), Some(3), "{out:?}");
 
-    let spans = traced.await_spans("three", SPANS, |s| {
-        has_method(s, "Delete") && s.iter().any(|s| s.name == names::WRAPPER_START)
-    });
-    let start = spans
-        .iter()
-        .find(|s| s.name == names::WRAPPER_START)
-        .unwrap();
+    let (spans, start) = spans_with_start(&traced, "three", "Delete");
     assert!(
         spans.iter().all(|s| s.trace_id == start.trace_id),
         "one trace"
@@ -657,13 +665,7 @@ fn shim_spans_join_containerds_trace_v2_1() {
         .run_rm("joined", &traced.runtime_flags(), &["/bin/true"])
         .unwrap();
     assert!(out.success(), "{out:?}");
-    let spans = traced.await_spans("joined", SPANS, |s| {
-        has_method(s, "Create") && s.iter().any(|x| x.name == names::WRAPPER_START)
-    });
-    let root = spans
-        .iter()
-        .find(|s| s.name == names::WRAPPER_START)
-        .unwrap();
+    let (spans, root) = spans_with_start(&traced, "joined", "Create");
     let create = span(&spans, "Create");
     assert_ne!(
         create.trace_id, root.trace_id,
