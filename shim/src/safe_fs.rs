@@ -315,6 +315,15 @@ mod tests {
         std::fs::DirBuilder::new().mode(0o700).create(path).unwrap();
     }
 
+    /// A private directory `d` in a fresh temp dir, opened: the temp dir, its path, and it.
+    fn open_private_dir() -> (tempfile::TempDir, PathBuf, PrivateDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir_path = tmp.path().join("d");
+        private(&dir_path);
+        let dir = PrivateDir::open(&dir_path).unwrap();
+        (tmp, dir_path, dir)
+    }
+
     #[test]
     fn private_dirs_are_created_0700_and_existing_ones_checked() {
         let tmp = tempfile::tempdir().unwrap();
@@ -351,10 +360,7 @@ mod tests {
 
     #[test]
     fn files_open_only_as_regular_files_of_the_directory_itself() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir_path = tmp.path().join("d");
-        private(&dir_path);
-        let dir = PrivateDir::open(&dir_path).unwrap();
+        let (tmp, dir_path, dir) = open_private_dir();
 
         let mut new = dir.open_file(Path::new("new"), Access::CreateNew).unwrap();
         new.write_all(b"one").unwrap();
@@ -415,10 +421,7 @@ mod tests {
 
     #[test]
     fn rename_replaces_a_link_instead_of_writing_through_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir_path = tmp.path().join("d");
-        private(&dir_path);
-        let dir = PrivateDir::open(&dir_path).unwrap();
+        let (tmp, dir_path, dir) = open_private_dir();
         let victim = tmp.path().join("victim");
         std::fs::write(&victim, "untouched").unwrap();
         symlink(&victim, dir_path.join("target")).unwrap();
