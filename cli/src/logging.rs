@@ -45,29 +45,38 @@ mod tests {
 
     use shimtrace_span::env::from_pairs as env;
 
-    fn max_level(filter: EnvFilter) -> Option<LevelFilter> {
-        filter.max_level_hint()
+    /// The most verbose level the filter from `default` and the variables `vars` lets through.
+    fn max_level(default: LevelFilter, vars: &[(&str, &str)]) -> Option<LevelFilter> {
+        filter(default, env(vars)).max_level_hint()
     }
 
     #[test]
     fn shimtrace_log_wins_over_rust_log_and_the_default() {
-        let f = filter(
-            LevelFilter::WARN,
-            env(&[(LOG_LEVEL, "debug"), ("RUST_LOG", "error")]),
+        assert_eq!(
+            max_level(
+                LevelFilter::WARN,
+                &[(LOG_LEVEL, "debug"), ("RUST_LOG", "error")]
+            ),
+            Some(LevelFilter::DEBUG)
         );
-        assert_eq!(max_level(f), Some(LevelFilter::DEBUG));
-        let f = filter(LevelFilter::WARN, env(&[("RUST_LOG", "error")]));
-        assert_eq!(max_level(f), Some(LevelFilter::ERROR));
-        let f = filter(LevelFilter::INFO, env(&[(LOG_LEVEL, " ")]));
-        assert_eq!(max_level(f), Some(LevelFilter::INFO));
+        assert_eq!(
+            max_level(LevelFilter::WARN, &[("RUST_LOG", "error")]),
+            Some(LevelFilter::ERROR)
+        );
+        assert_eq!(
+            max_level(LevelFilter::INFO, &[(LOG_LEVEL, " ")]),
+            Some(LevelFilter::INFO)
+        );
     }
 
     #[test]
     fn a_filter_that_does_not_parse_falls_through() {
-        let f = filter(
-            LevelFilter::WARN,
-            env(&[(LOG_LEVEL, "debug=[unclosed"), ("RUST_LOG", "info")]),
+        assert_eq!(
+            max_level(
+                LevelFilter::WARN,
+                &[(LOG_LEVEL, "debug=[unclosed"), ("RUST_LOG", "info")]
+            ),
+            Some(LevelFilter::INFO)
         );
-        assert_eq!(max_level(f), Some(LevelFilter::INFO));
     }
 }
