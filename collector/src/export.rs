@@ -593,24 +593,28 @@ mod tests {
             .unwrap()
     }
 
+    /// The protocol and endpoint the variables `vars` alone resolve to.
+    fn protocol_and_endpoint(vars: &[(&str, &str)]) -> (Protocol, String) {
+        let c = resolved(&ExportOverrides::default(), vars);
+        (c.protocol, c.endpoint)
+    }
+
     #[test]
     fn endpoints_resolve_like_the_otel_spec() {
         let none = ExportOverrides::default();
-        let c = resolved(&none, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318/")]);
         assert_eq!(
-            (c.protocol, c.endpoint.as_str()),
-            (Protocol::HttpProtobuf, "http://h:4318/v1/traces")
+            protocol_and_endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318/")]),
+            (
+                Protocol::HttpProtobuf,
+                "http://h:4318/v1/traces".to_string()
+            )
         );
-        let c = resolved(
-            &none,
-            &[
+        assert_eq!(
+            protocol_and_endpoint(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4317"),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ],
-        );
-        assert_eq!(
-            (c.protocol, c.endpoint.as_str()),
-            (Protocol::Grpc, "http://h:4317")
+            ]),
+            (Protocol::Grpc, "http://h:4317".to_string())
         );
         let c = resolved(
             &none,
