@@ -26,9 +26,11 @@
 //! container's name; [`Workload::from_annotations`] is where a Docker name would be read if moby
 //! ever adds one. Docker containers still carry their runtime identity.
 //!
-//! The proxy learns a container's identity at `Create`, on the spool's writer thread (never on the
-//! forwarding path), keeps it in a bounded map and writes it beside the bundle ([`SIDECAR`]), where
-//! the wrapper's `delete` and a proxy started after a containerd restart find it again.
+//! The proxy learns a container's identity at `Create`: it reads the bundle's spec before
+//! forwarding the call (the bundle of a container that exits at once may be gone a few
+//! milliseconds later) and records the rest on the spool's writer thread, in a bounded map and
+//! beside the bundle ([`SIDECAR`]), where the wrapper's `delete` and a proxy started after a
+//! containerd restart find it again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -467,9 +469,14 @@ impl IdentityRegistry {
     }
 
     /// A `Create` request (`payload`, the `CreateTaskRequest`) for container `id` is about to be
-    /// forwarded: queues the recording of its identity on the writer thread, ahead of every span
-    /// the call causes (the inner shim's `/tasks/create` event included). Costs the forwarding
-    /// thread a copy of the bundle path and the runtime options, borrowed from the frame.
+    /// forwarded: reads the workload from the bundle's spec now, and queues the recording of the
+    /// identity on the writer thread, ahead of every span the call causes (the inner shim's
+    /// `/tasks/create` event included).
+    ///
+    /// The spec is read here, on the forwarding thread, because only now is the bundle sure to
+    /// exist: the writer drains its queue every [`crate::spool::FLUSH_INTERVAL`], and a container
+    /// that exits at once (`echo`) can be deleted, bundle and all, before then. The read is one
+    /// bounded file of tens of KiB, against a `Create` that takes tens of milliseconds.
     pub fn create_seen(
         self: &Arc<Self>,
         sink: &SpanSink,
@@ -481,10 +488,12 @@ impl IdentityRegistry {
         let options = crate::wire::bytes_field(payload, CREATE_OPTIONS)
             .filter(|o| o.len() <= MAX_OPTIONS_COPY)
             .map(<[u8]>::to_vec);
+        let workload = self.workload_of(namespace, id);
         sink.emit_deferred(Box::new(CreateSeen {
             registry: self.clone(),
             namespace: namespace.to_string(),
             id: id.to_string(),
+            workload,
             bundle: crate::wire::string_field(payload, CREATE_BUNDLE)
                 .filter(|b| !b.is_empty())
                 .map(PathBuf::from),
@@ -505,6 +514,28 @@ impl IdentityRegistry {
         options: Option<&[u8]>,
         shim: &str,
     ) {
+        let workload = self.workload_of(namespace, id);
+        self.record_created(namespace, id, claimed, options, workload, shim);
+    }
+
+    /// What the spec of container `id`'s bundle says (nothing when there is no bundle).
+    fn workload_of(&self, namespace: &str, id: &str) -> Workload {
+        self.bundle_of(namespace, id)
+            .as_deref()
+            .map(Workload::of_bundle)
+            .unwrap_or_default()
+    }
+
+    /// [`IdentityRegistry::created`], with the workload already read from the bundle.
+    fn record_created(
+        &self,
+        namespace: &str,
+        id: &str,
+        claimed: Option<&Path>,
+        options: Option<&[u8]>,
+        workload: Workload,
+        shim: &str,
+    ) {
         let bundle = self.bundle_of(namespace, id);
         if let Some(claimed) = claimed.filter(|c| Some(*c) != bundle.as_deref()) {
             tracing::debug!(
@@ -516,13 +547,7 @@ impl IdentityRegistry {
             .and_then(binary_name_in_options)
             .map(|b| Runtime::from_binary(&b))
             .unwrap_or_else(|| Runtime::from_shim(shim));
-        let identity = Identity {
-            runtime,
-            workload: bundle
-                .as_deref()
-                .map(Workload::of_bundle)
-                .unwrap_or_default(),
-        };
+        let identity = Identity { runtime, workload };
         if let Some(dir) = bundle.as_deref().filter(|d| d.is_dir()) {
             if let Err(e) = write_sidecar(dir, &identity) {
                 tracing::debug!("cannot write {SIDECAR} in {}: {e}", dir.display());
@@ -614,6 +639,7 @@ struct CreateSeen {
     registry: Arc<IdentityRegistry>,
     namespace: String,
     id: String,
+    workload: Workload,
     bundle: Option<PathBuf>,
     options: Option<Vec<u8>>,
     shim: String,
@@ -621,12 +647,22 @@ struct CreateSeen {
 
 impl DeferredSpan for CreateSeen {
     fn build(self: Box<Self>) -> Option<SpanRecord> {
-        self.registry.created(
-            &self.namespace,
-            &self.id,
-            self.bundle.as_deref(),
-            self.options.as_deref(),
-            &self.shim,
+        let CreateSeen {
+            registry,
+            namespace,
+            id,
+            workload,
+            bundle,
+            options,
+            shim,
+        } = *self;
+        registry.record_created(
+            &namespace,
+            &id,
+            bundle.as_deref(),
+            options.as_deref(),
+            workload,
+            &shim,
         );
         None
     }
@@ -930,6 +966,41 @@ mod tests {
         let recorded = read_sidecar(&bundle).expect("identity beside the bundle");
         assert_eq!(recorded.runtime.name, "runsc");
         assert_eq!(Identity::resolve(Some(&bundle), None, RUNC_SHIM), recorded);
+    }
+
+    #[test]
+    fn a_container_deleted_before_the_writer_runs_keeps_its_pod() {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = root.path().join("k8s.io").join("quick");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let config = crate::spool::SpoolConfig {
+            dir: spool.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let sink = SpanSink::start(&config, "test").unwrap();
+        let registry = Arc::new(IdentityRegistry::new(Some(root.path().to_path_buf())));
+        let request = create_request("quick", &bundle, None);
+        registry.create_seen(&sink, "k8s.io", "quick", &request, RUNC_SHIM);
+        // An `echo` container: run, exited and deleted (its bundle with it) within the writer's
+        // flush interval, before the Create's span is assembled.
+        std::fs::remove_dir_all(&bundle).unwrap();
+        for method in ["Create", "Start", "Delete"] {
+            let name = format!("containerd.task.v3.Task/{method}");
+            sink.emit_deferred(registry.annotating(Ready(span_of("k8s.io", "quick", &name))));
+        }
+        sink.shutdown(Duration::from_secs(5));
+        let spans = read_spool(spool.path()).unwrap().spans;
+        assert_eq!(spans.len(), 3);
+        for span in &spans {
+            assert_eq!(
+                span.attr_str(attr::K8S_POD_NAME),
+                Some("shop-7d9f"),
+                "{span:?}"
+            );
+            assert_eq!(span.attr_str(attr::K8S_CONTAINER_NAME), Some("web"));
+        }
     }
 
     #[test]
