@@ -15,8 +15,6 @@
 //! `io.containerd.kata.v2` (a shim by name). A profiles file's `runtime` is taken as the Docker
 //! runtime name.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,7 +34,7 @@ use shimtrace_span::naming::which;
 use crate::profiles::Profile;
 use crate::report::{DockerSetup, HttpResult, ProfileResult, RunRecord};
 use crate::{
-    attach_spans, export_otlp, http, http_port, log, one_line, parse_probe, relate_to_runc,
+    attach_spans, export_otlp, http_port, log, one_line, parse_probe, relate_to_runc,
     write_reports, Active, Findings, Lab, LabError,
 };
 
@@ -120,18 +118,7 @@ async fn measure_on(
         .collect();
     let is_ours = |id: &str| ids.contains(id);
     export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
-    let mut by_name: BTreeMap<String, ProfileResult> = active
-        .into_iter()
-        .map(|a| (a.profile.name.clone(), a.result))
-        .collect();
-    let skipped = std::mem::take(&mut found.report.profiles);
-    for profile in &lab.profiles {
-        if let Some(r) = by_name.remove(&profile.name) {
-            found.report.profiles.push(r);
-        } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
-            found.report.profiles.push(r.clone());
-        }
-    }
+    found.place_in_order(lab, active);
     Ok(())
 }
 
@@ -501,14 +488,7 @@ fn run_rm(
 /// Stage 4 under Docker: `--runs` rounds interleaved across the profiles, each a timed
 /// `docker run --rm` of the probe.
 fn cold_starts(lab: &Lab<'_>, target: &DockerTarget, active: &mut [Active]) {
-    let total = lab.args.runs as u64 * active.len() as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "cold start (docker run) {bar:40} {pos}/{len} {msg} [{elapsed}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::cold_start_bar(lab, active.len(), "cold start (docker run)");
     for round in 0..lab.args.runs as usize {
         for k in 0..active.len() {
             let index = (round + k) % active.len();
@@ -643,22 +623,13 @@ async fn serve_and_measure(
             return result;
         }
     }
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
-        Ok(()) => {
-            result.ready_ms = Some(ms(started.elapsed()));
-            crate::measure_requests(addr, requests, &mut result).await;
-        }
-        Err(e) => {
-            let logs = target
-                .run(&["logs", &name])
-                .map(|o| format!("{}{}", o.stdout, o.stderr))
-                .unwrap_or_default();
-            result.error = Some(one_line(&format!(
-                "server never answered: {e}; container output: {logs}"
-            )));
-        }
-    }
+    crate::await_and_measure(port, started, requests, &mut result, || async {
+        target
+            .run(&["logs", &name])
+            .map(|o| format!("{}{}", o.stdout, o.stderr))
+            .unwrap_or_default()
+    })
+    .await;
     match target.run(&["rm", "-f", &name]) {
         Ok(out) if out.success() => {}
         Ok(out) => {

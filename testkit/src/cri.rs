@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use shimtrace_containerd::cri::{ContainerSpec, Cri, CriError, Pod, PodSpec};
 use shimtrace_containerd::image::{
-    containerd_reference, import_with_ctr, write_docker_archive, CRI_NAMESPACE, SANDBOX_COMMAND,
-    SANDBOX_TAG, WORKLOAD_TAG,
+    containerd_reference, CRI_NAMESPACE, SANDBOX_COMMAND, SANDBOX_TAG, WORKLOAD_TAG,
 };
 use shimtrace_containerd::install::{install, InstallArgs, InstallOutcome};
-use shimtrace_containerd::private::{make_private, ConfigSource, CriSettings};
+use shimtrace_containerd::private::{
+    await_cri_ready, import_cri_image, make_private, ConfigSource, CriSettings, CriSetupError,
+};
 use shimtrace_span::SpanRecord;
 
 use crate::cli::parse_args;
@@ -201,20 +202,8 @@ impl CriNode {
 
     /// Waits until CRI answers ListPodSandbox (it refuses calls until it has loaded its state).
     fn await_cri_ready(&self) -> Result<(), HarnessError> {
-        let waited = Duration::from_secs(30);
-        let deadline = Instant::now() + waited;
-        loop {
-            match self.block_on(self.cri.list_pods()) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(HarnessError::Timeout {
-                        what: format!("CRI answering after a restart (last: {e})"),
-                        waited,
-                    })
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        self.block_on(await_cri_ready(&self.cri, Duration::from_secs(30)))
+            .map_err(harness_error)
     }
 
     /// The CRI client (clone it to give it a `traceparent`).
@@ -235,23 +224,18 @@ impl CriNode {
         if workload {
             images.push((WORKLOAD_TAG, vec!["/bin/sh"]));
         }
+        let ctr = c.version().ctr();
         for (tag, command) in images {
-            let archive = dir.join(format!("{}.tar", tag.replace(['/', ':'], "_")));
-            write_docker_archive(&c.rootfs(), tag, &command, &archive)?;
-            import_with_ctr(&c.version().ctr(), &c.address(), CRI_NAMESPACE, &archive)?;
-            // CRI learns of an imported image from containerd's events.
-            let reference = containerd_reference(tag);
-            let waited = Duration::from_secs(20);
-            let deadline = Instant::now() + waited;
-            while !self.block_on(self.cri.has_image(&reference))? {
-                if Instant::now() > deadline {
-                    return Err(HarnessError::Timeout {
-                        what: format!("CRI listing the imported image {reference}"),
-                        waited,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            self.block_on(import_cri_image(
+                &self.cri,
+                &ctr,
+                &c.address(),
+                &c.rootfs(),
+                tag,
+                &command,
+                &dir,
+            ))
+            .map_err(harness_error)?;
         }
         Ok(())
     }
@@ -394,6 +378,16 @@ pub fn config_default(containerd: &Path) -> Result<String, HarnessError> {
         ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The harness's error for a failed CRI set-up step.
+fn harness_error(error: CriSetupError) -> HarnessError {
+    match error {
+        CriSetupError::Image(e) => HarnessError::Image(e),
+        CriSetupError::Import(e) => HarnessError::Import(e),
+        CriSetupError::Cri(e) => HarnessError::Cri(e),
+        CriSetupError::Timeout { what, waited } => HarnessError::Timeout { what, waited },
+    }
 }
 
 fn path_string(path: &Path) -> String {
