@@ -5,6 +5,9 @@
 //! - the runc shim's `BinaryName` option (`containerd.runc.v1.Options`, field 6): in the `Create`
 //!   request (the proxy), on `start`'s stdin (the wrapper: containerd sends the same options there),
 //!   or in the `options.json` the runc shim writes into the bundle at `Create`;
+//! - else the OCI runtime the wrapper's config gives the runtime (`oci_runtime`, which the wrapper
+//!   makes the inner shim run as `runc` where `BinaryName` cannot be passed: CRI's runtime-name
+//!   form on containerd 1.6);
 //! - else the inner shim's own name: `containerd-shim-runsc-v1` → `runsc`, `containerd-shim-runc-v2`
 //!   → `runc`.
 //!
@@ -99,6 +102,8 @@ pub fn runtime_name(binary: &str) -> String {
 pub enum RuntimeSource {
     /// The runc shim's `BinaryName` option.
     BinaryName,
+    /// The `oci_runtime` of the runtime's entry in the wrapper's config.
+    Config,
     /// The inner shim's name.
     Shim,
 }
@@ -107,6 +112,7 @@ impl RuntimeSource {
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeSource::BinaryName => "binary_name",
+            RuntimeSource::Config => "config",
             RuntimeSource::Shim => "shim",
         }
     }
@@ -118,7 +124,7 @@ pub struct Runtime {
     /// `container.runtime.name`.
     pub name: String,
     pub source: RuntimeSource,
-    /// The `BinaryName` as given, when that is the source.
+    /// The binary as given, when the source names one (`BinaryName`, the config's `oci_runtime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
 }
@@ -129,6 +135,15 @@ impl Runtime {
         Runtime {
             name: runtime_name(binary),
             source: RuntimeSource::BinaryName,
+            binary: Some(binary.to_string()),
+        }
+    }
+
+    /// The runtime the wrapper's config makes the inner shim run (its `oci_runtime`).
+    pub fn from_config(binary: &str) -> Runtime {
+        Runtime {
+            name: runtime_name(binary),
+            source: RuntimeSource::Config,
             binary: Some(binary.to_string()),
         }
     }
@@ -343,8 +358,14 @@ pub struct Identity {
 impl Identity {
     /// The identity of the container in `bundle`, run by the inner shim `shim`. `binary_name` is
     /// what options at hand say (`start`'s stdin); otherwise what the proxy recorded at `Create`,
-    /// then the runc shim's `options.json`, then the shim's name.
-    pub fn resolve(bundle: Option<&Path>, binary_name: Option<&str>, shim: &str) -> Identity {
+    /// then the runc shim's `options.json`, then `oci_runtime` (the wrapper's config), then the
+    /// shim's name.
+    pub fn resolve(
+        bundle: Option<&Path>,
+        binary_name: Option<&str>,
+        oci_runtime: Option<&str>,
+        shim: &str,
+    ) -> Identity {
         let recorded = bundle.and_then(read_sidecar);
         let runtime = match (binary_name, &recorded) {
             (Some(binary), _) => Runtime::from_binary(binary),
@@ -352,7 +373,7 @@ impl Identity {
             (None, None) => bundle
                 .and_then(binary_name_in_bundle)
                 .map(|b| Runtime::from_binary(&b))
-                .unwrap_or_else(|| Runtime::from_shim(shim)),
+                .unwrap_or_else(|| configured_or_shim(oci_runtime, shim)),
         };
         let workload = match recorded {
             Some(recorded) => recorded.workload,
@@ -397,6 +418,14 @@ impl Identity {
         for span in spans {
             self.put(&mut span.attributes);
         }
+    }
+}
+
+/// The runtime the config names, else the one the shim's name says.
+fn configured_or_shim(oci_runtime: Option<&str>, shim: &str) -> Runtime {
+    match oci_runtime {
+        Some(binary) => Runtime::from_config(binary),
+        None => Runtime::from_shim(shim),
     }
 }
 
@@ -453,6 +482,9 @@ impl Generations {
 pub struct IdentityRegistry {
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
+    /// The OCI runtime the wrapper's config gives this proxy's runtime, if any: every container
+    /// whose `Create` names no `BinaryName` runs on it.
+    oci_runtime: Option<String>,
     known: Mutex<Generations>,
 }
 
@@ -460,8 +492,16 @@ impl IdentityRegistry {
     pub fn new(task_root: Option<PathBuf>) -> IdentityRegistry {
         IdentityRegistry {
             task_root,
+            oci_runtime: None,
             known: Mutex::new(Generations::default()),
         }
+    }
+
+    /// The same registry for a proxy whose inner shim runs `oci_runtime` as `runc` (see
+    /// [`crate::resolve::RuntimeConfig::oci_runtime`]).
+    pub fn with_oci_runtime(mut self, oci_runtime: Option<String>) -> IdentityRegistry {
+        self.oci_runtime = oci_runtime;
+        self
     }
 
     fn bundle_of(&self, namespace: &str, id: &str) -> Option<PathBuf> {
@@ -546,7 +586,7 @@ impl IdentityRegistry {
         let runtime = options
             .and_then(binary_name_in_options)
             .map(|b| Runtime::from_binary(&b))
-            .unwrap_or_else(|| Runtime::from_shim(shim));
+            .unwrap_or_else(|| configured_or_shim(self.oci_runtime.as_deref(), shim));
         let identity = Identity { runtime, workload };
         if let Some(dir) = bundle.as_deref().filter(|d| d.is_dir()) {
             if let Err(e) = write_sidecar(dir, &identity) {
@@ -565,7 +605,12 @@ impl IdentityRegistry {
             return found;
         }
         let bundle = self.bundle_of(namespace, id);
-        let identity = Arc::new(Identity::resolve(bundle.as_deref(), None, shim));
+        let identity = Arc::new(Identity::resolve(
+            bundle.as_deref(),
+            None,
+            self.oci_runtime.as_deref(),
+            shim,
+        ));
         if let Ok(mut known) = self.known.lock() {
             known.insert(key, identity.clone());
         }
@@ -861,7 +906,7 @@ mod tests {
         let bundle = dir.path();
         std::fs::write(bundle.join("config.json"), cri_sandbox_spec().to_string()).unwrap();
         // Nothing recorded: the shim's name, the spec's pod.
-        let first = Identity::resolve(Some(bundle), None, RUNC_SHIM);
+        let first = Identity::resolve(Some(bundle), None, None, RUNC_SHIM);
         assert_eq!(first.runtime.name, "runc");
         assert_eq!(first.workload.pod_name.as_deref(), Some("shop-7d9f"));
         // The runc shim's options.json (written at Create, read again by its `delete`).
@@ -870,7 +915,7 @@ mod tests {
             r#"{"binary_name":"/usr/bin/runsc","systemd_cgroup":true}"#,
         )
         .unwrap();
-        let runtime = Identity::resolve(Some(bundle), None, RUNC_SHIM).runtime;
+        let runtime = Identity::resolve(Some(bundle), None, None, RUNC_SHIM).runtime;
         assert_eq!(runtime, Runtime::from_binary("/usr/bin/runsc"));
         // What the proxy recorded wins over that file, options at hand over both.
         let recorded = Identity {
@@ -879,12 +924,12 @@ mod tests {
         };
         write_sidecar(bundle, &recorded).unwrap();
         assert_eq!(read_sidecar(bundle), Some(recorded.clone()));
-        assert_eq!(Identity::resolve(Some(bundle), None, RUNC_SHIM), recorded);
-        let given = Identity::resolve(Some(bundle), Some("runsc-nonet"), RUNC_SHIM);
+        assert_eq!(Identity::resolve(Some(bundle), None, None, RUNC_SHIM), recorded);
+        let given = Identity::resolve(Some(bundle), Some("runsc-nonet"), None, RUNC_SHIM);
         assert_eq!(given.runtime.name, "runsc");
         // No bundle at all: the shim.
         assert_eq!(
-            Identity::resolve(None, None, "containerd-shim-kata-v2")
+            Identity::resolve(None, None, None, "containerd-shim-kata-v2")
                 .runtime
                 .name,
             "kata"
@@ -965,7 +1010,7 @@ mod tests {
         assert_eq!(registry.remembered(), 0);
         let recorded = read_sidecar(&bundle).expect("identity beside the bundle");
         assert_eq!(recorded.runtime.name, "runsc");
-        assert_eq!(Identity::resolve(Some(&bundle), None, RUNC_SHIM), recorded);
+        assert_eq!(Identity::resolve(Some(&bundle), None, None, RUNC_SHIM), recorded);
     }
 
     #[test]
@@ -1034,6 +1079,61 @@ mod tests {
         assert_eq!(
             registry.lookup("default", "c4", RUNC_SHIM).runtime.name,
             "runsc"
+        );
+    }
+
+    /// Where `BinaryName` cannot be passed (CRI's runtime-name form on containerd 1.6), the
+    /// wrapper's config names the OCI runtime: it stands in for `BinaryName`, never over it.
+    #[test]
+    fn the_configured_oci_runtime_names_containers_without_a_binary_name() {
+        const RUNSC: &str = "/usr/local/bin/runsc-host";
+        let root = tempfile::tempdir().unwrap();
+        let bundle = root.path().join("k8s.io").join("s1");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), cri_sandbox_spec().to_string()).unwrap();
+        let registry =
+            IdentityRegistry::new(Some(root.path().to_path_buf())).with_oci_runtime(Some(RUNSC.into()));
+        // Before Create: the config, not the runc shim's name.
+        let guessed = registry.lookup("k8s.io", "s1", RUNC_SHIM);
+        assert_eq!(guessed.runtime, Runtime::from_config(RUNSC));
+        assert_eq!(guessed.runtime.name, "runsc");
+        // CRI's generic options carry no BinaryName: still the config, recorded for delete.
+        let mut generic = runc_options("/usr/bin/crun");
+        generic.type_url = "runtimeoptions.v1.Options".into();
+        let generic = generic.write_to_bytes().unwrap();
+        registry.created("k8s.io", "s1", Some(&bundle), Some(&generic), RUNC_SHIM);
+        let created = registry.lookup("k8s.io", "s1", RUNC_SHIM);
+        assert_eq!(created.runtime.source, RuntimeSource::Config);
+        assert_eq!(created.workload.pod_name.as_deref(), Some("shop-7d9f"));
+        assert_eq!(read_sidecar(&bundle).unwrap().runtime, created.runtime);
+        let mut attributes = Attributes::new();
+        created.put(&mut attributes);
+        let get = |k: &str| attributes.get(k).and_then(|v| v.as_str());
+        assert_eq!(get(attr::CONTAINER_RUNTIME_NAME), Some("runsc"));
+        assert_eq!(get(attr::RUNTIME_SOURCE), Some("config"));
+        assert_eq!(get(attr::RUNTIME_BINARY), Some(RUNSC));
+        // A BinaryName that does arrive wins.
+        let crun = runc_options("/usr/bin/crun").write_to_bytes().unwrap();
+        registry.created("k8s.io", "c2", None, Some(&crun), RUNC_SHIM);
+        let c2 = registry.lookup("k8s.io", "c2", RUNC_SHIM);
+        assert_eq!(c2.runtime, Runtime::from_binary("/usr/bin/crun"));
+
+        // The wrapper's own resolution: the config after every record, before the shim's name.
+        let plain = tempfile::tempdir().unwrap();
+        let resolved = Identity::resolve(Some(plain.path()), None, Some(RUNSC), RUNC_SHIM);
+        assert_eq!(resolved.runtime, Runtime::from_config(RUNSC));
+        std::fs::write(
+            plain.path().join(RUNC_OPTIONS_FILE),
+            r#"{"binary_name":"/usr/bin/crun"}"#,
+        )
+        .unwrap();
+        let from_file = Identity::resolve(Some(plain.path()), None, Some(RUNSC), RUNC_SHIM);
+        assert_eq!(from_file.runtime, Runtime::from_binary("/usr/bin/crun"));
+        let given = Identity::resolve(None, Some("/usr/bin/runc"), Some(RUNSC), RUNC_SHIM);
+        assert_eq!(given.runtime.name, "runc");
+        assert_eq!(
+            Identity::resolve(None, None, Some(RUNSC), RUNC_SHIM).runtime.source,
+            RuntimeSource::Config
         );
     }
 
