@@ -924,7 +924,10 @@ mod tests {
         };
         write_sidecar(bundle, &recorded).unwrap();
         assert_eq!(read_sidecar(bundle), Some(recorded.clone()));
-        assert_eq!(Identity::resolve(Some(bundle), None, None, RUNC_SHIM), recorded);
+        assert_eq!(
+            Identity::resolve(Some(bundle), None, None, RUNC_SHIM),
+            recorded
+        );
         let given = Identity::resolve(Some(bundle), Some("runsc-nonet"), None, RUNC_SHIM);
         assert_eq!(given.runtime.name, "runsc");
         // No bundle at all: the shim.
@@ -1010,7 +1013,10 @@ mod tests {
         assert_eq!(registry.remembered(), 0);
         let recorded = read_sidecar(&bundle).expect("identity beside the bundle");
         assert_eq!(recorded.runtime.name, "runsc");
-        assert_eq!(Identity::resolve(Some(&bundle), None, None, RUNC_SHIM), recorded);
+        assert_eq!(
+            Identity::resolve(Some(&bundle), None, None, RUNC_SHIM),
+            recorded
+        );
     }
 
     #[test]
@@ -1091,8 +1097,8 @@ mod tests {
         let bundle = root.path().join("k8s.io").join("s1");
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::write(bundle.join("config.json"), cri_sandbox_spec().to_string()).unwrap();
-        let registry =
-            IdentityRegistry::new(Some(root.path().to_path_buf())).with_oci_runtime(Some(RUNSC.into()));
+        let registry = IdentityRegistry::new(Some(root.path().to_path_buf()))
+            .with_oci_runtime(Some(RUNSC.into()));
         // Before Create: the config, not the runc shim's name.
         let guessed = registry.lookup("k8s.io", "s1", RUNC_SHIM);
         assert_eq!(guessed.runtime, Runtime::from_config(RUNSC));
@@ -1132,7 +1138,9 @@ mod tests {
         let given = Identity::resolve(None, Some("/usr/bin/runc"), Some(RUNSC), RUNC_SHIM);
         assert_eq!(given.runtime.name, "runc");
         assert_eq!(
-            Identity::resolve(None, None, Some(RUNSC), RUNC_SHIM).runtime.source,
+            Identity::resolve(None, None, Some(RUNSC), RUNC_SHIM)
+                .runtime
+                .source,
             RuntimeSource::Config
         );
     }

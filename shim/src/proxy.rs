@@ -737,7 +737,8 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
     let ctx = Arc::new(TapContext {
         sink,
         traces: TraceRegistry::with_identities(
-            IdentityRegistry::new(plan.task_root.clone()).with_oci_runtime(plan.oci_runtime.clone()),
+            IdentityRegistry::new(plan.task_root.clone())
+                .with_oci_runtime(plan.oci_runtime.clone()),
             plan.task_root.clone(),
         ),
         shim: Arc::new(ShimLabels {

@@ -420,7 +420,10 @@ mod tests {
         );
         let me = dir.path().join("me");
         exe(&me);
-        assert_eq!(resolve_inner(&name, &config, None, None, &me).unwrap(), inner);
+        assert_eq!(
+            resolve_inner(&name, &config, None, None, &me).unwrap(),
+            inner
+        );
         // Another runtime's entry, and none at all: no OCI runtime.
         let runc = WrapperName::from_binary_name("containerd-shim-traced-runc-v2").unwrap();
         assert_eq!(resolve_oci_runtime(&runc, &config).unwrap(), None);

@@ -351,7 +351,10 @@ mod tests {
         let link = dir.path().join("runc");
         dir.ensure_symlink(Path::new("runc"), Path::new("/usr/bin/runsc"))
             .unwrap();
-        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/usr/bin/runsc"));
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("/usr/bin/runsc")
+        );
         let before = std::fs::symlink_metadata(&link).unwrap().ino();
         // Already right: left as it is.
         dir.ensure_symlink(Path::new("runc"), Path::new("/usr/bin/runsc"))

@@ -519,10 +519,7 @@ impl Invocation {
                 .and_then(Path::parent)
                 .map(Path::to_path_buf),
             events: events.as_ref().map(|e| e.route.clone()),
-            oci_runtime: inner
-                .oci_runtime
-                .as_ref()
-                .map(|p| p.display().to_string()),
+            oci_runtime: inner.oci_runtime.as_ref().map(|p| p.display().to_string()),
         };
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
         let ensure_start = clock::now_unix_nanos();
@@ -880,7 +877,11 @@ mod tests {
         std::fs::write(&runsc, "#!/bin/sh\necho \"gvisor $*\"\n").unwrap();
         std::fs::set_permissions(&runsc, std::fs::Permissions::from_mode(0o755)).unwrap();
         let dir = oci_runtime_dir(&run_dir, &runsc).unwrap();
-        assert!(dir.starts_with(run_dir.join(OCI_LINKS)), "{}", dir.display());
+        assert!(
+            dir.starts_with(run_dir.join(OCI_LINKS)),
+            "{}",
+            dir.display()
+        );
         assert_eq!(std::fs::read_link(dir.join("runc")).unwrap(), runsc);
         for private in [&run_dir, &run_dir.join(OCI_LINKS), &dir] {
             let mode = std::fs::metadata(private).unwrap().permissions().mode() & 0o7777;
