@@ -5,8 +5,9 @@
 //! Debian's stock `/etc/containerd/config.toml`, or this version's `containerd config default`),
 //! makes it private ([`make_private`]: own root, state, sockets, CNI dir; CRI on with a local
 //! sandbox image and `restrict_oom_score_adj`), lets [`shimtrace_containerd::install::install`]
-//! write its registration into that file — wrapper links in a directory on containerd's `PATH` —
-//! and starts containerd on exactly the file install left. The sandbox image (and, unless asked
+//! write its registration into that file — wrapper links in a directory on containerd's `PATH`,
+//! entries the wrapper needs in the wrapper's config that containerd's `SHIMTRACE_CONFIG` names —
+//! and starts containerd on exactly the files install left. The sandbox image (and, unless asked
 //! not to, the busybox workload image) is built from the instance's busybox rootfs and imported
 //! into `k8s.io` with `ctr images import`. Pods run on the host network (no CNI).
 //!
@@ -133,7 +134,7 @@ impl CriNode {
         traced.extra.source = ConfigSource::Existing;
         let mut outcome = None;
         let mut before_install = String::new();
-        let traced = Traced::start_registered(version, traced, |prepared, bin| {
+        let traced = Traced::start_registered(version, traced, |prepared, bin, wrapper_config| {
             let schema = prepared.version.config_version();
             let base_text = match &base {
                 BaseConfig::Minimal => format!("version = {schema}\n"),
@@ -156,6 +157,8 @@ impl CriNode {
                     path_string(bin),
                     "--config".into(),
                     path_string(&prepared.config),
+                    "--wrapper-config".into(),
+                    path_string(wrapper_config),
                     "--containerd".into(),
                     path_string(&prepared.version.containerd()),
                     "--shim-path".into(),
