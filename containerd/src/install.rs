@@ -1218,6 +1218,20 @@ fn render_report(input: &ReportInput<'_>) -> String {
             shim.path.display()
         );
     }
+    for entry in input
+        .runtimes
+        .iter()
+        .filter_map(|r| r.wrapper_entry.as_ref())
+    {
+        let _ = writeln!(
+            r,
+            "# {} -> {} (wraps {} running {} as runc, by the wrapper config below)",
+            entry.link.display(),
+            input.wrapper.display(),
+            entry.inner.display(),
+            entry.oci_runtime.display()
+        );
+    }
     let version = input.version.unwrap_or("(version unknown)");
     let why = match (input.form, input.version, input.args.form) {
         (_, _, Some(_)) => "as asked (--form)".to_string(),
