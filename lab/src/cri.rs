@@ -243,6 +243,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
             real_runtime: RUNC_RUNTIME.into(),
             carry_options: true,
             binary_name: Some(crun.display().to_string()),
+            wrapper_entry: None,
         };
         let text = std::fs::read_to_string(&config_path).map_err(out_err(&config_path))?;
         let merged = merge_config(&text, schema, std::slice::from_ref(&entry), &config_path)?;
