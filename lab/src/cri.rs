@@ -159,6 +159,8 @@ fn write_wrapper_config(path: &Path, text: &str) -> Result<(), LabError> {
         path: path.to_path_buf(),
         source,
     };
+    // A fresh file is the lab's own, whoever owned one left here before.
+    let _ = std::fs::remove_file(path);
     std::fs::write(path, text).map_err(out)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(out)
 }
