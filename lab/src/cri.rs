@@ -170,12 +170,11 @@ fn write_wrapper_config(path: &Path, text: &str) -> Result<(), LabError> {
 /// pass, as runtime `io.containerd.traced-crun.v2`, which the wrapper config maps to the runc
 /// shim with `oci_runtime` = crun (as install registers gVisor there).
 fn crun_runtime(form: Form, bin: &Path, runc_shim: &Path, crun: &Path) -> TracedRuntime {
-    let traced_runc = bin.join(profiles::runc_shim().traced_binary());
     match form {
         Form::Path => TracedRuntime {
             handler: "traced-crun".into(),
             runtime_type: RUNC_RUNTIME.into(),
-            runtime_path: Some(traced_runc),
+            runtime_path: Some(bin.join(profiles::runc_shim().traced_binary())),
             real_runtime: RUNC_RUNTIME.into(),
             carry_options: true,
             binary_name: Some(crun.display().to_string()),
@@ -353,14 +352,15 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
     // then the runc shim of this containerd's own version.
     config.path_prepend = std::iter::once(bin.clone()).chain(containerd_bin).collect();
     log(format!(
-        "starting containerd {} with CRI ({}), handlers {}",
+        "starting containerd {} with CRI ({}), handlers {} ({})",
         binary.version(),
         binary.path().display(),
         registered
             .iter()
             .map(|r| r.handler.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        form.describe()
     ));
     let private = tokio::task::spawn_blocking(move || PrivateContainerd::start(config))
         .await
