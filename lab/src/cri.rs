@@ -2,11 +2,15 @@
 //! handlers, driven through containerd's CRI the way the kubelet drives it.
 //!
 //! The lab starts a private containerd with its CRI plugin on (the newest under
-//! `/opt/shimtrace/containerd`, else `containerd` on `PATH`, or `--containerd`; 1.7.1 or later,
-//! whose CRI passes `runtime_path` and runc's `BinaryName`) and registers the handlers with
-//! `shimtrace install --write` itself: `traced-runc`, `traced-runsc` (gVisor through the runc shim,
-//! with a generated runsc wrapper for host-network pods) and, when crun is installed,
-//! `traced-crun` (the runc shim with `BinaryName = crun`, merged the way install merges its own).
+//! `/opt/shimtrace/containerd`, else `containerd` on `PATH`, or `--containerd`) and registers the
+//! handlers with `shimtrace install --write` itself, in the form that containerd honours:
+//! `traced-runc`, `traced-runsc` (gVisor through the runc shim, with a generated runsc wrapper for
+//! host-network pods) and, when crun is installed, `traced-crun` (crun through the runc shim,
+//! merged the way install merges its own). From 1.7.1 on that is the `runtime_path` form, where
+//! runc's `BinaryName` names the OCI runtime; on 1.6.x and 1.7.0, the runtime-name form, where
+//! runc's options cannot pass, so gVisor and crun get runtime names of their own that the lab's
+//! own wrapper config (`SHIMTRACE_CONFIG` of its containerd, never the machine's
+//! `/etc/shimtrace/config.toml`) maps to the runc shim with that OCI runtime.
 //! The workload and sandbox images are built from the lab's rootfs and imported into CRI's
 //! namespace. Pods run on the host network, which needs no CNI plugin.
 //!
@@ -25,14 +29,15 @@ use shimtrace_collector::stats::ms;
 use shimtrace_containerd::cri::{ContainerSpec, ContainerState, Cri, Pod, PodSpec};
 use shimtrace_containerd::image::{containerd_reference, SANDBOX_COMMAND, SANDBOX_TAG};
 use shimtrace_containerd::install::{
-    install, merge_config, Form, InstallArgs, TracedRuntime, RUNC_RUNTIME, RUNTIME_PATH_SINCE,
+    ensure_symlink, find_real_shims, find_wrapper, install, merge_config, merge_wrapper_config,
+    Form, InstallArgs, InstallOutcome, TracedRuntime, WrapperEntry, RUNC_RUNTIME,
 };
 use shimtrace_containerd::private::{
-    await_cri_ready, ctr_beside, import_cri_image, make_private, newest_unpacked, version_triple,
-    ConfigSource, ContainerdBinary, CriSettings, PrivateConfig, PrivateContainerd, UNPACKED_PREFIX,
+    await_cri_ready, ctr_beside, import_cri_image, make_private, newest_unpacked, ConfigSource,
+    ContainerdBinary, CriSettings, PrivateConfig, PrivateContainerd, UNPACKED_PREFIX,
 };
 use shimtrace_containerd::rootfs;
-use shimtrace_span::naming::which;
+use shimtrace_span::naming::{which, ShimName};
 
 use crate::profiles::{self, Profile};
 use crate::report::{CriSetup, HttpResult, ProfileResult, RunRecord};
@@ -47,6 +52,8 @@ const WORKLOAD_TAG: &str = "local/shimtrace-lab:1";
 const POD_NAMESPACE: &str = "shimtrace-lab";
 /// How often ContainerStatus is asked while a container starts: the resolution of pod startup.
 const STATUS_POLL: Duration = Duration::from_millis(2);
+/// The lab's own wrapper config, in its work dir: its containerd's `SHIMTRACE_CONFIG`.
+const WRAPPER_CONFIG_FILE: &str = "shimtrace-config.toml";
 
 /// Where the lab's pods run: a private CRI containerd, its handlers, images and spool.
 struct CriTarget {
@@ -110,7 +117,7 @@ async fn measure_on(
 }
 
 /// The containerd for `--engine cri`: `--containerd`, else the newest unpacked one, else
-/// `containerd` on PATH; refused below 1.7.1.
+/// `containerd` on PATH. Every version runs: install picks the form it honours.
 fn choose_containerd(explicit: Option<&Path>) -> Result<ContainerdBinary, LabError> {
     let chosen = explicit
         .map(Path::to_path_buf)
@@ -124,19 +131,74 @@ fn choose_containerd(explicit: Option<&Path>) -> Result<ContainerdBinary, LabErr
     } else {
         chosen
     };
-    let binary = ContainerdBinary::probe(&resolved)
-        .map_err(|e| cri_error("the containerd for --engine cri")(&e))?;
-    if version_triple(binary.version()) < RUNTIME_PATH_SINCE {
-        return Err(LabError::Cri(format!(
-            "--engine cri needs containerd 1.7.1 or later, and {} is {}: older CRI plugins never \
-             pass `runtime_path`, so gVisor through the runc shim (runc's BinaryName) cannot be \
-             registered there. Unpack a newer one under {UNPACKED_PREFIX} \
-             (scripts/install-containerd-matrix.sh installs 1.7.24 and 2.1.9) or pass --containerd",
-            binary.path().display(),
-            binary.version()
-        )));
+    ContainerdBinary::probe(&resolved).map_err(|e| cri_error("the containerd for --engine cri")(&e))
+}
+
+/// The registration form install wrote, why it suits this containerd and what it costs, in
+/// install's own words (its report's form line and `costs:` line).
+fn form_summary(outcome: &InstallOutcome) -> String {
+    let mut summary = outcome.form.describe().to_string();
+    for line in outcome.report.lines() {
+        if let Some((_, why)) = line
+            .strip_prefix("# containerd ")
+            .and_then(|rest| rest.split_once(" — "))
+        {
+            summary.push_str(&format!(": {why}"));
+        } else if let Some(costs) = line.strip_prefix("#   costs: ") {
+            summary.push_str(&format!("; costs: {costs}"));
+        }
     }
-    Ok(binary)
+    summary
+}
+
+/// Writes the lab's wrapper config as the wrapper accepts it (root's, mode 0644: it names the
+/// binaries the wrapper runs).
+fn write_wrapper_config(path: &Path, text: &str) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    let out = |source| LabError::Out {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A fresh file is the lab's own, whoever owned one left here before.
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, text).map_err(out)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(out)
+}
+
+/// The `traced-crun` handler: crun has no shim of its own, so the runc shim runs it as its OCI
+/// runtime — by `BinaryName` in the path form; in the name form, where runc's options cannot
+/// pass, as runtime `io.containerd.traced-crun.v2`, which the wrapper config maps to the runc
+/// shim with `oci_runtime` = crun (as install registers gVisor there).
+fn crun_runtime(form: Form, bin: &Path, runc_shim: &Path, crun: &Path) -> TracedRuntime {
+    match form {
+        Form::Path => TracedRuntime {
+            handler: "traced-crun".into(),
+            runtime_type: RUNC_RUNTIME.into(),
+            runtime_path: Some(bin.join(profiles::runc_shim().traced_binary())),
+            real_runtime: RUNC_RUNTIME.into(),
+            carry_options: true,
+            binary_name: Some(crun.display().to_string()),
+            wrapper_entry: None,
+        },
+        Form::Name => {
+            let shim = ShimName {
+                inner: "crun".into(),
+                version: profiles::runc_shim().version,
+            };
+            let link = bin.join(shim.traced_binary());
+            let mut entry = TracedRuntime::for_shim("traced-crun".into(), &shim, &link, form);
+            // Its settings come from the runc entry, whose options cannot pass in this form.
+            entry.real_runtime = RUNC_RUNTIME.into();
+            entry.carry_options = false;
+            entry.wrapper_entry = Some(WrapperEntry {
+                runtime: shim.traced_runtime(),
+                link,
+                inner: runc_shim.to_path_buf(),
+                oci_runtime: crun.to_path_buf(),
+            });
+            entry
+        }
+    }
 }
 
 /// `shimtrace install` arguments parsed as the CLI parses them.
@@ -187,6 +249,10 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
     let _ = std::fs::remove_dir_all(&spool_dir);
     let logs = lab.work.join("pods");
     let _ = std::fs::remove_dir_all(&logs);
+    // The lab's own wrapper config, fresh each run: the machine's /etc/shimtrace/config.toml must
+    // not redirect the lab's wrappers, nor get the lab's entries.
+    let wrapper_config = lab.work.join(WRAPPER_CONFIG_FILE);
+    write_wrapper_config(&wrapper_config, "")?;
 
     let cri_settings = CriSettings {
         sandbox_image: containerd_reference(SANDBOX_TAG),
@@ -217,9 +283,9 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
         "--containerd".into(),
         binary.path().into(),
         "--shim-path".into(),
-        shim_path,
-        "--form".into(),
-        "path".into(),
+        shim_path.clone(),
+        "--wrapper-config".into(),
+        wrapper_config.clone().into(),
         "--write".into(),
     ];
     if let Some(wrapper) = &args.wrapper {
@@ -232,22 +298,30 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
     }
     let install_args = parse_install_args(argv)?;
     let outcome = tokio::task::block_in_place(|| install(&install_args))?;
+    let form = outcome.form;
     let mut registered = outcome.runtimes.clone();
-    if let Some(crun) = which("crun") {
-        // crun has no shim of its own: the runc shim runs it as its OCI binary, as gVisor's
-        // handler does with runsc, merged the way install merges its entries.
-        let entry = TracedRuntime {
-            handler: "traced-crun".into(),
-            runtime_type: RUNC_RUNTIME.into(),
-            runtime_path: Some(bin.join(profiles::runc_shim().traced_binary())),
-            real_runtime: RUNC_RUNTIME.into(),
-            carry_options: true,
-            binary_name: Some(crun.display().to_string()),
-            wrapper_entry: None,
-        };
+    let runc_shim = find_real_shims(&shim_path)
+        .into_iter()
+        .find(|s| s.name == profiles::runc_shim())
+        .map(|s| s.path);
+    if let (Some(crun), Some(runc_shim)) = (which("crun"), runc_shim) {
+        let entry = crun_runtime(form, &bin, &runc_shim, &crun);
         let text = std::fs::read_to_string(&config_path).map_err(out_err(&config_path))?;
         let merged = merge_config(&text, schema, std::slice::from_ref(&entry), &config_path)?;
         std::fs::write(&config_path, merged.text).map_err(out_err(&config_path))?;
+        if let Some(wrapper_entry) = &entry.wrapper_entry {
+            let wrapper = find_wrapper(args.wrapper.as_deref())?;
+            ensure_symlink(&wrapper_entry.link, &wrapper)?;
+            let text =
+                std::fs::read_to_string(&wrapper_config).map_err(out_err(&wrapper_config))?;
+            let (text, _, _) = merge_wrapper_config(
+                &text,
+                std::slice::from_ref(wrapper_entry),
+                &[],
+                &wrapper_config,
+            )?;
+            write_wrapper_config(&wrapper_config, &text)?;
+        }
         registered.push(entry);
     }
     let handlers: BTreeMap<String, TracedRuntime> = lab
@@ -264,21 +338,29 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
     config.binary = binary.path().to_path_buf();
     config.source = ConfigSource::Existing;
     config.stop_timeout = Duration::from_secs(10);
-    config.env = vec![(
-        shimtrace_span::env::SPOOL_DIR.into(),
-        spool_dir.clone().into_os_string(),
-    )];
-    // The wrapper links first, then the runc shim of this containerd's own version.
+    config.env = vec![
+        (
+            shimtrace_span::env::SPOOL_DIR.into(),
+            spool_dir.clone().into_os_string(),
+        ),
+        (
+            shimtrace_span::env::CONFIG.into(),
+            wrapper_config.clone().into_os_string(),
+        ),
+    ];
+    // The wrapper links first (containerd finds them there by runtime name in the name form),
+    // then the runc shim of this containerd's own version.
     config.path_prepend = std::iter::once(bin.clone()).chain(containerd_bin).collect();
     log(format!(
-        "starting containerd {} with CRI ({}), handlers {}",
+        "starting containerd {} with CRI ({}), handlers {} ({})",
         binary.version(),
         binary.path().display(),
         registered
             .iter()
             .map(|r| r.handler.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        form.describe()
     ));
     let private = tokio::task::spawn_blocking(move || PrivateContainerd::start(config))
         .await
@@ -344,18 +426,35 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
             target.image, cri_settings.sandbox_image
         ),
     ];
-    if runsc.is_some() {
-        notes.push(
-            "gVisor (`traced-runsc`): runsc through the runc shim (`BinaryName`, a generated \
+    let gvisor = registered.iter().find(|r| r.handler == "traced-runsc");
+    if let Some(gvisor) = gvisor.filter(|_| runsc.is_some()) {
+        let through = match form {
+            Form::Path => "`BinaryName`".to_string(),
+            Form::Name => format!(
+                "runtime `{}`, which the lab's wrapper config `{}` maps to the runc shim with \
+                 runsc as its `oci_runtime`",
+                gvisor.runtime_type,
+                wrapper_config.display()
+            ),
+        };
+        notes.push(format!(
+            "gVisor (`traced-runsc`): runsc through the runc shim ({through}; a generated \
              wrapper adding `--network=host --ignore-cgroups`); every container gets a gVisor \
              sandbox of its own, since gVisor's pod mode needs its own shim \
              (`containerd-shim-runsc-v1`)."
-                .into(),
-        );
+        ));
+    }
+    if let (Form::Name, Some(crun)) = (form, registered.iter().find(|r| r.handler == "traced-crun"))
+    {
+        notes.push(format!(
+            "crun (`traced-crun`): crun through the runc shim, as runtime `{}` in the lab's \
+             wrapper config.",
+            crun.runtime_type
+        ));
     }
     setup.cri = Some(CriSetup {
         containerd: binary.path().display().to_string(),
-        form: Form::Path.describe().into(),
+        form: form_summary(&outcome),
         handlers: target
             .handlers
             .iter()
@@ -570,11 +669,18 @@ async fn preflight(lab: &Lab<'_>, target: &CriTarget, found: &mut Findings) -> V
             found.skip(result, reason, lab.explicit);
             continue;
         };
-        result.runtime_path = handler
-            .runtime_path
-            .as_ref()
-            .map(|p| format!("{} ({})", p.display(), handler.runtime_type));
-        result.binary_name = handler.binary_name.clone();
+        // The path form names the wrapper link; the name form only the runtime, whose OCI binary
+        // (gVisor's, crun's) is in the wrapper config.
+        result.runtime_path = Some(match &handler.runtime_path {
+            Some(p) => format!("{} ({})", p.display(), handler.runtime_type),
+            None => handler.runtime_type.clone(),
+        });
+        result.binary_name = handler.binary_name.clone().or_else(|| {
+            handler
+                .wrapper_entry
+                .as_ref()
+                .map(|e| e.oci_runtime.display().to_string())
+        });
         let name = format!("lab-{}-probe-{}", profile.name, lab.suffix);
         let (_, outcome) = target.probe_pod(&handler.handler, &name).await;
         let probe = match outcome {
@@ -604,6 +710,11 @@ async fn preflight(lab: &Lab<'_>, target: &CriTarget, found: &mut Findings) -> V
                         " ({} rejected the OCI runtime spec version that containerd {version} \
                          writes: install a newer {})",
                         profile.name, profile.name
+                    ));
+                } else if reason.contains("cgroups in hybrid mode not supported") {
+                    reason.push_str(&format!(
+                        " ({} does not run on this host's hybrid cgroup v1/v2 layout)",
+                        profile.name
                     ));
                 }
                 found.skip(result, reason, lab.explicit);
@@ -761,23 +872,107 @@ mod tests {
         assert_eq!(read_cri_log(&dir.path().join("missing.log")), "");
     }
 
-    #[test]
-    fn old_containerd_is_refused_with_what_to_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("containerd");
+    fn fake_containerd(dir: &Path, version: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let fake = dir.join("containerd");
         std::fs::write(
             &fake,
-            "#!/bin/sh\necho 'containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1'\n",
+            format!("#!/bin/sh\necho 'containerd github.com/containerd/containerd {version} {version}'\n"),
         )
         .unwrap();
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = choose_containerd(Some(&fake)).unwrap_err().to_string();
-        assert!(err.contains("1.7.1") && err.contains("1.6.20"), "{err}");
-        assert!(err.contains("--containerd"), "{err}");
+        fake
+    }
+
+    #[test]
+    fn every_containerd_version_is_taken_and_a_missing_one_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_containerd(dir.path(), "1.6.20~ds1");
+        let chosen = choose_containerd(Some(&fake)).unwrap();
+        assert_eq!(chosen.path(), fake);
+        assert!(
+            chosen.version().starts_with("1.6.20"),
+            "{}",
+            chosen.version()
+        );
         let missing = choose_containerd(Some(&dir.path().join("none")))
             .unwrap_err()
             .to_string();
         assert!(missing.contains("--engine cri"), "{missing}");
+    }
+
+    /// The setup line's form and cost, from what install really reports for each form.
+    #[test]
+    fn the_form_summary_says_why_and_what_it_costs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shims = dir.path().join("shims");
+        let bin = dir.path().join("bin");
+        for d in [&shims, &bin] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let runc_shim = shims.join("containerd-shim-runc-v2");
+        std::fs::write(&runc_shim, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&runc_shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let summary = |version: &str| {
+            let args = parse_install_args(
+                [
+                    "--wrapper",
+                    runc_shim.to_str().unwrap(),
+                    "--bin-dir",
+                    bin.to_str().unwrap(),
+                    "--shim-path",
+                    shims.to_str().unwrap(),
+                    "--containerd-version",
+                    version,
+                    "--runsc",
+                    "/usr/bin/runsc",
+                    "--wrapper-config",
+                    dir.path().join("w.toml").to_str().unwrap(),
+                ]
+                .map(OsString::from)
+                .to_vec(),
+            )
+            .unwrap();
+            form_summary(&install(&args).unwrap())
+        };
+        let name = summary("1.6.20");
+        assert!(
+            name.starts_with("runtime-name form: its CRI ignores runtime_path"),
+            "{name}"
+        );
+        assert!(
+            name.contains("; costs: ") && name.contains("SystemdCgroup"),
+            "{name}"
+        );
+        let path = summary("2.1.9");
+        assert!(
+            path.starts_with("runtime_path form: it honours runtime_path"),
+            "{path}"
+        );
+        assert!(!path.contains("costs"), "{path}");
+    }
+
+    #[test]
+    fn crun_goes_through_the_wrapper_config_in_the_name_form_only() {
+        let bin = Path::new("/b");
+        let (runc_shim, crun) = (
+            Path::new("/usr/bin/containerd-shim-runc-v2"),
+            Path::new("/usr/bin/crun"),
+        );
+        let path = crun_runtime(Form::Path, bin, runc_shim, crun);
+        assert_eq!(path.runtime_type, RUNC_RUNTIME);
+        assert_eq!(path.binary_name.as_deref(), Some("/usr/bin/crun"));
+        assert!(path.wrapper_entry.is_none());
+        let name = crun_runtime(Form::Name, bin, runc_shim, crun);
+        assert_eq!(name.runtime_type, "io.containerd.traced-crun.v2");
+        assert_eq!(name.runtime_path, None);
+        assert!(!name.carry_options);
+        let entry = name.wrapper_entry.unwrap();
+        assert_eq!(entry.link, bin.join("containerd-shim-traced-crun-v2"));
+        assert_eq!(
+            (entry.inner.as_path(), entry.oci_runtime.as_path()),
+            (runc_shim, crun)
+        );
     }
 }
