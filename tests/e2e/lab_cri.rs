@@ -17,11 +17,13 @@ use shimtrace_testkit::cli::{output_ok, shimtrace};
 use shimtrace_testkit::traced::wait_for;
 
 const GONE: Duration = Duration::from_secs(20);
+/// Served-latency requests per profile.
+const REQUESTS: usize = 20;
 
 /// One lab at a time. Under CPU load gVisor's busybox httpd breaks some connections (seen: 5-10%
 /// of 500 requests with one lab on a busy 2-core machine, on 1.6.20 and 2.1.9 alike, none under
-/// runc), which the served-latency assertion (no request failed) counts; two labs at once, two
-/// gVisor sandboxes serving, made that far likelier.
+/// runc), which the report counts as failed requests; two labs at once, two gVisor sandboxes
+/// serving, made that far likelier.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn number(cell: &str) -> f64 {
@@ -102,7 +104,7 @@ fn lab_cri_runs_runc_and_gvisor(containerd: Option<&Path>) -> String {
         "--runs",
         "2",
         "--requests",
-        "20",
+        &REQUESTS.to_string(),
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -206,8 +208,16 @@ fn lab_cri_runs_runc_and_gvisor(containerd: Option<&Path>) -> String {
             }
             sandboxes.push(sandbox);
         }
+        // Every request is either timed or counted as failed, as with the other engines; runc's
+        // server never breaks one, gVisor's busybox httpd breaks a few (see ONE_LAB).
         let http = &p["http"];
-        assert_eq!(http["errors"], 0, "{name} HTTP: {http}");
+        let served = http["samples_ms"].as_array().unwrap().len();
+        let failed = http["errors"].as_u64().unwrap() as usize;
+        assert_eq!(served + failed, REQUESTS, "{name} HTTP: {http}");
+        if name == "runc" {
+            assert_eq!(failed, 0, "{name} HTTP: {http}");
+        }
+        assert!(failed < served, "{name} HTTP: {http}");
         assert!(http["latency"]["p50"].as_f64().unwrap() > 0.0, "{http}");
     }
 
