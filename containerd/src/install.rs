@@ -11,17 +11,21 @@
 //! - **name form** (containerd 1.6.x and 1.7.0, whose CRI sets `runtime_path` where `NewTask`
 //!   never reads it): `runtime_type = "io.containerd.traced-runc.v2"`, which containerd resolves
 //!   to `containerd-shim-traced-runc-v2` on its own `PATH`. CRI then sends options only in its
-//!   generic form, which the runc shim cannot read: runc's options cannot be passed, and gVisor
-//!   through the runc shim cannot be registered (gVisor's own shim, `containerd-shim-runsc-v1`,
-//!   takes generic options and is wrapped like any other).
+//!   generic form, which the runc shim cannot read: runc's options cannot be passed. gVisor
+//!   through the runc shim is registered as its own runtime name instead,
+//!   `io.containerd.traced-runsc.v2` (a `containerd-shim-traced-runsc-v2` link): an entry in the
+//!   wrapper's config (`--wrapper-config`, what containerd's `SHIMTRACE_CONFIG` names) maps it to
+//!   the runc shim with `oci_runtime` = runsc, which the wrapper makes the runc shim's `runc`.
+//!   gVisor's own shim, `containerd-shim-runsc-v1`, takes generic options and is wrapped like any
+//!   other, in preference to that.
 //!
 //! A config whose CRI plugin defines runtimes must also define the default one (`runc`), or
 //! containerd 1.6 refuses to load CRI; when it is missing, install adds it. For containerd 2.2
 //! and later, whose default config imports `/etc/containerd/conf.d/*.toml`, the entries go into a
 //! drop-in of their own (`conf.d/shimtrace.toml` beside the config) and the main file changes at
-//! most by one `imports` entry. Every table install adds carries a marker comment, and a state
-//! file beside the config (`shimtrace-install.json`) lists what was added, so `--uninstall`
-//! removes exactly that, whatever else was edited meanwhile.
+//! most by one `imports` entry. Every table install adds (to containerd's config or the wrapper's)
+//! carries a marker comment, and a state file beside the config (`shimtrace-install.json`) lists
+//! what was added, so `--uninstall` removes exactly that, whatever else was edited meanwhile.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -51,6 +55,9 @@ pub const RUNTIME_PATH_SINCE: (u32, u32, u32) = (1, 7, 1);
 pub const DROP_IN_SINCE: (u32, u32, u32) = (2, 2, 0);
 /// The real runtime that CRI sends typed runc options to.
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// The wrapper's config file unless `SHIMTRACE_CONFIG` names another (`shimtrace-shim`'s
+/// `resolve::DEFAULT_CONFIG_PATH`).
+pub const DEFAULT_WRAPPER_CONFIG: &str = "/etc/shimtrace/config.toml";
 
 /// How the wrapper is put in front of a real runtime in CRI's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -113,11 +120,16 @@ pub struct InstallArgs {
     /// the wrapper; every version) [default: by containerd's version].
     #[arg(long, value_enum)]
     pub form: Option<Form>,
-    /// The OCI runtime binary of the gVisor handler `traced-runsc` (runc shim `BinaryName`, path
-    /// form only; with --docker, the runsc of `traced-runsc`, default the path of a `runsc`
-    /// runtime in daemon.json) [default: runsc on PATH].
+    /// The OCI runtime binary of the gVisor handler `traced-runsc` (the runc shim's `BinaryName`
+    /// in the path form, `oci_runtime` in --wrapper-config in the name form; with --docker, the
+    /// runsc of `traced-runsc`, default the path of a `runsc` runtime in daemon.json) [default:
+    /// runsc on PATH].
     #[arg(long, value_name = "PATH")]
     pub runsc: Option<PathBuf>,
+    /// The wrapper's config file, as containerd's environment names it (SHIMTRACE_CONFIG): with
+    /// --write, the entry of the runtime-name form's gVisor handler (traced-runsc) goes there.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_WRAPPER_CONFIG)]
+    pub wrapper_config: PathBuf,
     /// Config schema: 2 for containerd 1.x, 3 for 2.x (default: from the containerd version).
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=3))]
     pub config_version: Option<u32>,
@@ -252,6 +264,23 @@ pub struct TracedRuntime {
     pub carry_options: bool,
     /// `BinaryName` for the runc shim (gVisor through runc), when set.
     pub binary_name: Option<String>,
+    /// The entry the wrapper's config needs for this handler (gVisor through the runc shim in
+    /// the name form), with the link containerd runs for it.
+    pub wrapper_entry: Option<WrapperEntry>,
+}
+
+/// A runtime's entry in the wrapper's config (`[runtimes."<runtime>"]`), for a handler whose
+/// runtime name names no real shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrapperEntry {
+    /// The traced runtime name (`io.containerd.traced-runsc.v2`).
+    pub runtime: String,
+    /// The link containerd finds by that name (`containerd-shim-traced-runsc-v2`).
+    pub link: PathBuf,
+    /// The real shim it runs (`inner`).
+    pub inner: PathBuf,
+    /// The OCI runtime that shim runs as `runc` (`oci_runtime`).
+    pub oci_runtime: PathBuf,
 }
 
 impl TracedRuntime {
@@ -266,6 +295,7 @@ impl TracedRuntime {
                 real_runtime,
                 carry_options: true,
                 binary_name: None,
+                wrapper_entry: None,
             },
             Form::Name => TracedRuntime {
                 handler,
@@ -274,6 +304,7 @@ impl TracedRuntime {
                 carry_options: !is_runc_type(&real_runtime),
                 real_runtime,
                 binary_name: None,
+                wrapper_entry: None,
             },
         }
     }
@@ -653,6 +684,14 @@ pub struct InstallState {
     pub links: Vec<PathBuf>,
     pub wrapper: Option<PathBuf>,
     pub form: Option<Form>,
+    /// The wrapper's config install wrote entries into, whether it created that file, and the
+    /// runtimes whose entries it added there.
+    #[serde(default)]
+    pub wrapper_config: Option<PathBuf>,
+    #[serde(default)]
+    pub wrapper_config_created: bool,
+    #[serde(default)]
+    pub wrapper_runtimes: Vec<String>,
 }
 
 /// Where the state of installs into `config` is kept.
@@ -789,8 +828,9 @@ pub fn target_version(args: &InstallArgs) -> Option<String> {
 }
 
 /// The traced handlers for the real shims found, in `form`. `runsc` is the gVisor OCI binary for
-/// a `traced-runsc` handler through the runc shim (path form only, and only when gVisor's own shim
-/// is not among `shims`). Returns the handlers and notes for the report.
+/// a `traced-runsc` handler through the runc shim (only when gVisor's own shim is not among
+/// `shims`): the runc shim's `BinaryName` in the path form, an entry for the wrapper's config in
+/// the name form. Returns the handlers and notes for the report.
 pub fn plan_runtimes(
     shims: &[RealShim],
     bin_dir: &Path,
@@ -830,18 +870,94 @@ pub fn plan_runtimes(
                     real_runtime: shim.name.runtime(),
                     carry_options: true,
                     binary_name: Some(runsc.display().to_string()),
+                    wrapper_entry: None,
                 });
-                notes.push(
-                    "gVisor: traced-runsc is runsc through the runc shim (BinaryName), made for single containers: in a pod, runsc runs every container in the pod's gVisor sandbox, and the runc shim does not report those containers' exits (seen with Debian's runsc 20221219); for gVisor pods install gVisor's own shim (containerd-shim-runsc-v1), which install then wraps as traced-runsc instead".into(),
-                );
+                notes.push(GVISOR_POD_NOTE.into());
             }
-            Form::Name => notes.push(format!(
-                "gVisor: no traced-runsc handler. gVisor through the runc shim needs the runc option BinaryName = {runsc:?}, which the runtime-name form cannot pass; install gVisor's own shim (containerd-shim-runsc-v1, wrapped as traced-runsc in either form) or use containerd >= 1.7.1 (runtime_path form)",
-                runsc = runsc.display().to_string()
-            )),
+            Form::Name => {
+                let gvisor = ShimName {
+                    inner: "runsc".into(),
+                    version: shim.name.version.clone(),
+                };
+                let mut entry = TracedRuntime::for_shim(
+                    "traced-runsc".into(),
+                    &gvisor,
+                    &bin_dir.join(gvisor.traced_binary()),
+                    form,
+                );
+                // Its settings come from the runc entry, as for traced-runc.
+                entry.real_runtime = shim.name.runtime();
+                entry.carry_options = false;
+                entry.wrapper_entry = Some(WrapperEntry {
+                    runtime: gvisor.traced_runtime(),
+                    link: bin_dir.join(gvisor.traced_binary()),
+                    inner: shim.path.clone(),
+                    oci_runtime: runsc.to_path_buf(),
+                });
+                runtimes.push(entry);
+                notes.push(format!(
+                    "gVisor: traced-runsc is runtime {} (link {}), which the wrapper's config maps to the runc shim {} with oci_runtime = {}: the runc option BinaryName cannot pass in this form, so the wrapper puts a `runc` link to runsc first on the runc shim's PATH. Costs: the OCI runtime is set per runtime name in the wrapper's config, not per handler in containerd's (one more file to keep, read at each shim start); the traced handler gets none of the runc entry's options (as traced-runc)",
+                    gvisor.traced_runtime(),
+                    gvisor.traced_binary(),
+                    shim.path.display(),
+                    runsc.display()
+                ));
+                notes.push(GVISOR_POD_NOTE.into());
+            }
         }
     }
     (runtimes, notes)
+}
+
+/// What gVisor through the runc shim cannot do, in either form.
+const GVISOR_POD_NOTE: &str = "gVisor: traced-runsc is runsc through the runc shim, made for single containers: in a pod, runsc runs every container in the pod's gVisor sandbox, and the runc shim does not report those containers' exits (seen with Debian's runsc 20221219); for gVisor pods install gVisor's own shim (containerd-shim-runsc-v1), which install then wraps as traced-runsc instead";
+
+/// The wrapper's config with `entries` merged in: each runtime's table is added (marked) unless
+/// the config has one; install owns the tables named in `owned` (added by an earlier run) and
+/// rewrites those. Returns the text and the runtimes added now.
+pub fn merge_wrapper_config(
+    existing: &str,
+    entries: &[WrapperEntry],
+    owned: &[String],
+    path: &Path,
+) -> Result<(String, Vec<String>, Vec<String>), InstallError> {
+    let mut doc = parse_doc(existing, path)?;
+    let mut position = max_position(doc.as_table()) + 1;
+    let runtimes = table_at(doc.as_table_mut(), &["runtimes"]);
+    let mut added = Vec::new();
+    let mut kept = Vec::new();
+    for entry in entries {
+        if runtimes.contains_key(&entry.runtime) && !owned.contains(&entry.runtime) {
+            kept.push(entry.runtime.clone());
+            continue;
+        }
+        let mut table = Table::new();
+        table.insert("inner", value(entry.inner.display().to_string()));
+        table.insert(
+            "oci_runtime",
+            value(entry.oci_runtime.display().to_string()),
+        );
+        let mut table = marked(table);
+        position += 1;
+        table.set_position(position);
+        runtimes.insert(&entry.runtime, Item::Table(table));
+        added.push(entry.runtime.clone());
+    }
+    Ok((doc.to_string(), added, kept))
+}
+
+/// Writes the wrapper's config: replaced atomically, mode 0644, since the wrapper refuses a config
+/// anyone but root can write (it names the binaries the wrapper runs).
+fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+    }
+    let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
+    fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+        .map_err(io_err("cannot set the mode of", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
 }
 
 /// Runs `shimtrace install` (print, or `--write`).
@@ -882,8 +998,15 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
 
     let mut created_links = Vec::new();
-    for shim in &shims {
-        let link = bin_dir.join(shim.name.traced_binary());
+    let wrapper_entries: Vec<WrapperEntry> = runtimes
+        .iter()
+        .filter_map(|r| r.wrapper_entry.clone())
+        .collect();
+    let links = shims
+        .iter()
+        .map(|shim| bin_dir.join(shim.name.traced_binary()))
+        .chain(wrapper_entries.iter().map(|e| e.link.clone()));
+    for link in links {
         if ensure_symlink(&link, &wrapper)? {
             created_links.push(link);
         }
@@ -925,9 +1048,14 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         }
     }
     let config_snippet = snippet(&merged, &target)?;
+    let wrapper_snippet = (!wrapper_entries.is_empty())
+        .then(|| merge_wrapper_config("", &wrapper_entries, &[], &args.wrapper_config))
+        .transpose()?
+        .map(|(text, _, _)| text);
 
     let mut backup = None;
     let mut written = None;
+    let mut kept_wrapper_entries = Vec::new();
     if args.write {
         let state_file = state_path(&args.config);
         let mut state = read_state(&state_file)?.unwrap_or_default();
@@ -963,6 +1091,34 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
                 state.links.push(link.clone());
             }
         }
+        if !wrapper_entries.is_empty() {
+            let path = &args.wrapper_config;
+            let existing = match fs::read_to_string(path) {
+                Ok(text) => Some(text),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("cannot read", path)(e)),
+            };
+            if state.wrapper_config.as_deref() != Some(path.as_path()) {
+                state.wrapper_config = Some(path.clone());
+                state.wrapper_config_created = existing.is_none();
+                state.wrapper_runtimes.clear();
+            }
+            let (text, added, kept) = merge_wrapper_config(
+                existing.as_deref().unwrap_or_default(),
+                &wrapper_entries,
+                &state.wrapper_runtimes,
+                path,
+            )?;
+            if existing.as_deref() != Some(text.as_str()) {
+                write_wrapper_config(path, &text)?;
+            }
+            for runtime in added {
+                if !state.wrapper_runtimes.contains(&runtime) {
+                    state.wrapper_runtimes.push(runtime);
+                }
+            }
+            kept_wrapper_entries = kept;
+        }
         state.wrapper = Some(wrapper.clone());
         state.form = Some(form);
         write_state(&state_file, &state)?;
@@ -984,6 +1140,8 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         target: &target,
         drop_in,
         backup: backup.as_deref(),
+        wrapper_snippet: wrapper_snippet.as_deref(),
+        kept_wrapper_entries: &kept_wrapper_entries,
     });
     Ok(InstallOutcome {
         runtimes,
@@ -1025,6 +1183,10 @@ struct ReportInput<'a> {
     target: &'a Path,
     drop_in: bool,
     backup: Option<&'a Path>,
+    /// The wrapper config entries the handlers need, as TOML.
+    wrapper_snippet: Option<&'a str>,
+    /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
+    kept_wrapper_entries: &'a [String],
 }
 
 fn render_report(input: &ReportInput<'_>) -> String {
@@ -1038,6 +1200,20 @@ fn render_report(input: &ReportInput<'_>) -> String {
             input.bin_dir.join(shim.name.traced_binary()).display(),
             input.wrapper.display(),
             shim.path.display()
+        );
+    }
+    for entry in input
+        .runtimes
+        .iter()
+        .filter_map(|r| r.wrapper_entry.as_ref())
+    {
+        let _ = writeln!(
+            r,
+            "# {} -> {} (wraps {} running {} as runc, by the wrapper config below)",
+            entry.link.display(),
+            input.wrapper.display(),
+            entry.inner.display(),
+            entry.oci_runtime.display()
         );
     }
     let version = input.version.unwrap_or("(version unknown)");
@@ -1156,6 +1332,27 @@ fn render_report(input: &ReportInput<'_>) -> String {
             input.target.display()
         );
     }
+    if let Some(wrapper_snippet) = input.wrapper_snippet {
+        let config = input.args.wrapper_config.display();
+        let _ = writeln!(
+            r,
+            "\n# wrapper config ({config}; containerd's SHIMTRACE_CONFIG must name it if it is not {DEFAULT_WRAPPER_CONFIG}):"
+        );
+        r.push_str(wrapper_snippet);
+        if input.args.write {
+            for runtime in input.kept_wrapper_entries {
+                let _ = writeln!(
+                    r,
+                    "# NOT written: {config} already has an entry for {runtime}, not install's; left as it is (it must say the above for that handler to run gVisor)"
+                );
+            }
+            if input.kept_wrapper_entries.is_empty() {
+                let _ = writeln!(r, "# written to {config}");
+            }
+        } else {
+            let _ = writeln!(r, "# not written: pass --write to merge this into {config}");
+        }
+    }
     let _ = writeln!(r, "\n# Kubernetes RuntimeClasses:");
     for (i, runtime) in input.runtimes.iter().enumerate() {
         if i > 0 {
@@ -1250,6 +1447,9 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
             state.config.display()
         );
     }
+    if let Some(path) = &state.wrapper_config {
+        remove_wrapper_entries(path, &state, &mut outcome, &mut report)?;
+    }
     // The links install recorded, and any other wrapper link beside them (a run without --write
     // makes them too).
     let mut links = state.links.clone();
@@ -1303,6 +1503,42 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     Ok(outcome)
 }
 
+/// Removes the runtimes install added from the wrapper's config at `path`, and the file itself if
+/// install created it and nothing else is in it now.
+fn remove_wrapper_entries(
+    path: &Path,
+    state: &InstallState,
+    outcome: &mut UninstallOutcome,
+    report: &mut String,
+) -> Result<(), InstallError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("cannot read", path)(e)),
+    };
+    let mut doc = parse_doc(&text, path)?;
+    let tables: Vec<Vec<String>> = state
+        .wrapper_runtimes
+        .iter()
+        .map(|runtime| vec!["runtimes".to_string(), runtime.clone()])
+        .collect();
+    let removed = remove_tables(&mut doc, &tables);
+    let new_text = doc.to_string();
+    if state.wrapper_config_created && new_text.trim().is_empty() {
+        fs::remove_file(path).map_err(io_err("cannot remove", path))?;
+        outcome.removed_files.push(path.to_path_buf());
+    } else if new_text != text {
+        write_wrapper_config(path, &new_text)?;
+    }
+    let _ = writeln!(
+        report,
+        "# removed {removed} runtime entr{} from {}",
+        if removed == 1 { "y" } else { "ies" },
+        path.display()
+    );
+    Ok(())
+}
+
 /// The handlers a config file registers (name, runtime_type, runtime_path), for every schema.
 pub fn configured_handlers(text: &str) -> Vec<(String, String, String)> {
     let Ok(doc) = text.parse::<DocumentMut>() else {
@@ -1348,6 +1584,7 @@ mod tests {
             real_runtime: "io.containerd.runc.v2".into(),
             carry_options: true,
             binary_name: None,
+            wrapper_entry: None,
         }
     }
 
@@ -1611,7 +1848,7 @@ version = 2
     }
 
     #[test]
-    fn gvisor_through_runc_only_in_the_path_form() {
+    fn gvisor_through_runc_in_either_form() {
         let shims = [RealShim {
             name: ShimName {
                 inner: "runc".into(),
@@ -1624,9 +1861,38 @@ version = 2
         let handlers: Vec<&str> = path.iter().map(|r| r.handler.as_str()).collect();
         assert_eq!(handlers, ["traced-runc", "traced-runsc"]);
         assert_eq!(path[1].binary_name.as_deref(), Some("/usr/bin/runsc"));
+        // The name form cannot pass BinaryName: its own runtime name, mapped by the wrapper's
+        // config to the runc shim running runsc as `runc`.
         let (name, notes) = plan_runtimes(&shims, Path::new("/b"), Form::Name, Some(runsc));
-        assert_eq!(name.len(), 1);
-        assert!(notes[0].contains("BinaryName"), "{notes:?}");
+        let handlers: Vec<&str> = name.iter().map(|r| r.handler.as_str()).collect();
+        assert_eq!(handlers, ["traced-runc", "traced-runsc"]);
+        let gvisor = &name[1];
+        assert_eq!(gvisor.runtime_type, "io.containerd.traced-runsc.v2");
+        assert_eq!(gvisor.runtime_path, None);
+        assert_eq!(gvisor.real_runtime, RUNC_RUNTIME);
+        assert!(!gvisor.carry_options);
+        assert_eq!(gvisor.binary_name, None);
+        assert_eq!(
+            gvisor.wrapper_entry,
+            Some(WrapperEntry {
+                runtime: "io.containerd.traced-runsc.v2".into(),
+                link: "/b/containerd-shim-traced-runsc-v2".into(),
+                inner: "/usr/bin/containerd-shim-runc-v2".into(),
+                oci_runtime: runsc.into(),
+            })
+        );
+        assert!(
+            notes[0].contains("BinaryName") && notes[0].contains("oci_runtime"),
+            "{notes:?}"
+        );
+        assert!(path.iter().all(|r| r.wrapper_entry.is_none()));
+        // Without a runsc, no gVisor handler in either form.
+        for form in [Form::Name, Form::Path] {
+            assert_eq!(
+                plan_runtimes(&shims, Path::new("/b"), form, None).0.len(),
+                1
+            );
+        }
         // gVisor's own shim is wrapped instead of the runc-shim handler.
         let mut with_runsc_shim = shims.to_vec();
         with_runsc_shim.push(RealShim {
@@ -1666,6 +1932,10 @@ version = 2
             self.dir.path().join("etc/config.toml")
         }
 
+        fn wrapper_config(&self) -> PathBuf {
+            self.dir.path().join("etc/shimtrace/config.toml")
+        }
+
         fn args(&self, version: &str, extra: &[&str]) -> InstallArgs {
             use clap::Parser;
             #[derive(clap::Parser)]
@@ -1676,6 +1946,7 @@ version = 2
             let wrapper = self.dir.path().join("bin").join(WRAPPER_BINARY);
             let shims = self.dir.path().join("shims");
             let config = self.config();
+            let wrapper_config = self.wrapper_config();
             let mut argv = vec![
                 "install",
                 "--wrapper",
@@ -1688,6 +1959,8 @@ version = 2
                 shims.to_str().unwrap(),
                 "--runsc",
                 "/usr/bin/runsc",
+                "--wrapper-config",
+                wrapper_config.to_str().unwrap(),
             ];
             argv.extend_from_slice(extra);
             Cli::parse_from(argv).args
@@ -1715,13 +1988,20 @@ version = 2
         fs::write(fx.config(), &edited).unwrap();
         let link = fx.dir.path().join("bin/containerd-shim-traced-runc-v2");
         assert!(fs::symlink_metadata(&link).is_ok());
+        // gVisor in the name form: its link, and its entry in the wrapper's config (made here).
+        let gvisor_link = fx.dir.path().join("bin/containerd-shim-traced-runsc-v2");
+        assert!(fs::symlink_metadata(&gvisor_link).is_ok());
+        assert!(written.contains("io.containerd.traced-runsc.v2"));
+        assert!(fx.wrapper_config().exists());
 
         let removed = uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
         assert_eq!(
-            removed.removed_tables, 2,
-            "traced-runc and the default runc"
+            removed.removed_tables, 3,
+            "traced-runc, traced-runsc and the default runc"
         );
-        assert_eq!(removed.removed_links, std::slice::from_ref(&link));
+        assert_eq!(removed.removed_links, [link.clone(), gvisor_link.clone()]);
+        assert_eq!(removed.removed_files, [fx.wrapper_config()]);
+        assert!(!fx.wrapper_config().exists());
         assert_eq!(
             fs::read_to_string(fx.config()).unwrap(),
             DEBIAN_STOCK.replace(
@@ -1735,6 +2015,76 @@ version = 2
             uninstall(&fx.args("1.6.20", &["--uninstall"])),
             Err(InstallError::NoState { .. })
         ));
+    }
+
+    /// The name form's gVisor entry in the wrapper's config: written as the wrapper reads it (a
+    /// file only root may write), beside the user's entries, and taken out again exactly.
+    #[test]
+    fn the_wrapper_config_gets_the_gvisor_entry_and_loses_it_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let fx = Fixture::new();
+        fs::write(fx.config(), DEBIAN_STOCK).unwrap();
+        fs::create_dir_all(fx.wrapper_config().parent().unwrap()).unwrap();
+        let mine = "# mine\n[runtimes.\"io.containerd.traced-kata.v2\"]\ninner = \"/opt/kata/bin/containerd-shim-kata-v2\"\n";
+        fs::write(fx.wrapper_config(), mine).unwrap();
+        // Printed, not written, without --write.
+        let printed = install(&fx.args("1.6.20", &[])).unwrap();
+        assert!(
+            printed.report.contains("oci_runtime = \"/usr/bin/runsc\"")
+                && printed
+                    .report
+                    .contains("not written: pass --write to merge this into"),
+            "{}",
+            printed.report
+        );
+        assert_eq!(fs::read_to_string(fx.wrapper_config()).unwrap(), mine);
+
+        let outcome = install(&fx.args("1.6.20", &["--write"])).unwrap();
+        let text = fs::read_to_string(fx.wrapper_config()).unwrap();
+        assert!(text.starts_with(mine) && text.contains(MARKER), "{text}");
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let entry = &parsed["runtimes"]["io.containerd.traced-runsc.v2"];
+        let shim = fx.dir.path().join("shims/containerd-shim-runc-v2");
+        assert_eq!(entry["inner"].as_str(), shim.to_str());
+        assert_eq!(entry["oci_runtime"].as_str(), Some("/usr/bin/runsc"));
+        let mode = fs::metadata(fx.wrapper_config())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o022, 0, "{mode:o}");
+        assert!(
+            outcome.report.contains("wrapper config"),
+            "{}",
+            outcome.report
+        );
+        // Again: nothing doubles.
+        install(&fx.args("1.6.20", &["--write"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.wrapper_config()).unwrap(), text);
+
+        uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.wrapper_config()).unwrap(), mine);
+
+        // An entry of the user's own for the runtime is left as it is, and the report says so.
+        let theirs = "[runtimes.\"io.containerd.traced-runsc.v2\"]\ninner = \"/x/shim\"\n";
+        fs::write(fx.wrapper_config(), theirs).unwrap();
+        let outcome = install(&fx.args("1.6.20", &["--write"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.wrapper_config()).unwrap(), theirs);
+        assert!(
+            outcome.report.contains("NOT written") && outcome.report.contains("left as it is"),
+            "{}",
+            outcome.report
+        );
+        uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.wrapper_config()).unwrap(), theirs);
+    }
+
+    #[test]
+    fn the_path_form_leaves_the_wrapper_config_alone() {
+        let fx = Fixture::new();
+        install(&fx.args("1.7.24", &["--write"])).unwrap();
+        assert!(!fx.wrapper_config().exists());
+        let state = read_state(&state_path(&fx.config())).unwrap().unwrap();
+        assert_eq!(state.wrapper_config, None);
     }
 
     #[test]

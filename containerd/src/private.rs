@@ -19,6 +19,8 @@
 //! is set (runc cannot lower `oom_score_adj` in some VMs), and CNI configs and the NRI socket are
 //! the instance's own. [`ConfigSource::Existing`] starts containerd on a file the caller wrote —
 //! e.g. one that `shimtrace install --write` merged its runtimes into — without touching it.
+//! With the `cri` feature, [`await_cri_ready`] and [`import_cri_image`] make such an instance ready
+//! for pods (local images imported into CRI's namespace and listed by CRI).
 
 use std::ffi::OsString;
 use std::fs;
@@ -661,6 +663,111 @@ impl Drop for PrivateContainerd {
     }
 }
 
+/// Where `scripts/install-containerd-matrix.sh` unpacks containerd versions
+/// (`<prefix>/<version>/usr/bin/containerd`).
+pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/containerd";
+
+/// The newest containerd unpacked under `prefix` (see [`UNPACKED_PREFIX`]): its `containerd`
+/// binary, by the version its directory is named after.
+pub fn newest_unpacked(prefix: &Path) -> Option<PathBuf> {
+    let mut found: Vec<((u32, u32, u32), PathBuf)> = fs::read_dir(prefix)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_string();
+            let binary = entry.path().join("usr/bin/containerd");
+            (parse_version(&name) == Some(name.as_str()) && binary.is_file())
+                .then(|| (version_triple(&name), binary))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, binary)| binary)
+}
+
+/// The `ctr` that belongs to a containerd binary: the one beside it, else `ctr` on `PATH`.
+pub fn ctr_beside(containerd: &Path) -> PathBuf {
+    containerd
+        .parent()
+        .map(|dir| dir.join("ctr"))
+        .filter(|ctr| ctr.is_file())
+        .unwrap_or_else(|| PathBuf::from("ctr"))
+}
+
+/// Why a CRI-enabled private containerd could not be made ready for pods.
+#[cfg(feature = "cri")]
+#[derive(Debug, thiserror::Error)]
+pub enum CriSetupError {
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Import(Box<crate::image::ImportError>),
+    #[error(transparent)]
+    Cri(Box<crate::cri::CriError>),
+    #[error("{what} within {waited:?} (see containerd's log)")]
+    Timeout { what: String, waited: Duration },
+}
+
+#[cfg(feature = "cri")]
+impl From<crate::cri::CriError> for CriSetupError {
+    fn from(error: crate::cri::CriError) -> Self {
+        CriSetupError::Cri(Box::new(error))
+    }
+}
+
+/// Waits until CRI answers ListPodSandbox: after a (re)start it refuses calls until it has loaded
+/// its state. The last error after `waited`.
+#[cfg(feature = "cri")]
+pub async fn await_cri_ready(cri: &crate::cri::Cri, waited: Duration) -> Result<(), CriSetupError> {
+    let deadline = Instant::now() + waited;
+    loop {
+        match cri.list_pods().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(CriSetupError::Timeout {
+                    what: format!("CRI answering (last: {e})"),
+                    waited,
+                })
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
+/// Makes `rootfs` the image `tag` in CRI's namespace of the containerd at `address`: writes it as
+/// a docker-archive in `work_dir` (default command `command`), imports it with `ctr`, and waits
+/// until CRI lists it (CRI learns of imports from containerd's events). Returns the reference pods
+/// name it by (`local/busybox:1` → `docker.io/local/busybox:1`).
+#[cfg(feature = "cri")]
+pub async fn import_cri_image(
+    cri: &crate::cri::Cri,
+    ctr: &Path,
+    address: &Path,
+    rootfs: &Path,
+    tag: &str,
+    command: &[&str],
+    work_dir: &Path,
+) -> Result<String, CriSetupError> {
+    use crate::image::{containerd_reference, import_with_ctr, write_docker_archive};
+    let archive = work_dir.join(format!("{}.tar", tag.replace(['/', ':'], "_")));
+    write_docker_archive(rootfs, tag, command, &archive)?;
+    let imported = import_with_ctr(ctr, address, crate::image::CRI_NAMESPACE, &archive);
+    let _ = fs::remove_file(&archive);
+    imported.map_err(|e| CriSetupError::Import(Box::new(e)))?;
+    let reference = containerd_reference(tag);
+    let waited = Duration::from_secs(20);
+    let deadline = Instant::now() + waited;
+    while !cri.has_image(&reference).await? {
+        if Instant::now() > deadline {
+            return Err(CriSetupError::Timeout {
+                what: format!("CRI listing the imported image {reference}"),
+                waited,
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    Ok(reference)
+}
+
 /// SIGTERM by pid, wait up to `timeout`, then SIGKILL and reap.
 fn terminate(child: &mut Child, timeout: Duration) -> io::Result<()> {
     if child.try_wait()?.is_some() {
@@ -805,6 +912,27 @@ mod tests {
             Some("/d/opt")
         );
         assert!(make_private("version = = 2", Path::new("/d"), 2, None).is_err());
+    }
+
+    #[test]
+    fn the_newest_unpacked_containerd_is_found_by_version() {
+        let dir = tempfile::tempdir().unwrap();
+        for version in ["1.7.24", "1.10.2", "2.1.9", "notes"] {
+            let bin = dir.path().join(version).join("usr/bin");
+            fs::create_dir_all(&bin).unwrap();
+            fs::write(bin.join("containerd"), "").unwrap();
+        }
+        // A newer version without its binary does not count.
+        fs::create_dir_all(dir.path().join("3.0.0")).unwrap();
+        assert_eq!(
+            newest_unpacked(dir.path()),
+            Some(dir.path().join("2.1.9/usr/bin/containerd"))
+        );
+        assert_eq!(newest_unpacked(&dir.path().join("none")), None);
+        assert_eq!(
+            ctr_beside(&dir.path().join("2.1.9/usr/bin/containerd")),
+            PathBuf::from("ctr")
+        );
     }
 
     #[test]

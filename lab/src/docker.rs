@@ -34,8 +34,8 @@ use shimtrace_span::naming::which;
 use crate::profiles::Profile;
 use crate::report::{DockerSetup, HttpResult, ProfileResult, RunRecord};
 use crate::{
-    attach_spans, cold_start_rounds, export_otlp, http_port, log, measure_served, no_probe_output,
-    one_line, parse_probe, relate_to_runc, to_workload_ms, Active, Findings, Lab, LabError,
+    attach_spans, export_otlp, http_port, log, one_line, parse_probe, relate_to_runc,
+    write_reports, Active, Findings, Lab, LabError,
 };
 
 /// The image tag the lab's rootfs is loaded as (the run's suffix makes it unique).
@@ -85,7 +85,12 @@ pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), L
     }
     let target = match connect(lab, found).await {
         Ok(target) => target,
-        Err(fatal) => return found.fail(&lab.out, fatal),
+        Err(fatal) => {
+            found.report.errors.push(fatal.to_string());
+            found.report.derive_conclusions();
+            write_reports(&lab.out, &found.report)?;
+            return Err(fatal);
+        }
     };
     let result = measure_on(lab, &target, found).await;
     target.close(lab, found);
@@ -113,7 +118,7 @@ async fn measure_on(
         .collect();
     let is_ours = |id: &str| ids.contains(id);
     export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
-    found.keep_profiles(&lab.profiles, active);
+    found.place_in_order(lab, active);
     Ok(())
 }
 
@@ -483,14 +488,17 @@ fn run_rm(
 /// Stage 4 under Docker: `--runs` rounds interleaved across the profiles, each a timed
 /// `docker run --rm` of the probe.
 fn cold_starts(lab: &Lab<'_>, target: &DockerTarget, active: &mut [Active]) {
-    let (bar, order) = cold_start_rounds(lab.args.runs, active.len(), "cold start (docker run)");
-    for (round, index) in order {
-        let entry = &mut active[index];
-        bar.set_message(entry.profile.name.clone());
-        let name = format!("lab-{}-{round}-{}", entry.profile.name, lab.suffix);
-        let record = cold_start(target, &entry.profile.runtime, &name, round);
-        entry.result.runs.push(record);
-        bar.inc(1);
+    let bar = crate::cold_start_bar(lab, active.len(), "cold start (docker run)");
+    for round in 0..lab.args.runs as usize {
+        for k in 0..active.len() {
+            let index = (round + k) % active.len();
+            let entry = &mut active[index];
+            bar.set_message(entry.profile.name.clone());
+            let name = format!("lab-{}-{round}-{}", entry.profile.name, lab.suffix);
+            let record = cold_start(target, &entry.profile.runtime, &name, round);
+            entry.result.runs.push(record);
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
 }
@@ -518,13 +526,16 @@ fn cold_start(target: &DockerTarget, runtime: &str, name: &str, round: usize) ->
             record.ok = out.success();
             match parse_probe(&out.stdout) {
                 Some(probe) if record.ok => {
-                    record.to_workload_ms = to_workload_ms(&probe, client_start);
+                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
+                        .as_u64()
+                        .map(|t| (t as f64 - client_start as f64) / 1e6);
                 }
                 _ => {
                     record.ok = false;
-                    record.error = Some(no_probe_output(
+                    record.error = Some(format!(
+                        "exit {}; no probe output: {}",
                         out.status.code().unwrap_or(-1),
-                        &format!("{}{}", out.stdout, out.stderr),
+                        one_line(&format!("{}{}", out.stdout, out.stderr))
                     ));
                 }
             }
@@ -558,7 +569,13 @@ async fn served_latency(
             entry.profile.name
         ));
         let result = serve_and_measure(lab, target, entry, port, args.requests as usize).await;
-        found.served(entry, result);
+        if let Some(e) = &result.error {
+            found
+                .report
+                .errors
+                .push(format!("{} HTTP: {e}", entry.profile.name));
+        }
+        entry.result.http = Some(result);
     }
     relate_to_runc(active);
 }
@@ -606,7 +623,7 @@ async fn serve_and_measure(
             return result;
         }
     }
-    measure_served(started, &mut result, || {
+    crate::await_and_measure(port, started, requests, &mut result, || async {
         target
             .run(&["logs", &name])
             .map(|o| format!("{}{}", o.stdout, o.stderr))

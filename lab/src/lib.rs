@@ -6,6 +6,7 @@
 //! with the reason) → N cold-start rounds interleaved across profiles → shim spans from the spool →
 //! HTTP latency per profile → reports. A failure part-way still writes what was measured.
 
+mod cri;
 mod docker;
 pub mod http;
 pub mod isolation;
@@ -45,15 +46,24 @@ pub enum Engine {
     Containerd,
     /// The docker CLI (`docker run --runtime …`), as the lab's original script does.
     Docker,
+    /// containerd's CRI, as the kubelet drives it: each profile a RuntimeClass handler registered
+    /// by `shimtrace install` in a private containerd with its CRI plugin on (containerd >= 1.7.1).
+    Cri,
 }
 
 /// `shimtrace lab` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
-    /// Drive containers through containerd's API, or through Docker Engine (found as the docker
-    /// CLI finds it: DOCKER_HOST, its context, /var/run/docker.sock; else a private dockerd).
+    /// Drive containers through containerd's API, through Docker Engine (found as the docker
+    /// CLI finds it: DOCKER_HOST, its context, /var/run/docker.sock; else a private dockerd), or
+    /// as pods through containerd's CRI (always a private CRI-enabled containerd, --address
+    /// unused; each profile a RuntimeClass handler).
     #[arg(long, value_enum, default_value_t = Engine::Containerd)]
     pub engine: Engine,
+    /// Shorthand for `--engine cri`: the profiles as RuntimeClass handlers, pod startup as
+    /// Kubernetes sees it.
+    #[arg(long, conflicts_with = "engine")]
+    pub cri: bool,
     /// The docker CLI (`--engine docker`).
     #[arg(long, default_value = "docker", value_name = "PATH")]
     pub docker_cli: PathBuf,
@@ -94,9 +104,11 @@ pub struct LabArgs {
     /// A static busybox to build the workload rootfs from.
     #[arg(long, default_value = "/bin/busybox")]
     pub busybox: PathBuf,
-    /// The containerd binary for a private instance.
-    #[arg(long, default_value = "containerd")]
-    pub containerd: PathBuf,
+    /// The containerd binary for a private instance [default: containerd on PATH; with
+    /// `--engine cri`, the newest under /opt/shimtrace/containerd (scripts/install-containerd-matrix.sh),
+    /// else containerd on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub containerd: Option<PathBuf>,
     /// Where the wrapper spools spans (for a containerd the lab did not start).
     #[arg(long, env = "SHIMTRACE_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -116,6 +128,17 @@ pub struct LabArgs {
     /// Per-run timeout in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+}
+
+impl LabArgs {
+    /// The engine asked for (`--cri` is `--engine cri`).
+    pub fn engine(&self) -> Engine {
+        if self.cri {
+            Engine::Cri
+        } else {
+            self.engine
+        }
+    }
 }
 
 /// Errors that stop the lab or make its result incomplete.
@@ -144,6 +167,8 @@ pub enum LabError {
     },
     #[error("{0}")]
     Docker(String),
+    #[error("{0}")]
+    Cri(String),
     #[error("no such profile: {0} (pass --only with names among: {1})")]
     UnknownProfile(String, String),
     #[error("cannot start the async runtime: {0} (check the process's limits on threads and open files)")]
@@ -184,8 +209,11 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     let lab = Lab::prepare(&args)?;
     let mut found = Findings::new();
     host_probe(&lab, &mut found).await;
-    if args.engine == Engine::Docker {
-        let result = docker::measure(&lab, &mut found).await;
+    if args.engine() != Engine::Containerd {
+        let result = match args.engine() {
+            Engine::Docker => docker::measure(&lab, &mut found).await,
+            _ => cri::measure(&lab, &mut found).await,
+        };
         write_report(&lab, &mut found.report)?;
         result?;
         return found.into_result(lab.out);
@@ -340,38 +368,20 @@ impl Findings {
         self.report.errors.push(line);
     }
 
-    /// Ends the run on `fatal`, keeping what was measured (the host column) next to the reason.
-    fn fail<T>(&mut self, out: &Path, fatal: LabError) -> Result<T, LabError> {
-        self.report.errors.push(fatal.to_string());
-        self.report.derive_conclusions();
-        write_reports(out, &self.report)?;
-        Err(fatal)
-    }
-
-    /// The measured profiles into the report beside the skipped ones, in their configured order.
-    fn keep_profiles(&mut self, profiles: &[Profile], active: Vec<Active>) {
+    /// Puts the measured profiles beside the skipped ones, in their configured order.
+    fn place_in_order(&mut self, lab: &Lab<'_>, active: Vec<Active>) {
         let mut by_name: BTreeMap<String, ProfileResult> = active
             .into_iter()
             .map(|a| (a.profile.name.clone(), a.result))
             .collect();
         let skipped = std::mem::take(&mut self.report.profiles);
-        for profile in profiles {
+        for profile in &lab.profiles {
             if let Some(r) = by_name.remove(&profile.name) {
                 self.report.profiles.push(r);
             } else if let Some(r) = skipped.iter().find(|r| r.name == profile.name) {
                 self.report.profiles.push(r.clone());
             }
         }
-    }
-
-    /// `result` as `entry`'s served latency, its error also among the report's.
-    fn served(&mut self, entry: &mut Active, result: HttpResult) {
-        if let Some(e) = &result.error {
-            self.report
-                .errors
-                .push(format!("{} HTTP: {e}", entry.profile.name));
-        }
-        entry.result.http = Some(result);
     }
 
     fn into_result(self, out: PathBuf) -> Result<PathBuf, LabError> {
@@ -460,7 +470,10 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<Target, LabError
             // Our own containerd's shims write only this run's spans here.
             let _ = std::fs::remove_dir_all(&spool_dir);
             let mut config = PrivateConfig::new(private_dir.path().join("containerd"));
-            config.binary = args.containerd.clone();
+            config.binary = args
+                .containerd
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("containerd"));
             config.remove_containers_in = vec![args.namespace.clone()];
             config.stop_timeout = std::time::Duration::from_secs(5);
             config.env = vec![(
@@ -487,7 +500,13 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<Target, LabError
                 };
             let (started, client) = match connected {
                 Ok(pair) => pair,
-                Err(fatal) => return found.fail(&lab.out, fatal),
+                Err(fatal) => {
+                    // Keep what was measured (the host column) next to the reason.
+                    found.report.errors.push(fatal.to_string());
+                    found.report.derive_conclusions();
+                    write_reports(&lab.out, &found.report)?;
+                    return Err(fatal);
+                }
             };
             found.report.setup.private_containerd = true;
             private = Some(started);
@@ -524,7 +543,7 @@ async fn measure(lab: &Lab<'_>, target: &Target, found: &mut Findings) -> Result
     let suffix = lab.suffix.as_str();
     let is_ours = |id: &str| id.starts_with("lab-") && id.ends_with(suffix);
     export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
-    found.keep_profiles(&lab.profiles, active);
+    found.place_in_order(lab, active);
     Ok(())
 }
 
@@ -628,49 +647,19 @@ async fn cold_starts(
     active: &mut [Active],
     image_command: Option<&[String]>,
 ) -> Result<(), LabError> {
-    let (bar, order) = cold_start_rounds(lab.args.runs, active.len(), "cold start");
-    for (round, index) in order {
-        let entry = &mut active[index];
-        bar.set_message(entry.profile.name.clone());
-        let record = cold_start(lab, client, &entry.profile, round, image_command).await?;
-        entry.result.runs.push(record);
-        bar.inc(1);
+    let bar = cold_start_bar(lab, active.len(), "cold start");
+    for round in 0..lab.args.runs as usize {
+        for k in 0..active.len() {
+            let index = (round + k) % active.len();
+            let entry = &mut active[index];
+            bar.set_message(entry.profile.name.clone());
+            let record = cold_start(lab, client, &entry.profile, round, image_command).await?;
+            entry.result.runs.push(record);
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
     Ok(())
-}
-
-/// The cold starts' progress bar (titled `title`) and their order: `runs` rounds, each over the
-/// `count` profiles as (round, profile index), every round starting one profile later.
-fn cold_start_rounds(
-    runs: u32,
-    count: usize,
-    title: &str,
-) -> (indicatif::ProgressBar, Vec<(usize, usize)>) {
-    let bar = indicatif::ProgressBar::new(runs as u64 * count as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{title} {{bar:40}} {{pos}}/{{len}} {{msg}} [{{elapsed}}]"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let order = (0..runs as usize)
-        .flat_map(|round| (0..count).map(move |k| (round, (round + k) % count)))
-        .collect();
-    (bar, order)
-}
-
-/// The time from the client's start (`client_start`, unix nanoseconds) to the workload's first
-/// instruction, as the probe's `probe` output recorded it.
-fn to_workload_ms(probe: &Value, client_start: u64) -> Option<f64> {
-    probe["first_timestamp_unix_nanos"]
-        .as_u64()
-        .map(|t| (t as f64 - client_start as f64) / 1e6)
-}
-
-/// Why a cold start without the probe's output failed: its exit `code` and what it `printed`.
-fn no_probe_output(code: impl std::fmt::Display, printed: &str) -> String {
-    format!("exit {code}; no probe output: {}", one_line(printed))
 }
 
 /// One cold start of `profile`: the client's phases and wall time, and with the probe, the time
@@ -722,11 +711,17 @@ async fn cold_start(
                     }
                 }
                 Some(probe) => {
-                    record.to_workload_ms = to_workload_ms(&probe, o.client_start_unix_nanos);
+                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
+                        .as_u64()
+                        .map(|t| (t as f64 - o.client_start_unix_nanos as f64) / 1e6);
                 }
                 None => {
                     record.ok = false;
-                    record.error = Some(no_probe_output(o.exit_code, &o.output));
+                    record.error = Some(format!(
+                        "exit {}; no probe output: {}",
+                        o.exit_code,
+                        one_line(&o.output)
+                    ));
                 }
             }
         }
@@ -738,6 +733,18 @@ async fn cold_start(
     Ok(record)
 }
 
+/// The progress bar of `--runs` rounds over `profiles` profiles, labelled `what`.
+fn cold_start_bar(lab: &Lab<'_>, profiles: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(lab.args.runs as u64 * profiles as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} {{msg}} [{{elapsed}}]"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Stage 5, the shim spans recorded for the lab's containers (those in `spool_dir` that started
 /// after `spool_start`): attached to each run (relative to the client's start), then each
 /// profile's cold-start summary.
@@ -745,19 +752,30 @@ fn attach_spans(spool_dir: &Path, spool_start: u64, active: &mut [Active], repor
     let spans = read_spans(spool_dir, spool_start);
     for entry in active {
         for record in &mut entry.result.runs {
-            if let Some(by_name) = spans.get(&record.id) {
-                let client_start = record.client_start_unix_nanos as f64;
-                record.spans = by_name
-                    .iter()
-                    .map(|(name, (start, duration_ms))| {
-                        let timing = report::SpanTiming {
-                            start_ms: (*start as f64 - client_start) / 1e6,
-                            duration_ms: *duration_ms,
-                        };
-                        (name.clone(), timing)
-                    })
-                    .collect();
-            }
+            let client_start = record.client_start_unix_nanos as f64;
+            // A pod's sandbox spans, under names of their own, beside its container's.
+            let sandbox = record
+                .sandbox_id
+                .as_ref()
+                .and_then(|id| spans.get(id))
+                .into_iter()
+                .flatten()
+                .map(|(name, timing)| (format!("sandbox {name}"), timing));
+            let container = spans
+                .get(&record.id)
+                .into_iter()
+                .flatten()
+                .map(|(name, timing)| (name.clone(), timing));
+            record.spans = sandbox
+                .chain(container)
+                .map(|(name, (start, duration_ms))| {
+                    let timing = report::SpanTiming {
+                        start_ms: (*start as f64 - client_start) / 1e6,
+                        duration_ms: *duration_ms,
+                    };
+                    (name, timing)
+                })
+                .collect();
         }
         entry.result.cold_start = Some(cold_start_summary(
             &entry.result.runs,
@@ -824,7 +842,13 @@ async fn served_latency(
             &lab.work,
         )
         .await;
-        found.served(entry, result);
+        if let Some(e) = &result.error {
+            found
+                .report
+                .errors
+                .push(format!("{} HTTP: {e}", entry.profile.name));
+        }
+        entry.result.http = Some(result);
     }
     relate_to_runc(active);
 }
@@ -1188,7 +1212,7 @@ async fn serve_and_measure(
         result.error = Some(one_line(&e.to_string()));
         return result;
     }
-    measure_served(started, &mut result, || {
+    await_and_measure(port, started, requests, &mut result, || async {
         std::fs::read_to_string(spec.output_path()).unwrap_or_default()
     })
     .await;
@@ -1213,24 +1237,29 @@ fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {
     write("report.html", report.to_html())
 }
 
-/// Waits (at most 20 s) for the server started at `started` on `result`'s loopback port, then
-/// measures its served latency into `result`; when it never answers, the error quotes `output()`,
-/// what its container printed.
-pub(crate) async fn measure_served(
+/// Served latency of a workload started at `started` to serve on 127.0.0.1:`port`: once it
+/// answers, its readiness time and [`measure_requests`]; if it never does, the error with what the
+/// workload printed (`output`).
+pub(crate) async fn await_and_measure<F, Fut>(
+    port: u16,
     started: Instant,
+    requests: usize,
     result: &mut HttpResult,
-    output: impl FnOnce() -> String,
-) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], result.port));
+    output: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     match http::wait_ready(addr, "/index.html", Duration::from_secs(20)).await {
         Ok(()) => {
             result.ready_ms = Some(ms(started.elapsed()));
-            measure_requests(addr, result.requests, result).await;
+            measure_requests(addr, requests, result).await;
         }
         Err(e) => {
+            let output = output().await;
             result.error = Some(one_line(&format!(
-                "server never answered: {e}; container output: {}",
-                output()
+                "server never answered: {e}; container output: {output}"
             )));
         }
     }
@@ -1238,7 +1267,7 @@ pub(crate) async fn measure_served(
 
 /// The served-latency measurement against a workload answering at `addr`: a few unmeasured
 /// requests so both sides have warmed up, then `requests` timed GETs into `result`.
-async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpResult) {
+pub(crate) async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpResult) {
     for _ in 0..5 {
         let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
     }

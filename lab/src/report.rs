@@ -57,6 +57,23 @@ pub struct Setup {
     /// With `--engine docker`: the Docker Engine the profiles ran through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSetup>,
+    /// With `--engine cri`: the CRI-enabled containerd the pods ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cri: Option<CriSetup>,
+}
+
+/// The containerd CRI of a `--engine cri` run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CriSetup {
+    /// The containerd binary the lab started (its version is `Setup::containerd_version`).
+    pub containerd: String,
+    /// How `shimtrace install` registered the handlers (`runtime_path form`).
+    pub form: String,
+    /// The RuntimeClass handler each profile ran under.
+    pub handlers: BTreeMap<String, String>,
+    /// What the pods share with the host and why, and what install said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The Docker Engine of a `--engine docker` run.
@@ -127,6 +144,10 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_workload_ms: Option<f64>,
     pub phases_ms: BTreeMap<String, f64>,
+    /// With `--engine cri`: the pod sandbox the container ran in (its spans are named
+    /// `sandbox <span>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
     /// Shim spans of this container by name (a repeated name: first start, summed duration).
     pub spans: BTreeMap<String, SpanTiming>,
 }
@@ -217,6 +238,15 @@ const PHASES: [&str; 6] = [
     "wait_exit",
     "delete_task",
     "delete_container",
+];
+
+/// CRI calls of a pod start, in the order the kubelet makes them; `await_running` is the polling
+/// of ContainerStatus until the container runs.
+const CRI_PHASES: [&str; 4] = [
+    "run_pod_sandbox",
+    "create_container",
+    "start_container",
+    "await_running",
 ];
 
 /// What the conclusions are drawn from: the profiles whose cold start was measured, and among them
@@ -568,6 +598,22 @@ impl LabReport {
                         })
                         .code("docker run --runtime <runtime>"),
                 ),
+                None if s.cri.is_some() => ListItem::new(
+                    Text::new()
+                        .plain(format!("containerd CRI: containerd {} at ", s.containerd_version))
+                        .code(&s.containerd_address)
+                        .plain(" (private instance started by the lab, CRI plugin on); pods run with RuntimeClass handlers registered by ")
+                        .code("shimtrace install")
+                        .plain(format!(
+                            " ({})",
+                            s.cri.as_ref().map(|c| c.form.as_str()).unwrap_or("?")
+                        )),
+                )
+                .with_children(s.cri.iter().flat_map(|c| {
+                    c.notes
+                        .iter()
+                        .map(|n| ListItem::new(Text::with_code_spans(n)))
+                })),
                 None => ListItem::new(
                     Text::new()
                         .plain(format!("containerd {} at ", s.containerd_version))
@@ -675,15 +721,21 @@ impl LabReport {
                 });
             }
         }
-        doc.heading(2, "Cold start").paragraph(Text::with_code_spans(if self.setup.docker.is_some() {
+        let explanation = if self.setup.cri.is_some() {
+            "Pod startup as Kubernetes sees it: RunPodSandbox, CreateContainer, StartContainer, then \
+             ContainerStatus until the container runs (wall), and to-workload time (the probe's \
+             first CLOCK_REALTIME reading minus the client's start), in ms."
+        } else if self.setup.docker.is_some() {
             "Wall time of `docker run --rm` as the Docker client sees it (the command's start to its \
              exit, the container removed), and to-workload time (the probe's first CLOCK_REALTIME \
              reading minus the client's start), in ms."
         } else {
             "Client-observed wall time from CreateContainer to the container being deleted, and \
              to-workload time (the probe's first CLOCK_REALTIME reading minus the client's start), in ms."
-        }));
-        doc.push(table);
+        };
+        doc.heading(2, "Cold start")
+            .paragraph(Text::with_code_spans(explanation))
+            .push(table);
         if !chart.is_empty() {
             doc.push(Figure::drawn_only(
                 Bars {
@@ -698,6 +750,10 @@ impl LabReport {
     }
 
     fn phases_section(&self, doc: &mut Document) {
+        if self.setup.cri.is_some() {
+            self.pod_startup_section(doc);
+            return;
+        }
         if self.setup.docker.is_some() {
             doc.heading(3, "Phases (client side, p50 ms)")
                 .paragraph(Text::with_code_spans(
@@ -720,6 +776,73 @@ impl LabReport {
             table.row(row);
         }
         doc.heading(3, "Phases (client side, p50 ms)").push(table);
+    }
+
+    /// With `--engine cri`: per handler, the sandbox's share of pod startup (RunPodSandbox) and
+    /// the container's (CreateContainer to running), then each CRI call.
+    fn pod_startup_section(&self, doc: &mut Document) {
+        let handlers = self.setup.cri.as_ref().map(|c| &c.handlers);
+        let mut split = Table::new(
+            [
+                "Profile",
+                "Handler",
+                "sandbox p50",
+                "sandbox p90",
+                "container p50",
+                "container p90",
+                "pod startup p50",
+                "pod startup p90",
+                "pod startup p99",
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                if i < 2 {
+                    Column::left(h)
+                } else {
+                    Column::right(h)
+                }
+            }),
+        );
+        let mut calls = Table::keyed("Profile", CRI_PHASES.into_iter().chain(["sum", "wall"]));
+        for p in self.ok_profiles() {
+            let Some(c) = &p.cold_start else { continue };
+            let phase = |name: &str| c.phases.get(name);
+            let handler = handlers
+                .and_then(|h| h.get(&p.name))
+                .map(|h| Text::new().code(h))
+                .unwrap_or_else(|| Text::from("?"));
+            let (sandbox, container, wall) =
+                (phase("sandbox"), phase("container"), c.wall.as_ref());
+            split.row([
+                Text::from(&p.name),
+                handler,
+                opt(sandbox.map(|s| s.p50)).into(),
+                opt(sandbox.map(|s| s.p90)).into(),
+                opt(container.map(|s| s.p50)).into(),
+                opt(container.map(|s| s.p90)).into(),
+                opt(wall.map(|s| s.p50)).into(),
+                opt(wall.map(|s| s.p90)).into(),
+                opt(wall.map(|s| s.p99)).into(),
+            ]);
+            let values: Vec<f64> = CRI_PHASES
+                .iter()
+                .map(|n| phase(n).map(|s| s.p50).unwrap_or(f64::NAN))
+                .collect();
+            let mut row = vec![p.name.clone()];
+            row.extend(values.iter().map(|v| f(*v)));
+            row.push(f(values.iter().filter(|v| v.is_finite()).sum()));
+            row.push(opt(wall.map(|s| s.p50)));
+            calls.row(row);
+        }
+        doc.heading(3, "Pod startup: sandbox and container (ms)")
+            .paragraph(Text::with_code_spans(
+                "Sandbox: `RunPodSandbox` (the pod's sandbox container and its shim). Container: \
+                 `CreateContainer` to ContainerStatus reporting it running.",
+            ))
+            .push(split)
+            .heading(3, "Phases (CRI calls, p50 ms)")
+            .push(calls);
     }
 
     fn shim_spans_section(&self, doc: &mut Document) {
@@ -895,8 +1018,16 @@ impl LabReport {
                  probe output are in ",
             )
             .code("report.json")
-            .plain("; task outputs are under ")
-            .code("work/io/");
+            .plain(if self.setup.cri.is_some() {
+                "; the pods' CRI logs are under "
+            } else {
+                "; task outputs are under "
+            })
+            .code(if self.setup.cri.is_some() {
+                "work/pods/"
+            } else {
+                "work/io/"
+            });
         if self.setup.traced {
             text = text
                 .plain(", the shims' span spool in ")
@@ -1023,6 +1154,53 @@ mod tests {
         r.profiles[1] = profile("runsc", 90.0, 0.1);
         r.derive_conclusions();
         assert!(r.recommendation[0].contains("Use runsc: it was fastest and most isolated"));
+    }
+
+    #[test]
+    fn a_cri_run_splits_pod_startup_per_handler() {
+        let mut r = report();
+        r.setup.containerd_version = "2.1.9".into();
+        r.setup.cri = Some(CriSetup {
+            containerd: "/opt/containerd".into(),
+            form: "runtime_path form".into(),
+            handlers: [
+                ("runc".to_string(), "traced-runc".to_string()),
+                ("runsc".to_string(), "traced-runsc".to_string()),
+            ]
+            .into(),
+            notes: vec!["Pods run on the host network".into()],
+        });
+        for p in &mut r.profiles {
+            if let Some(c) = p.cold_start.as_mut() {
+                let wall = c.wall.as_ref().unwrap().p50;
+                c.phases.insert("sandbox".into(), summary(wall * 0.6));
+                c.phases.insert("container".into(), summary(wall * 0.4));
+                c.phases
+                    .insert("run_pod_sandbox".into(), summary(wall * 0.6));
+            }
+        }
+        r.derive_conclusions();
+        let md = r.to_markdown();
+        assert!(md.contains("containerd CRI: containerd 2.1.9 at"), "{md}");
+        assert!(md.contains("  - Pods run on the host network"), "{md}");
+        let section = md
+            .split("### Pod startup: sandbox and container (ms)")
+            .nth(1)
+            .expect("a pod startup section");
+        assert!(
+            section.contains("| runc | `traced-runc` | 60.0 |"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| runsc | `traced-runsc` | 150 |"),
+            "{section}"
+        );
+        assert!(section.contains("### Phases (CRI calls, p50 ms)"));
+        assert!(md.contains("`work/pods/`") && !md.contains("`work/io/`"));
+        assert!(
+            !md.contains("create_task"),
+            "no containerd-API phases under CRI"
+        );
     }
 
     #[test]

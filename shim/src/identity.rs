@@ -5,6 +5,9 @@
 //! - the runc shim's `BinaryName` option (`containerd.runc.v1.Options`, field 6): in the `Create`
 //!   request (the proxy), on `start`'s stdin (the wrapper: containerd sends the same options there),
 //!   or in the `options.json` the runc shim writes into the bundle at `Create`;
+//! - else the OCI runtime the wrapper's config gives the runtime (`oci_runtime`, which the wrapper
+//!   makes the inner shim run as `runc` where `BinaryName` cannot be passed: CRI's runtime-name
+//!   form on containerd 1.6);
 //! - else the inner shim's own name: `containerd-shim-runsc-v1` → `runsc`, `containerd-shim-runc-v2`
 //!   → `runc`.
 //!
@@ -26,9 +29,11 @@
 //! container's name; [`Workload::from_annotations`] is where a Docker name would be read if moby
 //! ever adds one. Docker containers still carry their runtime identity.
 //!
-//! The proxy learns a container's identity at `Create`, on the spool's writer thread (never on the
-//! forwarding path), keeps it in a bounded map and writes it beside the bundle ([`SIDECAR`]), where
-//! the wrapper's `delete` and a proxy started after a containerd restart find it again.
+//! The proxy learns a container's identity at `Create`: it reads the bundle's spec before
+//! forwarding the call (the bundle of a container that exits at once may be gone a few
+//! milliseconds later) and records the rest on the spool's writer thread, in a bounded map and
+//! beside the bundle ([`SIDECAR`]), where the wrapper's `delete` and a proxy started after a
+//! containerd restart find it again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +102,8 @@ pub fn runtime_name(binary: &str) -> String {
 pub enum RuntimeSource {
     /// The runc shim's `BinaryName` option.
     BinaryName,
+    /// The `oci_runtime` of the runtime's entry in the wrapper's config.
+    Config,
     /// The inner shim's name.
     Shim,
 }
@@ -105,6 +112,7 @@ impl RuntimeSource {
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeSource::BinaryName => "binary_name",
+            RuntimeSource::Config => "config",
             RuntimeSource::Shim => "shim",
         }
     }
@@ -116,7 +124,7 @@ pub struct Runtime {
     /// `container.runtime.name`.
     pub name: String,
     pub source: RuntimeSource,
-    /// The `BinaryName` as given, when that is the source.
+    /// The binary as given, when the source names one (`BinaryName`, the config's `oci_runtime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
 }
@@ -127,6 +135,15 @@ impl Runtime {
         Runtime {
             name: runtime_name(binary),
             source: RuntimeSource::BinaryName,
+            binary: Some(binary.to_string()),
+        }
+    }
+
+    /// The runtime the wrapper's config makes the inner shim run (its `oci_runtime`).
+    pub fn from_config(binary: &str) -> Runtime {
+        Runtime {
+            name: runtime_name(binary),
+            source: RuntimeSource::Config,
             binary: Some(binary.to_string()),
         }
     }
@@ -341,8 +358,14 @@ pub struct Identity {
 impl Identity {
     /// The identity of the container in `bundle`, run by the inner shim `shim`. `binary_name` is
     /// what options at hand say (`start`'s stdin); otherwise what the proxy recorded at `Create`,
-    /// then the runc shim's `options.json`, then the shim's name.
-    pub fn resolve(bundle: Option<&Path>, binary_name: Option<&str>, shim: &str) -> Identity {
+    /// then the runc shim's `options.json`, then `oci_runtime` (the wrapper's config), then the
+    /// shim's name.
+    pub fn resolve(
+        bundle: Option<&Path>,
+        binary_name: Option<&str>,
+        oci_runtime: Option<&str>,
+        shim: &str,
+    ) -> Identity {
         let recorded = bundle.and_then(read_sidecar);
         let runtime = match (binary_name, &recorded) {
             (Some(binary), _) => Runtime::from_binary(binary),
@@ -350,7 +373,7 @@ impl Identity {
             (None, None) => bundle
                 .and_then(binary_name_in_bundle)
                 .map(|b| Runtime::from_binary(&b))
-                .unwrap_or_else(|| Runtime::from_shim(shim)),
+                .unwrap_or_else(|| configured_or_shim(oci_runtime, shim)),
         };
         let workload = match recorded {
             Some(recorded) => recorded.workload,
@@ -395,6 +418,14 @@ impl Identity {
         for span in spans {
             self.put(&mut span.attributes);
         }
+    }
+}
+
+/// The runtime the config names, else the one the shim's name says.
+fn configured_or_shim(oci_runtime: Option<&str>, shim: &str) -> Runtime {
+    match oci_runtime {
+        Some(binary) => Runtime::from_config(binary),
+        None => Runtime::from_shim(shim),
     }
 }
 
@@ -451,6 +482,9 @@ impl Generations {
 pub struct IdentityRegistry {
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
+    /// The OCI runtime the wrapper's config gives this proxy's runtime, if any: every container
+    /// whose `Create` names no `BinaryName` runs on it.
+    oci_runtime: Option<String>,
     known: Mutex<Generations>,
 }
 
@@ -458,8 +492,16 @@ impl IdentityRegistry {
     pub fn new(task_root: Option<PathBuf>) -> IdentityRegistry {
         IdentityRegistry {
             task_root,
+            oci_runtime: None,
             known: Mutex::new(Generations::default()),
         }
+    }
+
+    /// The same registry for a proxy whose inner shim runs `oci_runtime` as `runc` (see
+    /// [`crate::resolve::RuntimeConfig::oci_runtime`]).
+    pub fn with_oci_runtime(mut self, oci_runtime: Option<String>) -> IdentityRegistry {
+        self.oci_runtime = oci_runtime;
+        self
     }
 
     fn bundle_of(&self, namespace: &str, id: &str) -> Option<PathBuf> {
@@ -467,9 +509,14 @@ impl IdentityRegistry {
     }
 
     /// A `Create` request (`payload`, the `CreateTaskRequest`) for container `id` is about to be
-    /// forwarded: queues the recording of its identity on the writer thread, ahead of every span
-    /// the call causes (the inner shim's `/tasks/create` event included). Costs the forwarding
-    /// thread a copy of the bundle path and the runtime options, borrowed from the frame.
+    /// forwarded: reads the workload from the bundle's spec now, and queues the recording of the
+    /// identity on the writer thread, ahead of every span the call causes (the inner shim's
+    /// `/tasks/create` event included).
+    ///
+    /// The spec is read here, on the forwarding thread, because only now is the bundle sure to
+    /// exist: the writer drains its queue every [`crate::spool::FLUSH_INTERVAL`], and a container
+    /// that exits at once (`echo`) can be deleted, bundle and all, before then. The read is one
+    /// bounded file of tens of KiB, against a `Create` that takes tens of milliseconds.
     pub fn create_seen(
         self: &Arc<Self>,
         sink: &SpanSink,
@@ -481,10 +528,12 @@ impl IdentityRegistry {
         let options = crate::wire::bytes_field(payload, CREATE_OPTIONS)
             .filter(|o| o.len() <= MAX_OPTIONS_COPY)
             .map(<[u8]>::to_vec);
+        let workload = self.workload_of(namespace, id);
         sink.emit_deferred(Box::new(CreateSeen {
             registry: self.clone(),
             namespace: namespace.to_string(),
             id: id.to_string(),
+            workload,
             bundle: crate::wire::string_field(payload, CREATE_BUNDLE)
                 .filter(|b| !b.is_empty())
                 .map(PathBuf::from),
@@ -505,6 +554,28 @@ impl IdentityRegistry {
         options: Option<&[u8]>,
         shim: &str,
     ) {
+        let workload = self.workload_of(namespace, id);
+        self.record_created(namespace, id, claimed, options, workload, shim);
+    }
+
+    /// What the spec of container `id`'s bundle says (nothing when there is no bundle).
+    fn workload_of(&self, namespace: &str, id: &str) -> Workload {
+        self.bundle_of(namespace, id)
+            .as_deref()
+            .map(Workload::of_bundle)
+            .unwrap_or_default()
+    }
+
+    /// [`IdentityRegistry::created`], with the workload already read from the bundle.
+    fn record_created(
+        &self,
+        namespace: &str,
+        id: &str,
+        claimed: Option<&Path>,
+        options: Option<&[u8]>,
+        workload: Workload,
+        shim: &str,
+    ) {
         let bundle = self.bundle_of(namespace, id);
         if let Some(claimed) = claimed.filter(|c| Some(*c) != bundle.as_deref()) {
             tracing::debug!(
@@ -515,14 +586,8 @@ impl IdentityRegistry {
         let runtime = options
             .and_then(binary_name_in_options)
             .map(|b| Runtime::from_binary(&b))
-            .unwrap_or_else(|| Runtime::from_shim(shim));
-        let identity = Identity {
-            runtime,
-            workload: bundle
-                .as_deref()
-                .map(Workload::of_bundle)
-                .unwrap_or_default(),
-        };
+            .unwrap_or_else(|| configured_or_shim(self.oci_runtime.as_deref(), shim));
+        let identity = Identity { runtime, workload };
         if let Some(dir) = bundle.as_deref().filter(|d| d.is_dir()) {
             if let Err(e) = write_sidecar(dir, &identity) {
                 tracing::debug!("cannot write {SIDECAR} in {}: {e}", dir.display());
@@ -540,7 +605,12 @@ impl IdentityRegistry {
             return found;
         }
         let bundle = self.bundle_of(namespace, id);
-        let identity = Arc::new(Identity::resolve(bundle.as_deref(), None, shim));
+        let identity = Arc::new(Identity::resolve(
+            bundle.as_deref(),
+            None,
+            self.oci_runtime.as_deref(),
+            shim,
+        ));
         if let Ok(mut known) = self.known.lock() {
             known.insert(key, identity.clone());
         }
@@ -614,6 +684,7 @@ struct CreateSeen {
     registry: Arc<IdentityRegistry>,
     namespace: String,
     id: String,
+    workload: Workload,
     bundle: Option<PathBuf>,
     options: Option<Vec<u8>>,
     shim: String,
@@ -621,12 +692,22 @@ struct CreateSeen {
 
 impl DeferredSpan for CreateSeen {
     fn build(self: Box<Self>) -> Option<SpanRecord> {
-        self.registry.created(
-            &self.namespace,
-            &self.id,
-            self.bundle.as_deref(),
-            self.options.as_deref(),
-            &self.shim,
+        let CreateSeen {
+            registry,
+            namespace,
+            id,
+            workload,
+            bundle,
+            options,
+            shim,
+        } = *self;
+        registry.record_created(
+            &namespace,
+            &id,
+            bundle.as_deref(),
+            options.as_deref(),
+            workload,
+            &shim,
         );
         None
     }
@@ -825,7 +906,7 @@ mod tests {
         let bundle = dir.path();
         std::fs::write(bundle.join("config.json"), cri_sandbox_spec().to_string()).unwrap();
         // Nothing recorded: the shim's name, the spec's pod.
-        let first = Identity::resolve(Some(bundle), None, RUNC_SHIM);
+        let first = Identity::resolve(Some(bundle), None, None, RUNC_SHIM);
         assert_eq!(first.runtime.name, "runc");
         assert_eq!(first.workload.pod_name.as_deref(), Some("shop-7d9f"));
         // The runc shim's options.json (written at Create, read again by its `delete`).
@@ -834,7 +915,7 @@ mod tests {
             r#"{"binary_name":"/usr/bin/runsc","systemd_cgroup":true}"#,
         )
         .unwrap();
-        let runtime = Identity::resolve(Some(bundle), None, RUNC_SHIM).runtime;
+        let runtime = Identity::resolve(Some(bundle), None, None, RUNC_SHIM).runtime;
         assert_eq!(runtime, Runtime::from_binary("/usr/bin/runsc"));
         // What the proxy recorded wins over that file, options at hand over both.
         let recorded = Identity {
@@ -843,12 +924,15 @@ mod tests {
         };
         write_sidecar(bundle, &recorded).unwrap();
         assert_eq!(read_sidecar(bundle), Some(recorded.clone()));
-        assert_eq!(Identity::resolve(Some(bundle), None, RUNC_SHIM), recorded);
-        let given = Identity::resolve(Some(bundle), Some("runsc-nonet"), RUNC_SHIM);
+        assert_eq!(
+            Identity::resolve(Some(bundle), None, None, RUNC_SHIM),
+            recorded
+        );
+        let given = Identity::resolve(Some(bundle), Some("runsc-nonet"), None, RUNC_SHIM);
         assert_eq!(given.runtime.name, "runsc");
         // No bundle at all: the shim.
         assert_eq!(
-            Identity::resolve(None, None, "containerd-shim-kata-v2")
+            Identity::resolve(None, None, None, "containerd-shim-kata-v2")
                 .runtime
                 .name,
             "kata"
@@ -929,7 +1013,45 @@ mod tests {
         assert_eq!(registry.remembered(), 0);
         let recorded = read_sidecar(&bundle).expect("identity beside the bundle");
         assert_eq!(recorded.runtime.name, "runsc");
-        assert_eq!(Identity::resolve(Some(&bundle), None, RUNC_SHIM), recorded);
+        assert_eq!(
+            Identity::resolve(Some(&bundle), None, None, RUNC_SHIM),
+            recorded
+        );
+    }
+
+    #[test]
+    fn a_container_deleted_before_the_writer_runs_keeps_its_pod() {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = root.path().join("k8s.io").join("quick");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let config = crate::spool::SpoolConfig {
+            dir: spool.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let sink = SpanSink::start(&config, "test").unwrap();
+        let registry = Arc::new(IdentityRegistry::new(Some(root.path().to_path_buf())));
+        let request = create_request("quick", &bundle, None);
+        registry.create_seen(&sink, "k8s.io", "quick", &request, RUNC_SHIM);
+        // An `echo` container: run, exited and deleted (its bundle with it) within the writer's
+        // flush interval, before the Create's span is assembled.
+        std::fs::remove_dir_all(&bundle).unwrap();
+        for method in ["Create", "Start", "Delete"] {
+            let name = format!("containerd.task.v3.Task/{method}");
+            sink.emit_deferred(registry.annotating(Ready(span_of("k8s.io", "quick", &name))));
+        }
+        sink.shutdown(Duration::from_secs(5));
+        let spans = read_spool(spool.path()).unwrap().spans;
+        assert_eq!(spans.len(), 3);
+        for span in &spans {
+            assert_eq!(
+                span.attr_str(attr::K8S_POD_NAME),
+                Some("shop-7d9f"),
+                "{span:?}"
+            );
+            assert_eq!(span.attr_str(attr::K8S_CONTAINER_NAME), Some("web"));
+        }
     }
 
     #[test]
@@ -963,6 +1085,63 @@ mod tests {
         assert_eq!(
             registry.lookup("default", "c4", RUNC_SHIM).runtime.name,
             "runsc"
+        );
+    }
+
+    /// Where `BinaryName` cannot be passed (CRI's runtime-name form on containerd 1.6), the
+    /// wrapper's config names the OCI runtime: it stands in for `BinaryName`, never over it.
+    #[test]
+    fn the_configured_oci_runtime_names_containers_without_a_binary_name() {
+        const RUNSC: &str = "/usr/local/bin/runsc-host";
+        let root = tempfile::tempdir().unwrap();
+        let bundle = root.path().join("k8s.io").join("s1");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), cri_sandbox_spec().to_string()).unwrap();
+        let registry = IdentityRegistry::new(Some(root.path().to_path_buf()))
+            .with_oci_runtime(Some(RUNSC.into()));
+        // Before Create: the config, not the runc shim's name.
+        let guessed = registry.lookup("k8s.io", "s1", RUNC_SHIM);
+        assert_eq!(guessed.runtime, Runtime::from_config(RUNSC));
+        assert_eq!(guessed.runtime.name, "runsc");
+        // CRI's generic options carry no BinaryName: still the config, recorded for delete.
+        let mut generic = runc_options("/usr/bin/crun");
+        generic.type_url = "runtimeoptions.v1.Options".into();
+        let generic = generic.write_to_bytes().unwrap();
+        registry.created("k8s.io", "s1", Some(&bundle), Some(&generic), RUNC_SHIM);
+        let created = registry.lookup("k8s.io", "s1", RUNC_SHIM);
+        assert_eq!(created.runtime.source, RuntimeSource::Config);
+        assert_eq!(created.workload.pod_name.as_deref(), Some("shop-7d9f"));
+        assert_eq!(read_sidecar(&bundle).unwrap().runtime, created.runtime);
+        let mut attributes = Attributes::new();
+        created.put(&mut attributes);
+        let get = |k: &str| attributes.get(k).and_then(|v| v.as_str());
+        assert_eq!(get(attr::CONTAINER_RUNTIME_NAME), Some("runsc"));
+        assert_eq!(get(attr::RUNTIME_SOURCE), Some("config"));
+        assert_eq!(get(attr::RUNTIME_BINARY), Some(RUNSC));
+        // A BinaryName that does arrive wins.
+        let crun = runc_options("/usr/bin/crun").write_to_bytes().unwrap();
+        registry.created("k8s.io", "c2", None, Some(&crun), RUNC_SHIM);
+        let c2 = registry.lookup("k8s.io", "c2", RUNC_SHIM);
+        assert_eq!(c2.runtime, Runtime::from_binary("/usr/bin/crun"));
+
+        // The wrapper's own resolution: the config after every record, before the shim's name.
+        let plain = tempfile::tempdir().unwrap();
+        let resolved = Identity::resolve(Some(plain.path()), None, Some(RUNSC), RUNC_SHIM);
+        assert_eq!(resolved.runtime, Runtime::from_config(RUNSC));
+        std::fs::write(
+            plain.path().join(RUNC_OPTIONS_FILE),
+            r#"{"binary_name":"/usr/bin/crun"}"#,
+        )
+        .unwrap();
+        let from_file = Identity::resolve(Some(plain.path()), None, Some(RUNSC), RUNC_SHIM);
+        assert_eq!(from_file.runtime, Runtime::from_binary("/usr/bin/crun"));
+        let given = Identity::resolve(None, Some("/usr/bin/runc"), Some(RUNSC), RUNC_SHIM);
+        assert_eq!(given.runtime.name, "runc");
+        assert_eq!(
+            Identity::resolve(None, None, Some(RUNSC), RUNC_SHIM)
+                .runtime
+                .source,
+            RuntimeSource::Config
         );
     }
 

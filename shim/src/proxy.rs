@@ -37,6 +37,7 @@ use ttrpc::proto::{MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 
 use crate::events::EventTap;
 use crate::frame::{self, pump, pump_rewriting};
+use crate::identity::IdentityRegistry;
 use crate::spool::{SpanSink, SpoolConfig};
 use crate::tap::{ConnectionTap, ShimLabels, TapContext};
 use crate::trace_ctx::TraceRegistry;
@@ -105,7 +106,7 @@ pub fn proxy_socket_for(inner_socket: &Path, inner_address: &str) -> PathBuf {
     }
 }
 
-fn run_dir() -> PathBuf {
+pub(crate) fn run_dir() -> PathBuf {
     std::env::var_os(RUN_DIR_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -123,6 +124,9 @@ pub struct ProxyPlan {
     pub task_root: Option<PathBuf>,
     /// The events socket handed to the inner shim as `TTRPC_ADDRESS`, and containerd's real one.
     pub events: Option<EventsRoute>,
+    /// The OCI runtime the wrapper's config makes the inner shim run as `runc`: the runtime of
+    /// the containers whose `Create` names no `BinaryName`.
+    pub oci_runtime: Option<String>,
 }
 
 /// Where the inner shim publishes events (our socket) and where they go (containerd's).
@@ -157,6 +161,10 @@ impl ProxyPlan {
             args.push("--events-upstream".into());
             args.push(events.containerd.clone());
         }
+        if let Some(oci_runtime) = &self.oci_runtime {
+            args.push("--oci-runtime".into());
+            args.push(oci_runtime.clone());
+        }
         args
     }
 
@@ -177,6 +185,7 @@ impl ProxyPlan {
                 }),
                 _ => None,
             },
+            oci_runtime: get("--oci-runtime"),
         })
     }
 
@@ -727,7 +736,11 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
     };
     let ctx = Arc::new(TapContext {
         sink,
-        traces: TraceRegistry::new(plan.task_root.clone()),
+        traces: TraceRegistry::with_identities(
+            IdentityRegistry::new(plan.task_root.clone())
+                .with_oci_runtime(plan.oci_runtime.clone()),
+            plan.task_root.clone(),
+        ),
         shim: Arc::new(ShimLabels {
             inner: plan.inner.clone(),
             protocol: plan.protocol.clone(),
@@ -1657,6 +1670,7 @@ mod tests {
                 socket: "/run/shimtrace/ev-1.sock".into(),
                 containerd: "/run/containerd/containerd.sock.ttrpc".into(),
             }),
+            oci_runtime: Some("/usr/local/bin/runsc".into()),
         };
         let args = plan.to_args();
         assert_eq!(args[0], PROXY_SUBCOMMAND);
@@ -1666,5 +1680,12 @@ mod tests {
         assert_eq!(back.protocol, plan.protocol);
         assert_eq!(back.namespace, plan.namespace);
         assert_eq!(back.events, plan.events);
+        assert_eq!(back.oci_runtime, plan.oci_runtime);
+        let plain = ProxyPlan {
+            oci_runtime: None,
+            ..plan
+        };
+        let back = ProxyPlan::from_args(&plain.to_args()[1..]).unwrap();
+        assert_eq!(back.oci_runtime, None);
     }
 }

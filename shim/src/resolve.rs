@@ -1,5 +1,6 @@
 //! Which real shim a wrapper stands for: naming, the optional config file, and containerd's lookup
-//! order (absolute path, then `PATH`, then beside containerd).
+//! order (absolute path, then `PATH`, then beside containerd); and, when the config names one, the
+//! OCI runtime the inner shim is to run as `runc` (see [`resolve_oci_runtime`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -75,6 +76,12 @@ pub enum ResolveError {
         runtime: String,
         inner: PathBuf,
     },
+    #[error("config {config} gives runtime {runtime} the OCI runtime {oci_runtime:?}, which is not an absolute path to an executable file; fix oci_runtime there")]
+    BadOciRuntime {
+        config: String,
+        runtime: String,
+        oci_runtime: PathBuf,
+    },
 }
 
 /// A runtime's entry in the config file.
@@ -83,6 +90,11 @@ pub enum ResolveError {
 pub struct RuntimeConfig {
     /// Absolute path of the real shim binary.
     pub inner: Option<PathBuf>,
+    /// Absolute path of the OCI runtime binary the inner shim runs as `runc` (gVisor's `runsc`
+    /// behind the runc shim), for runtimes registered where the runc shim's `BinaryName` option
+    /// cannot be passed (CRI's runtime-name form on containerd 1.6). The wrapper puts a `runc`
+    /// link to it first on the inner shim's `PATH`; a `BinaryName` that does arrive still wins.
+    pub oci_runtime: Option<PathBuf>,
 }
 
 /// `/etc/shimtrace/config.toml`:
@@ -90,6 +102,10 @@ pub struct RuntimeConfig {
 /// ```toml
 /// [runtimes."io.containerd.traced-runc.v2"]
 /// inner = "/usr/local/bin/containerd-shim-runc-v2"
+///
+/// [runtimes."io.containerd.traced-runsc.v2"]
+/// inner = "/usr/bin/containerd-shim-runc-v2"
+/// oci_runtime = "/usr/local/bin/runsc"
 /// ```
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +258,29 @@ pub fn resolve_inner(
     Ok(candidate)
 }
 
+/// The OCI runtime the config gives `name`'s runtime (see [`RuntimeConfig::oci_runtime`]), checked
+/// like an inner shim: an absolute path to an executable file.
+pub fn resolve_oci_runtime(
+    name: &WrapperName,
+    config: &Config,
+) -> Result<Option<PathBuf>, ResolveError> {
+    let Some(oci_runtime) = config
+        .runtimes
+        .get(&name.runtime)
+        .and_then(|r| r.oci_runtime.clone())
+    else {
+        return Ok(None);
+    };
+    if !oci_runtime.is_absolute() || !is_executable_file(&oci_runtime) {
+        return Err(ResolveError::BadOciRuntime {
+            config: config.describe(),
+            runtime: name.runtime.clone(),
+            oci_runtime,
+        });
+    }
+    Ok(Some(oci_runtime))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +395,56 @@ mod tests {
         assert!(err.contains("line 3") && !err.contains('\n'), "{err}");
         assert!(Config::load_from(&dir.path().join("none.toml"), false).is_ok());
         assert!(Config::load_from(&dir.path().join("none.toml"), true).is_err());
+    }
+
+    #[test]
+    fn an_oci_runtime_is_read_and_checked_like_the_inner_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, runsc) = (dir.path().join("shim"), dir.path().join("runsc"));
+        exe(&inner);
+        exe(&runsc);
+        let cfg_path = dir.path().join("config.toml");
+        let runtime = "io.containerd.traced-runsc.v2";
+        let config_with = |oci: &str| {
+            let text = format!(
+                "[runtimes.\"{runtime}\"]\ninner = \"{}\"\noci_runtime = \"{oci}\"\n",
+                inner.display()
+            );
+            Config::parse(&text, &cfg_path).unwrap()
+        };
+        let name = WrapperName::from_binary_name("containerd-shim-traced-runsc-v2").unwrap();
+        let config = config_with(runsc.to_str().unwrap());
+        assert_eq!(
+            resolve_oci_runtime(&name, &config).unwrap(),
+            Some(runsc.clone())
+        );
+        let me = dir.path().join("me");
+        exe(&me);
+        assert_eq!(
+            resolve_inner(&name, &config, None, None, &me).unwrap(),
+            inner
+        );
+        // Another runtime's entry, and none at all: no OCI runtime.
+        let runc = WrapperName::from_binary_name("containerd-shim-traced-runc-v2").unwrap();
+        assert_eq!(resolve_oci_runtime(&runc, &config).unwrap(), None);
+        assert_eq!(
+            resolve_oci_runtime(&name, &Config::default()).unwrap(),
+            None
+        );
+        // Relative, missing or not executable: refused, naming the file and the key.
+        std::fs::write(dir.path().join("plain"), "").unwrap();
+        for bad in [
+            "runsc".to_string(),
+            dir.path().join("none").display().to_string(),
+            dir.path().join("plain").display().to_string(),
+        ] {
+            let err = resolve_oci_runtime(&name, &config_with(&bad)).unwrap_err();
+            assert!(matches!(err, ResolveError::BadOciRuntime { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(cfg_path.to_str().unwrap()) && text.contains("oci_runtime"),
+                "{text}"
+            );
+        }
     }
 }

@@ -238,6 +238,34 @@ impl PrivateDir {
         })
     }
 
+    /// Makes `name` in this directory a symbolic link to `target`, unless it is one already; an
+    /// entry of another kind or target is replaced atomically (a new link renamed over it), so
+    /// that a concurrent reader finds the old entry or the new link, never none.
+    pub fn ensure_symlink(&self, name: &Path, target: &Path) -> Result<(), SafeFsError> {
+        if !is_plain_name(name) {
+            return Err(SafeFsError::BadName {
+                path: self.path.join(name),
+            });
+        }
+        let fd = self.fd.as_raw_fd();
+        if nix::fcntl::readlinkat(Some(fd), name).is_ok_and(|t| Path::new(&t) == target) {
+            return Ok(());
+        }
+        let mut tmp = name.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = Path::new(&tmp);
+        let io = |path: &Path, e: Errno| SafeFsError::Io {
+            path: self.path.join(path),
+            source: e.into(),
+        };
+        // A leftover of this pid's earlier life (pids are reused) would fail the link.
+        let _ = nix::unistd::unlinkat(Some(fd), tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        nix::unistd::symlinkat(target, Some(fd), tmp).map_err(|e| io(tmp, e))?;
+        self.rename(tmp, name).inspect_err(|_| {
+            let _ = nix::unistd::unlinkat(Some(fd), tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        })
+    }
+
     /// The error for a failed open of `name`: a link or a special file, named as such.
     fn explain(&self, name: &Path, errno: Errno) -> SafeFsError {
         let path = self.path.join(name);
@@ -322,6 +350,44 @@ mod tests {
         private(&dir_path);
         let dir = PrivateDir::open(&dir_path).unwrap();
         (tmp, dir_path, dir)
+    }
+
+    #[test]
+    fn a_symlink_is_made_kept_and_replaced_atomically() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ensure_private_dir(&tmp.path().join("links")).unwrap();
+        let link = dir.path().join("runc");
+        dir.ensure_symlink(Path::new("runc"), Path::new("/usr/bin/runsc"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("/usr/bin/runsc")
+        );
+        let before = std::fs::symlink_metadata(&link).unwrap().ino();
+        // Already right: left as it is.
+        dir.ensure_symlink(Path::new("runc"), Path::new("/usr/bin/runsc"))
+            .unwrap();
+        assert_eq!(std::fs::symlink_metadata(&link).unwrap().ino(), before);
+        // Another target, or a planted file: replaced by the link.
+        dir.ensure_symlink(Path::new("runc"), Path::new("/opt/runsc"))
+            .unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/opt/runsc"));
+        std::fs::remove_file(&link).unwrap();
+        std::fs::write(&link, "planted").unwrap();
+        dir.ensure_symlink(Path::new("runc"), Path::new("/opt/runsc"))
+            .unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/opt/runsc"));
+        // Nothing else is left in the directory; a path is no name.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["runc"]);
+        assert!(matches!(
+            dir.ensure_symlink(Path::new("../runc"), Path::new("/x")),
+            Err(SafeFsError::BadName { .. })
+        ));
     }
 
     #[test]

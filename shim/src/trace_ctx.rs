@@ -115,8 +115,16 @@ fn remove(map: &mut ByNamespace, ns: &str, id: &str) -> Option<TraceContext> {
 
 impl TraceRegistry {
     pub fn new(task_root: Option<PathBuf>) -> TraceRegistry {
+        TraceRegistry::with_identities(IdentityRegistry::new(task_root.clone()), task_root)
+    }
+
+    /// The same, with `identities` learning who ran each container.
+    pub fn with_identities(
+        identities: IdentityRegistry,
+        task_root: Option<PathBuf>,
+    ) -> TraceRegistry {
         TraceRegistry {
-            identities: Arc::new(IdentityRegistry::new(task_root.clone())),
+            identities: Arc::new(identities),
             task_root,
             known: Mutex::new(Known::default()),
         }

@@ -2,12 +2,19 @@
 //! `delete` with the same argv, environment, working directory and stdin, and relay their output;
 //! `start` additionally puts a proxy in front of the inner shim's address.
 //!
+//! When the config gives the runtime an OCI runtime (`oci_runtime`, see
+//! [`resolve::RuntimeConfig`]), every run of the inner shim gets a `PATH` whose first directory
+//! holds a `runc` link to it: the runc shim runs `runc` from its `PATH` when no `BinaryName`
+//! arrives, and its daemon keeps the environment of `start`. This is how gVisor runs through the
+//! runc shim where `BinaryName` cannot be passed (CRI's runtime-name form on containerd 1.6).
+//!
 //! Fail open: whenever something of shimtrace's own fails, the inner shim's reply goes back to
 //! containerd unchanged and the reason goes to the shim log.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -16,6 +23,7 @@ use std::time::Duration;
 use containerd_shim_protos::api::DeleteResponse;
 use protobuf::Message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::args::ShimArgs;
 use crate::bootstrap;
@@ -23,6 +31,7 @@ use crate::identity::{self, Identity};
 use crate::proxy::{self, Ensured, EventsRoute, ProxyPlan, PROXY_SUBCOMMAND};
 use crate::reply::StartReply;
 use crate::resolve::{self, Config};
+use crate::safe_fs::{ensure_private_dir, SafeFsError};
 use crate::spool::SpoolConfig;
 use crate::trace_ctx;
 use shimtrace_span::clock;
@@ -39,6 +48,68 @@ pub const PROXY_RECORD: &str = "shimtrace-proxy.json";
 /// How long the wrapper's `delete` (its child, after the reply) waits for an inner shim it told to
 /// shut down to exit, before leaving its socket to whoever serves there.
 const INNER_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The run directory's subdirectory holding, per configured OCI runtime, a directory whose one
+/// entry is a `runc` link to it (named by a digest of the runtime's path).
+const OCI_LINKS: &str = "oci";
+
+/// The inner shim to run, and the OCI runtime the config makes it run as `runc`.
+struct Inner {
+    shim: PathBuf,
+    oci_runtime: Option<PathBuf>,
+    /// The inner shim's `PATH`, when it must differ from ours: the `runc` link's directory first.
+    path: Option<OsString>,
+}
+
+impl Inner {
+    fn display(&self) -> std::path::Display<'_> {
+        self.shim.display()
+    }
+
+    /// A command running the inner shim with `args`.
+    fn command(&self, args: &[String]) -> Command {
+        let mut command = Command::new(&self.shim);
+        command.args(args);
+        if let Some(path) = &self.path {
+            command.env("PATH", path);
+        }
+        command
+    }
+}
+
+/// Why the inner shim cannot be run as configured.
+#[derive(Debug, thiserror::Error)]
+enum InnerError {
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
+    #[error("cannot give the inner shim {oci_runtime} as its `runc` (a link first on its PATH, under the run directory): {source}; not starting it, since it would run plain runc instead (fix the run directory or set SHIMTRACE_RUN_DIR)")]
+    OciLink {
+        oci_runtime: PathBuf,
+        source: SafeFsError,
+    },
+}
+
+/// The directory, under `run_dir`, whose `runc` is a link to `oci_runtime`; made (private, see
+/// [`crate::safe_fs`]) if missing. One per runtime binary, so concurrent wrappers for different
+/// runtimes never touch each other's link.
+fn oci_runtime_dir(run_dir: &Path, oci_runtime: &Path) -> Result<PathBuf, SafeFsError> {
+    ensure_private_dir(run_dir)?;
+    let links = run_dir.join(OCI_LINKS);
+    ensure_private_dir(&links)?;
+    let digest = hex::encode(Sha256::digest(oci_runtime.as_os_str().as_bytes()));
+    let dir = ensure_private_dir(&links.join(&digest[..16]))?;
+    dir.ensure_symlink(Path::new("runc"), oci_runtime)?;
+    Ok(dir.path().to_path_buf())
+}
+
+/// `PATH` with `first` in front of `rest` (this process's `PATH`, if any).
+fn path_with_first(first: &Path, rest: Option<&std::ffi::OsStr>) -> Result<OsString, SafeFsError> {
+    let rest = rest.map(|r| std::env::split_paths(r).collect::<Vec<_>>());
+    std::env::join_paths(std::iter::once(first.to_path_buf()).chain(rest.into_iter().flatten()))
+        .map_err(|e| SafeFsError::Io {
+            path: first.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })
+}
 
 /// Entry point for the wrapper binary; returns the process exit code.
 pub fn main_entry(argv: Vec<OsString>) -> i32 {
@@ -176,23 +247,41 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 impl Invocation {
-    fn resolve_inner(&self) -> Result<PathBuf, resolve::ResolveError> {
+    fn resolve_inner(&self) -> Result<Inner, InnerError> {
         // A broken config stops here (see `Config::load`): on PATH there may be another shim.
         let config = Config::load()?;
         let exe = std::env::current_exe().unwrap_or_default();
-        resolve::resolve_inner(
+        let search_path = std::env::var_os("PATH");
+        let shim = resolve::resolve_inner(
             &self.name,
             &config,
             self.args.publish_binary.as_deref().map(Path::new),
-            std::env::var_os("PATH"),
+            search_path.clone(),
             &exe,
-        )
+        )?;
+        let oci_runtime = resolve::resolve_oci_runtime(&self.name, &config)?;
+        let path = match &oci_runtime {
+            Some(oci_runtime) => Some(
+                oci_runtime_dir(&proxy::run_dir(), oci_runtime)
+                    .and_then(|dir| path_with_first(&dir, search_path.as_deref()))
+                    .map_err(|source| InnerError::OciLink {
+                        oci_runtime: oci_runtime.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Inner {
+            shim,
+            oci_runtime,
+            path,
+        })
     }
 
     fn exec_inner(&self) -> i32 {
         match self.resolve_inner() {
             Ok(inner) => {
-                let err = Command::new(&inner).args(&self.rest).exec();
+                let err = inner.command(&self.rest).exec();
                 eprintln!("{OWN_NAME}: cannot run {}: {err}", inner.display());
                 1
             }
@@ -207,14 +296,14 @@ impl Invocation {
     /// containerd reads `start` (CombinedOutput).
     fn run_inner(
         &self,
-        inner: &Path,
+        inner: &Inner,
         stdin: Vec<u8>,
         combined: bool,
         events: Option<&EventsTap>,
     ) -> std::io::Result<InnerRun> {
         let started = clock::now_unix_nanos();
-        let mut command = Command::new(inner);
-        command.args(&self.rest).stdin(Stdio::piped());
+        let mut command = inner.command(&self.rest);
+        command.stdin(Stdio::piped());
         if let Some(events) = events {
             command.env("TTRPC_ADDRESS", &events.route.socket);
         }
@@ -268,7 +357,7 @@ impl Invocation {
             .unwrap_or_default()
     }
 
-    fn base_attributes(&self, inner: &Path) -> Attributes {
+    fn base_attributes(&self, inner: &Inner) -> Attributes {
         let mut attributes = Attributes::new();
         let mut put = |key: &str, value: AttributeValue| {
             attributes.insert(key.into(), value);
@@ -380,7 +469,14 @@ impl Invocation {
                 write_proxy_record(&bundle, &change.record);
             }
             let shim = inner.display().to_string();
-            Identity::resolve(Some(&bundle), binary_name.as_deref(), &shim).put_all(&mut spans);
+            let oci_runtime = inner.oci_runtime.as_ref().map(|p| p.display().to_string());
+            Identity::resolve(
+                Some(&bundle),
+                binary_name.as_deref(),
+                oci_runtime.as_deref(),
+                &shim,
+            )
+            .put_all(&mut spans);
             spool(spans);
         });
         exit_code(run.status)
@@ -391,7 +487,7 @@ impl Invocation {
     fn proxy_reply(
         &self,
         output: &[u8],
-        inner: &Path,
+        inner: &Inner,
         bundle: &Path,
         trace: &TraceContext,
         spans: &mut Vec<SpanRecord>,
@@ -423,6 +519,7 @@ impl Invocation {
                 .and_then(Path::parent)
                 .map(Path::to_path_buf),
             events: events.as_ref().map(|e| e.route.clone()),
+            oci_runtime: inner.oci_runtime.as_ref().map(|p| p.display().to_string()),
         };
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
         let ensure_start = clock::now_unix_nanos();
@@ -520,7 +617,14 @@ impl Invocation {
             parent_span_id: None,
         });
         let mut attributes = self.base_attributes(&inner);
-        Identity::resolve(Some(&bundle), None, &inner.display().to_string()).put(&mut attributes);
+        let oci_runtime = inner.oci_runtime.as_ref().map(|p| p.display().to_string());
+        Identity::resolve(
+            Some(&bundle),
+            None,
+            oci_runtime.as_deref(),
+            &inner.display().to_string(),
+        )
+        .put(&mut attributes);
         if let Ok(response) = DeleteResponse::parse_from_bytes(&run.stdout) {
             if run.status.success() {
                 attributes.insert("shimtrace.task.pid".into(), response.pid.into());
@@ -760,6 +864,56 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [PROXY_RECORD]);
+    }
+
+    /// The inner shim of a runtime with an `oci_runtime` finds that runtime first on its `PATH`
+    /// as `runc`, through a link in a private directory of the run directory.
+    #[test]
+    fn the_configured_oci_runtime_is_the_inner_shims_runc() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("run");
+        let runsc = tmp.path().join("runsc-host");
+        std::fs::write(&runsc, "#!/bin/sh\necho \"gvisor $*\"\n").unwrap();
+        std::fs::set_permissions(&runsc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = oci_runtime_dir(&run_dir, &runsc).unwrap();
+        assert!(
+            dir.starts_with(run_dir.join(OCI_LINKS)),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(std::fs::read_link(dir.join("runc")).unwrap(), runsc);
+        for private in [&run_dir, &run_dir.join(OCI_LINKS), &dir] {
+            let mode = std::fs::metadata(private).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", private.display());
+        }
+        // Again (every start and delete): the same directory; another runtime: its own.
+        assert_eq!(oci_runtime_dir(&run_dir, &runsc).unwrap(), dir);
+        let other = oci_runtime_dir(&run_dir, Path::new("/usr/bin/crun")).unwrap();
+        assert_ne!(other, dir);
+        assert_eq!(std::fs::read_link(dir.join("runc")).unwrap(), runsc);
+
+        let path = path_with_first(&dir, Some(std::ffi::OsStr::new("/usr/bin:/bin"))).unwrap();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        assert_eq!(dirs, [dir.clone(), "/usr/bin".into(), "/bin".into()]);
+        assert_eq!(path_with_first(&dir, None).unwrap(), dir.as_os_str());
+        // What the runc shim does with it: `runc` by name runs the configured runtime.
+        let inner = Inner {
+            shim: "/bin/sh".into(),
+            oci_runtime: Some(runsc.clone()),
+            path: Some(path),
+        };
+        let out = inner
+            .command(&["-c".into(), "runc create x".into()])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "gvisor create x\n");
+        // A run directory others may write is refused, naming it.
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = oci_runtime_dir(&shared, &runsc).unwrap_err().to_string();
+        assert!(err.contains("writable by group or others"), "{err}");
     }
 
     #[test]

@@ -789,6 +789,23 @@ mod tests {
     }
 
     #[test]
+    fn a_number_beyond_i64_reads_back_the_same_after_a_write() {
+        // Found by fuzzing: without exact float parsing, a 34-digit integer read as one double
+        // and its shortest written form read as the next one.
+        for json in [
+            "2333333333333333333333333333333333",
+            "1e308",
+            "0.1",
+            "-4.9e-324",
+        ] {
+            let read: AttributeValue = serde_json::from_str(json).unwrap();
+            let written = serde_json::to_string(&read).unwrap();
+            let back: AttributeValue = serde_json::from_str(&written).unwrap();
+            assert_eq!(back, read, "{json} → {written}");
+        }
+    }
+
+    #[test]
     fn attribute_values_accept_exactly_what_the_untagged_form_accepted() {
         let inputs = [
             "true",

@@ -5,8 +5,9 @@
 //! Debian's stock `/etc/containerd/config.toml`, or this version's `containerd config default`),
 //! makes it private ([`make_private`]: own root, state, sockets, CNI dir; CRI on with a local
 //! sandbox image and `restrict_oom_score_adj`), lets [`shimtrace_containerd::install::install`]
-//! write its registration into that file — wrapper links in a directory on containerd's `PATH` —
-//! and starts containerd on exactly the file install left. The sandbox image (and, unless asked
+//! write its registration into that file — wrapper links in a directory on containerd's `PATH`,
+//! entries the wrapper needs in the wrapper's config that containerd's `SHIMTRACE_CONFIG` names —
+//! and starts containerd on exactly the files install left. The sandbox image (and, unless asked
 //! not to, the busybox workload image) is built from the instance's busybox rootfs and imported
 //! into `k8s.io` with `ctr images import`. Pods run on the host network (no CNI).
 //!
@@ -20,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use shimtrace_containerd::cri::{ContainerSpec, Cri, CriError, Pod, PodSpec};
 use shimtrace_containerd::image::{
-    containerd_reference, import_with_ctr, write_docker_archive, CRI_NAMESPACE, SANDBOX_COMMAND,
-    SANDBOX_TAG, WORKLOAD_TAG,
+    containerd_reference, CRI_NAMESPACE, SANDBOX_COMMAND, SANDBOX_TAG, WORKLOAD_TAG,
 };
 use shimtrace_containerd::install::{install, InstallArgs, InstallOutcome};
-use shimtrace_containerd::private::{make_private, ConfigSource, CriSettings};
+use shimtrace_containerd::private::{
+    await_cri_ready, import_cri_image, make_private, ConfigSource, CriSettings, CriSetupError,
+};
 
 use crate::cli::parse_args;
 use crate::containerd::HarnessError;
@@ -131,7 +133,7 @@ impl CriNode {
         traced.extra.source = ConfigSource::Existing;
         let mut outcome = None;
         let mut before_install = String::new();
-        let traced = Traced::start_registered(version, traced, |prepared, bin| {
+        let traced = Traced::start_registered(version, traced, |prepared, bin, wrapper_config| {
             let schema = prepared.version.config_version();
             let base_text = match &base {
                 BaseConfig::Minimal => format!("version = {schema}\n"),
@@ -154,6 +156,8 @@ impl CriNode {
                     path_string(bin),
                     "--config".into(),
                     path_string(&prepared.config),
+                    "--wrapper-config".into(),
+                    path_string(wrapper_config),
                     "--containerd".into(),
                     path_string(&prepared.version.containerd()),
                     "--shim-path".into(),
@@ -200,20 +204,8 @@ impl CriNode {
 
     /// Waits until CRI answers ListPodSandbox (it refuses calls until it has loaded its state).
     fn await_cri_ready(&self) -> Result<(), HarnessError> {
-        let waited = Duration::from_secs(30);
-        let deadline = Instant::now() + waited;
-        loop {
-            match self.block_on(self.cri.list_pods()) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(HarnessError::Timeout {
-                        what: format!("CRI answering after a restart (last: {e})"),
-                        waited,
-                    })
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        self.block_on(await_cri_ready(&self.cri, Duration::from_secs(30)))
+            .map_err(harness_error)
     }
 
     /// The CRI client (clone it to give it a `traceparent`).
@@ -234,23 +226,18 @@ impl CriNode {
         if workload {
             images.push((WORKLOAD_TAG, vec!["/bin/sh"]));
         }
+        let ctr = c.version().ctr();
         for (tag, command) in images {
-            let archive = dir.join(format!("{}.tar", tag.replace(['/', ':'], "_")));
-            write_docker_archive(&c.rootfs(), tag, &command, &archive)?;
-            import_with_ctr(&c.version().ctr(), &c.address(), CRI_NAMESPACE, &archive)?;
-            // CRI learns of an imported image from containerd's events.
-            let reference = containerd_reference(tag);
-            let waited = Duration::from_secs(20);
-            let deadline = Instant::now() + waited;
-            while !self.block_on(self.cri.has_image(&reference))? {
-                if Instant::now() > deadline {
-                    return Err(HarnessError::Timeout {
-                        what: format!("CRI listing the imported image {reference}"),
-                        waited,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            self.block_on(import_cri_image(
+                &self.cri,
+                &ctr,
+                &c.address(),
+                &c.rootfs(),
+                tag,
+                &command,
+                &dir,
+            ))
+            .map_err(harness_error)?;
         }
         Ok(())
     }
@@ -384,6 +371,16 @@ pub fn config_default(containerd: &Path) -> Result<String, HarnessError> {
         ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The harness's error for a failed CRI set-up step.
+fn harness_error(error: CriSetupError) -> HarnessError {
+    match error {
+        CriSetupError::Image(e) => HarnessError::Image(e),
+        CriSetupError::Import(e) => HarnessError::Import(e),
+        CriSetupError::Cri(e) => HarnessError::Cri(e),
+        CriSetupError::Timeout { what, waited } => HarnessError::Timeout { what, waited },
+    }
 }
 
 fn path_string(path: &Path) -> String {

@@ -132,13 +132,14 @@ impl Traced {
     }
 
     /// A traced containerd whose registration `register` makes: it gets the instance (its dir,
-    /// containerd's config path and `PATH`) and the bin dir on containerd's `PATH` where wrapper
-    /// links belong, and writes containerd's config itself (the options' source should be
+    /// containerd's config path and `PATH`), the bin dir on containerd's `PATH` where wrapper
+    /// links belong and the wrapper's config file (containerd's `SHIMTRACE_CONFIG`, empty), and
+    /// writes containerd's config itself (the options' source should be
     /// [`shimtrace_containerd::private::ConfigSource::Existing`]). No wrapper link is made for it.
     pub fn start_registered(
         version: &str,
         options: TracedOptions,
-        register: impl FnOnce(&Prepared<'_>, &Path) -> Result<(), HarnessError>,
+        register: impl FnOnce(&Prepared<'_>, &Path, &Path) -> Result<(), HarnessError>,
     ) -> Result<Traced, HarnessError> {
         Traced::start_inner(version, options, Some(Box::new(register)))
     }
@@ -147,7 +148,9 @@ impl Traced {
     fn start_inner(
         version: &str,
         options: TracedOptions,
-        register: Option<Box<dyn FnOnce(&Prepared<'_>, &Path) -> Result<(), HarnessError> + '_>>,
+        register: Option<
+            Box<dyn FnOnce(&Prepared<'_>, &Path, &Path) -> Result<(), HarnessError> + '_>,
+        >,
     ) -> Result<Traced, HarnessError> {
         let version = ContainerdVersion::find(version)?;
         let dirs = tempfile::Builder::new()
@@ -167,19 +170,20 @@ impl Traced {
         } else {
             None
         };
+        let wrapper_config = dirs.path().join("config.toml");
         let extra = options
             .extra
             .path_dir(&bin)
             .env("SHIMTRACE_SPOOL_DIR", &spool)
             .env("SHIMTRACE_RUN_DIR", &run_dir)
-            .env("SHIMTRACE_CONFIG", dirs.path().join("config.toml"));
+            .env("SHIMTRACE_CONFIG", &wrapper_config);
         // An empty config of the test's own, so the machine's /etc/shimtrace/config.toml cannot
         // redirect the wrapper.
-        std::fs::write(dirs.path().join("config.toml"), "")
+        std::fs::write(&wrapper_config, "")
             .map_err(|e| HarnessError::io("writing the config", e))?;
         let containerd = match register {
             Some(register) => TestContainerd::start_prepared(&version, extra, |prepared| {
-                register(prepared, &bin)
+                register(prepared, &bin, &wrapper_config)
             })?,
             None => TestContainerd::start(&version, extra)?,
         };

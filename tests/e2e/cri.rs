@@ -18,7 +18,7 @@ use shimtrace_testkit::cri::{
     workload_image, write_script, BaseConfig, CriNode, CriOptions, DEBIAN_STOCK_CONFIG,
 };
 use shimtrace_testkit::traced::{
-    alive, built_binary, has_method, is_method, pids_with_cmdline, wait_for, Spooled,
+    alive, assert_runtime, built_binary, has_method, is_method, pids_with_cmdline, wait_for, Spooled,
 };
 
 const SPANS: Duration = Duration::from_secs(15);
@@ -248,21 +248,33 @@ fn gvisor_pod(version: &str) {
     let install = node.install.as_ref().unwrap();
     let handlers = configured_handlers(&node.config_text);
     let gvisor = handlers.iter().find(|(name, ..)| name == "traced-runsc");
-    if expected_form(version) == Form::Name {
-        // The runtime-name form cannot pass runc's BinaryName: no gVisor handler, and it says so.
-        assert!(gvisor.is_none(), "{handlers:?}");
-        assert!(
-            install.report.contains("BinaryName")
-                && install.report.contains("containerd-shim-runsc-v1"),
-            "{}",
-            install.report
-        );
-        return;
-    }
     assert!(gvisor.is_some(), "{}", install.report);
-    assert!(node
-        .config_text
-        .contains(&format!("BinaryName = \"{runsc}\"")));
+    let source = match expected_form(version) {
+        // The runtime-name form cannot pass runc's BinaryName: gVisor is a runtime name of its
+        // own, which the wrapper's config maps to the runc shim running runsc as `runc`.
+        Form::Name => {
+            let (_, runtime_type, runtime_path) = gvisor.unwrap();
+            assert_eq!(
+                (runtime_type.as_str(), runtime_path.as_str()),
+                ("io.containerd.traced-runsc.v2", "")
+            );
+            assert!(!node.config_text.contains("BinaryName"));
+            assert!(
+                install
+                    .report
+                    .contains(&format!("oci_runtime = \"{runsc}\"")),
+                "{}",
+                install.report
+            );
+            "config"
+        }
+        Form::Path => {
+            assert!(node
+                .config_text
+                .contains(&format!("BinaryName = \"{runsc}\"")));
+            "binary_name"
+        }
+    };
 
     let logs = tempfile::tempdir().unwrap();
     let mut spec = pod("gvisor", version, "traced-runsc");
@@ -314,6 +326,7 @@ fn gvisor_pod(version: &str) {
                 span(&spans, method).attr_i64(attr::RPC_TTRPC_STATUS_CODE),
                 Some(0)
             );
+            assert_runtime(span(&spans, method), "runsc", source);
         }
     }
     let quits_spans = node.await_spans(&run.containers[1], SPANS, |s| has_method(s, "Wait"));
@@ -425,11 +438,8 @@ fn check_passes(version: &str) {
         .map(|h| h.handler.name.as_str())
         .collect();
     assert!(checked.contains(&"traced-runc"), "{text}");
-    assert_eq!(
-        checked.contains(&"traced-runsc"),
-        expected_form(version) == Form::Path,
-        "{text}"
-    );
+    // Registered in either form (the name form through the wrapper's config).
+    assert!(checked.contains(&"traced-runsc"), "{text}");
     assert!(node
         .block_on(node.cri().has_image(&workload_image()))
         .unwrap());

@@ -2,12 +2,15 @@
 //! (checked offline with PyPI's `kubernetes-validate` when it is installed; `scripts/setup --tests`
 //! installs it), agree with what `shimtrace install` registers and where the shims spool, and the
 //! node installer script installs and undoes shimtrace on a scratch "host" (no nsenter, a stand-in
-//! `systemctl` and `ctr`), with the real `shimtrace` and wrapper binaries.
+//! `systemctl` and `ctr`, a `containerd` that says it is Debian's 1.6.20, so install writes the
+//! runtime-name form and gVisor's entry in the wrapper's config), with the real `shimtrace` and
+//! wrapper binaries; when `install --uninstall` cannot undo it, both configs go back as they were.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use shimtrace_containerd::install::{DEFAULT_WRAPPER_CONFIG, STATE_FILE};
 use shimtrace_span::naming::which;
 use shimtrace_testkit::cli::output_ok;
 use shimtrace_testkit::traced::{built_binary, wrapper_binary};
@@ -142,9 +145,9 @@ fn manifests_agree_with_install_and_the_shims() {
         .collect();
     assert!(registered.contains(&"traced-runc"), "{printed}");
     let classes = documents(&text_of("runtimeclasses.yaml"));
-    // No traced-runsc without runsc, nor in the runtime-name form (containerd < 1.7.1), which
-    // cannot pass runc's BinaryName; install says so.
-    let no_gvisor = which("runsc").is_none() || printed.contains("gVisor: no traced-runsc handler");
+    // No traced-runsc without runsc (in either form: the runtime-name form registers it through
+    // the wrapper's config).
+    let no_gvisor = which("runsc").is_none();
     for class in &classes {
         let handler = top(class, "handler");
         assert!(
@@ -205,8 +208,9 @@ fn manifests_agree_with_install_and_the_shims() {
     }
 }
 
-/// A scratch node: the script's host paths under one directory, `systemctl` and `ctr` stand-ins
-/// first on PATH (the real containerd shims after them, for `shimtrace install` to find).
+/// A scratch node: the script's host paths under one directory, `systemctl`, `ctr`, `containerd`
+/// (1.6.20) and `runsc` stand-ins first on PATH (the real containerd shims after them, for
+/// `shimtrace install` to find).
 struct ScratchNode {
     dir: tempfile::TempDir,
 }
@@ -250,6 +254,11 @@ impl ScratchNode {
             "fake/systemctl",
             &format!("echo \"$*\" >> {}\n", node.path("restarts").display()),
         );
+        node.script(
+            "fake/containerd",
+            "echo 'containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1'\n",
+        );
+        node.script("fake/runsc", "exit 1\n");
         std::fs::write(node.config(), ORIGINAL_CONFIG).unwrap();
         node
     }
@@ -260,6 +269,15 @@ impl ScratchNode {
 
     fn config(&self) -> PathBuf {
         self.path("etc/containerd/config.toml")
+    }
+
+    /// The wrapper's config on this "host" (`SHIMTRACE_WRAPPER_CONFIG`), never the machine's.
+    fn wrapper_config(&self) -> PathBuf {
+        self.path("etc/shimtrace/config.toml")
+    }
+
+    fn wrapper_config_text(&self) -> Option<String> {
+        std::fs::read_to_string(self.wrapper_config()).ok()
     }
 
     fn script(&self, rel: &str, body: &str) {
@@ -300,6 +318,8 @@ impl ScratchNode {
             .env("SHIMTRACE_PREFIX", self.path("opt/shimtrace"))
             .env("SHIMTRACE_BIN_DIR", self.path("bin"))
             .env("CONTAINERD_CONFIG", self.config())
+            .env("CONTAINERD_BIN", self.path("fake/containerd"))
+            .env("SHIMTRACE_WRAPPER_CONFIG", self.wrapper_config())
             .env("SHIMTRACE_READY_FILE", self.path("ready"))
             .env_remove("KUBERNETES_SERVICE_HOST");
         for (k, v) in env {
@@ -327,8 +347,13 @@ fn shimtrace_uninstalls() -> bool {
     String::from_utf8_lossy(&help.stdout).contains("--uninstall")
 }
 
+/// gVisor's entry as install writes it into the wrapper's config in the runtime-name form.
+const GVISOR_ENTRY: &str = "[runtimes.\"io.containerd.traced-runsc.v2\"]";
+
 #[test]
 fn node_installer_installs_and_undoes_on_a_scratch_host() {
+    let machine_config = || std::fs::read(DEFAULT_WRAPPER_CONFIG).ok();
+    let machine_config_before = machine_config();
     let node = ScratchNode::new();
     let out = node.run("install", &[]);
     assert!(out.status.success(), "{}", log(&out));
@@ -358,6 +383,9 @@ fn node_installer_installs_and_undoes_on_a_scratch_host() {
     );
     assert_eq!(node.restarts(), 1);
     assert!(node.path("ready").exists());
+    // containerd 1.6.20: gVisor through the wrapper's config, the one the script was told.
+    let wrapper_config = node.wrapper_config_text().unwrap_or_default();
+    assert!(wrapper_config.contains(GVISOR_ENTRY), "{wrapper_config}");
     // Installing again (the pod replaced) changes nothing that uninstall needs.
     let out = node.run("install", &[]);
     assert!(out.status.success(), "{}", log(&out));
@@ -386,6 +414,13 @@ fn node_installer_installs_and_undoes_on_a_scratch_host() {
     assert!(!node.path("opt/shimtrace").exists());
     assert!(!node.path("ready").exists());
     assert_eq!(node.restarts(), 3);
+    // The wrapper's config did not exist before: it is gone again.
+    assert_eq!(node.wrapper_config_text(), None);
+    assert_eq!(
+        machine_config(),
+        machine_config_before,
+        "the installer changed the machine's {DEFAULT_WRAPPER_CONFIG}"
+    );
 }
 
 fn toml_of_str(text: &str) -> toml::Table {
@@ -413,6 +448,8 @@ fn node_installer_never_leaves_cri_broken_nor_undoes_someone_elses_edit() {
         "restarted with the new config, then the old"
     );
     assert!(!node.path("ready").exists());
+    // The wrapper's config, which install created for gVisor's entry, is gone too.
+    assert_eq!(node.wrapper_config_text(), None);
 
     // Someone edits the config after the install: without `install --uninstall`, the script
     // will not put back a config that would lose the edit, and keeps what it refers to.
@@ -440,4 +477,66 @@ fn node_installer_never_leaves_cri_broken_nor_undoes_someone_elses_edit() {
         assert_eq!(std::fs::read_to_string(node.config()).unwrap(), edited);
         assert!(node.path("bin/containerd-shim-traced-runc-v2").exists());
     }
+}
+
+/// A wrapper config the node had before shimtrace: an entry of its own.
+const NODE_WRAPPER_CONFIG: &str = "# the node's own\n[runtimes.\"io.containerd.traced-kata.v2\"]\ninner = \"/usr/bin/containerd-shim-kata-v2\"\n";
+
+#[test]
+fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
+    let node = ScratchNode::new();
+    std::fs::create_dir_all(node.path("etc/shimtrace")).unwrap();
+    std::fs::write(node.wrapper_config(), NODE_WRAPPER_CONFIG).unwrap();
+    let out = node.run("install", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    let installed = node.wrapper_config_text().unwrap();
+    assert!(
+        installed.contains(GVISOR_ENTRY) && installed.contains("traced-kata"),
+        "{installed}"
+    );
+    // `install --uninstall` fails (its state file is gone): the script puts back both configs as
+    // they were before the install, since nobody changed them since.
+    std::fs::remove_file(node.path(&format!("etc/containerd/{STATE_FILE}"))).unwrap();
+    let out = node.run("uninstall", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    if shimtrace_uninstalls() {
+        assert!(
+            log(&out).contains("putting back the configs saved at install"),
+            "{}",
+            log(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(node.config()).unwrap(),
+        ORIGINAL_CONFIG
+    );
+    assert_eq!(
+        node.wrapper_config_text().as_deref(),
+        Some(NODE_WRAPPER_CONFIG)
+    );
+    assert_eq!(node.links(), Vec::<String>::new());
+
+    // Someone edits the wrapper's config after the install: the script puts back neither config,
+    // says which one changed and what to remove by hand, and keeps what they refer to.
+    let node = ScratchNode::new();
+    let out = node.run("install", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    let config = std::fs::read_to_string(node.config()).unwrap();
+    let mut edited = node.wrapper_config_text().unwrap();
+    edited.push_str("\n# edited on the node\n");
+    std::fs::write(node.wrapper_config(), &edited).unwrap();
+    std::fs::remove_file(node.path(&format!("etc/containerd/{STATE_FILE}"))).unwrap();
+    let out = node.run("uninstall", &[]);
+    assert!(!out.status.success(), "{}", log(&out));
+    let said = log(&out);
+    assert!(
+        said.contains(&format!(
+            "{} changed since shimtrace installed it",
+            node.wrapper_config().display()
+        )) && said.contains("by hand"),
+        "{said}"
+    );
+    assert_eq!(node.wrapper_config_text().as_deref(), Some(edited.as_str()));
+    assert_eq!(std::fs::read_to_string(node.config()).unwrap(), config);
+    assert!(node.path("bin/containerd-shim-traced-runc-v2").exists());
 }

@@ -34,6 +34,7 @@ mod cri;
 mod deploy_manifests;
 mod docker;
 mod hostile;
+mod lab_cri;
 mod lab_driver;
 mod lab_image;
 mod lab_install;

@@ -460,11 +460,41 @@ fn events_once_and_traced(version: &str) {
         .run_rm("evt", &traced.runtime_flags(), &["/bin/sh", "-c", "exit 4"])
         .unwrap();
     assert_eq!(out.code(), Some(4), "{out:?}");
-    let delivered = wait_for(SPANS, || {
-        (watch.count("/tasks/delete", "evt") > 0).then_some(())
-    });
-    assert!(delivered.is_some(), "events: {:?}", watch.lines());
+    // Every event the inner shim published is in the spool once its proxy has exited.
+    let shutdown = traced.await_spans("evt", SPANS, |s| s.iter().any(|x| is_method(x, "Shutdown")));
+    let proxy = shutdown
+        .iter()
+        .find(|s| is_method(s, "Shutdown"))
+        .and_then(|s| s.attr_i64(attr::RECORDER_PID))
+        .expect("the proxy's Shutdown span names the proxy");
+    assert!(
+        wait_for(SPANS, || (!alive(proxy as u32)).then_some(())).is_some(),
+        "the proxy {proxy} outlived its inner shim"
+    );
+    let spans = traced.spans_of("evt");
+    let published = |topic: &str| {
+        spans
+            .iter()
+            .any(|s| s.events.iter().any(|e| e.name == topic))
+    };
+    // The runc shim publishes `/tasks/delete` while containerd already shuts it down, and on
+    // containerd 2.1.9 it exits before publishing in about one run in five, with or without
+    // shimtrace (12 of 60 `ctr run --rm` runs under the plain io.containerd.runc.v2 runtime).
+    // What the proxy owes is that every event the inner shim did publish reaches containerd once.
     for topic in TASK_TOPICS {
+        if topic != "/tasks/delete" {
+            assert!(published(topic), "{topic} was published: {spans:?}");
+        }
+        if !published(topic) {
+            assert_eq!(watch.count(topic, "evt"), 0, "{:?}", watch.lines());
+            continue;
+        }
+        let delivered = wait_for(SPANS, || (watch.count(topic, "evt") > 0).then_some(()));
+        assert!(
+            delivered.is_some(),
+            "{topic} never reached containerd: {:?}",
+            watch.lines()
+        );
         assert_eq!(
             watch.count(topic, "evt"),
             1,
@@ -472,16 +502,11 @@ fn events_once_and_traced(version: &str) {
             watch.lines()
         );
     }
-    let spans = traced.await_spans("evt", SPANS, |s| {
-        TASK_TOPICS
-            .iter()
-            .all(|t| s.iter().any(|x| x.events.iter().any(|e| e.name == *t)))
-    });
     let root = spans
         .iter()
         .find(|s| s.name == names::WRAPPER_START)
         .expect("shim.start");
-    for topic in TASK_TOPICS {
+    for topic in TASK_TOPICS.into_iter().filter(|t| published(t)) {
         let event_span = spans
             .iter()
             .find(|s| s.events.iter().any(|e| e.name == topic))
