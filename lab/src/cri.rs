@@ -42,8 +42,8 @@ use shimtrace_span::naming::{which, ShimName};
 use crate::profiles::{self, Profile};
 use crate::report::{CriSetup, HttpResult, ProfileResult, RunRecord};
 use crate::{
-    attach_spans, export_otlp, http_port, log, one_line, parse_probe, relate_to_runc, Active,
-    Findings, Lab, LabError,
+    attach_spans, export_otlp, log, one_line, parse_probe, served_latency_by, to_workload_ms,
+    Active, Findings, Lab, LabError,
 };
 
 /// The lab's workload image in CRI (busybox, the probe and the served page).
@@ -763,9 +763,7 @@ fn record(
             Some(probe) => {
                 record.ok = run.error.is_none();
                 record.error = run.error;
-                record.to_workload_ms = probe["first_timestamp_unix_nanos"]
-                    .as_u64()
-                    .map(|t| (t as f64 - run.client_start as f64) / 1e6);
+                record.to_workload_ms = to_workload_ms(&probe, run.client_start);
             }
             None => record.error = Some(format!("no probe output: {}", one_line(&output))),
         },
@@ -789,24 +787,11 @@ async fn served_latency(
     if args.requests == 0 {
         return;
     }
-    for (i, entry) in active.iter_mut().enumerate() {
-        let Some(port) = http_port(args.port, i, entry, found) else {
-            continue;
-        };
-        log(format!(
-            "{}: serving HTTP on 127.0.0.1:{port} (pod under {})",
-            entry.profile.name, entry.profile.runtime
-        ));
-        let result = serve_and_measure(lab, target, entry, port, args.requests as usize).await;
-        if let Some(e) = &result.error {
-            found
-                .report
-                .errors
-                .push(format!("{} HTTP: {e}", entry.profile.name));
-        }
-        entry.result.http = Some(result);
-    }
-    relate_to_runc(active);
+    let how = |entry: &Active| format!(" (pod under {})", entry.profile.runtime);
+    let serve = async |entry: &Active, port: u16| {
+        serve_and_measure(lab, target, entry, port, args.requests as usize).await
+    };
+    served_latency_by(lab, active, found, how, serve).await;
 }
 
 async fn serve_and_measure(

@@ -34,8 +34,8 @@ use shimtrace_span::naming::which;
 use crate::profiles::Profile;
 use crate::report::{DockerSetup, HttpResult, ProfileResult, RunRecord};
 use crate::{
-    attach_spans, export_otlp, http_port, log, one_line, parse_probe, relate_to_runc,
-    write_reports, Active, Findings, Lab, LabError,
+    attach_spans, export_otlp, log, no_probe_output, one_line, parse_probe, served_latency_by,
+    to_workload_ms, write_reports, Active, Findings, Lab, LabError,
 };
 
 /// The image tag the lab's rootfs is loaded as (the run's suffix makes it unique).
@@ -526,16 +526,13 @@ fn cold_start(target: &DockerTarget, runtime: &str, name: &str, round: usize) ->
             record.ok = out.success();
             match parse_probe(&out.stdout) {
                 Some(probe) if record.ok => {
-                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
-                        .as_u64()
-                        .map(|t| (t as f64 - client_start as f64) / 1e6);
+                    record.to_workload_ms = to_workload_ms(&probe, client_start);
                 }
                 _ => {
                     record.ok = false;
-                    record.error = Some(format!(
-                        "exit {}; no probe output: {}",
+                    record.error = Some(no_probe_output(
                         out.status.code().unwrap_or(-1),
-                        one_line(&format!("{}{}", out.stdout, out.stderr))
+                        &format!("{}{}", out.stdout, out.stderr),
                     ));
                 }
             }
@@ -560,24 +557,11 @@ async fn served_latency(
     if args.requests == 0 {
         return;
     }
-    for (i, entry) in active.iter_mut().enumerate() {
-        let Some(port) = http_port(args.port, i, entry, found) else {
-            continue;
-        };
-        log(format!(
-            "{}: serving HTTP on 127.0.0.1:{port} (docker run -d --network host)",
-            entry.profile.name
-        ));
-        let result = serve_and_measure(lab, target, entry, port, args.requests as usize).await;
-        if let Some(e) = &result.error {
-            found
-                .report
-                .errors
-                .push(format!("{} HTTP: {e}", entry.profile.name));
-        }
-        entry.result.http = Some(result);
-    }
-    relate_to_runc(active);
+    let how = |_: &Active| " (docker run -d --network host)".to_string();
+    let serve = async |entry: &Active, port: u16| {
+        serve_and_measure(lab, target, entry, port, args.requests as usize).await
+    };
+    served_latency_by(lab, active, found, how, serve).await;
 }
 
 async fn serve_and_measure(

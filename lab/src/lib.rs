@@ -384,6 +384,16 @@ impl Findings {
         }
     }
 
+    /// `result` as `entry`'s served latency, its error also among the report's.
+    fn served(&mut self, entry: &mut Active, result: HttpResult) {
+        if let Some(e) = &result.error {
+            self.report
+                .errors
+                .push(format!("{} HTTP: {e}", entry.profile.name));
+        }
+        entry.result.http = Some(result);
+    }
+
     fn into_result(self, out: PathBuf) -> Result<PathBuf, LabError> {
         if self.user_errors.is_empty() {
             Ok(out)
@@ -711,17 +721,11 @@ async fn cold_start(
                     }
                 }
                 Some(probe) => {
-                    record.to_workload_ms = probe["first_timestamp_unix_nanos"]
-                        .as_u64()
-                        .map(|t| (t as f64 - o.client_start_unix_nanos as f64) / 1e6);
+                    record.to_workload_ms = to_workload_ms(&probe, o.client_start_unix_nanos);
                 }
                 None => {
                     record.ok = false;
-                    record.error = Some(format!(
-                        "exit {}; no probe output: {}",
-                        o.exit_code,
-                        one_line(&o.output)
-                    ));
+                    record.error = Some(no_probe_output(o.exit_code, &o.output));
                 }
             }
         }
@@ -743,6 +747,19 @@ fn cold_start_bar(lab: &Lab<'_>, profiles: usize, what: &str) -> indicatif::Prog
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// The time from the client's start (`client_start`, unix nanoseconds) to the workload's first
+/// instruction, as the probe's output `probe` recorded it.
+fn to_workload_ms(probe: &Value, client_start: u64) -> Option<f64> {
+    probe["first_timestamp_unix_nanos"]
+        .as_u64()
+        .map(|t| (t as f64 - client_start as f64) / 1e6)
+}
+
+/// Why a cold start without the probe's output failed: its exit `code` and what it `printed`.
+fn no_probe_output(code: impl std::fmt::Display, printed: &str) -> String {
+    format!("exit {code}; no probe output: {}", one_line(printed))
 }
 
 /// Stage 5, the shim spans recorded for the lab's containers (those in `spool_dir` that started
@@ -814,14 +831,7 @@ async fn served_latency(
         );
         return;
     }
-    for (i, entry) in active.iter_mut().enumerate() {
-        let Some(port) = http_port(args.port, i, entry, found) else {
-            continue;
-        };
-        log(format!(
-            "{}: serving HTTP on 127.0.0.1:{port}",
-            entry.profile.name
-        ));
+    let serve = async |entry: &Active, port: u16| {
         let spec = lab.spec(
             format!("lab-http-{}-{}", entry.profile.name, lab.suffix),
             &[
@@ -833,7 +843,7 @@ async fn served_latency(
                 "/www",
             ],
         );
-        let result = serve_and_measure(
+        serve_and_measure(
             client,
             entry,
             port,
@@ -841,14 +851,31 @@ async fn served_latency(
             &spec,
             &lab.work,
         )
-        .await;
-        if let Some(e) = &result.error {
-            found
-                .report
-                .errors
-                .push(format!("{} HTTP: {e}", entry.profile.name));
-        }
-        entry.result.http = Some(result);
+        .await
+    };
+    served_latency_by(lab, active, found, |_| String::new(), serve).await;
+}
+
+/// Served latency on any engine: per profile, its server on a loopback port, started and
+/// measured by `serve` (`how` says how, for the log); then p50 and p99 relative to runc's.
+async fn served_latency_by(
+    lab: &Lab<'_>,
+    active: &mut [Active],
+    found: &mut Findings,
+    how: impl Fn(&Active) -> String,
+    serve: impl AsyncFn(&Active, u16) -> HttpResult,
+) {
+    for (i, entry) in active.iter_mut().enumerate() {
+        let Some(port) = http_port(lab.args.port, i, entry, found) else {
+            continue;
+        };
+        log(format!(
+            "{}: serving HTTP on 127.0.0.1:{port}{}",
+            entry.profile.name,
+            how(entry)
+        ));
+        let result = serve(entry, port).await;
+        found.served(entry, result);
     }
     relate_to_runc(active);
 }
