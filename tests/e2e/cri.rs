@@ -18,7 +18,8 @@ use shimtrace_testkit::cri::{
     workload_image, write_script, BaseConfig, CriNode, CriOptions, DEBIAN_STOCK_CONFIG,
 };
 use shimtrace_testkit::traced::{
-    alive, assert_runtime, built_binary, has_method, is_method, pids_with_cmdline, wait_for, Spooled,
+    alive, assert_runtime, built_binary, has_method, is_method, pids_with_cmdline, wait_for,
+    Spooled,
 };
 
 const SPANS: Duration = Duration::from_secs(15);
