@@ -958,6 +958,18 @@ mod tests {
         }
     }
 
+    /// A spool in a new directory, its sink, and a registry whose task root is `task_root`.
+    fn spooled_registry(task_root: &Path) -> (tempfile::TempDir, SpanSink, Arc<IdentityRegistry>) {
+        let spool = tempfile::tempdir().unwrap();
+        let config = crate::spool::SpoolConfig {
+            dir: spool.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let sink = SpanSink::start(&config, "test").unwrap();
+        let registry = Arc::new(IdentityRegistry::new(Some(task_root.to_path_buf())));
+        (spool, sink, registry)
+    }
+
     fn create_request(id: &str, bundle: &Path, options: Option<Any>) -> Vec<u8> {
         let mut create = CreateTaskRequest::new();
         create.id = id.into();
@@ -972,13 +984,7 @@ mod tests {
         let bundle = root.path().join("k8s.io").join("c1");
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
-        let spool = tempfile::tempdir().unwrap();
-        let config = crate::spool::SpoolConfig {
-            dir: spool.path().to_path_buf(),
-            max_bytes: 1 << 20,
-        };
-        let sink = SpanSink::start(&config, "test").unwrap();
-        let registry = Arc::new(IdentityRegistry::new(Some(root.path().to_path_buf())));
+        let (spool, sink, registry) = spooled_registry(root.path());
         let request = create_request("c1", &bundle, Some(runc_options("/opt/bin/runsc-nonet")));
         registry.create_seen(&sink, "k8s.io", "c1", &request, RUNC_SHIM);
         // The inner shim's `/tasks/create` event, queued before Create's own span.
@@ -1025,13 +1031,7 @@ mod tests {
         let bundle = root.path().join("k8s.io").join("quick");
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
-        let spool = tempfile::tempdir().unwrap();
-        let config = crate::spool::SpoolConfig {
-            dir: spool.path().to_path_buf(),
-            max_bytes: 1 << 20,
-        };
-        let sink = SpanSink::start(&config, "test").unwrap();
-        let registry = Arc::new(IdentityRegistry::new(Some(root.path().to_path_buf())));
+        let (spool, sink, registry) = spooled_registry(root.path());
         let request = create_request("quick", &bundle, None);
         registry.create_seen(&sink, "k8s.io", "quick", &request, RUNC_SHIM);
         // An `echo` container: run, exited and deleted (its bundle with it) within the writer's
@@ -1150,13 +1150,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let bundle = root.path().join("ns").join("big");
         std::fs::create_dir_all(&bundle).unwrap();
-        let spool = tempfile::tempdir().unwrap();
-        let config = crate::spool::SpoolConfig {
-            dir: spool.path().to_path_buf(),
-            max_bytes: 1 << 20,
-        };
-        let sink = SpanSink::start(&config, "test").unwrap();
-        let registry = Arc::new(IdentityRegistry::new(Some(root.path().to_path_buf())));
+        let (_spool, sink, registry) = spooled_registry(root.path());
         // Options far larger than any runtime's: not copied, so the shim names the runtime.
         let mut huge = runc_options("runsc");
         {

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::lab_report::{number, table_row};
 use serde_json::Value;
 use shimtrace_containerd::check::{proxies_for, shim_socket};
 use shimtrace_containerd::install::{Form, DEFAULT_WRAPPER_CONFIG};
@@ -25,25 +26,6 @@ const REQUESTS: usize = 20;
 /// runc), which the report counts as failed requests; two labs at once, two gVisor sandboxes
 /// serving, made that far likelier.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn number(cell: &str) -> f64 {
-    cell.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not a number: {cell:?}"))
-}
-
-/// The cells of the Markdown table row starting with `| name |` under `section`.
-fn table_row(md: &str, section: &str, name: &str) -> Vec<String> {
-    let body = md.split(section).nth(1).expect(section);
-    let line = body
-        .lines()
-        .find(|l| l.starts_with(&format!("| {name} |")))
-        .unwrap_or_else(|| panic!("no row {name} under {section}:\n{body}"));
-    line.trim_matches('|')
-        .split('|')
-        .map(|c| c.trim().to_string())
-        .collect()
-}
 
 /// Live processes whose command line mentions `needle` or whose environment holds `env`.
 fn processes_with(needle: &str, env: &str) -> Vec<(u32, String)> {

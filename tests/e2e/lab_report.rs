@@ -25,7 +25,8 @@ fn lab_args_with_built_wrapper(extra: &[&str]) -> LabArgs {
     lab_args(&argv)
 }
 
-fn number(cell: &str) -> f64 {
+/// A report cell's number (a ratio's `×` dropped).
+pub(crate) fn number(cell: &str) -> f64 {
     cell.trim()
         .trim_end_matches('×')
         .parse()
@@ -33,12 +34,12 @@ fn number(cell: &str) -> f64 {
 }
 
 /// The cells of the Markdown table row starting with `| name |` under `section`.
-fn table_row(md: &str, section: &str, name: &str) -> Vec<String> {
+pub(crate) fn table_row(md: &str, section: &str, name: &str) -> Vec<String> {
     let body = md.split(section).nth(1).expect(section);
     let line = body
         .lines()
         .find(|l| l.starts_with(&format!("| {name} |")))
-        .unwrap_or_else(|| panic!("no row {name} under {section}"));
+        .unwrap_or_else(|| panic!("no row {name} under {section}:\n{body}"));
     line.trim_matches('|')
         .split('|')
         .map(|c| c.trim().to_string())
