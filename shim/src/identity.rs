@@ -467,9 +467,12 @@ impl Generations {
         self.current.insert(key, identity);
     }
 
-    fn remove(&mut self, key: &Key) {
-        self.current.remove(key);
-        self.previous.remove(key);
+    /// Moves `key` into the older generation, which the next turn drops (see
+    /// [`TraceRegistry::retire`](crate::trace_ctx::TraceRegistry::retire)).
+    fn retire(&mut self, key: &Key) {
+        if let Some((key, identity)) = self.current.remove_entry(key) {
+            self.previous.insert(key, identity);
+        }
     }
 
     fn len(&self) -> usize {
@@ -628,11 +631,13 @@ impl IdentityRegistry {
         };
         let shim = span.attr_str(attr::INNER).unwrap_or_default();
         let identity = self.lookup(namespace, id, shim);
-        // The shim is going away; its container will not be asked about again.
+        // The shim is going away: its container goes at the next generation turn, not at once,
+        // since the runc shim may still publish `/tasks/delete` after this (and the bundle, the
+        // other place the identity is kept, is deleted meanwhile).
         if span.name.ends_with(".Task/Shutdown") {
             let key = (namespace.to_string(), id.to_string());
             if let Ok(mut known) = self.known.lock() {
-                known.remove(&key);
+                known.retire(&key);
             }
         }
         identity.put(&mut span.attributes);
@@ -1015,8 +1020,9 @@ mod tests {
             assert_eq!(span.attr_str(attr::K8S_ROLE), Some("container"));
         }
         assert_eq!(spans[4].attr_str(attr::CONTAINER_RUNTIME_NAME), None);
-        // Shutdown let it go; the bundle keeps it for the wrapper's delete.
-        assert_eq!(registry.remembered(), 0);
+        // Shutdown retired it (it goes at the next generation turn); the bundle keeps it for the
+        // wrapper's delete.
+        assert_eq!(registry.remembered(), 1);
         let recorded = read_sidecar(&bundle).expect("identity beside the bundle");
         assert_eq!(recorded.runtime.name, "runsc");
         assert_eq!(
@@ -1051,6 +1057,39 @@ mod tests {
                 "{span:?}"
             );
             assert_eq!(span.attr_str(attr::K8S_CONTAINER_NAME), Some("web"));
+        }
+    }
+
+    #[test]
+    fn an_event_published_after_shutdown_keeps_its_pod() {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = root.path().join("k8s.io").join("late");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
+        let (spool, sink, registry) = spooled_registry(root.path());
+        let request = create_request("late", &bundle, None);
+        registry.create_seen(&sink, "k8s.io", "late", &request, RUNC_SHIM);
+        for method in ["Create", "Delete", "Shutdown"] {
+            let name = format!("containerd.task.v2.Task/{method}");
+            sink.emit_deferred(registry.annotating(Ready(span_of("k8s.io", "late", &name))));
+        }
+        // containerd deletes the bundle once Shutdown returns; the runc shim of a grouped
+        // container publishes `/tasks/delete` about then (CI saw it after Shutdown).
+        std::fs::remove_dir_all(&bundle).unwrap();
+        sink.emit_deferred(registry.annotating(Ready(span_of(
+            "k8s.io",
+            "late",
+            "event /tasks/delete",
+        ))));
+        sink.shutdown(Duration::from_secs(5));
+        let spans = read_spool(spool.path()).unwrap().spans;
+        assert_eq!(spans.len(), 4);
+        for span in &spans {
+            assert_eq!(
+                span.attr_str(attr::K8S_POD_NAME),
+                Some("shop-7d9f"),
+                "{span:?}"
+            );
         }
     }
 

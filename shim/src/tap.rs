@@ -203,7 +203,7 @@ struct PendingCall {
     /// The raw ttrpc `Request`, decoded off the forwarding path.
     request: Vec<u8>,
     /// (namespace, container id) of a `Shutdown`, whose trace is forgotten once it ends.
-    forget_on_end: Option<(String, String)>,
+    retire_on_end: Option<(String, String)>,
 }
 
 /// Ids and details decoded from a task request.
@@ -393,7 +393,7 @@ impl ConnectionTap {
                 )
             })
             .flatten();
-        let forget_on_end = (view.method == "Shutdown")
+        let retire_on_end = (view.method == "Shutdown")
             .then(|| container_id.map(|id| (namespace.to_string(), id.to_string())))
             .flatten();
         let budget = &self.ctx.pending;
@@ -410,7 +410,7 @@ impl ConnectionTap {
             trace,
             own_trace: traceparent.and(container_trace).map(|c| c.trace_id),
             request,
-            forget_on_end,
+            retire_on_end,
         };
         let mut ended = Vec::new();
         if let Ok(mut pending) = self.pending.lock() {
@@ -490,8 +490,8 @@ impl ConnectionTap {
     }
 
     fn emit(&self, mut call: PendingCall, end: u64, outcome: Outcome) {
-        if let Some((namespace, id)) = call.forget_on_end.take() {
-            self.ctx.traces.forget(&namespace, &id);
+        if let Some((namespace, id)) = call.retire_on_end.take() {
+            self.ctx.traces.retire(&namespace, &id);
         }
         let span = CallSpan {
             shim: self.ctx.shim.clone(),

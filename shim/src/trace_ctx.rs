@@ -96,11 +96,16 @@ impl Known {
         }
     }
 
-    fn forget(&mut self, ns: &str, id: &str) {
-        if remove(&mut self.current, ns, id).is_some() {
+    /// Moves a container into the older generation, which the next turn drops; a lookup before
+    /// then (an event published late) still finds it, and moves it back.
+    fn retire(&mut self, ns: &str, id: &str) {
+        if let Some(ctx) = remove(&mut self.current, ns, id) {
             self.current_len -= 1;
+            self.previous
+                .entry(ns.to_string())
+                .or_default()
+                .insert(id.to_string(), ctx);
         }
-        remove(&mut self.previous, ns, id);
     }
 }
 
@@ -177,10 +182,13 @@ impl TraceRegistry {
         crate::bundle::task_bundle(self.task_root.as_ref()?, ns, id)
     }
 
-    /// Forgets a deleted container at once, instead of when it ages out.
-    pub fn forget(&self, ns: &str, id: &str) {
+    /// A container's shim was told to shut down: its trace goes at the next generation turn
+    /// instead of staying while in use. Not at once: the runc shim publishes `/tasks/delete` while
+    /// containerd already shuts it down, and once the bundle is gone that late event would start
+    /// a trace of its own.
+    pub fn retire(&self, ns: &str, id: &str) {
         if let Ok(mut known) = self.known.lock() {
-            known.forget(ns, id);
+            known.retire(ns, id);
         }
     }
 }
@@ -219,6 +227,20 @@ mod tests {
 
         // The real bundle still gets its sidecar, whatever Create claimed.
         assert!(read_sidecar(&root.join("default").join("c1")).is_some());
+    }
+
+    #[test]
+    fn a_retired_container_keeps_its_trace_for_a_late_event() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tasks");
+        let bundle = root.join("default").join("c1");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let registry = TraceRegistry::new(Some(root.clone()));
+        let trace = registry.lookup("default", "c1", Some(&bundle));
+        registry.retire("default", "c1");
+        // Shutdown returned and containerd deleted the bundle; then `/tasks/delete` arrives.
+        std::fs::remove_dir_all(&bundle).unwrap();
+        assert_eq!(registry.lookup("default", "c1", None), trace);
     }
 
     #[test]
