@@ -783,13 +783,9 @@ async fn served_latency(
     active: &mut [Active],
     found: &mut Findings,
 ) {
-    let args = lab.args;
-    if args.requests == 0 {
-        return;
-    }
     let how = |entry: &Active| format!(" (pod under {})", entry.profile.runtime);
-    let serve = async |entry: &Active, port: u16| {
-        serve_and_measure(lab, target, entry, port, args.requests as usize).await
+    let serve = async |entry: &Active, port: u16, requests: usize| {
+        serve_and_measure(lab, target, entry, port, requests).await
     };
     served_latency_by(lab, active, found, how, serve).await;
 }

@@ -821,17 +821,14 @@ async fn served_latency(
     found: &mut Findings,
 ) {
     let args = lab.args;
-    if args.requests == 0 {
-        return;
-    }
-    if args.image.is_some() {
+    if args.requests > 0 && args.image.is_some() {
         found.report.setup.image_notes.push(
             "served latency: not measured (it needs busybox httpd and the page of the built rootfs)"
                 .into(),
         );
         return;
     }
-    let serve = async |entry: &Active, port: u16| {
+    let serve = async |entry: &Active, port: u16, requests: usize| {
         let spec = lab.spec(
             format!("lab-http-{}-{}", entry.profile.name, lab.suffix),
             &[
@@ -843,28 +840,25 @@ async fn served_latency(
                 "/www",
             ],
         );
-        serve_and_measure(
-            client,
-            entry,
-            port,
-            args.requests as usize,
-            &spec,
-            &lab.work,
-        )
-        .await
+        serve_and_measure(client, entry, port, requests, &spec, &lab.work).await
     };
     served_latency_by(lab, active, found, |_| String::new(), serve).await;
 }
 
-/// Served latency on any engine: per profile, its server on a loopback port, started and
-/// measured by `serve` (`how` says how, for the log); then p50 and p99 relative to runc's.
+/// Served latency on any engine, unless `--requests 0`: per profile, its server on a loopback
+/// port, started and measured with `--requests` GETs by `serve` (`how` says how, for the log);
+/// then p50 and p99 relative to runc's.
 async fn served_latency_by(
     lab: &Lab<'_>,
     active: &mut [Active],
     found: &mut Findings,
     how: impl Fn(&Active) -> String,
-    serve: impl AsyncFn(&Active, u16) -> HttpResult,
+    serve: impl AsyncFn(&Active, u16, usize) -> HttpResult,
 ) {
+    let requests = lab.args.requests as usize;
+    if requests == 0 {
+        return;
+    }
     for (i, entry) in active.iter_mut().enumerate() {
         let Some(port) = http_port(lab.args.port, i, entry, found) else {
             continue;
@@ -874,7 +868,7 @@ async fn served_latency_by(
             entry.profile.name,
             how(entry)
         ));
-        let result = serve(entry, port).await;
+        let result = serve(entry, port, requests).await;
         found.served(entry, result);
     }
     relate_to_runc(active);
