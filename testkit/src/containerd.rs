@@ -47,8 +47,7 @@ use tempfile::TempDir;
 
 use shimtrace_containerd::command::{run_with_timeout, CommandOutput, RunError};
 use shimtrace_containerd::private::{
-    config_version_for_major, major_of, ConfigSource, ContainerdBinary, PrivateConfig,
-    PrivateContainerd, PrivateError,
+    ConfigSource, ContainerdBinary, PrivateConfig, PrivateContainerd, PrivateError,
 };
 use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
 
@@ -162,7 +161,7 @@ impl From<PrivateError> for HarnessError {
 /// One installed containerd version: where its `containerd`, `ctr` and runc shim are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerdVersion {
-    version: String,
+    binary: ContainerdBinary,
     bin_dir: PathBuf,
 }
 
@@ -177,11 +176,7 @@ impl ContainerdVersion {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PREFIX));
             prefix.join(version).join("usr/bin")
         };
-        let found = ContainerdVersion {
-            version: version.to_owned(),
-            bin_dir,
-        };
-        let containerd = found.containerd();
+        let containerd = bin_dir.join("containerd");
         if !containerd.is_file() {
             return Err(HarnessError::NotInstalled {
                 version: version.to_owned(),
@@ -189,18 +184,18 @@ impl ContainerdVersion {
             });
         }
         let reported = match ContainerdBinary::probe(&containerd) {
+            Ok(binary) if binary.version() == version => {
+                return Ok(ContainerdVersion { binary, bin_dir })
+            }
             Ok(binary) => binary.version().to_owned(),
             Err(PrivateError::UnknownVersion { output, .. }) => output,
             Err(e) => return Err(e.into()),
         };
-        if reported != version {
-            return Err(HarnessError::WrongVersion {
-                version: version.to_owned(),
-                path: containerd,
-                reported,
-            });
-        }
-        Ok(found)
+        Err(HarnessError::WrongVersion {
+            version: version.to_owned(),
+            path: containerd,
+            reported,
+        })
     }
 
     /// Every version of [`MATRIX`]; fails on the first one that is missing.
@@ -210,17 +205,12 @@ impl ContainerdVersion {
 
     /// The version string, e.g. "2.1.9".
     pub fn version(&self) -> &str {
-        &self.version
+        self.binary.version()
     }
 
-    /// Major version (1 or 2).
-    pub fn major(&self) -> u32 {
-        major_of(&self.version)
-    }
-
-    /// The config file `version` this containerd wants: 2 for 1.x, 3 for 2.x.
-    pub fn config_version(&self) -> u32 {
-        config_version_for_major(self.major())
+    /// Its `containerd`, with what follows from the version (major, config schema).
+    pub fn binary(&self) -> &ContainerdBinary {
+        &self.binary
     }
 
     /// Directory holding `containerd`, `ctr` and `containerd-shim-runc-v2` of this version.
@@ -1041,17 +1031,6 @@ mod tests {
             args.unwrap(),
             ["run", "--rm", "--rootfs", "/r", "c2", "/bin/true"]
         );
-    }
-
-    #[test]
-    fn config_version_follows_the_major() {
-        let v = |s: &str| ContainerdVersion {
-            version: s.into(),
-            bin_dir: PathBuf::new(),
-        };
-        assert_eq!(v("1.6.20").config_version(), 2);
-        assert_eq!(v("1.7.24").config_version(), 2);
-        assert_eq!(v("2.1.9").config_version(), 3);
     }
 
     #[test]

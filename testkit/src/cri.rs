@@ -134,7 +134,7 @@ impl CriNode {
         let mut outcome = None;
         let mut before_install = String::new();
         let traced = Traced::start_registered(version, traced, |prepared, bin, wrapper_config| {
-            let schema = prepared.version.config_version();
+            let schema = prepared.version.binary().config_version();
             let base_text = match &base {
                 BaseConfig::Minimal => format!("version = {schema}\n"),
                 BaseConfig::Text(text) => text.clone(),

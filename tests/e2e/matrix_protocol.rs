@@ -136,7 +136,7 @@ fn pin_protocol(version: &str) {
         fs::read_to_string(bundle.join("shim-binary-path")).unwrap(),
         wrapper.display().to_string()
     );
-    if version.major() == 1 {
+    if version.binary().major() == 1 {
         assert!(
             reply.starts_with("unix:///run/containerd/s/"),
             "1.x runc shim replies a plain address: {reply}"
