@@ -1074,7 +1074,7 @@ mod tests {
             sink.emit_deferred(registry.annotating(Ready(span_of("k8s.io", "late", &name))));
         }
         // containerd deletes the bundle once Shutdown returns; the runc shim of a grouped
-        // container publishes `/tasks/delete` about then (CI saw it after Shutdown).
+        // container publishes `/tasks/delete` about then, sometimes after.
         std::fs::remove_dir_all(&bundle).unwrap();
         sink.emit_deferred(registry.annotating(Ready(span_of(
             "k8s.io",

@@ -790,8 +790,8 @@ mod tests {
 
     #[test]
     fn a_number_beyond_i64_reads_back_the_same_after_a_write() {
-        // Found by fuzzing: without exact float parsing, a 34-digit integer read as one double
-        // and its shortest written form read as the next one.
+        // Without exact float parsing, a 34-digit integer reads as one double and its shortest
+        // written form reads back as the next one.
         for json in [
             "2333333333333333333333333333333333",
             "1e308",
