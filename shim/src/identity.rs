@@ -975,6 +975,33 @@ mod tests {
         (spool, sink, registry)
     }
 
+    /// The bundle containerd makes for `namespace/id` under `task_root`, holding `spec`.
+    fn bundle_with_spec(
+        task_root: &Path,
+        namespace: &str,
+        id: &str,
+        spec: &serde_json::Value,
+    ) -> PathBuf {
+        let bundle = task_root.join(namespace).join(id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+        bundle
+    }
+
+    /// A CRI container `k8s.io/id` whose `Create` (with `options`) the registry has seen, and the
+    /// spool its spans go to.
+    fn cri_container_created(
+        task_root: &Path,
+        id: &str,
+        options: Option<Any>,
+    ) -> (PathBuf, tempfile::TempDir, SpanSink, Arc<IdentityRegistry>) {
+        let bundle = bundle_with_spec(task_root, "k8s.io", id, &cri_container_spec());
+        let (spool, sink, registry) = spooled_registry(task_root);
+        let request = create_request(id, &bundle, options);
+        registry.create_seen(&sink, "k8s.io", id, &request, RUNC_SHIM);
+        (bundle, spool, sink, registry)
+    }
+
     fn create_request(id: &str, bundle: &Path, options: Option<Any>) -> Vec<u8> {
         let mut create = CreateTaskRequest::new();
         create.id = id.into();
@@ -986,12 +1013,11 @@ mod tests {
     #[test]
     fn create_is_recorded_before_the_spans_it_causes_and_every_later_span_carries_it() {
         let root = tempfile::tempdir().unwrap();
-        let bundle = root.path().join("k8s.io").join("c1");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
-        let (spool, sink, registry) = spooled_registry(root.path());
-        let request = create_request("c1", &bundle, Some(runc_options("/opt/bin/runsc-nonet")));
-        registry.create_seen(&sink, "k8s.io", "c1", &request, RUNC_SHIM);
+        let (bundle, spool, sink, registry) = cri_container_created(
+            root.path(),
+            "c1",
+            Some(runc_options("/opt/bin/runsc-nonet")),
+        );
         // The inner shim's `/tasks/create` event, queued before Create's own span.
         sink.emit_deferred(registry.annotating(Ready(span_of(
             "k8s.io",
@@ -1034,12 +1060,7 @@ mod tests {
     #[test]
     fn a_container_deleted_before_the_writer_runs_keeps_its_pod() {
         let root = tempfile::tempdir().unwrap();
-        let bundle = root.path().join("k8s.io").join("quick");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
-        let (spool, sink, registry) = spooled_registry(root.path());
-        let request = create_request("quick", &bundle, None);
-        registry.create_seen(&sink, "k8s.io", "quick", &request, RUNC_SHIM);
+        let (bundle, spool, sink, registry) = cri_container_created(root.path(), "quick", None);
         // An `echo` container: run, exited and deleted (its bundle with it) within the writer's
         // flush interval, before the Create's span is assembled.
         std::fs::remove_dir_all(&bundle).unwrap();
@@ -1063,12 +1084,7 @@ mod tests {
     #[test]
     fn an_event_published_after_shutdown_keeps_its_pod() {
         let root = tempfile::tempdir().unwrap();
-        let bundle = root.path().join("k8s.io").join("late");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
-        let (spool, sink, registry) = spooled_registry(root.path());
-        let request = create_request("late", &bundle, None);
-        registry.create_seen(&sink, "k8s.io", "late", &request, RUNC_SHIM);
+        let (bundle, spool, sink, registry) = cri_container_created(root.path(), "late", None);
         for method in ["Create", "Delete", "Shutdown"] {
             let name = format!("containerd.task.v2.Task/{method}");
             sink.emit_deferred(registry.annotating(Ready(span_of("k8s.io", "late", &name))));
@@ -1133,9 +1149,7 @@ mod tests {
     fn the_configured_oci_runtime_names_containers_without_a_binary_name() {
         const RUNSC: &str = "/usr/local/bin/runsc-host";
         let root = tempfile::tempdir().unwrap();
-        let bundle = root.path().join("k8s.io").join("s1");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), cri_sandbox_spec().to_string()).unwrap();
+        let bundle = bundle_with_spec(root.path(), "k8s.io", "s1", &cri_sandbox_spec());
         let registry = IdentityRegistry::new(Some(root.path().to_path_buf()))
             .with_oci_runtime(Some(RUNSC.into()));
         // Before Create: the config, not the runc shim's name.
@@ -1222,9 +1236,7 @@ mod tests {
 
         // The bundle containerd made for k8s.io/c1 under the task root.
         let task_root = tempfile::tempdir().unwrap();
-        let bundle = task_root.path().join("k8s.io").join("c1");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), cri_container_spec().to_string()).unwrap();
+        let bundle = bundle_with_spec(task_root.path(), "k8s.io", "c1", &cri_container_spec());
         let spool = tempfile::tempdir().unwrap();
         let ctx = test_context_in(spool.path(), Some(task_root.path().to_path_buf()));
         let tap = ConnectionTap::new(ctx.clone());
@@ -1309,9 +1321,7 @@ mod tests {
         let hostname = container_dir.join("hostname").display().to_string();
         let spec =
             serde_json::json!({"mounts": [{"destination": "/etc/hostname", "source": hostname}]});
-        let bundle = root.path().join("moby").join(id);
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+        let bundle = bundle_with_spec(root.path(), "moby", id, &spec);
         let workload = Workload::of_bundle(&bundle);
         assert_eq!(workload.engine_name.as_deref(), Some("web-1"));
         assert_eq!(workload.image.as_deref(), Some("local/busybox:1"));

@@ -226,103 +226,80 @@ pub fn is_task_service(service: &str) -> bool {
     service.starts_with("containerd.task.v") && service.ends_with(".Task")
 }
 
+/// `payload` decoded as an `M`, then read by `read`; `None` when it does not decode.
+fn decoded<M: Message, T>(payload: &[u8], read: impl FnOnce(M) -> T) -> Option<T> {
+    M::parse_from_bytes(payload).ok().map(read)
+}
+
 /// Decodes the ids a task request carries; unknown methods or undecodable payloads give nothing.
 pub fn decode_task_request(method: &str, payload: &[u8]) -> TaskRequestInfo {
-    macro_rules! id_only {
-        ($ty:ty) => {
-            <$ty>::parse_from_bytes(payload)
-                .map(|r| TaskRequestInfo {
-                    id: non_empty(&r.id),
-                    ..Default::default()
-                })
-                .unwrap_or_default()
-        };
-    }
-    macro_rules! id_and_exec {
-        ($ty:ty) => {
-            <$ty>::parse_from_bytes(payload)
-                .map(|r| TaskRequestInfo {
-                    id: non_empty(&r.id),
-                    exec_id: non_empty(&r.exec_id),
-                    ..Default::default()
-                })
-                .unwrap_or_default()
-        };
-    }
+    let p = payload;
+    let id_only = |id: &str| TaskRequestInfo {
+        id: non_empty(id),
+        ..Default::default()
+    };
+    let id_and_exec = |id: &str, exec_id: &str| TaskRequestInfo {
+        id: non_empty(id),
+        exec_id: non_empty(exec_id),
+        ..Default::default()
+    };
     match method {
-        "Create" => api::CreateTaskRequest::parse_from_bytes(payload)
-            .map(|r| TaskRequestInfo {
-                id: non_empty(&r.id),
-                bundle: non_empty(&r.bundle),
-                ..Default::default()
-            })
-            .unwrap_or_default(),
-        "Kill" => api::KillRequest::parse_from_bytes(payload)
-            .map(|r| TaskRequestInfo {
-                id: non_empty(&r.id),
-                exec_id: non_empty(&r.exec_id),
-                signal: Some(r.signal),
-                ..Default::default()
-            })
-            .unwrap_or_default(),
-        "State" => id_and_exec!(api::StateRequest),
-        "Start" => id_and_exec!(api::StartRequest),
-        "Delete" => id_and_exec!(api::DeleteRequest),
-        "Exec" => id_and_exec!(api::ExecProcessRequest),
-        "ResizePty" => id_and_exec!(api::ResizePtyRequest),
-        "CloseIO" => id_and_exec!(api::CloseIORequest),
-        "Wait" => id_and_exec!(api::WaitRequest),
-        "Pids" => id_only!(api::PidsRequest),
-        "Pause" => id_only!(api::PauseRequest),
-        "Resume" => id_only!(api::ResumeRequest),
-        "Checkpoint" => id_only!(api::CheckpointTaskRequest),
-        "Update" => id_only!(api::UpdateTaskRequest),
-        "Stats" => id_only!(api::StatsRequest),
-        "Connect" => id_only!(api::ConnectRequest),
-        "Shutdown" => id_only!(api::ShutdownRequest),
-        _ => TaskRequestInfo::default(),
+        "Create" => decoded(p, |r: api::CreateTaskRequest| TaskRequestInfo {
+            bundle: non_empty(&r.bundle),
+            ..id_only(&r.id)
+        }),
+        "Kill" => decoded(p, |r: api::KillRequest| TaskRequestInfo {
+            signal: Some(r.signal),
+            ..id_and_exec(&r.id, &r.exec_id)
+        }),
+        "State" => decoded(p, |r: api::StateRequest| id_and_exec(&r.id, &r.exec_id)),
+        "Start" => decoded(p, |r: api::StartRequest| id_and_exec(&r.id, &r.exec_id)),
+        "Delete" => decoded(p, |r: api::DeleteRequest| id_and_exec(&r.id, &r.exec_id)),
+        "Exec" => decoded(p, |r: api::ExecProcessRequest| {
+            id_and_exec(&r.id, &r.exec_id)
+        }),
+        "ResizePty" => decoded(p, |r: api::ResizePtyRequest| id_and_exec(&r.id, &r.exec_id)),
+        "CloseIO" => decoded(p, |r: api::CloseIORequest| id_and_exec(&r.id, &r.exec_id)),
+        "Wait" => decoded(p, |r: api::WaitRequest| id_and_exec(&r.id, &r.exec_id)),
+        "Pids" => decoded(p, |r: api::PidsRequest| id_only(&r.id)),
+        "Pause" => decoded(p, |r: api::PauseRequest| id_only(&r.id)),
+        "Resume" => decoded(p, |r: api::ResumeRequest| id_only(&r.id)),
+        "Checkpoint" => decoded(p, |r: api::CheckpointTaskRequest| id_only(&r.id)),
+        "Update" => decoded(p, |r: api::UpdateTaskRequest| id_only(&r.id)),
+        "Stats" => decoded(p, |r: api::StatsRequest| id_only(&r.id)),
+        "Connect" => decoded(p, |r: api::ConnectRequest| id_only(&r.id)),
+        "Shutdown" => decoded(p, |r: api::ShutdownRequest| id_only(&r.id)),
+        _ => None,
     }
+    .unwrap_or_default()
 }
 
 /// Adds what a task response tells (pids, exit codes) to `attributes`.
 pub fn decode_task_response(method: &str, payload: &[u8], attributes: &mut Attributes) {
-    let mut put = |key: &str, value: AttributeValue| {
-        attributes.insert(key.to_string(), value);
+    let p = payload;
+    // (the process's pid, its exit status, the shim's own pid)
+    let told = match method {
+        "Create" => decoded(p, |r: api::CreateTaskResponse| (Some(r.pid), None, None)),
+        "Start" => decoded(p, |r: api::StartResponse| (Some(r.pid), None, None)),
+        "Delete" => decoded(p, |r: api::DeleteResponse| {
+            (Some(r.pid), Some(r.exit_status), None)
+        }),
+        "Wait" => decoded(p, |r: api::WaitResponse| (None, Some(r.exit_status), None)),
+        "State" => decoded(p, |r: api::StateResponse| (Some(r.pid), None, None)),
+        "Connect" => decoded(p, |r: api::ConnectResponse| {
+            (Some(r.task_pid), None, Some(r.shim_pid))
+        }),
+        _ => None,
     };
-    match method {
-        "Create" => {
-            if let Ok(r) = api::CreateTaskResponse::parse_from_bytes(payload) {
-                put(attr::PROCESS_PID, r.pid.into());
-            }
+    let (pid, exit_status, shim_pid) = told.unwrap_or_default();
+    for (key, value) in [
+        (attr::PROCESS_PID, pid),
+        (attr::PROCESS_EXIT_CODE, exit_status),
+        ("shimtrace.shim.pid", shim_pid),
+    ] {
+        if let Some(value) = value {
+            attributes.insert(key.to_string(), AttributeValue::from(value));
         }
-        "Start" => {
-            if let Ok(r) = api::StartResponse::parse_from_bytes(payload) {
-                put(attr::PROCESS_PID, r.pid.into());
-            }
-        }
-        "Delete" => {
-            if let Ok(r) = api::DeleteResponse::parse_from_bytes(payload) {
-                put(attr::PROCESS_PID, r.pid.into());
-                put(attr::PROCESS_EXIT_CODE, r.exit_status.into());
-            }
-        }
-        "Wait" => {
-            if let Ok(r) = api::WaitResponse::parse_from_bytes(payload) {
-                put(attr::PROCESS_EXIT_CODE, r.exit_status.into());
-            }
-        }
-        "State" => {
-            if let Ok(r) = api::StateResponse::parse_from_bytes(payload) {
-                put(attr::PROCESS_PID, r.pid.into());
-            }
-        }
-        "Connect" => {
-            if let Ok(r) = api::ConnectResponse::parse_from_bytes(payload) {
-                put(attr::PROCESS_PID, r.task_pid.into());
-                put("shimtrace.shim.pid", r.shim_pid.into());
-            }
-        }
-        _ => {}
     }
 }
 
@@ -1064,5 +1041,32 @@ mod tests {
             decode_task_request("Nope", b"\xff"),
             TaskRequestInfo::default()
         );
+    }
+
+    #[test]
+    fn responses_give_pids_and_exit_codes() {
+        let decode = |method: &str, payload: Vec<u8>| {
+            let mut attributes = Attributes::new();
+            decode_task_response(method, &payload, &mut attributes);
+            let get = |key: &str| attributes.get(key).and_then(|v| v.as_i64());
+            (
+                get(attr::PROCESS_PID),
+                get(attr::PROCESS_EXIT_CODE),
+                get("shimtrace.shim.pid"),
+            )
+        };
+        let mut deleted = api::DeleteResponse::new();
+        (deleted.pid, deleted.exit_status) = (41, 137);
+        assert_eq!(
+            decode("Delete", deleted.write_to_bytes().unwrap()),
+            (Some(41), Some(137), None)
+        );
+        let mut connected = api::ConnectResponse::new();
+        (connected.task_pid, connected.shim_pid) = (7, 8);
+        assert_eq!(
+            decode("Connect", connected.write_to_bytes().unwrap()),
+            (Some(7), None, Some(8))
+        );
+        assert_eq!(decode("Create", b"\xff".to_vec()), (None, None, None));
     }
 }

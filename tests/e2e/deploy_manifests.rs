@@ -327,10 +327,29 @@ impl ScratchNode {
         }
         command.output().unwrap()
     }
+
+    /// Runs `action`, which must succeed; what it printed.
+    fn succeeds(&self, action: &str, env: &[(&str, &str)]) -> String {
+        let out = self.run(action, env);
+        assert!(out.status.success(), "{}", log(&out));
+        log(&out)
+    }
+
+    /// Runs `action`, which must fail; what it printed.
+    fn fails(&self, action: &str, env: &[(&str, &str)]) -> String {
+        let out = self.run(action, env);
+        assert!(!out.status.success(), "{}", log(&out));
+        log(&out)
+    }
 }
 
 fn log(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The installer's output says `text`.
+fn assert_says(said: &str, text: &str) {
+    assert!(said.contains(text), "expected `{text}` in:\n{said}");
 }
 
 fn toml_of(path: &Path) -> toml::Table {
@@ -355,8 +374,7 @@ fn node_installer_installs_and_undoes_on_a_scratch_host() {
     let machine_config = || std::fs::read(DEFAULT_WRAPPER_CONFIG).ok();
     let machine_config_before = machine_config();
     let node = ScratchNode::new();
-    let out = node.run("install", &[]);
-    assert!(out.status.success(), "{}", log(&out));
+    node.succeeds("install", &[]);
     // The binaries on the "host", the traced handlers in its config, containerd restarted once.
     let prefix = node.path("opt/shimtrace/bin");
     for binary in ["shimtrace", "containerd-shim-traced-v2"] {
@@ -387,22 +405,15 @@ fn node_installer_installs_and_undoes_on_a_scratch_host() {
     let wrapper_config = node.wrapper_config_text().unwrap_or_default();
     assert!(wrapper_config.contains(GVISOR_ENTRY), "{wrapper_config}");
     // Installing again (the pod replaced) changes nothing that uninstall needs.
-    let out = node.run("install", &[]);
-    assert!(out.status.success(), "{}", log(&out));
+    node.succeeds("install", &[]);
     assert_eq!(node.restarts(), 2);
 
     // `stop` outside a cluster cannot tell the DaemonSet is going: the node stays installed.
-    let out = node.run("stop", &[]);
-    assert!(out.status.success(), "{}", log(&out));
-    assert!(
-        log(&out).contains("leaving the node installed"),
-        "{}",
-        log(&out)
-    );
+    let said = node.succeeds("stop", &[]);
+    assert_says(&said, "leaving the node installed");
     assert!(link.exists());
 
-    let out = node.run("uninstall", &[]);
-    assert!(out.status.success(), "{}", log(&out));
+    node.succeeds("uninstall", &[]);
     assert_eq!(toml_of(&node.config()), toml_of_str(ORIGINAL_CONFIG));
     if !shimtrace_uninstalls() {
         assert_eq!(
@@ -431,13 +442,8 @@ fn toml_of_str(text: &str) -> toml::Table {
 fn node_installer_never_leaves_cri_broken_nor_undoes_someone_elses_edit() {
     // containerd's CRI plugin fails to load after the restart: the old config goes back.
     let node = ScratchNode::new();
-    let out = node.run("install", &[("FAKE_CRI_AFTER_RESTART", "error")]);
-    assert!(!out.status.success(), "{}", log(&out));
-    assert!(
-        log(&out).contains("does not load with the new config"),
-        "{}",
-        log(&out)
-    );
+    let said = node.fails("install", &[("FAKE_CRI_AFTER_RESTART", "error")]);
+    assert_says(&said, "does not load with the new config");
     assert_eq!(
         std::fs::read_to_string(node.config()).unwrap(),
         ORIGINAL_CONFIG
@@ -454,26 +460,20 @@ fn node_installer_never_leaves_cri_broken_nor_undoes_someone_elses_edit() {
     // Someone edits the config after the install: without `install --uninstall`, the script
     // will not put back a config that would lose the edit, and keeps what it refers to.
     let node = ScratchNode::new();
-    let out = node.run("install", &[]);
-    assert!(out.status.success(), "{}", log(&out));
+    node.succeeds("install", &[]);
     let mut edited = std::fs::read_to_string(node.config()).unwrap();
     edited.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.mine]\n  runtime_type = \"io.containerd.runc.v2\"\n");
     std::fs::write(node.config(), &edited).unwrap();
-    let out = node.run("uninstall", &[]);
     if shimtrace_uninstalls() {
-        assert!(out.status.success(), "{}", log(&out));
+        node.succeeds("uninstall", &[]);
         let config = std::fs::read_to_string(node.config()).unwrap();
         assert!(
             config.contains("runtimes.mine") && !config.contains("traced-"),
             "{config}"
         );
     } else {
-        assert!(!out.status.success(), "{}", log(&out));
-        assert!(
-            log(&out).contains("changed since shimtrace installed it"),
-            "{}",
-            log(&out)
-        );
+        let said = node.fails("uninstall", &[]);
+        assert_says(&said, "changed since shimtrace installed it");
         assert_eq!(std::fs::read_to_string(node.config()).unwrap(), edited);
         assert!(node.path("bin/containerd-shim-traced-runc-v2").exists());
     }
@@ -487,8 +487,7 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
     let node = ScratchNode::new();
     std::fs::create_dir_all(node.path("etc/shimtrace")).unwrap();
     std::fs::write(node.wrapper_config(), NODE_WRAPPER_CONFIG).unwrap();
-    let out = node.run("install", &[]);
-    assert!(out.status.success(), "{}", log(&out));
+    node.succeeds("install", &[]);
     let installed = node.wrapper_config_text().unwrap();
     assert!(
         installed.contains(GVISOR_ENTRY) && installed.contains("traced-kata"),
@@ -497,14 +496,9 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
     // `install --uninstall` fails (its state file is gone): the script puts back both configs as
     // they were before the install, since nobody changed them since.
     std::fs::remove_file(node.path(&format!("etc/containerd/{STATE_FILE}"))).unwrap();
-    let out = node.run("uninstall", &[]);
-    assert!(out.status.success(), "{}", log(&out));
+    let said = node.succeeds("uninstall", &[]);
     if shimtrace_uninstalls() {
-        assert!(
-            log(&out).contains("putting back the configs saved at install"),
-            "{}",
-            log(&out)
-        );
+        assert_says(&said, "putting back the configs saved at install");
     }
     assert_eq!(
         std::fs::read_to_string(node.config()).unwrap(),
@@ -519,16 +513,13 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
     // Someone edits the wrapper's config after the install: the script puts back neither config,
     // says which one changed and what to remove by hand, and keeps what they refer to.
     let node = ScratchNode::new();
-    let out = node.run("install", &[]);
-    assert!(out.status.success(), "{}", log(&out));
+    node.succeeds("install", &[]);
     let config = std::fs::read_to_string(node.config()).unwrap();
     let mut edited = node.wrapper_config_text().unwrap();
     edited.push_str("\n# edited on the node\n");
     std::fs::write(node.wrapper_config(), &edited).unwrap();
     std::fs::remove_file(node.path(&format!("etc/containerd/{STATE_FILE}"))).unwrap();
-    let out = node.run("uninstall", &[]);
-    assert!(!out.status.success(), "{}", log(&out));
-    let said = log(&out);
+    let said = node.fails("uninstall", &[]);
     assert!(
         said.contains(&format!(
             "{} changed since shimtrace installed it",
