@@ -20,13 +20,13 @@
 //! Served latency is busybox httpd in a host-network pod. Every pod is stopped and removed after
 //! its run, and containerd is stopped before the lab returns.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shimtrace_collector::stats::ms;
-use shimtrace_containerd::cri::{ContainerSpec, ContainerState, Cri, Pod, PodSpec};
+use shimtrace_containerd::cri::{ContainerSpec, ContainerState, Cri, CriError, Pod, PodSpec};
 use shimtrace_containerd::image::{containerd_reference, SANDBOX_COMMAND, SANDBOX_TAG};
 use shimtrace_containerd::install::{
     ensure_symlink, find_real_shims, find_wrapper, install, merge_config, merge_wrapper_config,
@@ -40,10 +40,10 @@ use shimtrace_containerd::rootfs;
 use shimtrace_span::naming::{which, ShimName};
 
 use crate::profiles::{self, Profile};
-use crate::report::{CriSetup, HttpResult, ProfileResult, RunRecord};
+use crate::report::{CriSetup, ProfileResult, RunRecord};
 use crate::{
-    attach_spans, export_otlp, log, one_line, parse_probe, served_latency_by, to_workload_ms,
-    Active, Findings, Lab, LabError,
+    log, one_line, parse_probe, spans_serving_export, to_workload_ms, Active, Findings, HttpEngine,
+    Lab, LabError, Started,
 };
 
 /// The lab's workload image in CRI (busybox, the probe and the served page).
@@ -79,13 +79,7 @@ fn cri_error(what: &str) -> impl FnOnce(&dyn std::fmt::Display) -> LabError + '_
 /// starts, shim spans, served latency, OTLP export; then removes every pod and stops containerd.
 /// The caller writes the report.
 pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), LabError> {
-    let target = match connect(lab, found).await {
-        Ok(target) => target,
-        Err(fatal) => {
-            found.report.errors.push(fatal.to_string());
-            return Err(fatal);
-        }
-    };
+    let target = connect(lab, found).await.map_err(|e| found.fatal(e))?;
     let result = measure_on(lab, &target, found).await;
     target.close(found).await;
     result
@@ -98,21 +92,8 @@ async fn measure_on(
 ) -> Result<(), LabError> {
     let mut active = preflight(lab, target, found).await;
     cold_starts(lab, target, &mut active).await;
-    attach_spans(
-        &target.spool_dir,
-        target.spool_start,
-        &mut active,
-        &mut found.report,
-    );
-    served_latency(lab, target, &mut active, found).await;
-    let ids: BTreeSet<String> = active
-        .iter()
-        .flat_map(|a| a.result.runs.iter())
-        .flat_map(|r| std::iter::once(r.id.clone()).chain(r.sandbox_id.clone()))
-        .collect();
-    let is_ours = |id: &str| ids.contains(id);
-    export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
-    found.place_in_order(lab, active);
+    let spool = (target.spool_dir.as_path(), target.spool_start);
+    spans_serving_export(lab, target, spool, active, found).await;
     Ok(())
 }
 
@@ -565,21 +546,12 @@ impl CriTarget {
             return;
         };
         let lap = Instant::now();
-        if let Err(e) = self.cri.stop_pod(&id).await {
-            run.error
-                .get_or_insert_with(|| format!("StopPodSandbox: {}", one_line(&e.to_string())));
-            return;
+        let stopped = self.cri.stop_pod(&id).await;
+        if run.timed("StopPodSandbox", "stop_pod_sandbox", lap, stopped) {
+            let lap = Instant::now();
+            let removed = self.cri.remove_pod(&id).await;
+            run.timed("RemovePodSandbox", "remove_pod_sandbox", lap, removed);
         }
-        run.phases
-            .insert("stop_pod_sandbox".into(), ms(lap.elapsed()));
-        let lap = Instant::now();
-        if let Err(e) = self.cri.remove_pod(&id).await {
-            run.error
-                .get_or_insert_with(|| format!("RemovePodSandbox: {}", one_line(&e.to_string())));
-            return;
-        }
-        run.phases
-            .insert("remove_pod_sandbox".into(), ms(lap.elapsed()));
     }
 
     /// A pod running the probe to its exit: the run, and the probe's exit code and output.
@@ -621,10 +593,37 @@ struct PodRun {
 }
 
 impl PodRun {
-    fn failed(mut self, call: &str, error: shimtrace_containerd::cri::CriError) -> PodRun {
-        self.error = Some(format!("{call}: {}", one_line(&error.to_string())));
+    fn failed(mut self, call: &str, error: CriError) -> PodRun {
+        self.error = Some(call_error(call, &error));
         self
     }
+
+    /// Records CRI `call`, begun at `lap`: its time as `phase` when it succeeded, else its error
+    /// (unless an earlier one stands). Returns whether it succeeded.
+    fn timed(
+        &mut self,
+        call: &str,
+        phase: &str,
+        lap: Instant,
+        outcome: Result<(), CriError>,
+    ) -> bool {
+        let elapsed = ms(lap.elapsed());
+        match outcome {
+            Ok(()) => {
+                self.phases.insert(phase.into(), elapsed);
+                true
+            }
+            Err(e) => {
+                self.error.get_or_insert_with(|| call_error(call, &e));
+                false
+            }
+        }
+    }
+}
+
+/// A failed CRI `call` as the report says it.
+fn call_error(call: &str, error: &CriError) -> String {
+    format!("{call}: {}", one_line(&error.to_string()))
 }
 
 /// What a container printed, from its CRI log (`<time> <stream> <P|F> <text>` lines; `P` marks a
@@ -775,58 +774,35 @@ fn record(
     record
 }
 
-/// Served latency under CRI: per profile, busybox httpd in a host-network pod answering
-/// `--requests` GETs; p50 and p99 relative to runc's.
-async fn served_latency(
-    lab: &Lab<'_>,
-    target: &CriTarget,
-    active: &mut [Active],
-    found: &mut Findings,
-) {
-    let how = |entry: &Active| format!(" (pod under {})", entry.profile.runtime);
-    let serve = async |entry: &Active, port: u16, requests: usize| {
-        serve_and_measure(lab, target, entry, port, requests).await
-    };
-    served_latency_by(lab, active, found, how, serve).await;
-}
+/// Served latency under CRI: busybox httpd in a host-network pod.
+impl HttpEngine for CriTarget {
+    type Server = PodRun;
 
-async fn serve_and_measure(
-    lab: &Lab<'_>,
-    target: &CriTarget,
-    entry: &Active,
-    port: u16,
-    requests: usize,
-) -> HttpResult {
-    let mut result = HttpResult {
-        port,
-        requests,
-        ..Default::default()
-    };
-    let name = format!("lab-http-{}-{}", entry.profile.name, lab.suffix);
-    let listen = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    let mut run = target
-        .start_pod(
-            &entry.profile.runtime,
-            &name,
-            &["/bin/httpd", "-f", "-p", &listen, "-h", "/www"],
-        )
-        .await;
-    match &run.error {
-        Some(e) => result.error = Some(e.clone()),
-        None => {
-            let log = run.log.clone();
-            crate::await_and_measure(port, started, requests, &mut result, || async move {
-                read_cri_log(&log)
-            })
-            .await
+    fn how(&self, entry: &Active) -> String {
+        format!(" (pod under {})", entry.profile.runtime)
+    }
+
+    async fn start(&self, entry: &Active, name: &str, argv: &[&str]) -> Started<PodRun> {
+        let started = Instant::now();
+        let mut run = self.start_pod(&entry.profile.runtime, name, argv).await;
+        match run.error.clone() {
+            None => Ok((run, started)),
+            Some(e) => {
+                // Whatever of the pod was created goes; the start's error is the one to report.
+                self.remove_pod(&mut run).await;
+                Err(e)
+            }
         }
     }
-    target.remove_pod(&mut run).await;
-    if result.error.is_none() {
-        result.error = run.error;
+
+    async fn output(&self, run: &PodRun) -> String {
+        read_cri_log(&run.log)
     }
-    result
+
+    async fn remove(&self, mut run: PodRun) -> Result<(), String> {
+        self.remove_pod(&mut run).await;
+        run.error.map_or(Ok(()), Err)
+    }
 }
 
 #[cfg(test)]

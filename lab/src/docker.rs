@@ -32,10 +32,10 @@ use shimtrace_containerd::rootfs;
 use shimtrace_span::naming::which;
 
 use crate::profiles::Profile;
-use crate::report::{DockerSetup, HttpResult, ProfileResult, RunRecord};
+use crate::report::{DockerSetup, ProfileResult, RunRecord};
 use crate::{
-    attach_spans, export_otlp, log, no_probe_output, one_line, parse_probe, served_latency_by,
-    to_workload_ms, write_reports, Active, Findings, Lab, LabError,
+    log, no_probe_output, one_line, parse_probe, spans_serving_export, to_workload_ms, Active,
+    Findings, HttpEngine, Lab, LabError, Started,
 };
 
 /// The image tag the lab's rootfs is loaded as (the run's suffix makes it unique).
@@ -83,15 +83,7 @@ pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), L
             "--image is not supported with --engine docker: the lab loads its own image (busybox and the probe)".into(),
         ));
     }
-    let target = match connect(lab, found).await {
-        Ok(target) => target,
-        Err(fatal) => {
-            found.report.errors.push(fatal.to_string());
-            found.report.derive_conclusions();
-            write_reports(&lab.out, &found.report)?;
-            return Err(fatal);
-        }
-    };
+    let target = connect(lab, found).await.map_err(|e| found.fatal(e))?;
     let result = measure_on(lab, &target, found).await;
     target.close(lab, found);
     result
@@ -104,21 +96,9 @@ async fn measure_on(
 ) -> Result<(), LabError> {
     let mut active = preflight(lab, target, found);
     cold_starts(lab, target, &mut active);
-    attach_spans(
-        &target.spool_dir,
-        target.spool_start,
-        &mut active,
-        &mut found.report,
-    );
-    served_latency(lab, target, &mut active, found).await;
     // Docker names containers by its own ids: the lab's are those its runs recorded.
-    let ids: std::collections::BTreeSet<String> = active
-        .iter()
-        .flat_map(|a| a.result.runs.iter().map(|r| r.id.clone()))
-        .collect();
-    let is_ours = |id: &str| ids.contains(id);
-    export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
-    found.place_in_order(lab, active);
+    let spool = (target.spool_dir.as_path(), target.spool_start);
+    spans_serving_export(lab, target, spool, active, found).await;
     Ok(())
 }
 
@@ -545,81 +525,47 @@ fn cold_start(target: &DockerTarget, runtime: &str, name: &str, round: usize) ->
     record
 }
 
-/// Stage 6 under Docker: per profile, busybox httpd in a detached container on the host network
-/// answering `--requests` GETs; p50 and p99 relative to runc's.
-async fn served_latency(
-    lab: &Lab<'_>,
-    target: &DockerTarget,
-    active: &mut [Active],
-    found: &mut Findings,
-) {
-    let how = |_: &Active| " (docker run -d --network host)".to_string();
-    let serve = async |entry: &Active, port: u16, requests: usize| {
-        serve_and_measure(lab, target, entry, port, requests).await
-    };
-    served_latency_by(lab, active, found, how, serve).await;
-}
+/// Stage 6 under Docker: busybox httpd in a detached container on the host network.
+impl HttpEngine for DockerTarget {
+    /// The container's name.
+    type Server = String;
 
-async fn serve_and_measure(
-    lab: &Lab<'_>,
-    target: &DockerTarget,
-    entry: &Active,
-    port: u16,
-    requests: usize,
-) -> HttpResult {
-    let mut result = HttpResult {
-        port,
-        requests,
-        ..Default::default()
-    };
-    let name = format!("lab-http-{}-{}", entry.profile.name, lab.suffix);
-    let listen = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    let run = target.run(&[
-        "run",
-        "-d",
-        "--network",
-        "host",
-        "--runtime",
-        &entry.profile.runtime,
-        "--name",
-        &name,
-        &target.image,
-        "/bin/httpd",
-        "-f",
-        "-p",
-        &listen,
-        "-h",
-        "/www",
-    ]);
-    match run {
-        Ok(out) if out.success() => {}
-        Ok(out) => {
-            result.error = Some(format!("docker run -d failed: {}", one_line(&out.stderr)));
-            return result;
-        }
-        Err(e) => {
-            result.error = Some(one_line(&e.to_string()));
-            return result;
+    fn how(&self, _: &Active) -> String {
+        " (docker run -d --network host)".to_string()
+    }
+
+    async fn start(&self, entry: &Active, name: &str, argv: &[&str]) -> Started<String> {
+        let started = Instant::now();
+        let mut args = vec![
+            "run",
+            "-d",
+            "--network",
+            "host",
+            "--runtime",
+            &entry.profile.runtime,
+            "--name",
+            name,
+            &self.image,
+        ];
+        args.extend_from_slice(argv);
+        match self.run(&args) {
+            Ok(out) if out.success() => Ok((name.to_string(), started)),
+            Ok(out) => Err(format!("docker run -d failed: {}", one_line(&out.stderr))),
+            Err(e) => Err(one_line(&e.to_string())),
         }
     }
-    crate::await_and_measure(port, started, requests, &mut result, || async {
-        target
-            .run(&["logs", &name])
+
+    async fn output(&self, name: &String) -> String {
+        self.run(&["logs", name])
             .map(|o| format!("{}{}", o.stdout, o.stderr))
             .unwrap_or_default()
-    })
-    .await;
-    match target.run(&["rm", "-f", &name]) {
-        Ok(out) if out.success() => {}
-        Ok(out) => {
-            result
-                .error
-                .get_or_insert_with(|| format!("docker rm -f: {}", one_line(&out.stderr)));
-        }
-        Err(e) => {
-            result.error.get_or_insert_with(|| one_line(&e.to_string()));
+    }
+
+    async fn remove(&self, name: String) -> Result<(), String> {
+        match self.run(&["rm", "-f", &name]) {
+            Ok(out) if out.success() => Ok(()),
+            Ok(out) => Err(format!("docker rm -f: {}", one_line(&out.stderr))),
+            Err(e) => Err(one_line(&e.to_string())),
         }
     }
-    result
 }

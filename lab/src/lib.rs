@@ -368,6 +368,12 @@ impl Findings {
         self.report.errors.push(line);
     }
 
+    /// An error that ends the run: in the report, and returned to end it.
+    fn fatal(&mut self, error: LabError) -> LabError {
+        self.report.errors.push(error.to_string());
+        error
+    }
+
     /// Puts the measured profiles beside the skipped ones, in their configured order.
     fn place_in_order(&mut self, lab: &Lab<'_>, active: Vec<Active>) {
         let mut by_name: BTreeMap<String, ProfileResult> = active
@@ -512,7 +518,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<Target, LabError
                 Ok(pair) => pair,
                 Err(fatal) => {
                     // Keep what was measured (the host column) next to the reason.
-                    found.report.errors.push(fatal.to_string());
+                    let fatal = found.fatal(fatal);
                     found.report.derive_conclusions();
                     write_reports(&lab.out, &found.report)?;
                     return Err(fatal);
@@ -828,32 +834,17 @@ async fn served_latency(
         );
         return;
     }
-    let serve = async |entry: &Active, port: u16, requests: usize| {
-        let spec = lab.spec(
-            format!("lab-http-{}-{}", entry.profile.name, lab.suffix),
-            &[
-                "/bin/httpd",
-                "-f",
-                "-p",
-                &format!("127.0.0.1:{port}"),
-                "-h",
-                "/www",
-            ],
-        );
-        serve_and_measure(client, entry, port, requests, &spec, &lab.work).await
-    };
-    served_latency_by(lab, active, found, |_| String::new(), serve).await;
+    served_latency_by(lab, &ContainerdHttp { lab, client }, active, found).await;
 }
 
 /// Served latency on any engine, unless `--requests 0`: per profile, its server on a loopback
-/// port, started and measured with `--requests` GETs by `serve` (`how` says how, for the log);
-/// then p50 and p99 relative to runc's.
+/// port, started by `engine` and measured with `--requests` GETs; then p50 and p99 relative to
+/// runc's.
 async fn served_latency_by(
     lab: &Lab<'_>,
+    engine: &impl HttpEngine,
     active: &mut [Active],
     found: &mut Findings,
-    how: impl Fn(&Active) -> String,
-    serve: impl AsyncFn(&Active, u16, usize) -> HttpResult,
 ) {
     let requests = lab.args.requests as usize;
     if requests == 0 {
@@ -866,12 +857,110 @@ async fn served_latency_by(
         log(format!(
             "{}: serving HTTP on 127.0.0.1:{port}{}",
             entry.profile.name,
-            how(entry)
+            engine.how(entry)
         ));
-        let result = serve(entry, port, requests).await;
+        let result = serve_and_measure(lab, engine, entry, port, requests).await;
         found.served(entry, result);
     }
     relate_to_runc(active);
+}
+
+/// A server an [`HttpEngine`] started and the instant its start began, or why it did not start.
+type Started<S> = Result<(S, Instant), String>;
+
+/// How an engine runs the served-latency server that [`serve_and_measure`] names and invokes:
+/// it starts the server, reads what it printed and removes it.
+trait HttpEngine {
+    /// A server this engine started.
+    type Server;
+
+    /// What the log line adds after the server's address: how this engine runs it.
+    fn how(&self, entry: &Active) -> String;
+
+    /// Starts workload `name` running `argv` under `entry`'s profile on the host network; returns
+    /// it and the instant its start began (readiness is timed from there, after any preparation
+    /// that is not part of starting it), or the error for the report.
+    async fn start(&self, entry: &Active, name: &str, argv: &[&str]) -> Started<Self::Server>;
+
+    /// What the server printed, for the error when it never answers.
+    async fn output(&self, server: &Self::Server) -> String;
+
+    /// Removes the server; the error for the report when that fails.
+    async fn remove(&self, server: Self::Server) -> Result<(), String>;
+}
+
+/// The containerd API engine's server: a detached task in the lab's rootfs.
+struct ContainerdHttp<'a> {
+    lab: &'a Lab<'a>,
+    client: &'a Containerd,
+}
+
+impl HttpEngine for ContainerdHttp<'_> {
+    type Server = RunSpec;
+
+    fn how(&self, _: &Active) -> String {
+        String::new()
+    }
+
+    async fn start(&self, entry: &Active, name: &str, argv: &[&str]) -> Started<RunSpec> {
+        let mut spec = self.lab.spec(name.to_string(), argv);
+        entry
+            .profile
+            .apply(&mut spec, Network::Host, &self.lab.work)
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        self.client
+            .start_detached(&spec)
+            .await
+            .map_err(|e| one_line(&e.to_string()))?;
+        Ok((spec, started))
+    }
+
+    async fn output(&self, spec: &RunSpec) -> String {
+        std::fs::read_to_string(spec.output_path()).unwrap_or_default()
+    }
+
+    async fn remove(&self, spec: RunSpec) -> Result<(), String> {
+        self.client
+            .delete(&spec.id)
+            .await
+            .map_err(|e| one_line(&e.to_string()))
+    }
+}
+
+/// Served latency of `entry`'s profile: busybox httpd serving the rootfs's page on
+/// 127.0.0.1:`port`, started by `engine`, measured with `requests` GETs, then removed. Of the
+/// errors on the way, the first is kept.
+async fn serve_and_measure<E: HttpEngine>(
+    lab: &Lab<'_>,
+    engine: &E,
+    entry: &Active,
+    port: u16,
+    requests: usize,
+) -> HttpResult {
+    let mut result = HttpResult {
+        port,
+        requests,
+        ..Default::default()
+    };
+    let name = format!("lab-http-{}-{}", entry.profile.name, lab.suffix);
+    let listen = format!("127.0.0.1:{port}");
+    let argv = ["/bin/httpd", "-f", "-p", &listen, "-h", "/www"];
+    let (server, started) = match engine.start(entry, &name, &argv).await {
+        Ok(started) => started,
+        Err(e) => {
+            result.error = Some(e);
+            return result;
+        }
+    };
+    await_and_measure(port, started, requests, &mut result, || {
+        engine.output(&server)
+    })
+    .await;
+    if let Err(e) = engine.remove(server).await {
+        result.error.get_or_insert(e);
+    }
+    result
 }
 
 /// Each profile's served latency p50 and p99 relative to runc's.
@@ -925,6 +1014,28 @@ fn http_port(base: Option<u16>, i: usize, entry: &mut Active, found: &mut Findin
             }
         },
     }
+}
+
+/// Stages 5 to 7 on an engine that gives the containers their ids (Docker, CRI): the cold starts'
+/// shim spans (in `spool_dir`, started after `spool_start`), served latency, and the OTLP export
+/// of the spans of the runs' containers and pod sandboxes; then the profiles in their order.
+async fn spans_serving_export(
+    lab: &Lab<'_>,
+    engine: &impl HttpEngine,
+    (spool_dir, spool_start): (&Path, u64),
+    mut active: Vec<Active>,
+    found: &mut Findings,
+) {
+    attach_spans(spool_dir, spool_start, &mut active, &mut found.report);
+    served_latency_by(lab, engine, &mut active, found).await;
+    let ids: BTreeSet<String> = active
+        .iter()
+        .flat_map(|a| a.result.runs.iter())
+        .flat_map(|r| std::iter::once(r.id.clone()).chain(r.sandbox_id.clone()))
+        .collect();
+    let is_ours = |id: &str| ids.contains(id);
+    export_otlp(lab, spool_dir, spool_start, is_ours, found).await;
+    found.place_in_order(lab, active);
 }
 
 /// Stage 7, with `--otlp`: sends this run's shim spans from the spool (those that started after
@@ -1210,39 +1321,6 @@ fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String,
     by_container
 }
 
-async fn serve_and_measure(
-    client: &Containerd,
-    entry: &Active,
-    port: u16,
-    requests: usize,
-    base: &RunSpec,
-    work: &Path,
-) -> HttpResult {
-    let mut result = HttpResult {
-        port,
-        requests,
-        ..Default::default()
-    };
-    let mut spec = base.clone();
-    if let Err(e) = entry.profile.apply(&mut spec, Network::Host, work) {
-        result.error = Some(e.to_string());
-        return result;
-    }
-    let started = Instant::now();
-    if let Err(e) = client.start_detached(&spec).await {
-        result.error = Some(one_line(&e.to_string()));
-        return result;
-    }
-    await_and_measure(port, started, requests, &mut result, || async {
-        std::fs::read_to_string(spec.output_path()).unwrap_or_default()
-    })
-    .await;
-    if let Err(e) = client.delete(&spec.id).await {
-        result.error.get_or_insert_with(|| one_line(&e.to_string()));
-    }
-    result
-}
-
 fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {
     let write = |name: &str, content: String| {
         let path = out.join(name);
@@ -1261,7 +1339,7 @@ fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {
 /// Served latency of a workload started at `started` to serve on 127.0.0.1:`port`: once it
 /// answers, its readiness time and [`measure_requests`]; if it never does, the error with what the
 /// workload printed (`output`).
-pub(crate) async fn await_and_measure<F, Fut>(
+async fn await_and_measure<F, Fut>(
     port: u16,
     started: Instant,
     requests: usize,
@@ -1288,7 +1366,7 @@ pub(crate) async fn await_and_measure<F, Fut>(
 
 /// The served-latency measurement against a workload answering at `addr`: a few unmeasured
 /// requests so both sides have warmed up, then `requests` timed GETs into `result`.
-pub(crate) async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpResult) {
+async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpResult) {
     for _ in 0..5 {
         let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
     }

@@ -216,6 +216,35 @@ fn ratio(r: Option<f64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// A summary's p50, p90, p99 and max as the tables write them (`n/a` when not measured).
+fn quantiles(s: Option<&Summary>) -> [String; 4] {
+    [
+        s.map(|s| s.p50),
+        s.map(|s| s.p90),
+        s.map(|s| s.p99),
+        s.map(|s| s.max),
+    ]
+    .map(opt)
+}
+
+/// A bar chart of two figures per profile in ms, `series` titled "`what`: a and b"; nothing when
+/// no profile has them.
+fn push_bars(doc: &mut Document, what: &str, series: [&str; 2], rows: Vec<BarRow>) {
+    if rows.is_empty() {
+        return;
+    }
+    let [a, b] = series;
+    doc.push(Figure::drawn_only(
+        Bars {
+            title: format!("{what}: {a} and {b}"),
+            series: series.map(String::from).to_vec(),
+            rows,
+            format: f_ms,
+        },
+        format!("{what} (ms): {a} and {b}"),
+    ));
+}
+
 fn wall_p50(p: &ProfileResult) -> Option<f64> {
     p.cold_start.as_ref()?.wall.as_ref().map(|s| s.p50)
 }
@@ -704,16 +733,10 @@ impl LabReport {
             let Some(c) = &p.cold_start else { continue };
             let w = c.wall.as_ref();
             let t = c.to_workload.as_ref();
-            table.row([
-                p.name.clone(),
-                format!("{}/{}", c.ok_runs, c.failed_runs),
-                opt(w.map(|s| s.p50)),
-                opt(w.map(|s| s.p90)),
-                opt(w.map(|s| s.p99)),
-                opt(w.map(|s| s.max)),
-                opt(t.map(|s| s.p50)),
-                opt(t.map(|s| s.p90)),
-            ]);
+            let mut row = vec![p.name.clone(), format!("{}/{}", c.ok_runs, c.failed_runs)];
+            row.extend(quantiles(w));
+            row.extend([opt(t.map(|s| s.p50)), opt(t.map(|s| s.p90))]);
+            table.row(row);
             if let Some(w) = w {
                 chart.push(BarRow {
                     label: p.name.clone(),
@@ -736,17 +759,7 @@ impl LabReport {
         doc.heading(2, "Cold start")
             .paragraph(Text::with_code_spans(explanation))
             .push(table);
-        if !chart.is_empty() {
-            doc.push(Figure::drawn_only(
-                Bars {
-                    title: "Cold start p50: wall and to-workload".into(),
-                    series: vec!["wall".into(), "to-workload".into()],
-                    rows: chart,
-                    format: f_ms,
-                },
-                "Cold start p50 (ms): wall and to-workload",
-            ));
-        }
+        push_bars(doc, "Cold start p50", ["wall", "to-workload"], chart);
     }
 
     fn phases_section(&self, doc: &mut Document) {
@@ -762,10 +775,16 @@ impl LabReport {
                 ));
             return;
         }
-        let mut table = Table::keyed("Profile", PHASES.into_iter().chain(["sum", "wall"]));
+        doc.heading(3, "Phases (client side, p50 ms)")
+            .push(self.phases_table(&PHASES));
+    }
+
+    /// A row per measured profile: the p50 of each of `phases`, their sum and the wall p50.
+    fn phases_table(&self, phases: &[&str]) -> Table {
+        let mut table = Table::keyed("Profile", phases.iter().copied().chain(["sum", "wall"]));
         for p in self.ok_profiles() {
             let Some(c) = &p.cold_start else { continue };
-            let values: Vec<f64> = PHASES
+            let values: Vec<f64> = phases
                 .iter()
                 .map(|n| c.phases.get(*n).map(|s| s.p50).unwrap_or(f64::NAN))
                 .collect();
@@ -775,7 +794,7 @@ impl LabReport {
             row.push(opt(c.wall.as_ref().map(|s| s.p50)));
             table.row(row);
         }
-        doc.heading(3, "Phases (client side, p50 ms)").push(table);
+        table
     }
 
     /// With `--engine cri`: per handler, the sandbox's share of pod startup (RunPodSandbox) and
@@ -804,7 +823,6 @@ impl LabReport {
                 }
             }),
         );
-        let mut calls = Table::keyed("Profile", CRI_PHASES.into_iter().chain(["sum", "wall"]));
         for p in self.ok_profiles() {
             let Some(c) = &p.cold_start else { continue };
             let phase = |name: &str| c.phases.get(name);
@@ -825,15 +843,6 @@ impl LabReport {
                 opt(wall.map(|s| s.p90)).into(),
                 opt(wall.map(|s| s.p99)).into(),
             ]);
-            let values: Vec<f64> = CRI_PHASES
-                .iter()
-                .map(|n| phase(n).map(|s| s.p50).unwrap_or(f64::NAN))
-                .collect();
-            let mut row = vec![p.name.clone()];
-            row.extend(values.iter().map(|v| f(*v)));
-            row.push(f(values.iter().filter(|v| v.is_finite()).sum()));
-            row.push(opt(wall.map(|s| s.p50)));
-            calls.row(row);
         }
         doc.heading(3, "Pod startup: sandbox and container (ms)")
             .paragraph(Text::with_code_spans(
@@ -842,7 +851,7 @@ impl LabReport {
             ))
             .push(split)
             .heading(3, "Phases (CRI calls, p50 ms)")
-            .push(calls);
+            .push(self.phases_table(&CRI_PHASES));
     }
 
     fn shim_spans_section(&self, doc: &mut Document) {
@@ -955,26 +964,21 @@ impl LabReport {
         let mut chart = Vec::new();
         for p in self.ok_profiles() {
             let Some(h) = &p.http else { continue };
-            let Some(l) = &h.latency else {
-                let mut row = vec![p.name.clone(), format!("0/{}", h.errors)];
-                row.extend(std::iter::repeat_n("n/a".to_string(), 6));
-                table.row(row);
-                continue;
-            };
-            table.row([
+            let latency = h.latency.as_ref();
+            let mut row = vec![
                 p.name.clone(),
-                format!("{}/{}", l.n, h.errors),
-                f(l.p50),
-                f(l.p90),
-                f(l.p99),
-                f(l.max),
-                ratio(h.p50_vs_runc),
-                ratio(h.p99_vs_runc),
-            ]);
-            chart.push(BarRow {
-                label: p.name.clone(),
-                values: vec![l.p50, l.p99],
-            });
+                format!("{}/{}", latency.map_or(0, |l| l.n), h.errors),
+            ];
+            row.extend(quantiles(latency));
+            // The ratios are of a latency: none without one.
+            row.extend([h.p50_vs_runc, h.p99_vs_runc].map(|r| ratio(latency.and(r))));
+            table.row(row);
+            if let Some(l) = latency {
+                chart.push(BarRow {
+                    label: p.name.clone(),
+                    values: vec![l.p50, l.p99],
+                });
+            }
         }
         doc.heading(2, "Served latency").paragraph(format!(
             "busybox httpd inside each profile's container on the host network, {} sequential GETs \
@@ -983,17 +987,7 @@ impl LabReport {
             self.setup.requests
         ));
         doc.push(table);
-        if !chart.is_empty() {
-            doc.push(Figure::drawn_only(
-                Bars {
-                    title: "HTTP latency: p50 and p99".into(),
-                    series: vec!["p50".into(), "p99".into()],
-                    rows: chart,
-                    format: f_ms,
-                },
-                "HTTP latency (ms): p50 and p99",
-            ));
-        }
+        push_bars(doc, "HTTP latency", ["p50", "p99"], chart);
     }
 
     fn conclusions_sections(&self, doc: &mut Document) {
