@@ -1371,24 +1371,30 @@ mod tests {
         bin.into_os_string()
     }
 
+    /// An install of [`fake_shims_and_wrapper`] in `dir` into the directory `bin` below it (created)
+    /// for the daemon.json `config` below it.
+    fn fake_install(dir: &Path, bin: &str, config: &str, write: bool) -> DockerInstall {
+        let (shim_path, wrapper) = fake_shims_and_wrapper(dir);
+        let bin = dir.join(bin);
+        fs::create_dir_all(&bin).unwrap();
+        DockerInstall {
+            config: dir.join(config),
+            wrapper: Some(wrapper),
+            bin_dir: Some(bin),
+            write,
+            runsc: None,
+            shim_path,
+        }
+    }
+
     #[test]
     fn install_then_uninstall_leaves_everything_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
-        let bin = dir.path().join("local/bin");
-        fs::create_dir_all(&bin).unwrap();
-        let config = dir.path().join("docker/daemon.json");
+        let opts = fake_install(dir.path(), "local/bin", "docker/daemon.json", true);
+        let (config, bin) = (opts.config.clone(), opts.bin_dir.clone().unwrap());
         fs::create_dir_all(config.parent().unwrap()).unwrap();
         let original = "{\n\t\"debug\": true,\n\t\"runtimes\": {\"runsc\": {\"path\": \"runsc\", \"runtimeArgs\": [\"--network=none\"]}}\n}\n";
         fs::write(&config, original).unwrap();
-        let opts = DockerInstall {
-            config: config.clone(),
-            wrapper: Some(wrapper.clone()),
-            bin_dir: Some(bin.clone()),
-            write: true,
-            runsc: None,
-            shim_path: shim_path.clone(),
-        };
         let outcome = install_docker(&opts).unwrap();
         let names: Vec<&str> = outcome
             .plan
@@ -1413,11 +1419,11 @@ mod tests {
         );
         assert_eq!(
             fs::read_link(bin.join("containerd-shim-traced-runsc-docker-v2")).unwrap(),
-            wrapper
+            opts.wrapper.clone().unwrap()
         );
         // runsc is looked up on PATH as dockerd would, and keeps its runtimeArgs.
         let runc = fs::read_to_string(dir.path().join("local/lib/shimtrace/gvisor/runc")).unwrap();
-        let runsc = Path::new(&shim_path).join("runsc");
+        let runsc = Path::new(&opts.shim_path).join("runsc");
         assert!(
             runc.contains(&format!(
                 "exec '{}' '--network=none' \"$@\"",
@@ -1463,17 +1469,8 @@ mod tests {
     #[test]
     fn a_daemon_json_install_created_is_removed_by_uninstall() {
         let dir = tempfile::tempdir().unwrap();
-        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
-        let config = dir.path().join("daemon.json");
-        let opts = DockerInstall {
-            config: config.clone(),
-            wrapper: Some(wrapper),
-            bin_dir: Some(dir.path().join("bin")),
-            write: true,
-            runsc: None,
-            shim_path,
-        };
-        fs::create_dir_all(dir.path().join("bin")).unwrap();
+        let opts = fake_install(dir.path(), "bin", "daemon.json", true);
+        let config = opts.config.clone();
         install_docker(&opts).unwrap();
         assert!(config.exists());
         let undone = uninstall_docker(&config).unwrap();
@@ -1485,18 +1482,8 @@ mod tests {
     #[test]
     fn without_write_nothing_is_touched_and_a_foreign_script_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
-        let bin = dir.path().join("bin");
-        fs::create_dir_all(&bin).unwrap();
-        let config = dir.path().join("daemon.json");
-        let mut opts = DockerInstall {
-            config: config.clone(),
-            wrapper: Some(wrapper),
-            bin_dir: Some(bin.clone()),
-            write: false,
-            runsc: None,
-            shim_path,
-        };
+        let mut opts = fake_install(dir.path(), "bin", "daemon.json", false);
+        let (config, bin) = (opts.config.clone(), opts.bin_dir.clone().unwrap());
         let outcome = install_docker(&opts).unwrap();
         assert!(outcome.snippet.contains("traced-runc"));
         assert!(outcome.report.contains("pass --write"));
