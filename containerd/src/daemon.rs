@@ -129,16 +129,6 @@ fn release_version(name: &str) -> Option<Vec<u64>> {
     (parts.len() >= 2).then_some(parts)
 }
 
-/// Test support: fake releases `<prefix>/<version>/<binary>` (empty files).
-#[cfg(test)]
-pub(crate) fn unpack_fakes(prefix: &Path, versions: &[&str], binary: &str) {
-    for version in versions {
-        let path = prefix.join(version).join(binary);
-        fs::create_dir_all(path.parent().expect("a binary path has a parent")).unwrap();
-        fs::write(path, "").unwrap();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::ExitStatusExt;
@@ -151,6 +141,40 @@ mod tests {
         assert_eq!(release_version("28.5"), Some(vec![28, 5]));
         for name in ["notes", "9", "v2.1.9", "2.1.9~ds1", "2..1", "+2.1"] {
             assert_eq!(release_version(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_newest_release_with_its_binary_is_found_by_version() {
+        type Newest = fn(&Path) -> Option<PathBuf>;
+        let engines: [(Newest, &str, [&str; 4], &str); 2] = [
+            (
+                crate::dockerd::newest_unpacked,
+                "usr/sbin/dockerd",
+                ["26.1.5", "28.5.2", "9.0.0", "not-a-version"],
+                "28.5.2",
+            ),
+            (
+                crate::private::newest_unpacked,
+                "usr/bin/containerd",
+                ["1.7.24", "1.10.2", "2.1.9", "notes"],
+                "2.1.9",
+            ),
+        ];
+        for (newest_unpacked, binary, versions, newest) in engines {
+            let dir = tempfile::tempdir().unwrap();
+            for version in versions {
+                let path = dir.path().join(version).join(binary);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(path, "").unwrap();
+            }
+            // A newer version without its binary does not count.
+            fs::create_dir_all(dir.path().join("99.0.0/usr/bin")).unwrap();
+            assert_eq!(
+                newest_unpacked(dir.path()),
+                Some(dir.path().join(newest).join(binary))
+            );
+            assert_eq!(newest_unpacked(&dir.path().join("none")), None);
         }
     }
 

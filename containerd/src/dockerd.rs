@@ -376,19 +376,4 @@ mod tests {
             Path::new("/tmp/d/exec/containerd/containerd.sock")
         );
     }
-
-    #[test]
-    fn the_newest_unpacked_engine_is_found() {
-        let dir = tempfile::tempdir().unwrap();
-        crate::daemon::unpack_fakes(
-            dir.path(),
-            &["26.1.5", "28.5.2", "9.0.0", "not-a-version"],
-            "usr/sbin/dockerd",
-        );
-        assert_eq!(
-            newest_unpacked(dir.path()),
-            Some(dir.path().join("28.5.2/usr/sbin/dockerd"))
-        );
-        assert_eq!(newest_unpacked(&dir.path().join("none")), None);
-    }
 }

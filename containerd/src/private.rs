@@ -872,24 +872,12 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_unpacked_containerd_is_found_by_version() {
+    fn ctr_is_the_one_beside_containerd_else_on_path() {
         let dir = tempfile::tempdir().unwrap();
-        crate::daemon::unpack_fakes(
-            dir.path(),
-            &["1.7.24", "1.10.2", "2.1.9", "notes"],
-            "usr/bin/containerd",
-        );
-        // A newer version without its binary does not count.
-        fs::create_dir_all(dir.path().join("3.0.0")).unwrap();
-        assert_eq!(
-            newest_unpacked(dir.path()),
-            Some(dir.path().join("2.1.9/usr/bin/containerd"))
-        );
-        assert_eq!(newest_unpacked(&dir.path().join("none")), None);
-        assert_eq!(
-            ctr_beside(&dir.path().join("2.1.9/usr/bin/containerd")),
-            PathBuf::from("ctr")
-        );
+        let containerd = dir.path().join("containerd");
+        assert_eq!(ctr_beside(&containerd), PathBuf::from("ctr"));
+        fs::write(dir.path().join("ctr"), "").unwrap();
+        assert_eq!(ctr_beside(&containerd), dir.path().join("ctr"));
     }
 
     #[test]
