@@ -40,7 +40,8 @@ use shimtrace_span::SpanRecord;
 use crate::command::{run_with_timeout, CommandOutput, RunError};
 use crate::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
 use crate::install::{
-    ensure_symlink, find_real_shims, find_wrapper, write_config_with_backup, InstallError, RealShim,
+    ensure_symlink, find_real_shims, find_wrapper, io_err, write_config_with_backup, FileError,
+    InstallError, RealShim,
 };
 use crate::rootfs::{build_busybox_rootfs, RootfsError};
 
@@ -119,21 +120,8 @@ pub enum DockerError {
     Rootfs(#[from] RootfsError),
     #[error("the check image: {0}")]
     Image(#[from] ImageError),
-    #[error("{context} {path}: {source}")]
-    Io {
-        context: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DockerError {
-    let path = path.to_path_buf();
-    move |source| DockerError::Io {
-        context,
-        path,
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 /// How to install: the library's view of `shimtrace install --docker`.
@@ -534,7 +522,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, DockerError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("cannot read", path)(e)),
+        Err(e) => Err(io_err("cannot read", path)(e).into()),
     }
 }
 
@@ -559,7 +547,8 @@ fn write_state(config: &Path, state: &DockerState) -> Result<(), DockerError> {
     text.push('\n');
     let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
     fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("cannot replace", &path))
+    fs::rename(&tmp, &path).map_err(io_err("cannot replace", &path))?;
+    Ok(())
 }
 
 /// Whether `script` may be written: nothing is there, or a script of ours. Returns whether it is
@@ -581,7 +570,7 @@ fn script_is_ours(script: &Script, state: &DockerState) -> Result<bool, DockerEr
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err("cannot inspect", &script.path)(e)),
+        Err(e) => Err(io_err("cannot inspect", &script.path)(e).into()),
     }
 }
 
@@ -609,7 +598,8 @@ fn write_script(script: &Script, state: &DockerState) -> Result<(), DockerError>
     fs::write(&tmp, &script.content).map_err(io_err("cannot write", &tmp))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
         .map_err(io_err("cannot make executable", &tmp))?;
-    fs::rename(&tmp, &script.path).map_err(io_err("cannot replace", &script.path))
+    fs::rename(&tmp, &script.path).map_err(io_err("cannot replace", &script.path))?;
+    Ok(())
 }
 
 /// Runs `shimtrace install --docker`: plans, and with `write` creates the links and scripts,
@@ -954,12 +944,11 @@ fn tempfile_dir() -> Result<PathBuf, DockerError> {
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err("cannot create", &dir)(e)),
+            Err(e) => return Err(io_err("cannot create", &dir)(e).into()),
         }
     }
-    Err(io_err("cannot create a temp dir in", &base)(
-        io::Error::from(io::ErrorKind::AlreadyExists),
-    ))
+    let taken = io::Error::from(io::ErrorKind::AlreadyExists);
+    Err(io_err("cannot create a temp dir in", &base)(taken).into())
 }
 
 /// How to run `install --docker --check`.

@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 
 use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 use crate::docker::{render_daemon_json, DockerCli, DockerError};
+use crate::install::FileError;
 
 /// Where `scripts/install-docker.sh` unpacks Docker Engines (`<prefix>/<version>/usr/{sbin,bin}`).
 pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/docker";
@@ -126,17 +127,19 @@ impl DockerdConfig {
     /// Creates the directory and writes daemon.json (before [`PrivateDockerd::start`], which reads
     /// it as it is then: an installer may merge its runtimes in between).
     pub fn write_daemon_json(&self) -> Result<(), DockerError> {
-        fs::create_dir_all(&self.dir).map_err(|source| DockerError::Io {
-            context: "cannot create",
-            path: self.dir.clone(),
-            source,
+        fs::create_dir_all(&self.dir).map_err(|source| {
+            DockerError::Io(FileError {
+                context: "cannot create",
+                path: self.dir.clone(),
+                source,
+            })
         })?;
         fs::write(self.config_path(), render_daemon_json(&self.daemon_json())).map_err(|source| {
-            DockerError::Io {
+            DockerError::Io(FileError {
                 context: "cannot write",
                 path: self.config_path(),
                 source,
-            }
+            })
         })
     }
 
@@ -178,16 +181,16 @@ impl PrivateDockerd {
             .env("PATH", &config.path)
             .envs(config.env.iter().map(|(k, v)| (k, v)));
         let mut child = spawn_logged(command, &log_path).map_err(|e| match e {
-            SpawnError::Log(source) => DockerError::Io {
+            SpawnError::Log(source) => DockerError::Io(FileError {
                 context: "cannot open",
                 path: log_path.clone(),
                 source,
-            },
-            SpawnError::Start(source) => DockerError::Io {
+            }),
+            SpawnError::Start(source) => DockerError::Io(FileError {
                 context: "cannot start",
                 path: config.dockerd.clone(),
                 source,
-            },
+            }),
         })?;
         let cli = config.cli();
         let timeout = config.ready_timeout;
