@@ -580,17 +580,7 @@ impl Drop for TestContainerd {
             self.delete_all_tasks();
         }
         let _ = self.stop();
-        let owned = owned_processes(&self.ownership());
-        let children = children_by_parent();
-        // Descendants first, so that containers die with their shim instead of being reparented.
-        let mut doomed = Vec::new();
-        for pid in &owned {
-            collect_descendants(*pid, &children, &mut doomed);
-        }
-        doomed.extend(owned.iter().copied());
-        for pid in doomed {
-            kill_and_reap(pid);
-        }
+        kill_with_descendants(&owned_processes(&self.ownership()));
         // Containers whose shim was already gone, and sockets that killed shims left behind.
         // containerd 2.x logs every shim address it connects to ("connecting to shim"); shims
         // that were killed, or that never remove their socket (the containerd-shim crate only
@@ -691,7 +681,7 @@ pub(crate) fn kill_and_reap(pid: u32) {
 }
 
 /// Parent pid → child pids of every live process.
-pub(crate) fn children_by_parent() -> HashMap<u32, Vec<u32>> {
+fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for pid in proc_pids() {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -709,8 +699,27 @@ pub(crate) fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     children
 }
 
+/// Every descendant of `pids` (deepest first), then `pids` themselves.
+pub(crate) fn with_descendants(pids: &[u32]) -> Vec<u32> {
+    let children = children_by_parent();
+    let mut all = Vec::new();
+    for pid in pids {
+        collect_descendants(*pid, &children, &mut all);
+    }
+    all.extend_from_slice(pids);
+    all
+}
+
+/// SIGKILLs `pids` and their descendants by pid, waiting for each. Descendants go first, so that
+/// containers die with their shim instead of being reparented.
+pub(crate) fn kill_with_descendants(pids: &[u32]) {
+    for pid in with_descendants(pids) {
+        kill_and_reap(pid);
+    }
+}
+
 /// Appends every descendant of `pid` (deepest first) to `out`.
-pub(crate) fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Vec<u32>) {
+fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Vec<u32>) {
     for child in children.get(&pid).into_iter().flatten() {
         collect_descendants(*child, children, out);
         if !out.contains(child) {

@@ -42,8 +42,8 @@ use shimtrace_containerd::image::{write_docker_archive, WORKLOAD_TAG};
 use shimtrace_containerd::rootfs::build_busybox_rootfs;
 
 use crate::containerd::{
-    children_by_parent, collect_descendants, force_delete_bundles, is_zombie, kill_and_reap,
-    owned_processes, ContainerdVersion, Ownership, BUSYBOX, INSTANCE_MARKER_ENV,
+    force_delete_bundles, is_zombie, kill_with_descendants, owned_processes, with_descendants,
+    ContainerdVersion, Ownership, BUSYBOX, INSTANCE_MARKER_ENV,
 };
 use crate::error::{Engine, HarnessError};
 use crate::traced::{built_binary, wrapper_binary, Spooled};
@@ -429,13 +429,7 @@ impl TestDocker {
     /// proxies, containers.
     pub fn owned_processes(&self) -> Vec<u32> {
         let daemons = [self.pid(), self.containerd_pid()];
-        let owned = owned_processes(&self.ownership());
-        let children = children_by_parent();
-        let mut all = Vec::new();
-        for pid in &owned {
-            collect_descendants(*pid, &children, &mut all);
-        }
-        all.extend(owned);
+        let mut all = with_descendants(&owned_processes(&self.ownership()));
         all.sort_unstable();
         all.dedup();
         all.retain(|pid| !daemons.contains(&Some(*pid)) && !is_zombie(*pid));
@@ -492,16 +486,7 @@ impl Drop for TestDocker {
         // and in the bundles' `address` files; read before anything is killed.
         let mut sockets = shim_sockets_in_argv(&owned);
         sockets.extend(shim_sockets_in_bundles(&self.containerd_state()));
-        let children = children_by_parent();
-        // Descendants first, so that containers die with their shim instead of being reparented.
-        let mut doomed = Vec::new();
-        for pid in &owned {
-            collect_descendants(*pid, &children, &mut doomed);
-        }
-        doomed.extend(owned.iter().copied());
-        for pid in doomed {
-            kill_and_reap(pid);
-        }
+        kill_with_descendants(&owned);
         // Containers whose shim was gone: runc's state, and gVisor's under the same root.
         force_delete_bundles(&self.containerd_state(), &self.containerd_address());
         force_delete_runsc(&self.containerd_state());
