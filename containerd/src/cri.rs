@@ -421,19 +421,24 @@ impl Cri {
 mod tests {
     use super::*;
 
+    /// The pod's namespace options, which every pod config this module makes has.
+    fn namespace_options(config: PodSandboxConfig) -> NamespaceOption {
+        config
+            .linux
+            .and_then(|linux| linux.security_context)
+            .and_then(|context| context.namespace_options)
+            .expect("a pod config with namespace options")
+    }
+
     #[test]
     fn host_network_pods_share_the_node_network_and_set_no_hostname() {
         let pod = PodSpec::new("web", "traced-runc");
         let config = pod.config();
         assert_eq!(config.hostname, "");
-        let ns = config
-            .linux
-            .unwrap()
-            .security_context
-            .unwrap()
-            .namespace_options
-            .unwrap();
-        assert_eq!(ns.network, NamespaceMode::Node as i32);
+        assert_eq!(
+            namespace_options(config).network,
+            NamespaceMode::Node as i32
+        );
         let meta = pod.config().metadata.unwrap();
         assert_eq!(
             (meta.name.as_str(), meta.namespace.as_str()),
@@ -445,14 +450,9 @@ mod tests {
     fn pods_off_the_host_network_get_their_own() {
         let mut pod = PodSpec::new("web", "");
         pod.host_network = false;
-        let ns = pod
-            .config()
-            .linux
-            .unwrap()
-            .security_context
-            .unwrap()
-            .namespace_options
-            .unwrap();
-        assert_eq!(ns.network, NamespaceMode::Pod as i32);
+        assert_eq!(
+            namespace_options(pod.config()).network,
+            NamespaceMode::Pod as i32
+        );
     }
 }

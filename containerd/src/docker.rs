@@ -40,7 +40,8 @@ use shimtrace_span::SpanRecord;
 use crate::command::{run_with_timeout, CommandOutput, RunError};
 use crate::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
 use crate::install::{
-    ensure_symlink, find_real_shims, find_wrapper, write_config_with_backup, InstallError, RealShim,
+    ensure_symlink, find_real_shims, find_wrapper, io_err, write_config_with_backup, FileError,
+    InstallError, RealShim,
 };
 use crate::rootfs::{build_busybox_rootfs, RootfsError};
 
@@ -119,21 +120,8 @@ pub enum DockerError {
     Rootfs(#[from] RootfsError),
     #[error("the check image: {0}")]
     Image(#[from] ImageError),
-    #[error("{context} {path}: {source}")]
-    Io {
-        context: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DockerError {
-    let path = path.to_path_buf();
-    move |source| DockerError::Io {
-        context,
-        path,
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 /// How to install: the library's view of `shimtrace install --docker`.
@@ -534,7 +522,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, DockerError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("cannot read", path)(e)),
+        Err(e) => Err(io_err("cannot read", path)(e).into()),
     }
 }
 
@@ -559,7 +547,8 @@ fn write_state(config: &Path, state: &DockerState) -> Result<(), DockerError> {
     text.push('\n');
     let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
     fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("cannot replace", &path))
+    fs::rename(&tmp, &path).map_err(io_err("cannot replace", &path))?;
+    Ok(())
 }
 
 /// Whether `script` may be written: nothing is there, or a script of ours. Returns whether it is
@@ -581,7 +570,7 @@ fn script_is_ours(script: &Script, state: &DockerState) -> Result<bool, DockerEr
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err("cannot inspect", &script.path)(e)),
+        Err(e) => Err(io_err("cannot inspect", &script.path)(e).into()),
     }
 }
 
@@ -609,7 +598,8 @@ fn write_script(script: &Script, state: &DockerState) -> Result<(), DockerError>
     fs::write(&tmp, &script.content).map_err(io_err("cannot write", &tmp))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
         .map_err(io_err("cannot make executable", &tmp))?;
-    fs::rename(&tmp, &script.path).map_err(io_err("cannot replace", &script.path))
+    fs::rename(&tmp, &script.path).map_err(io_err("cannot replace", &script.path))?;
+    Ok(())
 }
 
 /// Runs `shimtrace install --docker`: plans, and with `write` creates the links and scripts,
@@ -954,12 +944,11 @@ fn tempfile_dir() -> Result<PathBuf, DockerError> {
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err("cannot create", &dir)(e)),
+            Err(e) => return Err(io_err("cannot create", &dir)(e).into()),
         }
     }
-    Err(io_err("cannot create a temp dir in", &base)(
-        io::Error::from(io::ErrorKind::AlreadyExists),
-    ))
+    let taken = io::Error::from(io::ErrorKind::AlreadyExists);
+    Err(io_err("cannot create a temp dir in", &base)(taken).into())
 }
 
 /// How to run `install --docker --check`.
@@ -1371,24 +1360,30 @@ mod tests {
         bin.into_os_string()
     }
 
+    /// An install of [`fake_shims_and_wrapper`] in `dir` into the directory `bin` below it (created)
+    /// for the daemon.json `config` below it.
+    fn fake_install(dir: &Path, bin: &str, config: &str, write: bool) -> DockerInstall {
+        let (shim_path, wrapper) = fake_shims_and_wrapper(dir);
+        let bin = dir.join(bin);
+        fs::create_dir_all(&bin).unwrap();
+        DockerInstall {
+            config: dir.join(config),
+            wrapper: Some(wrapper),
+            bin_dir: Some(bin),
+            write,
+            runsc: None,
+            shim_path,
+        }
+    }
+
     #[test]
     fn install_then_uninstall_leaves_everything_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
-        let bin = dir.path().join("local/bin");
-        fs::create_dir_all(&bin).unwrap();
-        let config = dir.path().join("docker/daemon.json");
+        let opts = fake_install(dir.path(), "local/bin", "docker/daemon.json", true);
+        let (config, bin) = (opts.config.clone(), opts.bin_dir.clone().unwrap());
         fs::create_dir_all(config.parent().unwrap()).unwrap();
         let original = "{\n\t\"debug\": true,\n\t\"runtimes\": {\"runsc\": {\"path\": \"runsc\", \"runtimeArgs\": [\"--network=none\"]}}\n}\n";
         fs::write(&config, original).unwrap();
-        let opts = DockerInstall {
-            config: config.clone(),
-            wrapper: Some(wrapper.clone()),
-            bin_dir: Some(bin.clone()),
-            write: true,
-            runsc: None,
-            shim_path: shim_path.clone(),
-        };
         let outcome = install_docker(&opts).unwrap();
         let names: Vec<&str> = outcome
             .plan
@@ -1413,11 +1408,11 @@ mod tests {
         );
         assert_eq!(
             fs::read_link(bin.join("containerd-shim-traced-runsc-docker-v2")).unwrap(),
-            wrapper
+            opts.wrapper.clone().unwrap()
         );
         // runsc is looked up on PATH as dockerd would, and keeps its runtimeArgs.
         let runc = fs::read_to_string(dir.path().join("local/lib/shimtrace/gvisor/runc")).unwrap();
-        let runsc = Path::new(&shim_path).join("runsc");
+        let runsc = Path::new(&opts.shim_path).join("runsc");
         assert!(
             runc.contains(&format!(
                 "exec '{}' '--network=none' \"$@\"",
@@ -1463,17 +1458,8 @@ mod tests {
     #[test]
     fn a_daemon_json_install_created_is_removed_by_uninstall() {
         let dir = tempfile::tempdir().unwrap();
-        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
-        let config = dir.path().join("daemon.json");
-        let opts = DockerInstall {
-            config: config.clone(),
-            wrapper: Some(wrapper),
-            bin_dir: Some(dir.path().join("bin")),
-            write: true,
-            runsc: None,
-            shim_path,
-        };
-        fs::create_dir_all(dir.path().join("bin")).unwrap();
+        let opts = fake_install(dir.path(), "bin", "daemon.json", true);
+        let config = opts.config.clone();
         install_docker(&opts).unwrap();
         assert!(config.exists());
         let undone = uninstall_docker(&config).unwrap();
@@ -1485,18 +1471,8 @@ mod tests {
     #[test]
     fn without_write_nothing_is_touched_and_a_foreign_script_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (shim_path, wrapper) = fake_shims_and_wrapper(dir.path());
-        let bin = dir.path().join("bin");
-        fs::create_dir_all(&bin).unwrap();
-        let config = dir.path().join("daemon.json");
-        let mut opts = DockerInstall {
-            config: config.clone(),
-            wrapper: Some(wrapper),
-            bin_dir: Some(bin.clone()),
-            write: false,
-            runsc: None,
-            shim_path,
-        };
+        let mut opts = fake_install(dir.path(), "bin", "daemon.json", false);
+        let (config, bin) = (opts.config.clone(), opts.bin_dir.clone().unwrap());
         let outcome = install_docker(&opts).unwrap();
         assert!(outcome.snippet.contains("traced-runc"));
         assert!(outcome.report.contains("pass --write"));

@@ -16,15 +16,14 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Map, Value};
 
+use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 use crate::docker::{render_daemon_json, DockerCli, DockerError};
+use crate::install::FileError;
 
 /// Where `scripts/install-docker.sh` unpacks Docker Engines (`<prefix>/<version>/usr/{sbin,bin}`).
 pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/docker";
@@ -128,17 +127,19 @@ impl DockerdConfig {
     /// Creates the directory and writes daemon.json (before [`PrivateDockerd::start`], which reads
     /// it as it is then: an installer may merge its runtimes in between).
     pub fn write_daemon_json(&self) -> Result<(), DockerError> {
-        fs::create_dir_all(&self.dir).map_err(|source| DockerError::Io {
-            context: "cannot create",
-            path: self.dir.clone(),
-            source,
+        fs::create_dir_all(&self.dir).map_err(|source| {
+            DockerError::Io(FileError {
+                context: "cannot create",
+                path: self.dir.clone(),
+                source,
+            })
         })?;
         fs::write(self.config_path(), render_daemon_json(&self.daemon_json())).map_err(|source| {
-            DockerError::Io {
+            DockerError::Io(FileError {
                 context: "cannot write",
                 path: self.config_path(),
                 source,
-            }
+            })
         })
     }
 
@@ -173,65 +174,46 @@ impl PrivateDockerd {
     pub fn start_again(&mut self) -> Result<(), DockerError> {
         let config = &self.config;
         let log_path = config.log_path();
-        let open_log = || {
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|source| DockerError::Io {
-                    context: "cannot open",
-                    path: log_path.clone(),
-                    source,
-                })
-        };
-        let child = Command::new(&config.dockerd)
+        let mut command = Command::new(&config.dockerd);
+        command
             .arg("--config-file")
             .arg(config.config_path())
             .env("PATH", &config.path)
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(open_log()?)
-            .stderr(open_log()?)
-            .spawn()
-            .map_err(|source| DockerError::Io {
+            .envs(config.env.iter().map(|(k, v)| (k, v)));
+        let mut child = spawn_logged(command, &log_path).map_err(|e| match e {
+            SpawnError::Log(source) => DockerError::Io(FileError {
+                context: "cannot open",
+                path: log_path.clone(),
+                source,
+            }),
+            SpawnError::Start(source) => DockerError::Io(FileError {
                 context: "cannot start",
                 path: config.dockerd.clone(),
                 source,
-            })?;
-        self.child = Some(child);
+            }),
+        })?;
         let cli = config.cli();
-        let deadline = Instant::now() + config.ready_timeout;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(DockerError::Daemon {
-                    problem: format!("exited at start with {status}"),
-                    log_tail: self.log_tail(),
-                });
-            }
-            let answered = cli
-                .run(
-                    &["version", "--format", "{{.Server.Version}}"],
-                    config.ready_timeout,
-                )
-                .is_ok_and(|o| o.success());
-            if answered {
+        let timeout = config.ready_timeout;
+        let startup = await_ready(&mut child, timeout, POLL_INTERVAL, || {
+            cli.run(&["version", "--format", "{{.Server.Version}}"], timeout)
+                .is_ok_and(|o| o.success())
+        });
+        let problem = match startup {
+            Startup::Ready => {
+                self.child = Some(child);
                 return Ok(());
             }
-            if Instant::now() > deadline {
-                let timeout = config.ready_timeout;
+            Startup::Exited(status) => format!("exited at start with {status}"),
+            Startup::TimedOut => {
+                self.child = Some(child);
                 let _ = self.stop();
-                return Err(DockerError::Daemon {
-                    problem: format!("did not answer within {timeout:?}"),
-                    log_tail: self.log_tail(),
-                });
+                format!("did not answer within {timeout:?}")
             }
-            thread::sleep(POLL_INTERVAL);
-        }
+        };
+        Err(DockerError::Daemon {
+            problem,
+            log_tail: self.log_tail(),
+        })
     }
 
     /// SIGTERM by pid, waiting until it exited (SIGKILL after `stop_timeout`). Without live-restore
@@ -240,21 +222,8 @@ impl PrivateDockerd {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + self.config.stop_timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-            }
-        }
+        // Whatever became of it, what it leaves behind is removed below.
+        let _ = terminate(&mut child, self.config.stop_timeout, POLL_INTERVAL);
         // dockerd leaves its default network namespace mounted in its exec-root, and its cgroup
         // parent behind, even on a clean stop.
         detach_mounts_under(&self.config.dir);
@@ -301,12 +270,10 @@ impl PrivateDockerd {
     }
 
     fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
         format!(
             "\nlast lines of its log ({}):\n{}",
             self.config.log_path().display(),
-            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+            last_lines(&self.log(), LOG_TAIL_LINES).join("\n")
         )
     }
 }
@@ -319,24 +286,10 @@ impl Drop for PrivateDockerd {
 
 /// The newest Docker Engine `scripts/install-docker.sh` unpacked under `prefix`: its `dockerd`.
 pub fn newest_unpacked(prefix: &Path) -> Option<PathBuf> {
-    let mut found: Vec<(Vec<u64>, PathBuf)> = fs::read_dir(prefix)
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_str()?.to_string();
-            let version: Vec<u64> = name
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<_>>()?;
-            let dockerd = entry.path().join("usr/sbin/dockerd");
-            dockerd.is_file().then_some((version, dockerd))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, dockerd)| dockerd)
+    crate::daemon::newest_unpacked(prefix, "usr/sbin/dockerd")
 }
 
-/// The newest/// Lazily unmounts every mount point at or below `dir`, deepest first (overlay rootfs, shm and
+/// Lazily unmounts every mount point at or below `dir`, deepest first (overlay rootfs, shm and
 /// netns mounts a killed dockerd leaves).
 pub fn detach_mounts_under(dir: &Path) {
     let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
@@ -425,20 +378,5 @@ mod tests {
             config.containerd_address(),
             Path::new("/tmp/d/exec/containerd/containerd.sock")
         );
-    }
-
-    #[test]
-    fn the_newest_unpacked_engine_is_found() {
-        let dir = tempfile::tempdir().unwrap();
-        for version in ["26.1.5", "28.5.2", "9.0.0", "not-a-version"] {
-            let sbin = dir.path().join(version).join("usr/sbin");
-            fs::create_dir_all(&sbin).unwrap();
-            fs::write(sbin.join("dockerd"), "").unwrap();
-        }
-        assert_eq!(
-            newest_unpacked(dir.path()),
-            Some(dir.path().join("28.5.2/usr/sbin/dockerd"))
-        );
-        assert_eq!(newest_unpacked(&dir.path().join("none")), None);
     }
 }

@@ -178,17 +178,25 @@ pub enum InstallError {
     BadState { path: PathBuf, message: String },
     #[error("nothing to uninstall: {path} does not exist (no `shimtrace install --write` was run for {config})")]
     NoState { path: PathBuf, config: PathBuf },
-    #[error("{context} {path}: {source}")]
-    Io {
-        context: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
-fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError {
+/// A file or directory that could not be read, written or removed, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{context} {path}: {source}")]
+pub struct FileError {
+    /// What was being done ("cannot write", "cannot remove", …).
+    pub context: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The [`FileError`] of `context` on `path`, for `map_err`.
+pub(crate) fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
     let path = path.to_path_buf();
-    move |source| InstallError::Io {
+    move |source| FileError {
         context,
         path,
         source,
@@ -662,7 +670,8 @@ pub fn write_config_with_backup(
 fn write_atomically(path: &Path, content: &str) -> Result<(), InstallError> {
     let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
     fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
+    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))?;
+    Ok(())
 }
 
 /// What install added, kept beside containerd's config so that uninstall removes exactly that.
@@ -711,7 +720,7 @@ fn read_state(path: &Path) -> Result<Option<InstallState>, InstallError> {
                 message: format!("not a shimtrace install state: {e}"),
             }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("cannot read", path)(e)),
+        Err(e) => Err(io_err("cannot read", path)(e).into()),
     }
 }
 
@@ -957,7 +966,8 @@ fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallError> 
     fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
         .map_err(io_err("cannot set the mode of", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
+    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))?;
+    Ok(())
 }
 
 /// Runs `shimtrace install` (print, or `--write`).
@@ -1021,7 +1031,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     let existing = match fs::read_to_string(&target) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err("cannot read", &target)(e)),
+        Err(e) => return Err(io_err("cannot read", &target)(e).into()),
     };
     let mut existing_text = existing.clone().unwrap_or_default();
     if drop_in && existing.is_some() {
@@ -1096,7 +1106,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
             let existing = match fs::read_to_string(path) {
                 Ok(text) => Some(text),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err("cannot read", path)(e)),
+                Err(e) => return Err(io_err("cannot read", path)(e).into()),
             };
             if state.wrapper_config.as_deref() != Some(path.as_path()) {
                 state.wrapper_config = Some(path.clone());
@@ -1387,7 +1397,7 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
         match fs::remove_file(drop_in) {
             Ok(()) => outcome.removed_files.push(drop_in.clone()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("cannot remove", drop_in)(e)),
+            Err(e) => return Err(io_err("cannot remove", drop_in)(e).into()),
         }
         if let Some(entry) = &state.import_added {
             if let Ok(main) = fs::read_to_string(&args.config) {
@@ -1514,7 +1524,7 @@ fn remove_wrapper_entries(
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("cannot read", path)(e)),
+        Err(e) => return Err(io_err("cannot read", path)(e).into()),
     };
     let mut doc = parse_doc(&text, path)?;
     let tables: Vec<Vec<String>> = state

@@ -10,6 +10,7 @@ mod client;
 pub mod command;
 #[cfg(feature = "cri")]
 pub mod cri;
+pub mod daemon;
 pub mod docker;
 pub mod dockerd;
 pub mod image;

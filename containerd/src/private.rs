@@ -28,13 +28,13 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
-
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use std::time::Duration;
+#[cfg(feature = "cri")]
+use std::time::Instant;
 
 use shimtrace_span::naming::find_in_path;
+
+use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 
 /// The `PATH` used when this process has none.
 const FALLBACK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -436,6 +436,17 @@ impl PrivateConfig {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    /// The `PATH` containerd (and so every shim) gets: [`Self::path_prepend`], then this process's
+    /// `PATH`.
+    pub fn path_var(&self) -> Result<OsString, PrivateError> {
+        let mut dirs = self.path_prepend.clone();
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
+        ));
+        std::env::join_paths(dirs)
+            .map_err(|e| PrivateError::io("building containerd's PATH")(io::Error::other(e)))
+    }
 }
 
 /// A running containerd of our own (see the module docs); stopped when dropped.
@@ -451,12 +462,7 @@ impl PrivateContainerd {
     /// Finds the binary and its version, writes the config, starts containerd and returns once its
     /// gRPC socket accepts connections.
     pub fn start(config: PrivateConfig) -> Result<PrivateContainerd, PrivateError> {
-        let mut path_dirs = config.path_prepend.clone();
-        path_dirs.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
-        ));
-        let path = std::env::join_paths(path_dirs)
-            .map_err(|e| PrivateError::io("building containerd's PATH")(io::Error::other(e)))?;
+        let path = config.path_var()?;
         let resolved = if config.binary.components().count() > 1 {
             Some(config.binary.clone()).filter(|p| p.is_file())
         } else {
@@ -573,7 +579,7 @@ impl PrivateContainerd {
                 &self.config.remove_containers_in,
             );
         }
-        terminate(&mut child, self.config.stop_timeout)
+        terminate(&mut child, self.config.stop_timeout, POLL_INTERVAL)
             .map_err(PrivateError::io("stopping containerd"))
     }
 
@@ -595,64 +601,51 @@ impl PrivateContainerd {
 
     fn spawn(&mut self) -> Result<(), PrivateError> {
         let log_path = self.log_path();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(PrivateError::io(format!("opening {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(PrivateError::io("duplicating the log file handle"))?;
         let mut command = Command::new(self.binary.path());
         command
             .arg("--config")
             .arg(self.config_path())
             .env("PATH", &self.path)
-            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)));
         if let Some(level) = &self.config.log_level {
             command.arg("--log-level").arg(level);
         }
-        let child = command.spawn().map_err(PrivateError::io(format!(
-            "starting {}",
-            self.binary.path().display()
-        )))?;
-        self.child = Some(child);
-        self.wait_ready()
-    }
-
-    fn wait_ready(&mut self) -> Result<(), PrivateError> {
+        let mut child = spawn_logged(command, &log_path).map_err(|e| match e {
+            SpawnError::Log(e) => PrivateError::io(format!("opening {}", log_path.display()))(e),
+            SpawnError::Start(e) => {
+                PrivateError::io(format!("starting {}", self.binary.path().display()))(e)
+            }
+        })?;
         let address = self.address();
-        let deadline = Instant::now() + self.config.ready_timeout;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(PrivateError::ExitedEarly {
-                        version: self.binary.version.clone(),
-                        status,
-                        log: self.log_path(),
-                        last_lines: last_lines(&self.log(), 3),
-                    });
-                }
+        // containerd listens on its gRPC socket only once every plugin is loaded and its ttrpc
+        // socket is up, so a connection means it serves.
+        let startup = await_ready(&mut child, self.config.ready_timeout, POLL_INTERVAL, || {
+            UnixStream::connect(&address).is_ok()
+        });
+        let log_end = || last_lines(&self.log(), 3).join(" | ");
+        match startup {
+            Startup::Ready => {
+                self.child = Some(child);
+                Ok(())
             }
-            // containerd listens on its gRPC socket only once every plugin is loaded and its ttrpc
-            // socket is up, so a connection means it serves.
-            if UnixStream::connect(&address).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(PrivateError::NotReady {
+            Startup::Exited(status) => Err(PrivateError::ExitedEarly {
+                version: self.binary.version.clone(),
+                status,
+                log: log_path,
+                last_lines: log_end(),
+            }),
+            // Left running, as it is: `stop` (or Drop) ends it.
+            Startup::TimedOut => {
+                let error = PrivateError::NotReady {
                     version: self.binary.version.clone(),
                     address,
                     timeout: self.config.ready_timeout,
-                    log: self.log_path(),
-                    last_lines: last_lines(&self.log(), 3),
-                });
+                    log: log_path,
+                    last_lines: log_end(),
+                };
+                self.child = Some(child);
+                Err(error)
             }
-            thread::sleep(POLL_INTERVAL);
         }
     }
 }
@@ -670,18 +663,7 @@ pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/containerd";
 /// The newest containerd unpacked under `prefix` (see [`UNPACKED_PREFIX`]): its `containerd`
 /// binary, by the version its directory is named after.
 pub fn newest_unpacked(prefix: &Path) -> Option<PathBuf> {
-    let mut found: Vec<((u32, u32, u32), PathBuf)> = fs::read_dir(prefix)
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_str()?.to_string();
-            let binary = entry.path().join("usr/bin/containerd");
-            (parse_version(&name) == Some(name.as_str()) && binary.is_file())
-                .then(|| (version_triple(&name), binary))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, binary)| binary)
+    crate::daemon::newest_unpacked(prefix, "usr/bin/containerd")
 }
 
 /// The `ctr` that belongs to a containerd binary: the one beside it, else `ctr` on `PATH`.
@@ -766,31 +748,6 @@ pub async fn import_cri_image(
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     Ok(reference)
-}
-
-/// SIGTERM by pid, wait up to `timeout`, then SIGKILL and reap.
-fn terminate(child: &mut Child, timeout: Duration) -> io::Result<()> {
-    if child.try_wait()?.is_some() {
-        return Ok(());
-    }
-    if let Ok(raw) = i32::try_from(child.id()) {
-        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-    child.kill()?;
-    child.wait().map(|_| ())
-}
-
-/// The last `n` lines of `text` on one line, joined by " | ".
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 #[cfg(test)]
@@ -915,24 +872,12 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_unpacked_containerd_is_found_by_version() {
+    fn ctr_is_the_one_beside_containerd_else_on_path() {
         let dir = tempfile::tempdir().unwrap();
-        for version in ["1.7.24", "1.10.2", "2.1.9", "notes"] {
-            let bin = dir.path().join(version).join("usr/bin");
-            fs::create_dir_all(&bin).unwrap();
-            fs::write(bin.join("containerd"), "").unwrap();
-        }
-        // A newer version without its binary does not count.
-        fs::create_dir_all(dir.path().join("3.0.0")).unwrap();
-        assert_eq!(
-            newest_unpacked(dir.path()),
-            Some(dir.path().join("2.1.9/usr/bin/containerd"))
-        );
-        assert_eq!(newest_unpacked(&dir.path().join("none")), None);
-        assert_eq!(
-            ctr_beside(&dir.path().join("2.1.9/usr/bin/containerd")),
-            PathBuf::from("ctr")
-        );
+        let containerd = dir.path().join("containerd");
+        assert_eq!(ctr_beside(&containerd), PathBuf::from("ctr"));
+        fs::write(dir.path().join("ctr"), "").unwrap();
+        assert_eq!(ctr_beside(&containerd), dir.path().join("ctr"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -49,8 +49,9 @@ use shimtrace_containerd::command::{run_with_timeout, CommandOutput, RunError};
 use shimtrace_containerd::private::{
     ConfigSource, ContainerdBinary, PrivateConfig, PrivateContainerd, PrivateError,
 };
-use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
+use shimtrace_containerd::rootfs::build_busybox_rootfs;
 
+pub use crate::error::{Engine, HarnessError};
 use crate::tmpfs::TmpfsMount;
 
 pub mod bootstrap;
@@ -72,91 +73,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Upper bound for one `ctr` command; a hung ctr fails the test instead of hanging CI.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// Lines of containerd's log shown when it fails to start.
-const LOG_TAIL_LINES: usize = 40;
-
-/// What can go wrong while setting up or driving a private containerd.
-#[derive(Debug, thiserror::Error)]
-pub enum HarnessError {
-    #[error("containerd {version} is not installed at {path}: run `sudo scripts/install-containerd-matrix.sh`")]
-    NotInstalled { version: String, path: PathBuf },
-    #[error("{path} reports `{reported}`, expected containerd {version}: re-run scripts/install-containerd-matrix.sh")]
-    WrongVersion {
-        version: String,
-        path: PathBuf,
-        reported: String,
-    },
-    #[error("{action}: {source}")]
-    Io {
-        action: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// containerd could not be started, did not answer, or could not be stopped; `log_tail` holds
-    /// the end of its log when it failed to start.
-    #[error("{error}{log_tail}")]
-    Containerd {
-        error: Box<PrivateError>,
-        log_tail: String,
-    },
-    #[error("`ctr {args}` did not finish within {timeout:?}; it was killed")]
-    CtrTimeout { args: String, timeout: Duration },
-    #[error("`ctr {args}` failed with {status}: {stderr}")]
-    CtrFailed {
-        args: String,
-        status: ExitStatus,
-        stderr: String,
-    },
-    #[error("busybox rootfs: {0} (scripts/install-containerd-matrix.sh installs busybox-static)")]
-    Rootfs(#[from] RootfsError),
-    #[error("shimtrace install: {0}")]
-    Install(#[from] shimtrace_containerd::install::InstallError),
-    #[error("{0}")]
-    Image(#[from] shimtrace_containerd::image::ImageError),
-    #[error("{0}")]
-    Import(Box<shimtrace_containerd::image::ImportError>),
-    #[error("{0}")]
-    Cri(Box<shimtrace_containerd::cri::CriError>),
-    #[error("{what} within {waited:?}")]
-    Timeout { what: String, waited: Duration },
-    #[error(transparent)]
-    Tmpfs(#[from] crate::tmpfs::TmpfsError),
-}
-
-impl HarnessError {
-    pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
-        HarnessError::Io {
-            action: action.into(),
-            source,
-        }
-    }
-}
-
-impl From<shimtrace_containerd::image::ImportError> for HarnessError {
-    fn from(error: shimtrace_containerd::image::ImportError) -> Self {
-        HarnessError::Import(Box::new(error))
-    }
-}
-
-impl From<shimtrace_containerd::cri::CriError> for HarnessError {
-    fn from(error: shimtrace_containerd::cri::CriError) -> Self {
-        HarnessError::Cri(Box::new(error))
-    }
-}
-
-impl From<PrivateError> for HarnessError {
-    fn from(error: PrivateError) -> Self {
-        let log_tail = error
-            .log()
-            .and_then(|log| fs::read_to_string(log).ok())
-            .map(|log| format!("\nlast lines of its log:\n{}", tail(&log, LOG_TAIL_LINES)))
-            .unwrap_or_default();
-        HarnessError::Containerd {
-            error: Box::new(error),
-            log_tail,
-        }
-    }
-}
 
 /// One installed containerd version: where its `containerd`, `ctr` and runc shim are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +95,7 @@ impl ContainerdVersion {
         let containerd = bin_dir.join("containerd");
         if !containerd.is_file() {
             return Err(HarnessError::NotInstalled {
+                engine: Engine::Containerd,
                 version: version.to_owned(),
                 path: containerd,
             });
@@ -192,6 +109,7 @@ impl ContainerdVersion {
             Err(e) => return Err(e.into()),
         };
         Err(HarnessError::WrongVersion {
+            engine: Engine::Containerd,
             version: version.to_owned(),
             path: containerd,
             reported,
@@ -392,18 +310,11 @@ impl TestContainerd {
         config.source = options.source.clone();
         config.ready_timeout = READY_TIMEOUT;
         config.stop_timeout = STOP_TIMEOUT;
-        let mut path_dirs = config.path_prepend.clone();
-        path_dirs.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        ));
-        let path = std::env::join_paths(path_dirs).map_err(|e| {
-            HarnessError::io("building containerd's PATH", std::io::Error::other(e))
-        })?;
         prepare(&Prepared {
             version,
             dir: dir.path(),
             config: dir.path().join("config.toml"),
-            path,
+            path: config.path_var()?,
         })?;
         let containerd = PrivateContainerd::start(config)?;
         Ok(TestContainerd {
@@ -552,13 +463,7 @@ impl TestContainerd {
         flags: &[&str],
         command: &[&str],
     ) -> Result<CtrOutput, HarnessError> {
-        self.ctr(&ctr_run_args(
-            RunMode::Remove,
-            flags,
-            &self.rootfs(),
-            id,
-            command,
-        )?)
+        self.ctr(&self.run_args(RunMode::Remove, id, flags, command)?)
     }
 
     /// `ctr run -d FLAGS… --rootfs <rootfs> ID COMMAND…` in this instance's namespace (see
@@ -569,13 +474,18 @@ impl TestContainerd {
         flags: &[&str],
         command: &[&str],
     ) -> Result<CtrOutput, HarnessError> {
-        self.ctr_ok(&ctr_run_args(
-            RunMode::Detach,
-            flags,
-            &self.rootfs(),
-            id,
-            command,
-        )?)
+        self.ctr_ok(&self.run_args(RunMode::Detach, id, flags, command)?)
+    }
+
+    /// [`ctr_run_args`] on this instance's rootfs.
+    fn run_args(
+        &self,
+        mode: RunMode,
+        id: &str,
+        flags: &[&str],
+        command: &[&str],
+    ) -> Result<Vec<String>, HarnessError> {
+        ctr_run_args(mode, flags, &self.rootfs(), id, command)
     }
 
     /// Stops containerd (SIGTERM by pid, waits; SIGKILL after 15 s). Shims keep running.
@@ -670,17 +580,7 @@ impl Drop for TestContainerd {
             self.delete_all_tasks();
         }
         let _ = self.stop();
-        let owned = owned_processes(&self.ownership());
-        let children = children_by_parent();
-        // Descendants first, so that containers die with their shim instead of being reparented.
-        let mut doomed = Vec::new();
-        for pid in &owned {
-            collect_descendants(*pid, &children, &mut doomed);
-        }
-        doomed.extend(owned.iter().copied());
-        for pid in doomed {
-            kill_and_reap(pid);
-        }
+        kill_with_descendants(&owned_processes(&self.ownership()));
         // Containers whose shim was already gone, and sockets that killed shims left behind.
         // containerd 2.x logs every shim address it connects to ("connecting to shim"); shims
         // that were killed, or that never remove their socket (the containerd-shim crate only
@@ -781,7 +681,7 @@ pub(crate) fn kill_and_reap(pid: u32) {
 }
 
 /// Parent pid → child pids of every live process.
-pub(crate) fn children_by_parent() -> HashMap<u32, Vec<u32>> {
+fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for pid in proc_pids() {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -799,8 +699,27 @@ pub(crate) fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     children
 }
 
+/// Every descendant of `pids` (deepest first), then `pids` themselves.
+pub(crate) fn with_descendants(pids: &[u32]) -> Vec<u32> {
+    let children = children_by_parent();
+    let mut all = Vec::new();
+    for pid in pids {
+        collect_descendants(*pid, &children, &mut all);
+    }
+    all.extend_from_slice(pids);
+    all
+}
+
+/// SIGKILLs `pids` and their descendants by pid, waiting for each. Descendants go first, so that
+/// containers die with their shim instead of being reparented.
+pub(crate) fn kill_with_descendants(pids: &[u32]) {
+    for pid in with_descendants(pids) {
+        kill_and_reap(pid);
+    }
+}
+
 /// Appends every descendant of `pid` (deepest first) to `out`.
-pub(crate) fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Vec<u32>) {
+fn collect_descendants(pid: u32, children: &HashMap<u32, Vec<u32>>, out: &mut Vec<u32>) {
     for child in children.get(&pid).into_iter().flatten() {
         collect_descendants(*child, children, out);
         if !out.contains(child) {
@@ -954,11 +873,6 @@ fn remove_namespace_leftovers(ns: &str) {
         }
         let _ = fs::remove_dir(&ns_cgroup);
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn path_str(path: &Path) -> Result<&str, HarnessError> {

@@ -8,7 +8,7 @@
 //! let out = docker.docker(&["run", "--rm", "--network", "none", "--runtime", "traced-runc",
 //!     shimtrace_containerd::image::WORKLOAD_TAG, "echo", "hi"])?;
 //! assert_eq!(out.stdout, "hi\n");
-//! # Ok::<(), shimtrace_testkit::docker::DockerHarnessError>(())
+//! # Ok::<(), shimtrace_testkit::HarnessError>(())
 //! ```
 //!
 //! The engines come from `scripts/install-docker.sh`: `/opt/shimtrace/docker/<version>/usr/{sbin,bin}/`
@@ -34,17 +34,18 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
-use shimtrace_containerd::docker::{CliOutput, DockerCli, DockerError, DOCKER_NAMESPACE};
+use shimtrace_containerd::docker::{CliOutput, DockerCli, DOCKER_NAMESPACE};
 use shimtrace_containerd::dockerd::{
     detach_mounts_under, remove_cgroup_parent, DockerdConfig, PrivateDockerd,
 };
-use shimtrace_containerd::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
-use shimtrace_containerd::rootfs::{build_busybox_rootfs, RootfsError};
+use shimtrace_containerd::image::{write_docker_archive, WORKLOAD_TAG};
+use shimtrace_containerd::rootfs::build_busybox_rootfs;
 
 use crate::containerd::{
-    children_by_parent, collect_descendants, force_delete_bundles, is_zombie, kill_and_reap,
-    owned_processes, ContainerdVersion, HarnessError, Ownership, BUSYBOX, INSTANCE_MARKER_ENV,
+    force_delete_bundles, is_zombie, kill_with_descendants, owned_processes, with_descendants,
+    ContainerdVersion, Ownership, BUSYBOX, INSTANCE_MARKER_ENV,
 };
+use crate::error::{Engine, HarnessError};
 use crate::traced::{built_binary, wrapper_binary, Spooled};
 
 /// The Docker Engine the tests run (trixie's docker.io).
@@ -55,42 +56,6 @@ pub const DOCKER_NEXT_VERSION: &str = "28.5.2";
 /// Upper bound for one docker CLI command.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What can go wrong setting up or driving a private dockerd.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerHarnessError {
-    #[error("Docker Engine {version} is not unpacked at {path}: run `sudo scripts/install-docker.sh` (or `scripts/setup --tests`)")]
-    NotInstalled { version: String, path: PathBuf },
-    #[error(
-        "{path} reports `{reported}`, expected Docker {version}: re-run scripts/install-docker.sh"
-    )]
-    WrongVersion {
-        version: String,
-        path: PathBuf,
-        reported: String,
-    },
-    #[error("{action}: {source}")]
-    Io {
-        action: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`shimtrace install --docker --write` failed with {status}: {stderr}")]
-    Install { status: String, stderr: String },
-    #[error(transparent)]
-    Cli(#[from] DockerError),
-    #[error(transparent)]
-    Containerd(#[from] HarnessError),
-    #[error("busybox rootfs: {0} (scripts/install-containerd-matrix.sh installs busybox-static)")]
-    Rootfs(#[from] RootfsError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-}
-
-fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> DockerHarnessError {
-    let action = action.into();
-    move |source| DockerHarnessError::Io { action, source }
-}
-
 /// One unpacked Docker Engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerVersion {
@@ -100,7 +65,7 @@ pub struct DockerVersion {
 
 impl DockerVersion {
     /// Finds an unpacked engine ("26.1.5", "28.5.2") and checks that it is what it claims.
-    pub fn find(version: &str) -> Result<Self, DockerHarnessError> {
+    pub fn find(version: &str) -> Result<Self, HarnessError> {
         let prefix = std::env::var_os("SHIMTRACE_DOCKER_PREFIX")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(shimtrace_containerd::dockerd::UNPACKED_PREFIX));
@@ -110,7 +75,8 @@ impl DockerVersion {
         };
         let dockerd = found.dockerd();
         if !dockerd.is_file() || !found.cli().is_file() {
-            return Err(DockerHarnessError::NotInstalled {
+            return Err(HarnessError::NotInstalled {
+                engine: Engine::Docker,
                 version: version.to_owned(),
                 path: dockerd,
             });
@@ -118,11 +84,12 @@ impl DockerVersion {
         let output = Command::new(&dockerd)
             .arg("--version")
             .output()
-            .map_err(io_err(format!("running {} --version", dockerd.display())))?;
+            .map_err(|e| HarnessError::io(format!("running {} --version", dockerd.display()), e))?;
         let reported = String::from_utf8_lossy(&output.stdout).trim().to_string();
         // "Docker version 26.1.5+dfsg1, build 411e817"
         if !reported.contains(&format!("version {version}")) {
-            return Err(DockerHarnessError::WrongVersion {
+            return Err(HarnessError::WrongVersion {
+                engine: Engine::Docker,
                 version: version.to_owned(),
                 path: dockerd,
                 reported,
@@ -197,10 +164,7 @@ static INSTANCE_COUNTER: AtomicU32 = AtomicU32::new(0);
 impl TestDocker {
     /// Writes the daemon.json, registers the traced runtimes with the real `shimtrace install
     /// --docker --write`, starts dockerd and loads the busybox image ([`WORKLOAD_TAG`]).
-    pub fn start_traced(
-        version: &str,
-        options: DockerOptions,
-    ) -> Result<TestDocker, DockerHarnessError> {
+    pub fn start_traced(version: &str, options: DockerOptions) -> Result<TestDocker, HarnessError> {
         let mut docker = TestDocker::prepare(&DockerVersion::find(version)?, options)?;
         docker.install_traced()?;
         docker.start()?;
@@ -212,12 +176,12 @@ impl TestDocker {
     pub fn prepare(
         version: &DockerVersion,
         options: DockerOptions,
-    ) -> Result<TestDocker, DockerHarnessError> {
+    ) -> Result<TestDocker, HarnessError> {
         // Short path under /tmp: dockerd's and containerd's sockets live below it.
         let dir = tempfile::Builder::new()
             .prefix("dkr-")
             .tempdir_in("/tmp")
-            .map_err(io_err("creating the docker temp dir in /tmp"))?;
+            .map_err(|e| HarnessError::io("creating the docker temp dir in /tmp", e))?;
         let containerd = match &options.containerd {
             Some(c) => c.clone(),
             None => ContainerdVersion::find("1.6.20")?,
@@ -228,13 +192,14 @@ impl TestDocker {
             INSTANCE_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         for sub in ["bin", "spool", "run"] {
-            fs::create_dir_all(dir.path().join(sub))
-                .map_err(io_err(format!("creating {sub} in the docker temp dir")))?;
+            fs::create_dir_all(dir.path().join(sub)).map_err(|e| {
+                HarnessError::io(format!("creating {sub} in the docker temp dir"), e)
+            })?;
         }
         // An empty config of the test's own, so the machine's /etc/shimtrace/config.toml cannot
         // redirect the wrapper.
         fs::write(dir.path().join("shimtrace.toml"), "")
-            .map_err(io_err("writing the shimtrace config"))?;
+            .map_err(|e| HarnessError::io("writing the shimtrace config", e))?;
         let mut config = DockerdConfig::new(dir.path(), version.dockerd());
         config.cli = version.cli();
         config.env = vec![
@@ -279,7 +244,7 @@ impl TestDocker {
     /// Runs the built `shimtrace install --docker --write` on this instance's daemon.json, with
     /// the links in [`Self::bin_dir`] and the real shims looked up on dockerd's `PATH`; returns its
     /// report.
-    pub fn install_traced(&mut self) -> Result<String, DockerHarnessError> {
+    pub fn install_traced(&mut self) -> Result<String, HarnessError> {
         let output = Command::new(built_binary("shimtrace"))
             .args(["install", "--docker", "--write", "--config"])
             .arg(self.config_path())
@@ -290,9 +255,9 @@ impl TestDocker {
             .env("PATH", self.path_var())
             .stdin(Stdio::null())
             .output()
-            .map_err(io_err("running shimtrace install --docker"))?;
+            .map_err(|e| HarnessError::io("running shimtrace install --docker", e))?;
         if !output.status.success() {
-            return Err(DockerHarnessError::Install {
+            return Err(HarnessError::DockerInstall {
                 status: output.status.to_string(),
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
@@ -307,7 +272,7 @@ impl TestDocker {
     }
 
     /// Starts dockerd on its daemon.json; returns once it answers.
-    pub fn start(&mut self) -> Result<(), DockerHarnessError> {
+    pub fn start(&mut self) -> Result<(), HarnessError> {
         match &mut self.dockerd {
             Some(dockerd) => dockerd.start_again()?,
             None => self.dockerd = Some(PrivateDockerd::start(self.config.clone())?),
@@ -317,7 +282,7 @@ impl TestDocker {
 
     /// SIGTERM to dockerd by pid, waiting until it exited (SIGKILL after a minute). Without
     /// live-restore dockerd stops its containers and its containerd first.
-    pub fn stop(&mut self) -> Result<(), DockerHarnessError> {
+    pub fn stop(&mut self) -> Result<(), HarnessError> {
         if let Some(dockerd) = &mut self.dockerd {
             dockerd.stop()?;
         }
@@ -325,14 +290,14 @@ impl TestDocker {
     }
 
     /// Stops dockerd and starts it again on the same config.
-    pub fn restart(&mut self) -> Result<(), DockerHarnessError> {
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.stop()?;
         self.start()
     }
 
     /// Builds the busybox rootfs, writes it as a docker-archive and `docker load`s it as
     /// [`WORKLOAD_TAG`] (default command `/bin/sh`).
-    pub fn load_busybox(&self) -> Result<(), DockerHarnessError> {
+    pub fn load_busybox(&self) -> Result<(), HarnessError> {
         let rootfs = self.dir.path().join("rootfs");
         build_busybox_rootfs(&rootfs, Path::new(BUSYBOX))?;
         let archive = self.dir.path().join("busybox.tar");
@@ -451,12 +416,12 @@ impl TestDocker {
     }
 
     /// `docker -H <this dockerd> ARGS…`; a non-zero exit is not an error here.
-    pub fn docker(&self, args: &[&str]) -> Result<CliOutput, DockerHarnessError> {
+    pub fn docker(&self, args: &[&str]) -> Result<CliOutput, HarnessError> {
         Ok(self.cli().run(args, CLI_TIMEOUT)?)
     }
 
     /// Like [`Self::docker`]; a non-zero exit is an error carrying stderr.
-    pub fn docker_ok(&self, args: &[&str]) -> Result<CliOutput, DockerHarnessError> {
+    pub fn docker_ok(&self, args: &[&str]) -> Result<CliOutput, HarnessError> {
         Ok(self.cli().run_ok(args, CLI_TIMEOUT)?)
     }
 
@@ -464,13 +429,7 @@ impl TestDocker {
     /// proxies, containers.
     pub fn owned_processes(&self) -> Vec<u32> {
         let daemons = [self.pid(), self.containerd_pid()];
-        let owned = owned_processes(&self.ownership());
-        let children = children_by_parent();
-        let mut all = Vec::new();
-        for pid in &owned {
-            collect_descendants(*pid, &children, &mut all);
-        }
-        all.extend(owned);
+        let mut all = with_descendants(&owned_processes(&self.ownership()));
         all.sort_unstable();
         all.dedup();
         all.retain(|pid| !daemons.contains(&Some(*pid)) && !is_zombie(*pid));
@@ -527,16 +486,7 @@ impl Drop for TestDocker {
         // and in the bundles' `address` files; read before anything is killed.
         let mut sockets = shim_sockets_in_argv(&owned);
         sockets.extend(shim_sockets_in_bundles(&self.containerd_state()));
-        let children = children_by_parent();
-        // Descendants first, so that containers die with their shim instead of being reparented.
-        let mut doomed = Vec::new();
-        for pid in &owned {
-            collect_descendants(*pid, &children, &mut doomed);
-        }
-        doomed.extend(owned.iter().copied());
-        for pid in doomed {
-            kill_and_reap(pid);
-        }
+        kill_with_descendants(&owned);
         // Containers whose shim was gone: runc's state, and gVisor's under the same root.
         force_delete_bundles(&self.containerd_state(), &self.containerd_address());
         force_delete_runsc(&self.containerd_state());

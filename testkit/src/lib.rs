@@ -7,6 +7,9 @@ pub mod cli;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
+pub mod error;
 pub mod otlp;
 pub mod tmpfs;
 pub mod traced;
+
+pub use error::{Engine, HarnessError};
