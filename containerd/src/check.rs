@@ -244,7 +244,10 @@ pub async fn ensure_image(cri: &Cri, options: &CheckOptions) -> Result<String, C
     if cri.has_image(&image).await? {
         return Ok(image);
     }
-    let dir = tempfile_dir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("shimtrace-check-")
+        .tempdir()
+        .map_err(CheckError::Temp)?;
     let rootfs = dir.path().join("rootfs");
     build_busybox_rootfs(&rootfs, &options.busybox)?;
     let archive = dir.path().join("busybox.tar");
@@ -260,28 +263,6 @@ pub async fn ensure_image(cri: &Cri, options: &CheckOptions) -> Result<String, C
         tokio::time::sleep(POLL).await;
     }
     Err(CheckError::ImageNotListed { image, waited })
-}
-
-/// A temporary directory removed when dropped (no tempfile dependency outside tests).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> Result<TempDir, CheckError> {
-    let nanos = shimtrace_span::clock::now_unix_nanos();
-    let dir = std::env::temp_dir().join(format!("shimtrace-check-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(CheckError::Temp)?;
-    Ok(TempDir(dir))
 }
 
 async fn check_handler(

@@ -387,16 +387,6 @@ fn path_string(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// A file in `dir` named `name` with `content`, executable (e.g. a runsc wrapper script).
-pub fn write_script(dir: &Path, name: &str, content: &str) -> Result<PathBuf, HarnessError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, content).map_err(|e| HarnessError::io("writing a script", e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| HarnessError::io("making a script executable", e))?;
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,11 +11,12 @@ use std::time::Duration;
 use shimtrace_containerd::check::{check, CheckOptions, Verdict};
 use shimtrace_containerd::cri::{ContainerSpec, ContainerState, PodSpec};
 use shimtrace_containerd::install::{configured_handlers, uninstall, Form, InstallArgs};
+use shimtrace_lab::profiles::write_runsc_cri_wrapper;
 use shimtrace_span::{attr, SpanRecord, TraceContext};
 use shimtrace_testkit::cli::parse_args;
 use shimtrace_testkit::containerd::Options;
 use shimtrace_testkit::cri::{
-    workload_image, write_script, BaseConfig, CriNode, CriOptions, DEBIAN_STOCK_CONFIG,
+    workload_image, BaseConfig, CriNode, CriOptions, DEBIAN_STOCK_CONFIG,
 };
 use shimtrace_testkit::traced::{
     alive, assert_runtime, built_binary, has_method, is_method, pids_with_cmdline, wait_for,
@@ -85,41 +86,14 @@ fn expected_form(version: &str) -> Form {
     }
 }
 
-/// A runsc wrapper for host-network pods in this VM, adapting Debian's runsc (2022-12) to the
-/// runc shim under CRI:
-/// - `--network=host --ignore-cgroups` (gVisor cannot set up cgroups here);
-/// - each container in a gVisor sandbox of its own: runsc puts the containers of a CRI pod into
-///   the pod's sandbox (from the bundle's CRI annotations), and the runc shim never learns when
-///   such a sub-container exits (gVisor's pod mode needs gVisor's own shim,
-///   containerd-shim-runsc-v1, which Debian does not ship), so `create` renames those annotations;
-/// - `kill` of a sandbox that has already exited succeeds, as `runc kill --all` does: CRI kills
-///   every process of an exited container before deleting it, and fails the exit otherwise.
+/// gVisor for host-network pods in this VM: the lab's runsc wrapper for the runc shim under CRI
+/// (`write_runsc_cri_wrapper`: `--network=host --ignore-cgroups`, a gVisor sandbox per container,
+/// `kill` of an exited sandbox succeeding) around Debian's runsc.
 fn runsc_script(dir: &Path) -> String {
-    write_script(
-        dir,
-        "runsc-host",
-        r#"#!/bin/sh
-runsc() { /usr/bin/runsc --network=host --ignore-cgroups "$@"; }
-prev=
-for arg in "$@"; do
-  if [ "$prev" = "--bundle" ] && [ -f "$arg/config.json" ]; then
-    sed -i -e 's/"io\.kubernetes\.cri\.container-type"/"test.cri.container-type"/' \
-      -e 's/"io\.kubernetes\.cri\.sandbox-id"/"test.cri.sandbox-id"/' "$arg/config.json"
-  fi
-  if [ "$arg" = kill ]; then
-    out=$(runsc "$@" 2>&1) && exit 0
-    case "$out" in *"is not running"*) exit 0 ;; esac
-    printf '%s\n' "$out" >&2
-    exit 1
-  fi
-  prev=$arg
-done
-exec /usr/bin/runsc --network=host --ignore-cgroups "$@"
-"#,
-    )
-    .unwrap()
-    .display()
-    .to_string()
+    write_runsc_cri_wrapper(dir, Path::new("/usr/bin/runsc"))
+        .unwrap()
+        .display()
+        .to_string()
 }
 
 /// Asserts that a removed pod left nothing: no proxy on its socket, the socket gone, no process of
