@@ -108,6 +108,10 @@ pub struct Traced {
     pub containerd: TestContainerd,
     pub spool: PathBuf,
     pub run_dir: PathBuf,
+    /// The directory on containerd's `PATH` that holds the wrapper links.
+    pub bin_dir: PathBuf,
+    /// The wrapper's config file (containerd's `SHIMTRACE_CONFIG`).
+    pub wrapper_config: PathBuf,
     /// With `tmpfs_state`, the run dir is a tmpfs too (it is under `/run` on real nodes);
     /// unmounted after containerd is gone and before the dirs are removed.
     _run_mount: Option<TmpfsMount>,
@@ -191,6 +195,8 @@ impl Traced {
             containerd,
             spool,
             run_dir,
+            bin_dir: bin,
+            wrapper_config,
             _run_mount: run_mount,
             _dirs: dirs,
         })

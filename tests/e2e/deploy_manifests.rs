@@ -10,10 +10,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::time::Duration;
+
+use shimtrace_containerd::cri::{ContainerSpec, PodSpec};
 use shimtrace_containerd::install::{DEFAULT_WRAPPER_CONFIG, STATE_FILE};
-use shimtrace_span::naming::which;
+use shimtrace_lab::profiles::write_runsc_cri_wrapper;
+use shimtrace_span::{attr, naming::which};
 use shimtrace_testkit::cli::output_ok;
-use shimtrace_testkit::traced::{built_binary, wrapper_binary};
+use shimtrace_testkit::cri::{workload_image, CriNode, CriOptions};
+use shimtrace_testkit::traced::{
+    assert_runtime, built_binary, has_method, wrapper_binary, Spooled,
+};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -530,4 +537,89 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
     assert_eq!(node.wrapper_config_text().as_deref(), Some(edited.as_str()));
     assert_eq!(std::fs::read_to_string(node.config()).unwrap(), config);
     assert!(node.path("bin/containerd-shim-traced-runc-v2").exists());
+}
+
+/// The node installer on a real containerd with CRI, Debian bookworm's 1.6.20 (the runtime-name
+/// form, gVisor through the wrapper's config): containerd restarted on the configs the script
+/// wrote runs pods traced under `traced-runc` and `traced-runsc`, through the links to the
+/// binaries the script placed; after the script's uninstall, containerd restarted on the configs
+/// put back runs pods untraced. (The script's own restart is a no-op here: the test restarts its
+/// private containerd itself; the rollback is covered on the scratch host above.)
+#[test]
+fn node_installer_configs_run_pods_on_real_containerd() {
+    let mut cri_node = CriNode::start(
+        "1.6.20",
+        CriOptions {
+            install: false,
+            ..Default::default()
+        },
+    )
+    .expect("CRI node");
+    let node = ScratchNode::new();
+    // gVisor for host-network pods here (the lab's runsc wrapper for CRI), as the `runsc` the
+    // script's `shimtrace install` finds on its PATH.
+    let runsc = write_runsc_cri_wrapper(&node.path("gvisor"), Path::new("/usr/bin/runsc")).unwrap();
+    std::fs::copy(&runsc, node.path("fake/runsc")).unwrap();
+    let traced = &cri_node.traced;
+    let config = traced.containerd.config_path();
+    let config_before = std::fs::read_to_string(&config).unwrap();
+    let wrapper_config = traced.wrapper_config.clone();
+    let paths = [
+        ("CONTAINERD_CONFIG", config.clone()),
+        ("CONTAINERD_BIN", traced.containerd.version().containerd()),
+        ("SHIMTRACE_BIN_DIR", traced.bin_dir.clone()),
+        ("SHIMTRACE_WRAPPER_CONFIG", wrapper_config.clone()),
+    ]
+    .map(|(key, path)| (key, path.display().to_string()));
+    let mut env: Vec<(&str, &str)> = paths.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("CONTAINERD_RESTART", "true"));
+    node.succeeds("install", &env);
+    cri_node
+        .restart_containerd()
+        .expect("containerd restarts on the installed configs");
+    assert_eq!(
+        cri_node
+            .plugin_status("io.containerd.grpc.v1", "cri")
+            .as_deref(),
+        Some("ok")
+    );
+
+    for (handler, runtime) in [("traced-runc", "runc"), ("traced-runsc", "runsc")] {
+        let id = run_quits(&cri_node, runtime, handler);
+        let spans = cri_node.await_spans(&id, Duration::from_secs(15), |s| {
+            has_method(s, "Create") && has_method(s, "Wait")
+        });
+        let create = spans.iter().find(|s| s.name.ends_with("/Create")).unwrap();
+        assert_eq!(create.attr_str(attr::CONTAINER_RUNTIME_NAME), Some(runtime));
+        if runtime == "runsc" {
+            assert_runtime(create, "runsc", "config");
+        }
+    }
+
+    node.succeeds("uninstall", &env);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), config_before);
+    assert_eq!(std::fs::read_to_string(&wrapper_config).unwrap(), "");
+    cri_node
+        .restart_containerd()
+        .expect("containerd restarts on the configs put back");
+    run_quits(&cri_node, "plain", "");
+}
+
+/// Runs pod `node-<name>` under `handler` with one container that exits 3, checks that exit and
+/// removes the pod; returns the container's id.
+fn run_quits(node: &CriNode, name: &str, handler: &str) -> String {
+    let pod = PodSpec::new(format!("node-{name}"), handler);
+    let quits = ContainerSpec::new("quits", workload_image(), ["/bin/sh", "-c", "exit 3"]);
+    let run = node
+        .run_pod(&pod, &[quits])
+        .unwrap_or_else(|e| panic!("a pod under {handler:?}: {e}"));
+    let exited = node
+        .block_on(
+            node.cri()
+                .wait_exited(&run.containers[0], Duration::from_secs(60)),
+        )
+        .unwrap();
+    assert_eq!(exited.exit_code, 3, "{exited:?}");
+    node.remove_pod(run.id()).unwrap();
+    run.containers[0].clone()
 }
