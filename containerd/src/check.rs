@@ -20,12 +20,9 @@ use shimtrace_span::spool::read_spool;
 use shimtrace_span::SpanRecord;
 
 use crate::cri::{ContainerSpec, Cri, CriError, PodSpec};
-use crate::image::{
-    containerd_reference, import_with_ctr, write_docker_archive, ImageError, ImportError,
-    CRI_NAMESPACE, WORKLOAD_TAG,
-};
+use crate::image::{containerd_reference, CRI_NAMESPACE, WORKLOAD_TAG};
 use crate::install::{configured_handlers, RUNTIME_PATH_SINCE};
-use crate::private::{parse_version, version_triple};
+use crate::private::{import_cri_image, parse_version, version_triple, CriSetupError};
 use crate::rootfs::{build_busybox_rootfs, RootfsError};
 
 /// Where shims put their sockets, whatever containerd's state dir.
@@ -72,11 +69,7 @@ pub enum CheckError {
     #[error("the check image: {0}")]
     Rootfs(#[from] RootfsError),
     #[error("the check image: {0}")]
-    Image(#[from] ImageError),
-    #[error("the check image: {0}")]
-    Import(#[from] Box<ImportError>),
-    #[error("containerd imported {image} but its CRI does not list it after {waited:?}; check containerd's log")]
-    ImageNotListed { image: String, waited: Duration },
+    Image(#[from] CriSetupError),
     #[error("cannot make a temporary directory for the check image: {0}")]
     Temp(std::io::Error),
 }
@@ -250,19 +243,17 @@ pub async fn ensure_image(cri: &Cri, options: &CheckOptions) -> Result<String, C
         .map_err(CheckError::Temp)?;
     let rootfs = dir.path().join("rootfs");
     build_busybox_rootfs(&rootfs, &options.busybox)?;
-    let archive = dir.path().join("busybox.tar");
-    write_docker_archive(&rootfs, WORKLOAD_TAG, &["/bin/sh"], &archive)?;
-    import_with_ctr(&options.ctr, &options.socket, CRI_NAMESPACE, &archive).map_err(Box::new)?;
-    // CRI learns of the image from containerd's events.
-    let waited = Duration::from_secs(10);
-    let deadline = Instant::now() + waited;
-    while Instant::now() < deadline {
-        if cri.has_image(&image).await? {
-            return Ok(image);
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    Err(CheckError::ImageNotListed { image, waited })
+    let reference = import_cri_image(
+        cri,
+        &options.ctr,
+        &options.socket,
+        &rootfs,
+        WORKLOAD_TAG,
+        &["/bin/sh"],
+        dir.path(),
+    )
+    .await?;
+    Ok(reference)
 }
 
 async fn check_handler(

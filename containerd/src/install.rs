@@ -923,7 +923,7 @@ const GVISOR_POD_NOTE: &str = "gVisor: traced-runsc is runsc through the runc sh
 
 /// The wrapper's config with `entries` merged in: each runtime's table is added (marked) unless
 /// the config has one; install owns the tables named in `owned` (added by an earlier run) and
-/// rewrites those. Returns the text and the runtimes added now.
+/// rewrites those. Returns the text, the runtimes added now and those left as the config had them.
 pub fn merge_wrapper_config(
     existing: &str,
     entries: &[WrapperEntry],
@@ -957,7 +957,7 @@ pub fn merge_wrapper_config(
 
 /// Writes the wrapper's config: replaced atomically, mode 0644, since the wrapper refuses a config
 /// anyone but root can write (it names the binaries the wrapper runs).
-fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallError> {
+pub fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;

@@ -37,7 +37,7 @@ use shimtrace_span::naming::find_in_path;
 use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 
 /// The `PATH` used when this process has none.
-const FALLBACK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+pub const FALLBACK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What can go wrong starting, probing or stopping a private containerd.

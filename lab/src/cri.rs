@@ -30,11 +30,13 @@ use shimtrace_containerd::cri::{ContainerSpec, ContainerState, Cri, CriError, Po
 use shimtrace_containerd::image::{containerd_reference, SANDBOX_COMMAND, SANDBOX_TAG};
 use shimtrace_containerd::install::{
     ensure_symlink, find_real_shims, find_wrapper, install, merge_config, merge_wrapper_config,
-    Form, InstallArgs, InstallOutcome, TracedRuntime, WrapperEntry, RUNC_RUNTIME,
+    write_wrapper_config, Form, InstallArgs, InstallOutcome, TracedRuntime, WrapperEntry,
+    RUNC_RUNTIME,
 };
 use shimtrace_containerd::private::{
     await_cri_ready, ctr_beside, import_cri_image, make_private, newest_unpacked, ConfigSource,
-    ContainerdBinary, CriSettings, PrivateConfig, PrivateContainerd, UNPACKED_PREFIX,
+    ContainerdBinary, CriSettings, PrivateConfig, PrivateContainerd, FALLBACK_PATH,
+    UNPACKED_PREFIX,
 };
 use shimtrace_containerd::rootfs;
 use shimtrace_span::naming::{which, ShimName};
@@ -130,20 +132,6 @@ fn form_summary(outcome: &InstallOutcome) -> String {
         }
     }
     summary
-}
-
-/// Writes the lab's wrapper config as the wrapper accepts it (root's, mode 0644: it names the
-/// binaries the wrapper runs).
-fn write_wrapper_config(path: &Path, text: &str) -> Result<(), LabError> {
-    use std::os::unix::fs::PermissionsExt;
-    let out = |source| LabError::Out {
-        path: path.to_path_buf(),
-        source,
-    };
-    // A fresh file is the lab's own, whoever owned one left here before.
-    let _ = std::fs::remove_file(path);
-    std::fs::write(path, text).map_err(out)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(out)
 }
 
 /// The `traced-crun` handler: crun has no shim of its own, so the runc shim runs it as its OCI
@@ -252,7 +240,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
     let containerd_bin = binary.path().parent().map(Path::to_path_buf);
     let mut shim_dirs: Vec<PathBuf> = containerd_bin.iter().cloned().collect();
     shim_dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
     ));
     let shim_path =
         std::env::join_paths(&shim_dirs).map_err(|e| cri_error("building the shim PATH")(&e))?;

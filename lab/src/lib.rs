@@ -47,7 +47,7 @@ pub enum Engine {
     /// The docker CLI (`docker run --runtime …`), as the lab's original script does.
     Docker,
     /// containerd's CRI, as the kubelet drives it: each profile a RuntimeClass handler registered
-    /// by `shimtrace install` in a private containerd with its CRI plugin on (containerd >= 1.7.1).
+    /// by `shimtrace install` in a private containerd with its CRI plugin on.
     Cri,
 }
 

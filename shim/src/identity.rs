@@ -1364,4 +1364,20 @@ mod tests {
             registry.remembered()
         );
     }
+
+    #[test]
+    fn a_retired_identity_goes_at_the_next_turn_and_one_in_use_stays() {
+        let key = |id: &str| ("ns".to_string(), id.to_string());
+        let runsc = Arc::new(Identity::resolve(None, Some("runsc"), None, RUNC_SHIM));
+        let mut generations = Generations::default();
+        generations.insert(key("retired"), runsc.clone());
+        generations.insert(key("in-use"), runsc.clone());
+        generations.retire(&key("retired"));
+        // Enough new containers for one generation turn.
+        for i in 0..REMEMBERED / 2 {
+            generations.insert(key(&format!("new-{i}")), runsc.clone());
+        }
+        assert_eq!(generations.get(&key("retired")), None);
+        assert_eq!(generations.get(&key("in-use")), Some(runsc));
+    }
 }

@@ -202,7 +202,8 @@ struct PendingCall {
     own_trace: Option<TraceId>,
     /// The raw ttrpc `Request`, decoded off the forwarding path.
     request: Vec<u8>,
-    /// (namespace, container id) of a `Shutdown`, whose trace is forgotten once it ends.
+    /// (namespace, container id) of a `Shutdown`, whose trace is retired once it ends (kept one
+    /// generation more, for events published after it).
     retire_on_end: Option<(String, String)>,
 }
 

@@ -244,6 +244,24 @@ mod tests {
     }
 
     #[test]
+    fn a_retired_container_goes_at_the_next_turn_and_one_in_use_stays() {
+        let ctx = |n: u8| TraceContext {
+            trace_id: TraceId([n; 16]),
+            parent_span_id: None,
+        };
+        let mut known = Known::default();
+        known.insert("ns", "retired", ctx(1));
+        known.insert("ns", "in-use", ctx(2));
+        known.retire("ns", "retired");
+        // Enough new containers for one generation turn.
+        for i in 0..REMEMBERED / 2 {
+            known.insert("ns", &format!("new-{i}"), ctx(3));
+        }
+        assert_eq!(known.get("ns", "retired"), None);
+        assert_eq!(known.get("ns", "in-use"), Some(ctx(2)));
+    }
+
+    #[test]
     fn links_in_the_bundle_are_not_followed() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("tasks");

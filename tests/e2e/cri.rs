@@ -115,7 +115,6 @@ fn assert_nothing_left(node: &CriNode, proxy_socket: &str, ids: &[&str]) {
     }
 }
 
-/// The proxy socket a pod's shim address names (`unix:///run/containerd/s/…` → the path).
 /// The pids of the runc shims (behind the proxy) serving pod `pod_id` for the node's containerd.
 fn inner_runc_shims(node: &CriNode, pod_id: &str) -> Vec<u32> {
     let containerd_address = node.traced.containerd.address();
@@ -128,6 +127,7 @@ fn inner_runc_shims(node: &CriNode, pod_id: &str) -> Vec<u32> {
     ])
 }
 
+/// The proxy socket a pod's shim address names (`unix:///run/containerd/s/…` → the path).
 fn socket_of(address: &str) -> String {
     address.trim_start_matches("unix://").to_string()
 }

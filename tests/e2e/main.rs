@@ -9,18 +9,18 @@
 /// `function(version, args…)`.
 macro_rules! version_matrix {
     ($($test:ident => $function:ident($($arg:expr),*);)*) => {
-        version_matrix!(@one v1_6 = "1.6.20"; $($test => $function($($arg),*);)*);
-        version_matrix!(@one v1_7 = "1.7.24"; $($test => $function($($arg),*);)*);
-        version_matrix!(@one v2_1 = "2.1.9"; $($test => $function($($arg),*);)*);
+        version_matrix!(@one v1_6 = 0; $($test => $function($($arg),*);)*);
+        version_matrix!(@one v1_7 = 1; $($test => $function($($arg),*);)*);
+        version_matrix!(@one v2_1 = 2; $($test => $function($($arg),*);)*);
     };
-    (@one $version:ident = $v:literal; $($test:ident => $function:ident($($arg:expr),*);)*) => {
+    (@one $version:ident = $index:literal; $($test:ident => $function:ident($($arg:expr),*);)*) => {
         mod $version {
             #[allow(unused_imports)]
             use super::*;
             $(
                 #[test]
                 fn $test() {
-                    super::$function($v $(, $arg)*)
+                    super::$function(shimtrace_testkit::containerd::MATRIX[$index] $(, $arg)*)
                 }
             )*
         }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use shimtrace_bench::calls::TaskClient;
 use shimtrace_bench::rss::Memory;
 use shimtrace_shim::proxy::{proxy_socket_for, MAX_CALL_CONNECTIONS};
-use shimtrace_testkit::traced::{alive, pids_with_cmdline, wait_for, Traced};
+use shimtrace_testkit::traced::{alive, pids_with_cmdline, sigkill, wait_for, Traced};
 
 const VERSION: &str = "1.6.20";
 /// Long enough for containerd's cleanup of a dead shim (its own timeouts are 3 to 5 s).
@@ -89,11 +89,7 @@ fn kill_proxy_and_await_cleanup(
     before: &[String],
 ) {
     let proxy_sock = proxy_socket(inner_sock);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sigkill(proxy).unwrap();
     let clean = wait_for(SETTLE, || {
         (!alive(inner)
             && !inner_sock.exists()
@@ -119,7 +115,6 @@ fn oom_score_adj(pid: u32) -> i32 {
         .unwrap()
 }
 
-/// Runs sleeper container `id` and returns the socket and pid of the proxy in front of its shim.
 /// A traced containerd running a sleeping container `id`, its proxy's socket and pid.
 fn sleeper_proxy(id: &str) -> (Traced, PathBuf, u32) {
     let traced = Traced::start(VERSION).expect("traced containerd");

@@ -19,7 +19,6 @@ fn span<'a>(spans: &'a [SpanRecord], method: &str) -> &'a SpanRecord {
         .unwrap_or_else(|| panic!("no {method} span"))
 }
 
-/// The attributes every proxied call carries.
 /// Container `id`'s spans once they hold a `method` call and the wrapper's `start`, and that
 /// `start` span.
 fn spans_with_start(traced: &Traced, id: &str, method: &str) -> (Vec<SpanRecord>, SpanRecord) {
@@ -34,6 +33,7 @@ fn spans_with_start(traced: &Traced, id: &str, method: &str) -> (Vec<SpanRecord>
     (spans, start)
 }
 
+/// The attributes every proxied call carries.
 fn assert_call_attributes(traced: &Traced, span: &SpanRecord, id: &str) {
     assert_eq!(span.attr_str(attr::RPC_SYSTEM), Some("ttrpc"), "{span:?}");
     assert!(span
@@ -478,8 +478,8 @@ fn events_once_and_traced(version: &str) {
             .any(|s| s.events.iter().any(|e| e.name == topic))
     };
     // The runc shim publishes `/tasks/delete` while containerd already shuts it down, and on
-    // containerd 2.1.9 it exits before publishing in about one run in five, with or without
-    // shimtrace (12 of 60 `ctr run --rm` runs under the plain io.containerd.runc.v2 runtime).
+    // containerd 2.1.9 it exits before publishing in about one `ctr run --rm` in five, with or
+    // without shimtrace (the plain io.containerd.runc.v2 runtime does the same).
     // What the proxy owes is that every event the inner shim did publish reaches containerd once.
     for topic in TASK_TOPICS {
         if topic != "/tasks/delete" {
