@@ -5,8 +5,9 @@
 use std::io::IsTerminal;
 
 use shimtrace_span::env::LOG_LEVEL;
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The variables that set the filter, first set one wins.
 const FILTER_VARS: [&str; 2] = [LOG_LEVEL, "RUST_LOG"];
@@ -16,27 +17,29 @@ pub fn init(default: LevelFilter) {
     let filter = filter(default, |name| std::env::var(name).ok());
     // Colour only for a person at a terminal: journald and test harnesses read plain text.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(filter)
         .try_init();
 }
 
 /// The filter of the first variable that is set and parses; a variable that does not parse is
-/// reported and skipped.
-fn filter(default: LevelFilter, env: impl Fn(&str) -> Option<String>) -> EnvFilter {
+/// reported and skipped. A filter is a level (`debug`) or `target=level` directives, comma-separated
+/// (`shimtrace_collector=debug,warn`), as `RUST_LOG` takes them.
+fn filter(default: LevelFilter, env: impl Fn(&str) -> Option<String>) -> Targets {
     for name in FILTER_VARS {
         let Some(value) = env(name).filter(|v| !v.trim().is_empty()) else {
             continue;
         };
-        match EnvFilter::try_new(value.trim()) {
+        match value.trim().parse::<Targets>() {
             Ok(filter) => return filter,
             Err(e) => eprintln!(
                 "warning: {name}={value:?} is not a log filter ({e}); set it to error, warn, info, debug or trace"
             ),
         }
     }
-    EnvFilter::new(default.to_string())
+    Targets::new().with_default(default)
 }
 
 #[cfg(test)]
@@ -44,10 +47,11 @@ mod tests {
     use super::*;
 
     use shimtrace_span::env::from_pairs as env;
+    use tracing_subscriber::{Layer, Registry};
 
     /// The most verbose level the filter from `default` and the variables `vars` lets through.
     fn max_level(default: LevelFilter, vars: &[(&str, &str)]) -> Option<LevelFilter> {
-        filter(default, env(vars)).max_level_hint()
+        Layer::<Registry>::max_level_hint(&filter(default, env(vars)))
     }
 
     #[test]
@@ -67,6 +71,18 @@ mod tests {
             max_level(LevelFilter::INFO, &[(LOG_LEVEL, " ")]),
             Some(LevelFilter::INFO)
         );
+    }
+
+    #[test]
+    fn target_directives_parse_as_rust_log_writes_them() {
+        let targets = filter(
+            LevelFilter::WARN,
+            env(&[(LOG_LEVEL, "shimtrace_collector=debug,error")]),
+        );
+        assert!(targets.would_enable("shimtrace_collector::ingest", &tracing::Level::DEBUG));
+        assert!(!targets.would_enable("shimtrace_collector::ingest", &tracing::Level::TRACE));
+        assert!(!targets.would_enable("h2", &tracing::Level::WARN));
+        assert!(targets.would_enable("h2", &tracing::Level::ERROR));
     }
 
     #[test]
