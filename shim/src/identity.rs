@@ -1230,9 +1230,9 @@ mod tests {
     #[test]
     fn the_taps_put_the_identity_on_calls_and_events() {
         use crate::events::EventTap;
-        use crate::tap::{test_context_in, test_request, ConnectionTap, NAMESPACE_METADATA};
+        use crate::tap::{test_context_in, test_header as header, test_request, test_response};
+        use crate::tap::{ConnectionTap, NAMESPACE_METADATA};
         use containerd_shim_protos::api;
-        use ttrpc::proto::MessageHeader;
 
         // The bundle containerd made for k8s.io/c1 under the task root.
         let task_root = tempfile::tempdir().unwrap();
@@ -1240,17 +1240,7 @@ mod tests {
         let spool = tempfile::tempdir().unwrap();
         let ctx = test_context_in(spool.path(), Some(task_root.path().to_path_buf()));
         let tap = ConnectionTap::new(ctx.clone());
-        let header = |sid| MessageHeader {
-            length: 0,
-            stream_id: sid,
-            type_: ttrpc::proto::MESSAGE_TYPE_REQUEST,
-            flags: 0,
-        };
-        let ok = || {
-            let mut r = ttrpc::Response::new();
-            r.status = protobuf::MessageField::some(ttrpc::get_status(ttrpc::Code::OK, ""));
-            r.write_to_bytes().unwrap()
-        };
+        let ok = || test_response(ttrpc::Code::OK, vec![]);
         let meta = [(NAMESPACE_METADATA, "k8s.io")];
         let create = create_request("c1", &bundle, Some(runc_options("runsc-nonet")));
         let create = test_request("containerd.task.v2.Task", "Create", create, &meta);

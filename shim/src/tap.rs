@@ -762,28 +762,34 @@ pub(crate) fn test_request(
     r.write_to_bytes().unwrap()
 }
 
+/// The header of a request on stream `sid`, as the tap is given it, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_header(sid: u32) -> MessageHeader {
+    MessageHeader {
+        length: 0,
+        stream_id: sid,
+        type_: ttrpc::proto::MESSAGE_TYPE_REQUEST,
+        flags: 0,
+    }
+}
+
+/// An encoded ttrpc response with status `code` (message "boom") and `payload`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_response(code: ttrpc::Code, payload: Vec<u8>) -> Vec<u8> {
+    let mut r = ttrpc::Response::new();
+    r.status = protobuf::MessageField::some(ttrpc::get_status(code, "boom"));
+    r.payload = payload;
+    r.write_to_bytes().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use shimtrace_span::spool::read_spool;
     use std::time::Duration;
+    use test_header as header;
     use test_request as request;
-
-    fn header(sid: u32) -> MessageHeader {
-        MessageHeader {
-            length: 0,
-            stream_id: sid,
-            type_: ttrpc::proto::MESSAGE_TYPE_REQUEST,
-            flags: 0,
-        }
-    }
-
-    fn response(code: ttrpc::Code, payload: Vec<u8>) -> Vec<u8> {
-        let mut r = ttrpc::Response::new();
-        r.status = protobuf::MessageField::some(ttrpc::get_status(code, "boom"));
-        r.payload = payload;
-        r.write_to_bytes().unwrap()
-    }
+    use test_response as response;
 
     fn with_tap(test: impl FnOnce(&ConnectionTap)) -> Vec<SpanRecord> {
         let dir = tempfile::tempdir().unwrap();
