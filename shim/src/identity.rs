@@ -1002,6 +1002,21 @@ mod tests {
         (bundle, spool, sink, registry)
     }
 
+    /// Shuts `sink` down and reads back its spool: `count` spans, every one naming pod shop-7d9f.
+    fn spans_naming_the_pod(sink: &SpanSink, spool: &Path, count: usize) -> Vec<SpanRecord> {
+        sink.shutdown(Duration::from_secs(5));
+        let spans = read_spool(spool).unwrap().spans;
+        assert_eq!(spans.len(), count);
+        for span in &spans {
+            assert_eq!(
+                span.attr_str(attr::K8S_POD_NAME),
+                Some("shop-7d9f"),
+                "{span:?}"
+            );
+        }
+        spans
+    }
+
     fn create_request(id: &str, bundle: &Path, options: Option<Any>) -> Vec<u8> {
         let mut create = CreateTaskRequest::new();
         create.id = id.into();
@@ -1068,15 +1083,7 @@ mod tests {
             let name = format!("containerd.task.v3.Task/{method}");
             sink.emit_deferred(registry.annotating(Ready(span_of("k8s.io", "quick", &name))));
         }
-        sink.shutdown(Duration::from_secs(5));
-        let spans = read_spool(spool.path()).unwrap().spans;
-        assert_eq!(spans.len(), 3);
-        for span in &spans {
-            assert_eq!(
-                span.attr_str(attr::K8S_POD_NAME),
-                Some("shop-7d9f"),
-                "{span:?}"
-            );
+        for span in spans_naming_the_pod(&sink, spool.path(), 3) {
             assert_eq!(span.attr_str(attr::K8S_CONTAINER_NAME), Some("web"));
         }
     }
@@ -1097,16 +1104,7 @@ mod tests {
             "late",
             "event /tasks/delete",
         ))));
-        sink.shutdown(Duration::from_secs(5));
-        let spans = read_spool(spool.path()).unwrap().spans;
-        assert_eq!(spans.len(), 4);
-        for span in &spans {
-            assert_eq!(
-                span.attr_str(attr::K8S_POD_NAME),
-                Some("shop-7d9f"),
-                "{span:?}"
-            );
-        }
+        spans_naming_the_pod(&sink, spool.path(), 4);
     }
 
     #[test]
@@ -1275,8 +1273,7 @@ mod tests {
         tap.on_response(3, &ok(), 14);
         drop(tap);
         let ctx = Arc::try_unwrap(ctx).ok().unwrap();
-        ctx.sink.shutdown(Duration::from_secs(5));
-        let spans = read_spool(spool.path()).unwrap().spans;
+        let spans = spans_naming_the_pod(&ctx.sink, spool.path(), 3);
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1293,7 +1290,6 @@ mod tests {
                 "{span:?}"
             );
             assert_eq!(span.attr_str(attr::RUNTIME_BINARY), Some("runsc-nonet"));
-            assert_eq!(span.attr_str(attr::K8S_POD_NAME), Some("shop-7d9f"));
         }
     }
 
