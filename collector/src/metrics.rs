@@ -231,28 +231,15 @@ pub async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FileOffset;
+    use crate::store::tests::store_holding;
     use crate::trace::tests::container_trace;
     use shimtrace_span::TraceId;
 
     #[test]
     fn exposition_parses_and_histograms_count_every_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db");
-        let mut store = Store::open(&db).unwrap();
         let mut spans = container_trace(TraceId([1; 16]), "a");
         spans.extend(container_trace(TraceId([2; 16]), "b"));
-        store
-            .ingest_chunk(
-                "f",
-                &spans,
-                &[],
-                FileOffset {
-                    offset: 1,
-                    next_line: 2,
-                },
-            )
-            .unwrap();
+        let (_dir, db, _) = store_holding("db", &spans);
         let renderer = MetricsRenderer::new(db, Arc::new(Counters::default()));
         let text = renderer.render().unwrap();
         let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -290,9 +277,6 @@ mod tests {
 
     #[test]
     fn runtimes_and_pods_are_labelled_by_what_ran_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db");
-        let mut store = Store::open(&db).unwrap();
         let profiles = crate::synth::default_profiles();
         let mut spans = Vec::new();
         for (pod, profile) in profiles.iter().take(2).enumerate() {
@@ -300,11 +284,7 @@ mod tests {
             let (s, _) = crate::synth::pod_spans(pod, pod * 3, profile, 2, start, 1);
             spans.extend(s);
         }
-        let offset = FileOffset {
-            offset: 1,
-            next_line: 2,
-        };
-        store.ingest_chunk("f", &spans, &[], offset).unwrap();
+        let (_dir, db, _) = store_holding("db", &spans);
         let text = MetricsRenderer::new(db, Arc::new(Counters::default()))
             .render()
             .unwrap();

@@ -648,10 +648,25 @@ impl IngestBatch<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::trace::tests::container_trace;
     use shimtrace_span::TraceId;
+    use tempfile::TempDir;
+
+    /// A store at `name` in a new scratch directory, holding `spans` as one chunk of spool file
+    /// `f`: the directory (which lives as long as it is held), the store's path and the store.
+    pub(crate) fn store_holding(name: &str, spans: &[SpanRecord]) -> (TempDir, PathBuf, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let mut store = Store::open(&path).unwrap();
+        let at = FileOffset {
+            offset: 1,
+            next_line: 2,
+        };
+        store.ingest_chunk("f", spans, &[], at).unwrap();
+        (dir, path, store)
+    }
 
     #[test]
     fn chunks_are_idempotent_and_offsets_persist() {
@@ -689,13 +704,8 @@ mod tests {
 
     #[test]
     fn a_read_only_store_answers_queries_and_takes_no_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("odd name?#%.db");
-        let mut store = Store::open(&path).unwrap();
         let spans = container_trace(TraceId([3; 16]), "c");
-        store
-            .ingest_chunk("f", &spans, &[], FileOffset::default())
-            .unwrap();
+        let (dir, path, store) = store_holding("odd name?#%.db", &spans);
         drop(store);
         let reader = Store::open_read_only(&path).unwrap();
         assert_eq!(reader.all_spans().unwrap(), spans);
@@ -905,9 +915,6 @@ mod tests {
 
     #[test]
     fn many_spans_read_back_in_seq_order_and_a_bad_record_names_its_span() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let mut store = Store::open(&path).unwrap();
         // Enough spans to be parsed on several threads.
         let spans: Vec<SpanRecord> = (0..1500u32)
             .flat_map(|i| {
@@ -916,11 +923,7 @@ mod tests {
                 container_trace(TraceId(id), &format!("c{i}"))
             })
             .collect();
-        let at = FileOffset {
-            offset: 1,
-            next_line: 2,
-        };
-        store.ingest_chunk("f", &spans, &[], at).unwrap();
+        let (_dir, _, store) = store_holding("db", &spans);
         assert_eq!(store.all_spans().unwrap(), spans);
         let after = store.spans_after(10_000, 5).unwrap();
         assert_eq!(after.len(), 5);

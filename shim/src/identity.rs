@@ -1002,6 +1002,21 @@ mod tests {
         (bundle, spool, sink, registry)
     }
 
+    /// Shuts `sink` down and reads back its spool: `count` spans, every one naming pod shop-7d9f.
+    fn spans_naming_the_pod(sink: &SpanSink, spool: &Path, count: usize) -> Vec<SpanRecord> {
+        sink.shutdown(Duration::from_secs(5));
+        let spans = read_spool(spool).unwrap().spans;
+        assert_eq!(spans.len(), count);
+        for span in &spans {
+            assert_eq!(
+                span.attr_str(attr::K8S_POD_NAME),
+                Some("shop-7d9f"),
+                "{span:?}"
+            );
+        }
+        spans
+    }
+
     fn create_request(id: &str, bundle: &Path, options: Option<Any>) -> Vec<u8> {
         let mut create = CreateTaskRequest::new();
         create.id = id.into();
@@ -1068,15 +1083,7 @@ mod tests {
             let name = format!("containerd.task.v3.Task/{method}");
             sink.emit_deferred(registry.annotating(Ready(span_of("k8s.io", "quick", &name))));
         }
-        sink.shutdown(Duration::from_secs(5));
-        let spans = read_spool(spool.path()).unwrap().spans;
-        assert_eq!(spans.len(), 3);
-        for span in &spans {
-            assert_eq!(
-                span.attr_str(attr::K8S_POD_NAME),
-                Some("shop-7d9f"),
-                "{span:?}"
-            );
+        for span in spans_naming_the_pod(&sink, spool.path(), 3) {
             assert_eq!(span.attr_str(attr::K8S_CONTAINER_NAME), Some("web"));
         }
     }
@@ -1097,16 +1104,7 @@ mod tests {
             "late",
             "event /tasks/delete",
         ))));
-        sink.shutdown(Duration::from_secs(5));
-        let spans = read_spool(spool.path()).unwrap().spans;
-        assert_eq!(spans.len(), 4);
-        for span in &spans {
-            assert_eq!(
-                span.attr_str(attr::K8S_POD_NAME),
-                Some("shop-7d9f"),
-                "{span:?}"
-            );
-        }
+        spans_naming_the_pod(&sink, spool.path(), 4);
     }
 
     #[test]
@@ -1230,9 +1228,9 @@ mod tests {
     #[test]
     fn the_taps_put_the_identity_on_calls_and_events() {
         use crate::events::EventTap;
-        use crate::tap::{test_context_in, test_request, ConnectionTap, NAMESPACE_METADATA};
+        use crate::tap::{test_context_in, test_header as header, test_request, test_response};
+        use crate::tap::{ConnectionTap, NAMESPACE_METADATA};
         use containerd_shim_protos::api;
-        use ttrpc::proto::MessageHeader;
 
         // The bundle containerd made for k8s.io/c1 under the task root.
         let task_root = tempfile::tempdir().unwrap();
@@ -1240,17 +1238,7 @@ mod tests {
         let spool = tempfile::tempdir().unwrap();
         let ctx = test_context_in(spool.path(), Some(task_root.path().to_path_buf()));
         let tap = ConnectionTap::new(ctx.clone());
-        let header = |sid| MessageHeader {
-            length: 0,
-            stream_id: sid,
-            type_: ttrpc::proto::MESSAGE_TYPE_REQUEST,
-            flags: 0,
-        };
-        let ok = || {
-            let mut r = ttrpc::Response::new();
-            r.status = protobuf::MessageField::some(ttrpc::get_status(ttrpc::Code::OK, ""));
-            r.write_to_bytes().unwrap()
-        };
+        let ok = || test_response(ttrpc::Code::OK, vec![]);
         let meta = [(NAMESPACE_METADATA, "k8s.io")];
         let create = create_request("c1", &bundle, Some(runc_options("runsc-nonet")));
         let create = test_request("containerd.task.v2.Task", "Create", create, &meta);
@@ -1285,8 +1273,7 @@ mod tests {
         tap.on_response(3, &ok(), 14);
         drop(tap);
         let ctx = Arc::try_unwrap(ctx).ok().unwrap();
-        ctx.sink.shutdown(Duration::from_secs(5));
-        let spans = read_spool(spool.path()).unwrap().spans;
+        let spans = spans_naming_the_pod(&ctx.sink, spool.path(), 3);
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1303,7 +1290,6 @@ mod tests {
                 "{span:?}"
             );
             assert_eq!(span.attr_str(attr::RUNTIME_BINARY), Some("runsc-nonet"));
-            assert_eq!(span.attr_str(attr::K8S_POD_NAME), Some("shop-7d9f"));
         }
     }
 

@@ -710,7 +710,8 @@ pub fn with_metadata(
 #[cfg(test)]
 pub(crate) const PANIC_FOR_TEST: &str = "PanicForTest";
 
-/// A tap context spooling to `dir`, for the tap's and the events tap's unit tests.
+/// A tap context spooling to `dir`, for the tap's and the events tap's unit tests. Its spool
+/// holds 64 MiB, more than any test writes, so no test loses spans to a full spool.
 #[cfg(test)]
 pub(crate) fn test_context(dir: &std::path::Path) -> Arc<TapContext> {
     test_context_in(dir, None)
@@ -724,7 +725,7 @@ pub(crate) fn test_context_in(
 ) -> Arc<TapContext> {
     let config = crate::spool::SpoolConfig {
         dir: dir.to_path_buf(),
-        max_bytes: 1 << 20,
+        max_bytes: 64 << 20,
     };
     Arc::new(TapContext {
         sink: SpanSink::start(&config, "test").unwrap(),
@@ -761,28 +762,34 @@ pub(crate) fn test_request(
     r.write_to_bytes().unwrap()
 }
 
+/// The header of a request on stream `sid`, as the tap is given it, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_header(sid: u32) -> MessageHeader {
+    MessageHeader {
+        length: 0,
+        stream_id: sid,
+        type_: ttrpc::proto::MESSAGE_TYPE_REQUEST,
+        flags: 0,
+    }
+}
+
+/// An encoded ttrpc response with status `code` (message "boom") and `payload`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_response(code: ttrpc::Code, payload: Vec<u8>) -> Vec<u8> {
+    let mut r = ttrpc::Response::new();
+    r.status = protobuf::MessageField::some(ttrpc::get_status(code, "boom"));
+    r.payload = payload;
+    r.write_to_bytes().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use shimtrace_span::spool::read_spool;
     use std::time::Duration;
+    use test_header as header;
     use test_request as request;
-
-    fn header(sid: u32) -> MessageHeader {
-        MessageHeader {
-            length: 0,
-            stream_id: sid,
-            type_: ttrpc::proto::MESSAGE_TYPE_REQUEST,
-            flags: 0,
-        }
-    }
-
-    fn response(code: ttrpc::Code, payload: Vec<u8>) -> Vec<u8> {
-        let mut r = ttrpc::Response::new();
-        r.status = protobuf::MessageField::some(ttrpc::get_status(code, "boom"));
-        r.payload = payload;
-        r.write_to_bytes().unwrap()
-    }
+    use test_response as response;
 
     fn with_tap(test: impl FnOnce(&ConnectionTap)) -> Vec<SpanRecord> {
         let dir = tempfile::tempdir().unwrap();
@@ -955,21 +962,7 @@ mod tests {
     #[test]
     fn unmatched_halves_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::spool::SpoolConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 64 << 20,
-        };
-        let ctx = Arc::new(TapContext {
-            sink: SpanSink::start(&config, "test").unwrap(),
-            traces: TraceRegistry::new(None),
-            shim: Arc::new(ShimLabels {
-                inner: "inner".into(),
-                protocol: "plain/v2".into(),
-                namespace: "ns".into(),
-            }),
-            propagate: true,
-            pending: PendingBudget::default(),
-        });
+        let ctx = test_context(dir.path());
         let tap = ConnectionTap::new(ctx.clone());
         // Undecodable requests are not tapped; the inner shim answers each with an error.
         for i in 0..200_000u32 {

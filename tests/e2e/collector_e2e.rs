@@ -5,6 +5,7 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use crate::element_where;
 use shimtrace_testkit::cli::{output_ok, shimtrace};
 use shimtrace_testkit::otlp::OtlpReceiver;
 use shimtrace_testkit::traced::{wait_for, Traced};
@@ -99,20 +100,11 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
             .arg(&db),
     );
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("report JSON");
-    let runtimes = report["runtimes"].as_array().expect("runtimes");
     // Grouped by the runtime that ran the containers (runc), not the shim in front of it.
-    let runc = runtimes
-        .iter()
-        .find(|r| r["runtime"] == "runc")
-        .unwrap_or_else(|| panic!("a runc runtime in {report}"));
+    let runc = element_where(&report["runtimes"], "runtime", "runc");
     assert!(runc["traces"].as_u64().unwrap() >= 3, "{runc}");
     for phase in ["wrapper_start", "create", "start", "delete"] {
-        let stats = runc["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["phase"] == phase)
-            .unwrap_or_else(|| panic!("phase {phase} in {runc}"));
+        let stats = element_where(&runc["phases"], "phase", phase);
         assert!(stats["n"].as_u64().unwrap() >= 3, "{phase}: {stats}");
         let p50 = stats["p50_ns"].as_u64().unwrap();
         assert!(

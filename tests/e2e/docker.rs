@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::element_where;
 use serde_json::Value;
 use shimtrace_containerd::docker::{DOCKER_NAMESPACE, GVISOR_RUNTIME};
 use shimtrace_containerd::image::WORKLOAD_TAG;
@@ -682,14 +683,8 @@ fn name_and_image_are_beside_the_hostname_mount(version: &str) {
         ["org.example/by-user"],
         "only the user's annotations: {annotations:?}"
     );
-    let hostname_source = spec["mounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["destination"] == "/etc/hostname")
-        .and_then(|m| m["source"].as_str())
-        .map(PathBuf::from)
-        .expect("an /etc/hostname mount");
+    let hostname_mount = element_where(&spec["mounts"], "destination", "/etc/hostname");
+    let hostname_source = PathBuf::from(hostname_mount["source"].as_str().expect("its source"));
     let container_dir = hostname_source.parent().unwrap();
     assert_eq!(
         container_dir.file_name().unwrap().to_str(),
@@ -766,12 +761,7 @@ fn lab_runs_its_profiles_through_docker() {
     assert_eq!(report["setup"]["traced"], true);
     let host_release = report["host_probe"]["kernel"]["release"].as_str().unwrap();
     for (name, runtime) in [("runc", "traced-runc"), ("runsc", GVISOR_RUNTIME)] {
-        let p = report["profiles"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("no profile {name}"));
+        let p = element_where(&report["profiles"], "name", name);
         assert_eq!(p["status"], "ok", "{p}");
         assert_eq!(p["runtime"], runtime);
         let cold = &p["cold_start"];

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::element_where;
 use crate::lab_report::{number, table_row};
 use serde_json::Value;
 use shimtrace_containerd::check::{proxies_for, shim_socket};
@@ -158,13 +159,7 @@ fn lab_cri_runs_runc_and_gvisor(containerd: Option<&Path>) -> String {
         assert_eq!(cold[1], "2/0", "{profile} pod starts: {cold:?}");
     }
 
-    let profiles = json["profiles"].as_array().unwrap();
-    let profile = |name: &str| {
-        profiles
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("no profile {name} in {profiles:?}"))
-    };
+    let profile = |name: &str| element_where(&json["profiles"], "name", name);
     let mut sandboxes = Vec::new();
     for name in ["runc", "runsc"] {
         let p = profile(name);
@@ -254,12 +249,8 @@ fn lab_cri_runs_runc_and_gvisor(containerd: Option<&Path>) -> String {
 
 /// What the report's profiles table shows as `runtime_path` of profile `name`.
 fn profile_runtime(json: &Value, name: &str) -> String {
-    json["profiles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .and_then(|p| p["runtime_path"].as_str())
+    element_where(&json["profiles"], "name", name)["runtime_path"]
+        .as_str()
         .unwrap_or_default()
         .to_string()
 }

@@ -2,6 +2,7 @@
 //! report section is present, the numbers parse, gVisor's kernel differs from the host's and runc's
 //! equals it; plus the errors a user can cause.
 
+use crate::element_where;
 use serde_json::Value;
 use shimtrace_lab::{LabArgs, LabError};
 use shimtrace_testkit::cli::parse_args;
@@ -125,15 +126,7 @@ fn lab_reports_runc_and_gvisor_side_by_side() {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let host_release = report["host_probe"]["kernel"]["release"].as_str().unwrap();
-    let profile = |name: &str| {
-        report["profiles"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("no profile {name}"))
-            .clone()
-    };
+    let profile = |name: &str| element_where(&report["profiles"], "name", name);
     assert_eq!(profile("runc")["probe"]["kernel"]["release"], host_release);
     assert_ne!(profile("runsc")["probe"]["kernel"]["release"], host_release);
     let crun = profile("crun");
@@ -155,12 +148,7 @@ fn lab_reports_runc_and_gvisor_side_by_side() {
         let samples = p["http"]["samples_ms"].as_array().unwrap().len();
         assert_eq!(samples + p["http"]["errors"].as_u64().unwrap() as usize, 20);
     }
-    let kernel_row = report["isolation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["key"] == "kernel_release")
-        .unwrap();
+    let kernel_row = element_where(&report["isolation"], "key", "kernel_release");
     assert_eq!(kernel_row["hides_host"]["runc"], false);
     assert_eq!(kernel_row["hides_host"]["runsc"], true);
     assert!(!report["tradeoffs"].as_array().unwrap().is_empty());

@@ -27,6 +27,21 @@ macro_rules! version_matrix {
     };
 }
 
+/// The element of JSON array `array` whose `key` is `value`; none (or no array) fails the test,
+/// showing what was there.
+fn element_where<'a>(
+    array: &'a serde_json::Value,
+    key: &str,
+    value: &str,
+) -> &'a serde_json::Value {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {array}"))
+        .iter()
+        .find(|element| element[key] == value)
+        .unwrap_or_else(|| panic!("no element with {key} {value:?} in {array}"))
+}
+
 mod bench_smoke;
 mod cli_traces;
 mod collector_e2e;
