@@ -43,6 +43,7 @@ use protobuf::well_known_types::any::Any;
 use protobuf::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::generations::Generations;
 use crate::safe_fs::SafeFsError;
 use crate::spool::{DeferredSpan, SpanSink};
 use shimtrace_span::naming::{ShimName, WrapperName};
@@ -54,9 +55,6 @@ pub const SIDECAR: &str = "shimtrace-identity.json";
 pub const RUNC_OPTIONS_FILE: &str = "options.json";
 /// Runtimes recognised by name (see [`runtime_name`]).
 pub const KNOWN_RUNTIMES: [&str; 6] = ["runc", "runsc", "crun", "youki", "kata", "krun"];
-/// Most containers the proxy remembers the identity of; beyond it, the oldest are read again from
-/// their bundle when next needed.
-pub const REMEMBERED: usize = 1024;
 /// `CreateTaskRequest` field numbers (containerd's `runtime/task/v{2,3}/shim.proto`).
 const CREATE_BUNDLE: u32 = 2;
 const CREATE_OPTIONS: u32 = 10;
@@ -439,47 +437,6 @@ pub fn write_sidecar(bundle: &Path, identity: &Identity) -> Result<(), SafeFsErr
     crate::bundle::write_json(bundle, SIDECAR, identity)
 }
 
-type Key = (String, String);
-
-/// The remembered identities in two generations: new entries go to `current`; when it holds half
-/// of [`REMEMBERED`] it becomes `previous` and the older generation is let go. One looked up from
-/// `previous` moves back, so the containers in use stay.
-#[derive(Default)]
-struct Generations {
-    current: HashMap<Key, Arc<Identity>>,
-    previous: HashMap<Key, Arc<Identity>>,
-}
-
-impl Generations {
-    fn get(&mut self, key: &Key) -> Option<Arc<Identity>> {
-        if let Some(found) = self.current.get(key) {
-            return Some(found.clone());
-        }
-        let (key, found) = self.previous.remove_entry(key)?;
-        self.insert(key, found.clone());
-        Some(found)
-    }
-
-    fn insert(&mut self, key: Key, identity: Arc<Identity>) {
-        if self.current.len() >= REMEMBERED / 2 && !self.current.contains_key(&key) {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        self.current.insert(key, identity);
-    }
-
-    /// Moves `key` into the older generation, which the next turn drops (see
-    /// [`TraceRegistry::retire`](crate::trace_ctx::TraceRegistry::retire)).
-    fn retire(&mut self, key: &Key) {
-        if let Some((key, identity)) = self.current.remove_entry(key) {
-            self.previous.insert(key, identity);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
-    }
-}
-
 /// The proxy's view: (namespace, container id) → identity, backed by the bundles. Used only on the
 /// spool's writer thread.
 pub struct IdentityRegistry {
@@ -488,7 +445,8 @@ pub struct IdentityRegistry {
     /// The OCI runtime the wrapper's config gives this proxy's runtime, if any: every container
     /// whose `Create` names no `BinaryName` runs on it.
     oci_runtime: Option<String>,
-    known: Mutex<Generations>,
+    /// The identities remembered (see [`crate::generations`]).
+    known: Mutex<Generations<Arc<Identity>>>,
 }
 
 impl IdentityRegistry {
@@ -597,14 +555,18 @@ impl IdentityRegistry {
             }
         }
         if let Ok(mut known) = self.known.lock() {
-            known.insert((namespace.to_string(), id.to_string()), Arc::new(identity));
+            known.insert(namespace, id, Arc::new(identity));
         }
     }
 
     /// The identity of container `id`: remembered, else read from its bundle.
     pub fn lookup(&self, namespace: &str, id: &str, shim: &str) -> Arc<Identity> {
-        let key = (namespace.to_string(), id.to_string());
-        if let Some(found) = self.known.lock().ok().and_then(|mut k| k.get(&key)) {
+        if let Some(found) = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|mut k| k.get(namespace, id))
+        {
             return found;
         }
         let bundle = self.bundle_of(namespace, id);
@@ -615,7 +577,7 @@ impl IdentityRegistry {
             shim,
         ));
         if let Ok(mut known) = self.known.lock() {
-            known.insert(key, identity.clone());
+            known.insert(namespace, id, identity.clone());
         }
         identity
     }
@@ -635,9 +597,8 @@ impl IdentityRegistry {
         // since the runc shim may still publish `/tasks/delete` after this (and the bundle, the
         // other place the identity is kept, is deleted meanwhile).
         if span.name.ends_with(".Task/Shutdown") {
-            let key = (namespace.to_string(), id.to_string());
             if let Ok(mut known) = self.known.lock() {
-                known.retire(&key);
+                known.retire(namespace, id);
             }
         }
         identity.put(&mut span.attributes);
@@ -721,6 +682,7 @@ impl DeferredSpan for CreateSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generations::REMEMBERED;
     use containerd_shim_protos::api::CreateTaskRequest;
     use shimtrace_span::spool::read_spool;
     use shimtrace_span::{SpanId, SpanKind, SpanStatus, TraceId};
@@ -1353,17 +1315,16 @@ mod tests {
 
     #[test]
     fn a_retired_identity_goes_at_the_next_turn_and_one_in_use_stays() {
-        let key = |id: &str| ("ns".to_string(), id.to_string());
         let runsc = Arc::new(Identity::resolve(None, Some("runsc"), None, RUNC_SHIM));
         let mut generations = Generations::default();
-        generations.insert(key("retired"), runsc.clone());
-        generations.insert(key("in-use"), runsc.clone());
-        generations.retire(&key("retired"));
+        generations.insert("ns", "retired", runsc.clone());
+        generations.insert("ns", "in-use", runsc.clone());
+        generations.retire("ns", "retired");
         // Enough new containers for one generation turn.
         for i in 0..REMEMBERED / 2 {
-            generations.insert(key(&format!("new-{i}")), runsc.clone());
+            generations.insert("ns", &format!("new-{i}"), runsc.clone());
         }
-        assert_eq!(generations.get(&key("retired")), None);
-        assert_eq!(generations.get(&key("in-use")), Some(runsc));
+        assert_eq!(generations.get("ns", "retired"), None);
+        assert_eq!(generations.get("ns", "in-use"), Some(runsc));
     }
 }

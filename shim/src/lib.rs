@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod bundle;
 pub mod events;
 pub mod frame;
+mod generations;
 pub mod identity;
 pub mod log;
 pub mod proxy;

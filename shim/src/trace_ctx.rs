@@ -11,10 +11,10 @@
 //! namespace and id each a single path component, and never through a link (see
 //! [`crate::safe_fs`]).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::generations::Generations;
 use crate::identity::IdentityRegistry;
 use shimtrace_span::{SpanId, TraceContext, TraceId};
 
@@ -44,78 +44,14 @@ pub fn new_root(root: SpanId) -> TraceContext {
     }
 }
 
-/// Most containers a proxy remembers the trace of. A container forgotten early (an id never
-/// created, or one past this bound) costs a sidecar read at its next call, not its trace.
-pub const REMEMBERED: usize = 1024;
-
 /// The proxy's view: container → trace context, backed by the bundles' sidecar files.
 pub struct TraceRegistry {
     /// Who ran each container, learned beside its trace (see [`crate::identity`]).
     identities: Arc<IdentityRegistry>,
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
-    known: Mutex<Known>,
-}
-
-/// namespace → container id → trace; nested so a lookup borrows its keys instead of allocating
-/// them (it runs before every proxied request is forwarded).
-type ByNamespace = HashMap<String, HashMap<String, TraceContext>>;
-
-/// The remembered traces, in two generations: new entries go to `current`; when it holds half of
-/// [`REMEMBERED`], it becomes `previous` and the older generation is dropped. A container looked up
-/// from `previous` moves back to `current`, so those in use stay while ids seen once age out, at
-/// no cost per lookup beyond a second map probe.
-#[derive(Default)]
-struct Known {
-    current: ByNamespace,
-    current_len: usize,
-    previous: ByNamespace,
-}
-
-impl Known {
-    fn get(&mut self, ns: &str, id: &str) -> Option<TraceContext> {
-        if let Some(ctx) = self.current.get(ns).and_then(|ids| ids.get(id)) {
-            return Some(*ctx);
-        }
-        let ctx = remove(&mut self.previous, ns, id)?;
-        self.insert(ns, id, ctx);
-        Some(ctx)
-    }
-
-    fn insert(&mut self, ns: &str, id: &str, ctx: TraceContext) {
-        if self.current_len >= REMEMBERED / 2 {
-            self.previous = std::mem::take(&mut self.current);
-            self.current_len = 0;
-        }
-        let ids = match self.current.get_mut(ns) {
-            Some(ids) => ids,
-            None => self.current.entry(ns.to_string()).or_default(),
-        };
-        if ids.insert(id.to_string(), ctx).is_none() {
-            self.current_len += 1;
-        }
-    }
-
-    /// Moves a container into the older generation, which the next turn drops; a lookup before
-    /// then (an event published late) still finds it, and moves it back.
-    fn retire(&mut self, ns: &str, id: &str) {
-        if let Some(ctx) = remove(&mut self.current, ns, id) {
-            self.current_len -= 1;
-            self.previous
-                .entry(ns.to_string())
-                .or_default()
-                .insert(id.to_string(), ctx);
-        }
-    }
-}
-
-fn remove(map: &mut ByNamespace, ns: &str, id: &str) -> Option<TraceContext> {
-    let ids = map.get_mut(ns)?;
-    let ctx = ids.remove(id);
-    if ids.is_empty() {
-        map.remove(ns);
-    }
-    ctx
+    /// The traces remembered (see [`crate::generations`]).
+    known: Mutex<Generations<TraceContext>>,
 }
 
 impl TraceRegistry {
@@ -131,7 +67,7 @@ impl TraceRegistry {
         TraceRegistry {
             identities: Arc::new(identities),
             task_root,
-            known: Mutex::new(Known::default()),
+            known: Mutex::new(Generations::default()),
         }
     }
 
@@ -196,6 +132,7 @@ impl TraceRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generations::REMEMBERED;
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -249,7 +186,7 @@ mod tests {
             trace_id: TraceId([n; 16]),
             parent_span_id: None,
         };
-        let mut known = Known::default();
+        let mut known = Generations::default();
         known.insert("ns", "retired", ctx(1));
         known.insert("ns", "in-use", ctx(2));
         known.retire("ns", "retired");
@@ -297,16 +234,7 @@ mod tests {
     impl TraceRegistry {
         /// Containers remembered now.
         fn len(&self) -> usize {
-            self.known
-                .lock()
-                .map(|k| {
-                    [&k.current, &k.previous]
-                        .iter()
-                        .flat_map(|m| m.values())
-                        .map(HashMap::len)
-                        .sum()
-                })
-                .unwrap_or(0)
+            self.known.lock().map(|k| k.len()).unwrap_or(0)
         }
     }
 
