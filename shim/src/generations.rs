@@ -1,8 +1,9 @@
 //! A bounded memory of what the proxy learned about each container (its trace, its identity),
 //! keyed by namespace and container id.
 //!
-//! Entries are kept in two generations: new entries go to `current`; when `current` holds half of
-//! [`REMEMBERED`], it becomes `previous` and the older generation is dropped. An entry looked up
+//! Entries are kept in two generations: new entries go to `current`; when half of [`REMEMBERED`]
+//! have gone into `current` (retired ones included, see [`Generations::retire`]), it becomes
+//! `previous` and the older generation is dropped. An entry looked up
 //! from `previous` moves back to `current`, so the containers in use stay while ids seen once age
 //! out, at no cost per lookup beyond a second map probe. Whatever the ids a peer sends, at most
 //! [`REMEMBERED`] entries are kept; one forgotten is read again from its bundle when next needed.
@@ -21,8 +22,10 @@ type ByNamespace<V> = HashMap<String, HashMap<String, V>>;
 /// The two generations (see the module documentation).
 pub(crate) struct Generations<V> {
     current: ByNamespace<V>,
-    /// Entries in `current`, counted here since the maps are nested.
-    current_len: usize,
+    /// Entries put into `current` since it was last turned, retired ones included: counting
+    /// those too is what makes them go at a turn, which they would otherwise put off for ever
+    /// (a pod's shim whose containers come and go, each retired at its shutdown).
+    entered: usize,
     previous: ByNamespace<V>,
 }
 
@@ -30,7 +33,7 @@ impl<V> Default for Generations<V> {
     fn default() -> Self {
         Generations {
             current: HashMap::new(),
-            current_len: 0,
+            entered: 0,
             previous: HashMap::new(),
         }
     }
@@ -60,19 +63,18 @@ impl<V: Clone> Generations<V> {
 
     /// Puts an entry not in `current` there, turning the generations first if `current` is full.
     fn insert_new(&mut self, ns: &str, id: String, value: V) {
-        if self.current_len >= REMEMBERED / 2 {
+        if self.entered >= REMEMBERED / 2 {
             self.previous = std::mem::take(&mut self.current);
-            self.current_len = 0;
+            self.entered = 0;
         }
         put(&mut self.current, ns, id, value);
-        self.current_len += 1;
+        self.entered += 1;
     }
 
     /// Moves a container into the older generation, which the next turn drops; a lookup before
-    /// then still finds it, and moves it back.
+    /// then still finds it, and moves it back. It still counts toward that turn.
     pub(crate) fn retire(&mut self, ns: &str, id: &str) {
         if let Some((id, value)) = take(&mut self.current, ns, id) {
-            self.current_len -= 1;
             put(&mut self.previous, ns, id, value);
         }
     }
@@ -127,7 +129,7 @@ mod tests {
         let mut generations = Generations::default();
         generations.insert("ns", "first", 1);
         fill(&mut generations, "a", REMEMBERED / 2 - 1);
-        assert_eq!(generations.current_len, REMEMBERED / 2);
+        assert_eq!(generations.entered, REMEMBERED / 2);
         assert_eq!(
             generations.previous.len(),
             0,
@@ -135,7 +137,7 @@ mod tests {
         );
         // The next new entry turns the generations: all of `a` and `first` are now previous.
         generations.insert("ns", "turning", 2);
-        assert_eq!(generations.current_len, 1);
+        assert_eq!(generations.entered, 1);
         assert_eq!(generations.previous["ns"].len(), REMEMBERED / 2);
         assert_eq!(generations.previous["ns"]["first"], 1);
         // A second turn drops that generation, `first` with it.
@@ -165,7 +167,7 @@ mod tests {
         fill(&mut generations, "a", REMEMBERED / 2 - 1);
         generations.insert("ns", "a-0", 9);
         generations.insert("ns", "a-0", 10);
-        assert_eq!(generations.current_len, REMEMBERED / 2);
+        assert_eq!(generations.entered, REMEMBERED / 2);
         assert!(generations.previous.is_empty());
         assert_eq!(generations.get("ns", "a-0"), Some(10));
         assert_eq!(generations.get("ns", "old"), Some(1));
@@ -179,7 +181,7 @@ mod tests {
         generations.retire("ns", "c1");
         // Retiring an unknown container does nothing.
         generations.retire("ns", "never");
-        assert_eq!(generations.current_len, 1);
+        assert_eq!(generations.entered, 2);
         assert!(
             !generations.current.contains_key("ns"),
             "empty namespace kept"
@@ -192,6 +194,22 @@ mod tests {
         assert_eq!(generations.get("ns", "c1"), Some(1));
         assert_eq!(generations.current["ns"]["c1"], 1);
         assert!(generations.previous.is_empty());
+    }
+
+    #[test]
+    fn containers_retired_as_they_come_and_go_stay_bounded() {
+        let mut generations = Generations::default();
+        generations.insert("ns", "sandbox", 1);
+        for i in 0..10 * REMEMBERED {
+            let id = format!("c-{i}");
+            generations.insert("ns", &id, 0);
+            generations.retire("ns", &id);
+            if i % 100 == 0 {
+                // The sandbox, in use, stays.
+                assert_eq!(generations.get("ns", "sandbox"), Some(1));
+            }
+            assert!(generations.len() <= REMEMBERED, "{}", generations.len());
+        }
     }
 
     #[test]
