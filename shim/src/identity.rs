@@ -465,7 +465,9 @@ impl IdentityRegistry {
         self
     }
 
-    fn bundle_of(&self, namespace: &str, id: &str) -> Option<PathBuf> {
+    /// `<task root>/<namespace>/<id>`, the bundle containerd made for container `id`, if both are
+    /// single path components.
+    pub(crate) fn bundle_of(&self, namespace: &str, id: &str) -> Option<PathBuf> {
         crate::bundle::task_bundle(self.task_root.as_ref()?, namespace, id)
     }
 

@@ -739,7 +739,6 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
         traces: TraceRegistry::with_identities(
             IdentityRegistry::new(plan.task_root.clone())
                 .with_oci_runtime(plan.oci_runtime.clone()),
-            plan.task_root.clone(),
         ),
         shim: Arc::new(ShimLabels {
             inner: plan.inner.clone(),

@@ -46,27 +46,24 @@ pub fn new_root(root: SpanId) -> TraceContext {
 
 /// The proxy's view: container → trace context, backed by the bundles' sidecar files.
 pub struct TraceRegistry {
-    /// Who ran each container, learned beside its trace (see [`crate::identity`]).
+    /// Who ran each container, learned beside its trace (see [`crate::identity`]); it also
+    /// knows the task root, `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the
+    /// bundles.
     identities: Arc<IdentityRegistry>,
-    /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
-    task_root: Option<PathBuf>,
     /// The traces remembered (see [`crate::generations`]).
     known: Mutex<Generations<TraceContext>>,
 }
 
 impl TraceRegistry {
     pub fn new(task_root: Option<PathBuf>) -> TraceRegistry {
-        TraceRegistry::with_identities(IdentityRegistry::new(task_root.clone()), task_root)
+        TraceRegistry::with_identities(IdentityRegistry::new(task_root))
     }
 
-    /// The same, with `identities` learning who ran each container.
-    pub fn with_identities(
-        identities: IdentityRegistry,
-        task_root: Option<PathBuf>,
-    ) -> TraceRegistry {
+    /// The same, with `identities` learning who ran each container; the bundles are those under
+    /// its task root.
+    pub fn with_identities(identities: IdentityRegistry) -> TraceRegistry {
         TraceRegistry {
             identities: Arc::new(identities),
-            task_root,
             known: Mutex::new(Generations::default()),
         }
     }
@@ -87,7 +84,7 @@ impl TraceRegistry {
                 return ctx;
             }
         }
-        let bundle_dir = self.bundle_of(ns, id);
+        let bundle_dir = self.identities.bundle_of(ns, id);
         if let Some(claimed) = bundle.filter(|b| Some(*b) != bundle_dir.as_deref()) {
             tracing::debug!(
                 "Create for {ns}/{id} names bundle {}, not the one under the task root; ignored",
@@ -111,11 +108,6 @@ impl TraceRegistry {
             known.insert(ns, id, ctx);
         }
         ctx
-    }
-
-    /// `<task root>/<ns>/<id>`, if both are single path components.
-    fn bundle_of(&self, ns: &str, id: &str) -> Option<PathBuf> {
-        crate::bundle::task_bundle(self.task_root.as_ref()?, ns, id)
     }
 
     /// A container's shim was told to shut down: its trace goes at the next generation turn
