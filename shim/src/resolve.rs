@@ -200,6 +200,13 @@ pub fn wrapper_name_from_argv0(argv0: &str) -> Result<WrapperName, ResolveError>
     })
 }
 
+/// Whether a program the config names (an inner shim, an OCI runtime) can be run as named: an
+/// absolute path, since a relative one would depend on the directory containerd starts the shim
+/// in, to an executable file.
+fn is_runnable_from_config(path: &Path) -> bool {
+    path.is_absolute() && is_executable_file(path)
+}
+
 /// Finds the real shim for `name`, the way containerd finds shims, unless the config maps it.
 pub fn resolve_inner(
     name: &WrapperName,
@@ -213,7 +220,7 @@ pub fn resolve_inner(
         .get(&name.runtime)
         .and_then(|r| r.inner.clone())
     {
-        if !inner.is_absolute() || !is_executable_file(&inner) {
+        if !is_runnable_from_config(&inner) {
             return Err(ResolveError::BadOverride {
                 config: config.describe(),
                 runtime: name.runtime.clone(),
@@ -271,7 +278,7 @@ pub fn resolve_oci_runtime(
     else {
         return Ok(None);
     };
-    if !oci_runtime.is_absolute() || !is_executable_file(&oci_runtime) {
+    if !is_runnable_from_config(&oci_runtime) {
         return Err(ResolveError::BadOciRuntime {
             config: config.describe(),
             runtime: name.runtime.clone(),
