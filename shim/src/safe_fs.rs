@@ -259,10 +259,10 @@ impl PrivateDir {
             source: e.into(),
         };
         // A leftover of this pid's earlier life (pids are reused) would fail the link.
-        let _ = nix::unistd::unlinkat(Some(fd), tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let _ = self.remove(tmp);
         nix::unistd::symlinkat(target, Some(fd), tmp).map_err(|e| io(tmp, e))?;
         self.rename(tmp, name).inspect_err(|_| {
-            let _ = nix::unistd::unlinkat(Some(fd), tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            let _ = self.remove(tmp);
         })
     }
 
@@ -378,6 +378,15 @@ mod tests {
         dir.ensure_symlink(Path::new("runc"), Path::new("/opt/runsc"))
             .unwrap();
         assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/opt/runsc"));
+        // A temporary link left by an earlier process with this pid is not in the way.
+        let leftover = dir.path().join(format!("runc.tmp-{}", std::process::id()));
+        std::fs::write(&leftover, "stale").unwrap();
+        dir.ensure_symlink(Path::new("runc"), Path::new("/usr/bin/runsc"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("/usr/bin/runsc")
+        );
         // Nothing else is left in the directory; a path is no name.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
