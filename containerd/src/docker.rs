@@ -24,7 +24,6 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -43,6 +42,7 @@ use crate::install::{
     ensure_symlink, find_real_shims, find_wrapper, io_err, write_config_with_backup, FileError,
     InstallError, RealShim,
 };
+use crate::replace::replace_file;
 use crate::rootfs::{build_busybox_rootfs, RootfsError};
 
 /// dockerd's config file.
@@ -545,9 +545,7 @@ fn write_state(config: &Path, state: &DockerState) -> Result<(), DockerError> {
     let path = state_path(config);
     let mut text = serde_json::to_string_pretty(state).expect("the state serialises");
     text.push('\n');
-    let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
-    fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("cannot replace", &path))?;
+    replace_file(&path, text, None)?;
     Ok(())
 }
 
@@ -594,11 +592,7 @@ fn write_script(script: &Script, state: &DockerState) -> Result<(), DockerError>
     if script_is_ours(script, state)? {
         return Ok(());
     }
-    let tmp = PathBuf::from(format!("{}.shimtrace-tmp", script.path.display()));
-    fs::write(&tmp, &script.content).map_err(io_err("cannot write", &tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
-        .map_err(io_err("cannot make executable", &tmp))?;
-    fs::rename(&tmp, &script.path).map_err(io_err("cannot replace", &script.path))?;
+    replace_file(&script.path, &script.content, Some(0o755))?;
     Ok(())
 }
 
@@ -1167,6 +1161,7 @@ fn check_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn path() -> &'static Path {
         Path::new("/etc/docker/daemon.json")

@@ -41,6 +41,7 @@ use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
 use shimtrace_span::naming::{find_in_path, which, ShimName, WRAPPER_BINARY};
 
 use crate::private::{config_version_for_major, table_at, version_triple, ContainerdBinary};
+use crate::replace::replace_file;
 
 /// The comment above every table install adds.
 pub const MARKER: &str =
@@ -663,15 +664,8 @@ pub fn write_config_with_backup(
     } else if let Some(parent) = config.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
     }
-    write_atomically(config, content)?;
+    replace_file(config, content, None)?;
     Ok(backup)
-}
-
-fn write_atomically(path: &Path, content: &str) -> Result<(), InstallError> {
-    let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
-    fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))?;
-    Ok(())
 }
 
 /// What install added, kept beside containerd's config so that uninstall removes exactly that.
@@ -726,7 +720,8 @@ fn read_state(path: &Path) -> Result<Option<InstallState>, InstallError> {
 
 fn write_state(path: &Path, state: &InstallState) -> Result<(), InstallError> {
     let text = serde_json::to_string_pretty(state).expect("the state serialises");
-    write_atomically(path, &(text + "\n"))
+    replace_file(path, text + "\n", None)?;
+    Ok(())
 }
 
 /// The drop-in path for a main config (`/etc/containerd/conf.d/shimtrace.toml`).
@@ -958,15 +953,10 @@ pub fn merge_wrapper_config(
 /// Writes the wrapper's config: replaced atomically, mode 0644, since the wrapper refuses a config
 /// anyone but root can write (it names the binaries the wrapper runs).
 pub fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallError> {
-    use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
     }
-    let tmp = PathBuf::from(format!("{}.shimtrace-tmp", path.display()));
-    fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
-        .map_err(io_err("cannot set the mode of", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))?;
+    replace_file(path, content, Some(0o644))?;
     Ok(())
 }
 
@@ -1073,7 +1063,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
             }
-            write_atomically(&target, &merged.text)?;
+            replace_file(&target, &merged.text, None)?;
             state.drop_in = Some(target.clone());
             if args.config.exists() {
                 let main = fs::read_to_string(&args.config)

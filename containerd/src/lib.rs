@@ -16,6 +16,7 @@ pub mod dockerd;
 pub mod image;
 pub mod install;
 pub mod private;
+pub mod replace;
 pub mod rootfs;
 
 #[cfg(feature = "client")]

@@ -153,6 +153,8 @@ pub enum LabError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the report: {0} (pass a writable --out)")]
+    Report(#[source] shimtrace_containerd::install::FileError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
@@ -1323,11 +1325,8 @@ fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String,
 
 fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {
     let write = |name: &str, content: String| {
-        let path = out.join(name);
-        let tmp = out.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, content)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| LabError::Out { path, source })
+        shimtrace_containerd::replace::replace_file(&out.join(name), content, None)
+            .map_err(LabError::Report)
     };
     let json =
         serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));

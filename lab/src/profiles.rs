@@ -3,11 +3,12 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use shimtrace_containerd::install::FileError;
+use shimtrace_containerd::replace::replace_file;
 use shimtrace_containerd::{RunSpec, RuncOptions};
 use shimtrace_span::naming::{which, ShimName};
 
@@ -44,7 +45,7 @@ pub enum ProfileError {
     )]
     Parse { path: PathBuf, message: String },
     #[error("cannot write the runsc wrapper {path}: {source} (pass a writable --out directory)")]
-    Wrapper { path: PathBuf, source: io::Error },
+    Wrapper { path: PathBuf, source: FileError },
 }
 
 /// The network a workload gets.
@@ -285,12 +286,15 @@ fn write_script(path: &Path, script: &str) -> Result<PathBuf, ProfileError> {
     };
     if fs::read_to_string(path).ok().as_deref() != Some(script) {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(wrapper_err)?;
+            fs::create_dir_all(dir).map_err(|source| {
+                wrapper_err(FileError {
+                    context: "cannot create",
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            })?;
         }
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, script).map_err(wrapper_err)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(wrapper_err)?;
-        fs::rename(&tmp, path).map_err(wrapper_err)?;
+        replace_file(path, script, Some(0o755)).map_err(wrapper_err)?;
     }
     Ok(path.to_path_buf())
 }
@@ -302,6 +306,7 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn parses_profiles_and_rejects_duplicates() {

@@ -25,7 +25,7 @@ use shimtrace_containerd::image::{
 };
 use shimtrace_containerd::install::{install, InstallArgs, InstallOutcome};
 use shimtrace_containerd::private::{
-    await_cri_ready, import_cri_image, make_private, ConfigSource, CriSettings, CriSetupError,
+    await_cri_ready, import_cri_image, make_private, ConfigSource, CriSettings,
 };
 
 use crate::cli::parse_args;
@@ -205,7 +205,7 @@ impl CriNode {
     /// Waits until CRI answers ListPodSandbox (it refuses calls until it has loaded its state).
     fn await_cri_ready(&self) -> Result<(), HarnessError> {
         self.block_on(await_cri_ready(&self.cri, Duration::from_secs(30)))
-            .map_err(harness_error)
+            .map_err(HarnessError::from)
     }
 
     /// The CRI client (clone it to give it a `traceparent`).
@@ -236,8 +236,7 @@ impl CriNode {
                 tag,
                 &command,
                 &dir,
-            ))
-            .map_err(harness_error)?;
+            ))?;
         }
         Ok(())
     }
@@ -371,16 +370,6 @@ pub fn config_default(containerd: &Path) -> Result<String, HarnessError> {
         ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// The harness's error for a failed CRI set-up step.
-fn harness_error(error: CriSetupError) -> HarnessError {
-    match error {
-        CriSetupError::Image(e) => HarnessError::Image(e),
-        CriSetupError::Import(e) => HarnessError::Import(e),
-        CriSetupError::Cri(e) => HarnessError::Cri(e),
-        CriSetupError::Timeout { what, waited } => HarnessError::Timeout { what, waited },
-    }
 }
 
 fn path_string(path: &Path) -> String {

@@ -93,8 +93,10 @@ pub enum HarnessError {
     Import(Box<shimtrace_containerd::image::ImportError>),
     #[error("{0}")]
     Cri(Box<shimtrace_containerd::cri::CriError>),
-    #[error("{what} within {waited:?}")]
-    Timeout { what: String, waited: Duration },
+    /// A CRI-enabled private containerd could not be made ready for pods (image import, or CRI
+    /// not answering in time).
+    #[error(transparent)]
+    CriSetup(#[from] shimtrace_containerd::private::CriSetupError),
     #[error(transparent)]
     Tmpfs(#[from] crate::tmpfs::TmpfsError),
 }
@@ -164,6 +166,18 @@ mod tests {
             err.to_string(),
             "/x/containerd reports `containerd 1.7.24`, expected containerd 2.1.9: \
              re-run scripts/install-containerd-matrix.sh"
+        );
+    }
+
+    #[test]
+    fn a_cri_setup_error_keeps_its_own_message() {
+        let err = HarnessError::from(shimtrace_containerd::private::CriSetupError::Timeout {
+            what: "CRI did not answer ListPodSandbox".into(),
+            waited: Duration::from_secs(30),
+        });
+        assert_eq!(
+            err.to_string(),
+            "CRI did not answer ListPodSandbox within 30s (see containerd's log)"
         );
     }
 
