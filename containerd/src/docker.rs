@@ -37,12 +37,11 @@ use shimtrace_span::spool::{read_spool, DEFAULT_SPOOL_DIR};
 use shimtrace_span::SpanRecord;
 
 use crate::command::{run_with_timeout, CommandOutput, RunError};
+use crate::files::{io_err, replace_file, FileError};
 use crate::image::{write_docker_archive, ImageError, WORKLOAD_TAG};
 use crate::install::{
-    ensure_symlink, find_real_shims, find_wrapper, io_err, write_config_with_backup, FileError,
-    InstallError, RealShim,
+    ensure_symlink, find_real_shims, find_wrapper, write_config_with_backup, InstallError, RealShim,
 };
-use crate::replace::replace_file;
 use crate::rootfs::{build_busybox_rootfs, RootfsError};
 
 /// dockerd's config file.

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 use crate::docker::{render_daemon_json, DockerCli, DockerError};
-use crate::install::FileError;
+use crate::files::FileError;
 
 /// Where `scripts/install-docker.sh` unpacks Docker Engines (`<prefix>/<version>/usr/{sbin,bin}`).
 pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/docker";

@@ -40,8 +40,8 @@ use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
 
 use shimtrace_span::naming::{find_in_path, which, ShimName, WRAPPER_BINARY};
 
+use crate::files::{io_err, replace_file, FileError};
 use crate::private::{config_version_for_major, table_at, version_triple, ContainerdBinary};
-use crate::replace::replace_file;
 
 /// The comment above every table install adds.
 pub const MARKER: &str =
@@ -181,27 +181,6 @@ pub enum InstallError {
     NoState { path: PathBuf, config: PathBuf },
     #[error(transparent)]
     Io(#[from] FileError),
-}
-
-/// A file or directory that could not be read, written or removed, with what was being done.
-#[derive(Debug, thiserror::Error)]
-#[error("{context} {path}: {source}")]
-pub struct FileError {
-    /// What was being done ("cannot write", "cannot remove", …).
-    pub context: &'static str,
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-/// The [`FileError`] of `context` on `path`, for `map_err`.
-pub(crate) fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
-    let path = path.to_path_buf();
-    move |source| FileError {
-        context,
-        path,
-        source,
-    }
 }
 
 /// A real shim found on PATH, e.g. `containerd-shim-runc-v2` → inner `runc`, version `v2`.

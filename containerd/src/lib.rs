@@ -13,10 +13,10 @@ pub mod cri;
 pub mod daemon;
 pub mod docker;
 pub mod dockerd;
+pub mod files;
 pub mod image;
 pub mod install;
 pub mod private;
-pub mod replace;
 pub mod rootfs;
 
 #[cfg(feature = "client")]

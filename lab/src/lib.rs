@@ -154,7 +154,7 @@ pub enum LabError {
         source: std::io::Error,
     },
     #[error("cannot write the report: {0} (pass a writable --out)")]
-    Report(#[source] shimtrace_containerd::install::FileError),
+    Report(#[source] shimtrace_containerd::files::FileError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
@@ -1325,7 +1325,7 @@ fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String,
 
 fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {
     let write = |name: &str, content: String| {
-        shimtrace_containerd::replace::replace_file(&out.join(name), content, None)
+        shimtrace_containerd::files::replace_file(&out.join(name), content, None)
             .map_err(LabError::Report)
     };
     let json =

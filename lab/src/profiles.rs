@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use shimtrace_containerd::install::FileError;
-use shimtrace_containerd::replace::replace_file;
+use shimtrace_containerd::files::{replace_file, FileError};
 use shimtrace_containerd::{RunSpec, RuncOptions};
 use shimtrace_span::naming::{which, ShimName};
 

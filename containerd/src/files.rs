@@ -1,11 +1,31 @@
-//! Replacing a file atomically: whoever reads it sees the old content or the new, never a part.
+//! Files install and the lab write: the error that names what was done to which path, and
+//! replacing a file atomically (whoever reads it sees the old content or the new, never a part).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::install::{io_err, FileError};
+/// A file or directory that could not be read, written or removed, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{context} {path}: {source}")]
+pub struct FileError {
+    /// What was being done ("cannot write", "cannot remove", …).
+    pub context: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The [`FileError`] of `context` on `path`, for `map_err`.
+pub(crate) fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
+    let path = path.to_path_buf();
+    move |source| FileError {
+        context,
+        path,
+        source,
+    }
+}
 
 /// Appended to the target's path to name the temporary file written beside it (in the same
 /// directory, so that the rename stays on one file system).
