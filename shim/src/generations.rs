@@ -52,13 +52,18 @@ impl<V: Clone> Generations<V> {
     }
 
     /// Remembers `value` for container `id` in namespace `ns`, in `current`. Replacing an entry
-    /// already in `current` does not grow it, so it does not turn the generations either.
+    /// already in `current` does not grow it, so it does not turn the generations either; an older
+    /// value in `previous` goes, so that a container is never remembered twice.
     pub(crate) fn insert(&mut self, ns: &str, id: &str, value: V) {
         if let Some(slot) = self.current.get_mut(ns).and_then(|ids| ids.get_mut(id)) {
             *slot = value;
             return;
         }
-        self.insert_new(ns, id.to_string(), value);
+        let id = match take(&mut self.previous, ns, id) {
+            Some((id, _older)) => id,
+            None => id.to_string(),
+        };
+        self.insert_new(ns, id, value);
     }
 
     /// Puts an entry not in `current` there, turning the generations first if `current` is full.
@@ -171,6 +176,18 @@ mod tests {
         assert!(generations.previous.is_empty());
         assert_eq!(generations.get("ns", "a-0"), Some(10));
         assert_eq!(generations.get("ns", "old"), Some(1));
+    }
+
+    #[test]
+    fn a_new_value_for_an_entry_in_previous_replaces_it_there_too() {
+        let mut generations = Generations::default();
+        generations.insert("ns", "c1", 1);
+        fill(&mut generations, "a", REMEMBERED / 2);
+        assert_eq!(generations.previous["ns"]["c1"], 1);
+        generations.insert("ns", "c1", 2);
+        assert!(!generations.previous["ns"].contains_key("c1"));
+        assert_eq!(generations.len(), REMEMBERED / 2 + 1);
+        assert_eq!(generations.get("ns", "c1"), Some(2));
     }
 
     #[test]
