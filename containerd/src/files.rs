@@ -18,7 +18,7 @@ pub struct FileError {
 }
 
 /// The [`FileError`] of `context` on `path`, for `map_err`.
-pub(crate) fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
+pub fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
     let path = path.to_path_buf();
     move |source| FileError {
         context,

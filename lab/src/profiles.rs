@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use shimtrace_containerd::files::{replace_file, FileError};
+use shimtrace_containerd::files::{io_err, replace_file, FileError};
 use shimtrace_containerd::{RunSpec, RuncOptions};
 use shimtrace_span::naming::{which, ShimName};
 
@@ -285,13 +285,9 @@ fn write_script(path: &Path, script: &str) -> Result<PathBuf, ProfileError> {
     };
     if fs::read_to_string(path).ok().as_deref() != Some(script) {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|source| {
-                wrapper_err(FileError {
-                    context: "cannot create",
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            })?;
+            fs::create_dir_all(dir)
+                .map_err(io_err("cannot create", dir))
+                .map_err(wrapper_err)?;
         }
         replace_file(path, script, Some(0o755)).map_err(wrapper_err)?;
     }
