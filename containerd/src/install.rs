@@ -296,6 +296,51 @@ impl TracedRuntime {
             },
         }
     }
+
+    /// The entry for an OCI runtime without a shim of its own (`runsc`, `crun`), run by the runc
+    /// shim `runc_shim` in its place, with the wrapper links in `bin_dir`. In the path form the
+    /// runc shim's option `BinaryName` names `oci_runtime`. In the name form, where CRI cannot pass
+    /// runc's options, the handler gets a runtime name of its own
+    /// (`io.containerd.traced-<name>.<version>`), which the wrapper's config maps to the runc shim
+    /// with `oci_runtime`; its settings then come from the runc entry, without its options.
+    pub fn through_runc_shim(
+        handler: String,
+        name: &str,
+        oci_runtime: &Path,
+        runc_shim: &RealShim,
+        bin_dir: &Path,
+        form: Form,
+    ) -> TracedRuntime {
+        let real_runtime = runc_shim.name.runtime();
+        match form {
+            Form::Path => TracedRuntime {
+                handler,
+                runtime_type: real_runtime.clone(),
+                runtime_path: Some(bin_dir.join(runc_shim.name.traced_binary())),
+                real_runtime,
+                carry_options: true,
+                binary_name: Some(oci_runtime.display().to_string()),
+                wrapper_entry: None,
+            },
+            Form::Name => {
+                let own = ShimName {
+                    inner: name.into(),
+                    version: runc_shim.name.version.clone(),
+                };
+                let link = bin_dir.join(own.traced_binary());
+                let mut entry = TracedRuntime::for_shim(handler, &own, &link, form);
+                entry.real_runtime = real_runtime;
+                entry.carry_options = false;
+                entry.wrapper_entry = Some(WrapperEntry {
+                    runtime: own.traced_runtime(),
+                    link,
+                    inner: runc_shim.path.clone(),
+                    oci_runtime: oci_runtime.to_path_buf(),
+                });
+                entry
+            }
+        }
+    }
 }
 
 /// Whether CRI sends typed runc options for a runtime type (containerd's runc shims).
@@ -844,50 +889,25 @@ pub fn plan_runtimes(
             );
             continue;
         }
-        match form {
-            Form::Path => {
-                runtimes.push(TracedRuntime {
-                    handler: "traced-runsc".into(),
-                    runtime_type: shim.name.runtime(),
-                    runtime_path: Some(link),
-                    real_runtime: shim.name.runtime(),
-                    carry_options: true,
-                    binary_name: Some(runsc.display().to_string()),
-                    wrapper_entry: None,
-                });
-                notes.push(GVISOR_POD_NOTE.into());
-            }
-            Form::Name => {
-                let gvisor = ShimName {
-                    inner: "runsc".into(),
-                    version: shim.name.version.clone(),
-                };
-                let mut entry = TracedRuntime::for_shim(
-                    "traced-runsc".into(),
-                    &gvisor,
-                    &bin_dir.join(gvisor.traced_binary()),
-                    form,
-                );
-                // Its settings come from the runc entry, as for traced-runc.
-                entry.real_runtime = shim.name.runtime();
-                entry.carry_options = false;
-                entry.wrapper_entry = Some(WrapperEntry {
-                    runtime: gvisor.traced_runtime(),
-                    link: bin_dir.join(gvisor.traced_binary()),
-                    inner: shim.path.clone(),
-                    oci_runtime: runsc.to_path_buf(),
-                });
-                runtimes.push(entry);
-                notes.push(format!(
-                    "gVisor: traced-runsc is runtime {} (link {}), which the wrapper's config maps to the runc shim {} with oci_runtime = {}: the runc option BinaryName cannot pass in this form, so the wrapper puts a `runc` link to runsc first on the runc shim's PATH. Costs: the OCI runtime is set per runtime name in the wrapper's config, not per handler in containerd's (one more file to keep, read at each shim start); the traced handler gets none of the runc entry's options (as traced-runc)",
-                    gvisor.traced_runtime(),
-                    gvisor.traced_binary(),
-                    shim.path.display(),
-                    runsc.display()
-                ));
-                notes.push(GVISOR_POD_NOTE.into());
-            }
+        let gvisor = TracedRuntime::through_runc_shim(
+            "traced-runsc".into(),
+            "runsc",
+            runsc,
+            shim,
+            bin_dir,
+            form,
+        );
+        if let Some(entry) = &gvisor.wrapper_entry {
+            notes.push(format!(
+                "gVisor: traced-runsc is runtime {} (link {}), which the wrapper's config maps to the runc shim {} with oci_runtime = {}: the runc option BinaryName cannot pass in this form, so the wrapper puts a `runc` link to runsc first on the runc shim's PATH. Costs: the OCI runtime is set per runtime name in the wrapper's config, not per handler in containerd's (one more file to keep, read at each shim start); the traced handler gets none of the runc entry's options (as traced-runc)",
+                entry.runtime,
+                entry.link.file_name().unwrap_or_default().to_string_lossy(),
+                shim.path.display(),
+                runsc.display()
+            ));
         }
+        runtimes.push(gvisor);
+        notes.push(GVISOR_POD_NOTE.into());
     }
     (runtimes, notes)
 }

@@ -30,8 +30,7 @@ use shimtrace_containerd::cri::{ContainerSpec, ContainerState, Cri, CriError, Po
 use shimtrace_containerd::image::{containerd_reference, SANDBOX_COMMAND, SANDBOX_TAG};
 use shimtrace_containerd::install::{
     ensure_symlink, find_real_shims, find_wrapper, install, merge_config, merge_wrapper_config,
-    write_wrapper_config, Form, InstallArgs, InstallOutcome, TracedRuntime, WrapperEntry,
-    RUNC_RUNTIME,
+    write_wrapper_config, Form, InstallArgs, InstallOutcome, RealShim, TracedRuntime,
 };
 use shimtrace_containerd::private::{
     await_cri_ready, ctr_beside, import_cri_image, make_private, newest_unpacked, ConfigSource,
@@ -39,7 +38,7 @@ use shimtrace_containerd::private::{
     UNPACKED_PREFIX,
 };
 use shimtrace_containerd::rootfs;
-use shimtrace_span::naming::{which, ShimName};
+use shimtrace_span::naming::which;
 
 use crate::profiles::{self, Profile};
 use crate::report::{CriSetup, ProfileResult, RunRecord};
@@ -135,39 +134,13 @@ fn form_summary(outcome: &InstallOutcome) -> String {
 }
 
 /// The `traced-crun` handler: crun has no shim of its own, so the runc shim runs it as its OCI
-/// runtime — by `BinaryName` in the path form; in the name form, where runc's options cannot
-/// pass, as runtime `io.containerd.traced-crun.v2`, which the wrapper config maps to the runc
-/// shim with `oci_runtime` = crun (as install registers gVisor there).
+/// runtime, registered as install registers gVisor through the runc shim.
 fn crun_runtime(form: Form, bin: &Path, runc_shim: &Path, crun: &Path) -> TracedRuntime {
-    match form {
-        Form::Path => TracedRuntime {
-            handler: "traced-crun".into(),
-            runtime_type: RUNC_RUNTIME.into(),
-            runtime_path: Some(bin.join(profiles::runc_shim().traced_binary())),
-            real_runtime: RUNC_RUNTIME.into(),
-            carry_options: true,
-            binary_name: Some(crun.display().to_string()),
-            wrapper_entry: None,
-        },
-        Form::Name => {
-            let shim = ShimName {
-                inner: "crun".into(),
-                version: profiles::runc_shim().version,
-            };
-            let link = bin.join(shim.traced_binary());
-            let mut entry = TracedRuntime::for_shim("traced-crun".into(), &shim, &link, form);
-            // Its settings come from the runc entry, whose options cannot pass in this form.
-            entry.real_runtime = RUNC_RUNTIME.into();
-            entry.carry_options = false;
-            entry.wrapper_entry = Some(WrapperEntry {
-                runtime: shim.traced_runtime(),
-                link,
-                inner: runc_shim.to_path_buf(),
-                oci_runtime: crun.to_path_buf(),
-            });
-            entry
-        }
-    }
+    let runc_shim = RealShim {
+        name: profiles::runc_shim(),
+        path: runc_shim.to_path_buf(),
+    };
+    TracedRuntime::through_runc_shim("traced-crun".into(), "crun", crun, &runc_shim, bin, form)
 }
 
 /// `shimtrace install` arguments parsed as the CLI parses them.
@@ -796,6 +769,7 @@ impl HttpEngine for CriTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shimtrace_containerd::install::RUNC_RUNTIME;
 
     #[test]
     fn cri_logs_are_joined_back_into_the_output() {
@@ -907,6 +881,10 @@ mod tests {
         );
         let path = crun_runtime(Form::Path, bin, runc_shim, crun);
         assert_eq!(path.runtime_type, RUNC_RUNTIME);
+        assert_eq!(
+            path.runtime_path.as_deref(),
+            Some(bin.join("containerd-shim-traced-runc-v2").as_path())
+        );
         assert_eq!(path.binary_name.as_deref(), Some("/usr/bin/crun"));
         assert!(path.wrapper_entry.is_none());
         let name = crun_runtime(Form::Name, bin, runc_shim, crun);
