@@ -1,6 +1,7 @@
 //! Logging for every subcommand, set up once: to stderr, because stdout carries the command's
 //! output (`traces --json`, `report`, ...) and scripts parse it. The filter comes from
-//! `SHIMTRACE_LOG` (the variable the shims read), else `RUST_LOG`, else the command's default.
+//! `SHIMTRACE_LOG` (the variable the shims read, which take a level only), else `RUST_LOG`, else
+//! the command's default.
 
 use std::io::IsTerminal;
 
@@ -14,14 +15,16 @@ const FILTER_VARS: [&str; 2] = [LOG_LEVEL, "RUST_LOG"];
 
 /// Installs the stderr logger; `default` applies when no variable sets a filter.
 pub fn init(default: LevelFilter) {
-    let filter = filter(default, |name| std::env::var(name).ok());
+    let _ = logger(filter(default, |name| std::env::var(name).ok())).try_init();
+}
+
+/// The stderr logger, `filter` alone deciding what it writes.
+fn logger(filter: Targets) -> impl tracing::Subscriber + Send + Sync {
     // Colour only for a person at a terminal: journald and test harnesses read plain text.
-    let _ = tracing_subscriber::fmt()
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .finish()
-        .with(filter)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry().with(stderr).with(filter)
 }
 
 /// The filter of the first variable that is set and parses; a variable that does not parse is
@@ -83,6 +86,26 @@ mod tests {
         assert!(!targets.would_enable("shimtrace_collector::ingest", &tracing::Level::TRACE));
         assert!(!targets.would_enable("h2", &tracing::Level::WARN));
         assert!(targets.would_enable("h2", &tracing::Level::ERROR));
+    }
+
+    #[test]
+    fn the_logger_writes_what_the_filter_lets_through() {
+        use tracing::{enabled, Level};
+        // Whether the logger built for `value` writes (trace, debug, info) events.
+        let writes = |value: &str| {
+            let logger = logger(filter(LevelFilter::WARN, env(&[(LOG_LEVEL, value)])));
+            tracing::subscriber::with_default(logger, || {
+                (
+                    enabled!(Level::TRACE),
+                    enabled!(Level::DEBUG),
+                    enabled!(Level::INFO),
+                )
+            })
+        };
+        assert_eq!(writes("trace"), (true, true, true));
+        assert_eq!(writes("debug"), (false, true, true));
+        assert_eq!(writes("warn"), (false, false, false));
+        assert_eq!(writes("nothing_here=trace,info"), (false, false, true));
     }
 
     #[test]
