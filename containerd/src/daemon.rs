@@ -224,11 +224,17 @@ mod tests {
         assert!(matches!(ended, Startup::Ready), "{ended:?}");
         assert_eq!(stop(child, long).signal(), Some(15));
 
-        // Only the SIGKILL after the stop timeout ends a daemon that ignores SIGTERM.
-        let ignores_term = "trap '' TERM; while :; do sleep 1; done";
+        // A daemon that never answers is waited for until the timeout.
         let short = Duration::from_millis(100);
-        let (child, ended) = spawn_and_await(ignores_term, &log, short, "");
+        let (child, ended) = spawn_and_await("exec sleep 60", &log, short, "");
         assert!(matches!(ended, Startup::TimedOut), "{ended:?}");
+        assert_eq!(stop(child, long).signal(), Some(15));
+
+        // Only the SIGKILL after the stop timeout ends a daemon that ignores SIGTERM (once it has
+        // said so: before its trap is set, SIGTERM would end it).
+        let ignores_term = "trap '' TERM; echo ignoring; while :; do sleep 1; done";
+        let (child, ended) = spawn_and_await(ignores_term, &log, long, "ignoring");
+        assert!(matches!(ended, Startup::Ready), "{ended:?}");
         assert_eq!(stop(child, short).signal(), Some(9));
     }
 }
