@@ -46,7 +46,8 @@ use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use tempfile::TempDir;
 
 use super::{
-    is_zombie, kill_and_reap, owned_processes, shim_socket_path, Ownership, INSTANCE_MARKER_ENV,
+    is_zombie, kill_and_reap, kill_with_descendants, owned_processes, shim_socket_path, Ownership,
+    INSTANCE_MARKER_ENV,
 };
 
 /// The containerd version string the peer claims in `BootstrapParams`.
@@ -493,9 +494,9 @@ impl Drop for Containerd23Peer {
             environ: vec![format!("{INSTANCE_MARKER_ENV}={}", self.dir().display()).into_bytes()],
             dir: self.dir().as_os_str().as_encoded_bytes().to_vec(),
         };
-        for pid in owned_processes(&ownership) {
-            kill_and_reap(pid);
-        }
+        // The shims go with their descendants (a container a test left running), as the
+        // containerd and Docker harnesses end theirs.
+        kill_with_descendants(&owned_processes(&ownership));
         self.stop_drains.store(true, Ordering::SeqCst);
         if let Ok(mut drains) = self.drains.lock() {
             for drain in drains.drain(..) {
