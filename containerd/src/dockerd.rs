@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 use crate::docker::{render_daemon_json, DockerCli, DockerError};
-use crate::files::FileError;
+use crate::files::io_err;
 
 /// Where `scripts/install-docker.sh` unpacks Docker Engines (`<prefix>/<version>/usr/{sbin,bin}`).
 pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/docker";
@@ -127,20 +127,11 @@ impl DockerdConfig {
     /// Creates the directory and writes daemon.json (before [`PrivateDockerd::start`], which reads
     /// it as it is then: an installer may merge its runtimes in between).
     pub fn write_daemon_json(&self) -> Result<(), DockerError> {
-        fs::create_dir_all(&self.dir).map_err(|source| {
-            DockerError::Io(FileError {
-                context: "cannot create",
-                path: self.dir.clone(),
-                source,
-            })
-        })?;
-        fs::write(self.config_path(), render_daemon_json(&self.daemon_json())).map_err(|source| {
-            DockerError::Io(FileError {
-                context: "cannot write",
-                path: self.config_path(),
-                source,
-            })
-        })
+        fs::create_dir_all(&self.dir).map_err(io_err("cannot create", &self.dir))?;
+        let config_path = self.config_path();
+        fs::write(&config_path, render_daemon_json(&self.daemon_json()))
+            .map_err(io_err("cannot write", &config_path))?;
+        Ok(())
     }
 
     /// The docker CLI talking to this dockerd.
@@ -181,16 +172,8 @@ impl PrivateDockerd {
             .env("PATH", &config.path)
             .envs(config.env.iter().map(|(k, v)| (k, v)));
         let mut child = spawn_logged(command, &log_path).map_err(|e| match e {
-            SpawnError::Log(source) => DockerError::Io(FileError {
-                context: "cannot open",
-                path: log_path.clone(),
-                source,
-            }),
-            SpawnError::Start(source) => DockerError::Io(FileError {
-                context: "cannot start",
-                path: config.dockerd.clone(),
-                source,
-            }),
+            SpawnError::Log(source) => io_err("cannot open", &log_path)(source),
+            SpawnError::Start(source) => io_err("cannot start", &config.dockerd)(source),
         })?;
         let cli = config.cli();
         let timeout = config.ready_timeout;

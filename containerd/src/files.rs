@@ -29,10 +29,10 @@ pub fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> F
 
 /// Appended to the target's path to name the temporary file written beside it (in the same
 /// directory, so that the rename stays on one file system).
-pub const TMP_SUFFIX: &str = ".shimtrace-tmp";
+const TMP_SUFFIX: &str = ".shimtrace-tmp";
 
 /// The temporary file [`replace_file`] writes before renaming it over `path`.
-pub fn tmp_path(path: &Path) -> PathBuf {
+fn tmp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(TMP_SUFFIX);
     PathBuf::from(tmp)

@@ -37,7 +37,7 @@ use shimtrace_span::naming::find_in_path;
 use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 
 /// The `PATH` used when this process has none.
-pub const FALLBACK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+const FALLBACK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What can go wrong starting, probing or stopping a private containerd.
@@ -440,13 +440,21 @@ impl PrivateConfig {
     /// The `PATH` containerd (and so every shim) gets: [`Self::path_prepend`], then this process's
     /// `PATH`.
     pub fn path_var(&self) -> Result<OsString, PrivateError> {
-        let mut dirs = self.path_prepend.clone();
-        dirs.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
-        ));
-        std::env::join_paths(dirs)
+        path_with(self.path_prepend.iter().cloned())
             .map_err(|e| PrivateError::io("building containerd's PATH")(io::Error::other(e)))
     }
+}
+
+/// A `PATH` of `first`, then this process's `PATH` (else [`FALLBACK_PATH`]): what a daemon the
+/// tools start, and the shims it runs, get.
+pub fn path_with(
+    first: impl IntoIterator<Item = PathBuf>,
+) -> Result<OsString, std::env::JoinPathsError> {
+    let mut dirs: Vec<PathBuf> = first.into_iter().collect();
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
+    ));
+    std::env::join_paths(dirs)
 }
 
 /// A running containerd of our own (see the module docs); stopped when dropped.

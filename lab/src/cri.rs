@@ -33,9 +33,8 @@ use shimtrace_containerd::install::{
     write_wrapper_config, Form, InstallArgs, InstallOutcome, RealShim, TracedRuntime,
 };
 use shimtrace_containerd::private::{
-    await_cri_ready, ctr_beside, import_cri_image, make_private, newest_unpacked, ConfigSource,
-    ContainerdBinary, CriSettings, PrivateConfig, PrivateContainerd, FALLBACK_PATH,
-    UNPACKED_PREFIX,
+    await_cri_ready, ctr_beside, import_cri_image, make_private, newest_unpacked, path_with,
+    ConfigSource, ContainerdBinary, CriSettings, PrivateConfig, PrivateContainerd, UNPACKED_PREFIX,
 };
 use shimtrace_containerd::rootfs;
 use shimtrace_span::naming::which;
@@ -81,20 +80,11 @@ fn cri_error(what: &str) -> impl FnOnce(&dyn std::fmt::Display) -> LabError + '_
 /// The caller writes the report.
 pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), LabError> {
     let target = connect(lab, found).await.map_err(|e| found.fatal(e))?;
-    let result = measure_on(lab, &target, found).await;
-    target.close(found).await;
-    result
-}
-
-async fn measure_on(
-    lab: &Lab<'_>,
-    target: &CriTarget,
-    found: &mut Findings,
-) -> Result<(), LabError> {
-    let mut active = preflight(lab, target, found).await;
-    cold_starts(lab, target, &mut active).await;
+    let mut active = preflight(lab, &target, found).await;
+    cold_starts(lab, &target, &mut active).await;
     let spool = (target.spool_dir.as_path(), target.spool_start);
-    spans_serving_export(lab, target, spool, active, found).await;
+    spans_serving_export(lab, &target, spool, active, found).await;
+    target.close(found).await;
     Ok(())
 }
 
@@ -135,12 +125,8 @@ fn form_summary(outcome: &InstallOutcome) -> String {
 
 /// The `traced-crun` handler: crun has no shim of its own, so the runc shim runs it as its OCI
 /// runtime, registered as install registers gVisor through the runc shim.
-fn crun_runtime(form: Form, bin: &Path, runc_shim: &Path, crun: &Path) -> TracedRuntime {
-    let runc_shim = RealShim {
-        name: profiles::runc_shim(),
-        path: runc_shim.to_path_buf(),
-    };
-    TracedRuntime::through_runc_shim("traced-crun".into(), "crun", crun, &runc_shim, bin, form)
+fn crun_runtime(form: Form, bin: &Path, runc_shim: &RealShim, crun: &Path) -> TracedRuntime {
+    TracedRuntime::through_runc_shim("traced-crun".into(), "crun", crun, runc_shim, bin, form)
 }
 
 /// `shimtrace install` arguments parsed as the CLI parses them.
@@ -211,12 +197,8 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
 
     // The handlers, registered as a user registers them: `shimtrace install --write`.
     let containerd_bin = binary.path().parent().map(Path::to_path_buf);
-    let mut shim_dirs: Vec<PathBuf> = containerd_bin.iter().cloned().collect();
-    shim_dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
-    ));
     let shim_path =
-        std::env::join_paths(&shim_dirs).map_err(|e| cri_error("building the shim PATH")(&e))?;
+        path_with(containerd_bin.clone()).map_err(|e| cri_error("building the shim PATH")(&e))?;
     let mut argv: Vec<OsString> = vec![
         "--bin-dir".into(),
         bin.clone().into(),
@@ -244,8 +226,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
     let mut registered = outcome.runtimes.clone();
     let runc_shim = find_real_shims(&shim_path)
         .into_iter()
-        .find(|s| s.name == profiles::runc_shim())
-        .map(|s| s.path);
+        .find(|s| s.name == profiles::runc_shim());
     if let (Some(crun), Some(runc_shim)) = (which("crun"), runc_shim) {
         let entry = crun_runtime(form, &bin, &runc_shim, &crun);
         let text = std::fs::read_to_string(&config_path).map_err(out_err(&config_path))?;
@@ -876,10 +857,13 @@ mod tests {
     fn crun_goes_through_the_wrapper_config_in_the_name_form_only() {
         let bin = Path::new("/b");
         let (runc_shim, crun) = (
-            Path::new("/usr/bin/containerd-shim-runc-v2"),
+            RealShim {
+                name: profiles::runc_shim(),
+                path: "/usr/bin/containerd-shim-runc-v2".into(),
+            },
             Path::new("/usr/bin/crun"),
         );
-        let path = crun_runtime(Form::Path, bin, runc_shim, crun);
+        let path = crun_runtime(Form::Path, bin, &runc_shim, crun);
         assert_eq!(path.runtime_type, RUNC_RUNTIME);
         assert_eq!(
             path.runtime_path.as_deref(),
@@ -887,7 +871,7 @@ mod tests {
         );
         assert_eq!(path.binary_name.as_deref(), Some("/usr/bin/crun"));
         assert!(path.wrapper_entry.is_none());
-        let name = crun_runtime(Form::Name, bin, runc_shim, crun);
+        let name = crun_runtime(Form::Name, bin, &runc_shim, crun);
         assert_eq!(name.runtime_type, "io.containerd.traced-crun.v2");
         assert_eq!(name.runtime_path, None);
         assert!(!name.carry_options);
@@ -895,7 +879,7 @@ mod tests {
         assert_eq!(entry.link, bin.join("containerd-shim-traced-crun-v2"));
         assert_eq!(
             (entry.inner.as_path(), entry.oci_runtime.as_path()),
-            (runc_shim, crun)
+            (runc_shim.path.as_path(), crun)
         );
     }
 }

@@ -28,6 +28,7 @@ use shimtrace_containerd::dockerd::{
     newest_unpacked, DockerdConfig, PrivateDockerd, UNPACKED_PREFIX,
 };
 use shimtrace_containerd::image::write_docker_archive;
+use shimtrace_containerd::private::path_with;
 use shimtrace_containerd::rootfs;
 use shimtrace_span::naming::which;
 
@@ -84,21 +85,11 @@ pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), L
         ));
     }
     let target = connect(lab, found).await.map_err(|e| found.fatal(e))?;
-    let result = measure_on(lab, &target, found).await;
-    target.close(lab, found);
-    result
-}
-
-async fn measure_on(
-    lab: &Lab<'_>,
-    target: &DockerTarget,
-    found: &mut Findings,
-) -> Result<(), LabError> {
-    let mut active = preflight(lab, target, found);
-    cold_starts(lab, target, &mut active);
-    // Docker names containers by its own ids: the lab's are those its runs recorded.
+    let mut active = preflight(lab, &target, found);
+    cold_starts(lab, &target, &mut active);
     let spool = (target.spool_dir.as_path(), target.spool_start);
-    spans_serving_export(lab, target, spool, active, found).await;
+    spans_serving_export(lab, &target, spool, active, found).await;
+    target.close(lab, found);
     Ok(())
 }
 
@@ -227,12 +218,8 @@ fn start_private(
         source,
     })?;
     let mut config = DockerdConfig::new(dir.path(), &dockerd);
-    let mut path = vec![bin.clone()];
-    path.extend(dockerd.parent().map(Path::to_path_buf));
-    path.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-    ));
-    config.path = std::env::join_paths(path).map_err(|e| no_docker(e.to_string()))?;
+    let first = std::iter::once(bin.clone()).chain(dockerd.parent().map(Path::to_path_buf));
+    config.path = path_with(first).map_err(|e| no_docker(e.to_string()))?;
     config.env = vec![(
         shimtrace_span::env::SPOOL_DIR.into(),
         spool_dir.clone().into_os_string(),

@@ -90,8 +90,6 @@ pub enum HarnessError {
     #[error("{0}")]
     Image(#[from] shimtrace_containerd::image::ImageError),
     #[error("{0}")]
-    Import(Box<shimtrace_containerd::image::ImportError>),
-    #[error("{0}")]
     Cri(Box<shimtrace_containerd::cri::CriError>),
     /// A CRI-enabled private containerd could not be made ready for pods (image import, or CRI
     /// not answering in time).
@@ -108,12 +106,6 @@ impl HarnessError {
             action: action.into(),
             source,
         }
-    }
-}
-
-impl From<shimtrace_containerd::image::ImportError> for HarnessError {
-    fn from(error: shimtrace_containerd::image::ImportError) -> Self {
-        HarnessError::Import(Box::new(error))
     }
 }
 
