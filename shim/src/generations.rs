@@ -85,6 +85,7 @@ impl<V: Clone> Generations<V> {
     }
 
     /// Entries remembered now, in both generations.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         [&self.current, &self.previous]
             .iter()

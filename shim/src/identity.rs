@@ -437,8 +437,9 @@ pub fn write_sidecar(bundle: &Path, identity: &Identity) -> Result<(), SafeFsErr
     crate::bundle::write_json(bundle, SIDECAR, identity)
 }
 
-/// The proxy's view: (namespace, container id) → identity, backed by the bundles. Used only on the
-/// spool's writer thread.
+/// The proxy's view: (namespace, container id) → identity, backed by the bundles. Learned from
+/// `Create` ([`Self::create_seen`]) and looked up for bundles ([`Self::bundle_of`]) on the
+/// forwarding threads; spans get their identity on the spool's writer thread.
 pub struct IdentityRegistry {
     /// `<state>/io.containerd.runtime.v2.task`, whose `<ns>/<id>` are the bundles.
     task_root: Option<PathBuf>,
@@ -618,7 +619,8 @@ impl IdentityRegistry {
     }
 
     /// Identities remembered now.
-    pub fn remembered(&self) -> usize {
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
         self.known.lock().map(|k| k.len()).unwrap_or(0)
     }
 }
@@ -1276,9 +1278,7 @@ mod tests {
         assert_eq!(workload.engine_name.as_deref(), Some("web-1"));
         assert_eq!(workload.image.as_deref(), Some("local/busybox:1"));
         // Another container's directory is not read.
-        let other = root.path().join("moby").join("other");
-        std::fs::create_dir_all(&other).unwrap();
-        std::fs::write(other.join("config.json"), spec.to_string()).unwrap();
+        let other = bundle_with_spec(root.path(), "moby", "other", &spec);
         assert_eq!(Workload::of_bundle(&other), Workload::default());
         // CRI's annotations win: a pod's container is described by them.
         let cri = serde_json::json!({
@@ -1316,17 +1316,28 @@ mod tests {
     }
 
     #[test]
-    fn a_retired_identity_goes_at_the_next_turn_and_one_in_use_stays() {
-        let runsc = Arc::new(Identity::resolve(None, Some("runsc"), None, RUNC_SHIM));
-        let mut generations = Generations::default();
-        generations.insert("ns", "retired", runsc.clone());
-        generations.insert("ns", "in-use", runsc.clone());
-        generations.retire("ns", "retired");
+    fn a_shutdown_span_retires_its_identity_and_other_spans_do_not() {
+        let registry = IdentityRegistry::new(None);
+        for id in ["retired", "in-use"] {
+            registry.created("ns", id, None, None, "/usr/bin/containerd-shim-runsc-v1");
+        }
+        registry.annotate(&mut span_of(
+            "ns",
+            "retired",
+            "containerd.task.v2.Task/Shutdown",
+        ));
+        registry.annotate(&mut span_of(
+            "ns",
+            "in-use",
+            "containerd.task.v2.Task/State",
+        ));
         // Enough new containers for one generation turn.
         for i in 0..REMEMBERED / 2 {
-            generations.insert("ns", &format!("new-{i}"), runsc.clone());
+            registry.lookup("ns", &format!("new-{i}"), RUNC_SHIM);
         }
-        assert_eq!(generations.get("ns", "retired"), None);
-        assert_eq!(generations.get("ns", "in-use"), Some(runsc));
+        // Forgotten, and with no bundle left, resolved afresh from the shim; the other one stays.
+        let runtime = |id| registry.lookup("ns", id, RUNC_SHIM).runtime.name.clone();
+        assert_eq!(runtime("retired"), "runc");
+        assert_eq!(runtime("in-use"), "runsc");
     }
 }

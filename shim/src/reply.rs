@@ -241,8 +241,8 @@ mod tests {
 
     #[test]
     fn protobuf_reply_with_a_negative_capability_keeps_its_framing() {
-        // Found by fuzzing (fuzz/fuzz_targets/bootstrap_params.rs): re-encoding a decoded
-        // BootstrapResult whose capabilities hold -4 gave bytes that no longer decode.
+        // A case of fuzz/fuzz_targets/bootstrap_params.rs: re-encoding a decoded BootstrapResult
+        // whose capabilities hold -4 must give bytes that still decode.
         // Version 3, the address, capabilities [-4] (packed, a ten-byte varint), as a shim could
         // write them.
         let mut raw = vec![0x08, 0x03, 0x12, 28];
@@ -260,10 +260,10 @@ mod tests {
 
     #[test]
     fn a_protobuf_reply_cut_short_is_not_taken_for_one() {
-        // Found by fuzzing (fuzz/fuzz_targets/start_reply.rs): a metadata entry (field 5) whose
-        // length runs past the end was decoded, and the proxy's address written after it then
-        // landed inside that entry. containerd refuses such a reply; so does the parser now, and
-        // the wrapper relays it unchanged.
+        // A case of fuzz/fuzz_targets/start_reply.rs: a metadata entry (field 5) whose length
+        // runs past the end must not be decoded, or the proxy's address written after it would
+        // land inside that entry. containerd refuses such a reply; so does the parser, and the
+        // wrapper relays it unchanged.
         let mut raw = vec![0x08, 0x03, 0x12, 28];
         raw.extend_from_slice(b"unix:///run/containerd/s/abc");
         raw.extend_from_slice(&[0x2a, 0xff, 0xff, 0xff, 0xff, 0x06, 0x0a, 0x01, b'k']);

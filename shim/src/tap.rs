@@ -296,7 +296,7 @@ pub fn decode_task_response(method: &str, payload: &[u8], attributes: &mut Attri
     for (key, value) in [
         (attr::PROCESS_PID, pid),
         (attr::PROCESS_EXIT_CODE, exit_status),
-        ("shimtrace.shim.pid", shim_pid),
+        (attr::SHIM_PID, shim_pid),
     ] {
         if let Some(value) = value {
             attributes.insert(key.to_string(), AttributeValue::from(value));
@@ -960,6 +960,41 @@ mod tests {
     }
 
     #[test]
+    fn a_shutdown_retires_its_containers_trace_and_other_calls_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = test_context(dir.path());
+        let tap = ConnectionTap::new(ctx.clone());
+        let traces = &ctx.traces;
+        let (c1, c2) = (
+            traces.lookup("default", "c1", None),
+            traces.lookup("default", "c2", None),
+        );
+        let mut shutdown = api::ShutdownRequest::new();
+        shutdown.id = "c1".into();
+        let mut state = api::StateRequest::new();
+        state.id = "c2".into();
+        let meta = [(NAMESPACE_METADATA, "default")];
+        for (sid, method, payload) in [
+            (1, "Shutdown", shutdown.write_to_bytes().unwrap()),
+            (3, "State", state.write_to_bytes().unwrap()),
+        ] {
+            let call = request("containerd.task.v2.Task", method, payload, &meta);
+            tap.on_request(&header(sid), &call, 10);
+            tap.on_response(sid, &response(ttrpc::Code::OK, vec![]), 20);
+        }
+        // Enough new containers for one generation turn.
+        for i in 0..crate::generations::REMEMBERED / 2 {
+            traces.lookup("default", &format!("new-{i}"), None);
+        }
+        assert_ne!(
+            traces.lookup("default", "c1", None),
+            c1,
+            "retired at Shutdown"
+        );
+        assert_eq!(traces.lookup("default", "c2", None), c2);
+    }
+
+    #[test]
     fn unmatched_halves_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = test_context(dir.path());
@@ -1046,7 +1081,7 @@ mod tests {
             (
                 get(attr::PROCESS_PID),
                 get(attr::PROCESS_EXIT_CODE),
-                get("shimtrace.shim.pid"),
+                get(attr::SHIM_PID),
             )
         };
         let mut deleted = api::DeleteResponse::new();

@@ -174,20 +174,17 @@ mod tests {
 
     #[test]
     fn a_retired_container_goes_at_the_next_turn_and_one_in_use_stays() {
-        let ctx = |n: u8| TraceContext {
-            trace_id: TraceId([n; 16]),
-            parent_span_id: None,
-        };
-        let mut known = Generations::default();
-        known.insert("ns", "retired", ctx(1));
-        known.insert("ns", "in-use", ctx(2));
-        known.retire("ns", "retired");
+        let registry = TraceRegistry::new(None);
+        let retired = registry.lookup("ns", "retired", None);
+        let in_use = registry.lookup("ns", "in-use", None);
+        registry.retire("ns", "retired");
         // Enough new containers for one generation turn.
         for i in 0..REMEMBERED / 2 {
-            known.insert("ns", &format!("new-{i}"), ctx(3));
+            registry.lookup("ns", &format!("new-{i}"), None);
         }
-        assert_eq!(known.get("ns", "retired"), None);
-        assert_eq!(known.get("ns", "in-use"), Some(ctx(2)));
+        // Forgotten, and with no sidecar to read, it gets a trace of its own.
+        assert_ne!(registry.lookup("ns", "retired", None), retired);
+        assert_eq!(registry.lookup("ns", "in-use", None), in_use);
     }
 
     #[test]

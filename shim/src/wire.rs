@@ -170,8 +170,8 @@ mod tests {
 
     #[test]
     fn a_group_left_open_is_refused_as_a_full_decode_refuses_it() {
-        // Found by fuzzing (fuzz/fuzz_targets/wire.rs): an unknown group (field 13) that never
-        // ends swallowed the rest of the request, including a traceparent the proxy appended.
+        // A case of fuzz/fuzz_targets/wire.rs: an unknown group (field 13) that never ends must
+        // not swallow the rest of the request, a traceparent the proxy appended included.
         let open_group = b"\x0a\x17co/ntainerd.task.v2.Tis\x6b\x12\x07C)nnect\x1a\x05\x0a\x03fz1";
         assert!(ttrpc::Request::parse_from_bytes(open_group).is_err());
         assert!(RequestView::parse(open_group, ["a", "b"]).is_none());

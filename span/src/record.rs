@@ -28,6 +28,8 @@ pub mod attr {
     pub const OUTCOME: &str = "shimtrace.outcome";
     /// The pid of the shimtrace process that recorded the span (wrapper or proxy).
     pub const RECORDER_PID: &str = "shimtrace.recorder.pid";
+    /// The inner shim's own pid, as its `Connect` answer gives it.
+    pub const SHIM_PID: &str = "shimtrace.shim.pid";
     pub const SIGNAL: &str = "shimtrace.signal";
     /// The container's own trace, set on spans that joined containerd's trace (`traceparent`), so
     /// a container's spans can still be gathered in one place.
