@@ -5,6 +5,8 @@
 //! `systemctl` and `ctr`, a `containerd` that says it is Debian's 1.6.20, so install writes the
 //! runtime-name form and gVisor's entry in the wrapper's config), with the real `shimtrace` and
 //! wrapper binaries; when `install --uninstall` cannot undo it, both configs go back as they were.
+//! On a real containerd 1.6.20 with CRI, the configs the script writes run traced pods, and those
+//! it puts back run pods again.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -542,8 +544,8 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
 /// The node installer on a real containerd with CRI, Debian bookworm's 1.6.20 (the runtime-name
 /// form, gVisor through the wrapper's config): containerd restarted on the configs the script
 /// wrote runs pods traced under `traced-runc` and `traced-runsc`, through the links to the
-/// binaries the script placed; after the script's uninstall, containerd restarted on the configs
-/// put back runs pods untraced. (The script's own restart is a no-op here: the test restarts its
+/// binaries the script placed; after the script's uninstall, the configs are back byte for byte
+/// and containerd restarted on them runs a pod under its default runtime. (The script's own restart is a no-op here: the test restarts its
 /// private containerd itself; the rollback is covered on the scratch host above.)
 #[test]
 fn node_installer_configs_run_pods_on_real_containerd() {
