@@ -152,9 +152,10 @@ fn traced_pod(version: &str) {
     }
 
     let logs = tempfile::tempdir().unwrap();
+    let two = logged_pod("two", version, "traced-runc", logs.path());
     let run = node
         .run_pod(
-            &logged_pod("two", version, "traced-runc", logs.path()),
+            &two,
             &[container("quits", &["/bin/sh", "-c", "exit 3"]), waits()],
         )
         .expect("the pod runs under traced-runc");
@@ -203,6 +204,26 @@ fn traced_pod(version: &str) {
         span(&waits_spans, "Wait").attr_i64(attr::PROCESS_EXIT_CODE),
         Some(7)
     );
+    // Every span names the pod as Kubernetes knows it, and which of its parts the call was for.
+    for (spans, role, container) in [
+        (&sandbox, "sandbox", None),
+        (&quits_spans, "container", Some("quits")),
+        (&waits_spans, "container", Some("waits")),
+    ] {
+        for s in spans {
+            let pod = (
+                s.attr_str(attr::K8S_POD_NAME),
+                s.attr_str(attr::K8S_NAMESPACE_NAME),
+                s.attr_str(attr::K8S_POD_UID),
+            );
+            let ours = (Some(two.name.as_str()), Some(two.namespace.as_str()));
+            assert_eq!((pod.0, pod.1), ours, "{s:?}");
+            assert_eq!(pod.2, Some(two.uid.as_str()), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_ROLE), Some(role), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_SANDBOX_ID), Some(run.id()), "{s:?}");
+            assert_eq!(s.attr_str(attr::K8S_CONTAINER_NAME), container, "{s:?}");
+        }
+    }
 
     // Pod deletion leaves nothing behind.
     node.remove_pod(run.id()).unwrap();
