@@ -622,7 +622,7 @@ async fn preflight(lab: &Lab<'_>, target: &CriTarget, found: &mut Findings) -> V
                 .as_ref()
                 .map(|e| e.oci_runtime.display().to_string())
         });
-        let name = format!("lab-{}-probe-{}", profile.name, lab.suffix);
+        let name = lab.container_name(profile, "probe");
         let (_, outcome) = target.probe_pod(&handler.handler, &name).await;
         let probe = match outcome {
             Ok((0, output)) => parse_probe(&output)
@@ -668,16 +668,13 @@ async fn preflight(lab: &Lab<'_>, target: &CriTarget, found: &mut Findings) -> V
 /// `--runs` rounds interleaved across the profiles, each one pod of the probe.
 async fn cold_starts(lab: &Lab<'_>, target: &CriTarget, active: &mut [Active]) {
     let bar = crate::cold_start_bar(lab, active.len(), "pod startup (CRI)");
-    for round in 0..lab.args.runs as usize {
-        for k in 0..active.len() {
-            let index = (round + k) % active.len();
-            let entry = &mut active[index];
-            bar.set_message(entry.profile.name.clone());
-            let name = format!("lab-{}-{round}-{}", entry.profile.name, lab.suffix);
-            let (run, outcome) = target.probe_pod(&entry.profile.runtime, &name).await;
-            entry.result.runs.push(record(round, name, run, outcome));
-            bar.inc(1);
-        }
+    for (round, index) in crate::rotation(lab.args.runs, active.len()) {
+        let entry = &mut active[index];
+        bar.set_message(entry.profile.name.clone());
+        let name = lab.container_name(&entry.profile, round);
+        let (run, outcome) = target.probe_pod(&entry.profile.runtime, &name).await;
+        entry.result.runs.push(record(round, name, run, outcome));
+        bar.inc(1);
     }
     bar.finish_and_clear();
 }

@@ -63,7 +63,7 @@ impl DockerTarget {
 
     /// Removes the lab's containers and image, and stops a private dockerd.
     fn close(self, lab: &Lab<'_>, found: &mut Findings) {
-        let filter = format!("name=lab-.*-{}$", lab.suffix);
+        let filter = format!("name={}", lab.name_pattern());
         if let Ok(ids) = self.run(&["ps", "-aq", "--filter", &filter]) {
             for id in ids.stdout.split_whitespace() {
                 if let Err(e) = self.run(&["rm", "-f", id]) {
@@ -367,7 +367,7 @@ fn preflight(lab: &Lab<'_>, target: &DockerTarget, found: &mut Findings) -> Vec<
                     .join(" "),
             )
         });
-        let name = format!("lab-{}-probe-{}", profile.name, lab.suffix);
+        let name = lab.container_name(profile, "probe");
         let probe = run_rm(target, &runtime, &name, &[rootfs::PROBE_IN_ROOTFS]);
         let outcome = match probe.map(|run| run.output) {
             Ok(out) if out.success() => match parse_probe(&out.stdout) {
@@ -456,16 +456,13 @@ fn run_rm(
 /// `docker run --rm` of the probe.
 fn cold_starts(lab: &Lab<'_>, target: &DockerTarget, active: &mut [Active]) {
     let bar = crate::cold_start_bar(lab, active.len(), "cold start (docker run)");
-    for round in 0..lab.args.runs as usize {
-        for k in 0..active.len() {
-            let index = (round + k) % active.len();
-            let entry = &mut active[index];
-            bar.set_message(entry.profile.name.clone());
-            let name = format!("lab-{}-{round}-{}", entry.profile.name, lab.suffix);
-            let record = cold_start(target, &entry.profile.runtime, &name, round);
-            entry.result.runs.push(record);
-            bar.inc(1);
-        }
+    for (round, index) in crate::rotation(lab.args.runs, active.len()) {
+        let entry = &mut active[index];
+        bar.set_message(entry.profile.name.clone());
+        let name = lab.container_name(&entry.profile, round);
+        let record = cold_start(target, &entry.profile.runtime, &name, round);
+        entry.result.runs.push(record);
+        bar.inc(1);
     }
     bar.finish_and_clear();
 }

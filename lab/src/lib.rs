@@ -294,6 +294,23 @@ impl<'a> Lab<'a> {
         })
     }
 
+    /// The name of this run's container `what` of `profile` (`probe`, a round's number, `http`):
+    /// `lab-<profile>-<what>-<suffix>`, unique to this run.
+    fn container_name(&self, profile: &Profile, what: impl std::fmt::Display) -> String {
+        format!("lab-{}-{what}-{}", profile.name, self.suffix)
+    }
+
+    /// Whether `id` is a name [`Lab::container_name`] gave.
+    fn is_ours(&self, id: &str) -> bool {
+        id.starts_with("lab-") && id.ends_with(&self.suffix)
+    }
+
+    /// A regular expression that matches every name [`Lab::container_name`] gives (for
+    /// `docker ps --filter name=…`).
+    fn name_pattern(&self) -> String {
+        format!("lab-.*-{}$", self.suffix)
+    }
+
     /// A run of `argv` in the lab's rootfs (or `--image`) as container `id`, before a profile
     /// applies its runtime.
     fn spec(&self, id: String, argv: &[&str]) -> RunSpec {
@@ -558,8 +575,7 @@ async fn measure(lab: &Lab<'_>, target: &Target, found: &mut Findings) -> Result
         &mut found.report,
     );
     served_latency(lab, client, &mut active, found).await;
-    let suffix = lab.suffix.as_str();
-    let is_ours = |id: &str| id.starts_with("lab-") && id.ends_with(suffix);
+    let is_ours = |id: &str| lab.is_ours(id);
     export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
     found.place_in_order(lab, active);
     Ok(())
@@ -595,7 +611,7 @@ async fn preflight(
             found.skip(result, reason, lab.explicit);
             continue;
         }
-        let probe_id = format!("lab-{}-probe-{}", profile.name, lab.suffix);
+        let probe_id = lab.container_name(profile, "probe");
         // The probe's output and the line that says the profile is ready, or why it is not.
         let outcome = if lab.args.image.is_some() {
             match image_preflight(lab, client, profile, &probe_id).await {
@@ -657,8 +673,7 @@ async fn probe_preflight(
     })
 }
 
-/// Stage 4, cold starts: `--runs` rounds interleaved across the profiles; the order rotates every
-/// round so no profile always goes first.
+/// Stage 4, cold starts: `--runs` rounds interleaved across the profiles (see [`rotation`]).
 async fn cold_starts(
     lab: &Lab<'_>,
     client: &Containerd,
@@ -666,15 +681,12 @@ async fn cold_starts(
     image_command: Option<&[String]>,
 ) -> Result<(), LabError> {
     let bar = cold_start_bar(lab, active.len(), "cold start");
-    for round in 0..lab.args.runs as usize {
-        for k in 0..active.len() {
-            let index = (round + k) % active.len();
-            let entry = &mut active[index];
-            bar.set_message(entry.profile.name.clone());
-            let record = cold_start(lab, client, &entry.profile, round, image_command).await?;
-            entry.result.runs.push(record);
-            bar.inc(1);
-        }
+    for (round, index) in rotation(lab.args.runs, active.len()) {
+        let entry = &mut active[index];
+        bar.set_message(entry.profile.name.clone());
+        let record = cold_start(lab, client, &entry.profile, round, image_command).await?;
+        entry.result.runs.push(record);
+        bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(())
@@ -689,7 +701,7 @@ async fn cold_start(
     round: usize,
     image_command: Option<&[String]>,
 ) -> Result<RunRecord, LabError> {
-    let id = format!("lab-{}-{round}-{}", profile.name, lab.suffix);
+    let id = lab.container_name(profile, round);
     let argv: Vec<&str> = match image_command {
         Some(command) => command.iter().map(String::as_str).collect(),
         None => vec![rootfs::PROBE_IN_ROOTFS],
@@ -743,6 +755,14 @@ async fn cold_start(
         }
     }
     Ok(record)
+}
+
+/// Stage 4's order under every engine: `--runs` rounds over `profiles` profiles, as (round, profile
+/// index) pairs. Each round starts one profile later than the one before, so that no profile always
+/// goes first (and none always runs on a machine warmed by the same neighbour).
+fn rotation(runs: u32, profiles: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..runs as usize)
+        .flat_map(move |round| (0..profiles).map(move |k| (round, (round + k) % profiles)))
 }
 
 /// The progress bar of `--runs` rounds over `profiles` profiles, labelled `what`.
@@ -945,7 +965,7 @@ async fn serve_and_measure<E: HttpEngine>(
         requests,
         ..Default::default()
     };
-    let name = format!("lab-http-{}-{}", entry.profile.name, lab.suffix);
+    let name = lab.container_name(&entry.profile, "http");
     let listen = format!("127.0.0.1:{port}");
     let argv = ["/bin/httpd", "-f", "-p", &listen, "-h", "/www"];
     let (server, started) = match engine.start(entry, &name, &argv).await {
@@ -1397,6 +1417,27 @@ mod tests {
         let out = "warning: x\n{\"kernel\":{\"release\":\"4.4.0\"}}\n";
         assert_eq!(parse_probe(out).unwrap()["kernel"]["release"], "4.4.0");
         assert!(parse_probe("no json\n").is_none());
+    }
+
+    #[test]
+    fn every_round_starts_one_profile_later() {
+        let order: Vec<_> = rotation(3, 3).collect();
+        assert_eq!(
+            order,
+            [
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (1, 1),
+                (1, 2),
+                (1, 0),
+                (2, 2),
+                (2, 0),
+                (2, 1)
+            ]
+        );
+        assert_eq!(rotation(4, 0).count(), 0);
+        assert_eq!(rotation(0, 2).count(), 0);
     }
 
     #[test]

@@ -25,17 +25,23 @@ impl ShimName {
     /// Parses a real shim's binary name; `None` for anything else, our own traced binaries
     /// included.
     pub fn parse_binary(name: &str) -> Option<ShimName> {
-        let rest = name.strip_prefix(SHIM_PREFIX)?;
-        let (inner, version) = rest.rsplit_once('-')?;
-        let digits = version.strip_prefix('v')?;
-        if inner.is_empty()
-            || inner.starts_with("traced")
+        let shim = ShimName::from_suffix(name.strip_prefix(SHIM_PREFIX)?)?;
+        let digits = shim.version.strip_prefix('v')?;
+        if shim.inner.starts_with("traced")
             || digits.is_empty()
             || !digits.bytes().all(|b| b.is_ascii_digit())
         {
             return None;
         }
-        Some(ShimName {
+        Some(shim)
+    }
+
+    /// Splits what follows a binary name's prefix, `<inner>-<version>` (`kata-qemu-v2`), at its
+    /// last dash, as containerd joins a runtime name's last two parts. `None` when either part is
+    /// empty.
+    fn from_suffix(suffix: &str) -> Option<ShimName> {
+        let (inner, version) = suffix.rsplit_once('-')?;
+        (!inner.is_empty() && !version.is_empty()).then(|| ShimName {
             inner: inner.to_string(),
             version: version.to_string(),
         })
@@ -83,15 +89,7 @@ impl WrapperName {
     /// `containerd-shim-traced-runc-v2` → runtime `io.containerd.traced-runc.v2`, inner
     /// `containerd-shim-runc-v2`. `None` for the wrapper's own name or anything else.
     pub fn from_binary_name(name: &str) -> Option<WrapperName> {
-        let rest = name.strip_prefix(WRAPPER_PREFIX)?;
-        let (inner, version) = rest.rsplit_once('-')?;
-        if inner.is_empty() || version.is_empty() {
-            return None;
-        }
-        let shim = ShimName {
-            inner: inner.to_string(),
-            version: version.to_string(),
-        };
+        let shim = ShimName::from_suffix(name.strip_prefix(WRAPPER_PREFIX)?)?;
         Some(WrapperName {
             runtime: shim.traced_runtime(),
             inner_binary: shim.binary(),
