@@ -560,14 +560,14 @@ impl Invocation {
         }
         let mut ensure_attrs = Attributes::new();
         ensure_attrs.insert(
-            "shimtrace.proxy.reused".into(),
+            attr::PROXY_REUSED.into(),
             (ensured == Ensured::Reused).into(),
         );
         if let Ensured::Spawned { pid } = ensured {
-            ensure_attrs.insert("shimtrace.proxy.pid".into(), pid.into());
+            ensure_attrs.insert(attr::PROXY_PID.into(), pid.into());
         }
         ensure_attrs.insert(
-            "shimtrace.proxy.socket".into(),
+            attr::PROXY_SOCKET.into(),
             plan.socket.display().to_string().into(),
         );
         spans.push(child_span(
@@ -627,11 +627,8 @@ impl Invocation {
         .put(&mut attributes);
         if let Ok(response) = DeleteResponse::parse_from_bytes(&run.stdout) {
             if run.status.success() {
-                attributes.insert("shimtrace.task.pid".into(), response.pid.into());
-                attributes.insert(
-                    "shimtrace.task.exit_code".into(),
-                    response.exit_status.into(),
-                );
+                attributes.insert(attr::TASK_PID.into(), response.pid.into());
+                attributes.insert(attr::TASK_EXIT_CODE.into(), response.exit_status.into());
             }
         }
         attributes.insert(attr::PROCESS_EXIT_CODE.into(), exit_code(run.status).into());

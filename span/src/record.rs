@@ -35,6 +35,17 @@ pub mod attr {
     /// a container's spans can still be gathered in one place.
     pub const CONTAINER_TRACE_ID: &str = "shimtrace.container.trace_id";
 
+    // On the wrapper's `proxy.ensure` span.
+    /// Whether the container's proxy was already running (a pod's second container) or started.
+    pub const PROXY_REUSED: &str = "shimtrace.proxy.reused";
+    /// The pid of the proxy the wrapper started (absent when it reused one).
+    pub const PROXY_PID: &str = "shimtrace.proxy.pid";
+    /// The proxy's socket, the address containerd was given in place of the inner shim's.
+    pub const PROXY_SOCKET: &str = "shimtrace.proxy.socket";
+    // On the wrapper's `shim.delete` span, from the inner shim's `delete` answer.
+    pub const TASK_PID: &str = "shimtrace.task.pid";
+    pub const TASK_EXIT_CODE: &str = "shimtrace.task.exit_code";
+
     // Who ran what: set on every span of a container by the wrapper and the proxy.
     /// The OCI runtime that really ran the container (`runc`, `runsc`, `crun`, `kata`, …), not
     /// the shim in front of it: OpenTelemetry's `container.runtime.name`.
