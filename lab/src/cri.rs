@@ -141,7 +141,57 @@ fn parse_install_args(argv: Vec<OsString>) -> Result<InstallArgs, LabError> {
 
 /// Starts the private CRI containerd with the lab's handlers registered and its images imported.
 async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabError> {
-    let args = lab.args;
+    reject_unsupported_flags(lab.args)?;
+    let binary = choose_containerd(lab.args.containerd.as_deref())?;
+    let cri_settings = CriSettings {
+        sandbox_image: containerd_reference(SANDBOX_TAG),
+    };
+    let layout = CriLayout::prepare(lab, &binary, &cri_settings)?;
+    let handlers = register_handlers(lab, &binary, &layout)?;
+    let private = start_containerd(&binary, &layout, &handlers).await?;
+    let address = private.address();
+    let timeout = Duration::from_secs(lab.args.timeout);
+    let mut target = CriTarget {
+        cri: Cri::connect(&address)
+            .await
+            .map_err(|e| cri_error("connecting to containerd's CRI")(&e))?
+            .with_timeout(timeout),
+        private: Some(private),
+        _dir: layout.dir,
+        image: String::new(),
+        handlers: handlers.of_profiles(&lab.profiles),
+        logs: layout.logs,
+        spool_dir: layout.spool_dir,
+        spool_start: shimtrace_containerd::wall_unix_nanos(),
+        timeout,
+    };
+    await_cri_ready(&target.cri, Duration::from_secs(30))
+        .await
+        .map_err(|e| cri_error("containerd's CRI plugin")(&e))?;
+    import_images(lab, &binary, &address, &mut target).await?;
+
+    let setup = &mut found.report.setup;
+    setup.containerd_version = binary.version().to_string();
+    setup.containerd_address = address.display().to_string();
+    setup.private_containerd = true;
+    setup.traced = true;
+    setup.namespace = shimtrace_containerd::image::CRI_NAMESPACE.into();
+    setup.spool_dir = target.spool_dir.display().to_string();
+    setup.cri = Some(CriSetup {
+        containerd: binary.path().display().to_string(),
+        form: form_summary(&handlers.outcome),
+        handlers: target
+            .handlers
+            .iter()
+            .map(|(profile, r)| (profile.clone(), r.handler.clone()))
+            .collect(),
+        notes: setup_notes(&target, &cri_settings, &handlers, &layout.wrapper_config),
+    });
+    Ok(target)
+}
+
+/// The lab's options that `--engine cri` cannot honour, refused with the reason.
+fn reject_unsupported_flags(args: &crate::LabArgs) -> Result<(), LabError> {
     for (given, flag, why) in [
         (args.image.is_some(), "--image", "the lab imports its own images into CRI (busybox, the probe and a sandbox image)"),
         (args.profiles.is_some(), "--profiles", "each built-in profile is registered as a RuntimeClass handler by `shimtrace install`; choose among them with --only"),
@@ -153,66 +203,130 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
             )));
         }
     }
-    let binary = choose_containerd(args.containerd.as_deref())?;
-    let schema = binary.config_version();
-    // Short path under /tmp: containerd's sockets live below it.
-    let dir = tempfile::Builder::new()
-        .prefix("shimtrace-lab-cri-")
-        .tempdir_in("/tmp")
-        .map_err(|source| LabError::Out {
-            path: PathBuf::from("/tmp"),
-            source,
-        })?;
-    let out_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| LabError::Out { path, source }
-    };
-    let containerd_dir = dir.path().join("c");
-    let bin = dir.path().join("bin");
-    for d in [&containerd_dir, &bin] {
-        std::fs::create_dir_all(d).map_err(out_err(d))?;
+    Ok(())
+}
+
+/// The error of a file the lab could not read or write at `path`.
+fn out_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError {
+    let path = path.to_path_buf();
+    move |source| LabError::Out { path, source }
+}
+
+/// Where the lab's CRI containerd and its shims keep their files.
+struct CriLayout {
+    /// Short, under /tmp: containerd's sockets live below it.
+    dir: tempfile::TempDir,
+    /// containerd's root, state, sockets and `config.toml`.
+    containerd_dir: PathBuf,
+    config_path: PathBuf,
+    /// The wrapper links and generated scripts.
+    bin: PathBuf,
+    /// The lab's own wrapper config (its containerd's `SHIMTRACE_CONFIG`).
+    wrapper_config: PathBuf,
+    spool_dir: PathBuf,
+    logs: PathBuf,
+}
+
+impl CriLayout {
+    /// Makes the directories, clears an earlier run's spool and pod logs, and writes containerd's
+    /// base config (CRI on, the sandbox image) and an empty wrapper config: the machine's
+    /// `/etc/shimtrace/config.toml` must neither redirect the lab's wrappers nor get its entries.
+    fn prepare(
+        lab: &Lab<'_>,
+        binary: &ContainerdBinary,
+        cri_settings: &CriSettings,
+    ) -> Result<CriLayout, LabError> {
+        let schema = binary.config_version();
+        let dir = tempfile::Builder::new()
+            .prefix("shimtrace-lab-cri-")
+            .tempdir_in("/tmp")
+            .map_err(out_err(Path::new("/tmp")))?;
+        let containerd_dir = dir.path().join("c");
+        let bin = dir.path().join("bin");
+        for d in [&containerd_dir, &bin] {
+            std::fs::create_dir_all(d).map_err(out_err(d))?;
+        }
+        let spool_dir = lab.out.join("spool");
+        // Our own containerd's shims write only this run's spans here.
+        let _ = std::fs::remove_dir_all(&spool_dir);
+        let logs = lab.work.join("pods");
+        let _ = std::fs::remove_dir_all(&logs);
+        let wrapper_config = lab.work.join(WRAPPER_CONFIG_FILE);
+        write_wrapper_config(&wrapper_config, "")?;
+        let config_path = containerd_dir.join("config.toml");
+        let base = make_private(
+            &format!("version = {schema}\n"),
+            &containerd_dir,
+            schema,
+            Some(cri_settings),
+        )
+        .map_err(|e| cri_error("writing containerd's config")(&e))?;
+        std::fs::write(&config_path, base).map_err(out_err(&config_path))?;
+        Ok(CriLayout {
+            dir,
+            containerd_dir,
+            config_path,
+            bin,
+            wrapper_config,
+            spool_dir,
+            logs,
+        })
     }
-    let spool_dir = lab.out.join("spool");
-    // Our own containerd's shims write only this run's spans here.
-    let _ = std::fs::remove_dir_all(&spool_dir);
-    let logs = lab.work.join("pods");
-    let _ = std::fs::remove_dir_all(&logs);
-    // The lab's own wrapper config, fresh each run: the machine's /etc/shimtrace/config.toml must
-    // not redirect the lab's wrappers, nor get the lab's entries.
-    let wrapper_config = lab.work.join(WRAPPER_CONFIG_FILE);
-    write_wrapper_config(&wrapper_config, "")?;
+}
 
-    let cri_settings = CriSettings {
-        sandbox_image: containerd_reference(SANDBOX_TAG),
-    };
-    let config_path = containerd_dir.join("config.toml");
-    let base = make_private(
-        &format!("version = {schema}\n"),
-        &containerd_dir,
-        schema,
-        Some(&cri_settings),
-    )
-    .map_err(|e| cri_error("writing containerd's config")(&e))?;
-    std::fs::write(&config_path, base).map_err(out_err(&config_path))?;
+/// The handlers registered in the lab's containerd, and what install said of them.
+struct Handlers {
+    outcome: InstallOutcome,
+    /// Install's runtimes, then `traced-crun` when crun is installed.
+    runtimes: Vec<TracedRuntime>,
+    /// gVisor's runsc, when installed.
+    runsc: Option<PathBuf>,
+}
 
-    // The handlers, registered as a user registers them: `shimtrace install --write`.
-    let containerd_bin = binary.path().parent().map(Path::to_path_buf);
-    let shim_path =
-        path_with(containerd_bin.clone()).map_err(|e| cri_error("building the shim PATH")(&e))?;
+impl Handlers {
+    fn form(&self) -> Form {
+        self.outcome.form
+    }
+
+    fn named(&self, handler: &str) -> Option<&TracedRuntime> {
+        self.runtimes.iter().find(|r| r.handler == handler)
+    }
+
+    /// Each profile's handler (`traced-<profile>`), for the profiles that have one.
+    fn of_profiles(&self, profiles: &[Profile]) -> BTreeMap<String, TracedRuntime> {
+        profiles
+            .iter()
+            .filter_map(|p| {
+                let entry = self.named(&format!("traced-{}", p.name))?;
+                Some((p.name.clone(), entry.clone()))
+            })
+            .collect()
+    }
+}
+
+/// Registers the handlers as a user registers them, with `shimtrace install --write` (gVisor
+/// through a runsc wrapper for host-network pods), then `traced-crun` when crun is installed.
+fn register_handlers(
+    lab: &Lab<'_>,
+    binary: &ContainerdBinary,
+    layout: &CriLayout,
+) -> Result<Handlers, LabError> {
+    let shim_path = path_with(binary.path().parent().map(Path::to_path_buf))
+        .map_err(|e| cri_error("building the shim PATH")(&e))?;
     let mut argv: Vec<OsString> = vec![
         "--bin-dir".into(),
-        bin.clone().into(),
+        layout.bin.clone().into(),
         "--config".into(),
-        config_path.clone().into(),
+        layout.config_path.clone().into(),
         "--containerd".into(),
         binary.path().into(),
         "--shim-path".into(),
         shim_path.clone(),
         "--wrapper-config".into(),
-        wrapper_config.clone().into(),
+        layout.wrapper_config.clone().into(),
         "--write".into(),
     ];
-    if let Some(wrapper) = &args.wrapper {
+    if let Some(wrapper) = &lab.args.wrapper {
         argv.extend(["--wrapper".into(), wrapper.clone().into()]);
     }
     let runsc = which("runsc");
@@ -222,92 +336,110 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
     }
     let install_args = parse_install_args(argv)?;
     let outcome = tokio::task::block_in_place(|| install(&install_args))?;
-    let form = outcome.form;
-    let mut registered = outcome.runtimes.clone();
-    let runc_shim = find_real_shims(&shim_path)
+    let mut runtimes = outcome.runtimes.clone();
+    if let Some(crun) = register_crun(lab, binary, layout, outcome.form, &shim_path)? {
+        runtimes.push(crun);
+    }
+    Ok(Handlers {
+        outcome,
+        runtimes,
+        runsc,
+    })
+}
+
+/// Adds `traced-crun` to containerd's config (and, in the runtime-name form, to the lab's wrapper
+/// config, with its link), merged as install merges its own; `None` without crun or a runc shim.
+fn register_crun(
+    lab: &Lab<'_>,
+    binary: &ContainerdBinary,
+    layout: &CriLayout,
+    form: Form,
+    shim_path: &OsString,
+) -> Result<Option<TracedRuntime>, LabError> {
+    let runc_shim = find_real_shims(shim_path)
         .into_iter()
         .find(|s| s.name == profiles::runc_shim());
-    if let (Some(crun), Some(runc_shim)) = (which("crun"), runc_shim) {
-        let entry = crun_runtime(form, &bin, &runc_shim, &crun);
-        let text = std::fs::read_to_string(&config_path).map_err(out_err(&config_path))?;
-        let merged = merge_config(&text, schema, std::slice::from_ref(&entry), &config_path)?;
-        std::fs::write(&config_path, merged.text).map_err(out_err(&config_path))?;
-        if let Some(wrapper_entry) = &entry.wrapper_entry {
-            let wrapper = find_wrapper(args.wrapper.as_deref())?;
-            ensure_symlink(&wrapper_entry.link, &wrapper)?;
-            let text =
-                std::fs::read_to_string(&wrapper_config).map_err(out_err(&wrapper_config))?;
-            let (text, _, _) = merge_wrapper_config(
-                &text,
-                std::slice::from_ref(wrapper_entry),
-                &[],
-                &wrapper_config,
-            )?;
-            write_wrapper_config(&wrapper_config, &text)?;
-        }
-        registered.push(entry);
+    let (Some(crun), Some(runc_shim)) = (which("crun"), runc_shim) else {
+        return Ok(None);
+    };
+    let entry = crun_runtime(form, &layout.bin, &runc_shim, &crun);
+    let config_path = &layout.config_path;
+    let text = std::fs::read_to_string(config_path).map_err(out_err(config_path))?;
+    let merged = merge_config(
+        &text,
+        binary.config_version(),
+        std::slice::from_ref(&entry),
+        config_path,
+    )?;
+    std::fs::write(config_path, merged.text).map_err(out_err(config_path))?;
+    if let Some(wrapper_entry) = &entry.wrapper_entry {
+        let wrapper = find_wrapper(lab.args.wrapper.as_deref())?;
+        ensure_symlink(&wrapper_entry.link, &wrapper)?;
+        let wrapper_config = &layout.wrapper_config;
+        let text = std::fs::read_to_string(wrapper_config).map_err(out_err(wrapper_config))?;
+        let (text, _, _) = merge_wrapper_config(
+            &text,
+            std::slice::from_ref(wrapper_entry),
+            &[],
+            wrapper_config,
+        )?;
+        write_wrapper_config(wrapper_config, &text)?;
     }
-    let handlers: BTreeMap<String, TracedRuntime> = lab
-        .profiles
-        .iter()
-        .filter_map(|p| {
-            let handler = format!("traced-{}", p.name);
-            let entry = registered.iter().find(|r| r.handler == handler)?;
-            Some((p.name.clone(), entry.clone()))
-        })
-        .collect();
+    Ok(Some(entry))
+}
 
-    let mut config = PrivateConfig::new(&containerd_dir);
+/// Starts the lab's containerd on the config the handlers were registered in, its shims spooling
+/// to the lab's spool and reading the lab's wrapper config.
+async fn start_containerd(
+    binary: &ContainerdBinary,
+    layout: &CriLayout,
+    handlers: &Handlers,
+) -> Result<PrivateContainerd, LabError> {
+    let mut config = PrivateConfig::new(&layout.containerd_dir);
     config.binary = binary.path().to_path_buf();
     config.source = ConfigSource::Existing;
     config.stop_timeout = Duration::from_secs(10);
     config.env = vec![
         (
             shimtrace_span::env::SPOOL_DIR.into(),
-            spool_dir.clone().into_os_string(),
+            layout.spool_dir.clone().into_os_string(),
         ),
         (
             shimtrace_span::env::CONFIG.into(),
-            wrapper_config.clone().into_os_string(),
+            layout.wrapper_config.clone().into_os_string(),
         ),
     ];
     // The wrapper links first (containerd finds them there by runtime name in the name form),
     // then the runc shim of this containerd's own version.
-    config.path_prepend = std::iter::once(bin.clone()).chain(containerd_bin).collect();
+    config.path_prepend = std::iter::once(layout.bin.clone())
+        .chain(binary.path().parent().map(Path::to_path_buf))
+        .collect();
     log(format!(
         "starting containerd {} with CRI ({}), handlers {} ({})",
         binary.version(),
         binary.path().display(),
-        registered
+        handlers
+            .runtimes
             .iter()
             .map(|r| r.handler.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        form.describe()
+        handlers.form().describe()
     ));
-    let private = tokio::task::spawn_blocking(move || PrivateContainerd::start(config))
+    tokio::task::spawn_blocking(move || PrivateContainerd::start(config))
         .await
         .map_err(|e| cri_error("starting containerd")(&e))?
-        .map_err(|e| cri_error("starting containerd")(&e))?;
-    let address = private.address();
-    let timeout = Duration::from_secs(args.timeout);
-    let mut target = CriTarget {
-        cri: Cri::connect(&address)
-            .await
-            .map_err(|e| cri_error("connecting to containerd's CRI")(&e))?
-            .with_timeout(timeout),
-        private: Some(private),
-        _dir: dir,
-        image: String::new(),
-        handlers,
-        logs,
-        spool_dir,
-        spool_start: shimtrace_containerd::wall_unix_nanos(),
-        timeout,
-    };
-    await_cri_ready(&target.cri, Duration::from_secs(30))
-        .await
-        .map_err(|e| cri_error("containerd's CRI plugin")(&e))?;
+        .map_err(|e| cri_error("starting containerd")(&e))
+}
+
+/// Imports the sandbox and workload images, built from the lab's rootfs, into CRI's namespace;
+/// the workload's reference becomes `target.image`.
+async fn import_images(
+    lab: &Lab<'_>,
+    binary: &ContainerdBinary,
+    address: &Path,
+    target: &mut CriTarget,
+) -> Result<(), LabError> {
     let ctr = ctr_beside(binary.path());
     let images = target.logs.join(".images");
     std::fs::create_dir_all(&images).map_err(out_err(&images))?;
@@ -318,7 +450,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
         let reference = import_cri_image(
             &target.cri,
             &ctr,
-            &address,
+            address,
             &lab.rootfs_dir,
             tag,
             command,
@@ -331,14 +463,17 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
         }
     }
     let _ = std::fs::remove_dir_all(&images);
+    Ok(())
+}
 
-    let setup = &mut found.report.setup;
-    setup.containerd_version = binary.version().to_string();
-    setup.containerd_address = address.display().to_string();
-    setup.private_containerd = true;
-    setup.traced = true;
-    setup.namespace = shimtrace_containerd::image::CRI_NAMESPACE.into();
-    setup.spool_dir = target.spool_dir.display().to_string();
+/// What the report's setup says of the CRI run: pods on the host network, the images, and how
+/// gVisor and crun reach the runc shim.
+fn setup_notes(
+    target: &CriTarget,
+    cri_settings: &CriSettings,
+    handlers: &Handlers,
+    wrapper_config: &Path,
+) -> Vec<String> {
     let mut notes = vec![
         format!(
             "Pods run on the host network (no CNI plugin needed), in Kubernetes namespace `{POD_NAMESPACE}`: \
@@ -349,8 +484,9 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
             target.image, cri_settings.sandbox_image
         ),
     ];
-    let gvisor = registered.iter().find(|r| r.handler == "traced-runsc");
-    if let Some(gvisor) = gvisor.filter(|_| runsc.is_some()) {
+    let form = handlers.form();
+    let gvisor = handlers.named("traced-runsc");
+    if let Some(gvisor) = gvisor.filter(|_| handlers.runsc.is_some()) {
         let through = match form {
             Form::Path => "`BinaryName`".to_string(),
             Form::Name => format!(
@@ -367,25 +503,14 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<CriTarget, LabEr
              (`containerd-shim-runsc-v1`)."
         ));
     }
-    if let (Form::Name, Some(crun)) = (form, registered.iter().find(|r| r.handler == "traced-crun"))
-    {
+    if let (Form::Name, Some(crun)) = (form, handlers.named("traced-crun")) {
         notes.push(format!(
             "crun (`traced-crun`): crun through the runc shim, as runtime `{}` in the lab's \
              wrapper config.",
             crun.runtime_type
         ));
     }
-    setup.cri = Some(CriSetup {
-        containerd: binary.path().display().to_string(),
-        form: form_summary(&outcome),
-        handlers: target
-            .handlers
-            .iter()
-            .map(|(profile, r)| (profile.clone(), r.handler.clone()))
-            .collect(),
-        notes,
-    });
-    Ok(target)
+    notes
 }
 
 impl CriTarget {
