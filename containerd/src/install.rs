@@ -961,57 +961,159 @@ pub fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallErr
 
 /// Runs `shimtrace install` (print, or `--write`).
 pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
-    let wrapper = find_wrapper(args.wrapper.as_deref())?;
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
-        None => wrapper.parent().map(Path::to_path_buf).unwrap_or_default(),
+    let plan = Plan::new(args)?;
+    let created_links = link_wrappers(&plan)?;
+    let (target, existing) = read_target(args, plan.drop_in)?;
+    let merged = merge_entries(args, &plan, &target, existing.as_deref())?;
+    let config_snippet = snippet(&merged, &target)?;
+    let wrapper_snippet = (!plan.wrapper_entries.is_empty())
+        .then(|| merge_wrapper_config("", &plan.wrapper_entries, &[], &args.wrapper_config))
+        .transpose()?
+        .map(|(text, _, _)| text);
+    let written = if args.write {
+        write_install(
+            args,
+            &plan,
+            &target,
+            existing.is_none(),
+            &merged,
+            &created_links,
+        )?
+    } else {
+        Written::default()
     };
-    let path_var = args
-        .shim_path
-        .clone()
-        .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_default();
-    let shims = find_real_shims(&path_var);
-    if shims.is_empty() {
-        return Err(InstallError::NoShims);
-    }
-    let version = target_version(args);
-    let form = args.form.unwrap_or_else(|| {
-        version
-            .as_deref()
-            .map(Form::for_version)
-            .unwrap_or(Form::Name)
+    let report = render_report(&ReportInput {
+        args,
+        wrapper: &plan.wrapper,
+        bin_dir: &plan.bin_dir,
+        path_var: &plan.path_var,
+        shims: &plan.shims,
+        runtimes: &plan.runtimes,
+        notes: &plan.notes,
+        merged: &merged,
+        snippet: &config_snippet,
+        form: plan.form,
+        version: plan.version.as_deref(),
+        target: &target,
+        drop_in: plan.drop_in,
+        backup: written.backup.as_deref(),
+        wrapper_snippet: wrapper_snippet.as_deref(),
+        kept_wrapper_entries: &written.kept_wrapper_entries,
     });
-    let expected_schema = args.config_version.unwrap_or_else(|| {
-        config_version_for_major(
+    Ok(InstallOutcome {
+        runtimes: plan.runtimes,
+        created_links,
+        config_snippet,
+        backup: written.backup,
+        form: plan.form,
+        containerd_version: plan.version,
+        written: written.config,
+        report,
+    })
+}
+
+/// What install registers and where, decided before anything is written.
+struct Plan {
+    wrapper: PathBuf,
+    /// Where the traced links go.
+    bin_dir: PathBuf,
+    /// Where real shims were looked up.
+    path_var: OsString,
+    shims: Vec<RealShim>,
+    /// The containerd version written for, when known.
+    version: Option<String>,
+    form: Form,
+    /// The config schema for the main config.
+    schema: u32,
+    /// The entries go into a drop-in that the main config imports (containerd 2.x).
+    drop_in: bool,
+    runtimes: Vec<TracedRuntime>,
+    notes: Vec<String>,
+    /// The wrapper config entries the runtimes need (runtime-name form).
+    wrapper_entries: Vec<WrapperEntry>,
+}
+
+impl Plan {
+    /// Finds the wrapper and the real shims, and picks the form and schema from the containerd
+    /// version (given, or asked of `--containerd`).
+    fn new(args: &InstallArgs) -> Result<Plan, InstallError> {
+        let wrapper = find_wrapper(args.wrapper.as_deref())?;
+        let bin_dir = match &args.bin_dir {
+            Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            None => wrapper.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let path_var = args
+            .shim_path
+            .clone()
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_default();
+        let shims = find_real_shims(&path_var);
+        if shims.is_empty() {
+            return Err(InstallError::NoShims);
+        }
+        let version = target_version(args);
+        let form = args.form.unwrap_or_else(|| {
             version
                 .as_deref()
-                .map(crate::private::major_of)
-                .unwrap_or(1),
-        )
-    });
-    let drop_in = version
-        .as_deref()
-        .is_some_and(|v| version_triple(v) >= DROP_IN_SINCE);
-    let runsc = args.runsc.clone().or_else(|| which("runsc"));
-    let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
+                .map(Form::for_version)
+                .unwrap_or(Form::Name)
+        });
+        let schema = args.config_version.unwrap_or_else(|| {
+            config_version_for_major(
+                version
+                    .as_deref()
+                    .map(crate::private::major_of)
+                    .unwrap_or(1),
+            )
+        });
+        let drop_in = version
+            .as_deref()
+            .is_some_and(|v| version_triple(v) >= DROP_IN_SINCE);
+        let runsc = args.runsc.clone().or_else(|| which("runsc"));
+        let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
+        let wrapper_entries = runtimes
+            .iter()
+            .filter_map(|r| r.wrapper_entry.clone())
+            .collect();
+        Ok(Plan {
+            wrapper,
+            bin_dir,
+            path_var,
+            shims,
+            version,
+            form,
+            schema,
+            drop_in,
+            runtimes,
+            notes,
+            wrapper_entries,
+        })
+    }
+}
 
-    let mut created_links = Vec::new();
-    let wrapper_entries: Vec<WrapperEntry> = runtimes
+/// Links every traced binary (one per real shim, and the wrapper entries' own) to the wrapper;
+/// returns the links it created.
+fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
+    let links = plan
+        .shims
         .iter()
-        .filter_map(|r| r.wrapper_entry.clone())
-        .collect();
-    let links = shims
-        .iter()
-        .map(|shim| bin_dir.join(shim.name.traced_binary()))
-        .chain(wrapper_entries.iter().map(|e| e.link.clone()));
+        .map(|shim| plan.bin_dir.join(shim.name.traced_binary()))
+        .chain(plan.wrapper_entries.iter().map(|e| e.link.clone()));
+    let mut created = Vec::new();
     for link in links {
-        if ensure_symlink(&link, &wrapper)? {
-            created_links.push(link);
+        if ensure_symlink(&link, &plan.wrapper)? {
+            created.push(link);
         }
     }
+    Ok(created)
+}
 
-    // The file the entries go into, and its text now.
+/// The file the entries go into (the main config, or the drop-in), and its text now (`None`
+/// when it does not exist).
+fn read_target(
+    args: &InstallArgs,
+    drop_in: bool,
+) -> Result<(PathBuf, Option<String>), InstallError> {
     let target = if drop_in {
         drop_in_path(&args.config)
     } else {
@@ -1022,136 +1124,142 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err("cannot read", &target)(e).into()),
     };
-    let mut existing_text = existing.clone().unwrap_or_default();
-    if drop_in && existing.is_some() {
-        // The drop-in is ours whole: rewritten from scratch.
-        existing_text.clear();
-    }
-    let schema_for_target = if drop_in { 3 } else { expected_schema };
-    let mut merged = merge_config(&existing_text, schema_for_target, &runtimes, &target)?;
-    if drop_in {
-        // The default runtime entry is needed only if the main config lacks it.
-        let main = fs::read_to_string(&args.config).unwrap_or_default();
-        if main_has_runc(&main, &args.config)? {
-            let runc_path: Vec<String> = cri_runtimes_path(3)
-                .iter()
-                .map(|s| s.to_string())
-                .chain(["runc".to_string()])
-                .collect();
-            if merged.added.contains(&runc_path) {
-                let mut doc = parse_doc(&merged.text, &target)?;
-                remove_tables(&mut doc, std::slice::from_ref(&runc_path));
-                merged.text = doc.to_string();
-                merged.added.retain(|p| *p != runc_path);
-            }
-        }
-    }
-    let config_snippet = snippet(&merged, &target)?;
-    let wrapper_snippet = (!wrapper_entries.is_empty())
-        .then(|| merge_wrapper_config("", &wrapper_entries, &[], &args.wrapper_config))
-        .transpose()?
-        .map(|(text, _, _)| text);
+    Ok((target, existing))
+}
 
-    let mut backup = None;
-    let mut written = None;
-    let mut kept_wrapper_entries = Vec::new();
-    if args.write {
-        let state_file = state_path(&args.config);
-        let mut state = read_state(&state_file)?.unwrap_or_default();
-        if drop_in {
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
-            }
-            replace_file(&target, &merged.text, None)?;
-            state.drop_in = Some(target.clone());
-            if args.config.exists() {
-                let main = fs::read_to_string(&args.config)
-                    .map_err(|e| io_err("cannot read", &args.config)(e))?;
-                if let (Some(text), Some(entry)) = ensure_import(&main, &args.config, &target)? {
-                    backup = write_config_with_backup(&args.config, &text)?;
-                    state.import_added = Some(entry);
-                }
-            }
-        } else {
-            backup = write_config_with_backup(&target, &merged.text)?;
-            if state.config.as_os_str().is_empty() {
-                state.created_file = existing.is_none();
-                state.version_added = merged.version_added;
-            }
-        }
-        state.config = target.clone();
-        for path in &merged.added {
-            if !state.tables.contains(path) {
-                state.tables.push(path.clone());
-            }
-        }
-        for link in &created_links {
-            if !state.links.contains(link) {
-                state.links.push(link.clone());
-            }
-        }
-        if !wrapper_entries.is_empty() {
-            let path = &args.wrapper_config;
-            let existing = match fs::read_to_string(path) {
-                Ok(text) => Some(text),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err("cannot read", path)(e).into()),
-            };
-            if state.wrapper_config.as_deref() != Some(path.as_path()) {
-                state.wrapper_config = Some(path.clone());
-                state.wrapper_config_created = existing.is_none();
-                state.wrapper_runtimes.clear();
-            }
-            let (text, added, kept) = merge_wrapper_config(
-                existing.as_deref().unwrap_or_default(),
-                &wrapper_entries,
-                &state.wrapper_runtimes,
-                path,
-            )?;
-            if existing.as_deref() != Some(text.as_str()) {
-                write_wrapper_config(path, &text)?;
-            }
-            for runtime in added {
-                if !state.wrapper_runtimes.contains(&runtime) {
-                    state.wrapper_runtimes.push(runtime);
-                }
-            }
-            kept_wrapper_entries = kept;
-        }
-        state.wrapper = Some(wrapper.clone());
-        state.form = Some(form);
-        write_state(&state_file, &state)?;
-        written = Some(target.clone());
+/// The target's text with the plan's runtimes merged in. The drop-in is install's whole, so it is
+/// made afresh, and it holds CRI's default `runc` only when the main config lacks one.
+fn merge_entries(
+    args: &InstallArgs,
+    plan: &Plan,
+    target: &Path,
+    existing: Option<&str>,
+) -> Result<Merged, InstallError> {
+    if !plan.drop_in {
+        return merge_config(
+            existing.unwrap_or_default(),
+            plan.schema,
+            &plan.runtimes,
+            target,
+        );
     }
+    let mut merged = merge_config("", 3, &plan.runtimes, target)?;
+    let main = fs::read_to_string(&args.config).unwrap_or_default();
+    if main_has_runc(&main, &args.config)? {
+        let runc_path: Vec<String> = cri_runtimes_path(3)
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["runc".to_string()])
+            .collect();
+        if merged.added.contains(&runc_path) {
+            let mut doc = parse_doc(&merged.text, target)?;
+            remove_tables(&mut doc, std::slice::from_ref(&runc_path));
+            merged.text = doc.to_string();
+            merged.added.retain(|p| *p != runc_path);
+        }
+    }
+    Ok(merged)
+}
 
-    let report = render_report(&ReportInput {
-        args,
-        wrapper: &wrapper,
-        bin_dir: &bin_dir,
-        path_var: &path_var,
-        shims: &shims,
-        runtimes: &runtimes,
-        notes: &notes,
-        merged: &merged,
-        snippet: &config_snippet,
-        form,
-        version: version.as_deref(),
-        target: &target,
-        drop_in,
-        backup: backup.as_deref(),
-        wrapper_snippet: wrapper_snippet.as_deref(),
-        kept_wrapper_entries: &kept_wrapper_entries,
-    });
-    Ok(InstallOutcome {
-        runtimes,
-        created_links,
-        config_snippet,
-        backup,
-        form,
-        containerd_version: version,
-        written,
-        report,
-    })
+/// What `--write` wrote.
+#[derive(Default)]
+struct Written {
+    /// The file the entries went into.
+    config: Option<PathBuf>,
+    /// The copy of the config made before it changed.
+    backup: Option<PathBuf>,
+    /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
+    kept_wrapper_entries: Vec<String>,
+}
+
+/// `--write`: writes the merged entries (and, for a drop-in, the main config's import of it),
+/// the wrapper config's entries, and the state uninstall reads to take all of it back.
+fn write_install(
+    args: &InstallArgs,
+    plan: &Plan,
+    target: &Path,
+    created_file: bool,
+    merged: &Merged,
+    created_links: &[PathBuf],
+) -> Result<Written, InstallError> {
+    let mut written = Written::default();
+    let state_file = state_path(&args.config);
+    let mut state = read_state(&state_file)?.unwrap_or_default();
+    if plan.drop_in {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        replace_file(target, &merged.text, None)?;
+        state.drop_in = Some(target.to_path_buf());
+        if args.config.exists() {
+            let main = fs::read_to_string(&args.config)
+                .map_err(|e| io_err("cannot read", &args.config)(e))?;
+            if let (Some(text), Some(entry)) = ensure_import(&main, &args.config, target)? {
+                written.backup = write_config_with_backup(&args.config, &text)?;
+                state.import_added = Some(entry);
+            }
+        }
+    } else {
+        written.backup = write_config_with_backup(target, &merged.text)?;
+        if state.config.as_os_str().is_empty() {
+            state.created_file = created_file;
+            state.version_added = merged.version_added;
+        }
+    }
+    state.config = target.to_path_buf();
+    for path in &merged.added {
+        if !state.tables.contains(path) {
+            state.tables.push(path.clone());
+        }
+    }
+    for link in created_links {
+        if !state.links.contains(link) {
+            state.links.push(link.clone());
+        }
+    }
+    if !plan.wrapper_entries.is_empty() {
+        written.kept_wrapper_entries =
+            write_wrapper_entries(&args.wrapper_config, &plan.wrapper_entries, &mut state)?;
+    }
+    state.wrapper = Some(plan.wrapper.clone());
+    state.form = Some(plan.form);
+    write_state(&state_file, &state)?;
+    written.config = Some(target.to_path_buf());
+    Ok(written)
+}
+
+/// Merges `entries` into the wrapper config at `path`, noting in `state` the runtimes install
+/// added; returns the runtimes whose entry was already there (not install's), left as they were.
+fn write_wrapper_entries(
+    path: &Path,
+    entries: &[WrapperEntry],
+    state: &mut InstallState,
+) -> Result<Vec<String>, InstallError> {
+    let existing = match fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("cannot read", path)(e).into()),
+    };
+    if state.wrapper_config.as_deref() != Some(path) {
+        state.wrapper_config = Some(path.to_path_buf());
+        state.wrapper_config_created = existing.is_none();
+        state.wrapper_runtimes.clear();
+    }
+    let (text, added, kept) = merge_wrapper_config(
+        existing.as_deref().unwrap_or_default(),
+        entries,
+        &state.wrapper_runtimes,
+        path,
+    )?;
+    if existing.as_deref() != Some(text.as_str()) {
+        write_wrapper_config(path, &text)?;
+    }
+    for runtime in added {
+        if !state.wrapper_runtimes.contains(&runtime) {
+            state.wrapper_runtimes.push(runtime);
+        }
+    }
+    Ok(kept)
 }
 
 /// Whether a main config defines CRI's `runc` runtime (or defines no runtimes at all, so that
