@@ -331,7 +331,7 @@ pub fn container_spans(
         cleanup1,
         &[],
     );
-    let root_index = make(
+    make(
         &mut rng,
         names::WRAPPER_START,
         None,
@@ -350,7 +350,6 @@ pub fn container_spans(
             .into_iter()
             .collect(),
     });
-    let _ = root_index;
     // The client saw a little more than the spans cover (containerd and ctr overhead).
     let wall = WallTime {
         container_id: container,

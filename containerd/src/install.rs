@@ -984,18 +984,10 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     };
     let report = render_report(&ReportInput {
         args,
-        wrapper: &plan.wrapper,
-        bin_dir: &plan.bin_dir,
-        path_var: &plan.path_var,
-        shims: &plan.shims,
-        runtimes: &plan.runtimes,
-        notes: &plan.notes,
+        plan: &plan,
         merged: &merged,
         snippet: &config_snippet,
-        form: plan.form,
-        version: plan.version.as_deref(),
         target: &target,
-        drop_in: plan.drop_in,
         backup: written.backup.as_deref(),
         wrapper_snippet: wrapper_snippet.as_deref(),
         kept_wrapper_entries: &written.kept_wrapper_entries,
@@ -1277,18 +1269,10 @@ fn main_has_runc(main: &str, path: &Path) -> Result<bool, InstallError> {
 
 struct ReportInput<'a> {
     args: &'a InstallArgs,
-    wrapper: &'a Path,
-    bin_dir: &'a Path,
-    path_var: &'a std::ffi::OsStr,
-    shims: &'a [RealShim],
-    runtimes: &'a [TracedRuntime],
-    notes: &'a [String],
+    plan: &'a Plan,
     merged: &'a Merged,
     snippet: &'a str,
-    form: Form,
-    version: Option<&'a str>,
     target: &'a Path,
-    drop_in: bool,
     backup: Option<&'a Path>,
     /// The wrapper config entries the handlers need, as TOML.
     wrapper_snippet: Option<&'a str>,
@@ -1298,18 +1282,34 @@ struct ReportInput<'a> {
 
 fn render_report(input: &ReportInput<'_>) -> String {
     let mut report = String::new();
-    let r = &mut report;
-    let _ = writeln!(r, "# wrapper: {}", input.wrapper.display());
-    for shim in input.shims {
+    report_links(&mut report, input);
+    report_form(&mut report, input);
+    report_config(&mut report, input);
+    report_wrapper_config(&mut report, input);
+    let _ = writeln!(report, "\n# Kubernetes RuntimeClasses:");
+    for (i, runtime) in input.plan.runtimes.iter().enumerate() {
+        if i > 0 {
+            report.push_str("---\n");
+        }
+        report.push_str(&runtime_class_yaml(&runtime.handler));
+    }
+    report
+}
+
+/// The report's first lines: each traced link and what it wraps.
+fn report_links(r: &mut String, input: &ReportInput<'_>) {
+    let _ = writeln!(r, "# wrapper: {}", input.plan.wrapper.display());
+    for shim in &input.plan.shims {
         let _ = writeln!(
             r,
             "# {} -> {} (wraps {})",
-            input.bin_dir.join(shim.name.traced_binary()).display(),
-            input.wrapper.display(),
+            input.plan.bin_dir.join(shim.name.traced_binary()).display(),
+            input.plan.wrapper.display(),
             shim.path.display()
         );
     }
     for entry in input
+        .plan
         .runtimes
         .iter()
         .filter_map(|r| r.wrapper_entry.as_ref())
@@ -1318,13 +1318,17 @@ fn render_report(input: &ReportInput<'_>) -> String {
             r,
             "# {} -> {} (wraps {} running {} as runc, by the wrapper config below)",
             entry.link.display(),
-            input.wrapper.display(),
+            input.plan.wrapper.display(),
             entry.inner.display(),
             entry.oci_runtime.display()
         );
     }
-    let version = input.version.unwrap_or("(version unknown)");
-    let why = match (input.form, input.version, input.args.form) {
+}
+
+/// The form written, why it suits this containerd and what it costs, and the plan's notes.
+fn report_form(r: &mut String, input: &ReportInput<'_>) {
+    let version = input.plan.version.as_deref().unwrap_or("(version unknown)");
+    let why = match (input.plan.form, input.plan.version.as_deref(), input.args.form) {
         (_, _, Some(_)) => "as asked (--form)".to_string(),
         (Form::Path, Some(_), None) => "it honours runtime_path (since 1.7.1)".to_string(),
         (Form::Name, Some(_), None) => {
@@ -1339,19 +1343,20 @@ fn render_report(input: &ReportInput<'_>) -> String {
     let _ = writeln!(
         r,
         "\n# containerd {version}: {} — {why}",
-        input.form.describe()
+        input.plan.form.describe()
     );
-    match input.form {
+    match input.plan.form {
         Form::Name => {
             let _ = writeln!(
                 r,
                 "#   runtime_type = \"io.containerd.traced-<inner>.<ver>\": containerd finds containerd-shim-traced-<inner>-<ver> by name on its own PATH"
             );
-            let on_path = std::env::split_paths(input.path_var).any(|d| d == input.bin_dir);
+            let on_path =
+                std::env::split_paths(&input.plan.path_var).any(|d| d == input.plan.bin_dir);
             let _ = writeln!(
                 r,
                 "#   requires: {} on containerd's PATH{}",
-                input.bin_dir.display(),
+                input.plan.bin_dir.display(),
                 if on_path {
                     ""
                 } else {
@@ -1381,7 +1386,9 @@ fn render_report(input: &ReportInput<'_>) -> String {
                 "#   runtime_type = the real runtime, runtime_path = the wrapper link: containerd sends the real runtime's options unchanged (SystemdCgroup, BinaryName for gVisor)"
             );
             if input
+                .plan
                 .version
+                .as_deref()
                 .is_some_and(|v| version_triple(v) < RUNTIME_PATH_SINCE)
             {
                 let _ = writeln!(
@@ -1391,7 +1398,7 @@ fn render_report(input: &ReportInput<'_>) -> String {
             }
         }
     }
-    for note in input.notes {
+    for note in &input.plan.notes {
         let _ = writeln!(r, "#   {note}");
     }
     if input
@@ -1405,10 +1412,14 @@ fn render_report(input: &ReportInput<'_>) -> String {
             "#   adds the default runtime entry runtimes.runc (runtime_type = \"{RUNC_RUNTIME}\"): a config that defines runtimes without it makes containerd 1.6 refuse to load CRI"
         );
     }
+}
+
+/// The merged containerd config, and whether and where it was written.
+fn report_config(r: &mut String, input: &ReportInput<'_>) {
     let _ = writeln!(
         r,
         "\n# containerd config ({}, version {}):",
-        if input.drop_in {
+        if input.plan.drop_in {
             "drop-in"
         } else {
             "CRI runtimes"
@@ -1439,35 +1450,32 @@ fn render_report(input: &ReportInput<'_>) -> String {
             input.target.display()
         );
     }
-    if let Some(wrapper_snippet) = input.wrapper_snippet {
-        let config = input.args.wrapper_config.display();
-        let _ = writeln!(
-            r,
-            "\n# wrapper config ({config}; containerd's SHIMTRACE_CONFIG must name it if it is not {DEFAULT_WRAPPER_CONFIG}):"
-        );
-        r.push_str(wrapper_snippet);
-        if input.args.write {
-            for runtime in input.kept_wrapper_entries {
-                let _ = writeln!(
-                    r,
-                    "# NOT written: {config} already has an entry for {runtime}, not install's; left as it is (it must say the above for that handler to run gVisor)"
-                );
-            }
-            if input.kept_wrapper_entries.is_empty() {
-                let _ = writeln!(r, "# written to {config}");
-            }
-        } else {
-            let _ = writeln!(r, "# not written: pass --write to merge this into {config}");
+}
+
+/// The wrapper config's entries (runtime-name form's gVisor), and whether they were written.
+fn report_wrapper_config(r: &mut String, input: &ReportInput<'_>) {
+    let Some(wrapper_snippet) = input.wrapper_snippet else {
+        return;
+    };
+    let config = input.args.wrapper_config.display();
+    let _ = writeln!(
+        r,
+        "\n# wrapper config ({config}; containerd's SHIMTRACE_CONFIG must name it if it is not {DEFAULT_WRAPPER_CONFIG}):"
+    );
+    r.push_str(wrapper_snippet);
+    if input.args.write {
+        for runtime in input.kept_wrapper_entries {
+            let _ = writeln!(
+                r,
+                "# NOT written: {config} already has an entry for {runtime}, not install's; left as it is (it must say the above for that handler to run gVisor)"
+            );
         }
-    }
-    let _ = writeln!(r, "\n# Kubernetes RuntimeClasses:");
-    for (i, runtime) in input.runtimes.iter().enumerate() {
-        if i > 0 {
-            r.push_str("---\n");
+        if input.kept_wrapper_entries.is_empty() {
+            let _ = writeln!(r, "# written to {config}");
         }
-        r.push_str(&runtime_class_yaml(&runtime.handler));
+    } else {
+        let _ = writeln!(r, "# not written: pass --write to merge this into {config}");
     }
-    report
 }
 
 /// What `--uninstall` removed.
