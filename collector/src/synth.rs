@@ -161,55 +161,60 @@ impl Rng {
     }
 }
 
-/// The spans of one synthetic container run, plus its client-observed wall time.
-pub fn container_spans(
-    index: usize,
-    profile: &RuntimeProfile,
-    start: u64,
-    seed: u64,
-) -> (Vec<SpanRecord>, WallTime) {
-    let mut rng = Rng(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    rng.next();
-    let trace_id = rng.trace_id();
-    let container = format!("synth-{index:06}");
-    let mut base = Attributes::new();
-    base.insert(attr::CONTAINERD_NAMESPACE.into(), "default".into());
-    base.insert(
-        attr::CONTAINERD_CONTAINER_ID.into(),
-        container.clone().into(),
-    );
-    base.insert(attr::INNER.into(), profile.inner.into());
-    base.insert(attr::CONTAINER_RUNTIME_NAME.into(), profile.runtime.into());
-    match profile.binary {
-        Some(binary) => {
-            base.insert(attr::RUNTIME_SOURCE.into(), "binary_name".into());
-            base.insert(attr::RUNTIME_BINARY.into(), binary.into());
-        }
-        None => {
-            base.insert(attr::RUNTIME_SOURCE.into(), "shim".into());
-        }
+/// One synthetic trace as it is made: every span carries the container's `base` attributes, and
+/// the root's id is drawn first, so that children can name it before the root is written.
+struct SynthTrace {
+    trace_id: TraceId,
+    root_id: SpanId,
+    base: Attributes,
+    spans: Vec<SpanRecord>,
+}
+
+impl SynthTrace {
+    /// A child of the root from `t0` to `t1`, with `extra` attributes; returns its index.
+    fn child(
+        &mut self,
+        rng: &mut Rng,
+        name: &str,
+        (t0, t1): (u64, u64),
+        extra: &[(&str, AttributeValue)],
+    ) -> usize {
+        let id = rng.span_id();
+        self.push(id, Some(self.root_id), name, (t0, t1), extra)
     }
-    let root_id = rng.span_id();
-    let mut spans = Vec::with_capacity(10);
-    let mut make = |rng: &mut Rng,
-                    name: &str,
-                    parent: Option<SpanId>,
-                    t0: u64,
-                    t1: u64,
-                    extra: &[(&str, AttributeValue)]| {
-        let mut attributes = base.clone();
+
+    /// A task call `method` as the proxy records it, a child of the root.
+    fn call(
+        &mut self,
+        rng: &mut Rng,
+        method: &str,
+        times: (u64, u64),
+        extra: &[(&str, AttributeValue)],
+    ) -> usize {
+        self.child(
+            rng,
+            &format!("containerd.task.v2.Task/{method}"),
+            times,
+            extra,
+        )
+    }
+
+    fn push(
+        &mut self,
+        span_id: SpanId,
+        parent_span_id: Option<SpanId>,
+        name: &str,
+        (t0, t1): (u64, u64),
+        extra: &[(&str, AttributeValue)],
+    ) -> usize {
+        let mut attributes = self.base.clone();
         for (k, v) in extra {
             attributes.insert((*k).into(), v.clone());
         }
-        let id = if parent.is_none() {
-            root_id
-        } else {
-            rng.span_id()
-        };
-        spans.push(SpanRecord {
-            trace_id,
-            span_id: id,
-            parent_span_id: parent,
+        self.spans.push(SpanRecord {
+            trace_id: self.trace_id,
+            span_id,
+            parent_span_id,
             name: name.into(),
             kind: if name.contains('/') {
                 SpanKind::Server
@@ -222,131 +227,115 @@ pub fn container_spans(
             events: vec![],
             status: SpanStatus::Ok,
         });
-        spans.len() - 1
+        self.spans.len() - 1
+    }
+}
+
+/// The attributes the proxy puts on a task call `method` that answered OK.
+fn rpc(method: &str) -> [(&'static str, AttributeValue); 4] {
+    [
+        (attr::RPC_SYSTEM, "ttrpc".into()),
+        (attr::RPC_SERVICE, "containerd.task.v2.Task".into()),
+        (attr::RPC_METHOD, method.to_string().into()),
+        (attr::RPC_TTRPC_STATUS_CODE, 0i64.into()),
+    ]
+}
+
+/// The attributes every span of synthetic container `container` carries.
+fn container_attributes(container: &str, profile: &RuntimeProfile) -> Attributes {
+    let mut base = Attributes::new();
+    base.insert(attr::CONTAINERD_NAMESPACE.into(), "default".into());
+    base.insert(attr::CONTAINERD_CONTAINER_ID.into(), container.into());
+    base.insert(attr::INNER.into(), profile.inner.into());
+    base.insert(attr::CONTAINER_RUNTIME_NAME.into(), profile.runtime.into());
+    match profile.binary {
+        Some(binary) => {
+            base.insert(attr::RUNTIME_SOURCE.into(), "binary_name".into());
+            base.insert(attr::RUNTIME_BINARY.into(), binary.into());
+        }
+        None => {
+            base.insert(attr::RUNTIME_SOURCE.into(), "shim".into());
+        }
+    }
+    base
+}
+
+/// The spans of one synthetic container run, plus its client-observed wall time.
+pub fn container_spans(
+    index: usize,
+    profile: &RuntimeProfile,
+    start: u64,
+    seed: u64,
+) -> (Vec<SpanRecord>, WallTime) {
+    let mut rng = Rng(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    rng.next();
+    let container = format!("synth-{index:06}");
+    let trace_id = rng.trace_id();
+    let mut trace = SynthTrace {
+        trace_id,
+        root_id: rng.span_id(),
+        base: container_attributes(&container, profile),
+        spans: Vec::with_capacity(10),
     };
-    let task = |m: &str| format!("containerd.task.v2.Task/{m}");
-    let rpc = |m: &str| -> [(&'static str, AttributeValue); 4] {
-        [
-            (attr::RPC_SYSTEM, "ttrpc".into()),
-            (attr::RPC_SERVICE, "containerd.task.v2.Task".into()),
-            (attr::RPC_METHOD, m.to_string().into()),
-            (attr::RPC_TTRPC_STATUS_CODE, 0i64.into()),
-        ]
-    };
+    let rng = &mut rng;
     let pid = 10_000 + index as i64;
-    let root = Some(root_id);
     let wrapper = rng.latency(profile.wrapper_start_ms);
     let t_wrapper_end = start + wrapper;
     let inner_start = start + wrapper / 10;
-    make(
-        &mut rng,
-        names::INNER_START,
-        root,
-        inner_start,
-        inner_start + wrapper * 6 / 10,
-        &[],
-    );
     let ensure = inner_start + wrapper * 6 / 10;
-    make(
-        &mut rng,
-        names::PROXY_ENSURE,
-        root,
-        ensure,
-        t_wrapper_end - wrapper / 20,
-        &[],
-    );
+    trace.child(rng, names::INNER_START, (inner_start, ensure), &[]);
+    let ensured = t_wrapper_end - wrapper / 20;
+    trace.child(rng, names::PROXY_ENSURE, (ensure, ensured), &[]);
     let gap = |rng: &mut Rng| 200_000 + rng.next() % 800_000;
-    let t = t_wrapper_end + gap(&mut rng);
+    let t = t_wrapper_end + gap(rng);
     let connect = t + 150_000;
-    make(
-        &mut rng,
-        &task("Connect"),
-        root,
-        t,
-        connect,
-        &rpc("Connect"),
-    );
-    let create0 = connect + gap(&mut rng);
+    trace.call(rng, "Connect", (t, connect), &rpc("Connect"));
+    let create0 = connect + gap(rng);
     let create1 = create0 + rng.latency(profile.create_ms);
-    make(
-        &mut rng,
-        &task("Create"),
-        root,
-        create0,
-        create1,
-        &[(attr::PROCESS_PID, pid.into())],
+    let pid_attr = (attr::PROCESS_PID, AttributeValue::from(pid));
+    trace.call(
+        rng,
+        "Create",
+        (create0, create1),
+        std::slice::from_ref(&pid_attr),
     );
-    let start0 = create1 + gap(&mut rng);
+    let start0 = create1 + gap(rng);
     let wait0 = start0 + 100_000;
     let start1 = start0 + rng.latency(profile.start_ms);
-    make(
-        &mut rng,
-        &task("Start"),
-        root,
-        start0,
-        start1,
-        &rpc("Start"),
-    );
+    trace.call(rng, "Start", (start0, start1), &rpc("Start"));
     let exit = start1 + rng.latency(profile.run_ms);
     let wait1 = exit + 150_000;
-    let wait = make(
-        &mut rng,
-        &task("Wait"),
-        root,
-        wait0,
-        wait1,
-        &[(attr::PROCESS_EXIT_CODE, 0i64.into())],
+    let exit_code = (attr::PROCESS_EXIT_CODE, AttributeValue::Int(0));
+    let wait = trace.call(
+        rng,
+        "Wait",
+        (wait0, wait1),
+        std::slice::from_ref(&exit_code),
     );
-    let delete0 = wait1 + gap(&mut rng);
+    let delete0 = wait1 + gap(rng);
     let delete1 = delete0 + rng.latency(profile.delete_ms);
-    make(
-        &mut rng,
-        &task("Delete"),
-        root,
-        delete0,
-        delete1,
-        &[
-            (attr::PROCESS_EXIT_CODE, 0i64.into()),
-            (attr::PROCESS_PID, pid.into()),
-        ],
-    );
-    let shut0 = delete1 + gap(&mut rng);
+    let deleted = [exit_code.clone(), pid_attr.clone()];
+    trace.call(rng, "Delete", (delete0, delete1), &deleted);
+    let shut0 = delete1 + gap(rng);
     let shut1 = shut0 + 300_000 + rng.next() % 500_000;
-    make(
-        &mut rng,
-        &task("Shutdown"),
-        root,
-        shut0,
-        shut1,
-        &rpc("Shutdown"),
-    );
+    trace.call(rng, "Shutdown", (shut0, shut1), &rpc("Shutdown"));
     // containerd runs the wrapper's `delete` once the shim's connection closes.
-    let cleanup0 = shut1 + gap(&mut rng);
+    let cleanup0 = shut1 + gap(rng);
     let cleanup1 = cleanup0 + 2_000_000 + rng.next() % 2_000_000;
-    make(
-        &mut rng,
-        names::WRAPPER_DELETE,
-        root,
-        cleanup0,
-        cleanup1,
-        &[],
-    );
-    make(
-        &mut rng,
-        names::WRAPPER_START,
+    trace.child(rng, names::WRAPPER_DELETE, (cleanup0, cleanup1), &[]);
+    let root = [(attr::PROTOCOL, "json/v2".into()), pid_attr];
+    trace.push(
+        trace.root_id,
         None,
-        start,
-        t_wrapper_end,
-        &[
-            (attr::PROTOCOL, "json/v2".into()),
-            (attr::PROCESS_PID, pid.into()),
-        ],
+        names::WRAPPER_START,
+        (start, t_wrapper_end),
+        &root,
     );
-    // Attributes only the root or a call carries; the event as the events tap records it.
-    spans[wait].events.push(SpanEvent {
+    // The event as the events tap records it.
+    trace.spans[wait].events.push(SpanEvent {
         name: EXIT_EVENT.into(),
         time_unix_nano: exit + 50_000,
-        attributes: [(attr::PROCESS_EXIT_CODE.to_string(), AttributeValue::Int(0))]
+        attributes: [(exit_code.0.to_string(), exit_code.1)]
             .into_iter()
             .collect(),
     });
@@ -355,7 +344,7 @@ pub fn container_spans(
         container_id: container,
         wall_time_ns: cleanup1 - start + 3_000_000 + rng.next() % 2_000_000,
     };
-    (spans, wall)
+    (trace.spans, wall)
 }
 
 /// The spans of one synthetic pod started at `start`: its sandbox, then `containers` containers
