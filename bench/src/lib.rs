@@ -9,14 +9,14 @@ pub mod rss;
 pub mod runs;
 pub mod soak;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 use shimtrace_collector::synth::SynthConfig;
 use shimtrace_collector::throughput::BenchResult;
 use shimtrace_span::spool::{read_spool, SpoolContents};
-use shimtrace_testkit::containerd::{HarnessError, Options};
+use shimtrace_testkit::containerd::{HarnessError, Options, TestContainerd};
 use shimtrace_testkit::traced::{alive, pids_with_cmdline, Traced, TracedOptions, TRACED_RUNC};
 
 use calls::{BareForwarder, Endpoints, MethodLatency, TaskClient};
@@ -184,6 +184,15 @@ struct Phases {
 }
 
 impl Phases {
+    fn start() -> Phases {
+        let now = Instant::now();
+        Phases {
+            started: now,
+            last: now,
+            done: Vec::new(),
+        }
+    }
+
     fn end(&mut self, name: &str) {
         let now = Instant::now();
         self.done
@@ -194,13 +203,61 @@ impl Phases {
 
 /// Runs the whole bench; `progress` hears what starts next.
 pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport, BenchError> {
-    let now = Instant::now();
-    let mut phases = Phases {
-        started: now,
-        last: now,
-        done: Vec::new(),
-    };
+    let mut phases = Phases::start();
     let wrapper = shimtrace_testkit::traced::wrapper_binary();
+    let (traced, endpoints) = start_anchor(config, &wrapper, progress)?;
+    let containerd = &traced.containerd;
+    phases.end("setup");
+    let (latency, calls_memory) = measure_latency(config, &endpoints, progress)?;
+    phases.end("latency");
+    let (proxy_memory, group_failures) =
+        run_grouped_containers(config, containerd, &endpoints, calls_memory, progress)?;
+    phases.end("grouped containers");
+    let cold_ctr = cold_starts_ctr(config, containerd, progress)?;
+    phases.end("cold starts (ctr)");
+    let (cold_api, cold_api_phases) = cold_starts_api(config, containerd, progress)?;
+    phases.end("cold starts (API)");
+    let parallel = parallel_starts(config, containerd, progress);
+    phases.end("parallel");
+    let (spool, cold_breakdown) = check_spool(config, &traced, cold_api_phases)?;
+    stop_containerd(traced, endpoints.proxy_pid, progress)?;
+    phases.end("cleanup");
+    let collector = collector_speed(config, progress)?;
+    phases.end("collector");
+
+    let mut report = BenchReport {
+        figures: Vec::new(),
+        config: config.clone(),
+        wrapper,
+        endpoints,
+        latency,
+        proxy_memory,
+        group_failures,
+        cold_ctr,
+        cold_api,
+        parallel,
+        collector,
+        spool,
+        cold_breakdown,
+        wall_seconds: phases.started.elapsed().as_secs_f64(),
+        phase_seconds: phases.done,
+    };
+    report.figures = figures_of(&report);
+    Ok(report)
+}
+
+/// The annotation (`key=value`) that puts a container in the anchor's group.
+fn group_annotation() -> String {
+    format!("{GROUP_ANNOTATION}=shimtrace-bench")
+}
+
+/// Setup: a private containerd with the wrapper, and the long-running anchor container whose
+/// shim and proxy the latency and memory figures are taken from.
+fn start_anchor(
+    config: &BenchConfig,
+    wrapper: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<(Traced, Endpoints), BenchError> {
     progress(&format!(
         "starting containerd {} with the wrapper {}",
         config.containerd_version,
@@ -217,16 +274,37 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         },
     )?;
     let containerd = &traced.containerd;
-    let group = format!("{GROUP_ANNOTATION}=shimtrace-bench");
     containerd.run_detached(
         ANCHOR_ID,
-        &["--runtime", &TRACED_RUNC, "--annotation", &group],
+        &[
+            "--runtime",
+            &TRACED_RUNC,
+            "--annotation",
+            &group_annotation(),
+        ],
         &["/bin/sleep", "3600"],
     )?;
     let endpoints = Endpoints::of_bundle(&containerd.bundle_dir(ANCHOR_ID))?;
-    let proxy_pid = endpoints.proxy_pid;
-    phases.end("setup");
+    Ok((traced, endpoints))
+}
 
+/// The proxy's memory around the latency calls, the start of [`ProxyMemory`].
+struct CallsMemory {
+    inner_shim_pid: Option<u32>,
+    at_start: Memory,
+    after_checkpoint_calls: Memory,
+    checkpoint_calls: usize,
+    after_all_calls: Memory,
+}
+
+/// ttrpc latency of the anchor's task: its inner shim direct, through the proxy, and through a
+/// bare forwarder (the floor of any proxy, so the extra hop is told from the tracing); with the
+/// proxy's memory before, during and after the calls.
+fn measure_latency(
+    config: &BenchConfig,
+    endpoints: &Endpoints,
+    progress: &dyn Fn(&str),
+) -> Result<(Vec<MethodLatency>, CallsMemory), BenchError> {
     progress(&format!(
         "ttrpc latency: {} State + {} Connect calls per path, direct {} vs proxy {}",
         config.calls,
@@ -234,6 +312,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         endpoints.inner_socket.display(),
         endpoints.proxy_socket.display()
     ));
+    let proxy_pid = endpoints.proxy_pid;
     let direct = TaskClient::connect(&endpoints.inner_socket, ANCHOR_ID)?;
     let proxy = TaskClient::connect(&endpoints.proxy_socket, ANCHOR_ID)?;
     let forwarder = BareForwarder::start(&endpoints.inner_socket)?;
@@ -262,16 +341,37 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
     let after_all_calls = memory(proxy_pid, "after the calls")?;
     let after_checkpoint_calls =
         after_checkpoint.ok_or_else(|| BenchError::Setup("the proxy vanished mid-run".into()))?;
-    phases.end("latency");
+    Ok((
+        latency,
+        CallsMemory {
+            inner_shim_pid,
+            at_start,
+            after_checkpoint_calls,
+            checkpoint_calls: checkpoint,
+            after_all_calls,
+        },
+    ))
+}
 
+/// The proxy's memory growth as containers run one after another through the anchor's group,
+/// all on its one proxy (which must stay the only one serving its socket).
+fn run_grouped_containers(
+    config: &BenchConfig,
+    containerd: &TestContainerd,
+    endpoints: &Endpoints,
+    calls: CallsMemory,
+    progress: &dyn Fn(&str),
+) -> Result<(ProxyMemory, Vec<String>), BenchError> {
+    let proxy_pid = endpoints.proxy_pid;
     progress(&format!(
         "{} containers one after another through the anchor's proxy (pid {proxy_pid})",
         config.group_containers
     ));
+    let group = group_annotation();
     // Growth is judged over the second half: the first containers warm the allocator's arenas
     // and touch code pages once (measured: flat from ~20 to 400 containers).
     let warm_containers = (config.group_containers / 2).max(1);
-    let mut after_warm_containers = after_all_calls;
+    let mut after_warm_containers = calls.after_all_calls;
     let mut group_failures = Vec::new();
     for i in 0..config.group_containers {
         if let Err(e) = runs::ctr_run_true(
@@ -296,31 +396,46 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
     }
     let proxy_memory = ProxyMemory {
         proxy_pid,
-        at_start,
-        after_checkpoint_calls,
-        checkpoint_calls: checkpoint,
-        after_all_calls,
+        at_start: calls.at_start,
+        after_checkpoint_calls: calls.after_checkpoint_calls,
+        checkpoint_calls: calls.checkpoint_calls,
+        after_all_calls: calls.after_all_calls,
         all_calls: 2 * config.calls,
         after_warm_containers,
         warm_containers,
         after_containers,
         containers: config.group_containers,
-        inner_shim: inner_shim_pid.and_then(Memory::of),
-        inner_shim_pid,
+        inner_shim: calls.inner_shim_pid.and_then(Memory::of),
+        inner_shim_pid: calls.inner_shim_pid,
     };
-    phases.end("grouped containers");
+    Ok((proxy_memory, group_failures))
+}
 
+/// Cold starts as a user sees them: `ctr run --rm … /bin/true`, wrapped vs direct, in pairs.
+fn cold_starts_ctr(
+    config: &BenchConfig,
+    containerd: &TestContainerd,
+    progress: &dyn Fn(&str),
+) -> Result<ColdStarts, BenchError> {
     progress(&format!(
         "cold starts: {} pairs of `ctr run --rm … /bin/true`, wrapped and direct",
         config.cold_pairs
     ));
-    let cold_ctr = runs::cold_pairs(
+    runs::cold_pairs(
         "cold-ctr",
         config.cold_pairs,
         config.cold_warmup,
         |v, id| runs::ctr_run_true(containerd, id, v, &[]),
-    )?;
-    phases.end("cold starts (ctr)");
+    )
+}
+
+/// Cold starts as an orchestrator sees them, through containerd's API (without `ctr`'s own
+/// cost), wrapped vs direct, with where the extra time goes phase by phase.
+fn cold_starts_api(
+    config: &BenchConfig,
+    containerd: &TestContainerd,
+    progress: &dyn Fn(&str),
+) -> Result<(ColdStarts, Vec<runs::PhaseOverhead>), BenchError> {
     progress(&format!(
         "cold starts: {} pairs through containerd's API",
         config.cold_pairs
@@ -336,10 +451,16 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         config.cold_warmup,
         |v, id| api.run_true(id, v),
     )?;
-    let cold_api_phases = api.phase_breakdown(config.cold_warmup);
-    drop(api);
-    phases.end("cold starts (API)");
+    Ok((cold_api, api.phase_breakdown(config.cold_warmup)))
+}
 
+/// Bursts of containers started at once, wrapped and direct in turn: whether the wrapper fails
+/// or slows down under load.
+fn parallel_starts(
+    config: &BenchConfig,
+    containerd: &TestContainerd,
+    progress: &dyn Fn(&str),
+) -> Vec<ParallelRound> {
     let mut parallel = Vec::new();
     for round in 0..config.parallel_rounds {
         for variant in Variant::order(round) {
@@ -357,8 +478,16 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
             ));
         }
     }
-    phases.end("parallel");
+    parallel
+}
 
+/// What the wrapper recorded: the anchor's call spans (the proxy really traced what it
+/// forwarded) and, from the wrapped cold starts' spans, the wrapper's share of their time.
+fn check_spool(
+    config: &BenchConfig,
+    traced: &Traced,
+    cold_api_phases: Vec<runs::PhaseOverhead>,
+) -> Result<(SpoolCheck, ColdBreakdown), BenchError> {
     let spool = if config.no_spool {
         SpoolContents::default()
     } else {
@@ -377,6 +506,15 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
             .count(),
         dropped: spool.dropped,
     };
+    Ok((spool, cold_breakdown))
+}
+
+/// Stops containerd, once sure the anchor's proxy lived through the whole bench.
+fn stop_containerd(
+    traced: Traced,
+    proxy_pid: u32,
+    progress: &dyn Fn(&str),
+) -> Result<(), BenchError> {
     if !alive(proxy_pid) {
         return Err(BenchError::Setup(format!(
             "the anchor's proxy (pid {proxy_pid}) died during the bench"
@@ -384,8 +522,14 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
     }
     progress("stopping containerd");
     drop(traced);
-    phases.end("cleanup");
+    Ok(())
+}
 
+/// The collector's ingest and report speed over synthetic container traces (no containerd).
+fn collector_speed(
+    config: &BenchConfig,
+    progress: &dyn Fn(&str),
+) -> Result<BenchResult, BenchError> {
     progress(&format!(
         "collector: ingest and report of {} synthetic container traces",
         config.traces
@@ -394,7 +538,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
         .prefix("shimtrace-bench-collector-")
         .tempdir()
         .map_err(|e| BenchError::Setup(format!("cannot create a temp dir: {e}")))?;
-    let collector = shimtrace_collector::throughput::run(
+    Ok(shimtrace_collector::throughput::run(
         work.path(),
         &SynthConfig {
             containers: config.traces,
@@ -402,28 +546,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport,
             ..SynthConfig::default()
         },
         |_| {},
-    )?;
-    phases.end("collector");
-
-    let mut report = BenchReport {
-        figures: Vec::new(),
-        config: config.clone(),
-        wrapper,
-        endpoints,
-        latency,
-        proxy_memory,
-        group_failures,
-        cold_ctr,
-        cold_api,
-        parallel,
-        collector,
-        spool,
-        cold_breakdown,
-        wall_seconds: phases.started.elapsed().as_secs_f64(),
-        phase_seconds: phases.done,
-    };
-    report.figures = figures_of(&report);
-    Ok(report)
+    )?)
 }
 
 /// Mean wall time of the bursts of one variant.

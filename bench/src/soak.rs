@@ -46,6 +46,13 @@ pub struct SoakConfig {
     pub settle_s: u64,
 }
 
+impl SoakConfig {
+    /// How long the counts may take to come back, as a duration.
+    fn settle(&self) -> Duration {
+        Duration::from_secs(self.settle_s)
+    }
+}
+
 impl Default for SoakConfig {
     fn default() -> SoakConfig {
         SoakConfig {
@@ -427,6 +434,21 @@ fn is_proxy(pid: u32) -> bool {
 }
 
 impl Sampler {
+    /// A sampler whose times count from `started`, in the sequential phase.
+    fn new(started: Instant) -> Sampler {
+        Sampler {
+            started,
+            phase: Mutex::new("sequential"),
+            samples: Mutex::new(Vec::new()),
+            proxy_rss: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Labels the samples from now on with `phase`.
+    fn enter(&self, phase: &'static str) {
+        *self.phase.lock().unwrap() = phase;
+    }
+
     fn sample(&self, containerd: &TestContainerd) {
         let phase = *self.phase.lock().unwrap();
         let t_s = self.started.elapsed().as_secs_f64();
@@ -450,6 +472,15 @@ impl Sampler {
             containerd_rss_kib: pid.and_then(Memory::of).map_or(0, |m| m.vm_rss_kib),
             containerd_fds: fds(pid),
         });
+    }
+
+    /// Each phase's summary, and every sample.
+    fn finish(self) -> (Vec<MemorySummary>, Vec<Sample>) {
+        let memory = ["sequential", "parallel", "settle"]
+            .into_iter()
+            .map(|phase| self.summary(phase))
+            .collect();
+        (memory, self.samples.into_inner().unwrap())
     }
 
     fn summary(&self, phase: &'static str) -> MemorySummary {
@@ -511,12 +542,45 @@ fn phase_of(
 /// Runs the soak against a private containerd with the wrapper installed.
 pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, BenchError> {
     let started = Instant::now();
+    let traced = start_containerd(config, progress)?;
+    let ids = SoakIds::new(config);
+    let soak = Soak {
+        traced: &traced,
+        sockets: ids.socket_names(&traced.containerd),
+    };
+    let notes = warm_up(config, &soak, &ids.warm, progress)?;
+    let start = read_baseline(&soak, config.settle())?;
+    let sampler = Sampler::new(started);
+    let (phases, end) = run_containers(config, &soak, &sampler, &ids.seq, &start.counts, progress);
+    let failed: usize = phases.iter().map(|p| p.failures).sum();
+    let (spans, spool_end) = read_and_ingest_spool(config, &soak, &ids, failed, progress)?;
+    let leftovers = leftovers(&soak, &start.run_dir, &spool_end);
+    let counts = counts(failed, &spans, &start, &end, &spool_end);
+    let (memory, samples) = sampler.finish();
+    let Soak { sockets, .. } = soak;
+    stop_containerd(traced, sockets, progress);
+    Ok(SoakReport {
+        config: config.clone(),
+        phases,
+        counts,
+        memory,
+        samples,
+        spans: spans.recorded,
+        untraced: spans.untraced,
+        notes,
+        leftovers,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A private containerd with the wrapper installed, spooling to its own spool dir.
+fn start_containerd(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<Traced, BenchError> {
     progress(&format!(
         "starting containerd {} with the wrapper {}",
         config.containerd_version,
         shimtrace_testkit::traced::wrapper_binary().display()
     ));
-    let traced = Traced::start_with(
+    Ok(Traced::start_with(
         &config.containerd_version,
         TracedOptions {
             spool: None,
@@ -526,30 +590,53 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
                 ..Options::default()
             },
         },
-    )?;
-    let containerd = &traced.containerd;
-    let seq_ids: Vec<String> = (0..config.sequential)
-        .map(|i| format!("soak-seq-{i}"))
-        .collect();
-    let par_ids: Vec<String> = (0..config.parallel)
-        .map(|i| format!("soak-par-{i}"))
-        .collect();
-    let warm_ids: Vec<String> = (0..WARMUP).map(|i| format!("soak-warm-{i}")).collect();
-    let soak = Soak {
-        traced: &traced,
-        sockets: SocketNames::new(
+    )?)
+}
+
+/// The ids of the soak's containers, known up front so that their socket names are too.
+struct SoakIds {
+    seq: Vec<String>,
+    par: Vec<String>,
+    warm: Vec<String>,
+}
+
+impl SoakIds {
+    fn new(config: &SoakConfig) -> SoakIds {
+        SoakIds {
+            seq: (0..config.sequential)
+                .map(|i| format!("soak-seq-{i}"))
+                .collect(),
+            par: (0..config.parallel)
+                .map(|i| format!("soak-par-{i}"))
+                .collect(),
+            warm: (0..WARMUP).map(|i| format!("soak-warm-{i}")).collect(),
+        }
+    }
+
+    /// The shim and proxy sockets of every container the soak runs, the probe's included.
+    fn socket_names(&self, containerd: &TestContainerd) -> SocketNames {
+        SocketNames::new(
             &containerd.address(),
             containerd.namespace(),
-            seq_ids
+            self.seq
                 .iter()
-                .chain(&par_ids)
-                .chain(&warm_ids)
+                .chain(&self.par)
+                .chain(&self.warm)
                 .map(String::as_str)
                 .chain([PROBE_ID]),
-        ),
-    };
-    let mut notes = Vec::new();
+        )
+    }
+}
 
+/// Warm-up: checks that the socket count sees this containerd's shim sockets (a note for the
+/// report if not), then runs a few containers so that first-use costs are not taken for leaks.
+fn warm_up(
+    config: &SoakConfig,
+    soak: &Soak,
+    warm_ids: &[String],
+    progress: &dyn Fn(&str),
+) -> Result<Vec<String>, BenchError> {
+    let mut notes = Vec::new();
     progress("warming up: a sleeper (to check the socket names), then a few containers");
     if !soak.probe_socket_names()? {
         notes.push(format!(
@@ -558,24 +645,46 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
             config.containerd_version
         ));
     }
-    for id in &warm_ids {
-        runs::ctr_run_true(containerd, id, Variant::Wrapped, &[])?;
+    for id in warm_ids {
+        runs::ctr_run_true(soak.containerd(), id, Variant::Wrapped, &[])?;
     }
-    let settle = Duration::from_secs(config.settle_s);
-    let start = soak.quiesce(settle);
-    let spool_start = drain_spool(&traced.spool, containerd, settle)?;
-    let run_dir_start: BTreeSet<String> = dir_names(&traced.run_dir).into_iter().collect();
+    Ok(notes)
+}
 
-    let sampler = Sampler {
-        started,
-        phase: Mutex::new("sequential"),
-        samples: Mutex::new(Vec::new()),
-        proxy_rss: Mutex::new(Vec::new()),
-    };
+/// The starting counts, read once the warm-up has quiesced.
+struct Baseline {
+    counts: Snapshot,
+    spool: SpoolLeft,
+    run_dir: BTreeSet<String>,
+}
+
+/// What every count must come back to: the counts once the warm-up's processes are gone, the
+/// spool once ingested, and the run dir's entries (to name what the soak adds to it).
+fn read_baseline(soak: &Soak, settle: Duration) -> Result<Baseline, BenchError> {
+    let counts = soak.quiesce(settle);
+    let spool = drain_spool(&soak.traced.spool, soak.containerd(), settle)?;
+    let run_dir = dir_names(&soak.traced.run_dir).into_iter().collect();
+    Ok(Baseline {
+        counts,
+        spool,
+        run_dir,
+    })
+}
+
+/// The soak proper, with the memory sampled throughout: containers one after another, then all
+/// at once, then the wait for the counts to settle; the phases and the counts at the end.
+fn run_containers(
+    config: &SoakConfig,
+    soak: &Soak,
+    sampler: &Sampler,
+    seq_ids: &[String],
+    start: &Snapshot,
+    progress: &dyn Fn(&str),
+) -> (Vec<SoakPhase>, Snapshot) {
+    let containerd = soak.containerd();
     let interval = Duration::from_millis(config.sample_interval_ms.max(10));
     let (stop, stopped) = mpsc::channel::<()>();
-    let (phases, end) = std::thread::scope(|scope| {
-        let sampler = &sampler;
+    std::thread::scope(|scope| {
         scope.spawn(move || loop {
             sampler.sample(containerd);
             match stopped.recv_timeout(interval) {
@@ -583,46 +692,79 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
                 _ => break,
             }
         });
-        let mut phases = Vec::new();
-
-        progress(&format!(
-            "{} containers one after another",
-            config.sequential
-        ));
-        let phase_started = Instant::now();
-        let mut results = Vec::with_capacity(seq_ids.len());
-        for (i, id) in seq_ids.iter().enumerate() {
-            results.push(runs::ctr_run_true(containerd, id, Variant::Wrapped, &[]));
-            if (i + 1) % 100 == 0 {
-                let failed = results.iter().filter(|r| r.is_err()).count();
-                progress(&format!("  {} done, {failed} failed", i + 1));
-            }
-        }
-        phases.push(phase_of("sequential", phase_started, &results));
-
-        *sampler.phase.lock().unwrap() = "parallel";
-        progress(&format!("{} containers at once", config.parallel));
-        let round = runs::parallel_round(containerd, Variant::Wrapped, config.parallel, "soak-par");
-        phases.push(SoakPhase {
-            phase: "parallel",
-            containers: round.containers,
-            failures: round.failures,
-            wall_s: round.wall_s,
-            errors: round.errors,
-        });
-
-        *sampler.phase.lock().unwrap() = "settle";
+        let sequential = run_sequential(config, containerd, seq_ids, progress);
+        sampler.enter("parallel");
+        let parallel = run_parallel(config, containerd, progress);
+        sampler.enter("settle");
         progress(&format!(
             "waiting up to {}s for the counts to settle",
             config.settle_s
         ));
-        let end = soak.settle(&start, settle);
+        let end = soak.settle(start, config.settle());
         drop(stop);
-        (phases, end)
-    });
+        (vec![sequential, parallel], end)
+    })
+}
 
+/// Containers one after another: the steady churn that leaks add up over.
+fn run_sequential(
+    config: &SoakConfig,
+    containerd: &TestContainerd,
+    seq_ids: &[String],
+    progress: &dyn Fn(&str),
+) -> SoakPhase {
+    progress(&format!(
+        "{} containers one after another",
+        config.sequential
+    ));
+    let phase_started = Instant::now();
+    let mut results = Vec::with_capacity(seq_ids.len());
+    for (i, id) in seq_ids.iter().enumerate() {
+        results.push(runs::ctr_run_true(containerd, id, Variant::Wrapped, &[]));
+        if (i + 1) % 100 == 0 {
+            let failed = results.iter().filter(|r| r.is_err()).count();
+            progress(&format!("  {} done, {failed} failed", i + 1));
+        }
+    }
+    phase_of("sequential", phase_started, &results)
+}
+
+/// Containers started all at once: many proxies alive together and containerd under load.
+fn run_parallel(
+    config: &SoakConfig,
+    containerd: &TestContainerd,
+    progress: &dyn Fn(&str),
+) -> SoakPhase {
+    progress(&format!("{} containers at once", config.parallel));
+    let round = runs::parallel_round(containerd, Variant::Wrapped, config.parallel, "soak-par");
+    SoakPhase {
+        phase: "parallel",
+        containers: round.containers,
+        failures: round.failures,
+        wall_s: round.wall_s,
+        errors: round.errors,
+    }
+}
+
+/// The spans the soak's containers left in the spool.
+struct SpansSeen {
+    recorded: usize,
+    dropped: u64,
+    /// Containers that ran without a `Create` span.
+    untraced: Vec<String>,
+}
+
+/// Whether every container that ran was traced and no span was dropped; then the spool ingested
+/// as the collector would, and what it still holds.
+fn read_and_ingest_spool(
+    config: &SoakConfig,
+    soak: &Soak,
+    ids: &SoakIds,
+    failed: usize,
+    progress: &dyn Fn(&str),
+) -> Result<(SpansSeen, SpoolLeft), BenchError> {
     progress("reading the spool and ingesting it");
-    let spool = read_spool(&traced.spool)
+    let spool = read_spool(&soak.traced.spool)
         .map_err(|e| BenchError::Setup(format!("reading the soak's spool: {e}")))?;
     let traced_ids: BTreeSet<&str> = spool
         .spans
@@ -630,18 +772,31 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
         .filter(|s| is_method(s, "Create"))
         .filter_map(|s| s.container_id())
         .collect();
-    let failed: usize = phases.iter().map(|p| p.failures).sum();
     // Only the containers that ran are expected to have spans; which ones failed is not known
     // for the parallel burst, so with failures the check is skipped there.
-    let untraced: Vec<String> = seq_ids
+    let untraced: Vec<String> = ids
+        .seq
         .iter()
-        .chain(if failed == 0 { &par_ids[..] } else { &[][..] })
+        .chain(if failed == 0 { &ids.par[..] } else { &[][..] })
         .filter(|id| !traced_ids.contains(id.as_str()))
         .cloned()
         .collect();
-    let spool_end = drain_spool(&traced.spool, containerd, settle)?;
-    let held = |left: &SpoolLeft| left.held_by_reused_pid.len() as u64;
-    let leftovers = [
+    let spool_end = drain_spool(&soak.traced.spool, soak.containerd(), config.settle())?;
+    let spans = SpansSeen {
+        recorded: spool.spans.len(),
+        dropped: spool.dropped,
+        untraced,
+    };
+    Ok((spans, spool_end))
+}
+
+/// The first entries behind each count that can miss its start: what was left where.
+fn leftovers(
+    soak: &Soak,
+    run_dir_start: &BTreeSet<String>,
+    spool_end: &SpoolLeft,
+) -> Vec<Leftovers> {
+    [
         Leftovers::of(
             "shim_sockets",
             soak.sockets
@@ -652,7 +807,7 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
         ),
         Leftovers::of(
             "run_dir",
-            dir_names(&traced.run_dir)
+            dir_names(&soak.traced.run_dir)
                 .into_iter()
                 .filter(|n| !run_dir_start.contains(n))
                 .collect(),
@@ -661,7 +816,7 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
         Leftovers::of("spool_files_held", spool_end.held_by_reused_pid.clone()),
         Leftovers::of(
             "processes",
-            containerd
+            soak.containerd()
                 .owned_processes()
                 .iter()
                 .map(|pid| format!("{pid} {}", process_name(*pid).unwrap_or_default()))
@@ -670,17 +825,29 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
     ]
     .into_iter()
     .flatten()
-    .collect();
+    .collect()
+}
 
-    let counts = vec![
+/// The verdict: no failed run, no untraced container, no dropped span, and every count that a
+/// container could leak in back at its start.
+fn counts(
+    failed: usize,
+    spans: &SpansSeen,
+    start: &Baseline,
+    end: &Snapshot,
+    spool_end: &SpoolLeft,
+) -> Vec<Count> {
+    let held = |left: &SpoolLeft| left.held_by_reused_pid.len() as u64;
+    let (spool_start, start) = (&start.spool, &start.counts);
+    vec![
         Count::checked("failures", "failed runs", 0, failed as u64),
         Count::checked(
             "untraced",
             "containers run without a Create span",
             0,
-            untraced.len() as u64,
+            spans.untraced.len() as u64,
         ),
-        Count::checked("dropped", "spans dropped", 0, spool.dropped),
+        Count::checked("dropped", "spans dropped", 0, spans.dropped),
         Count::checked(
             "processes",
             "processes of this containerd (shims, proxies)",
@@ -702,14 +869,14 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
         Count::checked(
             "spool_files",
             "spool files (after ingest)",
-            spool_start.entries - held(&spool_start),
-            spool_end.entries - held(&spool_end),
+            spool_start.entries - held(spool_start),
+            spool_end.entries - held(spool_end),
         ),
         Count::context(
             "spool_files_held",
             "spool files kept for a writer pid now reused (context)",
-            held(&spool_start),
-            held(&spool_end),
+            held(spool_start),
+            held(spool_end),
         ),
         Count::checked(
             "containerd_fds",
@@ -726,30 +893,16 @@ pub fn run(config: &SoakConfig, progress: &dyn Fn(&str)) -> Result<SoakReport, B
             start.all_sockets,
             end.all_sockets,
         ),
-    ];
-    let memory = ["sequential", "parallel", "settle"]
-        .into_iter()
-        .map(|phase| sampler.summary(phase))
-        .collect();
-    let samples = sampler.samples.into_inner().unwrap();
+    ]
+}
+
+/// Stops containerd, then removes what the soak's shims left in the machine-wide socket dir.
+fn stop_containerd(traced: Traced, sockets: SocketNames, progress: &dyn Fn(&str)) {
     progress("stopping containerd");
-    let Soak { sockets, .. } = soak;
     drop(traced);
     // Counted above; what the soak's shims left in the machine-wide socket dir goes now (nothing
     // can be listening: their containerd and every process of it are gone).
     sockets.remove_leftovers();
-    Ok(SoakReport {
-        config: config.clone(),
-        phases,
-        counts,
-        memory,
-        samples,
-        spans: spool.spans.len(),
-        untraced,
-        notes,
-        leftovers,
-        wall_s: started.elapsed().as_secs_f64(),
-    })
 }
 
 /// Ingests the spool into a throwaway store, removing what is finished (as the collector does),
