@@ -206,12 +206,6 @@ fn reject_unsupported_flags(args: &crate::LabArgs) -> Result<(), LabError> {
     Ok(())
 }
 
-/// The error of a file the lab could not read or write at `path`.
-fn out_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError {
-    let path = path.to_path_buf();
-    move |source| LabError::Out { path, source }
-}
-
 /// Where the lab's CRI containerd and its shims keep their files.
 struct CriLayout {
     /// Short, under /tmp: containerd's sockets live below it.
@@ -240,11 +234,11 @@ impl CriLayout {
         let dir = tempfile::Builder::new()
             .prefix("shimtrace-lab-cri-")
             .tempdir_in("/tmp")
-            .map_err(out_err(Path::new("/tmp")))?;
+            .map_err(LabError::out(Path::new("/tmp")))?;
         let containerd_dir = dir.path().join("c");
         let bin = dir.path().join("bin");
         for d in [&containerd_dir, &bin] {
-            std::fs::create_dir_all(d).map_err(out_err(d))?;
+            std::fs::create_dir_all(d).map_err(LabError::out(d))?;
         }
         let spool_dir = lab.out.join("spool");
         // Our own containerd's shims write only this run's spans here.
@@ -261,7 +255,7 @@ impl CriLayout {
             Some(cri_settings),
         )
         .map_err(|e| cri_error("writing containerd's config")(&e))?;
-        std::fs::write(&config_path, base).map_err(out_err(&config_path))?;
+        std::fs::write(&config_path, base).map_err(LabError::out(&config_path))?;
         Ok(CriLayout {
             dir,
             containerd_dir,
@@ -364,19 +358,20 @@ fn register_crun(
     };
     let entry = crun_runtime(form, &layout.bin, &runc_shim, &crun);
     let config_path = &layout.config_path;
-    let text = std::fs::read_to_string(config_path).map_err(out_err(config_path))?;
+    let text = std::fs::read_to_string(config_path).map_err(LabError::out(config_path))?;
     let merged = merge_config(
         &text,
         binary.config_version(),
         std::slice::from_ref(&entry),
         config_path,
     )?;
-    std::fs::write(config_path, merged.text).map_err(out_err(config_path))?;
+    std::fs::write(config_path, merged.text).map_err(LabError::out(config_path))?;
     if let Some(wrapper_entry) = &entry.wrapper_entry {
         let wrapper = find_wrapper(lab.args.wrapper.as_deref())?;
         ensure_symlink(&wrapper_entry.link, &wrapper)?;
         let wrapper_config = &layout.wrapper_config;
-        let text = std::fs::read_to_string(wrapper_config).map_err(out_err(wrapper_config))?;
+        let text =
+            std::fs::read_to_string(wrapper_config).map_err(LabError::out(wrapper_config))?;
         let (text, _, _) = merge_wrapper_config(
             &text,
             std::slice::from_ref(wrapper_entry),
@@ -442,7 +437,7 @@ async fn import_images(
 ) -> Result<(), LabError> {
     let ctr = ctr_beside(binary.path());
     let images = target.logs.join(".images");
-    std::fs::create_dir_all(&images).map_err(out_err(&images))?;
+    std::fs::create_dir_all(&images).map_err(LabError::out(&images))?;
     for (tag, command) in [
         (SANDBOX_TAG, SANDBOX_COMMAND.as_slice()),
         (WORKLOAD_TAG, ["/bin/sh"].as_slice()),

@@ -205,18 +205,12 @@ fn start_private(
     let dir = tempfile::Builder::new()
         .prefix("shimtrace-lab-dkr-")
         .tempdir_in("/tmp")
-        .map_err(|source| LabError::Out {
-            path: PathBuf::from("/tmp"),
-            source,
-        })?;
+        .map_err(LabError::out(Path::new("/tmp")))?;
     let spool_dir = lab.out.join("spool");
     // Our own dockerd's shims write only this run's spans here.
     let _ = std::fs::remove_dir_all(&spool_dir);
     let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).map_err(|source| LabError::Out {
-        path: bin.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&bin).map_err(LabError::out(&bin))?;
     let mut config = DockerdConfig::new(dir.path(), &dockerd);
     let first = std::iter::once(bin.clone()).chain(dockerd.parent().map(Path::to_path_buf));
     config.path = path_with(first).map_err(|e| no_docker(e.to_string()))?;

@@ -195,6 +195,14 @@ struct Active {
     result: ProfileResult,
 }
 
+impl LabError {
+    /// The error of a file or directory at `path` the lab could not make, read or write.
+    fn out(path: &Path) -> impl FnOnce(std::io::Error) -> LabError {
+        let path = path.to_path_buf();
+        move |source| LabError::Out { path, source }
+    }
+}
+
 fn log(line: impl AsRef<str>) {
     eprintln!("shimtrace lab: {}", line.as_ref());
 }
@@ -260,16 +268,10 @@ impl<'a> Lab<'a> {
         // Task outputs of an earlier lab run in this directory would only mislead.
         let _ = std::fs::remove_dir_all(&io_dir);
         for dir in [&out, &work, &io_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| LabError::Out {
-                path: dir.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).map_err(LabError::out(dir))?;
         }
         let probe_path = work.join("shimtrace-probe");
-        write_probe(&probe_path).map_err(|source| LabError::Out {
-            path: probe_path.clone(),
-            source,
-        })?;
+        write_probe(&probe_path).map_err(LabError::out(&probe_path))?;
         let rootfs_dir = work.join("rootfs");
         if args.image.is_none() {
             rootfs::build_rootfs(&rootfs_dir, &args.busybox, &probe_path)?;
@@ -485,10 +487,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<Target, LabError
     let private_dir = tempfile::Builder::new()
         .prefix("shimtrace-lab-")
         .tempdir()
-        .map_err(|source| LabError::Out {
-            path: std::env::temp_dir(),
-            source,
-        })?;
+        .map_err(LabError::out(&std::env::temp_dir()))?;
     let mut private: Option<PrivateContainerd> = None;
     let spool_dir;
     let client = match Containerd::connect(&args.address).await {
@@ -1136,10 +1135,7 @@ pub fn prepare_traced_shims(
         },
     };
     let dir = work.join("bin");
-    std::fs::create_dir_all(&dir).map_err(|source| LabError::Out {
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir).map_err(LabError::out(&dir))?;
     for shim in [profiles::runc_shim(), profiles::kata_shim()] {
         if which(&shim.binary()).is_some() {
             shimtrace_containerd::install::ensure_symlink(
