@@ -765,19 +765,7 @@ impl Containerd {
         };
         let mut oci_spec = spec.oci_spec(&self.namespace);
         if let Some(image) = &image {
-            let key = |e: &String| e.split('=').next().unwrap_or_default().to_string();
-            let ours: Vec<String> = spec.env.iter().map(key).collect();
-            let mut env: Vec<String> = image
-                .env
-                .iter()
-                .filter(|e| !ours.contains(&key(e)))
-                .cloned()
-                .collect();
-            env.extend(spec.env.iter().cloned());
-            if !env.iter().any(|e| e.starts_with("PATH=")) {
-                env.insert(0, DEFAULT_PATH_ENV.into());
-            }
-            oci_spec["process"]["env"] = serde_json::json!(env);
+            oci_spec["process"]["env"] = serde_json::json!(image_env(&image.env, &spec.env));
         }
         let spec_json = serde_json::to_vec(&oci_spec)
             .map_err(|e| io_error("encode OCI spec")(io::Error::other(e)))?;
@@ -1093,9 +1081,44 @@ pub fn remove_driven_containers(socket: &Path, namespaces: &[String]) {
     let _ = cleanup.join();
 }
 
+/// A container's environment from an image: the image's `KEY=VALUE` pairs whose key `ours` does not
+/// set, then `ours`; a PATH first when neither sets one.
+fn image_env(image: &[String], ours: &[String]) -> Vec<String> {
+    let key = |e: &String| e.split('=').next().unwrap_or_default().to_string();
+    let our_keys: Vec<String> = ours.iter().map(key).collect();
+    let mut env: Vec<String> = image
+        .iter()
+        .filter(|e| !our_keys.contains(&key(e)))
+        .cloned()
+        .collect();
+    env.extend(ours.iter().cloned());
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH_ENV.into());
+    }
+    env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_env_gives_way_to_ours_and_gets_a_path() {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let image = owned(&["PATH=/image/bin", "LANG=C", "HOME=/root"]);
+        assert_eq!(
+            image_env(&image, &owned(&["HOME=/home/x", "DEBUG=1"])),
+            owned(&["PATH=/image/bin", "LANG=C", "HOME=/home/x", "DEBUG=1"])
+        );
+        assert_eq!(
+            image_env(&owned(&["LANG=C"]), &[]),
+            owned(&[DEFAULT_PATH_ENV, "LANG=C"])
+        );
+        assert_eq!(
+            image_env(&image, &owned(&["PATH=/ours"])),
+            owned(&["LANG=C", "HOME=/root", "PATH=/ours"])
+        );
+    }
 
     #[test]
     fn runc_options_encode_binary_name_as_field_6() {
