@@ -758,7 +758,7 @@ async fn cold_start(
 
 /// Stage 4's order under every engine: `--runs` rounds over `profiles` profiles, as (round, profile
 /// index) pairs. Each round starts one profile later than the one before, so that no profile always
-/// goes first (and none always runs on a machine warmed by the same neighbour).
+/// goes first.
 fn rotation(runs: u32, profiles: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..runs as usize)
         .flat_map(move |round| (0..profiles).map(move |k| (round, (round + k) % profiles)))
