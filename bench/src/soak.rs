@@ -833,12 +833,12 @@ fn leftovers(
 fn counts(
     failed: usize,
     spans: &SpansSeen,
-    start: &Baseline,
+    baseline: &Baseline,
     end: &Snapshot,
     spool_end: &SpoolLeft,
 ) -> Vec<Count> {
     let held = |left: &SpoolLeft| left.held_by_reused_pid.len() as u64;
-    let (spool_start, start) = (&start.spool, &start.counts);
+    let (spool_start, start) = (&baseline.spool, &baseline.counts);
     vec![
         Count::checked("failures", "failed runs", 0, failed as u64),
         Count::checked(

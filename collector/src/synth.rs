@@ -199,6 +199,7 @@ impl SynthTrace {
         )
     }
 
+    /// A span with the given ids and times, carrying `base` and `extra`; returns its index.
     fn push(
         &mut self,
         span_id: SpanId,

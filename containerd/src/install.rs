@@ -1017,7 +1017,7 @@ struct Plan {
     form: Form,
     /// The config schema for the main config.
     schema: u32,
-    /// The entries go into a drop-in that the main config imports (containerd 2.x).
+    /// The entries go into a drop-in that the main config imports (containerd 2.2 and later).
     drop_in: bool,
     runtimes: Vec<TracedRuntime>,
     notes: Vec<String>,
@@ -1120,7 +1120,8 @@ fn read_target(
 }
 
 /// The target's text with the plan's runtimes merged in. The drop-in is install's whole, so it is
-/// made afresh, and it holds CRI's default `runc` only when the main config lacks one.
+/// made afresh, and it holds CRI's default `runc` only when the main config defines runtimes but
+/// not `runc`.
 fn merge_entries(
     args: &InstallArgs,
     plan: &Plan,
@@ -1325,7 +1326,8 @@ fn report_links(r: &mut String, input: &ReportInput<'_>) {
     }
 }
 
-/// The form written, why it suits this containerd and what it costs, and the plan's notes.
+/// The form written, why it suits this containerd and what it costs, the plan's notes, and whether
+/// install adds CRI's default `runc`.
 fn report_form(r: &mut String, input: &ReportInput<'_>) {
     let version = input.plan.version.as_deref().unwrap_or("(version unknown)");
     let why = match (input.plan.form, input.plan.version.as_deref(), input.args.form) {

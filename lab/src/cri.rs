@@ -21,7 +21,7 @@
 //! its run, and containerd is stopped before the lab returns.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -271,7 +271,7 @@ impl CriLayout {
 /// The handlers registered in the lab's containerd, and what install said of them.
 struct Handlers {
     outcome: InstallOutcome,
-    /// Install's runtimes, then `traced-crun` when crun is installed.
+    /// Install's runtimes, then `traced-crun` when crun and a runc shim are installed.
     runtimes: Vec<TracedRuntime>,
     /// gVisor's runsc, when installed.
     runsc: Option<PathBuf>,
@@ -348,7 +348,7 @@ fn register_crun(
     binary: &ContainerdBinary,
     layout: &CriLayout,
     form: Form,
-    shim_path: &OsString,
+    shim_path: &OsStr,
 ) -> Result<Option<TracedRuntime>, LabError> {
     let runc_shim = find_real_shims(shim_path)
         .into_iter()

@@ -302,9 +302,12 @@ impl<'a> Lab<'a> {
         format!("lab-{}-{what}-{}", profile.name, self.suffix)
     }
 
-    /// Whether `id` is a name [`Lab::container_name`] gave.
+    /// Whether `id` has the form of this run's names, `lab-…-<suffix>` (as [`Lab::name_pattern`]).
     fn is_ours(&self, id: &str) -> bool {
-        id.starts_with("lab-") && id.ends_with(&self.suffix)
+        id.starts_with("lab-")
+            && id
+                .strip_suffix(self.suffix.as_str())
+                .is_some_and(|rest| rest.ends_with('-'))
     }
 
     /// A regular expression that matches every name [`Lab::container_name`] gives (for

@@ -134,6 +134,14 @@ mod tests {
         assert_eq!(k.runtime, "io.containerd.traced-kata-qemu.v2");
         assert_eq!(k.inner_binary, "containerd-shim-kata-qemu-v2");
         assert_eq!(WrapperName::from_binary_name(WRAPPER_BINARY), None);
+        assert_eq!(
+            WrapperName::from_binary_name("containerd-shim-traced--v2"),
+            None
+        );
+        assert_eq!(
+            WrapperName::from_binary_name("containerd-shim-traced-runc-"),
+            None
+        );
     }
 
     #[test]

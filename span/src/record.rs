@@ -43,7 +43,9 @@ pub mod attr {
     /// The proxy's socket, the address containerd was given in place of the inner shim's.
     pub const PROXY_SOCKET: &str = "shimtrace.proxy.socket";
     // On the wrapper's `shim.delete` span, from the inner shim's `delete` answer.
+    /// The task's pid.
     pub const TASK_PID: &str = "shimtrace.task.pid";
+    /// The task's exit status.
     pub const TASK_EXIT_CODE: &str = "shimtrace.task.exit_code";
 
     // Who ran what: set on every span of a container by the wrapper and the proxy.

@@ -87,7 +87,7 @@ fn proxy_sockets(docker: &TestDocker, spans: &[SpanRecord]) -> Vec<PathBuf> {
         .spans()
         .iter()
         .filter(|s| traces.contains(&s.trace_id))
-        .filter_map(|s| s.attr_str("shimtrace.proxy.socket"))
+        .filter_map(|s| s.attr_str(attr::PROXY_SOCKET))
         .map(PathBuf::from)
         .collect();
     assert_eq!(
