@@ -38,8 +38,9 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(tmp)
 }
 
-/// Replaces `path` with a regular file holding `content`, of mode `mode` if given (else the
-/// default the umask leaves). The content goes to [`tmp_path`] first and is synced to disk; that
+/// Replaces `path` with a regular file holding `content`, of mode `mode` if given, else of the mode
+/// of the regular file it replaces (a config kept private stays private), else the default the
+/// umask leaves. The content goes to [`tmp_path`] first and is synced to disk; that
 /// file is then renamed over `path`, so a symlink at `path` is itself replaced rather than written
 /// through. If a step fails the temporary file is removed, and the error names the step and the
 /// path: "cannot write <tmp>", "cannot set the mode of <tmp>" or "cannot replace <path>".
@@ -49,6 +50,12 @@ pub fn replace_file(
     mode: Option<u32>,
 ) -> Result<(), FileError> {
     let tmp = tmp_path(path);
+    let mode = mode.or_else(|| {
+        fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions().mode() & 0o7777)
+    });
     let result = write_tmp(&tmp, content.as_ref(), mode)
         .and_then(|()| fs::rename(&tmp, path).map_err(io_err("cannot replace", path)));
     if result.is_err() {
@@ -130,6 +137,25 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "{}\n");
         // Whatever the umask, nobody gets execute permission a file was not asked to have.
         assert_eq!(mode_of(&path) & 0o111, 0);
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_unless_another_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs::write(&path, "old\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        replace_file(&path, "new\n", None).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+        assert_eq!(mode_of(&path), 0o600);
+        // A link in its place lends no mode: the file is made with the default one.
+        let target = dir.path().join("private");
+        fs::write(&target, "").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o751)).unwrap();
+        let linked = dir.path().join("linked");
+        symlink(&target, &linked).unwrap();
+        replace_file(&linked, "{}\n", None).unwrap();
+        assert_eq!(mode_of(&linked) & 0o111, 0);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //!
 //! Entries are kept in two generations: new entries go to `current`; when half of [`REMEMBERED`]
 //! have gone into `current` (retired ones included, see [`Generations::retire`]), it becomes
-//! `previous` and the older generation is dropped. An entry looked up
-//! from `previous` moves back to `current`, so the containers in use stay while ids seen once age
-//! out, at no cost per lookup beyond a second map probe. Whatever the ids a peer sends, at most
-//! [`REMEMBERED`] entries are kept; one forgotten is read again from its bundle when next needed.
+//! `previous` and the older generation is dropped. An entry looked up from `previous` moves back to
+//! `current`, so the containers in use stay while ids seen once age out, at no cost per lookup
+//! beyond a second map probe. Whatever the ids a peer sends, at most [`REMEMBERED`] entries are
+//! kept; one forgotten is read again from its bundle when next needed.
 
 use std::collections::HashMap;
 
