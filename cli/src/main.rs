@@ -2,7 +2,10 @@
 //! its module under `commands/`, which calls into the libraries.
 
 mod commands;
+mod errors;
 mod logging;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -48,8 +51,17 @@ enum Command {
     Install(install::InstallCommand),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {}", errors::error_text(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     // The daemon says what it is doing; one-shot commands only warn.
     let default_level = match cli.command {
         Command::Serve(_) => LevelFilter::INFO,

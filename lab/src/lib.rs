@@ -148,12 +148,12 @@ pub enum LabError {
         "shimtrace lab must run as root (containerd and the runtimes need it): run it with sudo"
     )]
     NotRoot,
-    #[error("cannot use output directory {path}: {source} (pass a writable --out)")]
+    #[error("cannot use {path}: {source} (pass a writable --out; the private containerd and dockerd the lab starts also need a writable /tmp)")]
     Out {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write the report: {0} (pass a writable --out)")]
+    #[error("the report: {0} (pass a writable --out)")]
     Report(#[source] shimtrace_containerd::files::FileError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
@@ -180,6 +180,14 @@ pub enum LabError {
     Incomplete { out: PathBuf, lines: Vec<String> },
 }
 
+impl LabError {
+    /// The error of a file or directory at `path` the lab could not make, read or write.
+    fn out(path: &Path) -> impl FnOnce(std::io::Error) -> LabError {
+        let path = path.to_path_buf();
+        move |source| LabError::Out { path, source }
+    }
+}
+
 /// Runs the lab (blocking); returns the output directory.
 pub fn run(args: LabArgs) -> Result<PathBuf, LabError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -193,14 +201,6 @@ pub fn run(args: LabArgs) -> Result<PathBuf, LabError> {
 struct Active {
     profile: Profile,
     result: ProfileResult,
-}
-
-impl LabError {
-    /// The error of a file or directory at `path` the lab could not make, read or write.
-    fn out(path: &Path) -> impl FnOnce(std::io::Error) -> LabError {
-        let path = path.to_path_buf();
-        move |source| LabError::Out { path, source }
-    }
 }
 
 fn log(line: impl AsRef<str>) {

@@ -43,7 +43,7 @@ pub enum ProfileError {
         "profiles file {path} is not valid: {message} (see `shimtrace lab --help` for the format)"
     )]
     Parse { path: PathBuf, message: String },
-    #[error("cannot write the runsc wrapper {path}: {source} (pass a writable --out directory)")]
+    #[error("the runsc wrapper {path}: {source} (pass a writable --out directory)")]
     Wrapper { path: PathBuf, source: FileError },
 }
 
