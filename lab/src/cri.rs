@@ -742,7 +742,7 @@ async fn preflight(lab: &Lab<'_>, target: &CriTarget, found: &mut Findings) -> V
                 .as_ref()
                 .map(|e| e.oci_runtime.display().to_string())
         });
-        let name = lab.container_name(profile, "probe");
+        let name = lab.names.container(&profile.name, "probe");
         let (_, outcome) = target.probe_pod(&handler.handler, &name).await;
         let probe = match outcome {
             Ok((0, output)) => parse_probe(&output)
@@ -791,7 +791,7 @@ async fn cold_starts(lab: &Lab<'_>, target: &CriTarget, active: &mut [Active]) {
     for (round, index) in crate::rotation(lab.args.runs, active.len()) {
         let entry = &mut active[index];
         bar.set_message(entry.profile.name.clone());
-        let name = lab.container_name(&entry.profile, round);
+        let name = lab.names.container(&entry.profile.name, round);
         let (run, outcome) = target.probe_pod(&entry.profile.runtime, &name).await;
         entry.result.runs.push(record(round, name, run, outcome));
         bar.inc(1);

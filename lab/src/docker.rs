@@ -63,7 +63,7 @@ impl DockerTarget {
 
     /// Removes the lab's containers and image, and stops a private dockerd.
     fn close(self, lab: &Lab<'_>, found: &mut Findings) {
-        let filter = format!("name={}", lab.name_pattern());
+        let filter = format!("name={}", lab.names.pattern());
         if let Ok(ids) = self.run(&["ps", "-aq", "--filter", &filter]) {
             for id in ids.stdout.split_whitespace() {
                 if let Err(e) = self.run(&["rm", "-f", id]) {
@@ -87,6 +87,7 @@ pub(crate) async fn measure(lab: &Lab<'_>, found: &mut Findings) -> Result<(), L
     let target = connect(lab, found).await.map_err(|e| found.fatal(e))?;
     let mut active = preflight(lab, &target, found);
     cold_starts(lab, &target, &mut active);
+    // Docker names containers by its own ids: the lab's are those its runs recorded.
     let spool = (target.spool_dir.as_path(), target.spool_start);
     spans_serving_export(lab, &target, spool, active, found).await;
     target.close(lab, found);
@@ -123,7 +124,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<DockerTarget, La
         cli,
         private,
         _dir: dir,
-        image: format!("{IMAGE_REPOSITORY}:{}", lab.suffix),
+        image: format!("{IMAGE_REPOSITORY}:{}", lab.names.suffix),
         runtimes: Map::new(),
         spool_dir,
         spool_start: shimtrace_containerd::wall_unix_nanos(),
@@ -237,7 +238,7 @@ fn start_private(
     // Its containers' cgroups under a parent of their own, removed when it stops.
     config.daemon_json.insert(
         "cgroup-parent".into(),
-        Value::String(format!("/shimtrace-lab-{}", lab.suffix)),
+        Value::String(format!("/shimtrace-lab-{}", lab.names.suffix)),
     );
     config
         .write_daemon_json()
@@ -361,7 +362,7 @@ fn preflight(lab: &Lab<'_>, target: &DockerTarget, found: &mut Findings) -> Vec<
                     .join(" "),
             )
         });
-        let name = lab.container_name(profile, "probe");
+        let name = lab.names.container(&profile.name, "probe");
         let probe = run_rm(target, &runtime, &name, &[rootfs::PROBE_IN_ROOTFS]);
         let outcome = match probe.map(|run| run.output) {
             Ok(out) if out.success() => match parse_probe(&out.stdout) {
@@ -453,7 +454,7 @@ fn cold_starts(lab: &Lab<'_>, target: &DockerTarget, active: &mut [Active]) {
     for (round, index) in crate::rotation(lab.args.runs, active.len()) {
         let entry = &mut active[index];
         bar.set_message(entry.profile.name.clone());
-        let name = lab.container_name(&entry.profile, round);
+        let name = lab.names.container(&entry.profile.name, round);
         let record = cold_start(target, &entry.profile.runtime, &name, round);
         entry.result.runs.push(record);
         bar.inc(1);

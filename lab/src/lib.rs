@@ -207,11 +207,41 @@ fn log(line: impl AsRef<str>) {
     eprintln!("shimtrace lab: {}", line.as_ref());
 }
 
-fn unique_suffix() -> String {
-    format!(
-        "{:x}",
-        shimtrace_containerd::wall_unix_nanos() & 0xffff_ffff
-    )
+/// How this run names its containers: `lab-<profile>-<what>-<suffix>`, the suffix unique to the
+/// run, so that its containers are told from an earlier run's.
+struct RunNames {
+    suffix: String,
+}
+
+impl RunNames {
+    fn new() -> RunNames {
+        RunNames {
+            suffix: format!(
+                "{:x}",
+                shimtrace_containerd::wall_unix_nanos() & 0xffff_ffff
+            ),
+        }
+    }
+
+    /// The name of this run's container `what` of profile `profile` (`probe`, a round's number,
+    /// `http`).
+    fn container(&self, profile: &str, what: impl std::fmt::Display) -> String {
+        format!("lab-{profile}-{what}-{}", self.suffix)
+    }
+
+    /// Whether `id` has the form of this run's names, `lab-…-<suffix>`, as [`Self::pattern`].
+    fn is_ours(&self, id: &str) -> bool {
+        id.starts_with("lab-")
+            && id
+                .strip_suffix(self.suffix.as_str())
+                .is_some_and(|rest| rest.ends_with('-'))
+    }
+
+    /// A regular expression that matches every name of this run (for `docker ps --filter
+    /// name=…`).
+    fn pattern(&self) -> String {
+        format!("lab-.*-{}$", self.suffix)
+    }
 }
 
 /// Runs the lab; returns the output directory.
@@ -237,7 +267,7 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
 }
 
 /// What every stage of a run reads: the options, the work directories, the profiles to run and the
-/// suffix that makes this run's container ids unique.
+/// names that make this run's containers its own.
 struct Lab<'a> {
     args: &'a LabArgs,
     out: PathBuf,
@@ -251,7 +281,7 @@ struct Lab<'a> {
     profiles: Vec<Profile>,
     /// The user named the profiles (`--profiles` or `--only`): one that cannot run is an error.
     explicit: bool,
-    suffix: String,
+    names: RunNames,
 }
 
 impl<'a> Lab<'a> {
@@ -292,28 +322,8 @@ impl<'a> Lab<'a> {
             traced_dir,
             profiles,
             explicit,
-            suffix: unique_suffix(),
+            names: RunNames::new(),
         })
-    }
-
-    /// The name of this run's container `what` of `profile` (`probe`, a round's number, `http`):
-    /// `lab-<profile>-<what>-<suffix>`, unique to this run.
-    fn container_name(&self, profile: &Profile, what: impl std::fmt::Display) -> String {
-        format!("lab-{}-{what}-{}", profile.name, self.suffix)
-    }
-
-    /// Whether `id` has the form of this run's names, `lab-…-<suffix>` (as [`Lab::name_pattern`]).
-    fn is_ours(&self, id: &str) -> bool {
-        id.starts_with("lab-")
-            && id
-                .strip_suffix(self.suffix.as_str())
-                .is_some_and(|rest| rest.ends_with('-'))
-    }
-
-    /// A regular expression that matches every name [`Lab::container_name`] gives (for
-    /// `docker ps --filter name=…`).
-    fn name_pattern(&self) -> String {
-        format!("lab-.*-{}$", self.suffix)
     }
 
     /// A run of `argv` in the lab's rootfs (or `--image`) as container `id`, before a profile
@@ -577,7 +587,7 @@ async fn measure(lab: &Lab<'_>, target: &Target, found: &mut Findings) -> Result
         &mut found.report,
     );
     served_latency(lab, client, &mut active, found).await;
-    let is_ours = |id: &str| lab.is_ours(id);
+    let is_ours = |id: &str| lab.names.is_ours(id);
     export_otlp(lab, &target.spool_dir, target.spool_start, is_ours, found).await;
     found.place_in_order(lab, active);
     Ok(())
@@ -613,7 +623,7 @@ async fn preflight(
             found.skip(result, reason, lab.explicit);
             continue;
         }
-        let probe_id = lab.container_name(profile, "probe");
+        let probe_id = lab.names.container(&profile.name, "probe");
         // The probe's output and the line that says the profile is ready, or why it is not.
         let outcome = if lab.args.image.is_some() {
             match image_preflight(lab, client, profile, &probe_id).await {
@@ -703,7 +713,7 @@ async fn cold_start(
     round: usize,
     image_command: Option<&[String]>,
 ) -> Result<RunRecord, LabError> {
-    let id = lab.container_name(profile, round);
+    let id = lab.names.container(&profile.name, round);
     let argv: Vec<&str> = match image_command {
         Some(command) => command.iter().map(String::as_str).collect(),
         None => vec![rootfs::PROBE_IN_ROOTFS],
@@ -967,7 +977,7 @@ async fn serve_and_measure<E: HttpEngine>(
         requests,
         ..Default::default()
     };
-    let name = lab.container_name(&entry.profile, "http");
+    let name = lab.names.container(&entry.profile.name, "http");
     let listen = format!("127.0.0.1:{port}");
     let argv = ["/bin/httpd", "-f", "-p", &listen, "-h", "/www"];
     let (server, started) = match engine.start(entry, &name, &argv).await {
@@ -1437,6 +1447,27 @@ mod tests {
         );
         assert_eq!(rotation(4, 0).count(), 0);
         assert_eq!(rotation(0, 2).count(), 0);
+    }
+
+    #[test]
+    fn this_runs_container_names_are_its_own() {
+        let names = RunNames {
+            suffix: "5eed".into(),
+        };
+        for what in ["probe".to_string(), "3".into(), "http".into()] {
+            let name = names.container("runc", &what);
+            assert_eq!(name, format!("lab-runc-{what}-5eed"));
+            assert!(names.is_ours(&name), "{name}");
+        }
+        for other in [
+            "lab-runc-3-beef",
+            "lab-runc-35eed",
+            "runc-3-5eed",
+            "lab-runc-3-5eed-x",
+        ] {
+            assert!(!names.is_ours(other), "{other}");
+        }
+        assert_eq!(names.pattern(), "lab-.*-5eed$");
     }
 
     #[test]
