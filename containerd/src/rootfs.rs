@@ -7,6 +7,8 @@ use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::files::{replace_file, FileError};
+
 /// Busybox applets linked in the rootfs: what the lab's workloads and the tests run.
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "true", "false", "sleep", "cat", "uname", "ls", "wc", "date", "httpd", "dmesg",
@@ -29,6 +31,8 @@ pub enum RootfsError {
     NoProbe(PathBuf),
     #[error("cannot build rootfs at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("cannot build rootfs: {0}")]
+    File(#[from] FileError),
 }
 
 fn at(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
@@ -116,11 +120,9 @@ fn check_busybox(busybox: &Path) -> Result<(), RootfsError> {
 }
 
 fn copy_executable(from: &Path, to: &Path) -> Result<(), RootfsError> {
-    // Copy to a temporary name then rename: a running container may still execute the old file.
-    let tmp = to.with_extension("new");
-    fs::copy(from, &tmp).map_err(at(from))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(at(&tmp))?;
-    fs::rename(&tmp, to).map_err(at(to))
+    // Replaced, not written over: a running container may still execute the old file.
+    let content = fs::read(from).map_err(at(from))?;
+    Ok(replace_file(to, content, Some(0o755))?)
 }
 
 #[cfg(test)]
