@@ -11,7 +11,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
 use std::time::Duration;
 
 use shimtrace_containerd::cri::{ContainerSpec, PodSpec};
@@ -249,13 +248,21 @@ impl ScratchNode {
             node.path("artifacts/containerd-shim-traced-v2"),
         )
         .unwrap();
-        // `ctr plugins ls`: CRI ok, or what $FAKE_CRI_AFTER_RESTART says once restarted.
+        // `ctr plugins ls`: CRI ok, or what $FAKE_CRI_AFTER_RESTART says once restarted; listed
+        // as containerd 1.x lists it, or with $FAKE_CTR_PLUGINS=2 as 2.x does (its gRPC service
+        // still `cri`, the plugin that can fail to load `io.containerd.cri.v1 runtime`).
         node.script(
             "fake/ctr",
             &format!(
                 "status=ok\n[ -e {restarts} ] && status=${{FAKE_CRI_AFTER_RESTART:-ok}}\n\
-                 echo 'TYPE                  ID   PLATFORMS    STATUS'\n\
-                 echo \"io.containerd.grpc.v1 cri  linux/amd64  $status\"\n",
+                 echo 'TYPE                  ID       PLATFORMS    STATUS'\n\
+                 if [ \"${{FAKE_CTR_PLUGINS:-1}}\" = 2 ]; then\n\
+                 echo 'io.containerd.cri.v1  images   -            ok'\n\
+                 echo \"io.containerd.cri.v1  runtime  linux/amd64  $status\"\n\
+                 echo 'io.containerd.grpc.v1 cri      -            ok'\n\
+                 else\n\
+                 echo \"io.containerd.grpc.v1 cri      linux/amd64  $status\"\n\
+                 fi\n",
                 restarts = node.path("restarts").display()
             ),
         );
@@ -449,22 +456,31 @@ fn toml_of_str(text: &str) -> toml::Table {
 
 #[test]
 fn node_installer_never_leaves_cri_broken_nor_undoes_someone_elses_edit() {
-    // containerd's CRI plugin fails to load after the restart: the old config goes back.
-    let node = ScratchNode::new();
-    let said = node.fails("install", &[("FAKE_CRI_AFTER_RESTART", "error")]);
-    assert_says(&said, "does not load with the new config");
-    assert_eq!(
-        std::fs::read_to_string(node.config()).unwrap(),
-        ORIGINAL_CONFIG
-    );
-    assert_eq!(
-        node.restarts(),
-        2,
-        "restarted with the new config, then the old"
-    );
-    assert!(!node.path("ready").exists());
-    // The wrapper's config, which install created for gVisor's entry, is gone too.
-    assert_eq!(node.wrapper_config_text(), None);
+    // containerd's CRI plugin fails to load after the restart: the old config goes back, whether
+    // `ctr plugins ls` lists it as containerd 1.x or as 2.x does.
+    for plugins in ["1", "2"] {
+        let node = ScratchNode::new();
+        let said = node.fails(
+            "install",
+            &[
+                ("FAKE_CRI_AFTER_RESTART", "error"),
+                ("FAKE_CTR_PLUGINS", plugins),
+            ],
+        );
+        assert_says(&said, "does not load with the new config");
+        assert_eq!(
+            std::fs::read_to_string(node.config()).unwrap(),
+            ORIGINAL_CONFIG
+        );
+        assert_eq!(
+            node.restarts(),
+            2,
+            "restarted with the new config, then the old"
+        );
+        assert!(!node.path("ready").exists());
+        // The wrapper's config, which install created for gVisor's entry, is gone too.
+        assert_eq!(node.wrapper_config_text(), None);
+    }
 
     // Someone edits the config after the install: without `install --uninstall`, the script
     // will not put back a config that would lose the edit, and keeps what it refers to.
@@ -545,8 +561,9 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
 /// form, gVisor through the wrapper's config): containerd restarted on the configs the script
 /// wrote runs pods traced under `traced-runc` and `traced-runsc`, through the links to the
 /// binaries the script placed; after the script's uninstall, the configs are back byte for byte
-/// and containerd restarted on them runs a pod under its default runtime. (The script's own restart is a no-op here: the test restarts its
-/// private containerd itself; the rollback is covered on the scratch host above.)
+/// and containerd restarted on them runs a pod under its default runtime, untraced. (The script's
+/// own restart is a no-op here: the test restarts its private containerd itself; the rollback is
+/// covered on the scratch host above.)
 #[test]
 fn node_installer_configs_run_pods_on_real_containerd() {
     let mut cri_node = CriNode::start(
@@ -566,6 +583,7 @@ fn node_installer_configs_run_pods_on_real_containerd() {
     let config = traced.containerd.config_path();
     let config_before = std::fs::read_to_string(&config).unwrap();
     let wrapper_config = traced.wrapper_config.clone();
+    let wrapper_config_before = std::fs::read_to_string(&wrapper_config).unwrap();
     let paths = [
         ("CONTAINERD_CONFIG", config.clone()),
         ("CONTAINERD_BIN", traced.containerd.version().containerd()),
@@ -576,6 +594,17 @@ fn node_installer_configs_run_pods_on_real_containerd() {
     let mut env: Vec<(&str, &str)> = paths.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.push(("CONTAINERD_RESTART", "true"));
     node.succeeds("install", &env);
+    let placed = node.path("opt/shimtrace/bin/containerd-shim-traced-v2");
+    for link in [
+        "containerd-shim-traced-runc-v2",
+        "containerd-shim-traced-runsc-v2",
+    ] {
+        assert_eq!(
+            std::fs::read_link(traced.bin_dir.join(link)).ok().as_ref(),
+            Some(&placed),
+            "{link} leads to the wrapper the script placed"
+        );
+    }
     cri_node
         .restart_containerd()
         .expect("containerd restarts on the installed configs");
@@ -587,7 +616,7 @@ fn node_installer_configs_run_pods_on_real_containerd() {
     );
 
     for (handler, runtime) in [("traced-runc", "runc"), ("traced-runsc", "runsc")] {
-        let id = run_quits(&cri_node, runtime, handler);
+        let [_, id] = run_quits(&cri_node, runtime, handler);
         let spans = cri_node.await_spans(&id, Duration::from_secs(15), |s| {
             has_method(s, "Create") && has_method(s, "Wait")
         });
@@ -600,16 +629,24 @@ fn node_installer_configs_run_pods_on_real_containerd() {
 
     node.succeeds("uninstall", &env);
     assert_eq!(std::fs::read_to_string(&config).unwrap(), config_before);
-    assert_eq!(std::fs::read_to_string(&wrapper_config).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(&wrapper_config).unwrap(),
+        wrapper_config_before
+    );
     cri_node
         .restart_containerd()
         .expect("containerd restarts on the configs put back");
-    run_quits(&cri_node, "plain", "");
+    for id in run_quits(&cri_node, "plain", "") {
+        assert!(
+            cri_node.spans_of(&id).is_empty(),
+            "no spans for the default runtime's {id}"
+        );
+    }
 }
 
 /// Runs pod `node-<name>` under `handler` with one container that exits 3, checks that exit and
-/// removes the pod; returns the container's id.
-fn run_quits(node: &CriNode, name: &str, handler: &str) -> String {
+/// removes the pod; returns the sandbox's id and the container's.
+fn run_quits(node: &CriNode, name: &str, handler: &str) -> [String; 2] {
     let pod = PodSpec::new(format!("node-{name}"), handler);
     let quits = ContainerSpec::new("quits", workload_image(), ["/bin/sh", "-c", "exit 3"]);
     let run = node
@@ -623,5 +660,5 @@ fn run_quits(node: &CriNode, name: &str, handler: &str) -> String {
         .unwrap();
     assert_eq!(exited.exit_code, 3, "{exited:?}");
     node.remove_pod(run.id()).unwrap();
-    run.containers[0].clone()
+    [run.id().to_string(), run.containers[0].clone()]
 }

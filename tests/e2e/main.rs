@@ -27,6 +27,19 @@ macro_rules! version_matrix {
     };
 }
 
+/// The modules `version_matrix!` declares stand for the versions of the matrix, in its order, and
+/// for every one of them.
+#[test]
+fn the_version_modules_are_the_matrix() {
+    let modules = ["v1_6", "v1_7", "v2_1"];
+    let matrix = shimtrace_testkit::containerd::MATRIX;
+    assert_eq!(modules.len(), matrix.len(), "{matrix:?}");
+    for (module, version) in modules.into_iter().zip(matrix) {
+        let release = module[1..].replace('_', ".") + ".";
+        assert!(version.starts_with(&release), "{module} runs {version}");
+    }
+}
+
 /// The element of JSON array `array` whose `key` is `value`; none (or no array) fails the test,
 /// showing what was there.
 fn element_where<'a>(
