@@ -52,6 +52,26 @@ fn quick_bench_produces_every_figure() {
             figure.key
         );
     }
+    // Every phase ran, in order, and its time is in the report.
+    let phases: Vec<&str> = json["phase_seconds"]
+        .as_array()
+        .expect("phase_seconds")
+        .iter()
+        .map(|p| p[0].as_str().expect("a phase's name"))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "setup",
+            "latency",
+            "grouped containers",
+            "cold starts (ctr)",
+            "cold starts (API)",
+            "parallel",
+            "cleanup",
+            "collector"
+        ]
+    );
     // The sizes asked for were the sizes measured.
     assert_eq!(json["latency"][0]["direct_us"]["n"], 500);
     assert_eq!(json["latency"][1]["proxy_us"]["n"], 500);

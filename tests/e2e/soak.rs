@@ -22,6 +22,27 @@ fn a_short_soak_fails_nothing_and_leaves_nothing_behind() {
         "every container was run"
     );
     assert!(report.notes.is_empty(), "{table}");
+    // Every count is taken, so that "nothing missed" covers them all.
+    let keys: Vec<&str> = report.counts.iter().map(|c| c.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "failures",
+            "untraced",
+            "dropped",
+            "processes",
+            "shim_sockets",
+            "run_dir",
+            "spool_files",
+            "spool_files_held",
+            "containerd_fds",
+            "tasks",
+            "containers",
+            "bundles",
+            "all_sockets"
+        ],
+        "{table}"
+    );
     assert!(
         report.missed().is_empty(),
         "targets missed: {:?}\n{table}",
