@@ -211,14 +211,13 @@ fn traced_pod(version: &str) {
         (&waits_spans, "container", Some("waits")),
     ] {
         for s in spans {
-            let pod = (
-                s.attr_str(attr::K8S_POD_NAME),
-                s.attr_str(attr::K8S_NAMESPACE_NAME),
-                s.attr_str(attr::K8S_POD_UID),
-            );
-            let ours = (Some(two.name.as_str()), Some(two.namespace.as_str()));
-            assert_eq!((pod.0, pod.1), ours, "{s:?}");
-            assert_eq!(pod.2, Some(two.uid.as_str()), "{s:?}");
+            for (key, value) in [
+                (attr::K8S_POD_NAME, &two.name),
+                (attr::K8S_NAMESPACE_NAME, &two.namespace),
+                (attr::K8S_POD_UID, &two.uid),
+            ] {
+                assert_eq!(s.attr_str(key), Some(value.as_str()), "{key}: {s:?}");
+            }
             assert_eq!(s.attr_str(attr::K8S_ROLE), Some(role), "{s:?}");
             assert_eq!(s.attr_str(attr::K8S_SANDBOX_ID), Some(run.id()), "{s:?}");
             assert_eq!(s.attr_str(attr::K8S_CONTAINER_NAME), container, "{s:?}");
