@@ -243,7 +243,7 @@ pub async fn ensure_image(cri: &Cri, options: &CheckOptions) -> Result<String, C
         .map_err(CheckError::Temp)?;
     let rootfs = dir.path().join("rootfs");
     build_busybox_rootfs(&rootfs, &options.busybox)?;
-    let reference = import_cri_image(
+    Ok(import_cri_image(
         cri,
         &options.ctr,
         &options.socket,
@@ -252,8 +252,7 @@ pub async fn ensure_image(cri: &Cri, options: &CheckOptions) -> Result<String, C
         &["/bin/sh"],
         dir.path(),
     )
-    .await?;
-    Ok(reference)
+    .await?)
 }
 
 async fn check_handler(

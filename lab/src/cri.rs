@@ -270,9 +270,10 @@ impl CriLayout {
 
 /// The handlers registered in the lab's containerd, and what install said of them.
 struct Handlers {
+    /// What install registered and said.
     outcome: InstallOutcome,
-    /// Install's runtimes, then `traced-crun` when crun and a runc shim are installed.
-    runtimes: Vec<TracedRuntime>,
+    /// `traced-crun`, when crun and a runc shim are installed.
+    crun: Option<TracedRuntime>,
     /// gVisor's runsc, when installed.
     runsc: Option<PathBuf>,
 }
@@ -282,8 +283,13 @@ impl Handlers {
         self.outcome.form
     }
 
+    /// Install's runtimes, then `traced-crun`.
+    fn runtimes(&self) -> impl Iterator<Item = &TracedRuntime> {
+        self.outcome.runtimes.iter().chain(&self.crun)
+    }
+
     fn named(&self, handler: &str) -> Option<&TracedRuntime> {
-        self.runtimes.iter().find(|r| r.handler == handler)
+        self.runtimes().find(|r| r.handler == handler)
     }
 
     /// Each profile's handler (`traced-<profile>`), for the profiles that have one.
@@ -330,13 +336,10 @@ fn register_handlers(
     }
     let install_args = parse_install_args(argv)?;
     let outcome = tokio::task::block_in_place(|| install(&install_args))?;
-    let mut runtimes = outcome.runtimes.clone();
-    if let Some(crun) = register_crun(lab, binary, layout, outcome.form, &shim_path)? {
-        runtimes.push(crun);
-    }
+    let crun = register_crun(lab, binary, layout, outcome.form, &shim_path)?;
     Ok(Handlers {
         outcome,
-        runtimes,
+        crun,
         runsc,
     })
 }
@@ -414,8 +417,7 @@ async fn start_containerd(
         binary.version(),
         binary.path().display(),
         handlers
-            .runtimes
-            .iter()
+            .runtimes()
             .map(|r| r.handler.as_str())
             .collect::<Vec<_>>()
             .join(", "),
