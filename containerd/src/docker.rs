@@ -1171,6 +1171,14 @@ mod tests {
     }
 
     #[test]
+    fn gvisors_docker_runtime_is_named_as_every_traced_runtime() {
+        assert_eq!(
+            GVISOR_RUNTIME,
+            shimtrace_span::naming::traced_handler("runsc")
+        );
+    }
+
+    #[test]
     fn merge_keeps_the_users_keys_in_order_and_adds_runtimes() {
         let doc = parse_daemon_json(
             r#"{"log-driver": "journald", "runtimes": {"runsc": {"path": "/usr/bin/runsc"}}, "debug": true}"#,

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
 
-use shimtrace_span::naming::{find_in_path, which, ShimName, WRAPPER_BINARY};
+use shimtrace_span::naming::{find_in_path, traced_handler, which, ShimName, WRAPPER_BINARY};
 
 use crate::files::{io_err, replace_file, FileError};
 use crate::private::{config_version_for_major, table_at, version_triple, ContainerdBinary};
@@ -201,9 +201,9 @@ impl RealShim {
             .max()
             .unwrap_or(0);
         if self.name.version_number() >= newest {
-            format!("traced-{}", self.name.inner)
+            traced_handler(&self.name.inner)
         } else {
-            format!("traced-{}-{}", self.name.inner, self.name.version)
+            traced_handler(&format!("{}-{}", self.name.inner, self.name.version))
         }
     }
 }
@@ -304,13 +304,13 @@ impl TracedRuntime {
     /// (`io.containerd.traced-<name>.<version>`), which the wrapper's config maps to the runc shim
     /// with `oci_runtime`; its settings then come from the runc entry, without its options.
     pub fn through_runc_shim(
-        handler: String,
         name: &str,
         oci_runtime: &Path,
         runc_shim: &RealShim,
         bin_dir: &Path,
         form: Form,
     ) -> TracedRuntime {
+        let handler = traced_handler(name);
         let real_runtime = runc_shim.name.runtime();
         match form {
             Form::Path => TracedRuntime {
@@ -889,14 +889,7 @@ pub fn plan_runtimes(
             );
             continue;
         }
-        let gvisor = TracedRuntime::through_runc_shim(
-            "traced-runsc".into(),
-            "runsc",
-            runsc,
-            shim,
-            bin_dir,
-            form,
-        );
+        let gvisor = TracedRuntime::through_runc_shim("runsc", runsc, shim, bin_dir, form);
         if let Some(entry) = &gvisor.wrapper_entry {
             notes.push(format!(
                 "gVisor: traced-runsc is runtime {} (link {}), which the wrapper's config maps to the runc shim {} with oci_runtime = {}: the runc option BinaryName cannot pass in this form, so the wrapper puts a `runc` link to runsc first on the runc shim's PATH. Costs: the OCI runtime is set per runtime name in the wrapper's config, not per handler in containerd's (one more file to keep, read at each shim start); the traced handler gets none of the runc entry's options (as traced-runc)",
@@ -966,8 +959,9 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     let (target, existing) = read_target(args, plan.drop_in)?;
     let merged = merge_entries(args, &plan, &target, existing.as_deref())?;
     let config_snippet = snippet(&merged, &target)?;
-    let wrapper_snippet = (!plan.wrapper_entries.is_empty())
-        .then(|| merge_wrapper_config("", &plan.wrapper_entries, &[], &args.wrapper_config))
+    let wrapper_entries = plan.wrapper_entries();
+    let wrapper_snippet = (!wrapper_entries.is_empty())
+        .then(|| merge_wrapper_config("", &wrapper_entries, &[], &args.wrapper_config))
         .transpose()?
         .map(|(text, _, _)| text);
     let written = if args.write {
@@ -1021,8 +1015,6 @@ struct Plan {
     drop_in: bool,
     runtimes: Vec<TracedRuntime>,
     notes: Vec<String>,
-    /// The wrapper config entries the runtimes need (runtime-name form).
-    wrapper_entries: Vec<WrapperEntry>,
 }
 
 impl Plan {
@@ -1063,10 +1055,6 @@ impl Plan {
             .is_some_and(|v| version_triple(v) >= DROP_IN_SINCE);
         let runsc = args.runsc.clone().or_else(|| which("runsc"));
         let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
-        let wrapper_entries = runtimes
-            .iter()
-            .filter_map(|r| r.wrapper_entry.clone())
-            .collect();
         Ok(Plan {
             wrapper,
             bin_dir,
@@ -1078,8 +1066,15 @@ impl Plan {
             drop_in,
             runtimes,
             notes,
-            wrapper_entries,
         })
+    }
+
+    /// The wrapper config entries the runtimes need (in the runtime-name form).
+    fn wrapper_entries(&self) -> Vec<WrapperEntry> {
+        self.runtimes
+            .iter()
+            .filter_map(|r| r.wrapper_entry.clone())
+            .collect()
     }
 }
 
@@ -1090,7 +1085,7 @@ fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
         .shims
         .iter()
         .map(|shim| plan.bin_dir.join(shim.name.traced_binary()))
-        .chain(plan.wrapper_entries.iter().map(|e| e.link.clone()));
+        .chain(plan.wrapper_entries().into_iter().map(|e| e.link));
     let mut created = Vec::new();
     for link in links {
         if ensure_symlink(&link, &plan.wrapper)? {
@@ -1210,9 +1205,10 @@ fn write_install(
             state.links.push(link.clone());
         }
     }
-    if !plan.wrapper_entries.is_empty() {
+    let wrapper_entries = plan.wrapper_entries();
+    if !wrapper_entries.is_empty() {
         written.kept_wrapper_entries =
-            write_wrapper_entries(&args.wrapper_config, &plan.wrapper_entries, &mut state)?;
+            write_wrapper_entries(&args.wrapper_config, &wrapper_entries, &mut state)?;
     }
     state.wrapper = Some(plan.wrapper.clone());
     state.form = Some(plan.form);

@@ -37,7 +37,7 @@ use shimtrace_containerd::private::{
     ConfigSource, ContainerdBinary, CriSettings, PrivateConfig, PrivateContainerd, UNPACKED_PREFIX,
 };
 use shimtrace_containerd::rootfs;
-use shimtrace_span::naming::which;
+use shimtrace_span::naming::{traced_handler, which};
 
 use crate::profiles::{self, Profile};
 use crate::report::{CriSetup, ProfileResult, RunRecord};
@@ -126,7 +126,7 @@ fn form_summary(outcome: &InstallOutcome) -> String {
 /// The `traced-crun` handler: crun has no shim of its own, so the runc shim runs it as its OCI
 /// runtime, registered as install registers gVisor through the runc shim.
 fn crun_runtime(form: Form, bin: &Path, runc_shim: &RealShim, crun: &Path) -> TracedRuntime {
-    TracedRuntime::through_runc_shim("traced-crun".into(), "crun", crun, runc_shim, bin, form)
+    TracedRuntime::through_runc_shim("crun", crun, runc_shim, bin, form)
 }
 
 /// `shimtrace install` arguments parsed as the CLI parses them.
@@ -297,7 +297,7 @@ impl Handlers {
         profiles
             .iter()
             .filter_map(|p| {
-                let entry = self.named(&format!("traced-{}", p.name))?;
+                let entry = self.named(&traced_handler(&p.name))?;
                 Some((p.name.clone(), entry.clone()))
             })
             .collect()
@@ -716,7 +716,7 @@ async fn preflight(lab: &Lab<'_>, target: &CriTarget, found: &mut Findings) -> V
     for profile in &lab.profiles {
         let mut result = ProfileResult {
             name: profile.name.clone(),
-            runtime: format!("traced-{}", profile.name),
+            runtime: traced_handler(&profile.name),
             status: "ok".into(),
             ..Default::default()
         };

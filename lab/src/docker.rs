@@ -30,7 +30,7 @@ use shimtrace_containerd::dockerd::{
 use shimtrace_containerd::image::write_docker_archive;
 use shimtrace_containerd::private::path_with;
 use shimtrace_containerd::rootfs;
-use shimtrace_span::naming::which;
+use shimtrace_span::naming::{traced_handler, which};
 
 use crate::profiles::Profile;
 use crate::report::{DockerSetup, ProfileResult, RunRecord};
@@ -286,7 +286,7 @@ fn runtime_for(lab: &Lab<'_>, target: &DockerTarget, profile: &Profile) -> Resul
         candidates.push(profile.runtime.clone());
     } else {
         if !lab.args.untraced {
-            candidates.push(format!("traced-{}", profile.name));
+            candidates.push(traced_handler(&profile.name));
         }
         candidates.push(profile.name.clone());
     }

@@ -76,6 +76,12 @@ impl ShimName {
     }
 }
 
+/// The name a traced runtime is registered under, as a CRI runtime handler (a RuntimeClass's
+/// `handler`) and as a Docker runtime: `traced-<runtime>` (`traced-runc`, `traced-runsc`).
+pub fn traced_handler(runtime: &str) -> String {
+    format!("traced-{runtime}")
+}
+
 /// What a wrapper binary name stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrapperName {
