@@ -114,6 +114,11 @@ mod tests {
         fs::write(&path, "old content that is longer than the new\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
 
+        // No mode asked for: the file keeps its own.
+        replace_file(&path, "kept private\n", None).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "kept private\n");
+        assert_eq!(mode_of(&path), 0o600);
+
         replace_file(&path, "new\n", Some(0o755)).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
         assert_eq!(mode_of(&path), 0o755);
@@ -140,29 +145,17 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_file_keeps_its_mode_unless_another_is_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        fs::write(&path, "old\n").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        replace_file(&path, "new\n", None).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
-        assert_eq!(mode_of(&path), 0o600);
-        // A link in its place lends no mode: the file is made with the default one.
-        let target = dir.path().join("private");
-        fs::write(&target, "").unwrap();
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o751)).unwrap();
-        let linked = dir.path().join("linked");
-        symlink(&target, &linked).unwrap();
-        replace_file(&linked, "{}\n", None).unwrap();
-        assert_eq!(mode_of(&linked) & 0o111, 0);
-    }
-
-    #[test]
     fn a_symlink_at_the_path_is_replaced_not_written_through() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("script");
+        let path = dir.path().join("config");
         let elsewhere = link_to_a_bystander(dir.path(), &path);
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o751)).unwrap();
+        // The link lends no mode: the file is made with the default one.
+        replace_file(&path, "{}\n", None).unwrap();
+        assert_eq!(mode_of(&path) & 0o111, 0);
+        assert_eq!(fs::read_to_string(&elsewhere).unwrap(), "untouched\n");
+        fs::remove_file(&path).unwrap();
+        symlink(&elsewhere, &path).unwrap();
 
         replace_file(&path, "#!/bin/sh\n", Some(0o755)).unwrap();
         assert!(fs::symlink_metadata(&path).unwrap().is_file());
