@@ -15,9 +15,9 @@ use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use shimtrace_span::spool::{self, ReadError, SpoolFileName, SpoolIssue};
-use shimtrace_span::SpoolEntry;
+use shimtrace_span::{DroppedSpans, SpoolEntry};
 
-use crate::store::{DroppedLine, FileOffset, Store, StoreError, StoredSpan};
+use crate::store::{FileOffset, Store, StoreError, StoredSpan};
 
 /// A batch is committed once it holds this many span lines (and at the end of a pass).
 pub const BATCH_SPANS: u64 = 100_000;
@@ -273,7 +273,7 @@ struct FileRead<'p> {
 
 struct StoreChunk {
     spans: Vec<StoredSpan>,
-    dropped: Vec<DroppedLine>,
+    dropped: Vec<DroppedSpans>,
     to: FileOffset,
 }
 
@@ -333,17 +333,7 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
             from.next_line,
             |entry, line| match entry {
                 SpoolEntry::Span(span) => spans.push(StoredSpan::with_line(&span, line)),
-                SpoolEntry::Dropped {
-                    count,
-                    writer,
-                    reason,
-                    time_unix_nano,
-                } => dropped.push(DroppedLine {
-                    count,
-                    writer,
-                    reason,
-                    time_unix_nano,
-                }),
+                SpoolEntry::Dropped(d) => dropped.push(d),
             },
         );
     let chunk = match visited {

@@ -113,7 +113,7 @@ mod tests {
     use super::*;
     use crate::timeline;
     use crate::trace::{tests::container_trace, Trace};
-    use shimtrace_span::{SpoolEntry, TraceId};
+    use shimtrace_span::{DroppedSpans, SpoolEntry, TraceId};
 
     /// A spool as the shim leaves it: two writers, a malformed line, a dropped count, a partial
     /// last line still being written.
@@ -135,12 +135,12 @@ mod tests {
             b += &line(&SpoolEntry::Span(s.clone()));
             b.push('\n');
         }
-        b += &line(&SpoolEntry::Dropped {
+        b += &line(&SpoolEntry::Dropped(DroppedSpans {
             count: 4,
             writer: "proxy/101".into(),
             reason: "test".into(),
             time_unix_nano: 1,
-        });
+        }));
         b += "\n{\"type\":\"span\",\"trace_";
         std::fs::write(dir.join("proxy-101-6-0.jsonl"), b).unwrap();
         std::fs::write(dir.join("README"), "not a spool file").unwrap();

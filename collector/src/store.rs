@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use shimtrace_span::{SpanId, SpanRecord, TraceId};
+use shimtrace_span::{DroppedSpans, SpanId, SpanRecord, TraceId};
 
 /// Default database path.
 pub const DEFAULT_DB: &str = "/var/lib/shimtrace/shimtrace.db";
@@ -74,15 +74,6 @@ pub struct FileOffset {
     pub offset: u64,
     /// Line number of the line at `offset` (1-based).
     pub next_line: u64,
-}
-
-/// A `dropped` spool line; (file, writer, time) identifies it, so re-reading counts it once.
-#[derive(Debug, Clone)]
-pub struct DroppedLine {
-    pub count: u64,
-    pub writer: String,
-    pub reason: String,
-    pub time_unix_nano: u64,
 }
 
 /// An open store.
@@ -348,7 +339,7 @@ impl Store {
         &mut self,
         name: &str,
         spans: &[SpanRecord],
-        dropped: &[DroppedLine],
+        dropped: &[DroppedSpans],
         to: FileOffset,
     ) -> Result<u64> {
         let spans: Vec<StoredSpan> = spans.iter().map(StoredSpan::new).collect();
@@ -596,7 +587,7 @@ impl IngestBatch<'_> {
         &mut self,
         name: &str,
         spans: &[StoredSpan],
-        dropped: &[DroppedLine],
+        dropped: &[DroppedSpans],
         to: FileOffset,
     ) -> Result<u64> {
         let mut inserted = 0;
@@ -678,7 +669,7 @@ pub(crate) mod tests {
             offset: 100,
             next_line: 8,
         };
-        let dropped = [DroppedLine {
+        let dropped = [DroppedSpans {
             count: 5,
             writer: "proxy/1".into(),
             reason: "full".into(),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use shimtrace_span::clock;
 use shimtrace_span::env::{SPOOL_DIR as SPOOL_DIR_ENV, SPOOL_MAX_BYTES as SPOOL_MAX_BYTES_ENV};
 use shimtrace_span::spool::{DEFAULT_MAX_BYTES, DEFAULT_SPOOL_DIR, ROTATE_BYTES};
-use shimtrace_span::{SpanRecord, SpoolEntry};
+use shimtrace_span::{DroppedSpans, SpanRecord, SpoolEntry};
 
 use crate::safe_fs::{self, Access, PrivateDir, SafeFsError};
 
@@ -462,12 +462,12 @@ impl SpoolFile {
             if count == 0 {
                 continue;
             }
-            let entry = SpoolEntry::Dropped {
+            let entry = SpoolEntry::Dropped(DroppedSpans {
                 count,
                 writer: self.writer.clone(),
                 reason: reason.text().into(),
                 time_unix_nano: clock::now_unix_nanos(),
-            };
+            });
             let mut line = serde_json::to_vec(&entry).unwrap_or_default();
             line.push(b'\n');
             if self.append(&line).is_err() {
@@ -788,11 +788,11 @@ mod tests {
         file.record_drops(&dropped);
         let text = fs::read_to_string(&spool_files(&config.dir).unwrap()[0].0).unwrap();
         let entry: SpoolEntry = serde_json::from_str(text.trim()).unwrap();
-        let SpoolEntry::Dropped { count, reason, .. } = entry else {
+        let SpoolEntry::Dropped(dropped) = entry else {
             panic!("not a drop line: {text}");
         };
-        assert_eq!(count, 1);
-        assert!(reason.contains("ENOSPC"), "{reason}");
+        assert_eq!(dropped.count, 1);
+        assert!(dropped.reason.contains("ENOSPC"), "{}", dropped.reason);
     }
 
     #[test]

@@ -509,15 +509,20 @@ impl TraceContext {
 pub enum SpoolEntry {
     /// A finished span.
     Span(SpanRecord),
-    /// Spans that a writer could not spool (buffer full or spool over its bound), counted since the
-    /// writer's previous `dropped` line.
-    Dropped {
-        count: u64,
-        /// Which process dropped them (`wrapper` or `proxy`) and its pid.
-        writer: String,
-        reason: String,
-        time_unix_nano: u64,
-    },
+    /// Spans that a writer could not spool.
+    Dropped(DroppedSpans),
+}
+
+/// A `dropped` spool line: spans that a writer could not spool (buffer full or spool over its
+/// bound), counted since the writer's previous `dropped` line. Its fields stand beside `type` in
+/// the line. (file, writer, time) identifies a line, so re-reading a file counts it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedSpans {
+    pub count: u64,
+    /// Which process dropped them (`wrapper` or `proxy`) and its pid.
+    pub writer: String,
+    pub reason: String,
+    pub time_unix_nano: u64,
 }
 
 const SPOOL_TAG: &str = "type";
@@ -530,28 +535,11 @@ enum SpoolTag {
     Dropped,
 }
 
-/// The fields of a `dropped` line.
-#[derive(Deserialize)]
-struct DroppedFields {
-    count: u64,
-    writer: String,
-    reason: String,
-    time_unix_nano: u64,
-}
-
 impl SpoolTag {
     fn entry<'de, D: Deserializer<'de>>(self, rest: D) -> Result<SpoolEntry, D::Error> {
         Ok(match self {
             SpoolTag::Span => SpoolEntry::Span(SpanRecord::deserialize(rest)?),
-            SpoolTag::Dropped => {
-                let d = DroppedFields::deserialize(rest)?;
-                SpoolEntry::Dropped {
-                    count: d.count,
-                    writer: d.writer,
-                    reason: d.reason,
-                    time_unix_nano: d.time_unix_nano,
-                }
-            }
+            SpoolTag::Dropped => SpoolEntry::Dropped(DroppedSpans::deserialize(rest)?),
         })
     }
 }
@@ -754,29 +742,14 @@ mod tests {
         #[serde(tag = "type", rename_all = "snake_case")]
         pub enum SpoolEntry {
             Span(SpanRecord),
-            Dropped {
-                count: u64,
-                writer: String,
-                reason: String,
-                time_unix_nano: u64,
-            },
+            Dropped(DroppedSpans),
         }
 
         impl From<SpoolEntry> for super::SpoolEntry {
             fn from(v: SpoolEntry) -> Self {
                 match v {
                     SpoolEntry::Span(s) => Self::Span(s),
-                    SpoolEntry::Dropped {
-                        count,
-                        writer,
-                        reason,
-                        time_unix_nano,
-                    } => Self::Dropped {
-                        count,
-                        writer,
-                        reason,
-                        time_unix_nano,
-                    },
+                    SpoolEntry::Dropped(d) => Self::Dropped(d),
                 }
             }
         }
@@ -898,12 +871,12 @@ mod tests {
             SpoolEntry::Span(sample()),
             SpoolEntry::Span(full),
             SpoolEntry::Span(unset),
-            SpoolEntry::Dropped {
+            SpoolEntry::Dropped(DroppedSpans {
                 count: 12,
                 writer: "proxy/42".into(),
                 reason: "queue full".into(),
                 time_unix_nano: u64::MAX,
-            },
+            }),
         ];
         for entry in entries {
             let line = serde_json::to_string(&entry).unwrap();

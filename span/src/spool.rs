@@ -343,7 +343,7 @@ pub fn read_spool(dir: &Path) -> Result<SpoolContents, ReadError> {
         for entry in chunk.entries {
             match entry {
                 SpoolEntry::Span(span) => contents.spans.push(span),
-                SpoolEntry::Dropped { count, .. } => contents.dropped += count,
+                SpoolEntry::Dropped(dropped) => contents.dropped += dropped.count,
             }
         }
     }
