@@ -886,6 +886,12 @@ mod tests {
             assert_eq!(serde_json::to_string(&back).unwrap(), line);
             let derived: derived::SpoolEntry = serde_json::from_str(&line).unwrap();
             assert_eq!(SpoolEntry::from(derived), entry);
+            if let SpoolEntry::Dropped(_) = entry {
+                assert_eq!(
+                    line,
+                    r#"{"type":"dropped","count":12,"writer":"proxy/42","reason":"queue full","time_unix_nano":18446744073709551615}"#
+                );
+            }
         }
     }
 
