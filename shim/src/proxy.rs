@@ -857,7 +857,6 @@ pub fn clean_up_after_proxy(
     id: &str,
 ) -> Option<DeadProxy> {
     use containerd_shim_protos::api::{DeleteRequest, ShutdownRequest, WaitRequest};
-    use protobuf::Message;
     // A socket file that nobody listens on any more. (Gone altogether is the normal end: the
     // proxy removes it, and so does the 1.6/1.7 runc shim on Shutdown, which the `address` file
     // points at the proxy; it may still answer for a moment after that.)
@@ -872,18 +871,10 @@ pub fn clean_up_after_proxy(
         inner_ran: false,
     };
     let connect = containerd_shim_protos::api::ConnectRequest::new();
-    let conn = UnixStream::connect(inner).ok().filter(|conn| {
-        let request = connect.write_to_bytes().unwrap_or_default();
-        task_call(
-            conn,
-            1,
-            protocol,
-            "Connect",
-            request,
-            Duration::from_millis(500),
-        )
-        .is_ok()
-    });
+    let short = Duration::from_millis(500);
+    let conn = UnixStream::connect(inner)
+        .ok()
+        .filter(|conn| task_call(conn, 1, protocol, "Connect", &connect, short).is_ok());
     let Some(conn) = conn else {
         // The inner shim is gone too: only what the proxy left remains to remove.
         return Some(dead);
@@ -895,16 +886,13 @@ pub fn clean_up_after_proxy(
     delete.id = id.into();
     let mut shutdown = ShutdownRequest::new();
     shutdown.id = id.into();
-    fn bytes(message: &impl Message) -> Vec<u8> {
-        message.write_to_bytes().unwrap_or_default()
-    }
     // The inner `delete` killed the container; the shim forgets it once it has seen it exit.
     let _ = task_call(
         &conn,
         5,
         protocol,
         "Wait",
-        bytes(&wait),
+        &wait,
         Duration::from_millis(1500),
     );
     let deleted = task_call(
@@ -912,7 +900,7 @@ pub fn clean_up_after_proxy(
         9,
         protocol,
         "Delete",
-        bytes(&delete),
+        &delete,
         Duration::from_secs(1),
     );
     if let Err(e) = &deleted {
@@ -920,14 +908,7 @@ pub fn clean_up_after_proxy(
     }
     // Answered either way: a shim that still holds other containers stays (their own `delete`
     // ends it), one that holds none exits within seconds.
-    let _ = task_call(
-        &conn,
-        13,
-        protocol,
-        "Shutdown",
-        bytes(&shutdown),
-        Duration::from_millis(500),
-    );
+    let _ = task_call(&conn, 13, protocol, "Shutdown", &shutdown, short);
     Some(dead)
 }
 
@@ -947,9 +928,10 @@ fn task_call(
     sid: u32,
     protocol: &str,
     method: &str,
-    payload: Vec<u8>,
+    message: &impl protobuf::Message,
     timeout: Duration,
 ) -> io::Result<Vec<u8>> {
+    let payload = message.write_to_bytes().map_err(io::Error::other)?;
     let first = task_service(protocol);
     let second = if first.contains(".v3.") {
         "containerd.task.v2.Task"
@@ -983,15 +965,13 @@ fn inner_shim_pid(upstream: &Path, protocol: &str) -> io::Result<u32> {
     use containerd_shim_protos::api::{ConnectRequest, ConnectResponse};
     use protobuf::Message;
     let socket = UnixStream::connect(upstream)?;
-    let request = ConnectRequest::new()
-        .write_to_bytes()
-        .map_err(io::Error::other)?;
+    let request = ConnectRequest::new();
     let answer = task_call(
         &socket,
         1,
         protocol,
         "Connect",
-        request,
+        &request,
         Duration::from_secs(2),
     )?;
     let pid = ConnectResponse::parse_from_bytes(&answer)
