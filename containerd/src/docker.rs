@@ -904,6 +904,35 @@ impl DockerCli {
         }
     }
 
+    /// `docker run --rm --network none --runtime RUNTIME [--name NAME] --cidfile … IMAGE COMMAND…`:
+    /// a throwaway container without a network. A non-zero exit is not an error here.
+    pub fn run_rm(&self, run: &RunRm<'_>, timeout: Duration) -> RunRmOutput {
+        let dir = match tempfile_dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                return RunRmOutput {
+                    output: Err(e),
+                    id: None,
+                }
+            }
+        };
+        let cidfile = dir.join("cid");
+        let cid_arg = cidfile.display().to_string();
+        let mut args = vec!["run", "--rm", "--network", "none", "--runtime", run.runtime];
+        if let Some(name) = run.name {
+            args.extend(["--name", name]);
+        }
+        args.extend(["--cidfile", &cid_arg, run.image]);
+        args.extend_from_slice(run.command);
+        let output = self.run(&args, timeout);
+        let id = fs::read_to_string(&cidfile)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+        RunRmOutput { output, id }
+    }
+
     /// Makes sure `tag` exists: if not, builds it from a static busybox and `docker load`s it.
     pub fn ensure_busybox_image(&self, tag: &str, busybox: &Path) -> Result<(), DockerError> {
         if self
@@ -928,6 +957,25 @@ impl DockerCli {
         let _ = fs::remove_dir_all(&dir);
         result
     }
+}
+
+/// What [`DockerCli::run_rm`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RunRm<'a> {
+    /// The Docker runtime (`runc`, `traced-runc`, …).
+    pub runtime: &'a str,
+    /// The container's name; docker picks one if `None`.
+    pub name: Option<&'a str>,
+    pub image: &'a str,
+    pub command: &'a [&'a str],
+}
+
+/// A `docker run --rm`'s output and the container's full id (what its spans carry). Docker writes
+/// the id once it has created the container, so a run that failed or timed out may still have one.
+#[derive(Debug)]
+pub struct RunRmOutput {
+    pub output: Result<CliOutput, DockerError>,
+    pub id: Option<String>,
 }
 
 fn tempfile_dir() -> Result<PathBuf, DockerError> {
@@ -1065,36 +1113,17 @@ fn check_one(
         ));
         return result;
     }
-    let cidfile = match tempfile_dir() {
-        Ok(dir) => dir,
-        Err(e) => {
-            result.result = Err(e.to_string());
-            return result;
-        }
-    };
-    let cid_path = cidfile.join("cid");
-    let cid_arg = cid_path.display().to_string();
-    let run = check.cli.run(
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--runtime",
-            name,
-            "--cidfile",
-            &cid_arg,
-            &check.image,
-            "/bin/true",
-        ],
+    let run = check.cli.run_rm(
+        &RunRm {
+            runtime: name,
+            name: None,
+            image: &check.image,
+            command: &["/bin/true"],
+        },
         CLI_TIMEOUT,
     );
-    let id = fs::read_to_string(&cid_path)
-        .ok()
-        .map(|s| s.trim().to_string());
-    let _ = fs::remove_dir_all(&cidfile);
-    result.container = id.clone().filter(|s| !s.is_empty());
-    match run {
+    result.container = run.id;
+    match run.output {
         Err(e) => {
             result.result = Err(e.to_string());
             return result;

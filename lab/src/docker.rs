@@ -22,7 +22,8 @@ use serde_json::{json, Map, Value};
 
 use shimtrace_collector::stats::ms;
 use shimtrace_containerd::docker::{
-    install_docker, CliOutput, DockerCli, DockerError, DockerInstall, CLI_TIMEOUT,
+    install_docker, CliOutput, DockerCli, DockerError, DockerInstall, RunRm, RunRmOutput,
+    CLI_TIMEOUT,
 };
 use shimtrace_containerd::dockerd::{
     newest_unpacked, DockerdConfig, PrivateDockerd, UNPACKED_PREFIX,
@@ -406,39 +407,25 @@ struct DockerRun {
     elapsed: Duration,
 }
 
-/// `docker run --rm --network none --runtime RUNTIME --name NAME --cidfile … IMAGE COMMAND…`.
+/// [`DockerCli::run_rm`] of `command` in the lab's image, as container `name`, timed.
 fn run_rm(
     target: &DockerTarget,
     runtime: &str,
     name: &str,
     command: &[&str],
 ) -> Result<DockerRun, DockerError> {
-    let cidfile = std::env::temp_dir().join(format!("{name}.cid"));
-    let _ = std::fs::remove_file(&cidfile);
-    let cid_arg = cidfile.display().to_string();
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--runtime",
+    let run = RunRm {
         runtime,
-        "--name",
-        name,
-        "--cidfile",
-        &cid_arg,
-        &target.image,
-    ];
-    args.extend_from_slice(command);
+        name: Some(name),
+        image: &target.image,
+        command,
+    };
     let client_start = shimtrace_containerd::wall_unix_nanos();
     let started = Instant::now();
-    let output = target.run(&args)?;
+    let run = tokio::task::block_in_place(|| target.cli.run_rm(&run, CLI_TIMEOUT));
     let elapsed = started.elapsed();
-    let id = std::fs::read_to_string(&cidfile)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
-    let _ = std::fs::remove_file(&cidfile);
+    let RunRmOutput { output, id } = run;
+    let output = output?;
     Ok(DockerRun {
         output,
         id,

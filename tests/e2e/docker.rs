@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use crate::element_where;
 use serde_json::Value;
-use shimtrace_containerd::docker::{DOCKER_NAMESPACE, GVISOR_RUNTIME};
+use shimtrace_containerd::docker::{
+    CliOutput, RunRm, CLI_TIMEOUT, DOCKER_NAMESPACE, GVISOR_RUNTIME,
+};
 use shimtrace_containerd::image::WORKLOAD_TAG;
 use shimtrace_span::{attr, names, SpanRecord};
 use shimtrace_testkit::containerd::ContainerdVersion;
@@ -138,38 +140,21 @@ fn process_lines(pids: &[u32]) -> Vec<String> {
         .collect()
 }
 
-/// `docker run --rm --network none --runtime RUNTIME --cidfile … IMAGE COMMAND…`: the output and
-/// the container's full id.
-fn run_rm(
-    docker: &TestDocker,
-    runtime: &str,
-    command: &[&str],
-) -> (shimtrace_containerd::docker::CliOutput, String) {
-    let cidfile = docker
-        .dir()
-        .join(format!("cid-{}", rand_suffix()))
-        .display()
-        .to_string();
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--runtime",
+/// [`DockerCli::run_rm`](shimtrace_containerd::docker::DockerCli::run_rm) of `command` in the
+/// workload image: the output and the container's full id.
+fn run_rm(docker: &TestDocker, runtime: &str, command: &[&str]) -> (CliOutput, String) {
+    let run = RunRm {
         runtime,
-        "--cidfile",
-        &cidfile,
-        WORKLOAD_TAG,
-    ];
-    args.extend_from_slice(command);
-    let out = docker.docker(&args).unwrap();
-    let id = std::fs::read_to_string(&cidfile)
-        .unwrap_or_else(|e| panic!("no container id in {cidfile} ({e}): {out:?}"));
-    (out, id.trim().to_string())
-}
-
-fn rand_suffix() -> u64 {
-    shimtrace_span::clock::now_unix_nanos()
+        name: None,
+        image: WORKLOAD_TAG,
+        command,
+    };
+    let run = docker.cli().run_rm(&run, CLI_TIMEOUT);
+    let out = run.output.unwrap();
+    let id = run
+        .id
+        .unwrap_or_else(|| panic!("docker run wrote no container id: {out:?}"));
+    (out, id)
 }
 
 /// Container `id`'s spans, once they hold a `method` call and the wrapper's `delete`.
