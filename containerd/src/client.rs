@@ -44,14 +44,11 @@ pub const DEFAULT_NAMESPACE: &str = "shimtrace";
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// containerd's type URL for an OCI process spec (exec).
 pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
-/// The plain runc runtime.
-pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+pub use crate::install::RUNC_RUNTIME;
 /// The snapshotter image rootfs snapshots are prepared with (the one `ctr images import` unpacks
 /// into by default).
 pub const SNAPSHOTTER: &str = "overlayfs";
-/// The PATH containers get unless the spec says otherwise.
-pub const DEFAULT_PATH_ENV: &str =
-    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use crate::image::DEFAULT_PATH_ENV;
 
 /// What went wrong talking to containerd.
 #[derive(Debug, thiserror::Error)]
@@ -423,16 +420,7 @@ pub struct ImageRootfs {
     pub env: Vec<String>,
 }
 
-/// The OCI architecture name of this machine (`amd64`, `arm64`, ...).
-pub fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
+pub use crate::image::oci_arch;
 
 /// The chain id of a layer stack (OCI image spec): the first diff id, then
 /// `sha256(parent_chain_id + " " + diff_id)` per further layer. `None` without layers.

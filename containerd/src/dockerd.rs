@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
 use crate::docker::{render_daemon_json, DockerCli, DockerError};
 use crate::files::io_err;
+use crate::image::STANDARD_PATH;
 
 /// Where `scripts/install-docker.sh` unpacks Docker Engines (`<prefix>/<version>/usr/{sbin,bin}`).
 pub const UNPACKED_PREFIX: &str = "/opt/shimtrace/docker";
@@ -64,9 +65,7 @@ impl DockerdConfig {
             dir: dir.into(),
             cli: beside.unwrap_or_else(|| PathBuf::from("docker")),
             dockerd,
-            path: std::env::var_os("PATH").unwrap_or_else(|| {
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-            }),
+            path: std::env::var_os("PATH").unwrap_or_else(|| STANDARD_PATH.into()),
             env: Vec::new(),
             daemon_json: Map::new(),
             ready_timeout: Duration::from_secs(90),

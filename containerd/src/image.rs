@@ -9,11 +9,22 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-/// The image the kubelet-style tests and the lab run (after import it is
+/// The image the kubelet-style tests and `shimtrace install --check` run (after import it is
 /// `docker.io/local/busybox:1` in containerd, `local/busybox:1` in Docker).
 pub const WORKLOAD_TAG: &str = "local/busybox:1";
 /// The pod sandbox ("pause") image: the same rootfs, whose process waits until it is stopped.
 pub const SANDBOX_TAG: &str = "local/sandbox:1";
+
+macro_rules! standard_path {
+    () => {
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    };
+}
+/// The conventional Linux `PATH`: a container's when neither its image nor its spec sets one, and
+/// the daemons' when this process has none.
+pub const STANDARD_PATH: &str = standard_path!();
+/// [`STANDARD_PATH`] as a container's environment entry.
+pub const DEFAULT_PATH_ENV: &str = concat!("PATH=", standard_path!());
 /// The sandbox's process: sleeps until SIGTERM, then exits 0 (what the pause container does).
 pub const SANDBOX_COMMAND: [&str; 3] = [
     "/bin/sh",
@@ -114,11 +125,11 @@ pub fn write_docker_archive(
     let layer = layer_tar(rootfs).map_err(err)?;
     let layer_digest = hex::encode(Sha256::digest(&layer));
     let config = serde_json::to_vec(&json!({
-        "architecture": go_arch(),
+        "architecture": oci_arch(),
         "os": "linux",
         "config": {
             "Cmd": command,
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Env": [DEFAULT_PATH_ENV],
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
@@ -168,11 +179,14 @@ fn append_bytes<W: io::Write>(
     archive.append_data(&mut header, name, bytes)
 }
 
-/// The image config's architecture, in Go's naming.
-fn go_arch() -> &'static str {
+/// The OCI (Go) architecture name of this machine (`amd64`, `arm64`, ...): what an image's config
+/// and an index's platforms say.
+pub fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
         other => other,
     }
 }

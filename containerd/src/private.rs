@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Which config schema a containerd wants follows from its major version (`containerd --version`):
-//! 2 for 1.x, 3 for 2.x ([`ContainerdBinary`], [`config_version_of`]).
+//! 2 for 1.x, 3 for 2.x ([`ContainerdBinary`], [`config_version_for_major`]).
 //!
 //! By default the CRI plugins are disabled (no CNI or images needed). [`ConfigSource::Cri`] turns
 //! them on for pods without a cluster: the sandbox image is a local one, `restrict_oom_score_adj`
@@ -35,9 +35,8 @@ use std::time::Instant;
 use shimtrace_span::naming::find_in_path;
 
 use crate::daemon::{await_ready, last_lines, spawn_logged, terminate, SpawnError, Startup};
+use crate::image::STANDARD_PATH;
 
-/// The `PATH` used when this process has none.
-const FALLBACK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What can go wrong starting, probing or stopping a private containerd.
@@ -209,13 +208,6 @@ pub fn config_version_for_major(major: u32) -> u32 {
     } else {
         2
     }
-}
-
-/// The config schema `binary` reads; that of containerd 1.x (2) when its version cannot be read.
-pub fn config_version_of(binary: &Path) -> u32 {
-    ContainerdBinary::probe(binary)
-        .map(|b| b.config_version())
-        .unwrap_or_else(|_| config_version_for_major(1))
 }
 
 /// The config file of a private containerd whose files all live under `dir` (root, state, gRPC
@@ -445,14 +437,14 @@ impl PrivateConfig {
     }
 }
 
-/// A `PATH` of `first`, then this process's `PATH` (else [`FALLBACK_PATH`]): what a daemon the
+/// A `PATH` of `first`, then this process's `PATH` (else [`STANDARD_PATH`]): what a daemon the
 /// tools start, and the shims it runs, get.
 pub fn path_with(
     first: impl IntoIterator<Item = PathBuf>,
 ) -> Result<OsString, std::env::JoinPathsError> {
     let mut dirs: Vec<PathBuf> = first.into_iter().collect();
     dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
+        &std::env::var_os("PATH").unwrap_or_else(|| STANDARD_PATH.into()),
     ));
     std::env::join_paths(dirs)
 }
@@ -794,8 +786,6 @@ mod tests {
         assert_eq!(config_version_for_major(major_of("1.6.20")), 2);
         assert_eq!(config_version_for_major(major_of("1.7.24")), 2);
         assert_eq!(config_version_for_major(major_of("2.1.9")), 3);
-        // A binary that cannot say its version is taken for 1.x.
-        assert_eq!(config_version_of(Path::new("/nonexistent/containerd")), 2);
     }
 
     #[test]

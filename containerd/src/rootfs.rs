@@ -25,9 +25,9 @@ pub enum RootfsError {
     NoBusybox(PathBuf),
     #[error("{0} is dynamically linked; the rootfs needs a static busybox (apt-get install busybox-static)")]
     DynamicBusybox(PathBuf),
-    #[error(
-        "probe binary not found at {0} (build it: cargo build -p shimtrace-probe, or pass --probe)"
-    )]
+    #[error("{0} is not a 64-bit little-endian ELF executable; the rootfs needs a static busybox (apt-get install busybox-static, then --busybox /bin/busybox)")]
+    NotElf(PathBuf),
+    #[error("probe binary not found at {0} (build it: cargo build -p shimtrace-probe)")]
     NoProbe(PathBuf),
     #[error("cannot build rootfs at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -42,30 +42,41 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
     }
 }
 
-/// Whether an ELF file has no program interpreter (i.e. is statically linked).
-pub fn is_static_elf(path: &Path) -> io::Result<bool> {
+/// How an executable is linked, as far as a rootfs cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linkage {
+    /// A 64-bit little-endian ELF file without a program interpreter.
+    Static,
+    /// An ELF file that names a program interpreter (`PT_INTERP`).
+    Dynamic,
+    /// Not a 64-bit little-endian ELF file (a script, a 32-bit or big-endian binary, anything else).
+    NotElf,
+}
+
+/// How the file at `path` is linked. A program header table that runs past the file's end ends
+/// the search: what was read of it decides.
+pub fn linkage(path: &Path) -> io::Result<Linkage> {
+    const PT_INTERP: u32 = 3;
     let bytes = fs::read(path)?;
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
-        return Ok(false);
+    // ELFCLASS64 (4) and ELFDATA2LSB (5).
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return Ok(Linkage::NotElf);
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let u64_at = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[o..o + 8]);
-        u64::from_le_bytes(b) as usize
-    };
-    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap_or_default());
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
     for i in 0..phnum {
-        let off = phoff + i * phentsize;
-        if off + 4 > bytes.len() {
+        let entry = usize::try_from(phoff)
+            .ok()
+            .and_then(|phoff| phoff.checked_add(i.checked_mul(phentsize)?));
+        let Some(p_type) = entry.and_then(|at| bytes.get(at..at.checked_add(4)?)) else {
             break;
-        }
-        // PT_INTERP = 3
-        if u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) == 3 {
-            return Ok(false);
+        };
+        if u32::from_le_bytes(p_type.try_into().unwrap_or_default()) == PT_INTERP {
+            return Ok(Linkage::Dynamic);
         }
     }
-    Ok(true)
+    Ok(Linkage::Static)
 }
 
 /// Builds (or refreshes) a rootfs at `root` from `busybox` and `probe`: the busybox rootfs of
@@ -113,10 +124,11 @@ fn check_busybox(busybox: &Path) -> Result<(), RootfsError> {
     if !busybox.exists() {
         return Err(RootfsError::NoBusybox(busybox.to_path_buf()));
     }
-    if !is_static_elf(busybox).map_err(at(busybox))? {
-        return Err(RootfsError::DynamicBusybox(busybox.to_path_buf()));
+    match linkage(busybox).map_err(at(busybox))? {
+        Linkage::Static => Ok(()),
+        Linkage::Dynamic => Err(RootfsError::DynamicBusybox(busybox.to_path_buf())),
+        Linkage::NotElf => Err(RootfsError::NotElf(busybox.to_path_buf())),
     }
-    Ok(())
 }
 
 fn copy_executable(from: &Path, to: &Path) -> Result<(), RootfsError> {
@@ -131,10 +143,21 @@ mod tests {
 
     #[test]
     fn detects_static_and_dynamic_elf() {
-        assert!(!is_static_elf(Path::new("/bin/ls")).unwrap());
-        let not_elf = tempfile::NamedTempFile::new().unwrap();
-        fs::write(not_elf.path(), b"#!/bin/sh\n").unwrap();
-        assert!(!is_static_elf(not_elf.path()).unwrap());
+        assert_eq!(linkage(Path::new("/bin/ls")).unwrap(), Linkage::Dynamic);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), b"#!/bin/sh\n").unwrap();
+        assert_eq!(linkage(file.path()).unwrap(), Linkage::NotElf);
+        let err = check_busybox(file.path()).unwrap_err();
+        assert!(matches!(err, RootfsError::NotElf(_)), "{err}");
+        // A 64-bit ELF header whose program headers lie far past the end (or past usize).
+        let mut header = fs::read("/bin/ls").unwrap()[..64].to_vec();
+        for phoff in [u64::MAX, u64::MAX - 40, 1 << 40] {
+            header[32..40].copy_from_slice(&phoff.to_le_bytes());
+            header[54..56].copy_from_slice(&u16::MAX.to_le_bytes());
+            header[56..58].copy_from_slice(&u16::MAX.to_le_bytes());
+            fs::write(file.path(), &header).unwrap();
+            assert_eq!(linkage(file.path()).unwrap(), Linkage::Static, "{phoff}");
+        }
     }
 
     #[test]

@@ -1475,6 +1475,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("probe");
         write_probe(&path).unwrap();
-        assert!(rootfs::is_static_elf(&path).unwrap());
+        assert_eq!(rootfs::linkage(&path).unwrap(), rootfs::Linkage::Static);
     }
 }

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use shimtrace_containerd::docker::shell_quote;
 use shimtrace_containerd::files::{io_err, replace_file, FileError};
 use shimtrace_containerd::{RunSpec, RuncOptions};
 use shimtrace_span::naming::{which, ShimName};
 
-/// The runtime the runc-based profiles use. Switch to the traced runtime
-/// (`io.containerd.traced-runc.v2`) by changing this one line, or per profile in the TOML file.
+/// The runtime of the default runc-based profiles; the lab names [`TRACED_RUNC_RUNTIME`] instead when
+/// it runs them through the wrapper. A profile in a `--profiles` file may name any runtime.
 pub const RUNC_RUNTIME: &str = shimtrace_containerd::RUNC_RUNTIME;
 /// The traced counterpart of [`RUNC_RUNTIME`], used when the wrapper shim is installed.
 pub const TRACED_RUNC_RUNTIME: &str = "io.containerd.traced-runc.v2";
@@ -292,10 +293,6 @@ fn write_script(path: &Path, script: &str) -> Result<PathBuf, ProfileError> {
         replace_file(path, script, Some(0o755)).map_err(wrapper_err)?;
     }
     Ok(path.to_path_buf())
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
