@@ -100,6 +100,44 @@ fn traces_json_and_text_from_a_spool_with_a_bad_line() {
 }
 
 #[test]
+fn an_empty_spool_says_where_it_looked_and_a_closed_pipe_is_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().to_str().unwrap();
+    let out = shimtrace(&["traces", "--spool", spool]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("no spans in the spool {spool}"))
+            && stderr.contains("--spool DIR"),
+        "{stderr}"
+    );
+
+    // `shimtrace traces | head -1`: the reader goes before the output is written.
+    for i in 0..20 {
+        let line = spool_line(
+            &format!("{:032x}", i + 1),
+            &format!("{:016x}", i + 1),
+            None,
+            "x",
+            1,
+            2,
+        );
+        std::fs::write(dir.path().join(format!("proxy-{i}-1-0.jsonl")), line + "\n").unwrap();
+    }
+    let mut child = shimtrace_testkit::cli::shimtrace()
+        .args(["traces", "--spool", spool])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+#[test]
 fn missing_spool_is_a_clear_error() {
     let out = shimtrace(&["traces", "--spool", "/nonexistent/spool"]);
     assert!(!out.status.success());

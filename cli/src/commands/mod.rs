@@ -27,10 +27,12 @@ use shimtrace_span::spool::DEFAULT_SPOOL_DIR;
 /// Where query commands read spans from.
 #[derive(Args)]
 pub struct SourceArgs {
-    /// Read this spool directory directly [default when no store exists: $SHIMTRACE_SPOOL_DIR or /var/lib/shimtrace/spool].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help = format!(
+        "Read this spool directory directly [default: ${SPOOL_DIR_ENV} if set, else the store if \
+         {DEFAULT_DB} exists, else {DEFAULT_SPOOL_DIR}]"
+    ))]
     spool: Option<PathBuf>,
-    /// Read this store [default when it exists: /var/lib/shimtrace/shimtrace.db].
+    /// Read this store (see --spool for the default).
     #[arg(long, env = DB_ENV, value_name = "PATH")]
     db: Option<PathBuf>,
 }
@@ -44,8 +46,25 @@ impl SourceArgs {
         for issue in &loaded.issues {
             eprintln!("warning: {issue}");
         }
+        if loaded.spans.is_empty() {
+            eprintln!("note: {}", nothing_in(&source, container));
+        }
         Ok(loaded)
     }
+}
+
+/// What to say when `source` holds no spans (of `container`): where it looked, and where spans are.
+fn nothing_in(source: &Source, container: Option<&str>) -> String {
+    let of = container.map(|c| format!(" of {c}")).unwrap_or_default();
+    let looked = match source {
+        Source::Spool(dir) => format!("the spool {}", dir.display()),
+        Source::Store(db) => format!("the store {}", db.display()),
+    };
+    format!(
+        "no spans{of} in {looked}. The shims spool where containerd's ${SPOOL_DIR_ENV} points \
+         (default {DEFAULT_SPOOL_DIR}); `shimtrace serve` and `shimtrace ingest` move them into a \
+         store. Pass --spool DIR or --db PATH to read another."
+    )
 }
 
 /// The spool a daemon or ingest pass reads and the store it writes.
@@ -91,10 +110,14 @@ pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// Prints a command's output to stdout, with exactly one trailing newline.
+/// Prints a command's output to stdout, with exactly one trailing newline. A reader that stops
+/// early (`shimtrace traces | head`) is not an error.
 pub fn print(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", text.trim_end()).context("writing to stdout")
+    match writeln!(stdout, "{}", text.trim_end()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing to stdout"),
+    }
 }
 
 /// A progress bar on stderr for `len` steps of `what`.
