@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use shimtrace_span::spool::read_spool;
+use shimtrace_span::spool::{read_spool, ReadError};
 use shimtrace_span::SpanRecord;
 
 use crate::cri::{ContainerSpec, Cri, CriError, PodSpec};
@@ -103,6 +103,8 @@ pub struct HandlerReport {
     pub verdict: Verdict,
     pub pod_id: Option<String>,
     pub container_id: Option<String>,
+    /// Why the check's pod could not be removed (it is still on the node).
+    pub left_behind: Option<String>,
 }
 
 /// Every handler's result.
@@ -158,6 +160,9 @@ impl CheckReport {
                     writeln!(out, "{}: NOT traced ({form}): {why}", h.name)
                 }
             };
+            if let Some(left) = &report.left_behind {
+                let _ = writeln!(out, "{}: left behind: {left}", h.name);
+            }
         }
         out
     }
@@ -271,6 +276,7 @@ async fn check_handler(
         verdict: Verdict::NotTraced(String::new()),
         pod_id: None,
         container_id: None,
+        left_behind: None,
     };
     let sandbox = match cri.run_pod(&pod).await {
         Ok(sandbox) => sandbox,
@@ -292,8 +298,14 @@ async fn check_handler(
         cri.remove_container(&id).await
     }
     .await;
+    // RemovePodSandbox stops what a failed StopPodSandbox left running: only its error matters.
     let _ = cri.stop_pod(&sandbox.id).await;
-    let _ = cri.remove_pod(&sandbox.id).await;
+    if let Err(e) = cri.remove_pod(&sandbox.id).await {
+        report.left_behind = Some(format!(
+            "pod {} could not be removed: {e} (remove it with `crictl rmp -f {}`)",
+            sandbox.id, sandbox.id
+        ));
+    }
     if let Err(e) = ran {
         report.verdict = Verdict::NotTraced(format!(
             "the pod's sandbox ran, but its container failed: {e}"
@@ -308,6 +320,15 @@ async fn check_handler(
         options.span_timeout,
     )
     .await;
+    let spans = match spans {
+        Ok(spans) => spans,
+        Err(e) => {
+            report.verdict = Verdict::NotTraced(format!(
+                "{e}: pass --spool where containerd's wrapper spools (its SHIMTRACE_SPOOL_DIR), and check as a user who can read it"
+            ));
+            return report;
+        }
+    };
     let count = |id: &str| {
         spans
             .iter()
@@ -383,22 +404,28 @@ fn no_spans_reason(
 }
 
 /// Waits until both the sandbox and the container have spans (or the timeout); returns the spans of
-/// either.
+/// either, or why the spool could not be read the last time.
 async fn await_spans(
     spool: &Path,
     sandbox: &str,
     container: &str,
     timeout: Duration,
-) -> Vec<SpanRecord> {
+) -> Result<Vec<SpanRecord>, ReadError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let spans: Vec<SpanRecord> = read_spool(spool)
-            .map(|c| c.spans)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| matches!(s.container_id(), Some(id) if id == sandbox || id == container))
-            .collect();
-        let has = |id: &str| spans.iter().any(|s| s.container_id() == Some(id));
+        let spans = read_spool(spool).map(|c| {
+            c.spans
+                .into_iter()
+                .filter(
+                    |s| matches!(s.container_id(), Some(id) if id == sandbox || id == container),
+                )
+                .collect::<Vec<_>>()
+        });
+        let has = |id: &str| {
+            spans
+                .as_ref()
+                .is_ok_and(|spans| spans.iter().any(|s| s.container_id() == Some(id)))
+        };
         if (has(sandbox) && has(container)) || Instant::now() >= deadline {
             return spans;
         }
@@ -477,6 +504,18 @@ pub fn shim_binary_for(sandbox_id: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn an_unreadable_spool_is_the_verdict_not_an_empty_one() {
+        let missing = Path::new("/nonexistent/shimtrace-spool");
+        let err = await_spans(missing, "pod", "box", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(err.path, missing);
+        let dir = tempfile::tempdir().unwrap();
+        let spans = await_spans(dir.path(), "pod", "box", Duration::ZERO).await;
+        assert!(spans.unwrap().is_empty());
+    }
+
     #[test]
     fn handlers_come_from_cris_status_config() {
         let json = r#"{"containerd":{"defaultRuntimeName":"runc","runtimes":{
@@ -544,6 +583,7 @@ mod tests {
                     },
                     pod_id: None,
                     container_id: None,
+                    left_behind: None,
                 },
                 HandlerReport {
                     handler: Handler {
@@ -554,6 +594,7 @@ mod tests {
                     verdict: Verdict::NotTraced("why".into()),
                     pod_id: None,
                     container_id: None,
+                    left_behind: None,
                 },
             ],
         };

@@ -718,7 +718,9 @@ impl Containerd {
         let output = fs::read(&running.output_path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        let total = Duration::from_nanos(wall_unix_nanos() - running.client_start_unix_nanos);
+        // Wall clock on both ends (the spans' clock): a step back gives 0, not an underflow.
+        let total =
+            Duration::from_nanos(wall_unix_nanos().saturating_sub(running.client_start_unix_nanos));
         Ok(RunOutcome {
             id: spec.id.clone(),
             exit_code,
@@ -1030,13 +1032,17 @@ impl Containerd {
             .collect())
     }
 
-    /// Kills and deletes every container this driver created in the namespace.
+    /// Kills and deletes every container this driver created in the namespace; one that cannot be
+    /// deleted does not keep the others: the first error is returned once all were tried.
     pub async fn cleanup(&self) -> Result<usize> {
         let ids = self.our_containers().await?;
+        let mut first_error = None;
         for id in &ids {
-            self.delete(id).await?;
+            if let Err(e) = self.delete(id).await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(ids.len())
+        first_error.map_or(Ok(ids.len()), Err)
     }
 }
 

@@ -1144,7 +1144,13 @@ fn check_one(
     };
     let deadline = Instant::now() + check.span_timeout;
     loop {
-        let spans: Vec<SpanRecord> = read_spool(&check.spool)
+        let read = read_spool(&check.spool);
+        let unreadable = read
+            .as_ref()
+            .err()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        let spans: Vec<SpanRecord> = read
             .map(|c| c.spans)
             .unwrap_or_default()
             .into_iter()
@@ -1167,7 +1173,7 @@ fn check_one(
         if Instant::now() > deadline {
             result.result = Err(if spans.is_empty() {
                 format!(
-                    "container {} ran, but no span of it reached {} within {:?}: the wrapper writes to dockerd's SHIMTRACE_SPOOL_DIR (default {DEFAULT_SPOOL_DIR}); pass --spool if dockerd's environment sets another",
+                    "container {} ran, but no span of it reached {}{unreadable} within {:?}: the wrapper writes to dockerd's SHIMTRACE_SPOOL_DIR (default {DEFAULT_SPOOL_DIR}); pass --spool if dockerd's environment sets another",
                     &id[..id.len().min(12)],
                     check.spool.display(),
                     check.span_timeout

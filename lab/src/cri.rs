@@ -513,7 +513,14 @@ fn setup_notes(
 impl CriTarget {
     /// Stops and removes every pod CRI still knows, then stops containerd.
     async fn close(mut self, found: &mut Findings) {
-        for id in self.cri.list_pods().await.unwrap_or_default() {
+        let pods = self.cri.list_pods().await.unwrap_or_else(|e| {
+            found.report.errors.push(format!(
+                "cleanup: cannot list the pods to remove them: {}",
+                one_line(&e.to_string())
+            ));
+            Vec::new()
+        });
+        for id in pods {
             let removed = async {
                 self.cri.stop_pod(&id).await?;
                 self.cri.remove_pod(&id).await

@@ -62,17 +62,33 @@ impl DockerTarget {
         tokio::task::block_in_place(|| self.cli.run(args, CLI_TIMEOUT))
     }
 
-    /// Removes the lab's containers and image, and stops a private dockerd.
+    /// Like [`Self::run`]; a non-zero exit is an error carrying stderr.
+    fn run_ok(&self, args: &[&str]) -> Result<CliOutput, DockerError> {
+        tokio::task::block_in_place(|| self.cli.run_ok(args, CLI_TIMEOUT))
+    }
+
+    /// Removes the lab's containers and image, and stops a private dockerd; what could not be
+    /// removed goes into the report.
     fn close(self, lab: &Lab<'_>, found: &mut Findings) {
         let filter = format!("name={}", lab.names.pattern());
-        if let Ok(ids) = self.run(&["ps", "-aq", "--filter", &filter]) {
-            for id in ids.stdout.split_whitespace() {
-                if let Err(e) = self.run(&["rm", "-f", id]) {
-                    found.report.errors.push(format!("cleanup of {id}: {e}"));
+        match self.run_ok(&["ps", "-aq", "--filter", &filter]) {
+            Ok(ids) => {
+                for id in ids.stdout.split_whitespace() {
+                    if let Err(e) = self.run_ok(&["rm", "-f", id]) {
+                        found.report.errors.push(format!("cleanup of {id}: {e}"));
+                    }
                 }
             }
+            Err(e) => found.report.errors.push(format!(
+                "cleanup: cannot list the lab's containers (docker ps --filter {filter}): {e}"
+            )),
         }
-        let _ = self.run(&["rmi", "-f", &self.image]);
+        if let Err(e) = self.run_ok(&["rmi", "-f", &self.image]) {
+            found.report.errors.push(format!(
+                "cleanup: image {} is left (docker rmi {}): {e}",
+                self.image, self.image
+            ));
+        }
         drop(self.private);
     }
 }

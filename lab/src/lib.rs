@@ -806,7 +806,12 @@ fn no_probe_output(code: impl std::fmt::Display, printed: &str) -> String {
 /// after `spool_start`): attached to each run (relative to the client's start), then each
 /// profile's cold-start summary.
 fn attach_spans(spool_dir: &Path, spool_start: u64, active: &mut [Active], report: &mut LabReport) {
-    let spans = read_spans(spool_dir, spool_start);
+    let spans = read_spans(spool_dir, spool_start).unwrap_or_else(|e| {
+        report.errors.push(format!(
+            "the runs have no shim spans: {e} (pass --spool-dir where the wrapper spools)"
+        ));
+        BTreeMap::new()
+    });
     for entry in active {
         for record in &mut entry.result.runs {
             let client_start = record.client_start_unix_nanos as f64;
@@ -1084,9 +1089,14 @@ async fn export_otlp(
     let Some(endpoint) = &lab.args.otlp else {
         return;
     };
-    let ours: Vec<shimtrace_span::SpanRecord> = shimtrace_span::spool::read_spool(spool_dir)
-        .map(|c| c.spans)
-        .unwrap_or_default()
+    let spans = match shimtrace_span::spool::read_spool(spool_dir) {
+        Ok(contents) => contents.spans,
+        Err(e) => {
+            found.user_error(format!("nothing sent to {endpoint}: {e}"));
+            return;
+        }
+    };
+    let ours: Vec<shimtrace_span::SpanRecord> = spans
         .into_iter()
         .filter(|s| s.start_time_unix_nano >= spool_start && s.container_id().is_some_and(&is_ours))
         .collect();
@@ -1327,13 +1337,16 @@ fn cold_start_summary(runs: &[RunRecord], profile: &Profile, probe: &Value) -> C
     }
 }
 
-/// Spool spans by container id and name (first start in unix nanoseconds, summed duration in ms),
-/// for spans that started after `since`.
-fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String, (u64, f64)>> {
-    let mut by_container: BTreeMap<String, BTreeMap<String, (u64, f64)>> = BTreeMap::new();
-    let Ok(contents) = shimtrace_span::spool::read_spool(spool_dir) else {
-        return by_container;
-    };
+/// Per container id, per span name: the first start (unix nanoseconds) and the summed duration (ms).
+type SpansByContainer = BTreeMap<String, BTreeMap<String, (u64, f64)>>;
+
+/// The spool's spans by container id and name, for spans that started after `since`.
+fn read_spans(
+    spool_dir: &Path,
+    since: u64,
+) -> Result<SpansByContainer, shimtrace_span::spool::ReadError> {
+    let mut by_container = SpansByContainer::new();
+    let contents = shimtrace_span::spool::read_spool(spool_dir)?;
     for span in contents.spans {
         if span.start_time_unix_nano < since {
             continue;
@@ -1349,7 +1362,7 @@ fn read_spans(spool_dir: &Path, since: u64) -> BTreeMap<String, BTreeMap<String,
         entry.0 = entry.0.min(span.start_time_unix_nano);
         entry.1 += span.duration_nanos() as f64 / 1e6;
     }
-    by_container
+    Ok(by_container)
 }
 
 fn write_reports(out: &Path, report: &LabReport) -> Result<(), LabError> {

@@ -95,7 +95,7 @@ pub struct ProfileResult {
     pub runtime_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_name: Option<String>,
-    /// `ok`, `skipped` or `failed`.
+    /// `ok` (measured; its runs say which failed) or `skipped` (not run, see `reason`).
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
