@@ -1125,7 +1125,15 @@ fn check_one(
     result.container = run.id;
     match run.output {
         Err(e) => {
-            result.result = Err(e.to_string());
+            // A client that timed out leaves its container running: `--rm` acts only on exit.
+            let removal = match &result.container {
+                Some(id) => match check.cli.run_ok(&["rm", "-f", id], CLI_TIMEOUT) {
+                    Ok(_) => format!("; container {id} removed"),
+                    Err(e) => format!("; container {id} is left: {e}"),
+                },
+                None => String::new(),
+            };
+            result.result = Err(format!("{e}{removal}"));
             return result;
         }
         Ok(out) if !out.success() => {
