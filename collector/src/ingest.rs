@@ -71,9 +71,16 @@ pub struct Ingester {
     compact: bool,
 }
 
-/// Whether the process that wrote a spool file is still running (pid reuse errs on "alive",
-/// which only delays compaction).
-fn writer_alive(pid: u32) -> bool {
+/// Whether the writer of the spool file at `path` (named with its `pid`) may still write it: it
+/// holds the file's lock, or that cannot be told, or its pid is alive. The lock answers across pid
+/// namespaces (a collector in a pod sees no shim's pid); the pid answers for a writer that took no
+/// lock. Pid reuse errs on "alive", which only delays compaction.
+fn writer_alive(path: &Path, pid: u32) -> bool {
+    spool::writer_holds(path) != Some(false) || pid_alive(pid)
+}
+
+/// Whether `pid` is a live process.
+fn pid_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
@@ -212,7 +219,7 @@ impl Ingester {
             let later_exists = files
                 .iter()
                 .any(|(_, other)| other.writer_key() == name.writer_key() && other.seq > name.seq);
-            let writer_gone = !later_exists && !writer_alive(name.pid);
+            let writer_gone = !later_exists && !writer_alive(path, name.pid);
             if !later_exists && !writer_gone {
                 continue;
             }
@@ -235,7 +242,9 @@ impl Ingester {
             }
             let at = self.store.file_offset(file_name)?;
             if at.offset < size {
-                if !writer_gone {
+                // Only a dead writer's unterminated last line is given up: a tail that could not be
+                // read, or that holds whole lines, waits for a later pass.
+                if !writer_gone || !unterminated_tail(path, at.offset) {
                     continue;
                 }
                 // A dead writer's unterminated last line can never complete.
@@ -261,6 +270,28 @@ impl Ingester {
             report.compacted += 1;
         }
         Ok(report)
+    }
+}
+
+/// Whether the file at `path` past `offset` could be read and holds no line end: a line its writer
+/// never finished.
+fn unterminated_tail(path: &Path, offset: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = spool::open_spool_file(path) else {
+        return false;
+    };
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) if buf[..n].contains(&b'\n') => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
     }
 }
 
@@ -367,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_thread_is_no_live_writer_but_a_process_is() {
-        assert!(writer_alive(std::process::id()));
+        assert!(pid_alive(std::process::id()));
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -375,7 +406,7 @@ mod tests {
             let _ = done_rx.recv();
         });
         let tid = rx.recv().unwrap();
-        assert!(!writer_alive(tid), "thread {tid} taken for a writer");
+        assert!(!pid_alive(tid), "thread {tid} taken for a writer");
         drop(done_tx);
         thread.join().unwrap();
     }
@@ -512,5 +543,39 @@ mod tests {
         assert_eq!((r.spans_stored, r.compacted, r.issues.len()), (1, 1, 1));
         assert!(r.issues[0].error.contains("mid-line"));
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_file_its_writer_holds_is_kept_whatever_its_pid_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_in(dir.path());
+        // A writer in another pid namespace: its pid means nothing here, its lock does.
+        let path = spool.join("proxy-99999999-1-0.jsonl");
+        let spans = container_trace(TraceId([9; 16]), "c");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        spool::hold_for_writing(&writer).unwrap();
+        writer.write_all(line(&spans[0]).as_bytes()).unwrap();
+        let mut ingester = ingester(dir.path(), &spool, true);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!((r.spans_stored, r.compacted), (1, 0));
+        assert!(path.exists());
+        writer.write_all(line(&spans[1]).as_bytes()).unwrap();
+        drop(writer);
+        let r = ingester.ingest_all().unwrap();
+        assert_eq!((r.spans_stored, r.compacted), (1, 1));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn only_an_unterminated_tail_that_could_be_read_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "a\nb").unwrap();
+        assert!(unterminated_tail(&path, 2));
+        assert!(!unterminated_tail(&path, 0), "a whole line is not given up");
+        assert!(!unterminated_tail(&dir.path().join("gone"), 0));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(!unterminated_tail(&link, 2), "a link is not read");
     }
 }

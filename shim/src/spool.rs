@@ -14,7 +14,9 @@ use serde::Serialize;
 
 use shimtrace_span::clock;
 use shimtrace_span::env::{SPOOL_DIR as SPOOL_DIR_ENV, SPOOL_MAX_BYTES as SPOOL_MAX_BYTES_ENV};
-use shimtrace_span::spool::{DEFAULT_MAX_BYTES, DEFAULT_SPOOL_DIR, ROTATE_BYTES};
+use shimtrace_span::spool::{
+    self, DEFAULT_MAX_BYTES, DEFAULT_SPOOL_DIR, PENDING_SUFFIX, ROTATE_BYTES,
+};
 use shimtrace_span::{DroppedSpans, SpanRecord, SpoolEntry};
 
 use crate::safe_fs::{self, Access, PrivateDir, SafeFsError};
@@ -477,10 +479,23 @@ impl SpoolFile {
     }
 }
 
-/// Creates a writer's file; its name is new (pid and start time), so one that exists is refused.
+/// Creates a writer's file, holding the writer's lock before the file has its name (see
+/// [`shimtrace_span::spool`]); the name is new (pid and start time), so one that exists is refused.
 fn open_spool_file(dir: &PrivateDir, stem: &str, seq: u32) -> Result<File, SpoolError> {
-    dir.open_file(Path::new(&format!("{stem}-{seq}.jsonl")), Access::CreateNew)
-        .map_err(SpoolError::OpenFile)
+    let name = format!("{stem}-{seq}.jsonl");
+    let pending = format!("{name}{PENDING_SUFFIX}");
+    let file = dir
+        .open_file(Path::new(&pending), Access::CreateNew)
+        .map_err(SpoolError::OpenFile)?;
+    if let Err(e) = spool::hold_for_writing(&file) {
+        // Readers then judge the file by its writer's pid alone, as for a writer without locks.
+        tracing::debug!("spool file {name} is not locked: {e}");
+    }
+    if let Err(e) = dir.rename(Path::new(&pending), Path::new(&name)) {
+        let _ = dir.remove(Path::new(&pending));
+        return Err(SpoolError::OpenFile(e));
+    }
+    Ok(file)
 }
 
 /// The spool's size as another writer measured it less than [`USAGE_HINT_TTL`] ago, or as
@@ -764,6 +779,34 @@ mod tests {
             write_now(&config, "wrapper", &[span("a")]).unwrap();
         });
         assert_eq!(read_spool(&spool).unwrap().spans.len(), 1);
+    }
+
+    #[test]
+    fn a_writer_holds_each_file_from_before_it_has_its_name_until_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = spool_config(&dir.path().join("spool"), DEFAULT_MAX_BYTES);
+        let mut file = SpoolFile::create(&config, "proxy").unwrap();
+        let first = spool_files(&config.dir).unwrap()[0].0.clone();
+        assert_eq!(spool::writer_holds(&first), Some(true));
+        // Rotated: the next file is held too (the writer keeps only its newest file open).
+        file.file_bytes = ROTATE_BYTES;
+        let mut batch = Vec::new();
+        push_line(&mut batch, &span("a"));
+        file.append_bounded(&batch, 1, &DropCounts::default());
+        let files = spool_files(&config.dir).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(spool::writer_holds(&files[1].0), Some(true));
+        assert_eq!(spool::writer_holds(&first), Some(false));
+        let names: Vec<_> = fs::read_dir(&config.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(PENDING_SUFFIX)),
+            "{names:?}"
+        );
+        drop(file);
+        assert_eq!(spool::writer_holds(&files[1].0), Some(false));
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! - each writing process owns its files, named `<writer>-<pid>-<start-nanos>-<seq>.jsonl`, mode 0600;
 //!   nobody else appends to them;
 //! - a file only ever grows, by whole lines; a line without its final `\n` is still being written;
+//! - a writer holds an exclusive `flock` on each file it may still write, from before the file
+//!   has its name (it is created under [`PENDING_SUFFIX`] and renamed once locked) until the
+//!   writer exits ([`hold_for_writing`], [`writer_holds`]). A lock is seen from any pid namespace
+//!   that shares the directory, where a writer's pid may mean nothing (a collector in a pod);
 //! - a writer rotates to `seq + 1` once a file passes [`ROTATE_BYTES`]; so a file is finished once a
-//!   later `seq` of the same writer exists, or its writer pid is gone, and may then be removed after
-//!   ingest;
+//!   later `seq` of the same writer exists, or no writer holds it and its writer pid is gone, and
+//!   may then be removed after ingest;
 //! - the directory is bounded by `SHIMTRACE_SPOOL_MAX_BYTES`: over it, spans are dropped and counted,
 //!   and the count is written as a `dropped` line as soon as the spool can take it (or at exit).
 //!
@@ -28,6 +32,36 @@ pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/shimtrace/spool";
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// A writer starts a new file past this size so finished files can be compacted.
 pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+/// Appended to a spool file's name while its writer creates and locks it; readers skip such names.
+pub const PENDING_SUFFIX: &str = ".new";
+
+/// Takes the writer's lock on a spool file it has just created (see the module docs); held until
+/// the file is closed, which a process's exit does however it ends.
+pub fn hold_for_writing(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor `file` owns and keeps open; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether a writer holds the spool file at `path` ([`hold_for_writing`]): `None` when that cannot
+/// be told (the file cannot be opened), which a caller about to remove the file must take as "held".
+pub fn writer_holds(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let file = open_spool_file(path).ok()?;
+    // A shared lock is refused while the writer holds its exclusive one; taken, it goes with `file`.
+    // SAFETY: flock(2) on a descriptor `file` owns and keeps open; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return Some(false);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Some(true),
+        _ => None,
+    }
+}
 /// Longest spool line a reader accepts; a span line is a few KiB. Longer lines are skipped (and
 /// reported) without being read into memory.
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
