@@ -253,12 +253,31 @@ pub fn ensure_proxy(
     exe: &Path,
     events: Option<&UnixListener>,
 ) -> Result<Ensured, ProxyError> {
-    let dir = ensure_run_dir()?;
+    match ensure_run_dir() {
+        Ok(dir) => ensure_proxy_in(&dir, plan, exe, events),
+        Err(e) => events_only(plan, exe, events, e),
+    }
+}
+
+/// [`ensure_proxy`] with its lock in the run directory `dir`. Whatever stops the call socket from
+/// being served still leaves the events forwarded (see [`events_only`]).
+fn ensure_proxy_in(
+    dir: &Path,
+    plan: &ProxyPlan,
+    exe: &Path,
+    events: Option<&UnixListener>,
+) -> Result<Ensured, ProxyError> {
     let lock_path = dir.join(run_file_names(&plan.socket).0);
-    let _lock = lock_run_file(&lock_path).map_err(|source| ProxyError::Lock {
-        path: lock_path.clone(),
-        source,
-    })?;
+    let _lock = match lock_run_file(&lock_path) {
+        Ok(lock) => lock,
+        Err(source) => {
+            let cause = ProxyError::Lock {
+                path: lock_path,
+                source,
+            };
+            return events_only(plan, exe, events, cause);
+        }
+    };
 
     if UnixStream::connect(&plan.socket).is_ok() {
         return Ok(Ensured::Reused);
@@ -1589,6 +1608,62 @@ mod tests {
         let err = proxy.join().unwrap().unwrap_err().to_string();
         assert!(err.contains("thread"), "{err}");
         assert!(UnixStream::connect(&socket).is_err(), "still listening");
+    }
+
+    #[test]
+    fn events_are_still_forwarded_when_the_proxy_lock_cannot_be_taken() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::DirBuilder::new().mode(0o700).create(&run).unwrap();
+        let socket = dir.path().join("proxy.sock");
+        // A link where the lock file goes: never opened through.
+        std::os::unix::fs::symlink(
+            dir.path().join("elsewhere"),
+            run.join(run_file_names(&socket).0),
+        )
+        .unwrap();
+        let upstream = dir.path().join("inner.sock");
+        let _inner = UnixListener::bind(&upstream).unwrap();
+        let events = UnixListener::bind(dir.path().join("ev.sock")).unwrap();
+        // Stands in for the proxy: reports ready and records how it was started. (Through /proc:
+        // sh redirects only descriptors 0 to 9.)
+        let args = dir.path().join("args");
+        let exe = dir.path().join("proxy");
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\necho \"$@\" > {}\nwhile [ $# -gt 0 ]; do [ \"$1\" = --ready-fd ] && fd=$2; shift; done\nprintf 1 > /proc/self/fd/$fd\n",
+                args.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = ProxyPlan {
+            socket: socket.clone(),
+            upstream,
+            inner: "inner".into(),
+            protocol: "plain/v2".into(),
+            namespace: "default".into(),
+            task_root: None,
+            events: Some(EventsRoute {
+                socket: dir.path().join("ev.sock"),
+                containerd: "/run/containerd/containerd.sock.ttrpc".into(),
+            }),
+            oci_runtime: None,
+        };
+        let ensured = ensure_proxy_in(&run, &plan, &exe, Some(&events)).unwrap();
+        let Ensured::EventsOnly { pid } = ensured else {
+            panic!("{ensured:?}");
+        };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+        let args = std::fs::read_to_string(&args).unwrap();
+        assert!(args.contains("--events-fd"), "{args}");
+        assert!(!args.contains("--listen-fd"), "{args}");
+        // Without an events listener there is nothing to keep: the lock error itself.
+        let err = ensure_proxy_in(&run, &plan, &exe, None).unwrap_err();
+        assert!(matches!(err, ProxyError::Lock { .. }), "{err}");
+        assert!(!socket.exists());
     }
 
     #[test]

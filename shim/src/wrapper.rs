@@ -396,7 +396,15 @@ impl Invocation {
         };
         // containerd passes the runtime options on start's stdin, as it does on Create.
         let binary_name = identity::binary_name_in_options(&stdin);
-        let (events, stdin) = EventsTap::prepare(self.args.id.as_deref(), stdin);
+        // Found before the inner shim is told to publish its events to us: without it no proxy
+        // can be started to forward them, and containerd would never hear of its tasks.
+        let exe = std::env::current_exe()
+            .map_err(|e| tracing::warn!("cannot find own binary ({e}); not tracing this shim"))
+            .ok();
+        let (events, stdin) = match exe {
+            Some(_) => EventsTap::prepare(self.args.id.as_deref(), stdin),
+            None => (None, stdin),
+        };
         let run = match self.run_inner(&inner, stdin, true, events.as_ref()) {
             Ok(run) => run,
             Err(e) => {
@@ -432,6 +440,7 @@ impl Invocation {
             match self.proxy_reply(
                 &run.stdout,
                 &inner,
+                exe.as_deref(),
                 &bundle,
                 &trace,
                 &mut spans,
@@ -488,6 +497,7 @@ impl Invocation {
         &self,
         output: &[u8],
         inner: &Inner,
+        exe: Option<&Path>,
         bundle: &Path,
         trace: &TraceContext,
         spans: &mut Vec<SpanRecord>,
@@ -521,14 +531,15 @@ impl Invocation {
             events: events.as_ref().map(|e| e.route.clone()),
             oci_runtime: inner.oci_runtime.as_ref().map(|p| p.display().to_string()),
         };
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+        // No events tap was prepared without it.
+        let exe = exe.ok_or("cannot find own binary")?;
         let ensure_start = clock::now_unix_nanos();
         if let Err(e) = reply.socket_path() {
             // Not ttrpc (a gRPC shim): its calls pass untouched, its events are still forwarded.
             if let Some(events) = &events {
                 proxy::events_only(
                     &plan,
-                    &exe,
+                    exe,
                     Some(&events.listener),
                     proxy::ProxyError::NotTtrpc,
                 )
@@ -536,7 +547,7 @@ impl Invocation {
             }
             return Err(e.to_string());
         }
-        let ensured = proxy::ensure_proxy(&plan, &exe, events.as_ref().map(|e| &e.listener))
+        let ensured = proxy::ensure_proxy(&plan, exe, events.as_ref().map(|e| &e.listener))
             .map_err(|e| e.to_string())?;
         let record = ProxyRecord {
             proxy: plan.socket.clone(),
