@@ -77,15 +77,19 @@ const INNER_EXIT_GRACE: Duration = Duration::from_secs(5);
 pub enum ProxyError {
     #[error("cannot use the run directory: {0} (shimtrace writes only where no other user can; or set {RUN_DIR_ENV} to another directory)")]
     RunDir(#[source] crate::safe_fs::SafeFsError),
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}: {source} (check that the run directory is writable by containerd's user, or set {RUN_DIR_ENV} in containerd's environment to one that is)")]
     Lock { path: PathBuf, source: io::Error },
-    #[error("cannot bind the proxy socket {path}: {source}")]
+    #[error("cannot bind the proxy socket {path}: {source} (check that its directory, beside containerd's shim sockets or in the run directory, is writable by containerd's user)")]
     Bind { path: PathBuf, source: io::Error },
-    #[error("cannot start the proxy process {exe}: {source}")]
+    #[error("cannot start the proxy process {exe}: {source} (check that this binary is still installed there and executable, and the limits on processes and open files of containerd's service)")]
     Spawn { exe: PathBuf, source: io::Error },
-    #[error("the proxy process (pid {pid}) did not become ready: {reason}")]
-    NotReady { pid: u32, reason: String },
-    #[error("cannot reach the inner shim at {path}: {source}")]
+    #[error("the proxy process (pid {pid}) did not become ready: {reason} (see its log {})", log.display())]
+    NotReady {
+        pid: u32,
+        reason: String,
+        log: PathBuf,
+    },
+    #[error("cannot reach the inner shim at {path}: {source} (check that it still runs: it may have exited right after its start, see containerd's log)")]
     Upstream { path: PathBuf, source: io::Error },
     #[error("cannot start the proxy's threads: {0} (the system is short of threads or memory: check the process limits of containerd's service, its cgroup's pids.max and kernel.threads-max)")]
     Threads(#[source] io::Error),
@@ -480,7 +484,7 @@ fn spawn_detached(
         let mut byte = [0u8; 1];
         match ready.read(&mut byte) {
             Ok(1) => Ok(()),
-            Ok(_) => Err("it exited before it was ready (see its log)".to_string()),
+            Ok(_) => Err("it exited before it was ready".to_string()),
             Err(e) => Err(e.to_string()),
         }
     });
@@ -492,7 +496,11 @@ fn spawn_detached(
                 nix::sys::signal::Signal::SIGKILL,
             );
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
-            Err(ProxyError::NotReady { pid, reason })
+            Err(ProxyError::NotReady {
+                pid,
+                reason,
+                log: plan.log_path(),
+            })
         }
     }
 }
@@ -1664,6 +1672,33 @@ mod tests {
         let err = ensure_proxy_in(&run, &plan, &exe, None).unwrap_err();
         assert!(matches!(err, ProxyError::Lock { .. }), "{err}");
         assert!(!socket.exists());
+    }
+
+    #[test]
+    fn a_proxy_that_exits_unready_is_reported_with_its_log() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = dir.path().join("inner.sock");
+        let _inner = UnixListener::bind(&upstream).unwrap();
+        let exe = dir.path().join("proxy");
+        std::fs::write(&exe, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = ProxyPlan {
+            socket: dir.path().join("proxy.sock"),
+            upstream,
+            inner: "inner".into(),
+            protocol: "plain/v2".into(),
+            namespace: "default".into(),
+            task_root: None,
+            events: None,
+            oci_runtime: None,
+        };
+        let err = spawn_detached(&plan, &exe, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exited before it was ready"), "{err}");
+        let log = plan.log_path();
+        assert!(err.contains(log.to_str().unwrap()), "{err}");
     }
 
     #[test]
