@@ -17,8 +17,10 @@
 //! its memory is bounded whatever the requests (see [`crate::tap`] and [`crate::trace_ctx`]; at
 //! most [`MAX_CALL_CONNECTIONS`] connections are served at once, two threads each), its OOM score
 //! adjustment is never above the inner shim's, a panic in the tap costs spans, never frames, and
-//! running out of descriptors makes it wait and retry (with back-off and one warning a minute),
-//! never drop a connection. If it dies anyway, containerd ends the containers it served (their
+//! running out of descriptors makes it wait and retry (with back-off and one warning a minute): a
+//! connection it cannot accept yet waits in the listener's backlog, and one it cannot connect on
+//! to the inner shim is retried for [`UPSTREAM_PATIENCE`] before it is closed. A connection is
+//! closed, never served one way only, when no thread can be made for it. If it dies anyway, containerd ends the containers it served (their
 //! connection closed) and runs the wrapper's `delete`, which then shuts the inner shim down and
 //! removes what the proxy left (see [`clean_up_after_proxy`]). On a normal exit the proxy
 //! removes its socket, the inner shim's (once nothing listens there) and its run-dir files.
