@@ -821,6 +821,11 @@ fn detach_stdio() {
     }
 }
 
+/// The bundle file in which the 1.6/1.7 runc shim leaves its address for containerd.
+const ADDRESS_FILE: &str = "address";
+/// An address file longer than this is not one the runc shim wrote: left alone.
+const MAX_ADDRESS_FILE: u64 = 4096;
+
 /// The bundle's `address` file names the inner shim; it must name the proxy.
 struct AddressChange {
     inner: String,
@@ -831,21 +836,18 @@ struct AddressChange {
 /// containerd 1.6/1.7 reconnect through the bundle's `address` file after a restart, so it must
 /// name the proxy; rewritten only if it names the inner shim (2.x shims do not write it).
 fn rewrite_address_file(bundle: &Path, inner_address: &str, proxy_address: &str) {
-    let path = bundle.join("address");
-    let Ok(current) = std::fs::read_to_string(&path) else {
+    let Some(current) = crate::bundle::read(bundle, ADDRESS_FILE, MAX_ADDRESS_FILE) else {
         return;
     };
+    let current = String::from_utf8_lossy(&current);
     if current.trim() != inner_address {
         return;
     }
     let updated = current.replacen(inner_address, proxy_address, 1);
-    let tmp = bundle.join(format!(".address.shimtrace.{}", std::process::id()));
-    let written = std::fs::write(&tmp, updated).and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = crate::bundle::write(bundle, ADDRESS_FILE, updated.as_bytes()) {
         tracing::warn!(
             "cannot point {} at the proxy ({e}); after a containerd restart calls bypass the proxy",
-            path.display()
+            bundle.join(ADDRESS_FILE).display()
         );
     }
 }
@@ -936,5 +938,33 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         rewrite_address_file(empty.path(), "a", "b");
         assert!(!empty.path().join("address").exists());
+    }
+
+    #[test]
+    fn the_address_file_is_rewritten_through_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let victim = dir.path().join("victim");
+        let inner = "unix:///run/containerd/s/inner";
+        std::fs::write(&victim, inner).unwrap();
+        // A link planted where the old code put its temporary file, then one for `address`.
+        let old_tmp = bundle.join(format!(".address.shimtrace.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &old_tmp).unwrap();
+        std::fs::write(bundle.join("address"), inner).unwrap();
+        rewrite_address_file(&bundle, inner, "unix:///p");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), inner);
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("address")).unwrap(),
+            "unix:///p"
+        );
+        std::fs::remove_file(bundle.join("address")).unwrap();
+        std::os::unix::fs::symlink(&victim, bundle.join("address")).unwrap();
+        rewrite_address_file(&bundle, inner, "unix:///p");
+        assert!(std::fs::symlink_metadata(bundle.join("address"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), inner);
     }
 }
