@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use shimtrace_span::env::CONFIG as CONFIG_ENV;
-use shimtrace_span::naming::{is_executable_file, WrapperName};
+use shimtrace_span::naming::{is_executable_file, WrapperName, WRAPPER_PREFIX};
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/shimtrace/config.toml";
+pub use shimtrace_span::env::DEFAULT_CONFIG as DEFAULT_CONFIG_PATH;
 /// A config maps a few runtimes to paths; nothing longer is read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -41,7 +41,7 @@ fn check_config_file(meta: &std::fs::Metadata) -> Result<(), String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("{name:?} is not a wrapper name: invoke this binary as containerd-shim-traced-<inner>-<version> (e.g. a symlink containerd-shim-traced-runc-v2), or run `shimtrace install`")]
+    #[error("{name:?} is not a wrapper name: invoke this binary as {WRAPPER_PREFIX}<inner>-<version> (e.g. a symlink {WRAPPER_PREFIX}runc-v2), or run `shimtrace install`")]
     NotAWrapperName { name: String },
     #[error("cannot find the inner shim {binary:?} for runtime {runtime}: not on PATH ({path}) nor beside containerd; install it or map the runtime to an absolute path in {config}")]
     InnerNotFound {

@@ -35,7 +35,9 @@ use crate::safe_fs::{ensure_private_dir, SafeFsError};
 use crate::spool::SpoolConfig;
 use crate::trace_ctx;
 use shimtrace_span::clock;
-use shimtrace_span::naming::{WrapperName, WRAPPER_BINARY as OWN_NAME};
+use shimtrace_span::env::{RUN_DIR as RUN_DIR_ENV, SPOOL_DIR as SPOOL_DIR_ENV};
+use shimtrace_span::naming::{WrapperName, WRAPPER_BINARY as OWN_NAME, WRAPPER_PREFIX};
+use shimtrace_span::spool::DEFAULT_SPOOL_DIR;
 use shimtrace_span::{
     attr, names, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus,
     TraceContext, TraceId,
@@ -81,7 +83,7 @@ impl Inner {
 enum InnerError {
     #[error(transparent)]
     Resolve(#[from] resolve::ResolveError),
-    #[error("cannot give the inner shim {oci_runtime} as its `runc` (a link first on its PATH, under the run directory): {source}; not starting it, since it would run plain runc instead (fix the run directory or set SHIMTRACE_RUN_DIR)")]
+    #[error("cannot give the inner shim {oci_runtime} as its `runc` (a link first on its PATH, under the run directory): {source}; not starting it, since it would run plain runc instead (fix the run directory or set {RUN_DIR_ENV})")]
     OciLink {
         oci_runtime: PathBuf,
         source: SafeFsError,
@@ -163,11 +165,11 @@ fn own_name(args: &ShimArgs, problem: &str) -> i32 {
     }
     let help = format!(
         "{OWN_NAME} {VERSION}: a containerd shim v2 that traces a real shim.\n\n\
-         Install it under the name containerd-shim-traced-<inner>-<version> (a symlink), e.g.\n  \
-         ln -s $(command -v {OWN_NAME}) /usr/local/bin/containerd-shim-traced-runc-v2\n\
+         Install it under the name {WRAPPER_PREFIX}<inner>-<version> (a symlink), e.g.\n  \
+         ln -s $(command -v {OWN_NAME}) /usr/local/bin/{WRAPPER_PREFIX}runc-v2\n\
          and run containers with the runtime io.containerd.traced-runc.v2; it forwards every call\n\
-         to containerd-shim-runc-v2 and records spans in $SHIMTRACE_SPOOL_DIR\n\
-         (default /var/lib/shimtrace/spool). `shimtrace install` does this for every shim found.\n"
+         to containerd-shim-runc-v2 and records spans in ${SPOOL_DIR_ENV}\n\
+         (default {DEFAULT_SPOOL_DIR}). `shimtrace install` does this for every shim found.\n"
     );
     if args.help || args.action.is_none() {
         print!("{help}");
