@@ -58,7 +58,7 @@ pub const DROP_IN_SINCE: (u32, u32, u32) = (2, 2, 0);
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 /// The wrapper's config file unless `SHIMTRACE_CONFIG` names another (`shimtrace-shim`'s
 /// `resolve::DEFAULT_CONFIG_PATH`).
-pub const DEFAULT_WRAPPER_CONFIG: &str = "/etc/shimtrace/config.toml";
+pub const DEFAULT_WRAPPER_CONFIG: &str = shimtrace_span::env::DEFAULT_CONFIG;
 
 /// How the wrapper is put in front of a real runtime in CRI's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]

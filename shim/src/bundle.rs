@@ -1,5 +1,6 @@
-//! The files shimtrace keeps in a container's bundle (its trace, its identity, its proxy) and the
-//! ones it reads there (`config.json`, the runc shim's `options.json`), all through one careful
+//! The files shimtrace keeps in a container's bundle (its trace, its identity, its proxy, the
+//! `address` it points at the proxy) and the ones it reads there (`config.json`, the runc shim's
+//! `options.json`), all through one careful
 //! path: the bundle must be a private directory, no link is followed, no FIFO is waited on, reads
 //! are bounded and writes are atomic (a new temp file renamed over the old).
 //!
@@ -42,6 +43,15 @@ pub fn read_json<T: DeserializeOwned>(bundle: &Path, name: &str, max: u64) -> Op
 
 /// Writes `value` as the JSON file `name` in `bundle`, atomically.
 pub fn write_json<T: Serialize>(bundle: &Path, name: &str, value: &T) -> Result<(), SafeFsError> {
+    let json = serde_json::to_vec(value).map_err(|e| SafeFsError::Io {
+        path: bundle.join(name),
+        source: std::io::Error::other(e),
+    })?;
+    write(bundle, name, &json)
+}
+
+/// Writes `bytes` as the file `name` in `bundle`, atomically (mode 0600).
+pub fn write(bundle: &Path, name: &str, bytes: &[u8]) -> Result<(), SafeFsError> {
     let dir = PrivateDir::open(bundle)?;
     let mut suffix = [0u8; 8];
     let _ = getrandom::getrandom(&mut suffix);
@@ -50,14 +60,10 @@ pub fn write_json<T: Serialize>(bundle: &Path, name: &str, value: &T) -> Result<
         std::process::id(),
         hex::encode(suffix)
     ));
-    let json = serde_json::to_vec(value).map_err(|e| SafeFsError::Io {
-        path: bundle.join(name),
-        source: std::io::Error::other(e),
-    })?;
     let written = dir
         .open_file(&tmp, Access::CreateNew)
         .and_then(|mut file| {
-            file.write_all(&json).map_err(|source| SafeFsError::Io {
+            file.write_all(bytes).map_err(|source| SafeFsError::Io {
                 path: bundle.join(&tmp),
                 source,
             })

@@ -510,7 +510,8 @@ impl IdentityRegistry {
     /// the runtime for this container whatever was guessed before. Only the bundle containerd
     /// made for the id is read or written: a `claimed` bundle naming another directory is ignored
     /// (see [`crate::bundle`]).
-    pub fn created(
+    #[cfg(test)]
+    fn created(
         &self,
         namespace: &str,
         id: &str,

@@ -3,7 +3,9 @@
 //!
 //! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
 //! (an inherited descriptor named by `--listen-fd`) together with a connection to the inner shim
-//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as it runs.
+//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as its threads
+//! accept there (a proxy that cannot start them exits unready, and containerd is given the inner
+//! shim's own address).
 //! The events listener the inner shim publishes to (see [`crate::events`]) arrives as
 //! `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner
 //! shim was already told to publish there), and containerd talks to the inner shim directly. The
@@ -15,8 +17,10 @@
 //! its memory is bounded whatever the requests (see [`crate::tap`] and [`crate::trace_ctx`]; at
 //! most [`MAX_CALL_CONNECTIONS`] connections are served at once, two threads each), its OOM score
 //! adjustment is never above the inner shim's, a panic in the tap costs spans, never frames, and
-//! running out of descriptors makes it wait and retry (with back-off and one warning a minute),
-//! never drop a connection. If it dies anyway, containerd ends the containers it served (their
+//! running out of descriptors makes it wait and retry (with back-off and one warning a minute): a
+//! connection it cannot accept yet waits in the listener's backlog, and one it cannot connect on
+//! to the inner shim is retried for [`UPSTREAM_PATIENCE`] before it is closed. A connection is
+//! closed, never served one way only, when no thread can be made for it. If it dies anyway, containerd ends the containers it served (their
 //! connection closed) and runs the wrapper's `delete`, which then shuts the inner shim down and
 //! removes what the proxy left (see [`clean_up_after_proxy`]). On a normal exit the proxy
 //! removes its socket, the inner shim's (once nothing listens there) and its run-dir files.
@@ -75,16 +79,22 @@ const INNER_EXIT_GRACE: Duration = Duration::from_secs(5);
 pub enum ProxyError {
     #[error("cannot use the run directory: {0} (shimtrace writes only where no other user can; or set {RUN_DIR_ENV} to another directory)")]
     RunDir(#[source] crate::safe_fs::SafeFsError),
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}: {source} (check that the run directory is writable by containerd's user, or set {RUN_DIR_ENV} in containerd's environment to one that is)")]
     Lock { path: PathBuf, source: io::Error },
-    #[error("cannot bind the proxy socket {path}: {source}")]
+    #[error("cannot bind the proxy socket {path}: {source} (check that its directory, beside containerd's shim sockets or in the run directory, is writable by containerd's user)")]
     Bind { path: PathBuf, source: io::Error },
-    #[error("cannot start the proxy process {exe}: {source}")]
+    #[error("cannot start the proxy process {exe}: {source} (check that this binary is still installed there and executable, and the limits on processes and open files of containerd's service)")]
     Spawn { exe: PathBuf, source: io::Error },
-    #[error("the proxy process (pid {pid}) did not become ready: {reason}")]
-    NotReady { pid: u32, reason: String },
-    #[error("cannot reach the inner shim at {path}: {source}")]
+    #[error("the proxy process (pid {pid}) did not become ready: {reason} (see its log {})", log.display())]
+    NotReady {
+        pid: u32,
+        reason: String,
+        log: PathBuf,
+    },
+    #[error("cannot reach the inner shim at {path}: {source} (check that it still runs: it may have exited right after its start, see containerd's log)")]
     Upstream { path: PathBuf, source: io::Error },
+    #[error("cannot start the proxy's threads: {0} (the system is short of threads or memory: check the process limits of containerd's service, its cgroup's pids.max and kernel.threads-max)")]
+    Threads(#[source] io::Error),
     #[error("the proxy was started without a listener (--listen-fd / --events-fd) or its monitor connection (--monitor-fd); it is started by the wrapper's start, not by hand")]
     NoListener,
     #[error("the inner shim does not speak ttrpc")]
@@ -249,12 +259,31 @@ pub fn ensure_proxy(
     exe: &Path,
     events: Option<&UnixListener>,
 ) -> Result<Ensured, ProxyError> {
-    let dir = ensure_run_dir()?;
+    match ensure_run_dir() {
+        Ok(dir) => ensure_proxy_in(&dir, plan, exe, events),
+        Err(e) => events_only(plan, exe, events, e),
+    }
+}
+
+/// [`ensure_proxy`] with its lock in the run directory `dir`. Whatever stops the call socket from
+/// being served still leaves the events forwarded (see [`events_only`]).
+fn ensure_proxy_in(
+    dir: &Path,
+    plan: &ProxyPlan,
+    exe: &Path,
+    events: Option<&UnixListener>,
+) -> Result<Ensured, ProxyError> {
     let lock_path = dir.join(run_file_names(&plan.socket).0);
-    let _lock = lock_run_file(&lock_path).map_err(|source| ProxyError::Lock {
-        path: lock_path.clone(),
-        source,
-    })?;
+    let _lock = match lock_run_file(&lock_path) {
+        Ok(lock) => lock,
+        Err(source) => {
+            let cause = ProxyError::Lock {
+                path: lock_path,
+                source,
+            };
+            return events_only(plan, exe, events, cause);
+        }
+    };
 
     if UnixStream::connect(&plan.socket).is_ok() {
         return Ok(Ensured::Reused);
@@ -457,7 +486,7 @@ fn spawn_detached(
         let mut byte = [0u8; 1];
         match ready.read(&mut byte) {
             Ok(1) => Ok(()),
-            Ok(_) => Err("it exited before it was ready (see its log)".to_string()),
+            Ok(_) => Err("it exited before it was ready".to_string()),
             Err(e) => Err(e.to_string()),
         }
     });
@@ -469,7 +498,11 @@ fn spawn_detached(
                 nix::sys::signal::Signal::SIGKILL,
             );
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
-            Err(ProxyError::NotReady { pid, reason })
+            Err(ProxyError::NotReady {
+                pid,
+                reason,
+                log: plan.log_path(),
+            })
         }
     }
 }
@@ -509,6 +542,27 @@ fn wait_readable(file: &File, deadline: Instant) -> Result<(), String> {
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// Starts one of the proxy's threads, on a small stack.
+fn spawn_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    #[cfg(test)]
+    if FAIL_SPAWNS.with(std::cell::Cell::get) {
+        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+    }
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(THREAD_STACK)
+        .spawn(work)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes [`spawn_thread`] fail on this thread, as it does when the system is out of threads.
+    static FAIL_SPAWNS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Places for connections, by role: at most [`Role::limit`] of each at once (an accept loop takes
@@ -658,6 +712,7 @@ static ACCEPT_FAILED: RareWarning = RareWarning::new();
 static UPSTREAM_SHORT: RareWarning = RareWarning::new();
 static UPSTREAM_GONE: RareWarning = RareWarning::new();
 static TAP_FAILED: RareWarning = RareWarning::new();
+static NO_THREAD: RareWarning = RareWarning::new();
 
 /// Whether an error means "not now" (descriptors, memory, a full backlog) rather than "never".
 fn for_want_of_resources(e: &io::Error) -> bool {
@@ -698,31 +753,68 @@ fn log_panics() {
 
 /// Runs the proxy daemon (the `proxy` subcommand); returns when the inner shim is gone.
 pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
+    let log = plan.log_path();
+    serve(plan, fds, &log)
+}
+
+/// [`run_proxy`], logging to `log`.
+fn serve(plan: ProxyPlan, fds: HandedFds, log: &Path) -> Result<(), ProxyError> {
     let listener = fds.listen.and_then(fd_if_open).map(UnixListener::from);
     let events_listener = fds.events.and_then(fd_if_open).map(UnixListener::from);
     let ready = fds.ready.and_then(fd_if_open).map(File::from);
     let failed = |e: ProxyError| {
-        crate::log::init_file(&plan.log_path());
+        crate::log::init_file(log);
         Err(e)
     };
     let monitor = fds.monitor.and_then(fd_if_open).map(UnixStream::from);
     let Some(monitor) = monitor.filter(|_| listener.is_some() || events_listener.is_some()) else {
         return failed(ProxyError::NoListener);
     };
-    // Ready: this process holds the bound listener and a live connection to the inner shim. The
-    // wrapper's `start` (and so the container's start) waits for this and nothing more; all
-    // below happens while containerd already connects (its connection waits in the backlog).
+    // The wrapper bound these files an instant ago (holding the lock): they are ours.
+    let identity = listener.as_ref().and_then(|_| file_identity(&plan.socket));
+    let serves_calls = listener.is_some();
+    // The accept threads start before the proxy reports ready: a proxy that cannot accept must
+    // not be given to containerd; exiting unready makes the wrapper pass the inner shim's own
+    // address on instead. They wait for the tap, which is made once the proxy is ready.
+    let active = Arc::new(ActiveConnections::default());
+    let mut accepting = Vec::new();
+    if let Some(listener) = listener {
+        match start_accepting(
+            "accept",
+            listener,
+            plan.upstream.clone(),
+            &active,
+            Role::Calls,
+        ) {
+            Ok(tap) => accepting.push(tap),
+            Err(e) => return failed(ProxyError::Threads(e)),
+        }
+    }
+    if let (Some(listener), Some(route)) = (events_listener, plan.events.clone()) {
+        let containerd = PathBuf::from(
+            route
+                .containerd
+                .strip_prefix("unix://")
+                .unwrap_or(&route.containerd),
+        );
+        match start_accepting("accept-events", listener, containerd, &active, Role::Events) {
+            Ok(tap) => accepting.push(tap),
+            Err(e) => return failed(ProxyError::Threads(e)),
+        }
+    }
+    // Ready: this process accepts on its listeners and holds a live connection to the inner
+    // shim. The wrapper's `start` (and so the container's start) waits for this and nothing
+    // more; all below happens while containerd already connects (its connection waits in the
+    // backlog until the tap is made).
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
     }
     // Detach from the wrapper's session (containerd's) and from its working directory.
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
-    crate::log::init_file(&plan.log_path());
+    crate::log::init_file(log);
     log_panics();
     raise_open_files_limit();
-    // The wrapper bound these files an instant ago (holding the lock): they are ours.
-    let identity = listener.as_ref().and_then(|_| file_identity(&plan.socket));
     let events_socket = plan.events.as_ref().map(|e| e.socket.clone());
     let events_identity = events_socket.as_deref().and_then(file_identity);
     // The inner shim's own socket file, as it is now: removed at exit only if still this one.
@@ -748,34 +840,14 @@ pub fn run_proxy(plan: ProxyPlan, fds: HandedFds) -> Result<(), ProxyError> {
         propagate: propagate_enabled(),
         pending: Default::default(),
     });
-    let serves_calls = listener.is_some();
     tracing::info!(
         "proxy {} serving inner shim {} ({})",
         plan.socket.display(),
         plan.upstream.display(),
         plan.inner
     );
-
-    let active = Arc::new(ActiveConnections::default());
-    if let Some(listener) = listener {
-        let (ctx, active, upstream) = (ctx.clone(), active.clone(), plan.upstream.clone());
-        let _ = std::thread::Builder::new()
-            .name("accept".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || accept_loop(listener, &upstream, ctx, active, Role::Calls));
-    }
-    if let (Some(listener), Some(route)) = (events_listener, plan.events.clone()) {
-        let (ctx, active) = (ctx.clone(), active.clone());
-        let containerd = PathBuf::from(
-            route
-                .containerd
-                .strip_prefix("unix://")
-                .unwrap_or(&route.containerd),
-        );
-        let _ = std::thread::Builder::new()
-            .name("accept-events".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || accept_loop(listener, &containerd, ctx, active, Role::Events));
+    for tap in accepting {
+        let _ = tap.send(ctx.clone());
     }
 
     if serves_calls {
@@ -1132,6 +1204,25 @@ impl Role {
     }
 }
 
+/// Starts the thread accepting on `listener`; it waits for the tap context sent on the returned
+/// channel (and ends, closing the listener, if none comes).
+fn start_accepting(
+    name: &str,
+    listener: UnixListener,
+    upstream: PathBuf,
+    active: &Arc<ActiveConnections>,
+    role: Role,
+) -> io::Result<std::sync::mpsc::Sender<Arc<TapContext>>> {
+    let (tap, context) = std::sync::mpsc::channel();
+    let active = active.clone();
+    spawn_thread(name, move || {
+        if let Ok(ctx) = context.recv() {
+            accept_loop(listener, &upstream, ctx, active, role);
+        }
+    })?;
+    Ok(tap)
+}
+
 fn accept_loop(
     listener: UnixListener,
     upstream: &Path,
@@ -1161,19 +1252,16 @@ fn accept_loop(
         backoff = Backoff::new();
         slot.serve();
         let (ctx, upstream) = (ctx.clone(), upstream.to_path_buf());
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
-                let _slot = slot;
-                let Some(upstream) = connect_upstream(&upstream) else {
-                    return;
-                };
-                match role {
-                    Role::Calls => forward_connection(downstream, upstream, ctx),
-                    Role::Events => serve_events(downstream, upstream, ctx),
-                }
-            });
+        let spawned = spawn_thread("conn", move || {
+            let _slot = slot;
+            let Some(upstream) = connect_upstream(&upstream) else {
+                return;
+            };
+            match role {
+                Role::Calls => forward_connection(downstream, upstream, ctx),
+                Role::Events => serve_events(downstream, upstream, ctx),
+            }
+        });
         if let Err(e) = spawned {
             // The connection (moved into the closure) is closed; its peer sees the truth, that it
             // was not served.
@@ -1235,28 +1323,29 @@ pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc
         return;
     };
     let (request_tap, request_broken) = (tap.clone(), broken.clone());
-    let requests = std::thread::Builder::new()
-        .name("conn-req".into())
-        .stack_size(THREAD_STACK)
-        .spawn(move || {
-            let _ = pump_rewriting(
-                &down_read,
-                &up_write,
-                clock::now_unix_nanos,
-                |frame, seen| {
-                    if frame.header.type_ != MESSAGE_TYPE_REQUEST {
-                        return None;
-                    }
-                    isolated(&request_broken, || {
-                        request_tap.on_request(&frame.header, frame.payload, seen)
-                    })
-                },
-                |_, _| {},
-            );
-            // containerd hung up (or the inner shim did): end both sides.
-            let _ = down_read.shutdown(std::net::Shutdown::Both);
-            let _ = up_write.shutdown(std::net::Shutdown::Both);
-        });
+    let requests = spawn_thread("conn-req", move || {
+        let _ = pump_rewriting(
+            &down_read,
+            &up_write,
+            clock::now_unix_nanos,
+            |frame, seen| {
+                if frame.header.type_ != MESSAGE_TYPE_REQUEST {
+                    return None;
+                }
+                isolated(&request_broken, || {
+                    request_tap.on_request(&frame.header, frame.payload, seen)
+                })
+            },
+            |_, _| {},
+        );
+        // containerd hung up (or the inner shim did): end both sides.
+        let _ = down_read.shutdown(std::net::Shutdown::Both);
+        let _ = up_write.shutdown(std::net::Shutdown::Both);
+    });
+    let requests = match requests {
+        Ok(handle) => handle,
+        Err(e) => return close_unserved(&downstream, &upstream, e),
+    };
     let _ = pump(
         &upstream,
         &downstream,
@@ -1272,13 +1361,21 @@ pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc
     );
     let _ = downstream.shutdown(std::net::Shutdown::Both);
     let _ = upstream.shutdown(std::net::Shutdown::Both);
-    if let Ok(handle) = requests {
-        let _ = handle.join();
-    }
+    let _ = requests.join();
     isolated(&broken, || {
         tap.on_close(clock::now_unix_nanos());
         Some(())
     });
+}
+
+/// A connection whose second direction cannot be given a thread would carry one way only and its
+/// calls would wait forever: it is closed instead, both sides, so that its peers see it end.
+fn close_unserved(one: &UnixStream, other: &UnixStream, e: io::Error) {
+    NO_THREAD.warn(format_args!(
+        "cannot start a thread for a connection: {e}; closing it"
+    ));
+    let _ = one.shutdown(std::net::Shutdown::Both);
+    let _ = other.shutdown(std::net::Shutdown::Both);
 }
 
 /// Forwards one inner-shim publishing connection to containerd, recording each envelope.
@@ -1287,19 +1384,20 @@ fn serve_events(shim: UnixStream, containerd: UnixStream, ctx: Arc<TapContext>) 
     let (Ok(containerd_read), Ok(shim_write)) = (containerd.try_clone(), shim.try_clone()) else {
         return;
     };
-    let replies = std::thread::Builder::new()
-        .name("events-reply".into())
-        .stack_size(THREAD_STACK)
-        .spawn(move || {
-            let _ = pump(
-                &containerd_read,
-                &shim_write,
-                clock::now_unix_nanos,
-                |_, _| {},
-            );
-            let _ = containerd_read.shutdown(std::net::Shutdown::Both);
-            let _ = shim_write.shutdown(std::net::Shutdown::Both);
-        });
+    let replies = spawn_thread("events-reply", move || {
+        let _ = pump(
+            &containerd_read,
+            &shim_write,
+            clock::now_unix_nanos,
+            |_, _| {},
+        );
+        let _ = containerd_read.shutdown(std::net::Shutdown::Both);
+        let _ = shim_write.shutdown(std::net::Shutdown::Both);
+    });
+    let replies = match replies {
+        Ok(handle) => handle,
+        Err(e) => return close_unserved(&shim, &containerd, e),
+    };
     let broken = AtomicBool::new(false);
     let _ = pump(&shim, &containerd, clock::now_unix_nanos, |frame, seen| {
         if frame.header.type_ == MESSAGE_TYPE_REQUEST {
@@ -1311,9 +1409,7 @@ fn serve_events(shim: UnixStream, containerd: UnixStream, ctx: Arc<TapContext>) 
     });
     let _ = shim.shutdown(std::net::Shutdown::Both);
     let _ = containerd.shutdown(std::net::Shutdown::Both);
-    if let Ok(handle) = replies {
-        let _ = handle.join();
-    }
+    let _ = replies.join();
 }
 
 #[cfg(test)]
@@ -1429,6 +1525,182 @@ mod tests {
         forwarding
             .join()
             .expect("forwarding ends when both sides do");
+    }
+
+    /// A proxy thread that cannot be started, on a thread where none can.
+    fn without_threads<T: Send + 'static>(
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        std::thread::spawn(move || {
+            FAIL_SPAWNS.with(|fail| fail.set(true));
+            work()
+        })
+    }
+
+    /// Waits (up to five seconds) for `end` to be closed by its peer, reading what comes first.
+    fn closed_by_peer(mut end: &UnixStream) -> bool {
+        end.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match end.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn a_call_connection_without_its_second_thread_is_closed_not_left_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::tap::test_context(dir.path());
+        let (containerd, proxy_down) = UnixStream::pair().unwrap();
+        let (proxy_up, inner) = UnixStream::pair().unwrap();
+        let forwarding = without_threads(move || forward_connection(proxy_down, proxy_up, ctx));
+        let request = crate::tap::test_request("containerd.task.v2.Task", "State", vec![], &[]);
+        // (The proxy may have closed the connection already.)
+        let _ = (&containerd).write_all(&frame(1, MESSAGE_TYPE_REQUEST, &request));
+        // Nothing would carry the request: containerd must see the connection end (and
+        // reconnect or fail the call), not wait for an answer forever.
+        assert!(closed_by_peer(&containerd), "containerd's side left open");
+        assert!(closed_by_peer(&inner), "the inner shim's side left open");
+        forwarding.join().unwrap();
+    }
+
+    #[test]
+    fn an_events_connection_without_its_second_thread_is_closed_not_left_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::tap::test_context(dir.path());
+        let (shim, proxy_down) = UnixStream::pair().unwrap();
+        let (proxy_up, containerd) = UnixStream::pair().unwrap();
+        let serving = without_threads(move || serve_events(proxy_down, proxy_up, ctx));
+        assert!(closed_by_peer(&shim), "the inner shim's side left open");
+        assert!(closed_by_peer(&containerd), "containerd's side left open");
+        serving.join().unwrap();
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_start_its_accept_threads_never_reports_ready() {
+        use std::os::fd::IntoRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("proxy.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let upstream = dir.path().join("inner.sock");
+        let _inner = UnixListener::bind(&upstream).unwrap();
+        let monitor = UnixStream::connect(&upstream).unwrap();
+        let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let plan = ProxyPlan {
+            socket: socket.clone(),
+            upstream: upstream.clone(),
+            inner: "inner".into(),
+            protocol: "plain/v2".into(),
+            namespace: "default".into(),
+            task_root: None,
+            events: None,
+            oci_runtime: None,
+        };
+        let fds = HandedFds {
+            listen: Some(listener.into_raw_fd()),
+            ready: Some(ready_write.into_raw_fd()),
+            events: None,
+            monitor: Some(monitor.into_raw_fd()),
+        };
+        let log = dir.path().join("proxy.log");
+        let proxy = without_threads(move || serve(plan, fds, &log));
+        // The wrapper reads the ready pipe: it must end without a byte, so that the wrapper
+        // falls back to the inner shim's own address instead of handing containerd a socket
+        // nobody accepts on.
+        let mut ready = File::from(ready_read);
+        let mut got = Vec::new();
+        ready.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"", "reported ready without accepting");
+        let err = proxy.join().unwrap().unwrap_err().to_string();
+        assert!(err.contains("thread"), "{err}");
+        assert!(UnixStream::connect(&socket).is_err(), "still listening");
+    }
+
+    #[test]
+    fn events_are_still_forwarded_when_the_proxy_lock_cannot_be_taken() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::DirBuilder::new().mode(0o700).create(&run).unwrap();
+        let socket = dir.path().join("proxy.sock");
+        // A link where the lock file goes: never opened through.
+        std::os::unix::fs::symlink(
+            dir.path().join("elsewhere"),
+            run.join(run_file_names(&socket).0),
+        )
+        .unwrap();
+        let upstream = dir.path().join("inner.sock");
+        let _inner = UnixListener::bind(&upstream).unwrap();
+        let events = UnixListener::bind(dir.path().join("ev.sock")).unwrap();
+        // Stands in for the proxy: reports ready and records how it was started. (Through /proc:
+        // sh redirects only descriptors 0 to 9.)
+        let args = dir.path().join("args");
+        let exe = dir.path().join("proxy");
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\necho \"$@\" > {}\nwhile [ $# -gt 0 ]; do [ \"$1\" = --ready-fd ] && fd=$2; shift; done\nprintf 1 > /proc/self/fd/$fd\n",
+                args.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = ProxyPlan {
+            socket: socket.clone(),
+            upstream,
+            inner: "inner".into(),
+            protocol: "plain/v2".into(),
+            namespace: "default".into(),
+            task_root: None,
+            events: Some(EventsRoute {
+                socket: dir.path().join("ev.sock"),
+                containerd: "/run/containerd/containerd.sock.ttrpc".into(),
+            }),
+            oci_runtime: None,
+        };
+        let ensured = ensure_proxy_in(&run, &plan, &exe, Some(&events)).unwrap();
+        let Ensured::EventsOnly { pid } = ensured else {
+            panic!("{ensured:?}");
+        };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+        let args = std::fs::read_to_string(&args).unwrap();
+        assert!(args.contains("--events-fd"), "{args}");
+        assert!(!args.contains("--listen-fd"), "{args}");
+        // Without an events listener there is nothing to keep: the lock error itself.
+        let err = ensure_proxy_in(&run, &plan, &exe, None).unwrap_err();
+        assert!(matches!(err, ProxyError::Lock { .. }), "{err}");
+        assert!(!socket.exists());
+    }
+
+    #[test]
+    fn a_proxy_that_exits_unready_is_reported_with_its_log() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = dir.path().join("inner.sock");
+        let _inner = UnixListener::bind(&upstream).unwrap();
+        let exe = dir.path().join("proxy");
+        std::fs::write(&exe, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = ProxyPlan {
+            socket: dir.path().join("proxy.sock"),
+            upstream,
+            inner: "inner".into(),
+            protocol: "plain/v2".into(),
+            namespace: "default".into(),
+            task_root: None,
+            events: None,
+            oci_runtime: None,
+        };
+        let err = spawn_detached(&plan, &exe, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exited before it was ready"), "{err}");
+        let log = plan.log_path();
+        assert!(err.contains(log.to_str().unwrap()), "{err}");
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use shimtrace_span::env::CONFIG as CONFIG_ENV;
-use shimtrace_span::naming::{is_executable_file, WrapperName};
+use shimtrace_span::naming::{is_executable_file, WrapperName, WRAPPER_PREFIX};
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/shimtrace/config.toml";
+pub use shimtrace_span::env::DEFAULT_CONFIG as DEFAULT_CONFIG_PATH;
 /// A config maps a few runtimes to paths; nothing longer is read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -41,7 +41,7 @@ fn check_config_file(meta: &std::fs::Metadata) -> Result<(), String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("{name:?} is not a wrapper name: invoke this binary as containerd-shim-traced-<inner>-<version> (e.g. a symlink containerd-shim-traced-runc-v2), or run `shimtrace install`")]
+    #[error("{name:?} is not a wrapper name: invoke this binary as {WRAPPER_PREFIX}<inner>-<version> (e.g. a symlink {WRAPPER_PREFIX}runc-v2), or run `shimtrace install`")]
     NotAWrapperName { name: String },
     #[error("cannot find the inner shim {binary:?} for runtime {runtime}: not on PATH ({path}) nor beside containerd; install it or map the runtime to an absolute path in {config}")]
     InnerNotFound {
@@ -56,10 +56,18 @@ pub enum ResolveError {
         path: PathBuf,
         config: String,
     },
-    #[error("cannot read shimtrace config {path}: {source}")]
+    #[error("cannot read shimtrace config {path}: {source}; {remedy}")]
     ConfigRead {
         path: PathBuf,
         source: std::io::Error,
+        /// What to do, which depends on how the file was named.
+        remedy: String,
+    },
+    #[error("shimtrace config {path} is larger than {max} bytes, far more than a config mapping runtimes to shims needs: {remedy}")]
+    ConfigTooLarge {
+        path: PathBuf,
+        max: u64,
+        remedy: String,
     },
     #[error("shimtrace config {path} {problem}; it names the binaries run as inner shims, so only root (or this process's user) may write it: fix its owner and mode")]
     ConfigUnsafe { path: PathBuf, problem: String },
@@ -132,6 +140,12 @@ impl Config {
     }
 
     pub fn load_from(path: &Path, must_exist: bool) -> Result<Config, ResolveError> {
+        // containerd shows this in the error of every container that fails for it.
+        let remedy = if must_exist {
+            format!("create it, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)")
+        } else {
+            "make it a file this process can read, or remove it if no runtime needs mapping to its shim".to_string()
+        };
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
@@ -141,12 +155,14 @@ impl Config {
                 return Err(ResolveError::ConfigRead {
                     path: path.to_path_buf(),
                     source,
+                    remedy,
                 })
             }
         };
         let read_err = |source| ResolveError::ConfigRead {
             path: path.to_path_buf(),
             source,
+            remedy: remedy.clone(),
         };
         // Checked on the open file, so the checked file is the one read.
         let meta = file.metadata().map_err(read_err)?;
@@ -154,10 +170,22 @@ impl Config {
             path: path.to_path_buf(),
             problem,
         })?;
+        // One byte more than allowed tells a file that is too large from one that just fits.
         let mut text = String::new();
-        file.take(MAX_CONFIG_BYTES)
+        file.take(MAX_CONFIG_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(read_err)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ResolveError::ConfigTooLarge {
+                path: path.to_path_buf(),
+                max: MAX_CONFIG_BYTES,
+                remedy: if must_exist {
+                    format!("is {CONFIG_ENV} in containerd's environment naming the wrong file? fix or unset it")
+                } else {
+                    "replace it with the runtime mappings it is for, or remove it".to_string()
+                },
+            });
+        }
         Config::parse(&text, path)
     }
 
@@ -401,7 +429,36 @@ mod tests {
         let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
         assert!(err.contains("line 3") && !err.contains('\n'), "{err}");
         assert!(Config::load_from(&dir.path().join("none.toml"), false).is_ok());
-        assert!(Config::load_from(&dir.path().join("none.toml"), true).is_err());
+        // Named by SHIMTRACE_CONFIG but missing: containerd shows what to do about it.
+        let err = Config::load_from(&dir.path().join("none.toml"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("none.toml") && err.contains("create it") && err.contains(CONFIG_ENV),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_config_larger_than_the_limit_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("config.toml");
+        // Valid TOML up to the limit, with a table that only the bytes beyond it would close.
+        let mut text = "#".repeat(MAX_CONFIG_BYTES as usize - 1);
+        text.push('\n');
+        std::fs::write(&cfg_path, &text).unwrap();
+        assert_eq!(
+            Config::load_from(&cfg_path, true).unwrap().runtimes.len(),
+            0,
+            "exactly the limit is read"
+        );
+        text.push_str("[runtimes.x]\ninner = \"/x\"\n");
+        std::fs::write(&cfg_path, &text).unwrap();
+        let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
+        assert!(
+            err.contains("larger than 1048576 bytes") && err.contains(cfg_path.to_str().unwrap()),
+            "{err}"
+        );
     }
 
     #[test]

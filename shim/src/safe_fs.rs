@@ -50,13 +50,6 @@ pub enum SafeFsError {
     },
 }
 
-impl SafeFsError {
-    /// Whether the path simply does not exist (as opposed to being unsafe or unreadable).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, SafeFsError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
-    }
-}
-
 /// How [`PrivateDir::open`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -97,7 +90,8 @@ pub fn ensure_private_dir(dir: &Path) -> Result<PrivateDir, SafeFsError> {
 }
 
 /// Checks that `dir` exists and is private.
-pub fn check_private_dir(dir: &Path) -> Result<(), SafeFsError> {
+#[cfg(test)]
+fn check_private_dir(dir: &Path) -> Result<(), SafeFsError> {
     PrivateDir::open(dir).map(drop)
 }
 

@@ -537,7 +537,7 @@ fn write_usage_hint(dir: &PrivateDir, bytes: u64, now_nanos: u64) {
 }
 
 /// Total size of the regular files in `dir` (0 if unreadable).
-pub fn dir_bytes(dir: &Path) -> u64 {
+fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .map(|entries| {
             entries

@@ -76,7 +76,8 @@ impl PendingBudget {
     }
 
     /// Bytes held now.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
 }

@@ -35,7 +35,9 @@ use crate::safe_fs::{ensure_private_dir, SafeFsError};
 use crate::spool::SpoolConfig;
 use crate::trace_ctx;
 use shimtrace_span::clock;
-use shimtrace_span::naming::{WrapperName, WRAPPER_BINARY as OWN_NAME};
+use shimtrace_span::env::{RUN_DIR as RUN_DIR_ENV, SPOOL_DIR as SPOOL_DIR_ENV};
+use shimtrace_span::naming::{WrapperName, WRAPPER_BINARY as OWN_NAME, WRAPPER_PREFIX};
+use shimtrace_span::spool::DEFAULT_SPOOL_DIR;
 use shimtrace_span::{
     attr, names, AttributeValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus,
     TraceContext, TraceId,
@@ -81,7 +83,7 @@ impl Inner {
 enum InnerError {
     #[error(transparent)]
     Resolve(#[from] resolve::ResolveError),
-    #[error("cannot give the inner shim {oci_runtime} as its `runc` (a link first on its PATH, under the run directory): {source}; not starting it, since it would run plain runc instead (fix the run directory or set SHIMTRACE_RUN_DIR)")]
+    #[error("cannot give the inner shim {oci_runtime} as its `runc` (a link first on its PATH, under the run directory): {source}; not starting it, since it would run plain runc instead (fix the run directory or set {RUN_DIR_ENV})")]
     OciLink {
         oci_runtime: PathBuf,
         source: SafeFsError,
@@ -163,11 +165,11 @@ fn own_name(args: &ShimArgs, problem: &str) -> i32 {
     }
     let help = format!(
         "{OWN_NAME} {VERSION}: a containerd shim v2 that traces a real shim.\n\n\
-         Install it under the name containerd-shim-traced-<inner>-<version> (a symlink), e.g.\n  \
-         ln -s $(command -v {OWN_NAME}) /usr/local/bin/containerd-shim-traced-runc-v2\n\
+         Install it under the name {WRAPPER_PREFIX}<inner>-<version> (a symlink), e.g.\n  \
+         ln -s $(command -v {OWN_NAME}) /usr/local/bin/{WRAPPER_PREFIX}runc-v2\n\
          and run containers with the runtime io.containerd.traced-runc.v2; it forwards every call\n\
-         to containerd-shim-runc-v2 and records spans in $SHIMTRACE_SPOOL_DIR\n\
-         (default /var/lib/shimtrace/spool). `shimtrace install` does this for every shim found.\n"
+         to containerd-shim-runc-v2 and records spans in ${SPOOL_DIR_ENV}\n\
+         (default {DEFAULT_SPOOL_DIR}). `shimtrace install` does this for every shim found.\n"
     );
     if args.help || args.action.is_none() {
         print!("{help}");
@@ -396,7 +398,15 @@ impl Invocation {
         };
         // containerd passes the runtime options on start's stdin, as it does on Create.
         let binary_name = identity::binary_name_in_options(&stdin);
-        let (events, stdin) = EventsTap::prepare(self.args.id.as_deref(), stdin);
+        // Found before the inner shim is told to publish its events to us: without it no proxy
+        // can be started to forward them, and containerd would never hear of its tasks.
+        let exe = std::env::current_exe()
+            .map_err(|e| tracing::warn!("cannot find own binary ({e}); not tracing this shim"))
+            .ok();
+        let (events, stdin) = match exe {
+            Some(_) => EventsTap::prepare(self.args.id.as_deref(), stdin),
+            None => (None, stdin),
+        };
         let run = match self.run_inner(&inner, stdin, true, events.as_ref()) {
             Ok(run) => run,
             Err(e) => {
@@ -432,6 +442,7 @@ impl Invocation {
             match self.proxy_reply(
                 &run.stdout,
                 &inner,
+                exe.as_deref(),
                 &bundle,
                 &trace,
                 &mut spans,
@@ -488,6 +499,7 @@ impl Invocation {
         &self,
         output: &[u8],
         inner: &Inner,
+        exe: Option<&Path>,
         bundle: &Path,
         trace: &TraceContext,
         spans: &mut Vec<SpanRecord>,
@@ -521,14 +533,15 @@ impl Invocation {
             events: events.as_ref().map(|e| e.route.clone()),
             oci_runtime: inner.oci_runtime.as_ref().map(|p| p.display().to_string()),
         };
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+        // No events tap was prepared without it.
+        let exe = exe.ok_or("cannot find own binary")?;
         let ensure_start = clock::now_unix_nanos();
         if let Err(e) = reply.socket_path() {
             // Not ttrpc (a gRPC shim): its calls pass untouched, its events are still forwarded.
             if let Some(events) = &events {
                 proxy::events_only(
                     &plan,
-                    &exe,
+                    exe,
                     Some(&events.listener),
                     proxy::ProxyError::NotTtrpc,
                 )
@@ -536,7 +549,7 @@ impl Invocation {
             }
             return Err(e.to_string());
         }
-        let ensured = proxy::ensure_proxy(&plan, &exe, events.as_ref().map(|e| &e.listener))
+        let ensured = proxy::ensure_proxy(&plan, exe, events.as_ref().map(|e| &e.listener))
             .map_err(|e| e.to_string())?;
         let record = ProxyRecord {
             proxy: plan.socket.clone(),
@@ -810,6 +823,11 @@ fn detach_stdio() {
     }
 }
 
+/// The bundle file in which the 1.6/1.7 runc shim leaves its address for containerd.
+const ADDRESS_FILE: &str = "address";
+/// An address file longer than this is not one the runc shim wrote: left alone.
+const MAX_ADDRESS_FILE: u64 = 4096;
+
 /// The bundle's `address` file names the inner shim; it must name the proxy.
 struct AddressChange {
     inner: String,
@@ -820,21 +838,18 @@ struct AddressChange {
 /// containerd 1.6/1.7 reconnect through the bundle's `address` file after a restart, so it must
 /// name the proxy; rewritten only if it names the inner shim (2.x shims do not write it).
 fn rewrite_address_file(bundle: &Path, inner_address: &str, proxy_address: &str) {
-    let path = bundle.join("address");
-    let Ok(current) = std::fs::read_to_string(&path) else {
+    let Some(current) = crate::bundle::read(bundle, ADDRESS_FILE, MAX_ADDRESS_FILE) else {
         return;
     };
+    let current = String::from_utf8_lossy(&current);
     if current.trim() != inner_address {
         return;
     }
     let updated = current.replacen(inner_address, proxy_address, 1);
-    let tmp = bundle.join(format!(".address.shimtrace.{}", std::process::id()));
-    let written = std::fs::write(&tmp, updated).and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = crate::bundle::write(bundle, ADDRESS_FILE, updated.as_bytes()) {
         tracing::warn!(
             "cannot point {} at the proxy ({e}); after a containerd restart calls bypass the proxy",
-            path.display()
+            bundle.join(ADDRESS_FILE).display()
         );
     }
 }
@@ -925,5 +940,33 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         rewrite_address_file(empty.path(), "a", "b");
         assert!(!empty.path().join("address").exists());
+    }
+
+    #[test]
+    fn the_address_file_is_rewritten_through_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let victim = dir.path().join("victim");
+        let inner = "unix:///run/containerd/s/inner";
+        std::fs::write(&victim, inner).unwrap();
+        // A link planted where the old code put its temporary file, then one for `address`.
+        let old_tmp = bundle.join(format!(".address.shimtrace.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &old_tmp).unwrap();
+        std::fs::write(bundle.join("address"), inner).unwrap();
+        rewrite_address_file(&bundle, inner, "unix:///p");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), inner);
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("address")).unwrap(),
+            "unix:///p"
+        );
+        std::fs::remove_file(bundle.join("address")).unwrap();
+        std::os::unix::fs::symlink(&victim, bundle.join("address")).unwrap();
+        rewrite_address_file(&bundle, inner, "unix:///p");
+        assert!(std::fs::symlink_metadata(bundle.join("address"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), inner);
     }
 }

@@ -5,8 +5,10 @@
 pub const SPOOL_DIR: &str = "SHIMTRACE_SPOOL_DIR";
 /// Bound on the spool directory in bytes (default [`crate::spool::DEFAULT_MAX_BYTES`]).
 pub const SPOOL_MAX_BYTES: &str = "SHIMTRACE_SPOOL_MAX_BYTES";
-/// The wrapper's config file (default `/etc/shimtrace/config.toml`).
+/// The wrapper's config file (default [`DEFAULT_CONFIG`]).
 pub const CONFIG: &str = "SHIMTRACE_CONFIG";
+/// The wrapper's config file unless [`CONFIG`] names another.
+pub const DEFAULT_CONFIG: &str = "/etc/shimtrace/config.toml";
 /// The wrapper's and proxy's log level (`error`, `warn`, `info`, `debug`, `trace`).
 pub const LOG_LEVEL: &str = "SHIMTRACE_LOG";
 /// Where proxies keep their sockets' locks and logs.

@@ -11,8 +11,6 @@ pub const WRAPPER_BINARY: &str = "containerd-shim-traced-v2";
 pub const WRAPPER_PREFIX: &str = "containerd-shim-traced-";
 /// Prefix containerd puts before every shim binary name.
 pub const SHIM_PREFIX: &str = "containerd-shim-";
-/// The collector's binary.
-pub const COLLECTOR_BINARY: &str = "shimtrace";
 
 /// A real shim's name parts: `containerd-shim-runc-v2` is inner `runc`, version `v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -24,7 +24,11 @@ pub mod attr {
     pub const PROCESS_EXIT_CODE: &str = "process.exit.code";
     pub const INNER: &str = "shimtrace.inner";
     pub const PROTOCOL: &str = "shimtrace.protocol";
-    /// Why a span ended without a response (`connection_closed`).
+    /// Why a span ended without a response: `connection_closed` (the connection ended first),
+    /// `stream_id_reused` (the client sent another request on the call's stream id),
+    /// `tap_limit` (the proxy stopped waiting to stay within its memory bounds); on the
+    /// wrapper's `shim.start` span, `proxy_unavailable` (no proxy could be put in front of the
+    /// inner shim: its calls are not traced).
     pub const OUTCOME: &str = "shimtrace.outcome";
     /// The pid of the shimtrace process that recorded the span (wrapper or proxy).
     pub const RECORDER_PID: &str = "shimtrace.recorder.pid";
@@ -53,7 +57,8 @@ pub mod attr {
     /// the shim in front of it: OpenTelemetry's `container.runtime.name`.
     pub const CONTAINER_RUNTIME_NAME: &str = "container.runtime.name";
     /// What [`CONTAINER_RUNTIME_NAME`] was read from: `binary_name` (the runc shim's
-    /// `BinaryName` option) or `shim` (the inner shim's own name).
+    /// `BinaryName` option), `config` (the runtime's `oci_runtime` in the wrapper's config) or
+    /// `shim` (the inner shim's own name).
     pub const RUNTIME_SOURCE: &str = "shimtrace.runtime.source";
     /// The runc shim's `BinaryName` as given (a path, possibly a wrapper script).
     pub const RUNTIME_BINARY: &str = "shimtrace.runtime.binary";
@@ -513,14 +518,17 @@ pub enum SpoolEntry {
     Dropped(DroppedSpans),
 }
 
-/// A `dropped` spool line: spans that a writer could not spool (buffer full or spool over its
-/// bound), counted since the writer's previous `dropped` line. Its fields stand beside `type` in
+/// A `dropped` spool line: spans that a writer could not spool, counted since the writer's
+/// previous `dropped` line of the same reason. Its fields stand beside `type` in
 /// the line. (file, writer, time) identifies a line, so re-reading a file counts it once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DroppedSpans {
     pub count: u64,
     /// Which process dropped them (`wrapper` or `proxy`) and its pid.
     pub writer: String,
+    /// Why, in words: the span buffer was full or the spool over its size bound, the spool's
+    /// filesystem had no space left (`ENOSPC`) or its quota was exhausted (`EDQUOT`), or writing
+    /// the spool file failed otherwise.
     pub reason: String,
     pub time_unix_nano: u64,
 }
