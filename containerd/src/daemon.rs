@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -31,7 +32,10 @@ pub(crate) fn spawn_logged(mut command: Command, log: &Path) -> Result<Child, Sp
         .open(log)
         .map_err(SpawnError::Log)?;
     let err = out.try_clone().map_err(SpawnError::Log)?;
+    // A process group of its own: a Ctrl-C at the terminal reaches the tool, which removes the
+    // daemon's containers and then stops it, and not the daemon, whose containers it would orphan.
     command
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

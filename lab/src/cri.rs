@@ -720,7 +720,7 @@ fn read_cri_log(path: &Path) -> String {
 /// column; a profile that cannot run is skipped with the reason.
 async fn preflight(lab: &Lab<'_>, target: &CriTarget, found: &mut Findings) -> Vec<Active> {
     let mut active = Vec::new();
-    for profile in &lab.profiles {
+    for profile in lab.profiles.iter().take_while(|_| !crate::interrupted()) {
         let mut result = ProfileResult {
             name: profile.name.clone(),
             runtime: traced_handler(&profile.name),

@@ -333,7 +333,7 @@ fn runtime_for(lab: &Lab<'_>, target: &DockerTarget, profile: &Profile) -> Resul
 /// isolation column; a profile that cannot run is skipped with the reason.
 fn preflight(lab: &Lab<'_>, target: &DockerTarget, found: &mut Findings) -> Vec<Active> {
     let mut active = Vec::new();
-    for profile in &lab.profiles {
+    for profile in lab.profiles.iter().take_while(|_| !crate::interrupted()) {
         let mut result = ProfileResult {
             name: profile.name.clone(),
             runtime: profile.name.clone(),

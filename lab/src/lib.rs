@@ -16,6 +16,7 @@ pub mod report;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -188,13 +189,31 @@ impl LabError {
     }
 }
 
-/// Runs the lab (blocking); returns the output directory.
+/// Runs the lab (blocking); returns the output directory. A first Ctrl-C ends the run after the
+/// container in hand: the lab removes what it started and writes what it measured; a second one
+/// quits at once.
 pub fn run(args: LabArgs) -> Result<PathBuf, LabError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(LabError::Runtime)?;
+    runtime.spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            INTERRUPTED.store(true, Ordering::Relaxed);
+            log("interrupted: stopping after the current container, then removing what the lab started (Ctrl-C again quits at once, leaving it)");
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
     runtime.block_on(run_async(args))
+}
+
+/// Set by a Ctrl-C during [`run`]: no stage starts another container.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
 }
 
 /// A profile that passed preflight, and what has been measured of it.
@@ -249,18 +268,20 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     let lab = Lab::prepare(&args)?;
     let mut found = Findings::new();
     host_probe(&lab, &mut found).await;
-    if args.engine() != Engine::Containerd {
-        let result = match args.engine() {
+    let result = if args.engine() != Engine::Containerd {
+        match args.engine() {
             Engine::Docker => docker::measure(&lab, &mut found).await,
             _ => cri::measure(&lab, &mut found).await,
-        };
-        write_report(&lab, &mut found.report)?;
-        result?;
-        return found.into_result(lab.out);
+        }
+    } else {
+        let target = connect(&lab, &mut found).await?;
+        let result = measure(&lab, &target, &mut found).await;
+        target.close(&mut found.report).await;
+        result
+    };
+    if interrupted() {
+        found.user_error("interrupted (Ctrl-C): the report holds what was measured before".into());
     }
-    let target = connect(&lab, &mut found).await?;
-    let result = measure(&lab, &target, &mut found).await;
-    target.close(&mut found.report).await;
     write_report(&lab, &mut found.report)?;
     result?;
     found.into_result(lab.out)
@@ -603,7 +624,7 @@ async fn preflight(
 ) -> Result<(Vec<Active>, Option<Vec<String>>), LabError> {
     let mut image_command: Option<Vec<String>> = None;
     let mut active: Vec<Active> = Vec::new();
-    for profile in &lab.profiles {
+    for profile in lab.profiles.iter().take_while(|_| !interrupted()) {
         let mut result = ProfileResult {
             name: profile.name.clone(),
             runtime: profile.runtime.clone(),
@@ -775,6 +796,7 @@ async fn cold_start(
 fn rotation(runs: u32, profiles: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..runs as usize)
         .flat_map(move |round| (0..profiles).map(move |k| (round, (round + k) % profiles)))
+        .take_while(|_| !interrupted())
 }
 
 /// The progress bar of `--runs` rounds over `profiles` profiles, labelled `what`.
@@ -890,6 +912,9 @@ async fn served_latency_by(
         return;
     }
     for (i, entry) in active.iter_mut().enumerate() {
+        if interrupted() {
+            break;
+        }
         let Some(port) = http_port(lab.args.port, i, entry, found) else {
             continue;
         };
@@ -1412,7 +1437,7 @@ async fn measure_requests(addr: SocketAddr, requests: usize, result: &mut HttpRe
         let _ = http::get(addr, "/index.html", Duration::from_secs(5)).await;
     }
     let mut first_error = None;
-    for _ in 0..requests {
+    for _ in (0..requests).take_while(|_| !interrupted()) {
         match http::get(addr, "/index.html", Duration::from_secs(5)).await {
             Ok(d) => result.samples_ms.push(ms(d)),
             Err(e) => {

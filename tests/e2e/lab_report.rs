@@ -277,3 +277,141 @@ fn lab_sends_its_shim_spans_over_otlp() {
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("shim spans sent over OTLP"), "{md}");
 }
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_removes_what_the_lab_started_and_reports_what_it_measured() {
+    use shimtrace_testkit::traced::{alive, pids_with_cmdline, wait_until};
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let namespace = format!("lab-interrupt-{}", std::process::id());
+    let wrapper = shimtrace_testkit::traced::wrapper_binary();
+    // A terminal's Ctrl-C reaches the whole foreground process group: the lab is given one of its
+    // own, and the signal goes to all of it.
+    let mut lab = shimtrace_testkit::cli::shimtrace()
+        .args([
+            "lab",
+            "--address",
+            "/nonexistent/shimtrace-test/containerd.sock",
+        ])
+        .args([
+            "--only",
+            "runc",
+            "--runs",
+            "500",
+            "--requests",
+            "0",
+            "--namespace",
+            &namespace,
+        ])
+        .arg("--wrapper")
+        .arg(&wrapper)
+        .arg("--out")
+        .arg(&out)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lab_pid = lab.id();
+    // If an assertion fails first: the lab's whole group, and the shims and proxies of its
+    // namespace (in groups of their own), are killed.
+    struct Leftovers<'a>(u32, &'a str);
+    impl Drop for Leftovers<'_> {
+        fn drop(&mut self) {
+            let group = nix::unistd::Pid::from_raw(-(self.0 as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            for pid in pids_with_cmdline(&[self.1]) {
+                let _ = shimtrace_testkit::traced::sigkill(pid);
+            }
+        }
+    }
+    let leftovers = Leftovers(lab_pid, &namespace);
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = lab.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    wait_until(
+        "the runc profile to be ready",
+        Duration::from_secs(120),
+        || {
+            seen.extend(lines.try_iter());
+            seen.iter().any(|l| l.contains("runc: ready")).then_some(())
+        },
+    );
+    // The private containerd and the first cold start's shim are running.
+    let daemons = children_of(lab_pid);
+    assert!(
+        !daemons.is_empty(),
+        "no private containerd under the lab: {seen:?}"
+    );
+    let shims = wait_until("a cold start's shim", Duration::from_secs(30), || {
+        let shims = pids_with_cmdline(&[&namespace]);
+        (!shims.is_empty()).then_some(shims)
+    });
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-(lab_pid as i32)),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_until("the lab to end", Duration::from_secs(120), || {
+        lab.try_wait().unwrap()
+    });
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    let stderr = seen.join("\n");
+    assert!(
+        !status.success(),
+        "an interrupted run is not a success: {stderr}"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md written");
+    assert!(md.contains("interrupted (Ctrl-C)"), "{md}");
+    assert!(md.contains("## Cold start"), "{md}");
+    for pid in daemons.iter().chain(&shims) {
+        assert!(
+            !alive(*pid),
+            "process {pid} outlived the interrupted lab: {stderr}"
+        );
+    }
+    assert_eq!(
+        pids_with_cmdline(&[&namespace]),
+        Vec::<u32>::new(),
+        "{stderr}"
+    );
+}
