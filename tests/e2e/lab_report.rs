@@ -414,4 +414,5 @@ fn ctrl_c_removes_what_the_lab_started_and_reports_what_it_measured() {
         Vec::<u32>::new(),
         "{stderr}"
     );
+    drop(leftovers);
 }
