@@ -41,7 +41,9 @@ use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
 use shimtrace_span::naming::{find_in_path, traced_handler, which, ShimName, WRAPPER_BINARY};
 
 use crate::files::{io_err, replace_file, FileError};
-use crate::private::{config_version_for_major, table_at, version_triple, ContainerdBinary};
+use crate::private::{
+    config_version_for_major, table_at, try_table_at, version_triple, ContainerdBinary, NotATable,
+};
 
 /// The comment above every table install adds.
 pub const MARKER: &str =
@@ -174,6 +176,12 @@ pub enum InstallError {
         path: PathBuf,
         found: i64,
         expected: u32,
+    },
+    #[error("{path}: {key} is a TOML {found}, where install adds tables under it: make it a table (or remove it), or merge the printed snippet by hand")]
+    NotATable {
+        path: PathBuf,
+        key: String,
+        found: &'static str,
     },
     #[error("{path}: {message} (fix it by hand or run `shimtrace install --write` again)")]
     BadState { path: PathBuf, message: String },
@@ -379,6 +387,21 @@ fn get_at<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Item> {
     current.get(last)
 }
 
+/// The table at `path` in the config at `config` (see [`try_table_at`]).
+fn table_in<'a>(
+    doc: &'a mut DocumentMut,
+    path: &[&str],
+    config: &Path,
+) -> Result<&'a mut Table, InstallError> {
+    try_table_at(doc.as_table_mut(), path).map_err(|NotATable { key, found }| {
+        InstallError::NotATable {
+            path: config.to_path_buf(),
+            key,
+            found,
+        }
+    })
+}
+
 fn parse_doc(text: &str, path: &Path) -> Result<DocumentMut, InstallError> {
     text.parse()
         .map_err(|e: toml_edit::TomlError| InstallError::BadConfig {
@@ -468,7 +491,7 @@ pub fn merge_config(
         position
     };
     let table_path = cri_runtimes_path(schema);
-    let runtimes_table = table_at(doc.as_table_mut(), &table_path);
+    let runtimes_table = table_in(&mut doc, &table_path, path_for_errors)?;
     let mut added = Vec::new();
     let path_of = |name: &str| -> Vec<String> {
         table_path
@@ -919,7 +942,7 @@ pub fn merge_wrapper_config(
 ) -> Result<(String, Vec<String>, Vec<String>), InstallError> {
     let mut doc = parse_doc(existing, path)?;
     let mut position = max_position(doc.as_table()) + 1;
-    let runtimes = table_at(doc.as_table_mut(), &["runtimes"]);
+    let runtimes = table_in(&mut doc, &["runtimes"], path)?;
     let mut added = Vec::new();
     let mut kept = Vec::new();
     for entry in entries {
@@ -1914,6 +1937,51 @@ version = 2
         assert!(matches!(err, InstallError::ConfigVersion { found: 1, .. }));
         let err = merge_config("version = = 2", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
         assert!(matches!(err, InstallError::BadConfig { .. }));
+    }
+
+    /// An inline `runtimes` keeps its entries; anything else where a table must go stops install
+    /// naming the key, never overwritten.
+    #[test]
+    fn a_non_table_where_entries_go_is_named_not_replaced() {
+        let inline = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes = { mine = { runtime_type = \"io.containerd.kata.v2\" } }\n";
+        let merged = merge_config(inline, 2, &[runc("/b/w")], Path::new("x")).unwrap();
+        let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+        let runtimes = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["mine"]["runtime_type"].as_str(),
+            Some("io.containerd.kata.v2")
+        );
+        assert!(runtimes.get("traced-runc").is_some() && runtimes.get("runc").is_some());
+        let stringly = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes = \"runc\"\n";
+        let err = merge_config(stringly, 2, &[runc("/b/w")], Path::new("/c")).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::NotATable { key, found: "string", .. }
+                if key == "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("make it a table"), "{err}");
+
+        let entry = WrapperEntry {
+            runtime: "io.containerd.traced-runsc.v2".into(),
+            link: "/b/containerd-shim-traced-runsc-v2".into(),
+            inner: "/usr/bin/containerd-shim-runc-v2".into(),
+            oci_runtime: "/usr/bin/runsc".into(),
+        };
+        let mine = "runtimes = { \"io.containerd.traced-kata.v2\" = { inner = \"/opt/kata\" } }\n";
+        let (text, added, _) =
+            merge_wrapper_config(mine, std::slice::from_ref(&entry), &[], Path::new("/w")).unwrap();
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            parsed["runtimes"]["io.containerd.traced-kata.v2"]["inner"].as_str(),
+            Some("/opt/kata")
+        );
+        assert_eq!(added, ["io.containerd.traced-runsc.v2"]);
+        let err =
+            merge_wrapper_config("runtimes = []\n", &[entry], &[], Path::new("/w")).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::NotATable { key, found: "array", .. } if key == "runtimes"),
+            "{err}"
+        );
     }
 
     #[test]
