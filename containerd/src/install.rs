@@ -36,7 +36,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
+use toml_edit::{value, Array, DocumentMut, Item, Table, TableLike, Value};
 
 use shimtrace_span::naming::{find_in_path, traced_handler, which, ShimName, WRAPPER_BINARY};
 
@@ -378,11 +378,12 @@ pub fn cri_runtimes_path(config_version: u32) -> [&'static str; 4] {
     ]
 }
 
+/// The item at `path`, through tables and inline tables alike.
 fn get_at<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Item> {
     let (last, parents) = path.split_last()?;
-    let mut current = table;
+    let mut current: &dyn TableLike = table;
     for key in parents {
-        current = current.get(key)?.as_table()?;
+        current = current.get(key)?.as_table_like()?;
     }
     current.get(last)
 }
@@ -400,6 +401,11 @@ fn table_in<'a>(
             found,
         }
     })
+}
+
+/// A table-like item (a table or an inline table) as a table.
+fn to_table(item: &Item) -> Option<Table> {
+    item.clone().into_table().ok()
 }
 
 fn parse_doc(text: &str, path: &Path) -> Result<DocumentMut, InstallError> {
@@ -467,6 +473,17 @@ fn marked(mut table: Table) -> Table {
     table
 }
 
+/// The entry of `real_runtime` (`io.containerd.runc.v2`) in a CRI runtimes table, a table or an
+/// inline one; the one named after the runtime (`runc`) first.
+fn real_entry_in(runtimes: &dyn TableLike, real_runtime: &str) -> Option<Table> {
+    runtimes
+        .iter()
+        .filter(|(name, _)| !name.starts_with("traced-"))
+        .filter(|(_, item)| item.get("runtime_type").and_then(Item::as_str) == Some(real_runtime))
+        .min_by_key(|(name, _)| !real_runtime.contains(&format!(".{name}.")))
+        .and_then(|(_, item)| to_table(item))
+}
+
 /// Merges the runtime entries into `existing` (a containerd config, possibly empty); settings and
 /// options of the real runtime's existing entry (e.g. `SystemdCgroup`) are carried over where the
 /// form lets them pass. When the config's CRI plugin lacks an entry for its default runtime
@@ -511,17 +528,7 @@ pub fn merge_config(
     for runtime in runtimes {
         // The real runtime's own entry (CRI's default handler is named after the shim's inner
         // name, e.g. `runc`); its settings make the traced handler behave the same.
-        let real_entry = runtimes_table
-            .iter()
-            .filter(|(name, _)| !name.starts_with("traced-"))
-            .filter(|(_, item)| {
-                item.get("runtime_type").and_then(Item::as_str) == Some(&runtime.real_runtime)
-            })
-            .min_by_key(|(name, _)| {
-                // Prefer the entry named after the runtime (`runc` for io.containerd.runc.v2).
-                !runtime.real_runtime.contains(&format!(".{name}."))
-            })
-            .and_then(|(_, item)| item.as_table().cloned());
+        let real_entry = real_entry_in(&*runtimes_table, &runtime.real_runtime);
         let mut entry = Table::new();
         let mut options = Table::new();
         if let Some(real) = real_entry {
@@ -529,8 +536,8 @@ pub fn merge_config(
                 match key {
                     "runtime_type" | "runtime_path" => {}
                     "options" => {
-                        if let Some(real_options) = item.as_table() {
-                            options = real_options.clone();
+                        if let Some(real_options) = to_table(item) {
+                            options = real_options;
                         }
                     }
                     _ => {
@@ -628,13 +635,13 @@ fn snippet(merged: &Merged, path: &Path) -> Result<String, InstallError> {
 /// Removes the tables at `paths` from `doc` (those still there); returns how many went. Parent
 /// tables left empty and implicit vanish from the output on their own.
 fn remove_tables(doc: &mut DocumentMut, paths: &[Vec<String>]) -> usize {
-    fn remove_in(table: &mut Table, keys: &[String]) -> bool {
+    fn remove_in(table: &mut dyn TableLike, keys: &[String]) -> bool {
         match keys {
             [] => false,
             [last] => table.remove(last).is_some(),
             [first, rest @ ..] => table
                 .get_mut(first)
-                .and_then(Item::as_table_mut)
+                .and_then(Item::as_table_like_mut)
                 .is_some_and(|t| remove_in(t, rest)),
         }
     }
@@ -1684,7 +1691,7 @@ pub fn configured_handlers(text: &str) -> Vec<(String, String, String)> {
     let mut seen = BTreeSet::new();
     for schema in [2, 3] {
         let Some(runtimes) =
-            get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table)
+            get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table_like)
         else {
             continue;
         };
@@ -1937,6 +1944,58 @@ version = 2
         assert!(matches!(err, InstallError::ConfigVersion { found: 1, .. }));
         let err = merge_config("version = = 2", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
         assert!(matches!(err, InstallError::BadConfig { .. }));
+    }
+
+    /// Users write entries as inline tables too: their settings are carried like any others.
+    #[test]
+    fn inline_entries_and_options_are_carried_over() {
+        let forms = [
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  options = { SystemdCgroup = true, Root = \"/run/r\" }\n",
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes]\n  runc = { runtime_type = \"io.containerd.runc.v2\", privileged_without_host_devices = true, options = { SystemdCgroup = true, Root = \"/run/r\" } }\n",
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes = { runc = { runtime_type = \"io.containerd.runc.v2\", options = { SystemdCgroup = true, Root = \"/run/r\" } } }\n",
+        ];
+        for existing in forms {
+            let merged = merge_config(existing, 2, &[runc("/b/w")], Path::new("x")).unwrap();
+            let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+            let runtimes =
+                &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+            let traced = &runtimes["traced-runc"];
+            assert_eq!(
+                traced["options"]["SystemdCgroup"].as_bool(),
+                Some(true),
+                "{existing}\n{}",
+                merged.text
+            );
+            assert_eq!(traced["options"]["Root"].as_str(), Some("/run/r"));
+            assert_eq!(traced["runtime_path"].as_str(), Some("/b/w"));
+            // The user's own entry stays as it was, and needs no default runc beside it.
+            assert_eq!(
+                runtimes["runc"]["options"]["SystemdCgroup"].as_bool(),
+                Some(true)
+            );
+            assert_eq!(merged.added.len(), 1, "{:?}", merged.added);
+            // The name form lists them as not passed, instead of dropping them unsaid.
+            let merged = merge_config(existing, 2, &[runc_by_name()], Path::new("x")).unwrap();
+            assert_eq!(
+                merged.dropped_options,
+                [(
+                    "traced-runc".to_string(),
+                    vec![
+                        "SystemdCgroup = true".to_string(),
+                        "Root = \"/run/r\"".to_string()
+                    ]
+                )],
+                "{existing}"
+            );
+        }
+        let merged = merge_config(forms[1], 2, &[runc("/b/w")], Path::new("x")).unwrap();
+        let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+        assert_eq!(
+            parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["traced-runc"]
+                ["privileged_without_host_devices"]
+                .as_bool(),
+            Some(true)
+        );
     }
 
     /// An inline `runtimes` keeps its entries; anything else where a table must go stops install
