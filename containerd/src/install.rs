@@ -171,7 +171,7 @@ pub enum InstallError {
     NotSymlink { path: PathBuf },
     #[error("{path} is not valid TOML: {message} (fix it, or merge the printed snippet by hand)")]
     BadConfig { path: PathBuf, message: String },
-    #[error("{path} uses config version {found}; this containerd needs version {expected} (run `containerd config migrate` first)")]
+    #[error("{path} uses config version {found}; install writes version {expected} for this containerd ({})", version_advice(.path, *.found, *.expected))]
     ConfigVersion {
         path: PathBuf,
         found: i64,
@@ -189,6 +189,23 @@ pub enum InstallError {
     NoState { path: PathBuf, config: PathBuf },
     #[error(transparent)]
     Io(#[from] FileError),
+}
+
+/// What to do about a config in schema `found` where install writes `expected` (2 for containerd
+/// 1.x, 3 for 2.x).
+fn version_advice(path: &Path, found: i64, expected: u32) -> String {
+    if found > 3 {
+        "no containerd reads that version: fix `version` at its top".into()
+    } else if found > i64::from(expected) {
+        "containerd 1.x reads only versions 1 and 2: if a containerd 2.x reads this file, say so with --containerd (its binary), --containerd-version or --config-version 3".into()
+    } else if expected >= 3 {
+        format!(
+            "run `containerd --config {} config migrate > new.toml`, check new.toml and put it in its place first",
+            path.display()
+        )
+    } else {
+        "containerd 1.x has no `config migrate`: add `version = 2` at the top and name each plugin by its full id (`[plugins.cri]` becomes `[plugins.\"io.containerd.grpc.v1.cri\"]`; `containerd config default` shows the layout), or merge the printed snippet by hand".into()
+    }
 }
 
 /// A real shim found on PATH, e.g. `containerd-shim-runc-v2` → inner `runc`, version `v2`.
@@ -1938,12 +1955,41 @@ version = 2
     #[test]
     fn refuses_wrong_version_and_bad_toml() {
         let err = merge_config("version = 3\n", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
-        assert!(err.to_string().contains("config migrate"));
+        assert!(matches!(err, InstallError::ConfigVersion { found: 3, .. }));
         let err =
             merge_config("[plugins]\nx = 1\n", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
         assert!(matches!(err, InstallError::ConfigVersion { found: 1, .. }));
         let err = merge_config("version = = 2", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
         assert!(matches!(err, InstallError::BadConfig { .. }));
+    }
+
+    /// The advice fits the case: a newer config than install writes for means install took the
+    /// containerd for an older one; containerd 1.x has no `config migrate`.
+    #[test]
+    fn the_version_advice_fits_the_case() {
+        let advice = |text: &str, expected: u32| {
+            merge_config(text, expected, &[runc("/w")], Path::new("/c"))
+                .unwrap_err()
+                .to_string()
+        };
+        let newer = advice("version = 3\n", 2);
+        assert!(
+            newer.contains("--containerd-version") && newer.contains("--config-version 3"),
+            "{newer}"
+        );
+        assert!(!newer.contains("migrate"), "{newer}");
+        let v1_on_1x = advice("[plugins.cri]\nx = 1\n", 2);
+        assert!(
+            v1_on_1x.contains("has no `config migrate`") && v1_on_1x.contains("version = 2"),
+            "{v1_on_1x}"
+        );
+        let v1_on_2x = advice("[plugins.cri]\nx = 1\n", 3);
+        assert!(
+            v1_on_2x.contains("run `containerd --config /c config migrate"),
+            "{v1_on_2x}"
+        );
+        let unknown = advice("version = 4\n", 3);
+        assert!(unknown.contains("no containerd reads"), "{unknown}");
     }
 
     /// Users write entries as inline tables too: their settings are carried like any others.
