@@ -183,6 +183,13 @@ pub enum InstallError {
         key: String,
         found: &'static str,
     },
+    #[error("cannot read {path}: {source} ({what_to_do})")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+        what_to_do: &'static str,
+    },
     #[error("{path}: {message} (fix it by hand or run `shimtrace install --write` again)")]
     BadState { path: PathBuf, message: String },
     #[error("nothing to uninstall: {path} does not exist (no `shimtrace install --write` was run for {config})")]
@@ -511,6 +518,51 @@ pub fn merge_config(
     runtimes: &[TracedRuntime],
     path_for_errors: &Path,
 ) -> Result<Merged, InstallError> {
+    merge_config_from(existing, config_version, runtimes, path_for_errors, None)
+}
+
+/// The main config beside a drop-in: where the real runtimes' entries are.
+struct MainConfig {
+    doc: DocumentMut,
+    /// Its schema as containerd 2.x reads it (2 or 3).
+    schema: u32,
+}
+
+impl MainConfig {
+    /// Parses the main config at `path` (empty when it does not exist).
+    fn parse(text: &str, path: &Path) -> Result<MainConfig, InstallError> {
+        let doc = parse_doc(text, path)?;
+        let schema = doc
+            .get("version")
+            .and_then(Item::as_integer)
+            .unwrap_or(3)
+            .clamp(2, 3) as u32;
+        Ok(MainConfig { doc, schema })
+    }
+
+    /// Its CRI runtimes table, if it has one.
+    fn runtimes(&self) -> Option<&dyn TableLike> {
+        get_at(self.doc.as_table(), &cri_runtimes_path(self.schema)).and_then(Item::as_table_like)
+    }
+
+    /// Whether it defines CRI's `runc` runtime, or no runtimes at all (containerd's built-in one
+    /// then stands).
+    fn has_runc(&self) -> bool {
+        self.runtimes()
+            .is_none_or(|r| r.is_empty() || r.contains_key("runc"))
+    }
+}
+
+/// [`merge_config`]; with `main`, `existing` is a drop-in: the real runtimes' entries come from
+/// the main config, and the default `runc` is added only when the main config defines runtimes
+/// but not it.
+fn merge_config_from(
+    existing: &str,
+    config_version: u32,
+    runtimes: &[TracedRuntime],
+    path_for_errors: &Path,
+    main: Option<&MainConfig>,
+) -> Result<Merged, InstallError> {
     let mut doc = parse_doc(existing, path_for_errors)?;
     let schema = config_schema(&doc, config_version, path_for_errors)?;
     let version_added = doc.get("version").is_none();
@@ -534,7 +586,11 @@ pub fn merge_config(
             .chain([name.to_string()])
             .collect()
     };
-    if default_runtime == "runc" && !runtimes_table.contains_key("runc") {
+    let add_default = match main {
+        Some(main) => !main.has_runc() && !runtimes_table.contains_key("runc"),
+        None => default_runtime == "runc" && !runtimes_table.contains_key("runc"),
+    };
+    if add_default {
         let mut entry = Table::new();
         entry.insert("runtime_type", value(RUNC_RUNTIME));
         entry.set_position(next_position());
@@ -545,7 +601,22 @@ pub fn merge_config(
     for runtime in runtimes {
         // The real runtime's own entry (CRI's default handler is named after the shim's inner
         // name, e.g. `runc`); its settings make the traced handler behave the same.
-        let real_entry = real_entry_in(&*runtimes_table, &runtime.real_runtime);
+        let real_entry = match main {
+            Some(main) => main
+                .runtimes()
+                .and_then(|r| real_entry_in(r, &runtime.real_runtime))
+                .map(|mut entry| {
+                    // What containerd 2.x's migration renames in a runtime entry.
+                    if main.schema < 3 && schema >= 3 {
+                        if let Some(mode) = entry.remove("sandbox_mode") {
+                            entry.insert("sandboxer", mode);
+                        }
+                    }
+                    entry
+                }),
+            None => real_entry_in(&*runtimes_table, &runtime.real_runtime),
+        };
+
         let mut entry = Table::new();
         let mut options = Table::new();
         if let Some(real) = real_entry {
@@ -1003,8 +1074,9 @@ pub fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallErr
 pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     let plan = Plan::new(args)?;
     let created_links = link_wrappers(&plan)?;
+    let main = plan.drop_in.then(|| read_main(&args.config)).transpose()?;
     let (target, existing) = read_target(args, plan.drop_in)?;
-    let merged = merge_entries(args, &plan, &target, existing.as_deref())?;
+    let merged = merge_entries(&plan, &target, existing.as_deref(), main.as_ref())?;
     let config_snippet = snippet(&merged, &target)?;
     let wrapper_entries = plan.wrapper_entries();
     let wrapper_snippet = (!wrapper_entries.is_empty())
@@ -1161,39 +1233,42 @@ fn read_target(
     Ok((target, existing))
 }
 
+/// The main config beside a drop-in: its text (`None` when it does not exist: containerd 2.2's
+/// built-in default imports `conf.d` then) and what it says.
+fn read_main(config: &Path) -> Result<(Option<String>, MainConfig), InstallError> {
+    let text = match fs::read_to_string(config) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(InstallError::Unreadable {
+                path: config.to_path_buf(),
+                source,
+                what_to_do: "the drop-in takes the real runtimes' settings from it: make it readable (run as root), or name containerd's config with --config",
+            })
+        }
+    };
+    let main = MainConfig::parse(text.as_deref().unwrap_or_default(), config)?;
+    Ok((text, main))
+}
+
 /// The target's text with the plan's runtimes merged in. The drop-in is install's whole, so it is
-/// made afresh, and it holds CRI's default `runc` only when the main config defines runtimes but
-/// not `runc`.
+/// made afresh; its real runtimes' settings come from the main config, and it holds CRI's default
+/// `runc` only when the main config defines runtimes but not `runc`.
 fn merge_entries(
-    args: &InstallArgs,
     plan: &Plan,
     target: &Path,
     existing: Option<&str>,
+    main: Option<&(Option<String>, MainConfig)>,
 ) -> Result<Merged, InstallError> {
-    if !plan.drop_in {
-        return merge_config(
+    match main {
+        None => merge_config(
             existing.unwrap_or_default(),
             plan.schema,
             &plan.runtimes,
             target,
-        );
+        ),
+        Some((_, main)) => merge_config_from("", 3, &plan.runtimes, target, Some(main)),
     }
-    let mut merged = merge_config("", 3, &plan.runtimes, target)?;
-    let main = fs::read_to_string(&args.config).unwrap_or_default();
-    if main_has_runc(&main, &args.config)? {
-        let runc_path: Vec<String> = cri_runtimes_path(3)
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["runc".to_string()])
-            .collect();
-        if merged.added.contains(&runc_path) {
-            let mut doc = parse_doc(&merged.text, target)?;
-            remove_tables(&mut doc, std::slice::from_ref(&runc_path));
-            merged.text = doc.to_string();
-            merged.added.retain(|p| *p != runc_path);
-        }
-    }
-    Ok(merged)
 }
 
 /// What `--write` wrote.
@@ -1296,19 +1371,6 @@ fn write_wrapper_entries(
         }
     }
     Ok(kept)
-}
-
-/// Whether a main config defines CRI's `runc` runtime (or defines no runtimes at all, so that
-/// containerd's built-in one stands).
-fn main_has_runc(main: &str, path: &Path) -> Result<bool, InstallError> {
-    let doc = parse_doc(main, path)?;
-    let schema = doc
-        .get("version")
-        .and_then(Item::as_integer)
-        .unwrap_or(3)
-        .clamp(2, 3) as u32;
-    let runtimes = get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table);
-    Ok(runtimes.is_none_or(|r| r.is_empty() || r.contains_key("runc")))
 }
 
 struct ReportInput<'a> {
@@ -2453,6 +2515,59 @@ version = 2
         assert!(dropped.contains("traced-runc"));
         // No runtimes in the main config: containerd's built-in runc stands.
         assert!(!dropped.contains("runtimes.runc]"), "{dropped}");
+    }
+
+    /// The drop-in's traced handlers get the settings of the real runtime's entry in the main
+    /// config, as the other forms do (a version 2 main config's `sandbox_mode` under its version 3
+    /// name).
+    #[test]
+    fn the_drop_in_carries_the_main_configs_runtime_settings() {
+        let fx = Fixture::new();
+        let main = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  sandbox_mode = \"podsandbox\"\n  options = { SystemdCgroup = true, Root = \"/run/my-runc\" }\n";
+        fs::write(fx.config(), main).unwrap();
+        let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let dropped: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
+        let runtimes =
+            &dropped["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        for handler in ["traced-runc", "traced-runsc"] {
+            let entry = &runtimes[handler];
+            assert_eq!(
+                entry["options"]["SystemdCgroup"].as_bool(),
+                Some(true),
+                "{handler}: {dropped}"
+            );
+            assert_eq!(entry["options"]["Root"].as_str(), Some("/run/my-runc"));
+            assert_eq!(entry["sandboxer"].as_str(), Some("podsandbox"));
+            assert!(entry.get("sandbox_mode").is_none());
+        }
+        assert_eq!(
+            runtimes["traced-runsc"]["options"]["BinaryName"].as_str(),
+            Some("/usr/bin/runsc")
+        );
+        assert!(runtimes.get("runc").is_none(), "the main config has runc");
+        assert!(
+            outcome.report.contains("SystemdCgroup = true"),
+            "{}",
+            outcome.report
+        );
+    }
+
+    /// A main config that exists but cannot be read stops install, saying what to do, rather than
+    /// counting as empty.
+    #[test]
+    fn an_unreadable_main_config_stops_the_drop_in() {
+        let fx = Fixture::new();
+        fs::create_dir(fx.config()).unwrap();
+        let err = install(&fx.args("2.2.0", &[])).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::Unreadable { path, .. } if *path == fx.config()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--config"), "{err}");
+        // Missing is fine: containerd 2.2's built-in default imports conf.d.
+        fs::remove_dir(fx.config()).unwrap();
+        install(&fx.args("2.2.0", &[])).unwrap();
     }
 
     #[test]
