@@ -1073,7 +1073,12 @@ pub fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallErr
 /// Runs `shimtrace install` (print, or `--write`).
 pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     let plan = Plan::new(args)?;
-    let created_links = link_wrappers(&plan)?;
+    // --write makes the links only once the state lists them, so that uninstall finds them.
+    let printed_links = if args.write {
+        Vec::new()
+    } else {
+        link_wrappers(&plan)?
+    };
     let main = plan.drop_in.then(|| read_main(&args.config)).transpose()?;
     let (target, existing) = read_target(args, plan.drop_in)?;
     let merged = merge_entries(&plan, &target, existing.as_deref(), main.as_ref())?;
@@ -1087,10 +1092,12 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         write_install(
             args,
             &plan,
-            &target,
-            existing.is_none(),
+            &Target {
+                path: &target,
+                existing: existing.as_deref(),
+                main_text: main.as_ref().and_then(|(text, _)| text.as_deref()),
+            },
             &merged,
-            &created_links,
         )?
     } else {
         Written::default()
@@ -1107,7 +1114,11 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     });
     Ok(InstallOutcome {
         runtimes: plan.runtimes,
-        created_links,
+        created_links: if args.write {
+            written.created_links
+        } else {
+            printed_links
+        },
         config_snippet,
         backup: written.backup,
         form: plan.form,
@@ -1197,21 +1208,40 @@ impl Plan {
     }
 }
 
-/// Links every traced binary (one per real shim, and the wrapper entries' own) to the wrapper;
-/// returns the links it created.
-fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
-    let links = plan
-        .shims
+/// Every traced binary: one per real shim, and the wrapper entries' own.
+fn planned_links(plan: &Plan) -> Vec<PathBuf> {
+    plan.shims
         .iter()
         .map(|shim| plan.bin_dir.join(shim.name.traced_binary()))
-        .chain(plan.wrapper_entries().into_iter().map(|e| e.link));
+        .chain(plan.wrapper_entries().into_iter().map(|e| e.link))
+        .collect()
+}
+
+/// Links every traced binary to the wrapper; returns the links it created.
+fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
     let mut created = Vec::new();
-    for link in links {
+    for link in planned_links(plan) {
         if ensure_symlink(&link, &plan.wrapper)? {
             created.push(link);
         }
     }
     Ok(created)
+}
+
+/// The traced links that do not yet point at the wrapper, after checking that none is in the
+/// place of a file that is not a symlink (which install never replaces).
+fn links_to_make(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
+    let mut missing = Vec::new();
+    for link in planned_links(plan) {
+        match fs::symlink_metadata(&link) {
+            Ok(meta) if !meta.file_type().is_symlink() => {
+                return Err(InstallError::NotSymlink { path: link })
+            }
+            Ok(_) if fs::read_link(&link).ok().as_deref() == Some(plan.wrapper.as_path()) => {}
+            _ => missing.push(link),
+        }
+    }
+    Ok(missing)
 }
 
 /// The file the entries go into (the main config, or the drop-in), and its text now (`None`
@@ -1271,6 +1301,15 @@ fn merge_entries(
     }
 }
 
+/// The file `--write` puts the entries into, as it was found.
+struct Target<'a> {
+    path: &'a Path,
+    /// Its text (`None` when it does not exist).
+    existing: Option<&'a str>,
+    /// The main config's text beside a drop-in (`None` if there is none).
+    main_text: Option<&'a str>,
+}
+
 /// What `--write` wrote.
 #[derive(Default)]
 struct Written {
@@ -1278,74 +1317,102 @@ struct Written {
     config: Option<PathBuf>,
     /// The copy of the config made before it changed.
     backup: Option<PathBuf>,
+    /// The links created.
+    created_links: Vec<PathBuf>,
     /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
     kept_wrapper_entries: Vec<String>,
 }
 
-/// `--write`: writes the merged entries (and, for a drop-in, the main config's import of it),
-/// the wrapper config's entries, and the state uninstall reads to take all of it back.
+/// `--write`: records in the state what it is about to add, then makes the links and writes the
+/// merged entries (and, for a drop-in, the main config's import of it) and the wrapper config's
+/// entries. With the state first, an install stopped half-way is still taken back by
+/// `--uninstall`, and a second run finishes it without mistaking its own additions (the default
+/// `runc`) for the user's.
 fn write_install(
     args: &InstallArgs,
     plan: &Plan,
-    target: &Path,
-    created_file: bool,
+    target: &Target<'_>,
     merged: &Merged,
-    created_links: &[PathBuf],
 ) -> Result<Written, InstallError> {
-    let mut written = Written::default();
-    let state_file = state_path(&args.config);
-    let mut state = read_state(&state_file)?.unwrap_or_default();
+    let mut state = read_state(&state_path(&args.config))?.unwrap_or_default();
+    // Everything that can refuse does so before anything changes.
+    let links = links_to_make(plan)?;
+    let import = match target.main_text {
+        Some(main) if plan.drop_in => ensure_import(main, &args.config, target.path)?,
+        _ => (None, None),
+    };
+    let wrapper_entries = plan.wrapper_entries();
+    let wrapper = (!wrapper_entries.is_empty())
+        .then(|| plan_wrapper_entries(&args.wrapper_config, &wrapper_entries, &mut state))
+        .transpose()?;
+
     if plan.drop_in {
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        state.drop_in = Some(target.path.to_path_buf());
+        if let Some(entry) = &import.1 {
+            state.import_added = Some(entry.clone());
         }
-        replace_file(target, &merged.text, None)?;
-        state.drop_in = Some(target.to_path_buf());
-        if args.config.exists() {
-            let main = fs::read_to_string(&args.config)
-                .map_err(|e| io_err("cannot read", &args.config)(e))?;
-            if let (Some(text), Some(entry)) = ensure_import(&main, &args.config, target)? {
-                written.backup = write_config_with_backup(&args.config, &text)?;
-                state.import_added = Some(entry);
-            }
-        }
-    } else {
-        written.backup = write_config_with_backup(target, &merged.text)?;
-        if state.config.as_os_str().is_empty() {
-            state.created_file = created_file;
-            state.version_added = merged.version_added;
-        }
+    } else if state.config.as_os_str().is_empty() {
+        state.created_file = target.existing.is_none();
+        state.version_added = merged.version_added;
     }
-    state.config = target.to_path_buf();
+    state.config = target.path.to_path_buf();
     for path in &merged.added {
         if !state.tables.contains(path) {
             state.tables.push(path.clone());
         }
     }
-    for link in created_links {
+    for link in &links {
         if !state.links.contains(link) {
             state.links.push(link.clone());
         }
     }
-    let wrapper_entries = plan.wrapper_entries();
-    if !wrapper_entries.is_empty() {
-        written.kept_wrapper_entries =
-            write_wrapper_entries(&args.wrapper_config, &wrapper_entries, &mut state)?;
-    }
     state.wrapper = Some(plan.wrapper.clone());
     state.form = Some(plan.form);
-    write_state(&state_file, &state)?;
-    written.config = Some(target.to_path_buf());
+    write_state(&state_path(&args.config), &state)?;
+
+    let mut written = Written::default();
+    for link in links {
+        if ensure_symlink(&link, &plan.wrapper)? {
+            written.created_links.push(link);
+        }
+    }
+    if plan.drop_in {
+        if let Some(parent) = target.path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        replace_file(target.path, &merged.text, None)?;
+        if let Some(text) = &import.0 {
+            written.backup = write_config_with_backup(&args.config, text)?;
+        }
+    } else {
+        written.backup = write_config_with_backup(target.path, &merged.text)?;
+    }
+    if let Some(wrapper) = wrapper {
+        if wrapper.existing.as_deref() != Some(wrapper.text.as_str()) {
+            write_wrapper_config(&args.wrapper_config, &wrapper.text)?;
+        }
+        written.kept_wrapper_entries = wrapper.kept;
+    }
+    written.config = Some(target.path.to_path_buf());
     Ok(written)
 }
 
+/// The wrapper config with install's entries merged in, as it is to be written.
+struct WrapperWrite {
+    /// Its text now (`None` when it does not exist).
+    existing: Option<String>,
+    text: String,
+    /// Runtimes whose entry was already there (not install's), left as they were.
+    kept: Vec<String>,
+}
+
 /// Merges `entries` into the wrapper config at `path`, noting in `state` the runtimes install
-/// added; returns the runtimes whose entry was already there (not install's), left as they were.
-fn write_wrapper_entries(
+/// adds; writes nothing.
+fn plan_wrapper_entries(
     path: &Path,
     entries: &[WrapperEntry],
     state: &mut InstallState,
-) -> Result<Vec<String>, InstallError> {
+) -> Result<WrapperWrite, InstallError> {
     let existing = match fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -1362,15 +1429,16 @@ fn write_wrapper_entries(
         &state.wrapper_runtimes,
         path,
     )?;
-    if existing.as_deref() != Some(text.as_str()) {
-        write_wrapper_config(path, &text)?;
-    }
     for runtime in added {
         if !state.wrapper_runtimes.contains(&runtime) {
             state.wrapper_runtimes.push(runtime);
         }
     }
-    Ok(kept)
+    Ok(WrapperWrite {
+        existing,
+        text,
+        kept,
+    })
 }
 
 struct ReportInput<'a> {
@@ -1797,6 +1865,7 @@ pub fn configured_handlers(text: &str) -> Vec<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
     fn runc(path: &str) -> TracedRuntime {
         TracedRuntime {
@@ -2568,6 +2637,41 @@ version = 2
         // Missing is fine: containerd 2.2's built-in default imports conf.d.
         fs::remove_dir(fx.config()).unwrap();
         install(&fx.args("2.2.0", &[])).unwrap();
+    }
+
+    /// Makes the wrapper config's directory a dangling symlink: reading the config finds nothing,
+    /// writing it fails, after containerd's config was written.
+    fn break_wrapper_config_dir(fx: &Fixture) -> PathBuf {
+        let dir = fx.wrapper_config().parent().unwrap().to_path_buf();
+        symlink(fx.dir.path().join("nowhere"), &dir).unwrap();
+        dir
+    }
+
+    /// An install that stops after changing containerd's config is taken back by --uninstall,
+    /// and when run again it still knows the default `runc` as its own.
+    #[test]
+    fn a_half_done_install_is_undone_or_finished() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), DEBIAN_STOCK).unwrap();
+        let broken = break_wrapper_config_dir(&fx);
+        install(&fx.args("1.6.20", &["--write"])).unwrap_err();
+        assert!(fs::read_to_string(fx.config())
+            .unwrap()
+            .contains("traced-runc"));
+        let removed = uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
+        assert_eq!(removed.removed_tables, 3, "{}", removed.report);
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), DEBIAN_STOCK);
+        assert!(
+            fs::symlink_metadata(fx.dir.path().join("bin/containerd-shim-traced-runc-v2")).is_err()
+        );
+
+        install(&fx.args("1.6.20", &["--write"])).unwrap_err();
+        fs::remove_file(&broken).unwrap();
+        install(&fx.args("1.6.20", &["--write"])).unwrap();
+        assert!(fx.wrapper_config().exists());
+        uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), DEBIAN_STOCK);
+        assert!(!fx.wrapper_config().exists());
     }
 
     #[test]
