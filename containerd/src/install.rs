@@ -1663,8 +1663,75 @@ pub struct UninstallOutcome {
     pub report: String,
 }
 
+/// A change uninstall makes to a file, decided once every file has been read.
+enum Step {
+    /// Replaces containerd's config with `text`, a copy kept first.
+    Rewrite { path: PathBuf, text: String },
+    /// Replaces the wrapper's config with `text`.
+    RewriteWrapper { path: PathBuf, text: String },
+    /// Removes the file.
+    Remove(PathBuf),
+}
+
+/// Reads a file uninstall may change: `None` when it is gone; any other failure stops uninstall
+/// before it changes anything.
+fn read_for_uninstall(path: &Path) -> Result<Option<String>, InstallError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(InstallError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+            what_to_do:
+                "uninstall changed nothing: make it readable (run as root) and run it again",
+        }),
+    }
+}
+
+/// `text` without the tables install added (`state.tables`), and how many went. The default
+/// runtime entry install added stays while other runtimes still need it.
+fn remove_installed(
+    text: &str,
+    path: &Path,
+    state: &InstallState,
+    report: &mut String,
+) -> Result<(DocumentMut, usize), InstallError> {
+    let mut doc = parse_doc(text, path)?;
+    let (runc, ours): (Vec<Vec<String>>, Vec<Vec<String>>) = state
+        .tables
+        .iter()
+        .cloned()
+        .partition(|p| p.last().map(String::as_str) == Some("runc"));
+    let mut removed = remove_tables(&mut doc, &ours);
+    for runc_path in &runc {
+        let parent: Vec<&str> = runc_path[..runc_path.len() - 1]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let others = get_at(doc.as_table(), &parent)
+            .and_then(Item::as_table_like)
+            .map(|t| t.iter().filter(|(name, _)| *name != "runc").count())
+            .unwrap_or(0);
+        if others == 0 {
+            removed += remove_tables(&mut doc, std::slice::from_ref(runc_path));
+        } else {
+            let _ = writeln!(
+                report,
+                "# kept runtimes.runc (added by install): other runtimes are defined now, and containerd 1.6 needs it beside them"
+            );
+        }
+    }
+    Ok((doc, removed))
+}
+
+/// Whether a config holds nothing but (at most) its `version`.
+fn only_version(doc: &DocumentMut) -> bool {
+    doc.as_table().iter().all(|(key, _)| key == "version")
+}
+
 /// Runs `shimtrace install --uninstall`: removes the tables, imports entry, drop-in and links the
 /// state beside `args.config` lists, and the state file; everything else stays as it is now.
+/// Every file is read before any changes: one that cannot be read stops it with nothing removed.
 pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     let state_file = state_path(&args.config);
     let state = read_state(&state_file)?.ok_or_else(|| InstallError::NoState {
@@ -1673,17 +1740,19 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     })?;
     let mut outcome = UninstallOutcome::default();
     let mut report = String::new();
+    let mut steps = Vec::new();
     if let Some(drop_in) = &state.drop_in {
-        match fs::remove_file(drop_in) {
-            Ok(()) => outcome.removed_files.push(drop_in.clone()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("cannot remove", drop_in)(e).into()),
+        if read_for_uninstall(drop_in)?.is_some() {
+            steps.push(Step::Remove(drop_in.clone()));
         }
         if let Some(entry) = &state.import_added {
-            if let Ok(main) = fs::read_to_string(&args.config) {
+            if let Some(main) = read_for_uninstall(&args.config)? {
                 let text = remove_import(&main, &args.config, entry)?;
                 if text != main {
-                    outcome.backup = write_config_with_backup(&args.config, &text)?;
+                    steps.push(Step::Rewrite {
+                        path: args.config.clone(),
+                        text,
+                    });
                     let _ = writeln!(
                         report,
                         "# removed imports entry {entry:?} from {}",
@@ -1692,43 +1761,20 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
                 }
             }
         }
-    } else if let Ok(text) = fs::read_to_string(&state.config) {
-        let mut doc = parse_doc(&text, &state.config)?;
-        // The default runtime entry install added stays while other runtimes still need it.
-        let (runc, ours): (Vec<Vec<String>>, Vec<Vec<String>>) = state
-            .tables
-            .iter()
-            .cloned()
-            .partition(|p| p.last().map(String::as_str) == Some("runc"));
-        outcome.removed_tables += remove_tables(&mut doc, &ours);
-        for runc_path in &runc {
-            let parent: Vec<&str> = runc_path[..runc_path.len() - 1]
-                .iter()
-                .map(String::as_str)
-                .collect();
-            let others = get_at(doc.as_table(), &parent)
-                .and_then(Item::as_table)
-                .map(|t| t.iter().filter(|(name, _)| *name != "runc").count())
-                .unwrap_or(0);
-            if others == 0 {
-                outcome.removed_tables += remove_tables(&mut doc, std::slice::from_ref(runc_path));
-            } else {
-                let _ = writeln!(
-                    report,
-                    "# kept runtimes.runc (added by install): other runtimes are defined now, and containerd 1.6 needs it beside them"
-                );
-            }
-        }
-        let only_version = doc.as_table().len() == 1 && doc.get("version").is_some();
-        if state.version_added && only_version {
+    } else if let Some(text) = read_for_uninstall(&state.config)? {
+        let (mut doc, removed) = remove_installed(&text, &state.config, &state, &mut report)?;
+        outcome.removed_tables += removed;
+        if state.version_added && doc.as_table().len() == 1 && only_version(&doc) {
             doc.remove("version");
         }
         let new_text = doc.to_string();
         if state.created_file && new_text.trim().is_empty() {
-            fs::remove_file(&state.config).map_err(io_err("cannot remove", &state.config))?;
-            outcome.removed_files.push(state.config.clone());
+            steps.push(Step::Remove(state.config.clone()));
         } else if new_text != text {
-            outcome.backup = write_config_with_backup(&state.config, &new_text)?;
+            steps.push(Step::Rewrite {
+                path: state.config.clone(),
+                text: new_text,
+            });
         }
         let _ = writeln!(
             report,
@@ -1738,7 +1784,22 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
         );
     }
     if let Some(path) = &state.wrapper_config {
-        remove_wrapper_entries(path, &state, &mut outcome, &mut report)?;
+        if let Some(step) = uninstall_wrapper_entries(path, &state, &mut report)? {
+            steps.push(step);
+        }
+    }
+
+    for step in steps {
+        match step {
+            Step::Rewrite { path, text } => {
+                outcome.backup = write_config_with_backup(&path, &text)?;
+            }
+            Step::RewriteWrapper { path, text } => write_wrapper_config(&path, &text)?,
+            Step::Remove(path) => {
+                fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
+                outcome.removed_files.push(path);
+            }
+        }
     }
     // The links install recorded, and any other wrapper link beside them (a run without --write
     // makes them too).
@@ -1793,18 +1854,15 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     Ok(outcome)
 }
 
-/// Removes the runtimes install added from the wrapper's config at `path`, and the file itself if
-/// install created it and nothing else is in it now.
-fn remove_wrapper_entries(
+/// Plans taking out the runtimes install added to the wrapper's config at `path`, and the file
+/// itself if install created it and nothing else is in it now.
+fn uninstall_wrapper_entries(
     path: &Path,
     state: &InstallState,
-    outcome: &mut UninstallOutcome,
     report: &mut String,
-) -> Result<(), InstallError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("cannot read", path)(e).into()),
+) -> Result<Option<Step>, InstallError> {
+    let Some(text) = read_for_uninstall(path)? else {
+        return Ok(None);
     };
     let mut doc = parse_doc(&text, path)?;
     let tables: Vec<Vec<String>> = state
@@ -1814,19 +1872,24 @@ fn remove_wrapper_entries(
         .collect();
     let removed = remove_tables(&mut doc, &tables);
     let new_text = doc.to_string();
-    if state.wrapper_config_created && new_text.trim().is_empty() {
-        fs::remove_file(path).map_err(io_err("cannot remove", path))?;
-        outcome.removed_files.push(path.to_path_buf());
-    } else if new_text != text {
-        write_wrapper_config(path, &new_text)?;
-    }
     let _ = writeln!(
         report,
         "# removed {removed} runtime entr{} from {}",
         if removed == 1 { "y" } else { "ies" },
         path.display()
     );
-    Ok(())
+    Ok(
+        if state.wrapper_config_created && new_text.trim().is_empty() {
+            Some(Step::Remove(path.to_path_buf()))
+        } else if new_text != text {
+            Some(Step::RewriteWrapper {
+                path: path.to_path_buf(),
+                text: new_text,
+            })
+        } else {
+            None
+        },
+    )
 }
 
 /// The handlers a config file registers (name, runtime_type, runtime_path), for every schema.
@@ -2672,6 +2735,40 @@ version = 2
         uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
         assert_eq!(fs::read_to_string(fx.config()).unwrap(), DEBIAN_STOCK);
         assert!(!fx.wrapper_config().exists());
+    }
+
+    /// A file uninstall must change but cannot read stops it before anything is removed.
+    #[test]
+    fn uninstall_stops_at_an_unreadable_file_with_nothing_removed() {
+        let fx = Fixture::new();
+        install(&fx.args("2.1.9", &["--write"])).unwrap();
+        let link = fx.dir.path().join("bin/containerd-shim-traced-runc-v2");
+        let moved = fx.dir.path().join("config.moved");
+        fs::rename(fx.config(), &moved).unwrap();
+        fs::create_dir(fx.config()).unwrap();
+        let err = uninstall(&fx.args("2.1.9", &["--uninstall"])).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::Unreadable { path, .. } if *path == fx.config()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("changed nothing"), "{err}");
+        assert!(state_path(&fx.config()).exists());
+        assert!(fs::symlink_metadata(&link).is_ok());
+
+        // The drop-in stays too while the main config's imports entry cannot be taken out.
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        fs::rename(fx.config(), &moved).unwrap();
+        fs::create_dir(fx.config()).unwrap();
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap_err();
+        assert!(drop_in.exists() && state_path(&fx.config()).exists());
+        fs::remove_dir(fx.config()).unwrap();
+        fs::rename(&moved, fx.config()).unwrap();
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        assert!(!drop_in.exists());
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
     }
 
     #[test]
