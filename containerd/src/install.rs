@@ -22,9 +22,10 @@
 //! A config whose CRI plugin defines runtimes must also define the default one (`runc`), or
 //! containerd 1.6 refuses to load CRI; when it is missing, install adds it. For containerd 2.2
 //! and later, whose default config imports `/etc/containerd/conf.d/*.toml`, the entries go into a
-//! drop-in of their own (`conf.d/shimtrace.toml` beside the config) and the main file changes at
-//! most by one `imports` entry. Every table install adds (to containerd's config or the wrapper's)
-//! carries a marker comment, and a state file beside the config (`shimtrace-install.json`) lists
+//! drop-in of their own (`conf.d/shimtrace.toml` beside the config), with the real runtime's
+//! settings taken from the main file, which changes at most by one `imports` entry. Every table
+//! install adds (to containerd's config or the wrapper's) carries a marker comment, and a state
+//! file beside the config (`shimtrace-install.json`), written before anything else changes, lists
 //! what was added, so `--uninstall` removes exactly that, whatever else was edited meanwhile.
 
 use std::collections::BTreeSet;
@@ -106,11 +107,14 @@ pub struct InstallArgs {
     #[arg(long, default_value = "/etc/containerd/config.toml")]
     pub config: PathBuf,
     /// Merge the runtime entries into --config (a timestamped backup is written first); for
-    /// containerd 2.2+ write a drop-in under conf.d/ beside it instead.
+    /// containerd 2.2+ write a drop-in under conf.d/ beside it instead (replaced while it is as
+    /// install wrote it; once edited, merged into, a copy kept first).
     #[arg(long, conflicts_with_all = ["uninstall", "check"])]
     pub write: bool,
-    /// Remove exactly what earlier `--write` runs added (entries, imports entry, drop-in, links;
-    /// with --docker: daemon.json entries, links, scripts), each only while it is still as written.
+    /// Remove exactly what earlier `--write` runs added: the entries (with any edit inside them),
+    /// the imports entry, the drop-in (whole while it is as written, else only install's tables),
+    /// the links still pointing at the wrapper; with --docker: daemon.json entries, links and
+    /// scripts, each only while it is still as written.
     #[arg(long, conflicts_with = "check")]
     pub uninstall: bool,
     /// Run a short-lived pod through every traced-* handler of the running containerd (--socket)
@@ -616,7 +620,6 @@ fn merge_config_from(
                 }),
             None => real_entry_in(&*runtimes_table, &runtime.real_runtime),
         };
-
         let mut entry = Table::new();
         let mut options = Table::new();
         if let Some(real) = real_entry {
@@ -791,23 +794,29 @@ pub fn write_config_with_backup(
 ) -> Result<Option<PathBuf>, InstallError> {
     let mut backup = None;
     if config.exists() {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut path = PathBuf::from(format!("{}.bak-{secs}", config.display()));
-        let mut n = 1;
-        while path.exists() {
-            path = PathBuf::from(format!("{}.bak-{secs}-{n}", config.display()));
-            n += 1;
-        }
-        fs::copy(config, &path).map_err(io_err("cannot back up", config))?;
-        backup = Some(path);
+        backup = Some(back_up(config)?);
     } else if let Some(parent) = config.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
     }
     replace_file(config, content, None)?;
     Ok(backup)
+}
+
+/// Copies `config` to `<config>.bak-<unix seconds>` (a name no `*.toml` import matches) and
+/// returns that path.
+fn back_up(config: &Path) -> Result<PathBuf, InstallError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut path = PathBuf::from(format!("{}.bak-{secs}", config.display()));
+    let mut n = 1;
+    while path.exists() {
+        path = PathBuf::from(format!("{}.bak-{secs}-{n}", config.display()));
+        n += 1;
+    }
+    fs::copy(config, &path).map_err(io_err("cannot back up", config))?;
+    Ok(path)
 }
 
 /// What install added, kept beside containerd's config so that uninstall removes exactly that.
@@ -821,8 +830,14 @@ pub struct InstallState {
     pub version_added: bool,
     /// Key paths of the tables install added.
     pub tables: Vec<Vec<String>>,
-    /// The drop-in install wrote (containerd 2.2+); removed whole.
+    /// The drop-in install wrote (containerd 2.2+).
     pub drop_in: Option<PathBuf>,
+    /// The drop-in's text as install last wrote it, while all of it is install's: while the file
+    /// still reads so, a new `--write` replaces it and `--uninstall` removes it. Once edited (then
+    /// `None`), `--write` merges into it and `--uninstall` takes out only install's tables, each
+    /// keeping a copy of it first.
+    #[serde(default)]
+    pub drop_in_text: Option<String>,
     /// The entry install added to the main config's `imports`.
     pub import_added: Option<String>,
     /// The wrapper symlinks install created, and the wrapper they point at.
@@ -1081,7 +1096,19 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     };
     let main = plan.drop_in.then(|| read_main(&args.config)).transpose()?;
     let (target, existing) = read_target(args, plan.drop_in)?;
-    let merged = merge_entries(&plan, &target, existing.as_deref(), main.as_ref())?;
+    let state = if args.write {
+        read_state(&state_path(&args.config))?.unwrap_or_default()
+    } else {
+        InstallState::default()
+    };
+    let (merged, drop_in_edited) = merge_entries(
+        args,
+        &plan,
+        &target,
+        existing.as_deref(),
+        main.as_ref().map(|(_, main)| main),
+        state.drop_in_text.as_deref(),
+    )?;
     let config_snippet = snippet(&merged, &target)?;
     let wrapper_entries = plan.wrapper_entries();
     let wrapper_snippet = (!wrapper_entries.is_empty())
@@ -1095,9 +1122,11 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
             &Target {
                 path: &target,
                 existing: existing.as_deref(),
+                drop_in_edited,
                 main_text: main.as_ref().and_then(|(text, _)| text.as_deref()),
             },
             &merged,
+            state,
         )?
     } else {
         Written::default()
@@ -1109,6 +1138,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         snippet: &config_snippet,
         target: &target,
         backup: written.backup.as_deref(),
+        drop_in_backup: written.drop_in_backup.as_deref(),
         wrapper_snippet: wrapper_snippet.as_deref(),
         kept_wrapper_entries: &written.kept_wrapper_entries,
     });
@@ -1281,24 +1311,41 @@ fn read_main(config: &Path) -> Result<(Option<String>, MainConfig), InstallError
     Ok((text, main))
 }
 
-/// The target's text with the plan's runtimes merged in. The drop-in is install's whole, so it is
-/// made afresh; its real runtimes' settings come from the main config, and it holds CRI's default
-/// `runc` only when the main config defines runtimes but not `runc`.
+/// The target's text with the plan's runtimes merged in, and whether it is a drop-in edited
+/// since install wrote it (`recorded`). The drop-in is made afresh, unless (with --write) it was
+/// edited: then the entries are merged into it, keeping the rest. Its real runtimes' settings
+/// come from the main config, and it holds CRI's default `runc` only when the main config
+/// defines runtimes but not `runc`.
 fn merge_entries(
+    args: &InstallArgs,
     plan: &Plan,
     target: &Path,
     existing: Option<&str>,
-    main: Option<&(Option<String>, MainConfig)>,
-) -> Result<Merged, InstallError> {
-    match main {
-        None => merge_config(
+    main: Option<&MainConfig>,
+    recorded: Option<&str>,
+) -> Result<(Merged, bool), InstallError> {
+    let Some(main) = main else {
+        let merged = merge_config(
             existing.unwrap_or_default(),
             plan.schema,
             &plan.runtimes,
             target,
-        ),
-        Some((_, main)) => merge_config_from("", 3, &plan.runtimes, target, Some(main)),
+        )?;
+        return Ok((merged, false));
+    };
+    let fresh = merge_config_from("", 3, &plan.runtimes, target, Some(main))?;
+    let edited = existing.is_some_and(|text| text != fresh.text && Some(text) != recorded);
+    if !(edited && args.write) {
+        return Ok((fresh, false));
     }
+    let merged = merge_config_from(
+        existing.unwrap_or_default(),
+        3,
+        &plan.runtimes,
+        target,
+        Some(main),
+    )?;
+    Ok((merged, true))
 }
 
 /// The file `--write` puts the entries into, as it was found.
@@ -1306,6 +1353,8 @@ struct Target<'a> {
     path: &'a Path,
     /// Its text (`None` when it does not exist).
     existing: Option<&'a str>,
+    /// It is a drop-in that was edited since install wrote it: a copy is kept before it changes.
+    drop_in_edited: bool,
     /// The main config's text beside a drop-in (`None` if there is none).
     main_text: Option<&'a str>,
 }
@@ -1317,6 +1366,8 @@ struct Written {
     config: Option<PathBuf>,
     /// The copy of the config made before it changed.
     backup: Option<PathBuf>,
+    /// The copy of an edited drop-in made before it changed.
+    drop_in_backup: Option<PathBuf>,
     /// The links created.
     created_links: Vec<PathBuf>,
     /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
@@ -1333,8 +1384,8 @@ fn write_install(
     plan: &Plan,
     target: &Target<'_>,
     merged: &Merged,
+    mut state: InstallState,
 ) -> Result<Written, InstallError> {
-    let mut state = read_state(&state_path(&args.config))?.unwrap_or_default();
     // Everything that can refuse does so before anything changes.
     let links = links_to_make(plan)?;
     let import = match target.main_text {
@@ -1348,6 +1399,7 @@ fn write_install(
 
     if plan.drop_in {
         state.drop_in = Some(target.path.to_path_buf());
+        state.drop_in_text = (!target.drop_in_edited).then(|| merged.text.clone());
         if let Some(entry) = &import.1 {
             state.import_added = Some(entry.clone());
         }
@@ -1380,7 +1432,13 @@ fn write_install(
         if let Some(parent) = target.path.parent() {
             fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
         }
-        replace_file(target.path, &merged.text, None)?;
+        if target.drop_in_edited {
+            if target.existing != Some(merged.text.as_str()) {
+                written.drop_in_backup = write_config_with_backup(target.path, &merged.text)?;
+            }
+        } else {
+            replace_file(target.path, &merged.text, None)?;
+        }
         if let Some(text) = &import.0 {
             written.backup = write_config_with_backup(&args.config, text)?;
         }
@@ -1448,6 +1506,8 @@ struct ReportInput<'a> {
     snippet: &'a str,
     target: &'a Path,
     backup: Option<&'a Path>,
+    /// The copy of the drop-in kept because it had been edited.
+    drop_in_backup: Option<&'a Path>,
     /// The wrapper config entries the handlers need, as TOML.
     wrapper_snippet: Option<&'a str>,
     /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
@@ -1612,6 +1672,14 @@ fn report_config(r: &mut String, input: &ReportInput<'_>) {
                 .map(|b| format!(" (backup of {}: {})", input.args.config.display(), b.display()))
                 .unwrap_or_default()
         );
+        if let Some(backup) = input.drop_in_backup {
+            let _ = writeln!(
+                r,
+                "# {} was edited since install wrote it: the entries were merged into it, your other edits kept (its copy from before: {})",
+                input.target.display(),
+                backup.display()
+            );
+        }
         let _ = writeln!(
             r,
             "# undo: shimtrace install --uninstall --config {} (removes exactly these entries; state in {})",
@@ -1659,18 +1727,21 @@ pub struct UninstallOutcome {
     pub removed_tables: usize,
     pub removed_links: Vec<PathBuf>,
     pub removed_files: Vec<PathBuf>,
+    /// The copy of containerd's config made before it changed.
     pub backup: Option<PathBuf>,
+    /// The copy of a drop-in edited since install wrote it, made before it changed.
+    pub drop_in_backup: Option<PathBuf>,
     pub report: String,
 }
 
 /// A change uninstall makes to a file, decided once every file has been read.
 enum Step {
-    /// Replaces containerd's config with `text`, a copy kept first.
+    /// Replaces containerd's config (or the drop-in) with `text`, a copy kept first.
     Rewrite { path: PathBuf, text: String },
     /// Replaces the wrapper's config with `text`.
     RewriteWrapper { path: PathBuf, text: String },
-    /// Removes the file.
-    Remove(PathBuf),
+    /// Removes the file, a copy kept first when `keep_copy`.
+    Remove { path: PathBuf, keep_copy: bool },
 }
 
 /// Reads a file uninstall may change: `None` when it is gone; any other failure stops uninstall
@@ -1742,9 +1813,7 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     let mut report = String::new();
     let mut steps = Vec::new();
     if let Some(drop_in) = &state.drop_in {
-        if read_for_uninstall(drop_in)?.is_some() {
-            steps.push(Step::Remove(drop_in.clone()));
-        }
+        uninstall_drop_in(drop_in, &state, &mut steps, &mut outcome, &mut report)?;
         if let Some(entry) = &state.import_added {
             if let Some(main) = read_for_uninstall(&args.config)? {
                 let text = remove_import(&main, &args.config, entry)?;
@@ -1769,7 +1838,10 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
         }
         let new_text = doc.to_string();
         if state.created_file && new_text.trim().is_empty() {
-            steps.push(Step::Remove(state.config.clone()));
+            steps.push(Step::Remove {
+                path: state.config.clone(),
+                keep_copy: false,
+            });
         } else if new_text != text {
             steps.push(Step::Rewrite {
                 path: state.config.clone(),
@@ -1792,10 +1864,18 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     for step in steps {
         match step {
             Step::Rewrite { path, text } => {
-                outcome.backup = write_config_with_backup(&path, &text)?;
+                let backup = write_config_with_backup(&path, &text)?;
+                if state.drop_in.as_ref() == Some(&path) {
+                    outcome.drop_in_backup = backup;
+                } else {
+                    outcome.backup = backup;
+                }
             }
             Step::RewriteWrapper { path, text } => write_wrapper_config(&path, &text)?,
-            Step::Remove(path) => {
+            Step::Remove { path, keep_copy } => {
+                if keep_copy {
+                    outcome.drop_in_backup = Some(back_up(&path)?);
+                }
                 fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
                 outcome.removed_files.push(path);
             }
@@ -1845,6 +1925,13 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
             backup.display()
         );
     }
+    if let Some(backup) = &outcome.drop_in_backup {
+        let _ = writeln!(
+            report,
+            "# copy of the edited drop-in from before: {}",
+            backup.display()
+        );
+    }
     fs::remove_file(&state_file).map_err(io_err("cannot remove", &state_file))?;
     let _ = writeln!(
         report,
@@ -1852,6 +1939,47 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     );
     outcome.report = report;
     Ok(outcome)
+}
+
+/// Plans taking the drop-in back: removed whole while it reads as install wrote it; once edited,
+/// only install's tables go (the file too if nothing else is left), a copy of it kept first.
+fn uninstall_drop_in(
+    drop_in: &Path,
+    state: &InstallState,
+    steps: &mut Vec<Step>,
+    outcome: &mut UninstallOutcome,
+    report: &mut String,
+) -> Result<(), InstallError> {
+    let Some(text) = read_for_uninstall(drop_in)? else {
+        return Ok(());
+    };
+    if state.drop_in_text.as_deref() == Some(text.as_str()) {
+        steps.push(Step::Remove {
+            path: drop_in.to_path_buf(),
+            keep_copy: false,
+        });
+        return Ok(());
+    }
+    let (doc, removed) = remove_installed(&text, drop_in, state, report)?;
+    outcome.removed_tables += removed;
+    // The drop-in and its `version` are install's: the file goes when nothing else is left.
+    if only_version(&doc) {
+        steps.push(Step::Remove {
+            path: drop_in.to_path_buf(),
+            keep_copy: true,
+        });
+    } else {
+        let _ = writeln!(
+            report,
+            "# {} was edited since install wrote it: removed install's {removed} table(s) from it, kept the rest",
+            drop_in.display()
+        );
+        steps.push(Step::Rewrite {
+            path: drop_in.to_path_buf(),
+            text: doc.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Plans taking out the runtimes install added to the wrapper's config at `path`, and the file
@@ -1880,7 +2008,10 @@ fn uninstall_wrapper_entries(
     );
     Ok(
         if state.wrapper_config_created && new_text.trim().is_empty() {
-            Some(Step::Remove(path.to_path_buf()))
+            Some(Step::Remove {
+                path: path.to_path_buf(),
+                keep_copy: false,
+            })
         } else if new_text != text {
             Some(Step::RewriteWrapper {
                 path: path.to_path_buf(),
@@ -2768,6 +2899,55 @@ version = 2
         fs::rename(&moved, fx.config()).unwrap();
         uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
         assert!(!drop_in.exists());
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
+    }
+
+    /// A drop-in the user edited keeps their edits through another --write (merged, a copy kept)
+    /// and through --uninstall (only install's tables go); an unedited one is replaced, and
+    /// removed whole.
+    #[test]
+    fn edits_to_the_drop_in_survive_write_and_uninstall() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let ours = fs::read_to_string(&drop_in).unwrap();
+        let mine = "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.mine]\n  runtime_type = 'io.containerd.kata.v2'\n";
+        let edited = format!("{ours}{mine}");
+        fs::write(&drop_in, &edited).unwrap();
+
+        let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let text = fs::read_to_string(&drop_in).unwrap();
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let runtimes = &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["mine"]["runtime_type"].as_str(),
+            Some("io.containerd.kata.v2")
+        );
+        assert!(runtimes.get("traced-runc").is_some());
+        let copy = fs::read_dir(drop_in.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p != &drop_in)
+            .expect("a copy of the edited drop-in");
+        assert_eq!(fs::read_to_string(&copy).unwrap(), edited);
+        assert!(
+            again.report.contains("was edited since install wrote it"),
+            "{}",
+            again.report
+        );
+        // Written again as it is: no further copy.
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        assert_eq!(fs::read_to_string(&drop_in).unwrap(), text);
+        assert_eq!(fs::read_dir(drop_in.parent().unwrap()).unwrap().count(), 2);
+
+        let removed = uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        let parsed: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
+        let runtimes = &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        assert!(runtimes.get("mine").is_some(), "{parsed}");
+        assert!(runtimes.get("traced-runc").is_none() && runtimes.get("traced-runsc").is_none());
+        assert_eq!(removed.removed_tables, 2, "{}", removed.report);
+        assert!(removed.drop_in_backup.is_some());
         assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
     }
 
