@@ -22,9 +22,10 @@
 //! A config whose CRI plugin defines runtimes must also define the default one (`runc`), or
 //! containerd 1.6 refuses to load CRI; when it is missing, install adds it. For containerd 2.2
 //! and later, whose default config imports `/etc/containerd/conf.d/*.toml`, the entries go into a
-//! drop-in of their own (`conf.d/shimtrace.toml` beside the config) and the main file changes at
-//! most by one `imports` entry. Every table install adds (to containerd's config or the wrapper's)
-//! carries a marker comment, and a state file beside the config (`shimtrace-install.json`) lists
+//! drop-in of their own (`conf.d/shimtrace.toml` beside the config), with the real runtime's
+//! settings taken from the main file, which changes at most by one `imports` entry. Every table
+//! install adds (to containerd's config or the wrapper's) carries a marker comment, and a state
+//! file beside the config (`shimtrace-install.json`), written before anything else changes, lists
 //! what was added, so `--uninstall` removes exactly that, whatever else was edited meanwhile.
 
 use std::collections::BTreeSet;
@@ -36,12 +37,14 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
+use toml_edit::{value, Array, DocumentMut, Item, Table, TableLike, Value};
 
 use shimtrace_span::naming::{find_in_path, traced_handler, which, ShimName, WRAPPER_BINARY};
 
 use crate::files::{io_err, replace_file, FileError};
-use crate::private::{config_version_for_major, table_at, version_triple, ContainerdBinary};
+use crate::private::{
+    config_version_for_major, table_at, try_table_at, version_triple, ContainerdBinary, NotATable,
+};
 
 /// The comment above every table install adds.
 pub const MARKER: &str =
@@ -104,11 +107,14 @@ pub struct InstallArgs {
     #[arg(long, default_value = "/etc/containerd/config.toml")]
     pub config: PathBuf,
     /// Merge the runtime entries into --config (a timestamped backup is written first); for
-    /// containerd 2.2+ write a drop-in under conf.d/ beside it instead.
+    /// containerd 2.2+ write a drop-in under conf.d/ beside it instead (replaced while it is as
+    /// install wrote it; once edited, merged into, a copy kept first).
     #[arg(long, conflicts_with_all = ["uninstall", "check"])]
     pub write: bool,
-    /// Remove exactly what earlier `--write` runs added (entries, imports entry, drop-in, links;
-    /// with --docker: daemon.json entries, links, scripts), each only while it is still as written.
+    /// Remove exactly what earlier `--write` runs added: the entries (with any edit inside them),
+    /// the imports entry, the drop-in (whole while it is as written, else only install's tables),
+    /// the links still pointing at the wrapper; with --docker: daemon.json entries, links and
+    /// scripts, each only while it is still as written.
     #[arg(long, conflicts_with = "check")]
     pub uninstall: bool,
     /// Run a short-lived pod through every traced-* handler of the running containerd (--socket)
@@ -169,11 +175,24 @@ pub enum InstallError {
     NotSymlink { path: PathBuf },
     #[error("{path} is not valid TOML: {message} (fix it, or merge the printed snippet by hand)")]
     BadConfig { path: PathBuf, message: String },
-    #[error("{path} uses config version {found}; this containerd needs version {expected} (run `containerd config migrate` first)")]
+    #[error("{path} uses config version {found}; install writes version {expected} for this containerd ({})", version_advice(.path, *.found, *.expected))]
     ConfigVersion {
         path: PathBuf,
         found: i64,
         expected: u32,
+    },
+    #[error("{path}: {key} is a TOML {found}, where install adds tables under it: make it a table (or remove it), or merge the printed snippet by hand")]
+    NotATable {
+        path: PathBuf,
+        key: String,
+        found: &'static str,
+    },
+    #[error("cannot read {path}: {source} ({what_to_do})")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+        what_to_do: &'static str,
     },
     #[error("{path}: {message} (fix it by hand or run `shimtrace install --write` again)")]
     BadState { path: PathBuf, message: String },
@@ -181,6 +200,23 @@ pub enum InstallError {
     NoState { path: PathBuf, config: PathBuf },
     #[error(transparent)]
     Io(#[from] FileError),
+}
+
+/// What to do about a config in schema `found` where install writes `expected` (2 for containerd
+/// 1.x, 3 for 2.x).
+fn version_advice(path: &Path, found: i64, expected: u32) -> String {
+    if found > 3 {
+        "no containerd reads that version: fix `version` at its top".into()
+    } else if found > i64::from(expected) {
+        "containerd 1.x reads only versions 1 and 2: if a containerd 2.x reads this file, say so with --containerd (its binary), --containerd-version or --config-version 3".into()
+    } else if expected >= 3 {
+        format!(
+            "run `containerd --config {} config migrate > new.toml`, check new.toml and put it in its place first",
+            path.display()
+        )
+    } else {
+        "containerd 1.x has no `config migrate`: add `version = 2` at the top and name each plugin by its full id (`[plugins.cri]` becomes `[plugins.\"io.containerd.grpc.v1.cri\"]`; `containerd config default` shows the layout), or merge the printed snippet by hand".into()
+    }
 }
 
 /// A real shim found on PATH, e.g. `containerd-shim-runc-v2` → inner `runc`, version `v2`.
@@ -370,13 +406,34 @@ pub fn cri_runtimes_path(config_version: u32) -> [&'static str; 4] {
     ]
 }
 
+/// The item at `path`, through tables and inline tables alike.
 fn get_at<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Item> {
     let (last, parents) = path.split_last()?;
-    let mut current = table;
+    let mut current: &dyn TableLike = table;
     for key in parents {
-        current = current.get(key)?.as_table()?;
+        current = current.get(key)?.as_table_like()?;
     }
     current.get(last)
+}
+
+/// The table at `path` in the config at `config` (see [`try_table_at`]).
+fn table_in<'a>(
+    doc: &'a mut DocumentMut,
+    path: &[&str],
+    config: &Path,
+) -> Result<&'a mut Table, InstallError> {
+    try_table_at(doc.as_table_mut(), path).map_err(|NotATable { key, found }| {
+        InstallError::NotATable {
+            path: config.to_path_buf(),
+            key,
+            found,
+        }
+    })
+}
+
+/// A table-like item (a table or an inline table) as a table.
+fn to_table(item: &Item) -> Option<Table> {
+    item.clone().into_table().ok()
 }
 
 fn parse_doc(text: &str, path: &Path) -> Result<DocumentMut, InstallError> {
@@ -444,6 +501,17 @@ fn marked(mut table: Table) -> Table {
     table
 }
 
+/// The entry of `real_runtime` (`io.containerd.runc.v2`) in a CRI runtimes table, a table or an
+/// inline one; the one named after the runtime (`runc`) first.
+fn real_entry_in(runtimes: &dyn TableLike, real_runtime: &str) -> Option<Table> {
+    runtimes
+        .iter()
+        .filter(|(name, _)| !name.starts_with("traced-"))
+        .filter(|(_, item)| item.get("runtime_type").and_then(Item::as_str) == Some(real_runtime))
+        .min_by_key(|(name, _)| !real_runtime.contains(&format!(".{name}.")))
+        .and_then(|(_, item)| to_table(item))
+}
+
 /// Merges the runtime entries into `existing` (a containerd config, possibly empty); settings and
 /// options of the real runtime's existing entry (e.g. `SystemdCgroup`) are carried over where the
 /// form lets them pass. When the config's CRI plugin lacks an entry for its default runtime
@@ -453,6 +521,51 @@ pub fn merge_config(
     config_version: u32,
     runtimes: &[TracedRuntime],
     path_for_errors: &Path,
+) -> Result<Merged, InstallError> {
+    merge_config_from(existing, config_version, runtimes, path_for_errors, None)
+}
+
+/// The main config beside a drop-in: where the real runtimes' entries are.
+struct MainConfig {
+    doc: DocumentMut,
+    /// Its schema as containerd 2.x reads it (2 or 3).
+    schema: u32,
+}
+
+impl MainConfig {
+    /// Parses the main config at `path` (empty when it does not exist).
+    fn parse(text: &str, path: &Path) -> Result<MainConfig, InstallError> {
+        let doc = parse_doc(text, path)?;
+        let schema = doc
+            .get("version")
+            .and_then(Item::as_integer)
+            .unwrap_or(3)
+            .clamp(2, 3) as u32;
+        Ok(MainConfig { doc, schema })
+    }
+
+    /// Its CRI runtimes table, if it has one.
+    fn runtimes(&self) -> Option<&dyn TableLike> {
+        get_at(self.doc.as_table(), &cri_runtimes_path(self.schema)).and_then(Item::as_table_like)
+    }
+
+    /// Whether it defines CRI's `runc` runtime, or no runtimes at all (containerd's built-in one
+    /// then stands).
+    fn has_runc(&self) -> bool {
+        self.runtimes()
+            .is_none_or(|r| r.is_empty() || r.contains_key("runc"))
+    }
+}
+
+/// [`merge_config`]; with `main`, `existing` is a drop-in: the real runtimes' entries come from
+/// the main config, and the default `runc` is added only when the main config defines runtimes
+/// but not it.
+fn merge_config_from(
+    existing: &str,
+    config_version: u32,
+    runtimes: &[TracedRuntime],
+    path_for_errors: &Path,
+    main: Option<&MainConfig>,
 ) -> Result<Merged, InstallError> {
     let mut doc = parse_doc(existing, path_for_errors)?;
     let schema = config_schema(&doc, config_version, path_for_errors)?;
@@ -468,7 +581,7 @@ pub fn merge_config(
         position
     };
     let table_path = cri_runtimes_path(schema);
-    let runtimes_table = table_at(doc.as_table_mut(), &table_path);
+    let runtimes_table = table_in(&mut doc, &table_path, path_for_errors)?;
     let mut added = Vec::new();
     let path_of = |name: &str| -> Vec<String> {
         table_path
@@ -477,7 +590,11 @@ pub fn merge_config(
             .chain([name.to_string()])
             .collect()
     };
-    if default_runtime == "runc" && !runtimes_table.contains_key("runc") {
+    let add_default = match main {
+        Some(main) => !main.has_runc() && !runtimes_table.contains_key("runc"),
+        None => default_runtime == "runc" && !runtimes_table.contains_key("runc"),
+    };
+    if add_default {
         let mut entry = Table::new();
         entry.insert("runtime_type", value(RUNC_RUNTIME));
         entry.set_position(next_position());
@@ -488,17 +605,21 @@ pub fn merge_config(
     for runtime in runtimes {
         // The real runtime's own entry (CRI's default handler is named after the shim's inner
         // name, e.g. `runc`); its settings make the traced handler behave the same.
-        let real_entry = runtimes_table
-            .iter()
-            .filter(|(name, _)| !name.starts_with("traced-"))
-            .filter(|(_, item)| {
-                item.get("runtime_type").and_then(Item::as_str) == Some(&runtime.real_runtime)
-            })
-            .min_by_key(|(name, _)| {
-                // Prefer the entry named after the runtime (`runc` for io.containerd.runc.v2).
-                !runtime.real_runtime.contains(&format!(".{name}."))
-            })
-            .and_then(|(_, item)| item.as_table().cloned());
+        let real_entry = match main {
+            Some(main) => main
+                .runtimes()
+                .and_then(|r| real_entry_in(r, &runtime.real_runtime))
+                .map(|mut entry| {
+                    // What containerd 2.x's migration renames in a runtime entry.
+                    if main.schema < 3 && schema >= 3 {
+                        if let Some(mode) = entry.remove("sandbox_mode") {
+                            entry.insert("sandboxer", mode);
+                        }
+                    }
+                    entry
+                }),
+            None => real_entry_in(&*runtimes_table, &runtime.real_runtime),
+        };
         let mut entry = Table::new();
         let mut options = Table::new();
         if let Some(real) = real_entry {
@@ -506,8 +627,8 @@ pub fn merge_config(
                 match key {
                     "runtime_type" | "runtime_path" => {}
                     "options" => {
-                        if let Some(real_options) = item.as_table() {
-                            options = real_options.clone();
+                        if let Some(real_options) = to_table(item) {
+                            options = real_options;
                         }
                     }
                     _ => {
@@ -605,13 +726,13 @@ fn snippet(merged: &Merged, path: &Path) -> Result<String, InstallError> {
 /// Removes the tables at `paths` from `doc` (those still there); returns how many went. Parent
 /// tables left empty and implicit vanish from the output on their own.
 fn remove_tables(doc: &mut DocumentMut, paths: &[Vec<String>]) -> usize {
-    fn remove_in(table: &mut Table, keys: &[String]) -> bool {
+    fn remove_in(table: &mut dyn TableLike, keys: &[String]) -> bool {
         match keys {
             [] => false,
             [last] => table.remove(last).is_some(),
             [first, rest @ ..] => table
                 .get_mut(first)
-                .and_then(Item::as_table_mut)
+                .and_then(Item::as_table_like_mut)
                 .is_some_and(|t| remove_in(t, rest)),
         }
     }
@@ -673,23 +794,29 @@ pub fn write_config_with_backup(
 ) -> Result<Option<PathBuf>, InstallError> {
     let mut backup = None;
     if config.exists() {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut path = PathBuf::from(format!("{}.bak-{secs}", config.display()));
-        let mut n = 1;
-        while path.exists() {
-            path = PathBuf::from(format!("{}.bak-{secs}-{n}", config.display()));
-            n += 1;
-        }
-        fs::copy(config, &path).map_err(io_err("cannot back up", config))?;
-        backup = Some(path);
+        backup = Some(back_up(config)?);
     } else if let Some(parent) = config.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
     }
     replace_file(config, content, None)?;
     Ok(backup)
+}
+
+/// Copies `config` to `<config>.bak-<unix seconds>` (a name no `*.toml` import matches) and
+/// returns that path.
+fn back_up(config: &Path) -> Result<PathBuf, InstallError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut path = PathBuf::from(format!("{}.bak-{secs}", config.display()));
+    let mut n = 1;
+    while path.exists() {
+        path = PathBuf::from(format!("{}.bak-{secs}-{n}", config.display()));
+        n += 1;
+    }
+    fs::copy(config, &path).map_err(io_err("cannot back up", config))?;
+    Ok(path)
 }
 
 /// What install added, kept beside containerd's config so that uninstall removes exactly that.
@@ -703,8 +830,14 @@ pub struct InstallState {
     pub version_added: bool,
     /// Key paths of the tables install added.
     pub tables: Vec<Vec<String>>,
-    /// The drop-in install wrote (containerd 2.2+); removed whole.
+    /// The drop-in install wrote (containerd 2.2+).
     pub drop_in: Option<PathBuf>,
+    /// The drop-in's text as install last wrote it, while all of it is install's: while the file
+    /// still reads so, a new `--write` replaces it and `--uninstall` removes it. Once edited (then
+    /// `None`), `--write` merges into it and `--uninstall` takes out only install's tables, each
+    /// keeping a copy of it first.
+    #[serde(default)]
+    pub drop_in_text: Option<String>,
     /// The entry install added to the main config's `imports`.
     pub import_added: Option<String>,
     /// The wrapper symlinks install created, and the wrapper they point at.
@@ -919,7 +1052,7 @@ pub fn merge_wrapper_config(
 ) -> Result<(String, Vec<String>, Vec<String>), InstallError> {
     let mut doc = parse_doc(existing, path)?;
     let mut position = max_position(doc.as_table()) + 1;
-    let runtimes = table_at(doc.as_table_mut(), &["runtimes"]);
+    let runtimes = table_in(&mut doc, &["runtimes"], path)?;
     let mut added = Vec::new();
     let mut kept = Vec::new();
     for entry in entries {
@@ -955,9 +1088,27 @@ pub fn write_wrapper_config(path: &Path, content: &str) -> Result<(), InstallErr
 /// Runs `shimtrace install` (print, or `--write`).
 pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     let plan = Plan::new(args)?;
-    let created_links = link_wrappers(&plan)?;
+    // --write makes the links only once the state lists them, so that uninstall finds them.
+    let printed_links = if args.write {
+        Vec::new()
+    } else {
+        link_wrappers(&plan)?
+    };
+    let main = plan.drop_in.then(|| read_main(&args.config)).transpose()?;
     let (target, existing) = read_target(args, plan.drop_in)?;
-    let merged = merge_entries(args, &plan, &target, existing.as_deref())?;
+    let state = if args.write {
+        read_state(&state_path(&args.config))?.unwrap_or_default()
+    } else {
+        InstallState::default()
+    };
+    let (merged, drop_in_edited) = merge_entries(
+        args,
+        &plan,
+        &target,
+        existing.as_deref(),
+        main.as_ref().map(|(_, main)| main),
+        state.drop_in_text.as_deref(),
+    )?;
     let config_snippet = snippet(&merged, &target)?;
     let wrapper_entries = plan.wrapper_entries();
     let wrapper_snippet = (!wrapper_entries.is_empty())
@@ -968,10 +1119,14 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         write_install(
             args,
             &plan,
-            &target,
-            existing.is_none(),
+            &Target {
+                path: &target,
+                existing: existing.as_deref(),
+                drop_in_edited,
+                main_text: main.as_ref().and_then(|(text, _)| text.as_deref()),
+            },
             &merged,
-            &created_links,
+            state,
         )?
     } else {
         Written::default()
@@ -983,12 +1138,17 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         snippet: &config_snippet,
         target: &target,
         backup: written.backup.as_deref(),
+        drop_in_backup: written.drop_in_backup.as_deref(),
         wrapper_snippet: wrapper_snippet.as_deref(),
         kept_wrapper_entries: &written.kept_wrapper_entries,
     });
     Ok(InstallOutcome {
         runtimes: plan.runtimes,
-        created_links,
+        created_links: if args.write {
+            written.created_links
+        } else {
+            printed_links
+        },
         config_snippet,
         backup: written.backup,
         form: plan.form,
@@ -1078,21 +1238,40 @@ impl Plan {
     }
 }
 
-/// Links every traced binary (one per real shim, and the wrapper entries' own) to the wrapper;
-/// returns the links it created.
-fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
-    let links = plan
-        .shims
+/// Every traced binary: one per real shim, and the wrapper entries' own.
+fn planned_links(plan: &Plan) -> Vec<PathBuf> {
+    plan.shims
         .iter()
         .map(|shim| plan.bin_dir.join(shim.name.traced_binary()))
-        .chain(plan.wrapper_entries().into_iter().map(|e| e.link));
+        .chain(plan.wrapper_entries().into_iter().map(|e| e.link))
+        .collect()
+}
+
+/// Links every traced binary to the wrapper; returns the links it created.
+fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
     let mut created = Vec::new();
-    for link in links {
+    for link in planned_links(plan) {
         if ensure_symlink(&link, &plan.wrapper)? {
             created.push(link);
         }
     }
     Ok(created)
+}
+
+/// The traced links that do not yet point at the wrapper, after checking that none is in the
+/// place of a file that is not a symlink (which install never replaces).
+fn links_to_make(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
+    let mut missing = Vec::new();
+    for link in planned_links(plan) {
+        match fs::symlink_metadata(&link) {
+            Ok(meta) if !meta.file_type().is_symlink() => {
+                return Err(InstallError::NotSymlink { path: link })
+            }
+            Ok(_) if fs::read_link(&link).ok().as_deref() == Some(plan.wrapper.as_path()) => {}
+            _ => missing.push(link),
+        }
+    }
+    Ok(missing)
 }
 
 /// The file the entries go into (the main config, or the drop-in), and its text now (`None`
@@ -1114,39 +1293,70 @@ fn read_target(
     Ok((target, existing))
 }
 
-/// The target's text with the plan's runtimes merged in. The drop-in is install's whole, so it is
-/// made afresh, and it holds CRI's default `runc` only when the main config defines runtimes but
-/// not `runc`.
+/// The main config beside a drop-in: its text (`None` when it does not exist: containerd 2.2's
+/// built-in default imports `conf.d` then) and what it says.
+fn read_main(config: &Path) -> Result<(Option<String>, MainConfig), InstallError> {
+    let text = match fs::read_to_string(config) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(InstallError::Unreadable {
+                path: config.to_path_buf(),
+                source,
+                what_to_do: "the drop-in takes the real runtimes' settings from it: make it readable (run as root), or name containerd's config with --config",
+            })
+        }
+    };
+    let main = MainConfig::parse(text.as_deref().unwrap_or_default(), config)?;
+    Ok((text, main))
+}
+
+/// The target's text with the plan's runtimes merged in, and whether it is a drop-in edited
+/// since install wrote it (`recorded`). The drop-in is made afresh, unless (with --write) it was
+/// edited: then the entries are merged into it, keeping the rest. Its real runtimes' settings
+/// come from the main config, and it holds CRI's default `runc` only when the main config
+/// defines runtimes but not `runc`.
 fn merge_entries(
     args: &InstallArgs,
     plan: &Plan,
     target: &Path,
     existing: Option<&str>,
-) -> Result<Merged, InstallError> {
-    if !plan.drop_in {
-        return merge_config(
+    main: Option<&MainConfig>,
+    recorded: Option<&str>,
+) -> Result<(Merged, bool), InstallError> {
+    let Some(main) = main else {
+        let merged = merge_config(
             existing.unwrap_or_default(),
             plan.schema,
             &plan.runtimes,
             target,
-        );
+        )?;
+        return Ok((merged, false));
+    };
+    let fresh = merge_config_from("", 3, &plan.runtimes, target, Some(main))?;
+    let edited = existing.is_some_and(|text| text != fresh.text && Some(text) != recorded);
+    if !(edited && args.write) {
+        return Ok((fresh, false));
     }
-    let mut merged = merge_config("", 3, &plan.runtimes, target)?;
-    let main = fs::read_to_string(&args.config).unwrap_or_default();
-    if main_has_runc(&main, &args.config)? {
-        let runc_path: Vec<String> = cri_runtimes_path(3)
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["runc".to_string()])
-            .collect();
-        if merged.added.contains(&runc_path) {
-            let mut doc = parse_doc(&merged.text, target)?;
-            remove_tables(&mut doc, std::slice::from_ref(&runc_path));
-            merged.text = doc.to_string();
-            merged.added.retain(|p| *p != runc_path);
-        }
-    }
-    Ok(merged)
+    let merged = merge_config_from(
+        existing.unwrap_or_default(),
+        3,
+        &plan.runtimes,
+        target,
+        Some(main),
+    )?;
+    Ok((merged, true))
+}
+
+/// The file `--write` puts the entries into, as it was found.
+struct Target<'a> {
+    path: &'a Path,
+    /// Its text (`None` when it does not exist).
+    existing: Option<&'a str>,
+    /// It is a drop-in that was edited since install wrote it: a copy is kept before it changes.
+    drop_in_edited: bool,
+    /// The main config's text beside a drop-in (`None` if there is none).
+    main_text: Option<&'a str>,
 }
 
 /// What `--write` wrote.
@@ -1156,74 +1366,111 @@ struct Written {
     config: Option<PathBuf>,
     /// The copy of the config made before it changed.
     backup: Option<PathBuf>,
+    /// The copy of an edited drop-in made before it changed.
+    drop_in_backup: Option<PathBuf>,
+    /// The links created.
+    created_links: Vec<PathBuf>,
     /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
     kept_wrapper_entries: Vec<String>,
 }
 
-/// `--write`: writes the merged entries (and, for a drop-in, the main config's import of it),
-/// the wrapper config's entries, and the state uninstall reads to take all of it back.
+/// `--write`: records in the state what it is about to add, then makes the links and writes the
+/// merged entries (and, for a drop-in, the main config's import of it) and the wrapper config's
+/// entries. With the state first, an install stopped half-way is still taken back by
+/// `--uninstall`, and a second run finishes it without mistaking its own additions (the default
+/// `runc`) for the user's.
 fn write_install(
     args: &InstallArgs,
     plan: &Plan,
-    target: &Path,
-    created_file: bool,
+    target: &Target<'_>,
     merged: &Merged,
-    created_links: &[PathBuf],
+    mut state: InstallState,
 ) -> Result<Written, InstallError> {
-    let mut written = Written::default();
-    let state_file = state_path(&args.config);
-    let mut state = read_state(&state_file)?.unwrap_or_default();
+    // Everything that can refuse does so before anything changes.
+    let links = links_to_make(plan)?;
+    let import = match target.main_text {
+        Some(main) if plan.drop_in => ensure_import(main, &args.config, target.path)?,
+        _ => (None, None),
+    };
+    let wrapper_entries = plan.wrapper_entries();
+    let wrapper = (!wrapper_entries.is_empty())
+        .then(|| plan_wrapper_entries(&args.wrapper_config, &wrapper_entries, &mut state))
+        .transpose()?;
+
     if plan.drop_in {
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        state.drop_in = Some(target.path.to_path_buf());
+        state.drop_in_text = (!target.drop_in_edited).then(|| merged.text.clone());
+        if let Some(entry) = &import.1 {
+            state.import_added = Some(entry.clone());
         }
-        replace_file(target, &merged.text, None)?;
-        state.drop_in = Some(target.to_path_buf());
-        if args.config.exists() {
-            let main = fs::read_to_string(&args.config)
-                .map_err(|e| io_err("cannot read", &args.config)(e))?;
-            if let (Some(text), Some(entry)) = ensure_import(&main, &args.config, target)? {
-                written.backup = write_config_with_backup(&args.config, &text)?;
-                state.import_added = Some(entry);
-            }
-        }
-    } else {
-        written.backup = write_config_with_backup(target, &merged.text)?;
-        if state.config.as_os_str().is_empty() {
-            state.created_file = created_file;
-            state.version_added = merged.version_added;
-        }
+    } else if state.config.as_os_str().is_empty() {
+        state.created_file = target.existing.is_none();
+        state.version_added = merged.version_added;
     }
-    state.config = target.to_path_buf();
+    state.config = target.path.to_path_buf();
     for path in &merged.added {
         if !state.tables.contains(path) {
             state.tables.push(path.clone());
         }
     }
-    for link in created_links {
+    for link in &links {
         if !state.links.contains(link) {
             state.links.push(link.clone());
         }
     }
-    let wrapper_entries = plan.wrapper_entries();
-    if !wrapper_entries.is_empty() {
-        written.kept_wrapper_entries =
-            write_wrapper_entries(&args.wrapper_config, &wrapper_entries, &mut state)?;
-    }
     state.wrapper = Some(plan.wrapper.clone());
     state.form = Some(plan.form);
-    write_state(&state_file, &state)?;
-    written.config = Some(target.to_path_buf());
+    write_state(&state_path(&args.config), &state)?;
+
+    let mut written = Written::default();
+    for link in links {
+        if ensure_symlink(&link, &plan.wrapper)? {
+            written.created_links.push(link);
+        }
+    }
+    if plan.drop_in {
+        if let Some(parent) = target.path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        if target.drop_in_edited {
+            if target.existing != Some(merged.text.as_str()) {
+                written.drop_in_backup = write_config_with_backup(target.path, &merged.text)?;
+            }
+        } else {
+            replace_file(target.path, &merged.text, None)?;
+        }
+        if let Some(text) = &import.0 {
+            written.backup = write_config_with_backup(&args.config, text)?;
+        }
+    } else {
+        written.backup = write_config_with_backup(target.path, &merged.text)?;
+    }
+    if let Some(wrapper) = wrapper {
+        if wrapper.existing.as_deref() != Some(wrapper.text.as_str()) {
+            write_wrapper_config(&args.wrapper_config, &wrapper.text)?;
+        }
+        written.kept_wrapper_entries = wrapper.kept;
+    }
+    written.config = Some(target.path.to_path_buf());
     Ok(written)
 }
 
+/// The wrapper config with install's entries merged in, as it is to be written.
+struct WrapperWrite {
+    /// Its text now (`None` when it does not exist).
+    existing: Option<String>,
+    text: String,
+    /// Runtimes whose entry was already there (not install's), left as they were.
+    kept: Vec<String>,
+}
+
 /// Merges `entries` into the wrapper config at `path`, noting in `state` the runtimes install
-/// added; returns the runtimes whose entry was already there (not install's), left as they were.
-fn write_wrapper_entries(
+/// adds; writes nothing.
+fn plan_wrapper_entries(
     path: &Path,
     entries: &[WrapperEntry],
     state: &mut InstallState,
-) -> Result<Vec<String>, InstallError> {
+) -> Result<WrapperWrite, InstallError> {
     let existing = match fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -1240,28 +1487,16 @@ fn write_wrapper_entries(
         &state.wrapper_runtimes,
         path,
     )?;
-    if existing.as_deref() != Some(text.as_str()) {
-        write_wrapper_config(path, &text)?;
-    }
     for runtime in added {
         if !state.wrapper_runtimes.contains(&runtime) {
             state.wrapper_runtimes.push(runtime);
         }
     }
-    Ok(kept)
-}
-
-/// Whether a main config defines CRI's `runc` runtime (or defines no runtimes at all, so that
-/// containerd's built-in one stands).
-fn main_has_runc(main: &str, path: &Path) -> Result<bool, InstallError> {
-    let doc = parse_doc(main, path)?;
-    let schema = doc
-        .get("version")
-        .and_then(Item::as_integer)
-        .unwrap_or(3)
-        .clamp(2, 3) as u32;
-    let runtimes = get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table);
-    Ok(runtimes.is_none_or(|r| r.is_empty() || r.contains_key("runc")))
+    Ok(WrapperWrite {
+        existing,
+        text,
+        kept,
+    })
 }
 
 struct ReportInput<'a> {
@@ -1271,6 +1506,8 @@ struct ReportInput<'a> {
     snippet: &'a str,
     target: &'a Path,
     backup: Option<&'a Path>,
+    /// The copy of the drop-in kept because it had been edited.
+    drop_in_backup: Option<&'a Path>,
     /// The wrapper config entries the handlers need, as TOML.
     wrapper_snippet: Option<&'a str>,
     /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
@@ -1435,6 +1672,14 @@ fn report_config(r: &mut String, input: &ReportInput<'_>) {
                 .map(|b| format!(" (backup of {}: {})", input.args.config.display(), b.display()))
                 .unwrap_or_default()
         );
+        if let Some(backup) = input.drop_in_backup {
+            let _ = writeln!(
+                r,
+                "# {} was edited since install wrote it: the entries were merged into it, your other edits kept (its copy from before: {})",
+                input.target.display(),
+                backup.display()
+            );
+        }
         let _ = writeln!(
             r,
             "# undo: shimtrace install --uninstall --config {} (removes exactly these entries; state in {})",
@@ -1482,12 +1727,82 @@ pub struct UninstallOutcome {
     pub removed_tables: usize,
     pub removed_links: Vec<PathBuf>,
     pub removed_files: Vec<PathBuf>,
+    /// The copy of containerd's config made before it changed.
     pub backup: Option<PathBuf>,
+    /// The copy of a drop-in edited since install wrote it, made before it changed.
+    pub drop_in_backup: Option<PathBuf>,
     pub report: String,
+}
+
+/// A change uninstall makes to a file, decided once every file has been read.
+enum Step {
+    /// Replaces containerd's config (or the drop-in) with `text`, a copy kept first.
+    Rewrite { path: PathBuf, text: String },
+    /// Replaces the wrapper's config with `text`.
+    RewriteWrapper { path: PathBuf, text: String },
+    /// Removes the file, a copy kept first when `keep_copy`.
+    Remove { path: PathBuf, keep_copy: bool },
+}
+
+/// Reads a file uninstall may change: `None` when it is gone; any other failure stops uninstall
+/// before it changes anything.
+fn read_for_uninstall(path: &Path) -> Result<Option<String>, InstallError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(InstallError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+            what_to_do:
+                "uninstall changed nothing: make it readable (run as root) and run it again",
+        }),
+    }
+}
+
+/// `text` without the tables install added (`state.tables`), and how many went. The default
+/// runtime entry install added stays while other runtimes still need it.
+fn remove_installed(
+    text: &str,
+    path: &Path,
+    state: &InstallState,
+    report: &mut String,
+) -> Result<(DocumentMut, usize), InstallError> {
+    let mut doc = parse_doc(text, path)?;
+    let (runc, ours): (Vec<Vec<String>>, Vec<Vec<String>>) = state
+        .tables
+        .iter()
+        .cloned()
+        .partition(|p| p.last().map(String::as_str) == Some("runc"));
+    let mut removed = remove_tables(&mut doc, &ours);
+    for runc_path in &runc {
+        let parent: Vec<&str> = runc_path[..runc_path.len() - 1]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let others = get_at(doc.as_table(), &parent)
+            .and_then(Item::as_table_like)
+            .map(|t| t.iter().filter(|(name, _)| *name != "runc").count())
+            .unwrap_or(0);
+        if others == 0 {
+            removed += remove_tables(&mut doc, std::slice::from_ref(runc_path));
+        } else {
+            let _ = writeln!(
+                report,
+                "# kept runtimes.runc (added by install): other runtimes are defined now, and containerd 1.6 needs it beside them"
+            );
+        }
+    }
+    Ok((doc, removed))
+}
+
+/// Whether a config holds nothing but (at most) its `version`.
+fn only_version(doc: &DocumentMut) -> bool {
+    doc.as_table().iter().all(|(key, _)| key == "version")
 }
 
 /// Runs `shimtrace install --uninstall`: removes the tables, imports entry, drop-in and links the
 /// state beside `args.config` lists, and the state file; everything else stays as it is now.
+/// Every file is read before any changes: one that cannot be read stops it with nothing removed.
 pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     let state_file = state_path(&args.config);
     let state = read_state(&state_file)?.ok_or_else(|| InstallError::NoState {
@@ -1496,17 +1811,17 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     })?;
     let mut outcome = UninstallOutcome::default();
     let mut report = String::new();
+    let mut steps = Vec::new();
     if let Some(drop_in) = &state.drop_in {
-        match fs::remove_file(drop_in) {
-            Ok(()) => outcome.removed_files.push(drop_in.clone()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("cannot remove", drop_in)(e).into()),
-        }
+        uninstall_drop_in(drop_in, &state, &mut steps, &mut outcome, &mut report)?;
         if let Some(entry) = &state.import_added {
-            if let Ok(main) = fs::read_to_string(&args.config) {
+            if let Some(main) = read_for_uninstall(&args.config)? {
                 let text = remove_import(&main, &args.config, entry)?;
                 if text != main {
-                    outcome.backup = write_config_with_backup(&args.config, &text)?;
+                    steps.push(Step::Rewrite {
+                        path: args.config.clone(),
+                        text,
+                    });
                     let _ = writeln!(
                         report,
                         "# removed imports entry {entry:?} from {}",
@@ -1515,43 +1830,23 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
                 }
             }
         }
-    } else if let Ok(text) = fs::read_to_string(&state.config) {
-        let mut doc = parse_doc(&text, &state.config)?;
-        // The default runtime entry install added stays while other runtimes still need it.
-        let (runc, ours): (Vec<Vec<String>>, Vec<Vec<String>>) = state
-            .tables
-            .iter()
-            .cloned()
-            .partition(|p| p.last().map(String::as_str) == Some("runc"));
-        outcome.removed_tables += remove_tables(&mut doc, &ours);
-        for runc_path in &runc {
-            let parent: Vec<&str> = runc_path[..runc_path.len() - 1]
-                .iter()
-                .map(String::as_str)
-                .collect();
-            let others = get_at(doc.as_table(), &parent)
-                .and_then(Item::as_table)
-                .map(|t| t.iter().filter(|(name, _)| *name != "runc").count())
-                .unwrap_or(0);
-            if others == 0 {
-                outcome.removed_tables += remove_tables(&mut doc, std::slice::from_ref(runc_path));
-            } else {
-                let _ = writeln!(
-                    report,
-                    "# kept runtimes.runc (added by install): other runtimes are defined now, and containerd 1.6 needs it beside them"
-                );
-            }
-        }
-        let only_version = doc.as_table().len() == 1 && doc.get("version").is_some();
-        if state.version_added && only_version {
+    } else if let Some(text) = read_for_uninstall(&state.config)? {
+        let (mut doc, removed) = remove_installed(&text, &state.config, &state, &mut report)?;
+        outcome.removed_tables += removed;
+        if state.version_added && doc.as_table().len() == 1 && only_version(&doc) {
             doc.remove("version");
         }
         let new_text = doc.to_string();
         if state.created_file && new_text.trim().is_empty() {
-            fs::remove_file(&state.config).map_err(io_err("cannot remove", &state.config))?;
-            outcome.removed_files.push(state.config.clone());
+            steps.push(Step::Remove {
+                path: state.config.clone(),
+                keep_copy: false,
+            });
         } else if new_text != text {
-            outcome.backup = write_config_with_backup(&state.config, &new_text)?;
+            steps.push(Step::Rewrite {
+                path: state.config.clone(),
+                text: new_text,
+            });
         }
         let _ = writeln!(
             report,
@@ -1561,7 +1856,30 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
         );
     }
     if let Some(path) = &state.wrapper_config {
-        remove_wrapper_entries(path, &state, &mut outcome, &mut report)?;
+        if let Some(step) = uninstall_wrapper_entries(path, &state, &mut report)? {
+            steps.push(step);
+        }
+    }
+
+    for step in steps {
+        match step {
+            Step::Rewrite { path, text } => {
+                let backup = write_config_with_backup(&path, &text)?;
+                if state.drop_in.as_ref() == Some(&path) {
+                    outcome.drop_in_backup = backup;
+                } else {
+                    outcome.backup = backup;
+                }
+            }
+            Step::RewriteWrapper { path, text } => write_wrapper_config(&path, &text)?,
+            Step::Remove { path, keep_copy } => {
+                if keep_copy {
+                    outcome.drop_in_backup = Some(back_up(&path)?);
+                }
+                fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
+                outcome.removed_files.push(path);
+            }
+        }
     }
     // The links install recorded, and any other wrapper link beside them (a run without --write
     // makes them too).
@@ -1607,6 +1925,13 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
             backup.display()
         );
     }
+    if let Some(backup) = &outcome.drop_in_backup {
+        let _ = writeln!(
+            report,
+            "# copy of the edited drop-in from before: {}",
+            backup.display()
+        );
+    }
     fs::remove_file(&state_file).map_err(io_err("cannot remove", &state_file))?;
     let _ = writeln!(
         report,
@@ -1616,18 +1941,56 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     Ok(outcome)
 }
 
-/// Removes the runtimes install added from the wrapper's config at `path`, and the file itself if
-/// install created it and nothing else is in it now.
-fn remove_wrapper_entries(
-    path: &Path,
+/// Plans taking the drop-in back: removed whole while it reads as install wrote it; once edited,
+/// only install's tables go (the file too if nothing else is left), a copy of it kept first.
+fn uninstall_drop_in(
+    drop_in: &Path,
     state: &InstallState,
+    steps: &mut Vec<Step>,
     outcome: &mut UninstallOutcome,
     report: &mut String,
 ) -> Result<(), InstallError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("cannot read", path)(e).into()),
+    let Some(text) = read_for_uninstall(drop_in)? else {
+        return Ok(());
+    };
+    if state.drop_in_text.as_deref() == Some(text.as_str()) {
+        steps.push(Step::Remove {
+            path: drop_in.to_path_buf(),
+            keep_copy: false,
+        });
+        return Ok(());
+    }
+    let (doc, removed) = remove_installed(&text, drop_in, state, report)?;
+    outcome.removed_tables += removed;
+    // The drop-in and its `version` are install's: the file goes when nothing else is left.
+    if only_version(&doc) {
+        steps.push(Step::Remove {
+            path: drop_in.to_path_buf(),
+            keep_copy: true,
+        });
+    } else {
+        let _ = writeln!(
+            report,
+            "# {} was edited since install wrote it: removed install's {removed} table(s) from it, kept the rest",
+            drop_in.display()
+        );
+        steps.push(Step::Rewrite {
+            path: drop_in.to_path_buf(),
+            text: doc.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Plans taking out the runtimes install added to the wrapper's config at `path`, and the file
+/// itself if install created it and nothing else is in it now.
+fn uninstall_wrapper_entries(
+    path: &Path,
+    state: &InstallState,
+    report: &mut String,
+) -> Result<Option<Step>, InstallError> {
+    let Some(text) = read_for_uninstall(path)? else {
+        return Ok(None);
     };
     let mut doc = parse_doc(&text, path)?;
     let tables: Vec<Vec<String>> = state
@@ -1637,19 +2000,27 @@ fn remove_wrapper_entries(
         .collect();
     let removed = remove_tables(&mut doc, &tables);
     let new_text = doc.to_string();
-    if state.wrapper_config_created && new_text.trim().is_empty() {
-        fs::remove_file(path).map_err(io_err("cannot remove", path))?;
-        outcome.removed_files.push(path.to_path_buf());
-    } else if new_text != text {
-        write_wrapper_config(path, &new_text)?;
-    }
     let _ = writeln!(
         report,
         "# removed {removed} runtime entr{} from {}",
         if removed == 1 { "y" } else { "ies" },
         path.display()
     );
-    Ok(())
+    Ok(
+        if state.wrapper_config_created && new_text.trim().is_empty() {
+            Some(Step::Remove {
+                path: path.to_path_buf(),
+                keep_copy: false,
+            })
+        } else if new_text != text {
+            Some(Step::RewriteWrapper {
+                path: path.to_path_buf(),
+                text: new_text,
+            })
+        } else {
+            None
+        },
+    )
 }
 
 /// The handlers a config file registers (name, runtime_type, runtime_path), for every schema.
@@ -1661,7 +2032,7 @@ pub fn configured_handlers(text: &str) -> Vec<(String, String, String)> {
     let mut seen = BTreeSet::new();
     for schema in [2, 3] {
         let Some(runtimes) =
-            get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table)
+            get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table_like)
         else {
             continue;
         };
@@ -1688,6 +2059,7 @@ pub fn configured_handlers(text: &str) -> Vec<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
     fn runc(path: &str) -> TracedRuntime {
         TracedRuntime {
@@ -1908,12 +2280,138 @@ version = 2
     #[test]
     fn refuses_wrong_version_and_bad_toml() {
         let err = merge_config("version = 3\n", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
-        assert!(err.to_string().contains("config migrate"));
+        assert!(matches!(err, InstallError::ConfigVersion { found: 3, .. }));
         let err =
             merge_config("[plugins]\nx = 1\n", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
         assert!(matches!(err, InstallError::ConfigVersion { found: 1, .. }));
         let err = merge_config("version = = 2", 2, &[runc("/w")], Path::new("/c")).unwrap_err();
         assert!(matches!(err, InstallError::BadConfig { .. }));
+    }
+
+    /// The advice fits the case: a newer config than install writes for means install took the
+    /// containerd for an older one; containerd 1.x has no `config migrate`.
+    #[test]
+    fn the_version_advice_fits_the_case() {
+        let advice = |text: &str, expected: u32| {
+            merge_config(text, expected, &[runc("/w")], Path::new("/c"))
+                .unwrap_err()
+                .to_string()
+        };
+        let newer = advice("version = 3\n", 2);
+        assert!(
+            newer.contains("--containerd-version") && newer.contains("--config-version 3"),
+            "{newer}"
+        );
+        assert!(!newer.contains("migrate"), "{newer}");
+        let v1_on_1x = advice("[plugins.cri]\nx = 1\n", 2);
+        assert!(
+            v1_on_1x.contains("has no `config migrate`") && v1_on_1x.contains("version = 2"),
+            "{v1_on_1x}"
+        );
+        let v1_on_2x = advice("[plugins.cri]\nx = 1\n", 3);
+        assert!(
+            v1_on_2x.contains("run `containerd --config /c config migrate"),
+            "{v1_on_2x}"
+        );
+        let unknown = advice("version = 4\n", 3);
+        assert!(unknown.contains("no containerd reads"), "{unknown}");
+    }
+
+    /// Users write entries as inline tables too: their settings are carried like any others.
+    #[test]
+    fn inline_entries_and_options_are_carried_over() {
+        let forms = [
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  options = { SystemdCgroup = true, Root = \"/run/r\" }\n",
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes]\n  runc = { runtime_type = \"io.containerd.runc.v2\", privileged_without_host_devices = true, options = { SystemdCgroup = true, Root = \"/run/r\" } }\n",
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes = { runc = { runtime_type = \"io.containerd.runc.v2\", options = { SystemdCgroup = true, Root = \"/run/r\" } } }\n",
+        ];
+        for existing in forms {
+            let merged = merge_config(existing, 2, &[runc("/b/w")], Path::new("x")).unwrap();
+            let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+            let runtimes =
+                &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+            let traced = &runtimes["traced-runc"];
+            assert_eq!(
+                traced["options"]["SystemdCgroup"].as_bool(),
+                Some(true),
+                "{existing}\n{}",
+                merged.text
+            );
+            assert_eq!(traced["options"]["Root"].as_str(), Some("/run/r"));
+            assert_eq!(traced["runtime_path"].as_str(), Some("/b/w"));
+            // The user's own entry stays as it was, and needs no default runc beside it.
+            assert_eq!(
+                runtimes["runc"]["options"]["SystemdCgroup"].as_bool(),
+                Some(true)
+            );
+            assert_eq!(merged.added.len(), 1, "{:?}", merged.added);
+            // The name form lists them as not passed, instead of dropping them unsaid.
+            let merged = merge_config(existing, 2, &[runc_by_name()], Path::new("x")).unwrap();
+            assert_eq!(
+                merged.dropped_options,
+                [(
+                    "traced-runc".to_string(),
+                    vec![
+                        "SystemdCgroup = true".to_string(),
+                        "Root = \"/run/r\"".to_string()
+                    ]
+                )],
+                "{existing}"
+            );
+        }
+        let merged = merge_config(forms[1], 2, &[runc("/b/w")], Path::new("x")).unwrap();
+        let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+        assert_eq!(
+            parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["traced-runc"]
+                ["privileged_without_host_devices"]
+                .as_bool(),
+            Some(true)
+        );
+    }
+
+    /// An inline `runtimes` keeps its entries; anything else where a table must go stops install
+    /// naming the key, never overwritten.
+    #[test]
+    fn a_non_table_where_entries_go_is_named_not_replaced() {
+        let inline = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes = { mine = { runtime_type = \"io.containerd.kata.v2\" } }\n";
+        let merged = merge_config(inline, 2, &[runc("/b/w")], Path::new("x")).unwrap();
+        let parsed: toml::Value = toml::from_str(&merged.text).unwrap();
+        let runtimes = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["mine"]["runtime_type"].as_str(),
+            Some("io.containerd.kata.v2")
+        );
+        assert!(runtimes.get("traced-runc").is_some() && runtimes.get("runc").is_some());
+        let stringly = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes = \"runc\"\n";
+        let err = merge_config(stringly, 2, &[runc("/b/w")], Path::new("/c")).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::NotATable { key, found: "string", .. }
+                if key == "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("make it a table"), "{err}");
+
+        let entry = WrapperEntry {
+            runtime: "io.containerd.traced-runsc.v2".into(),
+            link: "/b/containerd-shim-traced-runsc-v2".into(),
+            inner: "/usr/bin/containerd-shim-runc-v2".into(),
+            oci_runtime: "/usr/bin/runsc".into(),
+        };
+        let mine = "runtimes = { \"io.containerd.traced-kata.v2\" = { inner = \"/opt/kata\" } }\n";
+        let (text, added, _) =
+            merge_wrapper_config(mine, std::slice::from_ref(&entry), &[], Path::new("/w")).unwrap();
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            parsed["runtimes"]["io.containerd.traced-kata.v2"]["inner"].as_str(),
+            Some("/opt/kata")
+        );
+        assert_eq!(added, ["io.containerd.traced-runsc.v2"]);
+        let err =
+            merge_wrapper_config("runtimes = []\n", &[entry], &[], Path::new("/w")).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::NotATable { key, found: "array", .. } if key == "runtimes"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -2280,6 +2778,177 @@ version = 2
         assert!(dropped.contains("traced-runc"));
         // No runtimes in the main config: containerd's built-in runc stands.
         assert!(!dropped.contains("runtimes.runc]"), "{dropped}");
+    }
+
+    /// The drop-in's traced handlers get the settings of the real runtime's entry in the main
+    /// config, as the other forms do (a version 2 main config's `sandbox_mode` under its version 3
+    /// name).
+    #[test]
+    fn the_drop_in_carries_the_main_configs_runtime_settings() {
+        let fx = Fixture::new();
+        let main = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  sandbox_mode = \"podsandbox\"\n  options = { SystemdCgroup = true, Root = \"/run/my-runc\" }\n";
+        fs::write(fx.config(), main).unwrap();
+        let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let dropped: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
+        let runtimes =
+            &dropped["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        for handler in ["traced-runc", "traced-runsc"] {
+            let entry = &runtimes[handler];
+            assert_eq!(
+                entry["options"]["SystemdCgroup"].as_bool(),
+                Some(true),
+                "{handler}: {dropped}"
+            );
+            assert_eq!(entry["options"]["Root"].as_str(), Some("/run/my-runc"));
+            assert_eq!(entry["sandboxer"].as_str(), Some("podsandbox"));
+            assert!(entry.get("sandbox_mode").is_none());
+        }
+        assert_eq!(
+            runtimes["traced-runsc"]["options"]["BinaryName"].as_str(),
+            Some("/usr/bin/runsc")
+        );
+        assert!(runtimes.get("runc").is_none(), "the main config has runc");
+        assert!(
+            outcome.report.contains("SystemdCgroup = true"),
+            "{}",
+            outcome.report
+        );
+    }
+
+    /// A main config that exists but cannot be read stops install, saying what to do, rather than
+    /// counting as empty.
+    #[test]
+    fn an_unreadable_main_config_stops_the_drop_in() {
+        let fx = Fixture::new();
+        fs::create_dir(fx.config()).unwrap();
+        let err = install(&fx.args("2.2.0", &[])).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::Unreadable { path, .. } if *path == fx.config()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--config"), "{err}");
+        // Missing is fine: containerd 2.2's built-in default imports conf.d.
+        fs::remove_dir(fx.config()).unwrap();
+        install(&fx.args("2.2.0", &[])).unwrap();
+    }
+
+    /// Makes the wrapper config's directory a dangling symlink: reading the config finds nothing,
+    /// writing it fails, after containerd's config was written.
+    fn break_wrapper_config_dir(fx: &Fixture) -> PathBuf {
+        let dir = fx.wrapper_config().parent().unwrap().to_path_buf();
+        symlink(fx.dir.path().join("nowhere"), &dir).unwrap();
+        dir
+    }
+
+    /// An install that stops after changing containerd's config is taken back by --uninstall,
+    /// and when run again it still knows the default `runc` as its own.
+    #[test]
+    fn a_half_done_install_is_undone_or_finished() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), DEBIAN_STOCK).unwrap();
+        let broken = break_wrapper_config_dir(&fx);
+        install(&fx.args("1.6.20", &["--write"])).unwrap_err();
+        assert!(fs::read_to_string(fx.config())
+            .unwrap()
+            .contains("traced-runc"));
+        let removed = uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
+        assert_eq!(removed.removed_tables, 3, "{}", removed.report);
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), DEBIAN_STOCK);
+        assert!(
+            fs::symlink_metadata(fx.dir.path().join("bin/containerd-shim-traced-runc-v2")).is_err()
+        );
+
+        install(&fx.args("1.6.20", &["--write"])).unwrap_err();
+        fs::remove_file(&broken).unwrap();
+        install(&fx.args("1.6.20", &["--write"])).unwrap();
+        assert!(fx.wrapper_config().exists());
+        uninstall(&fx.args("1.6.20", &["--uninstall"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), DEBIAN_STOCK);
+        assert!(!fx.wrapper_config().exists());
+    }
+
+    /// A file uninstall must change but cannot read stops it before anything is removed.
+    #[test]
+    fn uninstall_stops_at_an_unreadable_file_with_nothing_removed() {
+        let fx = Fixture::new();
+        install(&fx.args("2.1.9", &["--write"])).unwrap();
+        let link = fx.dir.path().join("bin/containerd-shim-traced-runc-v2");
+        let moved = fx.dir.path().join("config.moved");
+        fs::rename(fx.config(), &moved).unwrap();
+        fs::create_dir(fx.config()).unwrap();
+        let err = uninstall(&fx.args("2.1.9", &["--uninstall"])).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::Unreadable { path, .. } if *path == fx.config()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("changed nothing"), "{err}");
+        assert!(state_path(&fx.config()).exists());
+        assert!(fs::symlink_metadata(&link).is_ok());
+
+        // The drop-in stays too while the main config's imports entry cannot be taken out.
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        fs::rename(fx.config(), &moved).unwrap();
+        fs::create_dir(fx.config()).unwrap();
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap_err();
+        assert!(drop_in.exists() && state_path(&fx.config()).exists());
+        fs::remove_dir(fx.config()).unwrap();
+        fs::rename(&moved, fx.config()).unwrap();
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        assert!(!drop_in.exists());
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
+    }
+
+    /// A drop-in the user edited keeps their edits through another --write (merged, a copy kept)
+    /// and through --uninstall (only install's tables go); an unedited one is replaced, and
+    /// removed whole.
+    #[test]
+    fn edits_to_the_drop_in_survive_write_and_uninstall() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let ours = fs::read_to_string(&drop_in).unwrap();
+        let mine = "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.mine]\n  runtime_type = 'io.containerd.kata.v2'\n";
+        let edited = format!("{ours}{mine}");
+        fs::write(&drop_in, &edited).unwrap();
+
+        let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let text = fs::read_to_string(&drop_in).unwrap();
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let runtimes = &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["mine"]["runtime_type"].as_str(),
+            Some("io.containerd.kata.v2")
+        );
+        assert!(runtimes.get("traced-runc").is_some());
+        let copy = fs::read_dir(drop_in.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p != &drop_in)
+            .expect("a copy of the edited drop-in");
+        assert_eq!(fs::read_to_string(&copy).unwrap(), edited);
+        assert!(
+            again.report.contains("was edited since install wrote it"),
+            "{}",
+            again.report
+        );
+        // Written again as it is: no further copy.
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        assert_eq!(fs::read_to_string(&drop_in).unwrap(), text);
+        assert_eq!(fs::read_dir(drop_in.parent().unwrap()).unwrap().count(), 2);
+
+        let removed = uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        let parsed: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
+        let runtimes = &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        assert!(runtimes.get("mine").is_some(), "{parsed}");
+        assert!(runtimes.get("traced-runc").is_none() && runtimes.get("traced-runsc").is_none());
+        assert_eq!(removed.removed_tables, 2, "{}", removed.report);
+        assert!(removed.drop_in_backup.is_some());
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
     }
 
     #[test]

@@ -142,24 +142,77 @@ impl ContainerdBinary {
     }
 }
 
-/// The table at `path` below `doc` (`["plugins", "…cri…"]`), made (implicit, so that only its
-/// leaves print) where missing, and replacing a non-table item in its way.
+/// A key on a table path that holds something other than a table (`runtimes = "runc"`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` is a TOML {found}, not a table")]
+pub(crate) struct NotATable {
+    /// The key's dotted path from the top of the document.
+    pub key: String,
+    /// What the key holds (`string`, `array`, …).
+    pub found: &'static str,
+}
+
+/// Makes `item` a table where that loses nothing: nothing becomes an empty implicit table (only
+/// its leaves print), an inline table a table with the same content; else returns what it is.
+fn make_table(item: &mut toml_edit::Item) -> Result<(), &'static str> {
+    use toml_edit::{Item, Table, Value};
+    match item {
+        Item::Table(_) => Ok(()),
+        Item::None => {
+            let mut table = Table::new();
+            table.set_implicit(true);
+            *item = Item::Table(table);
+            Ok(())
+        }
+        Item::Value(Value::InlineTable(inline)) => {
+            let table = std::mem::take(inline).into_table();
+            *item = Item::Table(table);
+            Ok(())
+        }
+        other => Err(other.type_name()),
+    }
+}
+
+/// A table path as TOML writes it: `plugins."io.containerd.grpc.v1.cri".containerd`.
+fn dotted(path: &[&str]) -> String {
+    path.iter()
+        .map(|key| toml_edit::Key::new(*key).display_repr().into_owned())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The table at `path` below `doc` (`["plugins", "…cri…"]`), made where missing. An inline table
+/// on the way (`runtimes = { runc = { … } }`, as users write) becomes a table keeping its content;
+/// anything else there (a string, an array) is left alone and named in the error.
+pub(crate) fn try_table_at<'a>(
+    doc: &'a mut toml_edit::Table,
+    path: &[&str],
+) -> Result<&'a mut toml_edit::Table, NotATable> {
+    let mut table = doc;
+    for (depth, key) in path.iter().enumerate() {
+        let item = table.entry(key).or_insert(toml_edit::Item::None);
+        make_table(item).map_err(|found| NotATable {
+            key: dotted(&path[..=depth]),
+            found,
+        })?;
+        table = item.as_table_mut().expect("made a table");
+    }
+    Ok(table)
+}
+
+/// [`try_table_at`] for a config rewritten to run a private containerd (a copy of the caller's
+/// own): there, whatever else is in the way is replaced by an empty table.
 pub(crate) fn table_at<'a>(
     doc: &'a mut toml_edit::Table,
     path: &[&str],
 ) -> &'a mut toml_edit::Table {
-    use toml_edit::{Item, Table};
     let mut table = doc;
     for key in path {
-        let item = table.entry(key).or_insert_with(|| {
-            let mut t = Table::new();
-            t.set_implicit(true);
-            Item::Table(t)
-        });
-        if !item.is_table() {
-            *item = Item::Table(Table::new());
+        let item = table.entry(key).or_insert(toml_edit::Item::None);
+        if make_table(item).is_err() {
+            *item = toml_edit::Item::Table(toml_edit::Table::new());
         }
-        table = item.as_table_mut().expect("just made a table");
+        table = item.as_table_mut().expect("made a table");
     }
     table
 }
@@ -912,5 +965,54 @@ mod tests {
             PrivateContainerd::start(config),
             Err(PrivateError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn an_inline_table_on_the_path_keeps_its_content() {
+        let mut doc: toml_edit::DocumentMut =
+            "[a]\nb = { runc = { runtime_type = \"x\" }, kept = 1 }\n"
+                .parse()
+                .unwrap();
+        try_table_at(doc.as_table_mut(), &["a", "b", "new"])
+            .unwrap()
+            .insert("k", toml_edit::value(2));
+        let parsed: toml::Value = toml::from_str(&doc.to_string()).unwrap();
+        assert_eq!(parsed["a"]["b"]["runc"]["runtime_type"].as_str(), Some("x"));
+        assert_eq!(parsed["a"]["b"]["kept"].as_integer(), Some(1));
+        assert_eq!(parsed["a"]["b"]["new"]["k"].as_integer(), Some(2));
+        // The infallible form converts the same way.
+        let mut doc: toml_edit::DocumentMut = "a = { b = 1 }\n".parse().unwrap();
+        table_at(doc.as_table_mut(), &["a"]).insert("c", toml_edit::value(3));
+        let parsed: toml::Value = toml::from_str(&doc.to_string()).unwrap();
+        assert_eq!(parsed["a"]["b"].as_integer(), Some(1));
+        assert_eq!(parsed["a"]["c"].as_integer(), Some(3));
+    }
+
+    #[test]
+    fn anything_else_on_the_path_is_named_and_left_alone() {
+        let text = "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = \"runc\"\n";
+        let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+        let err = try_table_at(
+            doc.as_table_mut(),
+            &[
+                "plugins",
+                "io.containerd.grpc.v1.cri",
+                "containerd",
+                "runtimes",
+                "x",
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            NotATable {
+                key: "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes".into(),
+                found: "string",
+            }
+        );
+        assert_eq!(doc.to_string(), text);
+        let mut doc: toml_edit::DocumentMut = "a = [1]\n".parse().unwrap();
+        let err = try_table_at(doc.as_table_mut(), &["a"]).unwrap_err();
+        assert_eq!(err.to_string(), "`a` is a TOML array, not a table");
     }
 }
