@@ -802,17 +802,26 @@ pub fn write_config_with_backup(
     Ok(backup)
 }
 
-/// Copies `config` to `<config>.bak-<unix seconds>` (a name no `*.toml` import matches) and
-/// returns that path.
+/// Copies `config` to `<name>.bak-<unix seconds>` and returns that path: beside it, except for
+/// the drop-in ([`drop_in_path`]), whose copy goes beside the main config, since containerd may
+/// import the whole `conf.d` (`conf.d/*`) and would load a copy left there.
 fn back_up(config: &Path) -> Result<PathBuf, InstallError> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut path = PathBuf::from(format!("{}.bak-{secs}", config.display()));
+    let dir = config.parent().unwrap_or_else(|| Path::new("."));
+    let in_conf_d = dir.file_name() == Some(std::ffi::OsStr::new("conf.d"))
+        && config.file_name() == Some(std::ffi::OsStr::new(DROP_IN_FILE));
+    let dir = match dir.parent() {
+        Some(main_dir) if in_conf_d => main_dir,
+        _ => dir,
+    };
+    let name = config.file_name().unwrap_or_default().to_string_lossy();
+    let mut path = dir.join(format!("{name}.bak-{secs}"));
     let mut n = 1;
     while path.exists() {
-        path = PathBuf::from(format!("{}.bak-{secs}-{n}", config.display()));
+        path = dir.join(format!("{name}.bak-{secs}-{n}"));
         n += 1;
     }
     fs::copy(config, &path).map_err(io_err("cannot back up", config))?;
@@ -832,12 +841,6 @@ pub struct InstallState {
     pub tables: Vec<Vec<String>>,
     /// The drop-in install wrote (containerd 2.2+).
     pub drop_in: Option<PathBuf>,
-    /// The drop-in's text as install last wrote it, while all of it is install's: while the file
-    /// still reads so, a new `--write` replaces it and `--uninstall` removes it. Once edited (then
-    /// `None`), `--write` merges into it and `--uninstall` takes out only install's tables, each
-    /// keeping a copy of it first.
-    #[serde(default)]
-    pub drop_in_text: Option<String>,
     /// The entry install added to the main config's `imports`.
     pub import_added: Option<String>,
     /// The wrapper symlinks install created, and the wrapper they point at.
@@ -877,6 +880,11 @@ fn read_state(path: &Path) -> Result<Option<InstallState>, InstallError> {
 
 fn write_state(path: &Path, state: &InstallState) -> Result<(), InstallError> {
     let text = serde_json::to_string_pretty(state).expect("the state serialises");
+    // Written first, it may be the first file in a config directory that does not exist yet
+    // (containerd runs on its built-in defaults without one).
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+    }
     replace_file(path, text + "\n", None)?;
     Ok(())
 }
@@ -1107,7 +1115,9 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         &target,
         existing.as_deref(),
         main.as_ref().map(|(_, main)| main),
-        state.drop_in_text.as_deref(),
+        existing
+            .as_deref()
+            .is_some_and(|text| drop_in_is_ours(text, &target, &state)),
     )?;
     let config_snippet = snippet(&merged, &target)?;
     let wrapper_entries = plan.wrapper_entries();
@@ -1311,9 +1321,10 @@ fn read_main(config: &Path) -> Result<(Option<String>, MainConfig), InstallError
     Ok((text, main))
 }
 
-/// The target's text with the plan's runtimes merged in, and whether it is a drop-in edited
-/// since install wrote it (`recorded`). The drop-in is made afresh, unless (with --write) it was
-/// edited: then the entries are merged into it, keeping the rest. Its real runtimes' settings
+/// The target's text with the plan's runtimes merged in, and whether it is a drop-in that holds
+/// more than install's tables (`ours`: it holds nothing else, see [`drop_in_is_ours`]). The drop-in
+/// is made afresh, unless (with --write) it holds more: then the entries are merged into it,
+/// keeping the rest. Its real runtimes' settings
 /// come from the main config, and it holds CRI's default `runc` only when the main config
 /// defines runtimes but not `runc`.
 fn merge_entries(
@@ -1322,7 +1333,7 @@ fn merge_entries(
     target: &Path,
     existing: Option<&str>,
     main: Option<&MainConfig>,
-    recorded: Option<&str>,
+    ours: bool,
 ) -> Result<(Merged, bool), InstallError> {
     let Some(main) = main else {
         let merged = merge_config(
@@ -1334,7 +1345,7 @@ fn merge_entries(
         return Ok((merged, false));
     };
     let fresh = merge_config_from("", 3, &plan.runtimes, target, Some(main))?;
-    let edited = existing.is_some_and(|text| text != fresh.text && Some(text) != recorded);
+    let edited = existing.is_some_and(|text| text != fresh.text && !ours);
     if !(edited && args.write) {
         return Ok((fresh, false));
     }
@@ -1399,7 +1410,6 @@ fn write_install(
 
     if plan.drop_in {
         state.drop_in = Some(target.path.to_path_buf());
-        state.drop_in_text = (!target.drop_in_edited).then(|| merged.text.clone());
         if let Some(entry) = &import.1 {
             state.import_added = Some(entry.clone());
         }
@@ -1795,6 +1805,15 @@ fn remove_installed(
     Ok((doc, removed))
 }
 
+/// Whether the drop-in at `path`, reading `text`, holds nothing but what install added to it (as
+/// `state` lists): then install may replace or remove it whole. Edits inside install's own tables
+/// go with them, as in the main config.
+fn drop_in_is_ours(text: &str, path: &Path, state: &InstallState) -> bool {
+    state.drop_in.as_deref() == Some(path)
+        && remove_installed(text, path, state, &mut String::new())
+            .is_ok_and(|(doc, _)| only_version(&doc))
+}
+
 /// Whether a config holds nothing but (at most) its `version`.
 fn only_version(doc: &DocumentMut) -> bool {
     doc.as_table().iter().all(|(key, _)| key == "version")
@@ -1813,7 +1832,8 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     let mut report = String::new();
     let mut steps = Vec::new();
     if let Some(drop_in) = &state.drop_in {
-        uninstall_drop_in(drop_in, &state, &mut steps, &mut outcome, &mut report)?;
+        // The main config stops importing the drop-in before the drop-in goes: a failure between
+        // the two leaves an unused file, not an import of a missing one.
         if let Some(entry) = &state.import_added {
             if let Some(main) = read_for_uninstall(&args.config)? {
                 let text = remove_import(&main, &args.config, entry)?;
@@ -1830,6 +1850,7 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
                 }
             }
         }
+        uninstall_drop_in(drop_in, &state, &mut steps, &mut outcome, &mut report)?;
     } else if let Some(text) = read_for_uninstall(&state.config)? {
         let (mut doc, removed) = remove_installed(&text, &state.config, &state, &mut report)?;
         outcome.removed_tables += removed;
@@ -1953,7 +1974,7 @@ fn uninstall_drop_in(
     let Some(text) = read_for_uninstall(drop_in)? else {
         return Ok(());
     };
-    if state.drop_in_text.as_deref() == Some(text.as_str()) {
+    if drop_in_is_ours(&text, drop_in, state) {
         steps.push(Step::Remove {
             path: drop_in.to_path_buf(),
             keep_copy: false,
@@ -2925,12 +2946,20 @@ version = 2
             Some("io.containerd.kata.v2")
         );
         assert!(runtimes.get("traced-runc").is_some());
-        let copy = fs::read_dir(drop_in.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p != &drop_in)
-            .expect("a copy of the edited drop-in");
-        assert_eq!(fs::read_to_string(&copy).unwrap(), edited);
+        // Copies go beside the main config: containerd may import all of conf.d (`conf.d/*`).
+        let copies = || -> Vec<PathBuf> {
+            fs::read_dir(fx.config().parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("shimtrace.toml.bak-"))
+                })
+                .collect()
+        };
+        assert_eq!(copies().len(), 1);
+        assert_eq!(fs::read_to_string(&copies()[0]).unwrap(), edited);
+        assert_eq!(fs::read_dir(drop_in.parent().unwrap()).unwrap().count(), 1);
         assert!(
             again.report.contains("was edited since install wrote it"),
             "{}",
@@ -2939,7 +2968,7 @@ version = 2
         // Written again as it is: no further copy.
         install(&fx.args("2.2.0", &["--write"])).unwrap();
         assert_eq!(fs::read_to_string(&drop_in).unwrap(), text);
-        assert_eq!(fs::read_dir(drop_in.parent().unwrap()).unwrap().count(), 2);
+        assert_eq!(copies().len(), 1);
 
         let removed = uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
         let parsed: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
@@ -2949,6 +2978,52 @@ version = 2
         assert_eq!(removed.removed_tables, 2, "{}", removed.report);
         assert!(removed.drop_in_backup.is_some());
         assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
+    }
+
+    /// containerd on its built-in defaults has no /etc/containerd: --write makes it, in both
+    /// forms, and --uninstall takes back what it wrote.
+    #[test]
+    fn a_config_directory_that_does_not_exist_is_made() {
+        for version in ["1.7.24", "2.2.0"] {
+            let fx = Fixture::new();
+            fs::remove_dir_all(fx.config().parent().unwrap()).unwrap();
+            install(&fx.args(version, &["--write"])).unwrap_or_else(|e| panic!("{version}: {e}"));
+            assert!(state_path(&fx.config()).exists(), "{version}");
+            uninstall(&fx.args(version, &["--uninstall"])).unwrap();
+            assert!(!state_path(&fx.config()).exists(), "{version}");
+        }
+    }
+
+    /// The drop-in is install's whole while it holds only install's tables, whatever an older
+    /// state recorded: replaced without a copy when the main config's runtime settings change.
+    #[test]
+    fn a_drop_in_holding_only_installs_tables_is_replaced_without_a_copy() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        // A state written by an older shimtrace (with a field this one does not know).
+        let state_file = state_path(&fx.config());
+        let mut state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+        state["drop_in_text"] = serde_json::Value::Null;
+        fs::write(&state_file, state.to_string()).unwrap();
+        fs::write(
+            fx.config(),
+            "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n    SystemdCgroup = true\n",
+        )
+        .unwrap();
+        let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        assert!(!again.report.contains("was edited"), "{}", again.report);
+        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        assert!(fs::read_to_string(&drop_in)
+            .unwrap()
+            .contains("SystemdCgroup = true"));
+        let etc = fs::read_dir(fx.config().parent().unwrap()).unwrap();
+        assert!(!etc
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .any(|n| n.starts_with("shimtrace.toml.bak-")));
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        assert!(!drop_in.exists());
     }
 
     #[test]
