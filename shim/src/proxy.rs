@@ -1319,97 +1319,117 @@ fn isolated<T>(broken: &AtomicBool, work: impl FnOnce() -> Option<T>) -> Option<
 pub fn forward_connection(downstream: UnixStream, upstream: UnixStream, ctx: Arc<TapContext>) {
     let tap = Arc::new(ConnectionTap::new(ctx));
     let broken = Arc::new(AtomicBool::new(false));
-    let (Ok(down_read), Ok(up_write)) = (downstream.try_clone(), upstream.try_clone()) else {
-        return;
-    };
     let (request_tap, request_broken) = (tap.clone(), broken.clone());
-    let requests = spawn_thread("conn-req", move || {
-        let _ = pump_rewriting(
-            &down_read,
-            &up_write,
-            clock::now_unix_nanos,
-            |frame, seen| {
-                if frame.header.type_ != MESSAGE_TYPE_REQUEST {
-                    return None;
-                }
-                isolated(&request_broken, || {
-                    request_tap.on_request(&frame.header, frame.payload, seen)
-                })
-            },
-            |_, _| {},
-        );
-        // containerd hung up (or the inner shim did): end both sides.
-        let _ = down_read.shutdown(std::net::Shutdown::Both);
-        let _ = up_write.shutdown(std::net::Shutdown::Both);
-    });
-    let requests = match requests {
-        Ok(handle) => handle,
-        Err(e) => return close_unserved(&downstream, &upstream, e),
-    };
-    let _ = pump(
-        &upstream,
+    let carried = carry_both_ways(
+        "conn-req",
         &downstream,
-        clock::now_unix_nanos,
-        |frame, seen| {
-            if frame.header.type_ == MESSAGE_TYPE_RESPONSE {
-                isolated(&broken, || {
-                    tap.on_response(frame.header.stream_id, frame.payload, seen);
-                    Some(())
-                });
-            }
+        &upstream,
+        move |down_read, up_write| {
+            let _ = pump_rewriting(
+                down_read,
+                up_write,
+                clock::now_unix_nanos,
+                |frame, seen| {
+                    if frame.header.type_ != MESSAGE_TYPE_REQUEST {
+                        return None;
+                    }
+                    isolated(&request_broken, || {
+                        request_tap.on_request(&frame.header, frame.payload, seen)
+                    })
+                },
+                |_, _| {},
+            );
+        },
+        || {
+            let _ = pump(
+                &upstream,
+                &downstream,
+                clock::now_unix_nanos,
+                |frame, seen| {
+                    if frame.header.type_ == MESSAGE_TYPE_RESPONSE {
+                        isolated(&broken, || {
+                            tap.on_response(frame.header.stream_id, frame.payload, seen);
+                            Some(())
+                        });
+                    }
+                },
+            );
         },
     );
-    let _ = downstream.shutdown(std::net::Shutdown::Both);
-    let _ = upstream.shutdown(std::net::Shutdown::Both);
-    let _ = requests.join();
-    isolated(&broken, || {
-        tap.on_close(clock::now_unix_nanos());
-        Some(())
-    });
+    if carried {
+        isolated(&broken, || {
+            tap.on_close(clock::now_unix_nanos());
+            Some(())
+        });
+    }
 }
 
-/// A connection whose second direction cannot be given a thread would carry one way only and its
-/// calls would wait forever: it is closed instead, both sides, so that its peers see it end.
-fn close_unserved(one: &UnixStream, other: &UnixStream, e: io::Error) {
-    NO_THREAD.warn(format_args!(
-        "cannot start a thread for a connection: {e}; closing it"
-    ));
-    let _ = one.shutdown(std::net::Shutdown::Both);
-    let _ = other.shutdown(std::net::Shutdown::Both);
+/// Carries a connection between `a` and `b` both ways: `a_to_b` on a thread of its own (named
+/// `name`), `b_to_a` on this one. Once either direction ends (a peer hung up), both sockets are shut
+/// down so that the other ends too. A connection whose second direction cannot be given a thread
+/// would carry one way only and its calls would wait forever: it is closed instead, both sides, so
+/// that its peers see it end (`false`).
+fn carry_both_ways(
+    name: &str,
+    a: &UnixStream,
+    b: &UnixStream,
+    a_to_b: impl FnOnce(&UnixStream, &UnixStream) + Send + 'static,
+    b_to_a: impl FnOnce(),
+) -> bool {
+    let shut_both = |one: &UnixStream, other: &UnixStream| {
+        let _ = one.shutdown(std::net::Shutdown::Both);
+        let _ = other.shutdown(std::net::Shutdown::Both);
+    };
+    let (Ok(a_read), Ok(b_write)) = (a.try_clone(), b.try_clone()) else {
+        return false;
+    };
+    let background = spawn_thread(name, move || {
+        a_to_b(&a_read, &b_write);
+        shut_both(&a_read, &b_write);
+    });
+    let background = match background {
+        Ok(handle) => handle,
+        Err(e) => {
+            NO_THREAD.warn(format_args!(
+                "cannot start a thread for a connection: {e}; closing it"
+            ));
+            shut_both(a, b);
+            return false;
+        }
+    };
+    b_to_a();
+    shut_both(a, b);
+    let _ = background.join();
+    true
 }
 
 /// Forwards one inner-shim publishing connection to containerd, recording each envelope.
 fn serve_events(shim: UnixStream, containerd: UnixStream, ctx: Arc<TapContext>) {
     let tap = EventTap::new(ctx);
-    let (Ok(containerd_read), Ok(shim_write)) = (containerd.try_clone(), shim.try_clone()) else {
-        return;
-    };
-    let replies = spawn_thread("events-reply", move || {
-        let _ = pump(
-            &containerd_read,
-            &shim_write,
-            clock::now_unix_nanos,
-            |_, _| {},
-        );
-        let _ = containerd_read.shutdown(std::net::Shutdown::Both);
-        let _ = shim_write.shutdown(std::net::Shutdown::Both);
-    });
-    let replies = match replies {
-        Ok(handle) => handle,
-        Err(e) => return close_unserved(&shim, &containerd, e),
-    };
     let broken = AtomicBool::new(false);
-    let _ = pump(&shim, &containerd, clock::now_unix_nanos, |frame, seen| {
-        if frame.header.type_ == MESSAGE_TYPE_REQUEST {
-            isolated(&broken, || {
-                tap.on_request(frame.payload, seen);
-                Some(())
+    carry_both_ways(
+        "events-reply",
+        &containerd,
+        &shim,
+        |containerd_read, shim_write| {
+            let _ = pump(
+                containerd_read,
+                shim_write,
+                clock::now_unix_nanos,
+                |_, _| {},
+            );
+        },
+        || {
+            let _ = pump(&shim, &containerd, clock::now_unix_nanos, |frame, seen| {
+                if frame.header.type_ == MESSAGE_TYPE_REQUEST {
+                    isolated(&broken, || {
+                        tap.on_request(frame.payload, seen);
+                        Some(())
+                    });
+                }
             });
-        }
-    });
-    let _ = shim.shutdown(std::net::Shutdown::Both);
-    let _ = containerd.shutdown(std::net::Shutdown::Both);
-    let _ = replies.join();
+        },
+    );
 }
 
 #[cfg(test)]
