@@ -413,14 +413,12 @@ async fn await_spans(
 ) -> Result<Vec<SpanRecord>, ReadError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let spans = read_spool(spool).map(|c| {
-            c.spans
-                .into_iter()
-                .filter(
-                    |s| matches!(s.container_id(), Some(id) if id == sandbox || id == container),
-                )
-                .collect::<Vec<_>>()
-        });
+        let ours = |s: &SpanRecord| matches!(s.container_id(), Some(id) if id == sandbox || id == container);
+        // A spool no wrapper has made yet holds no spans; any other read error is the answer.
+        let spans = match read_spool(spool) {
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            read => read.map(|c| c.spans.into_iter().filter(ours).collect::<Vec<_>>()),
+        };
         let has = |id: &str| {
             spans
                 .as_ref()
@@ -506,13 +504,16 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreadable_spool_is_the_verdict_not_an_empty_one() {
-        let missing = Path::new("/nonexistent/shimtrace-spool");
-        let err = await_spans(missing, "pod", "box", Duration::ZERO)
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("spool");
+        std::fs::write(&not_a_dir, "").unwrap();
+        let err = await_spans(&not_a_dir, "pod", "box", Duration::ZERO)
             .await
             .unwrap_err();
-        assert_eq!(err.path, missing);
-        let dir = tempfile::tempdir().unwrap();
-        let spans = await_spans(dir.path(), "pod", "box", Duration::ZERO).await;
+        assert_eq!(err.path, not_a_dir);
+        // One that no wrapper has made yet is only empty.
+        let missing = dir.path().join("not yet");
+        let spans = await_spans(&missing, "pod", "box", Duration::ZERO).await;
         assert!(spans.unwrap().is_empty());
     }
 

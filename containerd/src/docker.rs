@@ -1153,11 +1153,10 @@ fn check_one(
     let deadline = Instant::now() + check.span_timeout;
     loop {
         let read = read_spool(&check.spool);
-        let unreadable = read
-            .as_ref()
-            .err()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
+        let unreadable = match &read {
+            Err(e) if !e.is_not_found() => format!(" ({e})"),
+            _ => String::new(),
+        };
         let spans: Vec<SpanRecord> = read
             .map(|c| c.spans)
             .unwrap_or_default()

@@ -829,9 +829,12 @@ fn no_probe_output(code: impl std::fmt::Display, printed: &str) -> String {
 /// profile's cold-start summary.
 fn attach_spans(spool_dir: &Path, spool_start: u64, active: &mut [Active], report: &mut LabReport) {
     let spans = read_spans(spool_dir, spool_start).unwrap_or_else(|e| {
-        report.errors.push(format!(
-            "the runs have no shim spans: {e} (pass --spool-dir where the wrapper spools)"
-        ));
+        // A spool no wrapper made is an untraced run's (its rows say so); any other error is news.
+        if !e.is_not_found() {
+            report.errors.push(format!(
+                "the runs have no shim spans: {e} (pass --spool-dir where the wrapper spools)"
+            ));
+        }
         BTreeMap::new()
     });
     for entry in active {
@@ -1116,6 +1119,8 @@ async fn export_otlp(
     };
     let spans = match shimtrace_span::spool::read_spool(spool_dir) {
         Ok(contents) => contents.spans,
+        // No wrapper spooled anything: there is nothing to send.
+        Err(e) if e.is_not_found() => Vec::new(),
         Err(e) => {
             found.user_error(format!("nothing sent to {endpoint}: {e}"));
             return;

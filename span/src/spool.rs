@@ -75,6 +75,13 @@ pub struct ReadError {
     pub source: io::Error,
 }
 
+impl ReadError {
+    /// Nothing is there (yet): a spool directory no writer has made.
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == io::ErrorKind::NotFound
+    }
+}
+
 /// The parts of a spool file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolFileName {

@@ -48,7 +48,8 @@ fn log_request(method: &str, id: &str, ctx: &TtrpcContext) {
         .append(true)
         .open(path)
     {
-        let _ = writeln!(file, "{line}");
+        // One write, so that the lines of calls served at once do not interleave.
+        let _ = file.write_all(format!("{line}\n").as_bytes());
     }
 }
 
