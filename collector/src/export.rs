@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,11 +31,13 @@ use opentelemetry_sdk::Resource;
 use shimtrace_span::{attr, AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
 use crate::counters::Counters;
-use crate::store::{Store, StoreError, EXPORTED_KEY, EXPORT_CURSOR_KEY};
+use crate::store::{Store, StoreError, EXPORT_CURSOR_KEY};
 
 /// Resource attribute naming the runtime (inner shim and options).
 pub const RUNTIME_RESOURCE_ATTR: &str = "shimtrace.runtime";
 const BATCH: usize = 512;
+/// The continuous exporter's first wait after a failure; each failure in a row doubles it.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a request waits for an answer unless the OTEL timeout variables say otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -450,49 +451,49 @@ pub async fn export_once(
 }
 
 /// Continuous export: follows the store from its persisted cursor until `stop` turns true.
-/// `wake` is notified by ingest after it stores spans.
+/// `wake` is notified by ingest after it stores spans. It ends only when told to: an export that
+/// fails, and a store it cannot read or update (busy under a large ingest, a full disk), are
+/// logged, counted in [`Counters::export_failures`] and retried with backoff.
 pub async fn run_continuous(
-    db: PathBuf,
-    config: ExportConfig,
+    store: Store,
+    mut exporter: OtlpExporter,
     wake: Arc<tokio::sync::Notify>,
     counters: Arc<Counters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ExportError> {
-    let store = Store::open(&db)?;
-    let mut exporter = OtlpExporter::new(config)?;
+) {
     let mut resolver = ResourceResolver::default();
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     tracing::info!(endpoint = %exporter.config().endpoint, protocol = ?exporter.config().protocol, "exporting spans over OTLP");
     loop {
         if *stop.borrow() {
-            return Ok(());
+            return;
         }
-        let cursor = store.meta(EXPORT_CURSOR_KEY)?;
-        let batch = store.spans_after(cursor, BATCH)?;
-        if batch.is_empty() {
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = stop.changed() => {}
+        let exported = match next_batch(&store, &mut resolver) {
+            Ok(None) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
             }
-            continue;
-        }
-        let spans: Vec<SpanRecord> = batch.iter().map(|(_, s)| s.clone()).collect();
-        resolver.trim(100_000);
-        resolver.learn(&spans);
-        resolver.learn_from_store(&store, &spans)?;
-        match exporter.export(&spans, &resolver).await {
-            Ok(()) => {
-                let last = batch.last().map(|(seq, _)| *seq).unwrap_or(cursor);
-                store.set_meta(EXPORT_CURSOR_KEY, last)?;
-                store.set_meta(EXPORTED_KEY, store.meta(EXPORTED_KEY)? + spans.len() as u64)?;
-                counters
-                    .exported
-                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
-                backoff = Duration::from_millis(250);
-            }
+            Ok(Some((last, spans))) => match exporter.export(&spans, &resolver).await {
+                Ok(()) => store
+                    .record_export(last, spans.len() as u64)
+                    .map_err(ExportError::from),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.into()),
+        };
+        match exported {
+            Ok(()) => backoff = FIRST_BACKOFF,
             Err(e) => {
                 counters.export_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "export failed; {} spans pending, retrying in {backoff:?}", store.max_seq()?.saturating_sub(cursor));
+                match pending(&store) {
+                    Ok(n) => {
+                        tracing::warn!(error = %e, "export failed; {n} spans pending, retrying in {backoff:?}")
+                    }
+                    Err(_) => tracing::warn!(error = %e, "export failed; retrying in {backoff:?}"),
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}
@@ -501,6 +502,31 @@ pub async fn run_continuous(
             }
         }
     }
+}
+
+/// The spans after the export cursor, up to a batch, with the `seq` of the last; `None` when
+/// every span was exported. `resolver` learns their resources.
+fn next_batch(
+    store: &Store,
+    resolver: &mut ResourceResolver,
+) -> Result<Option<(u64, Vec<SpanRecord>)>, StoreError> {
+    let cursor = store.meta(EXPORT_CURSOR_KEY)?;
+    let batch = store.spans_after(cursor, BATCH)?;
+    let Some(&(last, _)) = batch.last() else {
+        return Ok(None);
+    };
+    let spans: Vec<SpanRecord> = batch.into_iter().map(|(_, s)| s).collect();
+    resolver.trim(100_000);
+    resolver.learn(&spans);
+    resolver.learn_from_store(store, &spans)?;
+    Ok(Some((last, spans)))
+}
+
+/// Spans stored but not yet exported.
+fn pending(store: &Store) -> Result<u64, StoreError> {
+    Ok(store
+        .max_seq()?
+        .saturating_sub(store.meta(EXPORT_CURSOR_KEY)?))
 }
 
 /// A time-range argument that does not parse.
@@ -727,6 +753,118 @@ mod tests {
             );
         }
         drop(listener);
+    }
+
+    /// An OTLP/HTTP endpoint that accepts every request: its address, and how many it answered.
+    fn accepting_endpoint() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = answered.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    // One request after another on a kept-alive connection.
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap();
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://127.0.0.1:{port}/v1/traces"), answered)
+    }
+
+    /// Waits up to 20 s for `done`.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 20 s for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn continuous_export_outlives_store_errors_and_catches_up() {
+        let spans = container_trace(TraceId([7; 16]), "c");
+        let (_dir, db, store) = crate::store::tests::store_holding("db", &spans);
+        drop(store);
+        // A record that does not parse makes every read of the batch fail, as a busy or full
+        // store would.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let good: String = conn
+            .query_row("SELECT record FROM spans WHERE seq = 3", [], |r| r.get(0))
+            .unwrap();
+        conn.execute("UPDATE spans SET record = '{' WHERE seq = 3", [])
+            .unwrap();
+        let (endpoint, answered) = accepting_endpoint();
+        let config = ExportConfig {
+            protocol: Protocol::HttpProtobuf,
+            endpoint,
+            service_name: "shimtrace".into(),
+            timeout: DEFAULT_TIMEOUT,
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let exporter = {
+            let _entered = runtime.enter();
+            OtlpExporter::new(config).unwrap()
+        };
+        let task = runtime.spawn(run_continuous(
+            Store::open(&db).unwrap(),
+            exporter,
+            Arc::new(tokio::sync::Notify::new()),
+            counters.clone(),
+            stop_rx,
+        ));
+        wait_for("two failed attempts", || {
+            counters.export_failures.load(Ordering::SeqCst) >= 2
+        });
+        assert!(!task.is_finished(), "export gave up");
+        assert_eq!(answered.load(Ordering::SeqCst), 0);
+
+        conn.execute("UPDATE spans SET record = ?1 WHERE seq = 3", [good])
+            .unwrap();
+        let store = Store::open_read_only(&db).unwrap();
+        wait_for("every span exported", || {
+            store.meta(EXPORT_CURSOR_KEY).unwrap() == 7
+        });
+        assert_eq!(store.meta(crate::store::EXPORTED_KEY).unwrap(), 7);
+        assert!(answered.load(Ordering::SeqCst) >= 1);
+        stop.send(true).unwrap();
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await })
+            .expect("export stops when told to")
+            .unwrap();
     }
 
     #[test]

@@ -485,6 +485,24 @@ impl Store {
             .unwrap_or(0) as u64)
     }
 
+    /// Records an export of `count` spans up to `seq`: the cursor and the exported total move
+    /// together or not at all.
+    pub fn record_export(&self, seq: u64, count: u64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![EXPORT_CURSOR_KEY, seq as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            params![EXPORTED_KEY, count as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn set_meta(&self, key: &str, value: u64) -> Result<()> {
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
