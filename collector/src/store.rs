@@ -46,24 +46,31 @@ pub enum StoreError {
     },
     #[error("store {path} does not exist (run `shimtrace serve` to fill it, or read a spool with --spool DIR)")]
     Missing { path: PathBuf },
-    #[error("store query failed: {0} (if another process holds the store, retry when it is done; if the store is damaged, move it aside and re-ingest the spool)")]
+    #[error("store query failed: {0} (if another process holds the store, retry when it is done; if the store is damaged, {DAMAGED})")]
     Sql(#[from] rusqlite::Error),
     #[error("store {path} has layout version {found}, newer than this shimtrace knows ({SCHEMA_VERSION}): use the shimtrace that wrote it, or pass --db PATH (or set {DB_ENV}) to start a new store")]
     NewerSchema { path: PathBuf, found: i64 },
-    #[error("cannot upgrade store {path} to layout version {SCHEMA_VERSION}: {source} (the store is unchanged; move it aside, or pass --db PATH to start a new store, then re-ingest the spool)")]
+    #[error("cannot upgrade store {path} to layout version {SCHEMA_VERSION}: {source} (the store is unchanged and the shimtrace that wrote it still reads it; if it is damaged, {DAMAGED})")]
     Upgrade {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("store holds a span that does not parse ({trace_id}/{span_id}): {source} (the store is damaged: move it aside and re-ingest the spool)")]
+    #[error("store {path} holds a span that does not parse ({trace_id}/{span_id}): {source} (the store is damaged: {DAMAGED})")]
     Corrupt {
+        path: PathBuf,
         trace_id: String,
         span_id: String,
         #[source]
         source: serde_json::Error,
     },
 }
+
+/// What to do about a damaged store. Re-ingesting is no cure: with compaction (the default) the
+/// spool no longer holds what was ingested, and a new store exports everything over OTLP again.
+const DAMAGED: &str = "keep the file, and try `sqlite3 DB .recover | sqlite3 NEW.db` to save what it holds; \
+a new store (--db PATH) can be filled only with what the spool still holds (ingested spool files are removed \
+unless serve runs with --no-compact), and exports all of it over OTLP again";
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -436,6 +443,7 @@ impl Store {
             .ok();
         let (trace_id, span_id) = ids.unwrap_or_default();
         StoreError::Corrupt {
+            path: self.path.clone(),
             trace_id: hex::encode(trace_id),
             span_id: hex::encode(span_id),
             source,
@@ -946,6 +954,13 @@ pub(crate) mod tests {
         let bad = &spans[8999];
         assert!(err.contains(&bad.trace_id.to_hex()), "{err}");
         assert!(err.contains(&bad.span_id.to_hex()), "{err}");
+        assert!(err.contains(&store.path().display().to_string()), "{err}");
+        // What is true with compaction on: the spool no longer holds what was ingested.
+        assert!(
+            err.contains(".recover") && err.contains("--no-compact"),
+            "{err}"
+        );
+        assert!(!err.contains("move it aside"), "{err}");
     }
 
     #[test]
