@@ -205,9 +205,10 @@ pub fn find<'p, 'a>(pods: &'p [Pod<'a>], query: &str) -> Option<(&'p Pod<'a>, us
 }
 
 /// A pod as one tree on one time axis: the sandbox's spans, then each container's, each under a
-/// line for its trace, with bars across `width` columns.
+/// line for its trace, with bars across `width` columns (at least [`timeline::MIN_WIDTH`], at
+/// most [`timeline::MAX_WIDTH`], as the waterfall).
 pub fn render_tree(pod: &Pod, width: usize) -> String {
-    let width = width.max(10);
+    let width = width.clamp(timeline::MIN_WIDTH, timeline::MAX_WIDTH);
     let origin = pod.start();
     let end = pod.traces().map(Trace::end).max().unwrap_or(origin);
     let total = end.saturating_sub(origin).max(1);
@@ -471,6 +472,16 @@ mod tests {
         let data = report.sections[0].data.as_array().unwrap();
         let groups: Vec<&str> = data.iter().map(|g| g["group"].as_str().unwrap()).collect();
         assert_eq!(groups, ["crun", "runc", "runsc"]);
+    }
+
+    #[test]
+    fn a_huge_width_is_clamped_like_the_waterfall() {
+        let traces = pod_traces(1, 1);
+        for width in [65_536, 99_999_999_999, usize::MAX] {
+            let text = show(&traces, "synth-pod-0000", false, width).unwrap();
+            let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
+            assert!(longest <= timeline::MAX_WIDTH + 100, "{longest} columns");
+        }
     }
 
     #[test]
