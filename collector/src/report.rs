@@ -14,7 +14,7 @@ use shimtrace_span::{names, SpanRecord};
 
 pub use crate::stats::Stats;
 use crate::timeline::fmt_ms;
-use crate::trace::{task_method, Phase, Trace};
+use crate::trace::{Phase, Trace};
 
 /// Output formats of `shimtrace report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,20 +109,14 @@ pub struct Report {
     pub sections: Vec<Section>,
 }
 
-/// Time from the wrapper's start to the init `Start` returning.
+/// Time from the wrapper's start to the init process running ([`Trace::running_at`]); `None`
+/// when it never ran.
 pub fn cold_start_nanos(trace: &Trace) -> Option<u64> {
     let root = trace
         .spans
         .iter()
         .find(|s| s.name == names::WRAPPER_START)?;
-    let start = trace.spans.iter().find(|s| {
-        task_method(s) == Some("Start")
-            && s.attr_str(shimtrace_span::attr::CONTAINERD_EXEC_ID)
-                .is_none_or(|e| e.is_empty() || Some(e) == trace.container_id())
-    })?;
-    start
-        .end_time_unix_nano
-        .checked_sub(root.start_time_unix_nano)
+    trace.running_at()?.checked_sub(root.start_time_unix_nano)
 }
 
 fn histogram(values: &[u64], bins: usize) -> Vec<Bin> {
