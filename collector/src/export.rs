@@ -538,6 +538,11 @@ pub struct TimeRangeError {
     pub expected: &'static str,
 }
 
+/// `d` in nanoseconds; past what a u64 holds (584 years), the most it holds.
+fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A time as unix nanoseconds or RFC 3339 (`2026-11-28T20:00:00Z`).
 pub fn parse_time(flag: &'static str, text: &str) -> Result<u64, TimeRangeError> {
     if let Ok(nanos) = text.trim().parse::<u64>() {
@@ -546,7 +551,7 @@ pub fn parse_time(flag: &'static str, text: &str) -> Result<u64, TimeRangeError>
     humantime::parse_rfc3339_weak(text.trim())
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as u64)
+        .map(saturating_nanos)
         .ok_or(TimeRangeError {
             flag,
             value: text.to_string(),
@@ -568,7 +573,7 @@ pub fn time_range(
                 value: since.to_string(),
                 expected: "expected a duration like 1h or 30m",
             })?;
-            now.saturating_sub(ago.as_nanos() as u64)
+            now.saturating_sub(saturating_nanos(ago))
         }
         (None, Some(t)) => parse_time("--from", t)?,
         (None, None) => 0,
@@ -603,6 +608,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--to") && err.contains("RFC 3339"), "{err}");
+        // Beyond what nanoseconds in a u64 hold: as far as they go, instead of wrapping.
+        assert_eq!(time_range(None, None, Some("600y"), now).unwrap().0, 0);
+        assert_eq!(
+            time_range(None, Some("3000-01-01T00:00:00Z"), None, now).unwrap(),
+            (0, u64::MAX)
+        );
         assert!(time_range(None, None, Some("soon"), 0)
             .unwrap_err()
             .to_string()
