@@ -10,9 +10,9 @@
 //! what is pending survives a restart; failures are retried with exponential backoff.
 //!
 //! Each request waits at most `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (else `OTEL_EXPORTER_OTLP_TIMEOUT`)
-//! milliseconds, 10 s by default, for an answer. A one-shot export does not retry a request that
-//! got no answer: an endpoint that accepts connections and never answers would otherwise hold it
-//! for every retry's timeout and backoff.
+//! milliseconds, 10 s by default, for an answer; a request that got none names the variable to
+//! raise. A one-shot export does not retry a request that got no answer: an endpoint that accepts
+//! connections and never answers would otherwise hold it for every retry's timeout and backoff.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -50,8 +50,13 @@ pub enum ExportError {
     Build { endpoint: String, message: String },
     #[error("OTLP export to {endpoint} failed: {message} (is a collector listening there? check OTEL_EXPORTER_OTLP_ENDPOINT / --otlp-endpoint and the protocol)")]
     Export { endpoint: String, message: String },
-    #[error("OTLP export to {endpoint} got no answer within {timeout:?}: something accepts connections there but does not answer (is it an OTLP collector speaking this protocol? if it is only slow, raise OTEL_EXPORTER_OTLP_TIMEOUT, in milliseconds)")]
-    Timeout { endpoint: String, timeout: Duration },
+    #[error("OTLP export to {endpoint} got no answer within {timeout:?}: something accepts connections there but does not answer (is it an OTLP collector speaking this protocol? if it is only slow, raise {variable}, in milliseconds)")]
+    Timeout {
+        endpoint: String,
+        timeout: Duration,
+        /// The variable that set the timeout, or the one to set.
+        variable: &'static str,
+    },
     #[error("{variable}={value:?} is not a timeout: give a whole number of milliseconds above 0")]
     BadTimeout {
         variable: &'static str,
@@ -87,6 +92,8 @@ pub struct ExportConfig {
     pub endpoint: String,
     pub service_name: String,
     pub timeout: Duration,
+    /// The variable `timeout` came from; `None` for [`DEFAULT_TIMEOUT`].
+    pub timeout_variable: Option<&'static str>,
 }
 
 /// Flag values that override the environment.
@@ -152,16 +159,16 @@ impl ExportConfig {
             .clone()
             .or_else(|| var("OTEL_SERVICE_NAME"))
             .unwrap_or_else(|| "shimtrace".into());
-        let timeout = match [
+        let (timeout, timeout_variable) = match [
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
         ]
         .into_iter()
         .find_map(|variable| var(variable).map(|value| (variable, value)))
         {
-            None => DEFAULT_TIMEOUT,
+            None => (DEFAULT_TIMEOUT, None),
             Some((variable, value)) => match value.parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                Ok(ms) if ms > 0 => (Duration::from_millis(ms), Some(variable)),
                 _ => return Err(ExportError::BadTimeout { variable, value }),
             },
         };
@@ -170,6 +177,7 @@ impl ExportConfig {
             endpoint,
             service_name,
             timeout,
+            timeout_variable,
         }))
     }
 }
@@ -410,6 +418,10 @@ impl OtlpExporter {
                 .map_err(|_| ExportError::Timeout {
                     endpoint: self.config.endpoint.clone(),
                     timeout: self.config.timeout,
+                    variable: self
+                        .config
+                        .timeout_variable
+                        .unwrap_or("OTEL_EXPORTER_OTLP_TIMEOUT"),
                 })?
                 .map_err(|e| ExportError::Export {
                     endpoint: self.config.endpoint.clone(),
@@ -749,6 +761,7 @@ mod tests {
                 endpoint,
                 service_name: "shimtrace".into(),
                 timeout: Duration::from_millis(500),
+                timeout_variable: None,
             };
             let started = std::time::Instant::now();
             let err = runtime
@@ -763,6 +776,30 @@ mod tests {
                 "{protocol:?}: {err}"
             );
         }
+        // The advice names the variable that set the timeout.
+        let config = ExportConfig::resolve(
+            &ExportOverrides::default(),
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    &format!("http://127.0.0.1:{port}"),
+                ),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "300"),
+            ]),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        let err = runtime
+            .block_on(export_once(config, &spans, 5))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no answer within 300ms")
+                && err.contains("raise OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,"),
+            "{err}"
+        );
         drop(listener);
     }
 
@@ -842,6 +879,7 @@ mod tests {
             endpoint,
             service_name: "shimtrace".into(),
             timeout: DEFAULT_TIMEOUT,
+            timeout_variable: None,
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let counters = Arc::new(Counters::default());
