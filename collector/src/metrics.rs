@@ -154,12 +154,12 @@ impl MetricsRenderer {
         );
         counter(
             "shimtrace_spool_malformed_lines_total",
-            "Malformed spool lines skipped by this process.",
+            "Spool problems skipped by this process: malformed lines, unterminated last lines of writers that exited, and spool files that could not be read (counted at each attempt).",
             self.counters.spool_issues.load(Ordering::Relaxed),
         );
         counter(
             "shimtrace_export_failures_total",
-            "Failed OTLP export attempts by this process.",
+            "Failed OTLP export attempts by this process (the endpoint failed or did not answer, or the store could not be read or updated).",
             self.counters.export_failures.load(Ordering::Relaxed),
         );
         let name = "shimtrace_cold_start_phase_seconds";
@@ -267,6 +267,12 @@ mod tests {
             .find(|s| s.metric == "shimtrace_spans_ingested_total")
             .unwrap();
         assert!(matches!(ingested.value, prometheus_parse::Value::Counter(v) if v == 14.0));
+        // The help says everything the counter counts, not only malformed lines.
+        let help = &scrape.docs["shimtrace_spool_malformed_lines_total"];
+        assert!(
+            help.contains("exited") && help.contains("could not be read"),
+            "{help}"
+        );
         let create = scrape
             .samples
             .iter()

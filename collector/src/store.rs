@@ -252,16 +252,6 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Opens an existing store for reading; a missing file is an error, not an empty store.
-    pub fn open_existing(path: &Path) -> Result<Store> {
-        if !path.exists() {
-            return Err(StoreError::Missing {
-                path: path.to_path_buf(),
-            });
-        }
-        Store::open(path)
-    }
-
     /// Opens an existing store for queries only, without writing to it: a store the user can read
     /// but not write (a root-owned store queried without root, a read-only filesystem) still
     /// answers. A store of an older layout is upgraded first, which needs write access (see
@@ -704,7 +694,7 @@ pub(crate) mod tests {
         assert_eq!(store.ingest_chunk("f", &spans, &dropped, to).unwrap(), 7);
         assert_eq!(store.ingest_chunk("f", &spans, &dropped, to).unwrap(), 0);
         drop(store);
-        let store = Store::open_existing(&path).unwrap();
+        let store = Store::open(&path).unwrap();
         assert_eq!(store.span_count().unwrap(), 7);
         assert_eq!(store.dropped_total().unwrap(), 5);
         assert_eq!(store.file_offset("f").unwrap(), to);
@@ -800,7 +790,7 @@ pub(crate) mod tests {
         let spans = container_trace(TraceId([4; 16]), "c");
         write_v1(&path, &spans[..5]);
 
-        let mut store = Store::open_existing(&path).unwrap();
+        let mut store = Store::open(&path).unwrap();
         assert_eq!(store.span_count().unwrap(), 5);
         assert_eq!(store.max_seq().unwrap(), 50);
         assert_eq!(store.meta("cursor").unwrap(), 20);
@@ -965,7 +955,7 @@ pub(crate) mod tests {
 
     #[test]
     fn missing_store_says_how_to_fill_it() {
-        let err = Store::open_existing(Path::new("/nonexistent/x.db"))
+        let err = Store::open_read_only(Path::new("/nonexistent/x.db"))
             .err()
             .unwrap()
             .to_string();
