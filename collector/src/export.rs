@@ -7,7 +7,8 @@
 //! `OTEL_SDK_DISABLED`); flags override them. Headers are read by the OTLP exporter itself.
 //!
 //! Continuous export follows the store's ingest sequence with a cursor persisted in the store, so
-//! what is pending survives a restart; failures are retried with exponential backoff.
+//! what is pending survives a restart; failures, of the endpoint or of the store, are retried with
+//! exponential backoff, and never end it.
 //!
 //! Each request waits at most `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (else `OTEL_EXPORTER_OTLP_TIMEOUT`)
 //! milliseconds, 10 s by default, for an answer; a request that got none names the variable to
