@@ -1,18 +1,16 @@
-//! Process-lifetime counters: ingest and export add to them, `/metrics` reads them.
+//! Process-lifetime counters the store does not keep: serve's ingest and export add to them,
+//! `/metrics` reads them (the all-time totals of spans stored, exported and dropped come from the
+//! store).
 
 use std::sync::atomic::AtomicU64;
 
-/// What this process did since it started (the store keeps the all-time totals).
+/// What this process met since it started.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Spans newly stored.
-    pub ingested: AtomicU64,
-    /// Spans accepted by the OTLP endpoint.
-    pub exported: AtomicU64,
-    /// Spans the shims reported dropped.
-    pub dropped: AtomicU64,
-    /// Malformed spool lines skipped.
+    /// Spool problems ingest skipped: malformed lines, the unterminated last line of a writer
+    /// that exited, and files it could not read (once per attempt: such a file is tried again).
     pub spool_issues: AtomicU64,
-    /// Failed export attempts.
+    /// Failed export attempts: the endpoint failed or did not answer, or the store could not be
+    /// read or updated.
     pub export_failures: AtomicU64,
 }

@@ -7,16 +7,16 @@
 //! `OTEL_SDK_DISABLED`); flags override them. Headers are read by the OTLP exporter itself.
 //!
 //! Continuous export follows the store's ingest sequence with a cursor persisted in the store, so
-//! what is pending survives a restart; failures are retried with exponential backoff.
+//! what is pending survives a restart; failures, of the endpoint or of the store, are retried with
+//! exponential backoff, and never end it.
 //!
 //! Each request waits at most `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (else `OTEL_EXPORTER_OTLP_TIMEOUT`)
-//! milliseconds, 10 s by default, for an answer. A one-shot export does not retry a request that
-//! got no answer: an endpoint that accepts connections and never answers would otherwise hold it
-//! for every retry's timeout and backoff.
+//! milliseconds, 10 s by default, for an answer; a request that got none names the variable to
+//! raise. A one-shot export does not retry a request that got no answer: an endpoint that accepts
+//! connections and never answers would otherwise hold it for every retry's timeout and backoff.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,11 +32,13 @@ use opentelemetry_sdk::Resource;
 use shimtrace_span::{attr, AttributeValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
 use crate::counters::Counters;
-use crate::store::{Store, StoreError, EXPORTED_KEY, EXPORT_CURSOR_KEY};
+use crate::store::{Store, StoreError, EXPORT_CURSOR_KEY};
 
 /// Resource attribute naming the runtime (inner shim and options).
 pub const RUNTIME_RESOURCE_ATTR: &str = "shimtrace.runtime";
 const BATCH: usize = 512;
+/// The continuous exporter's first wait after a failure; each failure in a row doubles it.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a request waits for an answer unless the OTEL timeout variables say otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,8 +51,13 @@ pub enum ExportError {
     Build { endpoint: String, message: String },
     #[error("OTLP export to {endpoint} failed: {message} (is a collector listening there? check OTEL_EXPORTER_OTLP_ENDPOINT / --otlp-endpoint and the protocol)")]
     Export { endpoint: String, message: String },
-    #[error("OTLP export to {endpoint} got no answer within {timeout:?}: something accepts connections there but does not answer (is it an OTLP collector speaking this protocol? if it is only slow, raise OTEL_EXPORTER_OTLP_TIMEOUT, in milliseconds)")]
-    Timeout { endpoint: String, timeout: Duration },
+    #[error("OTLP export to {endpoint} got no answer within {timeout:?}: something accepts connections there but does not answer (is it an OTLP collector speaking this protocol? if it is only slow, raise {variable}, in milliseconds)")]
+    Timeout {
+        endpoint: String,
+        timeout: Duration,
+        /// The variable that set the timeout, or the one to set.
+        variable: &'static str,
+    },
     #[error("{variable}={value:?} is not a timeout: give a whole number of milliseconds above 0")]
     BadTimeout {
         variable: &'static str,
@@ -86,6 +93,8 @@ pub struct ExportConfig {
     pub endpoint: String,
     pub service_name: String,
     pub timeout: Duration,
+    /// The variable `timeout` came from; `None` for [`DEFAULT_TIMEOUT`].
+    pub timeout_variable: Option<&'static str>,
 }
 
 /// Flag values that override the environment.
@@ -151,16 +160,16 @@ impl ExportConfig {
             .clone()
             .or_else(|| var("OTEL_SERVICE_NAME"))
             .unwrap_or_else(|| "shimtrace".into());
-        let timeout = match [
+        let (timeout, timeout_variable) = match [
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
         ]
         .into_iter()
         .find_map(|variable| var(variable).map(|value| (variable, value)))
         {
-            None => DEFAULT_TIMEOUT,
+            None => (DEFAULT_TIMEOUT, None),
             Some((variable, value)) => match value.parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                Ok(ms) if ms > 0 => (Duration::from_millis(ms), Some(variable)),
                 _ => return Err(ExportError::BadTimeout { variable, value }),
             },
         };
@@ -169,6 +178,7 @@ impl ExportConfig {
             endpoint,
             service_name,
             timeout,
+            timeout_variable,
         }))
     }
 }
@@ -409,6 +419,10 @@ impl OtlpExporter {
                 .map_err(|_| ExportError::Timeout {
                     endpoint: self.config.endpoint.clone(),
                     timeout: self.config.timeout,
+                    variable: self
+                        .config
+                        .timeout_variable
+                        .unwrap_or("OTEL_EXPORTER_OTLP_TIMEOUT"),
                 })?
                 .map_err(|e| ExportError::Export {
                     endpoint: self.config.endpoint.clone(),
@@ -450,49 +464,49 @@ pub async fn export_once(
 }
 
 /// Continuous export: follows the store from its persisted cursor until `stop` turns true.
-/// `wake` is notified by ingest after it stores spans.
+/// `wake` is notified by ingest after it stores spans. It ends only when told to: an export that
+/// fails, and a store it cannot read or update (busy under a large ingest, a full disk), are
+/// logged, counted in [`Counters::export_failures`] and retried with backoff.
 pub async fn run_continuous(
-    db: PathBuf,
-    config: ExportConfig,
+    store: Store,
+    mut exporter: OtlpExporter,
     wake: Arc<tokio::sync::Notify>,
     counters: Arc<Counters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ExportError> {
-    let store = Store::open(&db)?;
-    let mut exporter = OtlpExporter::new(config)?;
+) {
     let mut resolver = ResourceResolver::default();
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     tracing::info!(endpoint = %exporter.config().endpoint, protocol = ?exporter.config().protocol, "exporting spans over OTLP");
     loop {
         if *stop.borrow() {
-            return Ok(());
+            return;
         }
-        let cursor = store.meta(EXPORT_CURSOR_KEY)?;
-        let batch = store.spans_after(cursor, BATCH)?;
-        if batch.is_empty() {
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = stop.changed() => {}
+        let exported = match next_batch(&store, &mut resolver) {
+            Ok(None) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
             }
-            continue;
-        }
-        let spans: Vec<SpanRecord> = batch.iter().map(|(_, s)| s.clone()).collect();
-        resolver.trim(100_000);
-        resolver.learn(&spans);
-        resolver.learn_from_store(&store, &spans)?;
-        match exporter.export(&spans, &resolver).await {
-            Ok(()) => {
-                let last = batch.last().map(|(seq, _)| *seq).unwrap_or(cursor);
-                store.set_meta(EXPORT_CURSOR_KEY, last)?;
-                store.set_meta(EXPORTED_KEY, store.meta(EXPORTED_KEY)? + spans.len() as u64)?;
-                counters
-                    .exported
-                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
-                backoff = Duration::from_millis(250);
-            }
+            Ok(Some((last, spans))) => match exporter.export(&spans, &resolver).await {
+                Ok(()) => store
+                    .record_export(last, spans.len() as u64)
+                    .map_err(ExportError::from),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.into()),
+        };
+        match exported {
+            Ok(()) => backoff = FIRST_BACKOFF,
             Err(e) => {
                 counters.export_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "export failed; {} spans pending, retrying in {backoff:?}", store.max_seq()?.saturating_sub(cursor));
+                match pending(&store) {
+                    Ok(n) => {
+                        tracing::warn!(error = %e, "export failed; {n} spans pending, retrying in {backoff:?}")
+                    }
+                    Err(_) => tracing::warn!(error = %e, "export failed; retrying in {backoff:?}"),
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}
@@ -501,6 +515,31 @@ pub async fn run_continuous(
             }
         }
     }
+}
+
+/// The spans after the export cursor, up to a batch, with the `seq` of the last; `None` when
+/// every span was exported. `resolver` learns their resources.
+fn next_batch(
+    store: &Store,
+    resolver: &mut ResourceResolver,
+) -> Result<Option<(u64, Vec<SpanRecord>)>, StoreError> {
+    let cursor = store.meta(EXPORT_CURSOR_KEY)?;
+    let batch = store.spans_after(cursor, BATCH)?;
+    let Some(&(last, _)) = batch.last() else {
+        return Ok(None);
+    };
+    let spans: Vec<SpanRecord> = batch.into_iter().map(|(_, s)| s).collect();
+    resolver.trim(100_000);
+    resolver.learn(&spans);
+    resolver.learn_from_store(store, &spans)?;
+    Ok(Some((last, spans)))
+}
+
+/// Spans stored but not yet exported.
+fn pending(store: &Store) -> Result<u64, StoreError> {
+    Ok(store
+        .max_seq()?
+        .saturating_sub(store.meta(EXPORT_CURSOR_KEY)?))
 }
 
 /// A time-range argument that does not parse.
@@ -512,6 +551,11 @@ pub struct TimeRangeError {
     pub expected: &'static str,
 }
 
+/// `d` in nanoseconds; past what a u64 holds (584 years), the most it holds.
+fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A time as unix nanoseconds or RFC 3339 (`2026-11-28T20:00:00Z`).
 pub fn parse_time(flag: &'static str, text: &str) -> Result<u64, TimeRangeError> {
     if let Ok(nanos) = text.trim().parse::<u64>() {
@@ -520,7 +564,7 @@ pub fn parse_time(flag: &'static str, text: &str) -> Result<u64, TimeRangeError>
     humantime::parse_rfc3339_weak(text.trim())
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as u64)
+        .map(saturating_nanos)
         .ok_or(TimeRangeError {
             flag,
             value: text.to_string(),
@@ -542,7 +586,7 @@ pub fn time_range(
                 value: since.to_string(),
                 expected: "expected a duration like 1h or 30m",
             })?;
-            now.saturating_sub(ago.as_nanos() as u64)
+            now.saturating_sub(saturating_nanos(ago))
         }
         (None, Some(t)) => parse_time("--from", t)?,
         (None, None) => 0,
@@ -577,6 +621,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--to") && err.contains("RFC 3339"), "{err}");
+        // Beyond what nanoseconds in a u64 hold: as far as they go, instead of wrapping.
+        assert_eq!(time_range(None, None, Some("600y"), now).unwrap().0, 0);
+        assert_eq!(
+            time_range(None, Some("3000-01-01T00:00:00Z"), None, now).unwrap(),
+            (0, u64::MAX)
+        );
         assert!(time_range(None, None, Some("soon"), 0)
             .unwrap_err()
             .to_string()
@@ -712,6 +762,7 @@ mod tests {
                 endpoint,
                 service_name: "shimtrace".into(),
                 timeout: Duration::from_millis(500),
+                timeout_variable: None,
             };
             let started = std::time::Instant::now();
             let err = runtime
@@ -726,7 +777,144 @@ mod tests {
                 "{protocol:?}: {err}"
             );
         }
+        // The advice names the variable that set the timeout.
+        let config = ExportConfig::resolve(
+            &ExportOverrides::default(),
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    &format!("http://127.0.0.1:{port}"),
+                ),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "300"),
+            ]),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        let err = runtime
+            .block_on(export_once(config, &spans, 5))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no answer within 300ms")
+                && err.contains("raise OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,"),
+            "{err}"
+        );
         drop(listener);
+    }
+
+    /// An OTLP/HTTP endpoint that accepts every request: its address, and how many it answered.
+    fn accepting_endpoint() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = answered.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    // One request after another on a kept-alive connection.
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap();
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://127.0.0.1:{port}/v1/traces"), answered)
+    }
+
+    /// Waits up to 20 s for `done`.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 20 s for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn continuous_export_outlives_store_errors_and_catches_up() {
+        let spans = container_trace(TraceId([7; 16]), "c");
+        let (_dir, db, store) = crate::store::tests::store_holding("db", &spans);
+        drop(store);
+        // A record that does not parse makes every read of the batch fail, as a busy or full
+        // store would.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let good: String = conn
+            .query_row("SELECT record FROM spans WHERE seq = 3", [], |r| r.get(0))
+            .unwrap();
+        conn.execute("UPDATE spans SET record = '{' WHERE seq = 3", [])
+            .unwrap();
+        let (endpoint, answered) = accepting_endpoint();
+        let config = ExportConfig {
+            protocol: Protocol::HttpProtobuf,
+            endpoint,
+            service_name: "shimtrace".into(),
+            timeout: DEFAULT_TIMEOUT,
+            timeout_variable: None,
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let exporter = {
+            let _entered = runtime.enter();
+            OtlpExporter::new(config).unwrap()
+        };
+        let task = runtime.spawn(run_continuous(
+            Store::open(&db).unwrap(),
+            exporter,
+            Arc::new(tokio::sync::Notify::new()),
+            counters.clone(),
+            stop_rx,
+        ));
+        wait_for("two failed attempts", || {
+            counters.export_failures.load(Ordering::SeqCst) >= 2
+        });
+        assert!(!task.is_finished(), "export gave up");
+        assert_eq!(answered.load(Ordering::SeqCst), 0);
+
+        conn.execute("UPDATE spans SET record = ?1 WHERE seq = 3", [good])
+            .unwrap();
+        let store = Store::open_read_only(&db).unwrap();
+        wait_for("every span exported", || {
+            store.meta(EXPORT_CURSOR_KEY).unwrap() == 7
+        });
+        assert_eq!(store.meta(crate::store::EXPORTED_KEY).unwrap(), 7);
+        assert!(answered.load(Ordering::SeqCst) >= 1);
+        stop.send(true).unwrap();
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await })
+            .expect("export stops when told to")
+            .unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Prometheus metrics: the `/metrics` endpoint with the store's totals, this process's
-//! [`Counters`], and cold-start phase histograms per runtime.
+//! [`Counters`], and cold-start phase histograms per runtime and role: a pod's sandboxes apart
+//! from the containers that do the work, as the report keeps them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,11 +37,16 @@ impl Histogram {
     }
 }
 
-/// Phase histograms per (runtime, phase), recomputed only when the store has new spans.
+/// The `role` label of a pod's sandbox (pause) container, as in [`crate::trace::SANDBOX_ROLE`].
+const SANDBOX: &str = crate::trace::SANDBOX_ROLE;
+/// The `role` label of every other container.
+const CONTAINER: &str = "container";
+
+/// Phase histograms per (runtime, role, phase), recomputed only when the store has new spans.
 #[derive(Default)]
 struct PhaseCache {
     at_seq: Option<u64>,
-    histograms: BTreeMap<(String, Phase), Histogram>,
+    histograms: BTreeMap<(String, &'static str, Phase), Histogram>,
     /// Pod startup per (runtime, handler, part).
     pods: BTreeMap<(String, String, &'static str), Histogram>,
 }
@@ -84,13 +90,20 @@ impl MetricsRenderer {
         let seq = store.max_seq()?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.at_seq != Some(seq) {
-            let mut histograms: BTreeMap<(String, Phase), Histogram> = BTreeMap::new();
+            let mut histograms: BTreeMap<(String, &'static str, Phase), Histogram> =
+                BTreeMap::new();
             let traces = Trace::group(store.all_spans()?);
             for trace in &traces {
+                // Grouped as the report groups them (`Trace::report_group`).
                 let runtime = trace.runtime();
+                let role = if trace.is_sandbox() {
+                    SANDBOX
+                } else {
+                    CONTAINER
+                };
                 for p in trace.phases() {
                     histograms
-                        .entry((runtime.clone(), p.phase))
+                        .entry((runtime.clone(), role, p.phase))
                         .or_default()
                         .observe(p.duration_nanos() as f64 / 1e9);
                 }
@@ -141,21 +154,25 @@ impl MetricsRenderer {
         );
         counter(
             "shimtrace_spool_malformed_lines_total",
-            "Malformed spool lines skipped by this process.",
+            "Spool problems skipped by this process: malformed lines, unterminated last lines of writers that exited, and spool files that could not be read (counted at each attempt).",
             self.counters.spool_issues.load(Ordering::Relaxed),
         );
         counter(
             "shimtrace_export_failures_total",
-            "Failed OTLP export attempts by this process.",
+            "Failed OTLP export attempts by this process (the endpoint failed or did not answer, or the store could not be read or updated).",
             self.counters.export_failures.load(Ordering::Relaxed),
         );
         let name = "shimtrace_cold_start_phase_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} Container cold-start phase durations per runtime.\n# TYPE {name} histogram"
+            "# HELP {name} Container cold-start phase durations per runtime; role=\"sandbox\" for a pod's sandbox (pause) containers, role=\"container\" for the others.\n# TYPE {name} histogram"
         );
-        for ((runtime, phase), h) in &cache.histograms {
-            let labels = format!("runtime=\"{}\",phase=\"{}\"", label(runtime), phase.key());
+        for ((runtime, role, phase), h) in &cache.histograms {
+            let labels = format!(
+                "runtime=\"{}\",role=\"{role}\",phase=\"{}\"",
+                label(runtime),
+                phase.key()
+            );
             write_histogram(&mut out, name, &labels, h);
         }
         let name = "shimtrace_pod_startup_seconds";
@@ -250,6 +267,12 @@ mod tests {
             .find(|s| s.metric == "shimtrace_spans_ingested_total")
             .unwrap();
         assert!(matches!(ingested.value, prometheus_parse::Value::Counter(v) if v == 14.0));
+        // The help says everything the counter counts, not only malformed lines.
+        let help = &scrape.docs["shimtrace_spool_malformed_lines_total"];
+        assert!(
+            help.contains("exited") && help.contains("could not be read"),
+            "{help}"
+        );
         let create = scrape
             .samples
             .iter()
@@ -298,6 +321,31 @@ mod tests {
             .collect();
         // Both pods ran behind the runc shim; one of them on gVisor.
         assert_eq!(runtimes.into_iter().collect::<Vec<_>>(), ["runc", "runsc"]);
+        // Sandboxes are apart from the containers that do the work, as in the report.
+        let creates: Vec<(&str, &str, f64)> = scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == "shimtrace_cold_start_phase_seconds"
+                    && s.labels.get("phase") == Some("create")
+                    && s.labels.get("runtime") == Some("runc")
+            })
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(b) => (
+                    s.labels.get("runtime").unwrap(),
+                    s.labels.get("role").unwrap(),
+                    b.iter()
+                        .find(|b| b.less_than == f64::INFINITY)
+                        .unwrap()
+                        .count,
+                ),
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            creates,
+            [("runc", "container", 2.0), ("runc", "sandbox", 1.0)]
+        );
         let mut pods: Vec<(&str, &str, f64)> = scrape
             .samples
             .iter()

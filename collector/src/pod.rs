@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::stats::Stats;
-use crate::timeline::{self, fmt_ms};
+use crate::timeline::{self, fmt_ms, for_terminal};
 use crate::trace::Trace;
 
 /// One pod: its sandbox (absent when its spans were not kept) and its containers, by start.
@@ -205,25 +205,27 @@ pub fn find<'p, 'a>(pods: &'p [Pod<'a>], query: &str) -> Option<(&'p Pod<'a>, us
 }
 
 /// A pod as one tree on one time axis: the sandbox's spans, then each container's, each under a
-/// line for its trace, with bars across `width` columns.
+/// line for its trace, with bars across `width` columns (at least [`timeline::MIN_WIDTH`], at
+/// most [`timeline::MAX_WIDTH`], as the waterfall).
 pub fn render_tree(pod: &Pod, width: usize) -> String {
-    let width = width.max(10);
+    let width = width.clamp(timeline::MIN_WIDTH, timeline::MAX_WIDTH);
     let origin = pod.start();
     let end = pod.traces().map(Trace::end).max().unwrap_or(origin);
     let total = end.saturating_sub(origin).max(1);
     let mut out = String::new();
-    let _ = write!(out, "pod {}", pod.display_name());
+    // Names and ids come from the spool: escaped like every terminal view's (see `timeline`).
+    let _ = write!(out, "pod {}", for_terminal(&pod.display_name()));
     if let Some(uid) = &pod.uid {
-        let _ = write!(out, "  uid {uid}");
+        let _ = write!(out, "  uid {}", for_terminal(uid));
     }
     let _ = write!(
         out,
         "  sandbox {}  runtime {}",
-        pod.sandbox_id,
-        pod.runtime()
+        for_terminal(&pod.sandbox_id),
+        for_terminal(&pod.runtime())
     );
     if let Some(handler) = pod.handler() {
-        let _ = write!(out, "  handler {handler}");
+        let _ = write!(out, "  handler {}", for_terminal(handler));
     }
     out.push('\n');
     match pod.startup() {
@@ -245,16 +247,16 @@ pub fn render_tree(pod: &Pod, width: usize) -> String {
         rows.push(("sandbox (no spans)".into(), origin, origin));
     }
     for trace in pod.traces() {
-        let id = trace.container_id().unwrap_or("(none)");
+        let id = for_terminal(trace.container_id().unwrap_or("(none)"));
         let title = match trace.pod().and_then(|m| m.container_name) {
             _ if trace.is_sandbox() => format!("sandbox {id}"),
-            Some(name) => format!("container {name} ({id})"),
+            Some(name) => format!("container {} ({id})", for_terminal(&name)),
             None => format!("container {id}"),
         };
         rows.push((title, trace.start(), trace.end()));
         for (span, depth) in trace.spans.iter().zip(trace.depths()) {
             rows.push((
-                format!("{}{}", "  ".repeat(depth + 1), span.name),
+                format!("{}{}", "  ".repeat(depth + 1), for_terminal(&span.name)),
                 span.start_time_unix_nano,
                 span.end_time_unix_nano,
             ));
@@ -281,7 +283,10 @@ pub enum PodError {
 pub fn show(traces: &[Trace], query: &str, json: bool, width: usize) -> Result<String, PodError> {
     let pods = Pod::group(traces);
     let Some((pod, others)) = find(&pods, query) else {
-        let mut known: Vec<String> = pods.iter().map(Pod::display_name).collect();
+        let mut known: Vec<String> = pods
+            .iter()
+            .map(|p| for_terminal(&p.display_name()).into_owned())
+            .collect();
         known.dedup();
         let known = if known.is_empty() {
             "none (no span carries k8s.* attributes: are the pods run through CRI with a traced handler?)".to_string()
@@ -471,6 +476,44 @@ mod tests {
         let data = report.sections[0].data.as_array().unwrap();
         let groups: Vec<&str> = data.iter().map(|g| g["group"].as_str().unwrap()).collect();
         assert_eq!(groups, ["crun", "runc", "runsc"]);
+    }
+
+    #[test]
+    fn a_huge_width_is_clamped_like_the_waterfall() {
+        let traces = pod_traces(1, 1);
+        for width in [65_536, 99_999_999_999, usize::MAX] {
+            let text = show(&traces, "synth-pod-0000", false, width).unwrap();
+            let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
+            assert!(longest <= timeline::MAX_WIDTH + 100, "{longest} columns");
+        }
+    }
+
+    #[test]
+    fn control_characters_from_spans_are_escaped_in_the_tree() {
+        let mut traces = pod_traces(1, 1);
+        for trace in &mut traces {
+            for s in &mut trace.spans {
+                let container = s.attr_str(attr::K8S_ROLE) == Some("container");
+                let a = &mut s.attributes;
+                a.insert(attr::K8S_POD_UID.into(), "uid\u{1b}]0;t\u{7}".into());
+                a.insert(attr::RUNTIME_HANDLER.into(), "h\u{9b}2J".into());
+                a.insert(attr::CONTAINER_RUNTIME_NAME.into(), "r\r".into());
+                if container {
+                    a.insert(attr::K8S_CONTAINER_NAME.into(), "app\u{202e}x".into());
+                }
+            }
+            trace.spans[0].name = "shim.start\u{1b}[2J".into();
+        }
+        let text = show(&traces, "synth-pod-0000", false, 40).unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("uid uid\\u{1b}]0;t\\u{7}"), "{text}");
+        assert!(text.contains("container app\\u{202e}x ("), "{text}");
+        assert!(text.contains("shim.start\\u{1b}[2J"), "{text}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use shimtrace_span::{names, SpanRecord};
 
 pub use crate::stats::Stats;
 use crate::timeline::fmt_ms;
-use crate::trace::{task_method, Phase, Trace};
+use crate::trace::{Phase, Trace};
 
 /// Output formats of `shimtrace report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -35,11 +35,17 @@ pub struct PhaseStats {
     pub stats: Stats,
 }
 
-/// How much of the client-observed time the phases account for.
+/// How much of the client-observed time the phases account for, over the containers that have
+/// a wall time and every phase (a sum of some phases says nothing about the whole).
 #[derive(Debug, Clone, Serialize)]
 pub struct WallComparison {
-    /// Containers with both phases and a wall time.
+    /// Containers with every phase and a wall time.
     pub n: usize,
+    /// Containers with a wall time but not every phase: left out.
+    pub left_out: usize,
+    /// Containers whose phases sum to more than their wall time (the shim's and the client's
+    /// clocks disagree): their time outside the phases counts as 0.
+    pub phases_above_wall: usize,
     pub sum_of_phases: Stats,
     pub wall_time: Stats,
     /// Wall time minus the sum of phases: time spent outside the shim (containerd, client).
@@ -109,20 +115,14 @@ pub struct Report {
     pub sections: Vec<Section>,
 }
 
-/// Time from the wrapper's start to the init `Start` returning.
+/// Time from the wrapper's start to the init process running ([`Trace::running_at`]); `None`
+/// when it never ran.
 pub fn cold_start_nanos(trace: &Trace) -> Option<u64> {
     let root = trace
         .spans
         .iter()
         .find(|s| s.name == names::WRAPPER_START)?;
-    let start = trace.spans.iter().find(|s| {
-        task_method(s) == Some("Start")
-            && s.attr_str(shimtrace_span::attr::CONTAINERD_EXEC_ID)
-                .is_none_or(|e| e.is_empty() || Some(e) == trace.container_id())
-    })?;
-    start
-        .end_time_unix_nano
-        .checked_sub(root.start_time_unix_nano)
+    trace.running_at()?.checked_sub(root.start_time_unix_nano)
 }
 
 fn histogram(values: &[u64], bins: usize) -> Vec<Bin> {
@@ -201,6 +201,7 @@ pub fn build_report(
             let mut sums = Vec::new();
             let mut wall = Vec::new();
             let mut outside = Vec::new();
+            let (mut left_out, mut phases_above_wall) = (0, 0);
             for trace in &traces {
                 let phases = trace.phases();
                 for p in &phases {
@@ -210,11 +211,14 @@ pub fn build_report(
                         .push(p.duration_nanos());
                 }
                 let sum: u64 = phases.iter().map(|p| p.duration_nanos()).sum();
-                if let Some(w) = trace.container_id().and_then(|c| walls.get(c)) {
-                    if !phases.is_empty() {
+                if let Some(&w) = trace.container_id().and_then(|c| walls.get(c)) {
+                    if phases.len() < Phase::ALL.len() {
+                        left_out += 1;
+                    } else {
                         sums.push(sum);
-                        wall.push(*w);
+                        wall.push(w);
                         outside.push(w.saturating_sub(sum));
+                        phases_above_wall += usize::from(sum > w);
                     }
                 }
             }
@@ -237,6 +241,8 @@ pub fn build_report(
                 cold_start_histogram,
                 wall: Stats::of(&mut sums).map(|sum_of_phases| WallComparison {
                     n: sum_of_phases.n,
+                    left_out,
+                    phases_above_wall,
                     sum_of_phases,
                     wall_time: Stats::of(&mut wall).unwrap_or_default(),
                     outside_phases: Stats::of(&mut outside).unwrap_or_default(),
@@ -362,13 +368,7 @@ fn runtime_section(doc: &mut Document, index: usize, r: &RuntimeReport) {
     );
     doc.push(phase_table(r));
     if let Some(w) = &r.wall {
-        doc.paragraph(format!(
-            "Sum of phases vs client-observed wall time ({} containers): median {} of {} ({:.1}%).",
-            w.n,
-            fmt_ms(w.sum_of_phases.p50_ns),
-            fmt_ms(w.wall_time.p50_ns),
-            100.0 * w.sum_of_phases.p50_ns as f64 / w.wall_time.p50_ns.max(1) as f64
-        ));
+        doc.paragraph(wall_paragraph(w));
     }
     if let Some(m) = &r.median_trace {
         doc.push(median_figure(m));
@@ -395,6 +395,32 @@ fn runtime_section(doc: &mut Document, index: usize, r: &RuntimeReport) {
             ),
         ));
     }
+}
+
+/// What the wall-time comparison amounts to, saying what it leaves out.
+fn wall_paragraph(w: &WallComparison) -> String {
+    let mut text = format!(
+        "Sum of phases vs client-observed wall time, over the {} containers with every phase: \
+         the median sum, {}, is {:.1}% of the median wall time, {} (a ratio of medians).",
+        w.n,
+        fmt_ms(w.sum_of_phases.p50_ns),
+        100.0 * w.sum_of_phases.p50_ns as f64 / w.wall_time.p50_ns.max(1) as f64,
+        fmt_ms(w.wall_time.p50_ns),
+    );
+    if w.left_out > 0 {
+        text.push_str(&format!(
+            " {} containers with a wall time but not every phase are left out.",
+            w.left_out
+        ));
+    }
+    if w.phases_above_wall > 0 {
+        text.push_str(&format!(
+            " In {}, the phases sum to more than the wall time (the shim's and the client's \
+             clocks disagree): their time outside the phases counts as 0.",
+            w.phases_above_wall
+        ));
+    }
+    text
 }
 
 fn caller_section(doc: &mut Document, s: &Section) {
@@ -543,6 +569,43 @@ mod tests {
             .find(|r| r.runtime.contains("crun"))
             .unwrap();
         assert!(runsc.cold_start.unwrap().p50_ns > crun.cold_start.unwrap().p50_ns);
+    }
+
+    #[test]
+    fn the_wall_comparison_takes_complete_traces_and_says_what_it_left_out() {
+        let (mut spans, mut walls) = synthetic(9);
+        let traces = Trace::group(spans.clone());
+        let runc: Vec<&Trace> = traces.iter().filter(|t| t.runtime() == "runc").collect();
+        let (partial, fast) = (
+            runc[0].container_id().unwrap().to_string(),
+            runc[1].container_id().unwrap().to_string(),
+        );
+        // One container without its Create, one whose client saw less than the phases.
+        spans.retain(|s| {
+            !(s.container_id() == Some(partial.as_str()) && s.name.ends_with("/Create"))
+        });
+        for w in &mut walls {
+            if w.container_id == fast {
+                w.wall_time_ns = 1;
+            }
+        }
+        let report = build_report(spans, 0, &walls, vec![]);
+        let r = report
+            .runtimes
+            .iter()
+            .find(|r| r.runtime == "runc")
+            .unwrap();
+        let w = r.wall.as_ref().unwrap();
+        assert_eq!((w.n, w.left_out, w.phases_above_wall), (2, 1, 1));
+        assert_eq!(w.outside_phases.min_ns, 0);
+        let text = render(&report, Format::Text);
+        assert!(
+            text.contains("over the 2 containers with every phase")
+                && text.contains("a ratio of medians")
+                && text.contains("1 containers with a wall time but not every phase are left out")
+                && text.contains("In 1, the phases sum to more than the wall time"),
+            "{text}"
+        );
     }
 
     #[test]

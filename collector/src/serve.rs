@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher};
 
 use crate::counters::Counters;
-use crate::export::ExportConfig;
+use crate::export::{ExportConfig, ExportError, OtlpExporter};
 use crate::ingest::{IngestError, IngestReport, Ingester};
 use crate::metrics::{serve_metrics, MetricsBindError, MetricsRenderer};
 use crate::store::{Store, StoreError};
@@ -45,6 +45,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Metrics(#[from] MetricsBindError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error("ingest thread failed: {0} (restart shimtrace serve; what was stored is kept and ingest resumes from the stored offsets)")]
     Thread(String),
 }
@@ -94,12 +96,6 @@ impl IngestHandle {
 }
 
 fn log_report(report: &IngestReport, counters: &Counters) {
-    counters
-        .ingested
-        .fetch_add(report.spans_stored, Ordering::Relaxed);
-    counters
-        .dropped
-        .fetch_add(report.dropped, Ordering::Relaxed);
     counters
         .spool_issues
         .fetch_add(report.issues.len() as u64, Ordering::Relaxed);
@@ -220,10 +216,19 @@ pub struct ServeConfig {
 }
 
 /// Runs ingest, export and metrics until `shutdown` completes; ingest finishes its batch first.
+/// A configuration that cannot work (an OTLP endpoint that is not a URL, a store that does not
+/// open, a metrics address in use) fails at start; export failures after that are retried.
 pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let exporter = match config.export {
+        Some(export) => Some((OtlpExporter::new(export)?, Store::open(&config.ingest.db)?)),
+        None => {
+            tracing::info!("OTLP export off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)");
+            None
+        }
+    };
     let counters = Arc::new(Counters::default());
     let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -251,22 +256,14 @@ pub async fn run(
             }
         });
     }
-    match config.export {
-        Some(export) => {
-            let db = config.ingest.db.clone();
-            let counters = counters.clone();
-            let stop = stop_rx.clone();
-            tasks.spawn(async move {
-                if let Err(e) =
-                    crate::export::run_continuous(db, export, wake, counters, stop).await
-                {
-                    tracing::error!(error = %e, "OTLP export stopped");
-                }
-            });
-        }
-        None => {
-            tracing::info!("OTLP export off (set OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint)")
-        }
+    if let Some((exporter, store)) = exporter {
+        tasks.spawn(crate::export::run_continuous(
+            store,
+            exporter,
+            wake,
+            counters.clone(),
+            stop_rx.clone(),
+        ));
     }
     tokio::select! {
         _ = shutdown => tracing::info!("stopping"),
@@ -278,4 +275,43 @@ pub async fn run(
         .map_err(|e| ServeError::Thread(e.to_string()))?;
     while tasks.join_next().await.is_some() {}
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{Protocol, DEFAULT_TIMEOUT};
+
+    #[test]
+    fn an_endpoint_that_cannot_be_used_fails_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServeConfig {
+            ingest: IngestConfig {
+                spool_dir: dir.path().join("spool"),
+                db: dir.path().join("db"),
+                compact: true,
+                housekeeping: DEFAULT_HOUSEKEEPING,
+            },
+            export: Some(ExportConfig {
+                protocol: Protocol::HttpProtobuf,
+                endpoint: "http://collector host:4318/v1/traces".into(),
+                service_name: "shimtrace".into(),
+                timeout: DEFAULT_TIMEOUT,
+                timeout_variable: None,
+            }),
+            metrics_addr: None,
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let ended = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), run(config, std::future::pending())).await
+        });
+        let err = ended
+            .expect("serve ends at once instead of running without export")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot build the OTLP exporter for http://collector host"),
+            "{err}"
+        );
+    }
 }

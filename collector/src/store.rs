@@ -46,24 +46,31 @@ pub enum StoreError {
     },
     #[error("store {path} does not exist (run `shimtrace serve` to fill it, or read a spool with --spool DIR)")]
     Missing { path: PathBuf },
-    #[error("store query failed: {0} (if another process holds the store, retry when it is done; if the store is damaged, move it aside and re-ingest the spool)")]
+    #[error("store query failed: {0} (if another process holds the store, retry when it is done; if the store is damaged, {DAMAGED})")]
     Sql(#[from] rusqlite::Error),
     #[error("store {path} has layout version {found}, newer than this shimtrace knows ({SCHEMA_VERSION}): use the shimtrace that wrote it, or pass --db PATH (or set {DB_ENV}) to start a new store")]
     NewerSchema { path: PathBuf, found: i64 },
-    #[error("cannot upgrade store {path} to layout version {SCHEMA_VERSION}: {source} (the store is unchanged; move it aside, or pass --db PATH to start a new store, then re-ingest the spool)")]
+    #[error("cannot upgrade store {path} to layout version {SCHEMA_VERSION}: {source} (the store is unchanged and the shimtrace that wrote it still reads it; if it is damaged, {DAMAGED})")]
     Upgrade {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("store holds a span that does not parse ({trace_id}/{span_id}): {source} (the store is damaged: move it aside and re-ingest the spool)")]
+    #[error("store {path} holds a span that does not parse ({trace_id}/{span_id}): {source} (the store is damaged: {DAMAGED})")]
     Corrupt {
+        path: PathBuf,
         trace_id: String,
         span_id: String,
         #[source]
         source: serde_json::Error,
     },
 }
+
+/// What to do about a damaged store. Re-ingesting is no cure: with compaction (the default) the
+/// spool no longer holds what was ingested, and a new store exports everything over OTLP again.
+const DAMAGED: &str = "keep the file, and try `sqlite3 DB .recover | sqlite3 NEW.db` to save what it holds; \
+a new store (--db PATH) can be filled only with what the spool still holds (ingested spool files are removed \
+unless serve runs with --no-compact), and exports all of it over OTLP again";
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -243,16 +250,6 @@ impl Store {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .map_err(StoreError::from)
-    }
-
-    /// Opens an existing store for reading; a missing file is an error, not an empty store.
-    pub fn open_existing(path: &Path) -> Result<Store> {
-        if !path.exists() {
-            return Err(StoreError::Missing {
-                path: path.to_path_buf(),
-            });
-        }
-        Store::open(path)
     }
 
     /// Opens an existing store for queries only, without writing to it: a store the user can read
@@ -436,6 +433,7 @@ impl Store {
             .ok();
         let (trace_id, span_id) = ids.unwrap_or_default();
         StoreError::Corrupt {
+            path: self.path.clone(),
             trace_id: hex::encode(trace_id),
             span_id: hex::encode(span_id),
             source,
@@ -483,6 +481,24 @@ impl Store {
             })
             .optional()?
             .unwrap_or(0) as u64)
+    }
+
+    /// Records an export of `count` spans up to `seq`: the cursor and the exported total move
+    /// together or not at all.
+    pub fn record_export(&self, seq: u64, count: u64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![EXPORT_CURSOR_KEY, seq as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            params![EXPORTED_KEY, count as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn set_meta(&self, key: &str, value: u64) -> Result<()> {
@@ -678,7 +694,7 @@ pub(crate) mod tests {
         assert_eq!(store.ingest_chunk("f", &spans, &dropped, to).unwrap(), 7);
         assert_eq!(store.ingest_chunk("f", &spans, &dropped, to).unwrap(), 0);
         drop(store);
-        let store = Store::open_existing(&path).unwrap();
+        let store = Store::open(&path).unwrap();
         assert_eq!(store.span_count().unwrap(), 7);
         assert_eq!(store.dropped_total().unwrap(), 5);
         assert_eq!(store.file_offset("f").unwrap(), to);
@@ -774,7 +790,7 @@ pub(crate) mod tests {
         let spans = container_trace(TraceId([4; 16]), "c");
         write_v1(&path, &spans[..5]);
 
-        let mut store = Store::open_existing(&path).unwrap();
+        let mut store = Store::open(&path).unwrap();
         assert_eq!(store.span_count().unwrap(), 5);
         assert_eq!(store.max_seq().unwrap(), 50);
         assert_eq!(store.meta("cursor").unwrap(), 20);
@@ -928,11 +944,18 @@ pub(crate) mod tests {
         let bad = &spans[8999];
         assert!(err.contains(&bad.trace_id.to_hex()), "{err}");
         assert!(err.contains(&bad.span_id.to_hex()), "{err}");
+        assert!(err.contains(&store.path().display().to_string()), "{err}");
+        // What is true with compaction on: the spool no longer holds what was ingested.
+        assert!(
+            err.contains(".recover") && err.contains("--no-compact"),
+            "{err}"
+        );
+        assert!(!err.contains("move it aside"), "{err}");
     }
 
     #[test]
     fn missing_store_says_how_to_fill_it() {
-        let err = Store::open_existing(Path::new("/nonexistent/x.db"))
+        let err = Store::open_read_only(Path::new("/nonexistent/x.db"))
             .err()
             .unwrap()
             .to_string();

@@ -12,8 +12,14 @@ use crate::synth::{generate_spool, SynthConfig, SynthSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("cannot write the synthetic spool in {path}: {source}")]
+    #[error("cannot write the synthetic spool in {path}: {source} (give --dir a directory you can write, on a filesystem with room for the spool)")]
     Generate {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove {path} (what an earlier bench left): {source} (remove it yourself, or give --dir another directory)")]
+    Clear {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
@@ -40,7 +46,26 @@ pub struct BenchResult {
     pub html_bytes: usize,
 }
 
+/// Removes `path` (a directory with what it holds), unless it is not there.
+fn clear(path: &Path) -> Result<(), BenchError> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BenchError::Clear {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Generates `config` into `work/spool`, ingests it into `work/bench.db` and times a report.
+/// What an earlier run left there (the spool, the store and its `-wal` and `-shm` files) is
+/// removed first: ingest would otherwise find it stored already, or read two runs' spools.
 pub fn run(
     work: &Path,
     config: &SynthConfig,
@@ -48,7 +73,10 @@ pub fn run(
 ) -> Result<BenchResult, BenchError> {
     let spool = work.join("spool");
     let db = work.join("bench.db");
-    let _ = std::fs::remove_file(&db);
+    clear(&spool)?;
+    for suffix in ["", "-wal", "-shm"] {
+        clear(&work.join(format!("bench.db{suffix}")))?;
+    }
     let t = Instant::now();
     let (generated, walls) =
         generate_spool(&spool, config, on_container).map_err(|source| BenchError::Generate {
@@ -88,4 +116,44 @@ pub fn run(
         render_html_seconds,
         html_bytes: html.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_run_starts_from_nothing() {
+        let work = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            containers: 3,
+            ..SynthConfig::default()
+        };
+        let first = run(work.path(), &config, |_| {}).unwrap();
+        // What a run killed before its store closed leaves, and a stray spool file.
+        std::fs::write(work.path().join("bench.db-wal"), b"stale").unwrap();
+        std::fs::write(work.path().join("bench.db-shm"), b"stale").unwrap();
+        std::fs::write(work.path().join("spool/stray.jsonl"), b"{}\n").unwrap();
+        let second = run(work.path(), &config, |_| {}).unwrap();
+        assert_eq!(second.generated.spans, first.generated.spans);
+        let store = Store::open(&work.path().join("bench.db")).unwrap();
+        assert_eq!(store.span_count().unwrap(), first.generated.spans as u64);
+        assert!(!work.path().join("spool/stray.jsonl").exists());
+    }
+
+    #[test]
+    fn what_cannot_be_removed_is_an_error_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the work directory should be: its spool cannot even be looked for.
+        let work = dir.path().join("file");
+        std::fs::write(&work, b"").unwrap();
+        let err = run(&work, &SynthConfig::default(), |_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("cannot remove") && err.contains("file/spool") && err.contains("--dir"),
+            "{err}"
+        );
+    }
 }

@@ -4,11 +4,12 @@
 //! Everything a span carries (names, ids, attribute values) comes from the spool, which whoever
 //! can talk to a shim can influence: in terminal views it passes through [`for_terminal`], so it
 //! can neither move the cursor, clear the screen or retitle the terminal, nor reorder the line.
+//! (The report's text and Markdown do the same, with the same function.)
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::Serialize;
+pub use shimtrace_render::for_terminal;
 use shimtrace_span::{
     attr, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId,
 };
@@ -61,27 +62,6 @@ pub fn spans_json(traces: &[Trace]) -> serde_json::Result<String> {
 pub const MAX_WIDTH: usize = 1000;
 /// Narrowest waterfall drawn, in columns.
 pub const MIN_WIDTH: usize = 10;
-
-/// `text` safe to print on a terminal: control characters (C0, DEL, C1) and bidirectional
-/// overrides are escaped (`\r`, `\n`, `\t`, else `\u{1b}`-style); everything else is unchanged.
-pub fn for_terminal(text: &str) -> Cow<'_, str> {
-    fn unsafe_char(c: char) -> bool {
-        c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    }
-    if !text.chars().any(unsafe_char) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if unsafe_char(c) {
-            // Every such character escapes as `\t`, `\r`, `\n` or `\u{…}`.
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
 
 /// Milliseconds with microsecond precision: `12.345 ms`.
 pub fn fmt_ms(nanos: u64) -> String {

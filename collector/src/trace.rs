@@ -243,9 +243,12 @@ impl Trace {
         })
     }
 
-    /// When the init process was running: the end of its `Start` call.
+    /// When the init process was running: the end of its first `Start` call that did not fail
+    /// (a failed `Start` leaves nothing running).
     pub fn running_at(&self) -> Option<u64> {
-        self.init_call("Start").map(|s| s.end_time_unix_nano)
+        self.init_calls("Start")
+            .find(|s| !matches!(s.status, SpanStatus::Error(_)))
+            .map(|s| s.end_time_unix_nano)
     }
 
     /// The `shim.start` span, else the earliest span without a parent in this trace.
@@ -291,9 +294,14 @@ impl Trace {
 
     /// The init process's task call named `method` (a call without an exec id, or with the
     /// container's own id as exec id), first by start time.
-    fn init_call(&self, method: &str) -> Option<&SpanRecord> {
+    fn init_call<'t>(&'t self, method: &'t str) -> Option<&'t SpanRecord> {
+        self.init_calls(method).next()
+    }
+
+    /// The init process's task calls named `method`, by start time.
+    fn init_calls<'t>(&'t self, method: &'t str) -> impl Iterator<Item = &'t SpanRecord> + 't {
         let container = self.container_id();
-        self.spans.iter().find(|s| {
+        self.spans.iter().filter(move |s| {
             task_method(s) == Some(method)
                 && match s.attr_str(attr::CONTAINERD_EXEC_ID) {
                     None | Some("") => true,
@@ -644,6 +652,41 @@ pub(crate) mod tests {
         spans.push(exec_start);
         let trace = Trace::group(spans).remove(0);
         assert_eq!(phase_nanos(&trace, Phase::Start), 5 * 1_000_000);
+    }
+
+    #[test]
+    fn a_failed_start_is_not_running() {
+        let t = TraceId([1; 16]);
+        let mut spans = container_trace(t, "c1");
+        let start = spans
+            .iter_mut()
+            .find(|s| s.name.ends_with("/Start"))
+            .unwrap();
+        start.status = SpanStatus::Error("OCI runtime create failed".into());
+        let trace = Trace::group(spans.clone()).remove(0);
+        assert_eq!(trace.running_at(), None);
+        assert_eq!(crate::report::cold_start_nanos(&trace), None);
+        // The call after the failed one that worked is when it ran.
+        let mut retry = span_at(
+            t,
+            9,
+            Some(1),
+            "containerd.task.v2.Task/Start",
+            101,
+            104,
+            "c1",
+        );
+        retry
+            .attributes
+            .insert(attr::CONTAINERD_EXEC_ID.into(), "c1".into());
+        spans.push(retry);
+        let trace = Trace::group(spans).remove(0);
+        let ran = 1_000_000_000_000_000_000 + 104 * 1_000_000;
+        assert_eq!(trace.running_at(), Some(ran));
+        assert_eq!(
+            crate::report::cold_start_nanos(&trace),
+            Some(ran - trace.start())
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub use chart::{BarRow, Bars, Bin, Chart, Histogram, Marker, Waterfall, Waterfal
 pub use document::{
     Align, Block, Cell, Column, Document, Figure, InText, ListItem, Span, Table, Text, Tone,
 };
+pub use escape::for_terminal;
 pub use html::esc;
 
 impl Document {

@@ -3,15 +3,17 @@
 //! Plain text is written as given, so a report reads the same raw as rendered; what would break the
 //! structure is made safe: a `|` in a table cell is escaped, line breaks inside a cell or heading
 //! become spaces, a list item's further lines are indented under it, and code spans and listings
-//! take fences longer than any backtick run they hold.
+//! take fences longer than any backtick run they hold. Control characters are escaped as on a
+//! terminal ([`crate::for_terminal`]), where Markdown is read as often as rendered.
 
 use crate::chart::listing;
 use crate::document::{Align, Document, Figure, InText, LineFormat, ListItem, Span, Table, Text};
 
 /// The document as Markdown.
 pub fn render(doc: &Document) -> String {
-    LineFormat(heading, inline, list, table, figure)
-        .render(format!("# {}\n", one_line(&doc.title)), doc)
+    let markdown = LineFormat(heading, inline, list, table, figure)
+        .render(format!("# {}\n", one_line(&doc.title)), doc);
+    crate::escape::lines_for_terminal(&markdown)
 }
 
 fn heading(level: u8, text: &Text) -> String {
@@ -134,6 +136,19 @@ mod tests {
 
     fn ms(v: f64) -> String {
         format!("{v:.3} ms")
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let md = render(&crate::text::tests::hostile_document());
+        assert!(
+            !md.chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{md:?}"
+        );
+        assert!(md.contains("# R\\u{1b}]0;title\\u{7}\n"), "{md}");
+        assert!(md.contains("`runc\\u{1b}[2J`"), "{md}");
+        assert!(md.contains("shim.start\\u{1b}[8m"), "{md}");
     }
 
     #[test]

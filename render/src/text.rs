@@ -1,17 +1,20 @@
 //! Plain text for a terminal: underlined headings, columns padded to line up, charts as listings;
-//! no markup and no colour, so it reads the same in a pipe or a log.
+//! no markup and no colour, so it reads the same in a pipe or a log. Control characters are
+//! escaped ([`for_terminal`]): a report quotes names and ids from the spool.
 
 use crate::chart::listing;
 use crate::document::{Align, Document, Figure, InText, LineFormat, ListItem, Table, Text};
+use crate::escape::{for_terminal, lines_for_terminal};
 
 /// The document as plain text.
 pub fn render(doc: &Document) -> String {
     let title = underlined(&one_line(&doc.title), '=');
-    LineFormat(heading, Text::to_plain, list, table, figure).render(title, doc)
+    // Cells are escaped before columns are measured; the rest on the way out.
+    lines_for_terminal(&LineFormat(heading, Text::to_plain, list, table, figure).render(title, doc))
 }
 
 fn one_line(s: &str) -> String {
-    s.replace("\r\n", " ").replace(['\n', '\r'], " ")
+    for_terminal(&s.replace("\r\n", " ").replace(['\n', '\r'], " ")).into_owned()
 }
 
 fn width(s: &str) -> usize {
@@ -109,7 +112,7 @@ fn figure(f: &Figure) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chart::{Waterfall, WaterfallRow};
     use crate::document::{Cell, Column};
@@ -155,6 +158,61 @@ mod tests {
             render(&doc),
             "T\n=\n\nphase               p50  c\n------------  ---------  -\n\
              Create | <x>  46.760 ms  y\na b                4 ms\n"
+        );
+    }
+
+    /// Every place a report puts names and ids from the spool.
+    pub(crate) fn hostile_document() -> Document {
+        let mut doc = Document::new("R\u{1b}]0;title\u{7}");
+        doc.heading(2, Text::new().plain("Runtime ").code("runc\u{1b}[2J"))
+            .paragraph("container c\u{9b}31m")
+            .list([ListItem::keyed("k\u{1b}", "v\u{7f}")]);
+        let mut t = Table::new([Column::left("runtime"), Column::right("n")]);
+        t.row([Cell::new("runc\u{202e}x"), Cell::new("1")]);
+        t.row([Cell::new("crun"), Cell::new("22")]);
+        doc.push(t);
+        doc.push(crate::Figure::listed(
+            Waterfall {
+                title: "w".into(),
+                rows: vec![WaterfallRow {
+                    label: "shim.start\u{1b}[8m".into(),
+                    depth: 0,
+                    start: 0.0,
+                    length: 8.0,
+                }],
+                markers: vec![],
+                format: |v| format!("{v:.3} ms"),
+            },
+            Text::new()
+                .plain("Median start: container ")
+                .code("box\u{1b}c"),
+        ));
+        doc
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_columns_still_line_up() {
+        let text = render(&hostile_document());
+        assert!(
+            !text
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{text:?}"
+        );
+        for escaped in [
+            "R\\u{1b}]0;title\\u{7}",
+            "Runtime runc\\u{1b}[2J",
+            "container c\\u{9b}31m",
+            "- k\\u{1b}: v\\u{7f}",
+            "box\\u{1b}c",
+            "shim.start\\u{1b}[8m",
+        ] {
+            assert!(text.contains(escaped), "{escaped} in {text}");
+        }
+        // The escaped cell is measured as printed.
+        assert!(
+            text.contains("runc\\u{202e}x   1\ncrun           22\n"),
+            "{text}"
         );
     }
 
