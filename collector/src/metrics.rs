@@ -322,7 +322,7 @@ mod tests {
         // Both pods ran behind the runc shim; one of them on gVisor.
         assert_eq!(runtimes.into_iter().collect::<Vec<_>>(), ["runc", "runsc"]);
         // Sandboxes are apart from the containers that do the work, as in the report.
-        let creates: Vec<(&str, &str, f64)> = scrape
+        let mut creates: Vec<(&str, &str, f64)> = scrape
             .samples
             .iter()
             .filter(|s| {
@@ -342,6 +342,8 @@ mod tests {
                 other => panic!("not a histogram: {other:?}"),
             })
             .collect();
+        // The exposition's order of label sets is not part of the format.
+        creates.sort_by(|a, b| a.partial_cmp(b).unwrap());
         assert_eq!(
             creates,
             [("runc", "container", 2.0), ("runc", "sandbox", 1.0)]
