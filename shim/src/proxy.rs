@@ -3,9 +3,9 @@
 //!
 //! Lifetime: the wrapper's `start` binds the socket and hands the listener to a detached proxy
 //! (an inherited descriptor named by `--listen-fd`) together with a connection to the inner shim
-//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) as soon as its threads
-//! accept there (a proxy that cannot start them exits unready, and containerd is given the inner
-//! shim's own address).
+//! (`--monitor-fd`), and the proxy reports readiness on a pipe (`--ready-fd`) once its accept
+//! threads run (they accept as soon as its tap is made; a proxy that cannot start them exits
+//! unready, and containerd is given the inner shim's own address).
 //! The events listener the inner shim publishes to (see [`crate::events`]) arrives as
 //! `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner
 //! shim was already told to publish there), and containerd talks to the inner shim directly. The
@@ -20,8 +20,9 @@
 //! running out of descriptors makes it wait and retry (with back-off and one warning a minute): a
 //! connection it cannot accept yet waits in the listener's backlog, and one it cannot connect on
 //! to the inner shim is retried for [`UPSTREAM_PATIENCE`] before it is closed. A connection is
-//! closed, never served one way only, when no thread can be made for it. If it dies anyway, containerd ends the containers it served (their
-//! connection closed) and runs the wrapper's `delete`, which then shuts the inner shim down and
+//! closed, never served one way only, when no thread can be made for it. If it dies anyway,
+//! containerd ends the containers it served (their connection closed) and runs the wrapper's
+//! `delete`, which then shuts the inner shim down and
 //! removes what the proxy left (see [`clean_up_after_proxy`]). On a normal exit the proxy
 //! removes its socket, the inner shim's (once nothing listens there) and its run-dir files.
 

@@ -142,7 +142,7 @@ impl Config {
     pub fn load_from(path: &Path, must_exist: bool) -> Result<Config, ResolveError> {
         // containerd shows this in the error of every container that fails for it.
         let remedy = if must_exist {
-            format!("create it, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)")
+            format!("make it a file this process can read, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)")
         } else {
             "make it a file this process can read, or remove it if no runtime needs mapping to its shim".to_string()
         };
@@ -152,11 +152,16 @@ impl Config {
                 return Ok(Config::default())
             }
             Err(source) => {
+                let remedy = if source.kind() == std::io::ErrorKind::NotFound {
+                    format!("create it, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)")
+                } else {
+                    remedy
+                };
                 return Err(ResolveError::ConfigRead {
                     path: path.to_path_buf(),
                     source,
                     remedy,
-                })
+                });
             }
         };
         let read_err = |source| ResolveError::ConfigRead {
@@ -171,11 +176,11 @@ impl Config {
             problem,
         })?;
         // One byte more than allowed tells a file that is too large from one that just fits.
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         file.take(MAX_CONFIG_BYTES + 1)
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(read_err)?;
-        if text.len() as u64 > MAX_CONFIG_BYTES {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
             return Err(ResolveError::ConfigTooLarge {
                 path: path.to_path_buf(),
                 max: MAX_CONFIG_BYTES,
@@ -186,6 +191,12 @@ impl Config {
                 },
             });
         }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.utf8_error(),
+            ))
+        })?;
         Config::parse(&text, path)
     }
 
@@ -437,6 +448,9 @@ mod tests {
             err.contains("none.toml") && err.contains("create it") && err.contains(CONFIG_ENV),
             "{err}"
         );
+        // There but not a file: creating it is not the answer.
+        let err = Config::load_from(dir.path(), true).unwrap_err().to_string();
+        assert!(!err.contains("create it"), "{err}");
     }
 
     #[test]
@@ -459,6 +473,12 @@ mod tests {
             err.contains("larger than 1048576 bytes") && err.contains(cfg_path.to_str().unwrap()),
             "{err}"
         );
+        // The limit falling inside a character (or bytes that are no UTF-8 at all) is no excuse.
+        let mut bytes = vec![b'#'; MAX_CONFIG_BYTES as usize];
+        bytes.extend("é\n".as_bytes());
+        std::fs::write(&cfg_path, &bytes).unwrap();
+        let err = Config::load_from(&cfg_path, true).unwrap_err().to_string();
+        assert!(err.contains("larger than 1048576 bytes"), "{err}");
     }
 
     #[test]

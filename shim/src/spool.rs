@@ -480,7 +480,8 @@ impl SpoolFile {
 }
 
 /// Creates a writer's file, holding the writer's lock before the file has its name (see
-/// [`shimtrace_span::spool`]); the name is new (pid and start time), so one that exists is refused.
+/// [`shimtrace_span::spool`]). Names are the writer's own (pid and start time): the pending name is
+/// created new, so a second writer of that name is refused before the rename could replace a file.
 fn open_spool_file(dir: &PrivateDir, stem: &str, seq: u32) -> Result<File, SpoolError> {
     let name = format!("{stem}-{seq}.jsonl");
     let pending = format!("{name}{PENDING_SUFFIX}");
@@ -782,7 +783,7 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_holds_each_file_from_before_it_has_its_name_until_it_closes() {
+    fn a_writer_holds_each_file_until_it_closes_or_rotates() {
         let dir = tempfile::tempdir().unwrap();
         let config = spool_config(&dir.path().join("spool"), DEFAULT_MAX_BYTES);
         let mut file = SpoolFile::create(&config, "proxy").unwrap();

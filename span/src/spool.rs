@@ -7,7 +7,8 @@
 //! - a writer holds an exclusive `flock` on each file it may still write, from before the file
 //!   has its name (it is created under [`PENDING_SUFFIX`] and renamed once locked) until the
 //!   writer exits ([`hold_for_writing`], [`writer_holds`]). A lock is seen from any pid namespace
-//!   that shares the directory, where a writer's pid may mean nothing (a collector in a pod);
+//!   that shares the directory, where a writer's pid may mean nothing (a collector in a pod). A
+//!   writer killed between creating and renaming leaves an empty `*.jsonl.new`, which readers skip;
 //! - a writer rotates to `seq + 1` once a file passes [`ROTATE_BYTES`]; so a file is finished once a
 //!   later `seq` of the same writer exists, or no writer holds it and its writer pid is gone, and
 //!   may then be removed after ingest;
@@ -53,14 +54,13 @@ pub fn writer_holds(path: &Path) -> Option<bool> {
     use std::os::fd::AsRawFd;
     let file = open_spool_file(path).ok()?;
     // A shared lock is refused while the writer holds its exclusive one; taken, it goes with `file`.
+    // Where locks do not work (ENOLCK on some network filesystems) no writer holds one either:
+    // `false`, and the caller asks the pid.
     // SAFETY: flock(2) on a descriptor `file` owns and keeps open; no memory is passed.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
         return Some(false);
     }
-    match io::Error::last_os_error().raw_os_error() {
-        Some(libc::EWOULDBLOCK) => Some(true),
-        _ => None,
-    }
+    Some(io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK))
 }
 /// Longest spool line a reader accepts; a span line is a few KiB. Longer lines are skipped (and
 /// reported) without being read into memory.
