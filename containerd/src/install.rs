@@ -536,11 +536,9 @@ impl MainConfig {
     /// Parses the main config at `path` (empty when it does not exist).
     fn parse(text: &str, path: &Path) -> Result<MainConfig, InstallError> {
         let doc = parse_doc(text, path)?;
-        let schema = doc
-            .get("version")
-            .and_then(Item::as_integer)
-            .unwrap_or(3)
-            .clamp(2, 3) as u32;
+        // Read as the main-config form reads it: a version-1 file (or one without `version`) has
+        // its runtimes where the drop-in would not find them, and is refused the same way.
+        let schema = config_schema(&doc, 3, path)?;
         Ok(MainConfig { doc, schema })
     }
 
@@ -2834,6 +2832,19 @@ version = 2
             outcome.report.contains("SystemdCgroup = true"),
             "{}",
             outcome.report
+        );
+
+        // A version-1 main config keeps its runtimes where the drop-in would not find them.
+        let fx = Fixture::new();
+        fs::write(
+            fx.config(),
+            "[plugins.cri.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n",
+        )
+        .unwrap();
+        let err = install(&fx.args("2.2.0", &["--write"])).unwrap_err();
+        assert!(
+            matches!(err, InstallError::ConfigVersion { found: 1, .. }),
+            "{err}"
         );
     }
 
