@@ -322,59 +322,52 @@ mod tests {
         // Both pods ran behind the runc shim; one of them on gVisor.
         assert_eq!(runtimes.into_iter().collect::<Vec<_>>(), ["runc", "runsc"]);
         // Sandboxes are apart from the containers that do the work, as in the report.
-        let mut creates: Vec<(&str, &str, f64)> = scrape
-            .samples
-            .iter()
-            .filter(|s| {
-                s.metric == "shimtrace_cold_start_phase_seconds"
-                    && s.labels.get("phase") == Some("create")
-                    && s.labels.get("runtime") == Some("runc")
-            })
-            .map(|s| match &s.value {
-                prometheus_parse::Value::Histogram(b) => (
-                    s.labels.get("runtime").unwrap(),
-                    s.labels.get("role").unwrap(),
-                    b.iter()
-                        .find(|b| b.less_than == f64::INFINITY)
-                        .unwrap()
-                        .count,
-                ),
-                other => panic!("not a histogram: {other:?}"),
-            })
-            .collect();
-        // The exposition's order of label sets is not part of the format.
-        creates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        // (runtime, `label`, count) of each histogram of `metric` whose labels `keep` accepts, in
+        // a fixed order (the exposition's order of label sets is not part of the format).
+        let counts =
+            |metric: &str, label: &str, keep: &dyn Fn(&prometheus_parse::Sample) -> bool| {
+                let mut counts: Vec<(String, String, f64)> = scrape
+                    .samples
+                    .iter()
+                    .filter(|s| s.metric == metric && keep(s))
+                    .map(|s| match &s.value {
+                        prometheus_parse::Value::Histogram(b) => (
+                            s.labels.get("runtime").unwrap().to_string(),
+                            s.labels.get(label).unwrap().to_string(),
+                            b.iter()
+                                .find(|b| b.less_than == f64::INFINITY)
+                                .unwrap()
+                                .count,
+                        ),
+                        other => panic!("not a histogram: {other:?}"),
+                    })
+                    .collect();
+                counts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                counts
+            };
+        let creates = counts("shimtrace_cold_start_phase_seconds", "role", &|s| {
+            s.labels.get("phase") == Some("create") && s.labels.get("runtime") == Some("runc")
+        });
+        let own = |rows: &[(&str, &str, f64)]| -> Vec<(String, String, f64)> {
+            rows.iter()
+                .map(|(a, b, n)| (a.to_string(), b.to_string(), *n))
+                .collect()
+        };
         assert_eq!(
             creates,
-            [("runc", "container", 2.0), ("runc", "sandbox", 1.0)]
+            own(&[("runc", "container", 2.0), ("runc", "sandbox", 1.0)])
         );
-        let mut pods: Vec<(&str, &str, f64)> = scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == "shimtrace_pod_startup_seconds")
-            .map(|s| match &s.value {
-                prometheus_parse::Value::Histogram(b) => (
-                    s.labels.get("runtime").unwrap(),
-                    s.labels.get("part").unwrap(),
-                    b.iter()
-                        .find(|b| b.less_than == f64::INFINITY)
-                        .unwrap()
-                        .count,
-                ),
-                other => panic!("not a histogram: {other:?}"),
-            })
-            .collect();
-        pods.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let pods = counts("shimtrace_pod_startup_seconds", "part", &|_| true);
         assert_eq!(
             pods,
-            [
+            own(&[
                 ("runc", "containers", 1.0),
                 ("runc", "sandbox", 1.0),
                 ("runc", "total", 1.0),
                 ("runsc", "containers", 1.0),
                 ("runsc", "sandbox", 1.0),
                 ("runsc", "total", 1.0)
-            ]
+            ])
         );
     }
 }
