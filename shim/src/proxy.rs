@@ -1573,32 +1573,30 @@ mod tests {
     }
 
     #[test]
-    fn a_call_connection_without_its_second_thread_is_closed_not_left_hanging() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = crate::tap::test_context(dir.path());
-        let (containerd, proxy_down) = UnixStream::pair().unwrap();
-        let (proxy_up, inner) = UnixStream::pair().unwrap();
-        let forwarding = without_threads(move || forward_connection(proxy_down, proxy_up, ctx));
-        let request = crate::tap::test_request("containerd.task.v2.Task", "State", vec![], &[]);
-        // (The proxy may have closed the connection already.)
-        let _ = (&containerd).write_all(&frame(1, MESSAGE_TYPE_REQUEST, &request));
-        // Nothing would carry the request: containerd must see the connection end (and
-        // reconnect or fail the call), not wait for an answer forever.
-        assert!(closed_by_peer(&containerd), "containerd's side left open");
-        assert!(closed_by_peer(&inner), "the inner shim's side left open");
-        forwarding.join().unwrap();
-    }
-
-    #[test]
-    fn an_events_connection_without_its_second_thread_is_closed_not_left_hanging() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = crate::tap::test_context(dir.path());
-        let (shim, proxy_down) = UnixStream::pair().unwrap();
-        let (proxy_up, containerd) = UnixStream::pair().unwrap();
-        let serving = without_threads(move || serve_events(proxy_down, proxy_up, ctx));
-        assert!(closed_by_peer(&shim), "the inner shim's side left open");
-        assert!(closed_by_peer(&containerd), "containerd's side left open");
-        serving.join().unwrap();
+    fn a_connection_without_its_second_thread_is_closed_not_left_hanging() {
+        type Serve = fn(UnixStream, UnixStream, Arc<TapContext>);
+        // Calls (containerd → inner shim) and events (inner shim → containerd) alike.
+        for (what, serve) in [
+            ("calls", forward_connection as Serve),
+            ("events", serve_events),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = crate::tap::test_context(dir.path());
+            let (caller, proxy_down) = UnixStream::pair().unwrap();
+            let (proxy_up, callee) = UnixStream::pair().unwrap();
+            let serving = without_threads(move || serve(proxy_down, proxy_up, ctx));
+            let request = crate::tap::test_request("containerd.task.v2.Task", "State", vec![], &[]);
+            // (The proxy may have closed the connection already.)
+            let _ = (&caller).write_all(&frame(1, MESSAGE_TYPE_REQUEST, &request));
+            // Nothing would carry an answer: the caller must see the connection end (and
+            // reconnect or fail the call), not wait forever.
+            assert!(
+                closed_by_peer(&caller),
+                "{what}: the caller's side left open"
+            );
+            assert!(closed_by_peer(&callee), "{what}: the other side left open");
+            serving.join().unwrap();
+        }
     }
 
     #[test]
