@@ -189,27 +189,39 @@ impl LabError {
     }
 }
 
-/// Runs the lab (blocking); returns the output directory. A first Ctrl-C ends the run after the
-/// container in hand: the lab removes what it started and writes what it measured; a second one
-/// quits at once.
+/// Runs the lab (blocking); returns the output directory.
 pub fn run(args: LabArgs) -> Result<PathBuf, LabError> {
+    run_on_new_runtime(args, false)
+}
+
+/// [`run`] for a process of its own (the CLI): a first Ctrl-C ends the run after the container in
+/// hand, the lab removes what it started and writes what it measured; a second one quits at once.
+/// (The handler stays for the process's life, so a process that goes on after the lab, a test
+/// binary for one, calls [`run`].)
+pub fn run_interruptible(args: LabArgs) -> Result<PathBuf, LabError> {
+    run_on_new_runtime(args, true)
+}
+
+fn run_on_new_runtime(args: LabArgs, on_ctrl_c: bool) -> Result<PathBuf, LabError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(LabError::Runtime)?;
-    runtime.spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            INTERRUPTED.store(true, Ordering::Relaxed);
-            log("interrupted: stopping after the current container, then removing what the lab started (Ctrl-C again quits at once, leaving it)");
+    if on_ctrl_c {
+        runtime.spawn(async {
             if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
+                INTERRUPTED.store(true, Ordering::Relaxed);
+                log("interrupted: stopping after the current container, then removing what the lab started (Ctrl-C again quits at once, leaving it)");
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
             }
-        }
-    });
+        });
+    }
     runtime.block_on(run_async(args))
 }
 
-/// Set by a Ctrl-C during [`run`]: no stage starts another container.
+/// Set by a Ctrl-C during [`run_interruptible`]: no stage starts another container.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn interrupted() -> bool {

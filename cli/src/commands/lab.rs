@@ -3,6 +3,6 @@
 use anyhow::Result;
 
 pub fn run(args: shimtrace_lab::LabArgs) -> Result<()> {
-    shimtrace_lab::run(args)?;
+    shimtrace_lab::run_interruptible(args)?;
     Ok(())
 }
