@@ -476,26 +476,42 @@ pub async fn run_continuous(
 ) {
     let mut resolver = ResourceResolver::default();
     let mut backoff = FIRST_BACKOFF;
+    // A batch sent whose export the store could not record: recorded before anything else is
+    // sent, so that the receiver does not get it twice.
+    let mut unrecorded: Option<(u64, u64)> = None;
     tracing::info!(endpoint = %exporter.config().endpoint, protocol = ?exporter.config().protocol, "exporting spans over OTLP");
     loop {
         if *stop.borrow() {
             return;
         }
-        let exported = match next_batch(&store, &mut resolver) {
-            Ok(None) => {
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = stop.changed() => {}
-                }
-                continue;
+        let exported = if let Some((last, count)) = unrecorded {
+            let recorded = store.record_export(last, count).map_err(ExportError::from);
+            if recorded.is_ok() {
+                unrecorded = None;
             }
-            Ok(Some((last, spans))) => match exporter.export(&spans, &resolver).await {
-                Ok(()) => store
-                    .record_export(last, spans.len() as u64)
-                    .map_err(ExportError::from),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e.into()),
+            recorded
+        } else {
+            match next_batch(&store, &mut resolver) {
+                Ok(None) => {
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+                Ok(Some((last, spans))) => match exporter.export(&spans, &resolver).await {
+                    Ok(()) => {
+                        let count = spans.len() as u64;
+                        let recorded = store.record_export(last, count);
+                        if recorded.is_err() {
+                            unrecorded = Some((last, count));
+                        }
+                        recorded.map_err(ExportError::from)
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e.into()),
+            }
         };
         match exported {
             Ok(()) => backoff = FIRST_BACKOFF,
@@ -518,13 +534,30 @@ pub async fn run_continuous(
 }
 
 /// The spans after the export cursor, up to a batch, with the `seq` of the last; `None` when
-/// every span was exported. `resolver` learns their resources.
+/// every span was exported. `resolver` learns their resources. A stored span that does not parse
+/// is passed over (logged, never exported): export would otherwise stop at it for good.
 fn next_batch(
     store: &Store,
     resolver: &mut ResourceResolver,
 ) -> Result<Option<(u64, Vec<SpanRecord>)>, StoreError> {
-    let cursor = store.meta(EXPORT_CURSOR_KEY)?;
-    let batch = store.spans_after(cursor, BATCH)?;
+    let mut cursor = store.meta(EXPORT_CURSOR_KEY)?;
+    // The spans before a record that does not parse go first; then that record is passed over.
+    let mut before = u64::MAX;
+    let batch = loop {
+        match store.spans_between(cursor, before, BATCH) {
+            Ok(batch) if batch.is_empty() && before != u64::MAX => {
+                tracing::error!(
+                    seq = before,
+                    "a stored span does not parse; it is not exported"
+                );
+                store.record_export(before, 0)?;
+                (cursor, before) = (before, u64::MAX);
+            }
+            Ok(batch) => break batch,
+            Err(StoreError::Corrupt { seq, .. }) if seq < before => before = seq,
+            Err(e) => return Err(e),
+        }
+    };
     let Some(&(last, _)) = batch.last() else {
         return Ok(None);
     };
@@ -861,20 +894,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn continuous_export_outlives_store_errors_and_catches_up() {
-        let spans = container_trace(TraceId([7; 16]), "c");
-        let (_dir, db, store) = crate::store::tests::store_holding("db", &spans);
-        drop(store);
-        // A record that does not parse makes every read of the batch fail, as a busy or full
-        // store would.
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let good: String = conn
-            .query_row("SELECT record FROM spans WHERE seq = 3", [], |r| r.get(0))
-            .unwrap();
-        conn.execute("UPDATE spans SET record = '{' WHERE seq = 3", [])
-            .unwrap();
-        let (endpoint, answered) = accepting_endpoint();
+    /// `run_continuous` over the store at `db`, exporting to `endpoint`; stopped by the sender.
+    fn continuous(
+        runtime: &tokio::runtime::Runtime,
+        db: &std::path::Path,
+        endpoint: String,
+        counters: &Arc<Counters>,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let config = ExportConfig {
             protocol: Protocol::HttpProtobuf,
             endpoint,
@@ -882,39 +911,90 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             timeout_variable: None,
         };
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let exporter = {
             let _entered = runtime.enter();
             OtlpExporter::new(config).unwrap()
         };
         let task = runtime.spawn(run_continuous(
-            Store::open(&db).unwrap(),
+            Store::open(db).unwrap(),
             exporter,
             Arc::new(tokio::sync::Notify::new()),
             counters.clone(),
             stop_rx,
         ));
-        wait_for("two failed attempts", || {
-            counters.export_failures.load(Ordering::SeqCst) >= 2
-        });
-        assert!(!task.is_finished(), "export gave up");
-        assert_eq!(answered.load(Ordering::SeqCst), 0);
+        (stop, task)
+    }
 
-        conn.execute("UPDATE spans SET record = ?1 WHERE seq = 3", [good])
-            .unwrap();
-        let store = Store::open_read_only(&db).unwrap();
-        wait_for("every span exported", || {
-            store.meta(EXPORT_CURSOR_KEY).unwrap() == 7
-        });
-        assert_eq!(store.meta(crate::store::EXPORTED_KEY).unwrap(), 7);
-        assert!(answered.load(Ordering::SeqCst) >= 1);
+    fn stop_continuous(
+        runtime: &tokio::runtime::Runtime,
+        (stop, task): (
+            tokio::sync::watch::Sender<bool>,
+            tokio::task::JoinHandle<()>,
+        ),
+    ) {
         stop.send(true).unwrap();
         runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await })
             .expect("export stops when told to")
             .unwrap();
+    }
+
+    #[test]
+    fn a_sent_batch_the_store_cannot_record_is_recorded_later_not_sent_again() {
+        let spans = container_trace(TraceId([7; 16]), "c");
+        let (_dir, db, store) = crate::store::tests::store_holding("db", &spans);
+        drop(store);
+        // The store reads but refuses writes to its cursor, as a full disk would.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for event in ["INSERT", "UPDATE"] {
+            conn.execute_batch(&format!(
+                "CREATE TRIGGER full_{event} BEFORE {event} ON meta BEGIN SELECT RAISE(ABORT, 'disk full'); END;"
+            ))
+            .unwrap();
+        }
+        let (endpoint, answered) = accepting_endpoint();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let counters = Arc::new(Counters::default());
+        let running = continuous(&runtime, &db, endpoint, &counters);
+        wait_for("two failed attempts to record", || {
+            counters.export_failures.load(Ordering::SeqCst) >= 2
+        });
+        assert!(!running.1.is_finished(), "export gave up");
+        conn.execute_batch("DROP TRIGGER full_INSERT; DROP TRIGGER full_UPDATE;")
+            .unwrap();
+        let store = Store::open_read_only(&db).unwrap();
+        wait_for("the export recorded", || {
+            store.meta(EXPORT_CURSOR_KEY).unwrap() == 7
+        });
+        assert_eq!(store.meta(crate::store::EXPORTED_KEY).unwrap(), 7);
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            1,
+            "the batch was sent again"
+        );
+        stop_continuous(&runtime, running);
+    }
+
+    #[test]
+    fn a_stored_span_that_does_not_parse_is_passed_over() {
+        let spans = container_trace(TraceId([7; 16]), "c");
+        let (_dir, db, store) = crate::store::tests::store_holding("db", &spans);
+        drop(store);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("UPDATE spans SET record = '{' WHERE seq = 3", [])
+            .unwrap();
+        let (endpoint, answered) = accepting_endpoint();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let counters = Arc::new(Counters::default());
+        let running = continuous(&runtime, &db, endpoint, &counters);
+        let store = Store::open_read_only(&db).unwrap();
+        wait_for("every other span exported", || {
+            store.meta(EXPORT_CURSOR_KEY).unwrap() == 7
+        });
+        assert_eq!(store.meta(crate::store::EXPORTED_KEY).unwrap(), 6);
+        assert!(answered.load(Ordering::SeqCst) >= 1);
+        stop_continuous(&runtime, running);
     }
 
     #[test]

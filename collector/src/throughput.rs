@@ -63,7 +63,8 @@ fn clear(path: &Path) -> Result<(), BenchError> {
     }
 }
 
-/// Generates `config` into `work/spool`, ingests it into `work/bench.db` and times a report.
+/// Generates `config` into `work/bench-spool`, ingests it into `work/bench.db` and times a report.
+/// (Names of its own: `work` may be a directory that holds a real spool.)
 /// What an earlier run left there (the spool, the store and its `-wal` and `-shm` files) is
 /// removed first: ingest would otherwise find it stored already, or read two runs' spools.
 pub fn run(
@@ -71,7 +72,7 @@ pub fn run(
     config: &SynthConfig,
     on_container: impl FnMut(usize),
 ) -> Result<BenchResult, BenchError> {
-    let spool = work.join("spool");
+    let spool = work.join("bench-spool");
     let db = work.join("bench.db");
     clear(&spool)?;
     for suffix in ["", "-wal", "-shm"] {
@@ -133,12 +134,12 @@ mod tests {
         // What a run killed before its store closed leaves, and a stray spool file.
         std::fs::write(work.path().join("bench.db-wal"), b"stale").unwrap();
         std::fs::write(work.path().join("bench.db-shm"), b"stale").unwrap();
-        std::fs::write(work.path().join("spool/stray.jsonl"), b"{}\n").unwrap();
+        std::fs::write(work.path().join("bench-spool/stray.jsonl"), b"{}\n").unwrap();
         let second = run(work.path(), &config, |_| {}).unwrap();
         assert_eq!(second.generated.spans, first.generated.spans);
         let store = Store::open(&work.path().join("bench.db")).unwrap();
         assert_eq!(store.span_count().unwrap(), first.generated.spans as u64);
-        assert!(!work.path().join("spool/stray.jsonl").exists());
+        assert!(!work.path().join("bench-spool/stray.jsonl").exists());
     }
 
     #[test]
@@ -152,7 +153,9 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            err.contains("cannot remove") && err.contains("file/spool") && err.contains("--dir"),
+            err.contains("cannot remove")
+                && err.contains("file/bench-spool")
+                && err.contains("--dir"),
             "{err}"
         );
     }

@@ -28,8 +28,8 @@ use shimtrace_span::spool::DEFAULT_SPOOL_DIR;
 #[derive(Args)]
 pub struct SourceArgs {
     #[arg(long, value_name = "DIR", help = format!(
-        "Read this spool directory directly [default: ${SPOOL_DIR_ENV} if set, else the store if \
-         {DEFAULT_DB} exists, else {DEFAULT_SPOOL_DIR}]"
+        "Read this spool directory directly [default: the store --db or ${DB_ENV} names, else \
+         ${SPOOL_DIR_ENV} if set, else the store if {DEFAULT_DB} exists, else {DEFAULT_SPOOL_DIR}]"
     ))]
     spool: Option<PathBuf>,
     /// Read this store (see --spool for the default).
