@@ -399,18 +399,22 @@ fn runtime_section(doc: &mut Document, index: usize, r: &RuntimeReport) {
 
 /// What the wall-time comparison amounts to, saying what it leaves out.
 fn wall_paragraph(w: &WallComparison) -> String {
+    let containers = |n: usize| match n {
+        1 => "1 container".to_string(),
+        n => format!("{n} containers"),
+    };
     let mut text = format!(
-        "Sum of phases vs client-observed wall time, over the {} containers with every phase: \
+        "Sum of phases vs client-observed wall time, over the {} with every phase: \
          the median sum, {}, is {:.1}% of the median wall time, {} (a ratio of medians).",
-        w.n,
+        containers(w.n),
         fmt_ms(w.sum_of_phases.p50_ns),
         100.0 * w.sum_of_phases.p50_ns as f64 / w.wall_time.p50_ns.max(1) as f64,
         fmt_ms(w.wall_time.p50_ns),
     );
     if w.left_out > 0 {
         text.push_str(&format!(
-            " {} containers with a wall time but not every phase are left out.",
-            w.left_out
+            " Left out: {} with a wall time but not every phase.",
+            containers(w.left_out)
         ));
     }
     if w.phases_above_wall > 0 {
@@ -602,7 +606,7 @@ mod tests {
         assert!(
             text.contains("over the 2 containers with every phase")
                 && text.contains("a ratio of medians")
-                && text.contains("1 containers with a wall time but not every phase are left out")
+                && text.contains("Left out: 1 container with a wall time but not every phase.")
                 && text.contains("In 1, the phases sum to more than the wall time"),
             "{text}"
         );
