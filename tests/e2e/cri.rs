@@ -2,7 +2,8 @@
 //! `shimtrace install --write` writes it: pods of a sandbox and two containers under `traced-runc`
 //! and gVisor, exit codes, every part's spans, one proxy per pod; on 2.1.9 a client `traceparent`
 //! as the trace of Create/Start; `install --check` on handlers that trace and one that does not;
-//! `install --write` on Debian's stock config and `containerd config default`; and no proxy,
+//! `install --write` on Debian's stock config and `containerd config default`, and in the drop-in
+//! form of containerd 2.2 and later; and no proxy,
 //! socket or process left after pod deletion, a containerd restart or a killed inner shim.
 
 use std::path::Path;
@@ -451,14 +452,27 @@ fn check_passes(version: &str) {
 /// A config that makes CRI load and trace, written by install over `base`; the default runtime
 /// still runs pods, untraced.
 fn install_over(version: &str, base: BaseConfig) {
+    install_over_with(version, base, Vec::new(), |_| {});
+}
+
+/// [`install_over`] with more `install_args`, and `check` of the node once containerd runs on
+/// what install wrote.
+fn install_over_with(
+    version: &str,
+    base: BaseConfig,
+    install_args: Vec<String>,
+    check: impl FnOnce(&CriNode),
+) {
     let node = CriNode::start(
         version,
         CriOptions {
             base,
+            install_args,
             ..Default::default()
         },
     )
     .expect("containerd starts on the config install wrote");
+    check(&node);
     let cri_plugin = if version.starts_with("1.") {
         ("io.containerd.grpc.v1", "cri")
     } else {
@@ -557,6 +571,49 @@ version_matrix! {
     install_over_debians_stock_config =>
         install_over(BaseConfig::Text(DEBIAN_STOCK_CONFIG.into()));
     install_over_containerd_config_default => install_over(BaseConfig::ContainerdDefault);
+}
+
+/// The drop-in form install writes for containerd 2.2 and later (asked for with
+/// `--containerd-version 2.2.0` on 2.1.9, which reads `imports` and schema 3 as 2.2 does): containerd
+/// loads the drop-in, the traced handlers carry the main config's runc options, pods trace, and
+/// uninstall gives the main config back byte for byte.
+#[test]
+fn the_drop_in_form_loads_and_carries_the_main_configs_runc_options_v2_1() {
+    let base = "version = 3\n\
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
+        runtime_type = 'io.containerd.runc.v2'\n\
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
+        NoNewKeyring = true\n";
+    let version = shimtrace_testkit::containerd::MATRIX[2];
+    install_over_with(
+        version,
+        BaseConfig::Text(base.into()),
+        vec!["--containerd-version".into(), "2.2.0".into()],
+        |node| {
+            let config = node.traced.containerd.config_path();
+            let drop_in = config.parent().unwrap().join("conf.d/shimtrace.toml");
+            assert!(
+                node.config_text.contains(&drop_in.display().to_string()),
+                "the main config imports the drop-in:\n{}",
+                node.config_text
+            );
+            assert!(
+                !node.config_text.contains("traced-runc"),
+                "the entries are in the drop-in:\n{}",
+                node.config_text
+            );
+            let info = node.block_on(node.cri().status_info()).unwrap();
+            let config: serde_json::Value = serde_json::from_str(&info["config"]).unwrap();
+            let runtimes = &config["containerd"]["runtimes"];
+            for handler in ["traced-runc", "runc"] {
+                assert_eq!(
+                    runtimes[handler]["options"]["NoNewKeyring"],
+                    serde_json::Value::Bool(true),
+                    "{handler}: {runtimes}"
+                );
+            }
+        },
+    );
 }
 
 /// The `runtime_path` form on 1.6.20 runs pods untraced; `shimtrace install --check` says so and
