@@ -699,6 +699,11 @@ fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     children
 }
 
+/// The live children of `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    children_by_parent().remove(&pid).unwrap_or_default()
+}
+
 /// Every descendant of `pids` (deepest first), then `pids` themselves.
 pub(crate) fn with_descendants(pids: &[u32]) -> Vec<u32> {
     let children = children_by_parent();

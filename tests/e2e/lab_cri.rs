@@ -26,7 +26,7 @@ const REQUESTS: usize = 20;
 /// of 500 requests with one lab on a busy 2-core machine, on 1.6.20 and 2.1.9 alike, none under
 /// runc), which the report counts as failed requests; two labs at once, two gVisor sandboxes
 /// serving, made that far likelier.
-static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Live processes whose command line mentions `needle` or whose environment holds `env`.
 fn processes_with(needle: &str, env: &str) -> Vec<(u32, String)> {

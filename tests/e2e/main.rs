@@ -66,6 +66,7 @@ mod lab_cri;
 mod lab_driver;
 mod lab_image;
 mod lab_install;
+mod lab_interrupt;
 mod lab_report;
 mod matrix_bootstrap;
 mod matrix_harness;

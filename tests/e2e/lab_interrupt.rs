@@ -1,0 +1,184 @@
+//! Ctrl-C during `shimtrace lab`, as a terminal sends it (SIGINT to the whole process group), with
+//! each engine: containerd (a private one), CRI (a private CRI containerd) and Docker (a private
+//! dockerd). The lab ends after the container in hand, writes the report of what it measured, says
+//! it was interrupted, and leaves no daemon, shim, proxy or mount of its run.
+
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use shimtrace_testkit::containerd::children_of;
+use shimtrace_testkit::docker::{DockerVersion, DOCKER_VERSION};
+use shimtrace_testkit::traced::{alive, pids_with_cmdline, sigkill, wait_until};
+
+/// Where each engine's private daemon keeps its files: `<tmp>/shimtrace-lab-…`.
+const PRIVATE_DIR_MARK: &str = "/shimtrace-lab-";
+
+/// The private daemon directory a command line of the lab's names (`…/shimtrace-lab-…/`).
+fn private_dir_in(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let at = cmdline.find(PRIVATE_DIR_MARK)?;
+    let rest = &cmdline[at + 1..];
+    let end = rest.find('/')?;
+    let start = cmdline[..at].rfind(['\0', ' ', '='])? + 1;
+    Some(format!("{}/", &cmdline[start..at + 1 + end]))
+}
+
+/// The mount points under `dir`, in mount order.
+fn mounts_under(dir: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `lab` (its `shimtrace lab …` command, with `--only runc`, many rounds and no served
+/// latency) in a process group of its own, sends the group SIGINT during the cold starts, and
+/// checks what an interrupted run leaves.
+fn interrupt(mut lab: Command) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut lab = lab
+        .args(["--only", "runc", "--runs", "500", "--requests", "0"])
+        .arg("--wrapper")
+        .arg(shimtrace_testkit::traced::wrapper_binary())
+        .arg("--out")
+        .arg(&out)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lab_pid = lab.id();
+    // If an assertion fails first: the lab's whole group, and the shims and proxies of its
+    // private daemon (in groups of their own), are killed, and the daemon's mounts undone.
+    struct Leftovers(u32, Option<String>);
+    impl Drop for Leftovers {
+        fn drop(&mut self) {
+            let group = nix::unistd::Pid::from_raw(-(self.0 as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let Some(dir) = &self.1 else { return };
+            for pid in pids_with_cmdline(&[dir]) {
+                let _ = sigkill(pid);
+            }
+            for mount in mounts_under(dir).iter().rev() {
+                let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let mut leftovers = Leftovers(lab_pid, None);
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = lab.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    wait_until(
+        "the runc profile to be ready",
+        Duration::from_secs(180),
+        || {
+            seen.extend(lines.try_iter());
+            seen.iter().any(|l| l.contains("runc: ready")).then_some(())
+        },
+    );
+    // The private daemon, and a cold start's shim of it, are running.
+    let daemons: Vec<u32> = children_of(lab_pid)
+        .into_iter()
+        .filter(|pid| private_dir_in(*pid).is_some())
+        .collect();
+    let private = daemons
+        .iter()
+        .find_map(|pid| private_dir_in(*pid))
+        .unwrap_or_else(|| panic!("no private daemon under the lab: {seen:?}"));
+    leftovers.1 = Some(private.clone());
+    let shims = wait_until("a cold start's shim", Duration::from_secs(60), || {
+        let shims = pids_with_cmdline(&["containerd-shim", &private]);
+        (!shims.is_empty()).then_some(shims)
+    });
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-(lab_pid as i32)),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_until("the lab to end", Duration::from_secs(180), || {
+        lab.try_wait().unwrap()
+    });
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    let stderr = seen.join("\n");
+    assert!(
+        !status.success(),
+        "an interrupted run is not a success: {stderr}"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md written");
+    assert!(md.contains("interrupted (Ctrl-C)"), "{md}");
+    assert!(md.contains("## Cold start"), "{md}");
+    for pid in daemons.iter().chain(&shims) {
+        assert!(
+            !alive(*pid),
+            "process {pid} outlived the interrupted lab: {stderr}"
+        );
+    }
+    assert_eq!(
+        pids_with_cmdline(&[&private]),
+        Vec::<u32>::new(),
+        "processes of {private} left: {stderr}"
+    );
+    let left = mounts_under(&private);
+    assert!(left.is_empty(), "mounts of {private} left: {left:?}");
+    drop(leftovers);
+}
+
+fn shimtrace_lab() -> Command {
+    let mut lab = shimtrace_testkit::cli::shimtrace();
+    lab.arg("lab");
+    lab
+}
+
+#[test]
+fn ctrl_c_ends_a_containerd_lab_cleanly() {
+    let mut lab = shimtrace_lab();
+    lab.args(["--address", "/nonexistent/shimtrace-test/containerd.sock"]);
+    interrupt(lab);
+}
+
+#[test]
+fn ctrl_c_ends_a_cri_lab_cleanly() {
+    // One CRI lab at a time (see lab_cri).
+    let _alone = crate::lab_cri::ONE_LAB
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut lab = shimtrace_lab();
+    lab.arg("--cri");
+    interrupt(lab);
+}
+
+#[test]
+fn ctrl_c_ends_a_docker_lab_cleanly() {
+    let version = DockerVersion::find(DOCKER_VERSION).unwrap();
+    let mut lab = shimtrace_lab();
+    lab.args(["--engine", "docker"])
+        .arg("--docker-cli")
+        .arg(version.cli())
+        .arg("--dockerd")
+        .arg(version.dockerd())
+        .env(
+            "DOCKER_HOST",
+            "unix:///nonexistent/shimtrace-test/docker.sock",
+        )
+        .env_remove("SHIMTRACE_SPOOL_DIR");
+    interrupt(lab);
+}
