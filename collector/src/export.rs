@@ -42,6 +42,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a request waits for an answer unless the OTEL timeout variables say otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The variable that sets the request timeout for every signal (a traces-only one comes first).
+pub const TIMEOUT_VARIABLE: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -93,8 +95,9 @@ pub struct ExportConfig {
     pub endpoint: String,
     pub service_name: String,
     pub timeout: Duration,
-    /// The variable `timeout` came from; `None` for [`DEFAULT_TIMEOUT`].
-    pub timeout_variable: Option<&'static str>,
+    /// The variable that sets `timeout` (the one to raise): the one it came from, else
+    /// [`TIMEOUT_VARIABLE`].
+    pub timeout_variable: &'static str,
 }
 
 /// Flag values that override the environment.
@@ -160,19 +163,17 @@ impl ExportConfig {
             .clone()
             .or_else(|| var("OTEL_SERVICE_NAME"))
             .unwrap_or_else(|| "shimtrace".into());
-        let (timeout, timeout_variable) = match [
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            "OTEL_EXPORTER_OTLP_TIMEOUT",
-        ]
-        .into_iter()
-        .find_map(|variable| var(variable).map(|value| (variable, value)))
-        {
-            None => (DEFAULT_TIMEOUT, None),
-            Some((variable, value)) => match value.parse::<u64>() {
-                Ok(ms) if ms > 0 => (Duration::from_millis(ms), Some(variable)),
-                _ => return Err(ExportError::BadTimeout { variable, value }),
-            },
-        };
+        let (timeout, timeout_variable) =
+            match ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", TIMEOUT_VARIABLE]
+                .into_iter()
+                .find_map(|variable| var(variable).map(|value| (variable, value)))
+            {
+                None => (DEFAULT_TIMEOUT, TIMEOUT_VARIABLE),
+                Some((variable, value)) => match value.parse::<u64>() {
+                    Ok(ms) if ms > 0 => (Duration::from_millis(ms), variable),
+                    _ => return Err(ExportError::BadTimeout { variable, value }),
+                },
+            };
         Ok(Some(ExportConfig {
             protocol,
             endpoint,
@@ -419,10 +420,7 @@ impl OtlpExporter {
                 .map_err(|_| ExportError::Timeout {
                     endpoint: self.config.endpoint.clone(),
                     timeout: self.config.timeout,
-                    variable: self
-                        .config
-                        .timeout_variable
-                        .unwrap_or("OTEL_EXPORTER_OTLP_TIMEOUT"),
+                    variable: self.config.timeout_variable,
                 })?
                 .map_err(|e| ExportError::Export {
                     endpoint: self.config.endpoint.clone(),
@@ -501,12 +499,8 @@ pub async fn run_continuous(
                 }
                 Ok(Some((last, spans))) => match exporter.export(&spans, &resolver).await {
                     Ok(()) => {
-                        let count = spans.len() as u64;
-                        let recorded = store.record_export(last, count);
-                        if recorded.is_err() {
-                            unrecorded = Some((last, count));
-                        }
-                        recorded.map_err(ExportError::from)
+                        unrecorded = Some((last, spans.len() as u64));
+                        continue;
                     }
                     Err(e) => Err(e),
                 },
@@ -795,7 +789,7 @@ mod tests {
                 endpoint,
                 service_name: "shimtrace".into(),
                 timeout: Duration::from_millis(500),
-                timeout_variable: None,
+                timeout_variable: TIMEOUT_VARIABLE,
             };
             let started = std::time::Instant::now();
             let err = runtime
@@ -909,7 +903,7 @@ mod tests {
             endpoint,
             service_name: "shimtrace".into(),
             timeout: DEFAULT_TIMEOUT,
-            timeout_variable: None,
+            timeout_variable: TIMEOUT_VARIABLE,
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let exporter = {

@@ -369,7 +369,7 @@ fn read_new_lines(path: &Path, from: FileOffset) -> FileRead<'_> {
         );
     let chunk = match visited {
         Ok(chunk) => chunk,
-        Err(ReadError { source, .. }) if source.kind() == io::ErrorKind::NotFound => return read,
+        Err(e) if e.is_not_found() => return read,
         Err(ReadError { source, .. }) => {
             read.report = unreadable(source);
             return read;

@@ -37,11 +37,6 @@ impl Histogram {
     }
 }
 
-/// The `role` label of a pod's sandbox (pause) container, as in [`crate::trace::SANDBOX_ROLE`].
-const SANDBOX: &str = crate::trace::SANDBOX_ROLE;
-/// The `role` label of every other container.
-const CONTAINER: &str = "container";
-
 /// Phase histograms per (runtime, role, phase), recomputed only when the store has new spans.
 #[derive(Default)]
 struct PhaseCache {
@@ -94,13 +89,8 @@ impl MetricsRenderer {
                 BTreeMap::new();
             let traces = Trace::group(store.all_spans()?);
             for trace in &traces {
-                // Grouped as the report groups them (`Trace::report_group`).
-                let runtime = trace.runtime();
-                let role = if trace.is_sandbox() {
-                    SANDBOX
-                } else {
-                    CONTAINER
-                };
+                // Sandboxes apart, as the report keeps them (`Trace::report_group`).
+                let (runtime, role) = (trace.runtime(), trace.role());
                 for p in trace.phases() {
                     histograms
                         .entry((runtime.clone(), role, p.phase))
@@ -322,52 +312,53 @@ mod tests {
         // Both pods ran behind the runc shim; one of them on gVisor.
         assert_eq!(runtimes.into_iter().collect::<Vec<_>>(), ["runc", "runsc"]);
         // Sandboxes are apart from the containers that do the work, as in the report.
-        // (runtime, `label`, count) of each histogram of `metric` whose labels `keep` accepts, in
-        // a fixed order (the exposition's order of label sets is not part of the format).
-        let counts =
-            |metric: &str, label: &str, keep: &dyn Fn(&prometheus_parse::Sample) -> bool| {
-                let mut counts: Vec<(String, String, f64)> = scrape
-                    .samples
-                    .iter()
-                    .filter(|s| s.metric == metric && keep(s))
-                    .map(|s| match &s.value {
-                        prometheus_parse::Value::Histogram(b) => (
-                            s.labels.get("runtime").unwrap().to_string(),
-                            s.labels.get(label).unwrap().to_string(),
-                            b.iter()
-                                .find(|b| b.less_than == f64::INFINITY)
-                                .unwrap()
-                                .count,
-                        ),
-                        other => panic!("not a histogram: {other:?}"),
-                    })
-                    .collect();
-                counts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                counts
-            };
-        let creates = counts("shimtrace_cold_start_phase_seconds", "role", &|s| {
-            s.labels.get("phase") == Some("create") && s.labels.get("runtime") == Some("runc")
-        });
-        let own = |rows: &[(&str, &str, f64)]| -> Vec<(String, String, f64)> {
-            rows.iter()
-                .map(|(a, b, n)| (a.to_string(), b.to_string(), *n))
-                .collect()
-        };
+        let creates =
+            histogram_counts(&scrape, "shimtrace_cold_start_phase_seconds", "role", |s| {
+                s.labels.get("phase") == Some("create") && s.labels.get("runtime") == Some("runc")
+            });
         assert_eq!(
             creates,
-            own(&[("runc", "container", 2.0), ("runc", "sandbox", 1.0)])
+            [("runc", "container", 2.0), ("runc", "sandbox", 1.0)]
         );
-        let pods = counts("shimtrace_pod_startup_seconds", "part", &|_| true);
+        let pods = histogram_counts(&scrape, "shimtrace_pod_startup_seconds", "part", |_| true);
         assert_eq!(
             pods,
-            own(&[
+            [
                 ("runc", "containers", 1.0),
                 ("runc", "sandbox", 1.0),
                 ("runc", "total", 1.0),
                 ("runsc", "containers", 1.0),
                 ("runsc", "sandbox", 1.0),
                 ("runsc", "total", 1.0)
-            ])
+            ]
         );
+    }
+
+    /// (runtime, `label`, count) of each histogram of `metric` whose labels `keep` accepts, in a
+    /// fixed order (the exposition's order of label sets is not part of the format).
+    fn histogram_counts<'a>(
+        scrape: &'a prometheus_parse::Scrape,
+        metric: &str,
+        label: &str,
+        keep: impl Fn(&prometheus_parse::Sample) -> bool,
+    ) -> Vec<(&'a str, &'a str, f64)> {
+        let mut counts: Vec<(&str, &str, f64)> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && keep(s))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(b) => (
+                    s.labels.get("runtime").unwrap(),
+                    s.labels.get(label).unwrap(),
+                    b.iter()
+                        .find(|b| b.less_than == f64::INFINITY)
+                        .unwrap()
+                        .count,
+                ),
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .collect();
+        counts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        counts
     }
 }

@@ -297,7 +297,7 @@ mod tests {
                 endpoint: "http://collector host:4318/v1/traces".into(),
                 service_name: "shimtrace".into(),
                 timeout: DEFAULT_TIMEOUT,
-                timeout_variable: None,
+                timeout_variable: crate::export::TIMEOUT_VARIABLE,
             }),
             metrics_addr: None,
         };

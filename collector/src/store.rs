@@ -467,6 +467,7 @@ impl Store {
     }
 
     /// Up to `limit` spans ingested after sequence number `after`, with their sequence numbers.
+    #[cfg(test)]
     pub fn spans_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, SpanRecord)>> {
         self.spans_between(after, i64::MAX as u64, limit)
     }

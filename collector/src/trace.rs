@@ -16,6 +16,8 @@ pub const EXIT_EVENT: &str = "/tasks/exit";
 pub const RUNTIME_OPTIONS_ATTR: &str = "shimtrace.runtime.options";
 /// Value of [`attr::K8S_ROLE`] on a pod's sandbox.
 pub const SANDBOX_ROLE: &str = "sandbox";
+/// The role of every container that is not a pod's sandbox.
+pub const CONTAINER_ROLE: &str = "container";
 
 /// All spans of one trace, sorted by start time.
 #[derive(Debug, Clone)]
@@ -222,6 +224,15 @@ impl Trace {
             format!("{runtime} (pod sandboxes)")
         } else {
             runtime
+        }
+    }
+
+    /// [`SANDBOX_ROLE`] for a pod's sandbox (pause) container, else [`CONTAINER_ROLE`].
+    pub fn role(&self) -> &'static str {
+        if self.is_sandbox() {
+            SANDBOX_ROLE
+        } else {
+            CONTAINER_ROLE
         }
     }
 

@@ -9,7 +9,8 @@ use crate::escape::{for_terminal, lines_for_terminal};
 /// The document as plain text.
 pub fn render(doc: &Document) -> String {
     let title = underlined(&one_line(&doc.title), '=');
-    // Cells are escaped before columns are measured; the rest on the way out.
+    // Cells are escaped before columns are measured; every line is escaped once more on the way
+    // out, which catches what no block escaped (escaping escaped text changes nothing).
     lines_for_terminal(&LineFormat(heading, Text::to_plain, list, table, figure).render(title, doc))
 }
 

@@ -46,22 +46,22 @@ impl SourceArgs {
         for issue in &loaded.issues {
             eprintln!("warning: {issue}");
         }
-        if loaded.spans.is_empty() {
-            eprintln!("note: {}", nothing_in(&source, container));
+        // (A container that is not there is the command's own error.)
+        if loaded.spans.is_empty() && container.is_none() {
+            eprintln!("note: {}", nothing_in(&source));
         }
         Ok(loaded)
     }
 }
 
-/// What to say when `source` holds no spans (of `container`): where it looked, and where spans are.
-fn nothing_in(source: &Source, container: Option<&str>) -> String {
-    let of = container.map(|c| format!(" of {c}")).unwrap_or_default();
+/// What to say when `source` holds no spans: where it looked, and where spans are.
+fn nothing_in(source: &Source) -> String {
     let looked = match source {
         Source::Spool(dir) => format!("the spool {}", dir.display()),
         Source::Store(db) => format!("the store {}", db.display()),
     };
     format!(
-        "no spans{of} in {looked}. The shims spool where containerd's ${SPOOL_DIR_ENV} points \
+        "no spans in {looked}. The shims spool where containerd's ${SPOOL_DIR_ENV} points \
          (default {DEFAULT_SPOOL_DIR}); `shimtrace serve` and `shimtrace ingest` move them into a \
          store. Pass --spool DIR or --db PATH to read another."
     )
