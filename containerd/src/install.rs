@@ -59,8 +59,8 @@ pub const RUNTIME_PATH_SINCE: (u32, u32, u32) = (1, 7, 1);
 pub const DROP_IN_SINCE: (u32, u32, u32) = (2, 2, 0);
 /// The real runtime that CRI sends typed runc options to.
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
-/// The wrapper's config file unless `SHIMTRACE_CONFIG` names another (`shimtrace-shim`'s
-/// `resolve::DEFAULT_CONFIG_PATH`).
+/// The wrapper's config file unless `SHIMTRACE_CONFIG` names another
+/// ([`shimtrace_span::env::DEFAULT_CONFIG`]).
 pub const DEFAULT_WRAPPER_CONFIG: &str = shimtrace_span::env::DEFAULT_CONFIG;
 
 /// How the wrapper is put in front of a real runtime in CRI's config.

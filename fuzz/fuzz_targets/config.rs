@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use shimtrace_shim::resolve::{resolve_inner, Config};
 use shimtrace_span::naming::WrapperName;
 
-const SOURCE: &str = "/etc/shimtrace/config.toml";
+const SOURCE: &str = shimtrace_span::env::DEFAULT_CONFIG;
 const WRAPPERS: [&str; 3] = [
     "containerd-shim-traced-runc-v2",
     "containerd-shim-traced-runsc-v1",

@@ -506,10 +506,7 @@ impl IdentityRegistry {
         }));
     }
 
-    /// Records what a `Create` request says: its options (an encoded `google.protobuf.Any`) name
-    /// the runtime for this container whatever was guessed before. Only the bundle containerd
-    /// made for the id is read or written: a `claimed` bundle naming another directory is ignored
-    /// (see [`crate::bundle`]).
+    /// [`Self::record_created`], reading the workload from the bundle now (for tests).
     #[cfg(test)]
     fn created(
         &self,
@@ -531,7 +528,10 @@ impl IdentityRegistry {
             .unwrap_or_default()
     }
 
-    /// [`IdentityRegistry::created`], with the workload already read from the bundle.
+    /// Records what a `Create` request says, with `workload` already read from the bundle: its
+    /// options (an encoded `google.protobuf.Any`) name the runtime for this container whatever was
+    /// guessed before. Only the bundle containerd made for the id is read or written: a `claimed`
+    /// bundle naming another directory is ignored (see [`crate::bundle`]).
     fn record_created(
         &self,
         namespace: &str,

@@ -1266,7 +1266,9 @@ fn accept_loop(
         if let Err(e) = spawned {
             // The connection (moved into the closure) is closed; its peer sees the truth, that it
             // was not served.
-            tracing::error!("cannot start a thread for a connection: {e}");
+            NO_THREAD.warn(format_args!(
+                "cannot start a thread for a connection: {e}; closing it"
+            ));
             std::thread::sleep(backoff.pause());
         }
     }

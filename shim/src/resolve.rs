@@ -8,12 +8,25 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use shimtrace_span::env::CONFIG as CONFIG_ENV;
+use shimtrace_span::env::{CONFIG as CONFIG_ENV, DEFAULT_CONFIG};
 use shimtrace_span::naming::{is_executable_file, WrapperName, WRAPPER_PREFIX};
 
-pub use shimtrace_span::env::DEFAULT_CONFIG as DEFAULT_CONFIG_PATH;
 /// A config maps a few runtimes to paths; nothing longer is read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// What to do about a config that cannot be read: containerd shows it in the error of every
+/// container that fails for it. `must_exist`: named by `SHIMTRACE_CONFIG`.
+fn read_remedy(must_exist: bool, missing: bool) -> String {
+    match (must_exist, missing) {
+        (true, true) => format!(
+            "create it, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)"
+        ),
+        (true, false) => format!(
+            "make it a file this process can read, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)"
+        ),
+        (false, _) => "make it a file this process can read, or remove it if no runtime needs mapping to its shim".into(),
+    }
+}
 
 /// Why a config file must not be trusted, if it must not: it chooses binaries this process runs
 /// (as root, under a root containerd), so it must be a regular file that nobody but root or this
@@ -135,39 +148,22 @@ impl Config {
     pub fn load() -> Result<Config, ResolveError> {
         match std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
             Some(path) => Config::load_from(Path::new(&path), true),
-            None => Config::load_from(Path::new(DEFAULT_CONFIG_PATH), false),
+            None => Config::load_from(Path::new(DEFAULT_CONFIG), false),
         }
     }
 
     pub fn load_from(path: &Path, must_exist: bool) -> Result<Config, ResolveError> {
-        // containerd shows this in the error of every container that fails for it.
-        let remedy = if must_exist {
-            format!("make it a file this process can read, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)")
-        } else {
-            "make it a file this process can read, or remove it if no runtime needs mapping to its shim".to_string()
+        let read_err = |source: std::io::Error| ResolveError::ConfigRead {
+            path: path.to_path_buf(),
+            remedy: read_remedy(must_exist, source.kind() == std::io::ErrorKind::NotFound),
+            source,
         };
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
                 return Ok(Config::default())
             }
-            Err(source) => {
-                let remedy = if source.kind() == std::io::ErrorKind::NotFound {
-                    format!("create it, or fix or unset {CONFIG_ENV} in containerd's environment (its service unit)")
-                } else {
-                    remedy
-                };
-                return Err(ResolveError::ConfigRead {
-                    path: path.to_path_buf(),
-                    source,
-                    remedy,
-                });
-            }
-        };
-        let read_err = |source| ResolveError::ConfigRead {
-            path: path.to_path_buf(),
-            source,
-            remedy: remedy.clone(),
+            Err(source) => return Err(read_err(source)),
         };
         // Checked on the open file, so the checked file is the one read.
         let meta = file.metadata().map_err(read_err)?;
@@ -222,7 +218,7 @@ impl Config {
     fn describe(&self) -> String {
         self.source
             .as_deref()
-            .unwrap_or(Path::new(DEFAULT_CONFIG_PATH))
+            .unwrap_or(Path::new(DEFAULT_CONFIG))
             .display()
             .to_string()
     }

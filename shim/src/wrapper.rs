@@ -950,9 +950,6 @@ mod tests {
         let victim = dir.path().join("victim");
         let inner = "unix:///run/containerd/s/inner";
         std::fs::write(&victim, inner).unwrap();
-        // A link planted where the old code put its temporary file, then one for `address`.
-        let old_tmp = bundle.join(format!(".address.shimtrace.{}", std::process::id()));
-        std::os::unix::fs::symlink(&victim, &old_tmp).unwrap();
         std::fs::write(bundle.join("address"), inner).unwrap();
         rewrite_address_file(&bundle, inner, "unix:///p");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), inner);
@@ -960,6 +957,7 @@ mod tests {
             std::fs::read_to_string(bundle.join("address")).unwrap(),
             "unix:///p"
         );
+        // A link in place of `address`: neither followed nor replaced.
         std::fs::remove_file(bundle.join("address")).unwrap();
         std::os::unix::fs::symlink(&victim, bundle.join("address")).unwrap();
         rewrite_address_file(&bundle, inner, "unix:///p");
