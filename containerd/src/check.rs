@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use shimtrace_span::spool::{read_spool, ReadError};
+use shimtrace_span::spool::{read_spool_if_made, ReadError};
 use shimtrace_span::SpanRecord;
 
 use crate::cri::{ContainerSpec, Cri, CriError, PodSpec};
@@ -414,11 +414,9 @@ async fn await_spans(
     let deadline = Instant::now() + timeout;
     loop {
         let ours = |s: &SpanRecord| matches!(s.container_id(), Some(id) if id == sandbox || id == container);
-        // A spool no wrapper has made yet holds no spans; any other read error is the answer.
-        let spans = match read_spool(spool) {
-            Err(e) if e.is_not_found() => Ok(Vec::new()),
-            read => read.map(|c| c.spans.into_iter().filter(ours).collect::<Vec<_>>()),
-        };
+        // Another read error is returned if it lasts until the deadline.
+        let spans =
+            read_spool_if_made(spool).map(|c| c.spans.into_iter().filter(ours).collect::<Vec<_>>());
         let has = |id: &str| {
             spans
                 .as_ref()

@@ -258,10 +258,7 @@ impl RunSpec {
 
     /// The OCI runtime spec (config.json) for this run, as containerd's defaults would build it.
     pub fn oci_spec(&self, namespace: &str) -> serde_json::Value {
-        let mut env = self.env.clone();
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.insert(0, DEFAULT_PATH_ENV.into());
-        }
+        let env = image_env(&[], &self.env);
         let mut namespaces = vec![
             serde_json::json!({"type": "pid"}),
             serde_json::json!({"type": "ipc"}),

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use shimtrace_span::naming::{ShimName, WRAPPER_PREFIX};
-use shimtrace_span::spool::{read_spool, DEFAULT_SPOOL_DIR};
+use shimtrace_span::spool::{read_spool_if_made, DEFAULT_SPOOL_DIR};
 use shimtrace_span::SpanRecord;
 
 use crate::command::{run_with_timeout, CommandOutput, RunError};
@@ -1152,11 +1152,12 @@ fn check_one(
     };
     let deadline = Instant::now() + check.span_timeout;
     loop {
-        let read = read_spool(&check.spool);
-        let unreadable = match &read {
-            Err(e) if !e.is_not_found() => format!(" ({e})"),
-            _ => String::new(),
-        };
+        let read = read_spool_if_made(&check.spool);
+        let unreadable = read
+            .as_ref()
+            .err()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         let spans: Vec<SpanRecord> = read
             .map(|c| c.spans)
             .unwrap_or_default()

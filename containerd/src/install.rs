@@ -764,21 +764,25 @@ pub fn runtime_class_yaml(handler: &str) -> String {
     )
 }
 
+/// Whether `link` must be made to lead to `target`: it is missing or a link elsewhere. Something
+/// other than a link there is an error, never replaced.
+fn link_needed(link: &Path, target: &Path) -> Result<bool, InstallError> {
+    match fs::symlink_metadata(link) {
+        Ok(meta) if !meta.file_type().is_symlink() => Err(InstallError::NotSymlink {
+            path: link.to_path_buf(),
+        }),
+        Ok(_) => Ok(fs::read_link(link).ok().as_deref() != Some(target)),
+        Err(_) => Ok(true),
+    }
+}
+
 /// Creates (or refreshes) `link` → `target`; never replaces a regular file.
 pub fn ensure_symlink(link: &Path, target: &Path) -> Result<bool, InstallError> {
-    match fs::symlink_metadata(link) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            if fs::read_link(link).ok().as_deref() == Some(target) {
-                return Ok(false);
-            }
-            fs::remove_file(link).map_err(io_err("cannot replace symlink", link))?;
-        }
-        Ok(_) => {
-            return Err(InstallError::NotSymlink {
-                path: link.to_path_buf(),
-            })
-        }
-        Err(_) => {}
+    if !link_needed(link, target)? {
+        return Ok(false);
+    }
+    if fs::symlink_metadata(link).is_ok() {
+        fs::remove_file(link).map_err(io_err("cannot replace symlink", link))?;
     }
     symlink(target, link).map_err(io_err("cannot create symlink", link))?;
     Ok(true)
@@ -1015,12 +1019,14 @@ pub fn plan_runtimes(
             &link,
             form,
         ));
-        if handler != "traced-runc" || shim.name.runtime() != RUNC_RUNTIME {
+        if handler != traced_handler("runc") || shim.name.runtime() != RUNC_RUNTIME {
             continue;
         }
         // gVisor through the runc shim with runsc as its OCI binary.
         let Some(runsc) = runsc else { continue };
-        if runtimes.iter().any(|r| r.handler == "traced-runsc")
+        if runtimes
+            .iter()
+            .any(|r| r.handler == traced_handler("runsc"))
             || shims.iter().any(|s| s.name.inner == "runsc")
         {
             notes.push(
@@ -1271,12 +1277,8 @@ fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
 fn links_to_make(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
     let mut missing = Vec::new();
     for link in planned_links(plan) {
-        match fs::symlink_metadata(&link) {
-            Ok(meta) if !meta.file_type().is_symlink() => {
-                return Err(InstallError::NotSymlink { path: link })
-            }
-            Ok(_) if fs::read_link(&link).ok().as_deref() == Some(plan.wrapper.as_path()) => {}
-            _ => missing.push(link),
+        if link_needed(&link, &plan.wrapper)? {
+            missing.push(link);
         }
     }
     Ok(missing)
@@ -1319,12 +1321,11 @@ fn read_main(config: &Path) -> Result<(Option<String>, MainConfig), InstallError
     Ok((text, main))
 }
 
-/// The target's text with the plan's runtimes merged in, and whether it is a drop-in that holds
-/// more than install's tables (`ours`: it holds nothing else, see [`drop_in_is_ours`]). The drop-in
-/// is made afresh, unless (with --write) it holds more: then the entries are merged into it,
-/// keeping the rest. Its real runtimes' settings
-/// come from the main config, and it holds CRI's default `runc` only when the main config
-/// defines runtimes but not `runc`.
+/// The target's text with the plan's runtimes merged in, and whether that target is a drop-in
+/// holding more than install's tables. `ours` says the existing drop-in holds nothing else (see
+/// [`drop_in_is_ours`]): then it is made afresh; otherwise, with --write, the entries are merged
+/// into it, keeping the rest. A drop-in's real runtimes' settings come from the main config, and
+/// it holds CRI's default `runc` only when the main config defines runtimes but not `runc`.
 fn merge_entries(
     args: &InstallArgs,
     plan: &Plan,
@@ -1748,8 +1749,8 @@ enum Step {
     Rewrite { path: PathBuf, text: String },
     /// Replaces the wrapper's config with `text`.
     RewriteWrapper { path: PathBuf, text: String },
-    /// Removes the file, a copy kept first when `keep_copy`.
-    Remove { path: PathBuf, keep_copy: bool },
+    /// Removes the file.
+    Remove { path: PathBuf },
 }
 
 /// Reads a file uninstall may change: `None` when it is gone; any other failure stops uninstall
@@ -1852,14 +1853,13 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     } else if let Some(text) = read_for_uninstall(&state.config)? {
         let (mut doc, removed) = remove_installed(&text, &state.config, &state, &mut report)?;
         outcome.removed_tables += removed;
-        if state.version_added && doc.as_table().len() == 1 && only_version(&doc) {
+        if state.version_added && only_version(&doc) {
             doc.remove("version");
         }
         let new_text = doc.to_string();
         if state.created_file && new_text.trim().is_empty() {
             steps.push(Step::Remove {
                 path: state.config.clone(),
-                keep_copy: false,
             });
         } else if new_text != text {
             steps.push(Step::Rewrite {
@@ -1891,10 +1891,7 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
                 }
             }
             Step::RewriteWrapper { path, text } => write_wrapper_config(&path, &text)?,
-            Step::Remove { path, keep_copy } => {
-                if keep_copy {
-                    outcome.drop_in_backup = Some(back_up(&path)?);
-                }
+            Step::Remove { path } => {
                 fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
                 outcome.removed_files.push(path);
             }
@@ -1960,8 +1957,8 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     Ok(outcome)
 }
 
-/// Plans taking the drop-in back: removed whole while it reads as install wrote it; once edited,
-/// only install's tables go (the file too if nothing else is left), a copy of it kept first.
+/// Plans taking the drop-in back: removed whole while it holds nothing but install's tables
+/// ([`drop_in_is_ours`]); otherwise only those go, a copy of it kept first.
 fn uninstall_drop_in(
     drop_in: &Path,
     state: &InstallState,
@@ -1972,32 +1969,24 @@ fn uninstall_drop_in(
     let Some(text) = read_for_uninstall(drop_in)? else {
         return Ok(());
     };
-    if drop_in_is_ours(&text, drop_in, state) {
-        steps.push(Step::Remove {
-            path: drop_in.to_path_buf(),
-            keep_copy: false,
-        });
-        return Ok(());
-    }
+    // (`drop_in` is the state's own, so this is `drop_in_is_ours`, without parsing twice.)
     let (doc, removed) = remove_installed(&text, drop_in, state, report)?;
-    outcome.removed_tables += removed;
-    // The drop-in and its `version` are install's: the file goes when nothing else is left.
     if only_version(&doc) {
         steps.push(Step::Remove {
             path: drop_in.to_path_buf(),
-            keep_copy: true,
         });
-    } else {
-        let _ = writeln!(
-            report,
-            "# {} was edited since install wrote it: removed install's {removed} table(s) from it, kept the rest",
-            drop_in.display()
-        );
-        steps.push(Step::Rewrite {
-            path: drop_in.to_path_buf(),
-            text: doc.to_string(),
-        });
+        return Ok(());
     }
+    outcome.removed_tables += removed;
+    let _ = writeln!(
+        report,
+        "# {} was edited since install wrote it: removed install's {removed} table(s) from it, kept the rest",
+        drop_in.display()
+    );
+    steps.push(Step::Rewrite {
+        path: drop_in.to_path_buf(),
+        text: doc.to_string(),
+    });
     Ok(())
 }
 
@@ -2029,7 +2018,6 @@ fn uninstall_wrapper_entries(
         if state.wrapper_config_created && new_text.trim().is_empty() {
             Some(Step::Remove {
                 path: path.to_path_buf(),
-                keep_copy: false,
             })
         } else if new_text != text {
             Some(Step::RewriteWrapper {

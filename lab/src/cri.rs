@@ -482,7 +482,7 @@ fn setup_notes(
         ),
     ];
     let form = handlers.form();
-    let gvisor = handlers.named("traced-runsc");
+    let gvisor = handlers.named(&traced_handler("runsc"));
     if let Some(gvisor) = gvisor.filter(|_| handlers.runsc.is_some()) {
         let through = match form {
             Form::Path => "`BinaryName`".to_string(),
@@ -500,7 +500,7 @@ fn setup_notes(
              (`containerd-shim-runsc-v1`)."
         ));
     }
-    if let (Form::Name, Some(crun)) = (form, handlers.named("traced-crun")) {
+    if let (Form::Name, Some(crun)) = (form, handlers.named(&traced_handler("crun"))) {
         notes.push(format!(
             "crun (`traced-crun`): crun through the runc shim, as runtime `{}` in the lab's \
              wrapper config.",

@@ -260,7 +260,8 @@ impl RunNames {
         format!("lab-{profile}-{what}-{}", self.suffix)
     }
 
-    /// Whether `id` has the form of this run's names, `lab-…-<suffix>`, as [`Self::pattern`].
+    /// Whether `id` has the form of this run's names, `lab-…-<suffix>` (what [`Self::pattern`]
+    /// matches, anchored at the start too).
     fn is_ours(&self, id: &str) -> bool {
         id.starts_with("lab-")
             && id
@@ -280,16 +281,15 @@ pub async fn run_async(args: LabArgs) -> Result<PathBuf, LabError> {
     let lab = Lab::prepare(&args)?;
     let mut found = Findings::new();
     host_probe(&lab, &mut found).await;
-    let result = if args.engine() != Engine::Containerd {
-        match args.engine() {
-            Engine::Docker => docker::measure(&lab, &mut found).await,
-            _ => cri::measure(&lab, &mut found).await,
+    let result = match args.engine() {
+        Engine::Docker => docker::measure(&lab, &mut found).await,
+        Engine::Cri => cri::measure(&lab, &mut found).await,
+        Engine::Containerd => {
+            let target = connect(&lab, &mut found).await?;
+            let result = measure(&lab, &target, &mut found).await;
+            target.close(&mut found.report).await;
+            result
         }
-    } else {
-        let target = connect(&lab, &mut found).await?;
-        let result = measure(&lab, &target, &mut found).await;
-        target.close(&mut found.report).await;
-        result
     };
     if interrupted() {
         found.user_error("interrupted (Ctrl-C): the report holds what was measured before".into());
@@ -841,12 +841,9 @@ fn no_probe_output(code: impl std::fmt::Display, printed: &str) -> String {
 /// profile's cold-start summary.
 fn attach_spans(spool_dir: &Path, spool_start: u64, active: &mut [Active], report: &mut LabReport) {
     let spans = read_spans(spool_dir, spool_start).unwrap_or_else(|e| {
-        // A spool no wrapper made is an untraced run's (its rows say so); any other error is news.
-        if !e.is_not_found() {
-            report.errors.push(format!(
-                "the runs have no shim spans: {e} (pass --spool-dir where the wrapper spools)"
-            ));
-        }
+        report.errors.push(format!(
+            "the runs have no shim spans: {e} (pass --spool-dir where the wrapper spools)"
+        ));
         BTreeMap::new()
     });
     for entry in active {
@@ -1129,10 +1126,8 @@ async fn export_otlp(
     let Some(endpoint) = &lab.args.otlp else {
         return;
     };
-    let spans = match shimtrace_span::spool::read_spool(spool_dir) {
+    let spans = match shimtrace_span::spool::read_spool_if_made(spool_dir) {
         Ok(contents) => contents.spans,
-        // No wrapper spooled anything: there is nothing to send.
-        Err(e) if e.is_not_found() => Vec::new(),
         Err(e) => {
             found.user_error(format!("nothing sent to {endpoint}: {e}"));
             return;
@@ -1388,7 +1383,8 @@ fn read_spans(
     since: u64,
 ) -> Result<SpansByContainer, shimtrace_span::spool::ReadError> {
     let mut by_container = SpansByContainer::new();
-    let contents = shimtrace_span::spool::read_spool(spool_dir)?;
+    // A spool no wrapper made is an untraced run's: its rows say so.
+    let contents = shimtrace_span::spool::read_spool_if_made(spool_dir)?;
     for span in contents.spans {
         if span.start_time_unix_nano < since {
             continue;

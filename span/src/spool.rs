@@ -391,6 +391,15 @@ pub fn read_spool(dir: &Path) -> Result<SpoolContents, ReadError> {
     Ok(contents)
 }
 
+/// [`read_spool`] of a spool that may not be there yet: a directory no writer has made holds no
+/// spans. Any other read error is still an error.
+pub fn read_spool_if_made(dir: &Path) -> Result<SpoolContents, ReadError> {
+    match read_spool(dir) {
+        Err(e) if e.is_not_found() => Ok(SpoolContents::default()),
+        read => read,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
