@@ -1263,13 +1263,11 @@ fn planned_links(plan: &Plan) -> Vec<PathBuf> {
 
 /// Links every traced binary to the wrapper; returns the links it created.
 fn link_wrappers(plan: &Plan) -> Result<Vec<PathBuf>, InstallError> {
-    let mut created = Vec::new();
-    for link in planned_links(plan) {
-        if ensure_symlink(&link, &plan.wrapper)? {
-            created.push(link);
-        }
+    let links = links_to_make(plan)?;
+    for link in &links {
+        ensure_symlink(link, &plan.wrapper)?;
     }
-    Ok(created)
+    Ok(links)
 }
 
 /// The traced links that do not yet point at the wrapper, after checking that none is in the

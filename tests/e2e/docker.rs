@@ -697,28 +697,13 @@ fn name_and_image_are_beside_the_hostname_mount_docker_28() {
     name_and_image_are_beside_the_hostname_mount(DOCKER_NEXT_VERSION)
 }
 
-/// `shimtrace lab --engine docker` where no Docker answers: the lab starts its own dockerd with the
-/// traced runtimes, runs runc and gVisor through `docker run --runtime`, and writes the same
-/// report, leaving nothing behind.
-#[test]
-fn lab_runs_its_profiles_through_docker() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let version = DockerVersion::find(DOCKER_VERSION).unwrap();
-    let run = Command::new(built_binary("shimtrace"))
-        .args([
-            "lab",
-            "--engine",
-            "docker",
-            "--runs",
-            "2",
-            "--requests",
-            "10",
-        ])
-        .args(["--only", "runc,runsc", "--out"])
-        .arg(&out)
-        .arg("--wrapper")
-        .arg(shimtrace_testkit::traced::wrapper_binary())
+/// `lab` (a `shimtrace lab` command) with `--engine docker` where no Docker answers, so that it
+/// starts a dockerd of `version` (and its spans go to its own spool).
+pub(crate) fn with_private_dockerd<'a>(
+    lab: &'a mut Command,
+    version: &DockerVersion,
+) -> &'a mut Command {
+    lab.args(["--engine", "docker"])
         .arg("--docker-cli")
         .arg(version.cli())
         .arg("--dockerd")
@@ -728,6 +713,23 @@ fn lab_runs_its_profiles_through_docker() {
             "unix:///nonexistent/shimtrace-test/docker.sock",
         )
         .env_remove("SHIMTRACE_SPOOL_DIR")
+}
+
+/// `shimtrace lab --engine docker` where no Docker answers: the lab starts its own dockerd with the
+/// traced runtimes, runs runc and gVisor through `docker run --runtime`, and writes the same
+/// report, leaving nothing behind.
+#[test]
+fn lab_runs_its_profiles_through_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let version = DockerVersion::find(DOCKER_VERSION).unwrap();
+    let mut lab = Command::new(built_binary("shimtrace"));
+    let run = with_private_dockerd(lab.arg("lab"), &version)
+        .args(["--runs", "2", "--requests", "10"])
+        .args(["--only", "runc,runsc", "--out"])
+        .arg(&out)
+        .arg("--wrapper")
+        .arg(shimtrace_testkit::traced::wrapper_binary())
         .output()
         .unwrap();
     assert!(

@@ -170,15 +170,6 @@ fn ctrl_c_ends_a_cri_lab_cleanly() {
 fn ctrl_c_ends_a_docker_lab_cleanly() {
     let version = DockerVersion::find(DOCKER_VERSION).unwrap();
     let mut lab = shimtrace_lab();
-    lab.args(["--engine", "docker"])
-        .arg("--docker-cli")
-        .arg(version.cli())
-        .arg("--dockerd")
-        .arg(version.dockerd())
-        .env(
-            "DOCKER_HOST",
-            "unix:///nonexistent/shimtrace-test/docker.sock",
-        )
-        .env_remove("SHIMTRACE_SPOOL_DIR");
+    crate::docker::with_private_dockerd(&mut lab, &version);
     interrupt(lab);
 }
