@@ -257,9 +257,13 @@ impl Trace {
     /// When the init process was running: the end of its first `Start` call that did not fail
     /// (a failed `Start` leaves nothing running).
     pub fn running_at(&self) -> Option<u64> {
+        self.start_that_worked().map(|s| s.end_time_unix_nano)
+    }
+
+    /// The init process's first `Start` call that did not fail.
+    fn start_that_worked(&self) -> Option<&SpanRecord> {
         self.init_calls("Start")
             .find(|s| !matches!(s.status, SpanStatus::Error(_)))
-            .map(|s| s.end_time_unix_nano)
     }
 
     /// The `shim.start` span, else the earliest span without a parent in this trace.
@@ -362,7 +366,9 @@ impl Trace {
         if let Some(s) = self.init_call("Create") {
             push(Phase::Create, s.start_time_unix_nano, s.end_time_unix_nano);
         }
-        let start = self.init_call("Start");
+        // The Start that ran the process, as `running_at` and the cold start take it; a failed
+        // one only when no later one worked.
+        let start = self.start_that_worked().or_else(|| self.init_call("Start"));
         if let Some(s) = start {
             push(Phase::Start, s.start_time_unix_nano, s.end_time_unix_nano);
         }
@@ -698,6 +704,14 @@ pub(crate) mod tests {
             crate::report::cold_start_nanos(&trace),
             Some(ran - trace.start())
         );
+        // Its phases are those of the Start that worked: 101 → 104 ms, then to the exit event.
+        assert_eq!(phase_nanos(&trace, Phase::Start), 3 * 1_000_000);
+        let to_exit = trace
+            .phases()
+            .into_iter()
+            .find(|p| p.phase == Phase::ToExit)
+            .unwrap();
+        assert_eq!(to_exit.start_unix_nano, ran);
     }
 
     #[test]
