@@ -8,7 +8,9 @@
 //!
 //! Continuous export follows the store's ingest sequence with a cursor persisted in the store, so
 //! what is pending survives a restart; failures, of the endpoint or of the store, are retried with
-//! exponential backoff, and never end it.
+//! exponential backoff, and never end it. A batch goes out as one request per resource; a retry
+//! sends only the requests the endpoint has not accepted, so no span reaches it twice (short of a
+//! restart between a batch's requests).
 //!
 //! Each request waits at most `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (else `OTEL_EXPORTER_OTLP_TIMEOUT`)
 //! milliseconds, 10 s by default, for an answer; a request that got none names the variable to
@@ -405,23 +407,14 @@ impl OtlpExporter {
         &self.config
     }
 
-    /// Sends `spans`, one request per (namespace, runtime) resource, each answered within the
-    /// configured timeout or failed with [`ExportError::Timeout`].
-    pub async fn export(
-        &mut self,
-        spans: &[SpanRecord],
-        resolver: &ResourceResolver,
-    ) -> Result<(), ExportError> {
-        let mut groups: BTreeMap<ResourceKey, Vec<SpanData>> = BTreeMap::new();
-        for s in spans {
-            groups
-                .entry(resolver.key(s))
-                .or_default()
-                .push(to_span_data(s));
-        }
-        for (key, batch) in groups {
+    /// Sends what `requests` still holds, one request per resource, each answered within the
+    /// configured timeout or failed with [`ExportError::Timeout`]. A request the endpoint accepted
+    /// leaves `requests`: after a failure, sending them again sends only the rest.
+    pub async fn send(&mut self, requests: &mut Requests) -> Result<(), ExportError> {
+        while let Some((key, spans)) = requests.pending.front() {
             self.inner
-                .set_resource(&resource(&self.config.service_name, &self.host, &key));
+                .set_resource(&resource(&self.config.service_name, &self.host, key));
+            let batch = spans.iter().map(to_span_data).collect();
             tokio::time::timeout(self.config.timeout, self.inner.export(batch))
                 .await
                 .map_err(|_| ExportError::Timeout {
@@ -433,8 +426,28 @@ impl OtlpExporter {
                     endpoint: self.config.endpoint.clone(),
                     message: e.to_string(),
                 })?;
+            requests.pending.pop_front();
         }
         Ok(())
+    }
+}
+
+/// A batch of spans as the requests that carry it: one per (namespace, runtime) resource, for
+/// [`OtlpExporter::send`].
+pub struct Requests {
+    pending: std::collections::VecDeque<(ResourceKey, Vec<SpanRecord>)>,
+}
+
+impl Requests {
+    /// `spans` grouped by the resource `resolver` finds for each.
+    pub fn new(spans: Vec<SpanRecord>, resolver: &ResourceResolver) -> Requests {
+        let mut groups: BTreeMap<ResourceKey, Vec<SpanRecord>> = BTreeMap::new();
+        for s in spans {
+            groups.entry(resolver.key(&s)).or_default().push(s);
+        }
+        Requests {
+            pending: groups.into_iter().collect(),
+        }
     }
 }
 
@@ -449,10 +462,11 @@ pub async fn export_once(
     let mut resolver = ResourceResolver::default();
     resolver.learn(spans);
     for chunk in spans.chunks(BATCH) {
+        let mut requests = Requests::new(chunk.to_vec(), &resolver);
         let mut backoff = Duration::from_millis(500);
         let mut attempt = 0;
         loop {
-            match exporter.export(chunk, &resolver).await {
+            match exporter.send(&mut requests).await {
                 Ok(()) => break,
                 Err(e @ ExportError::Timeout { .. }) => return Err(e),
                 Err(e) if attempt < retries => {
@@ -481,8 +495,12 @@ pub async fn run_continuous(
 ) {
     let mut resolver = ResourceResolver::default();
     let mut backoff = FIRST_BACKOFF;
+    // A batch being sent (the `seq` of its last span, how many, what is left to send): a failed
+    // send is retried with what the endpoint did not accept yet, so that the receiver does not
+    // get any span twice.
+    let mut sending: Option<(u64, u64, Requests)> = None;
     // A batch sent whose export the store could not record: recorded before anything else is
-    // sent, so that the receiver does not get it twice.
+    // sent, for the same reason.
     let mut unrecorded: Option<(u64, u64)> = None;
     tracing::info!(endpoint = %exporter.config().endpoint, protocol = ?exporter.config().protocol, "exporting spans over OTLP");
     loop {
@@ -495,6 +513,15 @@ pub async fn run_continuous(
                 unrecorded = None;
             }
             recorded
+        } else if let Some((last, count, requests)) = &mut sending {
+            match exporter.send(requests).await {
+                Ok(()) => {
+                    unrecorded = Some((*last, *count));
+                    sending = None;
+                    continue;
+                }
+                Err(e) => Err(e),
+            }
         } else {
             match next_batch(&store, &mut resolver) {
                 Ok(None) => {
@@ -504,13 +531,11 @@ pub async fn run_continuous(
                     }
                     continue;
                 }
-                Ok(Some((last, spans))) => match exporter.export(&spans, &resolver).await {
-                    Ok(()) => {
-                        unrecorded = Some((last, spans.len() as u64));
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
+                Ok(Some((last, spans))) => {
+                    let count = spans.len() as u64;
+                    sending = Some((last, count, Requests::new(spans, &resolver)));
+                    continue;
+                }
                 Err(e) => Err(e.into()),
             }
         };
@@ -838,51 +863,6 @@ mod tests {
         drop(listener);
     }
 
-    /// An OTLP/HTTP endpoint that accepts every request: its address, and how many it answered.
-    fn accepting_endpoint() -> (String, Arc<std::sync::atomic::AtomicU64>) {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let count = answered.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let count = count.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut stream = stream;
-                    // One request after another on a kept-alive connection.
-                    loop {
-                        let mut length = 0;
-                        loop {
-                            let mut line = String::new();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            if let Some((name, value)) = line.split_once(':') {
-                                if name.eq_ignore_ascii_case("content-length") {
-                                    length = value.trim().parse().unwrap();
-                                }
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        reader.read_exact(&mut body).unwrap();
-                        count.fetch_add(1, Ordering::SeqCst);
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-                        if stream.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (format!("http://127.0.0.1:{port}/v1/traces"), answered)
-    }
-
     /// Waits up to 20 s for `done`.
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -954,10 +934,10 @@ mod tests {
             ))
             .unwrap();
         }
-        let (endpoint, answered) = accepting_endpoint();
+        let (_receiving, receiver) = shimtrace_testkit::otlp::otlp_http_receiver();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let counters = Arc::new(Counters::default());
-        let running = continuous(&runtime, &db, endpoint, &counters);
+        let running = continuous(&runtime, &db, http_endpoint(&receiver), &counters);
         wait_for("two failed attempts to record", || {
             counters.export_failures.load(Ordering::SeqCst) >= 2
         });
@@ -970,11 +950,56 @@ mod tests {
         });
         assert_eq!(store.meta(crate::store::EXPORTED_KEY).unwrap(), 7);
         assert_eq!(
-            answered.load(Ordering::SeqCst),
-            1,
+            receiver.received.spans().len(),
+            7,
             "the batch was sent again"
         );
         stop_continuous(&runtime, running);
+    }
+
+    #[test]
+    fn a_batch_sent_in_part_is_retried_with_the_rest_only() {
+        // Two namespaces, two resources: the endpoint takes one request and refuses the other.
+        let mut spans = container_trace(TraceId([7; 16]), "c");
+        let mut other = container_trace(TraceId([8; 16]), "d");
+        // Span ids of their own: the receiver tells spans apart by them.
+        let own = |mut id: shimtrace_span::SpanId| {
+            id.0[0] = 8;
+            id
+        };
+        for span in &mut other {
+            span.span_id = own(span.span_id);
+            span.parent_span_id = span.parent_span_id.map(own);
+            span.attributes
+                .insert(attr::CONTAINERD_NAMESPACE.into(), "refused".into());
+        }
+        spans.extend(other);
+        let (_dir, db, store) = crate::store::tests::store_holding("db", &spans);
+        drop(store);
+        let (_receiving, receiver) = shimtrace_testkit::otlp::otlp_http_receiver();
+        receiver
+            .received
+            .refuse_resource(attr::CONTAINERD_NAMESPACE, "refused");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let counters = Arc::new(Counters::default());
+        let running = continuous(&runtime, &db, http_endpoint(&receiver), &counters);
+        wait_for("two failed attempts", || {
+            counters.export_failures.load(Ordering::SeqCst) >= 2
+        });
+        receiver.received.accept_all();
+        let store = Store::open_read_only(&db).unwrap();
+        wait_for("the export recorded", || {
+            store.meta(EXPORT_CURSOR_KEY).unwrap() == 14
+        });
+        let got = receiver.received.spans();
+        assert_eq!(receiver.received.distinct(), 14);
+        assert_eq!(got.len(), 14, "a span accepted once was sent again");
+        stop_continuous(&runtime, running);
+    }
+
+    /// Where an OTLP/HTTP exporter reaches `receiver`.
+    fn http_endpoint(receiver: &shimtrace_testkit::otlp::OtlpReceiver) -> String {
+        format!("{}/v1/traces", receiver.endpoint())
     }
 
     #[test]
@@ -989,16 +1014,16 @@ mod tests {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute("UPDATE spans SET record = '{' WHERE seq = 3", [])
             .unwrap();
-        let (endpoint, answered) = accepting_endpoint();
+        let (_receiving, receiver) = shimtrace_testkit::otlp::otlp_http_receiver();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let counters = Arc::new(Counters::default());
-        let running = continuous(&runtime, &db, endpoint, &counters);
+        let running = continuous(&runtime, &db, http_endpoint(&receiver), &counters);
         let store = Store::open_read_only(&db).unwrap();
         wait_for("every other span exported", || {
             store.meta(EXPORT_CURSOR_KEY).unwrap() == 7
         });
         assert_eq!(store.meta(crate::store::EXPORTED_KEY).unwrap(), 6);
-        assert!(answered.load(Ordering::SeqCst) >= 1);
+        assert_eq!(receiver.received.distinct(), 6);
         stop_continuous(&runtime, running);
     }
 

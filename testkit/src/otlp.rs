@@ -44,13 +44,47 @@ fn strings(kvs: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>) -> BTreeM
         .collect()
 }
 
-/// Everything a receiver got, shared between its server task and the test.
+/// Everything a receiver got, shared between its server task and the test; and which requests it
+/// refuses, as an endpoint that is failing would.
 #[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<ReceivedSpan>>>);
+pub struct Received {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// A resource attribute `(key, value)`: requests holding a resource with it are refused.
+    refused: Arc<Mutex<Option<(String, String)>>>,
+}
 
 impl Received {
+    /// Refuses, until [`Received::accept_all`], every request that holds a resource whose
+    /// attribute `key` is `value` (answered as unavailable: the exporter may retry). Nothing of
+    /// a refused request is kept.
+    pub fn refuse_resource(&self, key: &str, value: &str) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((key.to_owned(), value.to_owned()));
+    }
+
+    pub fn accept_all(&self) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Whether `request` is to be refused (see [`Received::refuse_resource`]).
+    fn refuses(&self, request: &ExportTraceServiceRequest) -> bool {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((key, value)) = refused.as_ref() else {
+            return false;
+        };
+        request.resource_spans.iter().any(|rs| {
+            rs.resource.iter().flat_map(|r| &r.attributes).any(|kv| {
+                kv.key == *key
+                    && matches!(
+                        kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                        Some(AnyValue::StringValue(s)) if s == value
+                    )
+            })
+        })
+    }
+
     fn absorb(&self, request: ExportTraceServiceRequest) {
-        let mut got = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut got = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         for rs in request.resource_spans {
             let resource = strings(rs.resource.map(|r| r.attributes).unwrap_or_default());
             for ss in rs.scope_spans {
@@ -73,7 +107,7 @@ impl Received {
 
     /// Every span received, in arrival order (a retried batch may arrive twice).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How many different span ids arrived.
@@ -121,7 +155,11 @@ impl TraceService for Received {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.absorb(request.into_inner());
+        let request = request.into_inner();
+        if self.refuses(&request) {
+            return Err(tonic::Status::unavailable("refused by the test"));
+        }
+        self.absorb(request);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -178,6 +216,11 @@ impl OtlpReceiver {
                             );
                         }
                         match ExportTraceServiceRequest::decode(body) {
+                            Ok(request) if sink.refuses(&request) => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                [(header::CONTENT_TYPE, "text/plain")],
+                                b"refused by the test".to_vec(),
+                            ),
                             Ok(request) => {
                                 sink.absorb(request);
                                 (
