@@ -49,7 +49,7 @@ fn filter(default: LevelFilter, env: impl Fn(&str) -> Option<String>) -> Targets
 mod tests {
     use super::*;
 
-    use shimtrace_span::env::from_pairs as env;
+    use shimtrace_testkit::env::from_pairs as env;
     use tracing_subscriber::{Layer, Registry};
 
     /// The most verbose level the filter from `default` and the variables `vars` lets through.

@@ -82,3 +82,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Install(args) => install::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Conflicting flags, duplicate names, defaults that do not parse: clap's own checks.
+        super::Cli::command().debug_assert();
+    }
+}

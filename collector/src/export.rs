@@ -693,7 +693,7 @@ mod tests {
     }
     use shimtrace_span::TraceId;
 
-    use shimtrace_span::env::from_pairs as env;
+    use shimtrace_testkit::env::from_pairs as env;
 
     /// The export configuration `overrides` and the variables `vars` resolve to (export asked).
     fn resolved(overrides: &ExportOverrides, vars: &[(&str, &str)]) -> ExportConfig {

@@ -122,7 +122,7 @@ mod tests {
     use crate::trace::tests::container_trace;
     use shimtrace_span::TraceId;
 
-    use shimtrace_span::env::from_pairs as env;
+    use shimtrace_testkit::env::from_pairs as env;
 
     #[test]
     fn a_pass_with_nowhere_to_go_says_what_to_do() {

@@ -17,13 +17,3 @@ pub const RUN_DIR: &str = "SHIMTRACE_RUN_DIR";
 pub const PROPAGATE: &str = "SHIMTRACE_PROPAGATE";
 /// The collector's store (default `/var/lib/shimtrace/shimtrace.db`).
 pub const DB: &str = "SHIMTRACE_DB";
-
-/// An environment made of fixed `(name, value)` pairs, as a lookup function: for callers that
-/// resolve settings from something other than the process's own environment (and for tests).
-pub fn from_pairs<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-    move |k| {
-        vars.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.to_string())
-    }
-}

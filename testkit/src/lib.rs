@@ -7,6 +7,7 @@ pub mod cli;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
+pub mod env;
 pub mod error;
 pub mod otlp;
 pub mod tmpfs;
