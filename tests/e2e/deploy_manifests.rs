@@ -175,8 +175,34 @@ fn manifests_agree_with_install_and_the_shims() {
         .parent()
         .unwrap();
     assert!(collector.contains(&format!("path: {}", state_dir.display())));
-    assert!(collector.contains("name: OTEL_EXPORTER_OTLP_ENDPOINT"));
     assert!(collector.contains("--metrics-addr=0.0.0.0:9464"));
+    // What the collector's export makes of the manifest's OTEL variables: gRPC to OTLP's gRPC port
+    // (the protocol defaults to http/protobuf, which that port does not speak).
+    let env_value = |name: &str| {
+        let mut lines = collector
+            .lines()
+            .skip_while(|l| l.trim() != format!("- name: {name}"));
+        lines.next()?;
+        lines
+            .next()?
+            .trim()
+            .strip_prefix("value: ")
+            .map(str::to_owned)
+    };
+    let export = shimtrace_collector::export::ExportConfig::resolve(
+        &Default::default(),
+        |name| env_value(name),
+        true,
+    )
+    .unwrap()
+    .expect("the collector manifest names an OTLP endpoint");
+    assert_eq!(
+        export.protocol,
+        shimtrace_collector::export::Protocol::Grpc,
+        "{}",
+        export.endpoint
+    );
+    assert!(export.endpoint.ends_with(":4317"), "{}", export.endpoint);
 
     // The installer runs the script's `run`, its preStop the script's `stop`, on the same image.
     let installer = text_of("installer.yaml");
