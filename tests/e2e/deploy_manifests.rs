@@ -688,3 +688,66 @@ fn run_quits(node: &CriNode, name: &str, handler: &str) -> [String; 2] {
     node.remove_pod(run.id()).unwrap();
     [run.id().to_string(), run.containers[0].clone()]
 }
+
+#[test]
+fn node_installer_on_containerd_2_2_finds_and_undoes_its_drop_in() {
+    let on_2_2 = || {
+        let node = ScratchNode::new();
+        node.script(
+            "fake/containerd",
+            "echo 'containerd github.com/containerd/containerd/v2 v2.2.0 0123456789ab'\n",
+        );
+        node
+    };
+    let drop_in = |node: &ScratchNode| node.path("etc/containerd/conf.d/shimtrace.toml");
+    let node = on_2_2();
+    let said = node.succeeds("install", &[]);
+    // The handlers are in the drop-in, which is what the script reports (and labels the node by).
+    let written = std::fs::read_to_string(drop_in(&node)).unwrap();
+    assert!(written.contains("runtimes.traced-runsc]"), "{written}");
+    let handlers: Vec<&str> = said
+        .lines()
+        .find_map(|l| l.strip_prefix("shimtrace-node: installed: handlers "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(
+        handlers.contains(&"traced-runc") && handlers.contains(&"traced-runsc"),
+        "{said}"
+    );
+    assert!(std::fs::read_to_string(node.config())
+        .unwrap()
+        .contains(&drop_in(&node).display().to_string()));
+    node.succeeds("uninstall", &[]);
+    assert_eq!(toml_of(&node.config()), toml_of_str(ORIGINAL_CONFIG));
+    assert!(!drop_in(&node).exists());
+
+    // `install --uninstall` fails (its state file is gone): the config goes back as it was and
+    // the drop-in, which did not exist, is removed: nothing is left for containerd to import.
+    let node = on_2_2();
+    node.succeeds("install", &[]);
+    std::fs::remove_file(node.path(&format!("etc/containerd/{STATE_FILE}"))).unwrap();
+    node.succeeds("uninstall", &[]);
+    assert_eq!(
+        std::fs::read_to_string(node.config()).unwrap(),
+        ORIGINAL_CONFIG
+    );
+    assert!(!drop_in(&node).exists());
+    assert_eq!(node.links(), Vec::<String>::new());
+
+    // CRI does not load after the restart: the drop-in goes with the config's import.
+    let node = on_2_2();
+    let said = node.fails(
+        "install",
+        &[
+            ("FAKE_CRI_AFTER_RESTART", "error"),
+            ("FAKE_CTR_PLUGINS", "2"),
+        ],
+    );
+    assert_says(&said, "does not load with the new config");
+    assert_eq!(
+        std::fs::read_to_string(node.config()).unwrap(),
+        ORIGINAL_CONFIG
+    );
+    assert!(!drop_in(&node).exists());
+}
