@@ -1,5 +1,5 @@
-//! `shimtrace lab --engine docker`: the same profiles run through Docker Engine, as the lab's
-//! original script does it: `docker run --rm --runtime <runtime>` timed by the Docker client (the
+//! `shimtrace lab --engine docker`: the same profiles run through Docker Engine, as a user compares
+//! runtimes by hand: `docker run --rm --runtime <runtime>` timed by the Docker client (the
 //! `time docker run` figure) beside the shim spans, the probe run with `docker run` for the
 //! isolation column, and busybox httpd in a detached container (`--network host`) for served
 //! latency. The report is the same.

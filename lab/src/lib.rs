@@ -45,7 +45,7 @@ pub enum Engine {
     /// containerd's API (`--address`), as a kubelet's CRI or ctr does.
     #[default]
     Containerd,
-    /// The docker CLI (`docker run --runtime …`), as the lab's original script does.
+    /// The docker CLI (`docker run --runtime …`), as a user compares runtimes by hand.
     Docker,
     /// containerd's CRI, as the kubelet drives it: each profile a RuntimeClass handler registered
     /// by `shimtrace install` in a private containerd with its CRI plugin on.
