@@ -35,7 +35,16 @@ fn filter(default: LevelFilter, env: impl Fn(&str) -> Option<String>) -> Targets
         let Some(value) = env(name).filter(|v| !v.trim().is_empty()) else {
             continue;
         };
-        match value.trim().parse::<Targets>() {
+        // `Targets` takes a bare word for a target name: a misspelt level would silence everything.
+        let not_a_level = value
+            .split(',')
+            .map(str::trim)
+            .find(|d| !d.contains('=') && d.parse::<LevelFilter>().is_err());
+        let parsed = match not_a_level {
+            Some(word) => Err(format!("{word:?} is not a level")),
+            None => value.trim().parse::<Targets>().map_err(|e| e.to_string()),
+        };
+        match parsed {
             Ok(filter) => return filter,
             Err(e) => eprintln!(
                 "warning: {name}={value:?} is not a log filter ({e}); set it to error, warn, info, debug or trace"
@@ -117,5 +126,13 @@ mod tests {
             ),
             Some(LevelFilter::INFO)
         );
+        // A misspelt level is not taken for a target name (which would turn everything else off).
+        for typo in ["degub", "shimtrace_collector=debug,wran"] {
+            assert_eq!(
+                max_level(LevelFilter::WARN, &[(LOG_LEVEL, typo)]),
+                Some(LevelFilter::WARN),
+                "{typo}"
+            );
+        }
     }
 }
