@@ -31,7 +31,7 @@ const MAX_READERS: usize = 4;
 pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot read spool directory {path}: {source} (pass --spool DIR or set SHIMTRACE_SPOOL_DIR)")]
+    #[error("cannot read spool directory {path}: {} ({})", source.source, crate::source::what_to_do(source))]
     Spool {
         path: PathBuf,
         #[source]

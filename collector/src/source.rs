@@ -87,12 +87,22 @@ impl Source {
 pub enum SourceError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot read spool directory {path}: {source} (pass --spool DIR or set SHIMTRACE_SPOOL_DIR to the shims' spool)")]
+    #[error("cannot read spool directory {path}: {} ({})", source.source, what_to_do(source))]
     Spool {
         path: PathBuf,
         #[source]
         source: ReadError,
     },
+}
+
+/// What to do about a spool that cannot be read.
+pub(crate) fn what_to_do(error: &ReadError) -> &'static str {
+    match error.source.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "the shims' spool is root's: run this as root (sudo), or pass --spool DIR"
+        }
+        _ => "pass --spool DIR or set SHIMTRACE_SPOOL_DIR to the shims' spool",
+    }
 }
 
 /// Reads every complete span line in `dir`; malformed lines become [`Loaded::issues`].
@@ -114,6 +124,32 @@ mod tests {
     use crate::timeline;
     use crate::trace::{tests::container_trace, Trace};
     use shimtrace_span::{DroppedSpans, SpoolEntry, TraceId};
+
+    #[test]
+    fn a_spool_that_cannot_be_read_says_what_to_do_and_names_it_once() {
+        let error = |kind: std::io::ErrorKind| {
+            SourceError::Spool {
+                path: "/var/lib/shimtrace/spool".into(),
+                source: ReadError {
+                    path: "/var/lib/shimtrace/spool".into(),
+                    source: kind.into(),
+                },
+            }
+            .to_string()
+        };
+        let denied = error(std::io::ErrorKind::PermissionDenied);
+        assert!(denied.contains("run this as root (sudo)"), "{denied}");
+        assert_eq!(
+            denied.matches("/var/lib/shimtrace/spool").count(),
+            1,
+            "{denied}"
+        );
+        let missing = error(std::io::ErrorKind::NotFound);
+        assert!(
+            missing.contains("pass --spool DIR or set SHIMTRACE_SPOOL_DIR"),
+            "{missing}"
+        );
+    }
 
     /// A spool as the shim leaves it: two writers, a malformed line, a dropped count, a partial
     /// last line still being written.
