@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# Sourced (not run) by the scripts that build as root: scripts/setup, test, bench and soak.
+# `sudo` resets PATH, so root finds no cargo when the Rust toolchain is the calling user's (rustup
+# puts it in ~/.cargo/bin). `use_callers_toolchain` then lets root build with that toolchain, and
+# `give_back` hands what root created in the user's cargo and rustup homes, and in the build
+# directories of their own checkout, back to them, so that their own builds can replace it.
+
+GIVE_BACK=()
+
+use_callers_toolchain() {
+    command -v cargo >/dev/null && return 0
+    [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] || return 0
+    local home
+    home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"
+    [[ -n $home && -x $home/.cargo/bin/cargo ]] || return 0
+    export PATH="$home/.cargo/bin:$PATH"
+    export CARGO_HOME="${CARGO_HOME:-$home/.cargo}"
+    export RUSTUP_HOME="${RUSTUP_HOME:-$home/.rustup}"
+    GIVE_BACK=("$CARGO_HOME" "$RUSTUP_HOME")
+    if [[ $(stat -c %U .) == "$SUDO_USER" ]]; then
+        GIVE_BACK+=("${CARGO_TARGET_DIR:-target}" fuzz)
+    fi
+}
+
+# Gives what root created under GIVE_BACK's paths to the user who called sudo. Called on exit, and
+# by scripts that `exec` (which leaves no exit to trap) before they do.
+give_back() {
+    local path
+    for path in "${GIVE_BACK[@]}"; do
+        [[ -e $path ]] && find "$path" -user 0 -exec chown -h "$SUDO_USER:" {} + 2>/dev/null
+    done
+    return 0
+}
