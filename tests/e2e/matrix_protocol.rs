@@ -9,21 +9,33 @@ use std::path::Path;
 
 use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
-/// Logs argv, environment and stdin of each call, runs the real shim with the same stdin and
-/// relays its stdout (start's reply) after recording it.
-const LOGGING_WRAPPER: &str = r#"#!/bin/bash
-n="$MX_LOG_DIR/$(date +%s%N).$$"
+/// Writes at `path` a shim that logs argv, environment, working directory and stdin of each call
+/// into `log_dir`, runs `real` with the same arguments and stdin, and relays its stdout (start's
+/// reply) after recording it.
+fn logging_shim(path: &Path, log_dir: &Path, real: &Path) {
+    let script = format!(
+        r#"#!/bin/bash
+n='{log_dir}'/$(date +%s%N).$$
 printf '%s\n' "$@" > "$n.argv"
 env > "$n.env"
+pwd > "$n.cwd"
 cat > "$n.stdin"
-"$MX_REAL_SHIM" "$@" < "$n.stdin" > "$n.stdout"; rc=$?
+'{real}' "$@" < "$n.stdin" > "$n.stdout"; rc=$?
 cat "$n.stdout"
 exit $rc
-"#;
+"#,
+        log_dir = log_dir.display(),
+        real = real.display()
+    );
+    fs::create_dir_all(log_dir).unwrap();
+    fs::write(path, script).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
 
 struct Call {
     argv: Vec<String>,
     env: Vec<(String, String)>,
+    cwd: String,
     stdin: Vec<u8>,
     stdout: String,
 }
@@ -61,6 +73,7 @@ fn calls(dir: &Path, action: &str) -> Vec<Call> {
                     .filter_map(|l| l.split_once('='))
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
+                cwd: text("cwd"),
                 stdin: read("stdin"),
                 stdout: text("stdout"),
             }
@@ -73,14 +86,10 @@ fn pin_protocol(version: &str) {
     let version = ContainerdVersion::find(version).expect("containerd version installed");
     let work = tempfile::tempdir().unwrap();
     let wrapper = work.path().join("logging-shim");
-    fs::write(&wrapper, LOGGING_WRAPPER).unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     let log_dir = work.path().join("calls");
-    fs::create_dir(&log_dir).unwrap();
-    let options = Options::default()
-        .env("MX_LOG_DIR", &log_dir)
-        .env("MX_REAL_SHIM", version.runc_shim());
-    let containerd = TestContainerd::start(&version, options).expect("containerd starts");
+    logging_shim(&wrapper, &log_dir, &version.runc_shim());
+    let containerd =
+        TestContainerd::start(&version, Options::default()).expect("containerd starts");
     containerd
         .run_detached(
             "proto",
@@ -187,4 +196,118 @@ fn protocol_1_7_24() {
 #[test]
 fn protocol_2_1_9() {
     pin_protocol("2.1.9");
+}
+
+/// The wrapper's contract with the shim it wraps: the inner shim's `start` gets the arguments,
+/// environment, working directory and stdin containerd gave the wrapper, but for `TTRPC_ADDRESS`
+/// (the wrapper's events socket, which forwards to containerd's). Logged on both sides of the
+/// wrapper: the logging shim containerd runs execs the wrapper under a wrapper name, whose inner
+/// shim is a second logging shim in front of this version's runc shim.
+fn wrapper_passes_start_through(version: &str) {
+    let version = ContainerdVersion::find(version).expect("containerd version installed");
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let wrapper_link = bin.join("containerd-shim-traced-logged-v2");
+    std::os::unix::fs::symlink(shimtrace_testkit::traced::wrapper_binary(), &wrapper_link).unwrap();
+    let outer = work.path().join("outer-shim");
+    logging_shim(&outer, &work.path().join("outer"), &wrapper_link);
+    logging_shim(
+        &bin.join("containerd-shim-logged-v2"),
+        &work.path().join("inner"),
+        &version.runc_shim(),
+    );
+    let config = work.path().join("shimtrace.toml");
+    fs::write(&config, "").unwrap();
+    let options = Options::default()
+        .path_dir(&bin)
+        .env(shimtrace_span::env::CONFIG, &config)
+        .env(shimtrace_span::env::SPOOL_DIR, work.path().join("spool"))
+        .env(shimtrace_span::env::RUN_DIR, work.path().join("run"));
+    let containerd = TestContainerd::start(&version, options).expect("containerd starts");
+    // Through containerd's API with the runc shim's options (which ctr sends only for runc's own
+    // runtime name), so that containerd has something to send on stdin.
+    let mut spec = shimtrace_containerd::RunSpec::new(
+        "contract",
+        containerd.rootfs(),
+        ["/bin/true"],
+        work.path().join("io"),
+    );
+    spec.runtime = outer.display().to_string();
+    spec.runtime_options = Some(shimtrace_containerd::RuncOptions {
+        binary_name: Some(
+            shimtrace_span::naming::which("runc")
+                .expect("runc on PATH")
+                .display()
+                .to_string(),
+        ),
+        ..Default::default()
+    });
+    let outcome = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        shimtrace_containerd::Containerd::connect(containerd.address())
+            .await
+            .expect("containerd's API")
+            .with_namespace(containerd.namespace())
+            .run_to_exit(&spec)
+            .await
+    });
+    assert_eq!(
+        outcome.expect("a container through the wrapper").exit_code,
+        0
+    );
+    let [given] = &calls(&work.path().join("outer"), "start")[..] else {
+        panic!("containerd ran the wrapper's start once");
+    };
+    let [passed] = &calls(&work.path().join("inner"), "start")[..] else {
+        panic!("the wrapper ran the inner shim's start once");
+    };
+    assert_eq!(passed.argv, given.argv);
+    assert_eq!(passed.cwd, given.cwd);
+    assert!(!given.stdin.is_empty(), "containerd sent runtime options");
+    assert_eq!(passed.stdin, given.stdin);
+    // The variables that differ, but for bash's own bookkeeping (each logging shim is a bash).
+    let env = |call: &Call| -> std::collections::BTreeMap<String, String> {
+        call.env
+            .iter()
+            .filter(|(k, _)| !["SHLVL", "_"].contains(&k.as_str()))
+            .cloned()
+            .collect()
+    };
+    let (given_env, passed_env) = (env(given), env(passed));
+    let differing: Vec<_> = given_env
+        .keys()
+        .chain(passed_env.keys())
+        .filter(|k| given_env.get(*k) != passed_env.get(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|k| (k, given_env.get(k), passed_env.get(k)))
+        .collect();
+    assert_eq!(
+        differing
+            .iter()
+            .map(|(k, ..)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["TTRPC_ADDRESS"],
+        "(variable, given, passed): {differing:?}"
+    );
+    assert_eq!(
+        given.env("TTRPC_ADDRESS"),
+        Some(containerd.ttrpc_address().to_str().unwrap())
+    );
+    let events = passed.env("TTRPC_ADDRESS").unwrap_or_default();
+    assert_ne!(events, given.env("TTRPC_ADDRESS").unwrap());
+    assert!(
+        events.starts_with(work.path().join("run").to_str().unwrap()),
+        "the inner shim publishes to the wrapper's events socket, in its run dir: {events}"
+    );
+}
+
+#[test]
+fn wrapper_passes_start_through_1_6_20() {
+    wrapper_passes_start_through("1.6.20");
+}
+
+#[test]
+fn wrapper_passes_start_through_2_1_9() {
+    wrapper_passes_start_through("2.1.9");
 }
