@@ -3,14 +3,16 @@
 //! directory `/tmp/shimtrace-lab-…/` that its command line names. [`LabRun`] learns that directory
 //! from the lab's descendants while the lab runs, and when dropped (a failed assertion, a deadline
 //! passed) kills by pid the lab, its descendants and every process naming the directory (shims,
-//! proxies) with their descendants (containers), undoes the mounts under it and removes it.
+//! proxies) with their descendants (containers), removes the runtime state of containers whose
+//! bundle is under it, undoes the mounts under it and removes it.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::containerd::{kill_with_descendants, with_descendants};
+use crate::containerd::{kill_with_descendants, remove_runtime_state, with_descendants};
 use crate::traced::pids_with_cmdline;
 
 /// What every private daemon directory of the lab's has in its path: `<tmp>/shimtrace-lab-…`.
@@ -20,18 +22,28 @@ pub const PRIVATE_DIR_MARK: &str = "/shimtrace-lab-";
 /// hung: a few minutes on a loaded 2-core machine, with room to spare.
 pub const LAB_DEADLINE: Duration = Duration::from_secs(900);
 
+/// Where runc and runsc keep their state under containerd's runc shim, one directory per namespace.
+const RUNC_ROOT: &str = "/run/containerd/runc";
+
 /// How often a running lab is looked at.
 const POLL: Duration = Duration::from_millis(100);
 
 /// The private daemon directory the command line of `pid` names (`…/shimtrace-lab-…/`), if any.
 pub fn private_dir_in(pid: u32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline);
+    private_dir_of(&String::from_utf8_lossy(&cmdline))
+}
+
+/// The first private daemon directory a NUL-separated command line names.
+fn private_dir_of(cmdline: &str) -> Option<String> {
     let at = cmdline.find(PRIVATE_DIR_MARK)?;
     let rest = &cmdline[at + 1..];
     let end = rest.find('/')?;
     let start = cmdline[..at].rfind(['\0', ' ', '='])? + 1;
-    Some(format!("{}/", &cmdline[start..at + 1 + end]))
+    // An argument may name it as a URL (`-H unix:///tmp/…/docker.sock`): the path only.
+    let token = &cmdline[start..at + 1 + end];
+    let path = &token[token.find('/')?..];
+    Some(format!("/{}/", path.trim_start_matches('/')))
 }
 
 /// The mount points under `dir`, in mount order.
@@ -127,8 +139,9 @@ impl LabRun {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "the lab (pid {}) still running after {limit:?}",
-                    self.child.id()
+                    "the lab (pid {}) still running after {limit:?}; removing what it made in {:?}",
+                    self.child.id(),
+                    self.dirs
                 );
             }
             std::thread::sleep(POLL);
@@ -172,10 +185,100 @@ impl Drop for LabRun {
             let _ = self.child.wait();
         }
         for dir in &self.dirs {
+            // The runc and runsc state of containers killed with their shim, in whatever
+            // namespace they ran (k8s.io for CRI): only entries whose bundle is in `dir`.
+            let namespaces = std::fs::read_dir(RUNC_ROOT).into_iter().flatten().flatten();
+            for ns in namespaces.filter_map(|e| e.file_name().into_string().ok()) {
+                remove_runtime_state(&ns, Path::new(dir));
+            }
+            for (ns, id) in tasks_under(Path::new(dir), TASK_DIR_DEPTH) {
+                remove_unfinished_create(&ns, &id);
+            }
             for mount in mounts_under(dir).iter().rev() {
                 let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
             }
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// How deep under a private directory the runc shim's task directory may be
+/// (`c/state/io.containerd.runtime.v2.task` for the CRI lab's containerd).
+const TASK_DIR_DEPTH: usize = 4;
+
+/// The `(namespace, container id)` of every bundle in a runc shim task directory
+/// (`…/io.containerd.runtime.v2.task/<ns>/<id>`) at most `depth` levels under `dir`.
+fn tasks_under(dir: &Path, depth: usize) -> Vec<(String, String)> {
+    let mut tasks = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        // Not through links, nor into anything but directories.
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if entry.file_name() == "io.containerd.runtime.v2.task" {
+            let names = |d: &Path| -> Vec<String> {
+                std::fs::read_dir(d)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            };
+            for ns in names(&entry.path()) {
+                for id in names(&entry.path().join(&ns)) {
+                    tasks.push((ns.clone(), id));
+                }
+            }
+        } else if depth > 1 {
+            tasks.extend(tasks_under(&entry.path(), depth - 1));
+        }
+    }
+    tasks
+}
+
+/// What a `runc create` or `runsc create` killed before it wrote its state leaves of container
+/// `id`: runc's state directory without `state.json`, runsc's lock without its state file, and
+/// the container's empty cgroups.
+fn remove_unfinished_create(ns: &str, id: &str) {
+    let root = Path::new(RUNC_ROOT).join(ns);
+    let runc = root.join(id);
+    if runc.is_dir() && !runc.join("state.json").exists() {
+        let _ = std::fs::remove_dir_all(&runc);
+    }
+    let runsc = format!("{id}_sandbox:");
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".lock") {
+            let state = root.join(format!("{stem}.state"));
+            if (stem.starts_with(&runsc) || stem.ends_with(&format!(":{id}"))) && !state.exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        // `rmdir` removes only an empty cgroup: nothing still running is touched.
+        let _ = std::fs::remove_dir(hierarchy.path().join(ns).join(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_private_directory_is_read_from_a_path_an_option_or_a_url() {
+        let dir = Some("/tmp/shimtrace-lab-dkr-ab12/".to_string());
+        for cmdline in [
+            "dockerd\0--config-file\0/tmp/shimtrace-lab-dkr-ab12/daemon.json\0",
+            "containerd\0--config=/tmp/shimtrace-lab-dkr-ab12/c/config.toml\0",
+            "docker\0-H\0unix:///tmp/shimtrace-lab-dkr-ab12/docker.sock\0ps\0",
+        ] {
+            assert_eq!(private_dir_of(cmdline), dir, "{cmdline:?}");
+        }
+        assert_eq!(private_dir_of("containerd\0--config\0/etc/c.toml\0"), None);
     }
 }
