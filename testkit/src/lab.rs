@@ -16,11 +16,11 @@ use crate::containerd::{kill_with_descendants, remove_runtime_state, with_descen
 use crate::traced::pids_with_cmdline;
 
 /// What every private daemon directory of the lab's has in its path: `<tmp>/shimtrace-lab-…`.
-pub const PRIVATE_DIR_MARK: &str = "/shimtrace-lab-";
+const PRIVATE_DIR_MARK: &str = "/shimtrace-lab-";
 
 /// How long a test's short lab (a few runs of a profile or two) may take before it is taken for
 /// hung: a few minutes on a loaded 2-core machine, with room to spare.
-pub const LAB_DEADLINE: Duration = Duration::from_secs(900);
+pub const LAB_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Where runc and runsc keep their state under containerd's runc shim, one directory per namespace.
 const RUNC_ROOT: &str = "/run/containerd/runc";
