@@ -789,7 +789,7 @@ pub(crate) fn force_delete_bundles(state: &Path, address: &Path) -> Vec<String> 
 /// Deletes the runc and runsc state this instance left in `/run/containerd/runc/<ns>` after its
 /// bundles were gone (containerd 2.x keeps a container's runc state when its shim was killed, as
 /// does an interrupted runsc `create`): only entries whose bundle lies inside `dir`.
-fn remove_runtime_state(ns: &str, dir: &Path) {
+pub(crate) fn remove_runtime_state(ns: &str, dir: &Path) {
     let root = Path::new("/run/containerd/runc").join(ns);
     let ours = |json: &str| -> bool {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {

@@ -2,26 +2,13 @@
 //! ingests their spans as they are spooled and exports them over OTLP/gRPC to a real receiver,
 //! and `shimtrace report` shows their cold-start phases.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::element_where;
-use shimtrace_testkit::cli::{output_ok, shimtrace};
+use shimtrace_testkit::cli::{output_ok, shimtrace, Daemon};
 use shimtrace_testkit::otlp::OtlpReceiver;
 use shimtrace_testkit::traced::{wait_for, Traced};
-
-/// `shimtrace serve`, stopped by pid when dropped.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
@@ -34,7 +21,8 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("shimtrace.db");
     std::fs::create_dir_all(&traced.spool).unwrap();
-    let _serve = Serve(
+    // Killed and reaped by pid when the test ends, passing or not.
+    let _serve = Daemon::spawn(
         shimtrace()
             .args(["serve", "--spool"])
             .arg(&traced.spool)
@@ -48,9 +36,7 @@ fn containers_through_the_wrapper_reach_the_report_and_the_otlp_receiver() {
             ])
             .env_remove("OTEL_SDK_DISABLED")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("shimtrace serve starts"),
+            .stderr(Stdio::inherit()),
     );
 
     let ids = ["pipe1", "pipe2", "pipe3"];

@@ -6,7 +6,7 @@
 //! containerd 2.1.9 exporting OpenTelemetry, one trace from the Docker API call to the shim calls.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::element_where;
@@ -20,6 +20,7 @@ use shimtrace_testkit::containerd::ContainerdVersion;
 use shimtrace_testkit::docker::{
     DockerOptions, DockerVersion, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION,
 };
+use shimtrace_testkit::lab::{mounts_under, LabRun, LAB_DEADLINE};
 use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for, Spooled};
 
 const SPANS: Duration = Duration::from_secs(15);
@@ -724,14 +725,20 @@ fn lab_runs_its_profiles_through_docker() {
     let out = dir.path().join("out");
     let version = DockerVersion::find(DOCKER_VERSION).unwrap();
     let mut lab = Command::new(built_binary("shimtrace"));
-    let run = with_private_dockerd(lab.arg("lab"), &version)
-        .args(["--runs", "2", "--requests", "10"])
-        .args(["--only", "runc,runsc", "--out"])
-        .arg(&out)
-        .arg("--wrapper")
-        .arg(shimtrace_testkit::traced::wrapper_binary())
-        .output()
-        .unwrap();
+    // Killed with its dockerd, shims and containers, and its mounts undone, if it hangs or an
+    // assertion fails.
+    let mut lab = LabRun::spawn(
+        with_private_dockerd(lab.arg("lab"), &version)
+            .args(["--runs", "2", "--requests", "10"])
+            .args(["--only", "runc,runsc", "--out"])
+            .arg(&out)
+            .arg("--wrapper")
+            .arg(shimtrace_testkit::traced::wrapper_binary())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let run = lab.wait_within(LAB_DEADLINE);
     assert!(
         run.status.success(),
         "{}",
@@ -779,6 +786,17 @@ fn lab_runs_its_profiles_through_docker() {
         .filter(|pid| shimtrace_testkit::traced::alive(*pid))
         .collect();
     assert!(left.is_empty(), "left running: {:?}", process_lines(&left));
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains("shimtrace-lab-dkr-"), "{mounts}");
+    // Only this lab's own directory: other tests run labs with private dockerds at the same time.
+    let private: Vec<&String> = lab
+        .private_dirs()
+        .iter()
+        .filter(|dir| dir.contains("/shimtrace-lab-dkr-"))
+        .collect();
+    assert_eq!(private.len(), 1, "the lab's dockerd: {private:?}");
+    let mounts = mounts_under(private[0]);
+    assert!(
+        mounts.is_empty(),
+        "mounts of {} left: {mounts:?}",
+        private[0]
+    );
 }

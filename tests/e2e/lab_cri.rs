@@ -7,6 +7,7 @@
 //! (processes, proxies, shim sockets, its directory), and the machine's wrapper config is as it was.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::element_where;
@@ -15,7 +16,8 @@ use serde_json::Value;
 use shimtrace_containerd::check::{proxies_for, shim_socket};
 use shimtrace_containerd::install::{Form, DEFAULT_WRAPPER_CONFIG};
 use shimtrace_containerd::private::ContainerdBinary;
-use shimtrace_testkit::cli::{output_ok, shimtrace};
+use shimtrace_testkit::cli::shimtrace;
+use shimtrace_testkit::lab::{LabRun, LAB_DEADLINE};
 use shimtrace_testkit::traced::wait_for;
 
 const GONE: Duration = Duration::from_secs(20);
@@ -94,7 +96,21 @@ fn lab_cri_runs_runc_and_gvisor(containerd: Option<&Path>) -> String {
     if let Some(containerd) = containerd {
         lab.arg("--containerd").arg(containerd);
     }
-    output_ok(&mut lab);
+    // Killed with its containerd, shims and containers, and its mounts undone, if it hangs or an
+    // assertion fails.
+    let mut lab = LabRun::spawn(
+        lab.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let run = lab.wait_within(LAB_DEADLINE);
+    assert!(
+        run.status.success(),
+        "shimtrace lab --cri exited with {}: {}{}",
+        run.status,
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     for section in [
@@ -259,17 +275,21 @@ fn profile_runtime(json: &Value, name: &str) -> String {
 fn lab_cri_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let image = shimtrace()
-        .args([
-            "lab",
-            "--cri",
-            "--image",
-            "x",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let image = LabRun::spawn(
+        shimtrace()
+            .args([
+                "lab",
+                "--cri",
+                "--image",
+                "x",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .wait_within(LAB_DEADLINE);
     let stderr = String::from_utf8_lossy(&image.stderr);
     assert!(!image.status.success());
     assert!(

@@ -4,20 +4,22 @@
 use std::path::Path;
 use std::time::Duration;
 
-use shimtrace_containerd::private::{PrivateConfig, PrivateContainerd};
 use shimtrace_containerd::rootfs;
-use shimtrace_containerd::{Containerd, RunSpec, DEFAULT_NAMESPACE};
+use shimtrace_containerd::{Containerd, RunSpec};
 use shimtrace_lab::profiles::{write_runsc_wrapper, Network};
 use shimtrace_lab::write_probe;
+use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
+/// Fields drop in declaration order: the client's connection, then containerd (which removes every
+/// task and container, stops containerd and kills by pid the shims and containers it left), then
+/// the directory that holds the containers' rootfs.
 struct Fixture {
-    _dir: tempfile::TempDir,
-    // Dropped before the directory: removes our containers, then stops containerd.
-    private: PrivateContainerd,
     client: Containerd,
+    _containerd: TestContainerd,
     rootfs: std::path::PathBuf,
     io: std::path::PathBuf,
     work: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 async fn fixture() -> Fixture {
@@ -28,26 +30,26 @@ async fn fixture() -> Fixture {
     write_probe(&probe).unwrap();
     let rootfs_dir = dir.path().join("rootfs");
     rootfs::build_rootfs(&rootfs_dir, Path::new("/bin/busybox"), &probe).unwrap();
-    let mut config = PrivateConfig::new(dir.path().join("containerd"));
-    config.remove_containers_in = vec![DEFAULT_NAMESPACE.into()];
-    let private = tokio::task::spawn_blocking(move || PrivateContainerd::start(config))
+    let containerd = tokio::task::spawn_blocking(|| {
+        TestContainerd::start(
+            &ContainerdVersion::find("1.6.20").unwrap(),
+            Options::default(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let client = Containerd::connect(containerd.address())
         .await
         .unwrap()
-        .unwrap();
-    let client = Containerd::connect(private.address()).await.unwrap();
+        .with_namespace(containerd.namespace().to_string());
     Fixture {
+        client,
+        _containerd: containerd,
         io: dir.path().join("io"),
         rootfs: rootfs_dir,
         work,
-        private,
-        client,
         _dir: dir,
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.private.stop();
     }
 }
 

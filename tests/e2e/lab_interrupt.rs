@@ -10,32 +10,8 @@ use std::time::Duration;
 
 use shimtrace_testkit::containerd::children_of;
 use shimtrace_testkit::docker::{DockerVersion, DOCKER_VERSION};
-use shimtrace_testkit::traced::{alive, pids_with_cmdline, sigkill, wait_until};
-
-/// Where each engine's private daemon keeps its files: `<tmp>/shimtrace-lab-…`.
-const PRIVATE_DIR_MARK: &str = "/shimtrace-lab-";
-
-/// The private daemon directory a command line of the lab's names (`…/shimtrace-lab-…/`).
-fn private_dir_in(pid: u32) -> Option<String> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    let at = cmdline.find(PRIVATE_DIR_MARK)?;
-    let rest = &cmdline[at + 1..];
-    let end = rest.find('/')?;
-    let start = cmdline[..at].rfind(['\0', ' ', '='])? + 1;
-    Some(format!("{}/", &cmdline[start..at + 1 + end]))
-}
-
-/// The mount points under `dir`, in mount order.
-fn mounts_under(dir: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| point.starts_with(dir))
-        .map(str::to_string)
-        .collect()
-}
+use shimtrace_testkit::lab::{mounts_under, private_dir_in, LabRun};
+use shimtrace_testkit::traced::{alive, pids_with_cmdline, wait_until};
 
 /// Runs `lab` (its `shimtrace lab …` command, with `--only runc`, many rounds and no served
 /// latency) in a process group of its own, sends the group SIGINT during the cold starts, and
@@ -43,38 +19,22 @@ fn mounts_under(dir: &str) -> Vec<String> {
 fn interrupt(mut lab: Command) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let mut lab = lab
-        .args(["--only", "runc", "--runs", "500", "--requests", "0"])
-        .arg("--wrapper")
-        .arg(shimtrace_testkit::traced::wrapper_binary())
-        .arg("--out")
-        .arg(&out)
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lab_pid = lab.id();
-    // If an assertion fails first: the lab's whole group, and the shims and proxies of its
-    // private daemon (in groups of their own), are killed, and the daemon's mounts undone.
-    struct Leftovers(u32, Option<String>);
-    impl Drop for Leftovers {
-        fn drop(&mut self) {
-            let group = nix::unistd::Pid::from_raw(-(self.0 as i32));
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-            let Some(dir) = &self.1 else { return };
-            for pid in pids_with_cmdline(&[dir]) {
-                let _ = sigkill(pid);
-            }
-            for mount in mounts_under(dir).iter().rev() {
-                let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    let mut leftovers = Leftovers(lab_pid, None);
+    // If an assertion fails first, or the lab hangs: the lab, its private daemon (in a process
+    // group of its own) and the daemon's shims, proxies and containers are killed by pid, and the
+    // daemon's mounts and directory removed, whether or not the lab got as far as "ready".
+    let mut lab = LabRun::spawn(
+        lab.args(["--only", "runc", "--runs", "500", "--requests", "0"])
+            .arg("--wrapper")
+            .arg(shimtrace_testkit::traced::wrapper_binary())
+            .arg("--out")
+            .arg(&out)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let lab_pid = lab.child().id();
     let (lines_tx, lines) = std::sync::mpsc::channel();
-    let stderr = lab.stderr.take().unwrap();
+    let stderr = lab.child().stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
@@ -101,7 +61,8 @@ fn interrupt(mut lab: Command) {
         .iter()
         .find_map(|pid| private_dir_in(*pid))
         .unwrap_or_else(|| panic!("no private daemon under the lab: {seen:?}"));
-    leftovers.1 = Some(private.clone());
+    // Known to the guard from now on, also once the lab has ended.
+    lab.learn();
     let shims = wait_until("a cold start's shim", Duration::from_secs(60), || {
         let shims = pids_with_cmdline(&["containerd-shim", &private]);
         (!shims.is_empty()).then_some(shims)
@@ -113,7 +74,7 @@ fn interrupt(mut lab: Command) {
     )
     .unwrap();
     let status = wait_until("the lab to end", Duration::from_secs(180), || {
-        lab.try_wait().unwrap()
+        lab.child().try_wait().unwrap()
     });
     reader.join().unwrap();
     seen.extend(lines.try_iter());
@@ -139,7 +100,7 @@ fn interrupt(mut lab: Command) {
     );
     let left = mounts_under(&private);
     assert!(left.is_empty(), "mounts of {private} left: {left:?}");
-    drop(leftovers);
+    drop(lab);
 }
 
 fn shimtrace_lab() -> Command {
