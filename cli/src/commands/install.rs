@@ -237,8 +237,8 @@ mod tests {
         let command = parse(&["--docker"]).unwrap();
         let install = docker_install(command.args, DEFAULT_DAEMON_JSON.into());
         assert_eq!(
-            Some(install.shim_path),
-            std::env::var_os("PATH"),
+            install.shim_path,
+            std::env::var_os("PATH").unwrap_or_default(),
             "PATH without --shim-path"
         );
     }
