@@ -436,7 +436,12 @@ pub fn plan(opts: &DockerInstall, doc: &Map<String, Value>) -> Result<DockerPlan
         .filter(|s| s.path != gvisor_shim && s.name.inner != GVISOR_INNER)
         .collect();
     if shims.is_empty() {
-        return Err(InstallError::NoShims.into());
+        // Named as --shim-path when it is not PATH (the CLI passes PATH when it was not given).
+        let given = std::env::var_os("PATH").as_ref() != Some(&opts.shim_path);
+        return Err(InstallError::NoShims {
+            shim_path: given.then(|| opts.shim_path.to_string_lossy().into_owned()),
+        }
+        .into());
     }
     let mut plan = DockerPlan {
         wrapper: wrapper.clone(),
@@ -621,6 +626,12 @@ pub fn install_docker(opts: &DockerInstall) -> Result<DockerOutcome, DockerError
 
     let mut backup = None;
     if opts.write {
+        if !plan.bin_dir.is_dir() {
+            return Err(InstallError::NoBinDir {
+                dir: plan.bin_dir.clone(),
+            }
+            .into());
+        }
         preflight(&plan, &state)?;
         if state.runtimes.is_empty() && state.links.is_empty() {
             state.created_config = existing.is_none();
@@ -1419,6 +1430,37 @@ mod tests {
             runsc: None,
             shim_path,
         }
+    }
+
+    /// The shims come from the list given (the CLI's --shim-path), which a failure names; a
+    /// missing --bin-dir says what to do.
+    #[test]
+    fn shims_come_from_the_shim_path_and_failures_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = fake_install(dir.path(), "bin", "daemon.json", false);
+        let outcome = install_docker(&opts).unwrap();
+        let shim = dir.path().join("sys/containerd-shim-runc-v2");
+        assert_eq!(outcome.plan.runtimes[0].inner, shim);
+
+        let empty = dir.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        opts.shim_path = empty.clone().into_os_string();
+        let text = install_docker(&opts).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("in --shim-path {:?}", empty.display().to_string()))
+                && !text.contains("apt-get"),
+            "{text}"
+        );
+
+        let mut opts = fake_install(dir.path(), "bin", "daemon.json", true);
+        let missing = dir.path().join("nonexistent/bin");
+        opts.bin_dir = Some(missing.clone());
+        let text = install_docker(&opts).unwrap_err().to_string();
+        assert!(
+            text.contains(&missing.display().to_string())
+                && text.contains("create it or pick another --bin-dir"),
+            "{text}"
+        );
     }
 
     #[test]

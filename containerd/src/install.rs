@@ -43,7 +43,8 @@ use shimtrace_span::naming::{find_in_path, traced_handler, which, ShimName, WRAP
 
 use crate::files::{io_err, replace_file, FileError};
 use crate::private::{
-    config_version_for_major, table_at, try_table_at, version_triple, ContainerdBinary, NotATable,
+    config_version_for_major, table_at, try_table_at, version_number, version_triple,
+    ContainerdBinary, NotATable,
 };
 
 /// The comment above every table install adds.
@@ -144,8 +145,9 @@ pub struct InstallArgs {
     #[arg(long, default_value = "containerd")]
     pub containerd: PathBuf,
     /// The containerd version to write for, instead of asking --containerd (e.g. from an
-    /// installer container that cannot run the node's containerd).
-    #[arg(long, value_name = "X.Y.Z")]
+    /// installer container that cannot run the node's containerd): X.Y.Z or X.Y, a leading `v`
+    /// allowed (`containerd --version` prints v2.1.9 or 1.6.20~ds1; either is taken as it is).
+    #[arg(long, value_name = "X.Y.Z", value_parser = parse_containerd_version)]
     pub containerd_version: Option<String>,
     /// Where to look for real shims (a PATH-style list) [default: $PATH].
     #[arg(long, value_name = "DIRS")]
@@ -169,8 +171,17 @@ pub enum InstallError {
     NoWrapper,
     #[error("wrapper {0} does not exist (check --wrapper)")]
     WrapperMissing(PathBuf),
-    #[error("no containerd shims (containerd-shim-<name>-<version>) found on PATH: install containerd's runc shim (apt-get install containerd)")]
-    NoShims,
+    #[error("no containerd shims (containerd-shim-<name>-<version>) found {}", no_shims_advice(.shim_path.as_deref()))]
+    NoShims {
+        /// The `--shim-path` list searched; `None` when it was `PATH`.
+        shim_path: Option<String>,
+    },
+    #[error("--containerd-version {given:?} is not a containerd version: expected X.Y.Z (or X.Y), as `containerd --version` prints it, e.g. 2.1.9 or v2.1.9")]
+    BadContainerdVersion { given: String },
+    #[error("--runsc {path}: {}", runsc_problem(.path))]
+    NoRunsc { path: PathBuf },
+    #[error("cannot create the containerd-shim-traced-* links in {dir}: it does not exist (create it or pick another --bin-dir)")]
+    NoBinDir { dir: PathBuf },
     #[error("{path} exists and is not a symlink; refusing to replace it (move it away or pick --bin-dir)")]
     NotSymlink { path: PathBuf },
     #[error("{path} is not valid TOML: {message} (fix it, or merge the printed snippet by hand)")]
@@ -200,6 +211,35 @@ pub enum InstallError {
     NoState { path: PathBuf, config: PathBuf },
     #[error(transparent)]
     Io(#[from] FileError),
+}
+
+/// Where the shims were looked for and what to do.
+fn no_shims_advice(shim_path: Option<&str>) -> String {
+    match shim_path {
+        Some(list) => format!(
+            "in --shim-path {list:?}: name the directories that hold them (e.g. --shim-path /usr/bin), or leave --shim-path out to search PATH"
+        ),
+        None => "on PATH: install containerd's runc shim (apt-get install containerd), or name the directories that hold the shims with --shim-path".into(),
+    }
+}
+
+/// Why a `--runsc` path cannot be gVisor's binary, and what to do.
+fn runsc_problem(path: &Path) -> &'static str {
+    if fs::metadata(path).is_err() {
+        "no such file: pass the path of gVisor's runsc (an executable file), or leave --runsc out to use runsc on PATH"
+    } else {
+        "not an executable file: pass the path of gVisor's runsc binary (chmod +x it if that is the one), or leave --runsc out to use runsc on PATH"
+    }
+}
+
+/// `--containerd-version`'s value as install writes for it (`v2.1.9` → "2.1.9"), or what was
+/// expected instead.
+pub fn parse_containerd_version(given: &str) -> Result<String, InstallError> {
+    version_number(given)
+        .map(str::to_string)
+        .ok_or_else(|| InstallError::BadContainerdVersion {
+            given: given.to_string(),
+        })
 }
 
 /// What to do about a config in schema `found` where install writes `expected` (2 for containerd
@@ -784,8 +824,13 @@ pub fn ensure_symlink(link: &Path, target: &Path) -> Result<bool, InstallError> 
     if fs::symlink_metadata(link).is_ok() {
         fs::remove_file(link).map_err(io_err("cannot replace symlink", link))?;
     }
-    symlink(target, link).map_err(io_err("cannot create symlink", link))?;
-    Ok(true)
+    match symlink(target, link) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(InstallError::NoBinDir {
+            dir: link.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }),
+        Err(e) => Err(io_err("cannot create symlink", link)(e).into()),
+    }
 }
 
 /// Writes `content` to `config`, backing up the current file to `<config>.bak-<unix seconds>`;
@@ -988,14 +1033,15 @@ pub fn find_wrapper(explicit: Option<&Path>) -> Result<PathBuf, InstallError> {
         .ok_or(InstallError::NoWrapper)
 }
 
-/// The containerd version install writes for: `--containerd-version`, else `--containerd
-/// --version`; `None` when neither says.
-pub fn target_version(args: &InstallArgs) -> Option<String> {
-    args.containerd_version.clone().or_else(|| {
-        ContainerdBinary::probe(&args.containerd)
-            .ok()
-            .map(|b| b.version().to_string())
-    })
+/// The containerd version install writes for: `--containerd-version` (which must be one), else
+/// `--containerd --version`; `None` when neither says.
+pub fn target_version(args: &InstallArgs) -> Result<Option<String>, InstallError> {
+    if let Some(given) = &args.containerd_version {
+        return parse_containerd_version(given).map(Some);
+    }
+    Ok(ContainerdBinary::probe(&args.containerd)
+        .ok()
+        .map(|b| b.version().to_string()))
 }
 
 /// The traced handlers for the real shims found, in `form`. `runsc` is the gVisor OCI binary for
@@ -1129,7 +1175,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         .then(|| merge_wrapper_config("", &wrapper_entries, &[], &args.wrapper_config))
         .transpose()?
         .map(|(text, _, _)| text);
-    let written = if args.write {
+    let mut written = if args.write {
         write_install(
             args,
             &plan,
@@ -1145,9 +1191,15 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     } else {
         Written::default()
     };
+    let created_links = if args.write {
+        std::mem::take(&mut written.created_links)
+    } else {
+        printed_links
+    };
     let report = render_report(&ReportInput {
         args,
         plan: &plan,
+        created_links: &created_links,
         merged: &merged,
         snippet: &config_snippet,
         target: &target,
@@ -1158,11 +1210,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     });
     Ok(InstallOutcome {
         runtimes: plan.runtimes,
-        created_links: if args.write {
-            written.created_links
-        } else {
-            printed_links
-        },
+        created_links,
         config_snippet,
         backup: written.backup,
         form: plan.form,
@@ -1200,6 +1248,10 @@ impl Plan {
             Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
             None => wrapper.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
+        // Checked first: the links are made with or without --write.
+        if !bin_dir.is_dir() {
+            return Err(InstallError::NoBinDir { dir: bin_dir });
+        }
         let path_var = args
             .shim_path
             .clone()
@@ -1207,9 +1259,14 @@ impl Plan {
             .unwrap_or_default();
         let shims = find_real_shims(&path_var);
         if shims.is_empty() {
-            return Err(InstallError::NoShims);
+            return Err(InstallError::NoShims {
+                shim_path: args
+                    .shim_path
+                    .as_ref()
+                    .map(|list| list.to_string_lossy().into_owned()),
+            });
         }
-        let version = target_version(args);
+        let version = target_version(args)?;
         let form = args.form.unwrap_or_else(|| {
             version
                 .as_deref()
@@ -1227,6 +1284,13 @@ impl Plan {
         let drop_in = version
             .as_deref()
             .is_some_and(|v| version_triple(v) >= DROP_IN_SINCE);
+        if let Some(runsc) = &args.runsc {
+            if !shimtrace_span::naming::is_executable_file(runsc) {
+                return Err(InstallError::NoRunsc {
+                    path: runsc.clone(),
+                });
+            }
+        }
         let runsc = args.runsc.clone().or_else(|| which("runsc"));
         let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
         Ok(Plan {
@@ -1509,6 +1573,8 @@ fn plan_wrapper_entries(
 struct ReportInput<'a> {
     args: &'a InstallArgs,
     plan: &'a Plan,
+    /// The links this run made (with or without --write).
+    created_links: &'a [PathBuf],
     merged: &'a Merged,
     snippet: &'a str,
     target: &'a Path,
@@ -1537,14 +1603,25 @@ fn render_report(input: &ReportInput<'_>) -> String {
     report
 }
 
-/// The report's first lines: each traced link and what it wraps.
+/// Whether a link was made by this run or was there already, as the report says it.
+fn link_done(input: &ReportInput<'_>, link: &Path) -> &'static str {
+    if input.created_links.iter().any(|l| l == link) {
+        "created"
+    } else {
+        "already in place"
+    }
+}
+
+/// The report's first lines: each traced link, whether this run made it, and what it wraps.
 fn report_links(r: &mut String, input: &ReportInput<'_>) {
     let _ = writeln!(r, "# wrapper: {}", input.plan.wrapper.display());
     for shim in &input.plan.shims {
+        let link = input.plan.bin_dir.join(shim.name.traced_binary());
         let _ = writeln!(
             r,
-            "# {} -> {} (wraps {})",
-            input.plan.bin_dir.join(shim.name.traced_binary()).display(),
+            "# link {} ({}) -> {} (wraps {})",
+            link.display(),
+            link_done(input, &link),
             input.plan.wrapper.display(),
             shim.path.display()
         );
@@ -1557,8 +1634,9 @@ fn report_links(r: &mut String, input: &ReportInput<'_>) {
     {
         let _ = writeln!(
             r,
-            "# {} -> {} (wraps {} running {} as runc, by the wrapper config below)",
+            "# link {} ({}) -> {} (wraps {} running {} as runc, by the wrapper config below)",
             entry.link.display(),
+            link_done(input, &entry.link),
             input.plan.wrapper.display(),
             entry.inner.display(),
             entry.oci_runtime.display()
@@ -1694,9 +1772,15 @@ fn report_config(r: &mut String, input: &ReportInput<'_>) {
             state_path(&input.args.config).display()
         );
     } else {
+        let created = input.created_links.len();
         let _ = writeln!(
             r,
-            "\n# not written: pass --write to merge this into {} (a backup is kept)",
+            "\n# only the links were made{}; this config was NOT written: pass --write to merge it into {} (a backup is kept)",
+            match created {
+                0 => " (all were already in place)".to_string(),
+                1 => " (1 created, marked above)".to_string(),
+                n => format!(" ({n} created, marked above)"),
+            },
             input.target.display()
         );
     }
@@ -2541,7 +2625,20 @@ version = 2
             fs::create_dir_all(dir.path().join("bin")).unwrap();
             fs::write(dir.path().join("bin").join(WRAPPER_BINARY), "").unwrap();
             fs::create_dir_all(dir.path().join("etc")).unwrap();
+            // A runsc of its own: --runsc must name an executable file.
+            let gvisor = dir.path().join("gvisor");
+            fs::create_dir_all(&gvisor).unwrap();
+            fs::write(gvisor.join("runsc"), "#!/bin/sh\n").unwrap();
+            fs::set_permissions(gvisor.join("runsc"), fs::Permissions::from_mode(0o755)).unwrap();
             Fixture { dir }
+        }
+
+        fn runsc(&self) -> PathBuf {
+            self.dir.path().join("gvisor/runsc")
+        }
+
+        fn bin(&self) -> PathBuf {
+            self.dir.path().join("bin")
         }
 
         fn config(&self) -> PathBuf {
@@ -2563,6 +2660,7 @@ version = 2
             let shims = self.dir.path().join("shims");
             let config = self.config();
             let wrapper_config = self.wrapper_config();
+            let runsc = self.runsc();
             let mut argv = vec![
                 "install",
                 "--wrapper",
@@ -2574,7 +2672,7 @@ version = 2
                 "--shim-path",
                 shims.to_str().unwrap(),
                 "--runsc",
-                "/usr/bin/runsc",
+                runsc.to_str().unwrap(),
                 "--wrapper-config",
                 wrapper_config.to_str().unwrap(),
             ];
@@ -2646,7 +2744,9 @@ version = 2
         // Printed, not written, without --write.
         let printed = install(&fx.args("1.6.20", &[])).unwrap();
         assert!(
-            printed.report.contains("oci_runtime = \"/usr/bin/runsc\"")
+            printed
+                .report
+                .contains(&format!("oci_runtime = \"{}\"", fx.runsc().display()))
                 && printed
                     .report
                     .contains("not written: pass --write to merge this into"),
@@ -2662,7 +2762,7 @@ version = 2
         let entry = &parsed["runtimes"]["io.containerd.traced-runsc.v2"];
         let shim = fx.dir.path().join("shims/containerd-shim-runc-v2");
         assert_eq!(entry["inner"].as_str(), shim.to_str());
-        assert_eq!(entry["oci_runtime"].as_str(), Some("/usr/bin/runsc"));
+        assert_eq!(entry["oci_runtime"].as_str(), fx.runsc().to_str());
         let mode = fs::metadata(fx.wrapper_config())
             .unwrap()
             .permissions()
@@ -2811,7 +2911,7 @@ version = 2
         }
         assert_eq!(
             runtimes["traced-runsc"]["options"]["BinaryName"].as_str(),
-            Some("/usr/bin/runsc")
+            fx.runsc().to_str()
         );
         assert!(runtimes.get("runc").is_none(), "the main config has runc");
         assert!(
@@ -3032,5 +3132,144 @@ version = 2
             "io.containerd.traced-runc.v2".to_string(),
             String::new()
         )));
+    }
+
+    /// `containerd --version` prints `v2.1.9`: that is 2.1.9 (path form, schema 3), not an
+    /// unknown version read as 0.0.0; a word that is no version is refused, saying what is.
+    #[test]
+    fn the_containerd_version_is_read_as_containerd_prints_it_or_refused() {
+        let fx = Fixture::new();
+        let outcome = install(&fx.args("v2.1.9", &[])).unwrap();
+        assert_eq!(outcome.form, Form::Path, "{}", outcome.report);
+        assert_eq!(outcome.containerd_version.as_deref(), Some("2.1.9"));
+        assert!(
+            outcome.report.contains("version 3)"),
+            "schema 3: {}",
+            outcome.report
+        );
+        for bad in ["banana", "2", "2.1.9.1", "vv2.1.9"] {
+            // Refused by the flag's parser, and by install for an InstallArgs built by hand.
+            let err = parse_containerd_version(bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("expected X.Y.Z (or X.Y), as `containerd --version` prints it"),
+                "{err}"
+            );
+            let mut args = fx.args("2.1.9", &[]);
+            args.containerd_version = Some(bad.into());
+            let err = install(&args).unwrap_err();
+            assert!(
+                matches!(&err, InstallError::BadContainerdVersion { given } if given == bad),
+                "{err}"
+            );
+        }
+    }
+
+    /// Without --write the links are still made (containerd could not run the entries otherwise),
+    /// and the report says so; only the config is left unwritten.
+    #[test]
+    fn printing_says_which_links_it_made() {
+        let fx = Fixture::new();
+        let link = fx.bin().join("containerd-shim-traced-runc-v2");
+        let gvisor_link = fx.bin().join("containerd-shim-traced-runsc-v2");
+        let printed = install(&fx.args("1.6.20", &[])).unwrap();
+        assert_eq!(printed.created_links, [link.clone(), gvisor_link.clone()]);
+        assert!(!fx.config().exists());
+        for made in [&link, &gvisor_link] {
+            assert!(
+                printed
+                    .report
+                    .contains(&format!("# link {} (created) -> ", made.display())),
+                "{}",
+                printed.report
+            );
+        }
+        assert!(
+            printed.report.contains(
+                "only the links were made (2 created, marked above); this config was NOT written: pass --write"
+            ),
+            "{}",
+            printed.report
+        );
+        let again = install(&fx.args("1.6.20", &[])).unwrap();
+        assert!(again.created_links.is_empty());
+        assert!(
+            again
+                .report
+                .contains(&format!("# link {} (already in place) -> ", link.display()))
+                && again
+                    .report
+                    .contains("only the links were made (all were already in place)"),
+            "{}",
+            again.report
+        );
+    }
+
+    #[test]
+    fn a_missing_runsc_is_refused_naming_it() {
+        let fx = Fixture::new();
+        let missing = fx.dir.path().join("nonexistent/runsc");
+        let mut args = fx.args("2.1.9", &[]);
+        args.runsc = Some(missing.clone());
+        let err = install(&args).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, InstallError::NoRunsc { .. }), "{text}");
+        assert!(
+            text.contains(&missing.display().to_string())
+                && text.contains("no such file")
+                && text.contains("an executable file")
+                && text.contains("leave --runsc out"),
+            "{text}"
+        );
+        // Nothing was made on the way: the wrapper is alone in its directory.
+        let made: Vec<_> = fs::read_dir(fx.bin())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(made, [WRAPPER_BINARY]);
+        // A file that is there but cannot run is no runsc either.
+        fs::write(fx.config(), "").unwrap();
+        args.runsc = Some(fx.config());
+        let text = install(&args).unwrap_err().to_string();
+        assert!(text.contains("not an executable file"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_bin_dir_says_what_to_do() {
+        let fx = Fixture::new();
+        let gone = fx.dir.path().join("gone");
+        let err = ensure_symlink(&gone.join("link"), &fx.runsc()).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::NoBinDir { dir } if *dir == gone),
+            "{err}"
+        );
+        let bin = fx.dir.path().join("nonexistent/bin");
+        let err = install(&fx.args("2.1.9", &["--bin-dir", bin.to_str().unwrap()])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("links in {}: it does not exist", bin.display()))
+                && text.contains("create it or pick another --bin-dir"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_shims_in_the_shim_path_names_it() {
+        let fx = Fixture::new();
+        let empty = fx.dir.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        let list = format!("{}:/nonexistent", empty.display());
+        let mut args = fx.args("2.1.9", &[]);
+        args.shim_path = Some(list.clone().into());
+        let text = install(&args).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("in --shim-path {list:?}")) && !text.contains("apt-get"),
+            "{text}"
+        );
+        let on_path = InstallError::NoShims { shim_path: None }.to_string();
+        assert!(
+            on_path.contains("on PATH") && on_path.contains("apt-get"),
+            "{on_path}"
+        );
     }
 }

@@ -234,15 +234,22 @@ pub fn version_triple(version: &str) -> (u32, u32, u32) {
 /// 1.6.20~ds1 1.6.20~ds1-1+deb12u3` → "1.6.20"; `containerd github.com/containerd/containerd/v2
 /// v2.1.9 <revision>` or `… 2.1.9+unknown` → "2.1.9".
 pub fn parse_version(output: &str) -> Option<&str> {
-    output.split_whitespace().find_map(|word| {
-        let version = word.trim_start_matches('v').split(['~', '+', '-']).next()?;
-        let parts: Vec<&str> = version.split('.').collect();
-        let numeric = parts.len() >= 2
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        (numeric && major_of(version) >= 1).then_some(version)
-    })
+    output.split_whitespace().find_map(version_number)
+}
+
+/// A containerd release number as `containerd --version` prints it, or as a user copies it from
+/// there: `X.Y` or `X.Y.Z`, with an optional leading `v` and packaging suffix (`~ds1`, `+unknown`,
+/// `-rc.1`) → the bare number (`"v2.1.9"` → "2.1.9", `"1.6.20~ds1"` → "1.6.20"). `None` for
+/// anything else; every version install or check reads goes through here.
+pub fn version_number(word: &str) -> Option<&str> {
+    let word = word.strip_prefix('v').unwrap_or(word);
+    let version = word.split(['~', '+', '-']).next()?;
+    let parts: Vec<&str> = version.split('.').collect();
+    let numeric = (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.len() <= 9);
+    (numeric && major_of(version) >= 1).then_some(version)
 }
 
 /// The major of a version string ("2.1.9" → 2); 0 if it has none.
@@ -832,6 +839,38 @@ mod tests {
         }
         assert_eq!(parse_version("containerd: command not found"), None);
         assert_eq!(parse_version(""), None);
+    }
+
+    #[test]
+    fn a_version_is_x_y_or_x_y_z_with_an_optional_v() {
+        for (given, number) in [
+            ("2.1.9", "2.1.9"),
+            ("v2.1.9", "2.1.9"),
+            ("1.7", "1.7"),
+            ("1.6.20~ds1", "1.6.20"),
+            ("2.1.9+unknown", "2.1.9"),
+            ("2.0.0-rc.1", "2.0.0"),
+        ] {
+            assert_eq!(version_number(given), Some(number), "{given}");
+        }
+        for bad in [
+            "banana",
+            "",
+            "v",
+            "2",
+            "v2",
+            "vv2.1.9",
+            "2.1.9.1",
+            "2..9",
+            "2.1.x",
+            "+2.1",
+            "0.9",
+            "2.1.99999999999",
+            "V2.1.9",
+            " 2.1.9",
+        ] {
+            assert_eq!(version_number(bad), None, "{bad}");
+        }
     }
 
     #[test]

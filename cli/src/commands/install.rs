@@ -41,12 +41,36 @@ impl FromArgMatches for InstallCommand {
 
 impl Args for InstallCommand {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        DockerArgs::augment_args(InstallArgs::augment_args(cmd))
+        containerd_only(DockerArgs::augment_args(InstallArgs::augment_args(cmd)))
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        DockerArgs::augment_args_for_update(InstallArgs::augment_args_for_update(cmd))
+        containerd_only(DockerArgs::augment_args_for_update(
+            InstallArgs::augment_args_for_update(cmd),
+        ))
     }
+}
+
+/// The flags (by id) that only registration with containerd reads: given with `--docker`, they
+/// are an error rather than silently ignored.
+const CONTAINERD_ONLY: [&str; 7] = [
+    "form",
+    "containerd_version",
+    "config_version",
+    "containerd",
+    "wrapper_config",
+    "socket",
+    "ctr",
+];
+
+/// Makes each containerd-only flag conflict with `--docker`, and `--docker-cli` need it.
+fn containerd_only(cmd: clap::Command) -> clap::Command {
+    CONTAINERD_ONLY
+        .iter()
+        .fold(cmd, |cmd, id| {
+            cmd.mut_arg(id, |arg| arg.conflicts_with("docker"))
+        })
+        .mut_arg("docker_cli", |arg| arg.requires("docker"))
 }
 
 pub fn run(command: InstallCommand) -> Result<()> {
@@ -59,7 +83,7 @@ pub fn run(command: InstallCommand) -> Result<()> {
         return containerd(args);
     }
     let config = if config_given {
-        args.config
+        args.config.clone()
     } else {
         PathBuf::from(DEFAULT_DAEMON_JSON)
     };
@@ -79,15 +103,23 @@ pub fn run(command: InstallCommand) -> Result<()> {
         }
         return Ok(());
     }
-    let outcome = install_docker(&DockerInstall {
+    let outcome = install_docker(&docker_install(args, config))?;
+    print(&outcome.report)
+}
+
+/// `install --docker`'s options: real shims and runsc are looked up in `--shim-path`, else `PATH`.
+fn docker_install(args: InstallArgs, config: PathBuf) -> DockerInstall {
+    DockerInstall {
         config,
         wrapper: args.wrapper,
         bin_dir: args.bin_dir,
         write: args.write,
         runsc: args.runsc,
-        shim_path: std::env::var_os("PATH").unwrap_or_default(),
-    })?;
-    print(&outcome.report)
+        shim_path: args
+            .shim_path
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_default(),
+    }
 }
 
 /// Registration with containerd.
@@ -139,4 +171,84 @@ fn check(_: &InstallArgs) -> Result<()> {
     anyhow::bail!(
         "this shimtrace was built without CRI support: rebuild it with the `cri` feature (on by default) to use install --check"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        install: InstallCommand,
+    }
+
+    fn parse(argv: &[&str]) -> Result<InstallCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("install").chain(argv.iter().copied()))
+            .map(|cli| cli.install)
+    }
+
+    #[test]
+    fn containerd_only_flags_are_refused_with_docker() {
+        for (flag, value) in [
+            ("--form", "name"),
+            ("--containerd-version", "2.1.9"),
+            ("--config-version", "3"),
+            ("--containerd", "/usr/bin/containerd"),
+            ("--wrapper-config", "/etc/shimtrace/config.toml"),
+            ("--socket", "/run/containerd/containerd.sock"),
+            ("--ctr", "/usr/bin/ctr"),
+        ] {
+            let err = parse(&["--docker", flag, value]).err();
+            let err = err.unwrap_or_else(|| panic!("{flag} was taken with --docker"));
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains("--docker"), "{text}");
+            // Without --docker each is still taken.
+            assert!(parse(&[flag, value]).is_ok(), "{flag}");
+        }
+        // Their defaults are no conflict, and the shared flags pass.
+        let command = parse(&[
+            "--docker",
+            "--shim-path",
+            "/opt/shims",
+            "--runsc",
+            "/usr/bin/runsc",
+            "--bin-dir",
+            "/usr/local/bin",
+        ])
+        .unwrap();
+        assert!(command.docker.docker);
+        let err = parse(&["--docker-cli", "/usr/bin/docker"]).err().unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn docker_looks_for_shims_in_the_shim_path_given() {
+        let command = parse(&["--docker", "--shim-path", "/opt/shims:/opt/more"]).unwrap();
+        let install = docker_install(command.args, DEFAULT_DAEMON_JSON.into());
+        assert_eq!(install.shim_path, "/opt/shims:/opt/more");
+        let command = parse(&["--docker"]).unwrap();
+        let install = docker_install(command.args, DEFAULT_DAEMON_JSON.into());
+        assert_eq!(
+            install.shim_path,
+            std::env::var_os("PATH").unwrap_or_default(),
+            "PATH without --shim-path"
+        );
+    }
+
+    #[test]
+    fn a_containerd_version_is_checked_and_taken_with_its_v() {
+        let command = parse(&["--containerd-version", "v2.1.9"]).unwrap();
+        assert_eq!(command.args.containerd_version.as_deref(), Some("2.1.9"));
+        let err = parse(&["--containerd-version", "banana"]).err().unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("expected X.Y.Z"), "{err}");
+    }
 }
