@@ -938,8 +938,12 @@ mod tests {
             std::fs::create_dir_all(d).unwrap();
         }
         let runc_shim = shims.join("containerd-shim-runc-v2");
-        std::fs::write(&runc_shim, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&runc_shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A stand-in runsc: install only needs an executable file there.
+        let runsc = shims.join("runsc");
+        for executable in [&runc_shim, &runsc] {
+            std::fs::write(executable, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(executable, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let summary = |version: &str| {
             let args = parse_install_args(
                 [
@@ -952,7 +956,7 @@ mod tests {
                     "--containerd-version",
                     version,
                     "--runsc",
-                    "/usr/bin/runsc",
+                    runsc.to_str().unwrap(),
                     "--wrapper-config",
                     dir.path().join("w.toml").to_str().unwrap(),
                 ]
