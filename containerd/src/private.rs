@@ -980,14 +980,30 @@ mod tests {
 
     #[test]
     fn an_existing_source_needs_the_file() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let mut config = PrivateConfig::new(dir.path());
-        config.binary = "/usr/bin/containerd".into();
+        // A stand-in containerd: it tells its version, and leaves a mark if it is ever started.
+        let bin = tempfile::tempdir().unwrap();
+        let binary = bin.path().join("containerd");
+        let started = bin.path().join("started");
+        fs::write(
+            &binary,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'containerd github.com/containerd/containerd v1.7.24 abc'; exit 0; }}\ntouch {}\nexit 1\n",
+                started.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = PrivateConfig::new(dir.path().join("instance"));
+        config.binary = binary;
         config.source = ConfigSource::Existing;
-        if Path::new("/usr/bin/containerd").is_file() {
-            let err = PrivateContainerd::start(config).unwrap_err();
-            assert!(err.to_string().contains("write it first"), "{err}");
-        }
+        let err = PrivateContainerd::start(config).unwrap_err();
+        assert!(err.to_string().contains("write it first"), "{err}");
+        assert!(
+            !started.exists(),
+            "containerd was started without its config"
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! `deploy/`: the DaemonSet, RuntimeClass and collector manifests are valid Kubernetes 1.34 objects
-//! (checked offline with PyPI's `kubernetes-validate` when it is installed; `scripts/setup --tests`
-//! installs it), agree with what `shimtrace install` registers and where the shims spool, and the
+//! (checked offline with PyPI's `kubernetes-validate`, which `scripts/setup --tests` installs), agree with what `shimtrace install` registers and where the shims spool, and the
 //! node installer script installs and undoes shimtrace on a scratch "host" (no nsenter, a stand-in
 //! `systemctl` and `ctr`, a `containerd` that says it is Debian's 1.6.20, so install writes the
 //! runtime-name form and gVisor's entry in the wrapper's config), with the real `shimtrace` and
-//! wrapper binaries; when `install --uninstall` cannot undo it, both configs go back as they were.
+//! wrapper binaries (and with a stand-in for an older `shimtrace` that has no `install --uninstall`);
+//! when `install --uninstall` cannot undo it, or there is none, both configs go back as they were.
 //! On a real containerd 1.6.20 with CRI, the configs the script writes run traced pods, and those
 //! it puts back run pods again.
 
@@ -61,12 +61,9 @@ fn text_of(name: &str) -> String {
 
 #[test]
 fn manifests_are_valid_kubernetes_1_34() {
-    let Some(validator) = which("kubernetes-validate") else {
-        eprintln!(
-            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate, or scripts/setup --tests)"
-        );
-        return;
-    };
+    let validator = which("kubernetes-validate").expect(
+        "kubernetes-validate is not installed: run scripts/setup --tests (or pip install kubernetes-validate)",
+    );
     let out = Command::new(&validator)
         .args(["-k", "1.34.0", "--strict"])
         .args(manifests())
@@ -249,6 +246,16 @@ struct ScratchNode {
     dir: tempfile::TempDir,
 }
 
+/// The `shimtrace` in a scratch node's image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeShimtrace {
+    /// The one under test.
+    Built,
+    /// An older one's stand-in: the built binary, except that `install --help` does not offer
+    /// `--uninstall` and the flag is refused.
+    WithoutUninstall,
+}
+
 const ORIGINAL_CONFIG: &str = r#"version = 2
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -262,13 +269,35 @@ const ORIGINAL_CONFIG: &str = r#"version = 2
 
 impl ScratchNode {
     fn new() -> ScratchNode {
+        ScratchNode::with(NodeShimtrace::Built)
+    }
+
+    fn with(shimtrace: NodeShimtrace) -> ScratchNode {
         let node = ScratchNode {
             dir: tempfile::tempdir().unwrap(),
         };
         for dir in ["artifacts", "fake", "etc/containerd", "bin"] {
             std::fs::create_dir_all(node.path(dir)).unwrap();
         }
-        std::fs::copy(built_binary("shimtrace"), node.path("artifacts/shimtrace")).unwrap();
+        match shimtrace {
+            NodeShimtrace::Built => {
+                std::fs::copy(built_binary("shimtrace"), node.path("artifacts/shimtrace")).unwrap();
+            }
+            NodeShimtrace::WithoutUninstall => node.script(
+                "artifacts/shimtrace",
+                &format!(
+                    "real={real}\n\
+                     if [ \"$1\" = install ]; then\n\
+                     for a in \"$@\"; do\n\
+                     [ \"$a\" = --uninstall ] && {{ echo \"error: unexpected argument '--uninstall' found\" >&2; exit 2; }}\n\
+                     [ \"$a\" = --help ] && {{ \"$real\" \"$@\" | grep -v -e --uninstall; exit 0; }}\n\
+                     done\n\
+                     fi\n\
+                     exec \"$real\" \"$@\"\n",
+                    real = built_binary("shimtrace").display()
+                ),
+            ),
+        }
         std::fs::copy(
             wrapper_binary(),
             node.path("artifacts/containerd-shim-traced-v2"),
@@ -398,14 +427,31 @@ fn toml_of(path: &Path) -> toml::Table {
     std::fs::read_to_string(path).unwrap().parse().unwrap()
 }
 
-/// Whether this shimtrace removes its own entries (`install --uninstall`), which the script then
-/// uses instead of putting the saved config back.
-fn shimtrace_uninstalls() -> bool {
-    let help = Command::new(built_binary("shimtrace"))
+/// Whether `shimtrace` (a path) offers `install --uninstall`, as the script asks it.
+fn offers_uninstall(shimtrace: &Path) -> bool {
+    let help = Command::new(shimtrace)
         .args(["install", "--help"])
         .output()
         .unwrap();
+    assert!(help.status.success(), "{}", log(&help));
     String::from_utf8_lossy(&help.stdout).contains("--uninstall")
+}
+
+#[test]
+fn the_scratch_nodes_shimtrace_is_the_built_one_or_an_older_stand_in() {
+    // The built shimtrace removes its own entries, which the script then does instead of putting
+    // the saved configs back; the stand-in for an older one has no such flag.
+    assert!(offers_uninstall(&built_binary("shimtrace")));
+    let node = ScratchNode::new();
+    assert!(offers_uninstall(&node.path("artifacts/shimtrace")));
+    let old = ScratchNode::with(NodeShimtrace::WithoutUninstall);
+    let stand_in = old.path("artifacts/shimtrace");
+    assert!(!offers_uninstall(&stand_in));
+    let refused = Command::new(&stand_in)
+        .args(["install", "--uninstall"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{}", log(&refused));
 }
 
 /// gVisor's entry as install writes it into the wrapper's config in the runtime-name form.
@@ -413,9 +459,18 @@ const GVISOR_ENTRY: &str = "[runtimes.\"io.containerd.traced-runsc.v2\"]";
 
 #[test]
 fn node_installer_installs_and_undoes_on_a_scratch_host() {
+    installs_and_undoes(NodeShimtrace::Built);
+}
+
+#[test]
+fn node_installer_installs_and_undoes_with_a_shimtrace_without_uninstall() {
+    installs_and_undoes(NodeShimtrace::WithoutUninstall);
+}
+
+fn installs_and_undoes(shimtrace: NodeShimtrace) {
     let machine_config = || std::fs::read(DEFAULT_WRAPPER_CONFIG).ok();
     let machine_config_before = machine_config();
-    let node = ScratchNode::new();
+    let node = ScratchNode::with(shimtrace);
     node.succeeds("install", &[]);
     // The binaries on the "host", the traced handlers in its config, containerd restarted once.
     let prefix = node.path("opt/shimtrace/bin");
@@ -457,7 +512,8 @@ fn node_installer_installs_and_undoes_on_a_scratch_host() {
 
     node.succeeds("uninstall", &[]);
     assert_eq!(toml_of(&node.config()), toml_of_str(ORIGINAL_CONFIG));
-    if !shimtrace_uninstalls() {
+    // Without `install --uninstall` the saved config goes back, byte for byte.
+    if shimtrace == NodeShimtrace::WithoutUninstall {
         assert_eq!(
             std::fs::read_to_string(node.config()).unwrap(),
             ORIGINAL_CONFIG
@@ -508,25 +564,31 @@ fn node_installer_never_leaves_cri_broken_nor_undoes_someone_elses_edit() {
         assert_eq!(node.wrapper_config_text(), None);
     }
 
-    // Someone edits the config after the install: without `install --uninstall`, the script
-    // will not put back a config that would lose the edit, and keeps what it refers to.
-    let node = ScratchNode::new();
-    node.succeeds("install", &[]);
-    let mut edited = std::fs::read_to_string(node.config()).unwrap();
-    edited.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.mine]\n  runtime_type = \"io.containerd.runc.v2\"\n");
-    std::fs::write(node.config(), &edited).unwrap();
-    if shimtrace_uninstalls() {
-        node.succeeds("uninstall", &[]);
-        let config = std::fs::read_to_string(node.config()).unwrap();
-        assert!(
-            config.contains("runtimes.mine") && !config.contains("traced-"),
-            "{config}"
-        );
-    } else {
-        let said = node.fails("uninstall", &[]);
-        assert_says(&said, "changed since shimtrace installed it");
-        assert_eq!(std::fs::read_to_string(node.config()).unwrap(), edited);
-        assert!(node.path("bin/containerd-shim-traced-runc-v2").exists());
+    // Someone edits the config after the install: `install --uninstall` removes only its own
+    // entries; without it, the script will not put back a config that would lose the edit, and
+    // keeps what it refers to.
+    for shimtrace in [NodeShimtrace::Built, NodeShimtrace::WithoutUninstall] {
+        let node = ScratchNode::with(shimtrace);
+        node.succeeds("install", &[]);
+        let mut edited = std::fs::read_to_string(node.config()).unwrap();
+        edited.push_str("\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.mine]\n  runtime_type = \"io.containerd.runc.v2\"\n");
+        std::fs::write(node.config(), &edited).unwrap();
+        match shimtrace {
+            NodeShimtrace::Built => {
+                node.succeeds("uninstall", &[]);
+                let config = std::fs::read_to_string(node.config()).unwrap();
+                assert!(
+                    config.contains("runtimes.mine") && !config.contains("traced-"),
+                    "{config}"
+                );
+            }
+            NodeShimtrace::WithoutUninstall => {
+                let said = node.fails("uninstall", &[]);
+                assert_says(&said, "changed since shimtrace installed it");
+                assert_eq!(std::fs::read_to_string(node.config()).unwrap(), edited);
+                assert!(node.path("bin/containerd-shim-traced-runc-v2").exists());
+            }
+        }
     }
 }
 
@@ -535,7 +597,16 @@ const NODE_WRAPPER_CONFIG: &str = "# the node's own\n[runtimes.\"io.containerd.t
 
 #[test]
 fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
-    let node = ScratchNode::new();
+    puts_both_configs_back(NodeShimtrace::Built);
+}
+
+#[test]
+fn node_installer_puts_both_configs_back_without_uninstall() {
+    puts_both_configs_back(NodeShimtrace::WithoutUninstall);
+}
+
+fn puts_both_configs_back(shimtrace: NodeShimtrace) {
+    let node = ScratchNode::with(shimtrace);
     std::fs::create_dir_all(node.path("etc/shimtrace")).unwrap();
     std::fs::write(node.wrapper_config(), NODE_WRAPPER_CONFIG).unwrap();
     node.succeeds("install", &[]);
@@ -548,8 +619,12 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
     // they were before the install, since nobody changed them since.
     std::fs::remove_file(node.path(&format!("etc/containerd/{STATE_FILE}"))).unwrap();
     let said = node.succeeds("uninstall", &[]);
-    if shimtrace_uninstalls() {
-        assert_says(&said, "putting back the configs saved at install");
+    match shimtrace {
+        NodeShimtrace::Built => assert_says(&said, "putting back the configs saved at install"),
+        // An older shimtrace is not asked to uninstall: the saved configs go back directly.
+        NodeShimtrace::WithoutUninstall => {
+            assert!(!said.contains("install --uninstall failed"), "{said}")
+        }
     }
     assert_eq!(
         std::fs::read_to_string(node.config()).unwrap(),
@@ -563,7 +638,7 @@ fn node_installer_puts_both_configs_back_when_uninstall_cannot() {
 
     // Someone edits the wrapper's config after the install: the script puts back neither config,
     // says which one changed and what to remove by hand, and keeps what they refer to.
-    let node = ScratchNode::new();
+    let node = ScratchNode::with(shimtrace);
     node.succeeds("install", &[]);
     let config = std::fs::read_to_string(node.config()).unwrap();
     let mut edited = node.wrapper_config_text().unwrap();

@@ -177,8 +177,27 @@ fn unreachable_containerd_is_one_clear_error() {
     let message = err.to_string();
     assert!(!message.contains('\n'), "{message}");
     assert!(message.contains("/nonexistent/containerd.sock") && message.contains("--address"));
-    // The host column was measured before containerd was needed, and is kept.
-    assert!(dir.path().join("report.md").exists() || !dir.path().join("report.json").exists());
+    // The host column was measured before containerd was needed, and is kept: both reports are
+    // written, with the host's kernel and the reason.
+    let md = std::fs::read_to_string(dir.path().join("report.md")).expect("report.md written");
+    let json =
+        std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let host_release = host_release.trim();
+    assert_eq!(
+        report["host_probe"]["kernel"]["release"].as_str(),
+        Some(host_release),
+        "{json}"
+    );
+    assert!(
+        md.contains(host_release),
+        "report.md lacks the host's kernel:\n{md}"
+    );
+    assert!(
+        md.contains("/nonexistent/containerd.sock"),
+        "report.md lacks the reason:\n{md}"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Smoke test of the containerd matrix: every installed version runs a busybox container through its own runc shim.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
@@ -40,7 +40,46 @@ fn smoke(version: &str) {
         .expect("ctr containers ls");
     assert_eq!(left.stdout.trim(), "");
 
-    // The runc shim that served the containers was this version's own: its argv names our socket.
+    // The runc shim that serves this version's containers is its own (not another version's on
+    // PATH): seen while one runs.
+    containerd
+        .run_detached("smoke-shim", &[], &["/bin/sleep", "600"])
+        .expect("ctr run -d sleep");
+    // (The shims of the removed containers may still be on their way out.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut shims = containerd.owned_processes();
+    while shims.len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        shims = containerd.owned_processes();
+    }
+    let exes: Vec<_> = shims
+        .iter()
+        .map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .collect();
+    assert_eq!(
+        exes,
+        vec![Some(version.runc_shim())],
+        "containerd {} must run one runc shim, its own (shims {shims:?})",
+        version.version()
+    );
+    containerd
+        .ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "smoke-shim"])
+        .expect("ctr tasks kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containerd
+        .ctr(&["tasks", "delete", "smoke-shim"])
+        .is_ok_and(|o| o.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the killed task was never deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    containerd
+        .ctr_ok(&["containers", "delete", "smoke-shim"])
+        .expect("ctr containers delete");
+
     eprintln!(
         "containerd {}: ready in {:?}, total {:?}",
         version.version(),

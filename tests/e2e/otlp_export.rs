@@ -202,19 +202,41 @@ async fn export_over_grpc_and_http_keeps_ids_parents_names_and_times() {
     );
 }
 
-/// `shimtrace serve` exporting to `endpoint` over gRPC, killed on drop.
-fn start_serve(spool: &Path, db: &Path, endpoint: &str, metrics: SocketAddr) -> Daemon {
-    Daemon::spawn(
-        shimtrace()
-            .arg("serve")
-            .arg("--spool")
-            .arg(spool)
-            .arg("--db")
-            .arg(db)
-            .args(["--metrics-addr", &metrics.to_string()])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    )
+/// `shimtrace serve` exporting to `endpoint` over gRPC, killed on drop, once its `/metrics`
+/// answers; with the address it serves them on. (A free port can be taken by another test before
+/// serve binds it: then serve exits saying so, and is started again on another.)
+fn start_serve(spool: &Path, db: &Path, endpoint: &str) -> (Daemon, SocketAddr) {
+    let log = spool.with_extension("serve.log");
+    for _ in 0..10 {
+        let metrics = free_port();
+        let mut daemon = Daemon::spawn(
+            shimtrace()
+                .arg("serve")
+                .arg("--spool")
+                .arg(spool)
+                .arg("--db")
+                .arg(db)
+                .args(["--metrics-addr", &metrics.to_string()])
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        let exited = wait_until("serve to answer on /metrics or exit", || {
+            match daemon.0.try_wait().unwrap() {
+                Some(status) => Some(Some(status)),
+                None => scrape(metrics).map(|_| None),
+            }
+        });
+        let Some(status) = exited else {
+            return (daemon, metrics);
+        };
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            said.contains(&format!("cannot serve metrics on {metrics}")),
+            "serve exited with {status}: {said}"
+        );
+    }
+    panic!("serve found no free port for /metrics in 10 tries")
 }
 
 /// Stops `serve` with SIGTERM, which it must answer by exiting cleanly.
@@ -233,6 +255,10 @@ fn free_port() -> SocketAddr {
 /// `GET /metrics`, or `None` while the server is not up yet.
 fn scrape(addr: SocketAddr) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    // Whatever holds the port, a reply that does not come is no answer.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .ok()?;
@@ -363,12 +389,11 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     let (spool, db) = filled_store(dir.path(), 10);
     let otlp = free_port();
     let endpoint = format!("http://{otlp}");
-    let metrics = free_port();
 
     // Nothing listens on the OTLP port: spans are ingested, export fails and is retried.
     let (s, d, e) = (spool.clone(), db.clone(), endpoint.clone());
     let text = tokio::task::spawn_blocking(move || {
-        let daemon = start_serve(&s, &d, &e, metrics);
+        let (daemon, metrics) = start_serve(&s, &d, &e);
         let text = wait_until("ingest and a failed export", || {
             let text = scrape(metrics)?;
             (metric(&text, "shimtrace_spans_ingested_total")? == 100.0
@@ -425,12 +450,12 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
 
     // Restarted collector, receiver appears late: every pending span arrives.
     let (s, d, e) = (spool.clone(), db.clone(), endpoint.clone());
-    let daemon = tokio::task::spawn_blocking(move || {
-        let daemon = start_serve(&s, &d, &e, metrics);
+    let (daemon, metrics) = tokio::task::spawn_blocking(move || {
+        let (daemon, metrics) = start_serve(&s, &d, &e);
         wait_until("the restarted collector to fail an export", || {
             (metric(&scrape(metrics)?, "shimtrace_export_failures_total")? >= 1.0).then_some(())
         });
-        daemon
+        (daemon, metrics)
     })
     .await
     .unwrap();

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message;
 use sha2::{Digest, Sha256};
@@ -122,6 +122,46 @@ fn sleeper_proxy(id: &str) -> (Traced, PathBuf, u32) {
     let proxy_sock = proxy_socket(&inner_socket(&traced, id));
     let proxy = proxy_pid(&proxy_sock);
     (traced, proxy_sock, proxy)
+}
+
+/// CPU time (user + system, every thread) process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("the proxy (pid {pid}) is gone: {e}"));
+    // After the command name in parentheses (which may hold spaces): state is field 3, utime 14,
+    // stime 15.
+    let after_name = &stat[stat.rfind(')').expect("/proc/<pid>/stat names the command") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The unit of [`cpu_ticks`] (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf runs");
+    let ticks: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("getconf CLK_TCK: {out:?}"));
+    assert!(ticks > 0.0, "getconf CLK_TCK: {ticks}");
+    ticks
+}
+
+/// How many of process `pid`'s threads are named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|comm| comm.trim_end() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn memory(pid: u32) -> Memory {
@@ -280,21 +320,47 @@ fn proxy_accept_failures_back_off() {
         .find(|l| l.starts_with("Max open files"))
         .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
         .expect("the proxy's open-files limit");
+    let count_failed = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("accept failed"))
+            .count()
+    };
     let failures_before = count_failures();
+    let failed_before = count_failed();
     // No descriptor left: every accept fails with EMFILE while connections wait in the backlog.
     limit(&lowest_free.to_string());
     let clients: Vec<UnixStream> = (0..4)
         .map(|_| UnixStream::connect(&proxy_sock).unwrap())
         .collect();
-    // A measurement window, not a synchronisation: how often does the proxy log in 2 s?
+    // A measurement window, not a synchronisation: how often does the proxy log in 2 s, and how
+    // much CPU does it burn meanwhile?
+    let cpu_before = cpu_ticks(proxy);
+    let window = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_ticks(proxy) - cpu_before;
+    let window = window.elapsed();
     let logged = count_failures() - failures_before;
+    let failed = count_failed() - failed_before;
     limit(&soft_before);
     drop(clients);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         logged <= 3,
-        "{logged} accept failures logged in 2 s: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        "{logged} accept failures logged in 2 s: {log_text}"
+    );
+    // The limit took effect: accept failed, and said so (the first warning is never held back).
+    assert!(
+        failed >= 1,
+        "no accept failure logged in {} (the limit did not take effect?): {log_text}",
+        log.display()
+    );
+    // Backing off, not spinning: a loop retrying at once would burn the whole window.
+    let window_ticks = window.as_secs_f64() * clock_ticks_per_second();
+    assert!(
+        (cpu as f64) < window_ticks / 10.0,
+        "the proxy used {cpu} clock ticks of CPU in {window:?} ({window_ticks:.0} ticks) while accept failed"
     );
     // Descriptors back: the proxy serves new connections again, promptly.
     let served = wait_for(Duration::from_secs(5), || {
@@ -418,19 +484,32 @@ fn proxy_threads_stay_bounded_under_held_connections() {
             Some(UnixStream::from(fd))
         })
         .collect();
-    // Wait until the proxy has taken on what it will: its thread count stops changing.
-    let mut last = memory(proxy).threads;
+    let connected = held.len();
+    // Wait until the proxy has taken on what it will: the load arrived (it serves as many
+    // connections as it may, each on a thread named `conn`), and then its thread count stops
+    // changing over several samples.
+    let cap = connected.min(MAX_CALL_CONNECTIONS);
+    let loaded = wait_for(Duration::from_secs(30), || {
+        (threads_named(proxy, "conn") >= cap).then_some(())
+    });
+    let mut samples = vec![memory(proxy).threads];
     let settled = wait_for(Duration::from_secs(30), || {
         std::thread::sleep(Duration::from_millis(500));
-        let now = memory(proxy).threads;
-        let stable = now == last;
-        last = now;
-        stable.then_some(now)
+        samples.push(memory(proxy).threads);
+        let last = &samples[samples.len().saturating_sub(4)..];
+        (last.len() == 4 && last.iter().all(|t| *t == last[0])).then_some(())
     });
     let during = memory(proxy);
-    let connected = held.len();
+    let serving = threads_named(proxy, "conn");
     drop(held);
-    assert!(settled.is_some(), "the proxy's threads never settled");
+    assert!(
+        loaded.is_some(),
+        "{connected} connected, but the proxy never served {cap} at once (it serves {serving})"
+    );
+    assert!(
+        settled.is_some(),
+        "the proxy's threads never settled: {samples:?}"
+    );
     assert!(
         during.threads <= 2 * MAX_CALL_CONNECTIONS as u64 + 16,
         "{} held connections ({} connected): {} threads, RSS {} KiB (before: {} threads, {} KiB)",

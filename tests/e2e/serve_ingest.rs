@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use shimtrace_collector::ingest::BATCH_SPANS;
 use shimtrace_collector::store::Store;
 use shimtrace_shim::spool::{SpanSink, SpoolConfig};
 use shimtrace_span::{SpanId, SpanRecord, TraceId};
@@ -147,17 +148,30 @@ fn collector_down_then_up_stores_every_span_once() {
 
 #[test]
 fn sigkill_mid_ingest_neither_loses_nor_duplicates() {
+    // One batch and a half: serve commits the first batch, then is killed while it reads the
+    // rest, which it has not committed yet (a batch is one transaction).
+    const TOTAL: u64 = BATCH_SPANS * 3 / 2;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let db = dir.path().join("shimtrace.db");
-    write_spans(&spool, 0..20_000);
+    // The store's schema first: the polls below then only read the store (one opening a store
+    // without its schema would wait for the write lock, which serve hands back only for a moment
+    // between batches, and could miss every batch but the last).
+    drop(Store::open(&db).unwrap());
+    write_spans(&spool, 0..TOTAL);
     let mut daemon = start_serve(&spool, &db);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while stored(&db) == 0 {
-        assert!(Instant::now() < deadline, "serve stored nothing in 60 s");
+        assert!(Instant::now() < deadline, "serve stored nothing in 120 s");
         std::thread::sleep(Duration::from_millis(5));
     }
     stop(&mut daemon, Signal::SIGKILL);
+    // The kill landed mid-ingest: some spans were stored, not all.
+    let at_kill = stored(&db);
+    assert!(
+        0 < at_kill && at_kill < TOTAL,
+        "stored {at_kill} of {TOTAL} spans when serve was killed"
+    );
     let _daemon = start_serve(&spool, &db);
-    wait_for_count(&db, 20_000);
+    wait_for_count(&db, TOTAL);
 }

@@ -584,6 +584,8 @@ fn start_reply_is_exact(version: &str) {
         .env("TTRPC_ADDRESS", c.ttrpc_address())
         .env("SHIMTRACE_SPOOL_DIR", &traced.spool)
         .env("SHIMTRACE_RUN_DIR", &traced.run_dir)
+        // The harness's config, as containerd passes it: never the machine's.
+        .env(shimtrace_span::env::CONFIG, &traced.wrapper_config)
         .env(shimtrace_testkit::containerd::INSTANCE_MARKER_ENV, c.dir())
         .stdin(std::process::Stdio::null())
         .output()

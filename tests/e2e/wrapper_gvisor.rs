@@ -11,8 +11,9 @@ use shimtrace_testkit::traced::{assert_runtime, has_method, Spooled, Traced, TRA
 
 fn gvisor_through_wrapper(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
-    // runsc names its control socket after the container id alone: unique across parallel tests.
-    let id = format!("gvisor{}", version.replace('.', ""));
+    // runsc names its control socket after the container id alone: unique across parallel tests
+    // and across test processes running at once.
+    let id = format!("gvisor{}-{}", version.replace('.', ""), std::process::id());
     let id = id.as_str();
     let runc_id = format!("{id}-runc");
     let c = &traced.containerd;
