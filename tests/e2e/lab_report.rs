@@ -1,6 +1,6 @@
 //! `shimtrace lab --runs 2 --requests 20` end to end (private containerd, runc and gVisor): every
 //! report section is present, the numbers parse, gVisor's kernel differs from the host's and runc's
-//! equals it; plus the errors a user can cause.
+//! equals it; the lab on a containerd it did not start; plus the errors a user can cause.
 
 use crate::element_where;
 use serde_json::Value;
@@ -295,4 +295,52 @@ fn lab_sends_its_shim_spans_over_otlp() {
     );
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("shim spans sent over OTLP"), "{md}");
+}
+
+/// The lab on a containerd it did not start, whose traced runtime the user set up (here the test
+/// harness: the wrapper on containerd's `PATH`, its spool in containerd's environment): it reads
+/// the shim spans from `--spool-dir`, and leaves that containerd running, without its containers.
+#[test]
+fn lab_on_a_running_containerd_reads_the_spans_from_its_spool() {
+    let traced = shimtrace_testkit::traced::Traced::start("1.6.20").expect("a traced containerd");
+    let dir = tempfile::tempdir().unwrap();
+    let address = traced.containerd.address();
+    let args = lab_args_with_built_wrapper(&[
+        "--address",
+        address.to_str().unwrap(),
+        "--spool-dir",
+        traced.spool.to_str().unwrap(),
+        "--only",
+        "runc",
+        "--runs",
+        "2",
+        "--requests",
+        "0",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let namespace = args.namespace.clone();
+    shimtrace_lab::run(args).expect("lab runs");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let setup = &report["setup"];
+    assert_eq!(setup["private_containerd"], false, "{setup}");
+    assert_eq!(setup["traced"], true, "{setup}");
+    assert_eq!(
+        setup["spool_dir"],
+        traced.spool.to_str().unwrap(),
+        "{setup}"
+    );
+    let runc = element_where(&report["profiles"], "name", "runc");
+    let spans = &runc["cold_start"]["spans"];
+    for name in ["shim.start", "containerd.task.v2.Task/Create"] {
+        assert!(spans.get(name).is_some(), "no {name} among {spans}");
+    }
+    // The user's containerd still answers, and holds none of the lab's containers.
+    let listed = traced
+        .containerd
+        .ctr_ok(&["-n", &namespace, "containers", "ls", "-q"])
+        .expect("containerd still answers");
+    assert_eq!(listed.stdout.trim(), "", "containers left behind");
 }
