@@ -1,5 +1,6 @@
 //! The quick bench, end to end: it runs against a real containerd, produces every figure and writes
-//! JSON that parses. The figures' targets are not checked here (noise must not fail CI).
+//! JSON that parses. The figures' targets are not checked here (noise must not fail CI). And the
+//! collector's own `shimtrace bench` on a small synthetic spool.
 
 use std::process::Command;
 
@@ -86,4 +87,39 @@ fn quick_bench_produces_every_figure() {
     );
     let rss = &json["proxy_memory"]["after_containers"]["vm_rss_kib"];
     assert!(rss.as_u64().unwrap() > 0, "{rss}");
+}
+
+/// `shimtrace bench` (the collector's own, hidden): a small synthetic spool written, ingested and
+/// reported, the timings in JSON.
+#[test]
+fn collector_bench_ingests_and_reports_a_synthetic_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
+        .args([
+            "bench",
+            "--containers",
+            "20",
+            "--containers-per-writer",
+            "5",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("running shimtrace bench");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON on stdout");
+    assert_eq!(json["generated"]["containers"], 20, "{json}");
+    let spans = json["generated"]["spans"].as_u64().unwrap();
+    assert!(spans >= 20, "{json}");
+    for timing in ["ingest_seconds", "report_seconds", "render_html_seconds"] {
+        assert!(
+            json[timing].as_f64().is_some_and(|s| s > 0.0),
+            "{timing}: {json}"
+        );
+    }
+    assert!(json["html_bytes"].as_u64().is_some_and(|n| n > 0), "{json}");
 }
