@@ -40,14 +40,20 @@ pub fn output_ok(command: &mut Command) -> Output {
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("cannot run {command:?} (is it installed?): {e}"));
+    assert_succeeded(&format!("{command:?}"), &out);
+    out
+}
+
+/// Panics, with its exit status, stdout and stderr, unless the run of `what` that gave `out`
+/// succeeded.
+pub fn assert_succeeded(what: &str, out: &Output) {
     assert!(
         out.status.success(),
-        "{command:?} exited with {}: {}{}",
+        "{what} exited with {}: {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
 /// A long-running child (`shimtrace serve`, …) that is killed and reaped on drop if it still

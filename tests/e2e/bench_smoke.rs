@@ -94,22 +94,17 @@ fn quick_bench_produces_every_figure() {
 #[test]
 fn collector_bench_ingests_and_reports_a_synthetic_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let run = Command::new(shimtrace_testkit::traced::built_binary("shimtrace"))
-        .args([
-            "bench",
-            "--containers",
-            "20",
-            "--containers-per-writer",
-            "5",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("running shimtrace bench");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let run = shimtrace_testkit::cli::output_ok(
+        shimtrace_testkit::cli::shimtrace()
+            .args([
+                "bench",
+                "--containers",
+                "20",
+                "--containers-per-writer",
+                "5",
+            ])
+            .arg("--dir")
+            .arg(dir.path()),
     );
     let json: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON on stdout");
     assert_eq!(json["generated"]["containers"], 20, "{json}");

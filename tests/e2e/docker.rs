@@ -739,11 +739,7 @@ fn lab_runs_its_profiles_through_docker() {
             .stderr(Stdio::piped()),
     );
     let run = lab.wait_within(LAB_DEADLINE);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    shimtrace_testkit::cli::assert_succeeded("shimtrace lab --engine docker", &run);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let docker = &report["setup"]["docker"];

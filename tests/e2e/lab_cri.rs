@@ -104,13 +104,7 @@ fn lab_cri_runs_runc_and_gvisor(containerd: Option<&Path>) -> String {
             .stderr(Stdio::piped()),
     );
     let run = lab.wait_within(LAB_DEADLINE);
-    assert!(
-        run.status.success(),
-        "shimtrace lab --cri exited with {}: {}{}",
-        run.status,
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    shimtrace_testkit::cli::assert_succeeded("shimtrace lab --cri", &run);
 
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     for section in [

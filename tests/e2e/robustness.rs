@@ -290,13 +290,15 @@ fn proxy_sequential_runs_leave_no_sockets_or_run_files() {
 fn proxy_accept_failures_back_off() {
     let (traced, proxy_sock, proxy) = sleeper_proxy("fd1");
     let log = proxy_log(&traced, &proxy_sock);
-    let count_failures = || {
+    // How many lines of the proxy's log mention `needle`.
+    let lines_with = |needle: &str| {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("accept"))
+            .filter(|l| l.contains(needle))
             .count()
     };
+    let count_failures = || lines_with("accept");
     // The lowest free descriptor number: a limit at it leaves the proxy none to allocate.
     let open: Vec<u32> = std::fs::read_dir(format!("/proc/{proxy}/fd"))
         .unwrap()
@@ -320,13 +322,7 @@ fn proxy_accept_failures_back_off() {
         .find(|l| l.starts_with("Max open files"))
         .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
         .expect("the proxy's open-files limit");
-    let count_failed = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("accept failed"))
-            .count()
-    };
+    let count_failed = || lines_with("accept failed");
     let failures_before = count_failures();
     let failed_before = count_failed();
     // No descriptor left: every accept fails with EMFILE while connections wait in the backlog.
