@@ -107,8 +107,6 @@ pub enum DockerError {
         config: PathBuf,
         message: String,
     },
-    #[error("runsc {0} is not an executable file (check --runsc)")]
-    NoRunsc(PathBuf),
     #[error("{config} has no traced runtime (a runtimeType naming a containerd-shim-traced-* link): run `shimtrace install --docker --write` first")]
     NothingToCheck { config: PathBuf },
     #[error("`{command}` failed: {problem}")]
@@ -332,11 +330,8 @@ pub fn find_runsc(
     shim_path: &std::ffi::OsStr,
 ) -> Result<Option<Runsc>, DockerError> {
     if let Some(path) = explicit {
-        if !shimtrace_span::naming::is_executable_file(path) {
-            return Err(DockerError::NoRunsc(path.to_path_buf()));
-        }
         return Ok(Some(Runsc {
-            binary: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+            binary: crate::install::resolve_runsc(path, shim_path)?,
             args: Vec::new(),
         }));
     }
@@ -1353,7 +1348,10 @@ mod tests {
             }
         );
         let err = find_runsc(Some(Path::new("/nonexistent/runsc")), &doc, "".as_ref());
-        assert!(matches!(err, Err(DockerError::NoRunsc(_))));
+        assert!(matches!(
+            err,
+            Err(DockerError::Install(InstallError::NoRunsc { .. }))
+        ));
     }
 
     #[test]

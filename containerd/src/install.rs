@@ -29,7 +29,7 @@
 //! what was added, so `--uninstall` removes exactly that, whatever else was edited meanwhile.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -130,8 +130,8 @@ pub struct InstallArgs {
     pub form: Option<Form>,
     /// The OCI runtime binary of the gVisor handler `traced-runsc` (the runc shim's `BinaryName`
     /// in the path form, `oci_runtime` in --wrapper-config in the name form; with --docker, the
-    /// runsc of `traced-runsc`, default the path of a `runsc` runtime in daemon.json) [default:
-    /// runsc on PATH].
+    /// runsc of `traced-runsc`, default the path of a `runsc` runtime in daemon.json): a path
+    /// (written absolute), or a name looked up in --shim-path [default: runsc on PATH].
     #[arg(long, value_name = "PATH")]
     pub runsc: Option<PathBuf>,
     /// The wrapper's config file, as containerd's environment names it (SHIMTRACE_CONFIG): with
@@ -225,11 +225,34 @@ fn no_shims_advice(shim_path: Option<&str>) -> String {
 
 /// Why a `--runsc` path cannot be gVisor's binary, and what to do.
 fn runsc_problem(path: &Path) -> &'static str {
-    if fs::metadata(path).is_err() {
+    if is_a_name(path) {
+        "not found in the --shim-path list (else PATH): pass the path of gVisor's runsc (an executable file), or leave --runsc out to use runsc on PATH"
+    } else if fs::metadata(path).is_err() {
         "no such file: pass the path of gVisor's runsc (an executable file), or leave --runsc out to use runsc on PATH"
     } else {
         "not an executable file: pass the path of gVisor's runsc binary (chmod +x it if that is the one), or leave --runsc out to use runsc on PATH"
     }
+}
+
+/// Whether `path` is a bare name (`runsc`), which is looked up as a shell would.
+fn is_a_name(path: &Path) -> bool {
+    !path.as_os_str().is_empty() && !path.as_os_str().as_encoded_bytes().contains(&b'/')
+}
+
+/// The runsc that `--runsc` names, as install writes it: a bare name looked up in `path_var` (a
+/// `PATH`-style list), any other path made absolute (the shim runs it from a directory of its
+/// own); refused unless it is an executable file.
+pub fn resolve_runsc(given: &Path, path_var: &OsStr) -> Result<PathBuf, InstallError> {
+    let found = if is_a_name(given) {
+        shimtrace_span::naming::find_in_path(&given.to_string_lossy(), path_var)
+    } else {
+        std::path::absolute(given).ok()
+    };
+    found
+        .filter(|p| shimtrace_span::naming::is_executable_file(p))
+        .ok_or_else(|| InstallError::NoRunsc {
+            path: given.to_path_buf(),
+        })
 }
 
 /// `--containerd-version`'s value as install writes for it (`v2.1.9` → "2.1.9"), or what was
@@ -1284,14 +1307,10 @@ impl Plan {
         let drop_in = version
             .as_deref()
             .is_some_and(|v| version_triple(v) >= DROP_IN_SINCE);
-        if let Some(runsc) = &args.runsc {
-            if !shimtrace_span::naming::is_executable_file(runsc) {
-                return Err(InstallError::NoRunsc {
-                    path: runsc.clone(),
-                });
-            }
-        }
-        let runsc = args.runsc.clone().or_else(|| which("runsc"));
+        let runsc = match &args.runsc {
+            Some(given) => Some(resolve_runsc(given, &path_var)?),
+            None => which("runsc"),
+        };
         let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
         Ok(Plan {
             wrapper,
@@ -3202,6 +3221,37 @@ version = 2
                     .contains("only the links were made (all were already in place)"),
             "{}",
             again.report
+        );
+    }
+
+    #[test]
+    fn runsc_by_name_is_looked_up_and_a_relative_path_made_absolute() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let runsc = dir.path().join("runsc");
+        fs::write(&runsc, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&runsc, fs::Permissions::from_mode(0o755)).unwrap();
+        let list = dir.path().as_os_str();
+        assert_eq!(resolve_runsc(Path::new("runsc"), list).unwrap(), runsc);
+        let err = resolve_runsc(Path::new("runsc"), OsStr::new("/nonexistent")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not found in the --shim-path list"),
+            "{err}"
+        );
+        // The same file through a path relative to this process's directory.
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = PathBuf::from(format!(
+            "{up}{}",
+            runsc.display().to_string().trim_start_matches('/')
+        ));
+        assert!(relative.is_relative());
+        let resolved = resolve_runsc(&relative, OsStr::new("")).unwrap();
+        assert!(resolved.is_absolute(), "{}", resolved.display());
+        assert_eq!(
+            resolved.canonicalize().unwrap(),
+            runsc.canonicalize().unwrap()
         );
     }
 
