@@ -10,7 +10,7 @@
 //! what is pending survives a restart; failures, of the endpoint or of the store, are retried with
 //! exponential backoff, and never end it. A batch goes out as one request per resource; a retry
 //! sends only the requests the endpoint has not accepted, so no span reaches it twice (short of a
-//! restart between a batch's requests).
+//! restart between a batch's requests, or a request that timed out after the endpoint took it).
 //!
 //! Each request waits at most `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (else `OTEL_EXPORTER_OTLP_TIMEOUT`)
 //! milliseconds, 10 s by default, for an answer; a request that got none names the variable to
@@ -986,6 +986,8 @@ mod tests {
         wait_for("two failed attempts", || {
             counters.export_failures.load(Ordering::SeqCst) >= 2
         });
+        // The request the endpoint took came first, whichever order the resources are sent in.
+        assert_eq!(receiver.received.distinct(), 7);
         receiver.received.accept_all();
         let store = Store::open_read_only(&db).unwrap();
         wait_for("the export recorded", || {
