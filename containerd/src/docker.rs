@@ -134,8 +134,18 @@ pub struct DockerInstall {
     pub write: bool,
     /// gVisor's binary (default: from daemon.json's `runsc` runtime, else on `shim_path`).
     pub runsc: Option<PathBuf>,
-    /// Where real shims and runsc are looked up (a `PATH`-style list).
-    pub shim_path: OsString,
+    /// Where real shims and runsc are looked up (a `PATH`-style list) [default: `PATH`].
+    pub shim_path: Option<OsString>,
+}
+
+impl DockerInstall {
+    /// The list real shims and runsc are looked up in: `shim_path`, else `PATH`.
+    fn search_path(&self) -> OsString {
+        self.shim_path
+            .clone()
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_default()
+    }
 }
 
 /// gVisor's runsc as `traced-runsc` runs it.
@@ -426,15 +436,17 @@ pub fn plan(opts: &DockerInstall, doc: &Map<String, Value>) -> Result<DockerPlan
     };
     let gvisor_shim = bin_dir.join(gvisor_shim_name().binary());
     // The gVisor inner shim of an earlier install is not a real shim.
-    let shims: Vec<RealShim> = find_real_shims(&opts.shim_path)
+    let search_path = opts.search_path();
+    let shims: Vec<RealShim> = find_real_shims(&search_path)
         .into_iter()
         .filter(|s| s.path != gvisor_shim && s.name.inner != GVISOR_INNER)
         .collect();
     if shims.is_empty() {
-        // Named as --shim-path when it is not PATH (the CLI passes PATH when it was not given).
-        let given = std::env::var_os("PATH").as_ref() != Some(&opts.shim_path);
         return Err(InstallError::NoShims {
-            shim_path: given.then(|| opts.shim_path.to_string_lossy().into_owned()),
+            shim_path: opts
+                .shim_path
+                .as_ref()
+                .map(|list| list.to_string_lossy().into_owned()),
         }
         .into());
     }
@@ -460,7 +472,7 @@ pub fn plan(opts: &DockerInstall, doc: &Map<String, Value>) -> Result<DockerPlan
     let runc_v2 = shims
         .iter()
         .find(|s| s.name.inner == "runc" && s.name.version == "v2");
-    match (runc_v2, find_runsc(opts.runsc.as_deref(), doc, &opts.shim_path)?) {
+    match (runc_v2, find_runsc(opts.runsc.as_deref(), doc, &search_path)?) {
         (Some(runc), Some(runsc)) => {
             let runc_dir = gvisor_runc_dir(&bin_dir);
             let mut missing = Vec::new();
@@ -490,7 +502,7 @@ pub fn plan(opts: &DockerInstall, doc: &Map<String, Value>) -> Result<DockerPlan
                 inner: gvisor_shim,
                 runsc: Some(runsc),
             });
-            let on_path = std::env::split_paths(&opts.shim_path).any(|d| d == bin_dir);
+            let on_path = std::env::split_paths(&search_path).any(|d| d == bin_dir);
             if !on_path {
                 plan.warnings.push(format!(
                     "{} is not on PATH here: dockerd must find {} on its PATH for {GVISOR_RUNTIME} (or map io.containerd.traced-{GVISOR_INNER}.v2 to it in /etc/shimtrace/config.toml)",
@@ -1426,7 +1438,7 @@ mod tests {
             bin_dir: Some(bin),
             write,
             runsc: None,
-            shim_path,
+            shim_path: Some(shim_path),
         }
     }
 
@@ -1442,7 +1454,7 @@ mod tests {
 
         let empty = dir.path().join("empty");
         fs::create_dir_all(&empty).unwrap();
-        opts.shim_path = empty.clone().into_os_string();
+        opts.shim_path = Some(empty.clone().into_os_string());
         let text = install_docker(&opts).unwrap_err().to_string();
         assert!(
             text.contains(&format!("in --shim-path {:?}", empty.display().to_string()))
@@ -1497,7 +1509,7 @@ mod tests {
         );
         // runsc is looked up on PATH as dockerd would, and keeps its runtimeArgs.
         let runc = fs::read_to_string(dir.path().join("local/lib/shimtrace/gvisor/runc")).unwrap();
-        let runsc = Path::new(&opts.shim_path).join("runsc");
+        let runsc = Path::new(opts.shim_path.as_deref().unwrap()).join("runsc");
         assert!(
             runc.contains(&format!(
                 "exec '{}' '--network=none' \"$@\"",

@@ -267,7 +267,7 @@ fn start_private(
             bin_dir: Some(bin),
             write: true,
             runsc: None,
-            shim_path: config.path.clone(),
+            shim_path: Some(config.path.clone()),
         })
         .map_err(|e| no_docker(format!("registering the traced runtimes: {e}")))?;
     }

@@ -107,7 +107,7 @@ pub fn run(command: InstallCommand) -> Result<()> {
     print(&outcome.report)
 }
 
-/// `install --docker`'s options: real shims and runsc are looked up in `--shim-path`, else `PATH`.
+/// `install --docker`'s options.
 fn docker_install(args: InstallArgs, config: PathBuf) -> DockerInstall {
     DockerInstall {
         config,
@@ -115,10 +115,7 @@ fn docker_install(args: InstallArgs, config: PathBuf) -> DockerInstall {
         bin_dir: args.bin_dir,
         write: args.write,
         runsc: args.runsc,
-        shim_path: args
-            .shim_path
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_default(),
+        shim_path: args.shim_path,
     }
 }
 
@@ -233,14 +230,14 @@ mod tests {
     fn docker_looks_for_shims_in_the_shim_path_given() {
         let command = parse(&["--docker", "--shim-path", "/opt/shims:/opt/more"]).unwrap();
         let install = docker_install(command.args, DEFAULT_DAEMON_JSON.into());
-        assert_eq!(install.shim_path, "/opt/shims:/opt/more");
+        assert_eq!(
+            install.shim_path.as_deref(),
+            Some("/opt/shims:/opt/more".as_ref())
+        );
+        // Without it, the Docker install takes PATH itself.
         let command = parse(&["--docker"]).unwrap();
         let install = docker_install(command.args, DEFAULT_DAEMON_JSON.into());
-        assert_eq!(
-            install.shim_path,
-            std::env::var_os("PATH").unwrap_or_default(),
-            "PATH without --shim-path"
-        );
+        assert_eq!(install.shim_path, None);
     }
 
     #[test]
