@@ -34,16 +34,22 @@ pub fn private_dir_in(pid: u32) -> Option<String> {
     private_dir_of(&String::from_utf8_lossy(&cmdline))
 }
 
-/// The first private daemon directory a NUL-separated command line names.
+/// The first private daemon directory a NUL-separated command line names: in an argument of its
+/// own, after an option's `=`, or as a URL's path (`-H unix:///tmp/…/docker.sock`). Only an
+/// absolute path, cut at the `/` that ends the directory's name within the same argument.
 fn private_dir_of(cmdline: &str) -> Option<String> {
-    let at = cmdline.find(PRIVATE_DIR_MARK)?;
-    let rest = &cmdline[at + 1..];
-    let end = rest.find('/')?;
-    let start = cmdline[..at].rfind(['\0', ' ', '='])? + 1;
-    // An argument may name it as a URL (`-H unix:///tmp/…/docker.sock`): the path only.
-    let token = &cmdline[start..at + 1 + end];
-    let path = &token[token.find('/')?..];
-    Some(format!("/{}/", path.trim_start_matches('/')))
+    cmdline.split('\0').find_map(|arg| {
+        let at = arg.find(PRIVATE_DIR_MARK)?;
+        let start = arg[..at].rfind('=').map_or(0, |i| i + 1);
+        let token = &arg[start..];
+        let path = token.split_once("://").map_or(token, |(_, path)| path);
+        if !path.starts_with('/') {
+            return None;
+        }
+        let mark = path.find(PRIVATE_DIR_MARK)?;
+        let end = mark + 1 + path[mark + 1..].find('/')?;
+        Some(format!("{}/", &path[..end]))
+    })
 }
 
 /// The mount points under `dir`, in mount order.
@@ -197,7 +203,13 @@ impl Drop for LabRun {
             for mount in mounts_under(dir).iter().rev() {
                 let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
             }
-            let _ = std::fs::remove_dir_all(dir);
+            // Never removed through a mount still there: it may be of something else.
+            let left = mounts_under(dir);
+            if left.is_empty() {
+                let _ = std::fs::remove_dir_all(dir);
+            } else {
+                eprintln!("not removing {dir}: still mounted under it: {left:?}");
+            }
         }
     }
 }
@@ -263,6 +275,8 @@ fn remove_unfinished_create(ns: &str, id: &str) {
         // `rmdir` removes only an empty cgroup: nothing still running is touched.
         let _ = std::fs::remove_dir(hierarchy.path().join(ns).join(id));
     }
+    // The unified hierarchy (cgroup v2) has no controller directories.
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ns).join(id));
 }
 
 #[cfg(test)]
@@ -280,5 +294,17 @@ mod tests {
             assert_eq!(private_dir_of(cmdline), dir, "{cmdline:?}");
         }
         assert_eq!(private_dir_of("containerd\0--config\0/etc/c.toml\0"), None);
+        // Not a directory of the lab's: relative, or a name without a path under it; and the
+        // directory of a later argument is found when an earlier one holds none.
+        for cmdline in [
+            "x\0./shimtrace-lab-x/y\0",
+            "x\0/tmp/shimtrace-lab-x\0/etc/y\0",
+        ] {
+            assert_eq!(private_dir_of(cmdline), None, "{cmdline:?}");
+        }
+        assert_eq!(
+            private_dir_of("x\0--name=shimtrace-lab-x\0/tmp/shimtrace-lab-dkr-ab12/s\0"),
+            dir
+        );
     }
 }
