@@ -442,13 +442,7 @@ pub fn plan(opts: &DockerInstall, doc: &Map<String, Value>) -> Result<DockerPlan
         .filter(|s| s.path != gvisor_shim && s.name.inner != GVISOR_INNER)
         .collect();
     if shims.is_empty() {
-        return Err(InstallError::NoShims {
-            shim_path: opts
-                .shim_path
-                .as_ref()
-                .map(|list| list.to_string_lossy().into_owned()),
-        }
-        .into());
+        return Err(InstallError::no_shims(opts.shim_path.as_deref()).into());
     }
     let mut plan = DockerPlan {
         wrapper: wrapper.clone(),

@@ -224,6 +224,15 @@ fn no_shims_advice(shim_path: Option<&str>) -> String {
 }
 
 /// Why a `--runsc` path cannot be gVisor's binary, and what to do.
+impl InstallError {
+    /// No real shim in `shim_path` (the `--shim-path` list given), or in `PATH` without one.
+    pub(crate) fn no_shims(shim_path: Option<&OsStr>) -> InstallError {
+        InstallError::NoShims {
+            shim_path: shim_path.map(|list| list.to_string_lossy().into_owned()),
+        }
+    }
+}
+
 fn runsc_problem(path: &Path) -> &'static str {
     if is_a_name(path) {
         "not found in the --shim-path list (else PATH): pass the path of gVisor's runsc (an executable file), or leave --runsc out to use runsc on PATH"
@@ -1282,12 +1291,7 @@ impl Plan {
             .unwrap_or_default();
         let shims = find_real_shims(&path_var);
         if shims.is_empty() {
-            return Err(InstallError::NoShims {
-                shim_path: args
-                    .shim_path
-                    .as_ref()
-                    .map(|list| list.to_string_lossy().into_owned()),
-            });
+            return Err(InstallError::no_shims(args.shim_path.as_deref()));
         }
         let version = target_version(args)?;
         let form = args.form.unwrap_or_else(|| {
@@ -2215,17 +2219,19 @@ mod tests {
         assert_eq!(parse_name("containerd"), None);
     }
 
+    /// An executable script at `path` that does nothing: a stand-in shim or runsc.
+    fn executable(path: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(path, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_path_buf()
+    }
+
     #[test]
     fn real_shims_are_found_first_on_path_and_never_ours() {
-        use std::os::unix::fs::PermissionsExt;
         let first = tempfile::tempdir().unwrap();
         let second = tempfile::tempdir().unwrap();
-        let make = |dir: &Path, name: &str| {
-            let path = dir.join(name);
-            fs::write(&path, "#!/bin/sh\n").unwrap();
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-            path
-        };
+        let make = |dir: &Path, name: &str| executable(&dir.join(name));
         let runc = make(first.path(), "containerd-shim-runc-v2");
         make(first.path(), "containerd-shim-traced-runc-v2");
         make(second.path(), "containerd-shim-runc-v2");
@@ -2634,21 +2640,17 @@ version = 2
 
     impl Fixture {
         fn new() -> Fixture {
-            use std::os::unix::fs::PermissionsExt;
             let dir = tempfile::tempdir().unwrap();
             let shims = dir.path().join("shims");
             fs::create_dir_all(&shims).unwrap();
-            let shim = shims.join("containerd-shim-runc-v2");
-            fs::write(&shim, "#!/bin/sh\n").unwrap();
-            fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+            executable(&shims.join("containerd-shim-runc-v2"));
             fs::create_dir_all(dir.path().join("bin")).unwrap();
             fs::write(dir.path().join("bin").join(WRAPPER_BINARY), "").unwrap();
             fs::create_dir_all(dir.path().join("etc")).unwrap();
             // A runsc of its own: --runsc must name an executable file.
             let gvisor = dir.path().join("gvisor");
             fs::create_dir_all(&gvisor).unwrap();
-            fs::write(gvisor.join("runsc"), "#!/bin/sh\n").unwrap();
-            fs::set_permissions(gvisor.join("runsc"), fs::Permissions::from_mode(0o755)).unwrap();
+            executable(&gvisor.join("runsc"));
             Fixture { dir }
         }
 
@@ -3226,11 +3228,8 @@ version = 2
 
     #[test]
     fn runsc_by_name_is_looked_up_and_a_relative_path_made_absolute() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let runsc = dir.path().join("runsc");
-        fs::write(&runsc, "#!/bin/sh\n").unwrap();
-        fs::set_permissions(&runsc, fs::Permissions::from_mode(0o755)).unwrap();
+        let runsc = executable(&dir.path().join("runsc"));
         let list = dir.path().as_os_str();
         assert_eq!(resolve_runsc(Path::new("runsc"), list).unwrap(), runsc);
         let err = resolve_runsc(Path::new("runsc"), OsStr::new("/nonexistent")).unwrap_err();
