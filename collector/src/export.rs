@@ -986,7 +986,8 @@ mod tests {
         wait_for("two failed attempts", || {
             counters.export_failures.load(Ordering::SeqCst) >= 2
         });
-        // The request the endpoint took came first, whichever order the resources are sent in.
+        // The request the endpoint takes arrived before it accepts the rest (else a retry of the
+        // whole batch would pass too).
         assert_eq!(receiver.received.distinct(), 7);
         receiver.received.accept_all();
         let store = Store::open_read_only(&db).unwrap();

@@ -1436,6 +1436,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn without_a_shim_path_shims_are_looked_up_on_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = fake_install(dir.path(), "bin", "daemon.json", false);
+        opts.shim_path = None;
+        assert_eq!(
+            opts.search_path(),
+            std::env::var_os("PATH").unwrap_or_default()
+        );
+        let error = InstallError::no_shims(opts.shim_path.as_deref()).to_string();
+        assert!(
+            error.contains("on PATH") && !error.contains("--shim-path \""),
+            "{error}"
+        );
+    }
+
     /// The shims come from the list given (the CLI's --shim-path), which a failure names; a
     /// missing --bin-dir says what to do.
     #[test]

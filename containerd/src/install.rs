@@ -131,7 +131,8 @@ pub struct InstallArgs {
     /// The OCI runtime binary of the gVisor handler `traced-runsc` (the runc shim's `BinaryName`
     /// in the path form, `oci_runtime` in --wrapper-config in the name form; with --docker, the
     /// runsc of `traced-runsc`, default the path of a `runsc` runtime in daemon.json): a path
-    /// (written absolute), or a name looked up in --shim-path [default: runsc on PATH].
+    /// (written absolute), or a name looked up in --shim-path [default: runsc in --shim-path,
+    /// else on PATH].
     #[arg(long, value_name = "PATH")]
     pub runsc: Option<PathBuf>,
     /// The wrapper's config file, as containerd's environment names it (SHIMTRACE_CONFIG): with
@@ -223,7 +224,6 @@ fn no_shims_advice(shim_path: Option<&str>) -> String {
     }
 }
 
-/// Why a `--runsc` path cannot be gVisor's binary, and what to do.
 impl InstallError {
     /// No real shim in `shim_path` (the `--shim-path` list given), or in `PATH` without one.
     pub(crate) fn no_shims(shim_path: Option<&OsStr>) -> InstallError {
@@ -233,13 +233,14 @@ impl InstallError {
     }
 }
 
+/// Why a `--runsc` path cannot be gVisor's binary, and what to do.
 fn runsc_problem(path: &Path) -> &'static str {
     if is_a_name(path) {
-        "not found in the --shim-path list (else PATH): pass the path of gVisor's runsc (an executable file), or leave --runsc out to use runsc on PATH"
+        "not found in the --shim-path list (else PATH): pass the path of gVisor's runsc (an executable file), or leave --runsc out to use the runsc found there"
     } else if fs::metadata(path).is_err() {
-        "no such file: pass the path of gVisor's runsc (an executable file), or leave --runsc out to use runsc on PATH"
+        "no such file: pass the path of gVisor's runsc (an executable file), or leave --runsc out to use the runsc in --shim-path (else PATH)"
     } else {
-        "not an executable file: pass the path of gVisor's runsc binary (chmod +x it if that is the one), or leave --runsc out to use runsc on PATH"
+        "not an executable file: pass the path of gVisor's runsc binary (chmod +x it if that is the one), or leave --runsc out to use the runsc in --shim-path (else PATH)"
     }
 }
 
@@ -249,15 +250,16 @@ fn is_a_name(path: &Path) -> bool {
 }
 
 /// The runsc that `--runsc` names, as install writes it: a bare name looked up in `path_var` (a
-/// `PATH`-style list), any other path made absolute (the shim runs it from a directory of its
+/// `PATH`-style list), and the path made absolute (the shim runs it from a directory of its
 /// own); refused unless it is an executable file.
 pub fn resolve_runsc(given: &Path, path_var: &OsStr) -> Result<PathBuf, InstallError> {
     let found = if is_a_name(given) {
         shimtrace_span::naming::find_in_path(&given.to_string_lossy(), path_var)
     } else {
-        std::path::absolute(given).ok()
+        Some(given.to_path_buf())
     };
     found
+        .and_then(|p| std::path::absolute(p).ok())
         .filter(|p| shimtrace_span::naming::is_executable_file(p))
         .ok_or_else(|| InstallError::NoRunsc {
             path: given.to_path_buf(),
@@ -1313,7 +1315,7 @@ impl Plan {
             .is_some_and(|v| version_triple(v) >= DROP_IN_SINCE);
         let runsc = match &args.runsc {
             Some(given) => Some(resolve_runsc(given, &path_var)?),
-            None => which("runsc"),
+            None => resolve_runsc(Path::new("runsc"), &path_var).ok(),
         };
         let (runtimes, notes) = plan_runtimes(&shims, &bin_dir, form, runsc.as_deref());
         Ok(Plan {

@@ -23,7 +23,7 @@ use_callers_toolchain() {
     # The build directories of a checkout of theirs, where they are inside it.
     if [[ $(stat -c %U .) == "$SUDO_USER" ]]; then
         for path in "${CARGO_TARGET_DIR:-target}" fuzz; do
-            [[ $(realpath -m "$path") == "$PWD"/* ]] && GIVE_BACK+=("$path")
+            [[ $(realpath -m "$path") == "$(pwd -P)"/* ]] && GIVE_BACK+=("$path")
         done
     fi
     GIVE_BACK_SINCE="$(mktemp)"

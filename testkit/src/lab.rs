@@ -35,18 +35,22 @@ pub fn private_dir_in(pid: u32) -> Option<String> {
 }
 
 /// The first private daemon directory a NUL-separated command line names: in an argument of its
-/// own, after an option's `=`, or as a URL's path (`-H unix:///tmp/…/docker.sock`). Only an
-/// absolute path, cut at the `/` that ends the directory's name within the same argument.
+/// own, after an option's `=`, or as a URL's path (`-H unix:///tmp/…/docker.sock`). Only a
+/// directory right in `/tmp` or the temp dir, where the lab makes them (a checkout that happens
+/// to be named so is not one), cut at the `/` that ends its name within the same argument.
 fn private_dir_of(cmdline: &str) -> Option<String> {
+    let temp = std::env::temp_dir();
+    let temp = temp.to_string_lossy();
+    let temp_dirs = ["/tmp", temp.trim_end_matches('/')];
     cmdline.split('\0').find_map(|arg| {
         let at = arg.find(PRIVATE_DIR_MARK)?;
         let start = arg[..at].rfind('=').map_or(0, |i| i + 1);
         let token = &arg[start..];
         let path = token.split_once("://").map_or(token, |(_, path)| path);
-        if !path.starts_with('/') {
+        let mark = path.find(PRIVATE_DIR_MARK)?;
+        if !temp_dirs.contains(&&path[..mark]) {
             return None;
         }
-        let mark = path.find(PRIVATE_DIR_MARK)?;
         let end = mark + 1 + path[mark + 1..].find('/')?;
         Some(format!("{}/", &path[..end]))
     })
@@ -97,7 +101,13 @@ impl LabRun {
     pub fn learn(&mut self) -> &[String] {
         // Not reaped yet, so its pid is still its own.
         if let Ok(None) = self.child.try_wait() {
-            for pid in with_descendants(&[self.child.id()]) {
+            // The daemon and what runs under it: the lab's own arguments (its --out, a checkout's
+            // path) name no daemon directory.
+            let lab = self.child.id();
+            for pid in with_descendants(&[lab])
+                .into_iter()
+                .filter(|pid| *pid != lab)
+            {
                 if let Some(dir) = private_dir_in(pid) {
                     if !self.dirs.contains(&dir) {
                         self.dirs.push(dir);
@@ -299,6 +309,8 @@ mod tests {
         for cmdline in [
             "x\0./shimtrace-lab-x/y\0",
             "x\0/tmp/shimtrace-lab-x\0/etc/y\0",
+            "/home/u/shimtrace-lab-x/target/debug/shimtrace\0lab\0",
+            "x\0--out=/srv/shimtrace-lab-out/r\0",
         ] {
             assert_eq!(private_dir_of(cmdline), None, "{cmdline:?}");
         }
