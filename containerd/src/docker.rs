@@ -1436,24 +1436,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn without_a_shim_path_shims_are_looked_up_on_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = fake_install(dir.path(), "bin", "daemon.json", false);
-        opts.shim_path = None;
-        assert_eq!(
-            opts.search_path(),
-            std::env::var_os("PATH").unwrap_or_default()
-        );
-        let error = InstallError::no_shims(opts.shim_path.as_deref()).to_string();
-        assert!(
-            error.contains("on PATH") && !error.contains("--shim-path \""),
-            "{error}"
-        );
-    }
-
-    /// The shims come from the list given (the CLI's --shim-path), which a failure names; a
-    /// missing --bin-dir says what to do.
+    /// The shims come from the list given (the CLI's --shim-path), else PATH, which a failure
+    /// names; a missing --bin-dir says what to do.
     #[test]
     fn shims_come_from_the_shim_path_and_failures_say_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
@@ -1469,6 +1453,17 @@ mod tests {
         assert!(
             text.contains(&format!("in --shim-path {:?}", empty.display().to_string()))
                 && !text.contains("apt-get"),
+            "{text}"
+        );
+        // Without one, PATH, which a failure then names instead.
+        opts.shim_path = None;
+        assert_eq!(
+            opts.search_path(),
+            std::env::var_os("PATH").unwrap_or_default()
+        );
+        let text = InstallError::no_shims(opts.shim_path.as_deref()).to_string();
+        assert!(
+            text.contains("on PATH") && !text.contains("--shim-path \""),
             "{text}"
         );
 
