@@ -651,22 +651,28 @@ pub(crate) mod tests {
         assert_eq!(phase_nanos(&trace, Phase::ToExit), 100 * 1_000_000);
     }
 
-    #[test]
-    fn exec_calls_do_not_count_as_init_phases() {
-        let mut spans = container_trace(TraceId([1; 16]), "c1");
-        let mut exec_start = span_at(
-            TraceId([1; 16]),
+    /// A `Start` call of container c1's process `exec_id` (span 9, under the root), from `start_ms`
+    /// to `end_ms`, through task v3 (the base trace's calls are v2).
+    fn start_of(trace: TraceId, exec_id: &str, start_ms: u64, end_ms: u64) -> SpanRecord {
+        let mut start = span_at(
+            trace,
             9,
             Some(1),
             "containerd.task.v3.Task/Start",
-            96,
-            300,
+            start_ms,
+            end_ms,
             "c1",
         );
-        exec_start
+        start
             .attributes
-            .insert(attr::CONTAINERD_EXEC_ID.into(), "sh".into());
-        spans.push(exec_start);
+            .insert(attr::CONTAINERD_EXEC_ID.into(), exec_id.into());
+        start
+    }
+
+    #[test]
+    fn exec_calls_do_not_count_as_init_phases() {
+        let mut spans = container_trace(TraceId([1; 16]), "c1");
+        spans.push(start_of(TraceId([1; 16]), "sh", 96, 300));
         let trace = Trace::group(spans).remove(0);
         assert_eq!(phase_nanos(&trace, Phase::Start), 5 * 1_000_000);
     }
@@ -684,19 +690,7 @@ pub(crate) mod tests {
         assert_eq!(trace.running_at(), None);
         assert_eq!(crate::report::cold_start_nanos(&trace), None);
         // The call after the failed one that worked is when it ran.
-        let mut retry = span_at(
-            t,
-            9,
-            Some(1),
-            "containerd.task.v2.Task/Start",
-            101,
-            104,
-            "c1",
-        );
-        retry
-            .attributes
-            .insert(attr::CONTAINERD_EXEC_ID.into(), "c1".into());
-        spans.push(retry);
+        spans.push(start_of(t, "c1", 101, 104));
         let trace = Trace::group(spans).remove(0);
         let ran = 1_000_000_000_000_000_000 + 104 * 1_000_000;
         assert_eq!(trace.running_at(), Some(ran));

@@ -2668,6 +2668,11 @@ version = 2
             self.dir.path().join("etc/config.toml")
         }
 
+        /// Where install puts its drop-in beside this config (containerd 2.2+).
+        fn drop_in(&self) -> PathBuf {
+            drop_in_path(&self.config())
+        }
+
         fn wrapper_config(&self) -> PathBuf {
             self.dir.path().join("etc/shimtrace/config.toml")
         }
@@ -2860,6 +2865,7 @@ version = 2
         let main = "version = 3\nroot = \"/var/lib/containerd\"\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n    SystemdCgroup = true\n";
         fs::write(fx.config(), main).unwrap();
         let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        // Where the drop-in goes, spelt out once: the other tests take it from `drop_in()`.
         let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
         assert_eq!(outcome.written.as_deref(), Some(drop_in.as_path()));
         let dropped: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
@@ -2902,7 +2908,7 @@ version = 2
         fs::write(fx.config(), &main).unwrap();
         install(&fx.args("2.2.1", &["--write"])).unwrap();
         assert_eq!(fs::read_to_string(fx.config()).unwrap(), main);
-        let dropped = fs::read_to_string(fx.dir.path().join("etc/conf.d/shimtrace.toml")).unwrap();
+        let dropped = fs::read_to_string(fx.drop_in()).unwrap();
         assert!(dropped.contains("traced-runc"));
         // No runtimes in the main config: containerd's built-in runc stands.
         assert!(!dropped.contains("runtimes.runc]"), "{dropped}");
@@ -2917,7 +2923,7 @@ version = 2
         let main = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  sandbox_mode = \"podsandbox\"\n  options = { SystemdCgroup = true, Root = \"/run/my-runc\" }\n";
         fs::write(fx.config(), main).unwrap();
         let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
-        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let drop_in = fx.drop_in();
         let dropped: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
         let runtimes =
             &dropped["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
@@ -3031,7 +3037,7 @@ version = 2
         let fx = Fixture::new();
         fs::write(fx.config(), "version = 3\n").unwrap();
         install(&fx.args("2.2.0", &["--write"])).unwrap();
-        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let drop_in = fx.drop_in();
         fs::rename(fx.config(), &moved).unwrap();
         fs::create_dir(fx.config()).unwrap();
         uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap_err();
@@ -3051,7 +3057,7 @@ version = 2
         let fx = Fixture::new();
         fs::write(fx.config(), "version = 3\n").unwrap();
         install(&fx.args("2.2.0", &["--write"])).unwrap();
-        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let drop_in = fx.drop_in();
         let ours = fs::read_to_string(&drop_in).unwrap();
         let mine = "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.mine]\n  runtime_type = 'io.containerd.kata.v2'\n";
         let edited = format!("{ours}{mine}");
@@ -3134,7 +3140,7 @@ version = 2
         .unwrap();
         let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
         assert!(!again.report.contains("was edited"), "{}", again.report);
-        let drop_in = fx.dir.path().join("etc/conf.d/shimtrace.toml");
+        let drop_in = fx.drop_in();
         assert!(fs::read_to_string(&drop_in)
             .unwrap()
             .contains("SystemdCgroup = true"));

@@ -1601,19 +1601,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_proxy_that_cannot_start_its_accept_threads_never_reports_ready() {
-        use std::os::fd::IntoRawFd;
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("proxy.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let upstream = dir.path().join("inner.sock");
-        let _inner = UnixListener::bind(&upstream).unwrap();
-        let monitor = UnixStream::connect(&upstream).unwrap();
-        let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    /// A plan for a proxy at `dir/proxy.sock` in front of an inner shim whose socket
+    /// (`dir/inner.sock`) the returned listener holds.
+    fn plan_in(dir: &Path) -> (ProxyPlan, UnixListener) {
+        let upstream = dir.join("inner.sock");
+        let inner = UnixListener::bind(&upstream).unwrap();
         let plan = ProxyPlan {
-            socket: socket.clone(),
-            upstream: upstream.clone(),
+            socket: dir.join("proxy.sock"),
+            upstream,
             inner: "inner".into(),
             protocol: "plain/v2".into(),
             namespace: "default".into(),
@@ -1621,6 +1616,18 @@ mod tests {
             events: None,
             oci_runtime: None,
         };
+        (plan, inner)
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_start_its_accept_threads_never_reports_ready() {
+        use std::os::fd::IntoRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, _inner) = plan_in(dir.path());
+        let socket = plan.socket.clone();
+        let listener = UnixListener::bind(&socket).unwrap();
+        let monitor = UnixStream::connect(&plan.upstream).unwrap();
+        let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let fds = HandedFds {
             listen: Some(listener.into_raw_fd()),
             ready: Some(ready_write.into_raw_fd()),
@@ -1647,15 +1654,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         std::fs::DirBuilder::new().mode(0o700).create(&run).unwrap();
-        let socket = dir.path().join("proxy.sock");
+        let (mut plan, _inner) = plan_in(dir.path());
+        let socket = plan.socket.clone();
         // A link where the lock file goes: never opened through.
         std::os::unix::fs::symlink(
             dir.path().join("elsewhere"),
             run.join(run_file_names(&socket).0),
         )
         .unwrap();
-        let upstream = dir.path().join("inner.sock");
-        let _inner = UnixListener::bind(&upstream).unwrap();
         let events = UnixListener::bind(dir.path().join("ev.sock")).unwrap();
         // Stands in for the proxy: reports ready and records how it was started. (Through /proc:
         // sh redirects only descriptors 0 to 9.)
@@ -1670,19 +1676,10 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let plan = ProxyPlan {
-            socket: socket.clone(),
-            upstream,
-            inner: "inner".into(),
-            protocol: "plain/v2".into(),
-            namespace: "default".into(),
-            task_root: None,
-            events: Some(EventsRoute {
-                socket: dir.path().join("ev.sock"),
-                containerd: "/run/containerd/containerd.sock.ttrpc".into(),
-            }),
-            oci_runtime: None,
-        };
+        plan.events = Some(EventsRoute {
+            socket: dir.path().join("ev.sock"),
+            containerd: "/run/containerd/containerd.sock.ttrpc".into(),
+        });
         let ensured = ensure_proxy_in(&run, &plan, &exe, Some(&events)).unwrap();
         let Ensured::EventsOnly { pid } = ensured else {
             panic!("{ensured:?}");
@@ -1701,21 +1698,10 @@ mod tests {
     fn a_proxy_that_exits_unready_is_reported_with_its_log() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let upstream = dir.path().join("inner.sock");
-        let _inner = UnixListener::bind(&upstream).unwrap();
+        let (plan, _inner) = plan_in(dir.path());
         let exe = dir.path().join("proxy");
         std::fs::write(&exe, "#!/bin/sh\nexit 1\n").unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let plan = ProxyPlan {
-            socket: dir.path().join("proxy.sock"),
-            upstream,
-            inner: "inner".into(),
-            protocol: "plain/v2".into(),
-            namespace: "default".into(),
-            task_root: None,
-            events: None,
-            oci_runtime: None,
-        };
         let err = spawn_detached(&plan, &exe, None, None)
             .unwrap_err()
             .to_string();
