@@ -865,14 +865,9 @@ mod tests {
 
     /// Waits up to 20 s for `done`.
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "waited 20 s for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        shimtrace_testkit::traced::wait_until(what, Duration::from_secs(20), || {
+            done().then_some(())
+        });
     }
 
     /// `run_continuous` over the store at `db`, exporting to `endpoint`; stopped by the sender.

@@ -14,10 +14,6 @@ pub const EXIT_EVENT: &str = "/tasks/exit";
 /// Optional attribute carrying the inner runtime's options (e.g. a runc `BinaryName`); spools
 /// from before `container.runtime.name` are grouped by it.
 pub const RUNTIME_OPTIONS_ATTR: &str = "shimtrace.runtime.options";
-/// Value of [`attr::K8S_ROLE`] on a pod's sandbox.
-pub const SANDBOX_ROLE: &str = "sandbox";
-/// The role of every container that is not a pod's sandbox.
-pub const CONTAINER_ROLE: &str = "container";
 
 /// All spans of one trace, sorted by start time.
 #[derive(Debug, Clone)]
@@ -227,18 +223,18 @@ impl Trace {
         }
     }
 
-    /// [`SANDBOX_ROLE`] for a pod's sandbox (pause) container, else [`CONTAINER_ROLE`].
+    /// [`attr::K8S_ROLE_SANDBOX`] for a pod's sandbox (pause) container, else [`attr::K8S_ROLE_CONTAINER`].
     pub fn role(&self) -> &'static str {
         if self.is_sandbox() {
-            SANDBOX_ROLE
+            attr::K8S_ROLE_SANDBOX
         } else {
-            CONTAINER_ROLE
+            attr::K8S_ROLE_CONTAINER
         }
     }
 
     /// Whether this is a pod's sandbox (pause) container.
     pub fn is_sandbox(&self) -> bool {
-        self.first_attr_str(attr::K8S_ROLE) == Some(SANDBOX_ROLE)
+        self.first_attr_str(attr::K8S_ROLE) == Some(attr::K8S_ROLE_SANDBOX)
     }
 
     /// The pod this container belongs to, when its spans name one.
@@ -611,7 +607,7 @@ pub(crate) mod tests {
         for span in &mut spans {
             let a = &mut span.attributes;
             a.insert(attr::K8S_SANDBOX_ID.into(), "c1".into());
-            a.insert(attr::K8S_ROLE.into(), SANDBOX_ROLE.into());
+            a.insert(attr::K8S_ROLE.into(), attr::K8S_ROLE_SANDBOX.into());
             a.insert(attr::K8S_POD_NAME.into(), "web-1".into());
             a.insert(attr::RUNTIME_HANDLER.into(), "traced-runsc".into());
         }

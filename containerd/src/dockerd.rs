@@ -274,20 +274,23 @@ pub fn newest_unpacked(prefix: &Path) -> Option<PathBuf> {
 /// Lazily unmounts every mount point at or below `dir`, deepest first (overlay rootfs, shm and
 /// netns mounts a killed dockerd leaves).
 pub fn detach_mounts_under(dir: &Path) {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|p| p.starts_with(dir))
-        .collect();
+    let mut points = mount_points_under(dir);
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
     for point in points {
         let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// The mount points at or below `dir` in this mount namespace, in mount order.
+pub fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

@@ -3120,14 +3120,14 @@ version = 2
         }
     }
 
-    /// The drop-in is install's whole while it holds only install's tables, whatever an older
-    /// state recorded: replaced without a copy when the main config's runtime settings change.
+    /// The drop-in is install's whole while it holds only install's tables, whatever else the
+    /// state records: replaced without a copy when the main config's runtime settings change.
     #[test]
     fn a_drop_in_holding_only_installs_tables_is_replaced_without_a_copy() {
         let fx = Fixture::new();
         fs::write(fx.config(), "version = 3\n").unwrap();
         install(&fx.args("2.2.0", &["--write"])).unwrap();
-        // A state written by an older shimtrace (with a field this one does not know).
+        // A state with a field this version does not know, as another version may write.
         let state_file = state_path(&fx.config());
         let mut state: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();

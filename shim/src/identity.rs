@@ -206,8 +206,8 @@ pub enum Role {
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Sandbox => "sandbox",
-            Role::Container => "container",
+            Role::Sandbox => attr::K8S_ROLE_SANDBOX,
+            Role::Container => attr::K8S_ROLE_CONTAINER,
         }
     }
 }

@@ -267,7 +267,8 @@ pub fn ensure_proxy(
 }
 
 /// [`ensure_proxy`] with its lock in the run directory `dir`. Whatever stops the call socket from
-/// being served still leaves the events forwarded (see [`events_only`]).
+/// being served still leaves the events forwarded (see [`events_only`]), under the lock when it
+/// could be taken.
 fn ensure_proxy_in(
     dir: &Path,
     plan: &ProxyPlan,
@@ -275,17 +276,28 @@ fn ensure_proxy_in(
     events: Option<&UnixListener>,
 ) -> Result<Ensured, ProxyError> {
     let lock_path = dir.join(run_file_names(&plan.socket).0);
-    let _lock = match lock_run_file(&lock_path) {
-        Ok(lock) => lock,
-        Err(source) => {
-            let cause = ProxyError::Lock {
+    let (lock, served) = match lock_run_file(&lock_path) {
+        Ok(lock) => (Some(lock), serve_calls(plan, exe, events)),
+        Err(source) => (
+            None,
+            Err(ProxyError::Lock {
                 path: lock_path,
                 source,
-            };
-            return events_only(plan, exe, events, cause);
-        }
+            }),
+        ),
     };
+    let ensured = served.or_else(|cause| events_only(plan, exe, events, cause));
+    drop(lock);
+    ensured
+}
 
+/// Makes sure a live proxy serves `plan.socket` (and `events`), starting one if needed; the
+/// caller holds the lock.
+fn serve_calls(
+    plan: &ProxyPlan,
+    exe: &Path,
+    events: Option<&UnixListener>,
+) -> Result<Ensured, ProxyError> {
     if UnixStream::connect(&plan.socket).is_ok() {
         return Ok(Ensured::Reused);
     }
@@ -296,18 +308,11 @@ fn ensure_proxy_in(
             .create(parent);
     }
     let _ = std::fs::remove_file(&plan.socket);
-    let listener = match bind_private(&plan.socket) {
-        Ok(listener) => listener,
-        Err(e) => return events_only(plan, exe, events, e),
-    };
+    let listener = bind_private(&plan.socket)?;
     let identity = file_identity(&plan.socket);
-    match spawn_detached(plan, exe, Some(&listener), events) {
-        Ok(pid) => Ok(Ensured::Spawned { pid }),
-        Err(e) => {
-            remove_if_same(&plan.socket, identity);
-            events_only(plan, exe, events, e)
-        }
-    }
+    spawn_detached(plan, exe, Some(&listener), events)
+        .map(|pid| Ensured::Spawned { pid })
+        .inspect_err(|_| remove_if_same(&plan.socket, identity))
 }
 
 /// The names of the lock file and the log of the proxy serving `socket`, in the run dir.
@@ -714,6 +719,13 @@ static UPSTREAM_SHORT: RareWarning = RareWarning::new();
 static UPSTREAM_GONE: RareWarning = RareWarning::new();
 static TAP_FAILED: RareWarning = RareWarning::new();
 static NO_THREAD: RareWarning = RareWarning::new();
+
+/// Warns (rarely) that a connection got no thread and is closed.
+fn no_thread_for_connection(e: &io::Error) {
+    NO_THREAD.warn(format_args!(
+        "cannot start a thread for a connection: {e}; closing it"
+    ));
+}
 
 /// Whether an error means "not now" (descriptors, memory, a full backlog) rather than "never".
 fn for_want_of_resources(e: &io::Error) -> bool {
@@ -1266,9 +1278,7 @@ fn accept_loop(
         if let Err(e) = spawned {
             // The connection (moved into the closure) is closed; its peer sees the truth, that it
             // was not served.
-            NO_THREAD.warn(format_args!(
-                "cannot start a thread for a connection: {e}; closing it"
-            ));
+            no_thread_for_connection(&e);
             std::thread::sleep(backoff.pause());
         }
     }
@@ -1393,9 +1403,7 @@ fn carry_both_ways(
     let background = match background {
         Ok(handle) => handle,
         Err(e) => {
-            NO_THREAD.warn(format_args!(
-                "cannot start a thread for a connection: {e}; closing it"
-            ));
+            no_thread_for_connection(&e);
             shut_both(a, b);
             return false;
         }

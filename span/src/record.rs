@@ -73,8 +73,13 @@ pub mod attr {
     pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
     pub const K8S_POD_UID: &str = "k8s.pod.uid";
     pub const K8S_CONTAINER_NAME: &str = "k8s.container.name";
-    /// `sandbox` for a pod's sandbox (pause) container, `container` for the pod's containers.
+    /// [`K8S_ROLE_SANDBOX`] for a pod's sandbox (pause) container, [`K8S_ROLE_CONTAINER`] for the
+    /// pod's containers.
     pub const K8S_ROLE: &str = "shimtrace.k8s.role";
+    /// [`K8S_ROLE`] of a pod's sandbox.
+    pub const K8S_ROLE_SANDBOX: &str = "sandbox";
+    /// [`K8S_ROLE`] of a pod's container (and, in reports, of a container outside any pod).
+    pub const K8S_ROLE_CONTAINER: &str = "container";
     /// The containerd id of the pod's sandbox (the sandbox's own id on its spans): what ties a
     /// pod's traces together.
     pub const K8S_SANDBOX_ID: &str = "shimtrace.k8s.sandbox_id";

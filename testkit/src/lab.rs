@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use shimtrace_containerd::dockerd::{detach_mounts_under, mount_points_under};
+
 use crate::containerd::{kill_with_descendants, remove_runtime_state, with_descendants};
 use crate::traced::pids_with_cmdline;
 
@@ -54,17 +56,6 @@ fn private_dir_of(cmdline: &str) -> Option<String> {
         let end = mark + 1 + path[mark + 1..].find('/')?;
         Some(format!("{}/", &path[..end]))
     })
-}
-
-/// The mount points under `dir`, in mount order.
-pub fn mounts_under(dir: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| point.starts_with(dir))
-        .map(str::to_string)
-        .collect()
 }
 
 /// A running `shimtrace lab` and the private daemon directories seen under it; cleans up after
@@ -210,11 +201,9 @@ impl Drop for LabRun {
             for (ns, id) in tasks_under(Path::new(dir), TASK_DIR_DEPTH) {
                 remove_unfinished_create(&ns, &id);
             }
-            for mount in mounts_under(dir).iter().rev() {
-                let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
+            detach_mounts_under(Path::new(dir));
             // Never removed through a mount still there: it may be of something else.
-            let left = mounts_under(dir);
+            let left = mount_points_under(Path::new(dir));
             if left.is_empty() {
                 let _ = std::fs::remove_dir_all(dir);
             } else {

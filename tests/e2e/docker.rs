@@ -14,13 +14,14 @@ use serde_json::Value;
 use shimtrace_containerd::docker::{
     CliOutput, RunRm, CLI_TIMEOUT, DOCKER_NAMESPACE, GVISOR_RUNTIME,
 };
+use shimtrace_containerd::dockerd::mount_points_under;
 use shimtrace_containerd::image::WORKLOAD_TAG;
 use shimtrace_span::{attr, names, SpanRecord};
 use shimtrace_testkit::containerd::ContainerdVersion;
 use shimtrace_testkit::docker::{
     DockerOptions, DockerVersion, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION,
 };
-use shimtrace_testkit::lab::{mounts_under, LabRun, LAB_DEADLINE};
+use shimtrace_testkit::lab::{LabRun, LAB_DEADLINE};
 use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for, Spooled};
 
 const SPANS: Duration = Duration::from_secs(15);
@@ -789,7 +790,7 @@ fn lab_runs_its_profiles_through_docker() {
         .filter(|dir| dir.contains("/shimtrace-lab-dkr-"))
         .collect();
     assert_eq!(private.len(), 1, "the lab's dockerd: {private:?}");
-    let mounts = mounts_under(private[0]);
+    let mounts = mount_points_under(Path::new(private[0]));
     assert!(
         mounts.is_empty(),
         "mounts of {} left: {mounts:?}",

@@ -5,12 +5,14 @@
 
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use shimtrace_containerd::dockerd::mount_points_under;
 use shimtrace_testkit::containerd::children_of;
 use shimtrace_testkit::docker::{DockerVersion, DOCKER_VERSION};
-use shimtrace_testkit::lab::{mounts_under, private_dir_in, LabRun};
+use shimtrace_testkit::lab::{private_dir_in, LabRun};
 use shimtrace_testkit::traced::{alive, pids_with_cmdline, wait_until};
 
 /// Runs `lab` (its `shimtrace lab …` command, with `--only runc`, many rounds and no served
@@ -53,16 +55,16 @@ fn interrupt(mut lab: Command) {
         },
     );
     // The private daemon, and a cold start's shim of it, are running.
+    // Known to the guard from now on, also once the lab has ended.
+    let private = lab
+        .learn()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("no private daemon under the lab: {seen:?}"));
     let daemons: Vec<u32> = children_of(lab_pid)
         .into_iter()
-        .filter(|pid| private_dir_in(*pid).is_some())
+        .filter(|pid| private_dir_in(*pid).as_ref() == Some(&private))
         .collect();
-    let private = daemons
-        .iter()
-        .find_map(|pid| private_dir_in(*pid))
-        .unwrap_or_else(|| panic!("no private daemon under the lab: {seen:?}"));
-    // Known to the guard from now on, also once the lab has ended.
-    lab.learn();
     let shims = wait_until("a cold start's shim", Duration::from_secs(60), || {
         let shims = pids_with_cmdline(&["containerd-shim", &private]);
         (!shims.is_empty()).then_some(shims)
@@ -98,7 +100,7 @@ fn interrupt(mut lab: Command) {
         Vec::<u32>::new(),
         "processes of {private} left: {stderr}"
     );
-    let left = mounts_under(&private);
+    let left = mount_points_under(Path::new(&private));
     assert!(left.is_empty(), "mounts of {private} left: {left:?}");
     drop(lab);
 }
