@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 use shimtrace_span::spool::{self, ReadError, SpoolFileName, SpoolIssue};
 use shimtrace_span::{DroppedSpans, SpoolEntry};
 
+use crate::source::UnreadableSpool;
 use crate::store::{FileOffset, Store, StoreError, StoredSpan};
 
 /// A batch is committed once it holds this many span lines (and at the end of a pass).
@@ -31,12 +32,8 @@ const MAX_READERS: usize = 4;
 pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot read spool directory {path}: {} ({})", source.source, crate::source::what_to_do(source))]
-    Spool {
-        path: PathBuf,
-        #[source]
-        source: ReadError,
-    },
+    #[error(transparent)]
+    Spool(#[from] UnreadableSpool),
 }
 
 /// What one ingest pass did.
@@ -118,10 +115,7 @@ impl Ingester {
 
     /// Ingests every spool file, then compacts what is finished.
     pub fn ingest_all(&mut self) -> Result<IngestReport, IngestError> {
-        let files = spool::spool_files(&self.spool_dir).map_err(|source| IngestError::Spool {
-            path: self.spool_dir.clone(),
-            source,
-        })?;
+        let files = spool::spool_files(&self.spool_dir).map_err(UnreadableSpool::from)?;
         let mut report = self.ingest_files(files.iter().map(|(path, _)| path.as_path()))?;
         if self.compact {
             report.absorb(self.compact_files(&files)?);
@@ -143,11 +137,7 @@ impl Ingester {
         });
         let mut report = self.ingest_files(spool_files.map(PathBuf::as_path))?;
         if self.compact {
-            let files =
-                spool::spool_files(&self.spool_dir).map_err(|source| IngestError::Spool {
-                    path: self.spool_dir.clone(),
-                    source,
-                })?;
+            let files = spool::spool_files(&self.spool_dir).map_err(UnreadableSpool::from)?;
             report.absorb(self.compact_files(&files)?);
         }
         Ok(report)

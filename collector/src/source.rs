@@ -87,30 +87,44 @@ impl Source {
 pub enum SourceError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot read spool directory {path}: {} ({})", source.source, what_to_do(source))]
-    Spool {
-        path: PathBuf,
-        #[source]
-        source: ReadError,
-    },
+    #[error(transparent)]
+    Spool(#[from] UnreadableSpool),
+}
+
+/// A spool directory that cannot be listed, named once, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read spool directory {}: {source} ({})", path.display(), what_to_do(source))]
+pub struct UnreadableSpool {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl From<ReadError> for UnreadableSpool {
+    fn from(e: ReadError) -> UnreadableSpool {
+        UnreadableSpool {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// What to do about a spool that cannot be read.
-pub(crate) fn what_to_do(error: &ReadError) -> &'static str {
-    match error.source.kind() {
+fn what_to_do(error: &std::io::Error) -> String {
+    match error.kind() {
         std::io::ErrorKind::PermissionDenied => {
-            "the shims' spool is root's: run this as root (sudo), or pass --spool DIR"
+            "the shims' spool is root's: run this as root (sudo), or pass --spool DIR".into()
         }
-        _ => "pass --spool DIR or set SHIMTRACE_SPOOL_DIR to the shims' spool",
+        _ => format!(
+            "pass --spool DIR or set {} to the shims' spool",
+            shimtrace_span::env::SPOOL_DIR
+        ),
     }
 }
 
 /// Reads every complete span line in `dir`; malformed lines become [`Loaded::issues`].
 pub fn load_spool(dir: &Path) -> Result<Loaded, SourceError> {
-    let contents = spool::read_spool(dir).map_err(|source| SourceError::Spool {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let contents = spool::read_spool(dir).map_err(UnreadableSpool::from)?;
     Ok(Loaded {
         spans: contents.spans,
         dropped: contents.dropped,
@@ -128,13 +142,10 @@ mod tests {
     #[test]
     fn a_spool_that_cannot_be_read_says_what_to_do_and_names_it_once() {
         let error = |kind: std::io::ErrorKind| {
-            SourceError::Spool {
+            SourceError::from(UnreadableSpool::from(ReadError {
                 path: "/var/lib/shimtrace/spool".into(),
-                source: ReadError {
-                    path: "/var/lib/shimtrace/spool".into(),
-                    source: kind.into(),
-                },
-            }
+                source: kind.into(),
+            }))
             .to_string()
         };
         let denied = error(std::io::ErrorKind::PermissionDenied);
