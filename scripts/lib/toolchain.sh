@@ -2,8 +2,9 @@
 # Sourced (not run) by the scripts that build as root: scripts/setup, test, bench and soak.
 # `sudo` resets PATH, so root finds no cargo when the Rust toolchain is the calling user's (rustup
 # puts it in ~/.cargo/bin). `use_callers_toolchain` then lets root build with that toolchain, and
-# `give_back` hands what root created in the user's cargo and rustup homes, and in the build
-# directories of their own checkout, back to them, so that their own builds can replace it.
+# sets `give_back` to run on exit: it hands what root created in the user's cargo and rustup homes,
+# and in the build directories of their own checkout, back to them, so that their own builds can
+# replace it.
 
 GIVE_BACK=()
 # Made when root starts building: what root creates or changes after it (a later ctime; unpacked
@@ -27,6 +28,7 @@ use_callers_toolchain() {
         done
     fi
     GIVE_BACK_SINCE="$(mktemp)"
+    trap give_back EXIT
 }
 
 # Gives what root made or changed under GIVE_BACK's paths during this run to the user who called

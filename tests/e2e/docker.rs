@@ -22,7 +22,7 @@ use shimtrace_testkit::docker::{
     DockerOptions, DockerVersion, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION,
 };
 use shimtrace_testkit::lab::{LabRun, LAB_DEADLINE};
-use shimtrace_testkit::traced::{built_binary, has_method, is_method, wait_for, Spooled};
+use shimtrace_testkit::traced::{has_method, is_method, wait_for, Spooled};
 
 const SPANS: Duration = Duration::from_secs(15);
 /// How long processes and sockets may take to go once Docker says a container is gone.
@@ -377,14 +377,13 @@ fn gvisor_runs_through_docker_as_traced_runsc() {
 }
 
 fn shimtrace(docker: &TestDocker, args: &[&str]) -> std::process::Output {
-    Command::new(built_binary("shimtrace"))
+    shimtrace_testkit::cli::shimtrace()
         .arg("install")
         .args(args)
         .arg("--config")
         .arg(docker.config_path())
         .env("DOCKER_HOST", docker.host())
         .env("PATH", docker.path_var())
-        .env_remove("SHIMTRACE_SPOOL_DIR")
         .output()
         .unwrap()
 }
@@ -714,7 +713,7 @@ pub(crate) fn with_private_dockerd<'a>(
             "DOCKER_HOST",
             "unix:///nonexistent/shimtrace-test/docker.sock",
         )
-        .env_remove("SHIMTRACE_SPOOL_DIR")
+        .env_remove(shimtrace_span::env::SPOOL_DIR)
 }
 
 /// `shimtrace lab --engine docker` where no Docker answers: the lab starts its own dockerd with the
@@ -725,7 +724,7 @@ fn lab_runs_its_profiles_through_docker() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let version = DockerVersion::find(DOCKER_VERSION).unwrap();
-    let mut lab = Command::new(built_binary("shimtrace"));
+    let mut lab = shimtrace_testkit::cli::shimtrace();
     // Killed with its dockerd, shims and containers, and its mounts undone, if it hangs or an
     // assertion fails.
     let mut lab = LabRun::spawn(

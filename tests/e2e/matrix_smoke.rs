@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use shimtrace_testkit::traced::{wait_for, wait_until};
+
 use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
 
 fn smoke(version: &str) {
@@ -46,12 +48,11 @@ fn smoke(version: &str) {
         .run_detached("smoke-shim", &[], &["/bin/sleep", "600"])
         .expect("ctr run -d sleep");
     // (The shims of the removed containers may still be on their way out.)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut shims = containerd.owned_processes();
-    while shims.len() > 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        shims = containerd.owned_processes();
-    }
+    let shims = wait_for(Duration::from_secs(10), || {
+        let shims = containerd.owned_processes();
+        (shims.len() <= 1).then_some(shims)
+    })
+    .unwrap_or_else(|| containerd.owned_processes());
     let exes: Vec<_> = shims
         .iter()
         .map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
@@ -65,17 +66,16 @@ fn smoke(version: &str) {
     containerd
         .ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "smoke-shim"])
         .expect("ctr tasks kill");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !containerd
-        .ctr(&["tasks", "delete", "smoke-shim"])
-        .is_ok_and(|o| o.success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the killed task was never deleted"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "the killed task to be deleted",
+        Duration::from_secs(30),
+        || {
+            containerd
+                .ctr(&["tasks", "delete", "smoke-shim"])
+                .is_ok_and(|o| o.success())
+                .then_some(())
+        },
+    );
     containerd
         .ctr_ok(&["containers", "delete", "smoke-shim"])
         .expect("ctr containers delete");

@@ -406,20 +406,22 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
     .await
     .unwrap();
     assert_eq!(metric(&text, "shimtrace_spans_exported_total"), Some(0.0));
-    // The whole exposition parses strictly, with a consistent histogram per runtime and phase.
+    // The whole exposition parses strictly, with a consistent histogram per series (runtime,
+    // role, phase).
     let samples = parse_exposition(&text);
-    let histograms: BTreeSet<(String, String)> = samples
+    let series_of = |l: &BTreeMap<String, String>| {
+        (l["runtime"].clone(), l["role"].clone(), l["phase"].clone())
+    };
+    let histograms: BTreeSet<(String, String, String)> = samples
         .iter()
         .filter(|(name, _, _)| name == "shimtrace_cold_start_phase_seconds_count")
-        .map(|(_, labels, _)| (labels["runtime"].clone(), labels["phase"].clone()))
+        .map(|(_, labels, _)| series_of(labels))
         .collect();
-    for (runtime, phase) in &histograms {
+    for key in &histograms {
         let series: Vec<f64> = samples
             .iter()
             .filter(|(name, l, _)| {
-                name == "shimtrace_cold_start_phase_seconds_bucket"
-                    && &l["runtime"] == runtime
-                    && &l["phase"] == phase
+                name == "shimtrace_cold_start_phase_seconds_bucket" && &series_of(l) == key
             })
             .map(|(_, _, v)| *v)
             .collect();
@@ -430,9 +432,7 @@ async fn serve_retries_a_late_receiver_and_keeps_pending_spans_across_restart() 
         let count = samples
             .iter()
             .find(|(name, l, _)| {
-                name == "shimtrace_cold_start_phase_seconds_count"
-                    && &l["runtime"] == runtime
-                    && &l["phase"] == phase
+                name == "shimtrace_cold_start_phase_seconds_count" && &series_of(l) == key
             })
             .unwrap()
             .2;
