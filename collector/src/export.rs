@@ -45,7 +45,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a request waits for an answer unless the OTEL timeout variables say otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The variable that sets the request timeout for every signal (a traces-only one comes first).
-pub const TIMEOUT_VARIABLE: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+pub(crate) const TIMEOUT_VARIABLE: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -410,7 +410,7 @@ impl OtlpExporter {
     /// Sends what `requests` still holds, one request per resource, each answered within the
     /// configured timeout or failed with [`ExportError::Timeout`]. A request the endpoint accepted
     /// leaves `requests`: after a failure, sending them again sends only the rest.
-    pub async fn send(&mut self, requests: &mut Requests) -> Result<(), ExportError> {
+    pub(crate) async fn send(&mut self, requests: &mut Requests) -> Result<(), ExportError> {
         while let Some((key, spans)) = requests.pending.front() {
             self.inner
                 .set_resource(&resource(&self.config.service_name, &self.host, key));
@@ -434,13 +434,13 @@ impl OtlpExporter {
 
 /// A batch of spans as the requests that carry it: one per (namespace, runtime) resource, for
 /// [`OtlpExporter::send`].
-pub struct Requests {
+pub(crate) struct Requests {
     pending: std::collections::VecDeque<(ResourceKey, Vec<SpanRecord>)>,
 }
 
 impl Requests {
     /// `spans` grouped by the resource `resolver` finds for each.
-    pub fn new(spans: Vec<SpanRecord>, resolver: &ResourceResolver) -> Requests {
+    pub(crate) fn new(spans: Vec<SpanRecord>, resolver: &ResourceResolver) -> Requests {
         let mut groups: BTreeMap<ResourceKey, Vec<SpanRecord>> = BTreeMap::new();
         for s in spans {
             groups.entry(resolver.key(&s)).or_default().push(s);

@@ -242,8 +242,8 @@ impl TestDocker {
     }
 
     /// Runs the built `shimtrace install --docker --write` on this instance's daemon.json, with
-    /// the links in [`Self::bin_dir`] and the real shims looked up on dockerd's `PATH`; returns its
-    /// report.
+    /// the links in [`Self::bin_dir`] and the real shims looked up in dockerd's `PATH`, given as
+    /// `--shim-path`; returns its report.
     pub fn install_traced(&mut self) -> Result<String, HarnessError> {
         let output = Command::new(built_binary("shimtrace"))
             .args(["install", "--docker", "--write", "--config"])
@@ -252,7 +252,11 @@ impl TestDocker {
             .arg(wrapper_binary())
             .arg("--bin-dir")
             .arg(self.bin_dir())
-            .env("PATH", self.path_var())
+            // The shims through --shim-path, with a PATH that holds none: what a user does
+            // whose shims are not on root's PATH.
+            .arg("--shim-path")
+            .arg(self.path_var())
+            .env("PATH", "/nonexistent/shimtrace-test")
             .stdin(Stdio::null())
             .output()
             .map_err(|e| HarnessError::io("running shimtrace install --docker", e))?;
