@@ -21,7 +21,7 @@ use shimtrace_testkit::cri::{
 };
 use shimtrace_testkit::traced::{
     alive, assert_runtime, built_binary, has_method, is_method, pids_with_cmdline, wait_for,
-    Spooled,
+    wait_until, Spooled,
 };
 
 const SPANS: Duration = Duration::from_secs(15);
@@ -224,6 +224,26 @@ fn traced_pod(version: &str) {
             assert_eq!(s.attr_str(attr::K8S_CONTAINER_NAME), container, "{s:?}");
         }
     }
+
+    // The collector's /metrics counts the pod's sandbox apart from its containers (serve on this
+    // node's spool, last: it compacts what the exited wrappers wrote).
+    let db = tempfile::tempdir().unwrap();
+    let (serve, metrics) =
+        crate::otlp_export::start_serve(&node.spool_dir(), &db.path().join("store.db"), "");
+    let roles = wait_until("both roles on /metrics", SPANS, || {
+        let text = crate::otlp_export::scrape(metrics)?;
+        let roles: std::collections::BTreeSet<String> = crate::otlp_export::parse_exposition(&text)
+            .into_iter()
+            .filter(|(name, _, _)| name == "shimtrace_cold_start_phase_seconds_count")
+            .map(|(_, labels, _)| labels["role"].clone())
+            .collect();
+        (roles.len() == 2).then_some(roles)
+    });
+    assert_eq!(
+        roles.into_iter().collect::<Vec<_>>(),
+        [attr::K8S_ROLE_CONTAINER, attr::K8S_ROLE_SANDBOX]
+    );
+    drop(serve);
 
     // Pod deletion leaves nothing behind.
     node.remove_pod(run.id()).unwrap();

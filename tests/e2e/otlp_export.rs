@@ -205,7 +205,7 @@ async fn export_over_grpc_and_http_keeps_ids_parents_names_and_times() {
 /// `shimtrace serve` exporting to `endpoint` over gRPC, killed on drop, once its `/metrics`
 /// answers; with the address it serves them on. (A free port can be taken by another test before
 /// serve binds it: then serve exits saying so, and is started again on another.)
-fn start_serve(spool: &Path, db: &Path, endpoint: &str) -> (Daemon, SocketAddr) {
+pub(crate) fn start_serve(spool: &Path, db: &Path, endpoint: &str) -> (Daemon, SocketAddr) {
     let log = spool.with_extension("serve.log");
     for _ in 0..10 {
         let metrics = free_port();
@@ -253,7 +253,7 @@ fn free_port() -> SocketAddr {
 }
 
 /// `GET /metrics`, or `None` while the server is not up yet.
-fn scrape(addr: SocketAddr) -> Option<String> {
+pub(crate) fn scrape(addr: SocketAddr) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     // Whatever holds the port, a reply that does not come is no answer.
     stream
@@ -284,7 +284,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 /// A strict reader of the Prometheus text format (0.0.4): every line is a `# HELP`/`# TYPE`
 /// comment or `name{label="value",...} number`, with quoted values unescaped; anything else fails.
-fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+pub(crate) fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     let is_name = |s: &str| {
         !s.is_empty()
             && s.chars().enumerate().all(|(i, c)| {
