@@ -504,11 +504,7 @@ impl Store {
     /// together or not at all.
     pub fn record_export(&self, seq: u64, count: u64) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![EXPORT_CURSOR_KEY, seq as i64],
-        )?;
+        tx.execute(SET_META, params![EXPORT_CURSOR_KEY, seq as i64])?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
@@ -520,14 +516,14 @@ impl Store {
 
     #[cfg(test)]
     pub fn set_meta(&self, key: &str, value: u64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value as i64],
-        )?;
+        self.conn.execute(SET_META, params![key, value as i64])?;
         Ok(())
     }
 }
+
+/// Sets meta value `?2` under key `?1`.
+const SET_META: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2)
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 fn file_offset(conn: &Connection, name: &str) -> Result<FileOffset> {
     Ok(conn
