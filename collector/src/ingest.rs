@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 use shimtrace_span::spool::{self, ReadError, SpoolFileName, SpoolIssue};
 use shimtrace_span::{DroppedSpans, SpoolEntry};
 
-use crate::source::UnreadableSpool;
-use crate::store::{FileOffset, Store, StoreError, StoredSpan};
+use crate::source::{SourceError, UnreadableSpool};
+use crate::store::{FileOffset, Store, StoredSpan};
 
 /// A batch is committed once it holds this many span lines (and at the end of a pass).
 pub const BATCH_SPANS: u64 = 100_000;
@@ -27,14 +27,6 @@ pub const BATCH_SPANS: u64 = 100_000;
 const READ_AHEAD: usize = 2;
 /// At most this many reader threads.
 const MAX_READERS: usize = 4;
-
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Spool(#[from] UnreadableSpool),
-}
 
 /// What one ingest pass did.
 #[derive(Debug, Default, Clone)]
@@ -114,7 +106,7 @@ impl Ingester {
     }
 
     /// Ingests every spool file, then compacts what is finished.
-    pub fn ingest_all(&mut self) -> Result<IngestReport, IngestError> {
+    pub fn ingest_all(&mut self) -> Result<IngestReport, SourceError> {
         let files = spool::spool_files(&self.spool_dir).map_err(UnreadableSpool::from)?;
         let mut report = self.ingest_files(files.iter().map(|(path, _)| path.as_path()))?;
         if self.compact {
@@ -125,7 +117,7 @@ impl Ingester {
 
     /// Ingests the new complete lines of the spool files among `paths` (others are ignored), then
     /// compacts the spool.
-    pub fn ingest_paths(&mut self, paths: &BTreeSet<PathBuf>) -> Result<IngestReport, IngestError> {
+    pub fn ingest_paths(&mut self, paths: &BTreeSet<PathBuf>) -> Result<IngestReport, SourceError> {
         let spool_dir = self.spool_dir.clone();
         let spool_files = paths.iter().filter(|path| {
             path.parent() == Some(spool_dir.as_path())
@@ -149,7 +141,7 @@ impl Ingester {
     fn ingest_files<'p>(
         &mut self,
         paths: impl IntoIterator<Item = &'p Path>,
-    ) -> Result<IngestReport, IngestError> {
+    ) -> Result<IngestReport, SourceError> {
         let mut batch = self.store.begin_ingest()?;
         // Read once, up front: the batch holds the store's write lock, and a pass names each file
         // once, so only this pass moves these offsets.
@@ -167,7 +159,7 @@ impl Ingester {
             .clamp(1, MAX_READERS)
             .min(files.len().max(1));
         let mut report = IngestReport::default();
-        std::thread::scope(|scope| -> Result<(), IngestError> {
+        std::thread::scope(|scope| -> Result<(), SourceError> {
             let receivers: Vec<_> = (0..readers)
                 .map(|r| {
                     let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
@@ -203,7 +195,7 @@ impl Ingester {
     fn compact_files(
         &mut self,
         files: &[(PathBuf, SpoolFileName)],
-    ) -> Result<IngestReport, IngestError> {
+    ) -> Result<IngestReport, SourceError> {
         let mut report = IngestReport::default();
         for (path, name) in files {
             let later_exists = files

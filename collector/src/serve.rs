@@ -18,8 +18,9 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::counters::Counters;
 use crate::export::{ExportConfig, ExportError, OtlpExporter};
-use crate::ingest::{IngestError, IngestReport, Ingester};
+use crate::ingest::{IngestReport, Ingester};
 use crate::metrics::{serve_metrics, MetricsBindError, MetricsRenderer};
+use crate::source::SourceError;
 use crate::store::{Store, StoreError};
 
 /// How often ingest wakes without events to compact files whose writer has exited.
@@ -30,7 +31,7 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Ingest(#[from] IngestError),
+    Ingest(#[from] SourceError),
     #[error("cannot create spool directory {path}: {source} (pass --spool DIR)")]
     CreateSpool {
         path: PathBuf,

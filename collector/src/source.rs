@@ -82,7 +82,8 @@ impl Source {
     }
 }
 
-/// Errors reading spans for a query.
+/// Errors reading spans, for a query or for ingest: a store that fails, or a spool that cannot be
+/// listed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::ingest::{IngestError, Ingester};
+use crate::ingest::Ingester;
 use crate::report::{build_report, render, Format};
+use crate::source::SourceError;
 use crate::store::{Store, StoreError};
 use crate::synth::{generate_spool, SynthConfig, SynthSummary};
 
@@ -27,7 +28,7 @@ pub enum BenchError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Ingest(#[from] IngestError),
+    Ingest(#[from] SourceError),
 }
 
 /// Measured numbers.
