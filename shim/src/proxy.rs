@@ -8,7 +8,8 @@
 //! unready, and containerd is given the inner shim's own address).
 //! The events listener the inner shim publishes to (see [`crate::events`]) arrives as
 //! `--events-fd`; if the call socket cannot be set up, the proxy still forwards events (the inner
-//! shim was already told to publish there), and containerd talks to the inner shim directly. The
+//! shim was already told to publish there), and containerd talks to the inner shim directly (if no
+//! proxy starts at all, the wrapper links the events socket to containerd's). The
 //! monitor connection stays idle: when it ends, the inner shim is gone, so the proxy removes its
 //! socket (if it is still its own) and exits. A socket file alone never decides: Kata leaves its
 //! socket behind after failing.
@@ -31,6 +32,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +50,7 @@ use crate::tap::{ConnectionTap, ShimLabels, TapContext};
 use crate::trace_ctx::TraceRegistry;
 use shimtrace_span::clock;
 use shimtrace_span::env::{PROPAGATE as PROPAGATE_ENV, RUN_DIR as RUN_DIR_ENV};
+use shimtrace_span::naming::WRAPPER_BINARY;
 
 /// Directory for proxy locks and logs (override with `SHIMTRACE_RUN_DIR`).
 pub const DEFAULT_RUN_DIR: &str = "/run/shimtrace";
@@ -84,7 +87,7 @@ pub enum ProxyError {
     Lock { path: PathBuf, source: io::Error },
     #[error("cannot bind the proxy socket {path}: {source} (check that its directory, beside containerd's shim sockets or in the run directory, is writable by containerd's user)")]
     Bind { path: PathBuf, source: io::Error },
-    #[error("cannot start the proxy process {exe}: {source} (check that this binary is still installed there and executable, and the limits on processes and open files of containerd's service)")]
+    #[error("cannot start the proxy process from {exe}: {source} (check the limits on processes and open files of containerd's service)")]
     Spawn { exe: PathBuf, source: io::Error },
     #[error("the proxy process (pid {pid}) did not become ready: {reason} (see its log {})", log.display())]
     NotReady {
@@ -462,7 +465,9 @@ fn spawn_detached(
     }
     .by_flag();
     let mut command = Command::new(exe);
+    // The wrapper passes /proc/self/exe (see its `own_program`): name the process for `ps`.
     command
+        .arg0(WRAPPER_BINARY)
         .args(plan.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

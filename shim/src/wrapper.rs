@@ -231,6 +231,40 @@ impl EventsTap {
     fn discard(self) {
         let _ = std::fs::remove_file(&self.route.socket);
     }
+
+    /// No proxy forwards the inner shim's events (`why`): the socket it was told to publish to
+    /// becomes a link to containerd's own. Shim publishers dial their address again after a
+    /// failure (containerd's Go `shim` package, the Rust `containerd-shim` crate), so the events
+    /// reach containerd untraced instead of never: without them containerd would not learn that
+    /// a task exited. The link stays for the inner shim's life; it is a name in the run directory.
+    fn straight_to_containerd(self, why: &str) {
+        let socket = &self.route.socket;
+        let containerd = Path::new(
+            self.route
+                .containerd
+                .strip_prefix("unix://")
+                .unwrap_or(&self.route.containerd),
+        );
+        let linked = match (socket.parent(), socket.file_name()) {
+            _ if !containerd.is_absolute() => {
+                Err(format!("{} is not a socket path", self.route.containerd))
+            }
+            (Some(dir), Some(name)) => ensure_private_dir(dir)
+                .and_then(|dir| dir.ensure_symlink(Path::new(name), containerd))
+                .map_err(|e| e.to_string()),
+            _ => Err(format!("{} is not a file name", socket.display())),
+        };
+        match linked {
+            Ok(()) => tracing::warn!(
+                "the inner shim's events go straight to containerd, untraced: {why}"
+            ),
+            Err(e) => tracing::error!(
+                "the inner shim's events cannot be forwarded ({why}), nor sent straight to containerd: {e}"
+            ),
+        }
+        // Connections already made to the socket end here; their publishers dial again.
+        drop(self.listener);
+    }
 }
 
 /// What the inner shim's `start`/`delete` printed and how it ended.
@@ -400,9 +434,7 @@ impl Invocation {
         let binary_name = identity::binary_name_in_options(&stdin);
         // Found before the inner shim is told to publish its events to us: without it no proxy
         // can be started to forward them, and containerd would never hear of its tasks.
-        let exe = std::env::current_exe()
-            .map_err(|e| tracing::warn!("cannot find own binary ({e}); not tracing this shim"))
-            .ok();
+        let exe = own_program();
         let (events, stdin) = match exe {
             Some(_) => EventsTap::prepare(self.args.id.as_deref(), stdin),
             None => (None, stdin),
@@ -506,19 +538,21 @@ impl Invocation {
         attributes: &mut Attributes,
         events: Option<EventsTap>,
     ) -> Result<(Vec<u8>, AddressChange), String> {
-        let lost_events = |why: &str| {
-            if events.is_some() {
-                tracing::error!("the inner shim's events cannot be forwarded: {why}");
+        // Whatever stops the proxy here, the inner shim's events must still reach containerd.
+        let unforwarded = |events: Option<EventsTap>, why: String| {
+            if let Some(events) = events {
+                events.straight_to_containerd(&why);
             }
+            why
         };
-        let reply = StartReply::parse(output).map_err(|e| {
-            lost_events(&e.to_string());
-            e.to_string()
-        })?;
+        let reply = match StartReply::parse(output) {
+            Ok(reply) => reply,
+            Err(e) => return Err(unforwarded(events, e.to_string())),
+        };
         attributes.insert(attr::PROTOCOL.into(), reply.protocol_label().into());
         let Some(inner_socket) = crate::reply::socket_path_of(&reply.address) else {
-            lost_events(&format!("{} is not a unix socket", reply.address));
-            return Err(format!("{} is not a unix socket", reply.address));
+            let why = format!("{} is not a unix socket", reply.address);
+            return Err(unforwarded(events, why));
         };
         let plan = ProxyPlan {
             socket: proxy::proxy_socket_for(&inner_socket, &reply.address),
@@ -538,19 +572,23 @@ impl Invocation {
         let ensure_start = clock::now_unix_nanos();
         if let Err(e) = reply.socket_path() {
             // Not ttrpc (a gRPC shim): its calls pass untouched, its events are still forwarded.
-            if let Some(events) = &events {
-                proxy::events_only(
+            if let Some(tap) = &events {
+                let forwarder = proxy::events_only(
                     &plan,
                     exe,
-                    Some(&events.listener),
+                    Some(&tap.listener),
                     proxy::ProxyError::NotTtrpc,
-                )
-                .map_err(|e| e.to_string())?;
+                );
+                if let Err(cause) = forwarder {
+                    return Err(unforwarded(events, format!("{e}; {cause}")));
+                }
             }
             return Err(e.to_string());
         }
-        let ensured = proxy::ensure_proxy(&plan, exe, events.as_ref().map(|e| &e.listener))
-            .map_err(|e| e.to_string())?;
+        let ensured = match proxy::ensure_proxy(&plan, exe, events.as_ref().map(|e| &e.listener)) {
+            Ok(ensured) => ensured,
+            Err(e) => return Err(unforwarded(events, e.to_string())),
+        };
         let record = ProxyRecord {
             proxy: plan.socket.clone(),
             inner: plan.upstream.clone(),
@@ -696,6 +734,24 @@ impl Invocation {
         crate::log::init_fifo(&bundle.join("log"));
         tracing::warn!("{}", dead.report(id));
         Some(dead)
+    }
+}
+
+/// The program a proxy is started from: this process's own binary, through `/proc/self/exe`. That
+/// name still reaches it after an upgrade replaced the file it was started from (its path then
+/// reads "… (deleted)"), so a container starting during an upgrade gets the proxy of the version
+/// that wrapped it, not none.
+fn own_program() -> Option<PathBuf> {
+    let program = Path::new("/proc/self/exe");
+    match std::fs::metadata(program) {
+        Ok(_) => Some(program.to_path_buf()),
+        Err(e) => {
+            tracing::warn!(
+                "cannot find own binary at {} ({e}); not tracing this shim",
+                program.display()
+            );
+            None
+        }
     }
 }
 
@@ -876,6 +932,71 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [PROXY_RECORD]);
+    }
+
+    /// With no proxy to forward them, the inner shim's events reach containerd through the
+    /// socket it was told to publish to, which now leads to containerd's own; a publisher that
+    /// connected before that is cut off, so that it dials again.
+    #[test]
+    fn unforwarded_events_go_straight_to_containerd() {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = tempfile::tempdir().unwrap();
+        let containerd_socket = dir.path().join("containerd.sock.ttrpc");
+        let containerd = UnixListener::bind(&containerd_socket).unwrap();
+        let run = ensure_private_dir(&dir.path().join("run")).unwrap();
+        let socket = run.path().join("ev-1.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let mut early = UnixStream::connect(&socket).unwrap();
+        let tap = EventsTap {
+            route: EventsRoute {
+                socket: socket.clone(),
+                containerd: format!("unix://{}", containerd_socket.display()),
+            },
+            listener,
+        };
+        tap.straight_to_containerd("no proxy (test)");
+
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            early.read(&mut byte).unwrap_or(0),
+            0,
+            "the early connection is cut off"
+        );
+        let mut publisher = UnixStream::connect(&socket).expect("the events address still answers");
+        publisher.write_all(b"e").unwrap();
+        let (mut received, _) = containerd.accept().unwrap();
+        received.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"e");
+        assert_eq!(std::fs::read_link(&socket).unwrap(), containerd_socket);
+        // Nothing else is left in the run directory (no temporary link).
+        let names: Vec<_> = std::fs::read_dir(run.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["ev-1.sock"]);
+    }
+
+    /// A containerd address that is no socket path cannot be linked to: the events socket is
+    /// left as it was, and nothing panics.
+    #[test]
+    fn events_to_an_address_that_is_no_path_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = ensure_private_dir(&dir.path().join("run")).unwrap();
+        let socket = run.path().join("ev-2.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let tap = EventsTap {
+            route: EventsRoute {
+                socket: socket.clone(),
+                containerd: "vsock://3:1024".into(),
+            },
+            listener,
+        };
+        tap.straight_to_containerd("no proxy (test)");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_socket());
     }
 
     /// The inner shim of a runtime with an `oci_runtime` finds that runtime first on its `PATH`

@@ -1,13 +1,15 @@
 //! The wrapper shim in front of the real runc shim, under real containerd (every matrix version):
-//! run and exit codes, task operations, grouping, containerd restart, inner shim death, fail-open.
+//! run and exit codes, task operations, grouping, containerd restart, inner shim death, fail-open,
+//! an upgrade during a start; and, playing containerd itself, where events go when no proxy can
+//! start.
 
 use std::time::Duration;
 
 use shimtrace_span::{attr, names, SpanRecord};
 use shimtrace_testkit::containerd::TestContainerd;
 use shimtrace_testkit::traced::{
-    alive, assert_runtime, has_method, is_method, pids_with_cmdline, wait_for, Spooled, Traced,
-    TracedOptions,
+    alive, assert_runtime, has_method, is_method, pids_with_cmdline, runc_shim, wait_for,
+    wrapper_binary, Spooled, Traced, TracedOptions, TRACED_RUNC,
 };
 
 const SPANS: Duration = Duration::from_secs(10);
@@ -525,8 +527,79 @@ fn events_once_and_traced(version: &str) {
     assert_eq!(exit.attr_i64(attr::PROCESS_EXIT_CODE), Some(4));
 }
 
+/// shimtrace upgraded while a container starts, the way a package manager does it (a new file
+/// renamed over the old one): the proxy in front of the container is the binary that wrapped it
+/// (it takes that wrapper's flags and descriptors), its calls are traced and its events reach
+/// containerd once.
+fn wrapper_replaced_while_it_starts(version: &str) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let traced = Traced::start(version).expect("traced containerd");
+    let c = &traced.containerd;
+    // A file of the test's own to replace, not the link to the build's binary.
+    let wrapper = traced.bin_dir.join(runc_shim().traced_binary());
+    std::fs::remove_file(&wrapper).unwrap();
+    std::fs::copy(wrapper_binary(), &wrapper).unwrap();
+    let installed = std::fs::metadata(&wrapper).unwrap().ino();
+    // The inner shim's `start` runs while the wrapper waits for it: the upgrade lands then.
+    let inner = c.dir().join("upgrade-then-runc-shim");
+    std::fs::write(
+        &inner,
+        format!(
+            "#!/bin/sh\n\
+             case \" $* \" in *\" start \"*) cp {w} {w}.new && mv -f {w}.new {w} ;; esac\n\
+             exec {runc} \"$@\"\n",
+            w = wrapper.display(),
+            runc = c.version().runc_shim().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &traced.wrapper_config,
+        format!(
+            "[runtimes.\"{}\"]\ninner = \"{}\"\n",
+            TRACED_RUNC.as_str(),
+            inner.display()
+        ),
+    )
+    .unwrap();
+    let watch = EventWatch::start(&traced);
+    traced.run_sleeper("upgraded", &[]);
+    assert_ne!(
+        std::fs::metadata(&wrapper).unwrap().ino(),
+        installed,
+        "the wrapper's file was replaced during the start"
+    );
+    let proxy_socket = address_of(&traced, "upgraded")
+        .trim_start_matches("unix://")
+        .to_string();
+    let proxy = pids_with_cmdline(&["proxy", "--socket", &proxy_socket]);
+    assert_eq!(proxy.len(), 1, "one proxy serves {proxy_socket}: {proxy:?}");
+    let proxy_binary = std::fs::metadata(format!("/proc/{}/exe", proxy[0])).unwrap();
+    assert_eq!(
+        proxy_binary.ino(),
+        installed,
+        "the proxy runs the binary that was installed when the container started"
+    );
+    kill_and_delete(c, "upgraded");
+    let (spans, start) = spans_with_start(&traced, "upgraded", "Create");
+    assert_eq!(start.status, shimtrace_span::SpanStatus::Ok, "{start:?}");
+    assert!(has_method(&spans, "Start"), "{spans:?}");
+    for topic in ["/tasks/create", "/tasks/start", "/tasks/exit"] {
+        let delivered = wait_for(SPANS, || (watch.count(topic, "upgraded") > 0).then_some(()));
+        assert!(delivered.is_some(), "{topic}: {:?}", watch.lines());
+        assert_eq!(
+            watch.count(topic, "upgraded"),
+            1,
+            "{topic}: {:?}",
+            watch.lines()
+        );
+    }
+}
+
 version_matrix! {
     run_and_exit_codes => run_exit_codes();
+    upgrade_during_a_start_keeps_the_proxy_of_the_wrappers_version => wrapper_replaced_while_it_starts();
     task_operations_are_traced => task_operations();
     grouped_containers_share_one_proxy => grouping();
     containerd_restart_reconnects_through_the_proxy => containerd_restart();
@@ -561,7 +634,7 @@ fn start_reply_is_exact(version: &str) {
     let wrapper = c.dir().join("wrapper-bin");
     std::fs::create_dir_all(&wrapper).unwrap();
     let link = wrapper.join("containerd-shim-traced-runc-v2");
-    std::os::unix::fs::symlink(shimtrace_testkit::traced::wrapper_binary(), &link).unwrap();
+    std::os::unix::fs::symlink(wrapper_binary(), &link).unwrap();
     let path = format!(
         "{}:{}",
         c.version().bin_dir().display(),
@@ -719,4 +792,76 @@ fn shim_spans_join_containerds_trace_v2_1() {
             .wait_for_span(Duration::from_secs(15), |s| s.span_id == parent_id),
         "containerd exported the parent span {parent_id}"
     );
+}
+
+/// When no proxy can be started for an inner shim (here its reply names a socket nothing serves),
+/// the wrapper passes the reply on unchanged, and the events address the inner shim was given
+/// leads to containerd's ttrpc socket: a publisher connecting there reaches containerd.
+#[test]
+fn events_reach_containerd_when_no_proxy_can_start() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    // The test plays containerd: its ttrpc socket is where events belong.
+    let containerd = dir.path().join("containerd.sock.ttrpc");
+    let containerd_listener = UnixListener::bind(&containerd).unwrap();
+    let given = dir.path().join("events-address");
+    let unserved = format!("unix://{}", dir.path().join("gone.sock").display());
+    let inner = dir.path().join("inner-shim");
+    std::fs::write(
+        &inner,
+        format!(
+            "#!/bin/sh\nprintf %s \"$TTRPC_ADDRESS\" > {}\nprintf %s {unserved}\n",
+            given.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtimes.\"{}\"]\ninner = \"{}\"\n",
+            TRACED_RUNC.as_str(),
+            inner.display()
+        ),
+    )
+    .unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let link = bin.join(runc_shim().traced_binary());
+    std::os::unix::fs::symlink(wrapper_binary(), &link).unwrap();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let run_dir = dir.path().join("run");
+    let out = std::process::Command::new(&link)
+        .args(["-namespace", "default", "-id", "unproxied", "start"])
+        .current_dir(&bundle)
+        .env("TTRPC_ADDRESS", &containerd)
+        .env(shimtrace_span::env::CONFIG, &config)
+        .env("SHIMTRACE_SPOOL_DIR", dir.path().join("spool"))
+        .env("SHIMTRACE_RUN_DIR", &run_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        unserved,
+        "the inner shim's reply, unchanged"
+    );
+
+    let events_address = std::fs::read_to_string(&given).unwrap();
+    assert!(
+        events_address.starts_with(run_dir.to_str().unwrap()),
+        "the inner shim was told to publish to the wrapper's socket: {events_address}"
+    );
+    let mut publisher = UnixStream::connect(&events_address)
+        .unwrap_or_else(|e| panic!("the events address {events_address} leads nowhere: {e}"));
+    publisher.write_all(b"event").unwrap();
+    let (mut received, _) = containerd_listener.accept().unwrap();
+    let mut bytes = [0u8; 5];
+    received.read_exact(&mut bytes).unwrap();
+    assert_eq!(&bytes, b"event");
 }
