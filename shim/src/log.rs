@@ -11,20 +11,34 @@ use tracing_subscriber::filter::LevelFilter;
 
 use shimtrace_span::env::LOG_LEVEL as LOG_LEVEL_ENV;
 
-fn level() -> LevelFilter {
-    std::env::var(LOG_LEVEL_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(LevelFilter::INFO)
+/// The level `SHIMTRACE_LOG` (`value`) names, and what to say in the log when it names none: the
+/// shim's log is the only place a containerd operator would read it.
+fn level_of(value: Option<&str>) -> (LevelFilter, Option<String>) {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (LevelFilter::INFO, None),
+        Some(v) => match v.parse() {
+            Ok(level) => (level, None),
+            Err(_) => (
+                LevelFilter::INFO,
+                Some(format!(
+                    "{LOG_LEVEL_ENV}={v:?} is not a level the shim knows (off, error, warn, info, debug, trace); logging at info"
+                )),
+            ),
+        },
+    }
 }
 
 fn install(file: File) {
-    let _ = tracing_subscriber::fmt()
+    let (level, complaint) = level_of(std::env::var(LOG_LEVEL_ENV).ok().as_deref());
+    let installed = tracing_subscriber::fmt()
         .with_writer(Mutex::new(file))
         .with_ansi(false)
         .with_target(false)
-        .with_max_level(level())
+        .with_max_level(level)
         .try_init();
+    if let (Ok(()), Some(complaint)) = (installed, complaint) {
+        tracing::warn!("{complaint}");
+    }
 }
 
 /// Logs to the bundle's `log` FIFO if containerd holds it open; otherwise logs nowhere. The FIFO
@@ -52,6 +66,22 @@ pub fn init_file(path: &Path) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn shimtrace_log_names_a_level_or_is_complained_of() {
+        assert_eq!(level_of(None), (LevelFilter::INFO, None));
+        assert_eq!(level_of(Some(" ")), (LevelFilter::INFO, None));
+        assert_eq!(level_of(Some("debug")), (LevelFilter::DEBUG, None));
+        assert_eq!(level_of(Some("WARN")), (LevelFilter::WARN, None));
+        let (level, complaint) = level_of(Some("shimtrace=debug"));
+        assert_eq!(level, LevelFilter::INFO);
+        let complaint = complaint.expect("a directive the shim cannot read is said");
+        assert!(
+            complaint.contains("SHIMTRACE_LOG=\"shimtrace=debug\"")
+                && complaint.contains("logging at info"),
+            "{complaint}"
+        );
+    }
 
     #[test]
     fn a_planted_link_in_place_of_the_proxy_log_is_not_followed() {
