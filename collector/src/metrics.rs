@@ -1,13 +1,17 @@
 //! Prometheus metrics: the `/metrics` endpoint with the store's totals, this process's
 //! [`Counters`], and cold-start phase histograms per runtime and role: a pod's sandboxes apart
-//! from the containers that do the work, as the report keeps them.
+//! from the containers that do the work, as the report keeps them. A histogram only grows: each
+//! phase and pod is observed once, when final (see [`PhaseCache`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shimtrace_span::TraceId;
 
 use crate::counters::Counters;
 use crate::store::{Store, StoreError, EXPORTED_KEY};
@@ -37,13 +41,97 @@ impl Histogram {
     }
 }
 
-/// Phase histograms per (runtime, role, phase), recomputed only when the store has new spans.
+/// How long a trace must go without a new span before its phases that later spans could still
+/// change count as they are (see [`PhaseCache`]); likewise a pod after its last container started.
+pub const SETTLED_AFTER: Duration = Duration::from_secs(60);
+
+/// Phase histograms per (runtime, role, phase) and pod startup per (runtime, handler, part).
+///
+/// Each phase of a trace, and each pod's startup, is observed once, when spans still to come can
+/// no longer change it, so a bucket never loses a count between scrapes (Prometheus would read
+/// that as a counter reset). A phase that may change ([`Trace::may_change`]: teardown, a start
+/// that failed, to-exit without its exit event) waits until its trace has had no new span for
+/// [`SETTLED_AFTER`]; a pod's startup waits that long after its last container started. The store
+/// is read again when it has new spans, or when something waiting has settled since.
 #[derive(Default)]
 struct PhaseCache {
     at_seq: Option<u64>,
+    /// When the next phase or pod waiting to settle does (unix nanoseconds).
+    next_settle: Option<u64>,
+    /// The phases already observed, per trace (bits by [`Phase::ALL`] order).
+    observed: HashMap<TraceId, u8>,
+    /// The pods whose startup was observed, by sandbox id.
+    observed_pods: HashSet<String>,
     histograms: BTreeMap<(String, &'static str, Phase), Histogram>,
     /// Pod startup per (runtime, handler, part).
     pods: BTreeMap<(String, String, &'static str), Histogram>,
+}
+
+impl PhaseCache {
+    /// Whether the store must be read again: it has new spans, or something waiting has settled.
+    fn stale(&self, seq: u64, now: u64) -> bool {
+        self.at_seq != Some(seq) || self.next_settle.is_some_and(|at| now >= at)
+    }
+
+    /// Observes what in `traces` is final at `now` and was not observed before.
+    fn observe(&mut self, traces: &[Trace], now: u64) {
+        let settle = u64::try_from(SETTLED_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let mut next_settle: Option<u64> = None;
+        let mut wait_for = |at: u64| next_settle = Some(next_settle.map_or(at, |n| n.min(at)));
+        for trace in traces {
+            let settles_at = trace.end().saturating_add(settle);
+            let seen = self.observed.entry(trace.trace_id).or_default();
+            // Sandboxes apart, as the report keeps them (`Trace::report_group`).
+            let (runtime, role) = (trace.runtime(), trace.role());
+            for p in trace.phases() {
+                let bit = phase_bit(p.phase);
+                if *seen & bit != 0 {
+                    continue;
+                }
+                if trace.may_change(p.phase) && now < settles_at {
+                    wait_for(settles_at);
+                    continue;
+                }
+                *seen |= bit;
+                self.histograms
+                    .entry((runtime.clone(), role, p.phase))
+                    .or_default()
+                    .observe(p.duration_nanos() as f64 / 1e9);
+            }
+        }
+        for pod in crate::pod::Pod::group(traces) {
+            if self.observed_pods.contains(&pod.sandbox_id) {
+                continue;
+            }
+            let (Some(startup), Some(running)) = (pod.startup(), pod.all_running_at()) else {
+                continue;
+            };
+            let settles_at = running.saturating_add(settle);
+            if now < settles_at {
+                wait_for(settles_at);
+                continue;
+            }
+            self.observed_pods.insert(pod.sandbox_id.clone());
+            let (runtime, handler) = (pod.runtime(), pod.handler().unwrap_or_default());
+            for (part, nanos) in [
+                ("total", startup.total_ns),
+                ("sandbox", startup.sandbox_ns),
+                ("containers", startup.containers_ns),
+            ] {
+                self.pods
+                    .entry((runtime.clone(), handler.to_string(), part))
+                    .or_default()
+                    .observe(nanos as f64 / 1e9);
+            }
+        }
+        self.next_settle = next_settle;
+    }
+}
+
+/// `phase`'s bit in [`PhaseCache::observed`].
+fn phase_bit(phase: Phase) -> u8 {
+    let index = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
+    1 << index
 }
 
 fn label(value: &str) -> String {
@@ -84,41 +172,13 @@ impl MetricsRenderer {
         let store = Store::open(&self.db)?;
         let seq = store.max_seq()?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.at_seq != Some(seq) {
-            let mut histograms: BTreeMap<(String, &'static str, Phase), Histogram> =
-                BTreeMap::new();
-            let traces = Trace::group(store.all_spans()?);
-            for trace in &traces {
-                // Sandboxes apart, as the report keeps them (`Trace::report_group`).
-                let (runtime, role) = (trace.runtime(), trace.role());
-                for p in trace.phases() {
-                    histograms
-                        .entry((runtime.clone(), role, p.phase))
-                        .or_default()
-                        .observe(p.duration_nanos() as f64 / 1e9);
-                }
-            }
-            let mut pods: BTreeMap<(String, String, &'static str), Histogram> = BTreeMap::new();
-            for pod in crate::pod::Pod::group(&traces) {
-                let Some(startup) = pod.startup() else {
-                    continue;
-                };
-                let (runtime, handler) = (pod.runtime(), pod.handler().unwrap_or_default());
-                for (part, nanos) in [
-                    ("total", startup.total_ns),
-                    ("sandbox", startup.sandbox_ns),
-                    ("containers", startup.containers_ns),
-                ] {
-                    pods.entry((runtime.clone(), handler.to_string(), part))
-                        .or_default()
-                        .observe(nanos as f64 / 1e9);
-                }
-            }
-            *cache = PhaseCache {
-                at_seq: Some(seq),
-                histograms,
-                pods,
-            };
+        // Wall clock, as the shims' span times are (this process's own clock is anchored once).
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        if cache.stale(seq, now) {
+            cache.observe(&Trace::group(store.all_spans()?), now);
+            cache.at_seq = Some(seq);
         }
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, value: u64| {
@@ -155,7 +215,7 @@ impl MetricsRenderer {
         let name = "shimtrace_cold_start_phase_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} Container cold-start phase durations per runtime; role=\"sandbox\" for a pod's sandbox (pause) containers, role=\"container\" for the others.\n# TYPE {name} histogram"
+            "# HELP {name} Container cold-start phase durations per runtime; role=\"sandbox\" for a pod's sandbox (pause) containers, role=\"container\" for the others. Each phase counts once, when later spans can no longer change it: teardown, a failed start and a to-exit without its exit event after a minute without new spans.\n# TYPE {name} histogram"
         );
         for ((runtime, role, phase), h) in &cache.histograms {
             let labels = format!(
@@ -169,7 +229,7 @@ impl MetricsRenderer {
         if !cache.pods.is_empty() {
             let _ = writeln!(
                 out,
-                "# HELP {name} Pod startup per runtime and CRI handler: total (sandbox start to every container running), sandbox (to the sandbox running), containers (the rest).\n# TYPE {name} histogram"
+                "# HELP {name} Pod startup per runtime and CRI handler: total (sandbox start to every container running), sandbox (to the sandbox running), containers (the rest). A pod counts once, a minute after its last container started.\n# TYPE {name} histogram"
             );
         }
         for ((runtime, handler, part), h) in &cache.pods {
@@ -286,6 +346,90 @@ mod tests {
             }
             other => panic!("not a histogram: {other:?}"),
         }
+    }
+
+    /// How many observations of `phase` the cache holds, and their sum in milliseconds.
+    fn observed(cache: &PhaseCache, phase: Phase) -> (u64, f64) {
+        cache
+            .histograms
+            .iter()
+            .filter(|((_, _, p), _)| *p == phase)
+            .fold((0, 0.0), |(n, sum), (_, h)| {
+                (n + h.count, sum + h.sum_seconds * 1e3)
+            })
+    }
+
+    #[test]
+    fn a_phase_later_spans_could_change_counts_once_its_trace_settled() {
+        let full = container_trace(TraceId([1; 16]), "c");
+        let end = Trace::group(full.clone()).remove(0).end();
+        let settle = SETTLED_AFTER.as_nanos() as u64;
+        // Before the exit event arrives, to-exit would end at `Wait` (90 ms instead of 80).
+        let mut before_exit = full.clone();
+        for span in &mut before_exit {
+            span.events.clear();
+        }
+        let mut cache = PhaseCache::default();
+        let soon = end + 1_000_000_000;
+        cache.observe(&Trace::group(before_exit), soon);
+        assert_eq!(observed(&cache, Phase::Create).0, 1);
+        assert_eq!(observed(&cache, Phase::ToExit).0, 0);
+        assert_eq!(observed(&cache, Phase::Teardown).0, 0);
+        assert_eq!(cache.next_settle, Some(end + settle));
+
+        cache.observe(&Trace::group(full.clone()), soon);
+        let (count, sum_ms) = observed(&cache, Phase::ToExit);
+        assert_eq!(count, 1);
+        assert!(
+            (sum_ms - 80.0).abs() < 1e-6,
+            "to-exit as the event says: {sum_ms} ms"
+        );
+        assert_eq!(observed(&cache, Phase::Create).0, 1, "observed once");
+        assert_eq!(observed(&cache, Phase::Teardown).0, 0);
+
+        // Nothing new for a minute: teardown is as it stands, and counts once.
+        cache.at_seq = Some(7);
+        assert!(!cache.stale(7, end + settle - 1));
+        assert!(cache.stale(7, end + settle));
+        for _ in 0..2 {
+            cache.observe(&Trace::group(full.clone()), end + settle);
+        }
+        let (count, sum_ms) = observed(&cache, Phase::Teardown);
+        assert_eq!(count, 1);
+        assert!((sum_ms - 10.0).abs() < 1e-6, "{sum_ms} ms");
+        assert_eq!(observed(&cache, Phase::ToExit).0, 1);
+        assert_eq!(cache.next_settle, None);
+        assert!(!cache.stale(7, u64::MAX));
+    }
+
+    #[test]
+    fn a_pods_startup_counts_once_a_minute_after_its_last_container_ran() {
+        let profile = &crate::synth::default_profiles()[0];
+        let start = 1_767_225_600_000_000_000;
+        let (spans, _) = crate::synth::pod_spans(0, 0, profile, 2, start, 1);
+        let traces = Trace::group(spans);
+        let running = crate::pod::Pod::group(&traces)[0]
+            .all_running_at()
+            .expect("the pod started");
+        let settle = SETTLED_AFTER.as_nanos() as u64;
+        let pod_counts = |cache: &PhaseCache| {
+            cache
+                .pods
+                .iter()
+                .map(|((_, _, part), h)| (*part, h.count))
+                .collect::<Vec<_>>()
+        };
+        let mut cache = PhaseCache::default();
+        cache.observe(&traces, running + settle - 1);
+        assert_eq!(pod_counts(&cache), []);
+        assert!(cache.next_settle.is_some_and(|at| at <= running + settle));
+        for _ in 0..2 {
+            cache.observe(&traces, running + settle);
+        }
+        assert_eq!(
+            pod_counts(&cache),
+            [("containers", 1), ("sandbox", 1), ("total", 1)]
+        );
     }
 
     #[test]

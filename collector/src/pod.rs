@@ -125,6 +125,20 @@ impl<'a> Pod<'a> {
             || self.display_name() == query
     }
 
+    /// When the sandbox and every container counted for startup were running; `None` until
+    /// they all ran.
+    pub fn all_running_at(&self) -> Option<u64> {
+        let runs = self.first_runs();
+        if runs.is_empty() {
+            return None;
+        }
+        let mut all_running = self.sandbox?.running_at()?;
+        for container in &runs {
+            all_running = all_running.max(container.running_at()?);
+        }
+        Some(all_running)
+    }
+
     /// The containers counted for startup: per container name, the first to start.
     fn first_runs(&self) -> Vec<&'a Trace> {
         let mut seen = std::collections::BTreeSet::new();
@@ -143,19 +157,12 @@ impl<'a> Pod<'a> {
         let sandbox = self.sandbox?;
         let begin = sandbox.start();
         let sandbox_ready = sandbox.running_at()?;
-        let runs = self.first_runs();
-        if runs.is_empty() {
-            return None;
-        }
-        let mut all_running = sandbox_ready;
-        for container in &runs {
-            all_running = all_running.max(container.running_at()?);
-        }
+        let all_running = self.all_running_at()?;
         Some(PodStartup {
             total_ns: all_running.saturating_sub(begin),
             sandbox_ns: sandbox_ready.saturating_sub(begin),
             containers_ns: all_running.saturating_sub(sandbox_ready),
-            containers: runs.len(),
+            containers: self.first_runs().len(),
         })
     }
 }

@@ -340,6 +340,18 @@ impl Trace {
             .min()
     }
 
+    /// Whether spans still to come could change `phase` as [`Trace::phases`] derives it: a start
+    /// that failed (a later one may work), to-exit without its exit event (it ends at `Wait` or
+    /// `Delete` until the event arrives) and teardown (each `Shutdown` or `delete` extends it).
+    pub fn may_change(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::WrapperStart | Phase::Create | Phase::Delete => false,
+            Phase::Start => self.start_that_worked().is_none(),
+            Phase::ToExit => self.first_exit_event().is_none(),
+            Phase::Teardown => true,
+        }
+    }
+
     /// The cold-start phases this trace has spans for, in phase order.
     pub fn phases(&self) -> Vec<PhaseSpan> {
         let mut phases = Vec::new();
