@@ -233,10 +233,11 @@ impl EventsTap {
     }
 
     /// No proxy forwards the inner shim's events (`why`): the socket it was told to publish to
-    /// becomes a link to containerd's own. Shim publishers dial their address again after a
-    /// failure (containerd's Go `shim` package, the Rust `containerd-shim` crate), so the events
-    /// reach containerd untraced instead of never: without them containerd would not learn that
-    /// a task exited. The link stays for the inner shim's life; it is a name in the run directory.
+    /// becomes a link to containerd's own. A publisher that dials its address again after a
+    /// failure (containerd's Go `shim` package; the async publisher of the Rust `containerd-shim`
+    /// crate) then reaches containerd untraced instead of never: without its events containerd
+    /// would not learn that a task exited. One that connected once, before this, stays cut off.
+    /// No process is left to remove the link: it stays in the run directory (a tmpfs) until reboot.
     fn straight_to_containerd(self, why: &str) {
         let socket = &self.route.socket;
         let containerd = Path::new(
@@ -567,8 +568,10 @@ impl Invocation {
             events: events.as_ref().map(|e| e.route.clone()),
             oci_runtime: inner.oci_runtime.as_ref().map(|p| p.display().to_string()),
         };
-        // No events tap was prepared without it.
-        let exe = exe.ok_or("cannot find own binary")?;
+        // No events tap is prepared without it.
+        let Some(exe) = exe else {
+            return Err(unforwarded(events, "cannot find own binary".into()));
+        };
         let ensure_start = clock::now_unix_nanos();
         if let Err(e) = reply.socket_path() {
             // Not ttrpc (a gRPC shim): its calls pass untouched, its events are still forwarded.
@@ -747,7 +750,7 @@ fn own_program() -> Option<PathBuf> {
         Ok(_) => Some(program.to_path_buf()),
         Err(e) => {
             tracing::warn!(
-                "cannot find own binary at {} ({e}); not tracing this shim",
+                "cannot find own binary at {} ({e}; is /proc mounted where containerd runs?); not tracing this shim",
                 program.display()
             );
             None

@@ -857,6 +857,11 @@ fn events_reach_containerd_when_no_proxy_can_start() {
         events_address.starts_with(run_dir.to_str().unwrap()),
         "the inner shim was told to publish to the wrapper's socket: {events_address}"
     );
+    assert_eq!(
+        std::fs::read_link(&events_address).ok(),
+        Some(containerd.clone()),
+        "the events address is a link to containerd's socket"
+    );
     let mut publisher = UnixStream::connect(&events_address)
         .unwrap_or_else(|e| panic!("the events address {events_address} leads nowhere: {e}"));
     publisher.write_all(b"event").unwrap();
