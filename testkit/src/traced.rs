@@ -241,6 +241,24 @@ impl Traced {
     }
 }
 
+/// Writes `script` at `path` as an executable (0755): the stand-ins tests put where a shim, runsc
+/// or an inner shim's wrapper would be.
+pub fn write_executable(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("making {} executable: {e}", path.display()));
+}
+
+/// The wrapper's config table that makes `runtime` (e.g. `io.containerd.traced-runc.v2`) wrap
+/// the shim at `inner`.
+pub fn wrapper_config_for(runtime: &str, inner: &Path) -> String {
+    format!(
+        "[runtimes.\"{runtime}\"]\ninner = \"{}\"\n",
+        inner.display()
+    )
+}
+
 /// Asserts that `span` says the container ran on runtime `name`, as learnt from `source` (`shim`,
 /// `binary_name`, …).
 pub fn assert_runtime(span: &SpanRecord, name: &str, source: &str) {

@@ -8,7 +8,6 @@
 //! On a real containerd 1.6.20 with CRI, the configs the script writes run traced pods, and those
 //! it puts back run pods again.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -20,7 +19,7 @@ use shimtrace_span::{attr, naming::which};
 use shimtrace_testkit::cli::output_ok;
 use shimtrace_testkit::cri::{workload_image, CriNode, CriOptions};
 use shimtrace_testkit::traced::{
-    assert_runtime, built_binary, has_method, wrapper_binary, Spooled,
+    assert_runtime, built_binary, has_method, wrapper_binary, write_executable, Spooled,
 };
 
 fn deploy_dir() -> PathBuf {
@@ -352,9 +351,7 @@ impl ScratchNode {
     }
 
     fn script(&self, rel: &str, body: &str) {
-        let path = self.path(rel);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&self.path(rel), &format!("#!/bin/sh\n{body}"));
     }
 
     fn restarts(&self) -> usize {

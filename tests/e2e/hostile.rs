@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use shimtrace_testkit::traced::{wait_for, wrapper_binary, Traced};
+use shimtrace_testkit::traced::{
+    wait_for, wrapper_binary, wrapper_config_for, write_executable, Traced, TRACED_RUNC,
+};
 
 /// The uid/gid of `nobody`, the unprivileged local user of these tests.
 const NOBODY: u32 = 65534;
@@ -228,8 +230,7 @@ fn collector_read_only_store_is_queried() {
 /// A directory with an executable `name` printing `says`.
 fn fake_shim(dir: &Path, name: &str, says: &str) -> std::path::PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\necho {says} \"$@\"\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&path, &format!("#!/bin/sh\necho {says} \"$@\"\n"));
     path
 }
 
@@ -250,16 +251,13 @@ fn fs_config_error_fails_instead_of_running_another_shim() {
     let cases = [
         (
             format!(
-                "[runtimes.\"io.containerd.traced-runc.v2\"]\ninner = \"{}\"\ncolour = \"blue\"\n",
-                configured.display()
+                "{}colour = \"blue\"\n",
+                wrapper_config_for(&TRACED_RUNC, &configured)
             ),
             "line 3",
         ),
         (
-            format!(
-                "[runtimes.\"io.containerd.traced-runc.v2\"]\ninner = \"{}\"\n[[oops\n",
-                configured.display()
-            ),
+            format!("{}[[oops\n", wrapper_config_for(&TRACED_RUNC, &configured)),
             "line 3",
         ),
     ];

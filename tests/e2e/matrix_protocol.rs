@@ -4,10 +4,10 @@
 //! one, this test says which.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use shimtrace_testkit::containerd::{ContainerdVersion, Options, TestContainerd};
+use shimtrace_testkit::traced::write_executable;
 
 /// Writes at `path` a shim that logs argv, environment, working directory and stdin of each call
 /// into `log_dir`, runs `real` with the same arguments and stdin, and relays its stdout (start's
@@ -28,8 +28,7 @@ exit $rc
         real = real.display()
     );
     fs::create_dir_all(log_dir).unwrap();
-    fs::write(path, script).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(path, &script);
 }
 
 struct Call {

@@ -10,7 +10,7 @@ use shimtrace_span::{attr, names};
 use shimtrace_testkit::containerd::bootstrap::{
     bootstrap_shim_binary, decode_task_create, BootstrapStart, Containerd23Peer,
 };
-use shimtrace_testkit::traced::{pids_with_cmdline, wait_for, wrapper_binary};
+use shimtrace_testkit::traced::{pids_with_cmdline, wait_for, wrapper_binary, wrapper_config_for};
 
 #[test]
 fn bootstrap_params_through_the_wrapper_get_a_protobuf_reply_naming_the_proxy() {
@@ -24,10 +24,7 @@ fn bootstrap_params_through_the_wrapper_get_a_protobuf_reply_naming_the_proxy() 
     let config = peer.dir().join("shimtrace.toml");
     std::fs::write(
         &config,
-        format!(
-            "[runtimes.\"io.containerd.traced-bootstrap.v2\"]\ninner = \"{}\"\n",
-            inner.display()
-        ),
+        wrapper_config_for("io.containerd.traced-bootstrap.v2", &inner),
     )
     .unwrap();
 

@@ -9,7 +9,8 @@ use shimtrace_span::{attr, names, SpanRecord};
 use shimtrace_testkit::containerd::TestContainerd;
 use shimtrace_testkit::traced::{
     alive, assert_runtime, has_method, is_method, pids_with_cmdline, runc_shim, wait_for,
-    wrapper_binary, Spooled, Traced, TracedOptions, TRACED_RUNC,
+    wrapper_binary, wrapper_config_for, write_executable, Spooled, Traced, TracedOptions,
+    TRACED_RUNC,
 };
 
 const SPANS: Duration = Duration::from_secs(10);
@@ -532,7 +533,7 @@ fn events_once_and_traced(version: &str) {
 /// (it takes that wrapper's flags and descriptors), its calls are traced and its events reach
 /// containerd once.
 fn wrapper_replaced_while_it_starts(version: &str) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let traced = Traced::start(version).expect("traced containerd");
     let c = &traced.containerd;
     // A file of the test's own to replace, not the link to the build's binary.
@@ -542,25 +543,19 @@ fn wrapper_replaced_while_it_starts(version: &str) {
     let installed = std::fs::metadata(&wrapper).unwrap().ino();
     // The inner shim's `start` runs while the wrapper waits for it: the upgrade lands then.
     let inner = c.dir().join("upgrade-then-runc-shim");
-    std::fs::write(
+    write_executable(
         &inner,
-        format!(
+        &format!(
             "#!/bin/sh\n\
              case \" $* \" in *\" start \"*) cp {w} {w}.new && mv -f {w}.new {w} ;; esac\n\
              exec {runc} \"$@\"\n",
             w = wrapper.display(),
             runc = c.version().runc_shim().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     std::fs::write(
         &traced.wrapper_config,
-        format!(
-            "[runtimes.\"{}\"]\ninner = \"{}\"\n",
-            TRACED_RUNC.as_str(),
-            inner.display()
-        ),
+        wrapper_config_for(&TRACED_RUNC, &inner),
     )
     .unwrap();
     let watch = EventWatch::start(&traced);
@@ -800,7 +795,6 @@ fn shim_spans_join_containerds_trace_v2_1() {
 #[test]
 fn events_reach_containerd_when_no_proxy_can_start() {
     use std::io::{Read, Write};
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::{UnixListener, UnixStream};
     let dir = tempfile::tempdir().unwrap();
     // The test plays containerd: its ttrpc socket is where events belong.
@@ -809,25 +803,15 @@ fn events_reach_containerd_when_no_proxy_can_start() {
     let given = dir.path().join("events-address");
     let unserved = format!("unix://{}", dir.path().join("gone.sock").display());
     let inner = dir.path().join("inner-shim");
-    std::fs::write(
+    write_executable(
         &inner,
-        format!(
+        &format!(
             "#!/bin/sh\nprintf %s \"$TTRPC_ADDRESS\" > {}\nprintf %s {unserved}\n",
             given.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runtimes.\"{}\"]\ninner = \"{}\"\n",
-            TRACED_RUNC.as_str(),
-            inner.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, wrapper_config_for(&TRACED_RUNC, &inner)).unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let link = bin.join(runc_shim().traced_binary());

@@ -2,12 +2,13 @@
 //! wrapper (options pass through the wrapper untouched); the container runs on gVisor's kernel and
 //! its calls are traced.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use shimtrace_containerd::{Containerd, RunSpec, RuncOptions};
 use shimtrace_span::{attr, names};
-use shimtrace_testkit::traced::{assert_runtime, has_method, Spooled, Traced, TRACED_RUNC};
+use shimtrace_testkit::traced::{
+    assert_runtime, has_method, write_executable, Spooled, Traced, TRACED_RUNC,
+};
 
 fn gvisor_through_wrapper(version: &str) {
     let traced = Traced::start(version).expect("traced containerd");
@@ -18,12 +19,10 @@ fn gvisor_through_wrapper(version: &str) {
     let runc_id = format!("{id}-runc");
     let c = &traced.containerd;
     let runsc = c.dir().join("runsc-nonet");
-    std::fs::write(
+    write_executable(
         &runsc,
         "#!/bin/sh\nexec /usr/bin/runsc --network=none --ignore-cgroups \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&runsc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let host_release = nix::sys::utsname::uname()
         .unwrap()
         .release()
