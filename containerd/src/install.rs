@@ -23,10 +23,15 @@
 //! containerd 1.6 refuses to load CRI; when it is missing, install adds it. For containerd 2.2
 //! and later, whose default config imports `/etc/containerd/conf.d/*.toml`, the entries go into a
 //! drop-in of their own (`conf.d/shimtrace.toml` beside the config), with the real runtime's
-//! settings taken from the main file, which changes at most by one `imports` entry. Every table
-//! install adds (to containerd's config or the wrapper's) carries a marker comment, and a state
-//! file beside the config (`shimtrace-install.json`), written before anything else changes, lists
-//! what was added, so `--uninstall` removes exactly that, whatever else was edited meanwhile.
+//! settings taken from the main file, which changes at most by one `imports` entry, and by losing
+//! the tables an install for an older containerd added to it: an install after an upgrade to 2.2
+//! moves them to the drop-in, so that containerd does not read install's handlers from both
+//! files. Every table install adds (to containerd's config or the wrapper's) carries a marker
+//! comment, and a state file beside the config (`shimtrace-install.json`), written before
+//! anything else changes, lists what was added, so `--uninstall` removes exactly that, whatever
+//! else was edited meanwhile, from both files whichever form the last install wrote (in the file
+//! the state does not name, only listed tables that still carry the marker: never one written by
+//! hand).
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -109,13 +114,14 @@ pub struct InstallArgs {
     pub config: PathBuf,
     /// Merge the runtime entries into --config (a timestamped backup is written first); for
     /// containerd 2.2+ write a drop-in under conf.d/ beside it instead (replaced while it is as
-    /// install wrote it; once edited, merged into, a copy kept first).
+    /// install wrote it; once edited, merged into, a copy kept first), moving there the entries an
+    /// install for an older containerd wrote into --config.
     #[arg(long, conflicts_with_all = ["uninstall", "check"])]
     pub write: bool,
-    /// Remove exactly what earlier `--write` runs added: the entries (with any edit inside them),
-    /// the imports entry, the drop-in (whole while it is as written, else only install's tables),
-    /// the links still pointing at the wrapper; with --docker: daemon.json entries, links and
-    /// scripts, each only while it is still as written.
+    /// Remove exactly what earlier `--write` runs added: the entries in --config and the drop-in
+    /// alike (with any edit inside them), the imports entry, the drop-in (whole while it is as
+    /// written, else only install's tables), the links still pointing at the wrapper; with
+    /// --docker: daemon.json entries, links and scripts, each only while it is still as written.
     #[arg(long, conflicts_with = "check")]
     pub uninstall: bool,
     /// Run a short-lived pod through every traced-* handler of the running containerd (--socket)
@@ -1047,6 +1053,10 @@ pub struct InstallOutcome {
     pub containerd_version: Option<String>,
     /// The file the entries went into with --write (the config or the drop-in).
     pub written: Option<PathBuf>,
+    /// Key paths of install's tables taken out of the main config (with --write; without, those
+    /// it would take out): those of an earlier install for a containerd before 2.2, whose
+    /// runtimes the drop-in carries now.
+    pub moved: Vec<Vec<String>>,
     pub report: String,
 }
 
@@ -1186,19 +1196,26 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     } else {
         link_wrappers(&plan)?
     };
-    let main = plan.drop_in.then(|| read_main(&args.config)).transpose()?;
-    let (target, existing) = read_target(args, plan.drop_in)?;
     let state = if args.write {
         read_state(&state_path(&args.config))?.unwrap_or_default()
     } else {
-        InstallState::default()
+        // Printing only says what --write would do: a state it cannot read is refused there.
+        read_state(&state_path(&args.config))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     };
+    let main = plan
+        .drop_in
+        .then(|| read_main(&args.config, &state))
+        .transpose()?;
+    let (target, existing) = read_target(args, plan.drop_in)?;
     let (merged, drop_in_edited) = merge_entries(
         args,
         &plan,
         &target,
         existing.as_deref(),
-        main.as_ref().map(|(_, main)| main),
+        main.as_ref().map(|main| &main.config),
         existing
             .as_deref()
             .is_some_and(|text| drop_in_is_ours(text, &target, &state)),
@@ -1217,7 +1234,8 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
                 path: &target,
                 existing: existing.as_deref(),
                 drop_in_edited,
-                main_text: main.as_ref().and_then(|(text, _)| text.as_deref()),
+                main_text: main.as_ref().and_then(MainRead::text_now),
+                main_moved: main.as_ref().is_some_and(|m| !m.moved.is_empty()),
             },
             &merged,
             state,
@@ -1241,6 +1259,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         drop_in_backup: written.drop_in_backup.as_deref(),
         wrapper_snippet: wrapper_snippet.as_deref(),
         kept_wrapper_entries: &written.kept_wrapper_entries,
+        main: main.as_ref(),
     });
     Ok(InstallOutcome {
         runtimes: plan.runtimes,
@@ -1250,6 +1269,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         form: plan.form,
         containerd_version: plan.version,
         written: written.config,
+        moved: main.map(|m| m.moved).unwrap_or_default(),
         report,
     })
 }
@@ -1390,9 +1410,33 @@ fn read_target(
     Ok((target, existing))
 }
 
-/// The main config beside a drop-in: its text (`None` when it does not exist: containerd 2.2's
-/// built-in default imports `conf.d` then) and what it says.
-fn read_main(config: &Path) -> Result<(Option<String>, MainConfig), InstallError> {
+/// The main config beside a drop-in, as the drop-in install leaves it: without the tables an
+/// earlier install for an older containerd wrote into it (they move to the drop-in).
+struct MainRead {
+    /// Its text now (`None` when it does not exist: containerd 2.2's built-in default imports
+    /// `conf.d` then).
+    text: Option<String>,
+    /// Its text without install's tables, when it had any.
+    without_ours: Option<String>,
+    /// What it says without install's tables.
+    config: MainConfig,
+    /// Key paths of install's tables taken out.
+    moved: Vec<Vec<String>>,
+    /// What the report says about tables left in it (install's `runc` while others need it,
+    /// marked tables the state does not list).
+    notes: String,
+}
+
+impl MainRead {
+    /// The text the drop-in install writes back (with its `imports` entry added).
+    fn text_now(&self) -> Option<&str> {
+        self.without_ours.as_deref().or(self.text.as_deref())
+    }
+}
+
+/// The main config beside a drop-in (see [`MainRead`]); install's tables in it are those
+/// `state` lists ([`ours_in_main`]).
+fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallError> {
     let text = match fs::read_to_string(config) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -1404,8 +1448,77 @@ fn read_main(config: &Path) -> Result<(Option<String>, MainConfig), InstallError
             })
         }
     };
-    let main = MainConfig::parse(text.as_deref().unwrap_or_default(), config)?;
-    Ok((text, main))
+    let original = text.as_deref().unwrap_or_default();
+    // Refuses a config the drop-in cannot go with before looking inside it.
+    let config_now = MainConfig::parse(original, config)?;
+    let ours = ours_in_main(state, config);
+    let (doc, moved) = remove_installed(original, config, state, ours, &mut String::new())?;
+    let mut notes = String::new();
+    for key_path in state.tables.iter().filter(|p| holds_ours(&doc, p, ours)) {
+        let _ = writeln!(
+            notes,
+            "# {} keeps {}, which install added there: other runtimes are defined beside it (uninstall takes it out once they are gone)",
+            config.display(),
+            table_name(key_path)
+        );
+    }
+    for key_path in stray_marked_tables(&doc, state) {
+        let _ = writeln!(
+            notes,
+            "# {} has {} marked as install's, but the install state ({}) does not list it: left as it is; if install wrote it, remove it by hand (the drop-in's entry of the same name is merged over it)",
+            config.display(),
+            table_name(&key_path),
+            state_path(config).display()
+        );
+    }
+    if moved.is_empty() {
+        return Ok(MainRead {
+            text,
+            without_ours: None,
+            config: config_now,
+            moved,
+            notes,
+        });
+    }
+    let without_ours = doc.to_string();
+    Ok(MainRead {
+        config: MainConfig::parse(&without_ours, config)?,
+        text,
+        without_ours: Some(without_ours),
+        moved,
+        notes,
+    })
+}
+
+/// CRI runtime tables in `doc` (either schema) that carry install's marker although `state`
+/// does not list them.
+fn stray_marked_tables(doc: &DocumentMut, state: &InstallState) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    for schema in [2, 3] {
+        let path = cri_runtimes_path(schema);
+        let Some(runtimes) = get_at(doc.as_table(), &path).and_then(Item::as_table_like) else {
+            continue;
+        };
+        for (name, item) in runtimes.iter() {
+            let key_path: Vec<String> = path
+                .iter()
+                .map(|s| s.to_string())
+                .chain([name.to_string()])
+                .collect();
+            if item.as_table().is_some_and(has_marker) && !state.tables.contains(&key_path) {
+                found.push(key_path);
+            }
+        }
+    }
+    found
+}
+
+/// How the report names a runtime table (`runtimes.traced-runc`).
+fn table_name(key_path: &[String]) -> String {
+    match key_path {
+        [.., parent, name] => format!("{parent}.{name}"),
+        _ => key_path.join("."),
+    }
 }
 
 /// The target's text with the plan's runtimes merged in, and whether that target is a drop-in
@@ -1452,8 +1565,12 @@ struct Target<'a> {
     existing: Option<&'a str>,
     /// It is a drop-in that was edited since install wrote it: a copy is kept before it changes.
     drop_in_edited: bool,
-    /// The main config's text beside a drop-in (`None` if there is none).
+    /// The main config's text beside a drop-in (`None` if there is none), without install's
+    /// tables from an install into it.
     main_text: Option<&'a str>,
+    /// Install's tables were taken out of that text: the main config is written even when its
+    /// `imports` already covers the drop-in.
+    main_moved: bool,
 }
 
 /// What `--write` wrote.
@@ -1535,8 +1652,14 @@ fn write_install(
         } else {
             replace_file(target.path, &merged.text, None)?;
         }
-        if let Some(text) = &import.0 {
-            written.backup = write_config_with_backup(&args.config, text)?;
+        // The drop-in carries the runtimes before the main config loses its old tables.
+        let main_text = import.0.or_else(|| {
+            target
+                .main_moved
+                .then(|| target.main_text.map(str::to_string))?
+        });
+        if let Some(text) = main_text {
+            written.backup = write_config_with_backup(&args.config, &text)?;
         }
     } else {
         written.backup = write_config_with_backup(target.path, &merged.text)?;
@@ -1610,6 +1733,8 @@ struct ReportInput<'a> {
     wrapper_snippet: Option<&'a str>,
     /// Runtimes whose entry the wrapper's config already had (not install's): left as they were.
     kept_wrapper_entries: &'a [String],
+    /// The main config beside a drop-in.
+    main: Option<&'a MainRead>,
 }
 
 fn render_report(input: &ReportInput<'_>) -> String {
@@ -1617,6 +1742,7 @@ fn render_report(input: &ReportInput<'_>) -> String {
     report_links(&mut report, input);
     report_form(&mut report, input);
     report_config(&mut report, input);
+    report_moved(&mut report, input);
     report_wrapper_config(&mut report, input);
     let _ = writeln!(report, "\n# Kubernetes RuntimeClasses:");
     for (i, runtime) in input.plan.runtimes.iter().enumerate() {
@@ -1811,6 +1937,33 @@ fn report_config(r: &mut String, input: &ReportInput<'_>) {
     }
 }
 
+/// install's tables taken out of the main config for the drop-in (or, printing, that would be),
+/// and what stays in it.
+fn report_moved(r: &mut String, input: &ReportInput<'_>) {
+    let Some(main) = input.main else {
+        return;
+    };
+    let config = input.args.config.display();
+    if !main.moved.is_empty() {
+        let names: Vec<String> = main.moved.iter().map(|p| table_name(p)).collect();
+        let names = names.join(", ");
+        if input.args.write {
+            let _ = writeln!(
+                r,
+                "# moved out of {config}: {names} (install's, from an install for a containerd before 2.2, which wrote into the main config); the drop-in {} carries the traced runtimes now",
+                input.target.display()
+            );
+        } else {
+            let _ = writeln!(
+                r,
+                "# would move out of {config}: {names} (install's, from an install for a containerd before 2.2, which wrote into the main config): --write takes them out of it (a backup is kept) and writes the drop-in {} instead",
+                input.target.display()
+            );
+        }
+    }
+    r.push_str(&main.notes);
+}
+
 /// The wrapper config's entries (runtime-name form's gVisor), and whether they were written.
 fn report_wrapper_config(r: &mut String, input: &ReportInput<'_>) {
     let Some(wrapper_snippet) = input.wrapper_snippet else {
@@ -1875,21 +2028,53 @@ fn read_for_uninstall(path: &Path) -> Result<Option<String>, InstallError> {
     }
 }
 
-/// `text` without the tables install added (`state.tables`), and how many went. The default
-/// runtime entry install added stays while other runtimes still need it.
+/// Whether a table carries install's marker comment above its header.
+fn has_marker(table: &Table) -> bool {
+    table
+        .decor()
+        .prefix()
+        .and_then(|p| p.as_str())
+        .is_some_and(|p| p.contains(MARKER))
+}
+
+/// Which of install's tables a file holds: all that `state.tables` lists, or with `marked_only`
+/// (a file the state does not say the tables went into) only those that also carry the marker,
+/// so that a table written there by hand is never taken for install's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ours {
+    Listed,
+    ListedAndMarked,
+}
+
+/// Whether `doc` holds install's table at `key_path` (one the state lists), as [`Ours`] says.
+fn holds_ours(doc: &DocumentMut, key_path: &[String], ours_are: Ours) -> bool {
+    let keys: Vec<&str> = key_path.iter().map(String::as_str).collect();
+    match get_at(doc.as_table(), &keys) {
+        None => false,
+        Some(_) if ours_are == Ours::Listed => true,
+        Some(item) => item.as_table().is_some_and(has_marker),
+    }
+}
+
+/// `text` without the tables install added (`state.tables`, see [`Ours`]), and the key paths of
+/// those that went. The default runtime entry install added stays while other runtimes still
+/// need it.
 fn remove_installed(
     text: &str,
     path: &Path,
     state: &InstallState,
+    ours_are: Ours,
     report: &mut String,
-) -> Result<(DocumentMut, usize), InstallError> {
+) -> Result<(DocumentMut, Vec<Vec<String>>), InstallError> {
     let mut doc = parse_doc(text, path)?;
     let (runc, ours): (Vec<Vec<String>>, Vec<Vec<String>>) = state
         .tables
         .iter()
+        .filter(|p| holds_ours(&doc, p, ours_are))
         .cloned()
         .partition(|p| p.last().map(String::as_str) == Some("runc"));
-    let mut removed = remove_tables(&mut doc, &ours);
+    remove_tables(&mut doc, &ours);
+    let mut removed = ours;
     for runc_path in &runc {
         let parent: Vec<&str> = runc_path[..runc_path.len() - 1]
             .iter()
@@ -1900,7 +2085,8 @@ fn remove_installed(
             .map(|t| t.iter().filter(|(name, _)| *name != "runc").count())
             .unwrap_or(0);
         if others == 0 {
-            removed += remove_tables(&mut doc, std::slice::from_ref(runc_path));
+            remove_tables(&mut doc, std::slice::from_ref(runc_path));
+            removed.push(runc_path.clone());
         } else {
             let _ = writeln!(
                 report,
@@ -1916,7 +2102,7 @@ fn remove_installed(
 /// go with them, as in the main config.
 fn drop_in_is_ours(text: &str, path: &Path, state: &InstallState) -> bool {
     state.drop_in.as_deref() == Some(path)
-        && remove_installed(text, path, state, &mut String::new())
+        && remove_installed(text, path, state, Ours::Listed, &mut String::new())
             .is_ok_and(|(doc, _)| only_version(&doc))
 }
 
@@ -1937,49 +2123,14 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     let mut outcome = UninstallOutcome::default();
     let mut report = String::new();
     let mut steps = Vec::new();
+    // The main config first: it stops importing the drop-in before the drop-in goes, so that a
+    // failure between the two leaves an unused file, not an import of a missing one.
+    let main = main_config_of(&state, &args.config);
+    if let Some(step) = uninstall_main(&main, &state, &mut outcome, &mut report)? {
+        steps.push(step);
+    }
     if let Some(drop_in) = &state.drop_in {
-        // The main config stops importing the drop-in before the drop-in goes: a failure between
-        // the two leaves an unused file, not an import of a missing one.
-        if let Some(entry) = &state.import_added {
-            if let Some(main) = read_for_uninstall(&args.config)? {
-                let text = remove_import(&main, &args.config, entry)?;
-                if text != main {
-                    steps.push(Step::Rewrite {
-                        path: args.config.clone(),
-                        text,
-                    });
-                    let _ = writeln!(
-                        report,
-                        "# removed imports entry {entry:?} from {}",
-                        args.config.display()
-                    );
-                }
-            }
-        }
         uninstall_drop_in(drop_in, &state, &mut steps, &mut outcome, &mut report)?;
-    } else if let Some(text) = read_for_uninstall(&state.config)? {
-        let (mut doc, removed) = remove_installed(&text, &state.config, &state, &mut report)?;
-        outcome.removed_tables += removed;
-        if state.version_added && only_version(&doc) {
-            doc.remove("version");
-        }
-        let new_text = doc.to_string();
-        if state.created_file && new_text.trim().is_empty() {
-            steps.push(Step::Remove {
-                path: state.config.clone(),
-            });
-        } else if new_text != text {
-            steps.push(Step::Rewrite {
-                path: state.config.clone(),
-                text: new_text,
-            });
-        }
-        let _ = writeln!(
-            report,
-            "# removed {} table(s) from {}",
-            outcome.removed_tables,
-            state.config.display()
-        );
     }
     if let Some(path) = &state.wrapper_config {
         if let Some(step) = uninstall_wrapper_entries(path, &state, &mut report)? {
@@ -2064,6 +2215,84 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     Ok(outcome)
 }
 
+/// The main config of an install whose state is beside `config`: the file the state's tables went
+/// into while it never wrote a drop-in, else `config` itself.
+fn main_config_of(state: &InstallState, config: &Path) -> PathBuf {
+    if state.drop_in.is_none() && !state.config.as_os_str().is_empty() {
+        state.config.clone()
+    } else {
+        config.to_path_buf()
+    }
+}
+
+/// How install's tables are recognised in the main config `main` (see [`Ours`]): as the state
+/// lists them while the state says they went there; once it names a drop-in (an install for
+/// containerd 2.2 or later, perhaps after one for an older containerd that wrote into the main
+/// config), only listed tables that still carry the marker.
+fn ours_in_main(state: &InstallState, main: &Path) -> Ours {
+    if state.drop_in.is_none() && state.config == main {
+        Ours::Listed
+    } else {
+        Ours::ListedAndMarked
+    }
+}
+
+/// Plans taking install's additions out of the main config at `main`: its `imports` entry of the
+/// drop-in, and install's tables whatever form the state is in (an install for containerd 2.1
+/// followed by one for 2.2 leaves the state naming the drop-in); the file itself goes if install
+/// created it and nothing else is in it now.
+fn uninstall_main(
+    main: &Path,
+    state: &InstallState,
+    outcome: &mut UninstallOutcome,
+    report: &mut String,
+) -> Result<Option<Step>, InstallError> {
+    let Some(text) = read_for_uninstall(main)? else {
+        return Ok(None);
+    };
+    let mut new_text = text.clone();
+    if let (Some(_), Some(entry)) = (&state.drop_in, &state.import_added) {
+        new_text = remove_import(&new_text, main, entry)?;
+        if new_text != text {
+            let _ = writeln!(
+                report,
+                "# removed imports entry {entry:?} from {}",
+                main.display()
+            );
+        }
+    }
+    let ours = ours_in_main(state, main);
+    let (mut doc, removed) = remove_installed(&new_text, main, state, ours, report)?;
+    outcome.removed_tables += removed.len();
+    if ours == Ours::Listed || !removed.is_empty() {
+        let _ = writeln!(
+            report,
+            "# removed {} table(s) from {}",
+            removed.len(),
+            main.display()
+        );
+    }
+    if !removed.is_empty() {
+        new_text = doc.to_string();
+    }
+    if state.version_added && only_version(&doc) {
+        doc.remove("version");
+        new_text = doc.to_string();
+    }
+    Ok(if state.created_file && new_text.trim().is_empty() {
+        Some(Step::Remove {
+            path: main.to_path_buf(),
+        })
+    } else if new_text != text {
+        Some(Step::Rewrite {
+            path: main.to_path_buf(),
+            text: new_text,
+        })
+    } else {
+        None
+    })
+}
+
 /// Plans taking the drop-in back: removed whole while it holds nothing but install's tables
 /// ([`drop_in_is_ours`]); otherwise only those go, a copy of it kept first.
 fn uninstall_drop_in(
@@ -2077,13 +2306,14 @@ fn uninstall_drop_in(
         return Ok(());
     };
     // (`drop_in` is the state's own, so this is `drop_in_is_ours`, without parsing twice.)
-    let (doc, removed) = remove_installed(&text, drop_in, state, report)?;
+    let (doc, removed) = remove_installed(&text, drop_in, state, Ours::Listed, report)?;
     if only_version(&doc) {
         steps.push(Step::Remove {
             path: drop_in.to_path_buf(),
         });
         return Ok(());
     }
+    let removed = removed.len();
     outcome.removed_tables += removed;
     let _ = writeln!(
         report,
@@ -3118,6 +3348,248 @@ version = 2
             uninstall(&fx.args(version, &["--uninstall"])).unwrap();
             assert!(!state_path(&fx.config()).exists(), "{version}");
         }
+    }
+
+    /// Files named `<prefix>.bak-*` beside the fixture's config.
+    fn backups(fx: &Fixture, prefix: &str) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(fx.config().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{prefix}.bak-")))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// The CRI runtimes of a config in either schema, by name.
+    fn runtimes_in(text: &str) -> toml::Table {
+        let parsed: toml::Table = toml::from_str(text).unwrap();
+        let plugins = parsed.get("plugins").and_then(toml::Value::as_table);
+        ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"]
+            .iter()
+            .filter_map(|plugin| plugins?.get(*plugin)?.get("containerd")?.get("runtimes"))
+            .filter_map(|r| r.as_table().cloned())
+            .flatten()
+            .collect()
+    }
+
+    /// An install for containerd 2.1 or older wrote into the main config; the one after an upgrade
+    /// to 2.2 moves those tables to the drop-in (printing says it would, first), and uninstall
+    /// then gives the main config back byte for byte.
+    #[test]
+    fn an_upgrade_to_2_2_moves_installs_tables_into_the_drop_in() {
+        for older in ["2.1.9", "1.6.20"] {
+            let fx = Fixture::new();
+            fs::write(fx.config(), DEBIAN_STOCK).unwrap();
+            install(&fx.args(older, &["--write"])).unwrap();
+            let as_older_wrote = fs::read_to_string(fx.config()).unwrap();
+            let in_main = runtimes_in(&as_older_wrote);
+            assert!(
+                in_main.contains_key("traced-runc") && in_main.contains_key("runc"),
+                "{older}: {as_older_wrote}"
+            );
+
+            let printed = install(&fx.args("2.2.0", &[])).unwrap();
+            let names: Vec<&str> = printed
+                .moved
+                .iter()
+                .map(|p| p.last().unwrap().as_str())
+                .collect();
+            assert_eq!(names, ["traced-runc", "traced-runsc", "runc"], "{older}");
+            assert!(
+                printed.report.contains(&format!(
+                    "# would move out of {}: runtimes.traced-runc, runtimes.traced-runsc, runtimes.runc",
+                    fx.config().display()
+                )),
+                "{older}: {}",
+                printed.report
+            );
+            assert_eq!(fs::read_to_string(fx.config()).unwrap(), as_older_wrote);
+            assert!(!fx.drop_in().exists());
+
+            let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
+            assert_eq!(outcome.moved, printed.moved, "{older}");
+            assert!(
+                outcome.report.contains(&format!(
+                    "# moved out of {}: runtimes.traced-runc, runtimes.traced-runsc, runtimes.runc",
+                    fx.config().display()
+                )),
+                "{older}: {}",
+                outcome.report
+            );
+            let main = fs::read_to_string(fx.config()).unwrap();
+            assert!(
+                runtimes_in(&main).is_empty() && !main.contains(MARKER),
+                "{older}: {main}"
+            );
+            assert!(main.contains(&fx.drop_in().display().to_string()), "{main}");
+            let dropped = fs::read_to_string(fx.drop_in()).unwrap();
+            let in_drop_in = runtimes_in(&dropped);
+            assert_eq!(
+                in_drop_in.keys().collect::<Vec<_>>(),
+                ["traced-runc", "traced-runsc"],
+                "{older}: the main config has no runtimes now, so containerd's own runc stands: {dropped}"
+            );
+            assert_eq!(
+                in_drop_in["traced-runc"]["runtime_path"].as_str(),
+                fx.bin().join("containerd-shim-traced-runc-v2").to_str()
+            );
+            // The backup is the main config as the older install left it (beside the one that
+            // install made of the original).
+            let backup = outcome.backup.clone().expect("a backup of the main config");
+            let copies = backups(&fx, "config.toml");
+            assert!(copies.len() == 2 && copies.contains(&backup), "{copies:?}");
+            assert_eq!(fs::read_to_string(&backup).unwrap(), as_older_wrote);
+
+            // Again: nothing left to move, the main config stays.
+            let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
+            assert!(
+                again.moved.is_empty() && !again.report.contains("moved out of"),
+                "{}",
+                again.report
+            );
+            assert_eq!(fs::read_to_string(fx.config()).unwrap(), main);
+
+            let removed = uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+            assert_eq!(
+                fs::read_to_string(fx.config()).unwrap(),
+                DEBIAN_STOCK,
+                "{older}: {}",
+                removed.report
+            );
+            assert!(!fx.drop_in().exists() && !state_path(&fx.config()).exists());
+            assert!(!fx.wrapper_config().exists(), "{older}");
+            assert!(
+                fs::read_dir(fx.bin()).unwrap().count() == 1,
+                "{older}: only the wrapper is left in bin"
+            );
+        }
+    }
+
+    /// A table the admin wrote that looks like install's (a traced handler of their own, one at a
+    /// path install's state lists once the state names the drop-in) but lacks install's marker
+    /// stays in the main config through the move and through uninstall; a marked one the state
+    /// does not list stays too, and the report says what to do about it.
+    #[test]
+    fn hand_written_traced_tables_stay_in_the_main_config() {
+        let fx = Fixture::new();
+        let runtimes = "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes";
+        let original = format!(
+            "version = 3\n\n{runtimes}.runc]\n  runtime_type = 'io.containerd.runc.v2'\n  {runtimes}.runc.options]\n    SystemdCgroup = true\n\n{runtimes}.traced-kata]\n  runtime_type = 'io.containerd.kata.v2'\n  runtime_path = '/opt/bin/containerd-shim-traced-kata-v2'\n"
+        );
+        fs::write(fx.config(), &original).unwrap();
+        install(&fx.args("2.1.9", &["--write"])).unwrap();
+        let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let names: Vec<&str> = outcome
+            .moved
+            .iter()
+            .map(|p| p.last().unwrap().as_str())
+            .collect();
+        assert_eq!(names, ["traced-runc", "traced-runsc"]);
+        let main = fs::read_to_string(fx.config()).unwrap();
+        let in_main = runtimes_in(&main);
+        assert_eq!(in_main.keys().collect::<Vec<_>>(), ["runc", "traced-kata"]);
+        assert!(!main.contains(MARKER), "{main}");
+        let in_drop_in = runtimes_in(&fs::read_to_string(fx.drop_in()).unwrap());
+        assert_eq!(
+            in_drop_in["traced-runc"]["options"]["SystemdCgroup"].as_bool(),
+            Some(true),
+            "the drop-in carries the main config's runc settings"
+        );
+
+        // The admin writes a traced-runc of their own into the main config, unmarked, and a
+        // marked one that no state lists.
+        let mine = format!(
+            "\n{runtimes}.traced-runc]\n  runtime_type = 'io.containerd.runc.v2'\n\n{MARKER}\n{runtimes}.traced-crun]\n  runtime_type = 'io.containerd.runc.v2'\n"
+        );
+        fs::write(fx.config(), format!("{main}{mine}")).unwrap();
+        let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        assert!(again.moved.is_empty(), "{:?}", again.moved);
+        assert!(
+            again.report.contains(&format!(
+                "{} has runtimes.traced-crun marked as install's, but the install state",
+                fx.config().display()
+            )) && again.report.contains("remove it by hand"),
+            "{}",
+            again.report
+        );
+        assert!(
+            !again.report.contains("traced-runc marked"),
+            "{}",
+            again.report
+        );
+        assert_eq!(
+            fs::read_to_string(fx.config()).unwrap(),
+            format!("{main}{mine}")
+        );
+
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        let imports_line = format!("imports = [\"{}\"]\n", fx.drop_in().display());
+        assert!(
+            !main.replace(&imports_line, "").contains("imports"),
+            "{main}"
+        );
+        assert_eq!(
+            fs::read_to_string(fx.config()).unwrap(),
+            format!("{original}{mine}")
+        );
+    }
+
+    /// Uninstall takes install's marked tables out of both files whatever form the state is in:
+    /// after an install for 2.1 left its tables in the main config and one for 2.2 (by a
+    /// shimtrace that did not move them) left the state naming the drop-in; and after going back
+    /// from 2.2 to an older containerd, where the state names the main config but lists a drop-in.
+    #[test]
+    fn uninstall_clears_both_files_whatever_form_the_state_names() {
+        // Tables left in the main config beside a state naming the drop-in.
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        install(&fx.args("2.1.9", &["--write"])).unwrap();
+        let as_2_1_wrote = fs::read_to_string(fx.config()).unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let imports_line = format!("imports = [\"{}\"]\n", fx.drop_in().display());
+        let left =
+            as_2_1_wrote.replacen("version = 3\n", &format!("version = 3\n{imports_line}"), 1);
+        fs::write(fx.config(), &left).unwrap();
+        let state = read_state(&state_path(&fx.config())).unwrap().unwrap();
+        assert_eq!(state.config, fx.drop_in());
+        let removed = uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        assert_eq!(
+            fs::read_to_string(fx.config()).unwrap(),
+            "version = 3\n",
+            "{}",
+            removed.report
+        );
+        assert_eq!(
+            removed.removed_tables, 3,
+            "traced-runc, traced-runsc and the default runc: {}",
+            removed.report
+        );
+        assert!(!fx.drop_in().exists());
+
+        // 2.2, then an older containerd: install writes into the main config beside the drop-in
+        // (which 2.1 imports too); uninstall takes back both.
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        install(&fx.args("2.1.9", &["--write"])).unwrap();
+        let main = fs::read_to_string(fx.config()).unwrap();
+        assert!(runtimes_in(&main).contains_key("traced-runc"), "{main}");
+        assert!(fx.drop_in().exists());
+        uninstall(&fx.args("2.1.9", &["--uninstall"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
+        assert!(!fx.drop_in().exists());
+
+        // A main config install created for 2.1 is removed again after the move.
+        let fx = Fixture::new();
+        install(&fx.args("2.1.9", &["--write"])).unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        assert!(runtimes_in(&fs::read_to_string(fx.config()).unwrap()).is_empty());
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        assert!(!fx.config().exists() && !fx.drop_in().exists());
     }
 
     /// The drop-in is install's whole while it holds only install's tables, whatever else the

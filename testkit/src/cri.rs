@@ -118,6 +118,8 @@ pub struct CriNode {
     pub config_text: String,
     /// The same file before install merged into it (the base config made private).
     pub config_before_install: String,
+    /// The arguments install ran with (none without it): to run it again, as after an upgrade.
+    pub install_args: Vec<String>,
 }
 
 impl CriNode {
@@ -133,6 +135,7 @@ impl CriNode {
         traced.extra.source = ConfigSource::Existing;
         let mut outcome = None;
         let mut before_install = String::new();
+        let mut ran_with = Vec::new();
         let traced = Traced::start_registered(version, traced, |prepared, bin, wrapper_config| {
             let schema = prepared.version.binary().config_version();
             let base_text = match &base {
@@ -168,6 +171,7 @@ impl CriNode {
                 let refs: Vec<&str> = args.iter().map(String::as_str).collect();
                 let parsed: InstallArgs = parse_args(&refs);
                 outcome = Some(install(&parsed)?);
+                ran_with = args;
             }
             Ok(())
         })?;
@@ -186,6 +190,7 @@ impl CriNode {
             install: outcome,
             config_text,
             config_before_install: before_install,
+            install_args: ran_with,
         };
         node.await_cri_ready()?;
         node.import_images(import_workload)?;

@@ -3,15 +3,16 @@
 //! and gVisor, exit codes, every part's spans, one proxy per pod; on 2.1.9 a client `traceparent`
 //! as the trace of Create/Start; `install --check` on handlers that trace and one that does not;
 //! `install --write` on Debian's stock config and `containerd config default`, and in the drop-in
-//! form of containerd 2.2 and later; and no proxy,
-//! socket or process left after pod deletion, a containerd restart or a killed inner shim.
+//! form of containerd 2.2 and later (also over what an install for 2.1 wrote, which it moves
+//! there); and no proxy, socket or process left after pod deletion, a containerd restart or a
+//! killed inner shim.
 
 use std::path::Path;
 use std::time::Duration;
 
 use shimtrace_containerd::check::{check, CheckOptions, Verdict};
 use shimtrace_containerd::cri::{ContainerSpec, ContainerState, PodSpec};
-use shimtrace_containerd::install::{configured_handlers, uninstall, Form, InstallArgs};
+use shimtrace_containerd::install::{configured_handlers, install, uninstall, Form, InstallArgs};
 use shimtrace_lab::profiles::write_runsc_cri_wrapper;
 use shimtrace_span::{attr, SpanRecord, TraceContext};
 use shimtrace_testkit::cli::parse_args;
@@ -493,6 +494,14 @@ fn install_over_with(
     )
     .expect("containerd starts on the config install wrote");
     check(&node);
+    traces_then_uninstalls(node, version);
+}
+
+/// What every install test checks once containerd runs on what install wrote: CRI loaded, a pod
+/// under `traced-runc` traces and one under the default runtime does not, nothing is left after
+/// them, and uninstall gives back exactly the config install started from, which CRI loads
+/// without the traced handlers.
+fn traces_then_uninstalls(node: CriNode, version: &str) {
     let cri_plugin = if version.starts_with("1.") {
         ("io.containerd.grpc.v1", "cri")
     } else {
@@ -550,8 +559,6 @@ fn install_over_with(
     let left = node.await_no_processes(SPANS);
     assert!(left.is_empty(), "processes left: {left:?}");
 
-    // Uninstall gives back exactly the config install started from, and CRI loads without the
-    // traced handlers.
     let mut node = node;
     let config = node.traced.containerd.config_path();
     let args: InstallArgs = parse_args(&["--uninstall", "--config", config.to_str().unwrap()]);
@@ -637,6 +644,117 @@ fn the_drop_in_form_loads_and_carries_the_main_configs_runc_options() {
             }
         },
     );
+}
+
+/// An install for containerd 2.1 (its entries in the main config), then one for 2.2 after an
+/// upgrade (asked for with `--containerd-version 2.2.0`, on the newest of the matrix as above):
+/// install's tables move out of the main config into the drop-in, containerd restarted on the
+/// result loads each traced handler once, as the drop-in defines it, pods trace, and uninstall
+/// gives the main config back byte for byte.
+#[test]
+fn an_upgrade_to_the_drop_in_form_moves_the_entries_out_of_the_main_config() {
+    let base = "version = 3\n\
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
+        runtime_type = 'io.containerd.runc.v2'\n\
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
+        NoNewKeyring = true\n";
+    let matrix = shimtrace_testkit::containerd::MATRIX;
+    let version = matrix[matrix.len() - 1];
+    assert!(version.starts_with("2."), "{version}");
+    let mut node = CriNode::start(
+        version,
+        CriOptions {
+            base: BaseConfig::Text(base.into()),
+            ..Default::default()
+        },
+    )
+    .expect("containerd starts on the config install wrote");
+    let config = node.traced.containerd.config_path();
+    let drop_in = config.parent().unwrap().join("conf.d/shimtrace.toml");
+    let first = node.install.clone().unwrap();
+    assert_eq!(first.written.as_deref(), Some(config.as_path()));
+    let mut handlers: Vec<String> = first.runtimes.iter().map(|r| r.handler.clone()).collect();
+    handlers.sort();
+    assert!(
+        handlers.contains(&"traced-runc".to_string()),
+        "{handlers:?}"
+    );
+    let traced_in = |text: &str| -> Vec<String> {
+        let mut found: Vec<String> = configured_handlers(text)
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .filter(|name| name.starts_with("traced-"))
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        traced_in(&node.config_text),
+        handlers,
+        "{}",
+        node.config_text
+    );
+
+    // containerd is now 2.2: install runs again as it ran, for that version.
+    let mut args = node.install_args.clone();
+    args.extend(["--containerd-version".to_string(), "2.2.0".to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let upgraded = install(&parse_args::<InstallArgs>(&refs)).expect("install after the upgrade");
+    let mut moved: Vec<String> = upgraded
+        .moved
+        .iter()
+        .map(|p| p.last().unwrap().clone())
+        .collect();
+    moved.sort();
+    assert_eq!(moved, handlers, "{}", upgraded.report);
+    assert!(upgraded.backup.is_some(), "{}", upgraded.report);
+    let main = std::fs::read_to_string(&config).unwrap();
+    assert!(traced_in(&main).is_empty(), "{main}");
+    assert!(
+        main.contains(&drop_in.display().to_string()),
+        "the main config imports the drop-in:\n{main}"
+    );
+    assert_eq!(
+        traced_in(&std::fs::read_to_string(&drop_in).unwrap()),
+        handlers
+    );
+
+    node.restart_containerd()
+        .expect("containerd restarts on what install wrote after the upgrade");
+    node.config_text = main;
+    let loaded = node
+        .block_on(shimtrace_containerd::check::handlers(node.cri(), None))
+        .unwrap();
+    let traced: Vec<_> = loaded
+        .iter()
+        .filter(|h| h.name.starts_with("traced-"))
+        .collect();
+    assert_eq!(
+        traced.iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
+        handlers,
+        "{loaded:?}"
+    );
+    for handler in &traced {
+        let planned = upgraded
+            .runtimes
+            .iter()
+            .find(|r| r.handler == handler.name)
+            .unwrap();
+        assert_eq!(
+            Some(Path::new(&handler.runtime_path)),
+            planned.runtime_path.as_deref(),
+            "{handler:?}"
+        );
+    }
+    let info = node.block_on(node.cri().status_info()).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&info["config"]).unwrap();
+    assert_eq!(
+        status["containerd"]["runtimes"]["traced-runc"]["options"]["NoNewKeyring"],
+        serde_json::Value::Bool(true),
+        "the drop-in carries the main config's runc options: {status}"
+    );
+    traces_then_uninstalls(node, version);
+    assert!(!drop_in.exists());
 }
 
 /// The `runtime_path` form on 1.6.20 runs pods untraced; `shimtrace install --check` says so and
