@@ -342,13 +342,17 @@ impl Trace {
 
     /// Whether spans still to come could change `phase` as [`Trace::phases`] derives it: a start
     /// that failed (a later one may work), to-exit without its exit event (it ends at `Wait` or
-    /// `Delete` until the event arrives) and teardown (each `Shutdown` or `delete` extends it).
+    /// `Delete` until the event arrives) or from a start that failed, delete (a retried `Delete`
+    /// that ended first may be followed by the earlier one) and teardown (each `Shutdown` or
+    /// `delete` extends it).
     pub fn may_change(&self, phase: Phase) -> bool {
         match phase {
-            Phase::WrapperStart | Phase::Create | Phase::Delete => false,
+            Phase::WrapperStart | Phase::Create => false,
             Phase::Start => self.start_that_worked().is_none(),
-            Phase::ToExit => self.first_exit_event().is_none(),
-            Phase::Teardown => true,
+            Phase::ToExit => {
+                self.first_exit_event().is_none() || self.start_that_worked().is_none()
+            }
+            Phase::Delete | Phase::Teardown => true,
         }
     }
 
@@ -384,7 +388,12 @@ impl Trace {
         if let Some(s) = start {
             let exit = self
                 .first_exit_event()
-                .or_else(|| self.init_call("Wait").map(|w| w.end_time_unix_nano))
+                // A `Wait` the proxy ended unanswered (containerd restarted) did not return.
+                .or_else(|| {
+                    self.init_calls("Wait")
+                        .find(|w| w.attr_str(attr::OUTCOME).is_none())
+                        .map(|w| w.end_time_unix_nano)
+                })
                 .or_else(|| delete.map(|d| d.start_time_unix_nano));
             if let Some(exit) = exit {
                 push(Phase::ToExit, s.end_time_unix_nano, exit);
@@ -589,6 +598,39 @@ pub(crate) mod tests {
         assert_eq!(trace.exit_code(), Some(3));
         assert_eq!(trace.status(), "exited");
         assert_eq!(trace.depths(), [0, 1, 1, 1, 1, 1, 1]);
+    }
+
+    /// containerd restarted while it waited: the proxy ended that `Wait` unanswered, which is no
+    /// exit; to-exit ends at the exit event once it is there, at the `Delete` before that.
+    #[test]
+    fn a_wait_ended_unanswered_is_no_exit() {
+        let mut spans = container_trace(TraceId([1; 16]), "c1");
+        let wait = spans
+            .iter_mut()
+            .find(|s| s.name.ends_with("/Wait"))
+            .unwrap();
+        let event = wait.events.remove(0);
+        wait.attributes
+            .insert(attr::OUTCOME.into(), "connection_closed".into());
+        let to_exit = |spans: &[SpanRecord]| {
+            let trace = Trace::group(spans.to_vec()).remove(0);
+            let to_exit = trace
+                .phases()
+                .into_iter()
+                .find(|p| p.phase == Phase::ToExit);
+            (
+                to_exit.map(|p| p.duration_nanos() / 1_000_000),
+                trace.may_change(Phase::ToExit),
+            )
+        };
+        // From Start's end (100 ms) to Delete's start (200 ms), not to the cut Wait (190 ms).
+        assert_eq!(to_exit(&spans), (Some(100), true));
+        let wait = spans
+            .iter_mut()
+            .find(|s| s.name.ends_with("/Wait"))
+            .unwrap();
+        wait.events.push(event);
+        assert_eq!(to_exit(&spans), (Some(80), false));
     }
 
     #[test]
