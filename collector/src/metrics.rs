@@ -130,6 +130,7 @@ impl PhaseCache {
                 .filter(|p| seen & phase_bit(p.phase) == 0)
                 .collect();
             if phases.is_empty() {
+                self.waiting.remove(&trace.trace_id);
                 continue;
             }
             // Sandboxes apart, as the report keeps them (`Trace::report_group`).
@@ -163,7 +164,8 @@ impl PhaseCache {
             if newly != 0 {
                 *self.observed.entry(trace.trace_id).or_default() |= newly;
             }
-            if settled == Some(true) {
+            // Nothing of it waits any more (settled, or the phases that waited became final).
+            if settled != Some(false) {
                 self.waiting.remove(&trace.trace_id);
             }
         }
@@ -296,7 +298,8 @@ impl MetricsRenderer {
         let name = "shimtrace_cold_start_phase_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} Container cold-start phase durations per runtime; role=\"sandbox\" for a pod's sandbox (pause) containers, role=\"container\" for the others. Each phase counts once, when later spans can no longer change it: delete, teardown, a failed start and a to-exit without its exit event once the container has had no new span for 15 s.\n# TYPE {name} histogram"
+            "# HELP {name} Container cold-start phase durations per runtime; role=\"sandbox\" for a pod's sandbox (pause) containers, role=\"container\" for the others. Each phase counts once, when later spans can no longer change it: delete, teardown, a failed start, and a to-exit without its exit event or after a failed start, once the container has had no new span for {} s.\n# TYPE {name} histogram",
+            TRACE_SETTLES_AFTER.as_secs()
         );
         for ((runtime, role, phase), h) in &cache.histograms {
             let labels = format!(
@@ -310,7 +313,8 @@ impl MetricsRenderer {
         if !cache.pods.is_empty() {
             let _ = writeln!(
                 out,
-                "# HELP {name} Pod startup per runtime and CRI handler: total (sandbox start to every container running), sandbox (to the sandbox running), containers (the rest). A pod counts once its startup stayed the same for 5 minutes: a container that starts later than that after the previous one is left out (shimtrace report counts it).\n# TYPE {name} histogram"
+                "# HELP {name} Pod startup per runtime and CRI handler: total (sandbox start to every container running), sandbox (to the sandbox running), containers (the rest). A pod counts once its startup stayed the same for {} s: a container that starts later than that after the previous one is left out (shimtrace report counts it).\n# TYPE {name} histogram",
+                POD_SETTLES_AFTER.as_secs()
             );
         }
         for ((runtime, handler, part), h) in &cache.pods {

@@ -127,7 +127,7 @@ impl<'a> Pod<'a> {
 
     /// When the sandbox and every container counted for startup were running; `None` until
     /// they all ran.
-    pub fn all_running_at(&self) -> Option<u64> {
+    fn all_running_at(&self) -> Option<u64> {
         let runs = self.first_runs();
         if runs.is_empty() {
             return None;

@@ -24,9 +24,10 @@
 //! and later, whose default config imports `/etc/containerd/conf.d/*.toml`, the entries go into a
 //! drop-in of their own (`conf.d/shimtrace.toml` beside the config), with the real runtime's
 //! settings taken from the main file, which changes at most by one `imports` entry, and by losing
-//! the tables an install for an older containerd added to it: an install after an upgrade to 2.2
-//! moves them to the drop-in, so that containerd does not read install's handlers from both
-//! files. Every table install adds (to containerd's config or the wrapper's) carries a marker
+//! the traced tables an install for an older containerd added to it (still marked as install's):
+//! an install after an upgrade to 2.2 moves them to the drop-in, so that containerd does not read
+//! install's handlers from both files. The `runc` entry such an install added stays, with
+//! whatever options the admin gave it: the drop-in's handlers take theirs from it. Every table install adds (to containerd's config or the wrapper's) carries a marker
 //! comment, and a state file beside the config (`shimtrace-install.json`), written before
 //! anything else changes, lists what was added, so `--uninstall` removes exactly that, whatever
 //! else was edited meanwhile, from both files whichever form the last install wrote (in the file
@@ -1451,13 +1452,25 @@ fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallErr
     let original = text.as_deref().unwrap_or_default();
     // Refuses a config the drop-in cannot go with before looking inside it.
     let config_now = MainConfig::parse(original, config)?;
-    let ours = ours_in_main(state, config);
-    let (doc, moved) = remove_installed(original, config, state, ours, &mut String::new())?;
+    // Only install's traced tables move, and only while they still carry its marker (an admin
+    // who took the marker off made the table theirs). The default runtime install added stays:
+    // the drop-in's handlers take their options from it, and it may hold the admin's edits.
+    let movable = InstallState {
+        tables: state
+            .tables
+            .iter()
+            .filter(|p| p.last().map(String::as_str) != Some("runc"))
+            .cloned()
+            .collect(),
+        ..state.clone()
+    };
+    let ours = Ours::ListedAndMarked;
+    let (doc, moved) = remove_installed(original, config, &movable, ours, &mut String::new())?;
     let mut notes = String::new();
     for key_path in state.tables.iter().filter(|p| holds_ours(&doc, p, ours)) {
         let _ = writeln!(
             notes,
-            "# {} keeps {}, which install added there: other runtimes are defined beside it (uninstall takes it out once they are gone)",
+            "# {} keeps {}, which install added there: the drop-in's handlers take its options (uninstall takes it out once no other runtime is defined beside it)",
             config.display(),
             table_name(key_path)
         );
@@ -3398,10 +3411,11 @@ version = 2
                 .iter()
                 .map(|p| p.last().unwrap().as_str())
                 .collect();
-            assert_eq!(names, ["traced-runc", "traced-runsc", "runc"], "{older}");
+            // The default runtime install added stays: the drop-in's handlers take its options.
+            assert_eq!(names, ["traced-runc", "traced-runsc"], "{older}");
             assert!(
                 printed.report.contains(&format!(
-                    "# would move out of {}: runtimes.traced-runc, runtimes.traced-runsc, runtimes.runc",
+                    "# would move out of {}: runtimes.traced-runc, runtimes.traced-runsc",
                     fx.config().display()
                 )),
                 "{older}: {}",
@@ -3414,16 +3428,24 @@ version = 2
             assert_eq!(outcome.moved, printed.moved, "{older}");
             assert!(
                 outcome.report.contains(&format!(
-                    "# moved out of {}: runtimes.traced-runc, runtimes.traced-runsc, runtimes.runc",
+                    "# moved out of {}: runtimes.traced-runc, runtimes.traced-runsc",
                     fx.config().display()
                 )),
                 "{older}: {}",
                 outcome.report
             );
             let main = fs::read_to_string(fx.config()).unwrap();
-            assert!(
-                runtimes_in(&main).is_empty() && !main.contains(MARKER),
+            assert_eq!(
+                runtimes_in(&main).keys().collect::<Vec<_>>(),
+                ["runc"],
                 "{older}: {main}"
+            );
+            assert!(
+                outcome
+                    .report
+                    .contains("keeps runtimes.runc, which install added there"),
+                "{}",
+                outcome.report
             );
             assert!(main.contains(&fx.drop_in().display().to_string()), "{main}");
             let dropped = fs::read_to_string(fx.drop_in()).unwrap();
@@ -3431,7 +3453,7 @@ version = 2
             assert_eq!(
                 in_drop_in.keys().collect::<Vec<_>>(),
                 ["traced-runc", "traced-runsc"],
-                "{older}: the main config has no runtimes now, so containerd's own runc stands: {dropped}"
+                "{older}: the main config keeps its runc: {dropped}"
             );
             assert_eq!(
                 in_drop_in["traced-runc"]["runtime_path"].as_str(),
@@ -3467,6 +3489,56 @@ version = 2
                 "{older}: only the wrapper is left in bin"
             );
         }
+    }
+
+    /// The move after an upgrade to 2.2 keeps what the admin made of install's tables: options
+    /// they added to the default runtime install wrote (the drop-in's handlers take them), and a
+    /// traced table whose marker they replaced with their own comment (theirs now).
+    #[test]
+    fn the_move_keeps_the_admins_edits_in_the_main_config() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), DEBIAN_STOCK).unwrap();
+        install(&fx.args("1.6.20", &["--write"])).unwrap();
+        let runtimes = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes";
+        let written = fs::read_to_string(fx.config()).unwrap();
+        assert!(written.contains(&format!("{runtimes}.runc]")), "{written}");
+        // The admin: systemd cgroups for runc, and traced-runsc made their own.
+        let mut doc: DocumentMut = written.parse().unwrap();
+        let cri = &mut doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        cri["runc"]["options"]["SystemdCgroup"] = value(true);
+        let runsc = cri["traced-runsc"].as_table_mut().unwrap();
+        runsc.decor_mut().set_prefix("\n# my own gVisor handler\n");
+        runsc.insert(
+            "pod_annotations",
+            value(toml_edit::Array::from_iter(["dev.*"])),
+        );
+        fs::write(fx.config(), doc.to_string()).unwrap();
+
+        let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let names: Vec<&str> = outcome
+            .moved
+            .iter()
+            .map(|p| p.last().unwrap().as_str())
+            .collect();
+        assert_eq!(names, ["traced-runc"], "{}", outcome.report);
+        let main = runtimes_in(&fs::read_to_string(fx.config()).unwrap());
+        assert_eq!(main.keys().collect::<Vec<_>>(), ["runc", "traced-runsc"]);
+        assert_eq!(
+            main["runc"]["options"]["SystemdCgroup"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            main["traced-runsc"]["pod_annotations"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        let drop_in = runtimes_in(&fs::read_to_string(fx.drop_in()).unwrap());
+        assert_eq!(
+            drop_in["traced-runc"]["options"]["SystemdCgroup"].as_bool(),
+            Some(true),
+            "the drop-in's traced runc takes the main config's runc options"
+        );
     }
 
     /// A table the admin wrote that looks like install's (a traced handler of their own, one at a
@@ -3587,7 +3659,12 @@ version = 2
         let fx = Fixture::new();
         install(&fx.args("2.1.9", &["--write"])).unwrap();
         install(&fx.args("2.2.0", &["--write"])).unwrap();
-        assert!(runtimes_in(&fs::read_to_string(fx.config()).unwrap()).is_empty());
+        assert_eq!(
+            runtimes_in(&fs::read_to_string(fx.config()).unwrap())
+                .keys()
+                .collect::<Vec<_>>(),
+            ["runc"]
+        );
         uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
         assert!(!fx.config().exists() && !fx.drop_in().exists());
     }

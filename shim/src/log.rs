@@ -28,8 +28,11 @@ fn level_of(value: Option<&str>) -> (LevelFilter, Option<String>) {
     }
 }
 
-fn install(file: File) {
+/// Logs to `file` at `SHIMTRACE_LOG`'s level; with `complain`, says there when that names no
+/// level (only in containerd's log: a warning in a proxy's own log would keep that file).
+fn install(file: File, complain: bool) {
     let (level, complaint) = level_of(std::env::var(LOG_LEVEL_ENV).ok().as_deref());
+    let complaint = complaint.filter(|_| complain);
     let installed = tracing_subscriber::fmt()
         .with_writer(Mutex::new(file))
         .with_ansi(false)
@@ -49,7 +52,7 @@ pub fn init_fifo(path: &Path) {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
     {
-        install(file);
+        install(file, true);
     }
 }
 
@@ -58,7 +61,7 @@ pub fn init_fifo(path: &Path) {
 /// opened so, the proxy logs nowhere (it has no other place to say so).
 pub fn init_file(path: &Path) {
     if let Ok(file) = crate::safe_fs::open_private_file(path, crate::safe_fs::Access::Append) {
-        install(file);
+        install(file, false);
     }
 }
 

@@ -253,9 +253,11 @@ pub fn write_executable(path: &Path, script: &str) {
 /// The wrapper's config table that makes `runtime` (e.g. `io.containerd.traced-runc.v2`) wrap
 /// the shim at `inner`.
 pub fn wrapper_config_for(runtime: &str, inner: &Path) -> String {
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
     format!(
-        "[runtimes.\"{runtime}\"]\ninner = \"{}\"\n",
-        inner.display()
+        "[runtimes.{}]\ninner = {}\n",
+        quoted(runtime),
+        quoted(&inner.display().to_string())
     )
 }
 
