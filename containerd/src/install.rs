@@ -1556,14 +1556,17 @@ fn merge_entries(
         )?;
         return Ok((merged, false));
     };
-    let fresh = merge_config_from("", 3, &plan.runtimes, target, Some(main))?;
+    // The drop-in in the main config's schema: containerd merges the files before migrating, and
+    // a schema-3 drop-in over a schema-2 main config makes it skip the migration, so that the
+    // main config's CRI section (CNI, runc's options) would go unread.
+    let fresh = merge_config_from("", main.schema, &plan.runtimes, target, Some(main))?;
     let edited = existing.is_some_and(|text| text != fresh.text && !ours);
     if !(edited && args.write) {
         return Ok((fresh, false));
     }
     let merged = merge_config_from(
         existing.unwrap_or_default(),
-        3,
+        main.schema,
         &plan.runtimes,
         target,
         Some(main),
@@ -3158,8 +3161,9 @@ version = 2
     }
 
     /// The drop-in's traced handlers get the settings of the real runtime's entry in the main
-    /// config, as the other forms do (a version 2 main config's `sandbox_mode` under its version 3
-    /// name).
+    /// config, as the other forms do. The drop-in is in the main config's schema (version 2
+    /// here): containerd merges the files before it migrates them, and would skip the migration of
+    /// a version 2 main config beside a version 3 drop-in.
     #[test]
     fn the_drop_in_carries_the_main_configs_runtime_settings() {
         let fx = Fixture::new();
@@ -3168,8 +3172,8 @@ version = 2
         let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
         let drop_in = fx.drop_in();
         let dropped: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
-        let runtimes =
-            &dropped["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"];
+        assert_eq!(dropped["version"].as_integer(), Some(2), "{dropped}");
+        let runtimes = &dropped["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
         for handler in ["traced-runc", "traced-runsc"] {
             let entry = &runtimes[handler];
             assert_eq!(
@@ -3178,8 +3182,8 @@ version = 2
                 "{handler}: {dropped}"
             );
             assert_eq!(entry["options"]["Root"].as_str(), Some("/run/my-runc"));
-            assert_eq!(entry["sandboxer"].as_str(), Some("podsandbox"));
-            assert!(entry.get("sandbox_mode").is_none());
+            assert_eq!(entry["sandbox_mode"].as_str(), Some("podsandbox"));
+            assert!(entry.get("sandboxer").is_none());
         }
         assert_eq!(
             runtimes["traced-runsc"]["options"]["BinaryName"].as_str(),

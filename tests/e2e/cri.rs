@@ -607,11 +607,30 @@ version_matrix! {
 /// uninstall gives the main config back byte for byte.
 #[test]
 fn the_drop_in_form_loads_and_carries_the_main_configs_runc_options() {
-    let base = "version = 3\n\
+    drop_in_form_over(
+        "version = 3\n\
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
         runtime_type = 'io.containerd.runc.v2'\n\
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
-        NoNewKeyring = true\n";
+        NoNewKeyring = true\n",
+    );
+}
+
+/// The same over a schema-2 main config (Debian's, kept through containerd upgrades): the
+/// drop-in is in its schema, or containerd, which merges the files before migrating them, would
+/// leave the main config's CRI section unread (runc's options among it).
+#[test]
+fn the_drop_in_form_over_a_schema_2_config_keeps_its_cri_settings() {
+    drop_in_form_over(
+        "version = 2\n\
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+        runtime_type = \"io.containerd.runc.v2\"\n\
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
+        NoNewKeyring = true\n",
+    );
+}
+
+fn drop_in_form_over(base: &str) {
     let matrix = shimtrace_testkit::containerd::MATRIX;
     let version = matrix[matrix.len() - 1];
     assert!(version.starts_with("2."), "{version}");
