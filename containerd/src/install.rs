@@ -27,12 +27,12 @@
 //! the traced tables an install for an older containerd added to it (still marked as install's):
 //! an install after an upgrade to 2.2 moves them to the drop-in, so that containerd does not read
 //! install's handlers from both files. The `runc` entry such an install added stays, with
-//! whatever options the admin gave it: the drop-in's handlers take theirs from it. Every table install adds (to containerd's config or the wrapper's) carries a marker
-//! comment, and a state file beside the config (`shimtrace-install.json`), written before
-//! anything else changes, lists what was added, so `--uninstall` removes exactly that, whatever
-//! else was edited meanwhile, from both files whichever form the last install wrote (in the file
-//! the state does not name, only listed tables that still carry the marker: never one written by
-//! hand).
+//! whatever options the admin gave it: the drop-in's handlers take theirs from it. Every table
+//! install adds (to containerd's config or the wrapper's) carries a marker comment, and a state
+//! file beside the config (`shimtrace-install.json`), written before anything else changes, lists
+//! what was added, so `--uninstall` removes exactly that, whatever else was edited meanwhile,
+//! from both files whichever form the last install wrote (in the file the state does not name,
+//! only listed tables that still carry the marker: never one written by hand).
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -1211,6 +1211,11 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         .then(|| read_main(&args.config, &state))
         .transpose()?;
     let (target, existing) = read_target(args, plan.drop_in)?;
+    // Back on a containerd before 2.2: the drop-in an install for 2.2 wrote is still imported.
+    let stale_drop_in = state
+        .drop_in
+        .clone()
+        .filter(|drop_in| !plan.drop_in && drop_in.exists());
     let (merged, drop_in_edited) = merge_entries(
         args,
         &plan,
@@ -1249,7 +1254,7 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     } else {
         printed_links
     };
-    let report = render_report(&ReportInput {
+    let mut report = render_report(&ReportInput {
         args,
         plan: &plan,
         created_links: &created_links,
@@ -1262,6 +1267,14 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         kept_wrapper_entries: &written.kept_wrapper_entries,
         main: main.as_ref(),
     });
+    if let Some(drop_in) = stale_drop_in {
+        let _ = writeln!(
+            report,
+            "# {} (an install for containerd 2.2 or later) is still there: where {} imports it, containerd reads the traced handlers from both files and the drop-in's values win; `shimtrace install --uninstall` removes both, then run this install again",
+            drop_in.display(),
+            args.config.display()
+        );
+    }
     Ok(InstallOutcome {
         runtimes: plan.runtimes,
         created_links,
@@ -1411,8 +1424,9 @@ fn read_target(
     Ok((target, existing))
 }
 
-/// The main config beside a drop-in, as the drop-in install leaves it: without the tables an
-/// earlier install for an older containerd wrote into it (they move to the drop-in).
+/// The main config beside a drop-in, as the drop-in install leaves it: without the traced tables
+/// an earlier install for an older containerd wrote into it and that still carry install's marker
+/// (they move to the drop-in; the `runc` entry it added stays).
 struct MainRead {
     /// Its text now (`None` when it does not exist: containerd 2.2's built-in default imports
     /// `conf.d` then).
@@ -1435,8 +1449,8 @@ impl MainRead {
     }
 }
 
-/// The main config beside a drop-in (see [`MainRead`]); install's tables in it are those
-/// `state` lists ([`ours_in_main`]).
+/// The main config beside a drop-in (see [`MainRead`]): the traced tables `state` lists move when
+/// they still carry install's marker.
 fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallError> {
     let text = match fs::read_to_string(config) {
         Ok(text) => Some(text),
@@ -1471,6 +1485,18 @@ fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallErr
         let _ = writeln!(
             notes,
             "# {} keeps {}, which install added there: the drop-in's handlers take its options (uninstall takes it out once no other runtime is defined beside it)",
+            config.display(),
+            table_name(key_path)
+        );
+    }
+    for key_path in state.tables.iter().filter(|p| {
+        p.last().map(String::as_str) != Some("runc")
+            && holds_ours(&doc, p, Ours::Listed)
+            && !holds_ours(&doc, p, Ours::ListedAndMarked)
+    }) {
+        let _ = writeln!(
+            notes,
+            "# {} keeps {} without install's comment (yours now): the drop-in defines it too and its values win; after --uninstall it still names install's link: remove it then, or point it elsewhere",
             config.display(),
             table_name(key_path)
         );
@@ -1632,9 +1658,10 @@ fn write_install(
         if let Some(entry) = &import.1 {
             state.import_added = Some(entry.clone());
         }
-    } else if state.config.as_os_str().is_empty() {
-        state.created_file = target.existing.is_none();
-        state.version_added = merged.version_added;
+    } else {
+        // Also after an install that wrote only a drop-in: what this one creates goes with uninstall.
+        state.created_file |= target.existing.is_none();
+        state.version_added |= merged.version_added;
     }
     state.config = target.path.to_path_buf();
     for path in &merged.added {
@@ -2053,9 +2080,9 @@ fn has_marker(table: &Table) -> bool {
         .is_some_and(|p| p.contains(MARKER))
 }
 
-/// Which of install's tables a file holds: all that `state.tables` lists, or with `marked_only`
-/// (a file the state does not say the tables went into) only those that also carry the marker,
-/// so that a table written there by hand is never taken for install's.
+/// Which of install's tables a file holds: all that `state.tables` lists (`Listed`), or only
+/// those that also carry the marker (`ListedAndMarked`: a file the state does not say the tables
+/// went into, or a move), so that a table written there by hand is never taken for install's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ours {
     Listed,
@@ -3525,6 +3552,14 @@ version = 2
             .map(|p| p.last().unwrap().as_str())
             .collect();
         assert_eq!(names, ["traced-runc"], "{}", outcome.report);
+        assert!(
+            outcome.report.contains(&format!(
+                "{} keeps runtimes.traced-runsc without install's comment (yours now)",
+                fx.config().display()
+            )),
+            "{}",
+            outcome.report
+        );
         let main = runtimes_in(&fs::read_to_string(fx.config()).unwrap());
         assert_eq!(main.keys().collect::<Vec<_>>(), ["runc", "traced-runsc"]);
         assert_eq!(
@@ -3543,6 +3578,28 @@ version = 2
             Some(true),
             "the drop-in's traced runc takes the main config's runc options"
         );
+    }
+
+    /// Back on a containerd before 2.2, install says that the drop-in an install for 2.2 wrote is
+    /// still there; uninstall then removes the main config it created as well as the drop-in.
+    #[test]
+    fn back_on_an_older_containerd_the_drop_in_is_named_and_uninstall_takes_all_back() {
+        let fx = Fixture::new();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        assert!(fx.drop_in().exists() && !fx.config().exists());
+        let outcome = install(&fx.args("2.1.9", &["--write"])).unwrap();
+        assert!(
+            outcome.report.contains(&format!(
+                "{} (an install for containerd 2.2 or later) is still there",
+                fx.drop_in().display()
+            )),
+            "{}",
+            outcome.report
+        );
+        assert!(fx.config().exists());
+        uninstall(&fx.args("2.1.9", &["--uninstall"])).unwrap();
+        assert!(!fx.config().exists(), "install created it");
+        assert!(!fx.drop_in().exists());
     }
 
     /// A table the admin wrote that looks like install's (a traced handler of their own, one at a
