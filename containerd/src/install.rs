@@ -2322,18 +2322,33 @@ fn uninstall_main(
         doc.remove("version");
         new_text = doc.to_string();
     }
-    Ok(if state.created_file && new_text.trim().is_empty() {
+    Ok(file_step(
+        main,
+        &text,
+        new_text,
+        state.created_file,
+        |path, text| Step::Rewrite { path, text },
+    ))
+}
+
+/// The step that takes the file at `path` from `text` to `new_text`: removed when install created
+/// it and nothing is left in it, rewritten (the step `rewrite` makes) when it changed.
+fn file_step(
+    path: &Path,
+    text: &str,
+    new_text: String,
+    created: bool,
+    rewrite: impl FnOnce(PathBuf, String) -> Step,
+) -> Option<Step> {
+    if created && new_text.trim().is_empty() {
         Some(Step::Remove {
-            path: main.to_path_buf(),
+            path: path.to_path_buf(),
         })
     } else if new_text != text {
-        Some(Step::Rewrite {
-            path: main.to_path_buf(),
-            text: new_text,
-        })
+        Some(rewrite(path.to_path_buf(), new_text))
     } else {
         None
-    })
+    }
 }
 
 /// Plans taking the drop-in back: removed whole while it holds nothing but install's tables
@@ -2394,20 +2409,13 @@ fn uninstall_wrapper_entries(
         if removed == 1 { "y" } else { "ies" },
         path.display()
     );
-    Ok(
-        if state.wrapper_config_created && new_text.trim().is_empty() {
-            Some(Step::Remove {
-                path: path.to_path_buf(),
-            })
-        } else if new_text != text {
-            Some(Step::RewriteWrapper {
-                path: path.to_path_buf(),
-                text: new_text,
-            })
-        } else {
-            None
-        },
-    )
+    Ok(file_step(
+        path,
+        &text,
+        new_text,
+        state.wrapper_config_created,
+        |path, text| Step::RewriteWrapper { path, text },
+    ))
 }
 
 /// The handlers a config file registers (name, runtime_type, runtime_path), for every schema.
