@@ -3416,6 +3416,15 @@ version = 2
         found
     }
 
+    /// The names of the tables an install moved out of the main config.
+    fn moved_names(outcome: &InstallOutcome) -> Vec<&str> {
+        outcome
+            .moved
+            .iter()
+            .map(|p| p.last().unwrap().as_str())
+            .collect()
+    }
+
     /// The CRI runtimes of a config in either schema, by name.
     fn runtimes_in(text: &str) -> toml::Table {
         let parsed: toml::Table = toml::from_str(text).unwrap();
@@ -3445,11 +3454,7 @@ version = 2
             );
 
             let printed = install(&fx.args("2.2.0", &[])).unwrap();
-            let names: Vec<&str> = printed
-                .moved
-                .iter()
-                .map(|p| p.last().unwrap().as_str())
-                .collect();
+            let names = moved_names(&printed);
             // The default runtime install added stays: the drop-in's handlers take its options.
             assert_eq!(names, ["traced-runc", "traced-runsc"], "{older}");
             assert!(
@@ -3554,11 +3559,7 @@ version = 2
         fs::write(fx.config(), doc.to_string()).unwrap();
 
         let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
-        let names: Vec<&str> = outcome
-            .moved
-            .iter()
-            .map(|p| p.last().unwrap().as_str())
-            .collect();
+        let names = moved_names(&outcome);
         assert_eq!(names, ["traced-runc"], "{}", outcome.report);
         assert!(
             outcome.report.contains(&format!(
@@ -3624,11 +3625,7 @@ version = 2
         fs::write(fx.config(), &original).unwrap();
         install(&fx.args("2.1.9", &["--write"])).unwrap();
         let outcome = install(&fx.args("2.2.0", &["--write"])).unwrap();
-        let names: Vec<&str> = outcome
-            .moved
-            .iter()
-            .map(|p| p.last().unwrap().as_str())
-            .collect();
+        let names = moved_names(&outcome);
         assert_eq!(names, ["traced-runc", "traced-runsc"]);
         let main = fs::read_to_string(fx.config()).unwrap();
         let in_main = runtimes_in(&main);
