@@ -146,7 +146,8 @@ pub struct InstallArgs {
     /// --write, the entry of the runtime-name form's gVisor handler (traced-runsc) goes there.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_WRAPPER_CONFIG)]
     pub wrapper_config: PathBuf,
-    /// Config schema: 2 for containerd 1.x, 3 for 2.x (default: from the containerd version).
+    /// Config schema: 2 for containerd 1.x, 3 for 2.x (default: from the containerd version); a
+    /// drop-in for containerd 2.2+ takes the main config's.
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=3))]
     pub config_version: Option<u32>,
     /// The containerd binary whose version picks the form and the schema.
@@ -217,6 +218,13 @@ pub enum InstallError {
     BadState { path: PathBuf, message: String },
     #[error("nothing to uninstall: {path} does not exist (no `shimtrace install --write` was run for {config})")]
     NoState { path: PathBuf, config: PathBuf },
+    #[error("{drop_in} uses config version {found} and {config} version {main}: containerd merges the files before it migrates them, so it would misread one of them; the drop-in was edited since install wrote it: move your edits into {config} (or a drop-in of version {main}) and remove it, then run install again")]
+    DropInVersion {
+        drop_in: PathBuf,
+        found: i64,
+        config: PathBuf,
+        main: u32,
+    },
     #[error(transparent)]
     Io(#[from] FileError),
 }
@@ -292,7 +300,7 @@ fn version_advice(path: &Path, found: i64, expected: u32) -> String {
         "containerd 1.x reads only versions 1 and 2: if a containerd 2.x reads this file, say so with --containerd (its binary), --containerd-version or --config-version 3".into()
     } else if expected >= 3 {
         format!(
-            "run `containerd --config {} config migrate > new.toml`, check new.toml and put it in its place first",
+            "run `containerd --config {} config migrate > new.toml`, check new.toml and put it in its place first; if `shimtrace install` wrote a drop-in beside it, run `shimtrace install --uninstall` before that (migrate copies imported files into its output) and install again after",
             path.display()
         )
     } else {
@@ -687,16 +695,7 @@ fn merge_config_from(
         let real_entry = match main {
             Some(main) => main
                 .runtimes()
-                .and_then(|r| real_entry_in(r, &runtime.real_runtime))
-                .map(|mut entry| {
-                    // What containerd 2.x's migration renames in a runtime entry.
-                    if main.schema < 3 && schema >= 3 {
-                        if let Some(mode) = entry.remove("sandbox_mode") {
-                            entry.insert("sandboxer", mode);
-                        }
-                    }
-                    entry
-                }),
+                .and_then(|r| real_entry_in(r, &runtime.real_runtime)),
             None => real_entry_in(&*runtimes_table, &runtime.real_runtime),
         };
         let mut entry = Table::new();
@@ -996,23 +995,44 @@ fn import_covers(entry: &str, file: &Path) -> bool {
     entry.parent() == file.parent() && matches!(glob, Some("*" | "*.toml"))
 }
 
-/// Adds `file` to a main config's `imports` unless an entry covers it; returns the entry added.
-/// A missing main config is left missing: containerd 2.2's built-in default imports `conf.d`.
-fn ensure_import(
-    main: &str,
-    main_path: &Path,
-    file: &Path,
-) -> Result<(Option<String>, Option<String>), InstallError> {
-    let mut doc = parse_doc(main, main_path)?;
-    let covered = doc
-        .get("imports")
+/// Whether a config's `imports` name `file`.
+fn imports_cover(doc: &DocumentMut, file: &Path) -> bool {
+    doc.get("imports")
         .and_then(Item::as_array)
         .is_some_and(|a| {
             a.iter()
                 .any(|v| v.as_str().is_some_and(|e| import_covers(e, file)))
-        });
-    if covered {
-        return Ok((None, None));
+        })
+}
+
+/// What adding the drop-in to a main config's `imports` changes.
+#[derive(Default)]
+struct Import {
+    /// The main config's new text (`None`: unchanged).
+    text: Option<String>,
+    /// The entry added.
+    entry: Option<String>,
+    /// `version` was added with it: a main config without one (an empty file) would be read as
+    /// version 1.
+    version_added: bool,
+}
+
+/// Adds `file` to a main config's `imports` unless an entry covers it, with `version = schema`
+/// when the main config has no version. A missing main config is left missing: containerd 2.2's
+/// built-in default imports `conf.d`.
+fn ensure_import(
+    main: &str,
+    main_path: &Path,
+    file: &Path,
+    schema: u32,
+) -> Result<Import, InstallError> {
+    let mut doc = parse_doc(main, main_path)?;
+    if imports_cover(&doc, file) {
+        return Ok(Import::default());
+    }
+    let version_added = doc.get("version").is_none();
+    if version_added {
+        doc.insert("version", value(i64::from(schema)));
     }
     let entry = file.display().to_string();
     match doc.get_mut("imports").and_then(Item::as_array_mut) {
@@ -1024,7 +1044,11 @@ fn ensure_import(
             doc.insert("imports", value(imports));
         }
     }
-    Ok((Some(doc.to_string()), Some(entry)))
+    Ok(Import {
+        text: Some(doc.to_string()),
+        entry: Some(entry),
+        version_added,
+    })
 }
 
 /// Removes `entry` from a main config's `imports` (and the key, if that leaves it empty and it
@@ -1268,11 +1292,25 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
         main: main.as_ref(),
     });
     if let Some(drop_in) = stale_drop_in {
+        let imported = fs::read_to_string(&args.config)
+            .ok()
+            .and_then(|text| text.parse::<DocumentMut>().ok())
+            .is_some_and(|doc| imports_cover(&doc, &drop_in));
         let _ = writeln!(
             report,
-            "# {} (an install for containerd 2.2 or later) is still there: where {} imports it, containerd reads the traced handlers from both files and the drop-in's values win; `shimtrace install --uninstall` removes both, then run this install again",
+            "# {} (an install for containerd 2.2 or later) is still there, {} {}: {}",
             drop_in.display(),
-            args.config.display()
+            if imported {
+                "imported by"
+            } else {
+                "not imported by"
+            },
+            args.config.display(),
+            if imported {
+                "containerd merges its entries with this config's key by key (the drop-in's keys win); `shimtrace install --uninstall` takes install's tables out of both, then run this install again"
+            } else {
+                "containerd does not read it; `shimtrace install --uninstall` removes it with the rest"
+            }
         );
     }
     Ok(InstallOutcome {
@@ -1489,16 +1527,13 @@ fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallErr
             table_name(key_path)
         );
     }
-    for key_path in state.tables.iter().filter(|p| {
-        p.last().map(String::as_str) != Some("runc")
-            && holds_ours(&doc, p, Ours::Listed)
-            && !holds_ours(&doc, p, Ours::ListedAndMarked)
-    }) {
+    for (key_path, link) in unmarked_naming_links(&doc, state) {
         let _ = writeln!(
             notes,
-            "# {} keeps {} without install's comment (yours now): the drop-in defines it too and its values win; after --uninstall it still names install's link: remove it then, or point it elsewhere",
+            "# {} has {} without install's comment, naming install's link {}: containerd merges it with the drop-in's entry of that name key by key (the drop-in's keys win, keys only it sets still apply), and after --uninstall it names a removed link: remove it then, or point it elsewhere",
             config.display(),
-            table_name(key_path)
+            table_name(&key_path),
+            link.display()
         );
     }
     for key_path in stray_marked_tables(&doc, state) {
@@ -1552,6 +1587,55 @@ fn stray_marked_tables(doc: &DocumentMut, state: &InstallState) -> Vec<Vec<Strin
     found
 }
 
+/// CRI runtime tables in `doc` (either schema) without install's marker that name one of the
+/// links install made (`state.links`), by `runtime_path` or, in the runtime-name form, by
+/// `runtime_type`: an admin's copy of install's entry (one that took the marker off, or
+/// `containerd config migrate` copying the drop-in into its output), with the link it names.
+fn unmarked_naming_links(doc: &DocumentMut, state: &InstallState) -> Vec<(Vec<String>, PathBuf)> {
+    let link_named = |table: &Table| -> Option<PathBuf> {
+        let by_path = table
+            .get("runtime_path")
+            .and_then(Item::as_str)
+            .map(PathBuf::from);
+        let by_type = table
+            .get("runtime_type")
+            .and_then(Item::as_str)
+            .and_then(ShimName::parse_runtime)
+            .map(|shim| shim.binary());
+        state
+            .links
+            .iter()
+            .find(|link| {
+                by_path.as_deref() == Some(link.as_path())
+                    || by_type
+                        .as_deref()
+                        .is_some_and(|binary| link.file_name().is_some_and(|name| name == binary))
+            })
+            .cloned()
+    };
+    let mut found = Vec::new();
+    for schema in [2, 3] {
+        let path = cri_runtimes_path(schema);
+        let Some(runtimes) = get_at(doc.as_table(), &path).and_then(Item::as_table_like) else {
+            continue;
+        };
+        for (name, item) in runtimes.iter() {
+            let Some(table) = item.as_table().filter(|t| !has_marker(t)) else {
+                continue;
+            };
+            if let Some(link) = link_named(table) {
+                let key_path = path
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([name.to_string()])
+                    .collect();
+                found.push((key_path, link));
+            }
+        }
+    }
+    found
+}
+
 /// How the report names a runtime table (`runtimes.traced-runc`).
 fn table_name(key_path: &[String]) -> String {
     match key_path {
@@ -1587,6 +1671,19 @@ fn merge_entries(
     // main config's CRI section (CNI, runc's options) would go unread.
     let fresh = merge_config_from("", main.schema, &plan.runtimes, target, Some(main))?;
     let edited = existing.is_some_and(|text| text != fresh.text && !ours);
+    if edited {
+        let found = existing
+            .and_then(|text| text.parse::<DocumentMut>().ok())
+            .and_then(|doc| doc.get("version").and_then(Item::as_integer));
+        if let Some(found) = found.filter(|v| *v != i64::from(main.schema)) {
+            return Err(InstallError::DropInVersion {
+                drop_in: target.to_path_buf(),
+                found,
+                config: args.config.clone(),
+                main: main.schema,
+            });
+        }
+    }
     if !(edited && args.write) {
         return Ok((fresh, false));
     }
@@ -1645,8 +1742,8 @@ fn write_install(
     // Everything that can refuse does so before anything changes.
     let links = links_to_make(plan)?;
     let import = match target.main_text {
-        Some(main) if plan.drop_in => ensure_import(main, &args.config, target.path)?,
-        _ => (None, None),
+        Some(main) if plan.drop_in => ensure_import(main, &args.config, target.path, plan.schema)?,
+        _ => Import::default(),
     };
     let wrapper_entries = plan.wrapper_entries();
     let wrapper = (!wrapper_entries.is_empty())
@@ -1655,9 +1752,10 @@ fn write_install(
 
     if plan.drop_in {
         state.drop_in = Some(target.path.to_path_buf());
-        if let Some(entry) = &import.1 {
+        if let Some(entry) = &import.entry {
             state.import_added = Some(entry.clone());
         }
+        state.version_added |= import.version_added;
     } else {
         // Also after an install that wrote only a drop-in: what this one creates goes with uninstall.
         state.created_file |= target.existing.is_none();
@@ -1696,7 +1794,7 @@ fn write_install(
             replace_file(target.path, &merged.text, None)?;
         }
         // The drop-in carries the runtimes before the main config loses its old tables.
-        let main_text = import.0.or_else(|| {
+        let main_text = import.text.or_else(|| {
             target
                 .main_moved
                 .then(|| target.main_text.map(str::to_string))?
@@ -3563,8 +3661,9 @@ version = 2
         assert_eq!(names, ["traced-runc"], "{}", outcome.report);
         assert!(
             outcome.report.contains(&format!(
-                "{} keeps runtimes.traced-runsc without install's comment (yours now)",
-                fx.config().display()
+                "{} has runtimes.traced-runsc without install's comment, naming install's link {}",
+                fx.config().display(),
+                fx.bin().join("containerd-shim-traced-runsc-v2").display()
             )),
             "{}",
             outcome.report
@@ -3587,6 +3686,56 @@ version = 2
             Some(true),
             "the drop-in's traced runc takes the main config's runc options"
         );
+    }
+
+    /// An empty main config gets `version` with its `imports` entry (without one containerd reads
+    /// the file as version 1), and uninstall gives it back empty.
+    #[test]
+    fn an_empty_main_config_gets_a_version_with_its_import() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), "").unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let main = fs::read_to_string(fx.config()).unwrap();
+        assert_eq!(
+            main,
+            format!("version = 3\nimports = [\"{}\"]\n", fx.drop_in().display())
+        );
+        // Read again as install reads it: no "version 1" refusal.
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        uninstall(&fx.args("2.2.0", &["--uninstall"])).unwrap();
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), "");
+    }
+
+    /// A drop-in edited since install wrote it, in a schema other than the main config's, is
+    /// refused (containerd merges the files before it migrates them), printing and writing alike.
+    #[test]
+    fn an_edited_drop_in_of_another_schema_is_refused() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), "version = 3\n").unwrap();
+        fs::create_dir_all(fx.drop_in().parent().unwrap()).unwrap();
+        fs::write(
+            fx.drop_in(),
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.mine]\n  runtime_type = \"io.containerd.runc.v2\"\n",
+        )
+        .unwrap();
+        for flags in [&[][..], &["--write"]] {
+            let err = install(&fx.args("2.2.0", flags)).unwrap_err();
+            assert!(matches!(
+                err,
+                InstallError::DropInVersion {
+                    found: 2,
+                    main: 3,
+                    ..
+                }
+            ));
+            let message = err.to_string();
+            assert!(
+                message.contains("merges the files before it migrates them")
+                    && message.contains("run install again"),
+                "{message}"
+            );
+        }
+        assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
     }
 
     /// Back on a containerd before 2.2, install says that the drop-in an install for 2.2 wrote is
@@ -3646,6 +3795,12 @@ version = 2
         fs::write(fx.config(), format!("{main}{mine}")).unwrap();
         let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
         assert!(again.moved.is_empty(), "{:?}", again.moved);
+        // Their traced-runc names no link of install's: nothing to say about it.
+        assert!(
+            !again.report.contains("without install's comment"),
+            "{}",
+            again.report
+        );
         assert!(
             again.report.contains(&format!(
                 "{} has runtimes.traced-crun marked as install's, but the install state",

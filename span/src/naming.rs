@@ -45,6 +45,17 @@ impl ShimName {
         })
     }
 
+    /// Parses a runtime name as containerd maps it to a binary: `io.containerd.runc.v2` is inner
+    /// `runc`, version `v2` (and `io.containerd.traced-runc.v2` inner `traced-runc`, whose binary
+    /// is the wrapper's link). `None` for a name of another form.
+    pub fn parse_runtime(name: &str) -> Option<ShimName> {
+        let (inner, version) = name.strip_prefix("io.containerd.")?.rsplit_once('.')?;
+        (!inner.is_empty() && !version.is_empty()).then(|| ShimName {
+            inner: inner.to_string(),
+            version: version.to_string(),
+        })
+    }
+
     /// containerd's runtime name for the real shim (`io.containerd.runc.v2`).
     pub fn runtime(&self) -> String {
         format!("io.containerd.{}.{}", self.inner, self.version)
@@ -128,6 +139,23 @@ pub fn which(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_names_map_to_the_binaries_containerd_runs() {
+        let runc = ShimName::parse_runtime("io.containerd.runc.v2").unwrap();
+        assert_eq!(runc.binary(), "containerd-shim-runc-v2");
+        assert_eq!(runc.runtime(), "io.containerd.runc.v2");
+        let traced = ShimName::parse_runtime("io.containerd.traced-kata-qemu.v2").unwrap();
+        assert_eq!(traced.binary(), "containerd-shim-traced-kata-qemu-v2");
+        for other in [
+            "runc",
+            "io.containerd.runc",
+            "io.containerd..v2",
+            "io.containerd.runc.",
+        ] {
+            assert_eq!(ShimName::parse_runtime(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn wrapper_names_map_to_runtime_and_inner_binary() {
