@@ -218,7 +218,7 @@ pub enum InstallError {
     BadState { path: PathBuf, message: String },
     #[error("nothing to uninstall: {path} does not exist (no `shimtrace install --write` was run for {config})")]
     NoState { path: PathBuf, config: PathBuf },
-    #[error("{drop_in} uses config version {found} and {config} version {main}: containerd merges the files before it migrates them, so it would misread one of them; the drop-in was edited since install wrote it: move your edits into {config} (or a drop-in of version {main}) and remove it, then run install again")]
+    #[error("{drop_in} uses config version {found} and {config} version {main}: containerd merges the files before it migrates them, so it would misread one of them; the drop-in is not as install wrote it (or not install's): move what you keep of it into {config} (or a drop-in of version {main}) and remove it, then run install again")]
     DropInVersion {
         drop_in: PathBuf,
         found: i64,
@@ -619,16 +619,23 @@ struct MainConfig {
     doc: DocumentMut,
     /// Its schema as containerd 2.x reads it (2 or 3).
     schema: u32,
+    /// Whether the file exists (a missing one stands for containerd's built-in config).
+    exists: bool,
 }
 
 impl MainConfig {
-    /// Parses the main config at `path` (empty when it does not exist).
-    fn parse(text: &str, path: &Path) -> Result<MainConfig, InstallError> {
+    /// Parses the main config at `path` (empty when it does not exist) for a containerd that
+    /// reads up to schema `expected`.
+    fn parse(text: &str, path: &Path, expected: u32) -> Result<MainConfig, InstallError> {
         let doc = parse_doc(text, path)?;
         // Read as the main-config form reads it: a version-1 file (or one without `version`) has
         // its runtimes where the drop-in would not find them, and is refused the same way.
-        let schema = config_schema(&doc, 3, path)?;
-        Ok(MainConfig { doc, schema })
+        let schema = config_schema(&doc, expected, path)?;
+        Ok(MainConfig {
+            doc,
+            schema,
+            exists: true,
+        })
     }
 
     /// Its CRI runtimes table, if it has one.
@@ -1232,7 +1239,10 @@ pub fn install(args: &InstallArgs) -> Result<InstallOutcome, InstallError> {
     };
     let main = plan
         .drop_in
-        .then(|| read_main(&args.config, &state))
+        .then(|| {
+            let handlers: Vec<String> = plan.runtimes.iter().map(|r| r.handler.clone()).collect();
+            read_main(&args.config, &state, &handlers, plan.schema)
+        })
         .transpose()?;
     let (target, existing) = read_target(args, plan.drop_in)?;
     // Back on a containerd before 2.2: the drop-in an install for 2.2 wrote is still imported.
@@ -1489,7 +1499,12 @@ impl MainRead {
 
 /// The main config beside a drop-in (see [`MainRead`]): the traced tables `state` lists move when
 /// they still carry install's marker.
-fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallError> {
+fn read_main(
+    config: &Path,
+    state: &InstallState,
+    handlers: &[String],
+    schema: u32,
+) -> Result<MainRead, InstallError> {
     let text = match fs::read_to_string(config) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -1503,7 +1518,8 @@ fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallErr
     };
     let original = text.as_deref().unwrap_or_default();
     // Refuses a config the drop-in cannot go with before looking inside it.
-    let config_now = MainConfig::parse(original, config)?;
+    let mut config_now = MainConfig::parse(original, config, schema)?;
+    config_now.exists = text.is_some();
     // Only install's traced tables move, and only while they still carry its marker (an admin
     // who took the marker off made the table theirs). The default runtime install added stays:
     // the drop-in's handlers take their options from it, and it may hold the admin's edits.
@@ -1527,14 +1543,20 @@ fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallErr
             table_name(key_path)
         );
     }
-    for (key_path, link) in unmarked_naming_links(&doc, state) {
-        let _ = writeln!(
+    for (name, link) in unmarked_runtimes(&doc, config_now.schema, state, handlers) {
+        let clash = handlers.contains(&name);
+        let _ = write!(
             notes,
-            "# {} has {} without install's comment, naming install's link {}: containerd merges it with the drop-in's entry of that name key by key (the drop-in's keys win, keys only it sets still apply), and after --uninstall it names a removed link: remove it then, or point it elsewhere",
-            config.display(),
-            table_name(&key_path),
-            link.display()
+            "# {} has runtimes.{name} without install's comment",
+            config.display()
         );
+        if clash {
+            let _ = write!(notes, ": containerd merges it with the drop-in's {name} key by key (the drop-in's keys win, keys only it sets still apply)");
+        }
+        if let Some(link) = link {
+            let _ = write!(notes, "; it names install's link {}, which --uninstall removes: remove it then, or point it elsewhere", link.display());
+        }
+        notes.push('\n');
     }
     for key_path in stray_marked_tables(&doc, state) {
         let _ = writeln!(
@@ -1556,7 +1578,7 @@ fn read_main(config: &Path, state: &InstallState) -> Result<MainRead, InstallErr
     }
     let without_ours = doc.to_string();
     Ok(MainRead {
-        config: MainConfig::parse(&without_ours, config)?,
+        config: MainConfig::parse(&without_ours, config, schema)?,
         text,
         without_ours: Some(without_ours),
         moved,
@@ -1587,11 +1609,17 @@ fn stray_marked_tables(doc: &DocumentMut, state: &InstallState) -> Vec<Vec<Strin
     found
 }
 
-/// CRI runtime tables in `doc` (either schema) without install's marker that name one of the
-/// links install made (`state.links`), by `runtime_path` or, in the runtime-name form, by
-/// `runtime_type`: an admin's copy of install's entry (one that took the marker off, or
-/// `containerd config migrate` copying the drop-in into its output), with the link it names.
-fn unmarked_naming_links(doc: &DocumentMut, state: &InstallState) -> Vec<(Vec<String>, PathBuf)> {
+/// The CRI runtime tables of `doc` (in its `schema`, the ones containerd reads) without install's
+/// marker that the drop-in clashes with (a name in `handlers`) or that name one of the links
+/// install made (`state.links`, by `runtime_path` or, in the runtime-name form, `runtime_type`):
+/// an admin's copy of install's entry (one that took the marker off, or `containerd config
+/// migrate` copying the drop-in into its output), with the link it names.
+fn unmarked_runtimes(
+    doc: &DocumentMut,
+    schema: u32,
+    state: &InstallState,
+    handlers: &[String],
+) -> Vec<(String, Option<PathBuf>)> {
     let link_named = |table: &Table| -> Option<PathBuf> {
         let by_path = table
             .get("runtime_path")
@@ -1613,27 +1641,19 @@ fn unmarked_naming_links(doc: &DocumentMut, state: &InstallState) -> Vec<(Vec<St
             })
             .cloned()
     };
-    let mut found = Vec::new();
-    for schema in [2, 3] {
-        let path = cri_runtimes_path(schema);
-        let Some(runtimes) = get_at(doc.as_table(), &path).and_then(Item::as_table_like) else {
-            continue;
-        };
-        for (name, item) in runtimes.iter() {
-            let Some(table) = item.as_table().filter(|t| !has_marker(t)) else {
-                continue;
-            };
-            if let Some(link) = link_named(table) {
-                let key_path = path
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain([name.to_string()])
-                    .collect();
-                found.push((key_path, link));
-            }
-        }
-    }
-    found
+    let Some(runtimes) =
+        get_at(doc.as_table(), &cri_runtimes_path(schema)).and_then(Item::as_table_like)
+    else {
+        return Vec::new();
+    };
+    runtimes
+        .iter()
+        .filter_map(|(name, item)| {
+            let table = item.as_table().filter(|t| !has_marker(t))?;
+            let link = link_named(table);
+            (link.is_some() || handlers.iter().any(|h| h == name)).then(|| (name.to_string(), link))
+        })
+        .collect()
 }
 
 /// How the report names a runtime table (`runtimes.traced-runc`).
@@ -1671,7 +1691,8 @@ fn merge_entries(
     // main config's CRI section (CNI, runc's options) would go unread.
     let fresh = merge_config_from("", main.schema, &plan.runtimes, target, Some(main))?;
     let edited = existing.is_some_and(|text| text != fresh.text && !ours);
-    if edited {
+    // A missing main config is containerd's built-in one: no file to clash with.
+    if edited && main.exists {
         let found = existing
             .and_then(|text| text.parse::<DocumentMut>().ok())
             .and_then(|doc| doc.get("version").and_then(Item::as_integer));
@@ -1742,7 +1763,9 @@ fn write_install(
     // Everything that can refuse does so before anything changes.
     let links = links_to_make(plan)?;
     let import = match target.main_text {
-        Some(main) if plan.drop_in => ensure_import(main, &args.config, target.path, plan.schema)?,
+        Some(main) if plan.drop_in => {
+            ensure_import(main, &args.config, target.path, merged.schema)?
+        }
         _ => Import::default(),
     };
     let wrapper_entries = plan.wrapper_entries();
@@ -3429,6 +3452,19 @@ version = 2
         assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
     }
 
+    /// `--config-version 2` over an empty main config: the main config and the drop-in get the
+    /// same version.
+    #[test]
+    fn the_import_and_the_drop_in_share_one_version() {
+        let fx = Fixture::new();
+        fs::write(fx.config(), "").unwrap();
+        install(&fx.args("2.2.0", &["--write", "--config-version", "2"])).unwrap();
+        let main = fs::read_to_string(fx.config()).unwrap();
+        let dropped = fs::read_to_string(fx.drop_in()).unwrap();
+        assert!(main.starts_with("version = 2\n"), "{main}");
+        assert!(dropped.starts_with("version = 2\n"), "{dropped}");
+    }
+
     /// A drop-in the user edited keeps their edits through another --write (merged, a copy kept)
     /// and through --uninstall (only install's tables go); an unedited one is replaced, and
     /// removed whole.
@@ -3661,7 +3697,7 @@ version = 2
         assert_eq!(names, ["traced-runc"], "{}", outcome.report);
         assert!(
             outcome.report.contains(&format!(
-                "{} has runtimes.traced-runsc without install's comment, naming install's link {}",
+                "{} has runtimes.traced-runsc without install's comment: containerd merges it with the drop-in's traced-runsc key by key (the drop-in's keys win, keys only it sets still apply); it names install's link {}, which --uninstall removes",
                 fx.config().display(),
                 fx.bin().join("containerd-shim-traced-runsc-v2").display()
             )),
@@ -3720,6 +3756,7 @@ version = 2
         .unwrap();
         for flags in [&[][..], &["--write"]] {
             let err = install(&fx.args("2.2.0", flags)).unwrap_err();
+            assert!(err.to_string().contains("not as install wrote it"), "{err}");
             assert!(matches!(
                 err,
                 InstallError::DropInVersion {
@@ -3736,6 +3773,17 @@ version = 2
             );
         }
         assert_eq!(fs::read_to_string(fx.config()).unwrap(), "version = 3\n");
+
+        // No main config: containerd's built-in one stands, nothing clashes; install's tables go
+        // into that drop-in in its own schema.
+        fs::remove_file(fx.config()).unwrap();
+        install(&fx.args("2.2.0", &["--write"])).unwrap();
+        let dropped = fs::read_to_string(fx.drop_in()).unwrap();
+        assert!(
+            dropped.starts_with("version = 2\n")
+                && runtimes_in(&dropped).contains_key("traced-runc"),
+            "{dropped}"
+        );
     }
 
     /// Back on a containerd before 2.2, install says that the drop-in an install for 2.2 wrote is
@@ -3748,13 +3796,29 @@ version = 2
         let outcome = install(&fx.args("2.1.9", &["--write"])).unwrap();
         assert!(
             outcome.report.contains(&format!(
-                "{} (an install for containerd 2.2 or later) is still there",
-                fx.drop_in().display()
+                "# {} (an install for containerd 2.2 or later) is still there, not imported by {}: containerd does not read it; `shimtrace install --uninstall` removes it with the rest\n",
+                fx.drop_in().display(),
+                fx.config().display()
             )),
             "{}",
             outcome.report
         );
         assert!(fx.config().exists());
+        // The main config imports it now (as an admin might have it).
+        let main = fs::read_to_string(fx.config()).unwrap();
+        let imports_line = format!("imports = [\"{}\"]\n", fx.drop_in().display());
+        fs::write(fx.config(), format!("{imports_line}{main}")).unwrap();
+        let again = install(&fx.args("2.1.9", &["--write"])).unwrap();
+        assert!(
+            again.report.contains(&format!(
+                "# {} (an install for containerd 2.2 or later) is still there, imported by {}: containerd merges its entries with this config's key by key (the drop-in's keys win)",
+                fx.drop_in().display(),
+                fx.config().display()
+            )),
+            "{}",
+            again.report
+        );
+        fs::write(fx.config(), main).unwrap();
         uninstall(&fx.args("2.1.9", &["--uninstall"])).unwrap();
         assert!(!fx.config().exists(), "install created it");
         assert!(!fx.drop_in().exists());
@@ -3795,9 +3859,12 @@ version = 2
         fs::write(fx.config(), format!("{main}{mine}")).unwrap();
         let again = install(&fx.args("2.2.0", &["--write"])).unwrap();
         assert!(again.moved.is_empty(), "{:?}", again.moved);
-        // Their traced-runc names no link of install's: nothing to say about it.
+        // Their traced-runc names no link of install's, but the drop-in has one too.
         assert!(
-            !again.report.contains("without install's comment"),
+            again.report.contains(&format!(
+                "{} has runtimes.traced-runc without install's comment: containerd merges it with the drop-in's traced-runc key by key (the drop-in's keys win, keys only it sets still apply)\n",
+                fx.config().display()
+            )),
             "{}",
             again.report
         );
