@@ -742,8 +742,9 @@ impl Invocation {
 
 /// The program a proxy is started from: this process's own binary, through `/proc/self/exe`. That
 /// name still reaches it after an upgrade replaced the file it was started from (its path then
-/// reads "… (deleted)"), so a container starting during an upgrade gets the proxy of the version
-/// that wrapped it, not none.
+/// reads "… (deleted)"), so a container starting during an upgrade gets a proxy of the version
+/// that wrapped it, which the flags and descriptors it is handed are made for: neither the new
+/// version's nor none.
 fn own_program() -> Option<PathBuf> {
     let program = Path::new("/proc/self/exe");
     match std::fs::metadata(program) {
