@@ -37,7 +37,10 @@ give_back() {
     [[ -n $GIVE_BACK_SINCE ]] || return 0
     local path
     for path in "${GIVE_BACK[@]}"; do
-        [[ -e $path ]] && find "$path" -user 0 -cnewer "$GIVE_BACK_SINCE" -exec chown -h "$SUDO_USER:" {} + 2>/dev/null
+        # A file that vanishes during the walk is no reason to fail the run that is ending.
+        if [[ -e $path ]]; then
+            find "$path" -user 0 -cnewer "$GIVE_BACK_SINCE" -exec chown -h "$SUDO_USER:" {} + 2>/dev/null || true
+        fi
     done
     rm -f "$GIVE_BACK_SINCE"
     GIVE_BACK_SINCE=""
