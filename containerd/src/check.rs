@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use shimtrace_span::naming::traced_runtime_of;
 use shimtrace_span::spool::{read_spool_if_made, ReadError};
 use shimtrace_span::SpanRecord;
 
@@ -217,7 +218,7 @@ pub async fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     let traced: Vec<Handler> = handlers(&cri, options.config.as_deref())
         .await?
         .into_iter()
-        .filter(|h| h.name.starts_with("traced-"))
+        .filter(|h| traced_runtime_of(&h.name).is_some())
         .collect();
     if traced.is_empty() {
         return Err(CheckError::NoHandlers {
@@ -414,7 +415,7 @@ async fn await_spans(
     let deadline = Instant::now() + timeout;
     loop {
         let ours = |s: &SpanRecord| matches!(s.container_id(), Some(id) if id == sandbox || id == container);
-        // Another read error is returned if it lasts until the deadline.
+        // A read error other than a spool not made yet is returned if it lasts until the deadline.
         let spans =
             read_spool_if_made(spool).map(|c| c.spans.into_iter().filter(ours).collect::<Vec<_>>());
         let has = |id: &str| {

@@ -245,6 +245,7 @@ pub fn version_number(word: &str) -> Option<&str> {
     let word = word.strip_prefix('v').unwrap_or(word);
     let version = word.split(['~', '+', '-']).next()?;
     let parts: Vec<&str> = version.split('.').collect();
+    // At most 9 digits a part: each is read as a u32, where a longer one would overflow.
     let numeric = (2..=3).contains(&parts.len())
         && parts
             .iter()
