@@ -141,10 +141,7 @@ pub struct DockerInstall {
 impl DockerInstall {
     /// The list real shims and runsc are looked up in: `shim_path`, else `PATH`.
     fn search_path(&self) -> OsString {
-        self.shim_path
-            .clone()
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_default()
+        crate::install::search_path(self.shim_path.as_deref())
     }
 }
 

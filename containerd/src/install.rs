@@ -45,7 +45,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml_edit::{value, Array, DocumentMut, Item, Table, TableLike, Value};
 
-use shimtrace_span::naming::{find_in_path, traced_handler, which, ShimName, WRAPPER_BINARY};
+use shimtrace_span::naming::{
+    find_in_path, traced_handler, traced_runtime_of, which, ShimName, WRAPPER_BINARY,
+};
 
 use crate::files::{io_err, replace_file, FileError};
 use crate::private::{
@@ -306,6 +308,14 @@ fn version_advice(path: &Path, found: i64, expected: u32) -> String {
     } else {
         "containerd 1.x has no `config migrate`: add `version = 2` at the top and name each plugin by its full id (`[plugins.cri]` becomes `[plugins.\"io.containerd.grpc.v1.cri\"]`; `containerd config default` shows the layout), or merge the printed snippet by hand".into()
     }
+}
+
+/// The list real shims (and runsc) are looked up in: `--shim-path`, else `PATH`.
+pub(crate) fn search_path(shim_path: Option<&OsStr>) -> OsString {
+    shim_path
+        .map(OsStr::to_os_string)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default()
 }
 
 /// A real shim found on PATH, e.g. `containerd-shim-runc-v2` → inner `runc`, version `v2`.
@@ -595,7 +605,7 @@ fn marked(mut table: Table) -> Table {
 fn real_entry_in(runtimes: &dyn TableLike, real_runtime: &str) -> Option<Table> {
     runtimes
         .iter()
-        .filter(|(name, _)| !name.starts_with("traced-"))
+        .filter(|(name, _)| traced_runtime_of(name).is_none())
         .filter(|(_, item)| item.get("runtime_type").and_then(Item::as_str) == Some(real_runtime))
         .min_by_key(|(name, _)| !real_runtime.contains(&format!(".{name}.")))
         .and_then(|(_, item)| to_table(item))
@@ -624,17 +634,17 @@ struct MainConfig {
 }
 
 impl MainConfig {
-    /// Parses the main config at `path` (empty when it does not exist) for a containerd that
+    /// Parses the main config at `path` (`None` when it does not exist) for a containerd that
     /// reads up to schema `expected`.
-    fn parse(text: &str, path: &Path, expected: u32) -> Result<MainConfig, InstallError> {
-        let doc = parse_doc(text, path)?;
+    fn parse(text: Option<&str>, path: &Path, expected: u32) -> Result<MainConfig, InstallError> {
+        let doc = parse_doc(text.unwrap_or_default(), path)?;
         // Read as the main-config form reads it: a version-1 file (or one without `version`) has
         // its runtimes where the drop-in would not find them, and is refused the same way.
         let schema = config_schema(&doc, expected, path)?;
         Ok(MainConfig {
             doc,
             schema,
-            exists: true,
+            exists: text.is_some(),
         })
     }
 
@@ -1368,11 +1378,7 @@ impl Plan {
         if !bin_dir.is_dir() {
             return Err(InstallError::NoBinDir { dir: bin_dir });
         }
-        let path_var = args
-            .shim_path
-            .clone()
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_default();
+        let path_var = search_path(args.shim_path.as_deref());
         let shims = find_real_shims(&path_var);
         if shims.is_empty() {
             return Err(InstallError::no_shims(args.shim_path.as_deref()));
@@ -1518,8 +1524,7 @@ fn read_main(
     };
     let original = text.as_deref().unwrap_or_default();
     // Refuses a config the drop-in cannot go with before looking inside it.
-    let mut config_now = MainConfig::parse(original, config, schema)?;
-    config_now.exists = text.is_some();
+    let config_now = MainConfig::parse(text.as_deref(), config, schema)?;
     // Only install's traced tables move, and only while they still carry its marker (an admin
     // who took the marker off made the table theirs). The default runtime install added stays:
     // the drop-in's handlers take their options from it, and it may hold the admin's edits.
@@ -1578,7 +1583,7 @@ fn read_main(
     }
     let without_ours = doc.to_string();
     Ok(MainRead {
-        config: MainConfig::parse(&without_ours, config, schema)?,
+        config: MainConfig::parse(Some(&without_ours), config, schema)?,
         text,
         without_ours: Some(without_ours),
         moved,
@@ -2093,7 +2098,6 @@ fn report_config(r: &mut String, input: &ReportInput<'_>) {
             "\n# only the links were made{}; this config was NOT written: pass --write to merge it into {} (a backup is kept)",
             match created {
                 0 => " (all were already in place)".to_string(),
-                1 => " (1 created, marked above)".to_string(),
                 n => format!(" ({n} created, marked above)"),
             },
             input.target.display()
@@ -2289,8 +2293,8 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     let mut steps = Vec::new();
     // The main config first: it stops importing the drop-in before the drop-in goes, so that a
     // failure between the two leaves an unused file, not an import of a missing one.
-    let main = main_config_of(&state, &args.config);
-    if let Some(step) = uninstall_main(&main, &state, &mut outcome, &mut report)? {
+    let (main, ours) = main_config_of(&state, &args.config);
+    if let Some(step) = uninstall_main(&main, ours, &state, &mut outcome, &mut report)? {
         steps.push(step);
     }
     if let Some(drop_in) = &state.drop_in {
@@ -2379,25 +2383,16 @@ pub fn uninstall(args: &InstallArgs) -> Result<UninstallOutcome, InstallError> {
     Ok(outcome)
 }
 
-/// The main config of an install whose state is beside `config`: the file the state's tables went
-/// into while it never wrote a drop-in, else `config` itself.
-fn main_config_of(state: &InstallState, config: &Path) -> PathBuf {
+/// The main config of an install whose state is beside `config`, and how install's tables are
+/// recognised in it (see [`Ours`]): the file the state's tables went into, as the state lists
+/// them, while it never wrote a drop-in; else `config` itself, with only listed tables that still
+/// carry the marker (an install for containerd 2.2 or later, perhaps after one for an older
+/// containerd that wrote into the main config).
+fn main_config_of(state: &InstallState, config: &Path) -> (PathBuf, Ours) {
     if state.drop_in.is_none() && !state.config.as_os_str().is_empty() {
-        state.config.clone()
+        (state.config.clone(), Ours::Listed)
     } else {
-        config.to_path_buf()
-    }
-}
-
-/// How install's tables are recognised in the main config `main` (see [`Ours`]): as the state
-/// lists them while the state says they went there; once it names a drop-in (an install for
-/// containerd 2.2 or later, perhaps after one for an older containerd that wrote into the main
-/// config), only listed tables that still carry the marker.
-fn ours_in_main(state: &InstallState, main: &Path) -> Ours {
-    if state.drop_in.is_none() && state.config == main {
-        Ours::Listed
-    } else {
-        Ours::ListedAndMarked
+        (config.to_path_buf(), Ours::ListedAndMarked)
     }
 }
 
@@ -2407,6 +2402,7 @@ fn ours_in_main(state: &InstallState, main: &Path) -> Ours {
 /// created it and nothing else is in it now.
 fn uninstall_main(
     main: &Path,
+    ours: Ours,
     state: &InstallState,
     outcome: &mut UninstallOutcome,
     report: &mut String,
@@ -2425,7 +2421,6 @@ fn uninstall_main(
             );
         }
     }
-    let ours = ours_in_main(state, main);
     let (mut doc, removed) = remove_installed(&new_text, main, state, ours, report)?;
     outcome.removed_tables += removed.len();
     if ours == Ours::Listed || !removed.is_empty() {

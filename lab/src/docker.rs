@@ -31,7 +31,7 @@ use shimtrace_containerd::dockerd::{
 use shimtrace_containerd::image::write_docker_archive;
 use shimtrace_containerd::private::path_with;
 use shimtrace_containerd::rootfs;
-use shimtrace_span::naming::{traced_handler, which};
+use shimtrace_span::naming::{traced_handler, traced_runtime_of, which};
 
 use crate::profiles::Profile;
 use crate::report::{DockerSetup, ProfileResult, RunRecord};
@@ -196,7 +196,7 @@ async fn connect(lab: &Lab<'_>, found: &mut Findings) -> Result<DockerTarget, La
         && target
             .runtimes
             .keys()
-            .any(|name| name.starts_with("traced-"));
+            .any(|name| traced_runtime_of(name).is_some());
     load_image(lab, &target)?;
     Ok(target)
 }
@@ -359,11 +359,9 @@ fn preflight(lab: &Lab<'_>, target: &DockerTarget, found: &mut Findings) -> Vec<
             .map(str::to_string);
         // The OCI binary: the entry's own `path`, or for `traced-<name>` that of `<name>` (the
         // gVisor runtime's inner shim runs the `runsc` runtime's binary with its flags).
-        let oci = entry.filter(|e| e.get("path").is_some()).or_else(|| {
-            runtime
-                .strip_prefix("traced-")
-                .and_then(|plain| target.runtimes.get(plain))
-        });
+        let oci = entry
+            .filter(|e| e.get("path").is_some())
+            .or_else(|| traced_runtime_of(&runtime).and_then(|plain| target.runtimes.get(plain)));
         result.binary_name = oci.and_then(|e| {
             let path = e.get("path")?.as_str()?;
             let flags = e

@@ -506,7 +506,7 @@ impl IdentityRegistry {
         }));
     }
 
-    /// [`Self::record_created`], reading the workload from the bundle now (for tests).
+    /// [`Self::record_created`], reading the workload from the bundle itself (for tests).
     #[cfg(test)]
     fn created(
         &self,

@@ -88,8 +88,16 @@ impl ShimName {
 /// The name a traced runtime is registered under, as a CRI runtime handler (a RuntimeClass's
 /// `handler`) and as a Docker runtime: `traced-<runtime>` (`traced-runc`, `traced-runsc`).
 pub fn traced_handler(runtime: &str) -> String {
-    format!("traced-{runtime}")
+    format!("{TRACED_HANDLER_PREFIX}{runtime}")
 }
+
+/// The runtime a traced handler stands for (`traced-runc` → `runc`); `None` for a handler that
+/// is not a traced one.
+pub fn traced_runtime_of(handler: &str) -> Option<&str> {
+    handler.strip_prefix(TRACED_HANDLER_PREFIX)
+}
+
+const TRACED_HANDLER_PREFIX: &str = "traced-";
 
 /// What a wrapper binary name stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +163,16 @@ mod tests {
         ] {
             assert_eq!(ShimName::parse_runtime(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn traced_handlers_name_their_runtime() {
+        assert_eq!(traced_handler("runsc"), "traced-runsc");
+        assert_eq!(
+            traced_runtime_of(&traced_handler("kata-qemu")),
+            Some("kata-qemu")
+        );
+        assert_eq!(traced_runtime_of("runc"), None);
     }
 
     #[test]

@@ -161,6 +161,15 @@ pub struct TestDocker {
 
 static INSTANCE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Where `shimtrace install --docker` finds the real shims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShimLookup {
+    /// Named with `--shim-path`, `PATH` holding none.
+    ShimPath,
+    /// On `PATH`, as most installs find them.
+    Path,
+}
+
 impl TestDocker {
     /// Writes the daemon.json, registers the traced runtimes with the real `shimtrace install
     /// --docker --write`, starts dockerd and loads the busybox image ([`WORKLOAD_TAG`]).
@@ -245,18 +254,28 @@ impl TestDocker {
     /// the links in [`Self::bin_dir`] and the real shims looked up in dockerd's `PATH`, given as
     /// `--shim-path`; returns its report.
     pub fn install_traced(&mut self) -> Result<String, HarnessError> {
-        let output = Command::new(built_binary("shimtrace"))
+        self.install_traced_by(ShimLookup::ShimPath)
+    }
+
+    /// [`Self::install_traced`], finding the real shims as `lookup` says.
+    pub fn install_traced_by(&mut self, lookup: ShimLookup) -> Result<String, HarnessError> {
+        let mut install = Command::new(built_binary("shimtrace"));
+        install
             .args(["install", "--docker", "--write", "--config"])
             .arg(self.config_path())
             .arg("--wrapper")
             .arg(wrapper_binary())
             .arg("--bin-dir")
-            .arg(self.bin_dir())
-            // The shims through --shim-path, with a PATH that holds none: what a user does
-            // whose shims are not on root's PATH.
-            .arg("--shim-path")
-            .arg(self.path_var())
-            .env("PATH", "/nonexistent/shimtrace-test")
+            .arg(self.bin_dir());
+        match lookup {
+            // With a PATH that holds none: what a user does whose shims are not on root's PATH.
+            ShimLookup::ShimPath => install
+                .arg("--shim-path")
+                .arg(self.path_var())
+                .env("PATH", "/nonexistent/shimtrace-test"),
+            ShimLookup::Path => install.env("PATH", self.path_var()),
+        };
+        let output = install
             .stdin(Stdio::null())
             .output()
             .map_err(|e| HarnessError::io("running shimtrace install --docker", e))?;

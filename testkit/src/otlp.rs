@@ -62,6 +62,7 @@ impl Received {
             Some((key.to_owned(), value.to_owned()));
     }
 
+    /// Takes every request again, after [`Received::refuse_resource`].
     pub fn accept_all(&self) {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }

@@ -1,5 +1,6 @@
 //! `deploy/`: the DaemonSet, RuntimeClass and collector manifests are valid Kubernetes 1.34 objects
-//! (checked offline with PyPI's `kubernetes-validate`, which `scripts/setup --tests` installs), agree with what `shimtrace install` registers and where the shims spool, and the
+//! (checked offline with PyPI's `kubernetes-validate`, which `scripts/setup --tests` installs),
+//! agree with what `shimtrace install` registers and where the shims spool, and the
 //! node installer script installs and undoes shimtrace on a scratch "host" (no nsenter, a stand-in
 //! `systemctl` and `ctr`, a `containerd` that says it is Debian's 1.6.20, so install writes the
 //! runtime-name form and gVisor's entry in the wrapper's config), with the real `shimtrace` and

@@ -19,7 +19,7 @@ use shimtrace_containerd::image::WORKLOAD_TAG;
 use shimtrace_span::{attr, names, SpanRecord};
 use shimtrace_testkit::containerd::ContainerdVersion;
 use shimtrace_testkit::docker::{
-    DockerOptions, DockerVersion, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION,
+    DockerOptions, DockerVersion, ShimLookup, TestDocker, DOCKER_NEXT_VERSION, DOCKER_VERSION,
 };
 use shimtrace_testkit::lab::{LabRun, LAB_DEADLINE};
 use shimtrace_testkit::traced::{has_method, is_method, wait_for, Spooled};
@@ -399,7 +399,11 @@ fn install_check_confirms_spans_and_uninstall_restores_daemon_json() {
     docker.start().expect("dockerd starts");
     docker.load_busybox().unwrap();
     let before = std::fs::read_to_string(docker.config_path()).unwrap();
-    docker.install_traced().expect("install --docker --write");
+    // The shims found on PATH, as most installs find them (the other tests name them with
+    // --shim-path).
+    docker
+        .install_traced_by(ShimLookup::Path)
+        .expect("install --docker --write");
     let spool = docker.spool().display().to_string();
     let cli = docker.version().cli().display().to_string();
     let check = [

@@ -65,6 +65,10 @@ fn interrupt(mut lab: Command) {
         .into_iter()
         .filter(|pid| private_dir_in(*pid).as_ref() == Some(&private))
         .collect();
+    assert!(
+        !daemons.is_empty(),
+        "no private daemon under the lab: {seen:?}"
+    );
     let shims = wait_until("a cold start's shim", Duration::from_secs(60), || {
         let shims = pids_with_cmdline(&["containerd-shim", &private]);
         (!shims.is_empty()).then_some(shims)

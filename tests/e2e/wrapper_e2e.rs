@@ -650,8 +650,8 @@ fn start_reply_is_exact(version: &str) {
         .current_dir(bundle.path())
         .env("PATH", path)
         .env("TTRPC_ADDRESS", c.ttrpc_address())
-        .env("SHIMTRACE_SPOOL_DIR", &traced.spool)
-        .env("SHIMTRACE_RUN_DIR", &traced.run_dir)
+        .env(shimtrace_span::env::SPOOL_DIR, &traced.spool)
+        .env(shimtrace_span::env::RUN_DIR, &traced.run_dir)
         // The harness's config, as containerd passes it: never the machine's.
         .env(shimtrace_span::env::CONFIG, &traced.wrapper_config)
         .env(shimtrace_testkit::containerd::INSTANCE_MARKER_ENV, c.dir())
@@ -824,8 +824,8 @@ fn events_reach_containerd_when_no_proxy_can_start() {
         .current_dir(&bundle)
         .env("TTRPC_ADDRESS", &containerd)
         .env(shimtrace_span::env::CONFIG, &config)
-        .env("SHIMTRACE_SPOOL_DIR", dir.path().join("spool"))
-        .env("SHIMTRACE_RUN_DIR", &run_dir)
+        .env(shimtrace_span::env::SPOOL_DIR, dir.path().join("spool"))
+        .env(shimtrace_span::env::RUN_DIR, &run_dir)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
